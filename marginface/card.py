@@ -1,0 +1,110 @@
+"""The model card: ``model.json`` beside a model's weights.
+
+A card says what a model is (architecture, embedding size), how its input must be prepared
+(alignment template, colour order, normalisation), how it was trained, what it measured, and
+which similarity thresholds were calibrated for it. Every component that embeds, scores or
+decides reads preprocessing and thresholds from here, never from the caller's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from marginface.errors import ModelError
+
+__all__ = ["CARD_FILENAME", "Calibration", "ModelCard", "Preprocessing"]
+
+CARD_FILENAME = "model.json"
+
+
+class Preprocessing(BaseModel):
+    """How an aligned crop becomes the network's input tensor: ``(pixel - mean) / std``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: Literal["arcface_112x112", "arcface_112x96"] = "arcface_112x112"
+    input_size: tuple[int, int] = (112, 112)  # (height, width)
+    color: Literal["RGB", "BGR"] = "RGB"
+    mean: float = 127.5
+    std: float = 127.5
+
+
+class Calibration(BaseModel):
+    """Cosine-similarity thresholds chosen for target false-accept rates on a named set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["cosine"] = "cosine"
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description='target FAR ("1e-3") -> cosine threshold'
+    )
+    default_far: str = "1e-3"
+    dataset: str = ""
+    n_pairs: int = 0
+    n_negative_pairs: int = 0
+
+    def threshold(self, far: str | None = None) -> float:
+        """The threshold for ``far`` (default: ``default_far``)."""
+        key = far or self.default_far
+        if key not in self.thresholds:
+            raise ModelError(
+                f"no calibrated threshold for FAR={key}; calibrated: {sorted(self.thresholds)}"
+            )
+        return self.thresholds[key]
+
+
+class ModelCard(BaseModel):
+    """Everything needed to use, compare and trust an embedding model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    architecture: str  # registry name (e.g. "mbf", "iresnet50") or "onnx" / "sface"
+    embedding_dim: int = Field(gt=0)
+    weights: str = "weights.safetensors"  # relative to the card's folder
+    format: Literal["safetensors", "torch", "onnx"] = "safetensors"
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    training: dict[str, Any] = Field(default_factory=dict)  # data, loss, hyper-parameters
+    metrics: dict[str, Any] = Field(default_factory=dict)  # e.g. {"celeba-dev": {...}}
+    calibration: Calibration | None = None
+    license: str = ""
+    notes: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        """Read a card from ``model.json`` or from the folder that holds it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CARD_FILENAME
+        if not path.is_file():
+            raise ModelError(f"model card not found: {path}")
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
+        except ValidationError as exc:
+            raise ModelError(f"{path}: invalid model card ({exc.error_count()} problems: "
+                             f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card atomically to ``model.json`` (or into the given folder)."""
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".json":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / CARD_FILENAME
+        text = self.model_dump_json(indent=2)
+        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

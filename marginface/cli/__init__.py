@@ -1,0 +1,57 @@
+"""The ``marginface`` command line: a thin typer layer over the library.
+
+Each module in this package adds the commands of one concept through ``register(app)``.
+Heavy imports (torch, cv2, ...) happen inside the commands, so ``marginface --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from marginface.errors import MarginfaceError
+
+# One module per concept; each defines ``register(app: typer.Typer) -> None``.
+COMMAND_MODULES = ("demo", "data", "train", "eval", "align", "embed", "gallery", "serve", "plot")
+
+
+def build_app() -> typer.Typer:
+    """Create the root typer application with every command group registered."""
+    app = typer.Typer(
+        name="marginface",
+        help="Face recognition by learned similarity: train, evaluate, enrol, identify, serve.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"marginface.cli.{name}")
+        module.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one clean line on stderr."""
+    app = build_app()
+    try:
+        app(args=argv, standalone_mode=False)
+    except MarginfaceError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        typer.secho("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

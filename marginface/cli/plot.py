@@ -1,0 +1,9 @@
+"""CLI commands for ``marginface.plot``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this concept's commands to the root app."""
