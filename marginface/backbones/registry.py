@@ -1,0 +1,99 @@
+"""A small timm-style registry of backbone constructors.
+
+Every backbone maps ``(B, 3, H, W)`` float images, already normalised as the model card says,
+to ``(B, D)`` embeddings that are *not* L2-normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from marginface.errors import ConfigError
+
+__all__ = ["create", "is_model", "list_models", "model_info", "register_model"]
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+class _Registry:
+    """Name -> constructor, plus aliases. One instance lives in this module."""
+
+    def __init__(self) -> None:
+        self.constructors: dict[str, Callable[..., nn.Module]] = {}
+        self.aliases: dict[str, str] = {}
+        self.descriptions: dict[str, str] = {}
+
+    def resolve(self, name: str) -> str:
+        key = name.strip().lower()
+        key = self.aliases.get(key, key)
+        if key not in self.constructors:
+            known = ", ".join(list_models(include_aliases=True))
+            raise ConfigError(f"unknown backbone {name!r}; known backbones: {known}")
+        return key
+
+
+_REGISTRY = _Registry()
+
+
+def register_model(name: str, *, aliases: tuple[str, ...] = (),
+                   description: str = "") -> Callable[[F], F]:
+    """Decorator that registers ``fn(embedding_dim=..., **kwargs) -> nn.Module`` under ``name``."""
+
+    def decorator(fn: F) -> F:
+        key = name.lower()
+        if key in _REGISTRY.constructors or key in _REGISTRY.aliases:
+            raise ValueError(f"backbone name {name!r} is already registered")
+        _REGISTRY.constructors[key] = fn
+        _REGISTRY.descriptions[key] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        for alias in aliases:
+            alias_key = alias.lower()
+            if alias_key in _REGISTRY.constructors or alias_key in _REGISTRY.aliases:
+                raise ValueError(f"backbone alias {alias!r} is already registered")
+            _REGISTRY.aliases[alias_key] = key
+        return fn
+
+    return decorator
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+    """Canonical backbone names (sorted); with ``include_aliases`` also every alias."""
+    names = set(_REGISTRY.constructors)
+    if include_aliases:
+        names |= set(_REGISTRY.aliases)
+    return sorted(names)
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` (or an alias) is a registered backbone."""
+    key = name.strip().lower()
+    return key in _REGISTRY.constructors or key in _REGISTRY.aliases
+
+
+def canonical_name(name: str) -> str:
+    """The canonical registry name for ``name`` or an alias (``"r50"`` -> ``"iresnet50"``)."""
+    return _REGISTRY.resolve(name)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Canonical name, aliases and one-line description of a backbone."""
+    key = _REGISTRY.resolve(name)
+    aliases = sorted(a for a, k in _REGISTRY.aliases.items() if k == key)
+    return {"name": key, "aliases": aliases, "description": _REGISTRY.descriptions[key]}
+
+
+def create(name: str, embedding_dim: int = 512, **kwargs: Any) -> nn.Module:
+    """Build the backbone ``name`` (or an alias) with output size ``embedding_dim``.
+
+    Extra keyword arguments go to the constructor (e.g. ``dropout``, ``fp16``,
+    ``input_size``). Unknown names and invalid arguments raise :class:`ConfigError`.
+    """
+    key = _REGISTRY.resolve(name)
+    if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim <= 0:
+        raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+    try:
+        return _REGISTRY.constructors[key](embedding_dim=embedding_dim, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"backbone {key!r}: invalid arguments {sorted(kwargs)}: {exc}") from None

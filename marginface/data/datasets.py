@@ -1,0 +1,472 @@
+"""Labelled face data sets: identity folders, CSV lists, and the shared loading contract.
+
+Every data set here is a :class:`FaceDataset`: ``dataset[i]`` is ``(image, label)`` where
+``image`` is what the transform returns (an RGB ``uint8`` array when there is none) and
+``label`` an ``int`` class index. ``dataset.labels`` holds every sample's label without
+decoding any image (samplers use it), and ``dataset.label_map`` maps indices to identity names.
+
+**Corrupt images never stop a run.** When a sample cannot be read or decoded, ``dataset[i]``
+returns a :class:`SkippedSample` instead of raising. :func:`collate_faces` drops those from the
+batch and carries them in :attr:`FaceBatch.skipped`; the training loop feeds each batch to a
+:class:`SkipCounter` in the main process and prints :meth:`SkipCounter.summary` at the end. The
+record travels with the batch, so the count is exact with any number of worker processes and
+needs no shared state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marginface.data.images import decode_image, is_image_file
+from marginface.errors import DataError, ImageError
+
+__all__ = [
+    "CsvListDataset",
+    "FaceBatch",
+    "FaceDataset",
+    "ImageFolderDataset",
+    "LabelMap",
+    "SkipCounter",
+    "SkippedSample",
+    "collate_faces",
+    "make_loader",
+    "open_dataset",
+    "worker_init",
+]
+
+LABEL_MAP_FORMAT = "marginface-labels/1"
+
+
+class LabelMap:
+    """Class index <-> identity name. Saved as JSON: ``{"format": ..., "classes": [names]}``."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names: list[str] = [str(n) for n in names]
+        self._index = {name: i for i, name in enumerate(self.names)}
+        if len(self._index) != len(self.names):
+            counts: dict[str, int] = {}
+            for n in self.names:
+                counts[n] = counts.get(n, 0) + 1
+            dup = next(n for n, c in counts.items() if c > 1)
+            raise DataError(f"label map has a duplicate identity name {dup!r}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelMap) and other.names == self.names
+
+    def __repr__(self) -> str:
+        return f"LabelMap({len(self)} classes)"
+
+    def index(self, name: str) -> int:
+        """Class index of identity ``name``; :class:`DataError` when unknown."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise DataError(f"identity {name!r} is not in the label map") from None
+
+    def name(self, index: int) -> str:
+        """Identity name of class ``index``."""
+        return self.names[index]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the map as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"format": LABEL_MAP_FORMAT, "classes": self.names},
+                                  ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelMap:
+        """Read a map written by :meth:`save`; :class:`DataError` when missing or malformed."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"label map not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: label map is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+            raise DataError(f"{path}: label map must be an object with a 'classes' list")
+        return cls(data["classes"])
+
+    @classmethod
+    def numeric(cls, num_classes: int) -> LabelMap:
+        """``"0" .. str(num_classes - 1)``: for data sets labelled by number only."""
+        return cls(str(i) for i in range(num_classes))
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Returned by ``dataset[i]`` in place of a sample that could not be loaded."""
+
+    index: int
+    source: str
+    reason: str
+
+
+@dataclass
+class FaceBatch:
+    """A collated batch: ``images`` ``(B, ...)``, ``labels`` ``(B,)`` int64, and what was dropped.
+
+    ``B`` may be smaller than the sampler's batch (corrupt samples dropped), even 0.
+    """
+
+    images: Any
+    labels: Any
+    skipped: list[SkippedSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __iter__(self) -> Any:  # allows ``images, labels = batch``
+        return iter((self.images, self.labels))
+
+    def pin_memory(self) -> FaceBatch:
+        """Page-lock the tensors (called by DataLoader with ``pin_memory=True``)."""
+        return FaceBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
+
+    def to(self, device: Any, non_blocking: bool = False) -> FaceBatch:
+        """Move the tensors to ``device``."""
+        return FaceBatch(self.images.to(device, non_blocking=non_blocking),
+                         self.labels.to(device, non_blocking=non_blocking), self.skipped)
+
+
+def collate_faces(batch: Sequence[tuple[Any, int] | SkippedSample]) -> FaceBatch:
+    """DataLoader ``collate_fn``: stack the good samples, keep the skipped ones aside."""
+    import torch
+    from torch.utils.data import default_collate
+
+    good = [b for b in batch if not isinstance(b, SkippedSample)]
+    skipped = [b for b in batch if isinstance(b, SkippedSample)]
+    if not good:
+        return FaceBatch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images, labels = default_collate(good)
+    return FaceBatch(images, labels.long(), skipped)
+
+
+class SkipCounter:
+    """Counts samples dropped because they could not be read; lives in the main process."""
+
+    def __init__(self, max_examples: int = 20) -> None:
+        self.total = 0
+        self.max_examples = max_examples
+        self.examples: list[SkippedSample] = []
+        self.sources: set[str] = set()
+
+    def update(self, batch: FaceBatch | Iterable[SkippedSample]) -> int:
+        """Record the skipped samples of ``batch``; returns how many it had."""
+        skipped = batch.skipped if isinstance(batch, FaceBatch) else list(batch)
+        for s in skipped:
+            self.total += 1
+            if s.source not in self.sources:
+                self.sources.add(s.source)
+                if len(self.examples) < self.max_examples:
+                    self.examples.append(s)
+        return len(skipped)
+
+    @property
+    def unique(self) -> int:
+        """Number of distinct files that failed."""
+        return len(self.sources)
+
+    def summary(self) -> str:
+        """A short human-readable report (empty string when nothing was skipped)."""
+        if not self.total:
+            return ""
+        lines = [f"skipped {self.total} unreadable samples ({self.unique} distinct files)"]
+        lines += [f"  {s.source}: {s.reason}" for s in self.examples]
+        if self.unique > len(self.examples):
+            lines.append(f"  ... and {self.unique - len(self.examples)} more")
+        return "\n".join(lines)
+
+
+class FaceDataset:
+    """Base class: subclasses set ``labels``/``label_map``, implement ``read_bytes``/``source``.
+
+    Subclasses must stay cheap to pickle (DataLoader workers receive a copy) and must not hold
+    open file handles across pickling.
+    """
+
+    labels: np.ndarray
+    label_map: LabelMap
+    transform: Callable[[np.ndarray], Any] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (identities) in the label space."""
+        return len(self.label_map)
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class, ``(num_classes,)``."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded image of sample ``index``."""
+        raise NotImplementedError
+
+    def source(self, index: int) -> str:
+        """Where sample ``index`` comes from (a path or ``file.rec#key``), for messages."""
+        raise NotImplementedError
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode sample ``index`` to RGB ``uint8``; :class:`ImageError` when it cannot."""
+        try:
+            data = self.read_bytes(index)
+        except OSError as exc:
+            raise ImageError(f"{self.source(index)}: cannot read ({exc.strerror or exc})") from None
+        return decode_image(data, source=self.source(index))
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        try:
+            image = self.load_image(index)
+        except (ImageError, DataError) as exc:
+            return SkippedSample(index, self.source(index), str(exc).split(": ", 1)[-1])
+        x = self.transform(image) if self.transform is not None else image
+        return x, int(self.labels[index])
+
+
+def _check_dir(root: Path, what: str) -> None:
+    if not root.exists():
+        raise DataError(f"{what} not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{what} is not a folder: {root}")
+
+
+class ImageFolderDataset(FaceDataset):
+    """``root/<identity>/<image>``: one sub-folder per identity, sorted by name.
+
+    Hidden entries and files directly in ``root`` are ignored; identity folders with fewer than
+    ``min_images`` images are left out. With ``label_map`` the class indices are taken from it
+    (every identity must be in it); otherwise identities are numbered in sorted order.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable[[np.ndarray], Any] | None = None,
+                 label_map: LabelMap | None = None, min_images: int = 1) -> None:
+        self.root = Path(root)
+        _check_dir(self.root, "data folder")
+        self.transform = transform
+        identities: list[tuple[str, list[str]]] = []
+        loose_images = 0
+        with os.scandir(self.root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                with os.scandir(entry.path) as sub:
+                    files = sorted(e.name for e in sub if e.is_file() and is_image_file(e.name))
+                if len(files) >= max(min_images, 1):
+                    identities.append((entry.name, files))
+            elif is_image_file(entry.name):
+                loose_images += 1
+        if not identities:
+            hint = (f" (found {loose_images} images directly in it: expected "
+                    "root/<identity>/<image>)") if loose_images else ""
+            raise DataError(f"no identity folders with images in {self.root}{hint}")
+        if label_map is None:
+            label_map = LabelMap(name for name, _ in identities)
+        else:
+            missing = [name for name, _ in identities if name not in label_map]
+            if missing:
+                raise DataError(f"{len(missing)} identities in {self.root} are not in the label "
+                                f"map, e.g. {missing[:5]}")
+        self.label_map = label_map
+        paths: list[str] = []
+        labels: list[int] = []
+        for name, files in identities:
+            cls = label_map.index(name)
+            for f in files:
+                paths.append(f"{name}/{f}")
+                labels.append(cls)
+        # Byte-string arrays rather than Python lists: no copy-on-access in forked workers.
+        self._paths = np.array([p.encode("utf-8", "surrogateescape") for p in paths])
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def path(self, index: int) -> Path:
+        """Absolute path of sample ``index``."""
+        return self.root / self._paths[index].decode("utf-8", "surrogateescape")
+
+    def source(self, index: int) -> str:
+        return str(self.path(index))
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.path(index).read_bytes()
+
+
+class CsvListDataset(FaceDataset):
+    """A CSV list of ``path,label`` rows (optional header ``path,label``; ``#`` comments).
+
+    Relative paths are resolved against ``root`` (default: the CSV file's folder). Labels are
+    identity names or non-negative integers. If every label is an integer and no ``label_map``
+    is given, the integers are the class indices; otherwise names are numbered in sorted order
+    (or looked up in ``label_map``). Malformed rows raise :class:`DataError` naming file and
+    line. Missing image files are not checked up front: they are skipped when loaded.
+    """
+
+    def __init__(self, csv_path: str | Path, root: str | Path | None = None,
+                 transform: Callable[[np.ndarray], Any] | None = None,
+                 label_map: LabelMap | None = None) -> None:
+        self.csv_path = Path(csv_path)
+        if not self.csv_path.is_file():
+            raise DataError(f"label file not found: {self.csv_path}")
+        self.root = Path(root) if root is not None else self.csv_path.parent
+        self.transform = transform
+        paths: list[str] = []
+        raw: list[str] = []
+        lines: list[int] = []
+        try:
+            with self.csv_path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                for row in reader:
+                    line = reader.line_num
+                    if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                        continue
+                    if not paths and [c.strip().lower() for c in row] == ["path", "label"]:
+                        continue
+                    if len(row) != 2:
+                        raise DataError(f"{self.csv_path}:{line}: expected 2 columns "
+                                        f"'path,label', got {len(row)}: {','.join(row)!r}")
+                    p, lab = row[0].strip(), row[1].strip()
+                    if not p:
+                        raise DataError(f"{self.csv_path}:{line}: empty path")
+                    if not lab:
+                        raise DataError(f"{self.csv_path}:{line}: empty label")
+                    paths.append(p)
+                    raw.append(lab)
+                    lines.append(line)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{self.csv_path}: not a UTF-8 text file ({exc.reason})") from None
+        except csv.Error as exc:
+            raise DataError(f"{self.csv_path}: malformed CSV ({exc})") from None
+        if not paths:
+            raise DataError(f"{self.csv_path}: no samples listed")
+
+        if label_map is not None:
+            labels = []
+            for lab, line in zip(raw, lines, strict=True):
+                if lab not in label_map:
+                    raise DataError(f"{self.csv_path}:{line}: label {lab!r} is not in the "
+                                    "label map")
+                labels.append(label_map.index(lab))
+        elif all(_is_int(lab) for lab in raw):
+            labels = [int(lab) for lab in raw]
+            for lab, line in zip(labels, lines, strict=True):
+                if lab < 0:
+                    raise DataError(f"{self.csv_path}:{line}: negative label {lab}")
+            label_map = LabelMap.numeric(max(labels) + 1)
+        else:
+            label_map = LabelMap(sorted(set(raw)))
+            labels = [label_map.index(lab) for lab in raw]
+        self.label_map = label_map
+        self._paths = np.array([p.encode("utf-8", "surrogateescape") for p in paths])
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def path(self, index: int) -> Path:
+        """Absolute path of sample ``index``."""
+        p = Path(self._paths[index].decode("utf-8", "surrogateescape"))
+        return p if p.is_absolute() else self.root / p
+
+    def source(self, index: int) -> str:
+        return str(self.path(index))
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.path(index).read_bytes()
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def open_dataset(path: str | Path, transform: Callable[[np.ndarray], Any] | None = None,
+                 label_map: LabelMap | None = None) -> FaceDataset:
+    """Open any supported training set by looking at ``path``.
+
+    * a ``.csv`` file: :class:`CsvListDataset`;
+    * a ``.rec`` file, a folder holding ``train.rec``, or a prefix with ``PREFIX.rec`` or
+      ``PREFIX-00000.rec`` shards: :class:`~marginface.data.recordio.RecordIODataset`;
+    * a folder of identity folders: :class:`ImageFolderDataset`.
+    """
+    from marginface.data.recordio import RecordIODataset, find_shards
+
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return CsvListDataset(path, transform=transform, label_map=label_map)
+    if path.is_dir() and (path / "train.rec").is_file():
+        return RecordIODataset(path / "train", transform=transform, label_map=label_map)
+    if path.suffix.lower() in (".rec", ".idx") or find_shards(path):
+        return RecordIODataset(path, transform=transform, label_map=label_map)
+    if not path.exists():
+        raise DataError(f"data not found: {path} (expected a folder of identity folders, a .csv "
+                        "list, or RecordIO .rec/.idx files)")
+    return ImageFolderDataset(path, transform=transform, label_map=label_map)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per worker (no oversubscription).
+
+    It deliberately leaves OpenCV's thread count alone: ``cv2.setNumThreads`` in a *forked*
+    worker tries to join the parent's pool threads, which do not exist in the child, and can
+    hang forever. (OpenCV's own operations are fork-safe.)
+    """
+    import torch
+
+    del worker_id
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: FaceDataset, *, batch_size: int | None = None, sampler: Any = None,
+                batch_sampler: Any = None, shuffle: bool = False, num_workers: int = 0,
+                pin_memory: bool = False, drop_last: bool = False,
+                persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+                timeout: float = 0, multiprocessing_context: str | None = None) -> Any:
+    """A :class:`torch.utils.data.DataLoader` wired for face data.
+
+    Batches are :class:`FaceBatch` (unreadable samples dropped and reported via
+    :func:`collate_faces`); workers decode in parallel with one torch thread each
+    (:func:`worker_init`). Give ``batch_size`` (+ ``sampler``) or a ``batch_sampler`` such as
+    :class:`~marginface.data.samplers.PKSampler`. ``multiprocessing_context="forkserver"``
+    avoids forking a parent that already runs threads (slower worker start-up); ``timeout``
+    (seconds) turns a stuck worker into an error instead of a silent stall.
+    """
+    from torch.utils.data import DataLoader
+
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = bool(persistent_workers)
+        kwargs["prefetch_factor"] = prefetch_factor or 2
+        kwargs["worker_init_fn"] = worker_init
+        kwargs["timeout"] = timeout
+        kwargs["multiprocessing_context"] = multiprocessing_context
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                          collate_fn=collate_faces, pin_memory=pin_memory, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size or 1, sampler=sampler,
+                      shuffle=shuffle if sampler is None else False, num_workers=num_workers,
+                      collate_fn=collate_faces, pin_memory=pin_memory, drop_last=drop_last,
+                      **kwargs)
