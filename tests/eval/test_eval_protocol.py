@@ -1,0 +1,209 @@
+"""The verification and identification protocols on synthetic faces: failures, cache, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marginface.eval.embeddings import (
+    CACHE_ENV,
+    EmbeddingCache,
+    EmbedOptions,
+    default_cache_dir,
+    embed_images,
+    model_fingerprint,
+)
+from marginface.eval.identification import identify, split_from_folder, split_from_lists
+from marginface.eval.pairs import ImageRef, read_lfw_pairs
+from marginface.eval.plots import plot_cmc, plot_dir, verification_plots
+from marginface.eval.verify import FAILED_PAIR_SCORE, verify
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _pairs(tmp_path: Path, faces: tuple[Path, dict[str, list[Path]]], write_lfw_pairs):
+    root, files = faces
+    pairs = write_lfw_pairs(files, tmp_path / "pairs.txt", root)
+    return read_lfw_pairs(pairs, root, ext=".png")
+
+
+def test_verify_report_failures_and_cache(
+    tmp_path: Path, faces, write_lfw_pairs, embedder_factory
+) -> None:
+    PatternEmbedder = embedder_factory
+    ps = _pairs(tmp_path, faces, write_lfw_pairs)
+    # plant a corrupt image that the pairs use
+    bad = ps.images[ps.left[0]].path
+    bad.write_bytes(b"not an image at all")
+    emb = PatternEmbedder()
+    cache = EmbeddingCache(tmp_path / "cache")
+    opts = EmbedOptions(aligned=True)
+    report, scored = verify(ps, emb, opts, cache=cache, progress=False, workers=2)
+    for key in ("accuracy_mean", "accuracy_std", "threshold", "auc", "eer", "tar_at_far",
+                "model", "pairs", "n_pairs", "failed_images"):
+        assert key in report
+    assert report["n_pairs"] == 24 and report["model"] == "pattern"
+    assert report["failed_images"] == [
+        {"image": str(bad), "reason": report["failed_images"][0]["reason"]}
+    ]
+    assert report["failed_images"][0]["reason"].startswith("unreadable")
+    # every pair that uses the bad image is scored -1 and counted
+    uses_bad = (ps.left == ps.left[0]) | (ps.right == ps.left[0])
+    assert np.all(scored.scores[uses_bad] == FAILED_PAIR_SCORE)
+    assert report["n_failed_pairs"] == int(uses_bad.sum())
+    # synthetic subjects are easy: the good pairs separate perfectly
+    good = ~uses_bad
+    assert scored.scores[good & ps.issame].min() > scored.scores[good & ~ps.issame].max()
+    assert report["accuracy_mean"] >= 90.0
+    from sklearn.metrics import roc_auc_score
+
+    assert report["auc"] == pytest.approx(roc_auc_score(ps.issame, scored.scores), abs=1e-6)
+    # the failed matched pairs are the only errors of the best threshold
+    n_failed_matched = int((uses_bad & ps.issame).sum())
+    assert report["accuracy_at_threshold"] == pytest.approx(
+        100 * (1 - n_failed_matched / ps.n_pairs), abs=1e-3
+    )
+    # 12 mismatched pairs resolve FAR 1e-1 only
+    assert report["tar_at_far"]["1e-1"] == pytest.approx(1 - n_failed_matched / 12)
+    assert [report["tar_at_far"][k] for k in ("1e-2", "1e-3", "1e-4")] == [None] * 3
+    assert "needs at least 100 mismatched pairs, has 12" in report["tar_at_far_reasons"]["1e-2"]
+    n_images = len(ps.images)
+    assert emb.n_embedded == n_images - 1
+    assert report["embedding"]["computed"] == n_images
+
+    # second run: everything from the cache (failures too), identical scores
+    emb2 = PatternEmbedder()
+    report2, scored2 = verify(ps, emb2, opts, cache=cache, progress=False)
+    assert emb2.n_embedded == 0
+    assert report2["embedding"]["from_cache"] == n_images
+    assert report2["embedding"]["computed"] == 0
+    np.testing.assert_allclose(scored2.scores, scored.scores, atol=1e-6)
+    assert report2["failed_images"] == report["failed_images"]
+
+    # a touched file is re-embedded; a different option (flip) is a different namespace
+    good_path = ps.images[ps.right[-1]].path
+    good_path.write_bytes(good_path.read_bytes())
+    import os
+    os.utime(good_path, ns=(1, 1))
+    emb3 = PatternEmbedder()
+    verify(ps, emb3, opts, cache=cache, progress=False)
+    assert emb3.n_embedded == 1
+    emb4 = PatternEmbedder()
+    verify(ps, emb4, EmbedOptions(aligned=True, flip=True), cache=cache, progress=False)
+    assert emb4.n_embedded == 2 * (n_images - 1)  # flip doubles the crops
+
+    # plots are real PNGs
+    files = verification_plots(report, scored.scores, ps.issame, tmp_path / "plots")
+    for f in files.values():
+        assert Path(f).read_bytes()[:8] == PNG
+
+
+def test_detect_and_align_path_reports_no_face(
+    tmp_path: Path, faces, embedder_factory, centre_detector
+) -> None:
+    from PIL import Image
+
+    PatternEmbedder = embedder_factory
+    root, files = faces
+    black = root / "person_00" / "person_00_0001.png"
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(black)
+    refs = [ImageRef(key=str(p), path=p) for ps in files.values() for p in ps]
+    res = embed_images(refs, PatternEmbedder(), EmbedOptions(detector="centre"),
+                       detector=centre_detector, progress=False)
+    idx = next(i for i, r in enumerate(refs) if r.path == black)
+    assert res.failures == {idx: "no face found"}
+    assert np.all(res.embeddings[idx] == 0)
+    norms = np.linalg.norm(res.embeddings[res.ok], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    # the detect-and-align path equals the aligned path here (landmarks == template)
+    aligned = embed_images(refs, PatternEmbedder(), EmbedOptions(aligned=True), progress=False)
+    np.testing.assert_allclose(res.embeddings[res.ok], aligned.embeddings[res.ok], atol=0.05)
+    # an --aligned run on a non-crop image names the problem
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((200, 150, 3), 128, np.uint8)).save(big)
+    r = embed_images([ImageRef(key=str(big), path=big)], PatternEmbedder(),
+                     EmbedOptions(aligned=True), progress=False)
+    assert r.failures[0].startswith("not an aligned crop: 150x200")
+
+
+def test_cache_location_and_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_factory
+) -> None:
+    PatternEmbedder = embedder_factory
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "marginface"
+    a, b = PatternEmbedder(), PatternEmbedder()
+    assert model_fingerprint(a) == model_fingerprint(b)
+    from marginface.card import Calibration
+
+    b.card.calibration = Calibration(thresholds={"1e-3": 0.3})
+    assert model_fingerprint(a) == model_fingerprint(b)  # calibrating keeps the cache
+    b.card.preprocessing.mean = 0.0
+    assert model_fingerprint(a) != model_fingerprint(b)  # preprocessing changes it
+    cache = EmbeddingCache(tmp_path / "c2")
+    cache.put("ns", [("k1", np.ones(3, np.float32)), ("k2", "no face found")])
+    got = cache.get("ns", ["k1", "k2", "k3"])
+    assert got["k2"] == "no face found" and list(got["k1"]) == [1, 1, 1] and "k3" not in got
+    assert cache.clear("ns") == 2
+
+
+def test_identification_closed_and_open_set(
+    tmp_path: Path, make_faces, embedder_factory
+) -> None:
+    synthetic_faces, PatternEmbedder = make_faces, embedder_factory
+    root = tmp_path / "ids"
+    synthetic_faces(root, n_subjects=12, per_subject=4, seed=3)
+    split = split_from_folder(root, unknown_fraction=0.25, seed=0)
+    s = split.summary()
+    # 3 of 12 subjects held out: their 12 images are non-mated probes
+    assert (s["gallery_subjects"], s["gallery_images"], s["distractors"]) == (9, 9, 0)
+    assert (s["mated_probes"], s["non_mated_probes"]) == (27, 12)
+    gallery_names = {n for _, n in split.gallery}
+    for ref, name in split.probes:
+        if name in gallery_names:  # a gallery subject's first image is never a probe
+            assert not ref.key.endswith("_0001.png")
+    report, curves = identify(split, PatternEmbedder(), EmbedOptions(aligned=True), k=3,
+                              threshold=0.5, threshold_source="test", progress=False)
+    nn, knn = report["rules"]["nearest"], report["rules"]["knn3"]
+    assert nn["rank1"] == 1.0 and knn["rank1"] == 1.0  # synthetic subjects are separable
+    assert nn["cmc"][-1] == 1.0
+    assert set(nn["dir_at_fpir"]) == {"1e-2", "1e-1"}
+    assert nn["dir_at_fpir"]["1e-2"] is None  # fewer than 100 non-mated probes
+    assert nn["dir_at_fpir"]["1e-1"] is not None
+    at = nn["at_threshold"]
+    assert 0.0 <= at["false_alarm_rate"] <= 1.0 and at["identification_rate"] > 0.5
+    assert plot_cmc(curves["cmc"], tmp_path / "cmc.png").read_bytes()[:8] == PNG
+    m, c, n = curves["open_set"]["nearest"]
+    assert plot_dir(m, c, n, tmp_path / "dir.png").read_bytes()[:8] == PNG
+    # single-image subjects: gallery distractors, or left out
+    single = synthetic_faces(tmp_path / "single", n_subjects=2, per_subject=1, seed=9)
+    for name, paths in single.items():
+        (root / f"solo_{name}").mkdir()
+        paths[0].rename(root / f"solo_{name}" / paths[0].name)
+    with_d = split_from_folder(root, distractors=True).summary()
+    assert (with_d["distractors"], with_d["gallery_subjects"]) == (2, 14)
+    without = split_from_folder(root, distractors=False).summary()
+    assert (without["distractors"], without["gallery_subjects"]) == (0, 12)
+
+
+def test_identification_lists(tmp_path: Path, faces, embedder_factory) -> None:
+    PatternEmbedder = embedder_factory
+    root, files = faces
+    names = sorted(files)
+    g = tmp_path / "gallery.csv"
+    p = tmp_path / "probes.csv"
+    g.write_text("path,subject\n" + "".join(
+        f"{files[n][0].relative_to(root)},{n}\n" for n in names[:6]))
+    p.write_text("".join(f"{f.relative_to(root)},{n}\n" for n in names for f in files[n][1:]))
+    split = split_from_lists(g, p, root)
+    s = split.summary()
+    assert s["gallery_subjects"] == 6 and s["mated_probes"] == 18 and s["non_mated_probes"] == 6
+    report, _ = identify(split, PatternEmbedder(), EmbedOptions(aligned=True), k=1,
+                         progress=False)
+    assert report["rules"]["nearest"]["rank1"] == 1.0
+    assert "knn1" not in report["rules"]
