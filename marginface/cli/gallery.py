@@ -1,9 +1,300 @@
-"""CLI commands for ``marginface.gallery``."""
+"""CLI commands for ``marginface.gallery``: enroll, identify, verify, and ``gallery ...``.
+
+All of them work on the same store as the service: ``--db`` or ``$MARGINFACE_GALLERY_URL``,
+else ``~/.local/share/marginface/gallery.db``.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from marginface.gallery import Gallery, Recognizer
+
+DB_HELP = ("gallery: a SQLite file, sqlite:///path or postgresql://...; default "
+           "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db")
+
+_DB = typer.Option(None, "--db", envvar="MARGINFACE_GALLERY_URL", help=DB_HELP,
+                   show_default=False)
+_INDEX = typer.Option("exact", "--index", help="vector index: exact, faiss or milvus")
+_MODEL = typer.Option("default", "--model", "-m",
+                      help="embedding model: built-in name, model directory or .onnx file")
+_DETECTOR = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn")
+_THRESHOLD = typer.Option(
+    None, "--threshold", "-t",
+    help="cosine decision threshold (default: the model card's calibrated one)")
+_FAR = typer.Option(None, "--far", help='calibrated false-accept rate to use, e.g. "1e-4"')
+_JSON = typer.Option(False, "--json", help="machine-readable JSON output")
+
+
+def _emit_json(data: Any) -> None:
+    from marginface.gallery import to_jsonable
+
+    typer.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _recognizer(db: str | None, model: str, detector: str, index: str,
+                threshold: float | None, far: str | None, **kwargs: Any) -> Recognizer:
+    from marginface.embed import Pipeline
+    from marginface.gallery import Gallery, Recognizer
+
+    pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
+    card = pipeline.embedder.card
+    gallery = Gallery.open(db, model_name=pipeline.embedder.name,
+                           dim=pipeline.embedder.embedding_dim, index=index, card=card,
+                           threshold=threshold, far=far)
+    if threshold is not None and (card.calibration is None or not card.calibration.thresholds):
+        typer.secho(f"warning: model {card.name!r} is not calibrated; using the threshold "
+                    f"given ({threshold})", fg=typer.colors.YELLOW, err=True)
+    return Recognizer(gallery, pipeline, **kwargs)
+
+
+def _open_plain(db: str | None, index: str = "exact") -> Gallery:
+    from marginface.gallery import Gallery
+
+    return Gallery.open(db, index=index)
+
+
+def _fmt_score(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def enroll(
+    name: str = typer.Argument(..., help="the person's display name (duplicates get new ids)"),
+    photos: list[Path] = typer.Argument(..., help="one or more photos of this person only"),
+    to: str | None = typer.Option(None, "--to", help="add to this existing subject id instead"),
+    metadata: str | None = typer.Option(None, "--metadata", help='JSON object, e.g. {"team": 3}'),
+    multiple_faces: str = typer.Option(
+        "reject", "--multiple-faces", help="photos with several faces: reject or largest"),
+    store_crops: bool = typer.Option(False, "--store-crops",
+                                     help="keep each enrolled face's aligned crop"),
+    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
+    as_json: bool = _JSON,
+) -> None:
+    """Enrol a person from photos: one new subject (or --to an existing one)."""
+    from marginface.errors import ConfigError
+
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--metadata is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise ConfigError("--metadata must be a JSON object")
+    if multiple_faces not in ("reject", "largest"):
+        raise ConfigError("--multiple-faces must be 'reject' or 'largest'")
+    rec = _recognizer(db, model, detector, index, None, None, multiple_faces=multiple_faces,
+                      store_crops=store_crops)
+    try:
+        if to is not None:
+            result = rec.add_photos(to, [str(p) for p in photos])
+        else:
+            result = rec.enroll(name, [str(p) for p in photos], metadata=meta)
+    finally:
+        rec.gallery.close()
+    if as_json:
+        _emit_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{result.subject.name}  ({result.subject.id}), "
+                        f"{result.subject.n_faces} faces")
+    for col in ("photo", "result", "face id", "note"):
+        table.add_column(col)
+    colours = {"enrolled": "green", "near_duplicate": "yellow"}
+    for o in result.photos:
+        colour = colours.get(o.status, "red")
+        table.add_row(o.source, f"[{colour}]{o.status.replace('_', ' ')}[/]",
+                      "" if o.face_id is None else str(o.face_id), o.message)
+    _console().print(table)
+
+
+def identify(
+    photo: Path = typer.Argument(..., help="a photo; every face in it is answered"),
+    k: int = typer.Option(5, "--k", help="neighbours in the k-NN vote"),
+    source: str | None = typer.Option(None, "--log-source",
+                                      help="log each answer as an event from this camera/door"),
+    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
+    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
+) -> None:
+    """Identify every face in a photo against the gallery."""
+    rec = _recognizer(db, model, detector, index, threshold, far, k=k)
+    try:
+        faces = rec.identify(str(photo), source=source)
+    finally:
+        rec.gallery.close()
+    if as_json:
+        _emit_json({"photo": str(photo), "faces": faces})
+        return
+    if not faces:
+        typer.echo(f"no face found in {photo}")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{photo.name}: {len(faces)} face(s)")
+    for col in ("#", "box", "answer", "subject id", "score", "threshold", "runner-up"):
+        table.add_column(col, no_wrap=col in ("subject id", "answer"))
+    for i, f in enumerate(faces, 1):
+        ans = f.identification
+        runner = next((c for c in ans.candidates if c.subject_id != ans.subject_id), None)
+        table.add_row(
+            str(i), ",".join(f"{v:.0f}" for v in f.box),
+            f"[green]{ans.name}[/]" if ans.known else "[yellow]unknown[/]",
+            ans.subject_id or "", _fmt_score(ans.score), _fmt_score(ans.threshold),
+            f"{runner.name} {runner.score:.3f}" if runner else "")
+    _console().print(table)
+
+
+def verify(
+    photo_a: Path = typer.Argument(..., help="first photo (its largest face)"),
+    photo_b: str = typer.Argument(..., help="second photo, or subject:ID for an enrolled one"),
+    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR,
+    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
+) -> None:
+    """Are two photos (or a photo and an enrolled subject) the same person? Exit code 0 when
+    they are, 1 when not."""
+    rec = _recognizer(db, model, detector, "exact", threshold, far)
+    try:
+        if photo_b.startswith("subject:"):
+            result = rec.verify_subject(str(photo_a), photo_b.split(":", 1)[1])
+        else:
+            result = rec.verify(str(photo_a), photo_b)
+    finally:
+        rec.gallery.close()
+    if as_json:
+        _emit_json(result)
+    else:
+        verdict = "[green]same person[/]" if result.same else "[red]different people[/]"
+        _console().print(f"{verdict}: cosine {result.score:.3f} "
+                         f"(threshold {result.threshold:.3f})")
+    raise typer.Exit(0 if result.same else 1)
+
+
+def gallery_list(
+    search: str | None = typer.Option(None, "--search", "-s", help="filter names"),
+    limit: int | None = typer.Option(None, "--limit"),
+    db: str | None = _DB, as_json: bool = _JSON,
+) -> None:
+    """List enrolled subjects."""
+    with _open_plain(db) as g:
+        subjects = g.list_subjects(search=search, limit=limit)
+        stats = g.stats()
+    if as_json:
+        _emit_json({"model": stats["model"], "dim": stats["dim"], "subjects": subjects})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(subjects)} subject(s) - model {stats['model'] or 'none yet'}, "
+                        f"{stats['faces']} faces")
+    for col in ("id", "name", "faces", "metadata", "enrolled"):
+        table.add_column(col)
+    for s in subjects:
+        table.add_row(s.id, s.name, str(s.n_faces),
+                      json.dumps(s.metadata, ensure_ascii=False) if s.metadata else "",
+                      s.created_at.astimezone().strftime("%Y-%m-%d %H:%M"))
+    _console().print(table)
+
+
+def gallery_delete(
+    subject_ids: list[str] = typer.Argument(None, help="subject ids to delete"),
+    face: list[int] = typer.Option(None, "--face", help="delete only this face id (repeatable)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    db: str | None = _DB, index: str = _INDEX, as_json: bool = _JSON,
+) -> None:
+    """Delete subjects (all their faces and events) or single faces, from every store."""
+    from marginface.errors import GalleryError
+
+    subject_ids, face = subject_ids or [], face or []
+    if not subject_ids and not face:
+        raise GalleryError("name subject ids to delete, or --face FACE_ID")
+    with _open_plain(db, index) as g:
+        for sid in subject_ids:
+            g.get_subject(sid)  # unknown ids fail before anything is deleted
+        for fid in face:
+            g.get_face(fid)
+        if not yes and not as_json:
+            what = ", ".join([*subject_ids, *(f"face {f}" for f in face)])
+            if not typer.confirm(f"Delete {what}? This erases their embeddings", default=False):
+                raise typer.Abort()
+        report = {"subjects": [], "faces": []}
+        for sid in subject_ids:
+            report["subjects"].append({"id": sid, "faces_removed": g.delete_subject(sid)})
+        for fid in face:
+            report["faces"].append(g.delete_face(fid).id)
+    if as_json:
+        _emit_json(report)
+    else:
+        for s in report["subjects"]:
+            typer.echo(f"deleted subject {s['id']} ({s['faces_removed']} faces)")
+        for f in report["faces"]:
+            typer.echo(f"deleted face {f}")
+
+
+def gallery_export(
+    out: str = typer.Argument("-", help="output JSON file, or - for stdout"),
+    embeddings: bool = typer.Option(False, "--embeddings",
+                                    help="include the embeddings (biometric data)"),
+    db: str | None = _DB,
+) -> None:
+    """Export subjects and faces as JSON (without embeddings unless asked)."""
+    from marginface.gallery import to_jsonable
+
+    with _open_plain(db) as g:
+        data = g.export(include_embeddings=embeddings)
+    text = json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)
+    if out == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"exported {len(data['subjects'])} subjects to {out}", err=True)
+
+
+def gallery_attendance(
+    date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD (default today)"),
+    csv: bool = typer.Option(False, "--csv", help="CSV output"),
+    db: str | None = _DB, as_json: bool = _JSON,
+) -> None:
+    """First and last sighting per subject on a day (local time)."""
+    with _open_plain(db) as g:
+        if csv:
+            sys.stdout.write(g.attendance_csv(date))
+            return
+        rows = g.attendance(date)
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"attendance {rows[0].date if rows else (date or 'today')}")
+    for col in ("name", "subject id", "first seen", "last seen", "sightings", "sources"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, r.subject_id, r.first_seen.strftime("%H:%M:%S"),
+                      r.last_seen.strftime("%H:%M:%S"), str(r.count), ", ".join(r.sources))
+    _console().print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this concept's commands to the root app."""
+    app.command("enroll")(enroll)
+    app.command("identify")(identify)
+    app.command("verify")(verify)
+    group = typer.Typer(help="Inspect and manage the gallery of enrolled subjects.",
+                        no_args_is_help=True)
+    group.command("list")(gallery_list)
+    group.command("delete")(gallery_delete)
+    group.command("export")(gallery_export)
+    group.command("attendance")(gallery_attendance)
+    app.add_typer(group, name="gallery")

@@ -1,0 +1,94 @@
+"""The gallery: enrolled subjects, their face embeddings, recognition events and API keys.
+
+Metadata lives in SQL (one SQLite file in WAL mode by default, or PostgreSQL); vectors live in a
+pluggable index (exact in-process numpy, FAISS, or Milvus). Enrolment is one transaction;
+deleting a subject or a face removes its embeddings from SQL and from the index at once.
+
+Typical use::
+
+    from marginface.embed import Pipeline
+    from marginface.gallery import Gallery, Recognizer
+
+    pipeline = Pipeline.from_names(model="default")
+    gallery = Gallery.open("~/.local/share/marginface/gallery.db",
+                           model_name=pipeline.embedder.name, dim=pipeline.embedder.embedding_dim,
+                           card=pipeline.embedder.card)
+    rec = Recognizer(gallery, pipeline)
+    rec.enroll("Ada Lovelace", ["ada1.jpg", "ada2.jpg"])
+    for face in rec.identify("door-camera.jpg"):
+        print(face.box, face.identification.name or "unknown", face.identification.score)
+"""
+
+from __future__ import annotations
+
+from marginface.gallery.index import (
+    INDEX_KINDS,
+    ExactIndex,
+    FaissIndex,
+    MilvusIndex,
+    VectorIndex,
+    create_index,
+)
+from marginface.gallery.recognizer import EnrollmentError, Photo, Recognizer
+from marginface.gallery.store import (
+    DEFAULT_K,
+    GALLERY_URL_ENV,
+    Gallery,
+    default_gallery_url,
+    resolve_threshold,
+)
+from marginface.gallery.types import (
+    ROLES,
+    ApiKey,
+    AttendanceRow,
+    Candidate,
+    EnrollResult,
+    Event,
+    Face,
+    FaceRecord,
+    Hit,
+    Identification,
+    Match,
+    PhotoOutcome,
+    PhotoStatus,
+    RecognizedFace,
+    Subject,
+    Verification,
+    to_jsonable,
+)
+from marginface.gallery.vote import knn_vote
+
+__all__ = [
+    "DEFAULT_K",
+    "GALLERY_URL_ENV",
+    "INDEX_KINDS",
+    "ROLES",
+    "ApiKey",
+    "AttendanceRow",
+    "Candidate",
+    "EnrollResult",
+    "EnrollmentError",
+    "Event",
+    "ExactIndex",
+    "Face",
+    "FaceRecord",
+    "FaissIndex",
+    "Gallery",
+    "Hit",
+    "Identification",
+    "Match",
+    "MilvusIndex",
+    "Photo",
+    "PhotoOutcome",
+    "PhotoStatus",
+    "RecognizedFace",
+    "Recognizer",
+    "Subject",
+    "VectorIndex",
+    "Verification",
+    "create_index",
+    "default_gallery_url",
+    "knn_vote",
+    "resolve_threshold",
+    "to_jsonable",
+]

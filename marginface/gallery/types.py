@@ -1,0 +1,241 @@
+"""The records the gallery hands out: plain immutable dataclasses (JSON via ``to_dict``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "ROLES",
+    "ApiKey",
+    "AttendanceRow",
+    "Candidate",
+    "EnrollResult",
+    "Event",
+    "Face",
+    "FaceRecord",
+    "Hit",
+    "Identification",
+    "Match",
+    "PhotoOutcome",
+    "PhotoStatus",
+    "RecognizedFace",
+    "Subject",
+    "Verification",
+    "to_jsonable",
+]
+
+#: Roles an API key can hold: ``admin`` (keys, subjects, everything), ``enrol`` (subjects and
+#: faces, plus recognition), ``recognise`` (identify and verify only).
+ROLES: tuple[str, ...] = ("admin", "enrol", "recognise")
+
+#: What happened to one photo during enrolment.
+PhotoStatus = Literal["enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn records, arrays and datetimes into plain JSON types (recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of this record."""
+        return to_jsonable(self)
+
+
+def utc_from_ts(ts: float) -> datetime:
+    """An aware UTC datetime from epoch seconds."""
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Subject(_Record):
+    """An enrolled person. Display names may repeat; ``id`` is unique."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    n_faces: int = 0
+
+
+@dataclass(frozen=True)
+class FaceRecord(_Record):
+    """One stored face embedding of a subject (the embedding itself is not carried here)."""
+
+    id: int
+    subject_id: str
+    model: str
+    dim: int
+    created_at: datetime
+    source_hash: str | None = None  # sha256 of the source photo's bytes, when known
+    has_crop: bool = False  # an aligned crop is stored only when the gallery is told to
+
+
+#: Alias kept for the name used in the design notes (not ``marginface.embed.Face``).
+Face = FaceRecord
+
+
+@dataclass(frozen=True)
+class Hit(_Record):
+    """One nearest neighbour of a query: a stored face and its cosine similarity."""
+
+    face_id: int
+    subject_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Candidate(_Record):
+    """A subject among a query's top-k neighbours, after the k-NN vote.
+
+    ``score`` is the subject's best cosine similarity among the neighbours, ``votes`` the number
+    of its faces among them and ``weight`` the sum of their similarities.
+    """
+
+    subject_id: str
+    name: str
+    score: float
+    votes: int
+    weight: float
+    face_id: int  # the subject's best-matching face
+
+
+#: A decided match is a candidate that passed the threshold.
+Match = Candidate
+
+
+@dataclass(frozen=True)
+class Identification(_Record):
+    """The answer for one query embedding: a match, or unknown (``match is None``)."""
+
+    match: Candidate | None
+    score: float  # the best candidate's score (cosine); -1.0 when the gallery is empty
+    threshold: float
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        """True when a subject passed the threshold."""
+        return self.match is not None
+
+    @property
+    def subject_id(self) -> str | None:
+        """The matched subject's id, or None for unknown."""
+        return self.match.subject_id if self.match else None
+
+    @property
+    def name(self) -> str | None:
+        """The matched subject's display name, or None for unknown."""
+        return self.match.name if self.match else None
+
+
+@dataclass(frozen=True)
+class RecognizedFace(_Record):
+    """One face found in a photo and the gallery's answer for it."""
+
+    box: list[float]  # x1, y1, x2, y2 in the photo's pixels
+    detection_score: float
+    landmarks: list[list[float]]
+    identification: Identification
+
+
+@dataclass(frozen=True)
+class PhotoOutcome(_Record):
+    """What enrolment did with one photo."""
+
+    source: str  # file name or "photo[i]"
+    status: PhotoStatus
+    message: str = ""
+    face_id: int | None = None  # set when enrolled
+    box: list[float] | None = None
+    similarity: float | None = None  # for near duplicates: cosine to the existing face
+
+
+@dataclass(frozen=True)
+class EnrollResult(_Record):
+    """The outcome of enrolling photos into one subject."""
+
+    subject: Subject
+    photos: list[PhotoOutcome]
+    created: bool  # True when the subject was created by this enrolment
+
+    @property
+    def face_ids(self) -> list[int]:
+        """Ids of the faces added."""
+        return [p.face_id for p in self.photos if p.face_id is not None]
+
+    @property
+    def enrolled(self) -> int:
+        """How many photos were enrolled."""
+        return sum(p.status == "enrolled" for p in self.photos)
+
+
+@dataclass(frozen=True)
+class Verification(_Record):
+    """Photo against photo (or against a subject): cosine score and the decision."""
+
+    score: float
+    threshold: float
+    same: bool
+    box_a: list[float] | None = None
+    box_b: list[float] | None = None
+    subject_id: str | None = None
+    faces_a: int = 1  # faces found in each photo; the largest one is compared
+    faces_b: int = 1
+
+
+@dataclass(frozen=True)
+class Event(_Record):
+    """A logged recognition: when, where (camera/door), whom, how sure, and the decision."""
+
+    id: int
+    time: datetime
+    source: str
+    subject_id: str | None
+    subject_name: str | None
+    score: float | None
+    decision: str  # e.g. "match", "unknown", "granted", "denied"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttendanceRow(_Record):
+    """First and last sighting of one subject on one day."""
+
+    date: str  # YYYY-MM-DD in the requested time zone
+    subject_id: str
+    name: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    sources: list[str]
+
+
+@dataclass(frozen=True)
+class ApiKey(_Record):
+    """An API key's public record. The key itself is shown once at creation, never stored."""
+
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None = None
