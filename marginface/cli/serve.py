@@ -1,9 +1,152 @@
-"""CLI commands for ``marginface.serve``."""
+"""CLI commands for ``marginface.serve``: ``marginface serve``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this concept's commands to the root app."""
+
+    @app.command("serve")
+    def serve(
+        host: Annotated[
+            str | None,
+            typer.Option(help="Interface to bind. Default 127.0.0.1 (this machine only)."),
+        ] = None,
+        port: Annotated[int | None, typer.Option(help="TCP port. Default 8000.")] = None,
+        db: Annotated[
+            str | None,
+            typer.Option(
+                help="Gallery: SQLite file, sqlite:///PATH or postgresql://... "
+                "Default: the gallery the other commands use."
+            ),
+        ] = None,
+        index: Annotated[
+            str | None, typer.Option(help="Vector index: exact, faiss or milvus.")
+        ] = None,
+        index_url: Annotated[
+            str | None, typer.Option(help="Milvus URI (Milvus Lite file or http://host:19530).")
+        ] = None,
+        model: Annotated[
+            str | None,
+            typer.Option(help="Embedding model: built-in name (default, sface) or a model path."),
+        ] = None,
+        detector: Annotated[str | None, typer.Option(help="Face detector (yunet).")] = None,
+        far: Annotated[
+            str | None,
+            typer.Option(
+                help="Target false-accept rate whose calibrated threshold is used, e.g. 1e-3."
+            ),
+        ] = None,
+        threshold: Annotated[
+            float | None, typer.Option(help="Explicit cosine threshold (overrides the model card).")
+        ] = None,
+        max_upload_mb: Annotated[
+            float | None,
+            typer.Option(help="Largest request body in MB (bigger ones get HTTP 413)."),
+        ] = None,
+        workers: Annotated[
+            int | None, typer.Option(help="Photos processed in parallel (pipeline threads).")
+        ] = None,
+        store_photos: Annotated[
+            bool | None,
+            typer.Option(
+                "--store-photos/--no-store-photos",
+                help="Keep the aligned face crop of each enrolled photo.",
+            ),
+        ] = None,
+        events: Annotated[
+            bool | None,
+            typer.Option("--events/--no-events", help="Log every identification as an event."),
+        ] = None,
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(
+                help="Folder for the admin key file (default: beside the SQLite gallery)."
+            ),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                help="YAML settings file (same keys as MARGINFACE_* variables, lower case)."
+            ),
+        ] = None,
+        log_level: Annotated[
+            str | None, typer.Option(help="critical, error, warning, info or debug.")
+        ] = None,
+    ) -> None:
+        """Start the REST service and web page; print the URL and, at first start, the
+        admin API key."""
+        import logging
+
+        import uvicorn
+
+        from marginface.serve import bootstrap_admin_key, create_app, load_settings
+
+        settings = load_settings(
+            config,
+            host=host,
+            port=port,
+            db=db,
+            index=index,
+            index_url=index_url,
+            model=model,
+            detector=detector,
+            far=far,
+            threshold=threshold,
+            max_upload_mb=max_upload_mb,
+            workers=workers,
+            store_photos=store_photos,
+            events=events,
+            data_dir=data_dir,
+            log_level=log_level,
+        )
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from marginface.gallery import resolve_threshold
+        from marginface.serve.service import build_pipeline, open_gallery
+
+        if settings.sqlite_path is not None:
+            settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        typer.echo(f"loading model {settings.model!r} and detector {settings.detector!r} ...")
+        pipeline = build_pipeline(settings)
+        resolve_threshold(pipeline.embedder.card, settings.threshold, settings.far)
+        gallery = open_gallery(settings, pipeline)
+        try:
+            secret = bootstrap_admin_key(gallery, settings.key_file)
+        except BaseException:
+            gallery.close()
+            raise
+
+        typer.echo(f"marginface service: {settings.url}  (API docs: {settings.url}docs)")
+        typer.echo(f"gallery: {settings.gallery_url}")
+        if secret is not None:
+            typer.secho("Admin API key (shown once; paste it into the web page):", bold=True)
+            typer.echo(f"    {secret}")
+            typer.echo(f"It is also stored, readable by you only, in {settings.key_file}")
+        else:
+            typer.echo(f"admin key: see {settings.key_file} (created at the first start)")
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            typer.secho(
+                f"warning: listening on {settings.host}, reachable from other machines; put it "
+                "behind TLS and a firewall",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+
+        app = create_app(settings, pipeline=pipeline, gallery=gallery)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=True,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )

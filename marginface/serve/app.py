@@ -1,0 +1,168 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+import marginface
+from marginface.gallery import Gallery
+from marginface.serve.auth import CurrentKey, bootstrap_admin_key
+from marginface.serve.deps import ServiceDep
+from marginface.serve.errors import install_error_handlers
+from marginface.serve.metrics import CONTENT_TYPE
+from marginface.serve.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+)
+from marginface.serve.schemas import ErrorOut, HealthOut
+from marginface.serve.service import Service, build_pipeline
+from marginface.serve.settings import ServeSettings, load_settings
+
+__all__ = ["app_from_env", "create_app"]
+
+log = logging.getLogger("marginface.serve")
+
+
+def _web_page() -> tuple[str, str]:
+    """The page's HTML and a Content-Security-Policy allowing exactly its inline script."""
+    html = resources.files("marginface.serve").joinpath("static/index.html").read_text("utf-8")
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in scripts
+    )
+    csp = (
+        "default-src 'none'; "
+        f"script-src {hashes}; "
+        "style-src 'unsafe-inline'; "
+        "img-src 'self' blob: data:; "
+        "connect-src 'self'; "
+        "form-action 'self'; "
+        "base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return html, csp
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    *,
+    pipeline: Any | None = None,
+    pipeline_factory: Callable[[ServeSettings], Any] | None = None,
+    gallery: Gallery | None = None,
+) -> FastAPI:
+    """Build the service's FastAPI app.
+
+    Nothing is opened here: at startup the app loads the face pipeline (``pipeline``, else
+    ``pipeline_factory(settings)``, else the model and detector the settings name), opens the
+    gallery (or uses ``gallery``, which the app then owns and closes at shutdown), and creates
+    the first admin key when there is none (written to ``settings.key_file`` with mode 0600,
+    never logged).
+    """
+    settings = settings or load_settings()
+    factory = pipeline_factory or build_pipeline
+    page_html, page_csp = _web_page()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        service = Service(
+            settings, pipeline if pipeline is not None else factory(settings), gallery=gallery
+        )
+        try:
+            if bootstrap_admin_key(service.gallery, settings.key_file) is not None:
+                log.warning("no admin key existed: a new one was written to %s", settings.key_file)
+            app.state.service = service
+            log.info(
+                "marginface ready in %.1f s: model %s, gallery %s (%d subjects), threshold %.3f",
+                time.perf_counter() - started,
+                service.gallery.model_name,
+                service.gallery.backend,
+                service.gallery.count_subjects(),
+                service.threshold,
+            )
+            yield
+        finally:
+            app.state.service = None
+            service.close()
+
+    app = FastAPI(
+        title="marginface",
+        version=marginface.__version__,
+        description=(
+            "Enrol people from a few photos and recognise them, with no retraining.\n\n"
+            "Every `/v1` route needs an API key, sent as `X-API-Key: <key>` or "
+            "`Authorization: Bearer <key>`. Roles: `admin` (everything, API keys, deletions, "
+            "events), `enrol` (subjects and faces, plus recognition), `recognise` (identify "
+            'and verify). Errors are JSON: `{"error": {"code": ..., "message": ...}}`.'
+        ),
+        lifespan=lifespan,
+        responses={422: {"model": ErrorOut}, 500: {"model": ErrorOut}},
+    )
+    app.state.service = None
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    from marginface.serve.routes import router
+
+    app.include_router(router)
+
+    @app.get("/healthz", response_model=HealthOut, tags=["system"], summary="Liveness")
+    def healthz(service: ServiceDep) -> Any:
+        """Whether the service is up (no key needed). Reveals counts, nothing personal."""
+        return {
+            "status": "ok",
+            "version": marginface.__version__,
+            "model": service.gallery.model_name,
+            "subjects": service.gallery.count_subjects(),
+            "faces": service.gallery.count_faces(),
+            "uptime_s": round(time.monotonic() - service.started, 1),
+        }
+
+    @app.get(
+        "/metrics",
+        tags=["system"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}}},
+        summary="Prometheus metrics",
+    )
+    def metrics(service: ServiceDep, _key: CurrentKey) -> Response:
+        """Request counts and latencies, recognition counts and gallery size, in the
+        Prometheus text format (any valid key; scrapers send it as a bearer token)."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def web_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(
+            page_html,
+            headers={
+                "Content-Security-Policy": page_csp,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    # Outermost first: metrics see every request, including those refused for their size.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """An app built from ``MARGINFACE_*`` environment variables and ``MARGINFACE_CONFIG``
+    (for ``uvicorn --factory marginface.serve.app:app_from_env``)."""
+    return create_app(load_settings())

@@ -1,0 +1,121 @@
+"""API-key authentication and role checks.
+
+A key is sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. Keys are stored hashed
+in the gallery's key table; the service never logs them. Roles, from most to least powerful:
+
+- ``admin``: everything, including API keys, deletions, events and attendance;
+- ``enrol``: create, list, read and rename subjects and add faces to them, plus recognition;
+- ``recognise``: identify and verify only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from marginface.errors import ConfigError
+from marginface.gallery import ApiKey, Gallery
+from marginface.serve.deps import ServiceDep
+from marginface.serve.errors import ApiError
+
+__all__ = [
+    "ROLE_RANK",
+    "CurrentKey",
+    "bootstrap_admin_key",
+    "current_key",
+    "require_role",
+]
+
+log = logging.getLogger("marginface.serve")
+
+#: A role may do everything the roles ranked below it may.
+ROLE_RANK = {"recognise": 0, "enrol": 1, "admin": 2}
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key (admin, enrol or recognise)."
+)
+_bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_key(
+    request: Request,
+    service: ServiceDep,
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The API key record of the caller; 401 when the key is missing or wrong."""
+    secret = header_key or (bearer.credentials if bearer is not None else None)
+    if not secret:
+        raise _unauthorized("an API key is required (X-API-Key header or Bearer token)")
+    secret = secret.strip()
+    key = service.gallery.authenticate(secret, touch=False)
+    if key is None:
+        raise _unauthorized("the API key is wrong or has been revoked")
+    if service.should_touch(key.id):
+        key = service.gallery.authenticate(secret, touch=True) or key
+    request.state.key_id = key.id  # for access logs: the key's id, never the key
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def require_role(role: str) -> Callable[[ApiKey], ApiKey]:
+    """A dependency that lets through keys of ``role`` or a more powerful one (else 403)."""
+    needed = ROLE_RANK[role]
+
+    async def check(key: CurrentKey) -> ApiKey:
+        if ROLE_RANK.get(key.role, -1) < needed:
+            raise ApiError(
+                403, "forbidden", f"this needs a key with the {role!r} role; yours is {key.role!r}"
+            )
+        return key
+
+    check.__name__ = f"require_{role}"
+    return check
+
+
+AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
+EnrolKey = Annotated[ApiKey, Depends(require_role("enrol"))]
+RecogniseKey = Annotated[ApiKey, Depends(require_role("recognise"))]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file readable by its owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def bootstrap_admin_key(gallery: Gallery, key_file: Path) -> str | None:
+    """On a gallery with no admin key, create one and store it in ``key_file`` (mode 0600).
+
+    Returns the new key (for the caller to print once), or None when an admin key exists.
+    """
+    if gallery.count_api_keys("admin") > 0:
+        return None
+    record, secret = gallery.create_api_key("first admin", "admin")
+    try:
+        _write_private(key_file, secret + "\n")
+    except OSError as exc:
+        gallery.delete_api_key(record.id)
+        raise ConfigError(f"cannot write the admin key file {key_file}: {exc}") from None
+    log.info("created the first admin key %s; it is stored in %s", record.id, key_file)
+    return secret

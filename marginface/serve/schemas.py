@@ -1,0 +1,212 @@
+"""Request and response bodies of the REST API (they also document it at ``/docs``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AttendanceOut",
+    "AttendanceRowOut",
+    "CandidateOut",
+    "EnrollOut",
+    "ErrorOut",
+    "EventListOut",
+    "EventOut",
+    "FaceOut",
+    "HealthOut",
+    "IdentifiedFaceOut",
+    "IdentifyOut",
+    "KeyCreate",
+    "KeyCreatedOut",
+    "KeyOut",
+    "PhotoOutcomeOut",
+    "SubjectCreate",
+    "SubjectDetailOut",
+    "SubjectListOut",
+    "SubjectOut",
+    "SubjectUpdate",
+    "VerifyOut",
+]
+
+Role = Literal["admin", "enrol", "recognise"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. no_face, not_found.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: Any | None = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+    model: str | None
+    subjects: int
+    faces: int
+    uptime_s: float
+
+
+# -- subjects ---------------------------------------------------------------------------------
+class SubjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="Display name; may repeat.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Replaces the whole metadata object."
+    )
+
+
+class SubjectOut(_Out):
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    n_faces: int
+
+
+class FaceOut(_Out):
+    id: int
+    subject_id: str
+    model: str
+    dim: int
+    created_at: datetime
+    has_crop: bool
+
+
+class SubjectDetailOut(SubjectOut):
+    faces: list[FaceOut]
+
+
+class SubjectListOut(BaseModel):
+    subjects: list[SubjectOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PhotoOutcomeOut(_Out):
+    source: str = Field(description="The uploaded file's name.")
+    status: Literal["enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable"]
+    message: str
+    face_id: int | None
+    box: list[float] | None
+    similarity: float | None
+
+
+class EnrollOut(BaseModel):
+    subject: SubjectOut
+    photos: list[PhotoOutcomeOut]
+    created: bool
+    enrolled: int
+
+
+# -- recognition -------------------------------------------------------------------------------
+class CandidateOut(_Out):
+    subject_id: str
+    name: str
+    score: float = Field(description="Best cosine similarity among the subject's neighbours.")
+    votes: int
+    weight: float
+    face_id: int
+
+
+class IdentifiedFaceOut(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in the photo's pixels.")
+    detection_score: float
+    landmarks: list[list[float]]
+    match: CandidateOut | None = Field(description="The identified subject; null for unknown.")
+    score: float = Field(description="The best candidate's cosine similarity.")
+    threshold: float
+    candidates: list[CandidateOut]
+
+
+class IdentifyOut(BaseModel):
+    faces: list[IdentifiedFaceOut]
+    source: str | None = Field(description="The event source, when the answer was logged.")
+
+
+class VerifyOut(_Out):
+    same: bool
+    score: float
+    threshold: float
+    box_a: list[float] | None
+    box_b: list[float] | None
+    subject_id: str | None
+    faces_a: int
+    faces_b: int
+
+
+# -- events ------------------------------------------------------------------------------------
+class EventOut(_Out):
+    id: int
+    time: datetime
+    source: str
+    subject_id: str | None
+    subject_name: str | None
+    score: float | None
+    decision: str
+    details: dict[str, Any]
+
+
+class EventListOut(BaseModel):
+    events: list[EventOut]
+    limit: int
+    offset: int
+
+
+class AttendanceRowOut(_Out):
+    date: str
+    subject_id: str
+    name: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    sources: list[str]
+
+
+class AttendanceOut(BaseModel):
+    date: str
+    timezone: str
+    rows: list[AttendanceRowOut]
+
+
+# -- keys --------------------------------------------------------------------------------------
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="Who or what uses the key.")
+    role: Role
+
+
+class KeyOut(_Out):
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class KeyCreatedOut(BaseModel):
+    key: KeyOut
+    secret: str = Field(description="The API key itself. It is shown once and never stored.")

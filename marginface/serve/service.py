@@ -1,0 +1,126 @@
+"""The running service's state: gallery, recogniser, pipeline threads and metrics.
+
+One :class:`Service` per app instance lives on ``app.state.service``; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from marginface.errors import ConfigError, GalleryError
+from marginface.gallery import Gallery, Recognizer
+from marginface.serve.metrics import ServiceMetrics
+from marginface.serve.settings import ServeSettings
+
+__all__ = ["Service", "build_pipeline", "open_gallery"]
+
+log = logging.getLogger("marginface.serve")
+
+T = TypeVar("T")
+
+#: Seconds between two ``last_used_at`` updates of one API key (saves a write per request).
+_KEY_TOUCH_INTERVAL = 60.0
+
+
+def build_pipeline(settings: ServeSettings) -> Any:
+    """The face pipeline the settings name, answering every face in a photo."""
+    from marginface.embed import Pipeline
+
+    return Pipeline.from_names(settings.model, settings.detector, selection="all")
+
+
+def open_gallery(settings: ServeSettings, pipeline: Any) -> Gallery:
+    """Open the gallery the settings name, for the pipeline's model (mixing is refused)."""
+    embedder = pipeline.embedder
+    options = {"uri": settings.index_url} if settings.index_url else None
+    return Gallery.open(
+        settings.gallery_url,
+        model_name=embedder.name,
+        dim=embedder.embedding_dim,
+        index=settings.index,
+        card=embedder.card,
+        threshold=settings.threshold,
+        far=settings.far,
+        index_options=options,
+    )
+
+
+class Service:
+    """Everything one app instance serves with; opened at startup, closed at shutdown."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        pipeline: Any,
+        gallery: Gallery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.started = time.monotonic()
+        if gallery is None:
+            gallery = open_gallery(settings, pipeline)
+        self.gallery = gallery
+        try:
+            self.recognizer = Recognizer(
+                gallery,
+                pipeline,
+                multiple_faces=settings.multiple_faces,
+                near_duplicate=settings.near_duplicate,
+                store_crops=settings.store_photos,
+                k=settings.top_k,
+                threshold=settings.threshold,
+                far=settings.far,
+            )
+            self.threshold = self.recognizer.threshold()
+        except GalleryError as exc:
+            gallery.close()
+            raise ConfigError(str(exc)) from None
+        self.metrics = ServiceMetrics(self._sizes)
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
+        )
+        self._key_touched: dict[str, float] = {}
+
+    def _sizes(self) -> tuple[int, int] | None:
+        try:
+            return self.gallery.count_subjects(), self.gallery.count_faces()
+        except Exception:  # a scrape must not fail because the store is briefly unavailable
+            log.warning("cannot read the gallery size for /metrics", exc_info=True)
+            return None
+
+    async def run(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run photo work (decode, detect, embed, search) on the pipeline threads, timed as
+        ``operation`` in the metrics.
+
+        The pool bounds how many photos are processed at once (``settings.workers``) and how
+        many copies of the per-thread networks exist.
+        """
+
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.metrics.photo_seconds.labels(operation).observe(time.perf_counter() - start)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, timed)
+
+    def should_touch(self, key_id: str) -> bool:
+        """Whether this key's ``last_used_at`` is due for an update."""
+        now = time.monotonic()
+        last = self._key_touched.get(key_id)
+        if last is not None and now - last < _KEY_TOUCH_INTERVAL:
+            return False
+        self._key_touched[key_id] = now
+        return True
+
+    def close(self) -> None:
+        """Stop the pipeline threads and close the gallery."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.gallery.close()

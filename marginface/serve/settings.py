@@ -1,0 +1,223 @@
+"""Service settings: defaults, then a YAML config file, then ``MARGINFACE_*`` environment
+variables, then explicit values (command-line flags), each overriding the one before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from marginface.errors import ConfigError
+
+__all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
+
+#: Where the admin key file and photos live for a server database unless configured otherwise.
+DEFAULT_HOME = Path("~/.local/share/marginface")
+
+ENV_PREFIX = "MARGINFACE_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``marginface serve`` and :func:`marginface.serve.create_app` can be told.
+
+    Environment variables are the field names in upper case with the ``MARGINFACE_`` prefix
+    (``MARGINFACE_PORT=9000``); a YAML file given as ``config_file`` or ``MARGINFACE_CONFIG``
+    holds the same keys in lower case.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_assignment=True,
+        env_ignore_empty=True,
+    )
+
+    config_file: Path | None = Field(
+        default=None, description="YAML file with any of these settings (lower-case keys)."
+    )
+
+    # Storage.
+    db: str | None = Field(
+        default=None,
+        description="Gallery metadata store: a SQLite file path, sqlite:///PATH or "
+        "postgresql://USER:PASS@HOST/DB; default: the gallery the CLI uses "
+        "($MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db).",
+    )
+    index: Literal["exact", "faiss", "milvus"] = Field(
+        default="exact", description="Vector index: exact (numpy), faiss or milvus."
+    )
+    index_url: str | None = Field(
+        default=None, description="Milvus URI (a local .db file for Milvus Lite or http://...)."
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Folder for the admin key file; default: the SQLite "
+        "file's folder, or ~/.local/share/marginface for other stores.",
+    )
+    admin_key_file: Path | None = Field(
+        default=None, description="Where the first admin key is written (mode 0600)."
+    )
+
+    # Models.
+    model: str = Field(default="default", description="Embedder: built-in name or model path.")
+    detector: str = Field(default="yunet", description="Face detector name.")
+    far: str = Field(
+        default="1e-3", description="Target false-accept rate whose calibrated threshold is used."
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Explicit cosine threshold; overrides the card's calibrated one.",
+    )
+    top_k: int = Field(default=5, ge=1, le=100, description="Neighbours searched per face.")
+    max_matches: int = Field(
+        default=5, ge=1, le=100, description="Candidate subjects returned per face."
+    )
+
+    # Network.
+    host: str = Field(default="127.0.0.1", description="Interface to bind (loopback only).")
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_upload_mb: float = Field(
+        default=20.0, gt=0, le=1024, description="Largest request body accepted (HTTP 413)."
+    )
+    max_photos: int = Field(default=20, ge=1, le=1000, description="Photos per enrol request.")
+    workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Photos decoded and embedded in parallel (pipeline copies in this process).",
+    )
+
+    # Enrolment policy.
+    multiple_faces: Literal["reject", "largest"] = Field(
+        default="reject",
+        description="An enrolment photo showing several faces: reject it, or take the largest.",
+    )
+    near_duplicate: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="A new face this close (cosine) to one the subject has is not stored again.",
+    )
+
+    # Privacy and events.
+    store_photos: bool = Field(
+        default=False,
+        description="Keep the aligned face crop of each enrolled photo in the gallery (for "
+        "review). Uploaded photos themselves are never written anywhere.",
+    )
+    events: bool = Field(default=True, description="Log every identification as an event.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("far", mode="before")
+    @classmethod
+    def _far_text(cls, value: Any) -> Any:
+        """Accept ``1e-3`` written as a YAML number as well as a string."""
+        if isinstance(value, float):
+            return f"{value:.0e}".replace("e-0", "e-")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then the environment, then the YAML file named by either."""
+        config_file = getattr(init_settings, "init_kwargs", {}).get("config_file")
+        if config_file is None:
+            config_file = os.environ.get(CONFIG_ENV) or None
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            path = Path(config_file).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    # Derived values.
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file behind ``db``, or None for a server database."""
+        url = self.db
+        if url is None:
+            from marginface.gallery import default_gallery_url
+
+            url = default_gallery_url()
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///") :]).expanduser()
+        if "://" in url:
+            return None
+        return Path(url).expanduser()
+
+    @property
+    def gallery_url(self) -> str:
+        """``db`` as a URL the gallery understands."""
+        path = self.sqlite_path
+        if path is not None:
+            return str(path)
+        assert self.db is not None
+        return self.db
+
+    @property
+    def home(self) -> Path:
+        """The folder for the admin key file."""
+        if self.data_dir is not None:
+            return self.data_dir.expanduser()
+        path = self.sqlite_path
+        return path.parent if path is not None else DEFAULT_HOME.expanduser()
+
+    @property
+    def key_file(self) -> Path:
+        """Where the bootstrap admin key is written."""
+        if self.admin_key_file is not None:
+            return self.admin_key_file.expanduser()
+        path = self.sqlite_path
+        stem = path.stem if path is not None else "gallery"
+        return self.home / f"{stem}.admin-key"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def url(self) -> str:
+        """The address a browser on this machine opens."""
+        host = self.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+
+def load_settings(config_file: str | Path | None = None, **values: Any) -> ServeSettings:
+    """Build settings from a config file, the environment and ``values`` (None values skipped).
+
+    Raises :class:`ConfigError` naming every offending key.
+    """
+    from marginface.config import format_validation_error
+
+    explicit = {k: v for k, v in values.items() if v is not None}
+    if config_file is not None:
+        explicit["config_file"] = Path(config_file)
+    try:
+        return ServeSettings(**explicit)
+    except ValidationError as exc:
+        source = f"{config_file or os.environ.get(CONFIG_ENV) or 'settings'}"
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None

@@ -1,0 +1,148 @@
+"""Helpers for the service tests: a fast fake face pipeline, photos and a test harness.
+
+The fake pipeline treats every saturated coloured square in a photo as a face; the square's
+hue is the person and its size varies the embedding a little, so photos behave like real
+ones (same person: high cosine, other people: low) at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from marginface.card import Calibration, ModelCard
+from marginface.serve import ServeSettings
+
+DIM = 32
+N_PEOPLE = 18  # hue buckets of 10 (OpenCV hue range 0..180)
+THRESHOLD = 0.5
+
+
+@dataclass
+class FakeFace:
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    crop: np.ndarray
+    embedding: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+class FakeEmbedder:
+    name = "fake-colour"
+    embedding_dim = DIM
+    card = ModelCard(
+        name="fake-colour",
+        architecture="onnx",
+        embedding_dim=DIM,
+        format="onnx",
+        weights="none.onnx",
+        calibration=Calibration(thresholds={"1e-3": THRESHOLD}),
+    )
+
+
+class FakePipeline:
+    """Coloured squares are faces; hue bucket = identity."""
+
+    selection = "all"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.embedder = FakeEmbedder()
+        self.delay = delay
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def embed_image(self, image: object) -> list[FakeFace]:
+        import cv2
+
+        from marginface.align import read_image
+
+        with self._lock:
+            self.calls += 1
+        rgb = read_image(image)  # type: ignore[arg-type]
+        if self.delay:
+            time.sleep(self.delay)
+        sat = rgb.max(axis=2).astype(int) - rgb.min(axis=2).astype(int)
+        mask = (sat > 60).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        faces = []
+        for i in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[i])
+            if area < 100:
+                continue
+            colour = rgb[y + h // 2, x + w // 2].astype(np.uint8).reshape(1, 1, 3)
+            hue = int(cv2.cvtColor(colour, cv2.COLOR_RGB2HSV)[0, 0, 0])
+            person = round(hue / 10) % N_PEOPLE
+            emb = np.zeros(DIM, np.float32)
+            emb[person] = 1.0
+            emb[N_PEOPLE + (w // 10) % (DIM - N_PEOPLE)] = 0.5
+            emb /= np.linalg.norm(emb)
+            box = np.array([x, y, x + w, y + h], np.float32)
+            cx, cy = x + w / 2, y + h / 2
+            landmarks = np.array(
+                [
+                    [cx - w / 4, cy - h / 6],
+                    [cx + w / 4, cy - h / 6],
+                    [cx, cy],
+                    [cx - w / 5, cy + h / 4],
+                    [cx + w / 5, cy + h / 4],
+                ],
+                np.float32,
+            )
+            faces.append(FakeFace(box, 0.99, landmarks, np.zeros((112, 112, 3), np.uint8), emb))
+        return faces
+
+
+def hue_rgb(person: int) -> tuple[int, int, int]:
+    """The RGB colour of ``person`` (0..17)."""
+    import cv2
+
+    hsv = np.array([[[person * 10, 230, 220]]], np.uint8)
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])  # type: ignore
+
+
+def make_photo(
+    *faces: tuple[int, int], size: tuple[int, int] = (240, 200), fmt: str = "PNG"
+) -> bytes:
+    """A photo with one square per ``(person, side)``, laid out left to right."""
+    w, h = size
+    img = Image.new("RGB", (w, h), (128, 128, 128))
+    x = 10
+    for person, side in faces:
+        img.paste(hue_rgb(person), (x, 20, x + side, 20 + side))
+        x += side + 15
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    settings: ServeSettings
+    pipeline: FakePipeline
+    keys: dict[str, str]  # role -> secret
+
+    def headers(self, role: str | None) -> dict[str, str]:
+        return {"X-API-Key": self.keys[role]} if role else {}
+
+    def enrol(self, name: str, *photos: bytes, role: str = "admin") -> dict:
+        files = [("photos", (f"p{i}.png", p, "image/png")) for i, p in enumerate(photos)]
+        r = self.client.post(
+            "/v1/enroll", data={"name": name}, files=files, headers=self.headers(role)
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
