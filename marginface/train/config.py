@@ -1,0 +1,223 @@
+"""The training configuration: one typed, validated model loaded from YAML.
+
+``load_train_config("configs/arcface_mbf.yaml", ["optim.lr=0.05"])`` returns a
+:class:`TrainConfig`; an unknown or misspelt key is a :class:`~marginface.errors.ConfigError`
+that names it. Every section has defaults, so a config only states what differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from marginface.config import StrictModel, load_config
+from marginface.errors import ConfigError
+
+__all__ = [
+    "AmpMode",
+    "BackboneConfig",
+    "CheckpointConfig",
+    "DataConfig",
+    "LogConfig",
+    "LossConfig",
+    "LossTerm",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "VerifyConfig",
+    "load_train_config",
+]
+
+AmpMode = Literal["none", "bf16", "fp16"]
+
+
+class DataConfig(StrictModel):
+    """Where the training faces are and how they are fed."""
+
+    train: Path = Field(description="identity folder, .csv list, or RecordIO .rec / prefix")
+    name: str = Field("", description="a name for the card (default: the folder name)")
+    augment: str | dict[str, Any] = Field(
+        "flip", description="augmentation preset (none | flip | strong) or AugmentConfig fields")
+    input_size: tuple[int, int] = Field((112, 112), description="(height, width) fed to the net")
+    color: Literal["RGB", "BGR"] = "RGB"
+    mean: float = 127.5
+    std: float = 127.5
+    sampler: Literal["random", "pk"] = Field(
+        "random", description="random batches, or P identities x K images (triplet loss)")
+    pk_k: int = Field(4, ge=2, description="images per identity in a P×K batch")
+    pk_min_images: int = Field(2, ge=1, description="identities with fewer images are skipped")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
+    prefetch_factor: int = Field(4, ge=1)
+    pin_memory: bool = True
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 16 or v[1] < 16:
+            raise ValueError("input_size must be at least 16×16")
+        return v
+
+
+class BackboneConfig(StrictModel):
+    """The embedding network: a ``marginface.backbones`` registry name."""
+
+    name: str = "mbf"
+    embedding_dim: int = Field(512, gt=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="extra constructor arguments (e.g. dropout)")
+    sync_bn: bool = Field(False, description="SyncBatchNorm under DDP (GPU only)")
+
+
+class LossTerm(StrictModel):
+    """One term of the training loss: ``weight · loss``."""
+
+    name: str = Field(description="registry name in marginface.losses (arcface, center, ...)")
+    weight: float = Field(1.0, gt=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments")
+
+
+class LossConfig(StrictModel):
+    """The main loss (a classification head or ``triplet``) plus optional auxiliary terms.
+
+    ``extra`` terms may be ``center`` (centre loss on the embeddings) or ``interclass`` (pushes
+    the sampled class centres of the head apart).
+    """
+
+    name: str = "arcface"
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="head arguments, e.g. {scale: 64, margin: 0.5}")
+    extra: list[LossTerm] = Field(default_factory=list)
+    sample_rate: float = Field(1.0, gt=0, le=1,
+                               description="Partial FC: fraction of class centres per step")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> LossConfig:
+        from marginface.losses import is_head
+
+        try:
+            head = is_head(self.name)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if not head and self.name.lower() != "triplet":
+            raise ValueError(f"loss.name must be a classification head or 'triplet', got "
+                             f"{self.name!r} (use loss.extra for {self.name!r})")
+        for term in self.extra:
+            key = term.name.lower()
+            if key not in ("center", "interclass"):
+                raise ValueError(
+                    f"loss.extra supports 'center' and 'interclass', got {term.name!r}")
+            if key == "interclass" and not head:
+                raise ValueError("the 'interclass' term needs a classification head")
+        return self
+
+    @property
+    def is_triplet(self) -> bool:
+        return self.name.lower() == "triplet"
+
+
+class OptimConfig(StrictModel):
+    """Optimiser and its hyper-parameters."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    head_lr_scale: float = Field(1.0, gt=0, description="head learning rate = lr × this")
+    head_weight_decay: float | None = Field(None, ge=0, description="default: weight_decay")
+    grad_clip: float | None = Field(5.0, gt=0, description="max global L2 norm of the "
+                                    "backbone's gradients (insightface: 5); null disables")
+
+
+class ScheduleConfig(StrictModel):
+    """Linear warm-up, then polynomial or cosine decay, stepped every iteration."""
+
+    kind: Literal["poly", "cosine", "constant"] = "poly"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_epochs")
+    power: float = Field(2.0, gt=0, description="poly: lr·(1 - t/T)^power (insightface: 2)")
+    min_lr_ratio: float = Field(0.0, ge=0, lt=1)
+
+
+class CheckpointConfig(StrictModel):
+    """When checkpoints are written and how many are kept."""
+
+    every_steps: int = Field(1000, ge=1)
+    keep: int = Field(2, ge=1)
+    at_epoch_end: bool = True
+
+
+class VerifyConfig(StrictModel):
+    """Periodic verification on a pairs file (LFW ``pairs.txt``, CSV pairs or ``.bin``)."""
+
+    pairs: Path | None = None
+    root: Path | None = Field(None, description="image root (default: the pairs file's folder)")
+    aligned: bool | Literal["auto"] = Field(
+        "auto", description="images are aligned crops (auto: true when every image has the "
+                            "template size or the file is a .bin)")
+    every_steps: int | None = Field(None, ge=1, description="also verify every N steps")
+    at_epoch_end: bool = True
+    at_start: bool = False
+    flip: bool = True
+    batch_size: int = Field(128, ge=1)
+    name: str = Field("", description="metric name (default: the pairs file's folder name)")
+
+
+class LogConfig(StrictModel):
+    """Progress bar, CSV metrics and TensorBoard."""
+
+    every_steps: int = Field(20, ge=1)
+    progress: bool = True
+    tensorboard: bool = True
+
+
+class TrainConfig(StrictModel):
+    """Everything a training run needs; see ``configs/`` for examples."""
+
+    data: DataConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    amp: AmpMode = Field("bf16", description="bf16 | fp16 (with GradScaler) | none")
+    channels_last: bool = True
+    compile: bool = False
+    epochs: float | None = Field(20, gt=0, description="training length in epochs")
+    steps: int | None = Field(None, gt=0, description="training length in steps (overrides "
+                                                      "epochs)")
+    batch_size: int = Field(128, ge=2, description="per-rank batch (P×K: P = batch_size / K)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output: Path = Path("runs/default")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    name: str = Field("", description="model name for the card (default: output folder name)")
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.epochs is None and self.steps is None:
+            raise ValueError("set epochs or steps")
+        if self.loss.is_triplet and self.data.sampler != "pk":
+            raise ValueError("loss 'triplet' needs data.sampler: pk (P×K batches)")
+        if self.data.sampler == "pk" and self.batch_size % self.data.pk_k:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of data.pk_k "
+                             f"{self.data.pk_k}")
+        return self
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training config from YAML plus ``key.path=value`` overrides.
+
+    Relative data, pairs and output paths are resolved against the current directory, as a
+    user typing the command expects. Raises :class:`ConfigError` naming every bad key.
+    """
+    cfg = load_config(TrainConfig, path, overrides)
+    if not str(cfg.data.train):
+        raise ConfigError("data.train is empty")
+    return cfg
