@@ -67,6 +67,9 @@ class ModelCard(BaseModel):
     name: str
     architecture: str  # registry name (e.g. "mbf", "iresnet50") or "onnx" / "sface"
     embedding_dim: int = Field(gt=0)
+    architecture_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra constructor arguments of the backbone"
+    )
     weights: str = "weights.safetensors"  # relative to the card's folder
     format: Literal["safetensors", "torch", "onnx"] = "safetensors"
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)

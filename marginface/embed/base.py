@@ -14,6 +14,8 @@ from marginface.errors import ImageError, ModelError
 
 __all__ = ["Embedder", "l2_normalize"]
 
+_TEMPLATE_SIZES = {"arcface_112x112": (112, 112), "arcface_112x96": (112, 96)}
+
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (float32)."""
@@ -72,6 +74,12 @@ class Embedder(ABC):
         h, w = self.input_size
         if crops.ndim != 4 or crops.shape[3] != 3:
             raise ImageError(f"crops must be (N, H, W, 3) RGB arrays, got shape {crops.shape}")
+        template_size = _TEMPLATE_SIZES.get(self.template)
+        if crops.shape[1:3] != (h, w) and crops.shape[1:3] == template_size:
+            # The model was trained on template crops resized to its input size: do the same.
+            from marginface.data.augment import resize_to
+
+            crops = np.stack([resize_to(c, (h, w)) for c in crops])
         if crops.shape[1:3] != (h, w):
             raise ImageError(
                 f"{self.name} expects {h}x{w} aligned crops ({self.template}), "

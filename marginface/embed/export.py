@@ -101,7 +101,8 @@ def export_onnx(
     if card.format == "onnx":
         raise ModelError(f"{model_dir}: already an ONNX model")
     state = _load_state_file(model_dir / card.weights, card.format)
-    module = load_backbone(state, card.architecture, card.embedding_dim, str(model_dir))
+    module = load_backbone(state, card.architecture, card.embedding_dim, str(model_dir),
+                           card.architecture_kwargs)
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         out = out.with_suffix(".onnx")

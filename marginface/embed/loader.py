@@ -125,13 +125,17 @@ def infer_insightface_architecture(state: dict[str, Any]) -> str:
 
 
 def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
-                  source: str) -> Any:
-    """Build ``architecture`` from the registry and load ``state`` strictly."""
+                  source: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """Build ``architecture`` (with constructor ``kwargs``) from the registry and load ``state``
+    strictly."""
     import torch
 
     from marginface.backbones import create
 
-    module = create(architecture, embedding_dim)
+    try:
+        module = create(architecture, embedding_dim, **(kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{source}: cannot build {architecture!r} with {kwargs}: {exc}") from None
     state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
              for k, v in state.items()}
     try:
@@ -228,7 +232,8 @@ def _from_model_dir(folder: Path, runtime: str, threads: int | None) -> Embedder
     if card.format == "onnx":
         return _from_onnx_file(weights, card, threads)
     state = _load_state_file(weights, card.format)
-    module = load_backbone(state, card.architecture, card.embedding_dim, str(weights))
+    module = load_backbone(state, card.architecture, card.embedding_dim, str(weights),
+                           card.architecture_kwargs)
     if runtime == "onnxruntime":
         return _to_onnx_runtime(module, card, threads)
     return TorchEmbedder(module, card)

@@ -29,7 +29,8 @@ def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_model(output: str | Path, backbone: nn.Module, *, name: str, architecture: str,
                  embedding_dim: int, preprocessing: Preprocessing, training: dict[str, Any],
-                 metrics: dict[str, Any] | None = None, notes: str = "") -> Path:
+                 metrics: dict[str, Any] | None = None, notes: str = "",
+                 architecture_kwargs: dict[str, Any] | None = None) -> Path:
     """Write ``weights.safetensors`` (atomically) and the card ``model.json`` into ``output``."""
     import os
 
@@ -47,6 +48,7 @@ def export_model(output: str | Path, backbone: nn.Module, *, name: str, architec
         tmp.unlink(missing_ok=True)
         raise
     card = ModelCard(name=name, architecture=architecture, embedding_dim=embedding_dim,
+                     architecture_kwargs=dict(architecture_kwargs or {}),
                      weights="weights.safetensors", format="safetensors",
                      preprocessing=preprocessing, training=training, metrics=metrics or {},
                      notes=notes)

@@ -731,7 +731,8 @@ class Trainer:
         name = cfg.name or Path(cfg.output).name
         export_model(cfg.output, self.backbone, name=name, architecture=self.arch,
                      embedding_dim=cfg.backbone.embedding_dim, preprocessing=self.pre,
-                     training=training, metrics=metrics)
+                     training=training, metrics=metrics,
+                     architecture_kwargs=dict(cfg.backbone.kwargs))
         self._say(f"wrote {Path(cfg.output) / 'weights.safetensors'} and model.json")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from safetensors.torch import load_file
@@ -60,6 +61,11 @@ verify: {{pairs: {pairs}, flip: false}}
     lines = (run / "metrics.csv").read_text().splitlines()
     assert lines[0] == "step,epoch,kind,name,value" and any(",train,loss," in x for x in lines)
     assert (run / "tensorboard").is_dir()
+    # The run's folder is a model directory the pipeline loads, 112x112 crops resized as trained.
+    from marginface.embed import load_embedder
+
+    emb = load_embedder(run).embed(np.full((3, 112, 112, 3), 128, np.uint8))
+    assert emb.shape == (3, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
 def test_cli_config_typo_raises_config_error(tmp_path: Path) -> None:
