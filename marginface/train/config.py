@@ -20,6 +20,7 @@ __all__ = [
     "BackboneConfig",
     "CheckpointConfig",
     "DataConfig",
+    "DistillConfig",
     "LogConfig",
     "LossConfig",
     "LossTerm",
@@ -51,6 +52,10 @@ class DataConfig(StrictModel):
     workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
     prefetch_factor: int = Field(4, ge=1)
     pin_memory: bool = True
+    preload: Literal["none", "device"] = Field(
+        "none", description="device: decode every image once into a uint8 tensor on the "
+                            "training device (GPU memory) and flip there; no DataLoader workers. "
+                            "Same batch order by seed; augment must be none or flip")
 
     @field_validator("input_size")
     @classmethod
@@ -167,6 +172,19 @@ class VerifyConfig(StrictModel):
     name: str = Field("", description="metric name (default: the pairs file's folder name)")
 
 
+class DistillConfig(StrictModel):
+    """Knowledge distillation: pull a projection of the student's embedding to a teacher's.
+
+    ``teacher`` is a ``(N, D_t)`` float16 ``.npy`` of teacher embeddings aligned with the
+    training set's order (``marginface train-teacher``); the term added to the loss is
+    ``weight · (1 - cos(P·student, teacher))`` with a learned linear map ``P``.
+    """
+
+    teacher: Path = Field(description="teacher embeddings .npy (written by train-teacher)")
+    weight: float = Field(1.0, gt=0)
+    projection: bool = Field(True, description="learn P (needed when the dimensions differ)")
+
+
 class LogConfig(StrictModel):
     """Progress bar, CSV metrics and TensorBoard."""
 
@@ -196,6 +214,7 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    distill: DistillConfig | None = Field(None, description="optional distillation term")
     name: str = Field("", description="model name for the card (default: output folder name)")
     deterministic: bool = False
 
@@ -208,6 +227,14 @@ class TrainConfig(StrictModel):
         if self.data.sampler == "pk" and self.batch_size % self.data.pk_k:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of data.pk_k "
                              f"{self.data.pk_k}")
+        if self.data.preload == "device":
+            from marginface.data.augment import resolve_augment
+
+            aug = resolve_augment(self.data.augment)
+            if any((aug.shift_scale, aug.color_jitter, aug.grayscale, aug.blur, aug.jpeg)):
+                raise ValueError("data.preload: device supports augment 'none' or 'flip' only "
+                                 "(flips are done on the device); use preload: none for "
+                                 "stronger augmentation")
         return self
 
 

@@ -67,6 +67,7 @@ class _TrainSet(torch.utils.data.Dataset):
         self.base = base
         self.augment = augment
         self.pre = pre
+        self.with_index = False  # also return the sample index (for distillation)
         self._pipeline: Any = None
 
     def __len__(self) -> int:
@@ -95,7 +96,21 @@ class _TrainSet(torch.utils.data.Dataset):
             state = np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]
             self._pipeline.set_random_seed(int(state))
             image = self._pipeline(image=image)["image"]
+        if self.with_index:
+            return to_tensor(image, self.pre), int(self.base.labels[index]), index
         return to_tensor(image, self.pre), int(self.base.labels[index])
+
+
+def _collate_indexed(batch: list[Any]) -> Any:
+    """``collate_faces`` that also keeps each sample's data set index (``batch.indices``)."""
+    from torch.utils.data import default_collate
+
+    from marginface.data import SkippedSample, collate_faces
+
+    out = collate_faces([b[:2] if isinstance(b, tuple) else b for b in batch])
+    good = [b[2] for b in batch if not isinstance(b, SkippedSample)]
+    out.indices = default_collate(good) if good else torch.empty(0, dtype=torch.long)
+    return out
 
 
 class _KeyedBatches:
@@ -126,19 +141,26 @@ class _Net(nn.Module):
     """Backbone plus the replicated auxiliary loss (centre loss); what DDP wraps."""
 
     def __init__(self, backbone: nn.Module, center: nn.Module | None, center_weight: float,
-                 compile_backbone: bool) -> None:
+                 compile_backbone: bool, distill: nn.Module | None = None,
+                 distill_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.center = center
         self.center_weight = center_weight
+        self.distill = distill
+        self.distill_weight = distill_weight
         fn = torch.compile(backbone) if compile_backbone else backbone
         object.__setattr__(self, "_run", fn)
 
-    def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, images: Tensor, labels: Tensor,
+                teacher: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         emb = self._run(images)
         aux = None
         if self.center is not None:
             aux = self.center_weight * self.center(emb.float(), labels)
+        if self.distill is not None and teacher is not None:
+            term = self.distill_weight * self.distill(emb.float(), teacher)
+            aux = term if aux is None else aux + term
         return emb, aux
 
 
@@ -150,8 +172,10 @@ class Trainer:
     """One training run; :meth:`run` trains, checkpoints, verifies and exports."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False,
-                 env: DistEnv | None = None) -> None:
+                 env: DistEnv | None = None, preloaded: Any = None) -> None:
         self.cfg = cfg
+        #: A :class:`~marginface.train.preload.PreloadedImages` to reuse (``data.preload``).
+        self.preloaded = preloaded
         self.resume = resume
         self.env = env or init_distributed(cfg.device)
         self._own_env = env is None
@@ -205,10 +229,33 @@ class Trainer:
             raise DataError(f"{len(base)} images make no full batch of {B} on "
                             f"{env.world_size} rank(s); lower batch_size")
         self.keyed = _KeyedBatches(batches, cfg.seed)
+        self.teacher: Tensor | None = None
+        if cfg.distill is not None:
+            from marginface.train.distill import load_teacher
+
+            self.teacher = load_teacher(cfg.distill.teacher, base).to(env.device)
+            self.dataset.with_index = True
+        self._preloaded_loader = None
+        if cfg.data.preload == "device":
+            from marginface.train.preload import PreloadedLoader, preload_images
+
+            data = self.preloaded
+            if data is None or not data.matches(base, self.pre.input_size):
+                data = preload_images(base, self.pre.input_size, env.device,
+                                      threads=max(1, cfg.data.workers),
+                                      progress=env.is_main)
+                self.preloaded = data
+            else:
+                data = data if data.images.device == env.device else None
+                if data is None:
+                    raise DataError("the preloaded images are on another device")
+            self._preloaded_loader = PreloadedLoader(data, self.keyed, self.pre, augment.hflip,
+                                                     cfg.seed, sources=base.source)
         workers = cfg.data.workers
         self.loader_kwargs: dict[str, Any] = dict(
             dataset=self.dataset, batch_sampler=self.keyed, num_workers=workers,
-            collate_fn=collate_faces, pin_memory=cfg.data.pin_memory and env.device.type == "cuda",
+            collate_fn=_collate_indexed if self.dataset.with_index else collate_faces,
+            pin_memory=cfg.data.pin_memory and env.device.type == "cuda",
             worker_init_fn=_worker_init if workers > 0 else None)
         if workers > 0:
             self.loader_kwargs["prefetch_factor"] = cfg.data.prefetch_factor
@@ -221,6 +268,8 @@ class Trainer:
     def _loader(self, epoch: int) -> Any:
         self.sampler.set_epoch(epoch)
         self.keyed.epoch = epoch
+        if self._preloaded_loader is not None:
+            return self._preloaded_loader
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         return self._loader_cls(generator=gen, **self.loader_kwargs)
 
@@ -252,7 +301,14 @@ class Trainer:
                 center_w = term.weight
             else:
                 self.interclass = (term.weight, create("interclass", **kw))
-        self.net = _Net(backbone, center, center_w, cfg.compile)
+        distill = None
+        if cfg.distill is not None:
+            from marginface.train.distill import DistillHead
+
+            distill = DistillHead(cfg.backbone.embedding_dim, int(self.teacher.shape[1]),
+                                  projection=cfg.distill.projection).to(dev)
+        self.net = _Net(backbone, center, center_w, cfg.compile, distill,
+                        cfg.distill.weight if cfg.distill is not None else 0.0)
         self.ddp: nn.Module = self.net
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -305,7 +361,8 @@ class Trainer:
         return {"backbone": c.backbone.model_dump(mode="json"),
                 "loss": c.loss.model_dump(mode="json"), "batch_size": c.batch_size,
                 "world_size": self.env.world_size, "num_classes": self.num_classes,
-                "sampler": c.data.sampler}
+                "sampler": c.data.sampler,
+                "distill": None if c.distill is None else c.distill.model_dump(mode="json")}
 
     def save_checkpoint(self) -> Path:
         """Write a complete checkpoint of the current step (every rank must call this)."""
@@ -395,8 +452,11 @@ class Trainer:
         cfg = self.cfg
         dev = self.env.device
         amp = _amp_dtype(cfg.amp)
+        teacher = None
+        if self.teacher is not None:
+            teacher = self.teacher.index_select(0, self._last_indices).float()
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            emb, aux = self.ddp(images, labels)
+            emb, aux = self.ddp(images, labels, teacher)
             if self.pfc is not None:
                 loss = self.pfc(emb, labels)
                 if self.interclass is not None:
@@ -427,12 +487,17 @@ class Trainer:
         if n == 0:
             return self._last_batch
         images, labels = batch.images, batch.labels
+        indices = getattr(batch, "indices", None)
         if n < want:
             idx = torch.arange(want) % n
-            images, labels = images[idx], labels[idx]
+            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
+            if indices is not None:
+                indices = indices[idx.to(indices.device)]
         dev = self.env.device
         images = images.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
+        if indices is not None:
+            self._last_indices = indices.to(dev, non_blocking=True)
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self._last_batch = (images, labels)
@@ -722,6 +787,11 @@ class Trainer:
             "global_batch": cfg.batch_size * self.env.world_size, "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 4), "seed": cfg.seed,
             "wall_seconds": round(seconds, 1), "device": _device_name(self.env.device),
+            "preload": cfg.data.preload,
+            "distill": None if cfg.distill is None else {
+                **cfg.distill.model_dump(mode="json"),
+                "note": "knowledge distillation: weight·(1 − cos(P·student, teacher)) with the "
+                        "teacher's embeddings of the training crops"},
             "command": "marginface train " + json.dumps(str(cfg.output)),
         }
         metrics = {}
@@ -744,6 +814,10 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Run the training ``cfg`` describes (one process, or one rank under torchrun)."""
-    return Trainer(cfg, resume=resume).run()
+def train(cfg: TrainConfig, *, resume: bool = False, preloaded: Any = None) -> TrainResult:
+    """Run the training ``cfg`` describes (one process, or one rank under torchrun).
+
+    ``preloaded``: images already decoded on the device (``data.preload: device``), reused
+    when they come from the same data set (e.g. by the loss comparison).
+    """
+    return Trainer(cfg, resume=resume, preloaded=preloaded).run()

@@ -1,0 +1,367 @@
+"""The loss comparison: train several configs, evaluate each on the dev pairs, write the table.
+
+Evaluation uses *pre-aligned dev crops* so that a GPU machine only runs the networks:
+
+1. :func:`prepare_dev_crops` (``marginface train-dev-crops PAIRS OUT.npz``, on any CPU) reads
+   a pairs file, detects and aligns every image exactly as ``marginface.eval`` does (YuNet,
+   largest face, ArcFace template) and stores the crops, which images failed and the pairs
+   (``left``, ``right``, ``issame``, ``folds``) in one compressed ``.npz``.
+2. :func:`evaluate_crops` embeds those crops with any :class:`~marginface.embed.Embedder` and
+   scores the pairs with ``marginface.eval``'s protocol (failed image: score -1; 10-fold
+   accuracy; TAR at FAR): the same numbers as ``marginface eval verify`` on the raw photos.
+3. :func:`run_comparison` (``marginface train-compare CONFIG... --dev-crops NPZ``) trains each
+   config in turn in this process (a preloaded training set is decoded once and shared), loads
+   each exported model through ``marginface.embed.load_embedder``, evaluates it, and rewrites
+   ``results.json`` and ``table.md`` after every run, so a run cut short keeps its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import DataError, MarginfaceError
+
+__all__ = ["CompareRow", "DevCrops", "evaluate_crops", "flag_ties", "load_dev_crops",
+           "machine_name", "prepare_dev_crops", "render_table", "run_comparison"]
+
+FARS = ("1e-2", "1e-3")
+
+
+@dataclass
+class DevCrops:
+    """Aligned crops of a pair set's images, and the pairs."""
+
+    crops: np.ndarray  # (N, H, W, 3) uint8 RGB
+    ok: np.ndarray  # (N,) bool: False where no face was found or the image was unreadable
+    reasons: dict[int, str]
+    left: np.ndarray
+    right: np.ndarray
+    issame: np.ndarray
+    folds: np.ndarray
+    names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.issame)
+
+
+def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | None = None,
+                      detector: str = "yunet", selection: str = "largest",
+                      template: str = "arcface_112x112", workers: int | None = None,
+                      progress: bool = True) -> DevCrops:
+    """Detect and align every image of ``pairs`` as ``marginface.eval`` does; save ``out``."""
+    from marginface.card import Preprocessing
+    from marginface.eval.embeddings import EmbedOptions, _Preparer
+    from marginface.eval.pairs import load_pairs
+
+    ps = load_pairs(pairs, root)
+    h, w = (112, 96) if template == "arcface_112x96" else (112, 112)
+    pre = Preprocessing(template=template, input_size=(h, w))  # type: ignore[arg-type]
+    options = EmbedOptions(aligned=False, flip=False, detector=detector, selection=selection)
+    shim = SimpleNamespace(card=SimpleNamespace(preprocessing=pre))
+    preparer = _Preparer(shim, options, None)
+    n = len(ps.images)
+    crops = np.zeros((n, h, w, 3), dtype=np.uint8)
+    ok = np.zeros(n, dtype=bool)
+    reasons: dict[int, str] = {}
+    t0 = time.perf_counter()
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[int, np.ndarray | str]:
+        return i, preparer(ps.images[i])
+
+    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
+        for done, (i, res) in enumerate(pool.map(one, range(n)), 1):
+            if isinstance(res, str):
+                reasons[i] = res
+            else:
+                crops[i] = res
+                ok[i] = True
+            if progress and (done % 200 == 0 or done == n):
+                print(f"dev crops: {done}/{n} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    names = [str(ref.key) for ref in ps.images]
+    meta = {"format": "marginface-dev-crops/1", "pairs": str(pairs), "detector": detector,
+            "selection": selection, "template": template, "options": options.key(),
+            "n_images": n, "n_failed": len(reasons), "n_pairs": ps.n_pairs,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    dc = DevCrops(crops, ok, reasons, np.asarray(ps.left), np.asarray(ps.right),
+                  np.asarray(ps.issame, dtype=bool), np.asarray(ps.folds), names, meta)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    blob, offsets = _encode_crops(crops)
+    np.savez(tmp, crops_webp=blob, crops_offsets=offsets,
+             crops_shape=np.array(crops.shape, dtype=np.int64), ok=ok, left=dc.left,
+             right=dc.right,
+                        issame=dc.issame, folds=dc.folds,
+                        names=np.array(names), reasons=np.array(json.dumps(
+                            {str(k): v for k, v in reasons.items()})),
+                        meta=np.array(json.dumps(meta)))
+    tmp.replace(out)
+    return dc
+
+
+def _encode_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lossless WebP of every crop (about 13 KB each instead of 37 KB), checked to round-trip
+    exactly (PNG where it would not)."""
+    import cv2
+
+    parts, offsets = [], [0]
+    for c in crops:
+        bgr = np.ascontiguousarray(c[:, :, ::-1])
+        ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        if not ok or not np.array_equal(cv2.imdecode(buf, cv2.IMREAD_COLOR), bgr):
+            ok, buf = cv2.imencode(".png", bgr)
+        parts.append(buf.ravel())
+        offsets.append(offsets[-1] + len(buf))
+    blob = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    return blob.astype(np.uint8), np.asarray(offsets, dtype=np.int64)
+
+
+def _decode_crops(blob: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    import cv2
+
+    crops = np.zeros(shape, dtype=np.uint8)
+    for i in range(shape[0]):
+        im = cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        if im is None or im.shape != shape[1:]:
+            raise DataError(f"dev crop {i} is corrupt")
+        crops[i] = im[:, :, ::-1]
+    return crops
+
+
+def load_dev_crops(path: str | Path) -> DevCrops:
+    """Read a file written by :func:`prepare_dev_crops`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"dev crops not found: {p} (write them with 'marginface "
+                        "train-dev-crops PAIRS OUT.npz')")
+    try:
+        z = np.load(p, allow_pickle=False)
+        crops = z["crops"] if "crops" in z.files else _decode_crops(
+            z["crops_webp"], z["crops_offsets"], tuple(int(x) for x in z["crops_shape"]))
+        return DevCrops(
+            crops=crops, ok=z["ok"].astype(bool),
+            reasons={int(k): v for k, v in json.loads(str(z["reasons"])).items()},
+            left=z["left"], right=z["right"], issame=z["issame"].astype(bool),
+            folds=z["folds"], names=[str(x) for x in z["names"]],
+            meta=json.loads(str(z["meta"])))
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{p} is not a dev-crops file: {exc}") from None
+
+
+def evaluate_crops(embedder: Any, dev: DevCrops, *, flip: bool = False,
+                   batch_size: int = 128) -> dict[str, Any]:
+    """Score ``dev``'s pairs with ``embedder``: ``marginface.eval``'s verification metrics.
+
+    Returns ``verification_metrics``' block (accuracies in %) plus ``scores`` (list) and
+    ``n_failed_images``. Pairs touching a failed image score -1, as in ``eval verify``.
+    """
+    from marginface.eval.verify import FAILED_PAIR_SCORE, verification_metrics
+
+    idx = np.flatnonzero(dev.ok)
+    emb = np.zeros((len(dev.ok), int(embedder.embedding_dim)), dtype=np.float32)
+    if len(idx):
+        emb[idx] = embedder.embed(dev.crops[idx], flip=flip, batch_size=batch_size)
+    scores = np.einsum("ij,ij->i", emb[dev.left], emb[dev.right]).astype(np.float64)
+    failed = ~(dev.ok[dev.left] & dev.ok[dev.right])
+    scores[failed] = FAILED_PAIR_SCORE
+    scores = np.clip(scores, -1.0, 1.0)
+    if not np.all(np.isfinite(scores)):
+        raise DataError("evaluation produced non-finite scores (the network diverged)")
+    metrics = verification_metrics(scores, dev.issame, dev.folds, FARS)
+    metrics["n_failed_images"] = int((~dev.ok).sum())
+    metrics["n_failed_pairs"] = int(failed.sum())
+    metrics["flip"] = flip
+    metrics["scores"] = [round(float(s), 6) for s in scores]
+    return metrics
+
+
+def machine_name() -> str:
+    """The GPU's name, or the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class CompareRow:
+    """One trained configuration and its dev results."""
+
+    name: str
+    config: str
+    loss: str
+    seed: int
+    status: str = "pending"  # pending | done | failed
+    accuracy: float | None = None  # %, 10-fold mean
+    std: float | None = None  # %, fold std
+    tar_1e2: float | None = None
+    tar_1e3: float | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    wall_seconds: float | None = None
+    samples_per_second: float | None = None
+    machine: str = ""
+    output: str = ""
+    error: str = ""
+    ties: list[str] = field(default_factory=list)
+
+
+def flag_ties(rows: list[CompareRow]) -> None:
+    """Mark rows whose accuracies are within each other's fold std ("needs second seed").
+
+    Two rows ``a`` and ``b`` tie when ``|acc_a − acc_b| ≤ min(std_a, std_b)``: each lies within
+    the other's fold standard deviation, so ranking them needs a second seed.
+    """
+    done = [r for r in rows if r.accuracy is not None and r.std is not None]
+    for r in rows:
+        r.ties = []
+    for i, a in enumerate(done):
+        for b in done[i + 1:]:
+            if abs(a.accuracy - b.accuracy) <= min(a.std, b.std):  # type: ignore[operator]
+                a.ties.append(b.name)
+                b.ties.append(a.name)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def render_table(rows: list[CompareRow], *, title: str = "", notes: str = "") -> str:
+    """The Markdown table, best dev accuracy first."""
+    ranked = sorted(rows, key=lambda r: (r.accuracy is None, -(r.accuracy or 0.0)))
+    lines = []
+    if title:
+        lines += [f"## {title}", ""]
+    lines += ["| rank | loss | dev accuracy (%) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | epochs | "
+              "wall time (s) | machine | note |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k, r in enumerate(ranked, 1):
+        if r.status != "done":
+            note = f"{r.status}: {r.error}" if r.error else r.status
+        else:
+            note = f"needs second seed (within fold std of {', '.join(r.ties)})" if r.ties \
+                else ""
+        acc = "–" if r.accuracy is None else f"{r.accuracy:.2f} ± {_fmt(r.std, '.2f')}"
+        lines.append(f"| {k if r.accuracy is not None else '–'} | {r.name} | {acc} | "
+                     f"{_fmt(r.tar_1e2, '.3f')} | {_fmt(r.tar_1e3, '.3f')} | "
+                     f"{_fmt(r.epochs, '.2f')} | {_fmt(r.wall_seconds, '.0f')} | "
+                     f"{r.machine or '–'} | {note} |")
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def _row_name(path: Path) -> str:
+    stem = path.stem
+    return stem[:-4] if stem.endswith("_mbf") else stem
+
+
+def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: str | Path, *,
+                   overrides: list[str] | None = None, table: str | Path | None = None,
+                   flip: bool = False, title: str = "Loss comparison on celeba-dev",
+                   keep_going: bool = True, budget_s: float | None = None
+                   ) -> list[CompareRow]:
+    """Train each config (output ``out_dir/<config stem>``), evaluate, write the results.
+
+    ``overrides`` (``key=value``) apply to every config, e.g. ``epochs=5`` or
+    ``data.train=/tmp/mf-data/celeba``. Writes ``out_dir/results.json`` and
+    ``out_dir/table.md`` (and ``table`` when given) after every run. A config that fails is
+    recorded with its error and the others still run (unless ``keep_going`` is False).
+    ``budget_s``: skip (status ``skipped``) a config that would probably end after this many
+    seconds from the start, judged by the slowest run so far.
+    """
+    from marginface.embed import load_embedder
+    from marginface.train.config import load_train_config
+    from marginface.train.trainer import Trainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = load_dev_crops(dev_crops)
+    paths = [Path(c) for c in configs]
+    cfgs = []
+    for p in paths:  # validate every config before training anything
+        cfg = load_train_config(p, [*(overrides or []), f"output={out_dir / p.stem}"])
+        cfg = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"pairs": None})})
+        cfgs.append(cfg)
+    rows = [CompareRow(name=_row_name(p), config=str(p), loss=c.loss.name, seed=c.seed)
+            for p, c in zip(paths, cfgs, strict=True)]
+    machine = machine_name()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    preloaded = None
+
+    def write() -> None:
+        flag_ties(rows)
+        payload = {"format": "marginface-compare/1", "started": started, "machine": machine,
+                   "dev_crops": str(dev_crops), "dev": dev.meta, "flip": flip,
+                   "overrides": overrides or [], "rows": [asdict(r) for r in rows]}
+        (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n",
+                                              encoding="utf-8")
+        notes = (f"Dev set: {dev.meta.get('pairs', '')} ({dev.n_pairs} pairs, "
+                 f"{int((~dev.ok).sum())} images without a detected face scored -1); 10-fold "
+                 f"accuracy mean ± fold std; flip TTA {'on' if flip else 'off'}. Overrides: "
+                 f"{' '.join(overrides or []) or 'none'}.")
+        text = render_table(rows, title=title, notes=notes)
+        (out_dir / "table.md").write_text(text, encoding="utf-8")
+        if table is not None:
+            Path(table).parent.mkdir(parents=True, exist_ok=True)
+            Path(table).write_text(text, encoding="utf-8")
+
+    write()
+    t_start = time.perf_counter()
+    longest = 0.0
+    for row, cfg in zip(rows, cfgs, strict=True):
+        elapsed = time.perf_counter() - t_start
+        if budget_s is not None and longest and elapsed + longest > budget_s:
+            row.status, row.error = "skipped", f"time budget of {budget_s:.0f} s"
+            print(f"== {row.name}: skipped ({elapsed:.0f} s used, the slowest run took "
+                  f"{longest:.0f} s, budget {budget_s:.0f} s)", flush=True)
+            write()
+            continue
+        print(f"== {row.name}: training ({row.config}; {elapsed:.0f} s into the comparison)",
+              flush=True)
+        t_run = time.perf_counter()
+        try:
+            trainer = Trainer(cfg, preloaded=preloaded)
+            result = trainer.run()
+            preloaded = trainer.preloaded
+            if result.interrupted:
+                row.status, row.error = "failed", "interrupted"
+                write()
+                break
+            embedder = load_embedder(cfg.output, runtime="torch")
+            m = evaluate_crops(embedder, dev, flip=flip)
+            (Path(cfg.output) / "dev_metrics.json").write_text(
+                json.dumps(m, indent=2) + "\n", encoding="utf-8")
+            row.accuracy, row.std = m["accuracy_mean"], m["accuracy_std"]
+            row.tar_1e2 = m["tar_at_far"].get("1e-2")
+            row.tar_1e3 = m["tar_at_far"].get("1e-3")
+            row.epochs = round(result.epochs_done, 3)
+            row.steps = result.steps
+            row.wall_seconds = round(result.seconds, 1)
+            row.samples_per_second = round(result.samples_per_second, 1)
+            row.machine = machine
+            row.output = str(cfg.output)
+            row.status = "done"
+            print(f"== {row.name}: {row.accuracy:.2f} ± {row.std:.2f} %, TAR@FAR=1e-3 "
+                  f"{_fmt(row.tar_1e3, '.3f')}, {row.wall_seconds:.0f} s", flush=True)
+        except (MarginfaceError, RuntimeError, ValueError) as exc:
+            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            print(f"== {row.name}: FAILED {row.error}", flush=True)
+            if not keep_going:
+                write()
+                raise
+        longest = max(longest, time.perf_counter() - t_run)
+        write()
+    return rows
