@@ -24,6 +24,7 @@ from __future__ import annotations
 from marginface.gallery.index import (
     INDEX_KINDS,
     ExactIndex,
+    FaissBinaryIndex,
     FaissIndex,
     MilvusIndex,
     VectorIndex,
@@ -72,6 +73,7 @@ __all__ = [
     "ExactIndex",
     "Face",
     "FaceRecord",
+    "FaissBinaryIndex",
     "FaissIndex",
     "Gallery",
     "Hit",

@@ -7,7 +7,14 @@ import pytest
 from gallery_helpers import unit
 
 from marginface.errors import GalleryError
-from marginface.gallery import ExactIndex, FaissIndex, MilvusIndex, create_index
+from marginface.gallery import (
+    ExactIndex,
+    FaissBinaryIndex,
+    FaissIndex,
+    Gallery,
+    MilvusIndex,
+    create_index,
+)
 from marginface.gallery.vote import knn_vote, shared_rule_winner
 
 
@@ -23,7 +30,7 @@ def clustered(n_clusters: int, per: int, dim: int, seed: int = 0) -> np.ndarray:
     return unit(pts)
 
 
-@pytest.fixture(params=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"])
+@pytest.fixture(params=["exact", "faiss-binary", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"])
 def index(request, tmp_path):
     kind = request.param
     if kind == "exact":
@@ -31,6 +38,8 @@ def index(request, tmp_path):
     if kind == "milvus":
         return MilvusIndex(16, uri=str(tmp_path / "m.db"), collection="t")
     sub = kind.split("-")[1]
+    if sub == "binary":
+        return create_index("faiss", 16)
     return FaissIndex(16, kind=sub, train_min=200, nlist=8, nprobe=8)
 
 
@@ -114,3 +123,104 @@ def test_vote_prefers_many_good_neighbours_and_says_unknown_below_threshold():
     assert [r.subject for r in ranked] == ["b", "a"]
     winner, _ = knn_vote(["a", "b"], [0.45, 0.40], 0.5)
     assert winner is None
+
+
+def faces(n_people: int, per: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gallery faces and fresh query photos of enrolled people (same-person cosine ~0.6)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(n_people, dim)))
+    noise = 0.8 / np.sqrt(dim)
+    data = unit(np.repeat(centres, per, axis=0) + noise * rng.normal(size=(n_people * per, dim)))
+    who = rng.integers(0, n_people, 40)
+    queries = unit(centres[who] + noise * rng.normal(size=(40, dim)))
+    return data, queries
+
+
+def test_faiss_default_is_the_binary_index_and_agrees_with_exact_search():
+    data, queries = faces(8000, 5, 128)  # 40,000 faces: one query is split over 2 threads
+    ids = np.arange(5, 5 + len(data), dtype=np.int64)
+    ix = create_index("faiss", 128)
+    assert isinstance(ix, FaissBinaryIndex) and not ix.exact
+    assert ix.describe()["bits"] == 256 and ix.describe()["faiss_kind"] == "binary"
+    ix.add(ids[:25000], data[:25000])
+    ix.add(ids[25000:], data[25000:])
+    exact = ExactIndex(128)
+    exact.add(ids, data)
+    want_s, want = exact.search(queries, 5)
+    got_s, got = ix.search(queries, 5)  # batched
+    single = [ix.search(q[None], 5) for q in queries]  # one at a time: split over 2 threads
+    for s_, g_ in ((got_s, got), (np.vstack([x[0] for x in single]),
+                                  np.vstack([x[1] for x in single]))):
+        assert (g_ == want).all()  # same neighbours, same order
+        np.testing.assert_allclose(s_, want_s, atol=1e-5)  # scores are exact
+    # removal is immediate: the vector and its code are overwritten, never returned again
+    gone = want[:, 0]
+    assert ix.remove(gone) == len(np.unique(gone))
+    assert len(ix) == len(data) - len(np.unique(gone))
+    _, got = ix.search(queries, 5)
+    assert not np.isin(got, gone).any()
+    rows = ix._matrix  # includes the spare capacity where the moved-out rows were
+    for v in data[gone - 5]:
+        assert not np.all(rows == v, axis=1).any()
+    keep = ~np.isin(ids, gone)
+    exact = ExactIndex(128)
+    exact.add(ids[keep], data[keep])
+    assert (ix.search(queries, 5)[1][:, 0] == exact.search(queries, 5)[1][:, 0]).all()
+    ix.close()
+
+
+def test_faiss_binary_options_are_checked():
+    with pytest.raises(GalleryError, match="multiple of 64"):
+        FaissBinaryIndex(32, bits=100)
+    with pytest.raises(GalleryError, match="rerank"):
+        FaissBinaryIndex(32, rerank=0)
+    ix = create_index("faiss", 32, kind="binary", bits=128, rerank=8)
+    ix.add([1, 2], unit(np.eye(32, dtype=np.float32)[:2]))
+    s, i = ix.search(np.eye(32, dtype=np.float32)[:1], 4)
+    assert i[0].tolist() == [1, 2, -1, -1] and s[0, 0] == pytest.approx(1.0)
+    assert isinstance(create_index("faiss", 32, kind="hnsw"), FaissIndex)
+
+
+def test_hnsw_removal_tombstones_zeroes_and_compacts():
+    data = clustered(60, 10, 16, seed=5)
+    ids = np.arange(100, 100 + len(data), dtype=np.int64)
+    ix = FaissIndex(16, kind="hnsw", compact_fraction=0.2)
+    ix.add(ids, data)
+    gone = ids[:30]  # 5 %: tombstones, no rebuild
+    assert ix.remove(gone) == 30 and ix.remove(gone) == 0
+    assert len(ix) == 570 and ix.describe()["tombstones"] == 30
+    assert ix._index.ntotal == 600  # still in the graph...
+    for i in gone[:5]:  # ...but the embedding itself is gone from memory
+        assert not np.any(ix._index.reconstruct(int(i)))
+    _, got = ix.search(data[:30], 5)  # the removed faces' own vectors
+    assert not np.isin(got, gone).any() and (got >= 0).all()
+    assert sorted(ix.ids().tolist()) == ids[30:].tolist()
+    ix.remove(ids[30:130])  # past 20 %: rebuilt without the dead nodes
+    assert ix._index.ntotal == len(ix) == 470 and ix.describe()["tombstones"] == 0
+    ix.remove(ids[130:140])
+    ix.compact()
+    assert ix._index.ntotal == 460
+    _, got = ix.search(data[140:200], 1)
+    assert np.mean(got[:, 0] == ids[140:200]) >= 0.95
+    ix.add(ids[:10], data[:10])  # ids may come back
+    assert len(ix) == 470
+    ix.remove(ids[140:145])  # tombstoned, then enrolled again: the dead nodes go first
+    ix.add(ids[140:145], data[140:145])
+    assert len(ix) == ix._index.ntotal == 470 and ix.describe()["tombstones"] == 0
+    _, got = ix.search(data[140:145], 1)
+    assert (got[:, 0] == ids[140:145]).all()
+
+
+def test_gallery_with_the_faiss_index_searches_and_forgets(tmp_path):
+    data, _ = faces(300, 4, 32, seed=2)
+    with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
+        assert isinstance(g.index, FaissBinaryIndex)
+        subjects = [g.create_subject(f"p{i}", embeddings=data[4 * i: 4 * i + 4]).id
+                    for i in range(300)]
+        who = [hits[0].subject_id for hits in g.search(data[::4], 1)]
+        assert who == subjects
+        g.delete_subject(subjects[0])
+        assert all(h.subject_id != subjects[0] for h in g.search(data[:4], 5)[0])
+    with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
+        assert len(g.index) == 299 * 4  # rebuilt from SQL at start
+        assert g.search(data[4:5], 1)[0][0].subject_id == subjects[1]
