@@ -39,31 +39,36 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-def _print_table(title: str, runs: list[Any]) -> None:
+def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    """Rows as written to the JSON (``train`` and ``held_out`` parts, the latter maybe null)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for name in (
-        "loss",
-        "mean intra-class angle",
-        "min inter-class angle",
-        "angular gap",
-        "train acc",
-        "time",
-    ):
-        table.add_column(name, justify="left" if name == "loss" else "right")
-    for run in runs:
-        s = run.stats
-        table.add_row(
-            run.spec.title,
-            f"{s.mean_intra_angle:.2f}°",
-            f"{s.min_inter_angle:.2f}°",
-            f"{s.angular_gap:.2f}°",
-            f"{run.accuracy:.3f}",
-            f"{run.seconds:.1f} s",
-        )
-    Console().print(table)
+    held = any(row.get("held_out") for row in rows)
+    parts = ["train", "held_out"] if held else ["train"]
+    table.add_column("loss", justify="left")
+    for part in parts:
+        tag = "held-out" if part == "held_out" else "train"
+        for name in ("intra", "min inter", "gap", "acc"):
+            table.add_column(f"{tag} {name}", justify="right")
+    table.add_column("time", justify="right")
+    for row in rows:
+        cells = [row["label"]]
+        for part in parts:
+            s = row[part]
+            cells += [
+                f"{s['mean_intra_angle']:.2f}°",
+                f"{s['min_inter_angle']:.2f}°",
+                f"{s['angular_gap']:.2f}°",
+                f"{s['accuracy']:.3f}",
+            ]
+        cells.append(f"{row['seconds']:.1f} s")
+        table.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)  # a full table in logs and pipes
+    console.print(table)
 
 
 def logit_curves_command(out: Path = _OUT, fmt: str = _FMT) -> None:
@@ -98,20 +103,35 @@ def features_command(
     epochs: int = _EPOCHS,
     seed: int = _SEED,
     workers: int = _WORKERS,
+    holdout: int = typer.Option(
+        3, "--holdout", help="photos per identity never trained on, measured separately"
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", help="networks per loss (seeds seed, seed+1, …); the table averages them"
+    ),
 ) -> None:
-    """Train a small CNN once per loss and plot its normalised features, one panel per loss."""
-    from marginface.plots.features import TrainSettings
+    """Train a small CNN per loss and plot its normalised features, one panel per loss."""
+    from marginface.plots.features import TrainSettings, mean_summary
     from marginface.plots.run import DataOptions, plot_features
 
     opts = DataOptions(
         data, None if data_root is None else str(data_root), identities, per_identity, image_size
     )
-    settings = TrainSettings(dim=dim, epochs=epochs, seed=seed)
+    settings = TrainSettings(dim=dim, epochs=epochs, seed=seed, holdout=holdout)
     names = [n for n in losses.split(",") if n.strip()]
-    image, table, runs = plot_features(
-        out, _check_format(fmt), data=opts, settings=settings, losses=names, workers=workers
+    image, table, grouped = plot_features(
+        out,
+        _check_format(fmt),
+        data=opts,
+        settings=settings,
+        losses=names,
+        repeats=repeats,
+        workers=workers,
     )
-    _print_table(f"{dim}-d features, {data}, seed {seed}", runs)
+    _print_table(
+        f"{dim}-d features, {data}, mean of seeds {seed}..{seed + repeats - 1}",
+        [mean_summary(runs) for runs in grouped],
+    )
     typer.echo(f"wrote {image} and {table}")
 
 
@@ -135,7 +155,7 @@ def margin_sweep_command(
     """CosFace features for several margins side by side."""
     from marginface.errors import ConfigError
     from marginface.plots.features import TrainSettings
-    from marginface.plots.run import DataOptions, plot_margin_sweep
+    from marginface.plots.run import DataOptions, plot_margin_sweep, runs_table
 
     try:
         values = [float(m) for m in margins.split(",") if m.strip()]
@@ -144,7 +164,7 @@ def margin_sweep_command(
     opts = DataOptions(
         data, None if data_root is None else str(data_root), identities, per_identity, image_size
     )
-    settings = TrainSettings(dim=dim, epochs=epochs, seed=seed)
+    settings = TrainSettings(dim=dim, epochs=epochs, seed=seed, holdout=0)
     image, table, runs = plot_margin_sweep(
         out,
         _check_format(fmt),
@@ -154,7 +174,7 @@ def margin_sweep_command(
         scale=scale,
         workers=workers,
     )
-    _print_table(f"CosFace margin sweep, {dim}-d, {data}, seed {seed}", runs)
+    _print_table(f"CosFace margin sweep, {dim}-d, {data}, seed {seed}", runs_table(runs))
     typer.echo(f"wrote {image} and {table}")
 
 
@@ -169,7 +189,7 @@ def all_command(
     """Regenerate every figure of docs/losses.md with the default settings."""
     logit_curves_command(out, fmt)
     decision_boundaries_command(out, fmt)
-    features_command(out, fmt, data, data_root, 8, 30, 32, 2, "", 60, seed, workers)
+    features_command(out, fmt, data, data_root, 8, 30, 32, 2, "", 60, seed, workers, 3, 3)
     margin_sweep_command(
         out, fmt, data, data_root, 8, 30, 32, 3, "0,0.1,0.2,0.35", 16.0, 60, seed, workers
     )

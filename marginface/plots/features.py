@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,10 @@ __all__ = [
     "TrainSettings",
     "cosface_sweep_specs",
     "deterministic",
+    "mean_summary",
     "train_features",
     "train_many",
+    "train_repeats",
 ]
 
 
@@ -90,7 +92,7 @@ class TrainSettings:
     threads: int = 1
     flip: bool = True
     shift: int = 0
-    holdout: int = 0
+    holdout: int = 3
     optimizer: str = "sgd"
     head_lr_mult: float = 1.0
 
@@ -112,10 +114,15 @@ class FeatureRun:
     labels: np.ndarray  # (N,)
     directions: np.ndarray  # (C, D) unit class weight rows (class centres for triplet)
     directions_are_weights: bool
-    stats: AngularStats
-    accuracy: float
+    stats: AngularStats  # on the training images
+    accuracy: float  # on the training images
     seconds: float
     losses: list[float]
+    held_out: np.ndarray | None = None  # (N,) 1 for photos never trained on
+    held_out_stats: AngularStats | None = None
+    held_out_accuracy: float | None = None
+
+    seed: int = 0
 
     @property
     def normalised(self) -> np.ndarray:
@@ -130,8 +137,14 @@ class FeatureRun:
                 k: v if isinstance(v, int | float | str) else repr(v)
                 for k, v in self.spec.kwargs.items()
             },
-            **self.stats.as_dict(),
-            "train_accuracy": round(self.accuracy, 4),
+            "seed": self.seed,
+            "train": {**self.stats.as_dict(), "accuracy": round(self.accuracy, 4)},
+            "held_out": None
+            if self.held_out_stats is None
+            else {
+                **self.held_out_stats.as_dict(),
+                "accuracy": round(float(self.held_out_accuracy or 0.0), 4),
+            },
             "final_loss": round(self.losses[-1], 5) if self.losses else None,
             "seconds": round(self.seconds, 2),
         }
@@ -222,6 +235,8 @@ def train_features(
 ) -> FeatureRun:
     """Train :class:`SmallCNN` + ``spec``'s loss on ``data``; embed every image (no flip).
 
+    The last ``settings.holdout`` photos of each identity are never trained on; statistics and
+    accuracy are reported separately for the training photos and for those held-out photos.
     ``progress(label, epoch, loss)`` is called after each epoch.
     """
     start = time.perf_counter()
@@ -292,32 +307,71 @@ def train_features(
             feats = torch.cat([net(images[i : i + 256]) for i in range(0, n_all, 256)])
             feats_np = feats.double().numpy()
             labels_np = data.labels.copy()
+            train_np = train_mask.numpy()
             if is_head(spec.name):
                 directions = F.normalize(loss_fn.weight.detach().double(), dim=-1).numpy()
-                logits = loss_fn.logits(feats)
-                accuracy = float((logits.argmax(1) == labels).float().mean())
+                predicted = loss_fn.logits(feats).argmax(1)
                 is_weights = True
             else:
-                directions = class_centres(feats_np, labels_np, data.num_classes)
+                # Metric loss: classify by the nearest centre of the *training* photos.
+                directions = class_centres(
+                    feats_np[train_np], labels_np[train_np], data.num_classes
+                )
                 sims = F.normalize(feats.double(), dim=1) @ torch.from_numpy(directions).t()
-                accuracy = float((sims.argmax(1) == labels).float().mean())
+                predicted = sims.argmax(1)
                 is_weights = False
+            correct = (predicted == labels).numpy()
+    held = ~train_np
+    has_held = bool(held.any())
     return FeatureRun(
         spec=spec,
         features=feats_np,
         labels=labels_np,
         directions=directions,
         directions_are_weights=is_weights,
-        stats=angular_stats(feats_np, labels_np),
-        accuracy=accuracy,
+        stats=angular_stats(feats_np[train_np], labels_np[train_np]),
+        accuracy=float(correct[train_np].mean()),
         seconds=time.perf_counter() - start,
         losses=history,
+        held_out=held.astype(np.int64) if has_held else None,
+        held_out_stats=angular_stats(feats_np[held], labels_np[held]) if has_held else None,
+        held_out_accuracy=float(correct[held].mean()) if has_held else None,
+        seed=settings.seed,
     )
 
 
 def _worker(args: tuple[FaceSubset, LossSpec, TrainSettings]) -> FeatureRun:
     data, spec, settings = args
     return train_features(data, spec, settings)
+
+
+def train_repeats(
+    data: FaceSubset,
+    specs: Sequence[LossSpec],
+    settings: TrainSettings = TrainSettings(),
+    repeats: int = 1,
+    *,
+    workers: int = 1,
+    progress: Callable[[str, int, float], None] | None = None,
+) -> list[list[FeatureRun]]:
+    """``repeats`` runs per spec, with seeds ``settings.seed``, ``settings.seed + 1``, …;
+    one list of runs per spec. Runs use ``workers`` processes (results do not depend on it)."""
+    if repeats < 1:
+        raise ConfigError(f"repeats must be at least 1, got {repeats}")
+    jobs = [
+        (data, spec, replace(settings, seed=settings.seed + r))
+        for spec in specs
+        for r in range(repeats)
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        flat = [train_features(d, spec, st, progress) for d, spec, st in jobs]
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs))) as pool:
+            flat = pool.map(_worker, jobs, chunksize=1)
+    return [flat[i * repeats : (i + 1) * repeats] for i in range(len(specs))]
 
 
 def train_many(
@@ -328,11 +382,30 @@ def train_many(
     workers: int = 1,
     progress: Callable[[str, int, float], None] | None = None,
 ) -> list[FeatureRun]:
-    """Train one run per spec, in ``workers`` processes (results do not depend on it)."""
-    if workers <= 1 or len(specs) <= 1:
-        return [train_features(data, spec, settings, progress) for spec in specs]
-    import multiprocessing as mp
+    """One run per spec (seed ``settings.seed``), in ``workers`` processes."""
+    grouped = train_repeats(data, specs, settings, 1, workers=workers, progress=progress)
+    return [runs[0] for runs in grouped]
 
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(specs))) as pool:
-        return pool.map(_worker, [(data, spec, settings) for spec in specs], chunksize=1)
+
+def mean_summary(runs: Sequence[FeatureRun]) -> dict[str, Any]:
+    """The repeats of one spec: angles and accuracies averaged over seeds, and each run's own."""
+    if not runs:
+        raise ConfigError("no runs to summarise")
+
+    def average(part: str) -> dict[str, float] | None:
+        rows = [run.summary()[part] for run in runs]
+        if any(row is None for row in rows):
+            return None
+        return {k: round(float(np.mean([row[k] for row in rows])), 4) for k in rows[0]}
+
+    first = runs[0].summary()
+    return {
+        "loss": first["loss"],
+        "label": first["label"],
+        "kwargs": first["kwargs"],
+        "seeds": [run.seed for run in runs],
+        "train": average("train"),
+        "held_out": average("held_out"),
+        "seconds": round(sum(run.seconds for run in runs), 2),
+        "per_seed": [run.summary() for run in runs],
+    }

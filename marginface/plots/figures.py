@@ -236,11 +236,18 @@ def features_figure(
             ax = fig.add_subplot(rows, columns, i + 1)
             _circle_panel(ax, run, colours, held_out)
         s = run.stats
-        ax.set_title(
-            f"{run.spec.title}\nintra {s.mean_intra_angle:.1f}°  "
+        lines = [
+            run.spec.title,
+            f"{'train: ' if run.held_out_stats else ''}intra {s.mean_intra_angle:.1f}°  "
             f"min inter {s.min_inter_angle:.1f}°  gap {s.angular_gap:.1f}°",
-            fontsize=8.5,
-        )
+        ]
+        if run.held_out_stats is not None:
+            h = run.held_out_stats
+            lines.append(
+                f"held out: intra {h.mean_intra_angle:.1f}°  min inter "
+                f"{h.min_inter_angle:.1f}°  gap {h.angular_gap:.1f}°"
+            )
+        ax.set_title("\n".join(lines), fontsize=8)
     fig.tight_layout()
     if title:
         fig.suptitle(title, fontsize=10, y=1.06 if dim >= 3 else 1.01)

@@ -16,7 +16,9 @@ from marginface.plots.features import (
     LossSpec,
     TrainSettings,
     cosface_sweep_specs,
+    mean_summary,
     train_many,
+    train_repeats,
 )
 
 __all__ = [
@@ -81,8 +83,9 @@ def _write_json(
     title: str,
     data: DataOptions,
     settings: TrainSettings,
-    runs: Sequence[FeatureRun],
+    rows: Sequence[dict[str, Any]],
     names: Sequence[str],
+    repeats: int = 1,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -90,29 +93,27 @@ def _write_json(
         "angles": "degrees; intra = mean angle to the class centre, min_inter = smallest angle "
         "between class centres, gap = min over pairs of centre angle minus both "
         "classes' 95th-percentile intra angles",
+        "sets": f"train: the photos trained on; held_out: the last {settings.holdout} photos of "
+        "each identity, never trained on (null when none are held out); each set is measured "
+        "with its own class centres",
+        "repeats": f"{repeats} run(s) per loss with seeds {settings.seed}..."
+        f"{settings.seed + repeats - 1}; train/held_out are means over them, per_seed each run",
         "data": {**asdict(data), "identities_used": list(names)},
         "training": asdict(settings),
-        "runs": runs_table(runs),
+        "runs": list(rows),
     }
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 
-def _train(
-    data: DataOptions,
-    specs: Sequence[LossSpec],
-    settings: TrainSettings,
-    workers: int,
-    progress: Callable[[str, int, float], None] | None,
-):
-    subset = load_identities(
+def _load(data: DataOptions):
+    return load_identities(
         data.source,
         data_root=data.data_root,
         num_identities=data.identities,
         per_identity=data.per_identity,
         image_size=data.image_size,
     )
-    return subset, train_many(subset, specs, settings, workers=workers, progress=progress)
 
 
 def plot_features(
@@ -122,21 +123,32 @@ def plot_features(
     data: DataOptions = DataOptions(),
     settings: TrainSettings = TrainSettings(),
     losses: Sequence[str] | None = None,
+    repeats: int = 3,
     workers: int = 1,
     progress: Callable[[str, int, float], None] | None = None,
-) -> tuple[Path, Path, list[FeatureRun]]:
-    """Train once per loss, write ``features.<fmt>`` and ``features.json``."""
+) -> tuple[Path, Path, list[list[FeatureRun]]]:
+    """Train ``repeats`` networks (seeds ``seed``, ``seed + 1``, …) per loss, draw the first
+    seed's features, and write ``features.<fmt>`` and ``features.json`` (statistics on the
+    training photos and on the held-out photos, averaged over the repeats and per seed)."""
     from marginface.plots.figures import features_figure, save_figure
 
-    subset, runs = _train(data, select_losses(losses), settings, workers, progress)
+    subset = _load(data)
+    grouped = train_repeats(
+        subset, select_losses(losses), settings, repeats, workers=workers, progress=progress
+    )
+    first = [runs[0] for runs in grouped]
+    held = "" if settings.holdout <= 0 else f", {settings.holdout} photos each held out (rings)"
     title = (
-        f"{settings.dim}-d features of {subset.num_classes} identities ({subset.source}), "
+        f"{settings.dim}-d features of {subset.num_classes} identities ({subset.source}){held}, "
         f"one network per loss, seed {settings.seed}"
     )
-    fig = features_figure(runs, title=title, columns=3)
+    fig = features_figure(first, title=title, columns=3, held_out=first[0].held_out)
     image = save_figure(fig, Path(out_dir) / "features", fmt, dpi=80)
-    table = _write_json(Path(out_dir) / "features.json", title, data, settings, runs, subset.names)
-    return image, table, runs
+    rows = [mean_summary(runs) for runs in grouped]
+    table = _write_json(
+        Path(out_dir) / "features.json", title, data, settings, rows, subset.names, repeats
+    )
+    return image, table, grouped
 
 
 def plot_margin_sweep(
@@ -144,7 +156,7 @@ def plot_margin_sweep(
     fmt: str = "png",
     *,
     data: DataOptions = DataOptions(),
-    settings: TrainSettings = TrainSettings(dim=3),
+    settings: TrainSettings = TrainSettings(dim=3, holdout=0),
     margins: Sequence[float] = (0.0, 0.1, 0.2, 0.35),
     scale: float = 16.0,
     workers: int = 1,
@@ -158,7 +170,8 @@ def plot_margin_sweep(
     if any(m < 0 for m in margins):
         raise ConfigError(f"margins must be non-negative, got {list(margins)}")
     specs = cosface_sweep_specs(margins, scale)
-    subset, runs = _train(data, specs, settings, workers, progress)
+    subset = _load(data)
+    runs = train_many(subset, specs, settings, workers=workers, progress=progress)
     title = (
         f"CosFace s={scale:g}, {settings.dim}-d features of {subset.num_classes} "
         f"identities ({subset.source}), seed {settings.seed}"
@@ -166,6 +179,6 @@ def plot_margin_sweep(
     fig = features_figure(runs, title=title, columns=len(runs))
     image = save_figure(fig, Path(out_dir) / "margin_sweep", fmt, dpi=80)
     table = _write_json(
-        Path(out_dir) / "margin_sweep.json", title, data, settings, runs, subset.names
+        Path(out_dir) / "margin_sweep.json", title, data, settings, runs_table(runs), subset.names
     )
     return image, table, runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from marginface.plots.features import (
     LossSpec,
     TrainSettings,
     cosface_sweep_specs,
+    mean_summary,
     train_features,
     train_many,
+    train_repeats,
 )
 
 QUICK = TrainSettings(epochs=2, batch_size=16, width=4)
@@ -50,12 +53,35 @@ def test_runs_are_deterministic_and_seed_dependent() -> None:
     np.testing.assert_allclose(np.linalg.norm(a.directions, axis=1), 1.0)
 
 
+def test_held_out_photos_are_never_trained_on_and_measured_apart() -> None:
+    data = load_identities("digits", num_identities=3, per_identity=12, image_size=16)
+    spec = LossSpec("cosface", {"scale": 8.0, "margin": 0.1})
+    settings = TrainSettings(epochs=2, batch_size=16, width=4, holdout=3)
+    (runs,) = train_repeats(data, [spec], settings, repeats=2)
+    assert [r.seed for r in runs] == [0, 1]
+    held = runs[0].held_out
+    assert held is not None and held.reshape(3, 12)[:, -3:].all() and held.sum() == 9
+    # Replacing the held-out photos by noise changes nothing on the training photos.
+    images = data.images.copy()
+    images[held == 1] = np.random.default_rng(0).uniform(-1, 1, images[held == 1].shape)
+    noisy = dataclasses.replace(data, images=images)
+    other = train_features(noisy, spec, settings)
+    train = held == 0
+    np.testing.assert_array_equal(other.features[train], runs[0].features[train])
+    assert other.stats == runs[0].stats and other.held_out_stats != runs[0].held_out_stats
+    row = mean_summary(runs)
+    assert row["seeds"] == [0, 1] and len(row["per_seed"]) == 2
+    for part, stats in (("train", "stats"), ("held_out", "held_out_stats")):
+        expected = np.mean([getattr(r, stats).mean_intra_angle for r in runs])
+        assert row[part]["mean_intra_angle"] == pytest.approx(expected, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_papers_claims_on_real_faces(shared_data: Path) -> None:
-    """On ORL (8 identities, seed 0): CosFace's angular gap grows with m across the sweep
-    (3-d), and every margin run is at least as well separated as NormFace (2-d)."""
+    """On ORL (8 identities, all 10 photos trained on, 3-d, seed 0): CosFace's angular gap
+    grows and its intra-class angle shrinks with every step of m across the sweep."""
     data = load_identities("orl", data_root=shared_data, num_identities=8)
-    sweep = train_many(data, cosface_sweep_specs(), TrainSettings(dim=3), workers=2)
+    sweep = train_many(data, cosface_sweep_specs(), TrainSettings(dim=3, holdout=0), workers=2)
     gaps = [run.stats.angular_gap for run in sweep]
     intra = [run.stats.mean_intra_angle for run in sweep]
     assert all(b > a for a, b in itertools.pairwise(gaps)), gaps
@@ -64,20 +90,23 @@ def test_papers_claims_on_real_faces(shared_data: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "measured: on 8 ORL identities the 2-d Softmax features are tighter (1.2°) than CosFace's "
-        "(2.0°) and ArcFace's (2.3°); only SphereFace (0.8°) beats it. The paper claim does not "
-        "reproduce in this memorising small-data regime. strict: flags the day it does."
-    ),
-)
-def test_margin_losses_are_tighter_than_softmax(shared_data: Path) -> None:
+def test_margin_losses_are_tighter_than_softmax_on_unseen_photos(shared_data: Path) -> None:
+    """The papers' compactness claim, measured where face recognition needs it: on photos the
+    network never saw. 8 ORL identities, 7 photos each trained on, the last 3 held out; 2-d
+    embedding; three networks per loss (seeds 0, 1, 2, the defaults of ``marginface plot
+    features``). The mean held-out intra-class angle of SphereFace, CosFace and ArcFace is
+    smaller than Softmax's. (On the training photos Softmax memorises and is tighter than
+    CosFace and ArcFace; that is reported in docs/losses.md, not asserted.)"""
     data = load_identities("orl", data_root=shared_data, num_identities=8)
-    specs = [s for s in DEFAULT_LOSSES if s.name in ("softmax", "cosface")]
-    runs = {
-        r.spec.name: r.stats.mean_intra_angle
-        for r in train_many(data, specs, TrainSettings(), workers=2)
-    }
-    for name in ("cosface",):
-        assert runs[name] < runs["softmax"], runs
+    names = ("softmax", "sphereface", "cosface", "arcface")
+    specs = [s for s in DEFAULT_LOSSES if s.name in names]
+    settings = TrainSettings(holdout=3, seed=0)
+    grouped = train_repeats(data, specs, settings, repeats=3, workers=2)
+    held = {}
+    for runs in grouped:
+        assert [r.seed for r in runs] == [0, 1, 2]
+        assert all(r.held_out is not None and int(r.held_out.sum()) == 24 for r in runs)
+        row = mean_summary(runs)
+        held[row["loss"]] = row["held_out"]["mean_intra_angle"]
+    for name in ("sphereface", "cosface", "arcface"):
+        assert held[name] < held["softmax"], held
