@@ -237,9 +237,9 @@ class _MarginCrossEntropy(torch.autograd.Function):
                         (delta * cos_t / (n_t * n_t)).unsqueeze(1) * w_t
                 else:
                     upd = delta.unsqueeze(1) * xa
-                grad_w.index_add_(0, row, upd)
+                grad_w.index_put_((row,), upd, accumulate=True)  # index_add_ is slow on CPU
             if need_b:
-                grad_b.index_add_(0, safe, delta)
+                grad_b.index_put_((safe,), delta, accumulate=True)
             grad_s = None
             if need_s:
                 # sum_j p_ij c_ij = x_i . (sum_j p_ij w_j / n_j); swap the target's c for f(c).
