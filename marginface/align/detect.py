@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +26,38 @@ __all__ = [
     "Selection",
     "YuNetDetector",
     "load_detector",
+    "quiet_opencv",
     "select_faces",
 ]
 
 Selection = Literal["largest", "central", "all"]
+
+# OpenCV's log level is process-wide: quiet_opencv() changes and restores it under this lock.
+_OPENCV_LOG_LOCK = threading.RLock()
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Raise OpenCV's log threshold to errors for the duration of the block, then restore it.
+
+    OpenCV 5 prints a ``setPreferableTarget ... not supported by the new graph engine`` warning
+    whenever a DNN model such as YuNet is created (the request is harmless: CPU is the only
+    target here). Only the creation of models is wrapped, so warnings raised elsewhere in the
+    program are left alone; the level is process-wide, so concurrent uses are serialised.
+    """
+    import cv2
+
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    with _OPENCV_LOG_LOCK:  # two threads creating models at once must not interleave
+        previous = logging.getLogLevel()
+        logging.setLogLevel(min(previous, logging.LOG_LEVEL_ERROR))
+        try:
+            yield
+        finally:
+            logging.setLogLevel(previous)
 
 
 @dataclass
@@ -136,10 +166,11 @@ class YuNetDetector(Detector):
         detector = getattr(self._local, "detector", None)
         if detector is None:
             try:
-                detector = cv2.FaceDetectorYN.create(
-                    str(self.model_path), "", (320, 320),
-                    self.score_threshold, self.nms_threshold, self.top_k,
-                )
+                with quiet_opencv():
+                    detector = cv2.FaceDetectorYN.create(
+                        str(self.model_path), "", (320, 320),
+                        self.score_threshold, self.nms_threshold, self.top_k,
+                    )
             except cv2.error as exc:
                 raise ModelError(
                     f"{self.model_path}: cannot load the YuNet model ({str(exc).strip()[:200]})"

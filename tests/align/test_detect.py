@@ -192,3 +192,30 @@ def test_align_face_on_detected_landmarks(astronaut, yunet):
     eyes = crop[48:56, 34:42].mean() + crop[48:56, 70:78].mean()
     skin = crop[60:68, 50:62].mean()
     assert eyes / 2 < skin
+
+
+def test_yunet_creation_prints_no_opencv_warning(capfd):
+    import cv2
+
+    from marginface.align import load_detector
+
+    level = cv2.utils.logging.getLogLevel()
+    detector = load_detector("yunet", refine_landmarks=False)
+    detector.detect(np.zeros((64, 64, 3), np.uint8))
+    assert "setPreferableTarget" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level  # the global level is restored
+
+
+def test_concurrent_detector_creation_restores_the_opencv_log_level(astronaut):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    from marginface.align import load_detector
+
+    level = cv2.utils.logging.getLogLevel()
+    detector = load_detector("yunet", refine_landmarks=False)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # one OpenCV model per thread
+        found = list(pool.map(lambda _: len(detector.detect(astronaut)), range(8)))
+    assert found == [1] * 8
+    assert cv2.utils.logging.getLogLevel() == level
