@@ -349,7 +349,7 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
             row.tar_1e3 = m["tar_at_far"].get("1e-3")
             row.epochs = round(result.epochs_done, 3)
             row.steps = result.steps
-            row.wall_seconds = round(result.seconds, 1)
+            row.wall_seconds = round(result.seconds, 3)
             row.samples_per_second = round(result.samples_per_second, 1)
             row.machine = machine
             row.output = str(cfg.output)
