@@ -97,31 +97,10 @@ def _embedding_dim_of(state: dict[str, Any]) -> int:
 
 def infer_insightface_architecture(state: dict[str, Any]) -> str:
     """The registry name (``iresnet18/34/50/100/200``, ``mbf``, ``mbf_large``) whose state-dict
-    layout matches ``state``."""
-    from marginface.backbones.iresnet import LAYERS
+    layout matches ``state`` (see :func:`marginface.backbones.weights.infer_architecture`)."""
+    from marginface.backbones.weights import infer_architecture
 
-    if any(k.startswith("layer1.") for k in state):
-        counts = []
-        for i in range(1, 5):
-            blocks = {k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}
-            counts.append(len(blocks))
-        for arch, layers in LAYERS.items():
-            if tuple(layers) == tuple(counts):
-                return arch if arch.startswith("iresnet") else f"iresnet{arch.lstrip('r')}"
-        raise ModelError(f"IResNet checkpoint with blocks per stage {counts} matches no known "
-                         f"depth ({', '.join(map(str, LAYERS))})")
-    if any(k.startswith("conv_sep.") for k in state):
-        from marginface.backbones import create
-
-        dim = _embedding_dim_of(state)
-        for arch in ("mbf", "mbf_large"):
-            ref = create(arch, dim).state_dict()
-            if set(ref) == set(state) and all(
-                tuple(ref[k].shape) == tuple(state[k].shape) for k in ref
-            ):
-                return arch
-        raise ModelError("MobileFaceNet-like checkpoint that matches neither mbf nor mbf_large")
-    raise ModelError("cannot tell the architecture of this checkpoint; pass it explicitly")
+    return infer_architecture(state)["name"]
 
 
 def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
@@ -241,14 +220,19 @@ def _from_model_dir(folder: Path, runtime: str, threads: int | None) -> Embedder
 
 def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
                            threads: int | None) -> Embedder:
+    from marginface.backbones.weights import infer_architecture
     from marginface.embed.runtimes import TorchEmbedder
 
     state = _load_state_file(path, "torch")
-    arch = architecture or infer_insightface_architecture(state)
-    dim = _embedding_dim_of(state)
-    module = load_backbone(state, arch, dim, str(path))
+    if architecture is None:
+        guess = infer_architecture(state)
+        arch, dim, kwargs = guess["name"], guess["embedding_dim"], guess["kwargs"]
+    else:
+        arch, dim, kwargs = architecture, _embedding_dim_of(state), {}
+    module = load_backbone(state, arch, dim, str(path), kwargs)
     card = ModelCard(
         name=f"{path.parent.name or path.stem}-{arch}", architecture=arch, embedding_dim=dim,
+        architecture_kwargs=kwargs,
         weights=path.name, format="torch", preprocessing=Preprocessing(),
         notes="insightface checkpoint: RGB, (x - 127.5) / 127.5, 112x112 ArcFace template",
     )

@@ -147,7 +147,8 @@ def test_insightface_backbone_pth(tmp_path, dev_crops):
                                               ((3, 4, 14, 3), "iresnet50"),
                                               ((3, 13, 30, 3), "iresnet100")])
 def test_iresnet_depth_is_inferred_from_keys(blocks, arch):
-    state = {"conv1.weight": np.zeros((64, 3, 3, 3)), "features.weight": np.zeros(512)}
+    state = {"conv1.weight": np.zeros((64, 3, 3, 3)), "features.weight": np.zeros(512),
+             "fc.weight": np.zeros((512, 512 * 7 * 7))}
     for i, n in enumerate(blocks, 1):
         for j in range(n):
             state[f"layer{i}.{j}.conv1.weight"] = np.zeros(1)
