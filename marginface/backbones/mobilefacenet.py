@@ -193,6 +193,17 @@ def mbf(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     return MobileFaceNet(**kwargs)
 
 
+@register_model("mbf_small", aliases=("mobilefacenet_paper",))
+def mbf_small(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
+    """MobileFaceNet at the paper's size (Chen et al. 2018: ~0.22 G multiply-adds): blocks
+    (1, 4, 6, 2), scale 1; half of ``mbf``'s work, 1.2 M parameters with a 512-d output."""
+    kwargs.setdefault("num_features", embedding_dim)
+    if kwargs["num_features"] != embedding_dim:
+        raise TypeError("give either embedding_dim or num_features, not two different values")
+    kwargs.setdefault("scale", 1)
+    return MobileFaceNet(**kwargs)
+
+
 @register_model("mbf_large", aliases=("mobilefacenet_large",))
 def mbf_large(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     """MobileFaceNet-large (arcface_torch ``mbf_large``: blocks (2, 8, 12, 4), scale 4)."""

@@ -12,7 +12,10 @@ import numpy as np
 from marginface.card import ModelCard
 from marginface.errors import ImageError, ModelError
 
-__all__ = ["Embedder", "l2_normalize"]
+__all__ = ["PRECISIONS", "Embedder", "l2_normalize"]
+
+#: Numeric precisions an embedder can run in (``bf16``: PyTorch weights only).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 _TEMPLATE_SIZES = {"arcface_112x112": (112, 112), "arcface_112x96": (112, 96)}
 
@@ -30,6 +33,10 @@ class Embedder(ABC):
     Subclasses implement :meth:`_forward` on a preprocessed ``(N, 3, H, W)`` float32 batch and
     return ``(N, D)`` raw (unnormalised) embeddings.
     """
+
+    #: Crops per network call inside :meth:`embed`: a larger ``batch_size`` is run in chunks of
+    #: this size, whose activations stay in the CPU caches (``None``: the whole batch at once).
+    micro_batch: int | None = None
 
     def __init__(self, card: ModelCard, name: str | None = None) -> None:
         self.card = card
@@ -90,7 +97,11 @@ class Embedder(ABC):
         return crops
 
     def _raw(self, crops: np.ndarray) -> np.ndarray:
-        out = np.asarray(self._forward(self.preprocess(crops)), dtype=np.float32)
+        x = self.preprocess(crops)
+        step = self.micro_batch or len(x)
+        parts = [np.asarray(self._forward(x[i : i + step]), dtype=np.float32)
+                 for i in range(0, len(x), step)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.embedding_dim:
             raise ModelError(

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from marginface.card import ModelCard
-from marginface.embed.base import Embedder
-from marginface.errors import ModelError
+from marginface.embed.base import PRECISIONS, Embedder
+from marginface.errors import ConfigError, ModelError
 
 __all__ = [
     "OnnxEmbedder",
@@ -171,7 +171,11 @@ def onnx_session(
 
 
 class OnnxEmbedder(Embedder):
-    """An ONNX recogniser (NCHW input, one (N, D) output) run with onnxruntime."""
+    """An ONNX recogniser (NCHW input, one (N, D) output) run with onnxruntime.
+
+    ``micro_batch`` crops go through the network per call (cache-sized chunks are faster on a
+    CPU than one large batch).
+    """
 
     def __init__(
         self,
@@ -181,8 +185,10 @@ class OnnxEmbedder(Embedder):
         name: str | None = None,
         threads: int | None = None,
         spinning: bool = False,
+        micro_batch: int | None = 8,
     ) -> None:
         super().__init__(card, name)
+        self.micro_batch = micro_batch
         self.session = onnx_session(model, threads=threads, spinning=spinning)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -220,17 +226,41 @@ class OnnxEmbedder(Embedder):
 
 
 class TorchEmbedder(Embedder):
-    """A PyTorch backbone (``nn.Module`` mapping (N, 3, H, W) to (N, D)), run in eval mode."""
+    """A PyTorch backbone (``nn.Module`` mapping (N, 3, H, W) to (N, D)) run on the CPU.
 
-    def __init__(self, module: Any, card: ModelCard, *, name: str | None = None) -> None:
+    With ``optimize`` (the default) the module is prepared once by
+    :func:`marginface.embed.inference.prepare_for_inference`: BatchNorm folded, channels-last,
+    weights frozen in ``precision`` (``fp32``, or ``bf16`` which halves the work on CPUs with
+    AVX512-BF16/AMX and changes embeddings by a cosine of ~1e-5). ``micro_batch`` crops go
+    through the network per call. ``module`` itself is left in eval mode and not modified.
+    """
+
+    def __init__(self, module: Any, card: ModelCard, *, name: str | None = None,
+                 precision: str = "fp32", optimize: bool = True,
+                 micro_batch: int | None = 16) -> None:
+        from marginface.embed.inference import prepare_for_inference
+
         super().__init__(card, name)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of "
+                              f"{', '.join(PRECISIONS)}")
+        if precision != "fp32" and not optimize:
+            raise ConfigError(f"precision {precision!r} needs optimize=True")
+        self.precision = precision
+        self.micro_batch = micro_batch
         self.module = module.float().eval()
+        self._net = (prepare_for_inference(self.module, self.input_size, precision)
+                     if optimize else self.module)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim}, "
+                f"precision={self.precision!r})")
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(batch))
+            out = self._net(torch.from_numpy(batch))
         if isinstance(out, tuple | list):
             out = out[0]
         return out.float().cpu().numpy()

@@ -23,6 +23,22 @@ def test_registry_lists_every_architecture() -> None:
     assert backbones.model_info("r100")["aliases"] == ["r100"]
 
 
+def test_mbf_small_is_the_paper_size_mobilefacenet() -> None:
+    """Chen et al. 2018: 0.99 M parameters (128-d), 221 M multiply-adds at 112x112."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = backbones.create("mobilefacenet_paper", 512).eval()
+    assert sum(p.numel() for p in model.parameters()) == 1_200_512
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 112, 112))
+    assert 0.21e9 < counter.get_total_flops() / 2 < 0.23e9
+    # a released checkpoint of this size is recognised as mbf with scale 1
+    from marginface.backbones.weights import infer_architecture
+
+    guess = infer_architecture(model.state_dict())
+    assert guess["name"] == "mbf" and guess["kwargs"]["scale"] == 1
+
+
 def test_unknown_name_and_bad_arguments_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"unknown backbone 'resnet9000'.*iresnet50"):
         backbones.create("resnet9000")

@@ -164,3 +164,41 @@ def test_builtin_names():
     emb = load_embedder("default")
     assert emb.name == "sface" and emb.embedding_dim == 128
     assert emb.card.preprocessing.color == "RGB" and emb.card.license == "Apache-2.0"
+
+
+@pytest.mark.parametrize("architecture", ["mbf_small", "iresnet18"])
+def test_inference_preparation_keeps_embeddings(tmp_path, dev_crops, architecture):
+    """BN folding + frozen channels-last weights match the plain module; bf16 stays close."""
+    from marginface.embed.inference import prepare_for_inference
+    from marginface.embed.runtimes import TorchEmbedder
+
+    folder = make_model_dir(tmp_path / "m", architecture, 128)
+    reference = _torch_reference(folder, dev_crops)
+    fast = load_embedder(folder)
+    assert isinstance(fast, TorchEmbedder) and fast.precision == "fp32"
+    assert fast._net is not fast.module  # prepared, not the training module
+    # micro-batches of 16 inside one call of 8+8+3 crops give the same result as one at a time
+    crops = np.concatenate([dev_crops, dev_crops, dev_crops[:3]])
+    out = fast.embed(crops, batch_size=19)
+    np.testing.assert_allclose(out[:8], reference, atol=1e-5)
+    np.testing.assert_allclose(out[8:16], reference, atol=1e-5)
+    np.testing.assert_allclose(fast.embed(dev_crops[:1]), reference[:1], atol=1e-5)
+    half = load_embedder(folder, precision="bf16")
+    cos = np.sum(half.embed(dev_crops) * reference, axis=1)
+    assert cos.min() > 0.999 and "bf16" in repr(half)
+    # the training module is left untouched
+    module = fast.module
+    assert not module.training
+    assert any(isinstance(m, __import__("torch").nn.BatchNorm2d) for m in module.modules())
+    assert prepare_for_inference(module, (112, 112)) is not module
+
+
+def test_precision_errors(tmp_path, mbf_model_dir, exported):
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        load_embedder(mbf_model_dir, precision="fp8")
+    with pytest.raises(ConfigError, match="needs runtime 'torch'"):
+        load_embedder(mbf_model_dir, runtime="onnxruntime", precision="bf16")
+    with pytest.raises(ConfigError, match="ONNX model and runs in fp32"):
+        load_embedder(exported.onnx_path, precision="bf16")
+    with pytest.raises(ConfigError, match="ONNX model and runs in fp32"):
+        load_embedder("sface", precision="bf16")
