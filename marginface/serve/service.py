@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,26 @@ def open_gallery(settings: ServeSettings, pipeline: Any) -> Gallery:
     )
 
 
+def _limit_blas(threads: int | None) -> Any:
+    """Limit numpy's BLAS pool to ``threads`` until ``restore_original_limits()`` is called.
+
+    BLAS thread counts are per process, so the limit lasts as long as the service. OpenBLAS
+    may ignore the call outside the main thread (uvicorn starts the app in it); that is
+    logged, and ``OPENBLAS_NUM_THREADS`` set before start does the same.
+    """
+    if threads is None:
+        return None
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    limits = threadpool_limits(limits=threads, user_api="blas")
+    counts = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+    if counts and counts != {threads}:
+        log.warning("numpy's BLAS kept %s threads (asked for %d from thread %s); set "
+                    "OPENBLAS_NUM_THREADS=%d before starting the service", sorted(counts),
+                    threads, threading.current_thread().name, threads)
+    return limits
+
+
 class Service:
     """Everything one app instance serves with; opened at startup, closed at shutdown."""
 
@@ -80,6 +101,7 @@ class Service:
         except GalleryError as exc:
             gallery.close()
             raise ConfigError(str(exc)) from None
+        self._blas_limits = _limit_blas(settings.blas_threads)
         self.metrics = ServiceMetrics(self._sizes)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
@@ -124,3 +146,9 @@ class Service:
         """Stop the pipeline threads and close the gallery."""
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.gallery.close()
+        self._restore_blas()
+
+    def _restore_blas(self) -> None:
+        if self._blas_limits is not None:
+            self._blas_limits.restore_original_limits()
+            self._blas_limits = None

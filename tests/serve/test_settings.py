@@ -86,3 +86,34 @@ def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MARGINFACE_PORT", "eighty")
     with pytest.raises(ConfigError, match="port"):
         load_settings()
+
+
+def test_service_limits_blas_threads_while_it_runs(tmp_path: Path) -> None:
+    """numpy's BLAS runs one thread while the service runs (idle OpenBLAS threads spin and
+    slowed identification by 1.75x) and gets its pool back when the service closes."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from marginface.serve.service import Service
+    from tests.serve.serve_fakes import FakePipeline
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        settings = ServeSettings(db=str(tmp_path / "g.db"))
+        assert settings.blas_threads == 1
+        service = Service(settings, FakePipeline())  # uvicorn starts the app in the main thread
+        try:
+            assert set(blas_threads()) == {1}
+        finally:
+            service.close()
+        assert blas_threads() == before
+        untouched = Service(ServeSettings(db=str(tmp_path / "h.db"), blas_threads=None),
+                            FakePipeline())
+        try:
+            assert blas_threads() == before
+        finally:
+            untouched.close()
