@@ -81,12 +81,15 @@ def model_fingerprint(embedder: Any) -> str:
     """A string that changes whenever the model's outputs could change.
 
     It combines the model's name, a hash of its card (without calibration, metrics and other
-    descriptive fields) and, when the embedder names its weights file, that file's size and
-    modification time.
+    descriptive fields), the numeric precision when not fp32 and, when the embedder names its
+    weights file, that file's size and modification time.
     """
     card = embedder.card
     data = card.model_dump(mode="json", exclude=set(_NON_COMPUTING_CARD_FIELDS))
     parts: list[str] = [str(getattr(embedder, "name", card.name)), json.dumps(data, sort_keys=True)]
+    precision = getattr(embedder, "precision", "fp32")
+    if precision != "fp32":  # fp32 keeps the keys written before precisions existed
+        parts.append(f"precision={precision}")
     for attr in ("weights_path", "model_path", "path"):
         value = getattr(embedder, attr, None)
         if value:

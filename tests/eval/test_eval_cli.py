@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from marginface.card import ModelCard
-from marginface.errors import DataError, ModelError
+from marginface.errors import ConfigError, DataError, ModelError
 from marginface.eval.calibrate import UncalibratedThresholdWarning
 
 runner = CliRunner()
@@ -137,6 +137,17 @@ def test_bin_input_and_errors(tmp_path: Path, tiny_model: Path, crops) -> None:
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["pairs_format"] == "bin" and report["n_pairs"] == 40 and report["n_folds"] == 10
+    # bf16 scores the same pairs almost identically; an unknown precision is a ConfigError
+    out16 = tmp_path / "bin16.json"
+    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(binf), "--model",
+                                 str(tiny_model), "--aligned", "--no-cache", "--out", str(out16),
+                                 "-q", "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    report16 = json.loads(out16.read_text())
+    assert abs(report16["auc"] - report["auc"]) < 0.02
+    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(binf), "--model",
+                                 str(tiny_model), "--aligned", "--precision", "fp8"])
+    assert isinstance(res.exception, ConfigError) and "fp8" in str(res.exception)
 
     # a malformed pairs file is a DataError naming the line
     bad = tmp_path / "bad.txt"
