@@ -231,7 +231,7 @@ class TorchEmbedder(Embedder):
     With ``optimize`` (the default) the module is prepared once by
     :func:`marginface.embed.inference.prepare_for_inference`: BatchNorm folded, channels-last,
     weights frozen in ``precision`` (``fp32``, or ``bf16`` which halves the work on CPUs with
-    AVX512-BF16/AMX and changes embeddings by a cosine of ~1e-5). ``micro_batch`` crops go
+    AVX512-BF16/AMX and moves embeddings by a cosine distance of ~1e-4). ``micro_batch`` crops go
     through the network per call. ``module`` itself is left in eval mode and not modified.
     """
 
