@@ -12,14 +12,16 @@
    batch 1 (target <= 5 ms/face) and throughput of ``embed()`` on 64 crops (target >= 400
    faces/s), which every runtime runs in cache-sized micro-batches.
 
-Usage: ``python bench/pipeline.py [--runs 200] [--threads 2] [--torch] [--json out.json]``
-Every figure is the median over ``--runs`` repetitions after warm-up (``--runs // 10`` for
-batch 64). ``embed()`` figures include preprocessing (uint8 crops to the network's float
-input); "model only" figures time ``session.run`` on a pre-allocated input, for three
-onnxruntime session configurations: the default (PReLUs rewritten for onnxruntime's blocked
-layout, no thread spinning), with spinning, and with the exported graph's original PReLU
-nodes. The load average
-is printed: on a shared machine every figure is slower than on an idle one.
+Usage: ``python bench/pipeline.py [--runs 200] [--threads 2] [--only pipeline|mobile] [--torch]
+[--json out.json]``. Every figure is the median over ``--runs`` repetitions after warm-up
+(``--runs // 5`` for batch 64). Part 1 runs its variants interleaved, one call of each per
+round, so that load from elsewhere slows them alike; part 2 runs one variant after the other,
+because the thread pools of one runtime keep spinning into the next one's call. ``embed()``
+figures include preprocessing (uint8 crops to the network's float input); "model only" figures
+time ``session.run`` on a pre-allocated input, for three onnxruntime session configurations:
+the default (PReLUs rewritten for onnxruntime's blocked layout, no thread spinning), with
+spinning, and with the exported graph's original PReLU nodes. The load average is printed: on a
+shared machine every figure is slower than on an idle one.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def _part2(args: argparse.Namespace, results: dict[str, float],
     rng = np.random.default_rng(0)
     crops64 = rng.integers(0, 256, size=(64, 112, 112, 3), dtype=np.uint8)
     runs = args.runs
-    b64_runs = max(10, runs // 10)
+    b64_runs = max(20, runs // 5)
     for arch in ("mbf_small", "mbf"):
         torch.manual_seed(0)
         module = create(arch, 512).eval()
