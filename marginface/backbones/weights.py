@@ -25,31 +25,36 @@ class ArchitectureGuess(dict):
     """``{"name": ..., "embedding_dim": ..., "kwargs": {...}}`` for :func:`create`."""
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only``).
 
-    A ``"state_dict"``/``"model"``/``"backbone"`` entry of a checkpoint is unwrapped and a
+    ``fmt`` (``"safetensors"`` or ``"torch"``) overrides the guess from the file suffix. A
+    ``"state_dict"``/``"model"``/``"backbone"`` entry of a checkpoint is unwrapped and a
     DDP/compile ``module.``/``_orig_mod.`` prefix is removed. :class:`ModelError` when the file
-    is missing or not a state dict.
+    is missing, empty, corrupt or not a state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: weights file is empty")
+    safetensors = fmt == "safetensors" if fmt else path.suffix == ".safetensors"
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             from safetensors.torch import load_file
 
             state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{path}: cannot read weights, corrupt or unreadable "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
     for key in ("state_dict", "model", "backbone"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
                                                  for v in state.values()):
-        raise ModelError(f"{path}: not a state dict of tensors")
+        raise ModelError(f"{path}: not a state dict of tensors (found {type(state).__name__})")
     return {_strip_prefix(k): v for k, v in state.items()}
 
 

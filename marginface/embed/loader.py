@@ -83,15 +83,6 @@ def _onnx_precision(precision: str, label: str) -> None:
                           f"{precision!r} applies to PyTorch weights")
 
 
-def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    for key in ("state_dict", "model", "backbone"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def _embedding_dim_of(state: dict[str, Any]) -> int:
     """The size of the last 1-D tensor (the final BatchNorm1d of insightface backbones)."""
     for value in reversed(list(state.values())):
@@ -137,25 +128,9 @@ def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
 
 
 def _load_state_file(path: Path, fmt: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: weights file is empty")
-    try:
-        if fmt == "safetensors":
-            from safetensors.torch import load_file
+    from marginface.backbones.weights import load_state_dict_file
 
-            return load_file(str(path))
-        import torch
-
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"{path}: corrupt or unreadable weights ({str(exc)[:200]})") from None
-    if hasattr(obj, "state_dict") and not isinstance(obj, dict):
-        obj = obj.state_dict()
-    if not isinstance(obj, dict):
-        raise ModelError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return _strip_prefix(obj)
+    return load_state_dict_file(path, fmt)
 
 
 def _onnx_card(path: Path) -> ModelCard | None:
