@@ -28,6 +28,7 @@ from marginface.eval.pairs import ImageRef
 
 __all__ = [
     "CACHE_ENV",
+    "CropPreparer",
     "EmbedOptions",
     "EmbeddingCache",
     "ImageEmbeddings",
@@ -216,11 +217,17 @@ class ImageEmbeddings:
         return mask
 
 
-class _Preparer:
-    """Turns one image reference into an aligned crop, or a failure reason."""
+class CropPreparer:
+    """Turns one image reference into an aligned crop, or a failure reason (a string).
 
-    def __init__(self, embedder: Any, options: EmbedOptions, detector: Any | None) -> None:
-        pre = embedder.card.preprocessing
+    ``preprocessing`` (a model card's) gives the template and crop size; ``detector`` is a
+    :class:`~marginface.align.Detector` or, when None, ``options.detector`` by name. Calls are
+    thread-safe.
+    """
+
+    def __init__(self, preprocessing: Any, options: EmbedOptions,
+                 detector: Any | None = None) -> None:
+        pre = preprocessing
         self.size = tuple(pre.input_size)  # (height, width)
         self.options = options
         self.aligner = None
@@ -341,7 +348,7 @@ def embed_images(
         todo = list(range(n))
 
     if todo:
-        prepare = _Preparer(embedder, options, detector)
+        prepare = CropPreparer(embedder.card.preprocessing, options, detector)
         workers = workers or max(1, min(8, os.cpu_count() or 1))
         batch = max(1, int(options.batch_size))
         bar = _progress(len(todo), progress, f"embedding ({getattr(embedder, 'name', '')})")

@@ -22,7 +22,6 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -60,15 +59,14 @@ def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | 
                       progress: bool = True) -> DevCrops:
     """Detect and align every image of ``pairs`` as ``marginface.eval`` does; save ``out``."""
     from marginface.card import Preprocessing
-    from marginface.eval.embeddings import EmbedOptions, _Preparer
+    from marginface.eval.embeddings import CropPreparer, EmbedOptions
     from marginface.eval.pairs import load_pairs
 
     ps = load_pairs(pairs, root)
     h, w = (112, 96) if template == "arcface_112x96" else (112, 112)
     pre = Preprocessing(template=template, input_size=(h, w))  # type: ignore[arg-type]
     options = EmbedOptions(aligned=False, flip=False, detector=detector, selection=selection)
-    shim = SimpleNamespace(card=SimpleNamespace(preprocessing=pre))
-    preparer = _Preparer(shim, options, None)
+    preparer = CropPreparer(pre, options)
     n = len(ps.images)
     crops = np.zeros((n, h, w, 3), dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
