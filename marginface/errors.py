@@ -33,3 +33,7 @@ class ModelError(MarginfaceError):
 
 class GalleryError(MarginfaceError):
     """A gallery operation cannot be done (unknown subject, mixed models, ...)."""
+
+
+class NotFoundError(GalleryError):
+    """A subject or face that the gallery does not hold (never enrolled, or deleted)."""

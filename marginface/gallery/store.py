@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from marginface.errors import GalleryError, ModelError
+from marginface.errors import GalleryError, ModelError, NotFoundError
 from marginface.gallery.db import Database
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.types import (
@@ -426,7 +426,7 @@ class Gallery:
         row = self._db.query_one(
             f"SELECT {self._SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,))
         if row is None:
-            raise GalleryError(f"unknown subject {subject_id!r}")
+            raise NotFoundError(f"unknown subject {subject_id!r}")
         return self._subject(row)
 
     def has_subject(self, subject_id: str) -> bool:
@@ -601,14 +601,14 @@ class Gallery:
         row = self._db.query_one(f"SELECT {self._FACE_COLS} FROM faces WHERE id = ?",
                                  (int(face_id),))
         if row is None:
-            raise GalleryError(f"unknown face {face_id}")
+            raise NotFoundError(f"unknown face {face_id}")
         return self._face(row)
 
     def face_crop(self, face_id: int) -> bytes | None:
         """The stored aligned crop (PNG bytes) of a face, when crops are kept."""
         row = self._db.query_one("SELECT crop FROM faces WHERE id = ?", (int(face_id),))
         if row is None:
-            raise GalleryError(f"unknown face {face_id}")
+            raise NotFoundError(f"unknown face {face_id}")
         return bytes(row[0]) if row[0] is not None else None
 
     def subject_embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:

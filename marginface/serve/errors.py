@@ -21,6 +21,7 @@ from marginface.errors import (
     MarginfaceError,
     ModelError,
     NoFaceError,
+    NotFoundError,
 )
 from marginface.serve.middleware import error_body
 
@@ -74,7 +75,7 @@ class ApiError(Exception):
 
 
 def _status_of(exc: MarginfaceError) -> tuple[int, str]:
-    if isinstance(exc, GalleryError) and str(exc).startswith(("unknown subject", "unknown face")):
+    if isinstance(exc, NotFoundError):
         # Something vanished between a route's existence check and its write (a concurrent
         # delete): still a 404 to the caller.
         return 404, "not_found"

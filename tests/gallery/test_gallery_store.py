@@ -11,7 +11,7 @@ import pytest
 from gallery_helpers import DIM, People, unit
 
 from marginface.card import Calibration, ModelCard
-from marginface.errors import GalleryError
+from marginface.errors import GalleryError, NotFoundError
 
 
 def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
@@ -72,7 +72,7 @@ def test_delete_subject_removes_it_everywhere(store, people):
     for row in g.search(probe, k=18):
         assert all(h.subject_id != victim and h.face_id not in victim_faces for h in row)
     assert all(not a.known or a.subject_id != victim for a in g.identify(probe))
-    with pytest.raises(GalleryError, match="unknown subject"):
+    with pytest.raises(NotFoundError, match="unknown subject"):
         g.get_subject(victim)
     with pytest.raises(GalleryError, match="unknown subject"):
         g.delete_subject(victim)
@@ -95,7 +95,7 @@ def test_delete_one_face(store, people):
     # querying with the deleted face's own embedding never returns it
     hits = g.search(mat[1], k=3)[0]
     assert target not in [h.face_id for h in hits]
-    with pytest.raises(GalleryError, match="unknown face"):
+    with pytest.raises(NotFoundError, match="unknown face"):
         g.delete_face(target)
 
 
