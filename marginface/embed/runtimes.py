@@ -16,6 +16,7 @@ __all__ = [
     "OnnxEmbedder",
     "OpenCVEmbedder",
     "TorchEmbedder",
+    "dequantized_onnx_bytes",
     "onnx_session",
     "rewrite_prelu",
     "sface_onnx_bytes",
@@ -302,13 +303,25 @@ def sface_onnx_bytes(path: str | Path) -> bytes:
     compute) and the batch axis made dynamic; :func:`onnx_session` then rewrites its PReLUs
     (:func:`rewrite_prelu`). The network is the same SFace.
     """
+    return dequantized_onnx_bytes(path, "SFace")
+
+
+def dequantized_onnx_bytes(path: str | Path, label: str = "ONNX",
+                           input_axes: dict[int, str] | None = None,
+                           output_axes: dict[int, str] | None = None) -> bytes:
+    """``path``'s model with constant ``DequantizeLinear`` weights folded to float32.
+
+    The folding is bit-identical to what a runtime computes at every call; what is left runs
+    in onnxruntime's fast float kernels. Axis 0 of every input and output becomes ``batch``;
+    ``input_axes`` / ``output_axes`` name more dynamic axes (e.g. ``{2: "height"}``).
+    """
     import onnx
     from onnx import helper, numpy_helper
 
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read the SFace model ({exc})") from None
+        raise ModelError(f"{path}: cannot read the {label} model ({exc})") from None
     graph = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nodes = []
@@ -343,6 +356,10 @@ def sface_onnx_bytes(path: str | Path) -> bytes:
     del graph.input[:]
     graph.input.extend(data_inputs)
     del graph.value_info[:]
-    for value in list(graph.input) + list(graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for values, axes in ((graph.input, input_axes), (graph.output, output_axes)):
+        for value in values:
+            dims = value.type.tensor_type.shape.dim
+            for axis, name in {0: "batch", **(axes or {})}.items():
+                if axis < len(dims):
+                    dims[axis].dim_param = name
     return model.SerializeToString()

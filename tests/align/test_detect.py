@@ -200,7 +200,7 @@ def test_yunet_creation_prints_no_opencv_warning(capfd):
     from marginface.align import load_detector
 
     level = cv2.utils.logging.getLogLevel()
-    detector = load_detector("yunet", refine_landmarks=False)
+    detector = load_detector("yunet", refine_landmarks=False, runtime="opencv")
     detector.detect(np.zeros((64, 64, 3), np.uint8))
     assert "setPreferableTarget" not in capfd.readouterr().err
     assert cv2.utils.logging.getLogLevel() == level  # the global level is restored
@@ -214,8 +214,41 @@ def test_concurrent_detector_creation_restores_the_opencv_log_level(astronaut):
     from marginface.align import load_detector
 
     level = cv2.utils.logging.getLogLevel()
-    detector = load_detector("yunet", refine_landmarks=False)
+    detector = load_detector("yunet", refine_landmarks=False, runtime="opencv")
     with ThreadPoolExecutor(max_workers=4) as pool:  # one OpenCV model per thread
         found = list(pool.map(lambda _: len(detector.detect(astronaut)), range(8)))
     assert found == [1] * 8
     assert cv2.utils.logging.getLogLevel() == level
+
+
+def test_yunet_in_onnxruntime_matches_cv2_facedetectoryn(shared_data, astronaut):
+    """The onnxruntime path decodes YuNet exactly as OpenCV does, on real photos of any size."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from marginface.align import load_detector, read_image
+
+    fast = load_detector("yunet", refine_landmarks=False)
+    assert fast.runtime == "onnxruntime"
+    reference = load_detector("yunet", refine_landmarks=False, runtime="opencv")
+    paths = sorted((shared_data / "celeba-dev").glob("*/*.jpg"))[::60]
+    images = [astronaut, astronaut[:301, :437], np.zeros((64, 64, 3), np.uint8)]
+    images += [read_image(p) for p in paths]
+    faces = 0
+    for image in images:
+        got, want = fast.detect(image), reference.detect(image)
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+            assert abs(a.score - b.score) < 1e-4
+            faces += 1
+    assert faces >= len(images) - 2
+    # one network per thread, and the detector pickles for worker processes
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        found = list(pool.map(lambda _: len(fast.detect(astronaut)), range(6)))
+    assert found == [1] * 6
+    copy = pickle.loads(pickle.dumps(fast))
+    np.testing.assert_allclose(copy.detect(astronaut)[0].box, fast.detect(astronaut)[0].box)
+    with pytest.raises(ConfigError, match="unknown YuNet runtime"):
+        load_detector("yunet", runtime="tensorflow")
