@@ -6,6 +6,7 @@ Preprocessing (colour order, normalisation, input size) always comes from the mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +61,8 @@ class Embedder(ABC):
         return f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim})"
 
     @abstractmethod
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Raw embeddings of a preprocessed (N, 3, H, W) float32 batch."""
+    def _forward(self, batch: Any) -> np.ndarray:
+        """Raw embeddings of a preprocessed (N, 3, H, W) batch (see :meth:`_network_input`)."""
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB crops -> (N, 3, H, W) float32 network input, per the card."""
@@ -96,8 +97,13 @@ class Embedder(ABC):
             raise ImageError(f"crops must be uint8, got {crops.dtype}")
         return crops
 
+    def _network_input(self, crops: np.ndarray) -> Any:
+        """What :meth:`_forward` takes, sliced along axis 0 into micro-batches: by default
+        :meth:`preprocess`'s array; a runtime may keep its own tensor type."""
+        return self.preprocess(crops)
+
     def _raw(self, crops: np.ndarray) -> np.ndarray:
-        x = self.preprocess(crops)
+        x = self._network_input(crops)
         step = self.micro_batch or len(x)
         parts = [np.asarray(self._forward(x[i : i + step]), dtype=np.float32)
                  for i in range(0, len(x), step)]

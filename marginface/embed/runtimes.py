@@ -257,11 +257,30 @@ class TorchEmbedder(Embedder):
         return (f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim}, "
                 f"precision={self.precision!r})")
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _network_input(self, crops: np.ndarray) -> Any:
+        """(N, H, W, 3) uint8 crops -> normalised (N, 3, H, W) tensor in channels-last memory
+        (a view of the crops' own layout) and the network's precision: no transposed copy."""
         import torch
 
+        pre = self.card.preprocessing
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+        if pre.color == "BGR":
+            x = x.flip(1)
+        x = x.to(torch.float32)
+        if pre.mean != 0.0:
+            x = x - float(np.float32(pre.mean))
+        if pre.std != 1.0:
+            x = x * float(np.float32(1.0 / pre.std))
+        return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def _forward(self, batch: Any) -> np.ndarray:
+        import torch
+
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
         with torch.inference_mode():
-            out = self._net(torch.from_numpy(batch))
+            out = self._net(batch)
         if isinstance(out, tuple | list):
             out = out[0]
         return out.float().cpu().numpy()
