@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Embedding model: built-in name (default, sface) or a model path."),
         ] = None,
         detector: Annotated[str | None, typer.Option(help="Face detector (yunet).")] = None,
+        precision: Annotated[
+            str | None,
+            typer.Option(help="fp32, or bf16 for a model given as PyTorch weights."),
+        ] = None,
         far: Annotated[
             str | None,
             typer.Option(
@@ -96,6 +100,7 @@ def register(app: typer.Typer) -> None:
             index_url=index_url,
             model=model,
             detector=detector,
+            precision=precision,
             far=far,
             threshold=threshold,
             max_upload_mb=max_upload_mb,

@@ -74,15 +74,17 @@ class Pipeline:
         detector: str = "yunet",
         *,
         runtime: str = "auto",
+        precision: str = "fp32",
         detector_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Pipeline:
-        """Build from a model spec (see :func:`marginface.embed.load_embedder`) and a detector
-        name; other keyword arguments go to the constructor."""
+        """Build from a model spec (see :func:`marginface.embed.load_embedder`, which takes
+        ``runtime`` and ``precision``) and a detector name; other keyword arguments go to the
+        constructor."""
         from marginface.embed.loader import load_embedder
 
         return cls(load_detector(detector, **(detector_options or {})),
-                   load_embedder(model, runtime=runtime), **kwargs)
+                   load_embedder(model, runtime=runtime, precision=precision), **kwargs)
 
     @property
     def selection(self) -> Selection:

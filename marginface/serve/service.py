@@ -32,7 +32,8 @@ def build_pipeline(settings: ServeSettings) -> Any:
     """The face pipeline the settings name, answering every face in a photo."""
     from marginface.embed import Pipeline
 
-    return Pipeline.from_names(settings.model, settings.detector, selection="all")
+    return Pipeline.from_names(settings.model, settings.detector, selection="all",
+                               precision=settings.precision)
 
 
 def open_gallery(settings: ServeSettings, pipeline: Any) -> Gallery:
