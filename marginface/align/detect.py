@@ -83,7 +83,9 @@ class PerThreadModel:
 
         from marginface.errors import ModelError
 
-        local = self.__dict__.setdefault("_local", threading.local())
+        local = self.__dict__.get("_local")
+        if local is None:  # first use, or unpickled: setdefault keeps one when threads race
+            local = self.__dict__.setdefault("_local", threading.local())
         model = getattr(local, "model", None)
         if model is None:
             try:
@@ -151,6 +153,12 @@ class Detector(ABC):
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Every face found, best score first."""
+
+
+_YUNET_STRIDES = (8, 16, 32)
+#: YuNet's output heads: per stride, class and objectness scores, box offsets and landmarks.
+_YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps")
+                  for stride in _YUNET_STRIDES]
 
 
 class YuNetDetector(PerThreadModel, Detector):
@@ -254,10 +262,12 @@ class YuNetDetector(PerThreadModel, Detector):
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
         blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
-        outputs = session.run(None, {"input": blob})
+        outputs = dict(zip(_YUNET_OUTPUTS, session.run(_YUNET_OUTPUTS, {"input": blob}),
+                           strict=True))
         rows = []
-        for i, stride in enumerate((8, 16, 32)):
-            cls, obj, bbox, kps = (outputs[i + 3 * k][0] for k in range(4))
+        for stride in _YUNET_STRIDES:
+            cls, obj, bbox, kps = (outputs[f"{kind}_{stride}"][0]
+                                   for kind in ("cls", "obj", "bbox", "kps"))
             score = np.sqrt(np.clip(cls[:, 0], 0.0, 1.0) * np.clip(obj[:, 0], 0.0, 1.0))
             keep = np.nonzero(score >= self.score_threshold)[0]
             if not len(keep):

@@ -93,14 +93,15 @@ def export_onnx(
     """
     import torch
 
-    from marginface.embed.loader import _load_state_file, load_backbone
+    from marginface.backbones.weights import load_state_dict_file
+    from marginface.embed.loader import load_backbone
     from marginface.embed.runtimes import onnx_session
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
     if card.format == "onnx":
         raise ModelError(f"{model_dir}: already an ONNX model")
-    state = _load_state_file(model_dir / card.weights, card.format)
+    state = load_state_dict_file(model_dir / card.weights, card.format)
     module = load_backbone(state, card.architecture, card.embedding_dim, str(model_dir),
                            card.architecture_kwargs)
     out = Path(out)

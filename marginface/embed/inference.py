@@ -20,7 +20,6 @@ from marginface.embed.base import PRECISIONS
 __all__ = ["bf16_supported", "prepare_for_inference"]
 
 
-
 def bf16_supported() -> bool:
     """Whether this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX).
 

@@ -127,12 +127,6 @@ def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
     return module.eval()
 
 
-def _load_state_file(path: Path, fmt: str) -> dict[str, Any]:
-    from marginface.backbones.weights import load_state_dict_file
-
-    return load_state_dict_file(path, fmt)
-
-
 def _onnx_card(path: Path) -> ModelCard | None:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
@@ -186,6 +180,7 @@ def _to_onnx_runtime(module: Any, card: ModelCard, ort: dict[str, Any]) -> Embed
 
 def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
                     precision: str = "fp32") -> Embedder:
+    from marginface.backbones.weights import load_state_dict_file
     from marginface.embed.runtimes import TorchEmbedder
 
     card = ModelCard.load(folder)
@@ -193,7 +188,7 @@ def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
     if card.format == "onnx":
         _onnx_precision(precision, str(weights))
         return _from_onnx_file(weights, card, ort)
-    state = _load_state_file(weights, card.format)
+    state = load_state_dict_file(weights, card.format)
     module = load_backbone(state, card.architecture, card.embedding_dim, str(weights),
                            card.architecture_kwargs)
     if runtime == "onnxruntime":
@@ -203,10 +198,10 @@ def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
 
 def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
                            ort: dict[str, Any], precision: str = "fp32") -> Embedder:
-    from marginface.backbones.weights import infer_architecture
+    from marginface.backbones.weights import infer_architecture, load_state_dict_file
     from marginface.embed.runtimes import TorchEmbedder
 
-    state = _load_state_file(path, "torch")
+    state = load_state_dict_file(path, "torch")
     if architecture is None:
         guess = infer_architecture(state)
         arch, dim, kwargs = guess["name"], guess["embedding_dim"], guess["kwargs"]

@@ -147,9 +147,6 @@ class Service:
         """Stop the pipeline threads and close the gallery."""
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.gallery.close()
-        self._restore_blas()
-
-    def _restore_blas(self) -> None:
         if self._blas_limits is not None:
             self._blas_limits.restore_original_limits()
             self._blas_limits = None
