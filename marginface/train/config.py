@@ -227,6 +227,11 @@ class TrainConfig(StrictModel):
         if self.data.sampler == "pk" and self.batch_size % self.data.pk_k:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of data.pk_k "
                              f"{self.data.pk_k}")
+        given = self.backbone.kwargs.get("input_size")
+        if given is not None and _size(given) != list(self.data.input_size):
+            raise ValueError(f"backbone.kwargs.input_size {given} disagrees with "
+                             f"data.input_size {list(self.data.input_size)}; set "
+                             "data.input_size only (the backbone is built for it)")
         if self.data.preload == "device":
             from marginface.data.augment import resolve_augment
 
@@ -236,6 +241,13 @@ class TrainConfig(StrictModel):
                                  "(flips are done on the device); use preload: none for "
                                  "stronger augmentation")
         return self
+
+
+def _size(value: Any) -> list[int] | None:
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        return None
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

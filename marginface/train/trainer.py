@@ -281,8 +281,9 @@ class Trainer:
         cfg, env = self.cfg, self.env
         dev = env.device
         self.arch = backbones.canonical_name(cfg.backbone.name)
+        self.arch_kwargs = _architecture_kwargs(cfg)
         backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
-                                    **cfg.backbone.kwargs)
+                                    **self.arch_kwargs)
         if cfg.backbone.sync_bn and env.distributed and dev.type == "cuda":
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         backbone = backbone.to(dev)
@@ -779,7 +780,7 @@ class Trainer:
                      "images": len(self.dataset), "identities": self.num_classes,
                      "augment": cfg.data.augment, "sampler": cfg.data.sampler,
                      "skipped_images": self.skips.total},
-            "backbone": {"name": self.arch, "kwargs": cfg.backbone.kwargs},
+            "backbone": {"name": self.arch, "kwargs": self.arch_kwargs},
             "loss": cfg.loss.model_dump(mode="json"),
             "optim": cfg.optim.model_dump(mode="json"),
             "schedule": cfg.schedule.model_dump(mode="json"),
@@ -802,8 +803,14 @@ class Trainer:
         export_model(cfg.output, self.backbone, name=name, architecture=self.arch,
                      embedding_dim=cfg.backbone.embedding_dim, preprocessing=self.pre,
                      training=training, metrics=metrics,
-                     architecture_kwargs=dict(cfg.backbone.kwargs))
+                     architecture_kwargs=dict(self.arch_kwargs))
         self._say(f"wrote {Path(cfg.output) / 'weights.safetensors'} and model.json")
+
+
+def _architecture_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The backbone's constructor arguments, with ``input_size`` taken from ``data.input_size``
+    (a network whose head depends on the input size must be built for the crops it gets)."""
+    return {**cfg.backbone.kwargs, "input_size": [int(v) for v in cfg.data.input_size]}
 
 
 def _device_name(device: torch.device) -> str:

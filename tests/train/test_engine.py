@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -145,3 +146,31 @@ def test_unreadable_image_is_skipped_and_reported(small_subset: tuple[Path, Path
     assert "skipped 1 unreadable samples" in out and "broken.jpg" in out
     card = ModelCard.load(tmp_path / "out")
     assert card.training["data"]["skipped_images"] == 1
+
+
+def test_backbone_is_built_for_data_input_size(small_subset: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    """MobileFaceNet's GDC kernel depends on the input: 48×48 crops need a 3×3 kernel, and the
+    exported card must rebuild the same network."""
+    from marginface.embed import load_embedder
+
+    out = tmp_path / "mbf48"
+    cfg = load_train_config(None, base_overrides(
+        small_subset[0], out, steps=1, **{"data.input_size": "[48, 48]",
+                                          "backbone.name": "mbf_small",
+                                          "backbone.kwargs": "{}"}))
+    assert train(cfg).steps == 1
+    card = ModelCard.load(out / "model.json")
+    assert card.architecture_kwargs["input_size"] == [48, 48]
+    embedder = load_embedder(out, runtime="torch")
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    emb = embedder.embed(crops)
+    assert emb.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_backbone_input_size_disagreeing_with_data_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"disagrees with data\.input_size"):
+        load_train_config(None, base_overrides(
+            tmp_path / "x.csv", tmp_path / "out", steps=1,
+            **{"backbone.kwargs": "{input_size: [64, 64]}"}))
