@@ -73,6 +73,26 @@ def register(app: typer.Typer) -> None:
         if any(r.status == "failed" for r in rows):
             raise typer.Exit(1)
 
+    @app.command("train-table")
+    def table_command(
+        results: Annotated[list[Path], typer.Argument(
+            help="results.json files of train-compare runs (e.g. seed 0 and a seed-1 rerun).")],
+        table: Annotated[Path | None, typer.Option(
+            "--table", help="Write the Markdown table here (default: print it).")] = None,
+        title: Annotated[str, typer.Option("--title", help="Table heading.")
+                         ] = "Loss comparison on celeba-dev",
+    ) -> None:
+        """One table from several comparison runs; seeds of a configuration are pooled."""
+        from marginface.train.compare import table_from_results
+
+        text = table_from_results(list(results), title=title)
+        if table is None:
+            typer.echo(text, nl=False)
+            return
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {table}")
+
     @app.command("train-dev-crops")
     def dev_crops_command(
         pairs: Annotated[Path, typer.Argument(help="Pairs file (LFW pairs.txt, CSV or .bin).")],

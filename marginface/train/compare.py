@@ -29,7 +29,8 @@ import numpy as np
 from marginface.errors import DataError, MarginfaceError
 
 __all__ = ["CompareRow", "DevCrops", "evaluate_crops", "flag_ties", "load_dev_crops",
-           "machine_name", "prepare_dev_crops", "render_table", "run_comparison"]
+           "machine_name", "merge_results", "prepare_dev_crops", "render_table",
+           "run_comparison", "table_from_results"]
 
 FARS = ("1e-2", "1e-3")
 
@@ -216,20 +217,54 @@ class CompareRow:
     ties: list[str] = field(default_factory=list)
 
 
-def flag_ties(rows: list[CompareRow]) -> None:
-    """Mark rows whose accuracies are within each other's fold std ("needs second seed").
+@dataclass
+class _Group:
+    """The done runs of one configuration (one per seed)."""
 
-    Two rows ``a`` and ``b`` tie when ``|acc_a − acc_b| ≤ min(std_a, std_b)``: each lies within
-    the other's fold standard deviation, so ranking them needs a second seed.
+    name: str
+    rows: list[CompareRow]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.rows]
+
+    def mean(self, attr: str) -> float | None:
+        vals = [getattr(r, attr) for r in self.rows if getattr(r, attr) is not None]
+        return float(np.mean(vals)) if vals else None
+
+
+def _groups(rows: list[CompareRow]) -> tuple[list[_Group], list[CompareRow]]:
+    """Done rows grouped by configuration name (first appearance order), and the others."""
+    groups: dict[str, _Group] = {}
+    rest = []
+    for r in rows:
+        if r.status == "done" and r.accuracy is not None and r.std is not None:
+            groups.setdefault(r.name, _Group(r.name, [])).rows.append(r)
+        else:
+            rest.append(r)
+    return list(groups.values()), rest
+
+
+def flag_ties(rows: list[CompareRow]) -> None:
+    """Mark configurations whose accuracies are within each other's fold std.
+
+    Runs of the same configuration name with different seeds are pooled: a configuration's
+    accuracy and fold std are the means over its seeds. Two configurations ``a`` and ``b`` tie
+    when ``|acc_a − acc_b| ≤ min(std_a, std_b)``; every run of each gets the other's name in
+    ``ties``. A tie between single-seed rows "needs a second seed" before ranking them.
     """
-    done = [r for r in rows if r.accuracy is not None and r.std is not None]
+    groups, _ = _groups(rows)
     for r in rows:
         r.ties = []
-    for i, a in enumerate(done):
-        for b in done[i + 1:]:
-            if abs(a.accuracy - b.accuracy) <= min(a.std, b.std):  # type: ignore[operator]
-                a.ties.append(b.name)
-                b.ties.append(a.name)
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            acc_a, acc_b = a.mean("accuracy"), b.mean("accuracy")
+            std_a, std_b = a.mean("std"), b.mean("std")
+            if abs(acc_a - acc_b) <= min(std_a, std_b):  # type: ignore[operator,type-var]
+                for r in a.rows:
+                    r.ties.append(b.name)
+                for r in b.rows:
+                    r.ties.append(a.name)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -237,28 +272,88 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def render_table(rows: list[CompareRow], *, title: str = "", notes: str = "") -> str:
-    """The Markdown table, best dev accuracy first."""
-    ranked = sorted(rows, key=lambda r: (r.accuracy is None, -(r.accuracy or 0.0)))
+    """The Markdown table, one line per configuration, best dev accuracy first.
+
+    Runs of one configuration with several seeds share a line: accuracy, fold std, TARs and
+    wall time are means over the seeds, and the ``seeds`` column lists each seed's accuracy.
+    Rows are ranked by that mean; call :func:`flag_ties` first to get the notes on ties.
+    """
+    groups, rest = _groups(rows)
+    groups.sort(key=lambda g: -(g.mean("accuracy") or 0.0))
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines += ["| rank | loss | dev accuracy (%) | TAR@FAR=1e-2 | TAR@FAR=1e-3 | epochs | "
+    lines += ["| rank | loss | dev accuracy (%) | seeds | TAR@FAR=1e-2 | TAR@FAR=1e-3 | epochs | "
               "wall time (s) | machine | note |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for k, r in enumerate(ranked, 1):
-        if r.status != "done":
-            note = f"{r.status}: {r.error}" if r.error else r.status
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k, g in enumerate(groups, 1):
+        first = g.rows[0]
+        ties = first.ties
+        if not ties:
+            note = ""
+        elif len(g.rows) == 1:
+            note = f"needs second seed (within fold std of {', '.join(ties)})"
         else:
-            note = f"needs second seed (within fold std of {', '.join(r.ties)})" if r.ties \
-                else ""
-        acc = "–" if r.accuracy is None else f"{r.accuracy:.2f} ± {_fmt(r.std, '.2f')}"
-        lines.append(f"| {k if r.accuracy is not None else '–'} | {r.name} | {acc} | "
-                     f"{_fmt(r.tar_1e2, '.3f')} | {_fmt(r.tar_1e3, '.3f')} | "
-                     f"{_fmt(r.epochs, '.2f')} | {_fmt(r.wall_seconds, '.0f')} | "
-                     f"{r.machine or '–'} | {note} |")
+            note = f"within fold std of {', '.join(ties)} over {len(g.rows)} seeds"
+        seeds = ", ".join(f"{r.seed}: {r.accuracy:.2f}" for r in g.rows) if len(g.rows) > 1 \
+            else str(first.seed)
+        lines.append(f"| {k} | {g.name} | {g.mean('accuracy'):.2f} ± {g.mean('std'):.2f} | "
+                     f"{seeds} | {_fmt(g.mean('tar_1e2'), '.3f')} | "
+                     f"{_fmt(g.mean('tar_1e3'), '.3f')} | {_fmt(g.mean('epochs'), '.2f')} | "
+                     f"{_fmt(g.mean('wall_seconds'), '.0f')} | {first.machine or '–'} | {note} |")
+    for r in rest:
+        note = f"{r.status}: {r.error}" if r.error else r.status
+        lines.append(f"| – | {r.name} | – | {r.seed} | – | – | – | – | {r.machine or '–'} | "
+                     f"{note} |")
     if notes:
         lines += ["", notes]
     return "\n".join(lines) + "\n"
+
+
+def _notes(*headers: dict[str, Any]) -> str:
+    """The line under a table: the dev set, the protocol and each run's overrides."""
+    dev = headers[0].get("dev", {})
+    flips = {h.get("flip", False) for h in headers}
+    flip = "on" if flips == {True} else "off" if flips == {False} else "mixed"
+    text = (f"Dev set: {dev.get('pairs', '')} ({dev.get('n_pairs', '?')} pairs, "
+            f"{dev.get('n_failed', '?')} images without a detected face scored -1); 10-fold "
+            f"accuracy mean ± fold std; flip TTA {flip}.")
+    for h in headers:
+        where = f" ({h['path']})" if "path" in h and len(headers) > 1 else ""
+        text += f" Overrides{where}: {' '.join(h.get('overrides') or []) or 'none'}."
+    return text
+
+
+def table_from_results(paths: list[str | Path], *, title: str = "") -> str:
+    """One Markdown table from several ``results.json`` files, seeds pooled per configuration."""
+    rows, headers = merge_results(paths)
+    flag_ties(rows)
+    return render_table(rows, title=title, notes=_notes(*headers))
+
+
+def merge_results(paths: list[str | Path]) -> tuple[list[CompareRow], list[dict[str, Any]]]:
+    """Rows of several ``results.json`` files (e.g. a first pass and a second-seed rerun).
+
+    A (name, seed) pair that appears twice keeps the later file's row when that one is done.
+    Returns the rows and each file's header (everything but its rows).
+    """
+    fields = set(CompareRow.__dataclass_fields__)
+    merged: dict[tuple[str, int], CompareRow] = {}
+    headers = []
+    for path in paths:
+        p = Path(path)
+        try:
+            payload = json.loads(p.read_text(encoding="utf-8"))
+            rows = [CompareRow(**{k: v for k, v in r.items() if k in fields})
+                    for r in payload["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{p} is not a train-compare results.json: {exc}") from None
+        headers.append({k: v for k, v in payload.items() if k != "rows"} | {"path": str(p)})
+        for r in rows:
+            key = (r.name, r.seed)
+            if key not in merged or r.status == "done" or merged[key].status != "done":
+                merged[key] = r
+    return list(merged.values()), headers
 
 
 def _row_name(path: Path) -> str:
@@ -306,11 +401,7 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
                    "overrides": overrides or [], "rows": [asdict(r) for r in rows]}
         (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n",
                                               encoding="utf-8")
-        notes = (f"Dev set: {dev.meta.get('pairs', '')} ({dev.n_pairs} pairs, "
-                 f"{int((~dev.ok).sum())} images without a detected face scored -1); 10-fold "
-                 f"accuracy mean ± fold std; flip TTA {'on' if flip else 'off'}. Overrides: "
-                 f"{' '.join(overrides or []) or 'none'}.")
-        text = render_table(rows, title=title, notes=notes)
+        text = render_table(rows, title=title, notes=_notes(payload))
         (out_dir / "table.md").write_text(text, encoding="utf-8")
         if table is not None:
             Path(table).parent.mkdir(parents=True, exist_ok=True)

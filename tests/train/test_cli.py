@@ -104,3 +104,19 @@ def test_config_rejects_inconsistent_settings(tmp_path: Path, text: str, needle:
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         load_train_config(path)
+
+
+def test_cli_train_table_pools_results_files(tmp_path: Path) -> None:
+    import json
+
+    rows = [{"name": "arc", "config": "c.yaml", "loss": "arcface", "seed": s, "status": "done",
+             "accuracy": acc, "std": 1.0, "machine": "CPU"} for s, acc in ((0, 90.0), (1, 92.0))]
+    paths = []
+    for i, row in enumerate(rows):
+        p = tmp_path / f"r{i}.json"
+        p.write_text(json.dumps({"dev": {}, "overrides": [f"seed={i}"], "rows": [row]}))
+        paths.append(str(p))
+    out = tmp_path / "docs" / "table.md"
+    res = CliRunner().invoke(_app(), ["train-table", *paths, "--table", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "| 1 | arc | 91.00 ± 1.00 | 0: 90.00, 1: 92.00 |" in out.read_text()

@@ -17,9 +17,11 @@ from marginface.train.compare import (
     evaluate_crops,
     flag_ties,
     load_dev_crops,
+    merge_results,
     prepare_dev_crops,
     render_table,
     run_comparison,
+    table_from_results,
 )
 
 TINY = {
@@ -85,6 +87,52 @@ def test_ties_are_flagged() -> None:
     text = render_table(rows)
     assert text.count("needs second seed") == 2
     assert text.index("| a |") < text.index("| b |") < text.index("| c |")
+
+
+def _results(path: Path, rows: list[CompareRow], overrides: list[str]) -> Path:
+    from dataclasses import asdict
+
+    path.write_text(json.dumps({"format": "marginface-compare/1", "flip": False,
+                                "overrides": overrides, "dev": {"pairs": "p.txt",
+                                                                "n_pairs": 6000, "n_failed": 9},
+                                "rows": [asdict(r) for r in rows]}))
+    return path
+
+
+def test_second_seeds_are_pooled_per_configuration(tmp_path: Path) -> None:
+    first = _results(tmp_path / "s0.json", [
+        CompareRow("arc", "", "arcface", 0, "done", 90.0, 2.0, 0.8, 0.5, 1.5, wall_seconds=100),
+        CompareRow("cos", "", "cosface", 0, "done", 89.0, 1.5, 0.7, 0.4, 1.5, wall_seconds=120),
+        CompareRow("soft", "", "softmax", 0, "done", 80.0, 1.0, 0.5, 0.2, 1.5),
+        CompareRow("tri", "", "triplet", 0, "skipped", error="time budget")], ["epochs=1.5"])
+    second = _results(tmp_path / "s1.json", [
+        CompareRow("arc", "", "arcface", 1, "done", 92.0, 1.0, 0.9, 0.6, 1.5, wall_seconds=110),
+        CompareRow("cos", "", "cosface", 1, "done", 87.0, 2.5, 0.6, 0.3, 1.5, wall_seconds=100)],
+        ["epochs=1.5", "seed=1"])
+    rows, headers = merge_results([first, second])
+    assert sorted((r.name, r.seed) for r in rows) == [("arc", 0), ("arc", 1), ("cos", 0),
+                                                      ("cos", 1), ("soft", 0), ("tri", 0)]
+    assert len(headers) == 2
+    text = table_from_results([first, second], title="t")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")][2:]
+    # arc: mean 91.00 ± 1.50 over seeds 0, 1; cos: 88.00 ± 2.00; |91 - 88| > 1.5: no tie now
+    assert lines[0].startswith("| 1 | arc | 91.00 ± 1.50 | 0: 90.00, 1: 92.00 | 0.850 | 0.550 |")
+    assert "| 105 |" in lines[0] and "second seed" not in text
+    assert lines[1].startswith("| 2 | cos | 88.00 ± 2.00 | 0: 89.00, 1: 87.00 |")
+    assert lines[2].startswith("| 3 | soft | 80.00 ± 1.00 | 0 |")
+    assert lines[3].startswith("| – | tri |") and "skipped: time budget" in lines[3]
+    assert "seed=1" in text and "6000 pairs" in text
+    # with seed 0 alone, arc and cos tie and need a second seed
+    assert table_from_results([first]).count("needs second seed") == 2
+
+
+def test_merge_rejects_a_file_that_is_not_results(tmp_path: Path) -> None:
+    from marginface.errors import DataError
+
+    bad = tmp_path / "x.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"not a train-compare results\.json"):
+        merge_results([bad])
 
 
 @pytest.mark.slow
