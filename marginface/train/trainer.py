@@ -282,8 +282,19 @@ class Trainer:
         dev = env.device
         self.arch = backbones.canonical_name(cfg.backbone.name)
         self.arch_kwargs = _architecture_kwargs(cfg)
-        backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
-                                    **self.arch_kwargs)
+        try:
+            backbone = backbones.create(cfg.backbone.name,
+                                        embedding_dim=cfg.backbone.embedding_dim,
+                                        **self.arch_kwargs)
+        except ConfigError as exc:
+            # A registered network without an ``input_size`` argument works at any size (or
+            # fails on its own terms): build it as configured.
+            if "input_size" in cfg.backbone.kwargs or "'input_size'" not in str(exc):
+                raise
+            self.arch_kwargs = dict(cfg.backbone.kwargs)
+            backbone = backbones.create(cfg.backbone.name,
+                                        embedding_dim=cfg.backbone.embedding_dim,
+                                        **self.arch_kwargs)
         if cfg.backbone.sync_bn and env.distributed and dev.type == "cuda":
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         backbone = backbone.to(dev)
