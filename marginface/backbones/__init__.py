@@ -21,6 +21,7 @@ from marginface.backbones.registry import (
     list_models,
     model_info,
     register_model,
+    takes_input_size,
 )
 from marginface.backbones.tiny import TinyNet
 from marginface.backbones.weights import infer_architecture, load_backbone, load_state_dict_file
@@ -39,4 +40,5 @@ __all__ = [
     "load_state_dict_file",
     "model_info",
     "register_model",
+    "takes_input_size",
 ]

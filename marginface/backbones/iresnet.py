@@ -202,31 +202,31 @@ def _iresnet(arch: str, embedding_dim: int, **kwargs: Any) -> IResNet:
     return IResNet(IBasicBlock, LAYERS[arch], **kwargs)
 
 
-@register_model("iresnet18", aliases=("r18",))
+@register_model("iresnet18", aliases=("r18",), sized=True)
 def iresnet18(embedding_dim: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-18 (insightface arcface_torch ``r18``)."""
     return _iresnet("iresnet18", embedding_dim, **kwargs)
 
 
-@register_model("iresnet34", aliases=("r34",))
+@register_model("iresnet34", aliases=("r34",), sized=True)
 def iresnet34(embedding_dim: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-34 (insightface arcface_torch ``r34``)."""
     return _iresnet("iresnet34", embedding_dim, **kwargs)
 
 
-@register_model("iresnet50", aliases=("r50",))
+@register_model("iresnet50", aliases=("r50",), sized=True)
 def iresnet50(embedding_dim: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-50 (insightface arcface_torch ``r50``)."""
     return _iresnet("iresnet50", embedding_dim, **kwargs)
 
 
-@register_model("iresnet100", aliases=("r100",))
+@register_model("iresnet100", aliases=("r100",), sized=True)
 def iresnet100(embedding_dim: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-100 (insightface arcface_torch ``r100``)."""
     return _iresnet("iresnet100", embedding_dim, **kwargs)
 
 
-@register_model("iresnet200", aliases=("r200",))
+@register_model("iresnet200", aliases=("r200",), sized=True)
 def iresnet200(embedding_dim: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-200 (insightface arcface_torch ``r200``)."""
     return _iresnet("iresnet200", embedding_dim, **kwargs)

@@ -184,7 +184,7 @@ class MobileFaceNet(nn.Module):
         return self.features(x)
 
 
-@register_model("mbf", aliases=("mobilefacenet",))
+@register_model("mbf", aliases=("mobilefacenet",), sized=True)
 def mbf(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     """MobileFaceNet (insightface arcface_torch ``mbf``: blocks (1, 4, 6, 2), scale 2)."""
     kwargs.setdefault("num_features", embedding_dim)
@@ -193,7 +193,7 @@ def mbf(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     return MobileFaceNet(**kwargs)
 
 
-@register_model("mbf_small", aliases=("mobilefacenet_paper",))
+@register_model("mbf_small", aliases=("mobilefacenet_paper",), sized=True)
 def mbf_small(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     """MobileFaceNet at the paper's size (Chen et al. 2018: ~0.22 G multiply-adds): blocks
     (1, 4, 6, 2), scale 1; half of ``mbf``'s work, 1.2 M parameters with a 512-d output."""
@@ -204,7 +204,7 @@ def mbf_small(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     return MobileFaceNet(**kwargs)
 
 
-@register_model("mbf_large", aliases=("mobilefacenet_large",))
+@register_model("mbf_large", aliases=("mobilefacenet_large",), sized=True)
 def mbf_large(embedding_dim: int = 512, **kwargs: Any) -> MobileFaceNet:
     """MobileFaceNet-large (arcface_torch ``mbf_large``: blocks (2, 8, 12, 4), scale 4)."""
     kwargs.setdefault("num_features", embedding_dim)

@@ -13,7 +13,8 @@ from torch import nn
 
 from marginface.errors import ConfigError
 
-__all__ = ["create", "is_model", "list_models", "model_info", "register_model"]
+__all__ = ["create", "is_model", "list_models", "model_info", "register_model",
+           "takes_input_size"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -25,6 +26,7 @@ class _Registry:
         self.constructors: dict[str, Callable[..., nn.Module]] = {}
         self.aliases: dict[str, str] = {}
         self.descriptions: dict[str, str] = {}
+        self.sized: set[str] = set()
 
     def resolve(self, name: str) -> str:
         key = name.strip().lower()
@@ -38,15 +40,20 @@ class _Registry:
 _REGISTRY = _Registry()
 
 
-def register_model(name: str, *, aliases: tuple[str, ...] = (),
-                   description: str = "") -> Callable[[F], F]:
-    """Decorator that registers ``fn(embedding_dim=..., **kwargs) -> nn.Module`` under ``name``."""
+def register_model(name: str, *, aliases: tuple[str, ...] = (), description: str = "",
+                   sized: bool = False) -> Callable[[F], F]:
+    """Decorator that registers ``fn(embedding_dim=..., **kwargs) -> nn.Module`` under ``name``.
+
+    ``sized``: the network is built for one input size and takes ``input_size=(h, w)``.
+    """
 
     def decorator(fn: F) -> F:
         key = name.lower()
         if key in _REGISTRY.constructors or key in _REGISTRY.aliases:
             raise ValueError(f"backbone name {name!r} is already registered")
         _REGISTRY.constructors[key] = fn
+        if sized:
+            _REGISTRY.sized.add(key)
         _REGISTRY.descriptions[key] = description or (fn.__doc__ or "").strip().split("\n")[0]
         for alias in aliases:
             alias_key = alias.lower()
@@ -75,6 +82,11 @@ def is_model(name: str) -> bool:
 def canonical_name(name: str) -> str:
     """The canonical registry name for ``name`` or an alias (``"r50"`` -> ``"iresnet50"``)."""
     return _REGISTRY.resolve(name)
+
+
+def takes_input_size(name: str) -> bool:
+    """Whether backbone ``name`` is built for one input size (its ``input_size`` argument)."""
+    return _REGISTRY.resolve(name) in _REGISTRY.sized
 
 
 def model_info(name: str) -> dict[str, Any]:

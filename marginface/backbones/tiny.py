@@ -23,15 +23,10 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_features: int = 128, widths: tuple[int, ...] = (16, 32, 64),
                  dropout: float = 0.0, fp16: bool = False, pool: int = 4,
-                 gradient_checkpointing: bool = False,
-                 input_size: tuple[int, int] | None = None) -> None:
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if not widths:
             raise ValueError("widths must name at least one stage")
-        # Adaptive pooling makes the network work at any input size; ``input_size`` is taken
-        # (as every backbone takes it) and recorded, nothing in the network depends on it.
-        self.input_size = None if input_size is None else (int(input_size[0]),
-                                                           int(input_size[1]))
         self.fp16 = fp16
         self.num_features = num_features
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)

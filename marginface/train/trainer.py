@@ -282,19 +282,8 @@ class Trainer:
         dev = env.device
         self.arch = backbones.canonical_name(cfg.backbone.name)
         self.arch_kwargs = _architecture_kwargs(cfg)
-        try:
-            backbone = backbones.create(cfg.backbone.name,
-                                        embedding_dim=cfg.backbone.embedding_dim,
-                                        **self.arch_kwargs)
-        except ConfigError as exc:
-            # A registered network without an ``input_size`` argument works at any size (or
-            # fails on its own terms): build it as configured.
-            if "input_size" in cfg.backbone.kwargs or "'input_size'" not in str(exc):
-                raise
-            self.arch_kwargs = dict(cfg.backbone.kwargs)
-            backbone = backbones.create(cfg.backbone.name,
-                                        embedding_dim=cfg.backbone.embedding_dim,
-                                        **self.arch_kwargs)
+        backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
+                                    **self.arch_kwargs)
         if cfg.backbone.sync_bn and env.distributed and dev.type == "cuda":
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         backbone = backbone.to(dev)
@@ -821,6 +810,10 @@ class Trainer:
 def _architecture_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The backbone's constructor arguments, with ``input_size`` taken from ``data.input_size``
     (a network whose head depends on the input size must be built for the crops it gets)."""
+    from marginface.backbones import takes_input_size
+
+    if not takes_input_size(cfg.backbone.name):
+        return dict(cfg.backbone.kwargs)
     return {**cfg.backbone.kwargs, "input_size": [int(v) for v in cfg.data.input_size]}
 
 

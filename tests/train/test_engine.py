@@ -162,6 +162,10 @@ def test_backbone_is_built_for_data_input_size(small_subset: tuple[Path, Path],
     assert train(cfg).steps == 1
     card = ModelCard.load(out / "model.json")
     assert card.architecture_kwargs["input_size"] == [48, 48]
+    from marginface.backbones import takes_input_size
+
+    assert takes_input_size("mbf_small") and takes_input_size("r50")
+    assert not takes_input_size("tiny")
     embedder = load_embedder(out, runtime="torch")
     crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     emb = embedder.embed(crops)
