@@ -36,4 +36,15 @@ class GalleryError(MarginfaceError):
 
 
 class NotFoundError(GalleryError):
-    """A subject or face that the gallery does not hold (never enrolled, or deleted)."""
+    """A subject, face or API key that the gallery does not hold (never made, or deleted)."""
+
+
+class ConflictError(GalleryError):
+    """A write that contradicts what is stored: an id that exists, faces of another model,
+    revoking the last admin key. The request was valid; the gallery's state refuses it."""
+
+
+class StorageError(GalleryError):
+    """The gallery's database or vector index failed (a server-side fault, not the caller's).
+    Nothing half-written is kept: the write was rolled back, or is reconciled at the next
+    search."""

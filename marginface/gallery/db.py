@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from marginface.errors import GalleryError
+from marginface.errors import GalleryError, NotFoundError, StorageError
 
 __all__ = ["SCHEMA_VERSION", "Database", "normalise_url"]
 
@@ -93,9 +93,17 @@ def normalise_url(url: str | Path) -> tuple[str, str]:
 
 
 class Database:
-    """One connection to the gallery's SQL store, safe to share between threads."""
+    """One connection to the gallery's SQL store, safe to share between threads.
 
-    def __init__(self, url: str | Path) -> None:
+    ``create=False`` refuses a SQLite file that does not exist yet (:class:`NotFoundError`)
+    instead of creating it and its folders: read-only commands must not turn a mistyped path
+    into an empty gallery.
+    """
+
+    #: Advisory lock keys (PostgreSQL) of the tables whose writes :meth:`lock_writes` serialises.
+    _WRITE_LOCKS = {"schema": 715517, "api_keys": 715518}
+
+    def __init__(self, url: str | Path, *, create: bool = True) -> None:
         self.dialect, self.target = normalise_url(url)
         self.lock = threading.RLock()
         self._in_tx = False
@@ -103,8 +111,12 @@ class Database:
             path = Path(self.target)
             if path.is_dir():
                 raise GalleryError(f"gallery path {path} is a folder, expected a database file")
-            path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists()
+            if new and not create:
+                raise NotFoundError(
+                    f"no gallery at {path}: check the path (--db or $MARGINFACE_GALLERY_URL); "
+                    "enrolling someone creates a new gallery")
+            path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._conn: Any = sqlite3.connect(
                     str(path), isolation_level=None, check_same_thread=False, timeout=30.0
@@ -142,7 +154,7 @@ class Database:
             try:
                 return self._conn.execute(self._sql(sql), tuple(params))
             except sqlite3.OperationalError as exc:
-                raise GalleryError(f"gallery database error: {exc}") from exc
+                raise StorageError(f"gallery database error: {exc}") from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run a query; return all rows."""
@@ -199,11 +211,20 @@ class Database:
             finally:
                 self._in_tx = False
 
+    def lock_writes(self, table: str) -> None:
+        """Inside a transaction: serialise it with every other transaction that locks ``table``
+        (read-check-write rules such as "keep one admin key"). SQLite's ``BEGIN IMMEDIATE``
+        already holds the database's single write lock; PostgreSQL takes an advisory lock."""
+        if not self._in_tx:
+            raise RuntimeError("lock_writes() needs an open transaction")
+        if self.dialect == "postgresql":
+            self.execute("SELECT pg_advisory_xact_lock(?)", (self._WRITE_LOCKS[table],))
+
     def _create_schema(self) -> None:
         types = _TYPES[self.dialect]
         with self.transaction():
             if self.dialect == "postgresql":  # several processes may start at once
-                self.execute("SELECT pg_advisory_xact_lock(715517)")
+                self.lock_writes("schema")
             for stmt in _SCHEMA:
                 self.execute(stmt.format(**types))
             if self.query_one("SELECT generation FROM state WHERE id = 1") is None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from marginface.errors import GalleryError, ModelError, NotFoundError
+from marginface.errors import ConflictError, GalleryError, ModelError, NotFoundError, StorageError
 from marginface.gallery.db import Database
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.types import (
@@ -160,8 +160,11 @@ class Gallery:
         threshold: float | None = None,
         far: str | None = None,
         index_options: dict[str, Any] | None = None,
+        create: bool = True,
     ) -> Gallery:
-        """Open (creating if needed) the gallery at ``url``.
+        """Open the gallery at ``url``, creating it unless ``create`` is False (then a SQLite
+        file that does not exist is :class:`NotFoundError`, so a mistyped path is not taken
+        for an empty gallery).
 
         ``url``: a SQLite file path, ``sqlite:///path``, or ``postgresql://user@host/db``;
         default :func:`default_gallery_url`. ``model_name``/``dim`` name the embedding model;
@@ -180,7 +183,7 @@ class Gallery:
             model_name = model_name or card.name
             dim = dim or card.embedding_dim
         url_s = str(url) if url is not None else default_gallery_url()
-        db = Database(url_s)
+        db = Database(url_s, create=create)
         options = dict(index_options or {})
         if index.lower() == "milvus" and "uri" not in options:
             if db.dialect != "sqlite":
@@ -208,7 +211,7 @@ class Gallery:
         if stored_model is not None and (stored_model != model_name or stored_dim_i != dim):
             n = self._db.query_one("SELECT COUNT(*) FROM faces")[0]
             if n:
-                raise GalleryError(
+                raise ConflictError(
                     f"this gallery holds {n} faces embedded with model {stored_model!r} "
                     f"({stored_dim}-d); refusing model {model_name!r} ({dim}-d): embeddings of "
                     "different models are not comparable. Use another gallery (--db) or delete "
@@ -407,7 +410,7 @@ class Gallery:
         with self._lock:
             with self._db.transaction():
                 if self._db.query_one("SELECT 1 FROM subjects WHERE id = ?", (sid,)):
-                    raise GalleryError(f"subject id {sid!r} already exists")
+                    raise ConflictError(f"subject id {sid!r} already exists")
                 now = _now()
                 self._db.execute(
                     "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
@@ -546,7 +549,7 @@ class Gallery:
             self._index.add(np.asarray(ids, dtype=np.int64), vecs)
         except Exception as exc:
             self._generation = -1  # the next search reconciles
-            raise GalleryError(f"faces stored, but the vector index failed: {exc}") from exc
+            raise StorageError(f"faces stored, but the vector index failed: {exc}") from exc
 
     def _index_remove(self, ids: list[int]) -> None:
         if self._index is None:
@@ -555,7 +558,7 @@ class Gallery:
             self._index.remove(np.asarray(ids, dtype=np.int64))
         except Exception as exc:
             self._generation = -1
-            raise GalleryError(
+            raise StorageError(
                 f"faces deleted from SQL, but the vector index failed ({exc}); they are never "
                 "returned and the index is reconciled at the next search") from exc
 
@@ -887,12 +890,29 @@ class Gallery:
                        last_used_at=utc_from_ts(r[4]) if r[4] is not None else None)
                 for r in rows]
 
-    def delete_api_key(self, key_id: str) -> None:
-        """Revoke a key (:class:`GalleryError` when unknown)."""
+    def delete_api_key(self, key_id: str, *, allow_last_admin: bool = False) -> ApiKey:
+        """Revoke a key and return its record (:class:`NotFoundError` when unknown).
+
+        The last admin key is kept (:class:`ConflictError`) unless ``allow_last_admin``: without
+        one nobody could manage the gallery through the service. The check and the delete are one
+        transaction, serialised across processes (SQLite's write lock, a PostgreSQL advisory
+        lock), so two concurrent revocations cannot both pass it.
+        """
         with self._lock, self._db.transaction():
-            if self._db.query_one("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) is None:
-                raise GalleryError(f"unknown API key {key_id!r}")
+            self._db.lock_writes("api_keys")
+            row = self._db.query_one(
+                "SELECT id, name, role, created_at, last_used_at FROM api_keys WHERE id = ?",
+                (key_id,))
+            if row is None:
+                raise NotFoundError(f"no API key with id {key_id!r}")
+            if row[2] == "admin" and not allow_last_admin:
+                admins = int(self._db.query_one(
+                    "SELECT COUNT(*) FROM api_keys WHERE role = 'admin'")[0])
+                if admins <= 1:
+                    raise ConflictError("the last admin key cannot be revoked")
             self._db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+        return ApiKey(id=row[0], name=row[1], role=row[2], created_at=utc_from_ts(row[3]),
+                      last_used_at=utc_from_ts(row[4]) if row[4] is not None else None)
 
     def count_api_keys(self, role: str | None = None) -> int:
         """Number of keys (of one role)."""

@@ -157,6 +157,23 @@ class RecognizedFace(_Record):
     landmarks: list[list[float]]
     identification: Identification
 
+    def answer(self, *, candidates: bool = True) -> dict[str, Any]:
+        """The one JSON shape of an answered face, shared by the CLI and the API: ``box``,
+        ``detection_score``, ``landmarks``, ``match`` (the subject, or None for unknown),
+        ``score``, ``threshold`` and ``candidates``. ``candidates=False`` gives the decision
+        only (``candidates`` is None): the runners-up name enrolled people, which a caller
+        allowed only to recognise must not learn."""
+        ident = self.identification
+        return {
+            "box": list(self.box),
+            "detection_score": self.detection_score,
+            "landmarks": [list(p) for p in self.landmarks],
+            "match": ident.match.to_dict() if ident.match is not None else None,
+            "score": ident.score,
+            "threshold": ident.threshold,
+            "candidates": [c.to_dict() for c in ident.candidates] if candidates else None,
+        }
+
 
 @dataclass(frozen=True)
 class PhotoOutcome(_Record):

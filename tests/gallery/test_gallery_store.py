@@ -11,7 +11,7 @@ import pytest
 from gallery_helpers import DIM, People, unit
 
 from marginface.card import Calibration, ModelCard
-from marginface.errors import GalleryError, NotFoundError
+from marginface.errors import ConflictError, GalleryError, NotFoundError
 
 
 def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
@@ -228,9 +228,14 @@ def test_api_keys_are_stored_hashed(store):
     _, enrol_secret = g.create_api_key("kiosk", "enrol")
     assert g.count_api_keys() == 2 and g.count_api_keys("enrol") == 1
     assert {k.name for k in g.list_api_keys()} == {"ops laptop", "kiosk"}
-    g.delete_api_key(rec.id)
+    with pytest.raises(ConflictError, match="last admin key"):
+        g.delete_api_key(rec.id)
+    assert g.authenticate(secret).role == "admin"
+    assert g.delete_api_key(rec.id, allow_last_admin=True).id == rec.id
     assert g.authenticate(secret) is None
     assert g.authenticate(enrol_secret).role == "enrol"
+    with pytest.raises(NotFoundError):
+        g.delete_api_key(rec.id)
     with pytest.raises(GalleryError, match="unknown role"):
         g.create_api_key("x", "root")
 
