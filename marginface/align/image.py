@@ -25,6 +25,7 @@ __all__ = [
     "ImageTooSmallError",
     "ImageWarning",
     "decode_image",
+    "describe_source",
     "ensure_rgb_array",
     "read_image",
     "resize_longest_side",
@@ -69,7 +70,8 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
 
-def _describe(src: ImageSource) -> str:
+def describe_source(src: ImageSource) -> str:
+    """How error messages name an image source: its path, ``array(shape)`` or ``<N bytes>``."""
     if isinstance(src, str | Path):
         return str(src)
     if isinstance(src, np.ndarray):
@@ -166,10 +168,10 @@ def decode_image(src: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXEL
     a note.
     """
     if isinstance(src, np.ndarray):
-        return DecodedImage(ensure_rgb_array(src), source=_describe(src), mode="array")
+        return DecodedImage(ensure_rgb_array(src), source=describe_source(src), mode="array")
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    name = _describe(src)
+    name = describe_source(src)
     if isinstance(src, str | Path):
         data = _read_bytes(src)
     elif isinstance(src, bytes | bytearray | memoryview):

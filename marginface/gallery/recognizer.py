@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from marginface.align.image import describe_source
 from marginface.errors import GalleryError, ImageError, NoFaceError
 from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
 from marginface.gallery.types import (
@@ -151,10 +152,19 @@ class Recognizer:
     # -- faces ----------------------------------------------------------------------------------
     def faces(self, photo: Photo) -> list[_FaceLike]:
         """Every face of a photo, largest first (:class:`ImageError` when unreadable)."""
-        _, data = _label(photo, 0)
+        label, data = _label(photo, 0)
         if isinstance(data, str | Path):
             data = Path(data).expanduser()
-        faces = list(self.pipeline.embed_image(data))
+        try:
+            faces = list(self.pipeline.embed_image(data))
+        except ImageError as exc:
+            # The decoder names bytes by their length; the caller knows them by their label
+            # (an uploaded file's name).
+            described = describe_source(data)
+            message = str(exc)
+            if isinstance(data, bytes | bytearray | memoryview) and message.startswith(described):
+                raise ImageError(label + message[len(described):]) from None
+            raise
         return sorted(faces, key=_area, reverse=True)
 
     # -- enrolment ------------------------------------------------------------------------------

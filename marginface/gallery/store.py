@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from marginface.errors import ConflictError, GalleryError, ModelError, NotFoundError, StorageError
+from marginface.gallery.csvtext import csv_text
 from marginface.gallery.db import Database
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.types import (
@@ -36,6 +35,7 @@ from marginface.gallery.types import (
     Subject,
     utc_from_ts,
 )
+from marginface.gallery.validate import clean_name, metadata_json
 from marginface.gallery.vote import knn_vote
 
 if TYPE_CHECKING:
@@ -100,11 +100,11 @@ def _new_subject_id() -> str:
     return secrets.token_hex(8)
 
 
-def _json_dumps(value: dict[str, Any] | None) -> str:
-    try:
-        return json.dumps(value or {}, ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise GalleryError(f"metadata must be JSON-serialisable: {exc}") from None
+def _like_pattern(search: str) -> str:
+    """A case-insensitive substring pattern for ``LIKE ... ESCAPE '\\'``: the user's ``%`` and
+    ``_`` are literal characters, not wildcards."""
+    escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _hash_key(secret: str) -> str:
@@ -399,12 +399,8 @@ class Gallery:
         Display names may repeat (each subject gets its own id). A crash leaves either the whole
         subject with all its faces, or nothing.
         """
-        name = (name or "").strip()
-        if not name:
-            raise GalleryError("a subject needs a non-empty name")
-        if len(name) > 200:
-            raise GalleryError("a subject name must be at most 200 characters")
-        meta = _json_dumps(metadata)
+        name = clean_name(name or "")
+        meta = metadata_json(metadata)
         sid = subject_id or _new_subject_id()
         vecs = None if embeddings is None else self._normalise(embeddings)
         with self._lock:
@@ -447,12 +443,12 @@ class Gallery:
         self, *, limit: int | None = None, offset: int = 0, search: str | None = None
     ) -> list[Subject]:
         """Subjects ordered by name then creation; ``search`` filters names (case-insensitive
-        substring)."""
+        substring, taken literally)."""
         sql = f"SELECT {self._SUBJECT_COLS} FROM subjects s"
         params: list[Any] = []
         if search:
-            sql += " WHERE LOWER(s.name) LIKE ?"
-            params.append(f"%{search.lower()}%")
+            sql += " WHERE LOWER(s.name) LIKE ? ESCAPE '\\'"
+            params.append(_like_pattern(search))
         sql += " ORDER BY s.name, s.created_at, s.id"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -462,8 +458,12 @@ class Gallery:
             params.append(int(offset))
         return [self._subject(r) for r in self._db.query(sql, params)]
 
-    def count_subjects(self) -> int:
-        """Number of subjects."""
+    def count_subjects(self, search: str | None = None) -> int:
+        """Number of subjects (whose names contain ``search``, as :meth:`list_subjects`)."""
+        if search:
+            return int(self._db.query_one(
+                "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
+                (_like_pattern(search),))[0])
         return int(self._db.query_one("SELECT COUNT(*) FROM subjects")[0])
 
     def count_faces(self) -> int:
@@ -476,14 +476,11 @@ class Gallery:
         """Rename a subject and/or replace its metadata."""
         sets, params = [], []
         if name is not None:
-            name = name.strip()
-            if not name:
-                raise GalleryError("a subject needs a non-empty name")
             sets.append("name = ?")
-            params.append(name)
+            params.append(clean_name(name))
         if metadata is not None:
             sets.append("metadata = ?")
-            params.append(_json_dumps(metadata))
+            params.append(metadata_json(metadata))
         with self._lock, self._db.transaction():
             self.get_subject(subject_id)
             if sets:
@@ -491,8 +488,6 @@ class Gallery:
                     f"UPDATE subjects SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
                     [*params, _now(), subject_id])
         return self.get_subject(subject_id)
-
-    rename_subject = update_subject
 
     def delete_subject(self, subject_id: str, *, erase_events: bool = True) -> int:
         """Delete a subject, all its faces (SQL and index, immediately) and, by default, its
@@ -732,6 +727,8 @@ class Gallery:
     ) -> Event:
         """Record one recognition (camera/door ``source``, result, score)."""
         ts = _to_ts(time) if time is not None else _now()
+        source = clean_name(source, what="source", max_length=100) if source else ""
+        details_text = metadata_json(details)
         name = None
         if subject_id is not None:
             name = self.get_subject(subject_id).name
@@ -739,9 +736,9 @@ class Gallery:
             row = self._db.query_one(
                 "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
                 "details) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (ts, source or "", subject_id, name, None if score is None else float(score),
-                 decision, _json_dumps(details)))
-        return Event(id=int(row[0]), time=utc_from_ts(ts), source=source or "",
+                (ts, source, subject_id, name, None if score is None else float(score),
+                 decision, details_text))
+        return Event(id=int(row[0]), time=utc_from_ts(ts), source=source,
                      subject_id=subject_id, subject_name=name,
                      score=None if score is None else float(score), decision=decision,
                      details=dict(details or {}))
@@ -825,26 +822,18 @@ class Gallery:
                        tz: tzinfo | None = None) -> str:
         """The attendance of ``day`` as CSV text (date, subject_id, name, first_seen,
         last_seen, count, sources)."""
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["date", "subject_id", "name", "first_seen", "last_seen", "count",
-                         "sources"])
-        for r in self.attendance(day, tz=tz):
-            writer.writerow([r.date, r.subject_id, r.name, r.first_seen.isoformat(),
-                             r.last_seen.isoformat(), r.count, ";".join(r.sources)])
-        return buf.getvalue()
+        return csv_text(
+            ["date", "subject_id", "name", "first_seen", "last_seen", "count", "sources"],
+            ([r.date, r.subject_id, r.name, r.first_seen.isoformat(), r.last_seen.isoformat(),
+              r.count, ";".join(r.sources)] for r in self.attendance(day, tz=tz)))
 
     def events_csv(self, **filters: Any) -> str:
         """Events (same filters as :meth:`events`) as CSV text."""
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["id", "time", "source", "subject_id", "subject_name", "score",
-                         "decision"])
-        for e in self.events(**filters):
-            writer.writerow([e.id, e.time.isoformat(), e.source, e.subject_id or "",
-                             e.subject_name or "", "" if e.score is None else f"{e.score:.4f}",
-                             e.decision])
-        return buf.getvalue()
+        return csv_text(
+            ["id", "time", "source", "subject_id", "subject_name", "score", "decision"],
+            ([e.id, e.time.isoformat(), e.source, e.subject_id or "", e.subject_name or "",
+              "" if e.score is None else round(e.score, 4), e.decision]
+             for e in self.events(**filters)))
 
     # -- API keys -------------------------------------------------------------------------------
     def create_api_key(self, name: str, role: str) -> tuple[ApiKey, str]:
@@ -852,14 +841,15 @@ class Gallery:
         (only its SHA-256) and cannot be shown again."""
         if role not in ROLES:
             raise GalleryError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
+        name = clean_name(name, what="key name", max_length=100)
         key_id = secrets.token_hex(6)
         secret = f"{_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         now = _now()
         with self._lock, self._db.transaction():
             self._db.execute(
                 "INSERT INTO api_keys (id, name, role, key_hash, created_at) "
-                "VALUES (?, ?, ?, ?, ?)", (key_id, name or "", role, _hash_key(secret), now))
-        return ApiKey(id=key_id, name=name or "", role=role, created_at=utc_from_ts(now)), secret
+                "VALUES (?, ?, ?, ?, ?)", (key_id, name, role, _hash_key(secret), now))
+        return ApiKey(id=key_id, name=name, role=role, created_at=utc_from_ts(now)), secret
 
     def authenticate(self, secret: str | None, *, touch: bool = True) -> ApiKey | None:
         """The key record for a presented secret, or None when it is wrong or revoked."""

@@ -134,7 +134,7 @@ def test_subject_crud_and_listing(store, people):
     renamed = g.update_subject(a.id, name="Zoë", metadata={"team": "day"})
     assert renamed.name == "Zoë" and renamed.metadata == {"team": "day"}
     assert renamed.updated_at >= a.updated_at
-    with pytest.raises(GalleryError, match="non-empty"):
+    with pytest.raises(GalleryError, match="is empty"):
         g.create_subject("   ")
     with pytest.raises(GalleryError, match="unknown subject"):
         g.update_subject("nope", name="x")
