@@ -65,6 +65,9 @@ _SCHEMA = [
         last_used_at {float})""",
 ]
 
+#: Advisory lock keys (PostgreSQL) of what :meth:`Database.lock_writes` serialises.
+_WRITE_LOCKS = {"schema": 715517, "api_keys": 715518}
+
 _TYPES = {
     "sqlite": {"autoinc": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL"},
     "postgresql": {"autoinc": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA",
@@ -99,9 +102,6 @@ class Database:
     instead of creating it and its folders: read-only commands must not turn a mistyped path
     into an empty gallery.
     """
-
-    #: Advisory lock keys (PostgreSQL) of the tables whose writes :meth:`lock_writes` serialises.
-    _WRITE_LOCKS = {"schema": 715517, "api_keys": 715518}
 
     def __init__(self, url: str | Path, *, create: bool = True) -> None:
         self.dialect, self.target = normalise_url(url)
@@ -218,7 +218,7 @@ class Database:
         if not self._in_tx:
             raise RuntimeError("lock_writes() needs an open transaction")
         if self.dialect == "postgresql":
-            self.execute("SELECT pg_advisory_xact_lock(?)", (self._WRITE_LOCKS[table],))
+            self.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCKS[table],))
 
     def _create_schema(self) -> None:
         types = _TYPES[self.dialect]

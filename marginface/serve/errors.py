@@ -1,7 +1,10 @@
 """Every error the service returns is JSON: ``{"error": {"code": ..., "message": ...}}``.
 
-User errors (:class:`marginface.errors.MarginfaceError` subclasses) map to 4xx codes; anything
-unexpected becomes a 500 whose message reveals nothing internal (the traceback goes to the log).
+User errors (:class:`marginface.errors.MarginfaceError` subclasses) map to 4xx codes: invalid
+input 422 (400 for an unreadable image), something missing 404, a real conflict with what is
+stored 409. A failing database or index is 503. Anything unexpected becomes a 500 whose message
+reveals nothing internal (the traceback goes to the log), answered by
+:class:`UnexpectedErrorMiddleware` so the client's keep-alive connection stays open.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marginface.errors import (
     ConfigError,
+    ConflictError,
     DataError,
     GalleryError,
     ImageError,
@@ -22,19 +27,23 @@ from marginface.errors import (
     ModelError,
     NoFaceError,
     NotFoundError,
+    StorageError,
 )
 from marginface.serve.middleware import error_body
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ApiError", "UnexpectedErrorMiddleware", "install_error_handlers"]
 
 log = logging.getLogger("marginface.serve")
 
 #: (status, code) per user-error class; the most specific class wins.
 _ERROR_MAP: tuple[tuple[type[MarginfaceError], int, str], ...] = (
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+    (StorageError, 503, "storage_unavailable"),
     (NoFaceError, 422, "no_face"),
     (ImageError, 400, "invalid_image"),
-    (GalleryError, 409, "gallery_error"),
-    (DataError, 400, "invalid_data"),
+    (GalleryError, 422, "invalid_request"),
+    (DataError, 422, "invalid_request"),
     (ModelError, 500, "model_error"),
     (ConfigError, 500, "config_error"),
 )
@@ -75,14 +84,47 @@ class ApiError(Exception):
 
 
 def _status_of(exc: MarginfaceError) -> tuple[int, str]:
-    if isinstance(exc, NotFoundError):
-        # Something vanished between a route's existence check and its write (a concurrent
-        # delete): still a 404 to the caller.
-        return 404, "not_found"
     for cls, status, code in _ERROR_MAP:
         if isinstance(exc, cls):
             return status, code
-    return 400, "error"
+    return 422, "invalid_request"
+
+
+_INTERNAL_ERROR = error_body(
+    "internal_error", "the server failed to handle this request; see its log"
+)
+
+
+class UnexpectedErrorMiddleware:
+    """Answer an unexpected exception with the JSON 500 and keep the connection.
+
+    Starlette's outermost error middleware re-raises after answering, and uvicorn then closes
+    the client's keep-alive connection; caught here, below it, the failure stays one request's
+    problem. The traceback is logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("%s %s: unexpected error", scope.get("method"), scope.get("path"))
+            if started:  # nothing sensible can follow a half-sent answer
+                raise
+            await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -94,7 +136,8 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the JSON error handlers on ``app``."""
+    """Register the JSON error handlers on ``app`` (call it before adding other middleware:
+    the unexpected-error middleware must sit innermost)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -135,8 +178,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Reached only for failures outside the middleware below (in outer middleware).
         log.exception("%s %s: unexpected error", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "the server failed to handle this request; see its log"),
-            status_code=500,
-        )
+        return JSONResponse(_INTERNAL_ERROR, status_code=500)
+
+    app.add_middleware(UnexpectedErrorMiddleware)

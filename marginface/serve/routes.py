@@ -7,13 +7,15 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
 from fastapi.responses import PlainTextResponse
+from pydantic import AfterValidator
 
-from marginface.errors import GalleryError
+from marginface.errors import ConflictError, GalleryError, NotFoundError
 from marginface.gallery import EnrollResult, RecognizedFace
 from marginface.gallery.recognizer import EnrollmentError
-from marginface.serve.auth import AdminKey, CurrentKey, EnrolKey, RecogniseKey
+from marginface.gallery.validate import clean_name, metadata_json
+from marginface.serve.auth import ROLE_RANK, AdminKey, CurrentKey, EnrolKey, RecogniseKey
 from marginface.serve.deps import GalleryDep, RecognizerDep, ServiceDep
 from marginface.serve.errors import ApiError
 from marginface.serve.schemas import (
@@ -32,6 +34,7 @@ from marginface.serve.schemas import (
     SubjectUpdate,
     VerifyOut,
 )
+from marginface.serve.uploads import InMemoryUploadRoute
 
 __all__ = ["router"]
 
@@ -41,7 +44,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _PHOTO_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    400: {"model": ErrorOut, "description": "A file is not a readable image."},
+    400: {
+        "model": ErrorOut,
+        "description": "No photo is a readable image (each is named, with the reason), or the "
+        "multipart body is malformed.",
+    },
     413: {"model": ErrorOut, "description": "The upload is larger than the limit."},
     422: {"model": ErrorOut, "description": "No face found, or invalid fields."},
 }
@@ -49,7 +56,34 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such subject (or face, or key)."}
 }
 
-router = APIRouter(prefix="/v1", responses=_ERRORS)
+router = APIRouter(prefix="/v1", responses=_ERRORS, route_class=InMemoryUploadRoute)
+
+#: Ids and offsets are 64-bit integers in SQL; larger numbers are refused with 422, not 500.
+_MAX_ID = 2**63 - 1
+#: No listing is that long; a bound keeps OFFSET arithmetic far from any overflow.
+_MAX_OFFSET = 10**9
+#: Days and times the service can represent in every time zone (a day is a range of 24 h
+#: around it, which must stay inside Python's years 1 to 9999).
+_FIRST_DAY, _LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
+
+
+def _day_in_range(day: date) -> date:
+    if not _FIRST_DAY <= day <= _LAST_DAY:
+        raise ValueError(f"must lie between {_FIRST_DAY} and {_LAST_DAY}")
+    return day
+
+
+def _time_in_range(when: datetime) -> datetime:
+    _day_in_range(when.date())
+    return when
+
+
+Day = Annotated[date, AfterValidator(_day_in_range)]
+Time = Annotated[datetime, AfterValidator(_time_in_range)]
+SubjectId = Annotated[str, Path(min_length=1, max_length=64, description="The subject's id.")]
+FaceId = Annotated[int, Path(ge=1, le=_MAX_ID, description="The face's id.")]
+KeyId = Annotated[str, Path(min_length=1, max_length=64, description="The key's id.")]
+Offset = Annotated[int, Query(ge=0, le=_MAX_OFFSET)]
 
 
 def _subject_not_found(subject_id: str) -> ApiError:
@@ -59,6 +93,25 @@ def _subject_not_found(subject_id: str) -> ApiError:
 def _require_subject(gallery: GalleryDep, subject_id: str) -> None:
     if not gallery.has_subject(subject_id):
         raise _subject_not_found(subject_id)
+
+
+def _require_face(gallery: GalleryDep, subject_id: str, face_id: int) -> None:
+    """404 unless the subject exists and ``face_id`` is one of its faces."""
+    _require_subject(gallery, subject_id)
+    try:
+        face = gallery.get_face(face_id)
+    except NotFoundError:
+        face = None
+    if face is None or face.subject_id != subject_id:
+        raise ApiError(404, "face_not_found", f"subject {subject_id!r} has no face {face_id}")
+
+
+def _checked(rule: Any, value: Any, **kwargs: Any) -> Any:
+    """``rule(value)``, its :class:`GalleryError` as a 422 before any work is done."""
+    try:
+        return rule(value, **kwargs)
+    except GalleryError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
 
 
 async def _read_photos(service: ServiceDep, files: list[UploadFile]) -> list[tuple[str, bytes]]:
@@ -109,13 +162,15 @@ def create_subject(body: SubjectCreate, gallery: GalleryDep, _key: EnrolKey) -> 
 def list_subjects(
     gallery: GalleryDep,
     _key: EnrolKey,
-    name: Annotated[str | None, Query(max_length=200, description="Name contains this")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Name contains this (taken literally)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Any:
     """Subjects ordered by name, a page at a time, optionally filtered by name."""
     subjects = gallery.list_subjects(limit=limit, offset=offset, search=name or None)
-    total = len(gallery.list_subjects(search=name)) if name else gallery.count_subjects()
+    total = gallery.count_subjects(search=name or None)
     return {"subjects": subjects, "total": total, "limit": limit, "offset": offset}
 
 
@@ -126,7 +181,7 @@ def list_subjects(
     responses=_NOT_FOUND,
     summary="One subject and its faces",
 )
-def get_subject(subject_id: str, gallery: GalleryDep, _key: EnrolKey) -> Any:
+def get_subject(subject_id: SubjectId, gallery: GalleryDep, _key: EnrolKey) -> Any:
     """The subject and the list of its stored faces (no embeddings)."""
     _require_subject(gallery, subject_id)
     subject = gallery.get_subject(subject_id).to_dict()
@@ -142,7 +197,7 @@ def get_subject(subject_id: str, gallery: GalleryDep, _key: EnrolKey) -> Any:
     summary="Rename a subject or replace its metadata",
 )
 def update_subject(
-    subject_id: str, body: SubjectUpdate, gallery: GalleryDep, _key: EnrolKey
+    subject_id: SubjectId, body: SubjectUpdate, gallery: GalleryDep, _key: EnrolKey
 ) -> Any:
     """Change the display name and/or the metadata object."""
     _require_subject(gallery, subject_id)
@@ -156,7 +211,7 @@ def update_subject(
     responses=_NOT_FOUND,
     summary="Erase a subject",
 )
-def delete_subject(subject_id: str, gallery: GalleryDep, _key: AdminKey) -> Response:
+def delete_subject(subject_id: SubjectId, gallery: GalleryDep, _key: AdminKey) -> Response:
     """Delete the subject, every face embedding of it (from the store and the index, at once)
     and its recognition events: the right to erasure."""
     _require_subject(gallery, subject_id)
@@ -183,17 +238,15 @@ async def enroll(
 ) -> Any:
     """Create a subject and enrol its faces in one transaction. Each photo is reported:
     enrolled, no face, several faces, near duplicate or unreadable. When no photo can be
-    enrolled nothing is created (422, with the reasons)."""
+    enrolled nothing is created: 400 when none is a readable image, else 422, with the reason
+    for each photo."""
+    name = _checked(clean_name, name)
     meta = _parse_metadata(metadata)
     files = await _read_photos(service, photos)
     try:
         result = await service.run("enroll", recognizer.enroll, name, files, metadata=meta)
     except EnrollmentError as exc:
-        for outcome in exc.photos:
-            service.metrics.enrolments.labels(outcome.status).inc()
-        raise ApiError(
-            422, "no_face_enrolled", str(exc), details=[p.to_dict() for p in exc.photos]
-        ) from None
+        raise _nothing_enrolled(service, str(exc), exc.photos) from None
     return _enroll_out(service, result)
 
 
@@ -206,28 +259,36 @@ async def enroll(
     summary="Add photos to a subject",
 )
 async def add_faces(
-    subject_id: str,
+    subject_id: SubjectId,
     service: ServiceDep,
     recognizer: RecognizerDep,
     _key: EnrolKey,
     photos: Annotated[list[UploadFile], File(description="One or more photos of the person.")],
 ) -> Any:
     """Enrol more photos of an existing subject in one transaction, with an outcome per photo.
-    When none can be enrolled nothing changes (422, with the reasons)."""
+    When none can be enrolled nothing changes (400 when none is a readable image, else 422,
+    with the reasons)."""
     _require_subject(service.gallery, subject_id)
     files = await _read_photos(service, photos)
     result = await service.run("enroll", recognizer.add_photos, subject_id, files)
     if result.enrolled == 0:
-        for outcome in result.photos:
-            service.metrics.enrolments.labels(outcome.status).inc()
         reasons = "; ".join(f"{p.source}: {p.status.replace('_', ' ')}" for p in result.photos)
-        raise ApiError(
-            422,
-            "no_face_enrolled",
-            f"no photo could be enrolled ({reasons})",
-            details=[p.to_dict() for p in result.photos],
-        )
+        raise _nothing_enrolled(service, f"no photo could be enrolled ({reasons})", result.photos)
     return _enroll_out(service, result)
+
+
+def _nothing_enrolled(service: ServiceDep, message: str, photos: list[Any]) -> ApiError:
+    """The error for an enrolment that stored nothing: 400 ``invalid_image`` when no photo was
+    a readable image (as for every other photo route), else 422 ``no_face_enrolled``."""
+    for outcome in photos:
+        service.metrics.enrolments.labels(outcome.status).inc()
+    details = [p.to_dict() for p in photos]
+    if all(p.status == "unreadable" for p in photos):
+        reasons = "; ".join(p.message for p in photos)
+        return ApiError(
+            400, "invalid_image", f"no photo is a readable image ({reasons})", details=details
+        )
+    return ApiError(422, "no_face_enrolled", message, details=details)
 
 
 @router.delete(
@@ -237,15 +298,11 @@ async def add_faces(
     responses=_NOT_FOUND,
     summary="Erase one face",
 )
-def delete_face(subject_id: str, face_id: int, gallery: GalleryDep, _key: AdminKey) -> Response:
+def delete_face(
+    subject_id: SubjectId, face_id: FaceId, gallery: GalleryDep, _key: AdminKey
+) -> Response:
     """Delete one stored face embedding (from the store and the index, at once)."""
-    _require_subject(gallery, subject_id)
-    try:
-        face = gallery.get_face(face_id)
-    except GalleryError:
-        face = None
-    if face is None or face.subject_id != subject_id:
-        raise ApiError(404, "face_not_found", f"subject {subject_id!r} has no face {face_id}")
+    _require_face(gallery, subject_id, face_id)
     gallery.delete_face(face_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -257,15 +314,11 @@ def delete_face(subject_id: str, face_id: int, gallery: GalleryDep, _key: AdminK
     response_class=Response,
     summary="The stored face crop",
 )
-def face_crop(subject_id: str, face_id: int, gallery: GalleryDep, _key: AdminKey) -> Response:
+def face_crop(
+    subject_id: SubjectId, face_id: FaceId, gallery: GalleryDep, _key: AdminKey
+) -> Response:
     """The aligned face crop kept at enrolment (only when the service stores photos)."""
-    _require_subject(gallery, subject_id)
-    try:
-        face = gallery.get_face(face_id)
-    except GalleryError:
-        face = None
-    if face is None or face.subject_id != subject_id:
-        raise ApiError(404, "face_not_found", f"subject {subject_id!r} has no face {face_id}")
+    _require_face(gallery, subject_id, face_id)
     crop = gallery.face_crop(face_id)
     if crop is None:
         raise ApiError(404, "crop_not_stored", "no crop is stored for this face")
@@ -273,17 +326,11 @@ def face_crop(subject_id: str, face_id: int, gallery: GalleryDep, _key: AdminKey
 
 
 # -- recognition ------------------------------------------------------------------------------
-def _face_out(face: RecognizedFace) -> dict[str, Any]:
-    ident = face.identification
-    return {
-        "box": face.box,
-        "detection_score": face.detection_score,
-        "landmarks": face.landmarks,
-        "match": ident.match.to_dict() if ident.match is not None else None,
-        "score": ident.score,
-        "threshold": ident.threshold,
-        "candidates": [c.to_dict() for c in ident.candidates],
-    }
+def _face_out(face: RecognizedFace, *, candidates: bool, max_candidates: int) -> dict[str, Any]:
+    answer = face.answer(candidates=candidates)
+    if answer["candidates"] is not None:
+        answer["candidates"] = answer["candidates"][:max_candidates]
+    return answer
 
 
 @router.post(
@@ -296,7 +343,7 @@ def _face_out(face: RecognizedFace) -> dict[str, Any]:
 async def identify(
     service: ServiceDep,
     recognizer: RecognizerDep,
-    _key: RecogniseKey,
+    key: RecogniseKey,
     photo: Annotated[UploadFile, File(description="The photo to search.")],
     source: Annotated[
         str | None,
@@ -304,8 +351,12 @@ async def identify(
     ] = None,
 ) -> Any:
     """Find every face, then answer each one: the matching subject with its score, or unknown
-    below the calibrated threshold. When events are on, each answer is logged with the time,
-    the source (default ``api``) and the result. No face: 422 ``no_face``."""
+    below the calibrated threshold. ``candidates`` (the nearest subjects, with names and scores)
+    are given to enrol and admin keys; for a recognise key they are null unless the service
+    is configured to show them. When events are on, each answer is logged with the time, the
+    source (default ``api``) and the result. No face: 422 ``no_face``."""
+    if source is not None and source.strip():
+        source = _checked(clean_name, source, what="source", max_length=100)
     ((name, data),) = await _read_photos(service, [photo])
     log_source = (source or "api") if service.settings.events else None
     faces = await service.run("identify", recognizer.identify, (name, data), source=log_source)
@@ -315,7 +366,10 @@ async def identify(
     for face in faces:
         result = "match" if face.identification.known else "unknown"
         service.metrics.identifications.labels(result).inc()
-    return {"faces": [_face_out(f) for f in faces], "source": log_source}
+    settings = service.settings
+    show = ROLE_RANK[key.role] >= ROLE_RANK["enrol"] or settings.recognise_candidates
+    out = [_face_out(f, candidates=show, max_candidates=settings.max_matches) for f in faces]
+    return {"faces": out, "source": log_source}
 
 
 @router.post(
@@ -379,14 +433,14 @@ def events(
     subject_id: Annotated[str | None, Query(description="Only this subject")] = None,
     source: Annotated[str | None, Query(description="Only this camera or door")] = None,
     decision: Annotated[Literal["match", "unknown"] | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="From this time (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Before this time (ISO 8601)")] = None,
+    since: Annotated[Time | None, Query(description="From this time (ISO 8601)")] = None,
+    until: Annotated[Time | None, Query(description="Before this time (ISO 8601)")] = None,
     day: Annotated[
-        date | None, Query(alias="date", description="Only this day (YYYY-MM-DD, in tz)")
+        Day | None, Query(alias="date", description="Only this day (YYYY-MM-DD, in tz)")
     ] = None,
     tz: Annotated[str | None, Query(description="IANA time zone; default the server's")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
     """Logged identifications, newest first, filtered by subject, source, decision and time."""
@@ -426,9 +480,7 @@ def events(
 def attendance(
     gallery: GalleryDep,
     _key: AdminKey,
-    day: Annotated[
-        date | None, Query(alias="date", description="YYYY-MM-DD; default today")
-    ] = None,
+    day: Annotated[Day | None, Query(alias="date", description="YYYY-MM-DD; default today")] = None,
     tz: Annotated[str | None, Query(description="IANA time zone; default the server's")] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
@@ -476,24 +528,28 @@ def create_key(body: KeyCreate, gallery: GalleryDep, _key: AdminKey) -> Any:
     responses={**_NOT_FOUND, 409: {"model": ErrorOut}},
     summary="Revoke an API key",
 )
-def delete_key(key_id: str, gallery: GalleryDep, _key: AdminKey) -> Response:
-    """Revoke a key at once. The last admin key cannot be revoked (409)."""
-    keys = {k.id: k for k in gallery.list_api_keys()}
-    if key_id not in keys:
-        raise ApiError(404, "key_not_found", f"no API key with id {key_id!r}")
-    if keys[key_id].role == "admin" and sum(k.role == "admin" for k in keys.values()) == 1:
-        raise ApiError(409, "last_admin_key", "the last admin key cannot be revoked")
-    gallery.delete_api_key(key_id)
+def delete_key(key_id: KeyId, gallery: GalleryDep, _key: AdminKey) -> Response:
+    """Revoke a key at once. The last admin key cannot be revoked (409): the check and the
+    revocation are one transaction, so concurrent revocations cannot remove every admin key."""
+    try:
+        gallery.delete_api_key(key_id)
+    except NotFoundError:
+        raise ApiError(404, "key_not_found", f"no API key with id {key_id!r}") from None
+    except ConflictError as exc:
+        raise ApiError(409, "last_admin_key", str(exc)) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any] | None:
+    """The ``metadata`` form field as an object, checked by the gallery's rule before any photo
+    is processed (422 when it is not one the gallery would store)."""
     if text is None or not text.strip():
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (RecursionError, ValueError):  # JSONDecodeError is a ValueError
         raise ApiError(422, "invalid_request", "metadata is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_request", "metadata must be a JSON object")
+    _checked(metadata_json, value)
     return value

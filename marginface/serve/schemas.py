@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from marginface.errors import GalleryError
+from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_json
 
 __all__ = [
     "AttendanceOut",
@@ -38,6 +41,43 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+def _name(value: str) -> str:
+    try:
+        return clean_name(value)
+    except GalleryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _key_name(value: str) -> str:
+    try:
+        return clean_name(value, what="key name", max_length=100)
+    except GalleryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        try:
+            metadata_json(value)
+        except GalleryError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+# The gallery's own rules (marginface.gallery.validate), applied while the request is parsed so
+# that nothing is stored, and no photo processed, for a value the gallery would refuse.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_NAME_LENGTH, description="Display name; may repeat."),
+    AfterValidator(_name),
+]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(description="A small JSON object (at most 16 KiB, 8 levels, 256 keys, finite numbers)."),
+    AfterValidator(_metadata),
+]
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. no_face, not_found.")
     message: str = Field(description="What went wrong, for a person.")
@@ -63,15 +103,15 @@ class HealthOut(BaseModel):
 class SubjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, description="Display name; may repeat.")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    name: Name
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SubjectUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    metadata: dict[str, Any] | None = Field(
+    name: Name | None = None
+    metadata: Metadata | None = Field(
         default=None, description="Replaces the whole metadata object."
     )
 
@@ -138,7 +178,10 @@ class IdentifiedFaceOut(BaseModel):
     match: CandidateOut | None = Field(description="The identified subject; null for unknown.")
     score: float = Field(description="The best candidate's cosine similarity.")
     threshold: float
-    candidates: list[CandidateOut]
+    candidates: list[CandidateOut] | None = Field(
+        description="The nearest subjects with their scores; null for a recognise key (they "
+        "name enrolled people) unless the service is configured to show them."
+    )
 
 
 class IdentifyOut(BaseModel):
@@ -195,7 +238,11 @@ class AttendanceOut(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="Who or what uses the key.")
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=100, description="Who or what uses the key."),
+        AfterValidator(_key_name),
+    ]
     role: Role
 
 

@@ -132,6 +132,12 @@ class ServeSettings(BaseSettings):
         "review). Uploaded photos themselves are never written anywhere.",
     )
     events: bool = Field(default=True, description="Log every identification as an event.")
+    recognise_candidates: bool = Field(
+        default=False,
+        description="Show recognise keys each face's candidates (runner-up names and scores) "
+        "too. Off, a recognise key learns only the decision: the match, or unknown; the "
+        "candidates name enrolled people and are for enrol and admin keys.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("far", mode="before")

