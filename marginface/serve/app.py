@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +16,7 @@ import marginface
 from marginface.gallery import Gallery
 from marginface.serve.auth import CurrentKey, bootstrap_admin_key
 from marginface.serve.deps import ServiceDep
+from marginface.serve.docs import inline_script_hashes, install_docs
 from marginface.serve.errors import install_error_handlers
 from marginface.serve.metrics import CONTENT_TYPE
 from marginface.serve.middleware import (
@@ -38,14 +36,9 @@ log = logging.getLogger("marginface.serve")
 def _web_page() -> tuple[str, str]:
     """The page's HTML and a Content-Security-Policy allowing exactly its inline script."""
     html = resources.files("marginface.serve").joinpath("static/index.html").read_text("utf-8")
-    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
-        for s in scripts
-    )
     csp = (
         "default-src 'none'; "
-        f"script-src {hashes}; "
+        f"script-src {inline_script_hashes(html)}; "
         "style-src 'unsafe-inline'; "
         "img-src 'self' blob: data:; "
         "connect-src 'self'; "
@@ -109,11 +102,14 @@ def create_app(
             'and verify). Errors are JSON: `{"error": {"code": ..., "message": ...}}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         responses={422: {"model": ErrorOut}, 500: {"model": ErrorOut}},
     )
     app.state.service = None
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
 
     from marginface.serve.routes import router
 

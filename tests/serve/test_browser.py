@@ -1,24 +1,34 @@
 """End to end: ``marginface serve`` with the real pipeline (YuNet + SFace) on a free loopback
 port, driven through its web page in headless Chromium (Debian's ``chromium`` package, through
-Playwright; no browser is ever downloaded)."""
+Playwright; no browser is ever downloaded). The page's drawing of many faces, its favicon and
+key form, and the offline API docs are driven against an in-process server with the fake
+pipeline, with every request to another host aborted."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
+from PIL import Image
 
-from tests.serve.serve_fakes import free_port
+from marginface.serve import ServeSettings, create_app
+from tests.serve.serve_fakes import FakePipeline, free_port, hue_rgb, make_photo
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -225,3 +235,311 @@ def test_web_page_enrol_identify_delete(server: Server, shared_data: Path) -> No
 
     health = httpx.get(f"{server.url}/healthz").json()
     assert (health["subjects"], health["faces"]) == (0, 0)
+
+
+# --- the page and the API docs, offline, against the fake pipeline ---------------------------
+
+GREEN = (27, 127, 59)  # the page's colours for known and unknown faces
+RED = (179, 38, 30)
+
+
+@dataclass
+class FakeServer:
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer]:
+    """The app with the fake pipeline under uvicorn on a free loopback port."""
+    tmp = tmp_path_factory.mktemp("offline")
+    settings = ServeSettings(db=str(tmp / "gallery.db"), port=free_port(), workers=2)
+    config = uvicorn.Config(
+        create_app(settings, pipeline=FakePipeline()),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield FakeServer(f"http://127.0.0.1:{settings.port}", settings.key_file.read_text().strip())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@dataclass
+class Traffic:
+    """What a page asked for: requests aborted on their way to another host, requests that
+    failed or got an HTTP error, and console messages and script errors."""
+
+    aborted: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # HTTP status >= 400
+    console: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def off_host_failures(self) -> list[tuple[str, str]]:
+        return [(u, why) for u, why in self.failed if urlsplit(u).hostname != "127.0.0.1"]
+
+
+def _launch(pw: Any) -> Any:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def _offline_page(browser: Any) -> tuple[Any, Traffic]:
+    """A page whose requests to any host but 127.0.0.1 are aborted (and recorded) before they
+    reach the network, as on a machine without internet."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    traffic = Traffic()
+
+    def route(route: Any) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            traffic.aborted.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.on("requestfailed", lambda r: traffic.failed.append((r.url, r.failure or "")))
+    page.on(
+        "response", lambda r: traffic.errors.append(f"{r.status} {r.url}") if r.status >= 400 else 0
+    )
+    page.on("console", lambda m: traffic.console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda exc: traffic.page_errors.append(str(exc)))
+    return page, traffic
+
+
+def _photo(size: tuple[int, int], faces: list[tuple[int, int, int, int]]) -> bytes:
+    """A PNG with one fake face (a square of person ``p``'s colour) per ``(p, x, y, side)``."""
+    img = Image.new("RGB", size, (128, 128, 128))
+    for person, x, y, side in faces:
+        img.paste(hue_rgb(person), (x, y, x + side, y + side))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_docs_headers_and_assets(fake_server: FakeServer) -> None:
+    """The docs pages name no other host, carry a CSP of their own, and their assets come from
+    this server, revalidated rather than never stored."""
+    with httpx.Client(base_url=fake_server.url) as client:
+        for path in ("/docs", "/redoc"):
+            r = client.get(path)
+            assert r.status_code == 200
+            assert "https://" not in r.text and "http://" not in r.text
+            csp = r.headers["content-security-policy"]
+            assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+            assert "https:" not in csp and "*" not in csp
+            assert r.headers["x-frame-options"] == "DENY"
+            assert r.headers["x-content-type-options"] == "nosniff"
+        assert (
+            "script-src 'self' 'sha256-" in client.get("/docs").headers["content-security-policy"]
+        )
+        for name, kind in (
+            ("swagger-ui-bundle.js", "javascript"),
+            ("swagger-ui.css", "text/css"),
+            ("redoc.standalone.js", "javascript"),
+            ("favicon.png", "image/png"),
+        ):
+            r = client.get(f"/docs/assets/{name}")
+            assert r.status_code == 200 and kind in r.headers["content-type"]
+            assert r.headers["cache-control"] == "no-cache"
+            again = client.get(f"/docs/assets/{name}", headers={"If-None-Match": r.headers["etag"]})
+            assert again.status_code == 304
+        assert client.get("/docs/assets/missing.js").status_code == 404
+        assert client.get("/docs/assets/../../__init__.py").status_code == 404
+        assert client.get("/docs/oauth2-redirect").status_code == 404
+
+
+@pytest.mark.slow
+def test_docs_render_offline(fake_server: FakeServer) -> None:
+    """/docs (Swagger UI) and /redoc render every operation with no request leaving the
+    machine; "Try it out" works under the page's CSP."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page, traffic = _offline_page(browser)
+            page.goto(fake_server.url + "/docs")
+            expect(page.locator('.opblock-summary-path[data-path="/v1/identify"]')).to_be_visible()
+            expect(page.locator(".opblock-summary-path")).not_to_have_count(0)
+            health = page.locator(
+                ".opblock", has=page.locator('.opblock-summary-path[data-path="/healthz"]')
+            )
+            health.locator(".opblock-summary").click()
+            health.get_by_role("button", name="Try it out").click()
+            health.get_by_role("button", name="Execute").click()
+            status = health.locator(".live-responses-table tbody .response-col_status").first
+            expect(status).to_have_text("200")
+            expect(health.locator(".live-responses-table")).to_contain_text('"status": "ok"')
+            assert page.title() == "marginface API - Swagger UI"
+            assert not any("Content Security Policy" in m for m in traffic.console)
+
+            page.goto(fake_server.url + "/redoc")
+            expect(page.locator("h1", has_text="marginface")).to_be_visible()
+            expect(page.get_by_text("/v1/identify").first).to_be_attached()
+            page.wait_for_timeout(500)  # ReDoc's late requests (its logo) get their chance
+        finally:
+            browser.close()
+
+    # Nothing left the machine: no request got as far as the network to another host. ReDoc
+    # hard-codes its vendor's logo from a CDN; the page's CSP refuses it inside the browser.
+    assert traffic.aborted == []
+    assert {why for _, why in traffic.off_host_failures()} <= {"csp"}
+    assert [u for u, _ in traffic.off_host_failures()] in (
+        [],
+        ["https://cdn.redoc.ly/redoc/logo-mini.svg"],
+    )
+    assert traffic.errors == [] and traffic.page_errors == []
+
+
+def _labels(page: Any) -> tuple[list[dict], int, int]:
+    canvas = page.locator("#identify-canvas")
+    labels = json.loads(canvas.get_attribute("data-labels") or "[]")
+    return labels, int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
+
+
+def _gap(label: dict, box: list[int]) -> float:
+    """Pixels between a label's rectangle and a box (0 when they touch or overlap)."""
+    dx = max(box[0] - (label["x"] + label["w"]), label["x"] - box[2], 0)
+    dy = max(box[1] - (label["y"] + label["h"]), label["y"] - box[3], 0)
+    return max(dx, dy)
+
+
+def _check_numbered(page: Any, n_faces: int, names: dict[int, str], near: float) -> None:
+    """The canvas shows ``n_faces`` numbered labels, inside the image, none over another,
+    each within ``near`` pixels of its box, in the colour of its face; the result list has the
+    same numbers in the same order, with the names of the known faces."""
+    labels, width, height = _labels(page)
+    assert [label["n"] for label in labels] == list(range(1, n_faces + 1))
+    for label in labels:
+        assert label["x"] >= 0 and label["x"] + label["w"] <= width, label
+        assert label["y"] >= 0 and label["y"] + label["h"] <= height, label
+        assert label["h"] >= 14 and label["w"] >= label["h"]  # readable, not squeezed
+        assert _gap(label, label["box"]) <= near, label
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            assert not _overlap(a, b), (a, b)
+    centres = [(label["box"][0] + label["box"][2]) / 2 for label in labels]
+    assert centres == sorted(centres)  # numbered left to right
+    # What is drawn is what the attribute says: each label's corner has its face's colour.
+    corners = page.evaluate(
+        """(labels) => {
+            const ctx = document.getElementById('identify-canvas').getContext('2d');
+            return labels.map((l) => Array.from(ctx.getImageData(l.x + 1, l.y + 1, 1, 1).data));
+        }""",
+        labels,
+    )
+    for label, rgba in zip(labels, corners, strict=True):
+        assert tuple(rgba[:3]) == (GREEN if label["known"] else RED), label
+
+    items = page.locator("#identify-result li")
+    assert items.count() == n_faces
+    for label, i in zip(labels, range(n_faces), strict=True):
+        item = items.nth(i)
+        assert item.get_attribute("data-face") == str(label["n"])
+        badge = item.locator(".face-no")
+        assert badge.text_content() == str(label["n"])
+        assert ("known" if label["known"] else "unknown") in (badge.get_attribute("class") or "")
+    for n, name in names.items():
+        assert name in (items.nth(n - 1).text_content() or "")
+
+
+@pytest.mark.slow
+def test_web_page_many_faces_favicon_and_key_form(fake_server: FakeServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with httpx.Client(base_url=fake_server.url, headers={"X-API-Key": fake_server.key}) as api:
+        for name, person in (("Ada Lovelace", 0), ("Grace Hopper", 3)):
+            photos = [
+                ("photos", (f"{s}.png", make_photo((person, s)), "image/png")) for s in (40, 12)
+            ]
+            r = api.post("/v1/enroll", data={"name": name}, files=photos)
+            assert r.status_code == 201, r.text
+    # Ten faces in two rows: the top row touches the photo's top edge, the last column its
+    # right edge. Persons 0 and 3 are known: faces 1 and 7, numbered by column, left to right.
+    side, step = 40, 52
+    spacious = _photo(
+        (10 + 4 * step + side, 2 * side + 12 + 30),
+        [(r * 5 + c, 10 + c * step, r * step, side) for r in range(2) for c in range(5)],
+    )
+    # Twelve tiny faces packed together: labels are bigger than faces and must find room.
+    crowded = _photo(
+        (300, 160), [(r * 6 + c, 200 + c * 15, 60 + r * 15, 12) for r in range(2) for c in range(6)]
+    )
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page, traffic = _offline_page(browser)
+            page.goto(fake_server.url + "/")
+
+            # The favicon is an inline SVG that the browser can draw: no request, no 404.
+            icon = page.locator('link[rel="icon"]')
+            assert (icon.get_attribute("href") or "").startswith("data:image/svg+xml,")
+            icon_width = page.evaluate("""() => new Promise((resolve) => {
+                const img = new Image();
+                img.onload = () => resolve(img.naturalWidth);
+                img.onerror = () => resolve(-1);
+                img.src = document.querySelector('link[rel="icon"]').href;
+            })""")
+            assert icon_width > 0
+
+            # The key field is a password in a form; Enter submits it without a reload.
+            form = page.evaluate("""() => {
+                const key = document.getElementById('api-key');
+                const user = key.form && key.form.querySelector('[autocomplete="username"]');
+                return [key.form && key.form.id, key.type, key.autocomplete, !!user];
+            }""")
+            assert form == ["key-form", "password", "current-password", True]
+            page.evaluate("window.notReloaded = true")
+            page.fill("#api-key", fake_server.key)
+            page.press("#api-key", "Enter")
+            expect(page.locator("#key-status")).to_contain_text("(admin)")
+            assert page.evaluate("window.notReloaded === true")
+            assert page.url == fake_server.url + "/"  # the key never lands in the address
+            assert page.input_value("#api-key") == ""
+
+            page.set_input_files(
+                "#identify-photo", {"name": "ten.png", "mimeType": "image/png", "buffer": spacious}
+            )
+            page.click("#identify-submit")
+            expect(page.locator("#identify-message")).to_have_text("10 face(s), 2 known.")
+            _check_numbered(page, 10, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=0)
+
+            page.set_input_files(
+                "#identify-photo", {"name": "crowd.png", "mimeType": "image/png", "buffer": crowded}
+            )
+            page.click("#identify-submit")
+            expect(page.locator("#identify-message")).to_have_text("12 face(s), 2 known.")
+            _check_numbered(page, 12, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=40)
+        finally:
+            browser.close()
+
+    assert traffic.aborted == [] and traffic.failed == []
+    assert traffic.errors == [] and traffic.page_errors == []
+    # Chromium's own warnings: "[DOM] Password field is not contained in a form", and
+    # "Failed to load resource" for a missing /favicon.ico.
+    assert [m for m in traffic.console if "[DOM]" in m or "Failed to load" in m] == []
