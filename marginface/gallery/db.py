@@ -10,14 +10,15 @@ import contextlib
 import os
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from marginface.errors import GalleryError, NotFoundError, StorageError
+from marginface.errors import ConflictError, GalleryError, NotFoundError, StorageError
 
-__all__ = ["SCHEMA_VERSION", "Database", "normalise_url"]
+__all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url"]
 
 SCHEMA_VERSION = 1
 
@@ -73,6 +74,31 @@ _TYPES = {
     "postgresql": {"autoinc": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA",
                    "float": "DOUBLE PRECISION"},
 }
+
+
+def driver_error(exc: BaseException) -> GalleryError | None:
+    """The package's error for a database driver's exception (None when it is not one).
+
+    Values the database refuses (a number beyond 64 bits, a NUL character in PostgreSQL text)
+    are the caller's :class:`GalleryError`; a broken constraint, such as a face added to a
+    subject deleted in the meantime, is a :class:`ConflictError`; anything else the driver
+    raises means the database is unusable right now: :class:`StorageError`.
+    """
+    if isinstance(exc, OverflowError):
+        return GalleryError(f"a number is outside the database's 64-bit range ({exc})")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConflictError(f"the gallery refused the write: {exc}")
+    if isinstance(exc, sqlite3.Error):
+        return StorageError(f"gallery database error: {exc}")
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg.IntegrityError):
+            return ConflictError(f"the gallery refused the write: {message}")
+        if isinstance(exc, psycopg.DataError):
+            return GalleryError(f"the gallery database refused a value: {message}")
+        return StorageError(f"gallery database error: {message}")
+    return None
 
 
 def normalise_url(url: str | Path) -> tuple[str, str]:
@@ -153,8 +179,11 @@ class Database:
         with self.lock:
             try:
                 return self._conn.execute(self._sql(sql), tuple(params))
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"gallery database error: {exc}") from exc
+            except Exception as exc:
+                mapped = driver_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run a query; return all rows."""

@@ -183,3 +183,19 @@ def test_concurrent_revocations_keep_one_admin_key(
             b, _ = setup.create_api_key("b", "admin")
     finally:
         spec.close_all()
+
+
+# -- driver errors ---------------------------------------------------------------------------------
+def test_values_the_database_refuses_are_user_errors(store: StoreSpec) -> None:
+    """A NUL in a PostgreSQL text value or a number beyond 64 bits is the caller's error (a
+    GalleryError, never a driver exception), on every backend, and nothing is stored."""
+    g = store.open()
+    if store.backend == "sqlite":
+        assert not g.has_subject("a\x00b")
+    else:
+        with pytest.raises(GalleryError, match="refused a value"):
+            g.has_subject("a\x00b")
+    with pytest.raises(GalleryError):
+        g.get_face(2**70)
+    g.create_subject("kept")
+    assert [s.name for s in g.list_subjects()] == ["kept"]
