@@ -11,10 +11,15 @@ import sys
 
 import typer
 
+from marginface.cli.exit_codes import ExitCode
 from marginface.errors import MarginfaceError
 
+__all__ = ["COMMAND_MODULES", "ExitCode", "build_app", "main"]
+
 # One module per concept; each defines ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES = ("demo", "data", "train", "eval", "align", "embed", "gallery", "serve", "plot")
+COMMAND_MODULES = (
+    "demo", "data", "train", "eval", "align", "embed", "gallery", "keys", "serve", "plot",
+)
 
 
 def build_app() -> typer.Typer:
@@ -33,21 +38,25 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one clean line on stderr."""
+    """Entry point: run the CLI, turning user errors into one clean line on stderr.
+
+    The exit status is one of :class:`ExitCode` (listed in the README), so scripts can tell a
+    user error from "no face" or "different people".
+    """
     app = build_app()
     try:
         code = app(args=argv, standalone_mode=False)
     except MarginfaceError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        sys.exit(ExitCode.USER_ERROR)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
+        sys.exit(code or ExitCode.SUCCESS)
     except typer.Abort:
         typer.secho("aborted", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.ABORTED)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitCode.ABORTED)
     except Exception as exc:  # click usage errors arrive here in standalone_mode=False
         import click
 
@@ -55,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code if isinstance(code, int) else ExitCode.SUCCESS)

@@ -1,7 +1,8 @@
 """CLI commands for ``marginface.gallery``: enroll, identify, verify, and ``gallery ...``.
 
 All of them work on the same store as the service: ``--db`` or ``$MARGINFACE_GALLERY_URL``,
-else ``~/.local/share/marginface/gallery.db``.
+else ``~/.local/share/marginface/gallery.db``. Only ``enroll`` creates a gallery; the others
+refuse one that does not exist, so a mistyped path is an error, not a new empty gallery.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from marginface.cli.exit_codes import ExitCode
+
 if TYPE_CHECKING:
-    from marginface.gallery import Gallery, Recognizer
+    from marginface.gallery import Gallery, RecognizedFace, Recognizer
 
 DB_HELP = ("gallery: a SQLite file, sqlite:///path or postgresql://...; default "
            "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db")
@@ -44,16 +47,35 @@ def _console() -> Any:
     return Console()
 
 
+def _require_gallery(db: str | None) -> None:
+    """Refuse a gallery that does not exist (:class:`NotFoundError`), before any model loads.
+
+    Only ``enroll`` creates a gallery; every other command needs an existing one, and a
+    mistyped ``--db`` must fail at once with one clear line instead of creating folders and an
+    empty gallery, or answering "unknown" for everyone. Loading the detector and embedder takes
+    seconds, so this cheap check comes first; the real open repeats it (``create=False``).
+    """
+    from marginface.gallery import default_gallery_url
+    from marginface.gallery.db import Database
+
+    Database(db if db is not None else default_gallery_url(), create=False).close()
+
+
 def _recognizer(db: str | None, model: str, detector: str, index: str,
-                threshold: float | None, far: str | None, **kwargs: Any) -> Recognizer:
+                threshold: float | None, far: str | None, *, create: bool = False,
+                **kwargs: Any) -> Recognizer:
+    """A recognizer over the gallery ``db``; ``create=False`` (all but ``enroll``) refuses a
+    gallery that does not exist, before the models are loaded."""
     from marginface.embed import Pipeline
     from marginface.gallery import Gallery, Recognizer
 
+    if not create:
+        _require_gallery(db)
     pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
     card = pipeline.embedder.card
     gallery = Gallery.open(db, model_name=pipeline.embedder.name,
                            dim=pipeline.embedder.embedding_dim, index=index, card=card,
-                           threshold=threshold, far=far)
+                           threshold=threshold, far=far, create=create)
     if threshold is not None and (card.calibration is None or not card.calibration.thresholds):
         typer.secho(f"warning: model {card.name!r} is not calibrated; using the threshold "
                     f"given ({threshold})", fg=typer.colors.YELLOW, err=True)
@@ -61,9 +83,11 @@ def _recognizer(db: str | None, model: str, detector: str, index: str,
 
 
 def _open_plain(db: str | None, index: str = "exact") -> Gallery:
+    """Open an existing gallery without a model (listing, export, deletion, keys): a missing
+    one is :class:`NotFoundError`, never created."""
     from marginface.gallery import Gallery
 
-    return Gallery.open(db, index=index)
+    return Gallery.open(db, index=index, create=False)
 
 
 def _fmt_score(value: float | None) -> str:
@@ -95,8 +119,8 @@ def enroll(
             raise ConfigError("--metadata must be a JSON object")
     if multiple_faces not in ("reject", "largest"):
         raise ConfigError("--multiple-faces must be 'reject' or 'largest'")
-    rec = _recognizer(db, model, detector, index, None, None, multiple_faces=multiple_faces,
-                      store_crops=store_crops)
+    rec = _recognizer(db, model, detector, index, None, None, create=True,
+                      multiple_faces=multiple_faces, store_crops=store_crops)
     try:
         if to is not None:
             result = rec.add_photos(to, [str(p) for p in photos])
@@ -129,18 +153,28 @@ def identify(
     db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
     threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
 ) -> None:
-    """Identify every face in a photo against the gallery."""
+    """Identify every face in a photo against the gallery; exit code 3 when it shows none.
+
+    --json prints {"photo": ..., "faces": [...]}, each face in the REST API's
+    shape: box, detection_score, landmarks, match, score, threshold, candidates."""
     rec = _recognizer(db, model, detector, index, threshold, far, k=k)
     try:
         faces = rec.identify(str(photo), source=source)
     finally:
         rec.gallery.close()
     if as_json:
-        _emit_json({"photo": str(photo), "faces": faces})
-        return
-    if not faces:
+        # The local user may see every candidate (the API hides them from recognise-only keys).
+        _emit_json({"photo": str(photo), "faces": [f.answer(candidates=True) for f in faces]})
+    elif faces:
+        _print_faces(photo, faces)
+    else:
         typer.echo(f"no face found in {photo}")
-        return
+    if not faces:
+        raise typer.Exit(ExitCode.NO_FACE)
+
+
+def _print_faces(photo: Path, faces: list[RecognizedFace]) -> None:
+    """The table of ``identify``: one row per face, its answer and the runner-up."""
     from rich.table import Table
 
     table = Table(title=f"{photo.name}: {len(faces)} face(s)")
@@ -163,23 +197,33 @@ def verify(
     db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR,
     threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
 ) -> None:
-    """Are two photos (or a photo and an enrolled subject) the same person? Exit code 0 when
-    they are, 1 when not."""
-    rec = _recognizer(db, model, detector, "exact", threshold, far)
-    try:
+    """Are two photos (or a photo and an enrolled subject) the same person? Exit code 0 or 1.
+
+    Exit code 0 when they are, 1 when they are not.
+    Two photos need no gallery: --db is then not opened (nor created).
+    subject:ID needs the existing gallery that holds the subject."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="marginface-verify-") as scratch:
         if photo_b.startswith("subject:"):
-            result = rec.verify_subject(str(photo_a), photo_b.split(":", 1)[1])
-        else:
-            result = rec.verify(str(photo_a), photo_b)
-    finally:
-        rec.gallery.close()
+            rec = _recognizer(db, model, detector, "exact", threshold, far)
+        else:  # a throwaway gallery: the recognizer wants one, the comparison does not use it
+            rec = _recognizer(str(Path(scratch) / "unused.db"), model, detector, "exact",
+                              threshold, far, create=True)
+        try:
+            if photo_b.startswith("subject:"):
+                result = rec.verify_subject(str(photo_a), photo_b.split(":", 1)[1])
+            else:
+                result = rec.verify(str(photo_a), photo_b)
+        finally:
+            rec.gallery.close()
     if as_json:
         _emit_json(result)
     else:
         verdict = "[green]same person[/]" if result.same else "[red]different people[/]"
         _console().print(f"{verdict}: cosine {result.score:.3f} "
                          f"(threshold {result.threshold:.3f})")
-    raise typer.Exit(0 if result.same else 1)
+    raise typer.Exit(ExitCode.SUCCESS if result.same else ExitCode.DIFFERENT_PEOPLE)
 
 
 def gallery_list(

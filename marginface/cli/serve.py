@@ -2,10 +2,56 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from marginface.errors import ConfigError
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` unless ``host:port`` can be listened on now.
+
+    ``serve`` calls this before loading the model (seconds) and printing the URL, so that a
+    second service on a busy port fails at once with one line, instead of announcing a URL
+    that belongs to the first one. It binds as uvicorn will (``asyncio``'s ``create_server``:
+    every address ``host`` resolves to, ``SO_REUSEADDR``, IPv6 sockets v6-only), so a port
+    that uvicorn can take, such as one whose previous service left connections in TIME_WAIT,
+    is not refused. Every socket is closed before returning; nothing stays bound. (Another
+    process may still take the port before uvicorn binds it; uvicorn then reports that.)
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                                   0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        message = f"cannot listen on {host}:{port}: unknown host ({exc.strerror})"
+        raise ConfigError(message) from None
+    # asyncio's default: SO_REUSEADDR on POSIX only (on Windows it would let a bind steal a port)
+    reuse_address = os.name == "posix" and sys.platform != "cygwin"
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # e.g. IPv6 disabled: asyncio skips such addresses as well
+            continue
+        with sock:
+            if reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"port {port} on {host} is already in use (another marginface serve?): "
+                        "stop that service, or choose another port with --port"
+                    ) from None
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -114,6 +160,7 @@ def register(app: typer.Typer) -> None:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        check_port_free(settings.host, settings.port)  # before seconds of model loading
         from marginface.gallery import resolve_threshold
         from marginface.serve.service import build_pipeline, open_gallery
 

@@ -68,6 +68,9 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantisation of an ONNX model's weights (onnxruntime.quantization)."""
+    from marginface.embed.runtimes import import_onnxruntime
+
+    import_onnxruntime()  # telemetry off before onnxruntime initialises
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)

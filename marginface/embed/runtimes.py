@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,7 @@ __all__ = [
     "OpenCVEmbedder",
     "TorchEmbedder",
     "dequantized_onnx_bytes",
+    "import_onnxruntime",
     "onnx_session",
     "rewrite_prelu",
     "sface_onnx_bytes",
@@ -123,6 +127,37 @@ def _fast_source(source: str | bytes) -> str | bytes:
         return source
 
 
+#: onnxruntime's switch for its built-in telemetry, read once, when onnxruntime initialises.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import onnxruntime with its telemetry off, and return the module.
+
+    The official onnxruntime wheels (1.32 on Linux, here) start Microsoft's 1DS telemetry when
+    the module is first imported: it creates ``~/.cache/Microsoft/DeveloperTools/.onnxruntime``
+    (a persistent device id and an event store, ``onnxruntime.db``) and may upload events. A
+    face recognition tool next to a biometric gallery should not, by default. The only switch
+    that prevents the device id and the store is ``ORT_DISABLE_TELEMETRY=1`` in the
+    environment before that import (onnxruntime's Privacy.md); ``disable_telemetry_events()``
+    afterwards only silences non-essential events. So this sets the variable, unless the user
+    has set it (their choice wins), just before importing onnxruntime, and calls
+    ``disable_telemetry_events()`` when something imported onnxruntime earlier. Nothing
+    happens at marginface's import; child processes (alignment workers) inherit the setting.
+    """
+    if ORT_TELEMETRY_ENV not in os.environ:
+        already_imported = "onnxruntime" in sys.modules
+        os.environ[ORT_TELEMETRY_ENV] = "1"
+        import onnxruntime
+
+        if already_imported:  # initialised with telemetry on: stop what can still be stopped
+            onnxruntime.disable_telemetry_events()
+        return onnxruntime
+    import onnxruntime
+
+    return onnxruntime
+
+
 def onnx_session(
     model: str | Path | bytes,
     *,
@@ -136,9 +171,10 @@ def onnx_session(
     ``spinning`` lets idle pool threads busy-wait (a little faster on an otherwise idle
     machine, much slower when the CPU is shared); ``optimize`` rewrites PReLUs into ops that
     stay in onnxruntime's fast blocked layout (:func:`rewrite_prelu`; the file is unchanged).
-    All graph optimisations are on.
+    All graph optimisations are on. onnxruntime's telemetry is off
+    (:func:`import_onnxruntime`).
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if isinstance(model, str | Path):
         path = Path(model)

@@ -4,13 +4,24 @@ photos with the SFace baseline."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from marginface.cli import ExitCode, main
 from marginface.cli import gallery as gallery_cli
-from marginface.errors import GalleryError
+from marginface.errors import GalleryError, NotFoundError
+from marginface.gallery import Gallery
+
+#: The keys of ``RecognizedFace.answer()``, the shape the REST API answers each face with.
+ANSWER_KEYS = {"box", "detection_score", "landmarks", "match", "score", "threshold",
+               "candidates"}
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +53,11 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     # the threshold comes from the model card's calibration; a FAR it lacks is a clear error
     res = runner.invoke(app, ["identify", str(photos_a[5]), "--json", *model], env=env)
     assert res.exit_code == 0, res.output
-    ident = json.loads(res.output[res.output.index("{"):])["faces"][0]["identification"]
+    answer = json.loads(res.stdout)
+    assert answer["photo"] == str(photos_a[5])
+    ident = answer["faces"][0]
+    # the one shape of an answered face, the REST API's: flat, candidates included locally
+    assert set(ident) == ANSWER_KEYS and ident["candidates"][0]["subject_id"] == alice
     from marginface.card import ModelCard
     from marginface.embed import load_embedder
 
@@ -56,14 +71,19 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     res = runner.invoke(app, ["identify", str(photos_a[5]), "-t", "0.363", "--json",
                               "--log-source", "door", *model], env=env)
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output[res.output.index("{"):])
-    assert out["faces"][0]["identification"]["match"]["subject_id"] == alice
+    out = json.loads(res.stdout)
+    assert out["faces"][0]["match"]["subject_id"] == alice
     res = runner.invoke(app, ["identify", str(photos_b[4]), "-t", "0.363", *model], env=env)
     assert res.exit_code == 0 and "Bob" in res.output
 
     same = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363",
                                *model], env=env)
     assert same.exit_code == 0 and "same person" in same.output
+    # two photos need no gallery: a --db that does not exist is neither opened nor created
+    missing = tmp_path / "typo" / "new.db"
+    same = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363",
+                               "--db", str(missing), *model], env=env)
+    assert same.exit_code == 0 and not missing.parent.exists(), same.output
     diff = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_b[0]), "-t", "0.363",
                                "--json", *model], env=env)
     assert diff.exit_code == 1 and json.loads(diff.output[diff.output.index("{"):])[
@@ -94,9 +114,71 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     assert res.exit_code != 0  # declined: nothing deleted
     res = runner.invoke(app, ["gallery", "delete", alice, "-y", "--json"], env=env)
     assert json.loads(res.output)["subjects"] == [{"id": alice, "faces_removed": 3}]
-    # --db overrides the environment
+    # --db overrides the environment (and one that does not exist is refused, not created)
     other = tmp_path / "other.db"
     res = runner.invoke(app, ["gallery", "list", "--json", "--db", str(other)], env=env)
-    assert json.loads(res.output)["subjects"] == []
+    assert isinstance(res.exception, NotFoundError) and not other.exists()
     res = runner.invoke(app, ["gallery", "list", "--json"], env=env)
     assert [s["name"] for s in json.loads(res.output)["subjects"]] == ["Bob"]
+
+
+@pytest.mark.parametrize("command", [
+    ["gallery", "list"],
+    ["gallery", "export"],
+    ["gallery", "attendance"],
+    ["gallery", "delete", "0123456789abcdef", "--yes"],
+    ["identify", "photo.jpg"],
+    ["verify", "photo.jpg", "subject:0123456789abcdef"],
+], ids=lambda c: " ".join(c[:2]))
+def test_missing_gallery_is_refused_before_models_load(app, tmp_path, monkeypatch, command):
+    """Only enroll creates a gallery: a mistyped --db is one clear error, leaves no folders
+    or empty gallery behind, and is refused before seconds of model loading."""
+    from marginface.embed import Pipeline
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded before the missing gallery was refused")
+
+    monkeypatch.setattr(Pipeline, "from_names", no_models)
+    missing = tmp_path / "typo" / "new.db"
+    res = CliRunner().invoke(app, [*command, "--db", str(missing)])
+    assert isinstance(res.exception, NotFoundError), res.output
+    assert f"no gallery at {missing}" in str(res.exception)
+    assert not missing.parent.exists()
+
+
+def test_missing_gallery_exits_2_with_one_line(tmp_path, capsys):
+    """Through the real entry point: exit code 2 (user error) and one ``error:`` line."""
+    missing = tmp_path / "typo" / "new.db"
+    with pytest.raises(SystemExit) as exc:
+        main(["gallery", "list", "--db", str(missing)])
+    assert exc.value.code == ExitCode.USER_ERROR == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no gallery at {missing}") and err.count("\n") == 1
+    assert not missing.parent.exists()
+
+
+def test_identify_without_a_face_exits_3(app, tmp_path, capsys):
+    """A photo with no face is not success: exit code 3, with the (empty) answer printed."""
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 128, np.uint8))
+    db = tmp_path / "g.db"
+    Gallery.open(db).close()
+    res = CliRunner().invoke(app, ["identify", str(blank), "--json", "--db", str(db),
+                                   "--model", "sface"])
+    assert res.exit_code == ExitCode.NO_FACE == 3, res.output
+    assert json.loads(res.stdout) == {"photo": str(blank), "faces": []}
+    with pytest.raises(SystemExit) as exc:
+        main(["identify", str(blank), "--db", str(db), "--model", "sface"])
+    assert exc.value.code == 3
+    assert f"no face found in {blank}" in capsys.readouterr().out
+
+
+def test_exit_codes_are_stable_and_documented():
+    """Scripts rely on these numbers; the README lists exactly them."""
+    assert {c.name: int(c) for c in ExitCode} == {
+        "SUCCESS": 0, "DIFFERENT_PEOPLE": 1, "USER_ERROR": 2, "NO_FACE": 3, "ABORTED": 130}
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("Exit codes of `marginface`"):]
+    section = section[:section.index("\n\n", section.index("| code |"))]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
+    assert documented == {int(c) for c in ExitCode}
