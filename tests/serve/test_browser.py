@@ -14,7 +14,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +23,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import FakePipeline, free_port, hue_rgb, make_photo
+from tests.serve.serve_fakes import FakePipeline, free_port, hue_rgb, make_photo, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -254,25 +252,9 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeServer
     """The app with the fake pipeline under uvicorn on a free loopback port."""
     tmp = tmp_path_factory.mktemp("offline")
     settings = ServeSettings(db=str(tmp / "gallery.db"), port=free_port(), workers=2)
-    config = uvicorn.Config(
-        create_app(settings, pipeline=FakePipeline()),
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield FakeServer(f"http://127.0.0.1:{settings.port}", settings.key_file.read_text().strip())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    app = create_app(settings, pipeline=FakePipeline())
+    with running_server(app, settings.port) as url:
+        yield FakeServer(url, settings.key_file.read_text().strip())
 
 
 @dataclass

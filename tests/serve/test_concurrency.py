@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import FakePipeline, free_port, make_photo
+from tests.serve.serve_fakes import FakePipeline, free_port, make_photo, running_server
 
 
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[tuple[str, str, FakePipeline]]:
     settings = ServeSettings(db=str(tmp_path / "gallery.db"), port=free_port(), workers=2)
     pipeline = FakePipeline(delay=0.005)
-    config = uvicorn.Config(
-        create_app(settings, pipeline=pipeline),
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{settings.port}", settings.key_file.read_text().strip(), pipeline
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with running_server(create_app(settings, pipeline=pipeline), settings.port) as url:
+        yield url, settings.key_file.read_text().strip(), pipeline
 
 
 def test_parallel_enrol_and_identify(live_server: tuple[str, str, FakePipeline]) -> None:

@@ -10,17 +10,21 @@ import http.client
 import io
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import FakePipeline, Harness, free_port, make_photo
+from tests.serve.serve_fakes import (
+    FakePipeline,
+    Harness,
+    free_port,
+    make_photo,
+    running_server,
+)
 
 
 def _deep(depth: int) -> dict:
@@ -194,20 +198,8 @@ def failing_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
         return Broken()
 
     app.dependency_overrides[get_gallery] = broken
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="critical")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
+    with running_server(app, settings.port, log_level="critical"):
         yield settings.port, settings.key_file.read_text().strip()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def test_an_unexpected_error_is_a_json_500_that_keeps_the_connection(
