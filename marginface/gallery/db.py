@@ -162,7 +162,7 @@ class Database:
                 import psycopg
             except ImportError:  # pragma: no cover - depends on the installation
                 raise GalleryError(
-                    "PostgreSQL galleries need psycopg: pip install 'psycopg[binary]'"
+                    "PostgreSQL galleries need psycopg: pip install 'marginface[postgres]'"
                 ) from None
             try:
                 self._conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib.util
 import itertools
 import logging
 import math
@@ -257,7 +258,9 @@ class FaissBinaryIndex(ExactIndex):
         try:
             import faiss
         except ImportError:  # pragma: no cover - depends on the installation
-            raise GalleryError("the FAISS index needs faiss-cpu: pip install faiss-cpu") from None
+            raise GalleryError(
+                "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
+            ) from None
         self._faiss = faiss
         bits = int(bits) if bits else max(256, -(-self.dim // 64) * 64)
         if bits <= 0 or bits % 64:
@@ -404,7 +407,9 @@ class FaissIndex(VectorIndex):
         try:
             import faiss
         except ImportError:  # pragma: no cover - depends on the installation
-            raise GalleryError("the FAISS index needs faiss-cpu: pip install faiss-cpu") from None
+            raise GalleryError(
+                "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
+            ) from None
         self._faiss = faiss
         if threads:
             faiss.omp_set_num_threads(int(threads))
@@ -673,10 +678,14 @@ class MilvusIndex(VectorIndex):
         except ImportError:  # pragma: no cover - depends on the installation
             raise GalleryError(
                 "the Milvus index needs pymilvus (and milvus-lite for a local file): "
-                "pip install pymilvus milvus-lite"
+                "pip install 'marginface[milvus]'"
             ) from None
         uri = str(uri)
         if "://" not in uri:
+            if importlib.util.find_spec("milvus_lite") is None:
+                raise GalleryError(
+                    "a local Milvus Lite file needs milvus-lite: pip install 'marginface[milvus]'"
+                )
             path = Path(uri).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             uri = str(path)
