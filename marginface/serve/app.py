@@ -24,6 +24,7 @@ from marginface.serve.middleware import (
     MetricsMiddleware,
     SecurityHeadersMiddleware,
 )
+from marginface.serve.routers import events, faces, keys, recognition, subjects
 from marginface.serve.schemas import ErrorOut, HealthOut
 from marginface.serve.service import Service, build_pipeline
 from marginface.serve.settings import ServeSettings, load_settings
@@ -111,9 +112,11 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
 
-    from marginface.serve.routes import router
-
-    app.include_router(router)
+    app.include_router(subjects.router)
+    app.include_router(faces.router)
+    app.include_router(recognition.router)
+    app.include_router(events.router)
+    app.include_router(keys.router)
 
     @app.get("/healthz", response_model=HealthOut, tags=["system"], summary="Liveness")
     def healthz(service: ServiceDep) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,12 +23,14 @@ from marginface.errors import ConfigError
 from marginface.gallery import ApiKey, Gallery
 from marginface.serve.deps import ServiceDep
 from marginface.serve.errors import ApiError
+from marginface.serve.settings import ServeSettings
 
 __all__ = [
     "ROLE_RANK",
     "CurrentKey",
     "bootstrap_admin_key",
     "current_key",
+    "may_see_candidates",
     "require_role",
 ]
 
@@ -70,7 +72,7 @@ def current_key(
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def require_role(role: str) -> Callable[[ApiKey], ApiKey]:
+def require_role(role: str) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     """A dependency that lets through keys of ``role`` or a more powerful one (else 403)."""
     needed = ROLE_RANK[role]
 
@@ -88,6 +90,12 @@ def require_role(role: str) -> Callable[[ApiKey], ApiKey]:
 AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 EnrolKey = Annotated[ApiKey, Depends(require_role("enrol"))]
 RecogniseKey = Annotated[ApiKey, Depends(require_role("recognise"))]
+
+
+def may_see_candidates(key: ApiKey, settings: ServeSettings) -> bool:
+    """Whether ``/v1/identify`` shows this key each face's runner-up names and scores: enrol
+    and admin keys, and recognise keys only where ``recognise_candidates`` is set."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"] or settings.recognise_candidates
 
 
 def _write_private(path: Path, text: str) -> None:

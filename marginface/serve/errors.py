@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from marginface.errors import (
     ConfigError,
@@ -29,7 +29,7 @@ from marginface.errors import (
     NotFoundError,
     StorageError,
 )
-from marginface.serve.middleware import error_body
+from marginface.serve.middleware import HttpMiddleware, ResponseStatus, error_body
 
 __all__ = ["ApiError", "UnexpectedErrorMiddleware", "install_error_handlers"]
 
@@ -95,7 +95,7 @@ _INTERNAL_ERROR = error_body(
 )
 
 
-class UnexpectedErrorMiddleware:
+class UnexpectedErrorMiddleware(HttpMiddleware):
     """Answer an unexpected exception with the JSON 500 and keep the connection.
 
     Starlette's outermost error middleware re-raises after answering, and uvicorn then closes
@@ -103,26 +103,13 @@ class UnexpectedErrorMiddleware:
     problem. The traceback is logged.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         except Exception:
             log.exception("%s %s: unexpected error", scope.get("method"), scope.get("path"))
-            if started:  # nothing sensible can follow a half-sent answer
+            if response.status is not None:  # nothing sensible can follow a half-sent answer
                 raise
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send)
 

@@ -1,4 +1,6 @@
-"""ASGI middleware: request body size limit and Prometheus request metrics."""
+"""ASGI middleware: request body size limit, Prometheus request metrics, security headers, and
+the two pieces every middleware here is built from (:class:`HttpMiddleware`,
+:class:`ResponseStatus`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from marginface.serve.metrics import ServiceMetrics
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware", "SecurityHeadersMiddleware", "error_body"]
+__all__ = [
+    "BodyLimitMiddleware",
+    "HttpMiddleware",
+    "MetricsMiddleware",
+    "ResponseStatus",
+    "SecurityHeadersMiddleware",
+    "error_body",
+]
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -33,7 +42,40 @@ def _too_large(limit: int) -> JSONResponse:
     )
 
 
-class BodyLimitMiddleware:
+class HttpMiddleware:
+    """A pure ASGI middleware for HTTP requests: :meth:`handle` sees every HTTP request; other
+    scopes (lifespan, websockets) pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ResponseStatus:
+    """An ASGI ``send`` that passes every message on and remembers the response's status.
+
+    ``status`` is None until the response has started (``http.response.start`` was sent).
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuse request bodies larger than ``limit`` bytes with HTTP 413, before any work.
 
     A declared ``Content-Length`` over the limit is refused at once; otherwise the body is read
@@ -41,11 +83,11 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         declared = None
@@ -87,39 +129,30 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Count requests and time them, labelled by route template (not the raw path), in the
     metrics of the app's running service (``app.state.service.metrics``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = getattr(getattr(scope.get("app"), "state", None), "service", None)
         metrics: ServiceMetrics | None = getattr(service, "metrics", None)
-        if scope["type"] != "http" or metrics is None:
+        if metrics is None:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        response = ResponseStatus(send)
         metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         finally:
             metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path", None) or "<unmatched>"
+            status = response.status or 500  # no answer at all counts as a failure
             metrics.observe_request(scope["method"], path, status, time.perf_counter() - start)
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HttpMiddleware):
     """API answers carry biometric results: never cached, never sniffed, never framed."""
 
     _HEADERS = (
@@ -129,14 +162,7 @@ class SecurityHeadersMiddleware:
         (b"referrer-policy", b"no-referrer"),
     )
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))

@@ -32,8 +32,9 @@ def build_pipeline(settings: ServeSettings) -> Any:
     """The face pipeline the settings name, answering every face in a photo."""
     from marginface.embed import Pipeline
 
-    return Pipeline.from_names(settings.model, settings.detector, selection="all",
-                               precision=settings.precision)
+    return Pipeline.from_names(
+        settings.model, settings.detector, selection="all", precision=settings.precision
+    )
 
 
 def open_gallery(settings: ServeSettings, pipeline: Any) -> Gallery:
@@ -66,9 +67,14 @@ def _limit_blas(threads: int | None) -> Any:
     limits = threadpool_limits(limits=threads, user_api="blas")
     counts = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
     if counts and counts != {threads}:
-        log.warning("numpy's BLAS kept %s threads (asked for %d from thread %s); set "
-                    "OPENBLAS_NUM_THREADS=%d before starting the service", sorted(counts),
-                    threads, threading.current_thread().name, threads)
+        log.warning(
+            "numpy's BLAS kept %s threads (asked for %d from thread %s); set "
+            "OPENBLAS_NUM_THREADS=%d before starting the service",
+            sorted(counts),
+            threads,
+            threading.current_thread().name,
+            threads,
+        )
     return limits
 
 

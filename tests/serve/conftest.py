@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import FakePipeline, Harness
+from tests.serve.serve_fakes import FakePipeline, Harness, loop_guard
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def settings(tmp_path: Path) -> ServeSettings:
 def harness(settings: ServeSettings) -> Iterator[Harness]:
     pipeline = FakePipeline()
     app = create_app(settings, pipeline=pipeline)
-    with TestClient(app) as client:
+    with TestClient(app) as client, loop_guard(app) as guard:
         admin = settings.key_file.read_text().strip()
         keys = {"admin": admin}
         for role in ("enrol", "recognise"):
@@ -30,4 +30,6 @@ def harness(settings: ServeSettings) -> Iterator[Harness]:
             )
             assert r.status_code == 201, r.text
             keys[role] = r.json()["secret"]
-        yield Harness(client, settings, pipeline, keys)
+        yield Harness(client, settings, pipeline, keys, guard)
+        # Every test on this harness also checks that no SQL ran on the event loop.
+        assert guard.violations == [], "\n".join(guard.violations)

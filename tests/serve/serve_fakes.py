@@ -7,10 +7,13 @@ ones (same person: high cosine, other people: low) at a fraction of the cost.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,12 +156,60 @@ def running_server(app: Any, port: int, **config: Any) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+class LoopGuard:
+    """A gallery proxy that records every method called on a thread running an event loop.
+
+    SQL blocks: called from ``async def`` code it would stall every request the service is
+    serving. Sync routes and dependencies run in FastAPI's threadpool and photo work on the
+    service's executor, neither of which runs a loop, so in a correct service ``violations``
+    stays empty.
+    """
+
+    def __init__(self, gallery: Any) -> None:
+        self.wrapped = gallery
+        self.violations: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.wrapped, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no loop in this thread: a worker thread, or the test itself
+            else:
+                callers = traceback.extract_stack(limit=4)[-2::-1]
+                where = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in callers)
+                self.violations.append(f"gallery.{name}() ran on the event loop, in {where}")
+            return value(*args, **kwargs)
+
+        return guarded
+
+
+@contextmanager
+def loop_guard(app: Any) -> Iterator[LoopGuard]:
+    """Guard the started ``app``'s gallery (as the routes and the recogniser see it) with a
+    :class:`LoopGuard` until the block ends; startup and shutdown are not guarded."""
+    service = app.state.service
+    gallery = service.gallery
+    guard = LoopGuard(gallery)
+    service.gallery = service.recognizer.gallery = guard
+    try:
+        yield guard
+    finally:
+        service.gallery = service.recognizer.gallery = gallery
+
+
 @dataclass
 class Harness:
     client: TestClient
     settings: ServeSettings
     pipeline: FakePipeline
     keys: dict[str, str]  # role -> secret
+    guard: LoopGuard | None = None
 
     def headers(self, role: str | None) -> dict[str, str]:
         return {"X-API-Key": self.keys[role]} if role else {}

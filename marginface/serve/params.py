@@ -1,0 +1,84 @@
+"""What the ``/v1`` routers share in their OpenAPI contract: bounded parameter types and the
+documented error responses.
+
+Every id, integer and date a route takes is bounded here, so an out-of-range value is a 422
+before any SQL runs (ids and offsets are 64-bit integers in SQL; a day must stay representable
+in every time zone).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import Path, Query
+from pydantic import AfterValidator
+
+from marginface.serve.schemas import ErrorOut
+
+__all__ = [
+    "AUTH_ERRORS",
+    "FIRST_DAY",
+    "LAST_DAY",
+    "MAX_ID",
+    "MAX_OFFSET",
+    "NOT_FOUND",
+    "PHOTO_ERRORS",
+    "Day",
+    "FaceId",
+    "KeyId",
+    "Offset",
+    "Responses",
+    "SubjectId",
+    "Time",
+]
+
+#: Ids and offsets are 64-bit integers in SQL; larger numbers are refused with 422, not 500.
+MAX_ID = 2**63 - 1
+#: No listing is that long; a bound keeps OFFSET arithmetic far from any overflow.
+MAX_OFFSET = 10**9
+#: Days and times the service can represent in every time zone (a day is a range of 24 h
+#: around it, which must stay inside Python's years 1 to 9999).
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
+
+
+def _day_in_range(day: date) -> date:
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"must lie between {FIRST_DAY} and {LAST_DAY}")
+    return day
+
+
+def _time_in_range(when: datetime) -> datetime:
+    _day_in_range(when.date())
+    return when
+
+
+Day = Annotated[date, AfterValidator(_day_in_range)]
+Time = Annotated[datetime, AfterValidator(_time_in_range)]
+SubjectId = Annotated[str, Path(min_length=1, max_length=64, description="The subject's id.")]
+FaceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The face's id.")]
+KeyId = Annotated[str, Path(min_length=1, max_length=64, description="The key's id.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+
+Responses = dict[int | str, dict[str, Any]]
+
+#: Every ``/v1`` route needs a key (each router documents these).
+AUTH_ERRORS: Responses = {
+    401: {"model": ErrorOut, "description": "Missing or wrong API key."},
+    403: {"model": ErrorOut, "description": "The key's role may not do this."},
+}
+#: Routes that take photos.
+PHOTO_ERRORS: Responses = {
+    **AUTH_ERRORS,
+    400: {
+        "model": ErrorOut,
+        "description": "No photo is a readable image (each is named, with the reason), or the "
+        "multipart body is malformed.",
+    },
+    413: {"model": ErrorOut, "description": "The upload is larger than the limit."},
+    422: {"model": ErrorOut, "description": "No face found, or invalid fields."},
+}
+#: Routes that name a subject, face or key.
+NOT_FOUND: Responses = {
+    404: {"model": ErrorOut, "description": "No such subject (or face, or key)."}
+}
