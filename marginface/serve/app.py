@@ -134,7 +134,10 @@ def create_app(
         "/metrics",
         tags=["system"],
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE: {}}}},
+        responses={
+            200: {"content": {CONTENT_TYPE: {}}},
+            401: {"model": ErrorOut, "description": "Missing or wrong API key."},
+        },
         summary="Prometheus metrics",
     )
     def metrics(service: ServiceDep, _key: CurrentKey) -> Response:

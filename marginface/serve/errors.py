@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from marginface.errors import (
@@ -47,6 +48,9 @@ _ERROR_MAP: tuple[tuple[type[MarginfaceError], int, str], ...] = (
     (ModelError, 500, "model_error"),
     (ConfigError, 500, "config_error"),
 )
+
+#: The methods a 405's ``Allow`` may name.
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -114,6 +118,18 @@ class UnexpectedErrorMiddleware(HttpMiddleware):
             await JSONResponse(_INTERNAL_ERROR, status_code=500)(scope, receive, send)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path. Starlette names only the first matching
+    route's methods in a 405's ``Allow``, while FastAPI declares each method of a path as its own
+    route (GET and POST ``/v1/subjects`` are two routes): so ask the router, method by method."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
     details = []
     for err in exc.errors():
@@ -157,11 +173,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(
-            error_body(code, message),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

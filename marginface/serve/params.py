@@ -8,16 +8,18 @@ in every time zone).
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from marginface.serve.schemas import ErrorOut
 
 __all__ = [
     "AUTH_ERRORS",
+    "BODY_ERRORS",
     "FIRST_DAY",
     "LAST_DAY",
     "MAX_ID",
@@ -42,6 +44,16 @@ MAX_OFFSET = 10**9
 FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
 
 
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_day(value: Any) -> Any:
+    # pydantic also reads "0" or "86400" as days (Unix time); the schema promises YYYY-MM-DD.
+    if isinstance(value, str) and not _ISO_DAY.fullmatch(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    return value
+
+
 def _day_in_range(day: date) -> date:
     if not FIRST_DAY <= day <= LAST_DAY:
         raise ValueError(f"must lie between {FIRST_DAY} and {LAST_DAY}")
@@ -53,7 +65,7 @@ def _time_in_range(when: datetime) -> datetime:
     return when
 
 
-Day = Annotated[date, AfterValidator(_day_in_range)]
+Day = Annotated[date, BeforeValidator(_iso_day), AfterValidator(_day_in_range)]
 Time = Annotated[datetime, AfterValidator(_time_in_range)]
 SubjectId = Annotated[str, Path(min_length=1, max_length=64, description="The subject's id.")]
 FaceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The face's id.")]
@@ -66,6 +78,11 @@ Responses = dict[int | str, dict[str, Any]]
 AUTH_ERRORS: Responses = {
     401: {"model": ErrorOut, "description": "Missing or wrong API key."},
     403: {"model": ErrorOut, "description": "The key's role may not do this."},
+}
+#: Routes that take a JSON body: a body that is not UTF-8 cannot even be parsed as JSON.
+BODY_ERRORS: Responses = {
+    **AUTH_ERRORS,
+    400: {"model": ErrorOut, "description": "The body cannot be read (it is not UTF-8 JSON)."},
 }
 #: Routes that take photos.
 PHOTO_ERRORS: Responses = {

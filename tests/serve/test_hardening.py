@@ -372,3 +372,41 @@ def test_every_status_code_is_documented(harness: Harness) -> None:
     face = spec["/v1/subjects/{subject_id}/faces/{face_id}"]["delete"]["parameters"]
     face_id = next(p for p in face if p["name"] == "face_id")["schema"]
     assert face_id["minimum"] == 1 and face_id["maximum"] == 2**63 - 1
+
+
+# -- found by the fuzzing suite --------------------------------------------------------------------
+def test_a_405_names_every_method_of_the_path(harness: Harness) -> None:
+    c, admin = harness.client, harness.headers("admin")
+    r = c.request("PUT", "/v1/subjects", headers=admin)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    r = c.request("PUT", "/v1/subjects/abc", headers=admin)
+    assert r.headers["allow"] == "DELETE, GET, PATCH"
+    assert c.request("PUT", "/v1/keys", headers=admin).headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize("day", ["0", "86400", "2020-1-1", "20200101"])
+def test_days_must_be_written_as_dates(harness: Harness, day: str) -> None:
+    for path in ("/v1/events", "/v1/attendance"):
+        r = harness.client.get(path, params={"date": day}, headers=harness.headers("admin"))
+        assert r.status_code == 422, (path, day, r.text)
+
+
+def test_a_day_with_times_without_offset(harness: Harness) -> None:
+    r = harness.client.get(
+        "/v1/events",
+        params={"date": "2000-01-01", "since": "2000-01-01T06:00:00", "until": "2000-01-01T07:00"},
+        headers=harness.headers("admin"),
+    )
+    assert r.status_code == 200 and r.json()["events"] == []
+
+
+def test_undecodable_json_and_keyless_metrics_are_documented(harness: Harness) -> None:
+    c, admin = harness.client, harness.headers("admin")
+    r = c.post("/v1/keys", content=b"\xfa", headers={**admin, "Content-Type": "application/json"})
+    assert r.status_code == 400 and _error(r)["code"] == "bad_request"
+    assert c.get("/metrics").status_code == 401
+    spec = c.get("/openapi.json").json()["paths"]
+    assert "401" in spec["/metrics"]["get"]["responses"]
+    for path, method in (("/v1/keys", "post"), ("/v1/subjects", "post"),
+                         ("/v1/subjects/{subject_id}", "patch")):
+        assert "400" in spec[path][method]["responses"], (path, method)

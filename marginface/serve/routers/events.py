@@ -46,13 +46,14 @@ def events(
 ) -> Any:
     """Logged identifications, newest first, filtered by subject, source, decision and time."""
     zone = _zone(tz)
+    # Times without an offset are in ``tz``; only then can they be compared with the day.
+    since = since.replace(tzinfo=zone) if since and since.tzinfo is None else since
+    until = until.replace(tzinfo=zone) if until and until.tzinfo is None else until
     if day is not None:
         start_day = datetime(day.year, day.month, day.day, tzinfo=zone)
         since = max(since, start_day) if since else start_day
         end_day = start_day + timedelta(days=1)
         until = min(until, end_day) if until else end_day
-    since = since.replace(tzinfo=zone) if since and since.tzinfo is None else since
-    until = until.replace(tzinfo=zone) if until and until.tzinfo is None else until
     filters: dict[str, Any] = {
         "subject": subject_id,
         "source": source,

@@ -10,7 +10,7 @@ from marginface.errors import ConflictError, NotFoundError
 from marginface.serve.auth import AdminKey, CurrentKey
 from marginface.serve.deps import GalleryDep
 from marginface.serve.errors import ApiError
-from marginface.serve.params import AUTH_ERRORS, NOT_FOUND, KeyId
+from marginface.serve.params import AUTH_ERRORS, BODY_ERRORS, NOT_FOUND, KeyId
 from marginface.serve.schemas import ErrorOut, KeyCreate, KeyCreatedOut, KeyOut
 
 __all__ = ["router"]
@@ -34,6 +34,7 @@ def list_keys(gallery: GalleryDep, _key: AdminKey) -> Any:
     "/keys",
     response_model=KeyCreatedOut,
     status_code=status.HTTP_201_CREATED,
+    responses=BODY_ERRORS,
     summary="Create an API key",
 )
 def create_key(body: KeyCreate, gallery: GalleryDep, _key: AdminKey) -> Any:

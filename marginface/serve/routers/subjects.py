@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from marginface.serve.auth import AdminKey, EnrolKey
 from marginface.serve.deps import GalleryDep
-from marginface.serve.params import AUTH_ERRORS, NOT_FOUND, Offset, SubjectId
+from marginface.serve.params import AUTH_ERRORS, BODY_ERRORS, NOT_FOUND, Offset, SubjectId
 from marginface.serve.routers.common import unknown_subject_is_404
 from marginface.serve.schemas import (
     SubjectCreate,
@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v1", tags=["subjects"], responses=AUTH_ERRORS)
     "/subjects",
     response_model=SubjectOut,
     status_code=status.HTTP_201_CREATED,
+    responses=BODY_ERRORS,
     summary="Create a subject without faces",
 )
 def create_subject(body: SubjectCreate, gallery: GalleryDep, _key: EnrolKey) -> Any:
@@ -67,7 +68,7 @@ def get_subject(subject_id: SubjectId, gallery: GalleryDep, _key: EnrolKey) -> A
 @router.patch(
     "/subjects/{subject_id}",
     response_model=SubjectOut,
-    responses=NOT_FOUND,
+    responses={**BODY_ERRORS, **NOT_FOUND},
     summary="Rename a subject or replace its metadata",
 )
 def update_subject(
