@@ -8,7 +8,10 @@
 * :class:`MilvusIndex` - a Milvus collection through pymilvus: Milvus Lite (a local file) or a
   cluster (``http://host:19530``). Persistent: reconciled with SQL at start, not rebuilt.
 
-Every index maps int64 face ids to vectors and supports immediate removal by id.
+Every index maps int64 face ids to vectors and supports immediate removal by id, and is safe to
+share between threads: searches of the in-process indexes run concurrently (a readers-writer
+lock; numpy and FAISS searches only read the index), while a change runs alone. A Milvus client
+is not documented as safe for concurrent calls, so :class:`MilvusIndex` makes one call at a time.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import logging
 import math
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from marginface.errors import GalleryError
+from marginface.gallery.locks import ReadWriteLock
 
 __all__ = [
     "INDEX_KINDS", "ExactIndex", "FaissBinaryIndex", "FaissIndex", "MilvusIndex", "VectorIndex",
@@ -113,7 +118,7 @@ class ExactIndex(VectorIndex):
         self._n = 0
         self._row: dict[int, int] = {}
         self._batch = batch_size
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()  # searches share it; changes take it alone
 
     def __len__(self) -> int:
         return self._n
@@ -149,7 +154,7 @@ class ExactIndex(VectorIndex):
         v = _as_vectors(vectors, self.dim)
         if len(ids) != len(v):
             raise GalleryError("ids and vectors differ in length")
-        with self._lock:
+        with self._lock.write():
             dup = [int(i) for i in ids.tolist() if i in self._row]
             if dup or len(np.unique(ids)) != len(ids):
                 raise GalleryError(f"face ids already in the index: {dup[:5]}")
@@ -162,7 +167,7 @@ class ExactIndex(VectorIndex):
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
         removed = 0
-        with self._lock:
+        with self._lock.write():
             for i in _as_ids(ids).tolist():
                 row = self._row.pop(int(i), None)
                 if row is None:
@@ -180,11 +185,11 @@ class ExactIndex(VectorIndex):
         return removed
 
     def ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.read():
             return self._ids[: self._n].copy()
 
     def clear(self) -> None:
-        with self._lock:
+        with self._lock.write():
             self._matrix[: self._n] = 0.0
             self._ids[: self._n] = -1
             self._row.clear()
@@ -193,7 +198,7 @@ class ExactIndex(VectorIndex):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _as_vectors(queries, self.dim)
         k = int(k)
-        with self._lock:
+        with self._lock.read():
             n = self._n
             scores_out, ids_out = _empty_result(len(q), k)
             if n == 0 or k <= 0:
@@ -272,7 +277,8 @@ class FaissBinaryIndex(ExactIndex):
         rng = np.random.default_rng(self.seed)
         self._proj = rng.standard_normal((self.dim, bits), dtype=np.float32)
         self._codes = np.zeros((0, bits // 8), dtype=np.uint8)
-        self._pool: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # -- storage hooks (rows of the matrix and of the codes move together) ------------------------
     def encode(self, vectors: np.ndarray) -> np.ndarray:
@@ -303,13 +309,13 @@ class FaissBinaryIndex(ExactIndex):
         self._codes[row] = 0
 
     def clear(self) -> None:
-        with self._lock:
+        with self._lock.write():
             self._codes[: self._n] = 0
             super().clear()
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the content with these vectors (bulk loading)."""
-        with self._lock:
+        with self._lock.write():
             self.clear()
             self.add(ids, vectors)
 
@@ -321,13 +327,13 @@ class FaissBinaryIndex(ExactIndex):
         shards = self.threads if len(qcodes) < self.threads and n >= 20000 * self.threads else 1
         if shards == 1:
             return self._faiss.knn_hamming(qcodes, codes[:n], r)[1]
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="faiss-binary")
+        with self._pool_lock:  # concurrent searches: one pool
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="faiss-binary")
+            pool = self._pool
         bounds = np.linspace(0, n, shards + 1).astype(int)
         parts = [
-            self._pool.submit(self._faiss.knn_hamming, qcodes, codes[a:b], min(r, b - a))
+            pool.submit(self._faiss.knn_hamming, qcodes, codes[a:b], min(r, b - a))
             for a, b in itertools.pairwise(bounds)
         ]
         rows = [f.result()[1] + a for f, a in zip(parts, bounds[:-1], strict=True)]
@@ -336,7 +342,7 @@ class FaissBinaryIndex(ExactIndex):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _as_vectors(queries, self.dim)
         k = int(k)
-        with self._lock:
+        with self._lock.read():
             n = self._n
             scores_out, ids_out = _empty_result(len(q), k)
             if n == 0 or k <= 0 or len(q) == 0:
@@ -355,9 +361,10 @@ class FaissBinaryIndex(ExactIndex):
             return scores_out, ids_out
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._lock.write(), self._pool_lock:  # once no search uses the pool
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -423,7 +430,7 @@ class FaissIndex(VectorIndex):
         self.retrain_growth = float(retrain_growth)
         self.M, self.ef_search, self.ef_construction = int(M), int(ef_search), int(ef_construction)
         self.compact_fraction = float(compact_fraction)
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()  # FAISS searches may run together
         self._trained_on = 0
         self._deleted: set[int] = set()  # HNSW tombstones
         self._selector: Any = None
@@ -505,7 +512,7 @@ class FaissIndex(VectorIndex):
         """Replace the content with these vectors (trains IVF on them directly): bulk loading."""
         ids = _as_ids(ids)
         v = _as_vectors(vectors, self.dim)
-        with self._lock:
+        with self._lock.write():
             if self.kind == "ivf" and len(ids) >= self.train_min:
                 ivf = self._new_ivf(v)
                 ivf.add_with_ids(v, ids)
@@ -525,7 +532,7 @@ class FaissIndex(VectorIndex):
             raise GalleryError("ids and vectors differ in length")
         if len(ids) == 0:
             return
-        with self._lock:
+        with self._lock.write():
             if self._deleted and not self._deleted.isdisjoint(ids.tolist()):
                 self.compact()  # a deleted id comes back: drop its old node first
             if self.kind == "hnsw" and self._index.ntotal == 0 and not self._is_graph():
@@ -537,7 +544,7 @@ class FaissIndex(VectorIndex):
         ids = _as_ids(ids)
         if len(ids) == 0:
             return 0
-        with self._lock:
+        with self._lock.write():
             if self._is_graph():
                 return self._tombstone(ids)
             if self._trained_on:  # IVF with a hashtable direct map takes an id array
@@ -571,15 +578,16 @@ class FaissIndex(VectorIndex):
             return 0
         self._hnsw_vectors()[rows] = 0.0
         self._deleted.update(id_map[rows].tolist())
-        self._selector = None
         if len(self._deleted) > self.compact_fraction * self._index.ntotal:
             self.compact()
+        else:
+            self._selector = self._new_selector()
         return len(rows)
 
     def compact(self) -> None:
         """Rebuild an HNSW graph without its deleted nodes (automatic once more than
         ``compact_fraction`` of the nodes are deleted). Other kinds free space on removal."""
-        with self._lock:
+        with self._lock.write():
             if not self._deleted:
                 return
             id_map = self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
@@ -590,24 +598,26 @@ class FaissIndex(VectorIndex):
             if len(vecs):
                 self._index.add_with_ids(vecs, id_map[keep])
 
+    def _new_selector(self) -> tuple[Any, ...]:
+        """HNSW search parameters that exclude the tombstoned ids, with the C++ objects they
+        point to (kept alive together). Built by the change that tombstones, under the write
+        side of the lock: concurrent searches only read it."""
+        faiss = self._faiss
+        dead = np.fromiter(self._deleted, np.int64, len(self._deleted))
+        batch = faiss.IDSelectorBatch(dead)
+        sel = faiss.IDSelectorNot(batch)
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search)
+        return (params, sel, batch, dead)
+
     def _search_params(self) -> Any:
-        """HNSW search parameters that exclude the tombstoned ids (None when there are none)."""
-        if not self._deleted:
-            return None
-        if self._selector is None:
-            faiss = self._faiss
-            dead = np.fromiter(self._deleted, np.int64, len(self._deleted))
-            batch = faiss.IDSelectorBatch(dead)
-            sel = faiss.IDSelectorNot(batch)
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search)
-            self._selector = (params, sel, batch, dead)  # keep the C++ objects alive
-        return self._selector[0]
+        """The HNSW search parameters excluding tombstones (None when there are none)."""
+        return self._selector[0] if self._selector is not None else None
 
     def __len__(self) -> int:
         return int(self._index.ntotal) - len(self._deleted)
 
     def ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.read():
             ids = self._id_list()
             if self._deleted:
                 ids = ids[~np.isin(ids, np.fromiter(self._deleted, np.int64, len(self._deleted)))]
@@ -615,7 +625,7 @@ class FaissIndex(VectorIndex):
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = _as_vectors(queries, self.dim)
-        with self._lock:
+        with self._lock.read():
             if len(self) == 0 or k <= 0:
                 return _empty_result(len(q), int(k))
             params = self._search_params()
@@ -693,7 +703,7 @@ class MilvusIndex(VectorIndex):
         self.collection = collection
         self.exact = index_type.upper() == "FLAT"
         self._search_params = search_params or {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one client call at a time (see the module's docstring)
         try:
             self._client = MilvusClient(uri=uri, token=token)
         except Exception as exc:

@@ -128,7 +128,8 @@ class TemporaryPostgres:
 def create_database(server_url: str, name: str) -> str:
     """Create database ``name`` (dropping an old one) on the server of ``server_url``; return
     the new database's URL."""
-    import psycopg
+    import psycopg  # optional: the `postgres` extra
+
 
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         raise GalleryError(f"invalid database name {name!r}")

@@ -117,13 +117,14 @@ def bootstrap_admin_key(gallery: Gallery, key_file: Path) -> str | None:
 
     Returns the new key (for the caller to print once), or None when an admin key exists.
     """
-    if gallery.count_api_keys("admin") > 0:
+    created = gallery.create_first_admin_key("first admin")  # one key, even if two start
+    if created is None:
         return None
-    record, secret = gallery.create_api_key("first admin", "admin")
+    record, secret = created
     try:
         _write_private(key_file, secret + "\n")
     except OSError as exc:
-        gallery.delete_api_key(record.id)
+        gallery.delete_api_key(record.id, allow_last_admin=True)  # nobody holds it
         raise ConfigError(f"cannot write the admin key file {key_file}: {exc}") from None
     log.info("created the first admin key %s; it is stored in %s", record.id, key_file)
     return secret

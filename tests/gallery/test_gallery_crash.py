@@ -21,10 +21,10 @@ CHILD = textwrap.dedent(
     import sys, time
     import numpy as np
     from marginface.gallery import Gallery
-    from marginface.gallery.store import Gallery as G
+    from marginface.gallery.subjects import SubjectStore
 
     url, index = sys.argv[1], sys.argv[2]
-    original = G._insert_faces
+    original = SubjectStore.insert_faces
 
     def slow_insert(self, *args, **kwargs):
         ids = original(self, *args, **kwargs)
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(
         time.sleep(0.02)
         return ids
 
-    G._insert_faces = slow_insert
+    SubjectStore.insert_faces = slow_insert
     g = Gallery.open(url, "crash-model", DIM, index=index, threshold=0.5)
     for i in range(100000):
         rng = np.random.default_rng(i)

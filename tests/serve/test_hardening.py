@@ -410,3 +410,19 @@ def test_undecodable_json_and_keyless_metrics_are_documented(harness: Harness) -
     for path, method in (("/v1/keys", "post"), ("/v1/subjects", "post"),
                          ("/v1/subjects/{subject_id}", "patch")):
         assert "400" in spec[path][method]["responses"], (path, method)
+
+
+def test_an_unwritable_key_file_leaves_no_admin_key(tmp_path: Path) -> None:
+    """The first admin key exists only if its file could be written: nobody else holds it."""
+    from marginface.errors import ConfigError
+    from marginface.gallery import Gallery
+    from marginface.serve.auth import bootstrap_admin_key
+
+    (tmp_path / "not-a-folder").write_text("")
+    with Gallery.open(tmp_path / "g.db") as gallery:
+        with pytest.raises(ConfigError, match="cannot write the admin key file"):
+            bootstrap_admin_key(gallery, tmp_path / "not-a-folder" / "admin-key")
+        assert gallery.count_api_keys("admin") == 0
+        assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is not None
+        assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is None
+        assert gallery.count_api_keys("admin") == 1

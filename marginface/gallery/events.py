@@ -1,0 +1,133 @@
+"""The event log (one row per recognition) and the attendance reports read from it; their CSV
+forms go through :func:`marginface.gallery.csvtext.csv_text`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
+
+from marginface.errors import GalleryError
+from marginface.gallery.csvtext import csv_text
+from marginface.gallery.db import Database
+from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
+from marginface.gallery.validate import clean_name, metadata_json
+
+__all__ = ["EventLog", "attendance_csv", "events_csv", "to_timestamp"]
+
+_EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
+
+
+def to_timestamp(value: datetime | float | int) -> float:
+    """Epoch seconds of an aware datetime, a naive one (local time) or a number."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()  # naive: local time
+        return value.timestamp()
+    return float(value)
+
+
+def _event(row: tuple) -> Event:
+    return Event(id=int(row[0]), time=utc_from_ts(row[1]), source=row[2], subject_id=row[3],
+                 subject_name=row[4], score=row[5], decision=row[6],
+                 details=json.loads(row[7] or "{}"))
+
+
+class EventLog:
+    """Recognition events of one gallery (see :class:`~marginface.gallery.Gallery` for the
+    public documentation of each operation). ``subject_name(id)`` names a subject, raising
+    :class:`~marginface.errors.NotFoundError` for an unknown one."""
+
+    def __init__(self, db: Database, subject_name: Callable[[str], str]) -> None:
+        self._db = db
+        self._subject_name = subject_name
+
+    def log(self, source: str, subject_id: str | None, score: float | None, decision: str,
+            at: datetime | float | None, details: dict[str, Any] | None) -> Event:
+        ts = to_timestamp(at) if at is not None else time.time()
+        source = clean_name(source, what="source", max_length=100) if source else ""
+        details_text = metadata_json(details)
+        score = None if score is None else float(score)
+        name = self._subject_name(subject_id) if subject_id is not None else None
+        with self._db.transaction():
+            event_id = int(self._db.scalar(
+                "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
+                "details) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (ts, source, subject_id, name, score, decision, details_text)))
+        return Event(id=event_id, time=utc_from_ts(ts), source=source,
+                     subject_id=subject_id, subject_name=name, score=score,
+                     decision=decision, details=dict(details or {}))
+
+    def select(self, subject: str | None, source: str | None, start: datetime | float | None,
+               end: datetime | float | None, decision: str | None, limit: int | None,
+               offset: int) -> list[Event]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("subject_id", subject), ("source", source),
+                              ("decision", decision)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for bound, moment in ((">=", start), ("<", end)):
+            if moment is not None:
+                where.append(f"ts {bound} ?")
+                params.append(to_timestamp(moment))
+        sql = f"SELECT {_EVENT_COLS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        return [_event(r) for r in self._db.query(sql, params)]
+
+    def count(self) -> int:
+        return int(self._db.scalar("SELECT COUNT(*) FROM events"))
+
+    def attendance(self, day: date | str | None, tz: tzinfo | None) -> list[AttendanceRow]:
+        zone = tz or datetime.now().astimezone().tzinfo
+        if day is None:
+            day = datetime.now(zone).date()
+        elif isinstance(day, str):
+            try:
+                day = date.fromisoformat(day)
+            except ValueError:
+                raise GalleryError(f"date {day!r} is not YYYY-MM-DD") from None
+        start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        end = start + timedelta(days=1)
+        rows = self._db.query(
+            "SELECT subject_id, subject_name, ts, source FROM events WHERE subject_id IS NOT NULL "
+            "AND ts >= ? AND ts < ? ORDER BY ts", (start.timestamp(), end.timestamp()))
+        table: dict[str, dict[str, Any]] = {}
+        for sid, name, ts, src in rows:
+            entry = table.setdefault(sid, {"name": name, "first": ts, "last": ts, "count": 0,
+                                           "sources": []})
+            entry["last"] = ts
+            entry["count"] += 1
+            if src not in entry["sources"]:
+                entry["sources"].append(src)
+        out = [AttendanceRow(date=day.isoformat(), subject_id=sid, name=e["name"] or "",
+                             first_seen=datetime.fromtimestamp(e["first"], zone),
+                             last_seen=datetime.fromtimestamp(e["last"], zone),
+                             count=e["count"], sources=e["sources"])
+               for sid, e in table.items()]
+        return sorted(out, key=lambda r: (r.first_seen, r.name))
+
+
+def attendance_csv(rows: list[AttendanceRow]) -> str:
+    """Attendance rows as CSV text (date, subject_id, name, first_seen, last_seen, count,
+    sources)."""
+    return csv_text(
+        ["date", "subject_id", "name", "first_seen", "last_seen", "count", "sources"],
+        ([r.date, r.subject_id, r.name, r.first_seen.isoformat(), r.last_seen.isoformat(),
+          r.count, ";".join(r.sources)] for r in rows))
+
+
+def events_csv(events: list[Event]) -> str:
+    """Events as CSV text (id, time, source, subject_id, subject_name, score, decision)."""
+    return csv_text(
+        ["id", "time", "source", "subject_id", "subject_name", "score", "decision"],
+        ([e.id, e.time.isoformat(), e.source, e.subject_id or "", e.subject_name or "",
+          "" if e.score is None else round(e.score, 4), e.decision] for e in events))

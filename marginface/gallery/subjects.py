@@ -1,0 +1,243 @@
+"""The subject and face repository: enrolled people and their face embeddings in SQL, and their
+export.
+
+Every write checks its input first (:mod:`marginface.gallery.validate`, the model's
+normalisation), runs in ONE transaction and, when it adds or removes faces, makes the same
+change in the vector index through :class:`~marginface.gallery.sync.IndexSync`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.db import Database
+from marginface.gallery.model import EmbeddingModel
+from marginface.gallery.sync import IndexSync
+from marginface.gallery.types import FaceRecord, Subject, utc_from_ts
+from marginface.gallery.validate import clean_name, metadata_json
+
+__all__ = ["SubjectStore"]
+
+_SUBJECT_COLS = ("s.id, s.name, s.metadata, s.created_at, s.updated_at, "
+                 "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id)")
+_FACE_COLS = ("id, subject_id, model, dim, created_at, source_hash, "
+              "CASE WHEN crop IS NULL THEN 0 ELSE 1 END")
+
+
+def _subject(row: Sequence[Any]) -> Subject:
+    return Subject(id=row[0], name=row[1], metadata=json.loads(row[2] or "{}"),
+                   created_at=utc_from_ts(row[3]), updated_at=utc_from_ts(row[4]),
+                   n_faces=int(row[5]))
+
+
+def _face(row: Sequence[Any]) -> FaceRecord:
+    return FaceRecord(id=int(row[0]), subject_id=row[1], model=row[2], dim=int(row[3]),
+                      created_at=utc_from_ts(row[4]), source_hash=row[5],
+                      has_crop=bool(row[6]))
+
+
+def _like_pattern(search: str) -> str:
+    """A case-insensitive substring pattern for ``LIKE ... ESCAPE '\\'``: the user's ``%`` and
+    ``_`` are literal characters, not wildcards."""
+    escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SubjectStore:
+    """Subjects and faces of one gallery (see :class:`~marginface.gallery.Gallery` for the
+    public documentation of each operation)."""
+
+    def __init__(self, db: Database, model: EmbeddingModel, sync: IndexSync) -> None:
+        self._db = db
+        self._model = model
+        self._sync = sync
+
+    # -- subjects -------------------------------------------------------------------------------
+    def get(self, subject_id: str) -> Subject:
+        row = self._db.query_one(
+            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,))
+        if row is None:
+            raise NotFoundError(f"unknown subject {subject_id!r}")
+        return _subject(row)
+
+    def exists(self, subject_id: str) -> bool:
+        return self._db.query_one("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)) is not None
+
+    def find(self, name: str) -> list[Subject]:
+        rows = self._db.query(
+            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.name = ? ORDER BY s.created_at",
+            (name,))
+        return [_subject(r) for r in rows]
+
+    def page(self, limit: int | None, offset: int, search: str | None) -> list[Subject]:
+        sql = f"SELECT {_SUBJECT_COLS} FROM subjects s"
+        params: list[Any] = []
+        if search:
+            sql += " WHERE LOWER(s.name) LIKE ? ESCAPE '\\'"
+            params.append(_like_pattern(search))
+        sql += " ORDER BY s.name, s.created_at, s.id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        elif offset:
+            sql += " LIMIT -1 OFFSET ?" if self._db.dialect == "sqlite" else " OFFSET ?"
+            params.append(int(offset))
+        return [_subject(r) for r in self._db.query(sql, params)]
+
+    def count(self, search: str | None) -> int:
+        if search:
+            return int(self._db.scalar(
+                "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
+                (_like_pattern(search),)))
+        return int(self._db.scalar("SELECT COUNT(*) FROM subjects"))
+
+    def create(self, name: str, metadata: dict[str, Any] | None, embeddings: np.ndarray | None,
+               source_hashes: Sequence[str | None] | None, crops: Sequence[bytes | None] | None,
+               subject_id: str | None) -> Subject:
+        name = clean_name(name or "")
+        meta = metadata_json(metadata)
+        sid = subject_id or secrets.token_hex(8)
+        vecs = None if embeddings is None else self._model.normalise(embeddings)
+        with self._sync.change() as change:
+            if self.exists(sid):
+                raise ConflictError(f"subject id {sid!r} already exists")
+            now = time.time()
+            self._db.execute(
+                "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)", (sid, name, meta, now, now))
+            if vecs is not None and len(vecs):
+                change.add(self.insert_faces(sid, vecs, source_hashes, crops), vecs)
+        return self.get(sid)
+
+    def update(self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
+               ) -> Subject:
+        sets, params = [], []
+        if name is not None:
+            sets.append("name = ?")
+            params.append(clean_name(name))
+        if metadata is not None:
+            sets.append("metadata = ?")
+            params.append(metadata_json(metadata))
+        with self._db.transaction():
+            self.get(subject_id)
+            if sets:
+                self._db.execute(
+                    f"UPDATE subjects SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
+                    [*params, time.time(), subject_id])
+        return self.get(subject_id)
+
+    def delete(self, subject_id: str, erase_events: bool) -> int:
+        """The subject, its faces (SQL and index) and its events (erased, or kept without the
+        subject); return how many faces went."""
+        with self._sync.change() as change:
+            self.get(subject_id)
+            change.remove(r[0] for r in self._db.query(
+                "SELECT id FROM faces WHERE subject_id = ?", (subject_id,)))
+            self._db.execute("DELETE FROM faces WHERE subject_id = ?", (subject_id,))
+            self._db.execute("DELETE FROM subjects WHERE id = ?", (subject_id,))
+            if erase_events:
+                self._db.execute("DELETE FROM events WHERE subject_id = ?", (subject_id,))
+            else:
+                self._db.execute("UPDATE events SET subject_id = NULL, subject_name = NULL "
+                                 "WHERE subject_id = ?", (subject_id,))
+        self._db.checkpoint()
+        return len(change.removed_ids)
+
+    # -- faces ----------------------------------------------------------------------------------
+    def insert_faces(self, subject_id: str, vecs: np.ndarray,
+                     source_hashes: Sequence[str | None] | None,
+                     crops: Sequence[bytes | None] | None) -> list[int]:
+        """Inside a transaction: store normalised vectors of a subject; return their ids."""
+        model, dim = self._model.require()
+        n = len(vecs)
+        hashes = list(source_hashes) if source_hashes is not None else [None] * n
+        crop_list = list(crops) if crops is not None else [None] * n
+        if len(hashes) != n or len(crop_list) != n:
+            raise GalleryError("source_hashes and crops must match the embeddings one to one")
+        now = time.time()
+        ids = []
+        for vec, h, crop in zip(vecs, hashes, crop_list, strict=True):
+            ids.append(int(self._db.scalar(
+                "INSERT INTO faces (subject_id, model, dim, embedding, created_at, source_hash, "
+                "crop) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (subject_id, model, dim, vec.astype("<f4").tobytes(), now, h, crop))))
+        self._db.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
+        return ids
+
+    def add_faces(self, subject_id: str, embeddings: np.ndarray,
+                  source_hashes: Sequence[str | None] | None,
+                  crops: Sequence[bytes | None] | None) -> list[int]:
+        vecs = self._model.normalise(embeddings)
+        if len(vecs) == 0:
+            return []
+        with self._sync.change() as change:
+            self.get(subject_id)
+            ids = self.insert_faces(subject_id, vecs, source_hashes, crops)
+            change.add(ids, vecs)
+        return ids
+
+    def count_faces(self) -> int:
+        return int(self._db.scalar("SELECT COUNT(*) FROM faces"))
+
+    def faces(self, subject_id: str) -> list[FaceRecord]:
+        self.get(subject_id)
+        rows = self._db.query(
+            f"SELECT {_FACE_COLS} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,))
+        return [_face(r) for r in rows]
+
+    def face(self, face_id: int) -> FaceRecord:
+        row = self._db.query_one(f"SELECT {_FACE_COLS} FROM faces WHERE id = ?", (int(face_id),))
+        if row is None:
+            raise NotFoundError(f"unknown face {face_id}")
+        return _face(row)
+
+    def crop(self, face_id: int) -> bytes | None:
+        row = self._db.query_one("SELECT crop FROM faces WHERE id = ?", (int(face_id),))
+        if row is None:
+            raise NotFoundError(f"unknown face {face_id}")
+        return bytes(row[0]) if row[0] is not None else None
+
+    def embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
+        self.get(subject_id)
+        rows = self._db.query(
+            "SELECT id, embedding FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,))
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, self._model.dim or 0), np.float32)
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        mat = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return ids, mat.astype(np.float32)
+
+    def delete_face(self, face_id: int) -> FaceRecord:
+        with self._sync.change() as change:
+            rec = self.face(face_id)
+            self._db.execute("DELETE FROM faces WHERE id = ?", (int(face_id),))
+            self._db.execute("UPDATE subjects SET updated_at = ? WHERE id = ?",
+                             (time.time(), rec.subject_id))
+            change.remove([rec.id])
+        self._db.checkpoint()
+        return rec
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, include_embeddings: bool) -> dict[str, Any]:
+        subjects = []
+        for s in self.page(None, 0, None):
+            entry = s.to_dict()
+            faces = [f.to_dict() for f in self.faces(s.id)]
+            if include_embeddings:
+                ids, mat = self.embeddings(s.id)
+                emb = {int(i): v for i, v in zip(ids, mat, strict=True)}
+                for f in faces:
+                    f["embedding"] = [round(float(x), 7) for x in emb[f["id"]]]
+            entry["faces"] = faces
+            subjects.append(entry)
+        return {"format": "marginface-gallery", "version": 1, "model": self._model.name,
+                "dim": self._model.dim, "exported_at": datetime.now(UTC).isoformat(),
+                "subjects": subjects}
