@@ -16,6 +16,7 @@ __all__ = ["EXTRA_OF_MODULE", "install_hint", "missing_extra_message"]
 EXTRA_OF_MODULE: dict[str, tuple[str, str]] = {
     "faiss": ("faiss", "faiss-cpu"),
     "psycopg": ("postgres", "psycopg"),
+    "psycopg_pool": ("postgres", "psycopg-pool"),
     "pymilvus": ("milvus", "pymilvus"),
     "milvus_lite": ("milvus", "milvus-lite"),
     "albumentations": ("train", "albumentations"),
