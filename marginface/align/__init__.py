@@ -1,11 +1,17 @@
 """Face detection, five-point alignment and safe image decoding.
 
-``read_image`` turns files or bytes into RGB arrays; ``load_detector`` gives a
-:class:`Detector` (YuNet by default, MTCNN optionally); ``estimate_similarity``, ``warp`` and
-``align_face`` map five landmarks onto the ArcFace template.
+``read_image`` turns files or bytes into RGB arrays (:mod:`marginface.imaging`'s decoder, the
+one training uses too); ``load_detector`` gives a :class:`Detector` (YuNet by default, MTCNN
+optionally); ``estimate_similarity``, ``warp`` and ``align_face`` map five landmarks onto the
+ArcFace template, whose crop size ``template_size`` gives.
 """
 
-from marginface.align.aligner import Aligner, AlignResult
+from marginface.align.aligner import (
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_SCORE_THRESHOLD,
+    Aligner,
+    AlignResult,
+)
 from marginface.align.detect import (
     Detection,
     Detector,
@@ -30,12 +36,15 @@ from marginface.align.transform import (
     align_face,
     estimate_similarity,
     template_points,
+    template_size,
     transform_points,
     warp,
 )
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_FACE_SIZE",
+    "DEFAULT_SCORE_THRESHOLD",
     "MIN_IMAGE_SIDE",
     "TEMPLATES",
     "AlignResult",
@@ -56,6 +65,7 @@ __all__ = [
     "resize_longest_side",
     "select_faces",
     "template_points",
+    "template_size",
     "transform_points",
     "warp",
 ]

@@ -8,16 +8,17 @@ from typing import Any
 import numpy as np
 
 from marginface.align.detect import Detection, Detector, Selection, load_detector, select_faces
-from marginface.align.image import (
-    DEFAULT_MAX_PIXELS,
-    MIN_IMAGE_SIDE,
-    ImageSource,
-    ImageTooSmallError,
-    decode_image,
-)
-from marginface.align.transform import estimate_similarity, template_points, warp
+from marginface.align.image import MIN_IMAGE_SIDE, ImageTooSmallError
+from marginface.align.transform import estimate_similarity, template_points, template_size, warp
+from marginface.errors import ConfigError
+from marginface.imaging import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 
-__all__ = ["AlignResult", "Aligner"]
+__all__ = ["DEFAULT_MIN_FACE_SIZE", "DEFAULT_SCORE_THRESHOLD", "AlignResult", "Aligner"]
+
+#: Faces whose box's shorter side is smaller than this (pixels) are not used.
+DEFAULT_MIN_FACE_SIZE = 20.0
+#: Faces detected with a lower score than this are not used.
+DEFAULT_SCORE_THRESHOLD = 0.6
 
 
 @dataclass
@@ -41,7 +42,13 @@ class AlignResult:
 
 class Aligner:
     """Finds faces with a :class:`Detector`, applies the selection policy, and warps each kept
-    face onto an alignment template."""
+    face onto an alignment template.
+
+    This is the one rule for turning a photo into crops: faces scoring below
+    ``score_threshold`` or smaller than ``min_face_size`` are not used, images too small to
+    hold a face are refused. The pipeline (gallery, service), evaluation, training-time
+    verification and ``train-dev-crops`` all align through it (the last three by way of
+    :class:`marginface.eval.embeddings.CropPreparer`)."""
 
     def __init__(
         self,
@@ -49,15 +56,13 @@ class Aligner:
         *,
         template: str = "arcface_112x112",
         selection: Selection = "largest",
-        min_face_size: float = 20.0,
-        score_threshold: float = 0.6,
+        min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if selection not in ("largest", "central", "all"):
-            from marginface.errors import ConfigError
-
             raise ConfigError(f"unknown face selection {selection!r}; use largest, central or all")
-        template_points(template)  # validates the name
+        template_size(template)  # validates the name
         self.detector = load_detector(detector) if isinstance(detector, str) else detector
         self.template = template
         self.selection: Selection = selection
@@ -93,7 +98,7 @@ class Aligner:
         )
         scored = [d for d in detections if d.score >= self.score_threshold]
         too_small = sum(1 for d in scored if d.size < self.min_face_size)
-        _, (h, w) = template_points(self.template)
+        h, w = template_size(self.template)
         crops = (np.stack([self.crop(pixels, d.landmarks) for d in kept]) if kept
                  else np.zeros((0, h, w, 3), dtype=np.uint8))
         return AlignResult(

@@ -19,6 +19,7 @@ __all__ = [
     "align_face",
     "estimate_similarity",
     "template_points",
+    "template_size",
     "transform_points",
     "warp",
 ]
@@ -43,12 +44,22 @@ TEMPLATES: dict[str, tuple[np.ndarray, tuple[int, int]]] = {
 }
 
 
-def template_points(template: str = "arcface_112x112") -> tuple[np.ndarray, tuple[int, int]]:
-    """The template's five points (a copy) and its crop size (height, width)."""
+def _template(template: str) -> tuple[np.ndarray, tuple[int, int]]:
     if template not in TEMPLATES:
         raise ValueError(f"unknown alignment template {template!r}; known: {sorted(TEMPLATES)}")
-    points, size = TEMPLATES[template]
+    return TEMPLATES[template]
+
+
+def template_points(template: str = "arcface_112x112") -> tuple[np.ndarray, tuple[int, int]]:
+    """The template's five points (a copy) and its crop size (height, width)."""
+    points, size = _template(template)
     return points.copy(), size
+
+
+def template_size(template: str = "arcface_112x112") -> tuple[int, int]:
+    """The size (height, width) of the crops aligned to ``template``: ``(112, 112)`` or
+    ``(112, 96)``. Every part of marginface that needs a template's crop size asks here."""
+    return _template(template)[1]
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -11,10 +11,27 @@ if TYPE_CHECKING:
     from marginface.card import ModelCard
     from marginface.eval.embeddings import EmbeddingCache, EmbedOptions
 
-_MODEL_HELP = "built-in name (sface, default), model directory, .onnx file or backbone.pth"
-_CACHE_HELP = "embedding cache folder (default: $MARGINFACE_CACHE_DIR or ~/.cache/marginface)"
-_PRECISION_HELP = ("fp32, or bf16 for PyTorch weights (about twice as fast on CPUs with "
-                   "AVX512-BF16 or AMX)")
+# The options the commands share, defined once (as in cli/gallery.py).
+_PAIRS = typer.Option(..., "--pairs", help="verification pairs: LFW pairs.txt, CSV "
+                      "path1,path2,same, or .bin")
+_PAIRS_ROOT = typer.Option(None, "--root", help="image folder (default: the pairs file's "
+                           "folder; unused for .bin)")
+_MODEL = typer.Option("default", "--model", "-m", help="built-in name (sface, default), model "
+                      "directory, .onnx file or backbone.pth")
+_ALIGNED = typer.Option(False, "--aligned", help="images are already aligned crops")
+_FLIP = typer.Option(False, "--flip", help="flip test-time augmentation")
+_DETECTOR = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn")
+_FACE = typer.Option("largest", "--face", help="face of a multi-face photo: largest or central")
+_MIN_FACE_SIZE = typer.Option(None, "--min-face-size", help="smallest face, pixels (default: "
+                              "the pipeline's)")
+_BATCH_SIZE = typer.Option(64, "--batch-size", help="crops per embedding batch")
+_PRECISION = typer.Option("fp32", "--precision", help="fp32, or bf16 for PyTorch weights (about "
+                          "twice as fast on CPUs with AVX512-BF16 or AMX)")
+_WORKERS = typer.Option(None, "--workers", help="decode/detect threads")
+_CACHE_DIR = typer.Option(None, "--cache-dir", help="embedding cache folder (default: "
+                          "$MARGINFACE_CACHE_DIR or ~/.cache/marginface)")
+_NO_CACHE = typer.Option(False, "--no-cache", help="neither read nor write the cache")
+_QUIET = typer.Option(False, "--quiet", "-q", help="no progress bar")
 
 
 def _options(aligned: bool, flip: bool, detector: str, face: str, batch_size: int,
@@ -67,25 +84,22 @@ def _echo_verification(report: dict[str, Any]) -> None:
 
 
 def verify_command(
-    pairs: Path = typer.Option(..., "--pairs", help="LFW pairs.txt, CSV path1,path2,same, or .bin"),
-    root: Path | None = typer.Option(None, "--root", help="image folder (default: the pairs "
-                                     "file's folder; unused for .bin)"),
-    model: str = typer.Option("default", "--model", "-m", help=_MODEL_HELP),
+    pairs: Path = _PAIRS,
+    root: Path | None = _PAIRS_ROOT,
+    model: str = _MODEL,
     out: Path = typer.Option(Path("report.json"), "--out", "-o", help="JSON report to write"),
-    aligned: bool = typer.Option(False, "--aligned", help="images are already aligned crops"),
-    flip: bool = typer.Option(False, "--flip", help="flip test-time augmentation"),
+    aligned: bool = _ALIGNED,
+    flip: bool = _FLIP,
     plots: Path | None = typer.Option(None, "--plots", help="folder for ROC/histogram PNGs"),
-    detector: str = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn"),
-    face: str = typer.Option("largest", "--face", help="face of a multi-face photo: "
-                             "largest or central"),
-    min_face_size: float | None = typer.Option(None, "--min-face-size", help="smallest face, "
-                                               "pixels (default: the pipeline's)"),
-    batch_size: int = typer.Option(64, "--batch-size", help="crops per embedding batch"),
-    precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
-    workers: int | None = typer.Option(None, "--workers", help="decode/detect threads"),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    detector: str = _DETECTOR,
+    face: str = _FACE,
+    min_face_size: float | None = _MIN_FACE_SIZE,
+    batch_size: int = _BATCH_SIZE,
+    precision: str = _PRECISION,
+    workers: int | None = _WORKERS,
+    cache_dir: Path | None = _CACHE_DIR,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
 ) -> None:
     """Verification protocol: 10-fold accuracy, AUC, EER, TAR@FAR, with a JSON report."""
     from marginface.embed import load_embedder
@@ -115,7 +129,7 @@ def identify_command(
     probes: Path | None = typer.Option(None, "--probes", help="CSV path,subject (probes)"),
     list_root: Path | None = typer.Option(None, "--list-root", help="base of relative paths "
                                           "in --gallery/--probes (default: each list's folder)"),
-    model: str = typer.Option("default", "--model", "-m", help=_MODEL_HELP),
+    model: str = _MODEL,
     out: Path = typer.Option(Path("identify.json"), "--out", "-o", help="JSON report to write"),
     k: int = typer.Option(5, "--k", help="neighbours in the k-NN vote (the gallery's rule)"),
     distractors: bool = typer.Option(True, "--distractors/--no-distractors",
@@ -128,18 +142,17 @@ def identify_command(
     far: str | None = typer.Option(None, "--far", help="which calibrated FAR's threshold to use "
                                    "(default: the card's default)"),
     plots: Path | None = typer.Option(None, "--plots", help="folder for CMC/DIR PNGs"),
-    aligned: bool = typer.Option(False, "--aligned", help="images are already aligned crops"),
-    flip: bool = typer.Option(False, "--flip", help="flip test-time augmentation"),
-    detector: str = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn"),
-    face: str = typer.Option("largest", "--face", help="largest or central"),
-    min_face_size: float | None = typer.Option(None, "--min-face-size", help="smallest face, "
-                                               "pixels (default: the pipeline's)"),
-    batch_size: int = typer.Option(64, "--batch-size", help="crops per embedding batch"),
-    precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
-    workers: int | None = typer.Option(None, "--workers", help="decode/detect threads"),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    aligned: bool = _ALIGNED,
+    flip: bool = _FLIP,
+    detector: str = _DETECTOR,
+    face: str = _FACE,
+    min_face_size: float | None = _MIN_FACE_SIZE,
+    batch_size: int = _BATCH_SIZE,
+    precision: str = _PRECISION,
+    workers: int | None = _WORKERS,
+    cache_dir: Path | None = _CACHE_DIR,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
 ) -> None:
     """Identification protocol: rank-1/5 and CMC (closed set), DIR at FPIR (open set)."""
     from marginface.embed import load_embedder
@@ -264,25 +277,24 @@ def _write_calibration(card_file: Path, embedder: Any, calibration: Any) -> Mode
 
 
 def calibrate_command(
-    pairs: Path = typer.Option(..., "--pairs", help="verification pairs (LFW, CSV or .bin)"),
-    root: Path | None = typer.Option(None, "--root", help="image folder (default: the pairs "
-                                     "file's folder)"),
-    model: str = typer.Option("default", "--model", "-m", help=_MODEL_HELP),
+    pairs: Path = _PAIRS,
+    root: Path | None = _PAIRS_ROOT,
+    model: str = _MODEL,
     write: bool = typer.Option(False, "--write", help="write the thresholds into the model card"),
     fars: str = typer.Option("1e-2,1e-3,1e-4", "--fars", help="target FARs, comma-separated"),
     default_far: str = typer.Option("1e-3", "--default-far", help="the card's default FAR"),
     dataset: str | None = typer.Option(None, "--dataset", help="name of the calibration set "
                                        "(default: from the pairs path)"),
-    aligned: bool = typer.Option(False, "--aligned", help="images are already aligned crops"),
-    flip: bool = typer.Option(False, "--flip", help="flip test-time augmentation"),
-    detector: str = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn"),
-    face: str = typer.Option("largest", "--face", help="largest or central"),
-    batch_size: int = typer.Option(64, "--batch-size", help="crops per embedding batch"),
-    precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
-    workers: int | None = typer.Option(None, "--workers", help="decode/detect threads"),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
-    no_cache: bool = typer.Option(False, "--no-cache", help="neither read nor write the cache"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    aligned: bool = _ALIGNED,
+    flip: bool = _FLIP,
+    detector: str = _DETECTOR,
+    face: str = _FACE,
+    batch_size: int = _BATCH_SIZE,
+    precision: str = _PRECISION,
+    workers: int | None = _WORKERS,
+    cache_dir: Path | None = _CACHE_DIR,
+    no_cache: bool = _NO_CACHE,
+    quiet: bool = _QUIET,
 ) -> None:
     """Compute cosine thresholds for target FARs on a verification set (and write them)."""
     from marginface.embed import load_embedder

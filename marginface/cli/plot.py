@@ -4,9 +4,12 @@ features|margin-sweep|all``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from marginface.plots.run import DataOptions
 
 _OUT = typer.Option(Path("docs/images"), "--out", "-o", help="output folder")
 _FMT = typer.Option("png", "--format", "-f", help="image format: png or svg")
@@ -37,6 +40,16 @@ def _check_format(fmt: str) -> str:
     if fmt not in ("png", "svg"):
         raise ConfigError(f"--format must be png or svg, got {fmt!r}")
     return fmt
+
+
+def _data_options(
+    data: str, data_root: Path | None, identities: int, per_identity: int, image_size: int
+) -> DataOptions:
+    """The data options (``--data`` ... ``--image-size``) as ``plots.run.DataOptions``."""
+    from marginface.plots.run import DataOptions  # loads torch: inside commands, as all of them
+
+    root = None if data_root is None else str(data_root)
+    return DataOptions(data, root, identities, per_identity, image_size)
 
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -112,11 +125,9 @@ def features_command(
 ) -> None:
     """Train a small CNN per loss and plot its normalised features, one panel per loss."""
     from marginface.plots.features import TrainSettings, mean_summary
-    from marginface.plots.run import DataOptions, plot_features
+    from marginface.plots.run import plot_features
 
-    opts = DataOptions(
-        data, None if data_root is None else str(data_root), identities, per_identity, image_size
-    )
+    opts = _data_options(data, data_root, identities, per_identity, image_size)
     settings = TrainSettings(dim=dim, epochs=epochs, seed=seed, holdout=holdout)
     names = [n for n in losses.split(",") if n.strip()]
     image, table, grouped = plot_features(
@@ -155,15 +166,13 @@ def margin_sweep_command(
     """CosFace features for several margins side by side."""
     from marginface.errors import ConfigError
     from marginface.plots.features import TrainSettings
-    from marginface.plots.run import DataOptions, plot_margin_sweep, runs_table
+    from marginface.plots.run import plot_margin_sweep, runs_table
 
     try:
         values = [float(m) for m in margins.split(",") if m.strip()]
     except ValueError as exc:
         raise ConfigError(f"--margins must be comma-separated numbers, got {margins!r}") from exc
-    opts = DataOptions(
-        data, None if data_root is None else str(data_root), identities, per_identity, image_size
-    )
+    opts = _data_options(data, data_root, identities, per_identity, image_size)
     settings = TrainSettings(dim=dim, epochs=epochs, seed=seed, holdout=0)
     image, table, runs = plot_margin_sweep(
         out,

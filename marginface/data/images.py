@@ -1,4 +1,9 @@
-"""Decoding and encoding of face images for data loading (RGB ``uint8`` ``(H, W, 3)`` arrays)."""
+"""Face images for data loading: which files are images, decoding, JPEG encoding.
+
+Decoding is :func:`marginface.imaging.decode_image`, the decoder inference uses (EXIF
+orientation, every Pillow mode, the decompression-bomb guard, OpenCV's fast path for plain
+JPEGs); it is available here under the same name.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from marginface.errors import ImageError
+from marginface.imaging import decode_image, read_image
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "encode_jpeg", "is_image_file", "load_image"]
 
@@ -22,32 +28,9 @@ def is_image_file(name: str | Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def decode_image(data: bytes | bytearray | memoryview | np.ndarray, source: str = "") -> np.ndarray:
-    """Decode encoded image bytes to an RGB ``uint8`` array ``(H, W, 3)``.
-
-    Grayscale, RGBA and 16-bit inputs become 8-bit RGB. Raises :class:`ImageError` naming
-    ``source`` when the bytes are empty or not a decodable image.
-    """
-    import cv2
-
-    where = f"{source}: " if source else ""
-    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    if buf.size == 0:
-        raise ImageError(f"{where}empty image data")
-    img = cv2.imdecode(buf.reshape(-1), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise ImageError(f"{where}not a readable image (corrupt, truncated or unknown format)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def load_image(path: str | Path) -> np.ndarray:
     """Read and decode an image file to RGB ``uint8``; :class:`ImageError` when impossible."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    return decode_image(data, source=str(path))
+    return read_image(Path(path))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

@@ -457,7 +457,7 @@ def shard_paths(prefix: str | Path, shard: int | None) -> tuple[Path, Path]:
 def _encode_for_pack(data: bytes, source: str, quality: int | None) -> bytes:
     from marginface.data.images import decode_image, encode_jpeg
 
-    image = decode_image(data, source)  # validates every image, also the kept ones
+    image = decode_image(data, source=source).pixels  # validates every image, also kept ones
     if quality is None and data[:3] == b"\xff\xd8\xff":
         return data
     return encode_jpeg(image, 95 if quality is None else quality)

@@ -111,7 +111,7 @@ def read_verification_bin(path: str | Path, image_size: tuple[int, int] | None =
 
     def decode(i: int) -> np.ndarray:
         try:
-            img = decode_image(_as_bytes(bins[i]), source=f"{path}[{i}]")
+            img = decode_image(_as_bytes(bins[i]), source=f"{path}[{i}]").pixels
         except ImageError as exc:
             raise DataError(f"{path}: image {i} (pair {i // 2}) cannot be decoded: "
                             f"{str(exc).split(': ', 1)[-1]}") from None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.transform import template_size
 from marginface.card import ModelCard
 from marginface.errors import ImageError, ModelError
 
@@ -17,8 +18,6 @@ __all__ = ["PRECISIONS", "Embedder", "l2_normalize"]
 
 #: Numeric precisions an embedder can run in (``bf16``: PyTorch weights only).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-
-_TEMPLATE_SIZES = {"arcface_112x112": (112, 112), "arcface_112x96": (112, 96)}
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -82,8 +81,7 @@ class Embedder(ABC):
         h, w = self.input_size
         if crops.ndim != 4 or crops.shape[3] != 3:
             raise ImageError(f"crops must be (N, H, W, 3) RGB arrays, got shape {crops.shape}")
-        template_size = _TEMPLATE_SIZES.get(self.template)
-        if crops.shape[1:3] != (h, w) and crops.shape[1:3] == template_size:
+        if crops.shape[1:3] != (h, w) and crops.shape[1:3] == template_size(self.template):
             # The model was trained on template crops resized to its input size: do the same.
             from marginface.data.augment import resize_to
 

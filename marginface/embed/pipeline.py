@@ -10,11 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from marginface.align.aligner import Aligner, AlignResult
+from marginface.align.aligner import (
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_SCORE_THRESHOLD,
+    Aligner,
+    AlignResult,
+)
 from marginface.align.detect import Detector, Selection, load_detector
-from marginface.align.image import DEFAULT_MAX_PIXELS
 from marginface.embed.base import Embedder
 from marginface.errors import NoFaceError
+from marginface.imaging import DEFAULT_MAX_PIXELS
 
 __all__ = ["Face", "Pipeline"]
 
@@ -43,9 +48,10 @@ class Pipeline:
     """Detector + alignment + embedder, with the face-selection policy.
 
     ``selection``: ``largest`` (default), ``central`` or ``all``. Faces whose box is smaller
-    than ``min_face_size`` pixels (shorter side) or score below ``score_threshold`` are ignored.
-    The alignment template comes from the embedder's card. ``flip`` turns on flip test-time
-    augmentation.
+    than ``min_face_size`` pixels (shorter side) or score below ``score_threshold`` are ignored
+    (the :class:`~marginface.align.Aligner`'s rule and defaults, which evaluation and
+    training-time verification share). The alignment template comes from the embedder's card.
+    ``flip`` turns on flip test-time augmentation.
     """
 
     def __init__(
@@ -53,8 +59,8 @@ class Pipeline:
         detector: Detector,
         embedder: Embedder,
         selection: Selection = "largest",
-        min_face_size: float = 20.0,
-        score_threshold: float = 0.6,
+        min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         *,
         flip: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,

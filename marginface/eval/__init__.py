@@ -2,8 +2,10 @@
 
 * Pure metrics on scores (:mod:`marginface.eval.metrics`): :func:`roc`, :func:`auc`,
   :func:`eer`, :func:`tar_at_far`, :func:`kfold_accuracy`, :func:`best_threshold`.
-* Identification (:mod:`marginface.eval.identify`): :func:`knn_vote` (the gallery's decision
-  rule), :func:`subject_ranks`, :func:`cmc`, :func:`dir_at_fpir`.
+* Identification (:mod:`marginface.eval.identify`): :func:`vote_neighbours` (the k-NN vote,
+  the gallery's decision rule: ``marginface.gallery.knn_vote`` is this function),
+  :func:`knn_vote` (the vote for every probe), :func:`subject_ranks`, :func:`cmc`,
+  :func:`dir_at_fpir`.
 * Calibration (:mod:`marginface.eval.calibrate`): :func:`calibrate` -> ``Calibration`` for the
   card, and :func:`require_threshold`, which the gallery and the service use to get a threshold.
 * Protocol runners: :func:`marginface.eval.pairs.load_pairs`,
@@ -16,7 +18,15 @@ from marginface.eval.calibrate import (
     calibrate,
     require_threshold,
 )
-from marginface.eval.identify import KnnVote, cmc, dir_at_fpir, knn_vote, subject_ranks
+from marginface.eval.identify import (
+    KnnVote,
+    VoteResult,
+    cmc,
+    dir_at_fpir,
+    knn_vote,
+    subject_ranks,
+    vote_neighbours,
+)
 from marginface.eval.metrics import (
     DEFAULT_FARS,
     auc,
@@ -34,6 +44,7 @@ __all__ = [
     "DEFAULT_FARS",
     "KnnVote",
     "UncalibratedThresholdWarning",
+    "VoteResult",
     "auc",
     "best_threshold",
     "calibrate",
@@ -48,4 +59,5 @@ __all__ = [
     "subject_ranks",
     "tar_at_far",
     "threshold_at_far",
+    "vote_neighbours",
 ]

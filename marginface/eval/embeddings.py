@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.aligner import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD, Aligner
+from marginface.align.transform import template_size
 from marginface.errors import ImageError, MarginfaceError
 from marginface.eval.pairs import ImageRef
+from marginface.imaging import read_image
 
 __all__ = [
     "CACHE_ENV",
@@ -32,9 +35,11 @@ __all__ = [
     "EmbedOptions",
     "EmbeddingCache",
     "ImageEmbeddings",
+    "aligned_sizes",
     "default_cache_dir",
     "embed_images",
     "model_fingerprint",
+    "prepare_crops",
 ]
 
 #: Environment variable that moves the cache (default: ``$XDG_CACHE_HOME/marginface`` or
@@ -217,23 +222,35 @@ class ImageEmbeddings:
         return mask
 
 
-class CropPreparer:
-    """Turns one image reference into an aligned crop, or a failure reason (a string).
+def aligned_sizes(preprocessing: Any) -> frozenset[tuple[int, int]]:
+    """The sizes (height, width) an image may have to count as an aligned crop for a model with
+    this (card's) ``preprocessing``: its template's crop size and its input size."""
+    h, w = preprocessing.input_size
+    return frozenset({template_size(preprocessing.template), (int(h), int(w))})
 
-    ``preprocessing`` (a model card's) gives the template and crop size; ``detector`` is a
-    :class:`~marginface.align.Detector` or, when None, ``options.detector`` by name. Calls are
-    thread-safe.
+
+class CropPreparer:
+    """Turns one image reference into an aligned crop of the model's input size, or a failure
+    reason (a string).
+
+    The one crop preparation of evaluation, training-time verification and ``train-dev-crops``.
+    Photos go through the pipeline's :class:`~marginface.align.Aligner` (its score and size
+    rules, ``options.selection``, the template of ``preprocessing``, a model card's); with
+    ``options.aligned`` an image must already be a crop of one of :func:`aligned_sizes`. Crops
+    are resized to ``preprocessing.input_size`` where the template's size differs, as the
+    embedder would. ``detector`` is a :class:`~marginface.align.Detector` or, when None,
+    ``options.detector`` by name. Calls are thread-safe.
     """
 
     def __init__(self, preprocessing: Any, options: EmbedOptions,
                  detector: Any | None = None) -> None:
         pre = preprocessing
-        self.size = tuple(pre.input_size)  # (height, width)
+        h, w = pre.input_size
+        self.size = (int(h), int(w))  # (height, width) of every crop returned
+        self.sizes = aligned_sizes(pre)
         self.options = options
         self.aligner = None
         if not options.aligned:
-            from marginface.align.aligner import Aligner
-
             self.aligner = Aligner(
                 detector if detector is not None else options.detector,
                 template=pre.template,
@@ -242,43 +259,77 @@ class CropPreparer:
             )
 
     def __call__(self, ref: ImageRef) -> np.ndarray | str:
-        from marginface.align import read_image
-
         src = ref.data if ref.data is not None else (ref.path or ref.key)
         try:
             if self.aligner is None:
-                image = read_image(src)
-                if image.shape[:2] != self.size:
+                crop = read_image(src)
+                if crop.shape[:2] not in self.sizes:
+                    expected = " or ".join(f"{w}x{h}" for h, w in sorted(self.sizes))
                     return (
-                        f"not an aligned crop: {image.shape[1]}x{image.shape[0]}, the model "
-                        f"expects {self.size[1]}x{self.size[0]} (drop --aligned to detect and "
-                        "align)"
+                        f"not an aligned crop: {crop.shape[1]}x{crop.shape[0]}, the model "
+                        f"expects {expected} (drop --aligned to detect and align)"
                     )
-                return image
-            result = self.aligner.align(src)
+            else:
+                result = self.aligner.align(src)
+                if not len(result.crops):
+                    if result.n_too_small:
+                        return "no face: every detected face is below the minimum face size"
+                    return "no face found"
+                crop = result.crops[0]
         except ImageError as exc:
             return f"unreadable: {_strip_source(str(exc), ref)}"
         except Exception as exc:  # a decoder or detector bug must not stop a whole evaluation
             return f"failed: {type(exc).__name__}: {exc}"
-        if not len(result.crops):
-            if result.n_too_small:
-                return "no face: every detected face is below the minimum face size"
-            return "no face found"
-        return result.crops[0]
+        if crop.shape[:2] == self.size:
+            return crop
+        # marginface.data's package import loads torch: only where a resize is needed
+        from marginface.data.augment import resize_to
+
+        return resize_to(crop, self.size)
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def prepare_crops(
+    images: Sequence[ImageRef],
+    preprocessing: Any,
+    options: EmbedOptions,
+    *,
+    detector: Any | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """:class:`CropPreparer` over many images in a thread pool, kept in memory.
+
+    Returns ``(crops, failures)``: ``(N, H, W, 3)`` uint8 RGB crops of the input size (zeros
+    where an image failed) and ``{image index: reason}``. ``on_progress(done, total)`` is
+    called after each image.
+    """
+    prepare = CropPreparer(preprocessing, options, detector)
+    h, w = prepare.size
+    crops = np.zeros((len(images), h, w, 3), dtype=np.uint8)
+    failures: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=workers or _default_workers(),
+                            thread_name_prefix="mf-crops") as pool:
+        for i, result in enumerate(pool.map(prepare, images)):
+            if isinstance(result, str):
+                failures[i] = result
+            else:
+                crops[i] = result
+            if on_progress is not None:
+                on_progress(i + 1, len(images))
+    return crops, failures
 
 
 def _aligner_limits(options: EmbedOptions) -> dict[str, float]:
     """min_face_size / score_threshold: the options' values, else the pipeline's defaults."""
-    import inspect
-
-    from marginface.align.aligner import Aligner
-
-    params = inspect.signature(Aligner.__init__).parameters
-    out = {}
-    for name in ("min_face_size", "score_threshold"):
-        value = getattr(options, name)
-        out[name] = float(params[name].default if value is None else value)
-    return out
+    size, score = options.min_face_size, options.score_threshold
+    return {
+        "min_face_size": float(DEFAULT_MIN_FACE_SIZE if size is None else size),
+        "score_threshold": float(DEFAULT_SCORE_THRESHOLD if score is None else score),
+    }
 
 
 def _strip_source(message: str, ref: ImageRef) -> str:
@@ -349,7 +400,7 @@ def embed_images(
 
     if todo:
         prepare = CropPreparer(embedder.card.preprocessing, options, detector)
-        workers = workers or max(1, min(8, os.cpu_count() or 1))
+        workers = workers or _default_workers()
         batch = max(1, int(options.batch_size))
         bar = _progress(len(todo), progress, f"embedding ({getattr(embedder, 'name', '')})")
         try:

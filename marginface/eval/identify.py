@@ -1,5 +1,10 @@
 """Identification metrics: the k-NN vote decision rule, rank-k / CMC and open-set DIR.
 
+:func:`vote_neighbours` is the k-NN vote itself, on one query's neighbours: the gallery and the
+service decide with it (as ``marginface.gallery.knn_vote``), and :func:`knn_vote` and
+:func:`subject_ranks` apply it to every probe of an evaluation, so what ``eval identify``
+measures is what the service decides.
+
 Shapes: ``scores`` is ``(P, G)`` cosine similarities of P probes against G gallery entries,
 ``subject_ids`` is ``(G,)`` the subject of each gallery entry (any hashable values). Several
 gallery entries may belong to one subject.
@@ -8,6 +13,7 @@ gallery entries may belong to one subject.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,15 +24,71 @@ from marginface.eval.metrics import far_key, is_resolvable, parse_far, threshold
 __all__ = [
     "DEFAULT_FPIRS",
     "KnnVote",
+    "VoteResult",
     "cmc",
     "dir_at_fpir",
     "knn_vote",
     "open_set_rates",
     "subject_ranks",
+    "vote_neighbours",
 ]
 
 #: False-positive identification rates reported for open-set identification.
 DEFAULT_FPIRS: tuple[str, ...] = ("1e-2", "1e-1")
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    """One subject among a query's neighbours, as the vote counts it."""
+
+    subject: Hashable
+    votes: int  # how many of the k neighbours are this subject's faces
+    weight: float  # summed max(similarity, 0) of those neighbours
+    best: float  # best similarity among them
+    best_index: int  # position of that neighbour in the input
+
+
+def vote_neighbours(
+    subjects: Sequence[Hashable],
+    scores: Sequence[float],
+    threshold: float | None = None,
+    k: int | None = None,
+) -> tuple[VoteResult | None, list[VoteResult]]:
+    """The k-NN vote among one query's neighbours: ``(accepted winner or None, candidates)``.
+
+    ``subjects[i]`` is the subject of the i-th neighbour and ``scores[i]`` its cosine
+    similarity (any order). The rule:
+
+    1. the ``k`` most similar neighbours (all when ``k`` is None) each vote for their subject
+       with weight ``max(similarity, 0)``;
+    2. the subject with the largest summed weight wins; a tie goes to the subject with the more
+       similar best neighbour;
+    3. the winner is accepted when its best similarity (comparable with a calibrated
+       threshold) reaches ``threshold`` (always without one); otherwise the answer is
+       *unknown* (None).
+
+    Candidates are every voting subject, ranked as the vote ranks them (summed weight, then
+    best similarity). ``k = 1`` is plain nearest neighbour.
+    """
+    if len(subjects) != len(scores):
+        raise ValueError("subjects and scores differ in length")
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    if k is not None:
+        order = order[:k]
+    table: dict[Hashable, list] = {}
+    for i in order:  # best first: the first entry of a subject is its best neighbour
+        s = float(scores[i])
+        entry = table.setdefault(subjects[i], [0, 0.0, s, i])
+        entry[0] += 1
+        entry[1] += max(s, 0.0)
+    ranked = sorted(
+        (VoteResult(subj, v, w, b, bi) for subj, (v, w, b, bi) in table.items()),
+        key=lambda r: (-r.weight, -r.best),
+    )
+    if not ranked:
+        return None, []
+    accepted = threshold is None or ranked[0].best >= threshold
+    return (ranked[0] if accepted else None), ranked
 
 
 @dataclass(frozen=True)
@@ -52,23 +114,17 @@ def _as_2d(scores: np.ndarray) -> tuple[np.ndarray, bool]:
     return s, False
 
 
-def _topk_votes(
-    s: np.ndarray, codes: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k neighbours sorted by similarity, with each neighbour's subject vote and best sim."""
+def _nearest(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each probe's ``k`` most similar gallery entries, best first: ``(indices, similarities)``,
+    both ``(P, k)``."""
     k = max(1, min(k, s.shape[1]))
     part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(
         np.arange(s.shape[1]), (s.shape[0], 1)
     )
     part_scores = np.take_along_axis(s, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)  # (P, k) gallery indices, best first
-    sims = np.take_along_axis(s, idx, axis=1)  # (P, k)
-    nb_codes = codes[idx]  # (P, k)
-    same = nb_codes[:, :, None] == nb_codes[:, None, :]  # (P, k, k)
-    weights = np.clip(sims, 0.0, None)
-    votes = (same * weights[:, None, :]).sum(axis=2)  # (P, k): vote of each neighbour's subject
-    return idx, sims, nb_codes, votes
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx, np.take_along_axis(s, idx, axis=1)
 
 
 def knn_vote(
@@ -77,14 +133,13 @@ def knn_vote(
     k: int = 5,
     threshold: float | None = None,
 ) -> KnnVote:
-    """The gallery's decision rule: a similarity-weighted vote of the k nearest gallery faces.
+    """:func:`vote_neighbours` for every probe: the gallery's decision rule, evaluated.
 
-    For each probe, the ``k`` most similar gallery entries vote for their subjects, each with
-    weight ``max(similarity, 0)``. The subject with the largest summed weight wins; a tie goes to
-    the subject with the more similar best neighbour. The probe is *accepted* as that subject
-    when the winner's best similarity (a cosine, comparable with a calibrated threshold) is
-    ``>= threshold``; otherwise it is unknown (see :meth:`KnnVote.decisions`). ``k = 1`` is plain
-    nearest-neighbour. ``scores`` may be ``(P, G)`` or a single probe's ``(G,)`` row.
+    For each probe, the ``k`` most similar gallery entries vote; the winner (see
+    :func:`vote_neighbours` for the rule) is accepted when its best similarity is
+    ``>= threshold``, otherwise the probe is unknown (see :meth:`KnnVote.decisions`).
+    ``scores`` may be ``(P, G)`` or a single probe's ``(G,)`` row. Subjects are told apart by
+    their text (``1`` and ``"1"`` are one subject), as everywhere in evaluation.
     """
     s, _ = _as_2d(scores)  # a single (G,) row gives arrays of length 1
     subjects = np.asarray(subject_ids, dtype=object)
@@ -96,18 +151,16 @@ def knn_vote(
         subjects.astype(str), return_index=True, return_inverse=True
     )
     originals = subjects[first_idx]
-    _, sims, nb_codes, votes = _topk_votes(s, codes, k)
-    win = np.argmax(votes, axis=1)  # first max = the tied subject with the best neighbour
-    rows = np.arange(s.shape[0])
-    win_sim = sims[rows, win]
-    accepted = np.ones(s.shape[0], bool) if threshold is None else win_sim >= threshold
-    result = KnnVote(
-        subject=originals[nb_codes[rows, win]],
-        similarity=win_sim,
-        votes=votes[rows, win],
-        accepted=accepted,
+    idx, sims = _nearest(s, k)
+    decisions = [vote_neighbours(codes[row].tolist(), row_sims.tolist(), threshold)
+                 for row, row_sims in zip(idx, sims, strict=True)]
+    winners = [ranked[0] for _, ranked in decisions]
+    return KnnVote(
+        subject=originals[[w.subject for w in winners]],
+        similarity=np.array([w.best for w in winners], dtype=np.float64),
+        votes=np.array([w.weight for w in winners], dtype=np.float64),
+        accepted=np.array([winner is not None for winner, _ in decisions], dtype=bool),
     )
-    return result
 
 
 def _subject_best(s: np.ndarray, codes: np.ndarray, n_subjects: int) -> np.ndarray:
@@ -150,19 +203,16 @@ def subject_ranks(
     if k <= 1:
         ranks = 1.0 + (best > true_best[:, None]).sum(axis=1)
     else:
-        _, sims, nb_codes, votes = _topk_votes(s, codes, k)
+        idx, sims = _nearest(s, k)
         for p in range(s.shape[0]):
-            # one entry per voting subject: its vote and best similarity (first occurrence)
-            cs, first = np.unique(nb_codes[p], return_index=True)
-            v, b = votes[p, first], sims[p, first]
-            hit = np.flatnonzero(cs == pos[p])
-            if hit.size:
-                tv, tb = v[hit[0]], b[hit[0]]
-                ranks[p] = 1 + np.sum((v > tv) | ((v == tv) & (b > tb)))
+            _, ranked = vote_neighbours(codes[idx[p]].tolist(), sims[p].tolist())
+            true = next((r for r in ranked if r.subject == pos[p]), None)
+            if true is not None:
+                ranks[p] = 1 + sum((r.weight, r.best) > (true.weight, true.best) for r in ranked)
             else:
                 others = np.ones(uniq.size, bool)
-                others[cs] = False
-                ranks[p] = cs.size + 1 + np.sum(best[p, others] > true_best[p])
+                others[[r.subject for r in ranked]] = False
+                ranks[p] = len(ranked) + 1 + np.sum(best[p, others] > true_best[p])
     ranks[~present] = np.inf
     return ranks
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.errors import DataError
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions, embed_images
 from marginface.eval.metrics import (
     DEFAULT_FARS,
@@ -34,6 +35,7 @@ __all__ = [
     "FAILED_IMAGE_POLICY",
     "FAILED_PAIR_SCORE",
     "ScoredPairs",
+    "pair_similarities",
     "score_pairs",
     "verification_metrics",
     "verify",
@@ -60,6 +62,27 @@ class ScoredPairs:
     embedding_stats: dict[str, Any]
 
 
+def pair_similarities(
+    embeddings: np.ndarray, ok: np.ndarray, left: np.ndarray, right: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The verification protocol's pair scores: ``(scores, failed)``.
+
+    ``scores[p]`` is the cosine similarity of images ``left[p]`` and ``right[p]`` (rows of
+    ``embeddings`` are unit-norm), clipped to ``[-1, 1]``; a pair with an image that failed
+    (``ok`` False) scores :data:`FAILED_PAIR_SCORE` and is marked in ``failed``. A score that
+    is not finite (a diverged network) raises :class:`DataError`. ``eval verify``,
+    ``calibrate``, training-time verification and ``train-eval`` all score pairs here.
+    """
+    e = np.asarray(embeddings)
+    ok = np.asarray(ok, dtype=bool)
+    scores = np.einsum("ij,ij->i", e[left], e[right]).astype(np.float64)
+    failed = ~(ok[left] & ok[right])
+    scores[failed] = FAILED_PAIR_SCORE
+    if not np.all(np.isfinite(scores)):
+        raise DataError("pair scores are not finite (the network diverged)")
+    return np.clip(scores, -1.0, 1.0), failed
+
+
 def score_pairs(
     pairs: PairSet,
     embedder: Any,
@@ -73,12 +96,7 @@ def score_pairs(
     emb = embed_images(
         pairs.images, embedder, options, cache=cache, workers=workers, progress=progress
     )
-    e = emb.embeddings
-    scores = np.einsum("ij,ij->i", e[pairs.left], e[pairs.right]).astype(np.float64)
-    ok = emb.ok
-    failed = ~(ok[pairs.left] & ok[pairs.right])
-    scores[failed] = FAILED_PAIR_SCORE
-    scores = np.clip(scores, -1.0, 1.0)
+    scores, failed = pair_similarities(emb.embeddings, emb.ok, pairs.left, pairs.right)
     n_images = len(pairs.images)
     stats = {
         "n_images": n_images,

@@ -18,7 +18,6 @@ Evaluation uses *pre-aligned dev crops* so that a GPU machine only runs the netw
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.transform import template_size
+from marginface.card import Preprocessing
 from marginface.errors import DataError, MarginfaceError
+from marginface.eval.embeddings import EmbedOptions, prepare_crops
+from marginface.eval.pairs import load_pairs
+from marginface.eval.verify import pair_similarities, verification_metrics
 
 __all__ = ["CompareRow", "DevCrops", "evaluate_crops", "flag_ties", "load_dev_crops",
-           "machine_name", "merge_results", "prepare_dev_crops", "render_table",
-           "run_comparison", "table_from_results"]
+           "merge_results", "prepare_dev_crops", "render_table", "run_comparison",
+           "table_from_results"]
 
 FARS = ("1e-2", "1e-3")
 
@@ -59,34 +63,21 @@ def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | 
                       template: str = "arcface_112x112", workers: int | None = None,
                       progress: bool = True) -> DevCrops:
     """Detect and align every image of ``pairs`` as ``marginface.eval`` does; save ``out``."""
-    from marginface.card import Preprocessing
-    from marginface.eval.embeddings import CropPreparer, EmbedOptions
-    from marginface.eval.pairs import load_pairs
-
     ps = load_pairs(pairs, root)
-    h, w = (112, 96) if template == "arcface_112x96" else (112, 112)
-    pre = Preprocessing(template=template, input_size=(h, w))  # type: ignore[arg-type]
+    pre = Preprocessing(template=template,  # type: ignore[arg-type]
+                        input_size=template_size(template))
     options = EmbedOptions(aligned=False, flip=False, detector=detector, selection=selection)
-    preparer = CropPreparer(pre, options)
     n = len(ps.images)
-    crops = np.zeros((n, h, w, 3), dtype=np.uint8)
-    ok = np.zeros(n, dtype=bool)
-    reasons: dict[int, str] = {}
     t0 = time.perf_counter()
-    from concurrent.futures import ThreadPoolExecutor
 
-    def one(i: int) -> tuple[int, np.ndarray | str]:
-        return i, preparer(ps.images[i])
+    def report(done: int, total: int) -> None:
+        if progress and (done % 200 == 0 or done == total):
+            print(f"dev crops: {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
-        for done, (i, res) in enumerate(pool.map(one, range(n)), 1):
-            if isinstance(res, str):
-                reasons[i] = res
-            else:
-                crops[i] = res
-                ok[i] = True
-            if progress and (done % 200 == 0 or done == n):
-                print(f"dev crops: {done}/{n} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    crops, reasons = prepare_crops(ps.images, pre, options, workers=workers or 2,
+                                   on_progress=report)
+    ok = np.ones(n, dtype=bool)
+    ok[list(reasons)] = False
     names = [str(ref.key) for ref in ps.images]
     meta = {"format": "marginface-dev-crops/1", "pairs": str(pairs), "detector": detector,
             "selection": selection, "template": template, "options": options.key(),
@@ -165,33 +156,17 @@ def evaluate_crops(embedder: Any, dev: DevCrops, *, flip: bool = False,
     Returns ``verification_metrics``' block (accuracies in %) plus ``scores`` (list) and
     ``n_failed_images``. Pairs touching a failed image score -1, as in ``eval verify``.
     """
-    from marginface.eval.verify import FAILED_PAIR_SCORE, verification_metrics
-
     idx = np.flatnonzero(dev.ok)
     emb = np.zeros((len(dev.ok), int(embedder.embedding_dim)), dtype=np.float32)
     if len(idx):
         emb[idx] = embedder.embed(dev.crops[idx], flip=flip, batch_size=batch_size)
-    scores = np.einsum("ij,ij->i", emb[dev.left], emb[dev.right]).astype(np.float64)
-    failed = ~(dev.ok[dev.left] & dev.ok[dev.right])
-    scores[failed] = FAILED_PAIR_SCORE
-    scores = np.clip(scores, -1.0, 1.0)
-    if not np.all(np.isfinite(scores)):
-        raise DataError("evaluation produced non-finite scores (the network diverged)")
+    scores, failed = pair_similarities(emb, dev.ok, dev.left, dev.right)
     metrics = verification_metrics(scores, dev.issame, dev.folds, FARS)
     metrics["n_failed_images"] = int((~dev.ok).sum())
     metrics["n_failed_pairs"] = int(failed.sum())
     metrics["flip"] = flip
     metrics["scores"] = [round(float(s), 6) for s in scores]
     return metrics
-
-
-def machine_name() -> str:
-    """The GPU's name, or the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -390,7 +365,7 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
         cfgs.append(cfg)
     rows = [CompareRow(name=_row_name(p), config=str(p), loss=c.loss.name, seed=c.seed)
             for p, c in zip(paths, cfgs, strict=True)]
-    machine = machine_name()
+    machine = ""  # the device of the latest run, as its trainer recorded it in the model card
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     preloaded = None
 
@@ -430,6 +405,7 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
                 write()
                 break
             embedder = load_embedder(cfg.output, runtime="torch")
+            machine = str(embedder.card.training.get("device", ""))
             m = evaluate_crops(embedder, dev, flip=flip)
             (Path(cfg.output) / "dev_metrics.json").write_text(
                 json.dumps(m, indent=2) + "\n", encoding="utf-8")

@@ -2,11 +2,12 @@
 
 :class:`PairVerifier` reads the pairs once (``marginface.eval.load_pairs``: LFW ``pairs.txt``,
 CSV ``path1,path2,same`` or insightface ``.bin``), turns every image into an aligned crop once
-(aligned data is read as is; raw photos such as ``celeba-dev`` go through detection and
-five-point alignment from ``marginface.align``) and keeps the crops in memory. Each call then
-embeds the crops with the network being trained and scores the pairs with
-``marginface.eval``'s metrics. A pair whose image could not be read or shows no face counts as
-a rejected pair (score -1), as the LFW protocol counts failures against the method.
+with ``marginface.eval``'s crop preparation (aligned data is read as is; raw photos such as
+``celeba-dev`` are detected, filtered by the pipeline's score and size rules and aligned, as
+``marginface eval verify`` does) and keeps the crops in memory. Each call then embeds the crops
+with the network being trained and scores the pairs with ``marginface.eval``'s pair scoring and
+metrics. A pair whose image could not be read or shows no usable face counts as a rejected
+pair (score -1), as the LFW protocol counts failures against the method.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import torch
 from torch import nn
 
 from marginface.card import Preprocessing
-from marginface.errors import DataError, ImageError
+from marginface.errors import ImageError
+from marginface.eval.embeddings import EmbedOptions, aligned_sizes, prepare_crops
+from marginface.eval.metrics import kfold_accuracy, tar_at_far
+from marginface.eval.pairs import ImageRef, load_pairs
+from marginface.eval.verify import pair_similarities
+from marginface.imaging import read_image
 
 __all__ = ["PairVerifier", "VerifyResult", "embed_crops"]
 
@@ -78,82 +84,53 @@ def embed_crops(model: nn.Module, crops: np.ndarray, preprocessing: Preprocessin
 
 
 class PairVerifier:
-    """Pairs and their prepared crops; call :meth:`evaluate` with the network."""
+    """Pairs and their prepared crops; call :meth:`evaluate` with the network.
+
+    ``aligned="auto"``: the images are taken as aligned crops when the file is a ``.bin`` or
+    every readable image has the template's or the input's size; otherwise each photo is
+    detected and aligned. ``workers`` threads prepare the crops (default: up to 8).
+    """
 
     def __init__(self, pairs: str | Path, *, root: str | Path | None = None,
                  aligned: bool | str = "auto", preprocessing: Preprocessing | None = None,
-                 flip: bool = True, batch_size: int = 128, name: str = "") -> None:
-        from marginface.eval.pairs import load_pairs
-
+                 flip: bool = True, batch_size: int = 128, name: str = "",
+                 workers: int | None = None) -> None:
         self.pre = preprocessing or Preprocessing()
         self.flip = flip
         self.batch_size = batch_size
         path = Path(pairs)
         self.pairs = load_pairs(path, root)
         self.name = name or (path.parent.name if path.suffix.lower() != ".bin" else path.stem)
-        images = [self._read(ref) for ref in self.pairs.images]
-        template_hw = (112, 96) if self.pre.template == "arcface_112x96" else (112, 112)
         if aligned == "auto":
-            shapes = {im.shape[:2] for im in images if isinstance(im, np.ndarray)}
-            aligned = self.pairs.format == "bin" or shapes <= {template_hw,
-                                                               tuple(self.pre.input_size)}
+            sizes = aligned_sizes(self.pre)
+            aligned = self.pairs.format == "bin" or all(
+                _size(ref) in (None, *sizes) for ref in self.pairs.images)
         self.aligned = bool(aligned)
-        detector = None
-        if not self.aligned:
-            from marginface.align import load_detector
-
-            detector = load_detector("yunet")
-        h, w = self.pre.input_size
-        self.crops = np.zeros((len(images), h, w, 3), dtype=np.uint8)
-        self.failures: dict[int, str] = {}
-        for i, im in enumerate(images):
-            if isinstance(im, str):
-                self.failures[i] = im
-                continue
-            crop = im if self.aligned else self._align(im, detector)
-            if isinstance(crop, str):
-                self.failures[i] = crop
-                continue
-            from marginface.data.augment import resize_to
-
-            self.crops[i] = resize_to(crop, (h, w))
-
-    @staticmethod
-    def _read(ref: Any) -> np.ndarray | str:
-        from marginface.align import read_image
-
-        try:
-            return read_image(ref.data if ref.data is not None else ref.path)
-        except ImageError as exc:
-            return f"unreadable: {exc}"
-
-    def _align(self, image: np.ndarray, detector: Any) -> np.ndarray | str:
-        from marginface.align import align_face, select_faces
-
-        faces = select_faces(detector.detect(image), image.shape, selection="largest")
-        if not faces:
-            return "no face found"
-        return align_face(image, faces[0].landmarks, template=self.pre.template)
+        self.crops, self.failures = prepare_crops(
+            self.pairs.images, self.pre, EmbedOptions(aligned=self.aligned), workers=workers)
 
     def evaluate(self, model: nn.Module, device: torch.device, *,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False
                  ) -> VerifyResult:
         """Embed every crop with ``model`` and score the pairs."""
-        from marginface.eval.metrics import kfold_accuracy, tar_at_far
-
         emb = embed_crops(model, self.crops, self.pre, device, flip=self.flip,
                           batch_size=self.batch_size, amp_dtype=amp_dtype,
                           channels_last=channels_last)
         p = self.pairs
-        scores = np.sum(emb[p.left] * emb[p.right], axis=1).astype(np.float64)
-        if self.failures:
-            bad = np.zeros(len(emb), dtype=bool)
-            bad[list(self.failures)] = True
-            scores[bad[p.left] | bad[p.right]] = -1.0
-        if not np.all(np.isfinite(scores)):
-            raise DataError("verification produced non-finite scores (the network diverged)")
+        ok = np.ones(len(emb), dtype=bool)
+        ok[list(self.failures)] = False
+        scores, _ = pair_similarities(emb, ok, p.left, p.right)
         kf = kfold_accuracy(scores, p.issame, p.folds)
         tars = tar_at_far(scores, p.issame, fars=("1e-2", "1e-3"))
         return VerifyResult(name=self.name, accuracy=kf.mean, std=kf.std,
                             tar={k: v.tar for k, v in tars.items()}, n_pairs=p.n_pairs,
                             n_failed_images=len(self.failures))
+
+
+def _size(ref: ImageRef) -> tuple[int, int] | None:
+    """An image's (height, width), None when it cannot be read."""
+    try:
+        image = read_image(ref.data if ref.data is not None else (ref.path or ref.key))
+    except ImageError:
+        return None
+    return image.shape[0], image.shape[1]

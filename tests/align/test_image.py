@@ -176,3 +176,39 @@ def test_resize_longest_side():
     assert out.shape[:2] == (1000, 500) and scale == pytest.approx(1 / 3)
     same, one = resize_longest_side(img[:100, :100], 1000)
     assert one == 1.0 and same.shape == (100, 100, 3)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_plain_jpegs_take_the_fast_path_with_pillows_pixels(subsampling, progressive):
+    from marginface.imaging import _decode_with_pillow, _plain_jpeg_header
+
+    rgb = np.random.default_rng(subsampling).integers(0, 256, (63, 81, 3), dtype=np.uint8)
+    for img in (Image.fromarray(rgb), Image.fromarray(rgb[:, :, 0])):
+        data = _encode(img, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
+        assert _plain_jpeg_header(data) == (63, 81, 1 if img.mode == "L" else 3)
+        decoded = decode_image(data)
+        assert decoded.format == "JPEG" and decoded.mode == img.mode
+        np.testing.assert_array_equal(decoded.pixels,
+                                      _decode_with_pillow(data, "x", None).pixels)
+
+
+def test_jpegs_the_fast_path_leaves_to_pillow():
+    from marginface.imaging import _plain_jpeg_header
+
+    img = Image.fromarray(_gradient(200, 200))
+    exif = img.getexif()
+    exif[0x0112] = 1
+    with_exif = _encode(img, "JPEG", exif=exif.tobytes())
+    plain = _encode(img, "JPEG", quality=90)
+    for data in (with_exif, _encode(img.convert("CMYK"), "JPEG"), plain[:-2], plain[:-500]):
+        assert _plain_jpeg_header(data) is None
+    # the guard reads the frame header of a plain JPEG too, before any pixel is decoded
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        read_image(plain, max_pixels=10_000)
+
+
+def test_source_names_the_image_in_errors():
+    with pytest.raises(ImageError, match=r"^train\.rec#7: not an image"):
+        decode_image(b"certainly not an image", source="train.rec#7")
+    assert decode_image(_encode(Image.fromarray(_gradient()), "PNG"), source="a").source == "a"

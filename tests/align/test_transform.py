@@ -10,6 +10,7 @@ from marginface.align import (
     align_face,
     estimate_similarity,
     template_points,
+    template_size,
     transform_points,
     warp,
 )
@@ -66,6 +67,11 @@ def test_templates_and_crop_sizes():
     assert set(TEMPLATES) == {"arcface_112x112", "arcface_112x96"}
     with pytest.raises(ValueError):
         template_points("nope")
+    # the one place crop sizes come from (aligner, embedder, evaluation, training, dev crops)
+    assert template_size("arcface_112x112") == (112, 112)
+    assert template_size("arcface_112x96") == (112, 96)
+    with pytest.raises(ValueError, match="unknown alignment template"):
+        template_size("nope")
 
 
 def test_align_face_puts_landmarks_on_the_template():

@@ -128,6 +128,52 @@ def test_detect_and_align_path_reports_no_face(
     assert r.failures[0].startswith("not an aligned crop: 150x200")
 
 
+def test_pair_similarities_failed_pairs_clip_and_divergence() -> None:
+    """The one pair scoring of eval verify, calibrate, training-time verification and
+    train-eval."""
+    from marginface.errors import DataError
+    from marginface.eval.verify import pair_similarities
+
+    e = np.array([[1.0, 0.0], [0.6, 0.8], [1.0000001, 0.0], [0.0, 1.0]], dtype=np.float32)
+    ok = np.array([True, True, True, False])
+    left, right = np.array([0, 0, 1, 3]), np.array([1, 2, 3, 0])
+    scores, failed = pair_similarities(e, ok, left, right)
+    assert failed.tolist() == [False, False, True, True]
+    np.testing.assert_allclose(scores, [0.6, 1.0, FAILED_PAIR_SCORE, FAILED_PAIR_SCORE],
+                               atol=1e-6)
+    assert scores.dtype == np.float64 and scores.max() <= 1.0  # clipped
+    e[1] = np.nan
+    with pytest.raises(DataError, match="not finite"):
+        pair_similarities(e, ok, left, right)
+
+
+def test_crop_preparation_sizes_limits_and_failures(centre_detector) -> None:
+    """The one crop preparation: aligned crops of the template's or the input's size, resized
+    to the input size; photos through the aligner's score and size rules."""
+    from marginface.card import Preprocessing
+    from marginface.eval.embeddings import CropPreparer, aligned_sizes, prepare_crops
+
+    pre = Preprocessing(input_size=(56, 56))
+    assert aligned_sizes(pre) == {(112, 112), (56, 56)}
+    rng = np.random.default_rng(0)
+    refs = [ImageRef(key=f"a{i}", data=rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for i, (h, w) in enumerate([(112, 112), (56, 56), (200, 150)])]
+    crops, failures = prepare_crops(refs, pre, EmbedOptions(aligned=True), workers=2)
+    assert crops.shape == (3, 56, 56, 3)
+    assert list(failures) == [2] and failures[2].startswith(
+        "not an aligned crop: 150x200, the model expects 56x56 or 112x112")
+    np.testing.assert_array_equal(crops[1], refs[1].data)
+    assert not crops[2].any()
+    # photos: the aligner's score and size rules apply (the centre "face" scores 0.99)
+    photo = ImageRef(key="p", data=np.full((60, 60, 3), 128, np.uint8))
+    assert CropPreparer(Preprocessing(), EmbedOptions(), centre_detector)(photo).shape == (
+        112, 112, 3)
+    strict = CropPreparer(Preprocessing(), EmbedOptions(score_threshold=0.995), centre_detector)
+    assert strict(photo) == "no face found"
+    large = CropPreparer(Preprocessing(), EmbedOptions(min_face_size=61.0), centre_detector)
+    assert "image is 60x60 pixels, too small to hold a face" in large(photo)
+
+
 def test_cache_location_and_fingerprint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_factory
 ) -> None:

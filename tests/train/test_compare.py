@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from marginface.train import Trainer, load_train_config
+from marginface.train import load_train_config
 from marginface.train.compare import (
     CompareRow,
     evaluate_crops,
@@ -23,6 +23,8 @@ from marginface.train.compare import (
     run_comparison,
     table_from_results,
 )
+from marginface.train.distributed import init_distributed
+from marginface.train.trainer import TrainData, build_data
 
 TINY = {
     "data": {"augment": "flip", "input_size": [32, 32], "workers": 0},
@@ -161,20 +163,58 @@ def test_crops_agree_with_full_pipeline(dev_crops: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(full.scores, np.array(ours)[keep], atol=1e-4)
 
 
-def _trainer(train_csv: Path, out: Path, **extra: object) -> Trainer:
+def test_training_verification_prepares_crops_as_eval_verify(shared_data: Path,
+                                                             tmp_path: Path) -> None:
+    """Training-time verification, ``train-dev-crops`` and ``eval verify`` prepare the same
+    crops, with the aligner's score and size rules (which training-time verification used to
+    skip: it aligned celeb_7407_0030's 18-px face, and took celeb_7339_0026's largest box,
+    a false detection scoring 0.52, instead of the real face)."""
+    from marginface.card import Preprocessing
+    from marginface.eval.embeddings import EmbedOptions, prepare_crops
+    from marginface.eval.pairs import load_pairs
+    from marginface.train.verify import PairVerifier
+
+    dev = shared_data / "celeba-dev"
+    small, false_box, good = ("celeb_7407/celeb_7407_0030.jpg", "celeb_7339/celeb_7339_0026.jpg",
+                              "celeb_7339/celeb_7339_0001.jpg")
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path1", "path2", "same", "fold"])
+        w.writerows([[dev / false_box, dev / good, 1, 0], [dev / small, dev / good, 0, 1]])
+    verifier = PairVerifier(pairs, preprocessing=Preprocessing(), flip=False)
+    assert not verifier.aligned
+    keys = [Path(ref.key).name for ref in verifier.pairs.images]
+    assert verifier.failures == {keys.index(Path(small).name): "no face: every detected face is "
+                                                               "below the minimum face size"}
+    crops, failures = prepare_crops(load_pairs(pairs).images, Preprocessing(), EmbedOptions())
+    dc = prepare_dev_crops(pairs, tmp_path / "dev.npz", progress=False)
+    assert failures == dc.reasons == verifier.failures
+    np.testing.assert_array_equal(verifier.crops, crops)
+    np.testing.assert_array_equal(dc.crops, crops)
+    # the real face (the best-scoring detection), not the larger false box
+    from marginface.align import align_face, load_detector, read_image
+
+    image = read_image(dev / false_box)
+    detections = load_detector("yunet").detect(image)
+    assert max(d.area for d in detections) > max(detections, key=lambda d: d.score).area
+    real = max(detections, key=lambda d: d.score)
+    np.testing.assert_array_equal(crops[keys.index(Path(false_box).name)],
+                                  align_face(image, real.landmarks))
+
+
+def _trainer(train_csv: Path, out: Path, **extra: object) -> TrainData:
     over = {"data.train": train_csv, "data.input_size": "[32, 32]", "data.workers": 0,
             "backbone.name": "tiny", "backbone.embedding_dim": 16,
             "backbone.kwargs": "{widths: [4, 8]}", "amp": "none", "channels_last": False,
             "batch_size": 16, "output": out, "seed": 5, "steps": 4}
     over.update(extra)
-    t = Trainer(load_train_config(None, [f"{k}={v}" for k, v in over.items()]))
-    t._seed_everything()
-    t._build_data()
-    return t
+    cfg = load_train_config(None, [f"{k}={v}" for k, v in over.items()])
+    return build_data(cfg, init_distributed("cpu"))
 
 
-def _batches(t: Trainer, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(b.images.cpu(), b.labels.cpu()) for b in t._loader(epoch)]
+def _batches(t: TrainData, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(b.images.cpu(), b.labels.cpu()) for b in t.loader(epoch)]
 
 
 @pytest.mark.parametrize("augment", ["none", "flip"])
