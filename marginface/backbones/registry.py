@@ -1,11 +1,14 @@
 """A small timm-style registry of backbone constructors.
 
 Every backbone maps ``(B, 3, H, W)`` float images, already normalised as the model card says,
-to ``(B, D)`` embeddings that are *not* L2-normalised.
+to ``(B, D)`` embeddings that are *not* L2-normalised. :func:`check_kwargs` tells a misspelt
+constructor argument before anything is built (the training config calls it when it is read).
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,8 +16,8 @@ from torch import nn
 
 from marginface.errors import ConfigError
 
-__all__ = ["create", "is_model", "list_models", "model_info", "register_model",
-           "takes_input_size"]
+__all__ = ["accepted_kwargs", "check_kwargs", "create", "is_model", "list_models", "model_info",
+           "register_model", "takes_input_size"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -96,6 +99,54 @@ def model_info(name: str) -> dict[str, Any]:
     return {"name": key, "aliases": aliases, "description": _REGISTRY.descriptions[key]}
 
 
+def accepted_kwargs(fn: Callable[..., Any]) -> list[str] | None:
+    """The keyword arguments a function or class takes: its parameters that have a default.
+
+    ``**kwargs`` is followed into the class a function returns (its return annotation) and into
+    a class's base classes, up to PyTorch's own (``nn.Module`` takes none). None when it cannot
+    be told (``**kwargs`` with nowhere to follow).
+    """
+    names: list[str] = []
+    target: Any = fn
+    while True:
+        if isinstance(target, type):
+            inits = [k.__dict__["__init__"] for k in target.__mro__
+                     if "__init__" in k.__dict__ and k is not object
+                     and not k.__module__.startswith("torch")]
+        else:
+            inits = [target]
+        forwards = False
+        for init in inits:
+            params = inspect.signature(init).parameters.values()
+            names += [p.name for p in params if p.default is not inspect.Parameter.empty
+                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            forwards = any(p.kind is p.VAR_KEYWORD for p in params)
+            if not forwards:
+                break
+        if not forwards or isinstance(target, type):
+            return sorted(set(names))
+        try:
+            target = typing.get_type_hints(target).get("return")
+        except (NameError, TypeError):
+            return None
+        if not isinstance(target, type):
+            return None
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """:class:`ConfigError` naming the keys of ``kwargs`` that backbone ``name`` does not take,
+    and the ones it does. Values are checked when the network is built."""
+    key = _REGISTRY.resolve(name)
+    accepted = accepted_kwargs(_REGISTRY.constructors[key])
+    if accepted is None:
+        return
+    accepted = [a for a in accepted if a != "embedding_dim"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"backbone {key!r}: invalid arguments {unknown}; it takes "
+                          f"{', '.join(accepted)}")
+
+
 def create(name: str, embedding_dim: int = 512, **kwargs: Any) -> nn.Module:
     """Build the backbone ``name`` (or an alias) with output size ``embedding_dim``.
 
@@ -105,6 +156,7 @@ def create(name: str, embedding_dim: int = 512, **kwargs: Any) -> nn.Module:
     key = _REGISTRY.resolve(name)
     if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool) or embedding_dim <= 0:
         raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+    check_kwargs(key, kwargs)
     try:
         return _REGISTRY.constructors[key](embedding_dim=embedding_dim, **kwargs)
     except TypeError as exc:

@@ -1,8 +1,8 @@
-"""Tiny networks for fast CPU tests and smoke-training runs (not for real use).
+"""The tiny network: fast CPU tests, smoke-training runs, the demo and the feature plots.
 
-They accept any input of at least 16×16 pixels: the feature map is pooled to a fixed 4×4 grid
-before the embedding layer, so spatial layout is kept while the size stays independent of the
-input.
+It accepts any input of at least 16×16 pixels: the feature map is pooled to a fixed grid
+(``pool``, 4×4 by default) before the embedding layer, so spatial layout is kept while the
+size stays independent of the input. Not for real use.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ __all__ = ["TinyNet"]
 
 
 class TinyNet(nn.Module):
-    """Stem conv + a few :class:`IBasicBlock` stages + ``fc`` + ``features`` BatchNorm1d."""
+    """Stem conv + a few :class:`IBasicBlock` stages + ``fc`` + ``features`` BatchNorm1d.
+
+    ``affine_features=False`` gives the embedding BatchNorm no learnt scale and shift:
+    zero-mean, unit-variance coordinates. The 2-d and 3-d feature plots need it; with a learnt
+    shift the normalised heads collapse such small embeddings onto a line.
+    """
 
     def __init__(self, num_features: int = 128, widths: tuple[int, ...] = (16, 32, 64),
                  dropout: float = 0.0, fp16: bool = False, pool: int = 4,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, affine_features: bool = True) -> None:
         super().__init__()
         if not widths:
             raise ValueError("widths must name at least one stage")
@@ -43,7 +48,7 @@ class TinyNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d((pool, pool))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(inplanes * pool * pool, num_features)
-        self.features = nn.BatchNorm1d(num_features)
+        self.features = nn.BatchNorm1d(num_features, affine=affine_features)
         self.set_gradient_checkpointing(gradient_checkpointing)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -72,4 +77,7 @@ class TinyNet(nn.Module):
 @register_model("tiny", aliases=("tinynet",))
 def tiny(embedding_dim: int = 128, **kwargs: Any) -> TinyNet:
     """Three-stage tiny IResNet-style network for tests (≈0.1 M parameters)."""
-    return TinyNet(num_features=embedding_dim, **kwargs)
+    kwargs.setdefault("num_features", embedding_dim)
+    if kwargs["num_features"] != embedding_dim:
+        raise TypeError("give either embedding_dim or num_features, not two different values")
+    return TinyNet(**kwargs)

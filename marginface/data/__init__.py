@@ -2,7 +2,8 @@
 
 * Data sets (:class:`FaceDataset`): identity folders (:class:`ImageFolderDataset`), CSV lists
   (:class:`CsvListDataset`), insightface RecordIO (:class:`RecordIODataset`, one file or
-  shards); :func:`open_dataset` picks the right one for a path.
+  shards); :func:`open_dataset` picks the right one for a path. :class:`ArrayDataset` holds
+  images already in memory.
 * Unreadable images are skipped, never fatal: see :func:`collate_faces` and
   :class:`SkipCounter`.
 * RecordIO writing: :func:`pack_folder` (``marginface data pack``), :class:`FaceRecordWriter`.
@@ -10,6 +11,9 @@
 * Augmentation and tensor conversion: :class:`AugmentConfig`, :func:`build_transform`.
 * Samplers: :class:`PKSampler` (P identities × K images) and :class:`ResumableSampler`, both
   deterministic, DDP-aware and resumable mid-epoch.
+* The training path: :func:`make_loader` over :class:`SeededSamples` and
+  :class:`SeededBatches` (each sample augmented from ``(seed, epoch, index)``); the trainer
+  and the tests use the same functions.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from marginface.data.augment import (
     to_tensor,
 )
 from marginface.data.datasets import (
+    ArrayDataset,
     CsvListDataset,
     FaceBatch,
     FaceDataset,
     ImageFolderDataset,
     LabelMap,
+    SeededSamples,
     SkipCounter,
     SkippedSample,
     collate_faces,
@@ -48,7 +54,7 @@ from marginface.data.recordio import (
     pack_record,
     unpack_record,
 )
-from marginface.data.samplers import PKSampler, ResumableSampler
+from marginface.data.samplers import PKSampler, ResumableSampler, SeededBatches
 from marginface.data.verification import (
     VerificationSet,
     read_verification_bin,
@@ -58,6 +64,7 @@ from marginface.data.verification import (
 __all__ = [
     "AUGMENT_PRESETS",
     "IMAGE_EXTENSIONS",
+    "ArrayDataset",
     "AugmentConfig",
     "CsvListDataset",
     "FaceBatch",
@@ -73,6 +80,8 @@ __all__ = [
     "RecordReader",
     "RecordWriter",
     "ResumableSampler",
+    "SeededBatches",
+    "SeededSamples",
     "SkipCounter",
     "SkippedSample",
     "VerificationSet",

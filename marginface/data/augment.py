@@ -16,10 +16,11 @@ import os
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+import torch
+from pydantic import Field, ValidationError, model_validator
 
 from marginface.card import Preprocessing
-from marginface.config import StrictModel
+from marginface.config import StrictModel, format_validation_error
 from marginface.errors import ConfigError
 
 __all__ = ["AUGMENT_PRESETS", "AugmentConfig", "FaceTransform", "build_transform",
@@ -90,10 +91,6 @@ def resolve_augment(value: str | dict[str, Any] | AugmentConfig | None) -> Augme
         return value
     if isinstance(value, str):
         return AugmentConfig.preset(value)
-    from pydantic import ValidationError
-
-    from marginface.config import format_validation_error
-
     try:
         return AugmentConfig.model_validate(value)
     except ValidationError as exc:
@@ -101,8 +98,9 @@ def resolve_augment(value: str | dict[str, Any] | AugmentConfig | None) -> Augme
 
 
 def _build_albumentations(cfg: AugmentConfig, seed: int | None) -> Any:
-    # albumentations asks PyPI for a newer version at import time unless told not to; a
-    # training run must not touch the network (nor wait up to 2 s per worker for it).
+    # Imported here: albumentations is slow to import and only augmenting processes need it.
+    # It asks PyPI for a newer version at import time unless told not to; a training run
+    # must not touch the network (nor wait up to 2 s per worker for it).
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
     import cv2
@@ -138,8 +136,7 @@ def to_tensor(image: np.ndarray, preprocessing: Preprocessing | None = None) -> 
     The image is resized to ``preprocessing.input_size`` when it differs, and its channels are
     reversed when the preprocessing asks for BGR.
     """
-    import cv2
-    import torch
+    import cv2  # a third of a second to import: only processes that resize images pay it
 
     pre = preprocessing or Preprocessing()
     image = resize_to(image, pre.input_size)
@@ -155,7 +152,7 @@ def to_tensor(image: np.ndarray, preprocessing: Preprocessing | None = None) -> 
 
 def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize to ``(height, width)`` when needed (area filter to shrink, linear to grow)."""
-    import cv2
+    import cv2  # slow to import; see to_tensor
 
     h, w = image.shape[:2]
     th, tw = int(size[0]), int(size[1])
@@ -168,9 +165,12 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class FaceTransform:
     """Picklable callable: RGB crop -> resized, augmented, normalised ``(3, H, W)`` tensor.
 
-    The albumentations pipeline is built lazily in each process. Its seed comes from
-    ``torch.initial_seed()`` there, which PyTorch sets per DataLoader worker from the main
-    process's generator, so ``torch.manual_seed`` makes augmentation reproducible.
+    The albumentations pipeline is built lazily in each process. Called with ``entropy`` (the
+    trainer passes ``(seed, epoch, index)``), a sample's augmentation is drawn from those
+    integers alone: the same whichever worker loads it, however many ranks there are, and
+    after a resume in mid-epoch. Called without, the pipeline draws from its own stream, seeded
+    from ``torch.initial_seed()`` in each process (PyTorch sets that per DataLoader worker from
+    the main process's generator), so ``torch.manual_seed`` makes augmentation reproducible.
     """
 
     def __init__(self, augment: AugmentConfig | None = None,
@@ -184,14 +184,15 @@ class FaceTransform:
         state["_pipeline"] = None
         return state
 
-    def __call__(self, image: np.ndarray) -> Any:
+    def __call__(self, image: np.ndarray, entropy: tuple[int, ...] | None = None) -> Any:
         image = resize_to(image, self.preprocessing.input_size)
         if not self.augment.is_identity:
             if self._pipeline is None:
-                import torch
-
                 self._pipeline = _build_albumentations(self.augment,
                                                        seed=torch.initial_seed() % 2**32)
+            if entropy is not None:
+                seed = np.random.SeedSequence(list(entropy)).generate_state(1)[0]
+                self._pipeline.set_random_seed(int(seed))
             image = self._pipeline(image=image)["image"]
         return to_tensor(image, self.preprocessing)
 

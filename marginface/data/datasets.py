@@ -11,6 +11,13 @@ batch and carries them in :attr:`FaceBatch.skipped`; the training loop feeds eac
 :class:`SkipCounter` in the main process and prints :meth:`SkipCounter.summary` at the end. The
 record travels with the batch, so the count is exact with any number of worker processes and
 needs no shared state.
+
+**One loading path for training and tests.** :func:`make_loader` builds every training
+DataLoader. The trainer reads a data set through :class:`SeededSamples` with
+:class:`~marginface.data.samplers.SeededBatches`: each sample is asked for by an
+``(index, epoch, seed)`` key and augmented by :class:`~marginface.data.augment.FaceTransform`
+from those integers alone. :class:`ArrayDataset` holds images already in memory (the demo, the
+plots, tests).
 """
 
 from __future__ import annotations
@@ -18,22 +25,27 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
 
 from marginface.data.images import decode_image, is_image_file
 from marginface.errors import DataError, ImageError
 
 __all__ = [
+    "ArrayDataset",
     "CsvListDataset",
     "FaceBatch",
     "FaceDataset",
     "ImageFolderDataset",
     "LabelMap",
+    "SeededSamples",
     "SkipCounter",
     "SkippedSample",
     "collate_faces",
@@ -124,12 +136,16 @@ class SkippedSample:
 class FaceBatch:
     """A collated batch: ``images`` ``(B, ...)``, ``labels`` ``(B,)`` int64, and what was dropped.
 
-    ``B`` may be smaller than the sampler's batch (corrupt samples dropped), even 0.
+    ``B`` may be smaller than the sampler's batch (corrupt samples dropped), even 0; the
+    sampler asked for ``len(batch) + len(batch.skipped)`` samples. ``indices`` ``(B,)`` holds
+    each sample's data set index when the samples carry it (:class:`SeededSamples` with
+    ``with_index``), else None.
     """
 
     images: Any
     labels: Any
     skipped: list[SkippedSample] = field(default_factory=list)
+    indices: Any = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -139,25 +155,30 @@ class FaceBatch:
 
     def pin_memory(self) -> FaceBatch:
         """Page-lock the tensors (called by DataLoader with ``pin_memory=True``)."""
-        return FaceBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
+        return FaceBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped,
+                         None if self.indices is None else self.indices.pin_memory())
 
     def to(self, device: Any, non_blocking: bool = False) -> FaceBatch:
         """Move the tensors to ``device``."""
         return FaceBatch(self.images.to(device, non_blocking=non_blocking),
-                         self.labels.to(device, non_blocking=non_blocking), self.skipped)
+                         self.labels.to(device, non_blocking=non_blocking), self.skipped,
+                         None if self.indices is None else
+                         self.indices.to(device, non_blocking=non_blocking))
 
 
-def collate_faces(batch: Sequence[tuple[Any, int] | SkippedSample]) -> FaceBatch:
-    """DataLoader ``collate_fn``: stack the good samples, keep the skipped ones aside."""
-    import torch
-    from torch.utils.data import default_collate
+def collate_faces(batch: Sequence[tuple[Any, ...] | SkippedSample]) -> FaceBatch:
+    """DataLoader ``collate_fn``: stack the good samples, keep the skipped ones aside.
 
+    Samples are ``(image, label)`` or ``(image, label, index)``; the indices go to
+    :attr:`FaceBatch.indices`.
+    """
     good = [b for b in batch if not isinstance(b, SkippedSample)]
     skipped = [b for b in batch if isinstance(b, SkippedSample)]
     if not good:
         return FaceBatch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
-    images, labels = default_collate(good)
-    return FaceBatch(images, labels.long(), skipped)
+    columns = default_collate(good)
+    indices = columns[2].long() if len(columns) > 2 else None
+    return FaceBatch(columns[0], columns[1].long(), skipped, indices)
 
 
 class SkipCounter:
@@ -233,18 +254,90 @@ class FaceDataset:
             data = self.read_bytes(index)
         except OSError as exc:
             raise ImageError(f"{self.source(index)}: cannot read ({exc.strerror or exc})") from None
-        return decode_image(data, source=self.source(index))
+        return decode_image(data, source=self.source(index)).pixels
+
+    def load_or_skip(self, index: int) -> np.ndarray | SkippedSample:
+        """:meth:`load_image`, or the :class:`SkippedSample` that stands for an unreadable one."""
+        try:
+            return self.load_image(index)
+        except (ImageError, DataError) as exc:
+            return SkippedSample(index, self.source(index), str(exc).split(": ", 1)[-1])
 
     def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
-        try:
-            image = self.load_image(index)
-        except (ImageError, DataError) as exc:
-            return SkippedSample(index, self.source(index), str(exc).split(": ", 1)[-1])
+        image = self.load_or_skip(index)
+        if isinstance(image, SkippedSample):
+            return image
         x = self.transform(image) if self.transform is not None else image
         return x, int(self.labels[index])
+
+
+class SeededSamples:
+    """A data set read by ``(index, epoch, seed)`` keys, as :class:`SeededBatches` yields them.
+
+    Each sample's augmentation is drawn from ``(seed, epoch, index)`` alone, so it does not
+    depend on which worker loads it, on the number of ranks, or on a resume in mid-epoch.
+    Samples are ``(tensor, label)``, or ``(tensor, label, index)`` with ``with_index`` (the
+    distillation term looks the teacher's row up by index); unreadable ones are
+    :class:`SkippedSample`. Cheap to pickle: workers get a copy.
+    """
+
+    def __init__(self, dataset: FaceDataset, transform: Any, *, with_index: bool = False) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.with_index = with_index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Any, ...] | SkippedSample:
+        index, epoch, seed = (int(k) for k in key)
+        image = self.dataset.load_or_skip(index)
+        if isinstance(image, SkippedSample):
+            return image
+        x = self.transform(image, (seed, epoch, index))
+        label = int(self.dataset.labels[index])
+        return (x, label, index) if self.with_index else (x, label)
+
+
+class ArrayDataset(FaceDataset):
+    """Images already in memory: ``(N, H, W, 3)`` uint8 RGB (or ``(N, H, W)`` grey) and labels.
+
+    For small sets decoded by their owner (the demo, the plots) and for tests: the trainer reads
+    it like any other :class:`FaceDataset` (``Trainer(cfg, dataset=...)``). ``label_map``
+    defaults to numbered classes ``0 .. max(labels)``; give one to keep classes that have no
+    image here (a held-out split).
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, *,
+                 label_map: LabelMap | None = None, name: str = "arrays",
+                 transform: Callable[[np.ndarray], Any] | None = None) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
+                images.ndim == 4 and images.shape[-1] != 3):
+            raise DataError(f"{name}: images must be uint8 (N, H, W, 3) or (N, H, W), got "
+                            f"{images.dtype} {images.shape}")
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(labels) != len(images) or not len(labels):
+            raise DataError(f"{name}: {len(images)} images and {len(labels)} labels")
+        if labels.min() < 0:
+            raise DataError(f"{name}: negative label {int(labels.min())}")
+        self.images = images
+        self.labels = labels
+        self.label_map = label_map or LabelMap.numeric(int(labels.max()) + 1)
+        if int(labels.max()) >= len(self.label_map):
+            raise DataError(f"{name}: label {int(labels.max())} is not in the label map of "
+                            f"{len(self.label_map)} classes")
+        self.name = name
+        self.transform = transform
+
+    def source(self, index: int) -> str:
+        return f"{self.name}#{index}"
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.images[index]
 
 
 def _check_dir(root: Path, what: str) -> None:
@@ -428,35 +521,37 @@ def open_dataset(path: str | Path, transform: Callable[[np.ndarray], Any] | None
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one torch thread per worker (no oversubscription).
+    """DataLoader ``worker_init_fn``: one torch thread per worker (no oversubscription), and
+    Ctrl-C left to the main process (the trainer finishes its step and checkpoints; elsewhere
+    the main process's ``KeyboardInterrupt`` shuts the workers down).
 
     It deliberately leaves OpenCV's thread count alone: ``cv2.setNumThreads`` in a *forked*
     worker tries to join the parent's pool threads, which do not exist in the child, and can
     hang forever. (OpenCV's own operations are fork-safe.)
     """
-    import torch
-
     del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: FaceDataset, *, batch_size: int | None = None, sampler: Any = None,
-                batch_sampler: Any = None, shuffle: bool = False, num_workers: int = 0,
-                pin_memory: bool = False, drop_last: bool = False,
+def make_loader(dataset: FaceDataset | SeededSamples, *, batch_size: int | None = None,
+                sampler: Any = None, batch_sampler: Any = None, shuffle: bool = False,
+                num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                timeout: float = 0, multiprocessing_context: str | None = None) -> Any:
-    """A :class:`torch.utils.data.DataLoader` wired for face data.
+                timeout: float = 0, multiprocessing_context: str | None = None,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """A :class:`torch.utils.data.DataLoader` wired for face data (the trainer's too).
 
     Batches are :class:`FaceBatch` (unreadable samples dropped and reported via
     :func:`collate_faces`); workers decode in parallel with one torch thread each
     (:func:`worker_init`). Give ``batch_size`` (+ ``sampler``) or a ``batch_sampler`` such as
-    :class:`~marginface.data.samplers.PKSampler`. ``multiprocessing_context="forkserver"``
+    :class:`~marginface.data.samplers.PKSampler` or, over :class:`SeededSamples`,
+    :class:`~marginface.data.samplers.SeededBatches`. ``multiprocessing_context="forkserver"``
     avoids forking a parent that already runs threads (slower worker start-up); ``timeout``
-    (seconds) turns a stuck worker into an error instead of a silent stall.
+    (seconds) turns a stuck worker into an error instead of a silent stall; ``generator``
+    (a seeded :class:`torch.Generator`) fixes the workers' base seed.
     """
-    from torch.utils.data import DataLoader
-
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"generator": generator}
     if num_workers > 0:
         kwargs["persistent_workers"] = bool(persistent_workers)
         kwargs["prefetch_factor"] = prefetch_factor or 2

@@ -11,6 +11,10 @@ exactly the samples it had not seen:
 DataLoader workers prefetch, so the sampler cannot know what the training loop consumed; pass
 ``consumed`` (batches for :class:`PKSampler`, samples for :class:`ResumableSampler`) counted in
 this epoch on this rank. Without it the sampler's own count of what it handed out is used.
+
+:class:`SeededBatches` is the trainer's batch sampler over either: it counts positions in
+batches whatever it wraps, and yields ``(index, epoch, seed)`` keys for
+:class:`~marginface.data.datasets.SeededSamples` (augmentation seeded per sample).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["PKSampler", "ResumableSampler"]
+__all__ = ["PKSampler", "ResumableSampler", "SeededBatches"]
 
 
 def _check_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -224,4 +228,80 @@ class PKSampler(_ResumableMixin, Sampler[list[int]]):
         self._start = 0
         for batch in self.batches(self.epoch, start):
             self._handed_out += 1
+            yield batch
+
+
+class SeededBatches:
+    """The trainer's batch sampler: batches of ``(index, epoch, seed)`` keys, positioned in batches.
+
+    It wraps a :class:`PKSampler` (already a batch sampler) or a :class:`ResumableSampler`,
+    whose samples it groups into batches of ``batch_size``: ``drop_last=False`` keeps a shorter
+    last batch of an epoch, unless it would hold a single sample (BatchNorm needs two). The
+    keys let :class:`~marginface.data.datasets.SeededSamples` draw each sample's augmentation
+    from ``(seed, epoch, index)`` alone.
+
+    ``seek(epoch, batches_done)`` selects the epoch and skips the batches already trained (a
+    resume in mid-epoch); ``state_dict(batches_done)`` is the wrapped sampler's state there.
+    """
+
+    def __init__(self, sampler: PKSampler | ResumableSampler, *, batch_size: int, seed: int,
+                 drop_last: bool = True) -> None:
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.epoch = 0
+        self.drop_last = drop_last
+        self.pk = isinstance(sampler, PKSampler)
+        self.batch_size = sampler.batch_size if isinstance(sampler, PKSampler) else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    def _batches(self, samples: int) -> int:
+        full, rest = divmod(samples, self.batch_size)
+        return full + (1 if rest >= 2 and not self.drop_last else 0)
+
+    @property
+    def per_epoch(self) -> int:
+        """Batches in a whole epoch on this rank."""
+        if isinstance(self.sampler, PKSampler):
+            return self.sampler.batches_per_rank
+        return self._batches(self.sampler.per_rank)
+
+    def __len__(self) -> int:
+        if isinstance(self.sampler, PKSampler):
+            return len(self.sampler)
+        return self._batches(len(self.sampler))
+
+    def seek(self, epoch: int, batches_done: int = 0) -> None:
+        """Iterate ``epoch`` next, from its batch ``batches_done`` on."""
+        self.sampler.set_epoch(epoch)
+        self.epoch = int(epoch)
+        if batches_done:
+            self.sampler.load_state_dict(self.state_dict(batches_done))
+
+    def state_dict(self, batches_done: int) -> dict[str, Any]:
+        """The wrapped sampler's state after ``batches_done`` batches of the current epoch."""
+        per_batch = 1 if self.pk else self.batch_size
+        return self.sampler.state_dict(consumed=batches_done * per_batch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (the same epoch and position)."""
+        self.sampler.load_state_dict(state)
+        self.epoch = int(state["epoch"])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        epoch, seed = self.epoch, self.seed
+        for batch in self._index_batches():
+            yield [(int(i), epoch, seed) for i in batch]
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        if isinstance(self.sampler, PKSampler):
+            yield from self.sampler
+            return
+        batch: list[int] = []
+        for i in self.sampler:
+            batch.append(i)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if len(batch) >= 2 and not self.drop_last:
             yield batch

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from marginface.errors import DataError
+from marginface.data import load_image
+from marginface.errors import DataError, ImageError
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -80,25 +81,17 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read(path: Path, size: int) -> np.ndarray:
-    import cv2
+    import cv2  # slow to import: only loading a folder needs it
 
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        # cv2 cannot decode GIF; fall back to Pillow (Yale ships .gif-like files in some copies).
-        try:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))[:, :, ::-1]
-        except Exception as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+    try:
+        image = load_image(path)  # the package's one decoder (GIF, 16-bit, EXIF, ...)
+    except ImageError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
     h, w = image.shape[:2]
     side = min(h, w)  # centre square crop, then resize (faces are roughly centred)
     top, left = (h - side) // 2, (w - side) // 2
     image = image[top : top + side, left : left + side]
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image[:, :, ::-1])  # BGR -> RGB
+    return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
 
 
 def _from_folders(
@@ -131,8 +124,8 @@ def _from_folders(
 
 
 def _digits(num_identities: int, per_identity: int, size: int) -> FaceSubset:
-    import cv2
-    from sklearn.datasets import load_digits
+    import cv2  # slow to import; see _read
+    from sklearn.datasets import load_digits  # heavy, and only this fallback needs it
 
     if num_identities > 10:
         raise DataError(f"the digits fallback has 10 classes; {num_identities} were asked for")

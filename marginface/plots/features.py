@@ -1,16 +1,21 @@
-"""Train a small CNN with a 2-d or 3-d embedding once per loss, and collect its features.
+"""Train the tiny network with a 2-d or 3-d embedding once per loss, and collect its features.
 
 This reproduces the toy experiments of the NormFace, SphereFace, CosFace and ArcFace papers on a
 handful of real identities: the features of every image are embedded on the circle (2-d) or the
 sphere (3-d), and their angular statistics (:mod:`marginface.plots.metrics`) measure what each
-loss does. Runs are deterministic for a given seed: fixed initialisation, fixed batch order,
-deterministic algorithms, and a fixed number of threads.
+loss does. The network is the registry's ``tiny`` (widths ``w, 2w, 4w``, pooled to 2×2, a
+non-affine embedding BatchNorm) and it is trained by the package's trainer
+(:func:`marginface.train.memory.train_arrays`), as ``marginface train`` would train it: the
+settings become a training config. Runs are deterministic for a given seed: fixed
+initialisation, fixed batch order, deterministic algorithms, and a fixed number of threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,22 +24,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
+from marginface.data import LabelMap
 from marginface.errors import ConfigError
-from marginface.losses import LambdaSchedule, create, is_head
+from marginface.losses import LambdaSchedule, is_head
 from marginface.plots.data import FaceSubset
 from marginface.plots.metrics import AngularStats, angular_stats, class_centres
+from marginface.train.checkpoint import RunState
+from marginface.train.memory import embed_arrays, train_arrays
 
 __all__ = [
     "DEFAULT_LOSSES",
     "FeatureRun",
     "LossSpec",
-    "SmallCNN",
     "TrainSettings",
     "cosface_sweep_specs",
     "deterministic",
     "mean_summary",
+    "run_config",
     "train_features",
     "train_many",
     "train_repeats",
@@ -80,7 +87,14 @@ def cosface_sweep_specs(
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How each loss is trained (the same network, data order and seed for every loss)."""
+    """How each loss is trained (the same network, data order and seed for every loss).
+
+    :func:`run_config` turns them into the trainer's config: the ``tiny`` backbone of widths
+    ``width, 2·width, 4·width``; SGD (Nesterov, momentum 0.9) or AdamW; the one-cycle schedule
+    rising over the first 15 % of the steps; the last, shorter batch of an epoch trained too;
+    flips (and ``shift``-pixel translations) per sample; random batches, or P×K batches of the
+    same count for the triplet loss.
+    """
 
     dim: int = 2
     epochs: int = 60
@@ -150,34 +164,6 @@ class FeatureRun:
         }
 
 
-class SmallCNN(nn.Module):
-    """Three conv-BN-PReLU-pool stages, pooling to 2×2, a linear layer and a non-affine
-    BatchNorm1d giving the ``dim``-dimensional embedding (the same network for every loss)."""
-
-    def __init__(self, dim: int = 2, width: int = 16, in_channels: int = 3) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for mult in (1, 2, 4):
-            out = width * mult
-            layers += [
-                nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.PReLU(out),
-                nn.MaxPool2d(2),
-            ]
-            channels = out
-        self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(channels * 4, dim, bias=False)
-        # Non-affine BN: zero-mean, unit-variance coordinates. Without it (or with a learnt
-        # shift) the normalised heads collapse the 2-d features onto a line in these small runs.
-        self.features = nn.BatchNorm1d(dim, affine=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.features(self.fc(torch.flatten(self.pool(self.body(x)), 1)))
-
-
 @contextlib.contextmanager
 def deterministic(seed: int, threads: int = 1) -> Iterator[None]:
     """Seed torch, use deterministic algorithms and ``threads`` threads; restore on exit."""
@@ -208,23 +194,55 @@ def held_out_mask(labels: np.ndarray, holdout: int) -> np.ndarray:
     return mask
 
 
-def _random_shift(x: Tensor, pixels: int, gen: torch.Generator) -> Tensor:
-    """Translate each image by up to ``pixels`` in x and y (edge padding)."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (pixels, pixels, pixels, pixels), mode="replicate")
-    offsets = torch.randint(0, 2 * pixels + 1, (x.shape[0], 2), generator=gen)
-    return torch.stack(
-        [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
-    )
+def _trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Loss arguments as plain values (a config holds data, not objects)."""
+    return {k: dataclasses.asdict(v) if isinstance(v, LambdaSchedule) else v
+            for k, v in kwargs.items()}
 
 
-def _build_loss(spec: LossSpec, num_classes: int, dim: int) -> nn.Module:
-    try:
-        if is_head(spec.name):
-            return create(spec.name, num_classes=num_classes, embedding_dim=dim, **spec.kwargs)
-        return create(spec.name, **spec.kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build loss {spec.name!r} with {spec.kwargs}: {exc}") from exc
+def _pk_k(batch_size: int, identities: int) -> int:
+    """Images per identity of a P×K batch: the fewest that fit the identities there are."""
+    for k in range(2, batch_size + 1):
+        if batch_size % k == 0 and batch_size // k <= identities:
+            return k
+    raise ConfigError(f"a P×K batch of {batch_size} cannot be made of {identities} identities")
+
+
+def run_config(spec: LossSpec, settings: TrainSettings, *, image_size: int, images: int,
+                 identities: int) -> dict[str, Any]:
+    """The training config (a :class:`~marginface.train.TrainConfig` mapping) of one run on
+    ``images`` photos of ``identities`` people, ``image_size`` pixels square."""
+    w = settings.width
+    augment: str | dict[str, Any] = "flip" if settings.flip else "none"
+    if settings.shift:
+        augment = {"hflip": 0.5 if settings.flip else 0.0, "shift_scale": 1.0,
+                   "shift_limit": settings.shift / image_size, "scale_limit": 0.0}
+    data: dict[str, Any] = {"input_size": [image_size, image_size], "augment": augment,
+                            "drop_last": False, "preload": "none" if settings.shift else "device"}
+    if not is_head(spec.name):  # the triplet loss: identity-balanced batches, as many
+        data.update(sampler="pk", pk_k=_pk_k(settings.batch_size, identities), pk_min_images=1,
+                    pk_batches_per_epoch=math.ceil(images / settings.batch_size))
+    return {
+        "data": data,
+        "backbone": {"name": "tiny", "embedding_dim": settings.dim,
+                     "kwargs": {"widths": [w, 2 * w, 4 * w], "pool": 2,
+                                "affine_features": False}},
+        # Unit-norm class rows: with insightface's std 0.01 the angular step of a normalised
+        # row is ~10⁴× the learning rate at first, which scrambles 2-d/3-d toy runs.
+        "loss": {"name": spec.name, "kwargs": _trainer_kwargs(spec.kwargs), "init": "unit"},
+        "optim": {"name": "adamw" if settings.optimizer == "adam" else "sgd", "lr": settings.lr,
+                  "momentum": 0.9, "nesterov": True, "weight_decay": settings.weight_decay,
+                  "head_lr_scale": settings.head_lr_mult, "grad_clip": None},
+        "schedule": {"kind": "onecycle", "warmup_epochs": 0.15 * settings.epochs},
+        "epochs": settings.epochs, "batch_size": settings.batch_size, "seed": settings.seed,
+    }
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, 3, S, S)`` floats in ``[-1, 1]`` -> ``(N, S, S, 3)`` uint8 RGB (exact for images
+    that came from uint8, as :func:`~marginface.plots.data.load_identities` makes them)."""
+    u8 = np.clip(np.rint((np.asarray(images, dtype=np.float64) + 1.0) * 127.5), 0, 255)
+    return np.ascontiguousarray(u8.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 def train_features(
@@ -233,84 +251,35 @@ def train_features(
     settings: TrainSettings = TrainSettings(),
     progress: Callable[[str, int, float], None] | None = None,
 ) -> FeatureRun:
-    """Train :class:`SmallCNN` + ``spec``'s loss on ``data``; embed every image (no flip).
+    """Train the tiny network + ``spec``'s loss on ``data``; embed every image (no flip).
 
     The last ``settings.holdout`` photos of each identity are never trained on; statistics and
     accuracy are reported separately for the training photos and for those held-out photos.
     ``progress(label, epoch, loss)`` is called after each epoch.
     """
     start = time.perf_counter()
-    images = torch.from_numpy(np.ascontiguousarray(data.images))
+    pixels = _pixels(data.images)
     labels = torch.from_numpy(np.ascontiguousarray(data.labels))
-    train_mask = torch.from_numpy(held_out_mask(data.labels, settings.holdout) == 0)
-    train_idx = torch.nonzero(train_mask).flatten()
-    n_all = images.shape[0]
-    n = int(train_idx.numel())
+    train_np = held_out_mask(data.labels, settings.holdout) == 0
+    config = run_config(spec, settings, image_size=pixels.shape[1],
+                          images=int(train_np.sum()), identities=data.num_classes)
+
+    def epoch_done(state: RunState) -> None:
+        if progress is not None:
+            progress(spec.title, state.epoch, state.epoch_losses[-1])
+
     with deterministic(settings.seed, settings.threads):
-        net = SmallCNN(settings.dim, settings.width, images.shape[1])
-        loss_fn = _build_loss(spec, data.num_classes, settings.dim)
-        if getattr(loss_fn, "normalize_weight", False):
-            # Unit-norm rows: with insightface's std 0.01 the angular step of a normalised row
-            # is ~10⁴× the learning rate at first, which scrambles 2-d/3-d toy runs.
-            with torch.no_grad():
-                loss_fn.weight.copy_(F.normalize(torch.randn_like(loss_fn.weight), dim=-1))
-        head_lr = settings.lr * settings.head_lr_mult
-        params = [
-            {"params": list(net.parameters())},
-            {"params": list(loss_fn.parameters()), "lr": head_lr},
-        ]
-        if settings.optimizer == "adam":
-            opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        else:
-            opt = torch.optim.SGD(
-                params,
-                lr=settings.lr,
-                momentum=0.9,
-                weight_decay=settings.weight_decay,
-                nesterov=True,
-            )
-        steps_per_epoch = math.ceil(n / settings.batch_size)
-        total = settings.epochs * steps_per_epoch
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[settings.lr, head_lr], total_steps=total, pct_start=0.15
-        )
-        gen = torch.Generator().manual_seed(settings.seed)
-        history: list[float] = []
-        net.train()
-        loss_fn.train()
-        for epoch in range(settings.epochs):
-            order = train_idx[torch.randperm(n, generator=gen)]
-            flips = torch.rand(n_all, generator=gen) < 0.5
-            running = 0.0
-            for i in range(0, n, settings.batch_size):
-                idx = order[i : i + settings.batch_size]
-                if idx.numel() < 2:
-                    continue
-                x = images[idx]
-                if settings.flip:
-                    x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(-1), x)
-                if settings.shift:
-                    x = _random_shift(x, settings.shift, gen)
-                loss = loss_fn(net(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += float(loss.detach()) * idx.numel()
-            history.append(running / n)
-            if not math.isfinite(history[-1]):
-                raise ConfigError(f"training with {spec.title} diverged (loss {history[-1]})")
-            if progress is not None:
-                progress(spec.title, epoch + 1, history[-1])
-        net.eval()
+        run = train_arrays(config, pixels[train_np], data.labels[train_np],
+                           label_map=LabelMap(data.names), name=data.source,
+                           on_epoch_end=epoch_done)
+        feats = embed_arrays(run.backbone, pixels, run.preprocessing)
+        feats_np = feats.double().numpy()
+        labels_np = data.labels.copy()
+        head = run.model.pfc.head if run.model.pfc is not None else None
         with torch.no_grad():
-            feats = torch.cat([net(images[i : i + 256]) for i in range(0, n_all, 256)])
-            feats_np = feats.double().numpy()
-            labels_np = data.labels.copy()
-            train_np = train_mask.numpy()
-            if is_head(spec.name):
-                directions = F.normalize(loss_fn.weight.detach().double(), dim=-1).numpy()
-                predicted = loss_fn.logits(feats).argmax(1)
+            if head is not None:
+                directions = F.normalize(head.weight.detach().double(), dim=-1).numpy()
+                predicted = head.logits(feats).argmax(1)
                 is_weights = True
             else:
                 # Metric loss: classify by the nearest centre of the *training* photos.
@@ -320,7 +289,7 @@ def train_features(
                 sims = F.normalize(feats.double(), dim=1) @ torch.from_numpy(directions).t()
                 predicted = sims.argmax(1)
                 is_weights = False
-            correct = (predicted == labels).numpy()
+        correct = (predicted == labels).numpy()
     held = ~train_np
     has_held = bool(held.any())
     return FeatureRun(
@@ -332,7 +301,7 @@ def train_features(
         stats=angular_stats(feats_np[train_np], labels_np[train_np]),
         accuracy=float(correct[train_np].mean()),
         seconds=time.perf_counter() - start,
-        losses=history,
+        losses=list(run.result.epoch_losses),
         held_out=held.astype(np.int64) if has_held else None,
         held_out_stats=angular_stats(feats_np[held], labels_np[held]) if has_held else None,
         held_out_accuracy=float(correct[held].mean()) if has_held else None,
@@ -366,8 +335,6 @@ def train_repeats(
     if workers <= 1 or len(jobs) <= 1:
         flat = [train_features(d, spec, st, progress) for d, spec, st in jobs]
     else:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             flat = pool.map(_worker, jobs, chunksize=1)

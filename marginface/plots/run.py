@@ -45,6 +45,7 @@ class DataOptions:
 
 def plot_logit_curves(out_dir: str | Path, fmt: str = "png") -> Path:
     """Write ``logit_curves.<fmt>``."""
+    # matplotlib (heavy): imported when a figure is drawn
     from marginface.plots.figures import logit_curves_figure, save_figure
 
     return save_figure(logit_curves_figure(), Path(out_dir) / "logit_curves", fmt)
@@ -52,6 +53,7 @@ def plot_logit_curves(out_dir: str | Path, fmt: str = "png") -> Path:
 
 def plot_decision_boundaries(out_dir: str | Path, fmt: str = "png") -> Path:
     """Write ``decision_boundaries.<fmt>``."""
+    # matplotlib (heavy): imported when a figure is drawn
     from marginface.plots.figures import boundaries_figure, save_figure
 
     return save_figure(boundaries_figure(), Path(out_dir) / "decision_boundaries", fmt, dpi=90)
@@ -130,6 +132,7 @@ def plot_features(
     """Train ``repeats`` networks (seeds ``seed``, ``seed + 1``, …) per loss, draw the first
     seed's features, and write ``features.<fmt>`` and ``features.json`` (statistics on the
     training photos and on the held-out photos, averaged over the repeats and per seed)."""
+    # matplotlib (heavy): imported when a figure is drawn
     from marginface.plots.figures import features_figure, save_figure
 
     subset = _load(data)
@@ -163,6 +166,7 @@ def plot_margin_sweep(
     progress: Callable[[str, int, float], None] | None = None,
 ) -> tuple[Path, Path, list[FeatureRun]]:
     """Train CosFace once per margin, write ``margin_sweep.<fmt>`` and ``margin_sweep.json``."""
+    # matplotlib (heavy): imported when a figure is drawn
     from marginface.plots.figures import features_figure, save_figure
 
     if not margins:

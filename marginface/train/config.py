@@ -1,8 +1,11 @@
 """The training configuration: one typed, validated model loaded from YAML.
 
 ``load_train_config("configs/arcface_mbf.yaml", ["optim.lr=0.05"])`` returns a
-:class:`TrainConfig`; an unknown or misspelt key is a :class:`~marginface.errors.ConfigError`
-that names it. Every section has defaults, so a config only states what differs.
+:class:`TrainConfig` (:func:`train_config` does the same for a mapping built in code); an
+unknown or misspelt key is a :class:`~marginface.errors.ConfigError` that names it. That holds
+inside ``backbone.kwargs`` and ``loss.kwargs`` too: the constructor arguments are checked when
+the config is read, before any image is decoded. Every section has defaults, so a config only
+states what differs.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from marginface.config import StrictModel, load_config
+from marginface.backbones.registry import accepted_kwargs, check_kwargs
+from marginface.config import StrictModel, format_validation_error, load_config
+from marginface.data.augment import resolve_augment
 from marginface.errors import ConfigError
+from marginface.losses import create, is_head
 
 __all__ = [
     "AmpMode",
@@ -28,7 +35,9 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "VerifyConfig",
+    "check_model_kwargs",
     "load_train_config",
+    "train_config",
 ]
 
 AmpMode = Literal["none", "bf16", "fp16"]
@@ -49,6 +58,12 @@ class DataConfig(StrictModel):
         "random", description="random batches, or P identities x K images (triplet loss)")
     pk_k: int = Field(4, ge=2, description="images per identity in a P×K batch")
     pk_min_images: int = Field(2, ge=1, description="identities with fewer images are skipped")
+    pk_batches_per_epoch: int | None = Field(
+        None, ge=1, description="P×K batches per epoch and rank (default: each eligible "
+                                "identity once per epoch)")
+    drop_last: bool = Field(True, description="random sampler: drop the last, shorter batch of "
+                                              "an epoch (false trains it, unless it holds one "
+                                              "sample)")
     workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
     prefetch_factor: int = Field(4, ge=1)
     pin_memory: bool = True
@@ -96,11 +111,12 @@ class LossConfig(StrictModel):
     extra: list[LossTerm] = Field(default_factory=list)
     sample_rate: float = Field(1.0, gt=0, le=1,
                                description="Partial FC: fraction of class centres per step")
+    init: Literal["normal", "unit"] = Field(
+        "normal", description="class centres of a head that normalises them: normal (std 0.01, "
+                              "insightface) or unit (random unit rows; 2-d/3-d toy runs)")
 
     @model_validator(mode="after")
     def _check_names(self) -> LossConfig:
-        from marginface.losses import is_head
-
         try:
             head = is_head(self.name)
         except ValueError as exc:
@@ -139,9 +155,15 @@ class OptimConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Linear warm-up, then polynomial or cosine decay, stepped every iteration."""
+    """Linear warm-up, then polynomial or cosine decay, stepped every iteration.
 
-    kind: Literal["poly", "cosine", "constant"] = "poly"
+    ``onecycle`` is PyTorch's one-cycle policy instead: the warm-up rises from lr/25 to lr
+    (cosine), the rest anneals to lr/25e4, and the momentum (SGD) or beta1 (AdamW) moves
+    against the learning rate between 0.85 and 0.95. ``power`` and ``min_lr_ratio`` do not
+    apply to it.
+    """
+
+    kind: Literal["poly", "cosine", "constant", "onecycle"] = "poly"
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_epochs")
     power: float = Field(2.0, gt=0, description="poly: lr·(1 - t/T)^power (insightface: 2)")
@@ -191,6 +213,8 @@ class LogConfig(StrictModel):
     every_steps: int = Field(20, ge=1)
     progress: bool = True
     tensorboard: bool = True
+    console: bool = Field(True, description="print the run's messages (false: quiet, e.g. for "
+                                            "the demo and the plots; errors still raise)")
 
 
 class TrainConfig(StrictModel):
@@ -232,15 +256,47 @@ class TrainConfig(StrictModel):
             raise ValueError(f"backbone.kwargs.input_size {given} disagrees with "
                              f"data.input_size {list(self.data.input_size)}; set "
                              "data.input_size only (the backbone is built for it)")
+        check_model_kwargs(self)
         if self.data.preload == "device":
-            from marginface.data.augment import resolve_augment
-
             aug = resolve_augment(self.data.augment)
             if any((aug.shift_scale, aug.color_jitter, aug.grayscale, aug.blur, aug.jpeg)):
                 raise ValueError("data.preload: device supports augment 'none' or 'flip' only "
                                  "(flips are done on the device); use preload: none for "
                                  "stronger augmentation")
         return self
+
+
+def check_model_kwargs(cfg: TrainConfig) -> None:
+    """:class:`ConfigError` when ``backbone.kwargs`` or a ``loss`` term's ``kwargs`` has a key
+    its constructor does not take (naming the key and the ones it takes) or a value the loss
+    refuses. Nothing is decoded and nothing big is built, so it runs when a config is read and
+    again, cheaply, before the trainer opens the data."""
+    try:
+        check_kwargs(cfg.backbone.name, cfg.backbone.kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"backbone.kwargs: {exc}") from None
+    _check_loss_kwargs(cfg.loss.name, cfg.loss.kwargs, "loss.kwargs")
+    for i, term in enumerate(cfg.loss.extra):
+        _check_loss_kwargs(term.name, term.kwargs, f"loss.extra[{i}].kwargs")
+
+
+def _check_loss_kwargs(name: str, kwargs: dict[str, Any], where: str) -> None:
+    """Build the loss once, small (2 classes, 8-d), with the torch RNG left as it was."""
+    sized = ({"num_classes": 2, "embedding_dim": 8}
+             if is_head(name) or name.lower() == "center" else {})
+    with torch.random.fork_rng(devices=[]):
+        try:
+            create(name, **sized, **kwargs)
+        except TypeError as exc:
+            accepted = [k for k in accepted_kwargs(type(create(name, **sized))) or ()
+                        if k not in sized]
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown and accepted:
+                raise ConfigError(f"{where}: {name} takes no argument {unknown[0]!r}; it takes "
+                                  f"{', '.join(accepted)}") from None
+            raise ConfigError(f"{where}: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _size(value: Any) -> list[int] | None:
@@ -256,7 +312,20 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     Relative data, pairs and output paths are resolved against the current directory, as a
     user typing the command expects. Raises :class:`ConfigError` naming every bad key.
     """
-    cfg = load_config(TrainConfig, path, overrides)
+    return _checked(load_config(TrainConfig, path, overrides))
+
+
+def train_config(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a nested mapping (a config built in code, e.g. by the demo);
+    :class:`ConfigError` naming every bad key, as :func:`load_train_config` does."""
+    try:
+        cfg = TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"training config: {format_validation_error(exc)}") from None
+    return _checked(cfg)
+
+
+def _checked(cfg: TrainConfig) -> TrainConfig:
     if not str(cfg.data.train):
         raise ConfigError("data.train is empty")
     return cfg

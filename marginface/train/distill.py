@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from marginface.data import open_dataset
+from marginface.data.augment import resize_to
 from marginface.errors import DataError
 
 __all__ = ["DistillHead", "compute_teacher_embeddings", "labels_fingerprint", "load_teacher",
@@ -99,7 +101,7 @@ def compute_teacher_embeddings(
     row (a constant term, no gradient; the trainer skips such images anyway). ``limit`` embeds
     only the first images (for tests). Returns the sidecar's content.
     """
-    from marginface.data import open_dataset
+    # The embedders (onnxruntime, the detectors' packages): only train-teacher needs them.
     from marginface.embed import load_embedder
 
     dataset = open_dataset(data)
@@ -120,8 +122,6 @@ def compute_teacher_embeddings(
             except Exception:  # an unreadable crop keeps its zero row
                 failed += 1
         if crops:
-            from marginface.data.augment import resize_to
-
             batch = np.stack([resize_to(c, (h, w)) if c.shape[:2] != (h, w) else c
                               for c in crops])
             result[rows] = embedder.embed(batch, flip=flip, batch_size=batch_size)

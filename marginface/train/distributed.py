@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from marginface.errors import ConfigError
+
 __all__ = ["DistEnv", "all_reduce_max", "barrier", "cleanup", "init_distributed"]
 
 
@@ -42,8 +44,6 @@ def init_distributed(device: str = "auto") -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        from marginface.errors import ConfigError
-
         raise ConfigError("device: cuda was asked for but no CUDA GPU is available")
     if use_cuda:
         dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from marginface.card import ModelCard, Preprocessing
@@ -32,10 +34,6 @@ def export_model(output: str | Path, backbone: nn.Module, *, name: str, architec
                  metrics: dict[str, Any] | None = None, notes: str = "",
                  architecture_kwargs: dict[str, Any] | None = None) -> Path:
     """Write ``weights.safetensors`` (atomically) and the card ``model.json`` into ``output``."""
-    import os
-
-    from safetensors.torch import save_file
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tensors = backbone_state_dict(backbone)

@@ -24,6 +24,9 @@ import torch
 from torch import Tensor
 
 from marginface.card import Preprocessing
+from marginface.data.augment import resize_to
+from marginface.data.datasets import FaceBatch, SkippedSample
+from marginface.data.samplers import SeededBatches
 from marginface.errors import DataError, ImageError
 
 __all__ = ["PreloadedImages", "PreloadedLoader", "flip_mask", "preload_images"]
@@ -59,8 +62,6 @@ class PreloadedImages:
 def preload_images(dataset: Any, size: tuple[int, int], device: torch.device, *,
                    threads: int = 8, progress: bool = True) -> PreloadedImages:
     """Decode (and resize to ``size``) every image of ``dataset`` into ``device`` memory."""
-    from marginface.data.augment import resize_to
-
     n = len(dataset)
     h, w = int(size[0]), int(size[1])
     host = np.zeros((n, h, w, 3), dtype=np.uint8)
@@ -99,20 +100,20 @@ def flip_mask(n: int, p: float, seed: int, epoch: int) -> Tensor:
 
 
 class PreloadedLoader:
-    """Iterates the trainer's keyed batch sampler and builds each batch on the device."""
+    """Iterates the trainer's :class:`SeededBatches` and builds each batch on the device."""
 
-    def __init__(self, data: PreloadedImages, keyed: Any, preprocessing: Preprocessing,
-                 hflip: float, seed: int, sources: Any = None) -> None:
+    def __init__(self, data: PreloadedImages, batches: SeededBatches,
+                 preprocessing: Preprocessing, hflip: float, sources: Any = None) -> None:
         self.data = data
-        self.keyed = keyed
+        self.batches = batches
         self.pre = preprocessing
         self.hflip = float(hflip)
-        self.seed = seed
+        self.seed = batches.seed
         self.sources = sources
         self._flips: tuple[int, Tensor] | None = None
 
     def __len__(self) -> int:
-        return len(self.keyed)
+        return len(self.batches)
 
     def _flip_mask(self, epoch: int) -> Tensor:
         if self._flips is None or self._flips[0] != epoch:
@@ -120,13 +121,10 @@ class PreloadedLoader:
             self._flips = (epoch, mask.to(self.data.images.device))
         return self._flips[1]
 
-    def __iter__(self) -> Iterator[Any]:
-        from marginface.data import SkippedSample
-        from marginface.data.datasets import FaceBatch
-
+    def __iter__(self) -> Iterator[FaceBatch]:
         dev = self.data.images.device
         mean, std = float(self.pre.mean), float(self.pre.std)
-        for keys in self.keyed:
+        for keys in self.batches:
             if not keys:
                 continue
             epoch = keys[0][1]
@@ -147,9 +145,7 @@ class PreloadedLoader:
                 m = self._flip_mask(epoch).index_select(0, idx_dev).view(-1, 1, 1, 1)
                 x = torch.where(m, x.flip(3), x)
             x = (x - mean) / std
-            batch = FaceBatch(x, self.data.labels.index_select(0, idx_dev), skipped)
-            batch.indices = idx_dev  # type: ignore[attr-defined]
-            yield batch
+            yield FaceBatch(x, self.data.labels.index_select(0, idx_dev), skipped, idx_dev)
 
     def _source(self, index: int) -> str:
         try:

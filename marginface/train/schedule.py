@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warm-up, then polynomial, cosine or constant."""
+"""Learning-rate schedules: linear warm-up, then polynomial, cosine or constant; or one-cycle."""
 
 from __future__ import annotations
 
@@ -26,8 +26,12 @@ def lr_factor(step: int, total: int, warmup: int, cfg: ScheduleConfig) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following ``cfg``."""
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step scheduler following ``cfg``: a :class:`~torch.optim.lr_scheduler.LambdaLR`
+    of :func:`lr_factor`, or :class:`~torch.optim.lr_scheduler.OneCycleLR` for ``onecycle``
+    (its rise is the warm-up; each parameter group peaks at its own learning rate)."""
+    if cfg.kind == "onecycle":
+        return _one_cycle(optimizer, cfg, total_steps, steps_per_epoch)
     if cfg.warmup_steps is not None:
         warmup = cfg.warmup_steps
     else:
@@ -35,3 +39,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
     warmup = min(warmup, max(0, total_steps - 1))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg))
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int,
+               steps_per_epoch: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    rise = (cfg.warmup_steps if cfg.warmup_steps is not None
+            else cfg.warmup_epochs * steps_per_epoch)  # not rounded: a fraction of the run
+    pct = min(max(float(rise) / total_steps, 0.0), 1.0)
+    if math.isclose(pct * total_steps, 1.0):
+        # A rise of exactly one step makes PyTorch divide by zero; start at the peak instead.
+        pct *= 1.0 - 1e-6
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+        pct_start=pct)

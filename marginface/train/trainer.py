@@ -8,11 +8,18 @@ under ``torchrun``, on every rank of a DDP job (gloo on CPU, NCCL on GPUs):
   sampled by :class:`~marginface.train.partial_fc.PartialFC`;
 * each step's global batch is the same whatever the number of ranks (the samplers deal one
   seeded order), so 2 processes of batch B equal 1 process of batch 2B up to float rounding;
-* augmentation is seeded per sample from ``(seed, epoch, index)``, and RNG states, sampler
-  position, optimiser, scheduler and scaler are checkpointed, so ``resume=True`` continues
-  exactly where a run stopped;
+* the data comes through :func:`marginface.data.make_loader` over
+  :class:`~marginface.data.SeededSamples` and :class:`~marginface.data.SeededBatches` (the path
+  the data tests exercise), or from images preloaded on the device; augmentation is seeded per
+  sample from ``(seed, epoch, index)``;
+* where the run stands is one :class:`~marginface.train.checkpoint.RunState`; it is
+  checkpointed with the RNG states, optimiser, scheduler and scaler, so ``resume=True``
+  continues exactly where a run stopped;
 * Ctrl-C finishes the current step, writes a checkpoint and exits;
 * the run ends with ``weights.safetensors`` and a ``model.json`` card in the output folder.
+
+This is the package's one training loop: the demo and the feature plots run it too, on images
+they hold in memory (``Trainer(cfg, dataset=ArrayDataset(...))``).
 """
 
 from __future__ import annotations
@@ -20,24 +27,50 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import random
+import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from marginface import backbones
 from marginface.card import Preprocessing
-from marginface.errors import ConfigError, DataError, ImageError, ModelError
-from marginface.train.config import TrainConfig
+from marginface.data import (
+    FaceBatch,
+    FaceDataset,
+    PKSampler,
+    ResumableSampler,
+    SeededBatches,
+    SeededSamples,
+    SkipCounter,
+    build_transform,
+    make_loader,
+    open_dataset,
+)
+from marginface.errors import ConfigError, DataError, ModelError
+from marginface.losses import TripletLoss, check_labels, create
+from marginface.train import checkpoint as ck
+from marginface.train.checkpoint import RunState
+from marginface.train.config import TrainConfig, check_model_kwargs
+from marginface.train.distill import DistillHead, load_teacher
 from marginface.train.distributed import DistEnv, all_reduce_max, barrier, cleanup, init_distributed
+from marginface.train.export import export_model
+from marginface.train.partial_fc import PartialFC
+from marginface.train.preload import PreloadedImages, PreloadedLoader, preload_images
+from marginface.train.schedule import build_scheduler
+from marginface.train.verify import PairVerifier
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainData", "TrainModel", "TrainResult", "Trainer", "build_data", "train"]
 
 
 @dataclass
@@ -53,90 +86,96 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     samples_per_second: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)
 
 
 # -- data ---------------------------------------------------------------------------------------
-class _TrainSet(torch.utils.data.Dataset):
-    """A face data set whose samples are ``(index, epoch, seed)`` keys: seeded augmentation.
+@dataclass
+class TrainData:
+    """The training data as the loop reads it: one epoch at a time, from any batch on."""
 
-    Each sample's augmentation is drawn from ``(seed, epoch, index)`` alone, so it does not
-    depend on which worker loads it, on the number of ranks, or on a resume in mid-epoch.
+    dataset: FaceDataset
+    preprocessing: Preprocessing
+    samples: SeededSamples
+    batches: SeededBatches
+    steps_per_epoch: int
+    total_steps: int
+    teacher: Tensor | None
+    preloaded: PreloadedImages | None
+    device_loader: PreloadedLoader | None
+    loader_options: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def loader(self, epoch: int, batches_done: int = 0) -> Any:
+        """The batches of ``epoch`` from its batch ``batches_done`` on (a resume in mid-epoch)."""
+        self.batches.seek(epoch, batches_done)
+        if self.device_loader is not None:
+            return self.device_loader
+        gen = torch.Generator().manual_seed(self.batches.seed * 1_000_003 + epoch)
+        return make_loader(self.samples, batch_sampler=self.batches, generator=gen,
+                           **self.loader_options)
+
+
+def build_data(cfg: TrainConfig, env: DistEnv, *, dataset: FaceDataset | None = None,
+               preloaded: PreloadedImages | None = None) -> TrainData:
+    """Open ``cfg.data.train`` (or use ``dataset``), its sampler, loader and teacher.
+
+    ``preloaded`` images are reused when they come from the same data set (``data.preload``).
     """
-
-    def __init__(self, base: Any, augment: Any, pre: Preprocessing) -> None:
-        self.base = base
-        self.augment = augment
-        self.pre = pre
-        self.with_index = False  # also return the sample index (for distillation)
-        self._pipeline: Any = None
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pipeline"] = None
-        return state
-
-    def __getitem__(self, key: tuple[int, int, int]) -> Any:
-        from marginface.data import SkippedSample, to_tensor
-        from marginface.data.augment import resize_to
-
-        index, epoch, seed = key
-        try:
-            image = self.base.load_image(index)
-        except (ImageError, DataError) as exc:
-            return SkippedSample(index, self.base.source(index), str(exc).split(": ", 1)[-1])
-        image = resize_to(image, self.pre.input_size)
-        if not self.augment.is_identity:
-            if self._pipeline is None:
-                from marginface.data.augment import _build_albumentations
-
-                self._pipeline = _build_albumentations(self.augment, seed=0)
-            state = np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]
-            self._pipeline.set_random_seed(int(state))
-            image = self._pipeline(image=image)["image"]
-        if self.with_index:
-            return to_tensor(image, self.pre), int(self.base.labels[index]), index
-        return to_tensor(image, self.pre), int(self.base.labels[index])
-
-
-def _collate_indexed(batch: list[Any]) -> Any:
-    """``collate_faces`` that also keeps each sample's data set index (``batch.indices``)."""
-    from torch.utils.data import default_collate
-
-    from marginface.data import SkippedSample, collate_faces
-
-    out = collate_faces([b[:2] if isinstance(b, tuple) else b for b in batch])
-    good = [b[2] for b in batch if not isinstance(b, SkippedSample)]
-    out.indices = default_collate(good) if good else torch.empty(0, dtype=torch.long)
-    return out
-
-
-class _KeyedBatches:
-    """Turns a batch sampler of indices into batches of ``(index, epoch, seed)`` keys."""
-
-    def __init__(self, batches: Any, seed: int) -> None:
-        self.batches = batches
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for batch in self.batches:
-            yield [(int(i), self.epoch, self.seed) for i in batch]
+    d = cfg.data
+    pre = Preprocessing(input_size=tuple(d.input_size), color=d.color, mean=d.mean, std=d.std)
+    transform = build_transform(d.augment, pre)
+    base = open_dataset(d.train) if dataset is None else dataset
+    if len(base) == 0:
+        raise DataError(f"no training images in {d.train}")
+    if base.num_classes < 2:
+        raise DataError(f"{d.train}: training needs at least 2 identities, found "
+                        f"{base.num_classes}")
+    B = cfg.batch_size
+    sampler: PKSampler | ResumableSampler
+    if d.sampler == "pk":
+        sampler = PKSampler(base.labels, p=B // d.pk_k, k=d.pk_k, seed=cfg.seed,
+                            min_images=d.pk_min_images, batches_per_epoch=d.pk_batches_per_epoch,
+                            rank=env.rank, world_size=env.world_size)
+    else:
+        sampler = ResumableSampler(len(base), shuffle=True, seed=cfg.seed, rank=env.rank,
+                                   world_size=env.world_size, drop_last=True)
+    batches = SeededBatches(sampler, batch_size=B, seed=cfg.seed, drop_last=d.drop_last)
+    steps_per_epoch = batches.per_epoch
+    if steps_per_epoch < 1:
+        raise DataError(f"{len(base)} images make no full batch of {B} on "
+                        f"{env.world_size} rank(s); lower batch_size")
+    teacher = None
+    if cfg.distill is not None:
+        teacher = load_teacher(cfg.distill.teacher, base).to(env.device)
+    device_loader = None
+    if d.preload == "device":
+        if preloaded is None or not preloaded.matches(base, pre.input_size):
+            preloaded = preload_images(base, pre.input_size, env.device,
+                                       threads=max(1, d.workers),
+                                       progress=env.is_main and cfg.log.console)
+        elif preloaded.images.device != env.device:
+            raise DataError("the preloaded images are on another device")
+        device_loader = PreloadedLoader(preloaded, batches, pre, transform.augment.hflip,
+                                        sources=base.source)
+    if cfg.steps is not None:
+        total_steps = int(cfg.steps)
+    else:
+        total_steps = max(1, math.ceil(float(cfg.epochs) * steps_per_epoch))
+    return TrainData(
+        dataset=base, preprocessing=pre,
+        samples=SeededSamples(base, transform, with_index=teacher is not None),
+        batches=batches, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        teacher=teacher, preloaded=preloaded, device_loader=device_loader,
+        loader_options={"num_workers": d.workers,
+                        "pin_memory": d.pin_memory and env.device.type == "cuda",
+                        "prefetch_factor": d.prefetch_factor if d.workers > 0 else None})
 
 
-def _worker_init(worker_id: int) -> None:
-    from marginface.data import worker_init
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    worker_init(worker_id)
-
-
-# -- the replicated part of the model -----------------------------------------------------------
+# -- the model ----------------------------------------------------------------------------------
 class _Net(nn.Module):
     """Backbone plus the replicated auxiliary loss (centre loss); what DDP wraps."""
 
@@ -164,331 +203,441 @@ class _Net(nn.Module):
         return emb, aux
 
 
+@dataclass
+class TrainModel:
+    """The networks of a run: the backbone, what DDP wraps, and the loss heads."""
+
+    backbone: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    net: _Net
+    ddp: nn.Module
+    pfc: PartialFC | None
+    triplet: nn.Module | None
+    interclass: tuple[float, nn.Module] | None
+
+
+def build_backbone(cfg: TrainConfig, env: DistEnv) -> nn.Module:
+    """The backbone ``cfg`` describes, on the training device (it needs no data)."""
+    backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
+                                **_architecture_kwargs(cfg))
+    if cfg.backbone.sync_bn and env.distributed and env.device.type == "cuda":
+        backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    backbone = backbone.to(env.device)
+    if cfg.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    return backbone
+
+
+def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
+                data: TrainData) -> TrainModel:
+    """The loss heads for ``data``'s classes around ``backbone``, and the DDP wrapper."""
+    dev = env.device
+    dim = cfg.backbone.embedding_dim
+    center, center_w, interclass = None, 0.0, None
+    for term in cfg.loss.extra:
+        kw = dict(term.kwargs)
+        if term.name.lower() == "center":
+            try:
+                center = create("center", num_classes=data.num_classes, embedding_dim=dim,
+                                **kw).to(dev)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"loss.extra center: {exc}") from None
+            center_w = term.weight
+        else:
+            interclass = (term.weight, create("interclass", **kw))
+    distill = None
+    if cfg.distill is not None and data.teacher is not None:
+        distill = DistillHead(dim, int(data.teacher.shape[1]),
+                              projection=cfg.distill.projection).to(dev)
+    net = _Net(backbone, center, center_w, cfg.compile, distill,
+               cfg.distill.weight if cfg.distill is not None else 0.0)
+    ddp: nn.Module = net
+    if env.distributed:
+        ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    kwargs = dict(cfg.loss.kwargs)
+    pfc: PartialFC | None = None
+    triplet: nn.Module | None = None
+    try:
+        if cfg.loss.is_triplet:
+            triplet = TripletLoss(**kwargs).to(dev)
+        else:
+            pfc = PartialFC.create(
+                cfg.loss.name, data.num_classes, dim, sample_rate=cfg.loss.sample_rate,
+                rank=env.rank, world_size=env.world_size,
+                group=torch.distributed.group.WORLD if env.distributed else None, seed=cfg.seed,
+                **kwargs).to(dev)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"loss {cfg.loss.name!r}: {exc}") from None
+    if pfc is not None and cfg.loss.init == "unit" and pfc.head.normalize_weight:
+        with torch.no_grad():  # the seeded rows, scaled to unit length: the same on any ranks
+            pfc.head.weight.copy_(nn.functional.normalize(pfc.head.weight, dim=-1))
+    return TrainModel(backbone=backbone, arch=backbones.canonical_name(cfg.backbone.name),
+                      arch_kwargs=_architecture_kwargs(cfg), net=net, ddp=ddp, pfc=pfc,
+                      triplet=triplet, interclass=interclass)
+
+
+@dataclass
+class TrainOptim:
+    """The optimiser, its learning-rate schedule and the fp16 gradient scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def build_optim(cfg: TrainConfig, env: DistEnv, model: TrainModel, data: TrainData) -> TrainOptim:
+    """SGD or AdamW over the replicated parameters, plus the head's group Partial FC fills."""
+    o = cfg.optim
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.net.parameters()
+                                                if p.requires_grad]}]
+    if model.pfc is not None:
+        wd = o.weight_decay if o.head_weight_decay is None else o.head_weight_decay
+        groups.append({"params": [], "lr": o.lr * o.head_lr_scale, "weight_decay": wd})
+    optimizer: torch.optim.Optimizer
+    if o.name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                                    weight_decay=o.weight_decay,
+                                    nesterov=o.nesterov and o.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
+                                      weight_decay=o.weight_decay)
+    return TrainOptim(
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.schedule, data.total_steps,
+                                  data.steps_per_epoch),
+        scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16"))
+
+
 def _amp_dtype(mode: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
 
 
-class Trainer:
-    """One training run; :meth:`run` trains, checkpoints, verifies and exports."""
+# -- logging ------------------------------------------------------------------------------------
+class _RunLog:
+    """Console messages, progress bar, ``metrics.csv`` and TensorBoard of one session.
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False,
-                 env: DistEnv | None = None, preloaded: Any = None) -> None:
+    Rank 0 writes; on the other ranks every call does nothing. ``log.console: false`` keeps the
+    console quiet (errors still raise).
+    """
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
         self.cfg = cfg
-        #: A :class:`~marginface.train.preload.PreloadedImages` to reuse (``data.preload``).
-        self.preloaded = preloaded
+        self.main = env.is_main
+        self.console = env.is_main and cfg.log.console
+        self.bar: Any = None
+        self.csv_file: Any = None
+        self.csv: Any = None
+        self.tb: Any = None
+
+    def open(self, *, append: bool, step: int, total: int) -> None:
+        """Open ``metrics.csv`` (appended to on a resume), TensorBoard and the progress bar."""
+        if not self.main:
+            return
+        out = Path(self.cfg.output)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "metrics.csv"
+        new = not path.exists() or not append
+        self.csv_file = path.open("w" if new else "a", newline="", encoding="utf-8")
+        self.csv = csv.writer(self.csv_file)
+        if new:
+            self.csv.writerow(["step", "epoch", "kind", "name", "value"])
+        if self.cfg.log.tensorboard:
+            try:  # optional: tensorboard is not a dependency
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(out / "tensorboard"),
+                                        purge_step=step if append else None)
+            except ImportError:
+                self.say("note: TensorBoard is not installed (pip install tensorboard); "
+                         "metrics go to metrics.csv only")
+        if self.cfg.log.progress and self.console:
+            from tqdm.auto import tqdm  # probes for a notebook; only progress bars need it
+
+            self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
+                            desc="train", smoothing=0.05)
+
+    def say(self, text: str) -> None:
+        if not self.console or not text:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def scalars(self, kind: str, values: dict[str, Any], step: int, epoch: float) -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            if self.csv is not None:
+                self.csv.writerow([step, f"{epoch:.4f}", kind, name, f"{value:.6g}"])
+            if self.tb is not None:
+                self.tb.add_scalar(f"{kind}/{name}", value, step)
+        if self.csv is not None:
+            self.csv_file.flush()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def postfix(self, **values: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(refresh=False, **values)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.csv is not None:
+            self.csv_file.close()
+            self.csv = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+class _Meter:
+    """The loop's running loss sums, kept on the device and read (one synchronisation) only at
+    log steps, epoch ends and checkpoints; and the clock of the samples-per-second figure."""
+
+    def __init__(self, step: int) -> None:
+        self.log_sum: Tensor | None = None
+        self.log_steps = 0
+        self.epoch_sum: Tensor | None = None  # float64: the same total whenever it is read
+        self.epoch_samples = 0
+        self.clock = time.perf_counter()
+        self.clock_step = step
+
+    def add(self, loss: Tensor, samples: int) -> None:
+        self.log_sum = loss if self.log_sum is None else self.log_sum + loss
+        self.log_steps += 1
+        weighted = loss.double() * samples
+        self.epoch_sum = weighted if self.epoch_sum is None else self.epoch_sum + weighted
+        self.epoch_samples += samples
+
+    def log_mean(self) -> float:
+        """The mean step loss since the last call."""
+        if self.log_sum is None:
+            return math.nan
+        value = float(self.log_sum.item()) / self.log_steps
+        self.log_sum, self.log_steps = None, 0
+        return value
+
+    def rate(self, step: int, samples_per_step: int) -> float:
+        """Samples per second since the last call."""
+        now = time.perf_counter()
+        value = (step - self.clock_step) * samples_per_step / max(now - self.clock, 1e-9)
+        self.clock, self.clock_step = now, step
+        return value
+
+    def flush(self, state: RunState) -> None:
+        """Move the epoch's sums into ``state`` (before it is saved or the epoch closed)."""
+        if self.epoch_sum is not None:
+            state.epoch_loss_sum += float(self.epoch_sum.item())
+            state.epoch_samples += self.epoch_samples
+        self.epoch_sum, self.epoch_samples = None, 0
+
+
+def _finite(loss: float, where: str) -> float:
+    if not math.isfinite(loss):
+        raise ModelError(f"the loss became {loss} {where}: lower optim.lr or check the data")
+    return loss
+
+
+def _changed(saved: Any, mine: Any) -> bool:
+    """Whether a setting stored in a checkpoint differs from this config's (keys the checkpoint
+    lacks, options added since it was written, count as unchanged)."""
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        return any(_changed(saved[k], mine[k]) for k in mine if k in saved)
+    return bool(saved != mine)
+
+
+# -- the run ------------------------------------------------------------------------------------
+class Trainer:
+    """One training run; :meth:`run` trains, checkpoints, verifies and exports.
+
+    Where the run stands is :attr:`state` (a :class:`~marginface.train.checkpoint.RunState`),
+    the one object checkpoints save and a resume restores. :attr:`data`, :attr:`model` and
+    :attr:`optim` are built by :meth:`run` (None before).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, env: DistEnv | None = None,
+                 preloaded: PreloadedImages | None = None,
+                 dataset: FaceDataset | None = None) -> None:
+        self.cfg = cfg
         self.resume = resume
         self.env = env or init_distributed(cfg.device)
+        #: Images decoded on the device to reuse (``data.preload``); after :meth:`run`, the
+        #: ones it used.
+        self.preloaded = preloaded
+        #: A data set to train on instead of opening ``cfg.data.train`` (images in memory).
+        self.dataset = dataset
+        #: Stop (checkpoint, as on Ctrl-C) once this many steps are done; ``None``: never.
+        self.stop_after: int | None = None
+        #: Called with the run state after each finished epoch (e.g. to report progress).
+        self.on_epoch_end: Callable[[RunState], None] | None = None
+        self.state = RunState()
+        self.data: TrainData | None = None
+        self.model: TrainModel | None = None
+        self.optim: TrainOptim | None = None
+        self.verifier: PairVerifier | None = None
+        self.skips = SkipCounter()
+        self.log = _RunLog(cfg, self.env)
         self._own_env = env is None
         self._stop = threading.Event()
         self._interrupts = 0
-        #: Stop (checkpoint, as on Ctrl-C) once this many steps are done; ``None``: never.
-        self.stop_after: int | None = None
+        self._session_start = time.perf_counter()
+        self._checkpointed_at = -1
+
+    def _parts(self) -> tuple[TrainData, TrainModel, TrainOptim]:
+        if self.data is None or self.model is None or self.optim is None:
+            raise RuntimeError("the trainer's parts are built by run()")
+        return self.data, self.model, self.optim
 
     # -- set-up ---------------------------------------------------------------------------------
     def _seed_everything(self) -> None:
-        import random
-
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-    def _build_data(self) -> None:
-        from torch.utils.data import BatchSampler, DataLoader
-
-        from marginface.data import PKSampler, ResumableSampler, collate_faces, open_dataset
-        from marginface.data.augment import resolve_augment
-
+    def _build(self) -> None:
         cfg, env = self.cfg, self.env
-        self.pre = Preprocessing(input_size=tuple(cfg.data.input_size), color=cfg.data.color,
-                                 mean=cfg.data.mean, std=cfg.data.std)
-        augment = resolve_augment(cfg.data.augment)
-        base = open_dataset(cfg.data.train)
-        if len(base) == 0:
-            raise DataError(f"no training images in {cfg.data.train}")
-        self.dataset = _TrainSet(base, augment, self.pre)
-        self.num_classes = base.num_classes
-        if self.num_classes < 2:
-            raise DataError(f"{cfg.data.train}: training needs at least 2 identities, found "
-                            f"{self.num_classes}")
-        B = cfg.batch_size
-        if cfg.data.sampler == "pk":
-            self.sampler = PKSampler(base.labels, p=B // cfg.data.pk_k, k=cfg.data.pk_k,
-                                     seed=cfg.seed, min_images=cfg.data.pk_min_images,
-                                     rank=env.rank, world_size=env.world_size)
-            batches: Any = self.sampler
-            self.steps_per_epoch = self.sampler.batches_per_rank
-        else:
-            self.sampler = ResumableSampler(len(base), shuffle=True, seed=cfg.seed,
-                                            rank=env.rank, world_size=env.world_size,
-                                            drop_last=True)
-            batches = BatchSampler(self.sampler, B, drop_last=True)
-            self.steps_per_epoch = self.sampler.per_rank // B
-        if self.steps_per_epoch < 1:
-            raise DataError(f"{len(base)} images make no full batch of {B} on "
-                            f"{env.world_size} rank(s); lower batch_size")
-        self.keyed = _KeyedBatches(batches, cfg.seed)
-        self.teacher: Tensor | None = None
-        if cfg.distill is not None:
-            from marginface.train.distill import load_teacher
-
-            self.teacher = load_teacher(cfg.distill.teacher, base).to(env.device)
-            self.dataset.with_index = True
-        self._preloaded_loader = None
-        if cfg.data.preload == "device":
-            from marginface.train.preload import PreloadedLoader, preload_images
-
-            data = self.preloaded
-            if data is None or not data.matches(base, self.pre.input_size):
-                data = preload_images(base, self.pre.input_size, env.device,
-                                      threads=max(1, cfg.data.workers),
-                                      progress=env.is_main)
-                self.preloaded = data
-            else:
-                data = data if data.images.device == env.device else None
-                if data is None:
-                    raise DataError("the preloaded images are on another device")
-            self._preloaded_loader = PreloadedLoader(data, self.keyed, self.pre, augment.hflip,
-                                                     cfg.seed, sources=base.source)
-        workers = cfg.data.workers
-        self.loader_kwargs: dict[str, Any] = dict(
-            dataset=self.dataset, batch_sampler=self.keyed, num_workers=workers,
-            collate_fn=_collate_indexed if self.dataset.with_index else collate_faces,
-            pin_memory=cfg.data.pin_memory and env.device.type == "cuda",
-            worker_init_fn=_worker_init if workers > 0 else None)
-        if workers > 0:
-            self.loader_kwargs["prefetch_factor"] = cfg.data.prefetch_factor
-        self._loader_cls = DataLoader
-        if cfg.steps is not None:
-            self.total_steps = int(cfg.steps)
-        else:
-            self.total_steps = max(1, math.ceil(float(cfg.epochs) * self.steps_per_epoch))
-
-    def _loader(self, epoch: int) -> Any:
-        self.sampler.set_epoch(epoch)
-        self.keyed.epoch = epoch
-        if self._preloaded_loader is not None:
-            return self._preloaded_loader
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return self._loader_cls(generator=gen, **self.loader_kwargs)
-
-    def _build_model(self) -> None:
-        from marginface import backbones
-        from marginface.losses import TripletLoss, create
-        from marginface.train.partial_fc import PartialFC
-
-        cfg, env = self.cfg, self.env
-        dev = env.device
-        self.arch = backbones.canonical_name(cfg.backbone.name)
-        self.arch_kwargs = _architecture_kwargs(cfg)
-        backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
-                                    **self.arch_kwargs)
-        if cfg.backbone.sync_bn and env.distributed and dev.type == "cuda":
-            backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
-        backbone = backbone.to(dev)
-        if cfg.channels_last:
-            backbone = backbone.to(memory_format=torch.channels_last)
-        self.backbone = backbone
-        center, center_w, self.interclass = None, 0.0, None
-        for term in cfg.loss.extra:
-            kw = dict(term.kwargs)
-            if term.name.lower() == "center":
-                try:
-                    center = create("center", num_classes=self.num_classes,
-                                    embedding_dim=cfg.backbone.embedding_dim, **kw).to(dev)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"loss.extra center: {exc}") from None
-                center_w = term.weight
-            else:
-                self.interclass = (term.weight, create("interclass", **kw))
-        distill = None
-        if cfg.distill is not None:
-            from marginface.train.distill import DistillHead
-
-            distill = DistillHead(cfg.backbone.embedding_dim, int(self.teacher.shape[1]),
-                                  projection=cfg.distill.projection).to(dev)
-        self.net = _Net(backbone, center, center_w, cfg.compile, distill,
-                        cfg.distill.weight if cfg.distill is not None else 0.0)
-        self.ddp: nn.Module = self.net
-        if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(
-                self.net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                broadcast_buffers=False)
-        kwargs = dict(cfg.loss.kwargs)
-        self.pfc: PartialFC | None = None
-        self.triplet: nn.Module | None = None
-        try:
-            if cfg.loss.is_triplet:
-                self.triplet = TripletLoss(**kwargs).to(dev)
-            else:
-                import torch.distributed as dist
-
-                self.pfc = PartialFC.create(
-                    cfg.loss.name, self.num_classes, cfg.backbone.embedding_dim,
-                    sample_rate=cfg.loss.sample_rate, rank=env.rank,
-                    world_size=env.world_size,
-                    group=dist.group.WORLD if env.distributed else None, seed=cfg.seed,
-                    **kwargs).to(dev)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"loss {cfg.loss.name!r}: {exc}") from None
-
-    def _build_optim(self) -> None:
-        from marginface.train.schedule import build_scheduler
-
-        o = self.cfg.optim
-        groups: list[dict[str, Any]] = [{"params": [p for p in self.net.parameters()
-                                                    if p.requires_grad]}]
-        if self.pfc is not None:
-            wd = o.weight_decay if o.head_weight_decay is None else o.head_weight_decay
-            groups.append({"params": [], "lr": o.lr * o.head_lr_scale, "weight_decay": wd})
-        if o.name == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                nesterov=o.nesterov and o.momentum > 0)
-        else:
-            self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
-                                               weight_decay=o.weight_decay)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.total_steps,
-                                         self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.env.device.type,
-                                           enabled=self.cfg.amp == "fp16")
+        # The constructors' arguments before any data (a config read from a file is checked
+        # already; one changed in code with model_copy is not), and the backbone first: it needs
+        # no data, and building the data draws no torch random numbers.
+        check_model_kwargs(cfg)
+        self._seed_everything()
+        backbone = build_backbone(cfg, env)
+        self.data = build_data(cfg, env, dataset=self.dataset, preloaded=self.preloaded)
+        self.preloaded = self.data.preloaded
+        self.model = build_model(cfg, env, backbone, self.data)
+        self.optim = build_optim(cfg, env, self.model, self.data)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         c = self.cfg
+        data, _, _ = self._parts()
         return {"backbone": c.backbone.model_dump(mode="json"),
                 "loss": c.loss.model_dump(mode="json"), "batch_size": c.batch_size,
-                "world_size": self.env.world_size, "num_classes": self.num_classes,
+                "world_size": self.env.world_size, "num_classes": data.num_classes,
                 "sampler": c.data.sampler,
                 "distill": None if c.distill is None else c.distill.model_dump(mode="json")}
 
+    def _seconds(self) -> float:
+        return self.state.seconds + time.perf_counter() - self._session_start
+
     def save_checkpoint(self) -> Path:
         """Write a complete checkpoint of the current step (every rank must call this)."""
-        from marginface.train import checkpoint as ck
-
-        env = self.env
+        data, model, optim = self._parts()
+        env, st = self.env, self.state
         root = ck.checkpoint_dir(self.cfg.output)
-        name = f"step_{self.step:08d}"
+        name = f"step_{st.step:08d}"
         final = root / name
         tmp = root / f".{name}.tmp"
         if env.is_main:
             root.mkdir(parents=True, exist_ok=True)
             if final.exists():
-                import shutil
-
                 shutil.rmtree(final)
             tmp.mkdir(parents=True, exist_ok=True)
         barrier(env)
-        consumed = self.batch_in_epoch * (self.cfg.batch_size if self.cfg.data.sampler ==
-                                          "random" else 1)
         rank_state = {"rng": ck.rng_state(), "rank": env.rank,
-                      "pfc": self.pfc.shard_state() if self.pfc is not None else None}
+                      "pfc": model.pfc.shard_state() if model.pfc is not None else None}
         ck.atomic_save(rank_state, tmp / f"rank{env.rank:05d}.pt")
         if env.is_main:
-            state = {
-                "format": "marginface-checkpoint/1",
-                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "sampler": self.sampler.state_dict(consumed=consumed),
-                "net": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "triplet": self.triplet.state_dict() if self.triplet is not None else None,
-                "identity": self._identity(),
-                "config": self.cfg.model_dump(mode="json"),
-                "skipped": self.skips.total, "seconds": self.seconds_before + self._elapsed(),
-            }
-            ck.atomic_save(state, tmp / "trainer.pt")
+            run = replace(st, seconds=self._seconds(), skipped=self.skips.total)
+            ck.atomic_save(ck.trainer_state(
+                run, sampler=data.batches.state_dict(st.batch_in_epoch),
+                net=model.net.state_dict(), optimizer=optim.optimizer.state_dict(),
+                scheduler=optim.scheduler.state_dict(), scaler=optim.scaler.state_dict(),
+                triplet=model.triplet.state_dict() if model.triplet is not None else None,
+                identity=self._identity(), config=self.cfg.model_dump(mode="json")),
+                tmp / "trainer.pt")
         barrier(env)
         if env.is_main:
-            import os
-
             os.replace(tmp, final)
             ck.write_text_atomic(root / ck.LATEST, name + "\n")
             ck.prune(self.cfg.output, self.cfg.checkpoint.keep)
         barrier(env)
-        self.last_checkpoint_step = self.step
+        self._checkpointed_at = st.step
         return final
 
-    def _load_checkpoint(self) -> None:
-        from marginface.train import checkpoint as ck
-
+    def _restore(self) -> str:
+        """Load the newest checkpoint into the parts and the run state; returns the message."""
+        data, model, optim = self._parts()
         path = ck.find_latest(self.cfg.output)
-        state = ck.load_file(path / "trainer.pt", "trainer state")
-        saved = state.get("identity", {})
+        saved = ck.load_file(path / "trainer.pt", "trainer state")
+        run = ck.read_run_state(saved, path)
+        stored = saved.get("identity", {})
         mine = self._identity()
-        diff = [k for k in mine if k in saved and saved[k] != mine[k]]
+        diff = [k for k in mine if k in stored and _changed(stored[k], mine[k])]
         if diff:
             raise ConfigError(f"--resume: the checkpoint {path} was written with different "
                               f"{', '.join(diff)} than this config; resume with the same "
                               "settings (or start a new output folder)")
         rank_state = ck.load_file(path / f"rank{self.env.rank:05d}.pt", "this rank's state")
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.triplet is not None and state.get("triplet") is not None:
-            self.triplet.load_state_dict(state["triplet"])
-        if self.pfc is not None:
-            self.pfc.load_shard_state(rank_state["pfc"])
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        sampler_state = dict(state["sampler"])
-        sampler_state["rank"] = self.env.rank
-        self.sampler.load_state_dict(sampler_state)
-        self._resume_position = True
-        self.skips.total = int(state.get("skipped", 0))
-        self.seconds_before = float(state.get("seconds", 0.0))
+        model.net.load_state_dict(saved["net"])
+        optim.optimizer.load_state_dict(saved["optimizer"])
+        optim.scheduler.load_state_dict(saved["scheduler"])
+        optim.scaler.load_state_dict(saved["scaler"])
+        if model.triplet is not None and saved.get("triplet") is not None:
+            model.triplet.load_state_dict(saved["triplet"])
+        if model.pfc is not None:
+            model.pfc.load_shard_state(rank_state["pfc"])
+        data.batches.load_state_dict({**saved["sampler"], "rank": self.env.rank})
+        self.state = run
+        self.skips.total = run.skipped
         ck.set_rng_state(rank_state["rng"])
-        self.last_checkpoint_step = self.step
-        self._say(f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
-                  f"batch {self.batch_in_epoch})")
+        self._checkpointed_at = run.step
+        return (f"resumed from {path} at step {run.step} (epoch {run.epoch}, "
+                f"batch {run.batch_in_epoch})")
 
     # -- the step -------------------------------------------------------------------------------
-    def _train_step(self, images: Tensor, labels: Tensor) -> Tensor:
+    def _train_step(self, images: Tensor, labels: Tensor, indices: Tensor | None) -> Tensor:
+        data, model, optim = self._parts()
         cfg = self.cfg
-        dev = self.env.device
         amp = _amp_dtype(cfg.amp)
         teacher = None
-        if self.teacher is not None:
-            teacher = self.teacher.index_select(0, self._last_indices).float()
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            emb, aux = self.ddp(images, labels, teacher)
-            if self.pfc is not None:
-                loss = self.pfc(emb, labels)
-                if self.interclass is not None:
-                    w, term = self.interclass
-                    loss = loss + w * term(self.pfc.sampled_weight())
+        if data.teacher is not None and indices is not None:
+            teacher = data.teacher.index_select(0, indices).float()
+        with torch.autocast(self.env.device.type, dtype=amp or torch.float32,
+                            enabled=amp is not None):
+            emb, aux = model.ddp(images, labels, teacher)
+            if model.pfc is not None:
+                loss = model.pfc(emb, labels)
+                if model.interclass is not None:
+                    w, term = model.interclass
+                    loss = loss + w * term(model.pfc.sampled_weight())
             else:
-                loss = self.triplet(emb.float(), labels)
+                assert model.triplet is not None
+                loss = model.triplet(emb.float(), labels)
             if aux is not None:
                 loss = loss + aux
-        self.scaler.scale(loss).backward()
-        if self.pfc is not None:
-            self.pfc.attach(self.optimizer)
+        optim.scaler.scale(loss).backward()
+        if model.pfc is not None:
+            model.pfc.attach(optim.optimizer)
         if cfg.optim.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.pfc is not None:
-            self.pfc.detach(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+            optim.scaler.unscale_(optim.optimizer)
+            nn.utils.clip_grad_norm_(model.backbone.parameters(), cfg.optim.grad_clip)
+        optim.scaler.step(optim.optimizer)
+        optim.scaler.update()
+        if model.pfc is not None:
+            model.pfc.detach(optim.optimizer)
+        optim.optimizer.zero_grad(set_to_none=True)
+        optim.scheduler.step()
         return loss.detach()
 
-    def _fill(self, batch: Any) -> tuple[Tensor, Tensor] | None:
-        """Keep the batch shape fixed: replace dropped (unreadable) samples by repeats."""
+    def _fill(self, batch: FaceBatch) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """Keep the batch shape fixed: replace dropped (unreadable) samples by repeats.
+
+        ``None`` when every sample of the batch was dropped."""
         n = len(batch)
-        want = self.cfg.batch_size
         if n == 0:
-            return self._last_batch
-        images, labels = batch.images, batch.labels
-        indices = getattr(batch, "indices", None)
+            return None
+        want = n + len(batch.skipped)
+        images, labels, indices = batch.images, batch.labels, batch.indices
         if n < want:
             idx = torch.arange(want) % n
             images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
@@ -498,107 +647,68 @@ class Trainer:
         images = images.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
         if indices is not None:
-            self._last_indices = indices.to(dev, non_blocking=True)
+            indices = indices.to(dev, non_blocking=True)
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        self._last_batch = (images, labels)
-        return images, labels
+        return images, labels, indices
 
-    # -- logging --------------------------------------------------------------------------------
-    def _say(self, text: str) -> None:
-        if self.env.is_main:
-            if self._bar is not None:
-                self._bar.write(text)
-            else:
-                print(text, flush=True)
+    def _validate_first(self, labels: Tensor, batch_size: int) -> None:
+        """Check the first batch thoroughly, then let the loss heads skip validation."""
+        data, model, _ = self._parts()
+        check_labels(labels.cpu(), batch_size, data.num_classes)
+        if model.pfc is not None:
+            model.pfc.head.validate = False
+        if model.net.center is not None:
+            model.net.center.validate = False
+        if model.triplet is not None:
+            model.triplet.validate = False
 
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+    # -- logging and verification ---------------------------------------------------------------
+    def _log(self, kind: str, values: dict[str, Any]) -> None:
+        data, _, _ = self._parts()
+        st = self.state
+        self.log.scalars(kind, values, st.step, st.epoch + st.batch_in_epoch / data.steps_per_epoch)
 
-    def _open_logs(self) -> None:
-        self._bar = None
-        self._csv = None
-        self._tb = None
-        if not self.env.is_main:
-            return
-        out = Path(self.cfg.output)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "metrics.csv"
-        new = not path.exists() or not self.resume
-        fh = path.open("w" if new else "a", newline="", encoding="utf-8")
-        self._csv_fh = fh
-        self._csv = csv.writer(fh)
-        if new:
-            self._csv.writerow(["step", "epoch", "kind", "name", "value"])
-        if self.cfg.log.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    def _log_train(self, meter: _Meter) -> None:
+        _, _, optim = self._parts()
+        st = self.state
+        st.last_loss = _finite(meter.log_mean(), f"at step {st.step}")
+        st.samples_per_second = meter.rate(st.step, self.cfg.batch_size * self.env.world_size)
+        lr = optim.optimizer.param_groups[0]["lr"]
+        self._log("train", {"loss": st.last_loss, "lr": lr,
+                            "samples_per_s": st.samples_per_second})
+        self.log.postfix(loss=f"{st.last_loss:.3f}", lr=f"{lr:.3g}",
+                         sps=f"{st.samples_per_second:.0f}")
 
-                self._tb = SummaryWriter(log_dir=str(out / "tensorboard"),
-                                         purge_step=self.step if self.resume else None)
-            except ImportError:
-                print("note: TensorBoard is not installed (pip install tensorboard); metrics "
-                      "go to metrics.csv only", flush=True)
-        if self.cfg.log.progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
-                             dynamic_ncols=True, desc="train", smoothing=0.05)
-
-    def _log(self, kind: str, values: dict[str, float]) -> None:
-        if not self.env.is_main:
-            return
-        epoch = self.epoch + self.batch_in_epoch / self.steps_per_epoch
-        for name, value in values.items():
-            if value is None:
-                continue
-            if self._csv is not None:
-                self._csv.writerow([self.step, f"{epoch:.4f}", kind, name, f"{value:.6g}"])
-            if self._tb is not None:
-                self._tb.add_scalar(f"{kind}/{name}", value, self.step)
-        if self._csv is not None:
-            self._csv_fh.flush()
-
-    def _close_logs(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        if self._csv is not None:
-            self._csv_fh.close()
-            self._csv = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-
-    # -- verification ---------------------------------------------------------------------------
     def _setup_verify(self) -> None:
-        self.verifier = None
+        data, _, _ = self._parts()
         v = self.cfg.verify
         if v.pairs is None or not self.env.is_main:
             return
-        from marginface.train.verify import PairVerifier
-
         self.verifier = PairVerifier(v.pairs, root=v.root, aligned=v.aligned,
-                                     preprocessing=self.pre, flip=v.flip,
+                                     preprocessing=data.preprocessing, flip=v.flip,
                                      batch_size=v.batch_size, name=v.name)
         n_fail = len(self.verifier.failures)
-        self._say(f"verification set {self.verifier.name}: {self.verifier.pairs.n_pairs} pairs, "
-                  f"{len(self.verifier.pairs.images)} images"
-                  f"{f', {n_fail} without a usable face' if n_fail else ''}"
-                  f" ({'aligned crops' if self.verifier.aligned else 'detected and aligned'})")
+        self.log.say(f"verification set {self.verifier.name}: {self.verifier.pairs.n_pairs} "
+                     f"pairs, {len(self.verifier.pairs.images)} images"
+                     f"{f', {n_fail} without a usable face' if n_fail else ''}"
+                     f" ({'aligned crops' if self.verifier.aligned else 'detected and aligned'})")
 
     def verify(self) -> dict[str, Any] | None:
         """Score the pairs file with the current backbone (rank 0; others wait)."""
+        _, model, _ = self._parts()
+        st = self.state
         result = None
         if self.verifier is not None:
-            res = self.verifier.evaluate(self.backbone, self.env.device,
+            res = self.verifier.evaluate(model.backbone, self.env.device,
                                          amp_dtype=_amp_dtype(self.cfg.amp),
                                          channels_last=self.cfg.channels_last)
             result = res.to_dict()
-            self.last_verify = result
-            self._say(f"step {self.step}: {res}")
+            st.last_verify = result
+            self.log.say(f"step {st.step}: {res}")
             self._log("verify", {k: v for k, v in result.items()
                                  if isinstance(v, float) or v is None})
+        st.verified_at = st.step
         barrier(self.env)
         return result
 
@@ -615,178 +725,136 @@ class Trainer:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train until ``epochs``/``steps`` are done or Ctrl-C; then checkpoint and export."""
-        from marginface.data import SkipCounter
-
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            return self._run(SkipCounter)
+            return self._run()
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
             if self._own_env:
                 cleanup(self.env)
 
-    def _run(self, skip_counter_cls: Any) -> TrainResult:
+    def _run(self) -> TrainResult:
         cfg, env = self.cfg, self.env
-        self._seed_everything()
-        self._build_data()
-        self._build_model()
-        self._build_optim()
-        self.skips = skip_counter_cls()
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.seconds_before = 0.0
-        self.last_checkpoint_step = -1
-        self.last_verify: dict[str, Any] | None = None
-        self._resume_position = False
-        self._last_batch: tuple[Tensor, Tensor] | None = None
-        self._bar = None
-        self._t0 = time.perf_counter()
-        if self.resume:
-            self._load_checkpoint()
-        self._open_logs()
+        self._build()
+        data, model, _ = self._parts()
+        self.state = RunState()
+        self._session_start = time.perf_counter()
+        resumed = self._restore() if self.resume else ""
+        st = self.state
+        self.log.open(append=self.resume, step=st.step, total=data.total_steps)
         try:
-            self._say(f"training {self.arch} ({cfg.backbone.embedding_dim}-d) with "
-                      f"{cfg.loss.name} on {len(self.dataset)} images of {self.num_classes} "
-                      f"identities; {self.total_steps} steps of {cfg.batch_size}×"
-                      f"{env.world_size} on {env.device} ({cfg.amp})")
+            self.log.say(resumed)
+            self.log.say(f"training {model.arch} ({cfg.backbone.embedding_dim}-d) with "
+                         f"{cfg.loss.name} on {len(data.dataset)} images of {data.num_classes} "
+                         f"identities; {data.total_steps} steps of {cfg.batch_size}×"
+                         f"{env.world_size} on {env.device} ({cfg.amp})")
             self._setup_verify()
-            if cfg.verify.at_start and self.step == 0:
+            if cfg.verify.at_start and st.step == 0:
                 self.verify()
             interrupted = self._loop()
-            if self.step != self.last_checkpoint_step:
+            if st.step != self._checkpointed_at:
                 self.save_checkpoint()
-            if not interrupted and (self.last_verify is None or
-                                    self._verified_at != self.step):
+            if not interrupted and st.verified_at != st.step:
                 self.verify()
-            seconds = self.seconds_before + self._elapsed()
+            seconds = self._seconds()
             if env.is_main and not interrupted:
                 self._export(seconds)
         finally:
-            self._close_logs()
-        if self.skips.total and env.is_main:
-            print(self.skips.summary(), flush=True)
-        done = self.step / self.steps_per_epoch
+            self.log.close()
+        if self.skips.total:
+            self.log.say(self.skips.summary())
         return TrainResult(
-            output=Path(cfg.output), steps=self.step, epochs_done=done,
-            last_loss=self._last_loss, interrupted=interrupted,
-            skipped_samples=self.skips.total, metrics=self.last_verify or {},
-            seconds=seconds, samples_per_second=self._sps)
+            output=Path(cfg.output), steps=st.step, epochs_done=st.step / data.steps_per_epoch,
+            last_loss=st.last_loss, interrupted=interrupted, skipped_samples=self.skips.total,
+            metrics=st.last_verify or {}, seconds=seconds,
+            samples_per_second=st.samples_per_second, epoch_losses=list(st.epoch_losses))
 
     def _loop(self) -> bool:
-        cfg, env = self.cfg, self.env
-        self._last_loss = float("nan")
-        self._sps = 0.0
-        self._verified_at = -1
-        loss_sum: Tensor | None = None
-        n_sum = 0
-        t_log, step_log = time.perf_counter(), self.step
+        """Train until the last step, or until a stop is asked for (then checkpoint and return
+        True). Everything that outlives a step is in :attr:`state`."""
+        cfg, env, st = self.cfg, self.env, self.state
+        data, _, _ = self._parts()
+        meter = _Meter(st.step)
+        last: tuple[Tensor, Tensor, Tensor | None] | None = None
         first = True
-        while self.step < self.total_steps:
-            if not self._resume_position:
-                self.batch_in_epoch = 0
-            self._resume_position = False
-            loader = self._loader(self.epoch)
-            if self.batch_in_epoch:
-                self.sampler.load_state_dict(self.sampler.state_dict(
-                    consumed=self.batch_in_epoch * (cfg.batch_size if cfg.data.sampler ==
-                                                    "random" else 1)))
-            for batch in loader:
+        while st.step < data.total_steps:
+            for batch in data.loader(st.epoch, st.batch_in_epoch):
                 self.skips.update(batch)
-                filled = self._fill(batch)
-                if filled is None:
+                last = self._fill(batch) or last
+                if last is None:
                     raise DataError(f"every image of a whole batch was unreadable:\n"
                                     f"{self.skips.summary()}")
-                images, labels = filled
+                images, labels, indices = last
                 if first:
-                    self._validate_first(images, labels)
+                    self._validate_first(labels, images.shape[0])
                     first = False
-                loss = self._train_step(images, labels)
-                loss_sum = loss if loss_sum is None else loss_sum + loss
-                n_sum += 1
-                self.step += 1
-                self.batch_in_epoch += 1
-                if self._bar is not None:
-                    self._bar.update(1)
+                meter.add(self._train_step(images, labels, indices), images.shape[0])
+                st.step += 1
+                st.batch_in_epoch += 1
+                self.log.advance()
                 stop = self._stop.is_set() or (self.stop_after is not None
-                                               and self.step >= self.stop_after)
-                at_log = self.step % cfg.log.every_steps == 0 or self.step == self.total_steps
+                                               and st.step >= self.stop_after)
+                at_log = st.step % cfg.log.every_steps == 0 or st.step == data.total_steps
                 if at_log:
-                    self._last_loss = float(loss_sum.item()) / n_sum
-                    if not math.isfinite(self._last_loss):
-                        raise ModelError(f"the loss became {self._last_loss} at step "
-                                         f"{self.step}: lower optim.lr or check the data")
-                    now = time.perf_counter()
-                    self._sps = (self.step - step_log) * cfg.batch_size * env.world_size / max(
-                        now - t_log, 1e-9)
-                    t_log, step_log = now, self.step
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self._log("train", {"loss": self._last_loss, "lr": lr,
-                                        "samples_per_s": self._sps})
-                    if self._bar is not None:
-                        self._bar.set_postfix(loss=f"{self._last_loss:.3f}", lr=f"{lr:.3g}",
-                                              sps=f"{self._sps:.0f}", refresh=False)
-                    loss_sum, n_sum = None, 0
-                if env.distributed and (at_log or self.step == self.total_steps):
-                    stop = all_reduce_max(env, float(stop)) > 0
-                elif env.distributed:
-                    stop = False  # agree on stopping only at log steps
+                    self._log_train(meter)
+                if env.distributed:  # agree on stopping, at log steps only
+                    stop = at_log and all_reduce_max(env, float(stop)) > 0
                 if stop:
+                    meter.flush(st)
                     self.save_checkpoint()
-                    self._say(f"stopped at step {self.step}; continue with --resume")
+                    self.log.say(f"stopped at step {st.step}; continue with --resume")
                     return True
-                if self.step % cfg.checkpoint.every_steps == 0:
+                if st.step % cfg.checkpoint.every_steps == 0:
+                    meter.flush(st)
                     self.save_checkpoint()
-                if cfg.verify.every_steps and self.step % cfg.verify.every_steps == 0:
+                if cfg.verify.every_steps and st.step % cfg.verify.every_steps == 0:
                     self.verify()
-                    self._verified_at = self.step
-                if self.step >= self.total_steps:
+                if st.step >= data.total_steps:
                     break
             else:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                if self.step < self.total_steps:
-                    if cfg.checkpoint.at_epoch_end and self.step != self.last_checkpoint_step:
+                self._end_epoch(meter)
+                if st.step < data.total_steps:
+                    if cfg.checkpoint.at_epoch_end and st.step != self._checkpointed_at:
                         self.save_checkpoint()
-                    if cfg.verify.at_epoch_end and self._verified_at != self.step:
+                    if cfg.verify.at_epoch_end and st.verified_at != st.step:
                         self.verify()
-                        self._verified_at = self.step
                 continue
-            if self.batch_in_epoch >= self.steps_per_epoch:
-                self.epoch += 1
-                self.batch_in_epoch = 0
+            if st.batch_in_epoch >= data.steps_per_epoch:
+                self._end_epoch(meter)
+        meter.flush(st)
         return False
 
-    def _validate_first(self, images: Tensor, labels: Tensor) -> None:
-        """Check the first batch thoroughly, then let the loss heads skip validation."""
-        from marginface.losses import check_labels
-
-        check_labels(labels.cpu(), images.shape[0], self.num_classes)
-        if self.pfc is not None:
-            self.pfc.head.validate = False
-        if self.net.center is not None:
-            self.net.center.validate = False
-        if self.triplet is not None:
-            self.triplet.validate = False
+    def _end_epoch(self, meter: _Meter) -> None:
+        st = self.state
+        meter.flush(st)
+        if st.epoch_samples:
+            loss = st.epoch_loss_sum / st.epoch_samples
+            st.epoch_losses.append(_finite(loss, f"in epoch {st.epoch + 1}"))
+        st.epoch_loss_sum, st.epoch_samples = 0.0, 0
+        st.epoch += 1
+        st.batch_in_epoch = 0
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(st)
 
     def _export(self, seconds: float) -> None:
-        from marginface.train.export import export_model
-
-        cfg = self.cfg
+        data, model, _ = self._parts()
+        cfg, st = self.cfg, self.state
         data_name = cfg.data.name or Path(cfg.data.train).name
         training = {
             "data": {"path": str(cfg.data.train), "name": data_name,
-                     "images": len(self.dataset), "identities": self.num_classes,
+                     "images": len(data.dataset), "identities": data.num_classes,
                      "augment": cfg.data.augment, "sampler": cfg.data.sampler,
                      "skipped_images": self.skips.total},
-            "backbone": {"name": self.arch, "kwargs": self.arch_kwargs},
+            "backbone": {"name": model.arch, "kwargs": model.arch_kwargs},
             "loss": cfg.loss.model_dump(mode="json"),
             "optim": cfg.optim.model_dump(mode="json"),
             "schedule": cfg.schedule.model_dump(mode="json"),
             "amp": cfg.amp, "batch_size": cfg.batch_size, "world_size": self.env.world_size,
-            "global_batch": cfg.batch_size * self.env.world_size, "steps": self.step,
-            "epochs": round(self.step / self.steps_per_epoch, 4), "seed": cfg.seed,
+            "global_batch": cfg.batch_size * self.env.world_size, "steps": st.step,
+            "epochs": round(st.step / data.steps_per_epoch, 4), "seed": cfg.seed,
             "wall_seconds": round(seconds, 1), "device": _device_name(self.env.device),
             "preload": cfg.data.preload,
             "distill": None if cfg.distill is None else {
@@ -796,23 +864,21 @@ class Trainer:
             "command": "marginface train " + json.dumps(str(cfg.output)),
         }
         metrics = {}
-        if self.last_verify is not None and self.verifier is not None:
-            metrics[self.verifier.name] = {**self.last_verify, "protocol": (
+        if st.last_verify is not None and self.verifier is not None:
+            metrics[self.verifier.name] = {**st.last_verify, "protocol": (
                 "10-fold accuracy, flip TTA" if self.verifier.pairs.n_folds >= 2 else "")}
         name = cfg.name or Path(cfg.output).name
-        export_model(cfg.output, self.backbone, name=name, architecture=self.arch,
-                     embedding_dim=cfg.backbone.embedding_dim, preprocessing=self.pre,
+        export_model(cfg.output, model.backbone, name=name, architecture=model.arch,
+                     embedding_dim=cfg.backbone.embedding_dim, preprocessing=data.preprocessing,
                      training=training, metrics=metrics,
-                     architecture_kwargs=dict(self.arch_kwargs))
-        self._say(f"wrote {Path(cfg.output) / 'weights.safetensors'} and model.json")
+                     architecture_kwargs=dict(model.arch_kwargs))
+        self.log.say(f"wrote {Path(cfg.output) / 'weights.safetensors'} and model.json")
 
 
 def _architecture_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     """The backbone's constructor arguments, with ``input_size`` taken from ``data.input_size``
     (a network whose head depends on the input size must be built for the crops it gets)."""
-    from marginface.backbones import takes_input_size
-
-    if not takes_input_size(cfg.backbone.name):
+    if not backbones.takes_input_size(cfg.backbone.name):
         return dict(cfg.backbone.kwargs)
     return {**cfg.backbone.kwargs, "input_size": [int(v) for v in cfg.data.input_size]}
 
@@ -825,10 +891,12 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, preloaded: Any = None) -> TrainResult:
+def train(cfg: TrainConfig, *, resume: bool = False, preloaded: PreloadedImages | None = None,
+          dataset: FaceDataset | None = None) -> TrainResult:
     """Run the training ``cfg`` describes (one process, or one rank under torchrun).
 
     ``preloaded``: images already decoded on the device (``data.preload: device``), reused
-    when they come from the same data set (e.g. by the loss comparison).
+    when they come from the same data set (e.g. by the loss comparison). ``dataset``: train on
+    it instead of opening ``cfg.data.train`` (images in memory).
     """
-    return Trainer(cfg, resume=resume, preloaded=preloaded).run()
+    return Trainer(cfg, resume=resume, preloaded=preloaded, dataset=dataset).run()

@@ -98,3 +98,16 @@ def test_strong_preset_is_random_but_seeded(face: np.ndarray) -> None:
     t2 = pickle.loads(pickle.dumps(build_transform("strong")))  # picklable for workers
     b = [t2(face) for _ in range(4)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_entropy_alone_fixes_a_samples_augmentation(face: np.ndarray) -> None:
+    """The trainer's rule: a sample's augmentation follows from ``(seed, epoch, index)``, not
+    from the process, the worker or what the transform did before."""
+    t = build_transform("strong")
+    first = t(face, (0, 1, 2))
+    t(face, (5, 5, 5))
+    torch.manual_seed(123)
+    other = pickle.loads(pickle.dumps(build_transform("strong")))
+    assert torch.equal(t(face, (0, 1, 2)), first)
+    assert torch.equal(other(face, (0, 1, 2)), first)
+    assert not torch.equal(t(face, (0, 2, 2)), first)

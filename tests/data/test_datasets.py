@@ -20,7 +20,7 @@ from marginface.data import (
     make_loader,
     open_dataset,
 )
-from marginface.errors import DataError
+from marginface.errors import DataError, ImageError
 
 
 def test_orl_identity_folders(shared_data: Path) -> None:
@@ -36,6 +36,41 @@ def test_orl_identity_folders(shared_data: Path) -> None:
     x, _ = ds[5]
     assert x.shape == (3, 112, 112) and x.dtype == torch.float32
     assert -1.0 <= float(x.min()) < 0 < float(x.max()) <= 1.0
+
+
+def test_training_decodes_as_inference_does(celeba_subset: Path, tmp_path: Path) -> None:
+    """One decoder: EXIF orientation, transparency and the bomb guard apply to training too."""
+    import io
+
+    from PIL import Image
+
+    from marginface.align import read_image
+
+    root = tmp_path / "faces" / "a"
+    root.mkdir(parents=True)
+    rgb = np.zeros((30, 50, 3), dtype=np.uint8)
+    rgb[:, :10] = 255
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    img.save(root / "turned.jpg", exif=exif.tobytes(), quality=95)
+    rgba = np.zeros((20, 20, 4), dtype=np.uint8)
+    rgba[:10, :, 3] = 255  # bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(root / "clear.png")
+    (root / "plain.jpg").symlink_to(next(celeba_subset.glob("*/*.jpg")))
+    ds = ImageFolderDataset(tmp_path / "faces")
+    for i in range(len(ds)):
+        image, _ = ds[i]
+        np.testing.assert_array_equal(image, read_image(ds.source(i)))
+    by_name = {Path(ds.source(i)).name: ds[i][0] for i in range(len(ds))}
+    assert by_name["turned.jpg"].shape == (50, 30, 3)
+    assert by_name["clear.png"][15, 0].tolist() == [255, 255, 255]
+    buf = io.BytesIO()
+    Image.new("L", (4000, 3000)).save(buf, "PNG")
+    from marginface.data import decode_image
+
+    with pytest.raises(ImageError, match="decompression-bomb"):
+        decode_image(buf.getvalue(), max_pixels=10_000_000, source="big.png")
 
 
 def test_celeba_folders_and_label_map_roundtrip(celeba_subset: Path, tmp_path: Path) -> None:
@@ -166,3 +201,35 @@ def test_open_dataset_dispatch(shared_data: Path, tmp_path: Path) -> None:
     assert isinstance(open_dataset(shared_data / "orl"), ImageFolderDataset)
     with pytest.raises(DataError, match="data not found"):
         open_dataset(tmp_path / "nothing")
+
+
+def test_the_trainers_loading_path_is_make_loader(celeba_subset: Path) -> None:
+    """What the trainer reads: ``make_loader`` over ``SeededSamples`` and ``SeededBatches``.
+    Each sample is augmented from ``(seed, epoch, index)`` alone, so worker processes change
+    nothing; indices travel with the batch (the distillation term looks rows up by them)."""
+    from marginface.card import Preprocessing
+    from marginface.data import (
+        ArrayDataset,
+        ResumableSampler,
+        SeededBatches,
+        SeededSamples,
+    )
+
+    folder = ImageFolderDataset(celeba_subset)
+    pixels = np.stack([folder.load_image(i) for i in range(24)])
+    ds = ArrayDataset(pixels, folder.labels[:24] % 3, name="crops")
+    assert ds.source(5) == "crops#5" and ds.num_classes == 3
+    samples = SeededSamples(ds, build_transform("strong", Preprocessing(input_size=(56, 56))),
+                            with_index=True)
+    runs = []
+    for workers in (0, 2):
+        batches = SeededBatches(ResumableSampler(len(ds), seed=1), batch_size=8, seed=4)
+        batches.seek(2)
+        runs.append(list(make_loader(samples, batch_sampler=batches, num_workers=workers,
+                                     generator=torch.Generator().manual_seed(0), timeout=120)))
+    for a, b in zip(*runs, strict=True):
+        assert a.images.shape == (8, 3, 56, 56)
+        assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+        assert torch.equal(a.labels, torch.as_tensor(ds.labels[a.indices.numpy()]))
+    with pytest.raises(DataError, match="uint8"):
+        ArrayDataset(pixels.astype(np.float32), ds.labels)

@@ -14,6 +14,7 @@ from marginface.data import (
     ImageFolderDataset,
     PKSampler,
     ResumableSampler,
+    SeededBatches,
     build_transform,
     collate_faces,
 )
@@ -136,3 +137,29 @@ def test_pk_sampler_feeds_a_dataloader_on_real_faces(celeba_subset: Path) -> Non
     batch = next(iter(loader))
     assert batch.images.shape == (12, 3, 112, 112)
     assert sorted(Counter(batch.labels.tolist()).values()) == [3, 3, 3, 3]
+
+
+def test_seeded_batches_count_in_batches_and_resume_mid_epoch() -> None:
+    """The trainer's batch sampler: keys ``(index, epoch, seed)``, a shorter last batch kept
+    (not a single sample), and ``seek`` continuing exactly where a run stopped."""
+    keep = SeededBatches(ResumableSampler(10, seed=2), batch_size=4, seed=7, drop_last=False)
+    assert keep.per_epoch == len(keep) == 3
+    keep.seek(1)
+    whole = list(keep)
+    assert [len(b) for b in whole] == [4, 4, 2]
+    assert {(e, s) for b in whole for _, e, s in b} == {(1, 7)}
+    assert sorted(i for b in whole for i, _, _ in b) == list(range(10))
+    keep.seek(1, batches_done=2)
+    assert list(keep) == whole[2:]
+    assert SeededBatches(ResumableSampler(9), batch_size=4, seed=0, drop_last=False).per_epoch == 2
+    drop = SeededBatches(ResumableSampler(10, seed=2), batch_size=4, seed=7)
+    drop.seek(1)
+    assert list(drop) == whole[:2]
+    pk = SeededBatches(PKSampler(_labels(), p=5, k=4, seed=3), batch_size=0, seed=3)
+    assert pk.batch_size == 20 and pk.per_epoch == 23 // 5
+    assert pk.state_dict(2)["position"] == 2  # P×K positions count batches ...
+    assert drop.state_dict(2)["position"] == 8  # ... the random sampler's count samples
+    pk.seek(4, batches_done=1)
+    rest = list(pk)
+    pk.seek(4)
+    assert [[i for i, _, _ in b] for b in rest] == [[i for i, _, _ in b] for b in list(pk)[1:]]
