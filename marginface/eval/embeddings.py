@@ -76,10 +76,8 @@ class EmbedOptions:
         d = {"aligned": self.aligned, "flip": self.flip}
         if not self.aligned:
             d |= {"detector": self.detector, "selection": self.selection, **_aligner_limits(self)}
-            if self.detector == "yunet":  # landmarks are refined by ONet when it is installed
-                import importlib.util
-
-                d["refine_landmarks"] = importlib.util.find_spec("facenet_pytorch") is not None
+            if self.detector == "yunet":  # ONet refines the landmarks (its weights ship)
+                d["refine_landmarks"] = True
         return d
 
 

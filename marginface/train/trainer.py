@@ -350,7 +350,7 @@ class _RunLog:
                 self.tb = SummaryWriter(log_dir=str(out / "tensorboard"),
                                         purge_step=step if append else None)
             except ImportError:
-                self.say("note: TensorBoard is not installed (pip install tensorboard); "
+                self.say("note: TensorBoard is not installed (pip install 'marginface[train]'); "
                          "metrics go to metrics.csv only")
         if self.cfg.log.progress and self.console:
             from tqdm.auto import tqdm  # probes for a notebook; only progress bars need it
