@@ -123,7 +123,8 @@ def features_command(
         3, "--repeats", help="networks per loss (seeds seed, seed+1, …); the table averages them"
     ),
 ) -> None:
-    """Train a small CNN per loss and plot its normalised features, one panel per loss."""
+    """Train the tiny network per loss (through the trainer) and plot its normalised features,
+    one panel per loss."""
     from marginface.plots.features import TrainSettings, mean_summary
     from marginface.plots.run import plot_features
 
