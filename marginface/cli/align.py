@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from marginface.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -31,14 +34,13 @@ def register(app: typer.Typer) -> None:
             help="YuNet: refine landmarks with MTCNN's ONet (default: when installed)."),
     ) -> None:
         """Detect and align every face photo under SRC into DST (failures CSV, resumable)."""
-        from marginface.align.batch import AlignJob, align_folder
-        from marginface.errors import ConfigError
+        from marginface.align.batch import AlignJob, align_folder  # loads cv2 on use
 
         if image_format not in ("jpg", "png"):
             raise ConfigError("--format must be jpg or png")
         if selection not in ("largest", "central", "all"):
             raise ConfigError("--selection must be largest, central or all")
-        options = ()
+        options: tuple[tuple[str, Any], ...] = ()
         if detector == "yunet" and refine is not None:
             options = (("refine_landmarks", refine),)
         job = AlignJob(detector=detector, detector_options=options, template=template,

@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from marginface.errors import MarginfaceError
+
+
+def _accuracy_on_pairs(models: list[Path], pairs: Path, root: Path | None,
+                       ) -> list[tuple[str, float]]:
+    """``(model name, mean 10-fold verification accuracy)`` for each model on ``pairs``, run
+    with marginface's evaluation protocol (:func:`marginface.eval.verify.verify`): what
+    ``export --int8 --pairs`` reports. It lives here, above both ``embed`` and ``eval``."""
+    from marginface.embed.loader import load_embedder
+    from marginface.eval.pairs import load_pairs
+    from marginface.eval.verify import verify
+
+    pair_set = load_pairs(pairs, root)
+    rows = []
+    for spec in models:
+        embedder = load_embedder(spec)
+        report, _ = verify(pair_set, embedder, progress=True, model_spec=str(spec))
+        accuracy = float(report["accuracy_mean"])
+        rows.append((embedder.name, accuracy / 100.0 if accuracy > 1.0 else accuracy))
+    return rows
 
 
 def register(app: typer.Typer) -> None:
@@ -31,9 +53,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"wrote {result.int8_path}; vs float ONNX on random input: max |diff| "
                        f"{result.int8_max_abs_diff:.3f}, min cosine {result.int8_min_cosine:.4f}")
             if pairs is not None:
-                from marginface.embed.quality import compare_on_pairs
-
-                rows = compare_on_pairs([result.onnx_path, result.int8_path], pairs, root)
+                rows = _accuracy_on_pairs([result.onnx_path, result.int8_path], pairs, root)
                 for name, acc in rows:
                     typer.echo(f"  {name}: verification accuracy {acc * 100:.2f}%")
                 typer.echo(f"  accuracy change (int8 - float): "
@@ -55,11 +75,11 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from marginface.embed.pipeline import Pipeline
-        from marginface.errors import MarginfaceError
 
         pipe = Pipeline.from_names(model, detector,
                                    selection="all" if all_faces else "largest", flip=flip)
-        rows, vectors = [], []
+        rows: list[dict[str, Any]] = []
+        vectors: list[np.ndarray] = []
         for photo in photos:
             try:
                 faces = pipe.embed_image(photo)

@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from marginface.cli.exit_codes import ExitCode
+from marginface.cli.gallery_access import (
+    DB_OPTION,
+    JSON_OPTION,
+    console,
+    emit_json,
+    open_gallery,
+)
+from marginface.errors import ConfigError, GalleryError
 
 if TYPE_CHECKING:
-    from marginface.gallery import Gallery, RecognizedFace, Recognizer
+    from marginface.gallery import RecognizedFace, Recognizer
 
-DB_HELP = ("gallery: a SQLite file, sqlite:///path or postgresql://...; default "
-           "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db")
-
-_DB = typer.Option(None, "--db", envvar="MARGINFACE_GALLERY_URL", help=DB_HELP,
-                   show_default=False)
 _INDEX = typer.Option("exact", "--index", help="vector index: exact, faiss or milvus")
 _MODEL = typer.Option("default", "--model", "-m",
                       help="embedding model: built-in name, model directory or .onnx file")
@@ -32,19 +35,6 @@ _THRESHOLD = typer.Option(
     None, "--threshold", "-t",
     help="cosine decision threshold (default: the model card's calibrated one)")
 _FAR = typer.Option(None, "--far", help='calibrated false-accept rate to use, e.g. "1e-4"')
-_JSON = typer.Option(False, "--json", help="machine-readable JSON output")
-
-
-def _emit_json(data: Any) -> None:
-    from marginface.gallery import to_jsonable
-
-    typer.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
 
 
 def _require_gallery(db: str | None) -> None:
@@ -82,14 +72,6 @@ def _recognizer(db: str | None, model: str, detector: str, index: str,
     return Recognizer(gallery, pipeline, **kwargs)
 
 
-def _open_plain(db: str | None, index: str = "exact") -> Gallery:
-    """Open an existing gallery without a model (listing, export, deletion, keys): a missing
-    one is :class:`NotFoundError`, never created."""
-    from marginface.gallery import Gallery
-
-    return Gallery.open(db, index=index, create=False)
-
-
 def _fmt_score(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -103,12 +85,10 @@ def enroll(
         "reject", "--multiple-faces", help="photos with several faces: reject or largest"),
     store_crops: bool = typer.Option(False, "--store-crops",
                                      help="keep each enrolled face's aligned crop"),
-    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    as_json: bool = _JSON,
+    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Enrol a person from photos: one new subject (or --to an existing one)."""
-    from marginface.errors import ConfigError
-
     meta = None
     if metadata is not None:
         try:
@@ -129,7 +109,7 @@ def enroll(
     finally:
         rec.gallery.close()
     if as_json:
-        _emit_json(result)
+        emit_json(result)
         return
     from rich.table import Table
 
@@ -142,7 +122,7 @@ def enroll(
         colour = colours.get(o.status, "red")
         table.add_row(o.source, f"[{colour}]{o.status.replace('_', ' ')}[/]",
                       "" if o.face_id is None else str(o.face_id), o.message)
-    _console().print(table)
+    console().print(table)
 
 
 def identify(
@@ -150,8 +130,8 @@ def identify(
     k: int = typer.Option(5, "--k", help="neighbours in the k-NN vote"),
     source: str | None = typer.Option(None, "--log-source",
                                       help="log each answer as an event from this camera/door"),
-    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
+    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = JSON_OPTION,
 ) -> None:
     """Identify every face in a photo against the gallery; exit code 3 when it shows none.
 
@@ -164,7 +144,7 @@ def identify(
         rec.gallery.close()
     if as_json:
         # The local user may see every candidate (the API hides them from recognise-only keys).
-        _emit_json({"photo": str(photo), "faces": [f.answer(candidates=True) for f in faces]})
+        emit_json({"photo": str(photo), "faces": [f.answer(candidates=True) for f in faces]})
     elif faces:
         _print_faces(photo, faces)
     else:
@@ -188,14 +168,14 @@ def _print_faces(photo: Path, faces: list[RecognizedFace]) -> None:
             f"[green]{ans.name}[/]" if ans.known else "[yellow]unknown[/]",
             ans.subject_id or "", _fmt_score(ans.score), _fmt_score(ans.threshold),
             f"{runner.name} {runner.score:.3f}" if runner else "")
-    _console().print(table)
+    console().print(table)
 
 
 def verify(
     photo_a: Path = typer.Argument(..., help="first photo (its largest face)"),
     photo_b: str = typer.Argument(..., help="second photo, or subject:ID for an enrolled one"),
-    db: str | None = _DB, model: str = _MODEL, detector: str = _DETECTOR,
-    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR,
+    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = JSON_OPTION,
 ) -> None:
     """Are two photos (or a photo and an enrolled subject) the same person? Exit code 0 or 1.
 
@@ -218,10 +198,10 @@ def verify(
         finally:
             rec.gallery.close()
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         verdict = "[green]same person[/]" if result.same else "[red]different people[/]"
-        _console().print(f"{verdict}: cosine {result.score:.3f} "
+        console().print(f"{verdict}: cosine {result.score:.3f} "
                          f"(threshold {result.threshold:.3f})")
     raise typer.Exit(ExitCode.SUCCESS if result.same else ExitCode.DIFFERENT_PEOPLE)
 
@@ -229,14 +209,14 @@ def verify(
 def gallery_list(
     search: str | None = typer.Option(None, "--search", "-s", help="filter names"),
     limit: int | None = typer.Option(None, "--limit"),
-    db: str | None = _DB, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
 ) -> None:
     """List enrolled subjects."""
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         subjects = g.list_subjects(search=search, limit=limit)
         stats = g.stats()
     if as_json:
-        _emit_json({"model": stats["model"], "dim": stats["dim"], "subjects": subjects})
+        emit_json({"model": stats["model"], "dim": stats["dim"], "subjects": subjects})
         return
     from rich.table import Table
 
@@ -248,22 +228,20 @@ def gallery_list(
         table.add_row(s.id, s.name, str(s.n_faces),
                       json.dumps(s.metadata, ensure_ascii=False) if s.metadata else "",
                       s.created_at.astimezone().strftime("%Y-%m-%d %H:%M"))
-    _console().print(table)
+    console().print(table)
 
 
 def gallery_delete(
     subject_ids: list[str] = typer.Argument(None, help="subject ids to delete"),
     face: list[int] = typer.Option(None, "--face", help="delete only this face id (repeatable)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    db: str | None = _DB, index: str = _INDEX, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, index: str = _INDEX, as_json: bool = JSON_OPTION,
 ) -> None:
     """Delete subjects (all their faces and events) or single faces, from every store."""
-    from marginface.errors import GalleryError
-
     subject_ids, face = subject_ids or [], face or []
     if not subject_ids and not face:
         raise GalleryError("name subject ids to delete, or --face FACE_ID")
-    with _open_plain(db, index) as g:
+    with open_gallery(db, index) as g:
         for sid in subject_ids:
             g.get_subject(sid)  # unknown ids fail before anything is deleted
         for fid in face:
@@ -272,13 +250,13 @@ def gallery_delete(
             what = ", ".join([*subject_ids, *(f"face {f}" for f in face)])
             if not typer.confirm(f"Delete {what}? This erases their embeddings", default=False):
                 raise typer.Abort()
-        report = {"subjects": [], "faces": []}
+        report: dict[str, list[Any]] = {"subjects": [], "faces": []}
         for sid in subject_ids:
             report["subjects"].append({"id": sid, "faces_removed": g.delete_subject(sid)})
         for fid in face:
             report["faces"].append(g.delete_face(fid).id)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
         for s in report["subjects"]:
             typer.echo(f"deleted subject {s['id']} ({s['faces_removed']} faces)")
@@ -290,12 +268,12 @@ def gallery_export(
     out: str = typer.Argument("-", help="output JSON file, or - for stdout"),
     embeddings: bool = typer.Option(False, "--embeddings",
                                     help="include the embeddings (biometric data)"),
-    db: str | None = _DB,
+    db: str | None = DB_OPTION,
 ) -> None:
     """Export subjects and faces as JSON (without embeddings unless asked)."""
     from marginface.gallery import to_jsonable
 
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         data = g.export(include_embeddings=embeddings)
     text = json.dumps(to_jsonable(data), indent=2, ensure_ascii=False)
     if out == "-":
@@ -308,16 +286,16 @@ def gallery_export(
 def gallery_attendance(
     date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD (default today)"),
     csv: bool = typer.Option(False, "--csv", help="CSV output"),
-    db: str | None = _DB, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
 ) -> None:
     """First and last sighting per subject on a day (local time)."""
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         if csv:
             sys.stdout.write(g.attendance_csv(date))
             return
         rows = g.attendance(date)
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     from rich.table import Table
 
@@ -327,7 +305,7 @@ def gallery_attendance(
     for r in rows:
         table.add_row(r.name, r.subject_id, r.first_seen.strftime("%H:%M:%S"),
                       r.last_seen.strftime("%H:%M:%S"), str(r.count), ", ".join(r.sources))
-    _console().print(table)
+    console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,11 +15,13 @@ from enum import StrEnum
 
 import typer
 
-from marginface.cli.gallery import _DB, _JSON, _console, _emit_json, _open_plain
+from marginface.cli.gallery_access import DB_OPTION, JSON_OPTION, console, emit_json, open_gallery
+from marginface.errors import ConflictError, NotFoundError
 from marginface.gallery.types import ROLES
 
 #: The roles of :data:`marginface.gallery.ROLES`, as a typer choice.
-Role = StrEnum("Role", {role: role for role in ROLES})
+#: (mypy cannot list members built from a variable; ROLES stays the one list of roles.)
+Role = StrEnum("Role", {role: role for role in ROLES})  # type: ignore[misc]
 
 
 _LAST_ADMIN = (
@@ -38,7 +40,7 @@ def keys_create(
         None, "--name", show_default=False,
         help='a label to tell keys apart in keys list (default: "ROLE key (marginface keys '
              'create)")'),
-    db: str | None = _DB, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
 ) -> None:
     """Create an API key for the service and print it once.
 
@@ -50,24 +52,24 @@ def keys_create(
     """
     if name is None:  # every key has a name; this one says where the key came from
         name = f"{role.value} key (marginface keys create)"
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         record, secret = g.create_api_key(name, role.value)
     if as_json:
-        _emit_json({"key": record, "secret": secret})
+        emit_json({"key": record, "secret": secret})
         return
     typer.echo(f"created {record.role} key {record.name!r} with id {record.id}; the key is shown "
                "only this once (the gallery keeps only its hash):", err=True)
     typer.echo(secret)
 
 
-def keys_list(db: str | None = _DB, as_json: bool = _JSON) -> None:
+def keys_list(db: str | None = DB_OPTION, as_json: bool = JSON_OPTION) -> None:
     """List the service's API keys: id, name, role, created and last used.
 
     Only hashes of the keys are stored, so the keys cannot be shown."""
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         keys = g.list_api_keys()
     if as_json:
-        _emit_json(keys)
+        emit_json(keys)
         return
     from rich.table import Table
 
@@ -78,7 +80,7 @@ def keys_list(db: str | None = _DB, as_json: bool = _JSON) -> None:
         table.add_row(k.id, k.name, k.role, k.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
                       k.last_used_at.astimezone().strftime("%Y-%m-%d %H:%M")
                       if k.last_used_at is not None else "never")
-    _console().print(table)
+    console().print(table)
 
 
 def keys_revoke(
@@ -88,16 +90,14 @@ def keys_revoke(
         help="allow revoking the last admin key (the service then has none until keys create "
              "--role admin, or its next start, makes one)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    db: str | None = _DB, as_json: bool = _JSON,
+    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
 ) -> None:
     """Revoke an API key: requests presenting it are refused from now on.
 
     The last admin key is kept unless --force: without one, nobody could
     manage the service. Asks for confirmation unless --yes.
     """
-    from marginface.errors import ConflictError, NotFoundError
-
-    with _open_plain(db) as g:
+    with open_gallery(db) as g:
         key = next((k for k in g.list_api_keys() if k.id == key_id), None)
         if key is None:
             raise NotFoundError(f"no API key with id {key_id!r} (marginface keys list shows "
@@ -113,7 +113,7 @@ def keys_revoke(
             raise ConflictError(_LAST_ADMIN.format(key_id=key_id)) from None
         admins_left = g.count_api_keys("admin")
     if as_json:
-        _emit_json({"revoked": revoked, "admin_keys_left": admins_left})
+        emit_json({"revoked": revoked, "admin_keys_left": admins_left})
         return
     typer.echo(f"revoked {revoked.role} key {revoked.id}")
     if admins_left == 0:

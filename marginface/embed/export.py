@@ -1,22 +1,23 @@
-"""Export a marginface model directory to ONNX (dynamic batch axis), optionally int8."""
+"""Export a marginface model directory to ONNX (dynamic batch axis), optionally int8.
+
+The conversion of a module itself (:func:`module_to_onnx_bytes`) lives in
+:mod:`marginface.embed.runtimes`, below the loader, which also uses it; it is re-exported here.
+"""
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from marginface.card import ModelCard
+from marginface.embed.loader import load_backbone
+from marginface.embed.runtimes import INPUT_NAME, export_module_to_onnx, module_to_onnx_bytes
 from marginface.errors import ModelError
+from marginface.runtime import import_onnxruntime, onnx_session
 
 __all__ = ["ExportResult", "export_onnx", "module_to_onnx_bytes", "quantize_int8"]
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "embedding"
 
 
 @dataclass
@@ -32,44 +33,12 @@ class ExportResult:
     int8_min_cosine: float | None = None
 
 
-def _export(module: Any, card: ModelCard, target: Any, opset: int) -> None:
-    import torch
-
-    h, w = card.preprocessing.input_size
-    dummy = torch.zeros(2, 3, int(h), int(w), dtype=torch.float32)
-    module = module.float().eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                module, (dummy,), target,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-        except Exception as exc:  # torch raises many unrelated types from its exporter
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
-            raise ModelError(
-                f"cannot export {card.name!r} ({card.architecture}) to ONNX: {first}"
-            ) from None
-
-
-def module_to_onnx_bytes(module: Any, card: ModelCard, *, opset: int = 17) -> bytes:
-    """Serialize a backbone to ONNX in memory (input ``input`` (N, 3, H, W), output
-    ``embedding`` (N, D), dynamic batch)."""
-    buffer = io.BytesIO()
-    _export(module, card, buffer, opset)
-    return buffer.getvalue()
-
-
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantisation of an ONNX model's weights (onnxruntime.quantization)."""
-    from marginface.embed.runtimes import import_onnxruntime
-
     import_onnxruntime()  # telemetry off before onnxruntime initialises
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -97,8 +66,6 @@ def export_onnx(
     import torch
 
     from marginface.backbones.weights import load_state_dict_file
-    from marginface.embed.loader import load_backbone
-    from marginface.embed.runtimes import onnx_session
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
@@ -114,7 +81,7 @@ def export_onnx(
         raise ModelError(f"exporting to {out} would overwrite the model's own card; "
                          "choose another file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _export(module, card, str(out), opset)
+    export_module_to_onnx(module, card, str(out), opset)
 
     onnx_card = card.model_copy(update={"weights": out.name, "format": "onnx"})
     card_path = onnx_card.save(out.with_suffix(".json"))

@@ -63,7 +63,8 @@ def prepare_for_inference(module: nn.Module, input_size: tuple[int, int],
         # under a second and runs as fast here.
         warnings.simplefilter("ignore", DeprecationWarning)
         work = _fold_batchnorm(copy.deepcopy(module).float().eval())
-        work = work.to(dtype).to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (torch's stubs omit it)
+        work = work.to(dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         wrapped = _Cast(work, dtype).eval()
         try:
             frozen = torch.jit.freeze(torch.jit.trace(wrapped, example, check_trace=False))

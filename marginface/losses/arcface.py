@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from marginface.losses.margins import additive_angular
@@ -22,7 +24,7 @@ class ArcFace(NormFace):
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, *, scale: float = 64.0,
-                 margin: float = 0.5, easy_margin: bool = False, **kwargs) -> None:
+                 margin: float = 0.5, easy_margin: bool = False, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_dim, scale=scale, **kwargs)
         if margin < 0:
             raise ValueError(f"margin must be non-negative, got {margin}")

@@ -90,7 +90,7 @@ class MarginHead(nn.Module):
         self.embedding_dim = int(embedding_dim)
         self.chunk_size = chunk_size
         self.validate = validate
-        shape = (num_classes, embedding_dim)
+        shape: tuple[int, ...] = (num_classes, embedding_dim)
         if self.subcenters > 1:
             shape = (num_classes, self.subcenters, embedding_dim)
         self.weight = nn.Parameter(torch.empty(shape))
@@ -161,7 +161,7 @@ class MarginHead(nn.Module):
         if self.validate:
             check_embeddings(embeddings, self.embedding_dim)
         x = self._prepare(embeddings)
-        w = self.weight
+        w: Tensor = self.weight
         if self.normalize_weight:
             w = F.normalize(w, dim=-1)
         if self.subcenters > 1:

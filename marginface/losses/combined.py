@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from marginface.losses.margins import combined_margin
@@ -19,7 +21,7 @@ class CombinedMargin(NormFace):
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, *, m1: float = 1.0,
-                 m2: float = 0.3, m3: float = 0.2, scale: float = 64.0, **kwargs) -> None:
+                 m2: float = 0.3, m3: float = 0.2, scale: float = 64.0, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_dim, scale=scale, **kwargs)
         if m1 <= 0:
             raise ValueError(f"m1 must be positive, got {m1}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from marginface.losses.margins import cosine_margin
@@ -15,7 +17,7 @@ class CosFace(NormFace):
     m = 0.35). See :mod:`marginface.losses.bounds` for the paper's bounds on s and m."""
 
     def __init__(self, num_classes: int, embedding_dim: int, *, scale: float = 64.0,
-                 margin: float = 0.35, **kwargs) -> None:
+                 margin: float = 0.35, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_dim, scale=scale, **kwargs)
         if margin < 0:
             raise ValueError(f"margin must be non-negative, got {margin}")

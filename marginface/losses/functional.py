@@ -23,6 +23,7 @@ target logits across the ranks that hold the other shards.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,7 +67,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         x: Tensor,
         weight: Tensor,
         bias: Tensor | None,
@@ -103,6 +104,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
             w_t = w_all.index_select(0, rows).to(acc).view(B, K, -1)
             cos_tk = torch.einsum("bkd,bd->bk", w_t, xa)
             if normalize_weight:
+                assert norms is not None
                 cos_tk = cos_tk / norms.index_select(0, rows).view(B, K)
             cos_t, k_t = cos_tk.max(dim=1)
             if bias is not None:
@@ -124,6 +126,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 else:
                     z = torch.mm(xs_mm, wm.t()).to(acc)
                 if normalize_weight:
+                    assert norms is not None
                     z.div_(norms[lo * K : hi * K])
                 if K > 1:
                     z, a = z.view(B, hi - lo, K).max(dim=2)
@@ -159,7 +162,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         n_chunks, normalize_weight, K, chunk_size, mm_dtype = ctx.opts
         saved = ctx.saved_tensors
         x, weight, bias, scale, labels, lse, cos_t, f_t, df_t, k_t, norms, maxima = saved[:12]
@@ -190,8 +193,10 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 p = work[: B * (hi - lo)].view(B, hi - lo)
                 torch.mul(chunks[i], factor[:, i : i + 1], out=p)
                 if need_b:
+                    assert grad_b is not None
                     torch.mv(p.t(), r, out=grad_b[lo:hi])
                 if need_s and bias is not None:
+                    assert pb is not None
                     pb.add_(torch.mv(p, bias.detach()[lo:hi].to(acc)))
                 if K > 1:
                     full = torch.zeros(B, hi - lo, K, dtype=acc, device=device)
@@ -203,8 +208,10 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 w = w_all[lo * K : hi * K]
                 wm = w if w.dtype == pm.dtype else w.to(pm.dtype)
                 if need_acc:
+                    assert acc_x is not None
                     acc_x.add_(torch.mm(pm, wm).to(acc))
                 if need_w:
+                    assert grad_w is not None
                     gw = grad_w[lo * K : hi * K]
                     if mm_dtype is None:
                         torch.mm(pm.t(), rx_mm, out=gw)
@@ -229,30 +236,36 @@ class _MarginCrossEntropy(torch.autograd.Function):
             n_t = norms.index_select(0, row) if normalize_weight else None
             grad_x = None
             if need_x:
-                w_dir = w_t / n_t.unsqueeze(1) if normalize_weight else w_t
+                assert acc_x is not None
+                w_dir = w_t / n_t.unsqueeze(1) if n_t is not None else w_t
                 grad_x = acc_x * r.unsqueeze(1) + delta.unsqueeze(1) * w_dir
             if need_w:
+                assert grad_w is not None
                 if normalize_weight:
+                    assert n_t is not None
                     upd = (delta / n_t).unsqueeze(1) * xa - \
                         (delta * cos_t / (n_t * n_t)).unsqueeze(1) * w_t
                 else:
                     upd = delta.unsqueeze(1) * xa
                 grad_w.index_put_((row,), upd, accumulate=True)  # index_add_ is slow on CPU
             if need_b:
+                assert grad_b is not None
                 grad_b.index_put_((safe,), delta, accumulate=True)
             grad_s = None
             if need_s:
                 # sum_j p_ij c_ij = x_i . (sum_j p_ij w_j / n_j); swap the target's c for f(c).
+                assert acc_x is not None
                 pc = (xa * acc_x).sum(dim=1)
                 if bias is not None:
+                    assert pb is not None
                     pc = pc + pb
                 pu = pc + torch.where(valid, p_t * (f_t - cos_t), torch.zeros_like(p_t))
                 grad_s = (coef * (pu - torch.where(valid, f_t, torch.zeros_like(f_t))))
                 grad_s = grad_s.to(scale.dtype)
         return (
-            grad_x.to(x.dtype) if need_x else None,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
+            grad_x.to(x.dtype) if grad_x is not None else None,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
             grad_s,
             None, None, None, None, None, None, None,
         )

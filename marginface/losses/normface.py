@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from marginface.losses.base import MarginHead
@@ -14,7 +16,7 @@ class NormFace(MarginHead):
     (default s = 64)."""
 
     def __init__(self, num_classes: int, embedding_dim: int, *, scale: float = 64.0,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
         super().__init__(num_classes, embedding_dim, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from marginface.losses.base import MarginHead
@@ -20,7 +22,7 @@ class Softmax(MarginHead):
     normalize_weight = False
 
     def __init__(self, num_classes: int, embedding_dim: int, *, bias: bool = True,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_dim, bias=bias, **kwargs)
 
     def target_logit(self, theta: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,10 +45,12 @@ class SphereFace(MarginHead):
     normalised features instead.
     """
 
+    iteration: Tensor  # a buffer: training-mode forwards so far
+
     def __init__(self, num_classes: int, embedding_dim: int, *, margin: int = 4,
                  scale: float | None = None,
                  lambda_schedule: LambdaSchedule | None = LambdaSchedule(),
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         if int(margin) != margin or margin < 1:
             raise ValueError(f"SphereFace's margin must be a positive integer, got {margin}")
         if scale is not None and scale <= 0:

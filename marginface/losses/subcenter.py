@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marginface.losses.arcface import ArcFace
 
 __all__ = ["SubCenterArcFace"]
@@ -15,7 +17,7 @@ class SubCenterArcFace(ArcFace):
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, *, subcenters: int = 3,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         if not 1 <= subcenters <= 255:
             raise ValueError(f"subcenters must be in [1, 255], got {subcenters}")
         self.subcenters = int(subcenters)

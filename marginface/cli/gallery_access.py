@@ -1,0 +1,51 @@
+"""What the gallery-backed command modules share: ``gallery.py`` (enroll, identify, verify,
+``gallery ...``) and ``keys.py`` (the service's API keys).
+
+The ``--db`` and ``--json`` options, JSON output in the API's shape, a rich console, and
+opening an existing gallery without a model. Command modules do not import each other (an
+independence contract in ``.importlinter``); what two of them share lives in a module like this.
+The gallery itself is imported inside the functions, so ``marginface --help`` does not load it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from marginface.gallery import Gallery
+
+__all__ = ["DB_HELP", "DB_OPTION", "JSON_OPTION", "console", "emit_json", "open_gallery"]
+
+DB_HELP = ("gallery: a SQLite file, sqlite:///path or postgresql://...; default "
+           "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db")
+
+DB_OPTION = typer.Option(None, "--db", envvar="MARGINFACE_GALLERY_URL", help=DB_HELP,
+                         show_default=False)
+JSON_OPTION = typer.Option(False, "--json", help="machine-readable JSON output")
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON, in the shapes the service's API uses."""
+    from marginface.gallery import to_jsonable
+
+    typer.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
+
+
+def console() -> Console:
+    """A rich console for tables on stdout."""
+    from rich.console import Console
+
+    return Console()
+
+
+def open_gallery(db: str | None, index: str = "exact") -> Gallery:
+    """Open an existing gallery without a model (listing, export, deletion, keys): a missing
+    one is :class:`~marginface.errors.NotFoundError`, never created."""
+    from marginface.gallery import Gallery
+
+    return Gallery.open(db, index=index, create=False)
