@@ -1,23 +1,22 @@
-"""Face detectors that return boxes, scores and five landmarks, and the face-selection policy.
+"""The YuNet face detector and the detectors by name (``load_detector``).
 
-Landmark order (both backends): eye on the image's left, eye on the image's right, nose tip,
-mouth corner on the image's left, mouth corner on the image's right; in the input image's pixel
-coordinates. Images are RGB ``uint8`` as everywhere in marginface.
+What a detector returns, its interface and the face-selection policy live in
+:mod:`marginface.align.detection` (re-exported here); MTCNN in :mod:`marginface.align.mtcnn`.
 """
 
 from __future__ import annotations
 
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from marginface.align.detection import Detection, Detector, Selection, select_faces
 from marginface.align.image import resize_longest_side
+from marginface.align.mtcnn import MTCNNDetector, ONetRefiner
+from marginface.align.weights import bundled_model
+from marginface.errors import ConfigError, ModelError
+from marginface.runtime import PerThreadModel, dequantized_onnx_bytes, onnx_session, quiet_opencv
 
 __all__ = [
     "DETECTORS",
@@ -30,130 +29,6 @@ __all__ = [
     "quiet_opencv",
     "select_faces",
 ]
-
-Selection = Literal["largest", "central", "all"]
-
-# OpenCV's log level is process-wide: quiet_opencv() changes and restores it under this lock.
-_OPENCV_LOG_LOCK = threading.RLock()
-
-
-@contextmanager
-def quiet_opencv() -> Iterator[None]:
-    """Raise OpenCV's log threshold to errors for the duration of the block, then restore it.
-
-    OpenCV 5 prints a ``setPreferableTarget ... not supported by the new graph engine`` warning
-    whenever a DNN model such as YuNet is created (the request is harmless: CPU is the only
-    target here). Only the creation of models is wrapped, so warnings raised elsewhere in the
-    program are left alone; the level is process-wide, so concurrent uses are serialised.
-    """
-    import cv2
-
-    logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is None:
-        yield
-        return
-    with _OPENCV_LOG_LOCK:  # two threads creating models at once must not interleave
-        previous = logging.getLogLevel()
-        logging.setLogLevel(min(previous, logging.LOG_LEVEL_ERROR))
-        try:
-            yield
-        finally:
-            logging.setLogLevel(previous)
-
-
-class PerThreadModel:
-    """Mixin: one OpenCV model object per thread (they are not thread-safe).
-
-    Subclasses implement :meth:`_create_model`; :meth:`_model` returns this thread's object,
-    built on first use with OpenCV's log quietened and its errors turned into
-    :class:`~marginface.errors.ModelError` naming ``_model_label``. Instances pickle (for
-    worker processes) without the per-thread objects.
-    """
-
-    @property
-    def _model_label(self) -> str:
-        """What the error message calls the model."""
-        return "the model"
-
-    def _create_model(self) -> Any:
-        raise NotImplementedError
-
-    def _model(self) -> Any:
-        import cv2
-
-        from marginface.errors import ModelError
-
-        local = self.__dict__.get("_local")
-        if local is None:  # first use, or unpickled: setdefault keeps one when threads race
-            local = self.__dict__.setdefault("_local", threading.local())
-        model = getattr(local, "model", None)
-        if model is None:
-            try:
-                with quiet_opencv():
-                    model = self._create_model()
-            except cv2.error as exc:
-                raise ModelError(
-                    f"cannot load {self._model_label} ({str(exc).strip()[:200]})"
-                ) from None
-            local.model = model
-        return model
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-@dataclass
-class Detection:
-    """One detected face."""
-
-    box: np.ndarray  # (4,) float32: x1, y1, x2, y2
-    score: float
-    landmarks: np.ndarray  # (5, 2) float32
-
-    @property
-    def width(self) -> float:
-        return float(self.box[2] - self.box[0])
-
-    @property
-    def height(self) -> float:
-        return float(self.box[3] - self.box[1])
-
-    @property
-    def size(self) -> float:
-        """The face size used for the minimum-size rule: the box's shorter side, pixels."""
-        return min(self.width, self.height)
-
-    @property
-    def area(self) -> float:
-        return max(self.width, 0.0) * max(self.height, 0.0)
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return float(self.box[0] + self.box[2]) / 2.0, float(self.box[1] + self.box[3]) / 2.0
-
-    def scaled(self, factor: float) -> Detection:
-        """The same detection with coordinates multiplied by ``factor``."""
-        return Detection(
-            box=(self.box * factor).astype(np.float32),
-            score=self.score,
-            landmarks=(self.landmarks * factor).astype(np.float32),
-        )
-
-
-class Detector(ABC):
-    """Finds faces in an RGB ``uint8`` image."""
-
-    name: str = "detector"
-
-    @abstractmethod
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Every face found, best score first."""
-
 
 _YUNET_STRIDES = (8, 16, 32)
 #: YuNet's output heads: per stride, class and objectness scores, box offsets and landmarks.
@@ -197,9 +72,6 @@ class YuNetDetector(PerThreadModel, Detector):
         runtime: Literal["onnxruntime", "opencv"] = "onnxruntime",
         threads: int | None = None,
     ) -> None:
-        from marginface.align.weights import bundled_model
-        from marginface.errors import ConfigError, ModelError
-
         self.model_path = Path(model_path) if model_path else bundled_model("yunet")
         if not self.model_path.is_file():
             raise ModelError(f"YuNet model not found: {self.model_path}")
@@ -217,7 +89,6 @@ class YuNetDetector(PerThreadModel, Detector):
         if refine_landmarks == "auto":
             refine_landmarks = True  # the MTCNN weights ship with marginface
         if refine_landmarks:
-            from marginface.align.mtcnn import ONetRefiner
 
             self.refiner = ONetRefiner()
         self.refine_landmarks = bool(refine_landmarks)
@@ -230,7 +101,6 @@ class YuNetDetector(PerThreadModel, Detector):
         import cv2
 
         if self.runtime == "onnxruntime":
-            from marginface.embed.runtimes import dequantized_onnx_bytes, onnx_session
 
             if self._onnx is None:
                 self._onnx = dequantized_onnx_bytes(
@@ -321,33 +191,7 @@ class YuNetDetector(PerThreadModel, Detector):
         return faces
 
 
-def select_faces(
-    detections: list[Detection],
-    image_shape: tuple[int, ...],
-    *,
-    selection: Selection = "largest",
-    min_face_size: float = 0.0,
-    score_threshold: float = 0.0,
-) -> list[Detection]:
-    """Apply the score threshold and minimum face size, then the selection policy:
-    ``largest`` (biggest box), ``central`` (box centre nearest the image centre) or ``all``
-    (every face, largest first)."""
-    kept = [d for d in detections if d.score >= score_threshold and d.size >= min_face_size]
-    if not kept:
-        return []
-    if selection == "largest":
-        return [max(kept, key=lambda d: d.area)]
-    if selection == "central":
-        cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
-        return [min(kept, key=lambda d: ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2,
-                                         -d.area))]
-    if selection == "all":
-        return sorted(kept, key=lambda d: d.area, reverse=True)
-    raise ValueError(f"unknown face selection {selection!r}; use largest, central or all")
-
-
 def _mtcnn(**options: Any) -> Detector:
-    from marginface.align.mtcnn import MTCNNDetector
 
     return MTCNNDetector(**options)
 
@@ -363,7 +207,6 @@ def load_detector(name: str = "yunet", **options: Any) -> Detector:
     """
     key = name.lower()
     if key not in DETECTORS:
-        from marginface.errors import ConfigError
 
         raise ConfigError(f"unknown face detector {name!r}; available: {', '.join(DETECTORS)}")
     return DETECTORS[key](**options)

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from marginface.align.detect import Detection, Detector
+from marginface.align.detection import Detection, Detector
 from marginface.align.image import resize_longest_side
+from marginface.align.weights import bundled_model, mtcnn_weights_dir
+from marginface.errors import ModelError
+from marginface.runtime import onnx_session
 
 __all__ = ["MTCNNDetector", "nms"]
 
@@ -167,8 +170,6 @@ class MTCNNDetector(Detector):
     ) -> None:
         import torch
 
-        from marginface.align.weights import mtcnn_weights_dir
-        from marginface.errors import ModelError
 
         folder = Path(weights_dir) if weights_dir else mtcnn_weights_dir()
         self.pnet, self.rnet, self.onet = _nets()
@@ -334,9 +335,6 @@ class ONetRefiner:
 
         import torch
 
-        from marginface.align.weights import bundled_model
-        from marginface.embed.runtimes import onnx_session
-        from marginface.errors import ModelError
 
         path = Path(weights_dir) / "onet.pt" if weights_dir else bundled_model("mtcnn-onet")
         onet = _nets()[2]

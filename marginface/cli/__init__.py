@@ -13,6 +13,7 @@ import typer
 
 from marginface.cli.exit_codes import ExitCode
 from marginface.errors import MarginfaceError
+from marginface.extras import missing_extra_message
 
 __all__ = ["COMMAND_MODULES", "ExitCode", "build_app", "main"]
 
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.ABORTED)
     except KeyboardInterrupt:
         sys.exit(ExitCode.ABORTED)
+    except ImportError as exc:  # an optional dependency that is not installed: name its extra
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        sys.exit(ExitCode.USER_ERROR)
     except Exception as exc:  # click usage errors arrive here in standalone_mode=False
         import click
 

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         """Show how many images and identities a training set has."""
         import numpy as np
 
-        from marginface.data.datasets import open_dataset
+        from marginface.data import open_dataset
 
         ds = open_dataset(path)
         counts = ds.class_counts()

@@ -38,7 +38,6 @@ from marginface.data.datasets import (
     SkippedSample,
     collate_faces,
     make_loader,
-    open_dataset,
     worker_init,
 )
 from marginface.data.images import IMAGE_EXTENSIONS, decode_image, encode_jpeg, load_image
@@ -55,6 +54,7 @@ from marginface.data.recordio import (
     unpack_record,
 )
 from marginface.data.samplers import PKSampler, ResumableSampler, SeededBatches
+from marginface.data.sources import open_dataset
 from marginface.data.verification import (
     VerificationSet,
     read_verification_bin,

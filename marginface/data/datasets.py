@@ -50,7 +50,6 @@ __all__ = [
     "SkippedSample",
     "collate_faces",
     "make_loader",
-    "open_dataset",
     "worker_init",
 ]
 
@@ -494,30 +493,6 @@ def _is_int(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def open_dataset(path: str | Path, transform: Callable[[np.ndarray], Any] | None = None,
-                 label_map: LabelMap | None = None) -> FaceDataset:
-    """Open any supported training set by looking at ``path``.
-
-    * a ``.csv`` file: :class:`CsvListDataset`;
-    * a ``.rec`` file, a folder holding ``train.rec``, or a prefix with ``PREFIX.rec`` or
-      ``PREFIX-00000.rec`` shards: :class:`~marginface.data.recordio.RecordIODataset`;
-    * a folder of identity folders: :class:`ImageFolderDataset`.
-    """
-    from marginface.data.recordio import RecordIODataset, find_shards
-
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        return CsvListDataset(path, transform=transform, label_map=label_map)
-    if path.is_dir() and (path / "train.rec").is_file():
-        return RecordIODataset(path / "train", transform=transform, label_map=label_map)
-    if path.suffix.lower() in (".rec", ".idx") or find_shards(path):
-        return RecordIODataset(path, transform=transform, label_map=label_map)
-    if not path.exists():
-        raise DataError(f"data not found: {path} (expected a folder of identity folders, a .csv "
-                        "list, or RecordIO .rec/.idx files)")
-    return ImageFolderDataset(path, transform=transform, label_map=label_map)
 
 
 def worker_init(worker_id: int) -> None:

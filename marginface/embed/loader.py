@@ -172,8 +172,7 @@ def _from_onnx_file(path: Path, card: ModelCard | None, ort: dict[str, Any]) -> 
 
 
 def _to_onnx_runtime(module: Any, card: ModelCard, ort: dict[str, Any]) -> Embedder:
-    from marginface.embed.export import module_to_onnx_bytes
-    from marginface.embed.runtimes import OnnxEmbedder
+    from marginface.embed.runtimes import OnnxEmbedder, module_to_onnx_bytes
 
     return OnnxEmbedder(module_to_onnx_bytes(module, card), card, **ort)
 

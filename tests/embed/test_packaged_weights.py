@@ -246,3 +246,20 @@ def test_the_wheel_ships_the_weights_and_the_installed_copy_runs_the_default_mod
     assert result["same"] > result["different"]
     assert result["mtcnn_faces"] >= 1
     assert result["refused_loaded"] == []
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys) -> None:
+    """The CLI answers an ImportError of an optional package with the extra that brings it."""
+    import pytest
+
+    from marginface import cli
+
+    def plot_without_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(cli, "build_app", lambda: plot_without_matplotlib)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", "all"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install 'marginface[plots]'" in err
