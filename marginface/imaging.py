@@ -23,10 +23,14 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from marginface.errors import ImageError
+
+if TYPE_CHECKING:  # Pillow is imported only for the images OpenCV does not decode
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -109,7 +113,7 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
 
 
-def _pil_to_rgb(img) -> np.ndarray:  # img: PIL.Image.Image
+def _pil_to_rgb(img: PILImage) -> np.ndarray:
     """Convert any Pillow image to an (H, W, 3) uint8 RGB array."""
     from PIL import Image
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.aligner import Aligner
 from marginface.errors import ImageError, MarginfaceError
 
 __all__ = [
@@ -98,9 +99,7 @@ def _atomic_write_image(path: Path, crop: np.ndarray, job: AlignJob) -> None:
         raise
 
 
-def _make_aligner(job: AlignJob) -> Any:
-    from marginface.align.aligner import Aligner
-
+def _make_aligner(job: AlignJob) -> Aligner:
     return Aligner.from_options(
         job.detector, dict(job.detector_options), template=job.template,
         selection=job.selection, min_face_size=job.min_face_size,
@@ -124,7 +123,7 @@ def _worker_process(task: tuple[str, str, str]) -> tuple[str, str | None, int]:
     return _process(task, _WORKER["aligner"], _WORKER["job"])
 
 
-def _process(task: tuple[str, str, str], aligner: Any, job: AlignJob
+def _process(task: tuple[str, str, str], aligner: Aligner, job: AlignJob
              ) -> tuple[str, str | None, int]:
     """Align one file; returns (relative path, failure reason or None, faces written)."""
     from marginface.align.image import ImageTooSmallError

@@ -6,6 +6,7 @@ What a detector returns, its interface and the face-selection policy live in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,9 +156,9 @@ class YuNetDetector(PerThreadModel, Detector):
         if not rows:
             return np.zeros((0, 15), dtype=np.float32)
         faces = np.concatenate(rows).astype(np.float32)
-        keep = cv2.dnn.NMSBoxes(faces[:, :4].tolist(), faces[:, 14].tolist(),
+        kept = cv2.dnn.NMSBoxes(faces[:, :4].tolist(), faces[:, 14].tolist(),
                                 self.score_threshold, self.nms_threshold, top_k=self.top_k)
-        return faces[np.asarray(keep, dtype=np.int64).reshape(-1)]
+        return faces[np.asarray(kept, dtype=np.int64).reshape(-1)]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         import cv2
@@ -196,7 +197,7 @@ def _mtcnn(**options: Any) -> Detector:
     return MTCNNDetector(**options)
 
 
-DETECTORS = {"yunet": YuNetDetector, "mtcnn": _mtcnn}
+DETECTORS: dict[str, Callable[..., Detector]] = {"yunet": YuNetDetector, "mtcnn": _mtcnn}
 
 
 def load_detector(name: str = "yunet", **options: Any) -> Detector:

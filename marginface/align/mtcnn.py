@@ -347,7 +347,8 @@ class ONetRefiner:
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(onet.eval(), (torch.zeros(1, 3, 48, 48),), buffer,
+            # torch's hints allow only paths here; a BytesIO works with dynamo=False.
+            torch.onnx.export(onet.eval(), (torch.zeros(1, 3, 48, 48),), buffer,  # type: ignore[arg-type]
                               input_names=["input"], output_names=["reg", "points", "prob"],
                               dynamic_axes={"input": {0: "n"}}, opset_version=17, dynamo=False)
         self.session = onnx_session(buffer.getvalue(), threads=1)

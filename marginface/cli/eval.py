@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from marginface.card import ModelCard
+    from marginface.card import Calibration, ModelCard
+    from marginface.embed import Embedder
     from marginface.eval.embeddings import EmbeddingCache, EmbedOptions
 
 # The options the commands share, defined once (as in cli/gallery.py).
@@ -227,7 +228,7 @@ def identify_command(
     typer.echo(f"  report: {out}")
 
 
-def card_path_for(spec: str, embedder: Any) -> Path:
+def card_path_for(spec: str, embedder: Embedder) -> Path:
     """The card file that ``load_embedder(spec)`` reads, i.e. where calibration must go."""
     from marginface.card import CARD_FILENAME
     from marginface.embed.loader import BUILTIN_DIR, resolve_builtin
@@ -258,7 +259,8 @@ def card_path_for(spec: str, embedder: Any) -> Path:
     )
 
 
-def _write_calibration(card_file: Path, embedder: Any, calibration: Any) -> ModelCard:
+def _write_calibration(card_file: Path, embedder: Embedder,
+                       calibration: Calibration) -> ModelCard:
     from marginface.card import ModelCard
     from marginface.errors import ModelError
 

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from marginface.data.augment import FaceTransform
 from marginface.data.images import decode_image, is_image_file
 from marginface.errors import DataError, ImageError
 
@@ -157,7 +158,7 @@ class FaceBatch:
         return FaceBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped,
                          None if self.indices is None else self.indices.pin_memory())
 
-    def to(self, device: Any, non_blocking: bool = False) -> FaceBatch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> FaceBatch:
         """Move the tensors to ``device``."""
         return FaceBatch(self.images.to(device, non_blocking=non_blocking),
                          self.labels.to(device, non_blocking=non_blocking), self.skipped,
@@ -216,7 +217,7 @@ class SkipCounter:
         return "\n".join(lines)
 
 
-class FaceDataset:
+class FaceDataset(Dataset[tuple[Any, int] | SkippedSample]):
     """Base class: subclasses set ``labels``/``label_map``, implement ``read_bytes``/``source``.
 
     Subclasses must stay cheap to pickle (DataLoader workers receive a copy) and must not hold
@@ -273,7 +274,7 @@ class FaceDataset:
         return x, int(self.labels[index])
 
 
-class SeededSamples:
+class SeededSamples(Dataset[tuple[Any, ...] | SkippedSample]):
     """A data set read by ``(index, epoch, seed)`` keys, as :class:`SeededBatches` yields them.
 
     Each sample's augmentation is drawn from ``(seed, epoch, index)`` alone, so it does not
@@ -283,7 +284,8 @@ class SeededSamples:
     :class:`SkippedSample`. Cheap to pickle: workers get a copy.
     """
 
-    def __init__(self, dataset: FaceDataset, transform: Any, *, with_index: bool = False) -> None:
+    def __init__(self, dataset: FaceDataset, transform: FaceTransform, *,
+                 with_index: bool = False) -> None:
         self.dataset = dataset
         self.transform = transform
         self.with_index = with_index
@@ -464,9 +466,9 @@ class CsvListDataset(FaceDataset):
                 labels.append(label_map.index(lab))
         elif all(_is_int(lab) for lab in raw):
             labels = [int(lab) for lab in raw]
-            for lab, line in zip(labels, lines, strict=True):
-                if lab < 0:
-                    raise DataError(f"{self.csv_path}:{line}: negative label {lab}")
+            for value, line in zip(labels, lines, strict=True):
+                if value < 0:
+                    raise DataError(f"{self.csv_path}:{line}: negative label {value}")
             label_map = LabelMap.numeric(max(labels) + 1)
         else:
             label_map = LabelMap(sorted(set(raw)))
@@ -510,7 +512,9 @@ def worker_init(worker_id: int) -> None:
 
 
 def make_loader(dataset: FaceDataset | SeededSamples, *, batch_size: int | None = None,
-                sampler: Any = None, batch_sampler: Any = None, shuffle: bool = False,
+                sampler: Sampler[Any] | Iterable[Any] | None = None,
+                batch_sampler: Sampler[list[Any]] | Iterable[list[Any]] | None = None,
+                shuffle: bool = False,
                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
                 timeout: float = 0, multiprocessing_context: str | None = None,

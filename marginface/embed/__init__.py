@@ -14,12 +14,15 @@ from marginface.embed.loader import (
     load_embedder,
     resolve_builtin,
 )
-from marginface.embed.pipeline import Face, Pipeline
+from marginface.embed.pipeline import EmbedderLike, Face, FaceLike, FacePipeline, Pipeline
 
 __all__ = [
     "Embedder",
+    "EmbedderLike",
     "ExportResult",
     "Face",
+    "FaceLike",
+    "FacePipeline",
     "Pipeline",
     "builtin_names",
     "export_onnx",

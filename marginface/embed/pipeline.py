@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,11 +17,12 @@ from marginface.align.aligner import (
     AlignResult,
 )
 from marginface.align.detect import Detector, Selection, load_detector
+from marginface.card import ModelCard
 from marginface.embed.base import Embedder
 from marginface.errors import NoFaceError
 from marginface.imaging import DEFAULT_MAX_PIXELS
 
-__all__ = ["Face", "Pipeline"]
+__all__ = ["EmbedderLike", "Face", "FaceLike", "FacePipeline", "Pipeline"]
 
 
 @dataclass
@@ -42,6 +43,44 @@ class Face:
             "score": round(float(self.score), 4),
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
         }
+
+
+class FaceLike(Protocol):
+    """What callers read of a :class:`Face` (a stand-in, e.g. a test's, provides the same)."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    crop: np.ndarray
+    embedding: np.ndarray
+
+
+class EmbedderLike(Protocol):
+    """What the gallery and the service read of a pipeline's embedder (an :class:`Embedder`
+    has it all; a stand-in may have no card)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def card(self) -> ModelCard | None: ...
+
+
+class FacePipeline(Protocol):
+    """The face pipeline the gallery's :class:`~marginface.gallery.Recognizer` and the service
+    use: :class:`Pipeline`, or any object with the same ``embedder``, ``selection`` and
+    ``embed_image`` (the tests' fakes)."""
+
+    @property
+    def embedder(self) -> EmbedderLike: ...
+
+    @property
+    def selection(self) -> str: ...
+
+    def embed_image(self, image: np.ndarray | str | Path | bytes) -> Sequence[FaceLike]: ...
 
 
 class Pipeline:

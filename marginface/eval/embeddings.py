@@ -19,12 +19,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from marginface.align import Detector, Selection
 from marginface.align.aligner import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD, Aligner
 from marginface.align.transform import template_size
+from marginface.card import Preprocessing
+from marginface.embed import Embedder
 from marginface.errors import ImageError, MarginfaceError
 from marginface.eval.pairs import ImageRef
 from marginface.imaging import read_image
@@ -73,7 +76,7 @@ class EmbedOptions:
     batch_size: int = 64
 
     def key(self) -> dict[str, Any]:
-        d = {"aligned": self.aligned, "flip": self.flip}
+        d: dict[str, Any] = {"aligned": self.aligned, "flip": self.flip}
         if not self.aligned:
             d |= {"detector": self.detector, "selection": self.selection, **_aligner_limits(self)}
             if self.detector == "yunet":  # ONet refines the landmarks (its weights ship)
@@ -81,7 +84,7 @@ class EmbedOptions:
         return d
 
 
-def model_fingerprint(embedder: Any) -> str:
+def model_fingerprint(embedder: Embedder) -> str:
     """A string that changes whenever the model's outputs could change.
 
     It combines the model's name, a hash of its card (without calibration, metrics and other
@@ -220,7 +223,7 @@ class ImageEmbeddings:
         return mask
 
 
-def aligned_sizes(preprocessing: Any) -> frozenset[tuple[int, int]]:
+def aligned_sizes(preprocessing: Preprocessing) -> frozenset[tuple[int, int]]:
     """The sizes (height, width) an image may have to count as an aligned crop for a model with
     this (card's) ``preprocessing``: its template's crop size and its input size."""
     h, w = preprocessing.input_size
@@ -240,8 +243,8 @@ class CropPreparer:
     ``options.detector`` by name. Calls are thread-safe.
     """
 
-    def __init__(self, preprocessing: Any, options: EmbedOptions,
-                 detector: Any | None = None) -> None:
+    def __init__(self, preprocessing: Preprocessing, options: EmbedOptions,
+                 detector: Detector | None = None) -> None:
         pre = preprocessing
         h, w = pre.input_size
         self.size = (int(h), int(w))  # (height, width) of every crop returned
@@ -249,11 +252,13 @@ class CropPreparer:
         self.options = options
         self.aligner = None
         if not options.aligned:
+            limits = _aligner_limits(options)
             self.aligner = Aligner(
                 detector if detector is not None else options.detector,
                 template=pre.template,
-                selection=options.selection,  # type: ignore[arg-type]
-                **_aligner_limits(options),
+                selection=cast(Selection, options.selection),  # the Aligner checks the name
+                min_face_size=limits["min_face_size"],
+                score_threshold=limits["score_threshold"],
             )
 
     def __call__(self, ref: ImageRef) -> np.ndarray | str:
@@ -292,10 +297,10 @@ def _default_workers() -> int:
 
 def prepare_crops(
     images: Sequence[ImageRef],
-    preprocessing: Any,
+    preprocessing: Preprocessing,
     options: EmbedOptions,
     *,
-    detector: Any | None = None,
+    detector: Detector | None = None,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[int, str]]:
@@ -349,13 +354,13 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def embed_images(
     images: Sequence[ImageRef],
-    embedder: Any,
+    embedder: Embedder,
     options: EmbedOptions | None = None,
     *,
     cache: EmbeddingCache | None = None,
     workers: int | None = None,
     progress: bool = True,
-    detector: Any | None = None,
+    detector: Detector | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> ImageEmbeddings:
     """Embed every image once: cached results are reused, the rest computed and cached.
@@ -425,8 +430,9 @@ def embed_images(
                     for i, c in results:
                         if isinstance(c, str):
                             failures[i] = c
-                            if keys[i] is not None:
-                                new.append((keys[i], c))
+                            key = keys[i]
+                            if key is not None:
+                                new.append((key, c))
                     if good:
                         vectors = embedder.embed(
                             np.stack([c for _, c in good]), flip=options.flip, batch_size=batch
@@ -434,8 +440,9 @@ def embed_images(
                         vectors = np.asarray(vectors, dtype=np.float32)
                         for (i, _), v in zip(good, vectors, strict=True):
                             out[i] = v
-                            if keys[i] is not None:
-                                new.append((keys[i], v))
+                            key = keys[i]
+                            if key is not None:
+                                new.append((key, v))
                     if cache is not None:
                         cache.put(namespace, new)
                     bar.update(len(chunk))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.embed import Embedder
 from marginface.errors import DataError
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions, embed_images
 from marginface.eval.identify import (
@@ -180,7 +181,7 @@ def _r(x: float | None, digits: int = 6) -> float | None:
 
 def identify(
     split: IdentificationSplit,
-    embedder: Any,
+    embedder: Embedder,
     options: EmbedOptions | None = None,
     *,
     k: int = 5,

@@ -156,7 +156,7 @@ def knn_vote(
                  for row, row_sims in zip(idx, sims, strict=True)]
     winners = [ranked[0] for _, ranked in decisions]
     return KnnVote(
-        subject=originals[[w.subject for w in winners]],
+        subject=originals[np.array([w.subject for w in winners], dtype=np.intp)],
         similarity=np.array([w.best for w in winners], dtype=np.float64),
         votes=np.array([w.weight for w in winners], dtype=np.float64),
         accepted=np.array([winner is not None for winner, _ in decisions], dtype=bool),
@@ -211,7 +211,7 @@ def subject_ranks(
                 ranks[p] = 1 + sum((r.weight, r.best) > (true.weight, true.best) for r in ranked)
             else:
                 others = np.ones(uniq.size, bool)
-                others[[r.subject for r in ranked]] = False
+                others[np.array([r.subject for r in ranked], dtype=np.intp)] = False
                 ranks[p] = len(ranked) + 1 + np.sum(best[p, others] > true_best[p])
     ranks[~present] = np.inf
     return ranks

@@ -118,9 +118,18 @@ def roc(scores: np.ndarray, issame: np.ndarray) -> Roc:
     return Roc(fpr=fpr, tpr=tpr, thresholds=thresholds, n_positive=n_pos, n_negative=n_neg)
 
 
+def _curve(scores_or_roc: np.ndarray | Roc, issame: np.ndarray | None) -> Roc:
+    """``scores_or_roc`` itself when it is a ROC, else the ROC of the scores and ``issame``."""
+    if isinstance(scores_or_roc, Roc):
+        return scores_or_roc
+    if issame is None:
+        raise TypeError("issame is required with scores (it may be left out with a Roc)")
+    return roc(scores_or_roc, issame)
+
+
 def auc(scores_or_roc: np.ndarray | Roc, issame: np.ndarray | None = None) -> float:
     """Area under the ROC (trapezoidal; ties count one half, as in ``roc_auc_score``)."""
-    curve = scores_or_roc if isinstance(scores_or_roc, Roc) else roc(scores_or_roc, issame)
+    curve = _curve(scores_or_roc, issame)
     return float(np.trapezoid(curve.tpr, curve.fpr))
 
 
@@ -130,7 +139,7 @@ def eer(scores_or_roc: np.ndarray | Roc, issame: np.ndarray | None = None) -> tu
     The EER is where the false-accept rate equals the false-reject rate ``1 - TPR``, found by
     linear interpolation between the two ROC points that bracket the crossing.
     """
-    curve = scores_or_roc if isinstance(scores_or_roc, Roc) else roc(scores_or_roc, issame)
+    curve = _curve(scores_or_roc, issame)
     fpr, fnr = curve.fpr, 1.0 - curve.tpr
     diff = fnr - fpr  # decreasing from 1 to -1 along the curve
     i = int(np.flatnonzero(diff <= 0)[0])
@@ -166,7 +175,7 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float
     s, y = _as_scores_labels(scores, issame)
     u = np.unique(s)
     span = max(float(u[-1] - u[0]), 1.0)
-    candidates = np.r_[u[0] - 1e-3 * span, (u[:-1] + u[1:]) / 2.0, u[-1] + 1e-3 * span]
+    candidates: np.ndarray = np.r_[u[0] - 1e-3 * span, (u[:-1] + u[1:]) / 2.0, u[-1] + 1e-3 * span]
     # pairs with score >= c: count of positives / negatives for each candidate, via sorting
     pos = np.sort(s[y])
     neg = np.sort(s[~y])

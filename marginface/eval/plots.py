@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from marginface.eval.metrics import roc
 
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_cmc", "plot_dir", "plot_histogram", "plot_roc", "verification_plots"]
 
 
-def _figure(width: float = 6.0, height: float = 4.5) -> tuple[Any, Any]:
+def _figure(width: float = 6.0, height: float = 4.5) -> tuple[Figure, Axes]:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -22,7 +26,7 @@ def _figure(width: float = 6.0, height: float = 4.5) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +83,8 @@ def plot_histogram(
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(issame, dtype=bool)
     fig, ax = _figure()
-    bins = np.linspace(min(-0.2, float(s.min())), 1.0, 81)
+    # bin edges as a list: matplotlib's stubs type bins as a Sequence[float], not an array
+    bins = np.linspace(min(-0.2, float(s.min())), 1.0, 81).tolist()
     ax.hist(s[~y], bins=bins, alpha=0.6, label=f"different ({(~y).sum()})", color="tab:red",
             density=True)
     ax.hist(s[y], bins=bins, alpha=0.6, label=f"same ({y.sum()})", color="tab:blue",

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from marginface.card import ModelCard
+from marginface.embed import Embedder
 from marginface.errors import DataError
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions, embed_images
 from marginface.eval.metrics import (
@@ -85,7 +87,7 @@ def pair_similarities(
 
 def score_pairs(
     pairs: PairSet,
-    embedder: Any,
+    embedder: Embedder,
     options: EmbedOptions | None = None,
     *,
     cache: EmbeddingCache | None = None,
@@ -145,9 +147,10 @@ def verification_metrics(
     }
 
 
-def _at_card_thresholds(card: Any, scores: np.ndarray, issame: np.ndarray) -> dict[str, Any]:
+def _at_card_thresholds(card: ModelCard | None, scores: np.ndarray,
+                        issame: np.ndarray) -> dict[str, Any]:
     """How the card's calibrated thresholds behave on this set (FAR and TAR observed here)."""
-    cal = getattr(card, "calibration", None)
+    cal = card.calibration if card is not None else None
     if cal is None or not cal.thresholds:
         return {}
     pos, neg = scores[issame], scores[~issame]
@@ -163,7 +166,7 @@ def _at_card_thresholds(card: Any, scores: np.ndarray, issame: np.ndarray) -> di
 
 def verify(
     pairs: PairSet,
-    embedder: Any,
+    embedder: Embedder,
     options: EmbedOptions | None = None,
     *,
     cache: EmbeddingCache | None = None,

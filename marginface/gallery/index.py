@@ -23,7 +23,7 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -563,10 +563,15 @@ class FaissIndex(VectorIndex):
     # -- HNSW removal: tombstones -----------------------------------------------------------------
     def _hnsw_vectors(self) -> np.ndarray:
         """A writable view of the HNSW graph's stored vectors (row = insertion position)."""
-        graph = self._faiss.downcast_index(self._index.index)
-        storage = self._faiss.downcast_index(graph.storage)
+        faiss = self._faiss
+        graph = faiss.downcast_index(self._index.index)
+        if not isinstance(graph, faiss.IndexHNSW):  # pragma: no cover - called for HNSW only
+            raise GalleryError(f"not an HNSW index: {type(graph).__name__}")
+        storage = faiss.downcast_index(graph.storage)
+        if not isinstance(storage, faiss.IndexFlat):  # pragma: no cover - HNSWFlat's storage
+            raise GalleryError(f"unexpected HNSW storage: {type(storage).__name__}")
         n = int(storage.ntotal)
-        return self._faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
+        return faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
 
     def _tombstone(self, ids: np.ndarray) -> int:
         """Mark ids deleted in the HNSW graph: their vectors are zeroed at once (the graph keeps
@@ -649,7 +654,7 @@ class FaissIndex(VectorIndex):
 
 
 @contextlib.contextmanager
-def _quiet_pymilvus():
+def _quiet_pymilvus() -> Iterator[None]:
     """Silence pymilvus' harmless 'client-side ts' warning from Milvus Lite's iterators."""
     loggers = [logging.getLogger("pymilvus"), logging.getLogger("grpc._server")]
     levels = [lg.level for lg in loggers]

@@ -7,11 +7,12 @@ import copy
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from marginface.align.image import describe_source
+from marginface.embed import FaceLike, FacePipeline, Pipeline
 from marginface.errors import GalleryError, ImageError, NoFaceError
 from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
 from marginface.gallery.types import (
@@ -23,16 +24,10 @@ from marginface.gallery.types import (
 
 __all__ = ["EnrollmentError", "Photo", "Recognizer"]
 
-#: A photo: a file path, encoded bytes, an RGB array, or ``(label, any of those)``.
-Photo = str | Path | bytes | np.ndarray | tuple[str, "str | Path | bytes | np.ndarray"]
-
-
-class _FaceLike(Protocol):  # marginface.embed.Face
-    box: np.ndarray
-    score: float
-    landmarks: np.ndarray
-    crop: np.ndarray
-    embedding: np.ndarray
+#: A photo's data: a file path, encoded bytes or an RGB array.
+PhotoData = str | Path | bytes | np.ndarray
+#: A photo: its data, or ``(label, data)``.
+Photo = PhotoData | tuple[str, PhotoData]
 
 
 class EnrollmentError(NoFaceError):
@@ -43,7 +38,7 @@ class EnrollmentError(NoFaceError):
         self.photos = photos
 
 
-def _label(photo: Any, i: int) -> tuple[str, Any]:
+def _label(photo: Photo, i: int) -> tuple[str, PhotoData]:
     if isinstance(photo, tuple) and len(photo) == 2 and isinstance(photo[0], str):
         return photo[0], photo[1]
     if isinstance(photo, str | Path):
@@ -51,7 +46,7 @@ def _label(photo: Any, i: int) -> tuple[str, Any]:
     return f"photo[{i}]", photo
 
 
-def _photo_hash(data: Any) -> str | None:
+def _photo_hash(data: object) -> str | None:
     if isinstance(data, bytes | bytearray | memoryview):
         return hashlib.sha256(bytes(data)).hexdigest()
     if isinstance(data, str | Path):
@@ -64,12 +59,12 @@ def _photo_hash(data: Any) -> str | None:
     return None
 
 
-def _area(face: _FaceLike) -> float:
+def _area(face: FaceLike) -> float:
     b = np.asarray(face.box, dtype=np.float64)
     return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
 
 
-def _box(face: _FaceLike) -> list[float]:
+def _box(face: FaceLike) -> list[float]:
     return [round(float(x), 2) for x in np.asarray(face.box).ravel()[:4]]
 
 
@@ -95,7 +90,7 @@ class Recognizer:
     def __init__(
         self,
         gallery: Gallery,
-        pipeline: Any,
+        pipeline: FacePipeline,
         *,
         multiple_faces: Literal["reject", "largest"] = "reject",
         near_duplicate: float = 0.95,
@@ -108,18 +103,17 @@ class Recognizer:
             raise GalleryError("multiple_faces must be 'reject' or 'largest'")
         self.gallery = gallery
         self.pipeline = self._all_faces(pipeline)
-        embedder = getattr(pipeline, "embedder", None)
-        name = getattr(embedder, "name", None)
-        dim = getattr(embedder, "embedding_dim", None)
-        if gallery.model_name is not None and name is not None and (
-            name != gallery.model_name or (dim is not None and int(dim) != gallery.dim)
+        embedder = pipeline.embedder
+        name, dim = embedder.name, embedder.embedding_dim
+        if gallery.model_name is not None and (
+            name != gallery.model_name or int(dim) != gallery.dim
         ):
             raise GalleryError(
                 f"the gallery holds embeddings of model {gallery.model_name!r} "
                 f"({gallery.dim}-d) but the pipeline uses {name!r} ({dim}-d): embeddings of "
                 "different models are not comparable"
             )
-        self.card = gallery.card if gallery.card is not None else getattr(embedder, "card", None)
+        self.card = gallery.card if gallery.card is not None else embedder.card
         self.multiple_faces = multiple_faces
         self.near_duplicate = float(near_duplicate)
         self.store_crops = bool(store_crops)
@@ -128,21 +122,18 @@ class Recognizer:
         self.far = far or gallery.far
 
     @staticmethod
-    def _all_faces(pipeline: Any) -> Any:
+    def _all_faces(pipeline: FacePipeline) -> FacePipeline:
         """The pipeline, answering every face (selection "all")."""
-        if getattr(pipeline, "selection", "all") == "all":
+        if pipeline.selection == "all":
             return pipeline
-        try:  # marginface.embed.Pipeline: the same detector and embedder, every face
-            aligner = getattr(pipeline, "aligner", None)
+        if isinstance(pipeline, Pipeline):  # the same detector and embedder, every face
             return type(pipeline)(
                 pipeline.detector, pipeline.embedder, selection="all",
                 min_face_size=pipeline.min_face_size, score_threshold=pipeline.score_threshold,
-                flip=getattr(pipeline, "flip", False),
-                **({"max_pixels": aligner.max_pixels} if aligner is not None else {}))
-        except (AttributeError, TypeError):
-            pipeline = copy.copy(pipeline)
-            pipeline.selection = "all"
-            return pipeline
+                flip=pipeline.flip, max_pixels=pipeline.aligner.max_pixels)
+        other = copy.copy(pipeline)  # a stand-in whose selection is a plain attribute
+        setattr(other, "selection", "all")  # noqa: B010 (FacePipeline.selection is read-only)
+        return other
 
     def threshold(self, threshold: float | None = None) -> float:
         """The decision threshold: explicit, else configured, else the model card's."""
@@ -150,7 +141,7 @@ class Recognizer:
                                  else self.threshold_value, self.far)
 
     # -- faces ----------------------------------------------------------------------------------
-    def faces(self, photo: Photo) -> list[_FaceLike]:
+    def faces(self, photo: Photo) -> list[FaceLike]:
         """Every face of a photo, largest first (:class:`ImageError` when unreadable)."""
         label, data = _label(photo, 0)
         if isinstance(data, str | Path):
@@ -287,7 +278,7 @@ class Recognizer:
         return out
 
     # -- verification ---------------------------------------------------------------------------
-    def _one_face(self, photo: Photo, which: str) -> tuple[_FaceLike, int]:
+    def _one_face(self, photo: Photo, which: str) -> tuple[FaceLike, int]:
         faces = self.faces(photo)
         if not faces:
             label, _ = _label(photo, 0)
@@ -302,7 +293,7 @@ class Recognizer:
         fb, nb = self._one_face(photo_b, "the second photo")
         a = np.asarray(fa.embedding, dtype=np.float64).ravel()
         b = np.asarray(fb.embedding, dtype=np.float64).ravel()
-        score = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+        score = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
         return Verification(score=score, threshold=thr, same=score >= thr, box_a=_box(fa),
                             box_b=_box(fb), faces_a=na, faces_b=nb)
 

@@ -15,7 +15,7 @@ from marginface.losses.combined import CombinedMargin
 from marginface.losses.cosface import CosFace
 from marginface.losses.functional import margin_cross_entropy
 from marginface.losses.normface import NormFace
-from marginface.losses.registry import create, is_head, list_losses
+from marginface.losses.registry import create, create_head, is_head, list_losses
 from marginface.losses.softmax import Softmax
 from marginface.losses.sphereface import LambdaSchedule, SphereFace
 from marginface.losses.subcenter import SubCenterArcFace
@@ -39,6 +39,7 @@ __all__ = [
     "cosface_margin_range",
     "cosface_min_scale",
     "create",
+    "create_head",
     "is_head",
     "list_losses",
     "margin_cross_entropy",

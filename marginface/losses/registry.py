@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from marginface.losses.arcface import ArcFace
+from marginface.losses.base import MarginHead
 from marginface.losses.center import CenterLoss, InterClassLoss
 from marginface.losses.combined import CombinedMargin
 from marginface.losses.cosface import CosFace
@@ -17,9 +18,9 @@ from marginface.losses.sphereface import LambdaSchedule, SphereFace
 from marginface.losses.subcenter import SubCenterArcFace
 from marginface.losses.triplet import TripletLoss
 
-__all__ = ["HEADS", "LOSSES", "create", "is_head", "list_losses"]
+__all__ = ["HEADS", "LOSSES", "create", "create_head", "is_head", "list_losses"]
 
-HEADS: dict[str, type[nn.Module]] = {
+HEADS: dict[str, type[MarginHead]] = {
     "softmax": Softmax,
     "normface": NormFace,
     "sphereface": SphereFace,
@@ -69,3 +70,16 @@ def create(name: str, *, num_classes: int | None = None, embedding_dim: int | No
             raise ValueError(f"loss {name!r} needs num_classes and embedding_dim")
         return cls(num_classes, embedding_dim, **kwargs)
     return cls(**kwargs)
+
+
+def create_head(name: str, *, num_classes: int, embedding_dim: int,
+                **kwargs: Any) -> MarginHead:
+    """:func:`create` for a classification head (a :class:`MarginHead`); ``ValueError`` when
+    ``name`` is another loss."""
+    if not is_head(name):
+        raise ValueError(f"loss {name!r} is not a classification head; heads: "
+                         f"{', '.join(sorted(HEADS))}")
+    head = create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
+    if not isinstance(head, MarginHead):  # pragma: no cover - HEADS holds MarginHead classes
+        raise TypeError(f"loss {name!r} built a {type(head).__name__}, not a MarginHead")
+    return head

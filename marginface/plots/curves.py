@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from marginface.losses import create
+from marginface.losses import MarginHead, create_head
 
 __all__ = [
     "BOUNDARY_HEADS",
@@ -74,7 +73,7 @@ def logit_curves(
     theta = torch.from_numpy(np.radians(theta_deg))
     curves: dict[str, np.ndarray] = {}
     for spec in specs:
-        head = create(spec.name, num_classes=2, embedding_dim=2, **spec.kwargs)
+        head = create_head(spec.name, num_classes=2, embedding_dim=2, **spec.kwargs)
         with torch.no_grad():
             values = head.target_logit(theta, **spec.call)
         curves[spec.label] = values.detach().double().numpy()
@@ -95,14 +94,14 @@ SOFTMAX_NORMS = (1.5, 1.0)
 
 def make_boundary_head(
     name: str, kwargs: dict[str, Any], separation_deg: float = 90.0
-) -> nn.Module:
+) -> MarginHead:
     """A 2-class, 2-d head whose class weights sit ±``separation/2`` around the y axis."""
-    head = create(name, num_classes=2, embedding_dim=2, **kwargs)
+    head = create_head(name, num_classes=2, embedding_dim=2, **kwargs)
     half = math.radians(separation_deg) / 2.0
     w = torch.tensor(
         [[math.sin(-half), math.cos(half)], [math.sin(half), math.cos(half)]], dtype=torch.float32
     )
-    if not getattr(head, "normalize_weight", True):
+    if not head.normalize_weight:
         w = w * torch.tensor(SOFTMAX_NORMS, dtype=torch.float32).unsqueeze(1)
     with torch.no_grad():
         head.weight.copy_(w)
@@ -110,7 +109,7 @@ def make_boundary_head(
 
 
 def decision_regions_plane(
-    head: nn.Module, extent: float = 2.0, num: int = 401
+    head: MarginHead, extent: float = 2.0, num: int = 401
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label every point of the 2-d feature plane: 1 / 2 where class 1 / 2 wins *with* its
     margin (the target logit beats the other class's margin-free logit), 0 in the margin region.
@@ -140,7 +139,7 @@ def decision_regions_plane(
 
 
 def decision_regions_angles(
-    head: nn.Module, num: int = 361, feature_norm: float = 1.0
+    head: MarginHead, num: int = 361, feature_norm: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label the ``(θ₁, θ₂)`` square ([0°, 180°]²), θ_j being the angle to class j's weight.
 
@@ -153,7 +152,7 @@ def decision_regions_angles(
     t1, t2 = torch.meshgrid(t, t, indexing="xy")  # columns θ₁, rows θ₂
     c1, c2 = torch.cos(t1), torch.cos(t2)
     with torch.no_grad():
-        if getattr(head, "normalize_weight", True):
+        if head.normalize_weight:
             f1, f2 = head.margin(c1), head.margin(c2)
             o1, o2 = c1, c2
         else:

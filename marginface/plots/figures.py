@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d.axes3d import Axes3D
 
 from marginface.errors import ConfigError
 from marginface.plots.curves import (
@@ -151,7 +153,7 @@ def _palette(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _circle_panel(ax, run: FeatureRun, colours: list, held_out: np.ndarray | None) -> None:
+def _circle_panel(ax: Axes, run: FeatureRun, colours: list, held_out: np.ndarray | None) -> None:
     f = run.normalised
     rng = np.random.default_rng(0)
     radius = 0.88 + 0.24 * rng.random(len(f))  # radial jitter only, for visibility
@@ -190,7 +192,7 @@ def _circle_panel(ax, run: FeatureRun, colours: list, held_out: np.ndarray | Non
     ax.set_yticks([])
 
 
-def _sphere_panel(ax, run: FeatureRun, colours: list) -> None:
+def _sphere_panel(ax: Axes3D, run: FeatureRun, colours: list) -> None:
     f = run.normalised[:, :3]
     u, v = np.mgrid[0 : 2 * np.pi : 24j, 0 : np.pi : 12j]
     ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from marginface.errors import ConfigError
-from marginface.plots.data import load_identities
+from marginface.plots.data import FaceSubset, load_identities
 from marginface.plots.features import (
     DEFAULT_LOSSES,
     FeatureRun,
@@ -108,7 +108,7 @@ def _write_json(
     return path
 
 
-def _load(data: DataOptions):
+def _load(data: DataOptions) -> FaceSubset:
     return load_identities(
         data.source,
         data_root=data.data_root,

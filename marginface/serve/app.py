@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 import marginface
+from marginface.embed import FacePipeline
 from marginface.gallery import Gallery
 from marginface.serve.auth import CurrentKey, bootstrap_admin_key
 from marginface.serve.deps import ServiceDep
@@ -53,8 +54,8 @@ def _web_page() -> tuple[str, str]:
 def create_app(
     settings: ServeSettings | None = None,
     *,
-    pipeline: Any | None = None,
-    pipeline_factory: Callable[[ServeSettings], Any] | None = None,
+    pipeline: FacePipeline | None = None,
+    pipeline_factory: Callable[[ServeSettings], FacePipeline] | None = None,
     gallery: Gallery | None = None,
 ) -> FastAPI:
     """Build the service's FastAPI app.

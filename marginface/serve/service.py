@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from marginface.embed import FacePipeline, Pipeline
 from marginface.errors import ConfigError, GalleryError
 from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
@@ -28,16 +29,14 @@ T = TypeVar("T")
 _KEY_TOUCH_INTERVAL = 60.0
 
 
-def build_pipeline(settings: ServeSettings) -> Any:
+def build_pipeline(settings: ServeSettings) -> Pipeline:
     """The face pipeline the settings name, answering every face in a photo."""
-    from marginface.embed import Pipeline
-
     return Pipeline.from_names(
         settings.model, settings.detector, selection="all", precision=settings.precision
     )
 
 
-def open_gallery(settings: ServeSettings, pipeline: Any) -> Gallery:
+def open_gallery(settings: ServeSettings, pipeline: FacePipeline) -> Gallery:
     """Open the gallery the settings name, for the pipeline's model (mixing is refused)."""
     embedder = pipeline.embedder
     options = {"uri": settings.index_url} if settings.index_url else None
@@ -84,7 +83,7 @@ class Service:
     def __init__(
         self,
         settings: ServeSettings,
-        pipeline: Any,
+        pipeline: FacePipeline,
         gallery: Gallery | None = None,
     ) -> None:
         self.settings = settings

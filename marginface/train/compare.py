@@ -27,6 +27,7 @@ import numpy as np
 
 from marginface.align.transform import template_size
 from marginface.card import Preprocessing
+from marginface.embed import Embedder
 from marginface.errors import DataError, MarginfaceError
 from marginface.eval.embeddings import EmbedOptions, prepare_crops
 from marginface.eval.pairs import load_pairs
@@ -64,8 +65,7 @@ def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | 
                       progress: bool = True) -> DevCrops:
     """Detect and align every image of ``pairs`` as ``marginface.eval`` does; save ``out``."""
     ps = load_pairs(pairs, root)
-    pre = Preprocessing(template=template,  # type: ignore[arg-type]
-                        input_size=template_size(template))
+    pre = Preprocessing(template=template, input_size=template_size(template))
     options = EmbedOptions(aligned=False, flip=False, detector=detector, selection=selection)
     n = len(ps.images)
     t0 = time.perf_counter()
@@ -109,7 +109,8 @@ def _encode_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for c in crops:
         bgr = np.ascontiguousarray(c[:, :, ::-1])
         ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
-        if not ok or not np.array_equal(cv2.imdecode(buf, cv2.IMREAD_COLOR), bgr):
+        back = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if back is None or not np.array_equal(back, bgr):
             ok, buf = cv2.imencode(".png", bgr)
         parts.append(buf.ravel())
         offsets.append(offsets[-1] + len(buf))
@@ -149,7 +150,7 @@ def load_dev_crops(path: str | Path) -> DevCrops:
         raise DataError(f"{p} is not a dev-crops file: {exc}") from None
 
 
-def evaluate_crops(embedder: Any, dev: DevCrops, *, flip: bool = False,
+def evaluate_crops(embedder: Embedder, dev: DevCrops, *, flip: bool = False,
                    batch_size: int = 128) -> dict[str, Any]:
     """Score ``dev``'s pairs with ``embedder``: ``marginface.eval``'s verification metrics.
 

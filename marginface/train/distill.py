@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from marginface.data import open_dataset
+from marginface.data import FaceDataset, open_dataset
 from marginface.data.augment import resize_to
 from marginface.errors import DataError
 
@@ -64,7 +64,7 @@ class DistillHead(nn.Module):
         return (1.0 - (s * t).sum(dim=1)).mean()
 
 
-def load_teacher(path: str | Path, dataset: Any) -> Tensor:
+def load_teacher(path: str | Path, dataset: FaceDataset) -> Tensor:
     """The teacher matrix for ``dataset``; :class:`DataError` unless it is aligned with it."""
     p = Path(path)
     if not p.is_file():

@@ -81,7 +81,7 @@ class PartialFC(nn.Module):
     """
 
     def __init__(self, head: MarginHead, num_classes: int, *, sample_rate: float = 1.0,
-                 rank: int = 0, world_size: int = 1, group: Any | None = None,
+                 rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
                  seed: int | None = 0) -> None:
         super().__init__()
         if not isinstance(head, MarginHead):
@@ -107,16 +107,18 @@ class PartialFC(nn.Module):
 
     @classmethod
     def create(cls, name: str, num_classes: int, embedding_dim: int, *, sample_rate: float = 1.0,
-               rank: int = 0, world_size: int = 1, group: Any | None = None, seed: int | None = 0,
+               rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
+               seed: int | None = 0,
                **head_kwargs: Any) -> PartialFC:
         """Build the head ``name`` for this rank's shard and wrap it."""
-        from marginface.losses import create
+        from marginface.losses import create_head
 
         start, end = shard_range(num_classes, rank, world_size)
         if end - start < 2:
             raise ValueError(f"{num_classes} classes over {world_size} ranks leave rank {rank} "
                              "fewer than 2 classes")
-        head = create(name, num_classes=end - start, embedding_dim=embedding_dim, **head_kwargs)
+        head = create_head(name, num_classes=end - start, embedding_dim=embedding_dim,
+                           **head_kwargs)
         return cls(head, num_classes, sample_rate=sample_rate, rank=rank, world_size=world_size,
                    group=group, seed=seed)
 

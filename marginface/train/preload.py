@@ -25,7 +25,7 @@ from torch import Tensor
 
 from marginface.card import Preprocessing
 from marginface.data.augment import resize_to
-from marginface.data.datasets import FaceBatch, SkippedSample
+from marginface.data.datasets import FaceBatch, FaceDataset, SkippedSample
 from marginface.data.samplers import SeededBatches
 from marginface.errors import DataError, ImageError
 
@@ -53,13 +53,13 @@ class PreloadedImages:
     def nbytes(self) -> int:
         return int(self.images.numel())
 
-    def matches(self, dataset: Any, size: tuple[int, int]) -> bool:
+    def matches(self, dataset: FaceDataset, size: tuple[int, int]) -> bool:
         """True when this was preloaded from a data set like ``dataset`` at ``size``."""
         return (len(self) == len(dataset) and tuple(self.images.shape[1:3]) == tuple(size)
                 and np.array_equal(self.labels.cpu().numpy(), np.asarray(dataset.labels)))
 
 
-def preload_images(dataset: Any, size: tuple[int, int], device: torch.device, *,
+def preload_images(dataset: FaceDataset, size: tuple[int, int], device: torch.device, *,
                    threads: int = 8, progress: bool = True) -> PreloadedImages:
     """Decode (and resize to ``size``) every image of ``dataset`` into ``device`` memory."""
     n = len(dataset)

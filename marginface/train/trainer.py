@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ from marginface.data import (
     open_dataset,
 )
 from marginface.errors import ConfigError, DataError, ModelError
-from marginface.losses import TripletLoss, check_labels, create
+from marginface.losses import CenterLoss, InterClassLoss, TripletLoss, check_labels
 from marginface.train import checkpoint as ck
 from marginface.train.checkpoint import RunState
 from marginface.train.config import TrainConfig, check_model_kwargs
@@ -164,6 +165,7 @@ def build_data(cfg: TrainConfig, env: DistEnv, *, dataset: FaceDataset | None = 
     if cfg.steps is not None:
         total_steps = int(cfg.steps)
     else:
+        assert cfg.epochs is not None  # TrainConfig requires epochs or steps
         total_steps = max(1, math.ceil(float(cfg.epochs) * steps_per_epoch))
     return TrainData(
         dataset=base, preprocessing=pre,
@@ -179,7 +181,9 @@ def build_data(cfg: TrainConfig, env: DistEnv, *, dataset: FaceDataset | None = 
 class _Net(nn.Module):
     """Backbone plus the replicated auxiliary loss (centre loss); what DDP wraps."""
 
-    def __init__(self, backbone: nn.Module, center: nn.Module | None, center_weight: float,
+    _run: Callable[[Tensor], Tensor]  # the backbone, compiled or not (not a submodule)
+
+    def __init__(self, backbone: nn.Module, center: CenterLoss | None, center_weight: float,
                  compile_backbone: bool, distill: nn.Module | None = None,
                  distill_weight: float = 0.0) -> None:
         super().__init__()
@@ -213,8 +217,8 @@ class TrainModel:
     net: _Net
     ddp: nn.Module
     pfc: PartialFC | None
-    triplet: nn.Module | None
-    interclass: tuple[float, nn.Module] | None
+    triplet: TripletLoss | None
+    interclass: tuple[float, InterClassLoss] | None
 
 
 def build_backbone(cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -225,7 +229,8 @@ def build_backbone(cfg: TrainConfig, env: DistEnv) -> nn.Module:
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     backbone = backbone.to(env.device)
     if cfg.channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at runtime; torch's overloads leave it out
+        backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return backbone
 
 
@@ -239,13 +244,12 @@ def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
         kw = dict(term.kwargs)
         if term.name.lower() == "center":
             try:
-                center = create("center", num_classes=data.num_classes, embedding_dim=dim,
-                                **kw).to(dev)
+                center = CenterLoss(data.num_classes, dim, **kw).to(dev)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"loss.extra center: {exc}") from None
             center_w = term.weight
         else:
-            interclass = (term.weight, create("interclass", **kw))
+            interclass = (term.weight, InterClassLoss(**kw))
     distill = None
     if cfg.distill is not None and data.teacher is not None:
         distill = DistillHead(dim, int(data.teacher.shape[1]),
@@ -258,7 +262,7 @@ def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
                                       broadcast_buffers=False)
     kwargs = dict(cfg.loss.kwargs)
     pfc: PartialFC | None = None
-    triplet: nn.Module | None = None
+    triplet: TripletLoss | None = None
     try:
         if cfg.loss.is_triplet:
             triplet = TripletLoss(**kwargs).to(dev)
@@ -713,7 +717,7 @@ class Trainer:
         return result
 
     # -- signals --------------------------------------------------------------------------------
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self._interrupts += 1
         if self._interrupts > 1:
             raise KeyboardInterrupt
