@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from marginface.serve import ServeSettings, create_app
+from tests.serve.fuzz_helpers import nested
 from tests.serve.serve_fakes import (
     FakePipeline,
     Harness,
@@ -25,13 +26,6 @@ from tests.serve.serve_fakes import (
     make_photo,
     running_server,
 )
-
-
-def _deep(depth: int) -> dict:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return {"d": value}
 
 
 def _files(*photos: bytes, names: tuple[str, ...] = ()) -> list:
@@ -50,7 +44,7 @@ def _error(r: Any) -> dict:
 
 # -- 1. writes that are refused leave nothing, and listing keeps working --------------------------
 REJECTED_WRITES = {
-    "deep metadata (JSON)": ("json", {"name": "deep", "metadata": _deep(500)}),
+    "deep metadata (JSON)": ("json", {"name": "deep", "metadata": nested(500)}),
     "NaN metadata": ("raw", b'{"name": "nan", "metadata": {"x": NaN}}'),
     "infinite metadata": ("raw", b'{"name": "inf", "metadata": {"x": 1e999}}'),
     "huge metadata": ("json", {"name": "big", "metadata": {"t": "x" * 20000}}),
@@ -59,7 +53,7 @@ REJECTED_WRITES = {
     "bidi override name": ("json", {"name": "\u202eevil"}),
     "no-break-space name": ("json", {"name": "\u00a0"}),
     "lone surrogate name": ("raw", b'{"name": "a\\ud800"}'),
-    "deep metadata (enrol form)": ("enrol", {"name": "deep", "metadata": _deep(500)}),
+    "deep metadata (enrol form)": ("enrol", {"name": "deep", "metadata": nested(500)}),
     "NaN metadata (enrol form)": ("enrol-raw", {"name": "nan", "metadata": '{"x": NaN}'}),
     "empty name (enrol form)": ("enrol", {"name": "\u00a0 "}),
     "control name (enrol form)": ("enrol", {"name": "a\nb"}),
@@ -102,7 +96,7 @@ def test_rejected_writes_store_nothing_and_listing_still_works(
 def test_rejected_updates_keep_the_subject(harness: Harness) -> None:
     c, enrol = harness.client, harness.headers("enrol")
     sid = harness.enrol("Kept", make_photo((1, 60)))["subject"]["id"]
-    for body in ({"metadata": _deep(50)}, {"name": "\x00"}, {"name": "\u2066x\u2069"}):
+    for body in ({"metadata": nested(50)}, {"name": "\x00"}, {"name": "\u2066x\u2069"}):
         r = c.patch(f"/v1/subjects/{sid}", json=body, headers=enrol)
         assert r.status_code == 422, r.text
     subject = c.get(f"/v1/subjects/{sid}", headers=enrol).json()
