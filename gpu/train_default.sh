@@ -4,12 +4,12 @@
 # model folder plus its dev metrics to $OUT. Training time is EPOCHS × (41,652 / samples/s):
 # take samples/s from the comparison's results.json; at ~4,500/s, 40 epochs are ~6 min.
 # Env: CONFIG (configs/arcface_mbf.yaml), EPOCHS (40), DISTILL_W (1.0; 0 disables),
-# COMPILE (false), EXTRA (more --set overrides).
+# COMPILE (false), EXTRA (more --set overrides), WORKERS (16); paths: see env.sh.
 source "$(dirname "$0")/env.sh"
 bash "$(dirname "$0")/stage.sh" || { echo "data incomplete: run the staging calls first"; exit 3; }
 CONFIG=${CONFIG:-configs/arcface_mbf.yaml}; EPOCHS=${EPOCHS:-40}; DISTILL_W=${DISTILL_W:-1.0}
-COMPILE=${COMPILE:-false}; RUN=/tmp/mf-runs/default
-args=(--set "data.train=$MF_DATA/celeba" --set data.preload=device --set data.workers=16
+COMPILE=${COMPILE:-false}; WORKERS=${WORKERS:-16}; RUN=$MF_RUNS/default
+args=(--set "data.train=$MF_DATA/celeba" --set data.preload=device --set "data.workers=$WORKERS"
       --set "epochs=$EPOCHS" --set "compile=$COMPILE" --set "output=$RUN"
       --set log.progress=false --set log.every_steps=81 --set checkpoint.every_steps=1000000
       --set checkpoint.at_epoch_end=false --set verify.pairs=null --set name=marginface-mbf)
