@@ -115,7 +115,7 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 
 def _pil_to_rgb(img: PILImage) -> np.ndarray:
     """Convert any Pillow image to an (H, W, 3) uint8 RGB array."""
-    from PIL import Image
+    from PIL import Image  # heavy: Pillow, loaded on first use
 
     mode = img.mode
     if mode == "RGB":
@@ -255,7 +255,7 @@ def decode_image(
 
 def _decode_with_pillow(data: bytes, name: str, max_pixels: int | None) -> DecodedImage:
     """Every format and mode Pillow reads, with EXIF orientation and the bomb guard."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError  # heavy: Pillow, loaded on first use
 
     try:
         with warnings.catch_warnings():

@@ -55,7 +55,7 @@ def quiet_opencv() -> Iterator[None]:
     target here). Only the creation of models is wrapped, so warnings raised elsewhere in the
     program are left alone; the level is process-wide, so concurrent uses are serialised.
     """
-    import cv2
+    import cv2  # heavy: cv2
 
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
     if logging is None:
@@ -88,7 +88,7 @@ class PerThreadModel:
         raise NotImplementedError
 
     def _model(self) -> Any:
-        import cv2
+        import cv2  # heavy: cv2
 
         local = self.__dict__.get("_local")
         if local is None:  # first use, or unpickled: setdefault keeps one when threads race
@@ -130,7 +130,7 @@ def _channel_scale(src: str, dst: str, scale: np.ndarray,
                    initializers: list[onnx.TensorProto]) -> onnx.NodeProto:
     """A ``BatchNormalization`` node computing ``scale[c] * src`` per channel; its parameters
     are appended to ``initializers``."""
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # heavy: onnx
 
     c = scale.size
     params = {"scale": scale.astype(np.float32), "bias": np.zeros(c, np.float32),
@@ -153,7 +153,7 @@ def rewrite_prelu(model: onnx.ModelProto) -> int:
     MobileFaceNet (33 PReLUs) onnxruntime runs about 2x faster on 2 cores. Returns the number
     of nodes rewritten.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # heavy: onnx
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 7:  # BatchNormalization had other attributes before opset 7
@@ -204,7 +204,7 @@ def _fast_source(source: str | bytes) -> str | bytes:
     """``source`` with its PReLUs rewritten (see :func:`rewrite_prelu`), or unchanged when
     there is none or the model cannot be rewritten in memory (external data, > 2 GB)."""
     try:
-        import onnx
+        import onnx  # heavy: onnx
 
         model = (onnx.load_from_string(source) if isinstance(source, bytes)
                  else onnx.load(source))
@@ -238,12 +238,12 @@ def import_onnxruntime() -> ModuleType:
     if ORT_TELEMETRY_ENV not in os.environ:
         already_imported = "onnxruntime" in sys.modules
         os.environ[ORT_TELEMETRY_ENV] = "1"
-        import onnxruntime
+        import onnxruntime  # heavy: onnxruntime
 
         if already_imported:  # initialised with telemetry on: stop what can still be stopped
             onnxruntime.disable_telemetry_events()
         return onnxruntime
-    import onnxruntime
+    import onnxruntime  # heavy: onnxruntime
 
     return onnxruntime
 
@@ -306,6 +306,7 @@ def dequantized_onnx_bytes(path: str | Path, label: str = "ONNX",
     in onnxruntime's fast float kernels. Axis 0 of every input and output becomes ``batch``;
     ``input_axes`` / ``output_axes`` name more dynamic axes (e.g. ``{2: "height"}``).
     """
+    # heavy: onnx
     import onnx
     from onnx import helper, numpy_helper
 

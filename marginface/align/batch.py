@@ -10,6 +10,7 @@ so an interrupted run resumes; ``retry_failed`` tries the listed failures again.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from marginface.align.aligner import Aligner
+from marginface.align.image import ImageTooSmallError
 from marginface.errors import ImageError, MarginfaceError
 
 __all__ = [
@@ -83,7 +86,7 @@ def _outputs(dst: Path, rel: Path, job: AlignJob, count: int | None = None) -> l
 
 
 def _atomic_write_image(path: Path, crop: np.ndarray, job: AlignJob) -> None:
-    from PIL import Image
+    from PIL import Image  # heavy: Pillow, loaded on first use
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=path.suffix, dir=path.parent)
@@ -112,7 +115,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(job: AlignJob) -> None:
-    import cv2
+    import cv2  # heavy: cv2
 
     cv2.setNumThreads(1)  # the workers share the machine: one OpenCV thread each
     _WORKER["aligner"] = _make_aligner(job)
@@ -126,8 +129,6 @@ def _worker_process(task: tuple[str, str, str]) -> tuple[str, str | None, int]:
 def _process(task: tuple[str, str, str], aligner: Aligner, job: AlignJob
              ) -> tuple[str, str | None, int]:
     """Align one file; returns (relative path, failure reason or None, faces written)."""
-    from marginface.align.image import ImageTooSmallError
-
     src, rel, dst = task
     try:
         result = aligner.align(Path(src))
@@ -202,8 +203,6 @@ def align_folder(
 
     bar = None
     if progress is True and tasks:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(tasks), unit="img", desc="aligning", dynamic_ncols=True)
 
     def record(rel: str, reason: str | None, n: int, count: int) -> None:
@@ -225,8 +224,6 @@ def align_folder(
             for i, task in enumerate(tasks, 1):
                 record(*_process(task, aligner, job), i)
         else:
-            import multiprocessing
-
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                      initializer=_worker_init, initargs=(job,)) as pool:

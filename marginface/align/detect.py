@@ -99,7 +99,7 @@ class YuNetDetector(PerThreadModel, Detector):
         return f"the YuNet model {self.model_path}"
 
     def _create_model(self) -> Any:
-        import cv2
+        import cv2  # heavy: cv2
 
         if self.runtime == "onnxruntime":
 
@@ -126,7 +126,7 @@ class YuNetDetector(PerThreadModel, Detector):
         of size ``exp(log-size) * stride`` and five landmarks ``(cell + offset) * stride``;
         then OpenCV's NMS keeps the best ``top_k``.
         """
-        import cv2
+        import cv2  # heavy: cv2
 
         session = self._model()
         h, w = bgr.shape[:2]
@@ -161,7 +161,7 @@ class YuNetDetector(PerThreadModel, Detector):
         return faces[np.asarray(kept, dtype=np.int64).reshape(-1)]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        import cv2
+        import cv2  # heavy: cv2
 
         if image.ndim != 3 or image.shape[0] < 8 or image.shape[1] < 8:
             return []

@@ -50,7 +50,7 @@ def resize_longest_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, f
     ``scale`` is new/old size (1.0 when nothing changed); divide coordinates found in the
     returned image by it to map them back.
     """
-    import cv2
+    import cv2  # heavy: cv2
 
     height, width = image.shape[:2]
     longest = max(height, width)

@@ -9,7 +9,9 @@ a numpy NMS.
 
 from __future__ import annotations
 
+import io
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "
 
 
 def _nets() -> tuple[Any, Any, Any]:
-    from torch import nn
+    from torch import nn  # heavy: torch
 
     class PNet(nn.Module):
         def __init__(self) -> None:
@@ -168,7 +170,7 @@ class MTCNNDetector(Detector):
         max_side: int = 1280,
         score_threshold: float | None = None,
     ) -> None:
-        import torch
+        import torch  # heavy: torch
 
 
         folder = Path(weights_dir) if weights_dir else mtcnn_weights_dir()
@@ -194,6 +196,7 @@ class MTCNNDetector(Detector):
         self._lock = threading.Lock()  # torch modules are shared: one image at a time
 
     def _crops(self, img: Any, boxes: np.ndarray, size: int) -> Any:
+        # heavy: torch
         import torch
         from torch.nn.functional import interpolate
 
@@ -214,6 +217,7 @@ class MTCNNDetector(Detector):
         return (torch.cat(crops) - 127.5) * 0.0078125, np.asarray(keep, dtype=np.int64)
 
     def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # heavy: torch
         import torch
         from torch.nn.functional import interpolate
 
@@ -287,7 +291,7 @@ class MTCNNDetector(Detector):
     def refine(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
         """Re-estimate the landmarks of boxes found by another detector with MTCNN's output
         network (robust to head roll); boxes and scores are kept."""
-        import torch
+        import torch  # heavy: torch
 
         if not detections:
             return []
@@ -308,7 +312,7 @@ class MTCNNDetector(Detector):
         return out
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        import torch
+        import torch  # heavy: torch
 
         if image.ndim != 3 or min(image.shape[:2]) < 12:
             return []
@@ -330,10 +334,7 @@ class ONetRefiner:
     millisecond per face, robust to head roll)."""
 
     def __init__(self, weights_dir: str | Path | None = None) -> None:
-        import io
-        import warnings
-
-        import torch
+        import torch  # heavy: torch
 
 
         path = Path(weights_dir) / "onet.pt" if weights_dir else bundled_model("mtcnn-onet")
@@ -355,7 +356,7 @@ class ONetRefiner:
 
     def refine(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
         """The same detections with landmarks re-estimated by ONet (boxes and scores kept)."""
-        import cv2
+        import cv2  # heavy: cv2
 
         if not detections:
             return []

@@ -116,7 +116,7 @@ def warp(
     Bilinear interpolation, black outside the image (as insightface's ``norm_crop`` and the
     training crops).
     """
-    import cv2
+    import cv2  # heavy: cv2
 
     height, width = (size, size) if isinstance(size, int) else size
     return cv2.warpAffine(

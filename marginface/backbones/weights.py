@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from marginface.backbones.iresnet import LAYERS
@@ -41,8 +42,6 @@ def load_state_dict_file(path: str | Path, fmt: str | None = None) -> dict[str, 
     safetensors = fmt == "safetensors" if fmt else path.suffix == ".safetensors"
     try:
         if safetensors:
-            from safetensors.torch import load_file
-
             state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
             help="YuNet: refine landmarks with MTCNN's ONet (default: when installed)."),
     ) -> None:
         """Detect and align every face photo under SRC into DST (failures CSV, resumable)."""
-        from marginface.align.batch import AlignJob, align_folder  # loads cv2 on use
+        # CLI: keeps marginface --help quick
+        from marginface.align.batch import AlignJob, align_folder
 
         if image_format not in ("jpg", "png"):
             raise ConfigError("--format must be jpg or png")

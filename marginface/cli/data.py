@@ -33,9 +33,9 @@ def register(app: typer.Typer) -> None:
                                              help="Decoding/encoding threads.")] = 4,
     ) -> None:
         """Convert identity folders to insightface RecordIO (train.rec + train.idx)."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # CLI: keeps marginface --help quick
 
-        from marginface.data.recordio import pack_folder
+        from marginface.data.recordio import pack_folder  # heavy: torch
 
         bar = tqdm(total=0, unit="img", desc="packing", disable=None)
 
@@ -70,9 +70,9 @@ def register(app: typer.Typer) -> None:
                                                   "or RecordIO prefix.")],
     ) -> None:
         """Show how many images and identities a training set has."""
-        import numpy as np
+        import numpy as np  # CLI: keeps marginface --help quick
 
-        from marginface.data import open_dataset
+        from marginface.data import open_dataset  # heavy: torch
 
         ds = open_dataset(path)
         counts = ds.class_counts()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -24,12 +25,11 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Train a tiny network with each loss and verify people it never saw."""
-        import json
-
+        # CLI: keeps marginface --help quick
         from rich.console import Console
         from rich.table import Table
 
-        from marginface.demo import as_dicts, run_demo
+        from marginface.demo import as_dicts, run_demo  # heavy: torch
 
         root = data if data is not None else _default_data()
         names = tuple(n.strip() for n in losses.split(",") if n.strip())

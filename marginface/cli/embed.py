@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ def _accuracy_on_pairs(models: list[Path], pairs: Path, root: Path | None,
     """``(model name, mean 10-fold verification accuracy)`` for each model on ``pairs``, run
     with marginface's evaluation protocol (:func:`marginface.eval.verify.verify`): what
     ``export --int8 --pairs`` reports. It lives here, above both ``embed`` and ``eval``."""
+    # CLI: keeps marginface --help quick
     from marginface.embed.loader import load_embedder
     from marginface.eval.pairs import load_pairs
     from marginface.eval.verify import verify
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
         root: Path | None = typer.Option(None, help="Image root for --pairs."),
     ) -> None:
         """Export a model to ONNX with a dynamic batch axis, checked against PyTorch."""
-        from marginface.embed.export import export_onnx
+        from marginface.embed.export import export_onnx  # CLI: keeps marginface --help quick
 
         result = export_onnx(model_dir, onnx, int8=int8, opset=opset)
         typer.echo(f"wrote {result.onnx_path} (+ card {result.card_path.name}); "
@@ -70,11 +72,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Detect, align and embed the faces in photos."""
-        import json
+        import numpy as np  # CLI: keeps marginface --help quick
 
-        import numpy as np
-
-        from marginface.embed.pipeline import Pipeline
+        from marginface.embed.pipeline import Pipeline  # CLI: keeps marginface --help quick
 
         pipe = Pipeline.from_names(model, detector,
                                    selection="all" if all_faces else "largest", flip=flip)

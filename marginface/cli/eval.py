@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from marginface.errors import ConfigError, ModelError
+
 if TYPE_CHECKING:
     from marginface.card import Calibration, ModelCard
     from marginface.embed import Embedder
@@ -37,8 +39,7 @@ _QUIET = typer.Option(False, "--quiet", "-q", help="no progress bar")
 
 def _options(aligned: bool, flip: bool, detector: str, face: str, batch_size: int,
              min_face_size: float | None) -> EmbedOptions:
-    from marginface.errors import ConfigError
-    from marginface.eval.embeddings import EmbedOptions
+    from marginface.eval.embeddings import EmbedOptions  # CLI: keeps marginface --help quick
 
     if face not in ("largest", "central"):
         raise ConfigError(f"--face must be 'largest' or 'central', got {face!r}")
@@ -49,7 +50,7 @@ def _options(aligned: bool, flip: bool, detector: str, face: str, batch_size: in
 
 
 def _cache(cache_dir: Path | None, no_cache: bool) -> EmbeddingCache | None:
-    from marginface.eval.embeddings import EmbeddingCache
+    from marginface.eval.embeddings import EmbeddingCache  # CLI: keeps marginface --help quick
 
     return None if no_cache else EmbeddingCache(cache_dir)
 
@@ -103,6 +104,7 @@ def verify_command(
     quiet: bool = _QUIET,
 ) -> None:
     """Verification protocol: 10-fold accuracy, AUC, EER, TAR@FAR, with a JSON report."""
+    # CLI: keeps marginface --help quick
     from marginface.embed import load_embedder
     from marginface.eval.pairs import load_pairs
     from marginface.eval.verify import verify, write_report
@@ -115,7 +117,7 @@ def verify_command(
         model_spec=model,
     )
     if plots is not None:
-        from marginface.eval.plots import verification_plots
+        from marginface.eval.plots import verification_plots  # CLI: keeps marginface --help quick
 
         report["plots"] = verification_plots(report, scored.scores, pair_set.issame, plots)
     write_report(report, out)
@@ -156,8 +158,8 @@ def identify_command(
     quiet: bool = _QUIET,
 ) -> None:
     """Identification protocol: rank-1/5 and CMC (closed set), DIR at FPIR (open set)."""
+    # CLI: keeps marginface --help quick
     from marginface.embed import load_embedder
-    from marginface.errors import ConfigError
     from marginface.eval.calibrate import require_threshold
     from marginface.eval.identification import identify, split_from_folder, split_from_lists
     from marginface.eval.verify import write_report
@@ -197,7 +199,7 @@ def identify_command(
         workers=workers, progress=not quiet,
     )
     if plots is not None:
-        from marginface.eval.plots import plot_cmc, plot_dir
+        from marginface.eval.plots import plot_cmc, plot_dir  # CLI: keeps marginface --help quick
 
         files = {}
         if curves["cmc"]:
@@ -230,9 +232,9 @@ def identify_command(
 
 def card_path_for(spec: str, embedder: Embedder) -> Path:
     """The card file that ``load_embedder(spec)`` reads, i.e. where calibration must go."""
+    # CLI: keeps marginface --help quick
     from marginface.card import CARD_FILENAME
     from marginface.embed.loader import BUILTIN_DIR, resolve_builtin
-    from marginface.errors import ModelError
 
     path = Path(spec).expanduser()
     if not path.exists() and not any(c in spec for c in "/\\"):
@@ -261,8 +263,7 @@ def card_path_for(spec: str, embedder: Embedder) -> Path:
 
 def _write_calibration(card_file: Path, embedder: Embedder,
                        calibration: Calibration) -> ModelCard:
-    from marginface.card import ModelCard
-    from marginface.errors import ModelError
+    from marginface.card import ModelCard  # CLI: keeps marginface --help quick
 
     if card_file.is_file():
         card = ModelCard.load(card_file)
@@ -299,6 +300,7 @@ def calibrate_command(
     quiet: bool = _QUIET,
 ) -> None:
     """Compute cosine thresholds for target FARs on a verification set (and write them)."""
+    # CLI: keeps marginface --help quick
     from marginface.embed import load_embedder
     from marginface.eval.calibrate import calibrate
     from marginface.eval.metrics import far_key

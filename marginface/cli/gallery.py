@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ def _require_gallery(db: str | None) -> None:
     empty gallery, or answering "unknown" for everyone. Loading the detector and embedder takes
     seconds, so this cheap check comes first; the real open repeats it (``create=False``).
     """
+    # CLI: keeps marginface --help quick
     from marginface.gallery import default_gallery_url
     from marginface.gallery.db import Database
 
@@ -56,6 +58,7 @@ def _recognizer(db: str | None, model: str, detector: str, index: str,
                 **kwargs: Any) -> Recognizer:
     """A recognizer over the gallery ``db``; ``create=False`` (all but ``enroll``) refuses a
     gallery that does not exist, before the models are loaded."""
+    # CLI: keeps marginface --help quick
     from marginface.embed import Pipeline
     from marginface.gallery import Gallery, Recognizer
 
@@ -111,7 +114,7 @@ def enroll(
     if as_json:
         emit_json(result)
         return
-    from rich.table import Table
+    from rich.table import Table  # CLI: keeps marginface --help quick
 
     table = Table(title=f"{result.subject.name}  ({result.subject.id}), "
                         f"{result.subject.n_faces} faces")
@@ -155,7 +158,7 @@ def identify(
 
 def _print_faces(photo: Path, faces: list[RecognizedFace]) -> None:
     """The table of ``identify``: one row per face, its answer and the runner-up."""
-    from rich.table import Table
+    from rich.table import Table  # CLI: keeps marginface --help quick
 
     table = Table(title=f"{photo.name}: {len(faces)} face(s)")
     for col in ("#", "box", "answer", "subject id", "score", "threshold", "runner-up"):
@@ -182,8 +185,6 @@ def verify(
     Exit code 0 when they are, 1 when they are not.
     Two photos need no gallery: --db is then not opened (nor created).
     subject:ID needs the existing gallery that holds the subject."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="marginface-verify-") as scratch:
         if photo_b.startswith("subject:"):
             rec = _recognizer(db, model, detector, "exact", threshold, far)
@@ -218,7 +219,7 @@ def gallery_list(
     if as_json:
         emit_json({"model": stats["model"], "dim": stats["dim"], "subjects": subjects})
         return
-    from rich.table import Table
+    from rich.table import Table  # CLI: keeps marginface --help quick
 
     table = Table(title=f"{len(subjects)} subject(s) - model {stats['model'] or 'none yet'}, "
                         f"{stats['faces']} faces")
@@ -271,7 +272,7 @@ def gallery_export(
     db: str | None = DB_OPTION,
 ) -> None:
     """Export subjects and faces as JSON (without embeddings unless asked)."""
-    from marginface.gallery import to_jsonable
+    from marginface.gallery import to_jsonable  # CLI: keeps marginface --help quick
 
     with open_gallery(db) as g:
         data = g.export(include_embeddings=embeddings)
@@ -297,7 +298,7 @@ def gallery_attendance(
     if as_json:
         emit_json(rows)
         return
-    from rich.table import Table
+    from rich.table import Table  # CLI: keeps marginface --help quick
 
     table = Table(title=f"attendance {rows[0].date if rows else (date or 'today')}")
     for col in ("name", "subject id", "first seen", "last seen", "sightings", "sources"):

@@ -31,14 +31,14 @@ JSON_OPTION = typer.Option(False, "--json", help="machine-readable JSON output")
 
 def emit_json(data: Any) -> None:
     """Print ``data`` as indented JSON, in the shapes the service's API uses."""
-    from marginface.gallery import to_jsonable
+    from marginface.gallery import to_jsonable  # CLI: keeps marginface --help quick
 
     typer.echo(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False))
 
 
 def console() -> Console:
     """A rich console for tables on stdout."""
-    from rich.console import Console
+    from rich.console import Console  # CLI: keeps marginface --help quick
 
     return Console()
 
@@ -46,6 +46,6 @@ def console() -> Console:
 def open_gallery(db: str | None, index: str = "exact") -> Gallery:
     """Open an existing gallery without a model (listing, export, deletion, keys): a missing
     one is :class:`~marginface.errors.NotFoundError`, never created."""
-    from marginface.gallery import Gallery
+    from marginface.gallery import Gallery  # CLI: keeps marginface --help quick
 
     return Gallery.open(db, index=index, create=False)

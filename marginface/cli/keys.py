@@ -71,7 +71,7 @@ def keys_list(db: str | None = DB_OPTION, as_json: bool = JSON_OPTION) -> None:
     if as_json:
         emit_json(keys)
         return
-    from rich.table import Table
+    from rich.table import Table  # CLI: keeps marginface --help quick
 
     table = Table(title=f"{len(keys)} API key(s)")
     for col in ("id", "name", "role", "created", "last used"):

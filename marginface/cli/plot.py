@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from marginface.errors import ConfigError
+
 if TYPE_CHECKING:
     from marginface.plots.run import DataOptions
 
@@ -34,8 +36,6 @@ _WORKERS = typer.Option(
 
 
 def _check_format(fmt: str) -> str:
-    from marginface.errors import ConfigError
-
     fmt = fmt.lower()
     if fmt not in ("png", "svg"):
         raise ConfigError(f"--format must be png or svg, got {fmt!r}")
@@ -54,6 +54,7 @@ def _data_options(
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
     """Rows as written to the JSON (``train`` and ``held_out`` parts, the latter maybe null)."""
+    # CLI: keeps marginface --help quick
     from rich.console import Console
     from rich.table import Table
 
@@ -86,14 +87,14 @@ def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 def logit_curves_command(out: Path = _OUT, fmt: str = _FMT) -> None:
     """Target logit against θ for Softmax, NormFace, SphereFace, CosFace, ArcFace, combined."""
-    from marginface.plots.run import plot_logit_curves
+    from marginface.plots.run import plot_logit_curves  # heavy: torch
 
     typer.echo(f"wrote {plot_logit_curves(out, _check_format(fmt))}")
 
 
 def decision_boundaries_command(out: Path = _OUT, fmt: str = _FMT) -> None:
     """Two-class decision boundaries with the margin region shaded."""
-    from marginface.plots.run import plot_decision_boundaries
+    from marginface.plots.run import plot_decision_boundaries  # heavy: torch
 
     typer.echo(f"wrote {plot_decision_boundaries(out, _check_format(fmt))}")
 
@@ -125,6 +126,7 @@ def features_command(
 ) -> None:
     """Train the tiny network per loss (through the trainer) and plot its normalised features,
     one panel per loss."""
+    # heavy: torch
     from marginface.plots.features import TrainSettings, mean_summary
     from marginface.plots.run import plot_features
 
@@ -165,7 +167,7 @@ def margin_sweep_command(
     workers: int = _WORKERS,
 ) -> None:
     """CosFace features for several margins side by side."""
-    from marginface.errors import ConfigError
+    # heavy: torch
     from marginface.plots.features import TrainSettings
     from marginface.plots.run import plot_margin_sweep, runs_table
 

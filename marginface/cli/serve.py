@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import sys
@@ -131,10 +132,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the REST service and web page; print the URL and, at first start, the
         admin API key."""
-        import logging
+        import uvicorn  # heavy: uvicorn
 
-        import uvicorn
-
+        # heavy: fastapi
         from marginface.serve import bootstrap_admin_key, create_app, load_settings
 
         settings = load_settings(
@@ -161,8 +161,8 @@ def register(app: typer.Typer) -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         check_port_free(settings.host, settings.port)  # before seconds of model loading
-        from marginface.gallery import resolve_threshold
-        from marginface.serve.service import build_pipeline, open_gallery
+        from marginface.gallery import resolve_threshold  # CLI: keeps marginface --help quick
+        from marginface.serve.service import build_pipeline, open_gallery  # heavy: fastapi
 
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)

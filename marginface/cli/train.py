@@ -9,6 +9,8 @@ Distributed training runs one process per GPU through PyTorch's launcher::
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -30,11 +32,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Train a face-embedding model (one process, or every rank under torchrun)."""
-        from marginface.train import load_train_config, train
+        from marginface.train import load_train_config, train  # heavy: torch
 
         cfg = load_train_config(config, list(set_ or []))
         result = train(cfg, resume=resume)
-        import os
 
         if int(os.environ.get("RANK", "0")) == 0:
             state = "interrupted" if result.interrupted else "finished"
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Train each config in turn, evaluate it on the dev pairs and write the table."""
-        from marginface.train.compare import run_comparison
+        from marginface.train.compare import run_comparison  # heavy: torch
 
         rows = run_comparison(list(configs), out, dev_crops, overrides=list(set_ or []),
                               table=table, flip=flip, title=title, budget_s=budget_s)
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
                          ] = "Loss comparison on celeba-dev",
     ) -> None:
         """One table from several comparison runs; seeds of a configuration are pooled."""
-        from marginface.train.compare import table_from_results
+        from marginface.train.compare import table_from_results  # heavy: torch
 
         text = table_from_results(list(results), title=title)
         if table is None:
@@ -101,7 +102,7 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     ) -> None:
         """Detect and align a pair set's images once (CPU) for train-compare/train-eval."""
-        from marginface.train.compare import prepare_dev_crops
+        from marginface.train.compare import prepare_dev_crops  # heavy: torch
 
         dc = prepare_dev_crops(pairs, out, detector=detector, workers=workers)
         size = out.stat().st_size / 1e6
@@ -117,10 +118,8 @@ def register(app: typer.Typer) -> None:
                             ] = None,
     ) -> None:
         """Evaluate a model on pre-aligned dev crops (10-fold accuracy, TAR@FAR)."""
-        import json
-
-        from marginface.embed import load_embedder
-        from marginface.train.compare import evaluate_crops, load_dev_crops
+        from marginface.embed import load_embedder  # CLI: keeps marginface --help quick
+        from marginface.train.compare import evaluate_crops, load_dev_crops  # heavy: torch
 
         m = evaluate_crops(load_embedder(model), load_dev_crops(dev_crops), flip=flip)
         if json_out is not None:
@@ -140,9 +139,9 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     ) -> None:
         """Embed every training crop with a teacher, for distill: {teacher: OUT.npy}."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # CLI: keeps marginface --help quick
 
-        from marginface.train.distill import compute_teacher_embeddings
+        from marginface.train.distill import compute_teacher_embeddings  # heavy: torch
 
         bar = tqdm(total=None, unit="img", desc="teacher")
 

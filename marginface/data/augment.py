@@ -102,8 +102,8 @@ def _build_albumentations(cfg: AugmentConfig, seed: int | None) -> Any:
     # It asks PyPI for a newer version at import time unless told not to; a training run
     # must not touch the network (nor wait up to 2 s per worker for it).
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    import albumentations as A
-    import cv2
+    import albumentations as A  # optional: albumentations (marginface[train])
+    import cv2  # heavy: cv2
 
     steps: list[Any] = []
     if cfg.shift_scale > 0:

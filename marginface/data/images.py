@@ -35,7 +35,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     """Encode an RGB ``uint8`` image as JPEG bytes at ``quality`` (1-100)."""
-    import cv2
+    import cv2  # heavy: cv2
 
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")

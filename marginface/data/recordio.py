@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from marginface.data.datasets import FaceDataset, ImageFolderDataset, LabelMap
+from marginface.data.images import decode_image, encode_jpeg
 from marginface.errors import DataError, ImageError
 
 __all__ = [
@@ -455,8 +456,6 @@ def shard_paths(prefix: str | Path, shard: int | None) -> tuple[Path, Path]:
 
 
 def _encode_for_pack(data: bytes, source: str, quality: int | None) -> bytes:
-    from marginface.data.images import decode_image, encode_jpeg
-
     image = decode_image(data, source=source).pixels  # validates every image, also kept ones
     if quality is None and data[:3] == b"\xff\xd8\xff":
         return data

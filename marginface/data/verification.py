@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.data.augment import resize_to
 from marginface.data.images import decode_image, encode_jpeg
 from marginface.errors import DataError, ImageError
 
@@ -88,8 +89,6 @@ def read_verification_bin(path: str | Path, image_size: tuple[int, int] | None =
     Images are resized to ``image_size`` ``(height, width)`` when given; otherwise they must all
     have one size. Raises :class:`DataError` for a missing, malformed or undecodable file.
     """
-    from marginface.data.augment import resize_to
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"verification file not found: {path}")

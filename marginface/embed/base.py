@@ -83,7 +83,7 @@ class Embedder(ABC):
             raise ImageError(f"crops must be (N, H, W, 3) RGB arrays, got shape {crops.shape}")
         if crops.shape[1:3] != (h, w) and crops.shape[1:3] == template_size(self.template):
             # The model was trained on template crops resized to its input size: do the same.
-            from marginface.data.augment import resize_to
+            from marginface.data.augment import resize_to  # heavy: torch (marginface.data)
 
             crops = np.stack([resize_to(c, (h, w)) for c in crops])
         if crops.shape[1:3] != (h, w):

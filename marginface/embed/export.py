@@ -40,7 +40,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """Dynamic int8 quantisation of an ONNX model's weights (onnxruntime.quantization)."""
     import_onnxruntime()  # telemetry off before onnxruntime initialises
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy: onnxruntime
 
     dst = Path(dst)
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
@@ -63,9 +63,9 @@ def export_onnx(
     its agreement with the float model is measured on the same input. Raises
     :class:`ModelError` when the float export disagrees with PyTorch by more than 1e-4.
     """
-    import torch
+    import torch  # heavy: torch
 
-    from marginface.backbones.weights import load_state_dict_file
+    from marginface.backbones.weights import load_state_dict_file  # heavy: torch
 
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)

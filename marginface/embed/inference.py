@@ -36,7 +36,7 @@ def _fold_batchnorm(module: nn.Module) -> nn.Module:
 
     Falls back to the module unchanged when it cannot be traced symbolically.
     """
-    from torch.fx.experimental.optimization import fuse
+    from torch.fx.experimental.optimization import fuse  # heavy: torch.fx
 
     try:
         return fuse(module, inplace=False)

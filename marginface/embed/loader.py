@@ -21,8 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.weights import bundled_model
 from marginface.card import CARD_FILENAME, ModelCard, Preprocessing
 from marginface.embed.base import PRECISIONS, Embedder
+from marginface.embed.runtimes import (
+    OnnxEmbedder,
+    OpenCVEmbedder,
+    TorchEmbedder,
+    module_to_onnx_bytes,
+    onnx_session,
+    sface_onnx_bytes,
+)
 from marginface.errors import ConfigError, ModelError
 
 __all__ = [
@@ -65,9 +74,6 @@ def resolve_builtin(name: str) -> str | Path | None:
 
 
 def _sface(runtime: str, ort: dict[str, Any]) -> Embedder:
-    from marginface.align.weights import bundled_model
-    from marginface.embed.runtimes import OnnxEmbedder, OpenCVEmbedder, sface_onnx_bytes
-
     card = ModelCard.load(BUILTIN_DIR / "sface.json")
     path = bundled_model("sface")  # ships with marginface, SHA-256 checked
     if runtime == "onnxruntime":
@@ -95,7 +101,7 @@ def _embedding_dim_of(state: dict[str, Any]) -> int:
 def infer_insightface_architecture(state: dict[str, Any]) -> str:
     """The registry name (``iresnet18/34/50/100/200``, ``mbf``, ``mbf_large``) whose state-dict
     layout matches ``state`` (see :func:`marginface.backbones.weights.infer_architecture`)."""
-    from marginface.backbones.weights import infer_architecture
+    from marginface.backbones.weights import infer_architecture  # heavy: torch
 
     return infer_architecture(state)["name"]
 
@@ -104,9 +110,9 @@ def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
                   source: str, kwargs: dict[str, Any] | None = None) -> Any:
     """Build ``architecture`` (with constructor ``kwargs``) from the registry and load ``state``
     strictly."""
-    import torch
+    import torch  # heavy: torch
 
-    from marginface.backbones import create
+    from marginface.backbones import create  # heavy: torch
 
     try:
         module = create(architecture, embedding_dim, **(kwargs or {}))
@@ -141,7 +147,7 @@ def _onnx_card(path: Path) -> ModelCard | None:
 
 def _onnx_output_dim(path: Path) -> int | None:
     try:
-        import onnx
+        import onnx  # heavy: onnx
 
         model = onnx.load(str(path), load_external_data=False)
         dims = model.graph.output[0].type.tensor_type.shape.dim
@@ -153,8 +159,6 @@ def _onnx_output_dim(path: Path) -> int | None:
 
 
 def _from_onnx_file(path: Path, card: ModelCard | None, ort: dict[str, Any]) -> Embedder:
-    from marginface.embed.runtimes import OnnxEmbedder, onnx_session
-
     if card is None:
         dim = _onnx_output_dim(path)
         if dim is None:  # dynamic output: run it once
@@ -172,15 +176,12 @@ def _from_onnx_file(path: Path, card: ModelCard | None, ort: dict[str, Any]) -> 
 
 
 def _to_onnx_runtime(module: Any, card: ModelCard, ort: dict[str, Any]) -> Embedder:
-    from marginface.embed.runtimes import OnnxEmbedder, module_to_onnx_bytes
-
     return OnnxEmbedder(module_to_onnx_bytes(module, card), card, **ort)
 
 
 def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
                     precision: str = "fp32") -> Embedder:
-    from marginface.backbones.weights import load_state_dict_file
-    from marginface.embed.runtimes import TorchEmbedder
+    from marginface.backbones.weights import load_state_dict_file  # heavy: torch
 
     card = ModelCard.load(folder)
     weights = folder / card.weights
@@ -197,8 +198,8 @@ def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
 
 def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
                            ort: dict[str, Any], precision: str = "fp32") -> Embedder:
+    # heavy: torch
     from marginface.backbones.weights import infer_architecture, load_state_dict_file
-    from marginface.embed.runtimes import TorchEmbedder
 
     state = load_state_dict_file(path, "torch")
     if architecture is None:

@@ -19,6 +19,7 @@ from marginface.align.aligner import (
 from marginface.align.detect import Detector, Selection, load_detector
 from marginface.card import ModelCard
 from marginface.embed.base import Embedder
+from marginface.embed.loader import load_embedder
 from marginface.errors import NoFaceError
 from marginface.imaging import DEFAULT_MAX_PIXELS
 
@@ -126,8 +127,6 @@ class Pipeline:
         """Build from a model spec (see :func:`marginface.embed.load_embedder`, which takes
         ``runtime`` and ``precision``) and a detector name; other keyword arguments go to the
         constructor."""
-        from marginface.embed.loader import load_embedder
-
         return cls(load_detector(detector, **(detector_options or {})),
                    load_embedder(model, runtime=runtime, precision=precision), **kwargs)
 

@@ -54,7 +54,7 @@ def export_module_to_onnx(module: nn.Module, card: ModelCard, target: str | Bina
     binary file): input ``input`` ``(N, 3, H, W)`` at the card's input size, output
     ``embedding`` ``(N, D)``, dynamic batch axis. Exporter failures become
     :class:`~marginface.errors.ModelError` naming the card's model."""
-    import torch
+    import torch  # heavy: torch
 
     h, w = card.preprocessing.input_size
     dummy = torch.zeros(2, 3, int(h), int(w), dtype=torch.float32)
@@ -151,7 +151,7 @@ class TorchEmbedder(Embedder):
     def __init__(self, module: nn.Module, card: ModelCard, *, name: str | None = None,
                  precision: str = "fp32", optimize: bool = True,
                  micro_batch: int | None = 16) -> None:
-        from marginface.embed.inference import prepare_for_inference
+        from marginface.embed.inference import prepare_for_inference  # heavy: torch
 
         super().__init__(card, name)
         if precision not in PRECISIONS:
@@ -172,7 +172,7 @@ class TorchEmbedder(Embedder):
     def _network_input(self, crops: np.ndarray) -> Any:
         """(N, H, W, 3) uint8 crops -> normalised (N, 3, H, W) tensor in channels-last memory
         (a view of the crops' own layout) and the network's precision: no transposed copy."""
-        import torch
+        import torch  # heavy: torch
 
         pre = self.card.preprocessing
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
@@ -187,7 +187,7 @@ class TorchEmbedder(Embedder):
         return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
     def _forward(self, batch: Any) -> np.ndarray:
-        import torch
+        import torch  # heavy: torch
 
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
@@ -217,7 +217,7 @@ class OpenCVEmbedder(PerThreadModel, Embedder):
         return f"the ONNX model {self.path}"
 
     def _create_model(self) -> Any:
-        import cv2
+        import cv2  # heavy: cv2
 
         return cv2.dnn.readNetFromONNX(str(self.path))
 

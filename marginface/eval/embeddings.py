@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from marginface.align import Detector, Selection
 from marginface.align.aligner import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD, Aligner
@@ -344,8 +345,6 @@ def _strip_source(message: str, ref: ImageRef) -> str:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total, unit="img", desc=desc, disable=not enabled or total == 0,
         dynamic_ncols=True, smoothing=0.1, leave=True,

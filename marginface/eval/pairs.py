@@ -338,7 +338,7 @@ def read_bin_pairs(path: str | Path) -> PairSet:
 
 def _load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read and decode a ``.bin`` with the data package's reader: (2P, H, W, 3) RGB, (P,)."""
-    from marginface.data.verification import read_verification_bin
+    from marginface.data.verification import read_verification_bin  # heavy: torch
 
     vs = read_verification_bin(path)
     return vs.images, vs.issame

@@ -17,17 +17,17 @@ __all__ = ["plot_cmc", "plot_dir", "plot_histogram", "plot_roc", "verification_p
 
 
 def _figure(width: float = 6.0, height: float = 4.5) -> tuple[Figure, Axes]:
-    import matplotlib
+    import matplotlib  # optional: matplotlib (marginface[plots])
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib (marginface[plots])
 
     fig, ax = plt.subplots(figsize=(width, height), dpi=120)
     return fig, ax
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib (marginface[plots])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

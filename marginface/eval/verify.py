@@ -12,6 +12,7 @@ bias the thresholds.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,6 @@ def verify(
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write a report as indented JSON (creating the folder)."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

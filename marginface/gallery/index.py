@@ -261,7 +261,7 @@ class FaissBinaryIndex(ExactIndex):
     ) -> None:
         super().__init__(dim, batch_size=batch_size)
         try:
-            import faiss
+            import faiss  # optional: faiss (marginface[faiss])
         except ImportError:  # pragma: no cover - depends on the installation
             raise GalleryError(
                 "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
@@ -412,7 +412,7 @@ class FaissIndex(VectorIndex):
     ) -> None:
         super().__init__(dim)
         try:
-            import faiss
+            import faiss  # optional: faiss (marginface[faiss])
         except ImportError:  # pragma: no cover - depends on the installation
             raise GalleryError(
                 "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
@@ -689,7 +689,7 @@ class MilvusIndex(VectorIndex):
     ) -> None:
         super().__init__(dim)
         try:
-            from pymilvus import DataType, MilvusClient
+            from pymilvus import DataType, MilvusClient  # optional: pymilvus (marginface[milvus])
         except ImportError:  # pragma: no cover - depends on the installation
             raise GalleryError(
                 "the Milvus index needs pymilvus (and milvus-lite for a local file): "

@@ -69,7 +69,7 @@ def _box(face: FaceLike) -> list[float]:
 
 
 def _encode_png(crop: np.ndarray) -> bytes:
-    import cv2
+    import cv2  # heavy: cv2
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop[..., ::-1]))
     if not ok:  # pragma: no cover - cv2 failure

@@ -40,7 +40,7 @@ _REGION_COLOURS = ("#f2f2f2", "#9ecae1", "#fdae6b")  # margin, class 1, class 2
 
 def save_figure(fig: Figure, path: str | Path, fmt: str = "png", dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` (suffix set from ``fmt``) and return the path written."""
-    import matplotlib
+    import matplotlib  # optional: matplotlib (marginface[plots])
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown image format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -87,7 +87,7 @@ def logit_curves_figure() -> Figure:
 
 def boundaries_figure(separation_deg: float = 90.0) -> Figure:
     """Two-class decision regions, top row in (θ₁, θ₂), bottom row in the 2-d feature plane."""
-    from matplotlib.colors import ListedColormap
+    from matplotlib.colors import ListedColormap  # optional: matplotlib (marginface[plots])
 
     cmap = ListedColormap(_REGION_COLOURS)
     n = len(BOUNDARY_HEADS)
@@ -147,7 +147,7 @@ def boundaries_figure(separation_deg: float = 90.0) -> Figure:
 
 
 def _palette(n: int) -> list:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # optional: matplotlib (marginface[plots])
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from marginface.embed import FacePipeline, Pipeline
 from marginface.errors import ConfigError, GalleryError
 from marginface.gallery import Gallery, Recognizer
@@ -61,7 +63,6 @@ def _limit_blas(threads: int | None) -> Any:
     """
     if threads is None:
         return None
-    from threadpoolctl import threadpool_info, threadpool_limits
 
     limits = threadpool_limits(limits=threads, user_api="blas")
     counts = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}

@@ -16,7 +16,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from marginface.config import format_validation_error
 from marginface.errors import ConfigError
+from marginface.gallery import default_gallery_url
 
 __all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
 
@@ -175,8 +177,6 @@ class ServeSettings(BaseSettings):
         """The SQLite file behind ``db``, or None for a server database."""
         url = self.db
         if url is None:
-            from marginface.gallery import default_gallery_url
-
             url = default_gallery_url()
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///") :]).expanduser()
@@ -231,8 +231,6 @@ def load_settings(config_file: str | Path | None = None, **values: Any) -> Serve
 
     Raises :class:`ConfigError` naming every offending key.
     """
-    from marginface.config import format_validation_error
-
     explicit = {k: v for k, v in values.items() if v is not None}
     if config_file is not None:
         explicit["config_file"] = Path(config_file)

@@ -27,11 +27,13 @@ import numpy as np
 
 from marginface.align.transform import template_size
 from marginface.card import Preprocessing
-from marginface.embed import Embedder
+from marginface.embed import Embedder, load_embedder
 from marginface.errors import DataError, MarginfaceError
 from marginface.eval.embeddings import EmbedOptions, prepare_crops
 from marginface.eval.pairs import load_pairs
 from marginface.eval.verify import pair_similarities, verification_metrics
+from marginface.train.config import load_train_config
+from marginface.train.trainer import Trainer
 
 __all__ = ["CompareRow", "DevCrops", "evaluate_crops", "flag_ties", "load_dev_crops",
            "merge_results", "prepare_dev_crops", "render_table", "run_comparison",
@@ -103,7 +105,7 @@ def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | 
 def _encode_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lossless WebP of every crop (about 13 KB each instead of 37 KB), checked to round-trip
     exactly (PNG where it would not)."""
-    import cv2
+    import cv2  # heavy: cv2
 
     parts, offsets = [], [0]
     for c in crops:
@@ -119,7 +121,7 @@ def _encode_crops(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _decode_crops(blob: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    import cv2
+    import cv2  # heavy: cv2
 
     crops = np.zeros(shape, dtype=np.uint8)
     for i in range(shape[0]):
@@ -351,10 +353,6 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
     ``budget_s``: skip (status ``skipped``) a config that would probably end after this many
     seconds from the start, judged by the slowest run so far.
     """
-    from marginface.embed import load_embedder
-    from marginface.train.config import load_train_config
-    from marginface.train.trainer import Trainer
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = load_dev_crops(dev_crops)

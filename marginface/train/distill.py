@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from marginface.data import FaceDataset, open_dataset
 from marginface.data.augment import resize_to
+from marginface.embed import load_embedder
 from marginface.errors import DataError
 
 __all__ = ["DistillHead", "compute_teacher_embeddings", "labels_fingerprint", "load_teacher",
@@ -101,9 +102,6 @@ def compute_teacher_embeddings(
     row (a constant term, no gradient; the trainer skips such images anyway). ``limit`` embeds
     only the first images (for tests). Returns the sidecar's content.
     """
-    # The embedders (onnxruntime, the detectors' packages): only train-teacher needs them.
-    from marginface.embed import load_embedder
-
     dataset = open_dataset(data)
     embedder = load_embedder(teacher)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from marginface.losses import create_head
 from marginface.losses.base import MarginHead
 
 __all__ = ["PartialFC", "shard_range"]
@@ -111,8 +112,6 @@ class PartialFC(nn.Module):
                seed: int | None = 0,
                **head_kwargs: Any) -> PartialFC:
         """Build the head ``name`` for this rank's shard and wrap it."""
-        from marginface.losses import create_head
-
         start, end = shard_range(num_classes, rank, world_size)
         if end - start < 2:
             raise ValueError(f"{num_classes} classes over {world_size} ranks leave rank {rank} "
@@ -156,6 +155,7 @@ class PartialFC(nn.Module):
         """All-gather embeddings (with autograd) and labels over the model-parallel group."""
         if not self.distributed:
             return embeddings, labels
+        # optional: needs a torch build with torch.distributed
         from torch.distributed.nn.functional import all_gather
 
         # Every rank's loss covers the whole global batch over its shard; the all-gather's

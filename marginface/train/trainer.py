@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import signal
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from marginface import backbones
 from marginface.card import Preprocessing
@@ -348,7 +350,7 @@ class _RunLog:
         if new:
             self.csv.writerow(["step", "epoch", "kind", "name", "value"])
         if self.cfg.log.tensorboard:
-            try:  # optional: tensorboard is not a dependency
+            try:  # optional: tensorboard (marginface[train]) is not a dependency
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(out / "tensorboard"),
@@ -357,8 +359,6 @@ class _RunLog:
                 self.say("note: TensorBoard is not installed (pip install 'marginface[train]'); "
                          "metrics go to metrics.csv only")
         if self.cfg.log.progress and self.console:
-            from tqdm.auto import tqdm  # probes for a notebook; only progress bars need it
-
             self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
                             desc="train", smoothing=0.05)
 
@@ -890,7 +890,6 @@ def _architecture_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
 
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
