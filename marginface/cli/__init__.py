@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         sys.exit(ExitCode.USER_ERROR)
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click  # CLI: 60 ms; typer vendors its own click, --help never loads this one
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors arrive here in standalone_mode=False
+        # Click's usage errors (a typo in an option, a missing argument) know how to show
+        # themselves. Typer ships its own copy of click, whose classes are not the click
+        # package's, so they are recognised by what they can do, not by their class.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise
     sys.exit(code if isinstance(code, int) else ExitCode.SUCCESS)
