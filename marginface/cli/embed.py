@@ -27,7 +27,7 @@ def _accuracy_on_pairs(models: list[Path], pairs: Path, root: Path | None,
         embedder = load_embedder(spec)
         report, _ = verify(pair_set, embedder, progress=True, model_spec=str(spec))
         accuracy = float(report["accuracy_mean"])
-        rows.append((embedder.name, accuracy / 100.0 if accuracy > 1.0 else accuracy))
+        rows.append((embedder.name, accuracy / 100.0))
     return rows
 
 

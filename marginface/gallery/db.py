@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from marginface.errors import ConflictError, GalleryError, NotFoundError, StorageError
+from marginface.extras import install_hint
 from marginface.gallery import schema
 from marginface.gallery.schema import SCHEMA_VERSION
 
@@ -152,8 +153,7 @@ def _postgres_pool(target: str, size: int, timeout: float) -> Any:
         from psycopg_pool import ConnectionPool
     except ImportError:  # pragma: no cover - depends on the installation
         raise GalleryError(
-            "PostgreSQL galleries need psycopg and psycopg-pool: "
-            "pip install 'marginface[postgres]'"
+            "PostgreSQL galleries need psycopg and psycopg-pool: " + install_hint("postgres")
         ) from None
     try:  # an unreachable server is said plainly now, not as a pool timeout later
         psycopg.connect(target, connect_timeout=10).close()

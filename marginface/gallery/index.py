@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from marginface.errors import GalleryError
+from marginface.extras import install_hint
 from marginface.gallery.locks import ReadWriteLock
 
 __all__ = [
@@ -54,6 +55,15 @@ def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise GalleryError(f"expected embeddings of shape (N, {dim}), got {tuple(v.shape)}")
     return v
 
+
+
+def _import_faiss() -> Any:
+    """The faiss module, or a :class:`GalleryError` naming the extra that installs it."""
+    try:
+        import faiss  # optional: faiss (marginface[faiss])
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise GalleryError(f"the FAISS index needs faiss-cpu: {install_hint('faiss')}") from None
+    return faiss
 
 class VectorIndex(abc.ABC):
     """Nearest-neighbour search over (id, vector) pairs by inner product."""
@@ -260,13 +270,7 @@ class FaissBinaryIndex(ExactIndex):
         batch_size: int = 64,
     ) -> None:
         super().__init__(dim, batch_size=batch_size)
-        try:
-            import faiss  # optional: faiss (marginface[faiss])
-        except ImportError:  # pragma: no cover - depends on the installation
-            raise GalleryError(
-                "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
-            ) from None
-        self._faiss = faiss
+        self._faiss = _import_faiss()
         bits = int(bits) if bits else max(256, -(-self.dim // 64) * 64)
         if bits <= 0 or bits % 64:
             raise GalleryError(f"bits must be a positive multiple of 64, got {bits}")
@@ -411,15 +415,9 @@ class FaissIndex(VectorIndex):
         threads: int | None = None,
     ) -> None:
         super().__init__(dim)
-        try:
-            import faiss  # optional: faiss (marginface[faiss])
-        except ImportError:  # pragma: no cover - depends on the installation
-            raise GalleryError(
-                "the FAISS index needs faiss-cpu: pip install 'marginface[faiss]'"
-            ) from None
-        self._faiss = faiss
+        self._faiss = _import_faiss()
         if threads:
-            faiss.omp_set_num_threads(int(threads))
+            self._faiss.omp_set_num_threads(int(threads))
         kind = "ivf" if kind == "auto" else kind
         if kind not in ("flat", "ivf", "hnsw"):
             raise GalleryError(f"unknown FAISS index kind {kind!r}: use flat, ivf, hnsw or auto")
@@ -693,13 +691,13 @@ class MilvusIndex(VectorIndex):
         except ImportError:  # pragma: no cover - depends on the installation
             raise GalleryError(
                 "the Milvus index needs pymilvus (and milvus-lite for a local file): "
-                "pip install 'marginface[milvus]'"
+                + install_hint("milvus")
             ) from None
         uri = str(uri)
         if "://" not in uri:
             if importlib.util.find_spec("milvus_lite") is None:
                 raise GalleryError(
-                    "a local Milvus Lite file needs milvus-lite: pip install 'marginface[milvus]'"
+                    "a local Milvus Lite file needs milvus-lite: " + install_hint("milvus")
                 )
             path = Path(uri).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from marginface.errors import StorageError
 from marginface.gallery.db import Database
 from marginface.gallery.index import VectorIndex
 from marginface.gallery.locks import ReadWriteLock
@@ -74,8 +73,8 @@ class IndexSync:
         """A write transaction of the store. The block records on the yielded
         :class:`FaceChanges` the faces it adds and removes; then the generation is bumped in
         the same transaction and, once it commits, the index makes the same change. Searches
-        wait while this runs (:class:`StorageError` when the index fails after the commit: the
-        next search reconciles)."""
+        wait while this runs. An index that fails after the commit is logged and left for the
+        next search to reconcile: the write has succeeded."""
         with self._lock.write():
             changes = FaceChanges()
             with self._db.transaction():
@@ -99,19 +98,19 @@ class IndexSync:
         self.generation = -1  # until the index has it
         if self.index is None:
             return
-        if changes.added_ids:
-            try:
+        # SQL is the truth and the write has committed: an index that fails now is left stale
+        # (generation -1) and reconciled before the next search, so the write still succeeds; an
+        # error here would make callers retry what is already stored.
+        try:
+            if changes.added_ids:
                 self.index.add(np.asarray(changes.added_ids, dtype=np.int64),
                                np.vstack(changes.added_vectors))
-            except Exception as exc:
-                raise StorageError(f"faces stored, but the vector index failed: {exc}") from exc
-        if changes.removed_ids:
-            try:
+            if changes.removed_ids:
                 self.index.remove(np.asarray(changes.removed_ids, dtype=np.int64))
-            except Exception as exc:
-                raise StorageError(
-                    f"faces deleted from SQL, but the vector index failed ({exc}); they are "
-                    "never returned and the index is reconciled at the next search") from exc
+        except Exception:
+            log.warning("the vector index failed after a committed change; it is reconciled "
+                        "from SQL before the next search", exc_info=True)
+            return
         if current:
             self.generation = committed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -41,27 +42,23 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-def _name(value: str) -> str:
-    try:
-        return clean_name(value)
-    except GalleryError as exc:
-        raise ValueError(str(exc)) from None
+def _gallery_rule(
+    rule: Callable[..., Any], *, checks_only: bool = False, **kwargs: Any
+) -> AfterValidator:
+    """A validator applying one of the gallery's rules (a refusal becomes pydantic's
+    ``ValueError``, hence a 422 naming the field): the value as the rule returns it, or the
+    value unchanged for a rule that ``checks_only``."""
 
-
-def _key_name(value: str) -> str:
-    try:
-        return clean_name(value, what="key name", max_length=100)
-    except GalleryError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None:
+    def validate(value: Any) -> Any:
+        if value is None:
+            return value
         try:
-            metadata_json(value)
+            result = rule(value, **kwargs)
         except GalleryError as exc:
             raise ValueError(str(exc)) from None
-    return value
+        return value if checks_only else result
+
+    return AfterValidator(validate)
 
 
 # The gallery's own rules (marginface.gallery.validate), applied while the request is parsed so
@@ -69,12 +66,12 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 Name = Annotated[
     str,
     Field(min_length=1, max_length=MAX_NAME_LENGTH, description="Display name; may repeat."),
-    AfterValidator(_name),
+    _gallery_rule(clean_name),
 ]
 Metadata = Annotated[
     dict[str, Any],
     Field(description="A small JSON object (at most 16 KiB, 8 levels, 256 keys, finite numbers)."),
-    AfterValidator(_metadata),
+    _gallery_rule(metadata_json, checks_only=True),
 ]
 
 
@@ -241,7 +238,7 @@ class KeyCreate(BaseModel):
     name: Annotated[
         str,
         Field(min_length=1, max_length=100, description="Who or what uses the key."),
-        AfterValidator(_key_name),
+        _gallery_rule(clean_name, what="key name", max_length=100),
     ]
     role: Role
 

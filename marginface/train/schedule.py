@@ -51,4 +51,7 @@ def _one_cycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_step
         pct *= 1.0 - 1e-6
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-        pct_start=pct)
+        pct_start=pct,
+        # Cycling momentum (or Adam's beta1) is part of the schedule, but SGD configured with
+        # momentum 0 asked for plain SGD: leave it so.
+        cycle_momentum=bool(optimizer.defaults.get("momentum", 1.0)))

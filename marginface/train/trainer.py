@@ -61,6 +61,7 @@ from marginface.data import (
     open_dataset,
 )
 from marginface.errors import ConfigError, DataError, ModelError
+from marginface.extras import install_hint
 from marginface.losses import CenterLoss, InterClassLoss, TripletLoss, check_labels
 from marginface.train import checkpoint as ck
 from marginface.train.checkpoint import RunState
@@ -356,7 +357,7 @@ class _RunLog:
                 self.tb = SummaryWriter(log_dir=str(out / "tensorboard"),
                                         purge_step=step if append else None)
             except ImportError:
-                self.say("note: TensorBoard is not installed (pip install 'marginface[train]'); "
+                self.say(f"note: TensorBoard is not installed ({install_hint('train')}); "
                          "metrics go to metrics.csv only")
         if self.cfg.log.progress and self.console:
             self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
@@ -782,16 +783,15 @@ class Trainer:
         cfg, env, st = self.cfg, self.env, self.state
         data, _, _ = self._parts()
         meter = _Meter(st.step)
-        last: tuple[Tensor, Tensor, Tensor | None] | None = None
         first = True
         while st.step < data.total_steps:
             for batch in data.loader(st.epoch, st.batch_in_epoch):
                 self.skips.update(batch)
-                last = self._fill(batch) or last
-                if last is None:
+                filled = self._fill(batch)
+                if filled is None:  # never train a stale batch again in its place
                     raise DataError(f"every image of a whole batch was unreadable:\n"
                                     f"{self.skips.summary()}")
-                images, labels, indices = last
+                images, labels, indices = filled
                 if first:
                     self._validate_first(labels, images.shape[0])
                     first = False

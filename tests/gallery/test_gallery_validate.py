@@ -199,3 +199,21 @@ def test_values_the_database_refuses_are_user_errors(store: StoreSpec) -> None:
         g.get_face(2**70)
     g.create_subject("kept")
     assert [s.name for s in g.list_subjects()] == ["kept"]
+
+
+def test_an_index_failure_after_the_commit_is_not_an_error(sqlite_store: StoreSpec, people,
+                                                           monkeypatch) -> None:
+    """SQL is the truth: a write that committed succeeds even when the index then fails, and
+    the next search reconciles the index from SQL."""
+    g = sqlite_store.open()
+    index = g.index
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index down")
+
+    monkeypatch.setattr(index, "add", broken)
+    subject = g.create_subject("kept", embeddings=people.sample(0, 2))
+    assert g.count_faces() == 2
+    monkeypatch.undo()
+    hits = g.search(people.sample(0, 1), k=2)[0]
+    assert {h.subject_id for h in hits} == {subject.id} and len(hits) == 2

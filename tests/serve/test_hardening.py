@@ -420,3 +420,15 @@ def test_an_unwritable_key_file_leaves_no_admin_key(tmp_path: Path) -> None:
         assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is not None
         assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is None
         assert gallery.count_api_keys("admin") == 1
+
+
+def test_a_blank_source_is_the_default_one(harness: Harness) -> None:
+    harness.enrol("Kept", make_photo((1, 60)))
+    r = harness.client.post(
+        "/v1/identify",
+        files={"photo": ("q.png", make_photo((1, 60)), "image/png")},
+        data={"source": "   "},
+        headers=harness.headers("recognise"),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "api"

@@ -201,3 +201,24 @@ def test_every_comparison_config_trains(name: str, small_subset: tuple[Path, Pat
     assert train(cfg).steps == 2
     emb = load_embedder(out, runtime="torch").embed(np.zeros((2, 112, 112, 3), np.uint8))
     assert emb.shape == (2, 16) and np.all(np.isfinite(emb))
+
+
+def test_a_batch_with_no_readable_image_stops_the_run(small_subset: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """An all-unreadable batch is an error, never a silent second step on the previous batch.
+    2 readable images among 8 in batches of 2: at least two batches hold no readable image, and
+    with seed 1 the first batch is readable (so the old "repeat the last batch" passed)."""
+    rows = small_subset[0].read_text().splitlines()
+    lines = [rows[0], next(r for r in rows if r.split(",")[1] != rows[0].split(",")[1])]
+    broken = []
+    for i in range(6):
+        bad = tmp_path / f"broken{i}.jpg"
+        bad.write_bytes(b"\xff\xd8 this is not a JPEG")
+        broken.append(f"{bad},{lines[i % 2].split(',')[1]}")
+    listing = tmp_path / "mostly_bad.csv"
+    listing.write_text("\n".join([*lines, *broken]) + "\n")
+    cfg = load_train_config(None, base_overrides(listing, tmp_path / "out", epochs=1,
+                                                 batch_size=2, seed=1,
+                                                 **{"data.augment": "none"}))
+    with pytest.raises(DataError, match="whole batch was unreadable"):
+        train(cfg)

@@ -49,7 +49,10 @@ async def identify(
     are given to enrol and admin keys; for a recognise key they are null unless the service
     is configured to show them. When events are on, each answer is logged with the time, the
     source (default ``api``) and the result. No face: 422 ``no_face``."""
-    if source is not None and source.strip():
+    # A blank source means the default, decided here: nothing may fail after the photo's work.
+    if source is not None and not source.strip():
+        source = None
+    if source is not None:
         source = checked(clean_name, source, what="source", max_length=100)
     ((name, data),) = await read_photos(service, [photo])
     settings = service.settings
