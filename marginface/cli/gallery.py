@@ -44,13 +44,13 @@ def _require_gallery(db: str | None) -> None:
     Only ``enroll`` creates a gallery; every other command needs an existing one, and a
     mistyped ``--db`` must fail at once with one clear line instead of creating folders and an
     empty gallery, or answering "unknown" for everyone. Loading the detector and embedder takes
-    seconds, so this cheap check comes first; the real open repeats it (``create=False``).
+    seconds, so this cheap check (no connection) comes first.
     """
     # CLI: keeps marginface --help quick
     from marginface.gallery import default_gallery_url
-    from marginface.gallery.db import Database
+    from marginface.gallery.db import require_existing
 
-    Database(db if db is not None else default_gallery_url(), create=False).close()
+    require_existing(db if db is not None else default_gallery_url())
 
 
 def _recognizer(db: str | None, model: str, detector: str, index: str,

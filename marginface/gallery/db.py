@@ -28,7 +28,7 @@ from marginface.extras import install_hint
 from marginface.gallery import schema
 from marginface.gallery.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url"]
+__all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url", "require_existing"]
 
 #: Advisory lock keys (PostgreSQL) of what :meth:`Database.lock_writes` serialises.
 _WRITE_LOCKS = {"schema": 715517, "api_keys": 715518}
@@ -64,6 +64,17 @@ def driver_error(exc: BaseException) -> GalleryError | None:
             return GalleryError(f"the gallery database refused a value: {message}")
         return StorageError(f"gallery database error: {message}")
     return None
+
+
+def require_existing(url: str | Path) -> None:
+    """:class:`NotFoundError` unless the gallery at ``url`` exists (a SQLite file; a PostgreSQL
+    database is created by its administrator, so it is left to the connection to say). No
+    connection is opened: read-only commands check this before loading any model."""
+    dialect, target = normalise_url(url)
+    if dialect == "sqlite" and not Path(target).exists():
+        raise NotFoundError(
+            f"no gallery at {target}: check the path (--db or $MARGINFACE_GALLERY_URL); "
+            "enrolling someone creates a new gallery")
 
 
 def normalise_url(url: str | Path) -> tuple[str, str]:
@@ -207,11 +218,9 @@ class Database:
         path = Path(self.target)
         if path.is_dir():
             raise GalleryError(f"gallery path {path} is a folder, expected a database file")
+        if not create:
+            require_existing(path)
         new = not path.exists()
-        if new and not create:
-            raise NotFoundError(
-                f"no gallery at {path}: check the path (--db or $MARGINFACE_GALLERY_URL); "
-                "enrolling someone creates a new gallery")
         path.parent.mkdir(parents=True, exist_ok=True)
         pool = _SqliteConnections(path)
         try:
