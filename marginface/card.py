@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from marginface.errors import ModelError
 
-__all__ = ["CARD_FILENAME", "Calibration", "ModelCard", "Preprocessing"]
+__all__ = ["CARD_FILENAME", "Calibration", "ImpostorTail", "ModelCard", "Preprocessing"]
 
 CARD_FILENAME = "model.json"
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")
 
 
 class Preprocessing(BaseModel):
@@ -59,6 +62,38 @@ class Calibration(BaseModel):
         return self.thresholds[key]
 
 
+class ImpostorTail(BaseModel):
+    """The tail of a model's impostor score distribution, for open-set identification.
+
+    Measured by ``marginface calibrate --impostors`` on many non-mated comparisons of
+    identities the model was not trained on (:mod:`marginface.eval.openset`). A search of a
+    gallery falsely identifies a stranger when *any* enrolled subject passes the threshold, so
+    what matters is not the 1:1 false-accept rate but, for each probe, the share of subjects
+    it passes. ``log10_fpir[i][j]`` is log10 of the expected false positive identification
+    rate at ``thresholds[i]`` for a gallery of ``gallery_sizes[j]`` subjects with one face
+    each (averaged over probes, so probes that resemble everyone weigh as they should);
+    ``log10_fpir_by_faces[k]`` is the same for subjects of ``k`` faces (a subject's score is
+    its best face's). ``-inf`` is written as ``floor``: no impostor reached it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    identities: int = Field(gt=1, description="calibration identities")
+    probes: int = Field(gt=0, description="probe faces searched")
+    comparisons: int = Field(gt=0, description="non-mated probe-subject comparisons")
+    excluded: str = Field("", description="identities left out (training data, hold-out)")
+    holdout: float = Field(0.0, ge=0.0, lt=1.0, description="share of the dataset's identities "
+                           "held out by marginface.eval.openset.held_out, for validation")
+    thresholds: list[float] = Field(min_length=2, description="ascending cosine thresholds")
+    gallery_sizes: list[int] = Field(min_length=2, description="ascending subject counts")
+    log10_fpir: list[list[float]]
+    log10_fpir_by_faces: dict[str, list[list[float]]] = Field(default_factory=dict)
+    log10_far: list[float] = Field(default_factory=list, description="1:1 FAR per threshold")
+    floor: float = -12.0
+    max_impostor: float = Field(description="highest non-mated score observed")
+
+
 class ModelCard(BaseModel):
     """Everything needed to use, compare and trust an embedding model."""
 
@@ -76,6 +111,7 @@ class ModelCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)  # data, loss, hyper-parameters
     metrics: dict[str, Any] = Field(default_factory=dict)  # e.g. {"celeba-dev": {...}}
     calibration: Calibration | None = None
+    impostors: ImpostorTail | None = None
     license: str = ""
     notes: str = ""
 
@@ -101,9 +137,13 @@ class ModelCard(BaseModel):
         if path.is_dir() or path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
             path = path / CARD_FILENAME
-        text = self.model_dump_json(indent=2)
+        # one line per list of numbers: the impostor table stays a readable page, not thousands
+        # of one-number lines
+        text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",")
+                                + "]", self.model_dump_json(indent=2))
         fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json", dir=path.parent)
         try:
+            os.fchmod(fd, 0o644)  # a card is public metadata (mkstemp would make it 0600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text + "\n")
             os.replace(tmp, path)

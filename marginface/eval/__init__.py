@@ -6,18 +6,17 @@
   the gallery's decision rule: ``marginface.gallery.knn_vote`` is this function),
   :func:`knn_vote` (the vote for every probe), :func:`subject_ranks`, :func:`cmc`,
   :func:`dir_at_fpir`.
-* Calibration (:mod:`marginface.eval.calibrate`): :func:`calibrate` -> ``Calibration`` for the
-  card, and :func:`require_threshold`, which the gallery and the service use to get a threshold.
+* Calibration (:mod:`marginface.eval.calibrate`): :func:`calibrate` -> ``Calibration`` (1:1
+  thresholds) for the card.
+* Open-set operating points (:mod:`marginface.eval.openset`): the impostor table of the card
+  (:func:`~marginface.eval.openset.measure_impostors`) and the threshold meeting a target FPIR
+  for a gallery (:func:`~marginface.eval.openset.operating_point`), which the gallery uses.
 * Protocol runners: :func:`marginface.eval.pairs.load_pairs`,
-  :func:`marginface.eval.verify.verify`, :func:`marginface.eval.identification.identify`.
+  :func:`marginface.eval.verify.verify`, :func:`marginface.eval.identification.identify_folder`
+  and :func:`~marginface.eval.identification.identify_lists`.
 """
 
-from marginface.eval.calibrate import (
-    CALIBRATION_FARS,
-    UncalibratedThresholdWarning,
-    calibrate,
-    require_threshold,
-)
+from marginface.eval.calibrate import CALIBRATION_FARS, calibrate
 from marginface.eval.identify import (
     KnnVote,
     VoteResult,
@@ -43,7 +42,6 @@ __all__ = [
     "CALIBRATION_FARS",
     "DEFAULT_FARS",
     "KnnVote",
-    "UncalibratedThresholdWarning",
     "VoteResult",
     "auc",
     "best_threshold",
@@ -54,7 +52,6 @@ __all__ = [
     "far_key",
     "kfold_accuracy",
     "knn_vote",
-    "require_threshold",
     "roc",
     "subject_ranks",
     "tar_at_far",

@@ -1,38 +1,28 @@
 """Threshold calibration: cosine thresholds for target false-accept rates, kept in the card.
 
 :func:`calibrate` turns verification scores into a :class:`marginface.card.Calibration`.
-:func:`require_threshold` is how the gallery and the service get the threshold to decide with:
-the card's calibrated value by default, an explicit value only when given, and never a silent
-magic number.
+The gallery and the service read the threshold to decide with through
+:func:`marginface.gallery.resolve_threshold`: the card's calibrated value by default, an
+explicit value only when given, and never a silent magic number.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 
 import numpy as np
 
-from marginface.card import Calibration, ModelCard
-from marginface.errors import DataError, ModelError
+from marginface.card import Calibration
+from marginface.errors import DataError
 from marginface.eval.metrics import far_key, is_resolvable, threshold_at_far
 
-__all__ = [
-    "CALIBRATION_FARS",
-    "UncalibratedThresholdWarning",
-    "calibrate",
-    "require_threshold",
-]
+__all__ = ["CALIBRATION_FARS", "calibrate"]
 
 log = logging.getLogger(__name__)
 
 #: Target false-accept rates written into a card by ``marginface calibrate``.
 CALIBRATION_FARS: tuple[str, ...] = ("1e-2", "1e-3", "1e-4")
-
-
-class UncalibratedThresholdWarning(UserWarning):
-    """A decision threshold is used for a model that has no calibration for it."""
 
 
 def calibrate(
@@ -78,44 +68,3 @@ def calibrate(
         n_pairs=int(s.size),
         n_negative_pairs=int(neg.size),
     )
-
-
-def require_threshold(
-    card: ModelCard, far: str | float | None = None, explicit: float | None = None
-) -> float:
-    """The cosine threshold to decide with for a model.
-
-    - ``explicit`` given: it is used. If the card has no calibration, an
-      :class:`UncalibratedThresholdWarning` is issued (and logged), so nobody mistakes it for a
-      calibrated value.
-    - otherwise: the card's calibrated threshold for ``far`` (default: the card's
-      ``default_far``). A card without calibration, or without that FAR, raises
-      :class:`ModelError` saying how to calibrate.
-    """
-    cal = card.calibration
-    if explicit is not None:
-        threshold = float(explicit)
-        if not -1.0 <= threshold <= 1.0:
-            raise ModelError(f"a cosine threshold must lie in [-1, 1], got {threshold}")
-        if cal is None or not cal.thresholds:
-            msg = (
-                f"model '{card.name}' is NOT calibrated: using the explicit threshold "
-                f"{threshold:g}, whose false-accept rate is unknown. Run `marginface calibrate "
-                f"--model ... --pairs ... --write` to calibrate it."
-            )
-            log.warning(msg)
-            warnings.warn(msg, UncalibratedThresholdWarning, stacklevel=2)
-        return threshold
-    if cal is None or not cal.thresholds:
-        raise ModelError(
-            f"model '{card.name}' has no calibrated threshold: run `marginface calibrate "
-            f"--model MODEL --pairs PAIRS --root ROOT --write`, or pass an explicit threshold"
-        )
-    key = far_key(far) if far is not None else cal.default_far
-    if key not in cal.thresholds:
-        raise ModelError(
-            f"model '{card.name}' has no calibrated threshold for FAR={key} "
-            f"(calibrated: {', '.join(cal.thresholds) or 'none'}); recalibrate on a set with at "
-            f"least {round(1 / float(key))} mismatched pairs, or pass an explicit threshold"
-        )
-    return float(cal.thresholds[key])

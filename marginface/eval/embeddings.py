@@ -51,7 +51,8 @@ __all__ = [
 CACHE_ENV = "MARGINFACE_CACHE_DIR"
 
 #: Card fields that do not change what a model computes (so calibrating keeps the cache).
-_NON_COMPUTING_CARD_FIELDS = ("calibration", "metrics", "notes", "license", "training")
+_NON_COMPUTING_CARD_FIELDS = ("calibration", "impostors", "metrics", "notes", "license",
+                              "training")
 
 
 def default_cache_dir() -> Path:

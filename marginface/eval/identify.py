@@ -1,9 +1,15 @@
-"""Identification metrics: the k-NN vote decision rule, rank-k / CMC and open-set DIR.
+"""Identification metrics: the k-NN vote decision rule, rank-k / CMC and open-set FNIR/FPIR.
 
 :func:`vote_neighbours` is the k-NN vote itself, on one query's neighbours: the gallery and the
 service decide with it (as ``marginface.gallery.knn_vote``), and :func:`knn_vote` and
 :func:`subject_ranks` apply it to every probe of an evaluation, so what ``eval identify``
-measures is what the service decides.
+measures is what the service decides. :func:`knn_vote` applies the rule to all probes at once
+(array operations, no loop per probe; a test checks it against :func:`vote_neighbours`).
+
+Open-set vocabulary (NIST FRVT 1:N): a *mated* search is of an enrolled person, a *non-mated*
+one of a person who is not. At a threshold ``t``, FPIR is the share of non-mated searches whose
+top candidate scores ``>= t``; FNIR the share of mated searches whose top candidate is not the
+right subject or scores ``< t``.
 
 Shapes: ``scores`` is ``(P, G)`` cosine similarities of P probes against G gallery entries,
 ``subject_ids`` is ``(G,)`` the subject of each gallery entry (any hashable values). Several
@@ -19,22 +25,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from marginface.errors import DataError
-from marginface.eval.metrics import far_key, is_resolvable, parse_far, threshold_at_far
+from marginface.eval.metrics import far_key, parse_far, threshold_at_far
 
 __all__ = [
     "DEFAULT_FPIRS",
+    "MIN_FALSE_POSITIVES",
+    "REPORTED_FPIRS",
+    "FnirAtFpir",
     "KnnVote",
     "VoteResult",
     "cmc",
     "dir_at_fpir",
+    "fnir_at_fpir",
+    "fnir_fpir_curve",
     "knn_vote",
     "open_set_rates",
     "subject_ranks",
     "vote_neighbours",
 ]
 
-#: False-positive identification rates reported for open-set identification.
+#: False-positive identification rates of :func:`dir_at_fpir`'s default.
 DEFAULT_FPIRS: tuple[str, ...] = ("1e-2", "1e-1")
+
+#: The FPIRs at which ``eval identify`` reports FNIR (each only where resolvable).
+REPORTED_FPIRS: tuple[str, ...] = ("1e-1", "1e-2", "1e-3")
+
+#: False positives an FNIR@FPIR figure must rest on: with fewer non-mated searches than
+#: ``MIN_FALSE_POSITIVES / FPIR`` the threshold would be set by a handful of searches.
+MIN_FALSE_POSITIVES = 10
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,9 @@ class KnnVote:
 
 
 def _as_2d(scores: np.ndarray) -> tuple[np.ndarray, bool]:
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(scores)
+    if s.dtype != np.float32:  # float32 is kept: it orders neighbours as float64 would
+        s = s.astype(np.float64)
     if s.ndim == 1:
         return s[None, :], True
     if s.ndim != 2:
@@ -116,15 +136,53 @@ def _as_2d(scores: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _nearest(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each probe's ``k`` most similar gallery entries, best first: ``(indices, similarities)``,
-    both ``(P, k)``."""
-    k = max(1, min(k, s.shape[1]))
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(
-        np.arange(s.shape[1]), (s.shape[0], 1)
-    )
-    part_scores = np.take_along_axis(s, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)
+    both ``(P, k)``. Equal similarities are taken and ordered by gallery position, as
+    :func:`vote_neighbours` orders them (a stable sort by descending similarity)."""
+    p, g = s.shape
+    k = max(1, min(k, g))
+    if k == g:
+        chosen = np.tile(np.arange(g), (p, 1))
+    else:
+        chosen = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(s, chosen, axis=1).min(axis=1)
+        tied = np.flatnonzero((s >= kth[:, None]).sum(axis=1) > k)
+        if tied.size:  # rows where equal similarities compete for the last places
+            t = s[tied]
+            above = t > kth[tied, None]
+            at = t == kth[tied, None]
+            room = k - above.sum(axis=1)  # tied entries that fit, lowest index first
+            take = above | (at & (np.cumsum(at, axis=1) <= room[:, None]))
+            chosen[tied] = np.nonzero(take)[1].reshape(tied.size, k)
+        chosen = np.sort(chosen, axis=1)  # gallery order, so the stable sort below keeps it
+    order = np.argsort(-np.take_along_axis(s, chosen, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(chosen, order, axis=1)
     return idx, np.take_along_axis(s, idx, axis=1)
+
+
+def _vote(codes: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`vote_neighbours`'s rule on every row at once: ``codes`` and ``sims`` are ``(P, k)``
+    neighbours, best first. Returns the winner's position among them (its best neighbour),
+    summed weight and best similarity, each ``(P,)``.
+
+    The weights are summed neighbour by neighbour in the same order as the per-query rule, so
+    the floating-point sums, and hence the ties, are the same.
+    """
+    p, k = codes.shape
+    weight_of = np.maximum(sims, 0.0)
+    same = codes[:, :, None] == codes[:, None, :]  # same[p, i, j]: i and j share a subject
+    weight = np.zeros((p, k))
+    for i in range(k):  # k is small; the loop runs over neighbours, not probes
+        weight += np.where(same[:, i, :], weight_of[:, i : i + 1], 0.0)
+    earlier = np.triu(np.ones((k, k), dtype=bool), 1)  # i < j
+    first = ~(same & earlier[None]).any(axis=1)  # j is its subject's best neighbour
+    # largest weight, then the more similar best neighbour, then the first in order
+    top = np.where(first, weight, -np.inf).max(axis=1)
+    cand = first & (weight == top[:, None])
+    best = np.where(cand, sims, -np.inf).max(axis=1)
+    cand &= sims == best[:, None]
+    pos = np.argmax(cand, axis=1)
+    rows = np.arange(p)
+    return pos, weight[rows, pos], sims[rows, pos]
 
 
 def knn_vote(
@@ -135,8 +193,9 @@ def knn_vote(
 ) -> KnnVote:
     """:func:`vote_neighbours` for every probe: the gallery's decision rule, evaluated.
 
-    For each probe, the ``k`` most similar gallery entries vote; the winner (see
-    :func:`vote_neighbours` for the rule) is accepted when its best similarity is
+    For each probe, the ``k`` most similar gallery entries vote (equal similarities taken in
+    gallery order); the winner (see :func:`vote_neighbours` for the rule; applied to all probes
+    at once by array operations) is accepted when its best similarity is
     ``>= threshold``, otherwise the probe is unknown (see :meth:`KnnVote.decisions`).
     ``scores`` may be ``(P, G)`` or a single probe's ``(G,)`` row. Subjects are told apart by
     their text (``1`` and ``"1"`` are one subject), as everywhere in evaluation.
@@ -152,14 +211,15 @@ def knn_vote(
     )
     originals = subjects[first_idx]
     idx, sims = _nearest(s, k)
-    decisions = [vote_neighbours(codes[row].tolist(), row_sims.tolist(), threshold)
-                 for row, row_sims in zip(idx, sims, strict=True)]
-    winners = [ranked[0] for _, ranked in decisions]
+    sims = sims.astype(np.float64)  # the vote sums in float64, as the per-query rule
+    neighbour_codes = codes[idx]
+    pos, weight, best = _vote(neighbour_codes, sims)
+    winner = neighbour_codes[np.arange(len(pos)), pos]
     return KnnVote(
-        subject=originals[np.array([w.subject for w in winners], dtype=np.intp)],
-        similarity=np.array([w.best for w in winners], dtype=np.float64),
-        votes=np.array([w.weight for w in winners], dtype=np.float64),
-        accepted=np.array([winner is not None for winner, _ in decisions], dtype=bool),
+        subject=originals[winner],
+        similarity=best,
+        votes=weight,
+        accepted=np.ones(len(pos), dtype=bool) if threshold is None else best >= threshold,
     )
 
 
@@ -267,31 +327,102 @@ def open_set_rates(
     return tpir, fpir
 
 
+@dataclass(frozen=True)
+class FnirAtFpir:
+    """FNIR at a target FPIR, the threshold on the non-mated searches that gives it, or why it
+    is not resolvable."""
+
+    fpir: str
+    fnir: float | None
+    threshold: float | None
+    observed_fpir: float | None
+    false_positives: int | None
+    reason: str | None = None
+
+
+def _fpir_threshold(nonmated: np.ndarray, fpir: str | float,
+                    min_false_positives: int) -> tuple[float | None, str | None]:
+    """The threshold for a target FPIR on these non-mated decision scores, or the reason why
+    there is none: fewer than ``min_false_positives / FPIR`` searches."""
+    rate = parse_far(fpir)
+    if nonmated.size * rate < min_false_positives - 1e-9:
+        need = math.ceil(min_false_positives / rate - 1e-9)
+        return None, (f"not resolvable: needs at least {need} non-mated searches, has "
+                      f"{nonmated.size}")
+    return threshold_at_far(nonmated, rate), None
+
+
+def fnir_at_fpir(
+    mated_scores: np.ndarray,
+    mated_correct: np.ndarray,
+    nonmated_scores: np.ndarray,
+    fpirs: tuple[str | float, ...] = REPORTED_FPIRS,
+    min_false_positives: int = MIN_FALSE_POSITIVES,
+) -> dict[str, FnirAtFpir]:
+    """FNIR at each target FPIR, keyed by :func:`marginface.eval.metrics.far_key`.
+
+    The threshold is placed on the non-mated searches' decision scores as
+    :func:`marginface.eval.metrics.threshold_at_far` places a FAR threshold (at most
+    ``floor(FPIR * n)`` of them reach it); a target is resolvable only with at least
+    ``min_false_positives / FPIR`` non-mated searches, else its FNIR is None with the reason.
+    FNIR counts the mated searches that are not correct or score below the threshold.
+    """
+    m = np.asarray(mated_scores, dtype=np.float64)
+    nonmated = np.asarray(nonmated_scores, dtype=np.float64)
+    out: dict[str, FnirAtFpir] = {}
+    for f in fpirs:
+        key = far_key(f)
+        th, reason = _fpir_threshold(nonmated, f, min_false_positives)
+        if reason is None and m.size == 0:
+            reason = "no mated searches"
+        if th is None or reason is not None:
+            out[key] = FnirAtFpir(key, None, th, None, None, reason)
+            continue
+        tpir, fpir = open_set_rates(m, mated_correct, nonmated, th)
+        out[key] = FnirAtFpir(key, 1.0 - tpir, th, fpir, int(np.sum(nonmated >= th)))
+    return out
+
+
+def fnir_fpir_curve(
+    mated_scores: np.ndarray,
+    mated_correct: np.ndarray,
+    nonmated_scores: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The FNIR-vs-FPIR trade-off swept over the threshold: ``(thresholds, fpir, fnir)``.
+
+    One point per distinct (finite) non-mated decision score ``u``, highest first: the
+    threshold admits the searches scoring ``>= u`` and is placed as
+    :func:`marginface.eval.metrics.threshold_at_far` places it, halfway down to the next lower
+    non-mated score (the lowest: at it), so each point is the FNIR that :func:`fnir_at_fpir`
+    reports at that FPIR. FPIR rises from ``1 / n``.
+    """
+    m = np.asarray(mated_scores, dtype=np.float64)
+    c = np.asarray(mated_correct, dtype=bool)
+    n = np.asarray(nonmated_scores, dtype=np.float64)
+    if m.size == 0 or n.size == 0:
+        raise DataError("the FNIR/FPIR curve needs mated and non-mated searches")
+    u = np.unique(n[np.isfinite(n)])[::-1]
+    t = np.r_[(u[:-1] + u[1:]) / 2.0, u[-1:]]
+    n_sorted = np.sort(n)
+    hits = np.sort(np.where(c, m, -np.inf))
+    fpir = np.asarray(n.size - np.searchsorted(n_sorted, t, side="left")) / n.size
+    fnir = 1.0 - np.asarray(m.size - np.searchsorted(hits, t, side="left")) / m.size
+    return t, fpir, fnir
+
+
 def dir_at_fpir(
     mated_scores: np.ndarray,
     mated_correct: np.ndarray,
     nonmated_scores: np.ndarray,
     fpirs: tuple[str | float, ...] = DEFAULT_FPIRS,
 ) -> dict[str, OpenSetPoint]:
-    """DIR (TPIR) at each target FPIR, with the threshold set on the non-mated probes.
-
-    The threshold for a target FPIR follows :func:`marginface.eval.metrics.threshold_at_far`,
-    and the same resolvability rule applies: at least ``1 / FPIR`` non-mated probes.
-    """
-    nonmated = np.asarray(nonmated_scores, dtype=np.float64)
-    out: dict[str, OpenSetPoint] = {}
-    for f in fpirs:
-        key = far_key(f)
-        rate = parse_far(f)
-        if not is_resolvable(nonmated.size, rate):
-            need = math.ceil(1 / rate - 1e-9)
-            out[key] = OpenSetPoint(
-                fpir=key, tpir=None, threshold=None, observed_fpir=None,
-                reason=f"not resolvable: needs at least {need} non-mated probes, "
-                f"has {nonmated.size}",
-            )
-            continue
-        th = threshold_at_far(nonmated, rate)
-        tpir, fpir = open_set_rates(mated_scores, mated_correct, nonmated, th)
-        out[key] = OpenSetPoint(fpir=key, tpir=tpir, threshold=th, observed_fpir=fpir)
-    return out
+    """DIR (TPIR = 1 - FNIR) at each target FPIR: :func:`fnir_at_fpir` under the rule of
+    verification's TAR@FAR (resolvable from ``1 / FPIR`` non-mated probes)."""
+    points = fnir_at_fpir(mated_scores, mated_correct, nonmated_scores, fpirs,
+                          min_false_positives=1)
+    return {
+        key: OpenSetPoint(fpir=key, tpir=None if p.fnir is None else 1.0 - p.fnir,
+                          threshold=p.threshold, observed_fpir=p.observed_fpir,
+                          reason=p.reason)
+        for key, p in points.items()
+    }

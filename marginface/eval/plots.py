@@ -1,4 +1,4 @@
-"""Evaluation plots (PNG, matplotlib's Agg backend): ROC, score histograms, CMC, DIR curve."""
+"""Evaluation plots (PNG, matplotlib's Agg backend): ROC, score histograms, CMC, FNIR/FPIR."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_cmc", "plot_dir", "plot_histogram", "plot_roc", "verification_plots"]
+__all__ = [
+    "identification_plots",
+    "plot_cmc",
+    "plot_fnir_fpir",
+    "plot_histogram",
+    "plot_roc",
+    "verification_plots",
+]
 
 
 def _figure(width: float = 6.0, height: float = 4.5) -> tuple[Figure, Axes]:
@@ -139,29 +146,72 @@ def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, *, title: str = "C
     return _save(fig, Path(path))
 
 
-def plot_dir(
-    mated_scores: np.ndarray,
-    mated_correct: np.ndarray,
-    nonmated_scores: np.ndarray,
+def plot_fnir_fpir(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
     path: str | Path,
     *,
+    points: dict[str, list[tuple[float, float | None, str | None]]] | None = None,
     title: str = "open-set identification",
 ) -> Path:
-    """DIR (TPIR) against FPIR on a logarithmic axis, swept over the decision threshold."""
-    m = np.asarray(mated_scores, dtype=np.float64)
-    c = np.asarray(mated_correct, dtype=bool)
-    n = np.sort(np.asarray(nonmated_scores, dtype=np.float64))[::-1]
-    thresholds = np.r_[n, -np.inf]
-    fpir = np.arange(n.size + 1) / max(n.size, 1)
-    tpir = np.array([np.mean(c & (m > t)) if np.isfinite(t) else np.mean(c) for t in thresholds])
-    fig, ax = _figure()
-    keep = fpir > 0
-    ax.step(fpir[keep], tpir[keep], where="post")
+    """FNIR against FPIR (logarithmic FPIR axis), one curve per labelled gallery.
+
+    ``curves`` maps a label to ``(fpir, fnir)`` swept over the threshold
+    (:func:`marginface.eval.identify.fnir_fpir_curve`); ``points`` marks, per label, operating
+    points ``(measured FPIR, FNIR, target FPIR)``, each target with its own marker.
+    """
+    fig, ax = _figure(7.0, 5.0)
+    lowest, highest = 1.0, 0.0
+    colours: dict[str, Any] = {}
+    for label, (fpir, fnir) in curves.items():
+        f, r = np.asarray(fpir, dtype=np.float64), np.asarray(fnir, dtype=np.float64)
+        keep = f > 0
+        if not keep.any():
+            continue
+        lowest = min(lowest, float(f[keep].min()))
+        highest = max(highest, float(r[keep].max()))
+        (line,) = ax.step(f[keep], r[keep], where="post", label=label, linewidth=1.4)
+        colours[label] = line.get_color()
+    markers = iter(["o", "s", "^", "D", "v"])
+    marker_of: dict[str | None, str] = {}
+    for label, marks in (points or {}).items():
+        for fpir_value, fnir_value, target in marks:
+            if fnir_value is None or fpir_value <= 0:
+                continue
+            if target not in marker_of:
+                marker_of[target] = next(markers, "x")
+                ax.plot([], [], marker_of[target], color="black", markersize=5,
+                        label=f"operating point, target {target or 'given'}")
+            ax.plot([fpir_value], [fnir_value], marker_of[target],
+                    color=colours.get(label, "black"), markeredgecolor="black", markersize=6)
+    for target in marker_of:
+        if target:
+            ax.axvline(float(target), color="gray", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlim(1.0 / max(n.size, 1), 1.0)
-    ax.set_ylim(0.0, 1.01)
+    ax.set_xlim(max(lowest, 1e-6), 1.0)
+    ax.set_ylim(0.0, min(1.0, max(highest * 1.05, 0.05)))
     ax.set_xlabel("false positive identification rate (FPIR)")
-    ax.set_ylabel("detection and identification rate (TPIR)")
+    ax.set_ylabel("false negative identification rate (FNIR)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
     return _save(fig, Path(path))
+
+
+def identification_plots(curves: dict[str, Any], directory: str | Path, *,
+                         title: str = "") -> dict[str, str]:
+    """``fnir_fpir.png`` and ``cmc.png`` of an identification run (the curves returned by
+    :func:`marginface.eval.identification.identify_folder`); returns their paths."""
+    directory = Path(directory)
+    configs = curves["configs"]
+    files: dict[str, str] = {}
+    lines = {c["label"]: c["curve"] for c in configs if c["curve"] is not None}
+    if lines:
+        files["fnir_fpir"] = str(plot_fnir_fpir(
+            lines, directory / "fnir_fpir.png",
+            points={c["label"]: c["points"] for c in configs},
+            title=f"FNIR vs FPIR, best face{f' - {title}' if title else ''}"))
+    cmcs = {c["label"]: c["cmc"] for c in configs if c["cmc"] is not None}
+    if cmcs:
+        files["cmc"] = str(plot_cmc(cmcs, directory / "cmc.png",
+                                    title=f"CMC{f' - {title}' if title else ''}"))
+    return files

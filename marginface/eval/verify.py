@@ -38,6 +38,7 @@ __all__ = [
     "FAILED_IMAGE_POLICY",
     "FAILED_PAIR_SCORE",
     "ScoredPairs",
+    "default_face_selection",
     "pair_similarities",
     "score_pairs",
     "verification_metrics",
@@ -52,6 +53,17 @@ FAILED_IMAGE_POLICY = (
     "similarity -1 (always 'different'): a matched pair counts as a false reject, a mismatched "
     "pair as a correct reject; failed images are listed here, never dropped"
 )
+
+
+def default_face_selection(pairs: PairSet) -> str:
+    """The face a photo showing several is compared by when no selection is asked for:
+    ``central`` for LFW-format ``pairs.txt`` sets, ``largest`` for the others.
+
+    LFW's photos were cropped around the person they are filed under and often show other
+    people too; the protocol means that person, the face at the centre, which is not always
+    the largest (a taller neighbour, a poster behind). Other pair sets carry no such promise.
+    """
+    return "central" if pairs.format == "lfw" else "largest"
 
 
 @dataclass
@@ -175,9 +187,16 @@ def verify(
     progress: bool = True,
     model_spec: str | None = None,
     fars: tuple[str, ...] = DEFAULT_FARS,
+    face_selection_default: bool = False,
 ) -> tuple[dict[str, Any], ScoredPairs]:
-    """Run the verification protocol; returns the JSON-ready report and the scored pairs."""
-    options = options or EmbedOptions()
+    """Run the verification protocol; returns the JSON-ready report and the scored pairs.
+
+    Without ``options``, faces are chosen by :func:`default_face_selection`. The report's
+    ``options`` record the selection and whether it was that default (``options=None``, or
+    ``face_selection_default`` from a caller that applied it)."""
+    if options is None:
+        options = EmbedOptions(selection=default_face_selection(pairs))
+        face_selection_default = True
     scored = score_pairs(
         pairs, embedder, options, cache=cache, workers=workers, progress=progress
     )
@@ -210,6 +229,7 @@ def verify(
             **({} if options.aligned else {
                 "detector": options.detector,
                 "face_selection": options.selection,
+                "face_selection_default": face_selection_default,
                 "template": card.preprocessing.template,
             }),
         },

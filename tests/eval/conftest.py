@@ -113,3 +113,22 @@ def centre_detector() -> CentreDetector:
 @pytest.fixture
 def write_lfw_pairs() -> Callable[..., Path]:
     return lfw_pairs_for
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A model directory holding an untrained tiny network (fast, and uncalibrated)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from marginface.backbones import create
+    from marginface.card import ModelCard
+
+    torch.manual_seed(0)
+    net = create("tiny", embedding_dim=32).eval()
+    folder = tmp_path / "tiny_model"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(folder / "weights.safetensors"))
+    ModelCard(name="tiny-test", architecture="tiny", embedding_dim=32).save(folder)
+    return folder

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from marginface.card import ModelCard
-from marginface.errors import DataError, ModelError
-from marginface.eval.calibrate import UncalibratedThresholdWarning, calibrate, require_threshold
+from marginface.errors import DataError, GalleryError
+from marginface.eval.calibrate import calibrate
+from marginface.gallery import resolve_threshold
 
 
 def _scores() -> tuple[np.ndarray, np.ndarray]:
@@ -27,10 +28,10 @@ def test_calibrate_writes_resolvable_thresholds() -> None:
     assert np.mean(neg >= cal.thresholds["1e-2"]) <= 1e-2
     assert cal.thresholds["1e-3"] > cal.thresholds["1e-2"]
     card = ModelCard(name="m", architecture="mbf", embedding_dim=8, calibration=cal)
-    assert require_threshold(card) == cal.thresholds["1e-3"]
-    assert require_threshold(card, 0.01) == cal.thresholds["1e-2"]
-    with pytest.raises(ModelError, match="FAR=1e-4"):
-        require_threshold(card, "1e-4")
+    assert resolve_threshold(card) == cal.thresholds["1e-3"]
+    assert resolve_threshold(card, far="1e-2") == cal.thresholds["1e-2"]
+    with pytest.raises(GalleryError, match="FAR=1e-4"):
+        resolve_threshold(card, far="1e-4")
 
 
 def test_calibrate_default_falls_back_and_too_small_set_fails() -> None:
@@ -44,9 +45,8 @@ def test_calibrate_default_falls_back_and_too_small_set_fails() -> None:
 
 def test_uncalibrated_model_is_loud() -> None:
     card = ModelCard(name="raw", architecture="mbf", embedding_dim=8)
-    with pytest.raises(ModelError, match=r"no calibrated threshold.*marginface calibrate"):
-        require_threshold(card)
-    with pytest.warns(UncalibratedThresholdWarning, match="NOT calibrated"):
-        assert require_threshold(card, explicit=0.4) == 0.4
-    with pytest.raises(ModelError):
-        require_threshold(card, explicit=3.0)
+    with pytest.raises(GalleryError, match=r"no calibrated threshold.*marginface calibrate"):
+        resolve_threshold(card)
+    assert resolve_threshold(card, 0.4) == 0.4  # explicit is allowed
+    with pytest.raises(GalleryError):
+        resolve_threshold(card, 3.0)

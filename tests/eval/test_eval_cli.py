@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from marginface.card import ModelCard
 from marginface.errors import ConfigError, DataError, ModelError
-from marginface.eval.calibrate import UncalibratedThresholdWarning
 
 runner = CliRunner()
 
@@ -23,23 +22,6 @@ def _app() -> typer.Typer:
     app = typer.Typer()
     register(app)
     return app
-
-
-@pytest.fixture
-def tiny_model(tmp_path: Path) -> Path:
-    import torch
-    from safetensors.torch import save_file
-
-    from marginface.backbones import create
-
-    torch.manual_seed(0)
-    net = create("tiny", embedding_dim=32).eval()
-    folder = tmp_path / "tiny_model"
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-              str(folder / "weights.safetensors"))
-    ModelCard(name="tiny-test", architecture="tiny", embedding_dim=32).save(folder)
-    return folder
 
 
 @pytest.fixture
@@ -85,12 +67,13 @@ def test_verify_calibrate_identify_cli(tmp_path: Path, tiny_model: Path, crops) 
     assert (tmp_path / "plots" / "similarity_histogram.png").is_file()
     assert report["embedding"]["computed"] == 36
 
-    # an uncalibrated model says so loudly in identification
+    # a model without an impostor table says so in identification, and reports the rest
     res = runner.invoke(_app(), ["eval", "identify", "--gallery", str(gallery), "--probes",
                                  str(probes), "--out", str(tmp_path / "id0.json"), *common])
     assert res.exit_code == 0, res.output
-    assert "NOT calibrated" in res.output
-    assert "at_threshold" not in json.loads((tmp_path / "id0.json").read_text())["rules"]["knn5"]
+    assert "no impostor calibration" in res.output
+    assert json.loads((tmp_path / "id0.json").read_text())["results"][0][
+        "operating_points"] == []
 
     # calibrate without --write leaves the card alone; with --write stores the thresholds
     res = runner.invoke(_app(), ["calibrate", "--pairs", str(pairs), *common])
@@ -104,18 +87,22 @@ def test_verify_calibrate_identify_cli(tmp_path: Path, tiny_model: Path, crops) 
     assert cal.default_far == "1e-2" and cal.n_negative_pairs == 120
     assert "1e-3: not resolvable" in res.output
 
-    # identification now uses the calibrated threshold
+    # identification measures at an explicit threshold (1:1 thresholds do not set FPIR)
     res = runner.invoke(_app(), ["eval", "identify", "--gallery", str(gallery), "--probes",
                                  str(probes), "--out", str(tmp_path / "id.json"),
+                                 "--threshold", str(cal.thresholds["1e-2"]),
                                  "--plots", str(tmp_path / "idplots"), *common])
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "id.json").read_text())
-    assert rep["threshold"] == pytest.approx(cal.thresholds["1e-2"], abs=1e-6)
     assert rep["mated_probes"] == 16 and rep["non_mated_probes"] == 8
     assert rep["embedding"]["computed"] == 0  # every crop came from the cache
-    assert set(rep["rules"]) == {"nearest", "knn5"}
-    assert "false_alarm_rate" in rep["rules"]["knn5"]["at_threshold"]
+    result = rep["results"][0]
+    assert set(result["rules"]) == {"best_face"}  # one photo per subject: the vote is the same
+    at = result["operating_points"][0]
+    assert at["threshold"] == pytest.approx(cal.thresholds["1e-2"], abs=1e-6)
+    assert at["non_mated_searches"] == 8 and 0 <= at["false_positives"] <= 8
     assert (tmp_path / "idplots" / "cmc.png").is_file()
+    assert (tmp_path / "idplots" / "fnir_fpir.png").is_file()
 
 
 def test_bin_input_and_errors(tmp_path: Path, tiny_model: Path, crops) -> None:
@@ -176,9 +163,60 @@ def test_card_path_for(tmp_path: Path, tiny_model: Path) -> None:
         card_path_for(str(pth), None)
 
 
-def test_explicit_threshold_on_uncalibrated_model_warns(tiny_model: Path) -> None:
-    from marginface.eval.calibrate import require_threshold
+def _two_people(big: Path, small: Path, out: Path) -> None:
+    """One photo of two people: ``big`` at the left edge, ``small`` shrunk in the middle, so
+    that the largest face is not the central one."""
+    from PIL import Image
 
-    card = ModelCard.load(tiny_model)
-    with pytest.warns(UncalibratedThresholdWarning):
-        assert require_threshold(card, explicit=0.3) == pytest.approx(0.3)
+    a, b = (Image.open(p).convert("RGB") for p in (big, small))
+    b = b.resize((round(b.width * 0.55), round(b.height * 0.55)))
+    width, height = 2 * a.width + b.width + 20, max(a.height, b.height)
+    canvas = Image.new("RGB", (width, height), (40, 40, 40))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, ((width - b.width) // 2, (height - b.height) // 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, quality=92)
+
+
+def test_lfw_pairs_default_to_the_central_face(tmp_path: Path, shared_data: Path) -> None:
+    """Without --face an LFW pairs.txt compares the face each photo is centred on (LFW's
+    protocol), recorded in the report and the summary; --face largest still overrides it."""
+    import dataclasses
+    import shutil
+
+    from marginface.eval.pairs import load_pairs
+    from marginface.eval.verify import default_face_selection
+
+    dev = shared_data / "celeba-dev"
+    stranger = dev / "celeb_7211" / "celeb_7211_0001.jpg"
+    root = tmp_path / "lfw"
+    for name, person in (("pa", "celeb_7205"), ("pb", "celeb_7206")):
+        (root / name).mkdir(parents=True)
+        shutil.copy(dev / person / f"{person}_0001.jpg", root / name / f"{name}_0001.jpg")
+        # the person, small and central, beside a larger stranger (the same in both photos)
+        _two_people(stranger, dev / person / f"{person}_0006.jpg",
+                    root / name / f"{name}_0002.jpg")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t1\npa\t1\t2\npa\t1\tpb\t2\npb\t1\t2\npa\t2\tpb\t2\n")
+    pair_set = load_pairs(pairs, root)
+    assert default_face_selection(pair_set) == "central"
+    assert default_face_selection(dataclasses.replace(pair_set, format="csv")) == "largest"
+
+    reports = {}
+    for face in (None, "largest"):
+        out = tmp_path / f"{face}.json"
+        args = ["eval", "verify", "--pairs", str(pairs), "--root", str(root), "--model",
+                "sface", "--cache-dir", str(tmp_path / "cache"), "-q", "--out", str(out)]
+        res = runner.invoke(_app(), args + (["--face", face] if face else []))
+        assert res.exit_code == 0, res.output
+        reports[face] = (json.loads(out.read_text()), res.output)
+    report, output = reports[None]
+    assert report["options"]["face_selection"] == "central"
+    assert report["options"]["face_selection_default"] is True
+    assert "faces: the central face of each photo (the default for lfw pairs" in output
+    assert report["auc"] == 1.0  # each person against themselves
+    report, output = reports["largest"]
+    assert report["options"]["face_selection"] == "largest"
+    assert report["options"]["face_selection_default"] is False
+    assert "faces: the largest face of each photo (--face)" in output
+    assert report["auc"] < 0.5  # the stranger against themselves, the person against them

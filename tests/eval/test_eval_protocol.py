@@ -15,9 +15,9 @@ from marginface.eval.embeddings import (
     embed_images,
     model_fingerprint,
 )
-from marginface.eval.identification import identify, split_from_folder, split_from_lists
+from marginface.eval.identification import OpenSetProtocol, identify_lists, split_from_lists
 from marginface.eval.pairs import ImageRef, read_lfw_pairs
-from marginface.eval.plots import plot_cmc, plot_dir, verification_plots
+from marginface.eval.plots import plot_cmc, plot_fnir_fpir, verification_plots
 from marginface.eval.verify import FAILED_PAIR_SCORE, verify
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -198,45 +198,6 @@ def test_cache_location_and_fingerprint(
     assert cache.clear("ns") == 2
 
 
-def test_identification_closed_and_open_set(
-    tmp_path: Path, make_faces, embedder_factory
-) -> None:
-    synthetic_faces, PatternEmbedder = make_faces, embedder_factory
-    root = tmp_path / "ids"
-    synthetic_faces(root, n_subjects=12, per_subject=4, seed=3)
-    split = split_from_folder(root, unknown_fraction=0.25, seed=0)
-    s = split.summary()
-    # 3 of 12 subjects held out: their 12 images are non-mated probes
-    assert (s["gallery_subjects"], s["gallery_images"], s["distractors"]) == (9, 9, 0)
-    assert (s["mated_probes"], s["non_mated_probes"]) == (27, 12)
-    gallery_names = {n for _, n in split.gallery}
-    for ref, name in split.probes:
-        if name in gallery_names:  # a gallery subject's first image is never a probe
-            assert not ref.key.endswith("_0001.png")
-    report, curves = identify(split, PatternEmbedder(), EmbedOptions(aligned=True), k=3,
-                              threshold=0.5, threshold_source="test", progress=False)
-    nn, knn = report["rules"]["nearest"], report["rules"]["knn3"]
-    assert nn["rank1"] == 1.0 and knn["rank1"] == 1.0  # synthetic subjects are separable
-    assert nn["cmc"][-1] == 1.0
-    assert set(nn["dir_at_fpir"]) == {"1e-2", "1e-1"}
-    assert nn["dir_at_fpir"]["1e-2"] is None  # fewer than 100 non-mated probes
-    assert nn["dir_at_fpir"]["1e-1"] is not None
-    at = nn["at_threshold"]
-    assert 0.0 <= at["false_alarm_rate"] <= 1.0 and at["identification_rate"] > 0.5
-    assert plot_cmc(curves["cmc"], tmp_path / "cmc.png").read_bytes()[:8] == PNG
-    m, c, n = curves["open_set"]["nearest"]
-    assert plot_dir(m, c, n, tmp_path / "dir.png").read_bytes()[:8] == PNG
-    # single-image subjects: gallery distractors, or left out
-    single = synthetic_faces(tmp_path / "single", n_subjects=2, per_subject=1, seed=9)
-    for name, paths in single.items():
-        (root / f"solo_{name}").mkdir()
-        paths[0].rename(root / f"solo_{name}" / paths[0].name)
-    with_d = split_from_folder(root, distractors=True).summary()
-    assert (with_d["distractors"], with_d["gallery_subjects"]) == (2, 14)
-    without = split_from_folder(root, distractors=False).summary()
-    assert (without["distractors"], without["gallery_subjects"]) == (0, 12)
-
-
 def test_identification_lists(tmp_path: Path, faces, embedder_factory) -> None:
     PatternEmbedder = embedder_factory
     root, files = faces
@@ -249,7 +210,23 @@ def test_identification_lists(tmp_path: Path, faces, embedder_factory) -> None:
     split = split_from_lists(g, p, root)
     s = split.summary()
     assert s["gallery_subjects"] == 6 and s["mated_probes"] == 18 and s["non_mated_probes"] == 6
-    report, _ = identify(split, PatternEmbedder(), EmbedOptions(aligned=True), k=1,
-                         progress=False)
-    assert report["rules"]["nearest"]["rank1"] == 1.0
-    assert "knn1" not in report["rules"]
+    report, curves = identify_lists(split, PatternEmbedder(), EmbedOptions(aligned=True),
+                                    OpenSetProtocol(k=1), progress=False)
+    result = report["results"][0]
+    assert report["mode"] == "lists" and report["gallery_subject_names"] == names[:6]
+    assert report["non_mated_subject_names"] == names[6:]
+    assert (result["mated_searches"], result["non_mated_searches"]) == (18, 6)
+    assert result["rules"]["best_face"]["rank1"] == 1.0
+    assert set(result["rules"]) == {"best_face"}  # one face per subject
+    assert plot_cmc({"x": curves["configs"][0]["cmc"]},
+                    tmp_path / "cmc.png").read_bytes()[:8] == PNG
+    fpir, fnir = curves["configs"][0]["curve"]
+    assert plot_fnir_fpir({"x": (fpir, fnir)}, tmp_path / "f.png",
+                          points={"x": [(0.5, 0.1, "1e-2")]}).read_bytes()[:8] == PNG
+    # several faces per subject (a second listed photo): the vote and the top-2 mean too
+    g.write_text("".join(f"{f.relative_to(root)},{n}\n" for n in names[:6]
+                         for f in files[n][:2]))
+    report, _ = identify_lists(split_from_lists(g, p, root), PatternEmbedder(),
+                               EmbedOptions(aligned=True), progress=False)
+    assert set(report["results"][0]["rules"]) == {"best_face", "top2_mean", "knn5"}
+    assert report["results"][0]["gallery_faces"] == 12

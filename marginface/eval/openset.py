@@ -1,0 +1,501 @@
+"""Open-set operating points: the threshold that keeps a gallery's false positive
+identification rate (FPIR) at a target, for the gallery as it is.
+
+A 1:1 threshold is chosen for one comparison. A search compares a stranger with every
+enrolled subject and falsely identifies them when *any* subject passes, so at a fixed threshold
+the false-alarm rate grows with the gallery. Worse, comparisons are not independent: some
+probes resemble many people, and they account for most false alarms. So the model's impostor
+behaviour is measured once, per probe (:func:`measure_impostors`): for each probe face of many
+calibration identities, the share ``p(t)`` of other subjects whose score reaches each threshold
+``t``. For a gallery of ``N`` one-face subjects drawn from the same population the expected FPIR
+is the average over probes of ``1 - (1 - p(t))**N``: that is stored in the model card as a
+table over thresholds and gallery sizes (:class:`marginface.card.ImpostorTail`).
+
+Subjects with several faces are more likely to be passed (a subject's score is its best
+face's), so the same table is measured for subjects of 2, 3 and 5 faces (on identities with at
+least that many photos). A gallery's :class:`GalleryComposition` (how many subjects have how
+many faces) is turned, per threshold, into the number of one-face subjects with the same
+expected FPIR, and :func:`operating_point` finds the lowest threshold whose expected FPIR is at
+most the target.
+
+Vocabulary (NIST FRVT 1:N): *mated* searches are of enrolled people, *non-mated* of people who
+are not. FPIR is the share of non-mated searches that return any subject; FNIR the share of
+mated searches that do not return the right subject above the threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from marginface.card import ImpostorTail, ModelCard
+from marginface.errors import DataError, ModelError
+from marginface.eval.metrics import far_key, parse_far
+
+__all__ = [
+    "DEFAULT_FPIR",
+    "GALLERY_SIZES",
+    "GalleryComposition",
+    "OperatingPoint",
+    "describe",
+    "expected_fpir",
+    "far_threshold",
+    "held_out",
+    "measure_impostors",
+    "operating_point",
+    "require_impostors",
+    "same_person",
+]
+
+#: The default operating point of identification: 1 stranger in 100 identified as someone.
+DEFAULT_FPIR = "1e-2"
+
+#: Gallery sizes (subjects) of the card's table; beyond the last one the table is extrapolated.
+GALLERY_SIZES: tuple[int, ...] = (
+    1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000,
+    100_000, 200_000, 500_000, 1_000_000, 10_000_000,
+)
+
+#: Faces per subject with a table of their own (other counts interpolate; larger ones
+#: extrapolate in proportion from the last).
+FACE_COUNTS: tuple[int, ...] = (2, 3, 5)
+
+_STEP = 0.005  # threshold grid step (cosine)
+_FLOOR = -12.0  # log10 written for "no impostor reached this threshold"
+
+
+@dataclass(frozen=True)
+class GalleryComposition:
+    """How many enrolled subjects have how many faces (subjects without faces never match)."""
+
+    subjects_by_faces: Mapping[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def uniform(cls, subjects: int, faces_per_subject: int = 1) -> GalleryComposition:
+        """``subjects`` subjects of ``faces_per_subject`` faces each."""
+        return cls({int(faces_per_subject): int(subjects)} if subjects > 0 else {})
+
+    @classmethod
+    def of_counts(cls, faces_per_subject: Sequence[int]) -> GalleryComposition:
+        """From each subject's number of faces."""
+        counts: dict[int, int] = {}
+        for k in faces_per_subject:
+            if int(k) > 0:
+                counts[int(k)] = counts.get(int(k), 0) + 1
+        return cls(counts)
+
+    @property
+    def subjects(self) -> int:
+        """Subjects with at least one face."""
+        return sum(n for k, n in self.subjects_by_faces.items() if k > 0)
+
+    @property
+    def faces(self) -> int:
+        """Faces in all."""
+        return sum(k * n for k, n in self.subjects_by_faces.items() if k > 0)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The threshold a search decides with, and how it was chosen."""
+
+    threshold: float
+    source: Literal["fpir", "threshold"]  # from a target FPIR, or an explicit threshold
+    target_fpir: float | None  # None for an explicit threshold
+    expected_fpir: float | None  # the card's prediction at this threshold for this gallery
+    gallery_subjects: int
+    gallery_faces: int
+    note: str = ""  # e.g. beyond what the calibration resolves
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape used in every answer."""
+        return {
+            "threshold": round(self.threshold, 6),
+            "source": self.source,
+            "target_fpir": self.target_fpir,
+            "expected_fpir": None if self.expected_fpir is None
+            else float(f"{self.expected_fpir:.3g}"),
+            "gallery_subjects": self.gallery_subjects,
+            "gallery_faces": self.gallery_faces,
+            "note": self.note or None,
+        }
+
+
+# -- using the card's table ----------------------------------------------------------------------
+def require_impostors(card: ModelCard | None) -> ImpostorTail:
+    """The card's impostor table, or :class:`ModelError` saying how to measure it."""
+    if card is None or card.impostors is None:
+        name = card.name if card is not None else "this model"
+        raise ModelError(
+            f"model {name!r} has no impostor calibration in its card, so no threshold can be "
+            "derived from a target FPIR: run `marginface calibrate --model MODEL --impostors "
+            "DIR --aligned --write` on identities the model was not trained on (e.g. "
+            "../shared/data/celeba-train-112), or give an explicit threshold")
+    return card.impostors
+
+
+def _table(tail: ImpostorTail, k: int) -> np.ndarray:
+    if k == 1 or str(k) not in tail.log10_fpir_by_faces:
+        return np.asarray(tail.log10_fpir, dtype=np.float64)
+    return np.asarray(tail.log10_fpir_by_faces[str(k)], dtype=np.float64)
+
+
+def _along(table: np.ndarray, log_sizes: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """log10 FPIR of each threshold's row of ``table`` at log10 gallery size ``x[i]`` (the
+    last slope beyond the table, never above certainty)."""
+    j = np.clip(np.searchsorted(log_sizes, x, side="right") - 1, 0, log_sizes.size - 2)
+    rows = np.arange(table.shape[0])
+    lo, hi = table[rows, j], table[rows, j + 1]
+    frac = (x - log_sizes[j]) / (log_sizes[j + 1] - log_sizes[j])
+    inside = lo + (hi - lo) * np.clip(frac, 0.0, None)  # below one subject: the first column
+    inside = np.where(x < log_sizes[0], table[:, 0], inside)
+    return np.minimum(inside, 0.0)
+
+
+def _inverse(table: np.ndarray, log_sizes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per threshold, the log10 number of one-face subjects whose log10 FPIR is ``y[i]``."""
+    r = np.maximum.accumulate(table + np.arange(table.shape[1]) * 1e-9, axis=1)
+    rows = np.arange(table.shape[0])
+    j = np.clip((r < y[:, None]).sum(axis=1) - 1, 0, log_sizes.size - 2)
+    lo, hi = r[rows, j], r[rows, j + 1]
+    x = log_sizes[j] + (y - lo) / np.maximum(hi - lo, 1e-12) * (log_sizes[j + 1] - log_sizes[j])
+    x = np.where(y <= r[:, 0], log_sizes[0] + (y - r[:, 0]), x)  # fewer than one: ~proportional
+    slope = (r[:, -1] - r[:, -2]) / (log_sizes[-1] - log_sizes[-2])
+    beyond = log_sizes[-1] + (y - r[:, -1]) / np.maximum(slope, 1e-6)
+    # beyond the table (nearly certain false alarms): at most a thousand times its largest
+    return np.where(y > r[:, -1], np.minimum(beyond, log_sizes[-1] + 3), x)
+
+
+def _equivalent(tail: ImpostorTail, k: int, n: int, log_sizes: np.ndarray) -> np.ndarray:
+    """Per threshold, how many one-face subjects ``n`` subjects of ``k`` faces count as: the
+    number with the same expected FPIR."""
+    if k == 1:
+        return np.full(len(tail.thresholds), float(n))
+    known = sorted(int(x) for x in tail.log10_fpir_by_faces)
+    if k not in known:
+        below = [x for x in (1, *known) if x < k]
+        above = [x for x in known if x > k]
+        lo = below[-1]
+        if not above:  # more faces than measured: proportional beyond the largest
+            return _equivalent(tail, lo, n, log_sizes) * k / lo
+        hi = above[0]
+        e_lo = _equivalent(tail, lo, n, log_sizes)
+        e_hi = _equivalent(tail, hi, n, log_sizes)
+        return e_lo + (e_hi - e_lo) * (k - lo) / (hi - lo)
+    y = _along(_table(tail, k), log_sizes, np.full(len(tail.thresholds), math.log10(n)))
+    return np.where(y <= tail.floor + 1e-9, 0.0,
+                    10 ** _inverse(_table(tail, 1), log_sizes, y))
+
+
+def _log_fpir_curve(tail: ImpostorTail, composition: GalleryComposition) -> np.ndarray:
+    """log10 expected FPIR at each of the card's thresholds for this gallery: each group of
+    subjects with ``k`` faces counts as the number of one-face subjects with the same FPIR,
+    and the counts add up."""
+    log_sizes = np.log10(np.asarray(tail.gallery_sizes, dtype=np.float64))
+    eff = np.zeros(len(tail.thresholds))
+    for k, n in composition.subjects_by_faces.items():
+        if k > 0 and n > 0:
+            eff += _equivalent(tail, int(k), int(n), log_sizes)
+    curve = _along(_table(tail, 1), log_sizes, np.log10(np.maximum(eff, 1e-300)))
+    return np.where(eff <= 0, tail.floor, np.maximum(curve, tail.floor))
+
+
+def expected_fpir(tail: ImpostorTail, threshold: float, composition: GalleryComposition
+                  ) -> float:
+    """The card's expected FPIR of this gallery at a cosine threshold (0 for an empty one)."""
+    if composition.subjects == 0:
+        return 0.0
+    t = np.asarray(tail.thresholds, dtype=np.float64)
+    curve = _log_fpir_curve(tail, composition)
+    if threshold <= t[0]:
+        return float(10 ** curve[0])
+    if threshold >= t[-1]:
+        return 0.0
+    value = float(np.interp(threshold, t, curve))
+    return 0.0 if value <= tail.floor + 1e-9 else 10 ** value
+
+
+def operating_point(tail: ImpostorTail, target_fpir: float | str,
+                    composition: GalleryComposition) -> OperatingPoint:
+    """The lowest threshold whose expected FPIR for this gallery is at most ``target_fpir``."""
+    target = parse_far(target_fpir)
+    subjects, faces = composition.subjects, composition.faces
+    t = np.asarray(tail.thresholds, dtype=np.float64)
+    if subjects == 0:
+        return OperatingPoint(float(t[0]), "fpir", target, 0.0, 0, 0, "empty gallery")
+    curve = _log_fpir_curve(tail, composition)
+    goal = math.log10(target)
+    ok = np.flatnonzero(curve <= goal + 1e-12)
+    note = ""
+    if ok.size == 0:  # pragma: no cover - the table ends above the highest impostor
+        threshold = float(t[-1])
+        note = "target below what the calibration resolves: highest threshold measured"
+    elif ok[0] == 0:
+        threshold = float(t[0])
+        note = "target reached at the lowest threshold measured"
+    else:
+        i = int(ok[0])
+        lo, hi = curve[i - 1], curve[i]
+        if hi <= tail.floor + 1e-9:  # no impostor observed above t[i]: stay on the grid
+            threshold = float(t[i])
+            note = ("beyond what the calibration resolves: no calibration impostor reached "
+                    "this threshold")
+        else:
+            frac = (goal - lo) / (hi - lo) if hi != lo else 1.0
+            threshold = float(t[i - 1] + frac * (t[i] - t[i - 1]))
+    expected = expected_fpir(tail, threshold, composition)
+    # the resolution of the calibration: expected FPIR lower than one probe's share of it
+    per_subject = target / max(subjects, 1)
+    if not note and per_subject * tail.comparisons < 10:
+        note = (f"extrapolated: the calibration's {tail.comparisons:,} comparisons resolve "
+                f"this target only for smaller galleries")
+    return OperatingPoint(round(threshold, 6), "fpir", target, expected, subjects, faces, note)
+
+
+def far_threshold(tail: ImpostorTail, far: float | str) -> float | None:
+    """The 1:1 threshold at a false-accept rate from the card's impostor table (None when the
+    calibration does not resolve it)."""
+    if not tail.log10_far:
+        return None
+    goal = math.log10(parse_far(far))
+    curve = np.asarray(tail.log10_far, dtype=np.float64)
+    ok = np.flatnonzero(curve <= goal + 1e-12)
+    if ok.size == 0 or curve[ok[0]] <= tail.floor + 1e-9 or ok[0] == 0:
+        return None
+    i = int(ok[0])
+    frac = (goal - curve[i - 1]) / (curve[i] - curve[i - 1])
+    t = tail.thresholds
+    return round(float(t[i - 1] + frac * (t[i] - t[i - 1])), 6)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def held_out(identity: str, fraction: float) -> bool:
+    """Whether an identity is in the hold-out share ``fraction`` (a fixed hash rule, so every
+    tool agrees on which identities calibration never saw)."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(identity.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def _exceedances(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``(P, T)``: per row, how many scores reach each threshold of the ascending ``grid``."""
+    p, _ = scores.shape
+    bins = np.searchsorted(grid, scores, side="right")  # thresholds each score reaches
+    flat = (np.arange(p)[:, None] * (grid.size + 1) + bins).ravel()
+    hist = np.bincount(flat, minlength=p * (grid.size + 1)).reshape(p, grid.size + 1)
+    # scores reaching threshold i are those whose bin index is > i
+    return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
+
+
+def _subject_scores(probes: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
+    """Each probe's score against each pool subject: the best of the subject's ``k`` faces
+    (``pool`` holds ``k`` consecutive rows per subject)."""
+    s = probes @ pool.T
+    if k > 1:
+        s = s.reshape(len(probes), -1, k).max(axis=2)
+    return s
+
+
+def _expected_fpir_sum(p: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``(T, S)``: summed over probes, ``1 - (1 - p)^N`` for each threshold's share ``p`` of
+    subjects passed (``(P, T)``) and each gallery size ``N``."""
+    log_miss = np.log1p(-np.minimum(p, 1 - 1e-12))
+    return -np.expm1(log_miss[:, :, None] * sizes[None, None, :]).sum(axis=0)
+
+
+def _log_rows(fpir: np.ndarray) -> list[list[float]]:
+    with np.errstate(divide="ignore"):
+        log = np.where(fpir > 0, np.log10(np.maximum(fpir, 1e-300)), _FLOOR)
+    return [[round(float(max(v, _FLOOR)), 4) for v in row] for row in log]
+
+
+#: Two identities whose mean embeddings are at least this similar are taken for one person
+#: (label noise of large face sets; see :func:`measure_impostors`).
+SAME_PERSON = 0.6
+
+
+def same_person(embeddings: np.ndarray, identities: Sequence[str],
+                bound: float = SAME_PERSON) -> dict[str, int]:
+    """A group number per identity: identities whose photos look like one person's (mean
+    embeddings with cosine >= ``bound``) share a group. Evaluations use it so that a search of
+    a person filed under two identities is not counted as a stranger's."""
+    ids = np.asarray([str(i) for i in identities])
+    names, codes = np.unique(ids, return_inverse=True)
+    group, _ = _same_person_groups(np.asarray(embeddings, dtype=np.float32), codes, names.size,
+                                   bound)
+    return {str(n): int(g) for n, g in zip(names, group, strict=True)}
+
+
+def _same_person_groups(x: np.ndarray, codes: np.ndarray, n: int, bound: float
+                        ) -> tuple[np.ndarray, int]:
+    """A group per identity: identities whose mean embeddings have cosine >= ``bound`` share
+    one (union-find); also how many identity pairs were joined."""
+    centres = np.zeros((n, x.shape[1]), dtype=np.float64)
+    np.add.at(centres, codes, x)
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    pairs = 0
+    for a in range(0, n, 2048):
+        sim = centres[a:a + 2048] @ centres.T
+        for i, j in zip(*np.nonzero(sim >= bound), strict=True):
+            if a + i < j:
+                pairs += 1
+                ri, rj = root(a + int(i)), root(int(j))
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    return np.array([root(i) for i in range(n)]), pairs
+
+
+def measure_impostors(
+    embeddings: np.ndarray,
+    identities: Sequence[str],
+    *,
+    dataset: str,
+    excluded: str = "",
+    holdout: float = 0.0,
+    same_person: float = SAME_PERSON,
+    max_probes: int | None = None,
+    seed: int = 0,
+    chunk: int = 1024,
+    progress: bool = False,
+) -> ImpostorTail:
+    """Measure the impostor table of a model from embeddings of many identities.
+
+    ``embeddings[i]`` (L2-normalised) shows ``identities[i]``; rows of one identity are in the
+    order their photos should be enrolled. Every face is a probe (or ``max_probes`` chosen
+    with ``seed``) searched against every *other* identity: as one-face subjects (their first
+    photo) for the main table, and with ``k`` faces (their first ``k``, identities with at
+    least ``k`` photos) for the table of each count in :data:`FACE_COUNTS`.
+
+    Large face sets file some people under two identities. Two identities whose mean
+    embeddings have a cosine of at least ``same_person`` (the photos of one person, split in
+    two, reach it for 19 in 20 identities of celeba-train-112; other people almost never) are
+    taken for one person and not compared with each other: left in, such pairs make up most of
+    the extreme tail (207 of the 253 comparisons above SFace's FAR 1e-6 threshold there).
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    ids = np.asarray([str(i) for i in identities], dtype=object)
+    if x.ndim != 2 or len(x) != len(ids):
+        raise DataError("embeddings must be (N, dim) with one identity per row")
+    names, codes = np.unique(ids.astype(str), return_inverse=True)
+    if names.size < 3:
+        raise DataError(f"impostor calibration needs many identities, got {names.size}")
+    first: dict[int, list[int]] = {}
+    for row, c in enumerate(codes):
+        first.setdefault(int(c), []).append(row)
+    group, merged = _same_person_groups(x, codes, names.size, same_person)
+    rng = np.random.default_rng(seed)
+    probe_rows = np.arange(len(x))
+    if max_probes is not None and max_probes < len(x):
+        probe_rows = np.sort(rng.choice(len(x), size=max_probes, replace=False))
+
+    # the grid: from the median impostor score up to just above the highest
+    sample = rng.choice(len(x), size=min(len(x), 2000), replace=False)
+    s = x[sample] @ x[sample].T
+    same = group[codes[sample]][:, None] == group[codes[sample]][None, :]
+    lo = math.floor(float(np.median(s[~same])) / _STEP) * _STEP
+
+    def pool_of(k: int) -> tuple[np.ndarray, np.ndarray]:
+        subj = np.asarray([c for c, rows in sorted(first.items()) if len(rows) >= k])
+        rows = np.concatenate([first[int(c)][:k] for c in subj]) if subj.size else np.array([])
+        return subj, rows.astype(np.int64)
+
+    subj1, rows1 = pool_of(1)
+    # highest impostor over all probes decides the top of the grid
+    top = -1.0
+    for a in range(0, probe_rows.size, chunk):
+        pr = probe_rows[a:a + chunk]
+        sc = _subject_scores(x[pr], x[rows1], 1)
+        sc[group[codes[pr]][:, None] == group[subj1][None, :]] = -np.inf
+        top = max(top, float(sc.max()))
+    hi = math.ceil((top + _STEP) / _STEP) * _STEP
+    grid = np.round(np.arange(lo, hi + _STEP / 2, _STEP), 6)
+    sizes = np.asarray(GALLERY_SIZES, dtype=np.float64)
+
+    fpir_sum = np.zeros((grid.size, sizes.size))
+    far_hits = np.zeros(grid.size)
+    comparisons = 0
+    fpir_sum_k = {k: np.zeros((grid.size, sizes.size)) for k in FACE_COUNTS}
+    probes_k = dict.fromkeys(FACE_COUNTS, 0)
+    pools = {k: pool_of(k) for k in FACE_COUNTS}
+    starts: Iterable[int] = range(0, probe_rows.size, chunk)
+    if progress:
+        starts = tqdm(starts, desc="impostors", unit="chunk")
+    for a in starts:
+        pr = probe_rows[a:a + chunk]
+        pc = group[codes[pr]]
+        sc = _subject_scores(x[pr], x[rows1], 1)
+        own = pc[:, None] == group[subj1][None, :]
+        sc[own] = -np.inf
+        others = subj1.size - own.sum(axis=1)  # subjects each probe is compared with
+        hits = _exceedances(sc, grid)  # (P, T)
+        far_hits += hits.sum(axis=0)
+        comparisons += int(others.sum())
+        fpir_sum += _expected_fpir_sum(hits / others[:, None], sizes)
+        for k, (subj_k, rows_k) in pools.items():
+            if subj_k.size < 3:
+                continue
+            own_k = pc[:, None] == group[subj_k][None, :]
+            many = _subject_scores(x[pr], x[rows_k], k)
+            many[own_k] = -np.inf
+            others_k = subj_k.size - own_k.sum(axis=1)
+            fpir_sum_k[k] += _expected_fpir_sum(_exceedances(many, grid) / others_k[:, None],
+                                                sizes)
+            probes_k[k] += len(pr)
+
+    fpir = fpir_sum / probe_rows.size
+    with np.errstate(divide="ignore"):
+        log_far = np.where(far_hits > 0, np.log10(np.maximum(far_hits / comparisons, 1e-300)),
+                           _FLOOR)
+    by_faces: dict[str, list[list[float]]] = {}
+    for k in FACE_COUNTS:
+        if probes_k[k]:
+            by_faces[str(k)] = _log_rows(fpir_sum_k[k] / probes_k[k])
+    return ImpostorTail(
+        dataset=dataset,
+        identities=int(names.size),
+        probes=int(probe_rows.size),
+        comparisons=comparisons,
+        excluded="; ".join(part for part in (excluded, (
+            f"{merged} identity pairs whose mean embeddings have cosine >= {same_person:g} "
+            "taken for one person (not compared with each other)") if merged else "") if part),
+        holdout=holdout,
+        thresholds=[float(v) for v in grid],
+        gallery_sizes=[int(v) for v in sizes],
+        log10_fpir=_log_rows(fpir),
+        log10_fpir_by_faces=by_faces,
+        log10_far=[round(float(v), 4) for v in log_far],
+        floor=_FLOOR,
+        max_impostor=round(top, 6),
+    )
+
+
+def describe(tail: ImpostorTail) -> dict[str, Any]:
+    """A short summary of a card's impostor table (for reports and ``calibrate``)."""
+    fars = {}
+    for f in ("1e-3", "1e-4", "1e-5", "1e-6"):
+        th = far_threshold(tail, f)
+        fars[far_key(f)] = th
+    return {
+        "dataset": tail.dataset,
+        "identities": tail.identities,
+        "probes": tail.probes,
+        "comparisons": tail.comparisons,
+        "excluded": tail.excluded,
+        "max_impostor": tail.max_impostor,
+        "far_thresholds": fars,
+    }
