@@ -34,8 +34,12 @@ _MODEL = typer.Option("default", "--model", "-m",
 _DETECTOR = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn")
 _THRESHOLD = typer.Option(
     None, "--threshold", "-t",
-    help="cosine decision threshold (default: the model card's calibrated one)")
-_FAR = typer.Option(None, "--far", help='calibrated false-accept rate to use, e.g. "1e-4"')
+    help="explicit cosine decision threshold (default: derived from the model card)")
+_FAR = typer.Option(None, "--far", help='verification\'s calibrated false-accept rate, e.g. '
+                    '"1e-4" (default: the card\'s)')
+_FPIR = typer.Option(None, "--fpir", help="identification's target false positive "
+                     "identification rate, e.g. 1e-3 (default 1e-2): the share of people who "
+                     "are not enrolled that would be identified as someone")
 
 
 def _require_gallery(db: str | None) -> None:
@@ -55,7 +59,7 @@ def _require_gallery(db: str | None) -> None:
 
 def _recognizer(db: str | None, model: str, detector: str, index: str,
                 threshold: float | None, far: str | None, *, create: bool = False,
-                **kwargs: Any) -> Recognizer:
+                fpir: str | None = None, **kwargs: Any) -> Recognizer:
     """A recognizer over the gallery ``db``; ``create=False`` (all but ``enroll``) refuses a
     gallery that does not exist, before the models are loaded."""
     # CLI: keeps marginface --help quick
@@ -68,7 +72,7 @@ def _recognizer(db: str | None, model: str, detector: str, index: str,
     card = pipeline.embedder.card
     gallery = Gallery.open(db, model_name=pipeline.embedder.name,
                            dim=pipeline.embedder.embedding_dim, index=index, card=card,
-                           threshold=threshold, far=far, create=create)
+                           threshold=threshold, far=far, fpir=fpir, create=create)
     if threshold is not None and (card.calibration is None or not card.calibration.thresholds):
         typer.secho(f"warning: model {card.name!r} is not calibrated; using the threshold "
                     f"given ({threshold})", fg=typer.colors.YELLOW, err=True)
@@ -85,13 +89,22 @@ def enroll(
     to: str | None = typer.Option(None, "--to", help="add to this existing subject id instead"),
     metadata: str | None = typer.Option(None, "--metadata", help='JSON object, e.g. {"team": 3}'),
     multiple_faces: str = typer.Option(
-        "reject", "--multiple-faces", help="photos with several faces: reject or largest"),
+        "reject", "--multiple-faces",
+        help="photos with several faces: reject, largest, or central (nearest the centre)"),
+    force: bool = typer.Option(
+        False, "--force", help="enrol photos held back as someone else's (matches another "
+        "subject, or the same photo is stored) or unlike the --to subject (mismatch)"),
     store_crops: bool = typer.Option(False, "--store-crops",
                                      help="keep each enrolled face's aligned crop"),
     db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    as_json: bool = JSON_OPTION,
+    threshold: float | None = _THRESHOLD, as_json: bool = JSON_OPTION,
 ) -> None:
-    """Enrol a person from photos: one new subject (or --to an existing one)."""
+    """Enrol a person from photos: one new subject (or --to an existing one).
+
+    A photo whose face is identified as another subject, or whose exact bytes are enrolled
+    already, is held back (and with --to, a face unlike the subject's own): --force enrols it
+    anyway. Faces are identified as identify does (--threshold as there). A new subject none of
+    whose photos could be enrolled is not created (exit code 2)."""
     meta = None
     if metadata is not None:
         try:
@@ -100,21 +113,24 @@ def enroll(
             raise ConfigError(f"--metadata is not valid JSON: {exc}") from None
         if not isinstance(meta, dict):
             raise ConfigError("--metadata must be a JSON object")
-    if multiple_faces not in ("reject", "largest"):
-        raise ConfigError("--multiple-faces must be 'reject' or 'largest'")
-    rec = _recognizer(db, model, detector, index, None, None, create=True,
+    from marginface.gallery import MULTIPLE_FACES  # CLI: keeps marginface --help quick
+
+    if multiple_faces not in MULTIPLE_FACES:
+        raise ConfigError("--multiple-faces must be 'reject', 'largest' or 'central'")
+    rec = _recognizer(db, model, detector, index, threshold, None, create=True,
                       multiple_faces=multiple_faces, store_crops=store_crops)
     try:
         if to is not None:
-            result = rec.add_photos(to, [str(p) for p in photos])
+            result = rec.add_photos(to, [str(p) for p in photos], force=force)
         else:
-            result = rec.enroll(name, [str(p) for p in photos], metadata=meta)
+            result = rec.enroll(name, [str(p) for p in photos], metadata=meta, force=force)
     finally:
         rec.gallery.close()
     if as_json:
         emit_json(result)
         return
-    from rich.table import Table  # CLI: keeps marginface --help quick
+    from rich.markup import escape  # CLI: keeps marginface --help quick
+    from rich.table import Table
 
     table = Table(title=f"{result.subject.name}  ({result.subject.id}), "
                         f"{result.subject.n_faces} faces")
@@ -122,10 +138,15 @@ def enroll(
         table.add_column(col)
     colours = {"enrolled": "green", "near_duplicate": "yellow"}
     for o in result.photos:
-        colour = colours.get(o.status, "red")
-        table.add_row(o.source, f"[{colour}]{o.status.replace('_', ' ')}[/]",
-                      "" if o.face_id is None else str(o.face_id), o.message)
+        colour = "yellow" if o.forced or o.forceable else colours.get(o.status, "red")
+        status = o.status.replace("_", " ") + (" (forced)" if o.forced else "")
+        table.add_row(o.source, f"[{colour}]{escape(status)}[/]",
+                      "" if o.face_id is None else str(o.face_id), escape(o.message))
     console().print(table)
+    held = sum(o.forceable for o in result.photos)
+    if held:
+        typer.secho(f"{held} photo(s) held back as someone else's or unlike this subject; "
+                    "--force enrols them anyway", fg=typer.colors.YELLOW, err=True)
 
 
 def identify(
@@ -134,13 +155,16 @@ def identify(
     source: str | None = typer.Option(None, "--log-source",
                                       help="log each answer as an event from this camera/door"),
     db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = JSON_OPTION,
+    threshold: float | None = _THRESHOLD, fpir: str | None = _FPIR, as_json: bool = JSON_OPTION,
 ) -> None:
     """Identify every face in a photo against the gallery; exit code 3 when it shows none.
 
+    A face is named when its best subject passes the threshold that keeps the target FPIR
+    (--fpir) for the gallery's current size; --threshold sets one instead.
     --json prints {"photo": ..., "faces": [...]}, each face in the REST API's
-    shape: box, detection_score, landmarks, match, score, threshold, candidates."""
-    rec = _recognizer(db, model, detector, index, threshold, far, k=k)
+    shape: box, detection_score, landmarks, match, score, threshold, operating_point,
+    candidates."""
+    rec = _recognizer(db, model, detector, index, threshold, None, k=k, fpir=fpir)
     try:
         faces = rec.identify(str(photo), source=source)
     finally:
@@ -150,6 +174,12 @@ def identify(
         emit_json({"photo": str(photo), "faces": [f.answer(candidates=True) for f in faces]})
     elif faces:
         _print_faces(photo, faces)
+        point = faces[0].identification.operating_point
+        if point is not None:
+            how = (f"target FPIR {point.target_fpir:g} for {point.gallery_subjects} subjects"
+                   if point.source == "fpir" else "the explicit threshold")
+            typer.echo(f"threshold {point.threshold:.3f}: {how}"
+                       + (f" ({point.note})" if point.note else ""))
     else:
         typer.echo(f"no face found in {photo}")
     if not faces:

@@ -87,10 +87,18 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="fp32, or bf16 for a model given as PyTorch weights."),
         ] = None,
+        fpir: Annotated[
+            str | None,
+            typer.Option(
+                help="Identification's operating point: target false positive identification "
+                "rate (share of strangers identified as someone), default 1e-2."
+            ),
+        ] = None,
         far: Annotated[
             str | None,
             typer.Option(
-                help="Target false-accept rate whose calibrated threshold is used, e.g. 1e-3."
+                help="Verification's target false-accept rate whose calibrated threshold is "
+                "used, e.g. 1e-3."
             ),
         ] = None,
         threshold: Annotated[
@@ -147,6 +155,7 @@ def register(app: typer.Typer) -> None:
             model=model,
             detector=detector,
             precision=precision,
+            fpir=fpir,
             far=far,
             threshold=threshold,
             max_upload_mb=max_upload_mb,
@@ -161,7 +170,9 @@ def register(app: typer.Typer) -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         check_port_free(settings.host, settings.port)  # before seconds of model loading
-        from marginface.gallery import resolve_threshold  # CLI: keeps marginface --help quick
+        # CLI: keeps marginface --help quick
+        from marginface.eval.openset import require_impostors
+        from marginface.gallery import resolve_threshold
         from marginface.serve.service import build_pipeline, open_gallery  # heavy: fastapi
 
         if settings.sqlite_path is not None:
@@ -169,6 +180,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"loading model {settings.model!r} and detector {settings.detector!r} ...")
         pipeline = build_pipeline(settings)
         resolve_threshold(pipeline.embedder.card, settings.threshold, settings.far)
+        if settings.threshold is None:  # identification derives its threshold from the card
+            require_impostors(pipeline.embedder.card)
         gallery = open_gallery(settings, pipeline)
         try:
             secret = bootstrap_admin_key(gallery, settings.key_file)

@@ -35,6 +35,7 @@ class Face:
     landmarks: np.ndarray  # (5, 2) float32, image pixels
     crop: np.ndarray  # (112, 112, 3) (or the card's size) uint8 RGB
     embedding: np.ndarray  # (D,) float32, unit norm
+    image_shape: tuple[int, int]  # (H, W) of the decoded photo: where the box lies
     notes: list[str] = field(default_factory=list)  # e.g. "animated GIF: first frame used"
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,6 +55,7 @@ class FaceLike(Protocol):
     landmarks: np.ndarray
     crop: np.ndarray
     embedding: np.ndarray
+    image_shape: tuple[int, int]
 
 
 class EmbedderLike(Protocol):
@@ -153,7 +155,7 @@ class Pipeline:
         return [
             Face(box=d.box.astype(np.float32), score=float(d.score),
                  landmarks=d.landmarks.astype(np.float32), crop=crop, embedding=emb,
-                 notes=list(result.notes))
+                 image_shape=result.image_shape, notes=list(result.notes))
             for d, crop, emb in zip(result.faces, result.crops, embeddings, strict=True)
         ]
 

@@ -30,7 +30,15 @@ from marginface.gallery.index import (
     VectorIndex,
     create_index,
 )
-from marginface.gallery.recognizer import EnrollmentError, Photo, Recognizer
+from marginface.gallery.recognizer import (
+    MULTIPLE_FACES,
+    EnrollmentError,
+    IdentityConflictError,
+    MismatchForceError,
+    MultipleFaces,
+    Photo,
+    Recognizer,
+)
 from marginface.gallery.store import (
     DEFAULT_K,
     GALLERY_URL_ENV,
@@ -50,6 +58,7 @@ from marginface.gallery.types import (
     Hit,
     Identification,
     Match,
+    PhotoConflict,
     PhotoOutcome,
     PhotoStatus,
     RecognizedFace,
@@ -63,6 +72,7 @@ __all__ = [
     "DEFAULT_K",
     "GALLERY_URL_ENV",
     "INDEX_KINDS",
+    "MULTIPLE_FACES",
     "ROLES",
     "ApiKey",
     "AttendanceRow",
@@ -78,9 +88,13 @@ __all__ = [
     "Gallery",
     "Hit",
     "Identification",
+    "IdentityConflictError",
     "Match",
     "MilvusIndex",
+    "MismatchForceError",
+    "MultipleFaces",
     "Photo",
+    "PhotoConflict",
     "PhotoOutcome",
     "PhotoStatus",
     "RecognizedFace",

@@ -4,25 +4,45 @@ pipeline (``marginface.embed.Pipeline``): what the CLI and the service call."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
+from marginface.align.detection import Detection, select_faces
 from marginface.align.image import describe_source
 from marginface.embed import FaceLike, FacePipeline, Pipeline
-from marginface.errors import GalleryError, ImageError, NoFaceError
+from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
+from marginface.eval.openset import OperatingPoint
 from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
 from marginface.gallery.types import (
     EnrollResult,
+    FaceRecord,
+    Identification,
+    PhotoConflict,
     PhotoOutcome,
     RecognizedFace,
+    Subject,
     Verification,
 )
 
-__all__ = ["EnrollmentError", "Photo", "Recognizer"]
+__all__ = [
+    "MULTIPLE_FACES",
+    "EnrollmentError",
+    "IdentityConflictError",
+    "MismatchForceError",
+    "MultipleFaces",
+    "Photo",
+    "Recognizer",
+]
+
+#: What enrolment does with a photo showing several faces: refuse it, take the largest face,
+#: or the face nearest the photo's centre (``select_faces``'s ``central`` rule).
+MultipleFaces = Literal["reject", "largest", "central"]
+MULTIPLE_FACES: tuple[str, ...] = ("reject", "largest", "central")
 
 #: A photo's data: a file path, encoded bytes or an RGB array.
 PhotoData = str | Path | bytes | np.ndarray
@@ -32,6 +52,28 @@ Photo = PhotoData | tuple[str, PhotoData]
 
 class EnrollmentError(NoFaceError):
     """No photo of a new subject could be enrolled; ``photos`` says why for each one."""
+
+    def __init__(self, message: str, photos: list[PhotoOutcome]) -> None:
+        super().__init__(message)
+        self.photos = photos
+
+
+class IdentityConflictError(ConflictError):
+    """A new subject was not created: every photo showing a usable face belongs to someone
+    enrolled already (identification names another subject, or the same photo is stored for
+    one). ``photos`` gives each photo's outcome; enrolling with ``force`` stores them anyway.
+    A conflict with what is stored, not bad input: the same request with ``force`` succeeds."""
+
+    def __init__(self, message: str, photos: list[PhotoOutcome]) -> None:
+        super().__init__(message)
+        self.photos = photos
+
+
+class MismatchForceError(GalleryError):
+    """``force`` was asked for, but a photo does not look like the subject it is added to
+    (``mismatch``) and this call may not override that (``force_mismatch=False``: the service
+    leaves it to admin keys). Nothing was stored; ``photos`` are the refused photos' outcomes
+    (the other photos were not stored either)."""
 
     def __init__(self, message: str, photos: list[PhotoOutcome]) -> None:
         super().__init__(message)
@@ -77,14 +119,30 @@ def _encode_png(crop: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _identified_as(other: PhotoConflict) -> str:
+    return (f"identified as {other.name!r} ({other.subject_id}): score {other.score:.3f} >= "
+            f"threshold {other.threshold:.3f}")
+
+
+def _held_reasons(held: Sequence[PhotoOutcome]) -> str:
+    """One line naming each held-back photo and why (the subject it collides with)."""
+    return "; ".join(f"{o.source}: {o.message}" for o in held)
+
+
 class Recognizer:
     """Enrol subjects from photos, identify every face in a photo, verify photos.
 
-    ``multiple_faces``: what enrolment does with a photo showing several faces - ``"reject"``
-    it (reported as ``multiple_faces``) or take the ``"largest"``. ``near_duplicate``: a photo
-    whose face has cosine >= this to a face the subject already has (or to an earlier photo of
-    the same batch) is not stored. ``store_crops`` keeps each enrolled face's aligned crop
-    (PNG) in the gallery; photos themselves are never stored.
+    ``multiple_faces``: what enrolment does with a photo showing several faces by default
+    (each enrolment may choose otherwise) - ``"reject"`` it (reported as ``multiple_faces``),
+    take the ``"largest"`` or the ``"central"`` one. ``near_duplicate``: a photo whose face has
+    cosine >= this to a face the subject already has (or to an earlier photo of the same batch)
+    is not stored. ``store_crops`` keeps each enrolled face's aligned crop (PNG) in the
+    gallery; photos themselves are never stored.
+
+    Enrolment keeps identities apart: a photo whose face is identified as another subject
+    (``matches_other``), a photo whose exact bytes are stored already (``duplicate_photo``) and,
+    when adding to a subject, a face unlike the subject's own faces (``mismatch``) are held
+    back unless the enrolment is forced.
     """
 
     def __init__(
@@ -92,15 +150,15 @@ class Recognizer:
         gallery: Gallery,
         pipeline: FacePipeline,
         *,
-        multiple_faces: Literal["reject", "largest"] = "reject",
+        multiple_faces: MultipleFaces = "reject",
         near_duplicate: float = 0.95,
         store_crops: bool = False,
         k: int = DEFAULT_K,
         threshold: float | None = None,
         far: str | None = None,
+        fpir: str | float | None = None,
     ) -> None:
-        if multiple_faces not in ("reject", "largest"):
-            raise GalleryError("multiple_faces must be 'reject' or 'largest'")
+        self.multiple_faces: MultipleFaces = self._policy(multiple_faces)
         self.gallery = gallery
         self.pipeline = self._all_faces(pipeline)
         embedder = pipeline.embedder
@@ -114,12 +172,12 @@ class Recognizer:
                 "different models are not comparable"
             )
         self.card = gallery.card if gallery.card is not None else embedder.card
-        self.multiple_faces = multiple_faces
         self.near_duplicate = float(near_duplicate)
         self.store_crops = bool(store_crops)
         self.k = int(k)
         self.threshold_value = threshold if threshold is not None else gallery.default_threshold
         self.far = far or gallery.far
+        self.fpir = fpir if fpir is not None else gallery.fpir
 
     @staticmethod
     def _all_faces(pipeline: FacePipeline) -> FacePipeline:
@@ -136,9 +194,19 @@ class Recognizer:
         return other
 
     def threshold(self, threshold: float | None = None) -> float:
-        """The decision threshold: explicit, else configured, else the model card's."""
+        """The 1:1 (verification) threshold: explicit, else configured, else the model card's
+        calibrated one at the configured FAR."""
         return resolve_threshold(self.card, threshold if threshold is not None
                                  else self.threshold_value, self.far)
+
+    def operating_point(self, threshold: float | None = None,
+                        fpir: str | float | None = None) -> OperatingPoint:
+        """Identification's operating point for the gallery as it is now: an explicit (or
+        configured) threshold, else the threshold meeting the target FPIR (explicit, else
+        configured) for the gallery's current size (:meth:`Gallery.operating_point`)."""
+        return self.gallery.operating_point(
+            threshold if threshold is not None else self.threshold_value,
+            fpir if fpir is not None else self.fpir)
 
     # -- faces ----------------------------------------------------------------------------------
     def faces(self, photo: Photo) -> list[FaceLike]:
@@ -159,16 +227,81 @@ class Recognizer:
         return sorted(faces, key=_area, reverse=True)
 
     # -- enrolment ------------------------------------------------------------------------------
+    @staticmethod
+    def _policy(multiple_faces: str) -> MultipleFaces:
+        """A multiple-faces policy, checked (:class:`GalleryError` for an unknown one)."""
+        if multiple_faces not in MULTIPLE_FACES:
+            raise GalleryError("multiple_faces must be 'reject', 'largest' or 'central', got "
+                               f"{multiple_faces!r}")
+        return cast(MultipleFaces, multiple_faces)
+
+    @staticmethod
+    def _central(faces: Sequence[FaceLike]) -> FaceLike:
+        """The face whose box centre is nearest the photo's centre: the ``central`` rule of
+        :func:`marginface.align.detection.select_faces` (what ``eval --face central`` and the
+        pipeline's ``selection="central"`` use), applied to the faces the pipeline found."""
+        detections = [Detection(box=np.asarray(f.box, np.float32), score=float(f.score),
+                                landmarks=np.asarray(f.landmarks, np.float32)) for f in faces]
+        chosen = select_faces(detections, faces[0].image_shape, selection="central")[0]
+        return faces[next(i for i, d in enumerate(detections) if d is chosen)]
+
+    def _identify_embeddings(self, embeddings: np.ndarray) -> list[Identification]:
+        """The gallery's answer for each embedding, decided as identification decides: the one
+        place enrolment asks who a face already is (change it with :meth:`identify`)."""
+        return self.gallery.identify(embeddings, k=self.k, point=self.operating_point())
+
+    def _stored_for(self, faces: Sequence[FaceRecord]) -> PhotoConflict | None:
+        """The first subject that still exists among the owners of these stored faces."""
+        for face in faces:
+            try:
+                subject = self.gallery.get_subject(face.subject_id)
+            except NotFoundError:  # erased since the lookup
+                continue
+            return PhotoConflict(subject.id, subject.name)
+        return None
+
     def _prepare(
-        self, photos: Sequence[Photo], existing: np.ndarray
+        self, photos: Sequence[Photo], existing: np.ndarray, *, subject: Subject | None,
+        multiple_faces: MultipleFaces, force: bool, force_mismatch: bool,
     ) -> tuple[list[PhotoOutcome], list[np.ndarray], list[str | None], list[bytes | None]]:
+        """Each photo's outcome, and the embeddings, photo hashes and crops to store.
+
+        In order, a photo is held back as: ``duplicate_photo`` (its bytes are stored already:
+        for ``subject``, always; for another subject, unless ``force``), ``unreadable``,
+        ``no_face``, ``multiple_faces`` (policy ``reject``), ``near_duplicate`` (of a face
+        ``subject`` has or of an earlier photo of the batch), ``mismatch`` (best cosine to
+        ``existing``, the subject's stored faces, below the 1:1 threshold; unless
+        ``force_mismatch``) or ``matches_other`` (identified as another subject; unless
+        ``force``). A forced photo is enrolled with a message naming what was overridden.
+        """
         outcomes: list[PhotoOutcome] = []
         chosen: list[np.ndarray] = []
         hashes: list[str | None] = []
         crops: list[bytes | None] = []
         known = [existing] if len(existing) else []
-        for i, photo in enumerate(photos):
-            label, data = _label(photo, i)
+        labelled = [_label(photo, i) for i, photo in enumerate(photos)]
+        digests = [_photo_hash(data) for _, data in labelled]
+        stored = self.gallery.faces_with_source_hashes([d for d in digests if d is not None])
+        own_id = subject.id if subject is not None else None
+        for (label, data), digest in zip(labelled, digests, strict=True):
+            holders = stored.get(digest, []) if digest is not None else []
+            own = next((f for f in holders if f.subject_id == own_id), None)
+            if subject is not None and own is not None:
+                outcomes.append(PhotoOutcome(
+                    label, "duplicate_photo",
+                    f"this photo is already enrolled for {subject.name!r} (face {own.id})",
+                    conflict=PhotoConflict(subject.id, subject.name)))
+                continue
+            overridden: list[str] = []
+            conflict = self._stored_for(holders)
+            if conflict is not None:
+                text = (f"this photo is already enrolled for {conflict.name!r} "
+                        f"({conflict.subject_id})")
+                if not force:
+                    outcomes.append(PhotoOutcome(label, "duplicate_photo", text,
+                                                 conflict=conflict, forceable=True))
+                    continue
+                overridden.append(text)
             try:
                 faces = self.faces((label, data))
             except ImageError as exc:
@@ -178,15 +311,19 @@ class Recognizer:
                 outcomes.append(PhotoOutcome(label, "no_face", "no face found"))
                 continue
             note = ""
+            face = faces[0]
             if len(faces) > 1:
-                if self.multiple_faces == "reject":
+                if multiple_faces == "reject":
                     outcomes.append(PhotoOutcome(
                         label, "multiple_faces",
                         f"{len(faces)} faces found; enrol photos showing only this person",
                         box=_box(faces[0])))
                     continue
-                note = f"{len(faces)} faces found; the largest was enrolled"
-            face = faces[0]
+                if multiple_faces == "central":
+                    face = self._central(faces)
+                    note = f"{len(faces)} faces found; the one nearest the centre was enrolled"
+                else:
+                    note = f"{len(faces)} faces found; the largest was enrolled"
             emb = np.asarray(face.embedding, dtype=np.float32).ravel()
             emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
             if known:
@@ -198,31 +335,83 @@ class Recognizer:
                         f"nearly identical (cosine {best:.3f}) to a face this subject already "
                         "has", box=_box(face), similarity=round(best, 4)))
                     continue
+            mismatch = None
+            if subject is not None and len(existing):
+                best, thr = float((existing @ emb).max()), self.threshold()
+                if best < thr:
+                    mismatch = PhotoConflict(subject.id, subject.name, round(best, 4),
+                                             round(thr, 4))
+            other = None
+            if self.gallery.dim is not None:
+                answer = self._identify_embeddings(emb[None, :])[0]
+                if answer.match is not None and answer.match.subject_id != own_id:
+                    other = PhotoConflict(answer.match.subject_id, answer.match.name,
+                                          round(answer.score, 4), round(answer.threshold, 4))
+            if mismatch is not None:
+                text = (f"does not look like {mismatch.name!r}: best cosine "
+                        f"{mismatch.score:.3f} to its faces is below the 1:1 threshold "
+                        f"{mismatch.threshold:.3f}")
+                if other is not None:
+                    text += f"; {_identified_as(other)}"
+                if not force_mismatch:
+                    outcomes.append(PhotoOutcome(label, "mismatch", text, box=_box(face),
+                                                 conflict=mismatch, forceable=True))
+                    continue
+                overridden.append(text)
+                conflict = conflict or mismatch
+            elif other is not None and (conflict is None
+                                        or other.subject_id != conflict.subject_id):
+                if not force:
+                    outcomes.append(PhotoOutcome(label, "matches_other", _identified_as(other),
+                                                 box=_box(face), conflict=other,
+                                                 forceable=True))
+                    continue
+                overridden.append(_identified_as(other))
+                conflict = conflict or other
+            if overridden:
+                note = "; ".join([*([note] if note else []),
+                                  *(f"enrolled anyway (force): {t}" for t in overridden)])
             known.append(emb[None, :])
             chosen.append(emb)
-            hashes.append(_photo_hash(data))
+            hashes.append(digest)
             crops.append(_encode_png(face.crop) if self.store_crops else None)
-            outcomes.append(PhotoOutcome(label, "enrolled", note, box=_box(face)))
+            outcomes.append(PhotoOutcome(label, "enrolled", note, box=_box(face),
+                                         conflict=conflict, forced=bool(overridden)))
         return outcomes, chosen, hashes, crops
 
     @staticmethod
     def _with_ids(outcomes: list[PhotoOutcome], ids: list[int]) -> list[PhotoOutcome]:
         it = iter(ids)
-        return [PhotoOutcome(o.source, o.status, o.message, next(it), o.box, o.similarity)
-                if o.status == "enrolled" else o for o in outcomes]
+        return [dataclasses.replace(o, face_id=next(it)) if o.status == "enrolled" else o
+                for o in outcomes]
 
     def enroll(
-        self, name: str, photos: Sequence[Photo], *, metadata: dict[str, Any] | None = None
+        self, name: str, photos: Sequence[Photo], *, metadata: dict[str, Any] | None = None,
+        multiple_faces: MultipleFaces | None = None, force: bool = False,
     ) -> EnrollResult:
         """Create a new subject ``name`` from photos, in one transaction.
 
-        Raises :class:`EnrollmentError` (a :class:`NoFaceError`, with per-photo reasons) and
-        creates nothing when no photo can be enrolled.
+        ``multiple_faces`` overrides the recogniser's policy for this enrolment; ``force``
+        enrols photos held back because they belong to someone enrolled already (see
+        :meth:`_prepare`), each outcome then carrying a warning. Creates nothing and raises
+        :class:`IdentityConflictError` (a :class:`ConflictError`) when every photo with a
+        usable face was held back that way, else :class:`EnrollmentError` (a
+        :class:`NoFaceError`) when no photo can be enrolled; both carry per-photo reasons.
         """
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
-        outcomes, chosen, hashes, crops = self._prepare(photos, np.zeros((0, 1), np.float32))
+        policy = self._policy(multiple_faces if multiple_faces is not None
+                              else self.multiple_faces)
+        outcomes, chosen, hashes, crops = self._prepare(
+            photos, np.zeros((0, 1), np.float32), subject=None, multiple_faces=policy,
+            force=force, force_mismatch=force)
         if not chosen:
+            held = [o for o in outcomes if o.forceable]
+            if held:
+                raise IdentityConflictError(
+                    f"{name!r} was not enrolled: " + _held_reasons(held)
+                    + "; enrol with force (API force=true, CLI --force) to store them anyway",
+                    outcomes)
             reasons = "; ".join(f"{o.source}: {o.status.replace('_', ' ')}" for o in outcomes)
             raise EnrollmentError(f"no photo of {name!r} could be enrolled ({reasons})", outcomes)
         subject = self.gallery.create_subject(
@@ -231,14 +420,37 @@ class Recognizer:
         ids = [f.id for f in self.gallery.faces(subject.id)]
         return EnrollResult(subject=subject, photos=self._with_ids(outcomes, ids), created=True)
 
-    def add_photos(self, subject_id: str, photos: Sequence[Photo]) -> EnrollResult:
+    def add_photos(
+        self, subject_id: str, photos: Sequence[Photo], *,
+        multiple_faces: MultipleFaces | None = None, force: bool = False,
+        force_mismatch: bool | None = None,
+    ) -> EnrollResult:
         """Add photos to an existing subject (one transaction); per-photo outcomes. Photos that
-        cannot be enrolled are reported, not raised."""
-        self.gallery.get_subject(subject_id)
+        cannot be enrolled are reported, not raised.
+
+        A photo whose face is unlike the subject's own faces (best cosine below the 1:1
+        threshold of :meth:`verify_subject`) is held back as ``mismatch``: probably another
+        person. ``force`` enrols photos held back as someone else's (``matches_other``, a
+        ``duplicate_photo`` of another subject) and, unless ``force_mismatch`` says otherwise,
+        mismatches. When ``force`` is asked for but a mismatch may not be forced
+        (``force_mismatch=False``), nothing is stored: :class:`MismatchForceError`.
+        """
+        subject = self.gallery.get_subject(subject_id)
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
+        policy = self._policy(multiple_faces if multiple_faces is not None
+                              else self.multiple_faces)
+        may_force_mismatch = force if force_mismatch is None else bool(force_mismatch)
         _, existing = self.gallery.subject_embeddings(subject_id)
-        outcomes, chosen, hashes, crops = self._prepare(photos, existing)
+        outcomes, chosen, hashes, crops = self._prepare(
+            photos, existing, subject=subject, multiple_faces=policy, force=force,
+            force_mismatch=may_force_mismatch)
+        refused = [o for o in outcomes if o.status == "mismatch"]
+        if force and refused:
+            raise MismatchForceError(
+                f"nothing was added to {subject.name!r}: " + _held_reasons(refused)
+                + "; forcing a photo that does not look like the subject is not allowed here",
+                refused)
         ids: list[int] = []
         if chosen:
             ids = self.gallery.add_faces(subject_id, np.vstack(chosen), source_hashes=hashes,
@@ -254,16 +466,17 @@ class Recognizer:
         threshold: float | None = None,
         k: int | None = None,
         source: str | None = None,
+        fpir: str | float | None = None,
     ) -> list[RecognizedFace]:
         """Answer every face in the photo (largest first): match or unknown, score,
         candidates. An empty list means no face. With ``source`` (camera or door name) each
         answer is logged as a recognition event."""
-        thr = self.threshold(threshold)
+        point = self.operating_point(threshold, fpir)  # before the photo: a bad target fails fast
         faces = self.faces(photo)
         if not faces:
             return []
         embs = np.vstack([np.asarray(f.embedding, dtype=np.float32).ravel() for f in faces])
-        answers = self.gallery.identify(embs, threshold=thr, k=k or self.k)
+        answers = self.gallery.identify(embs, k=k or self.k, point=point)
         out = []
         for face, ans in zip(faces, answers, strict=True):
             out.append(RecognizedFace(
@@ -274,7 +487,9 @@ class Recognizer:
                 self.gallery.log_event(
                     source, subject_id=ans.subject_id, score=ans.score,
                     decision="match" if ans.known else "unknown",
-                    details={"box": _box(face)})
+                    details={"box": _box(face), "threshold": point.threshold,
+                             "target_fpir": point.target_fpir,
+                             "gallery_subjects": point.gallery_subjects})
         return out
 
     # -- verification ---------------------------------------------------------------------------

@@ -88,6 +88,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "INSERT INTO schema_migrations (version, name, applied_at) "
         "VALUES (1, 'base schema (marginface 0.1)', NULL)",
     )),
+    Migration(3, "faces_source_hash: find a photo enrolled before without a scan", (
+        "CREATE INDEX IF NOT EXISTS faces_source_hash ON faces (source_hash)",
+    )),
 )
 
 #: The newest schema this code reads and writes.

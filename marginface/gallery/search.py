@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from marginface.errors import GalleryError, ModelError
+from marginface.eval.openset import OperatingPoint
 from marginface.gallery.db import Database
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import Candidate, Hit, Identification
@@ -89,14 +90,16 @@ class Searcher:
                 for srow, irow in zip(scores, ids, strict=True)]
         return hits, owners
 
-    def identify(self, q: np.ndarray, threshold: float, k: int) -> list[Identification]:
+    def identify(self, q: np.ndarray, point: OperatingPoint, k: int) -> list[Identification]:
         """Each normalised query's decision: k-NN vote among its nearest faces, then the
-        threshold; below it, unknown."""
+        operating point's threshold; below it, unknown."""
+        threshold = point.threshold
         hits, owners = self.nearest(q, k)
         results = []
         for row in hits:
             if not row:
-                results.append(Identification(match=None, score=-1.0, threshold=threshold))
+                results.append(Identification(match=None, score=-1.0, threshold=threshold,
+                                              operating_point=point))
                 continue
             winner, ranked = knn_vote([h.subject_id for h in row], [h.score for h in row],
                                       threshold)
@@ -109,5 +112,6 @@ class Searcher:
             match = cands[0] if winner is not None else None
             best = max(c.score for c in cands)
             results.append(Identification(match=match, score=match.score if match else best,
-                                          threshold=threshold, candidates=cands))
+                                          threshold=threshold, candidates=cands,
+                                          operating_point=point))
         return results

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from marginface.errors import GalleryError
+from marginface.errors import DataError, GalleryError, ModelError
+from marginface.eval.metrics import far_key
+from marginface.eval.openset import (
+    DEFAULT_FPIR,
+    GalleryComposition,
+    OperatingPoint,
+    expected_fpir,
+    operating_point,
+    require_impostors,
+)
 from marginface.gallery.db import Database
 from marginface.gallery.events import EventLog, attendance_csv, events_csv
 from marginface.gallery.index import VectorIndex, create_index
@@ -48,6 +57,15 @@ __all__ = ["DEFAULT_K", "GALLERY_URL_ENV", "Gallery", "default_gallery_url", "re
 
 #: Environment variable naming the gallery (a SQLite path, sqlite:///..., or postgresql://...).
 GALLERY_URL_ENV = "MARGINFACE_GALLERY_URL"
+
+
+def _fpir_key(fpir: str | float) -> str:
+    """A target FPIR's canonical key (``0.01`` -> ``"1e-2"``); :class:`GalleryError` when it is
+    not a rate in (0, 1)."""
+    try:
+        return far_key(fpir)
+    except DataError:
+        raise GalleryError(f"a target FPIR must be a rate in (0, 1), got {fpir!r}") from None
 
 
 def default_gallery_url() -> str:
@@ -79,6 +97,7 @@ class Gallery:
         card: ModelCard | None = None,
         threshold: float | None = None,
         far: str | None = None,
+        fpir: str | float | None = None,
         index_options: dict[str, Any] | None = None,
         url: str = "",
     ) -> None:
@@ -87,6 +106,7 @@ class Gallery:
         self.card = card
         self.default_threshold = threshold
         self.far = far
+        self.fpir = _fpir_key(fpir if fpir is not None else DEFAULT_FPIR)
         self.index_kind = index.lower()
         self._model = bind_model(db, model_name, dim)
         vectors = (create_index(self.index_kind, self._model.dim, **dict(index_options or {}))
@@ -98,6 +118,10 @@ class Gallery:
         self._keys = KeyStore(db)
         self._close_lock = threading.Lock()
         self._closed = False
+        # (generation, composition), then (generation, target FPIR) -> operating point
+        self._points_lock = threading.Lock()
+        self._composition: tuple[int, GalleryComposition] | None = None
+        self._points: dict[str, OperatingPoint] = {}
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -111,6 +135,7 @@ class Gallery:
         card: ModelCard | None = None,
         threshold: float | None = None,
         far: str | None = None,
+        fpir: str | float | None = None,
         index_options: dict[str, Any] | None = None,
         create: bool = True,
     ) -> Gallery:
@@ -127,9 +152,13 @@ class Gallery:
         a SQLite gallery). Use ``faiss`` for large galleries: by default it is
         :class:`FaissBinaryIndex` (2-4 ms a query at a million faces, the same answers as
         exact search for enrolled people, rebuilt from SQL at start in seconds plus the read).
-        ``card``/``threshold``/``far`` set the identification threshold
-        (:func:`resolve_threshold`); when ``card`` is given and ``model_name`` is not, the
-        card's name and dimension are used.
+        ``fpir`` is identification's operating point, a target false positive identification
+        rate (default ``1e-2``): the threshold that meets it is derived from the ``card``'s
+        impostor table for the gallery as it is, and follows every enrolment and erasure
+        (:meth:`operating_point`). ``threshold`` fixes a cosine threshold instead (experts);
+        ``far`` is the 1:1 false-accept rate verification uses (:func:`resolve_threshold`).
+        When ``card`` is given and ``model_name`` is not, the card's name and dimension are
+        used.
         """
         if card is not None:
             model_name = model_name or card.name
@@ -144,7 +173,7 @@ class Gallery:
             options["uri"] = str(Path(db.target).with_suffix(".milvus.db"))
         try:
             return cls(db, index, model_name=model_name, dim=dim, card=card, threshold=threshold,
-                       far=far, index_options=options, url=url_s)
+                       far=far, fpir=fpir, index_options=options, url=url_s)
         except BaseException:
             db.close()
             raise
@@ -267,6 +296,14 @@ class Gallery:
         """One face record (:class:`NotFoundError` when unknown)."""
         return self._subjects.face(face_id)
 
+    def faces_with_source_hashes(
+        self, source_hashes: Sequence[str]
+    ) -> dict[str, list[FaceRecord]]:
+        """The stored faces enrolled from photos with these SHA-256 hashes
+        (:attr:`FaceRecord.source_hash`), by hash: how enrolment finds a photo that is stored
+        already, and for which subject."""
+        return self._subjects.with_source_hashes(source_hashes)
+
     def face_crop(self, face_id: int) -> bytes | None:
         """The stored aligned crop (PNG bytes) of a face, when crops are kept."""
         return self._subjects.crop(face_id)
@@ -285,10 +322,62 @@ class Gallery:
         return self._search.nearest(self._model.normalise(embeddings), k)[0]
 
     def threshold(self, threshold: float | None = None, far: str | None = None) -> float:
-        """The threshold identification uses: explicit, else the gallery's, else the card's."""
+        """The 1:1 (verification) threshold: explicit, else the gallery's, else the card's
+        calibrated one for ``far``."""
         if threshold is None:
             threshold = self.default_threshold
         return resolve_threshold(self.card, threshold, far or self.far)
+
+    def composition(self) -> GalleryComposition:
+        """How many subjects have how many faces, as stored now (read again only after a
+        change of faces, by this or another process)."""
+        generation = self._sync.stored_generation()
+        with self._points_lock:
+            if self._composition is not None and self._composition[0] == generation:
+                return self._composition[1]
+        comp = GalleryComposition(self._subjects.faces_per_subject())
+        with self._points_lock:
+            if self._composition is None or self._composition[0] != generation:
+                self._composition = (generation, comp)
+                self._points = {}
+        return comp
+
+    def operating_point(
+        self, threshold: float | None = None, fpir: str | float | None = None
+    ) -> OperatingPoint:
+        """The threshold identification decides with now, and how it was chosen.
+
+        An explicit ``threshold`` (or the gallery's) is used as given; the card's impostor
+        table, when there is one, says what FPIR it gives this gallery. Otherwise the target
+        FPIR ``fpir`` (default: the gallery's) is turned into the threshold that meets it for
+        the gallery's current subjects and faces per subject
+        (:func:`marginface.eval.openset.operating_point`), recomputed after every change of
+        faces. A card without an impostor table raises :class:`GalleryError` saying how to
+        calibrate it.
+        """
+        if threshold is None:
+            threshold = self.default_threshold
+        comp = self.composition()
+        if threshold is not None:
+            t = resolve_threshold(self.card, threshold)
+            tail = self.card.impostors if self.card is not None else None
+            expected = expected_fpir(tail, t, comp) if tail is not None else None
+            return OperatingPoint(t, "threshold", None, expected, comp.subjects, comp.faces)
+        key = _fpir_key(fpir) if fpir is not None else self.fpir
+        with self._points_lock:
+            cached = self._points.get(key)
+            if cached is not None and self._composition is not None \
+                    and self._composition[1] is comp:
+                return cached
+        try:
+            tail = require_impostors(self.card)
+        except ModelError as exc:
+            raise GalleryError(str(exc)) from None
+        point = operating_point(tail, key, comp)
+        with self._points_lock:
+            if self._composition is not None and self._composition[1] is comp:
+                self._points[key] = point
+        return point
 
     def identify(
         self,
@@ -296,12 +385,16 @@ class Gallery:
         threshold: float | None = None,
         k: int = DEFAULT_K,
         *,
-        far: str | None = None,
+        fpir: str | float | None = None,
+        point: OperatingPoint | None = None,
     ) -> list[Identification]:
         """Identify each query: top-``k`` cosine search, k-NN vote per subject
-        (:func:`marginface.gallery.knn_vote`), then the threshold; below it, unknown."""
-        thr = self.threshold(threshold, far)
-        return self._search.identify(self._model.normalise(embeddings), thr, k)
+        (:func:`marginface.gallery.knn_vote`), then the operating point's threshold
+        (``point``, else :meth:`operating_point` of ``threshold`` and ``fpir``); below it,
+        unknown."""
+        if point is None:
+            point = self.operating_point(threshold, fpir)
+        return self._search.identify(self._model.normalise(embeddings), point, k)
 
     # -- events and attendance ------------------------------------------------------------------
     def log_event(

@@ -187,6 +187,13 @@ class SubjectStore:
     def count_faces(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM faces"))
 
+    def faces_per_subject(self) -> dict[int, int]:
+        """Faces per subject -> how many subjects have that many (subjects with faces only)."""
+        rows = self._db.query(
+            "SELECT n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY subject_id) c "
+            "GROUP BY n")
+        return {int(n): int(c) for n, c in rows}
+
     def faces(self, subject_id: str) -> list[FaceRecord]:
         self.get(subject_id)
         rows = self._db.query(
@@ -198,6 +205,18 @@ class SubjectStore:
         if row is None:
             raise NotFoundError(f"unknown face {face_id}")
         return _face(row)
+
+    def with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
+        """The stored faces whose photo had each of these SHA-256 hashes (a hash no face has is
+        left out), each list in the order the faces were stored."""
+        found: dict[str, list[FaceRecord]] = {}
+        for rows in self._db.query_in(
+                f"SELECT {_FACE_COLS} FROM faces WHERE source_hash IN ({{marks}}) ORDER BY id",
+                sorted(set(source_hashes))):
+            for row in rows:
+                face = _face(row)
+                found.setdefault(str(face.source_hash), []).append(face)
+        return found
 
     def crop(self, face_id: int) -> bytes | None:
         row = self._db.query_one("SELECT crop FROM faces WHERE id = ?", (int(face_id),))

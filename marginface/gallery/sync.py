@@ -61,7 +61,7 @@ class IndexSync:
         #: the store generation the index reflects; -1: unknown, reconcile before searching
         self.generation = -1
         if index is not None:
-            self.generation = self._stored_generation()
+            self.generation = self.stored_generation()
             if index.persistent:
                 self._reconcile()
             else:
@@ -83,7 +83,8 @@ class IndexSync:
             if committed is not None:
                 self._apply(changes, committed)
 
-    def _stored_generation(self) -> int:
+    def stored_generation(self) -> int:
+        """The generation of the faces in SQL (bumped by every committed change of faces)."""
         row = self._db.query_one("SELECT generation FROM state WHERE id = 1")
         return int(row[0]) if row else 0
 
@@ -136,7 +137,7 @@ class IndexSync:
         assert self.index is not None
         if self.generation < 0:
             return False
-        return self.index.persistent or self._stored_generation() == self.generation
+        return self.index.persistent or self.stored_generation() == self.generation
 
     def refresh(self) -> None:
         """Bring the index in step with SQL now, if it is not."""
@@ -145,7 +146,7 @@ class IndexSync:
                 self._refresh()
 
     def _refresh(self) -> None:
-        generation = self._stored_generation()  # read first: the faces read next are as new
+        generation = self.stored_generation()  # read first: the faces read next are as new
         if generation != self.generation:
             self._reconcile()
             self.generation = generation

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from marginface.eval.openset import OperatingPoint
+
 __all__ = [
     "ROLES",
     "ApiKey",
@@ -21,6 +23,7 @@ __all__ = [
     "Hit",
     "Identification",
     "Match",
+    "PhotoConflict",
     "PhotoOutcome",
     "PhotoStatus",
     "RecognizedFace",
@@ -33,8 +36,14 @@ __all__ = [
 #: faces, plus recognition), ``recognise`` (identify and verify only).
 ROLES: tuple[str, ...] = ("admin", "enrol", "recognise")
 
-#: What happened to one photo during enrolment.
-PhotoStatus = Literal["enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable"]
+#: What happened to one photo during enrolment. Held back (nothing stored): ``no_face``,
+#: ``multiple_faces`` (policy ``reject``), ``near_duplicate`` (the subject has this face),
+#: ``unreadable``, ``duplicate_photo`` (these exact bytes are stored already), ``matches_other``
+#: (identification names another subject) and ``mismatch`` (unlike the subject's own faces).
+PhotoStatus = Literal[
+    "enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable", "duplicate_photo",
+    "matches_other", "mismatch",
+]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -131,6 +140,8 @@ class Identification(_Record):
     score: float  # the best candidate's score (cosine); -1.0 when the gallery is empty
     threshold: float
     candidates: list[Candidate] = field(default_factory=list)
+    #: how the threshold was chosen: target FPIR, gallery size (None for bare calls)
+    operating_point: OperatingPoint | None = None
 
     @property
     def known(self) -> bool:
@@ -160,9 +171,10 @@ class RecognizedFace(_Record):
     def answer(self, *, candidates: bool = True) -> dict[str, Any]:
         """The one JSON shape of an answered face, shared by the CLI and the API: ``box``,
         ``detection_score``, ``landmarks``, ``match`` (the subject, or None for unknown),
-        ``score``, ``threshold`` and ``candidates``. ``candidates=False`` gives the decision
-        only (``candidates`` is None): the runners-up name enrolled people, which a caller
-        allowed only to recognise must not learn."""
+        ``score``, ``threshold``, ``operating_point`` (how the threshold was decided: the
+        target FPIR and the gallery size it was computed for) and ``candidates``.
+        ``candidates=False`` gives the decision only (``candidates`` is None): the runners-up
+        name enrolled people, which a caller allowed only to recognise must not learn."""
         ident = self.identification
         return {
             "box": list(self.box),
@@ -171,8 +183,27 @@ class RecognizedFace(_Record):
             "match": ident.match.to_dict() if ident.match is not None else None,
             "score": ident.score,
             "threshold": ident.threshold,
+            "operating_point": (ident.operating_point.to_dict()
+                                if ident.operating_point is not None else None),
             "candidates": [c.to_dict() for c in ident.candidates] if candidates else None,
         }
+
+
+@dataclass(frozen=True)
+class PhotoConflict(_Record):
+    """The subject an enrolment photo collides with, and how closely: why the photo was held
+    back, or what a forced enrolment was warned about.
+
+    ``matches_other``: the subject identification names for the face (its ``score`` and the
+    identification ``threshold``); ``duplicate_photo``: a subject that already holds these
+    exact bytes (nothing compared: no score); ``mismatch``: the subject the photo was added to,
+    its best cosine to that subject's faces and the 1:1 verification threshold it fell below.
+    """
+
+    subject_id: str
+    name: str
+    score: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +216,12 @@ class PhotoOutcome(_Record):
     face_id: int | None = None  # set when enrolled
     box: list[float] | None = None
     similarity: float | None = None  # for near duplicates: cosine to the existing face
+    #: the subject this photo collides with (held back, or enrolled with ``force`` despite it)
+    conflict: PhotoConflict | None = None
+    #: held back, but enrolment with ``force`` would store it
+    forceable: bool = False
+    #: enrolled only because ``force`` overrode a conflict (``message`` says which)
+    forced: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 
 import marginface
 from marginface.embed import FacePipeline
+from marginface.eval.openset import OperatingPoint
 from marginface.gallery import Gallery
 from marginface.serve.auth import CurrentKey, bootstrap_admin_key
 from marginface.serve.deps import ServiceDep
@@ -51,6 +52,13 @@ def _web_page() -> tuple[str, str]:
     return html, csp
 
 
+def _describe(point: OperatingPoint) -> str:
+    if point.source == "threshold":
+        return f"the explicit threshold {point.threshold:.3f}"
+    return (f"target FPIR {point.target_fpir:g} (threshold {point.threshold:.3f} for "
+            f"{point.gallery_subjects} subjects)")
+
+
 def create_app(
     settings: ServeSettings | None = None,
     *,
@@ -81,11 +89,13 @@ def create_app(
                 log.warning("no admin key existed: a new one was written to %s", settings.key_file)
             app.state.service = service
             log.info(
-                "marginface ready in %.1f s: model %s, gallery %s (%d subjects), threshold %.3f",
+                "marginface ready in %.1f s: model %s, gallery %s (%d subjects); identification "
+                "at %s, verification threshold %.3f",
                 time.perf_counter() - started,
                 service.gallery.model_name,
                 service.gallery.backend,
                 service.gallery.count_subjects(),
+                _describe(service.operating_point),
                 service.threshold,
             )
             yield

@@ -30,6 +30,7 @@ __all__ = [
     "CurrentKey",
     "bootstrap_admin_key",
     "current_key",
+    "may_force_mismatch",
     "may_see_candidates",
     "require_role",
 ]
@@ -96,6 +97,14 @@ def may_see_candidates(key: ApiKey, settings: ServeSettings) -> bool:
     """Whether ``/v1/identify`` shows this key each face's runner-up names and scores: enrol
     and admin keys, and recognise keys only where ``recognise_candidates`` is set."""
     return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"] or settings.recognise_candidates
+
+
+def may_force_mismatch(key: ApiKey) -> bool:
+    """Whether this key may force a photo that does not look like the subject it is added to
+    (enrolment's ``mismatch``): admin keys only. Forcing a photo that matches another subject
+    is left to enrol keys, whose job it is to enrol; storing a stranger's face under someone's
+    name is the graver act, so it needs the role that may also erase."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["admin"]
 
 
 def _write_private(path: Path, text: str) -> None:

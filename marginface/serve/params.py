@@ -12,14 +12,16 @@ import re
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import Path, Query
+from fastapi import Form, Path, Query
 from pydantic import AfterValidator, BeforeValidator
 
+from marginface.gallery import MultipleFaces
 from marginface.serve.schemas import ErrorOut
 
 __all__ = [
     "AUTH_ERRORS",
     "BODY_ERRORS",
+    "ENROL_ERRORS",
     "FIRST_DAY",
     "LAST_DAY",
     "MAX_ID",
@@ -28,7 +30,9 @@ __all__ = [
     "PHOTO_ERRORS",
     "Day",
     "FaceId",
+    "ForceField",
     "KeyId",
+    "MultipleFacesField",
     "Offset",
     "Responses",
     "SubjectId",
@@ -71,6 +75,23 @@ SubjectId = Annotated[str, Path(min_length=1, max_length=64, description="The su
 FaceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The face's id.")]
 KeyId = Annotated[str, Path(min_length=1, max_length=64, description="The key's id.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+#: The enrolment routes' form fields.
+MultipleFacesField = Annotated[
+    MultipleFaces | None,
+    Form(
+        description="A photo showing several faces: reject it, take the largest face, or take "
+        "the central one (nearest the photo's centre). Default: the service's setting (reject "
+        "unless configured)."
+    ),
+]
+ForceField = Annotated[
+    bool,
+    Form(
+        description="Enrol photos held back as someone else's (matches_other, or a "
+        "duplicate_photo stored for another subject) and, with an admin key, photos unlike the "
+        "subject (mismatch). Each forced photo's outcome keeps the warning."
+    ),
+]
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -94,6 +115,29 @@ PHOTO_ERRORS: Responses = {
     },
     413: {"model": ErrorOut, "description": "The upload is larger than the limit."},
     422: {"model": ErrorOut, "description": "No face found, or invalid fields."},
+}
+#: The enrolment routes: photos, plus the refusals that keep identities apart.
+ENROL_ERRORS: Responses = {
+    **PHOTO_ERRORS,
+    403: {
+        "model": ErrorOut,
+        "description": "The key's role may not do this; or force=true was asked for a photo that "
+        "does not look like the subject (mismatch), which only an admin key may force. Nothing "
+        "is stored; details give each photo's outcome.",
+    },
+    409: {
+        "model": ErrorOut,
+        "description": "Nothing was enrolled: each photo with a usable face belongs to someone "
+        "enrolled already (matches_other: identified as another subject; duplicate_photo: the "
+        "same photo is stored). Details name the subject, score and threshold per photo; the "
+        "same request with force=true enrols them anyway.",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "No photo could be enrolled (no face, several faces, near duplicate; "
+        "photo_mismatch: every usable photo is unlike the subject's own faces, with the scores; "
+        "details per photo), or invalid fields.",
+    },
 }
 #: Routes that name a subject, face or key.
 NOT_FOUND: Responses = {

@@ -26,6 +26,7 @@ __all__ = [
     "KeyCreate",
     "KeyCreatedOut",
     "KeyOut",
+    "PhotoConflictOut",
     "PhotoOutcomeOut",
     "SubjectCreate",
     "SubjectDetailOut",
@@ -142,13 +143,47 @@ class SubjectListOut(BaseModel):
     offset: int
 
 
+class PhotoConflictOut(_Out):
+    subject_id: str
+    name: str
+    score: float | None = Field(
+        description="Cosine: the identification score (matches_other), or the best score "
+        "against the subject's own faces (mismatch); null for a stored duplicate photo."
+    )
+    threshold: float | None = Field(
+        description="The threshold the score was held to: identification's (matches_other) "
+        "or the 1:1 verification threshold (mismatch)."
+    )
+
+
 class PhotoOutcomeOut(_Out):
     source: str = Field(description="The uploaded file's name.")
-    status: Literal["enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable"]
+    status: Literal[
+        "enrolled",
+        "no_face",
+        "multiple_faces",
+        "near_duplicate",
+        "unreadable",
+        "duplicate_photo",
+        "matches_other",
+        "mismatch",
+    ] = Field(
+        description="enrolled, or why not: no_face, multiple_faces (policy reject), "
+        "near_duplicate (the subject has this face), unreadable, duplicate_photo (this exact "
+        "photo is stored already), matches_other (identified as another subject) or mismatch "
+        "(unlike the subject's own faces)."
+    )
     message: str
     face_id: int | None
     box: list[float] | None
     similarity: float | None
+    conflict: PhotoConflictOut | None = Field(
+        description="The subject the photo collides with: why it was held back, or what a "
+        "forced enrolment overrode."
+    )
+    forceable: bool = Field(description="Held back, but the same request with force=true would "
+                            "enrol it (a mismatch only with an admin key).")
+    forced: bool = Field(description="Enrolled only because force=true overrode a conflict.")
 
 
 class EnrollOut(BaseModel):
@@ -168,6 +203,20 @@ class CandidateOut(_Out):
     face_id: int
 
 
+class OperatingPointOut(BaseModel):
+    threshold: float = Field(description="The cosine threshold in force.")
+    source: Literal["fpir", "threshold"] = Field(
+        description="fpir: derived from the target FPIR for this gallery; threshold: set "
+        "explicitly.")
+    target_fpir: float | None = Field(description="The target false positive identification "
+                                      "rate (null for an explicit threshold).")
+    expected_fpir: float | None = Field(description="The FPIR the model card predicts at this "
+                                        "threshold for this gallery.")
+    gallery_subjects: int = Field(description="Subjects (with faces) it was computed for.")
+    gallery_faces: int
+    note: str | None
+
+
 class IdentifiedFaceOut(BaseModel):
     box: list[float] = Field(description="x1, y1, x2, y2 in the photo's pixels.")
     detection_score: float
@@ -175,6 +224,8 @@ class IdentifiedFaceOut(BaseModel):
     match: CandidateOut | None = Field(description="The identified subject; null for unknown.")
     score: float = Field(description="The best candidate's cosine similarity.")
     threshold: float
+    operating_point: OperatingPointOut | None = Field(
+        description="How the threshold was decided.")
     candidates: list[CandidateOut] | None = Field(
         description="The nearest subjects with their scores; null for a recognise key (they "
         "name enrolled people) unless the service is configured to show them."

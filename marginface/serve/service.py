@@ -50,6 +50,7 @@ def open_gallery(settings: ServeSettings, pipeline: FacePipeline) -> Gallery:
         card=embedder.card,
         threshold=settings.threshold,
         far=settings.far,
+        fpir=settings.fpir,
         index_options=options,
     )
 
@@ -103,8 +104,10 @@ class Service:
                 k=settings.top_k,
                 threshold=settings.threshold,
                 far=settings.far,
+                fpir=settings.fpir,
             )
             self.threshold = self.recognizer.threshold()
+            self.operating_point = self.recognizer.operating_point()
         except GalleryError as exc:
             gallery.close()
             raise ConfigError(str(exc)) from None

@@ -17,7 +17,8 @@ from pydantic_settings import (
 )
 
 from marginface.config import format_validation_error
-from marginface.errors import ConfigError
+from marginface.errors import ConfigError, DataError
+from marginface.eval.metrics import far_key
 from marginface.gallery import default_gallery_url
 
 __all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
@@ -78,14 +79,24 @@ class ServeSettings(BaseSettings):
         description="Numeric precision of a model given as PyTorch weights (bf16: about twice "
         "as fast on CPUs with AVX512-BF16 or AMX; ONNX models such as SFace stay fp32).",
     )
+    fpir: str = Field(
+        default="1e-2",
+        description="Identification's operating point: the target false positive "
+        "identification rate, the share of people who are not enrolled that a search "
+        "identifies as someone. The threshold that meets it is derived from the model card's "
+        "impostor calibration for the gallery's current size, and follows enrolments.",
+    )
     far: str = Field(
-        default="1e-3", description="Target false-accept rate whose calibrated threshold is used."
+        default="1e-3",
+        description="Verification (1:1) target false-accept rate whose calibrated threshold "
+        "is used.",
     )
     threshold: float | None = Field(
         default=None,
         ge=-1.0,
         le=1.0,
-        description="Explicit cosine threshold; overrides the card's calibrated one.",
+        description="Explicit cosine threshold for identification and verification; overrides "
+        "the target FPIR and FAR (for experts: its false-alarm rate grows with the gallery).",
     )
     top_k: int = Field(default=5, ge=1, le=100, description="Neighbours searched per face.")
     max_matches: int = Field(
@@ -116,9 +127,10 @@ class ServeSettings(BaseSettings):
     )
 
     # Enrolment policy.
-    multiple_faces: Literal["reject", "largest"] = Field(
+    multiple_faces: Literal["reject", "largest", "central"] = Field(
         default="reject",
-        description="An enrolment photo showing several faces: reject it, or take the largest.",
+        description="An enrolment photo showing several faces: reject it, take the largest, or "
+        "take the one nearest the photo's centre (each request may choose otherwise).",
     )
     near_duplicate: float = Field(
         default=0.95,
@@ -142,12 +154,17 @@ class ServeSettings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("far", mode="before")
+    @field_validator("far", "fpir", mode="before")
     @classmethod
-    def _far_text(cls, value: Any) -> Any:
-        """Accept ``1e-3`` written as a YAML number as well as a string."""
-        if isinstance(value, float):
-            return f"{value:.0e}".replace("e-0", "e-")
+    def _rate_text(cls, value: Any) -> Any:
+        """Accept ``1e-3`` written as a YAML number as well as a string; a rate in (0, 1)."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = repr(float(value))
+        if isinstance(value, str):
+            try:
+                return far_key(value)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @classmethod

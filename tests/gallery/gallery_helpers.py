@@ -54,6 +54,7 @@ class FakeFace:
     landmarks: np.ndarray
     crop: np.ndarray
     embedding: np.ndarray
+    image_shape: tuple[int, int] = (200, 400)  # (H, W): the faces lie side by side
 
 
 @dataclass

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from marginface.cli import ExitCode, main
 from marginface.cli import gallery as gallery_cli
-from marginface.errors import GalleryError, NotFoundError
+from marginface.errors import ConfigError, GalleryError, NotFoundError
 from marginface.gallery import Gallery
 
 #: The keys of ``RecognizedFace.answer()``, the shape the REST API answers each face with.
 ANSWER_KEYS = {"box", "detection_score", "landmarks", "match", "score", "threshold",
-               "candidates"}
+               "operating_point", "candidates"}
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -50,7 +50,7 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     res = runner.invoke(app, ["enroll", "Bob", *map(str, photos_b[:2]), *model], env=env)
     assert res.exit_code == 0 and "Bob" in res.output and "enrolled" in res.output
 
-    # the threshold comes from the model card's calibration; a FAR it lacks is a clear error
+    # the threshold meets the target FPIR (default 1e-2) for the gallery as it is: 2 subjects
     res = runner.invoke(app, ["identify", str(photos_a[5]), "--json", *model], env=env)
     assert res.exit_code == 0, res.output
     answer = json.loads(res.stdout)
@@ -60,13 +60,18 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     assert set(ident) == ANSWER_KEYS and ident["candidates"][0]["subject_id"] == alice
     from marginface.card import ModelCard
     from marginface.embed import load_embedder
+    from marginface.eval.openset import GalleryComposition, operating_point
 
     card: ModelCard = load_embedder("sface").card
-    assert ident["threshold"] == pytest.approx(card.calibration.threshold())
+    point = ident["operating_point"]
+    assert (point["source"], point["target_fpir"], point["gallery_subjects"]) == ("fpir", 0.01, 2)
+    expected = operating_point(card.impostors, "1e-2", GalleryComposition({2: 1, 3: 1}))
+    assert ident["threshold"] == pytest.approx(expected.threshold) == point["threshold"]
     assert ident["match"]["subject_id"] == alice
-    res = runner.invoke(app, ["identify", str(photos_a[5]), "--far", "1e-9", *model], env=env)
-    assert isinstance(res.exception, GalleryError)
-    assert "no calibrated threshold for FAR=1e-9" in str(res.exception)
+    res = runner.invoke(app, ["identify", str(photos_a[5]), "--fpir", "1e-4", *model], env=env)
+    assert res.exit_code == 0 and "target FPIR 0.0001 for 2 subjects" in res.output
+    res = runner.invoke(app, ["identify", str(photos_a[5]), "--fpir", "5", *model], env=env)
+    assert isinstance(res.exception, GalleryError) and "FPIR" in str(res.exception)
 
     res = runner.invoke(app, ["identify", str(photos_a[5]), "-t", "0.363", "--json",
                               "--log-source", "door", *model], env=env)
@@ -182,3 +187,35 @@ def test_exit_codes_are_stable_and_documented():
     section = section[:section.index("\n\n", section.index("| code |"))]
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
     assert documented == {int(c) for c in ExitCode}
+
+
+def test_enroll_holds_back_someone_enrolled_until_forced(app, shared_data, tmp_path, capsys):
+    """``enroll``: another photo of an enrolled person is not a new subject (exit code 2, one
+    line naming her) unless --force; --to with another person's photo is a mismatch, shown with
+    its score; --multiple-faces takes central."""
+    root = shared_data / "celeba-dev"
+    her = sorted((root / "celeb_7205").glob("*.jpg"))
+    him = sorted((root / "celeb_7206").glob("*.jpg"))
+    db = ["--db", str(tmp_path / "g.db"), "--model", "sface", "-t", "0.3724"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["enroll", "Her", *map(str, her[:2]), "--json", *db])
+    assert res.exit_code == 0, res.output
+    her_id = json.loads(res.output)["subject"]["id"]
+
+    with pytest.raises(SystemExit) as exc:
+        main(["enroll", "Her again", str(her[2]), *db])
+    assert exc.value.code == ExitCode.USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'Her again' was not enrolled") and err.count("\n") == 1
+    assert "identified as 'Her'" in err and "--force" in err
+    res = runner.invoke(app, ["enroll", "Her again", str(her[2]), "--force", "--json", *db])
+    assert res.exit_code == 0, res.output
+    (photo,) = json.loads(res.output)["photos"]
+    assert photo["forced"] is True and photo["conflict"]["subject_id"] == her_id
+
+    res = runner.invoke(app, ["enroll", "Her", str(him[0]), "--to", her_id, *db])
+    assert res.exit_code == 0, res.output
+    assert "mismatch" in res.output and "does not look like 'Her'" in res.output
+    assert "--force enrols them anyway" in res.output
+    res = runner.invoke(app, ["enroll", "Him", str(him[1]), "--multiple-faces", "all", *db])
+    assert isinstance(res.exception, ConfigError) and "central" in str(res.exception)

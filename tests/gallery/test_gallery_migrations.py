@@ -112,8 +112,9 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     assert version(url) == 1 and not has_table(url, "schema_migrations")
     g = Gallery.open(url, MODEL, DIM, threshold=0.5, create=False)
     try:
-        assert version(url) == schema.SCHEMA_VERSION == 2
-        assert history(url) == [(1, "base schema (marginface 0.1)"), (2, schema.MIGRATIONS[0].name)]
+        assert version(url) == schema.SCHEMA_VERSION == 3
+        assert history(url) == [(1, "base schema (marginface 0.1)"),
+                                *((m.version, m.name) for m in schema.MIGRATIONS)]
         # subjects and faces survive, with everything they held
         subjects = {s.id: s for s in g.list_subjects()}
         assert {sid: s.name for sid, s in subjects.items()} == {
@@ -145,30 +146,30 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     finally:
         g.close()
     Gallery.open(url, create=False).close()  # opening again changes nothing
-    assert version(url) == 2 and [v for v, _ in history(url)] == [1, 2]
+    assert version(url) == 3 and [v for v, _ in history(url)] == [1, 2, 3]
 
 
 def test_a_newer_gallery_is_refused(release_1) -> None:
     url, _, _ = release_1
     raw(url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(GalleryError, match=r"schema version 99 is newer than this marginface "
-                                           r"supports \(2\); upgrade marginface"):
+                                           r"supports \(3\); upgrade marginface"):
         Gallery.open(url, create=False)
     assert version(url) == 99 and not has_table(url, "schema_migrations")
 
 
 def test_a_failed_upgrade_changes_nothing(release_1, monkeypatch) -> None:
     url, _, _ = release_1
-    broken = schema.Migration(3, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
+    broken = schema.Migration(4, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
     with pytest.raises(StorageError):
         Database(url)
-    # steps 2 and 3 were one transaction with the failure: none of it happened
+    # steps 2 to 4 were one transaction with the failure: none of it happened
     assert version(url) == 1
     assert not has_table(url, "schema_migrations") and not has_table(url, "half_done")
     monkeypatch.undo()
     Database(url).close()
-    assert version(url) == 2
+    assert version(url) == 3
 
 
 def test_processes_opening_together_upgrade_once(release_1) -> None:
@@ -191,7 +192,7 @@ def test_processes_opening_together_upgrade_once(release_1) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert version(url) == 2 and [v for v, _ in history(url)] == [1, 2]
+    assert version(url) == 3 and [v for v, _ in history(url)] == [1, 2, 3]
 
 
 def test_a_new_gallery_is_built_through_the_migrations(tmp_path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from marginface.errors import NoFaceError
-from marginface.gallery import Gallery, Recognizer
+from marginface.gallery import Gallery, IdentityConflictError, Recognizer
 
 
 @pytest.fixture(scope="module")
@@ -72,4 +72,33 @@ def test_enrol_identify_verify_real_faces(shared_data, pipeline, tmp_path):
     with pytest.raises(NoFaceError):
         rec.verify(blank, photos_of(root, known[0])[0])
     res = rec.add_photos(enrolled[known[0]], [blank, photos_of(root, known[0])[0], b"not an image"])
-    assert [o.status for o in res.photos] == ["no_face", "near_duplicate", "unreadable"]
+    # photo [0] is enrolled already (its bytes are stored): a duplicate, found by its hash
+    assert [o.status for o in res.photos] == ["no_face", "duplicate_photo", "unreadable"]
+
+
+def test_enrolment_keeps_real_identities_apart(shared_data, pipeline, tmp_path):
+    """Two other photos of an enrolled person, enrolled as a new subject, are held back as
+    hers; another person's photo added to her subject is refused as a mismatch, with its
+    score (real photos, SFace, its card's calibrated threshold given explicitly)."""
+    root = shared_data / "celeba-dev"
+    card = pipeline.embedder.card
+    g = Gallery.open(tmp_path / "g.db", card=card, threshold=card.calibration.threshold())
+    rec = Recognizer(g, pipeline)
+    her = photos_of(root, "celeb_7205")
+    first = rec.enroll("Celeb A", her[:2]).subject
+    with pytest.raises(IdentityConflictError, match="'Celeb A'") as info:
+        rec.enroll("Celeb A, again", her[2:4])
+    assert [o.status for o in info.value.photos] == ["matches_other"] * 2
+    for o in info.value.photos:
+        assert o.conflict.subject_id == first.id and o.conflict.score >= o.conflict.threshold
+    assert g.count_subjects() == 1
+    forced = rec.enroll("Celeb A, again", her[2:4], force=True)
+    assert forced.enrolled == 2 and all(o.forced for o in forced.photos)
+    assert all("'Celeb A'" in o.message for o in forced.photos)
+
+    other = photos_of(root, "celeb_7206")[0]
+    (refused,) = rec.add_photos(first.id, [other]).photos
+    assert refused.status == "mismatch" and refused.conflict.subject_id == first.id
+    assert refused.conflict.score < refused.conflict.threshold == pytest.approx(
+        rec.threshold(), abs=1e-4)
+    assert g.get_subject(first.id).n_faces == 2

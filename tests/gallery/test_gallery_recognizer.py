@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from gallery_helpers import FakePipeline
 
-from marginface.errors import GalleryError, NoFaceError
-from marginface.gallery import EnrollmentError, Recognizer
+from marginface.errors import ConflictError, GalleryError, NoFaceError
+from marginface.gallery import (
+    EnrollmentError,
+    IdentityConflictError,
+    MismatchForceError,
+    Recognizer,
+)
 
 
 def test_enrol_reports_every_photo(sqlite_store, people, fake_pipeline):
@@ -111,3 +116,107 @@ def test_pipeline_of_another_model_is_refused(sqlite_store, people):
     g.create_subject("Ada", embeddings=people.sample(0))
     with pytest.raises(GalleryError, match="not comparable"):
         Recognizer(g, FakePipeline(name="other-model"))
+
+
+# -- identity integrity at enrolment -------------------------------------------------------------
+def test_photo_of_someone_enrolled_is_held_back_unless_forced(sqlite_store, people,
+                                                              fake_pipeline):
+    g = sqlite_store.open()  # identification threshold 0.5
+    rec = Recognizer(g, fake_pipeline)
+    p = fake_pipeline
+    ada = rec.enroll("Ada", [p.photo(f"a{i}", people.sample(0)) for i in range(2)]).subject
+    # another photo of Ada, and nothing else usable: no second subject, a conflict naming Ada
+    twin = [("ada-3.jpg", p.photo("a3", people.sample(0))),
+            ("empty.jpg", p.photo("e", np.zeros((0, 32))))]
+    with pytest.raises(IdentityConflictError) as info:
+        rec.enroll("Ada Lovelace", twin)
+    assert isinstance(info.value, ConflictError)
+    held, empty = info.value.photos
+    assert (held.status, held.forceable, empty.status) == ("matches_other", True, "no_face")
+    assert held.conflict.subject_id == ada.id and held.conflict.name == "Ada"
+    assert held.conflict.score >= held.conflict.threshold == 0.5
+    assert "'Ada'" in str(info.value) and "force" in str(info.value)
+    assert g.count_subjects() == 1
+    # a stranger among them is enrolled; Ada's photo is reported, not stored
+    mixed = rec.enroll("Bob", [p.photo("b1", people.sample(1)), p.photo("a4", people.sample(0))])
+    assert [o.status for o in mixed.photos] == ["enrolled", "matches_other"]
+    assert mixed.subject.n_faces == 1
+    # force: enrolled anyway, the outcome keeps the warning naming Ada
+    forced = rec.enroll("Ada Lovelace", twin, force=True)
+    (photo, _) = forced.photos
+    assert photo.status == "enrolled" and photo.forced and photo.conflict.subject_id == ada.id
+    assert "'Ada'" in photo.message and "force" in photo.message
+    assert g.count_subjects() == 3
+
+
+def test_same_photo_twice(sqlite_store, people, fake_pipeline):
+    g = sqlite_store.open()
+    rec = Recognizer(g, fake_pipeline)
+    photo = fake_pipeline.photo("a1", people.sample(0))
+    ada = rec.enroll("Ada", [("a1.jpg", photo)]).subject
+    calls = fake_pipeline.calls
+    # for the same subject: useless, even forced
+    for force in (False, True):
+        (again,) = rec.add_photos(ada.id, [("a1.jpg", photo)], force=force).photos
+        assert again.status == "duplicate_photo" and not again.forceable
+        assert again.conflict.subject_id == ada.id and "enrolled for 'Ada'" in again.message
+    assert fake_pipeline.calls == calls  # found by its hash: no photo processing
+    # for another subject: held back, naming the subject that has it; force stores it
+    with pytest.raises(IdentityConflictError, match="already enrolled for 'Ada'") as info:
+        rec.enroll("Impostor", [("a1.jpg", photo)])
+    (held,) = info.value.photos
+    assert held.status == "duplicate_photo" and held.forceable
+    assert held.conflict.subject_id == ada.id and held.conflict.score is None
+    forced = rec.enroll("Impostor", [("a1.jpg", photo)], force=True)
+    assert forced.photos[0].forced and forced.photos[0].conflict.subject_id == ada.id
+    stored = g.faces_with_source_hashes([g.faces(ada.id)[0].source_hash])
+    assert sorted(f.subject_id for f in next(iter(stored.values()))) == sorted(
+        [ada.id, forced.subject.id])
+    assert g.faces_with_source_hashes(["0" * 64]) == {}
+
+
+def test_mismatched_photo_is_refused_with_its_score(sqlite_store, people, fake_pipeline):
+    g = sqlite_store.open()  # 1:1 threshold 0.5
+    rec = Recognizer(g, fake_pipeline)
+    p = fake_pipeline
+    ada = rec.enroll("Ada", [p.photo("a1", people.sample(0))]).subject
+    stranger = ("stranger.jpg", p.photo("s", people.stranger()))
+    res = rec.add_photos(ada.id, [stranger, p.photo("a2", people.sample(0))])
+    bad, good = res.photos
+    assert (bad.status, good.status) == ("mismatch", "enrolled")
+    assert bad.forceable and bad.conflict.subject_id == ada.id
+    assert bad.conflict.score < bad.conflict.threshold == 0.5
+    assert f"{bad.conflict.score:.3f}" in bad.message and "'Ada'" in bad.message
+    # force asked for, but mismatches may not be forced by this caller: nothing is stored
+    with pytest.raises(MismatchForceError, match="does not look like 'Ada'") as info:
+        rec.add_photos(ada.id, [stranger, p.photo("a3", people.sample(0))], force=True,
+                       force_mismatch=False)
+    assert [o.source for o in info.value.photos] == ["stranger.jpg"]  # the refused photos
+    assert g.get_subject(ada.id).n_faces == 2
+    forced = rec.add_photos(ada.id, [stranger], force=True)
+    assert forced.photos[0].forced and forced.enrolled == 1
+    assert "does not look like 'Ada'" in forced.photos[0].message
+    # a photo of another enrolled person is a mismatch that also names them
+    bob = rec.enroll("Bob", [p.photo("b1", people.sample(1))]).subject
+    (both,) = rec.add_photos(ada.id, [p.photo("b2", people.sample(1))]).photos
+    assert both.status == "mismatch" and "'Bob'" in both.message and bob.id in both.message
+
+
+def test_multiple_faces_policy_per_enrolment(sqlite_store, people, fake_pipeline):
+    g = sqlite_store.open()
+    rec = Recognizer(g, fake_pipeline)  # the default policy: reject
+    # the fake photo is 400 px wide: the first (largest) face is at the left, the second at
+    # the centre
+    group = fake_pipeline.photo("group", [people.sample(0)[0], people.sample(1)[0]])
+    with pytest.raises(EnrollmentError):
+        rec.enroll("Group", [group])
+    largest = rec.enroll("Left", [group], multiple_faces="largest")
+    assert "largest" in largest.photos[0].message
+    central = rec.enroll("Centre", [group], multiple_faces="central", force=True)
+    assert "nearest the centre" in central.photos[0].message
+    probe = rec.identify(fake_pipeline.photo("p1", people.sample(1)))[0]
+    assert probe.identification.subject_id == central.subject.id
+    probe = rec.identify(fake_pipeline.photo("p0", people.sample(0)))[0]
+    assert probe.identification.subject_id == largest.subject.id
+    with pytest.raises(GalleryError, match="multiple_faces must be"):
+        rec.enroll("Group", [group], multiple_faces="all")  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from gallery_helpers import DIM, People, unit
 
 from marginface.card import Calibration, ModelCard
 from marginface.errors import ConflictError, GalleryError, NotFoundError
+from tests.impostor_tables import log_linear_tail
 
 
 def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
@@ -240,23 +241,51 @@ def test_api_keys_are_stored_hashed(store):
         g.create_api_key("x", "root")
 
 
-def test_threshold_comes_from_the_card(store, people):
-    card = ModelCard(name="fake-model", architecture="mbf", embedding_dim=DIM)
+def test_identification_threshold_comes_from_the_cards_impostor_table(store, people):
+    card = ModelCard(name="fake-model", architecture="mbf", embedding_dim=DIM,
+                     calibration=Calibration(thresholds={"1e-3": 0.5}))
     g = store.open(threshold=None, card=card)
     g.create_subject("Ada", embeddings=people.sample(0, 2))
-    with pytest.raises(GalleryError, match="no calibrated threshold"):
+    # a 1:1 calibration is not an identification operating point: no silent guess
+    with pytest.raises(GalleryError, match=r"calibrate .*--impostors"):
         g.identify(people.sample(0))
-    assert g.identify(people.sample(0), threshold=0.5)[0].known  # explicit is allowed
+    res = g.identify(people.sample(0), threshold=0.5)[0]  # explicit is allowed
+    assert res.known and res.operating_point.source == "threshold"
+    assert res.operating_point.expected_fpir is None  # nothing to predict it from
     g.close()
-    calibrated = card.model_copy(update={"calibration": Calibration(
-        thresholds={"1e-2": 0.3, "1e-3": 0.99}, default_far="1e-3")})
-    g = store.open(threshold=None, card=calibrated)
-    res = g.identify(people.sample(0))[0]
-    assert res.threshold == 0.99 and not res.known  # strict default FAR
-    res = g.identify(people.sample(0), far="1e-2")[0]
-    assert res.threshold == 0.3 and res.known
-    with pytest.raises(GalleryError, match="1e-5"):
-        g.identify(people.sample(0), far="1e-5")
+
+    tail = log_linear_tail(0.4)
+    g = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
+    one = g.identify(people.sample(0))[0]
+    point = one.operating_point
+    assert (point.source, point.target_fpir, point.gallery_subjects, point.gallery_faces) == (
+        "fpir", 0.01, 1, 2)
+    assert one.threshold == point.threshold == g.operating_point().threshold
+    assert point.expected_fpir == pytest.approx(0.01, rel=0.02)
+    # per request: a stricter target is a higher threshold
+    strict = g.identify(people.sample(0), fpir="1e-4")[0].operating_point
+    assert strict.threshold > point.threshold and strict.target_fpir == 1e-4
+    with pytest.raises(GalleryError, match="FPIR"):
+        g.identify(people.sample(0), fpir="2")
+    # enrolling more people raises the threshold; erasing them lowers it again
+    ids = [g.create_subject(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
+    grown = g.operating_point()
+    assert grown.gallery_subjects == 8 and grown.threshold > point.threshold
+    for sid in ids:
+        g.delete_subject(sid)
+    assert g.operating_point().threshold == pytest.approx(point.threshold)
+    # an explicit threshold stays possible, and the card says what FPIR it gives
+    fixed = g.operating_point(threshold=0.3)
+    assert fixed.source == "threshold" and fixed.expected_fpir > 0.01
+    g.close()
+    # another handle (another process) sees the change of faces and recomputes
+    g1 = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
+    g2 = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
+    before = g1.operating_point().threshold
+    g2.create_subject("Bob", embeddings=people.sample(9, 1))
+    assert g1.operating_point().threshold > before
+    g1.close()
+    g2.close()
 
 
 def test_export(store, people):

@@ -173,6 +173,8 @@ def _photo_bank() -> list[tuple[str, bytes]]:
 
 
 PHOTO_BANK = _photo_bank()
+#: Face sizes no seed or bank photo has (the fake embedding varies with the size).
+NEW_SIDES = (30, 40, 65, 100, 110, 120, 130, 140)
 _PHOTO_NAMES = {data: name for name, data in PHOTO_BANK}
 
 
@@ -206,6 +208,8 @@ class Registry:
     keys: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    #: the person (fake pipeline colour) each seeded subject shows
+    persons: dict[str, int] = field(default_factory=dict)
 
     def add_subject(self, subject: Any) -> None:
         if isinstance(subject, dict) and isinstance(subject.get("id"), str):
@@ -555,13 +559,19 @@ class FuzzRun:
             ("photos", (f"s{person}-{side}.png", make_photo((person, side)), "image/png"))
             for side in (50, 80)
         ]
+        # Forced: a seed enrolled again (after deletions) is someone enrolled already.
         body = self._api(
             "POST",
             "/v1/enroll",
-            data={"name": f"Seed person {person}", "metadata": json.dumps({"seed": person})},
+            data={
+                "name": f"Seed person {person}",
+                "metadata": json.dumps({"seed": person}),
+                "force": "true",
+            },
             files=photos,
         )
         self.registry.observe("POST /v1/enroll", {}, 201, body)
+        self.registry.persons[body["subject"]["id"]] = person
 
     def _seed(self) -> None:
         for _ in range(6):
@@ -685,6 +695,11 @@ class FuzzRun:
             if body["photos"] and chooser.chance(0.2):
                 photos.append(body["photos"][0])  # and one generated: not an image
             body["photos"] = photos
+        person = self.registry.persons.get(str((case.path_parameters or {}).get("subject_id")))
+        if isinstance(body.get("photos"), list) and person is not None and chooser.chance(0.5):
+            # Adding photos to a seeded subject: often a new photo of the same person (a size
+            # the seeds do not have), so that the subject's own-face check lets some through.
+            body["photos"] = [Binary(make_photo((person, chooser.pick(NEW_SIDES))))]
         if isinstance(body.get("photo"), str) and chooser.chance(0.75):
             body["photo"] = Binary(chooser.pick(PHOTO_BANK)[1])
         photo_b = Binary(chooser.pick(PHOTO_BANK)[1])

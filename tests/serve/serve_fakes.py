@@ -25,6 +25,7 @@ from PIL import Image
 
 from marginface.card import Calibration, ModelCard
 from marginface.serve import ServeSettings
+from tests.impostor_tables import log_linear_tail
 
 DIM = 32
 N_PEOPLE = 18  # hue buckets of 10 (OpenCV hue range 0..180)
@@ -38,6 +39,7 @@ class FakeFace:
     landmarks: np.ndarray
     crop: np.ndarray
     embedding: np.ndarray
+    image_shape: tuple[int, int]
     notes: list[str] = field(default_factory=list)
 
 
@@ -51,6 +53,7 @@ class FakeEmbedder:
         format="onnx",
         weights="none.onnx",
         calibration=Calibration(thresholds={"1e-3": THRESHOLD}),
+        impostors=log_linear_tail(THRESHOLD),
     )
 
 
@@ -102,7 +105,8 @@ class FakePipeline:
                 ],
                 np.float32,
             )
-            faces.append(FakeFace(box, 0.99, landmarks, np.zeros((112, 112, 3), np.uint8), emb))
+            crop = np.zeros((112, 112, 3), np.uint8)
+            faces.append(FakeFace(box, 0.99, landmarks, crop, emb, (rgb.shape[0], rgb.shape[1])))
         return faces
 
 

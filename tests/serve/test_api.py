@@ -366,11 +366,12 @@ def test_failed_enrolment_writes_nothing(harness: Harness) -> None:
     assert _count(harness) == (0, 0)
 
     sid = harness.enrol("Someone", make_photo((5, 60)))["subject"]["id"]
-    r = c.post(
-        f"/v1/subjects/{sid}/faces", files=_files(make_photo(), make_photo((5, 60))), headers=enrol
-    )
+    # the same photo again (its bytes are stored) and the same face in another file
+    again = (make_photo(), make_photo((5, 60)), make_photo((5, 60), fmt="JPEG"))
+    r = c.post(f"/v1/subjects/{sid}/faces", files=_files(*again), headers=enrol)
     assert r.status_code == 422 and _error(r)["code"] == "no_face_enrolled"
-    assert [d["status"] for d in _error(r)["details"]] == ["no_face", "near_duplicate"]
+    statuses = [d["status"] for d in _error(r)["details"]]
+    assert statuses == ["no_face", "duplicate_photo", "near_duplicate"]
     assert _count(harness) == (1, 1)
 
 
@@ -512,3 +513,113 @@ def test_decompression_bomb_is_refused(harness: Harness) -> None:
     assert len(buf.getvalue()) < harness.settings.max_upload_bytes
     r = _identify(harness, buf.getvalue())
     assert r.status_code == 400 and _error(r)["code"] == "invalid_image"
+
+
+# -- identity integrity at enrolment ------------------------------------------------------------
+def test_enrolling_someone_enrolled_is_a_conflict_unless_forced(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    ada = harness.enrol("Ada", make_photo((3, 60)))["subject"]
+    twin = _files(make_photo((3, 90)))  # another photo of the same person
+    r = c.post("/v1/enroll", data={"name": "Ada twin"}, files=twin, headers=enrol)
+    assert r.status_code == 409
+    error = _error(r)
+    assert error["code"] == "identity_conflict"
+    assert "'Ada'" in error["message"] and "force" in error["message"]
+    (photo,) = error["details"]
+    assert photo["status"] == "matches_other" and photo["forceable"] is True
+    conflict = photo["conflict"]
+    assert conflict["subject_id"] == ada["id"] and conflict["name"] == "Ada"
+    assert conflict["score"] >= conflict["threshold"]
+    assert _count(harness) == (1, 1)
+
+    # an enrol key may force it: enrolled, with the warning naming Ada kept
+    r = c.post("/v1/enroll", data={"name": "Ada twin", "force": "true"}, files=twin, headers=enrol)
+    assert r.status_code == 201, r.text
+    (photo,) = r.json()["photos"]
+    assert photo["status"] == "enrolled" and photo["forced"] is True
+    assert photo["conflict"]["subject_id"] == ada["id"] and "'Ada'" in photo["message"]
+    assert _count(harness) == (2, 2)
+
+    # the very same photo for another subject: held back, naming the subject that has it
+    r = c.post("/v1/enroll", data={"name": "Copy"}, files=_files(make_photo((3, 60))),
+               headers=enrol)
+    assert r.status_code == 409
+    (photo,) = _error(r)["details"]
+    assert photo["status"] == "duplicate_photo" and photo["conflict"]["subject_id"] == ada["id"]
+    assert photo["conflict"]["score"] is None
+    # added to a subject with no faces yet: the same conflict
+    sid = c.post("/v1/subjects", json={"name": "Empty"}, headers=enrol).json()["id"]
+    r = c.post(f"/v1/subjects/{sid}/faces", files=_files(make_photo((3, 40))), headers=enrol)
+    assert r.status_code == 409 and _error(r)["code"] == "identity_conflict"
+    assert _error(r)["message"].endswith("force=true enrols them anyway")
+    text = harness.client.get("/metrics", headers=harness.headers("admin")).text
+    assert 'marginface_enrolment_photos_total{status="matches_other"} 2.0' in text
+
+
+def test_mismatched_photo_needs_an_admin_to_force(harness: Harness) -> None:
+    c, enrol, admin = harness.client, harness.headers("enrol"), harness.headers("admin")
+    ada = harness.enrol("Ada", make_photo((3, 60)))["subject"]["id"]
+    url = f"/v1/subjects/{ada}/faces"
+    stranger = make_photo((9, 60))
+    r = c.post(url, files=_files(stranger), headers=enrol)
+    assert r.status_code == 422
+    error = _error(r)
+    assert error["code"] == "photo_mismatch" and "admin" in error["message"]
+    (photo,) = error["details"]
+    assert photo["status"] == "mismatch" and photo["conflict"]["subject_id"] == ada
+    assert photo["conflict"]["score"] < photo["conflict"]["threshold"]
+    assert f"{photo['conflict']['score']:.3f}" in error["message"]
+
+    # an enrol key asking to force it: 403, and nothing is stored (not even the good photo)
+    both = _files(stranger, make_photo((3, 90)))
+    r = c.post(url, data={"force": "true"}, files=both, headers=enrol)
+    assert r.status_code == 403
+    error = _error(r)
+    assert error["code"] == "admin_required" and "an admin key must force it" in error["message"]
+    assert [d["status"] for d in error["details"]] == ["mismatch"]
+    assert _count(harness) == (1, 1)
+    # without force the good photo is enrolled and the mismatch reported
+    r = c.post(url, files=both, headers=enrol)
+    assert r.status_code == 201 and r.json()["enrolled"] == 1
+    assert [p["status"] for p in r.json()["photos"]] == ["mismatch", "enrolled"]
+    # an admin key may force it
+    r = c.post(url, data={"force": "true"}, files=_files(stranger), headers=admin)
+    assert r.status_code == 201, r.text
+    (photo,) = r.json()["photos"]
+    assert photo["forced"] is True and photo["conflict"]["subject_id"] == ada
+    assert _count(harness) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("policy", "person"), [(None, None), ("reject", None), ("largest", 4), ("central", 10)]
+)
+def test_enrol_multiple_faces_policy(harness: Harness, policy: str | None, person: int | None):
+    # 400 x 200: the larger face (person 4) at the left edge, the smaller (person 10) nearer
+    # the centre
+    photo = make_photo((4, 80), (10, 40), size=(400, 200))
+    data = {"name": "Group"} | ({"multiple_faces": policy} if policy else {})
+    r = harness.client.post(
+        "/v1/enroll", data=data, files=_files(photo), headers=harness.headers("enrol")
+    )
+    if person is None:  # the service's default: reject
+        assert r.status_code == 422
+        assert _error(r)["details"][0]["status"] == "multiple_faces"
+        return
+    assert r.status_code == 201, r.text
+    assert "2 faces found" in r.json()["photos"][0]["message"]
+    for probe, known in ((4, person == 4), (10, person == 10)):
+        face = _identify(harness, make_photo((probe, 60))).json()["faces"][0]
+        assert (face["match"] is not None) is known
+
+
+def test_add_photos_multiple_faces_and_bad_policy(harness: Harness) -> None:
+    c, enrol = harness.client, harness.headers("enrol")
+    sid = c.post("/v1/subjects", json={"name": "Centre"}, headers=enrol).json()["id"]
+    photo = make_photo((4, 80), (10, 40), size=(400, 200))
+    r = c.post(f"/v1/subjects/{sid}/faces", data={"multiple_faces": "central"},
+               files=_files(photo), headers=enrol)
+    assert r.status_code == 201 and "nearest the centre" in r.json()["photos"][0]["message"]
+    r = c.post(f"/v1/subjects/{sid}/faces", data={"multiple_faces": "all"},
+               files=_files(photo), headers=enrol)
+    assert r.status_code == 422 and "multiple_faces" in _error(r)["message"]
+    assert harness.pipeline.calls == 1  # the bad policy was refused before any photo work

@@ -194,6 +194,13 @@ def test_web_page_enrol_identify_delete(server: Server, shared_data: Path) -> No
             result = page.locator("#identify-result li")
             expect(result).to_have_count(1)
             expect(result.first).to_contain_text("Celeb Seven Two O Five (score 0.")
+            # how it was decided: the operating point for this gallery
+            expect(page.locator("#identify-message")).to_contain_text(
+                "at most 1 stranger in 100 taken for someone, for a gallery of 1 people")
+            page.select_option("#identify-fpir", "0.0001")
+            page.click("#identify-submit")
+            expect(page.locator("#identify-message")).to_contain_text("1 stranger in 10,000")
+            page.select_option("#identify-fpir", "")
             assert page.evaluate("document.getElementById('identify-canvas').width") > 0
             green = page.evaluate("""() => {
                 const c = document.getElementById('identify-canvas');
@@ -508,14 +515,16 @@ def test_web_page_many_faces_favicon_and_key_form(fake_server: FakeServer) -> No
                 "#identify-photo", {"name": "ten.png", "mimeType": "image/png", "buffer": spacious}
             )
             page.click("#identify-submit")
-            expect(page.locator("#identify-message")).to_have_text("10 face(s), 2 known.")
+            expect(page.locator("#identify-message")).to_contain_text(
+                "10 face(s), 2 known. Threshold ")
             _check_numbered(page, 10, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=0)
 
             page.set_input_files(
                 "#identify-photo", {"name": "crowd.png", "mimeType": "image/png", "buffer": crowded}
             )
             page.click("#identify-submit")
-            expect(page.locator("#identify-message")).to_have_text("12 face(s), 2 known.")
+            expect(page.locator("#identify-message")).to_contain_text(
+                "12 face(s), 2 known. Threshold ")
             _check_numbered(page, 12, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=40)
         finally:
             browser.close()
@@ -525,3 +534,95 @@ def test_web_page_many_faces_favicon_and_key_form(fake_server: FakeServer) -> No
     # Chromium's own warnings: "[DOM] Password field is not contained in a form", and
     # "Failed to load resource" for a missing /favicon.ico.
     assert [m for m in traffic.console if "[DOM]" in m or "Failed to load" in m] == []
+
+
+@pytest.mark.slow
+def test_web_page_enrolment_warnings_and_force(fake_server: FakeServer) -> None:
+    """The page shows which subject a held-back photo matched, with its score, and offers to
+    enrol it anyway: a new subject refused (409) and forced; a partial enrolment whose
+    held-back photo is added with force, by an admin key, and refused (403) for an enrol key."""
+    from playwright.sync_api import expect, sync_playwright
+
+    def png(name: str, person: int, side: int) -> dict[str, Any]:
+        return {"name": name, "mimeType": "image/png", "buffer": make_photo((person, side))}
+
+    with httpx.Client(base_url=fake_server.url, headers={"X-API-Key": fake_server.key}) as api:
+        r = api.post("/v1/enroll", data={"name": "Hedy Lamarr"},
+                     files=[("photos", ("h.png", make_photo((14, 60)), "image/png"))])
+        assert r.status_code == 201, r.text
+        hedy = r.json()["subject"]["id"]
+        enrol_key = api.post("/v1/keys", json={"name": "desk", "role": "enrol"}).json()["secret"]
+
+    with sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page, traffic = _offline_page(browser)
+            page.goto(fake_server.url + "/")
+            page.fill("#api-key", fake_server.key)
+            page.press("#api-key", "Enter")
+            expect(page.locator("#key-status")).to_contain_text("(admin)")
+            message, results = page.locator("#enrol-message"), page.locator("#enrol-result li")
+            force = page.locator("#enrol-force")
+            expect(force).to_be_hidden()
+
+            # Another photo of Hedy as a new person: nothing created, the match shown.
+            page.fill("#enrol-name", "Hedy twin")
+            page.set_input_files("#enrol-photos", [png("twin.png", 14, 90)])
+            page.click("#enrol-submit")
+            expect(message).to_contain_text("'Hedy twin' was not enrolled")
+            expect(message).to_have_class(re.compile(r"\berror\b"))
+            held = page.locator('#enrol-result li[data-status="matches_other"]')
+            expect(held).to_contain_text("identified as 'Hedy Lamarr'")
+            expect(held).to_contain_text(re.compile(r"score 0\.800 >= threshold 0\.\d{3}"))
+            assert held.get_attribute("data-conflict") == hedy
+            expect(force).to_have_text("Enrol anyway")
+            force.click()
+            expect(message).to_have_text("Enrolled Hedy twin with 1 face(s).")
+            expect(results).to_have_count(1)
+            expect(results.first).to_contain_text("enrolled (forced)")
+            expect(results.first).to_contain_text("'Hedy Lamarr'")
+            assert results.first.get_attribute("data-forced") == "true"
+            expect(force).to_be_hidden()
+
+            # A new person with a photo of Hedy among theirs: enrolled, Hedy's photo held back
+            # and added anyway; it does not look like the new person: an admin may force that.
+            page.fill("#enrol-name", "Katherine Johnson")
+            page.set_input_files("#enrol-photos", [png("k.png", 16, 60), png("h2.png", 14, 40)])
+            page.click("#enrol-submit")
+            expect(message).to_have_text(
+                "Enrolled Katherine Johnson with 1 face(s). 1 photo(s) held back."
+            )
+            expect(message).to_have_class(re.compile(r"\bwarn\b"))
+            expect(page.locator('#enrol-result li[data-status="matches_other"]')).to_have_count(1)
+            expect(force).to_have_text("Add the held-back photo(s) anyway")
+            force.click()
+            expect(message).to_have_text("Added 1 face(s) to Katherine Johnson.")
+            expect(results.first).to_contain_text("does not look like 'Katherine Johnson'")
+            row = page.locator("#subjects-table tbody tr", has_text="Katherine Johnson")
+            expect(row.locator("td").nth(1)).to_have_text("2")
+
+            # The same with an enrol key: forcing the mismatch is refused, nothing stored.
+            page.fill("#api-key", enrol_key)
+            page.press("#api-key", "Enter")
+            expect(page.locator("#key-status")).to_contain_text("(enrol)")
+            page.fill("#enrol-name", "Dorothy Vaughan")
+            page.set_input_files("#enrol-photos", [png("d.png", 17, 60), png("h3.png", 14, 70)])
+            page.click("#enrol-submit")
+            expect(message).to_contain_text("1 photo(s) held back.")
+            force.click()
+            expect(message).to_contain_text("an admin key must force it")
+            expect(page.locator('#enrol-result li[data-status="mismatch"]')).to_contain_text(
+                "does not look like 'Dorothy Vaughan'"
+            )
+            dorothy = page.locator("#subjects-table tbody tr", has_text="Dorothy Vaughan")
+            expect(dorothy.locator("td").nth(1)).to_have_text("1")
+            dorothy_id = dorothy.get_attribute("data-subject-id")
+        finally:
+            browser.close()
+
+    assert traffic.aborted == [] and traffic.page_errors == []
+    # The refusals: the conflict, the enrol key's forced mismatch (and its attendance view,
+    # which needs an admin key).
+    refused = sorted(f"{e.split()[0]} {urlsplit(e.split()[1]).path}" for e in traffic.errors)
+    assert refused == ["403 /v1/attendance", f"403 /v1/subjects/{dorothy_id}/faces",
+                       "409 /v1/enroll"], traffic.errors

@@ -52,6 +52,20 @@ def _side_by_side(*paths: Path) -> bytes:
     return buf.getvalue()
 
 
+def _off_centre(big: Path, small: Path, scale: float = 0.55) -> bytes:
+    """One photo of two people: ``big`` at the left edge, ``small`` shrunk by ``scale`` in the
+    middle, so that the largest face is not the one nearest the centre."""
+    a, b = (Image.open(p).convert("RGB") for p in (big, small))
+    b = b.resize((round(b.width * scale), round(b.height * scale)))
+    width, height = 2 * a.width + b.width + 20, max(a.height, b.height)
+    canvas = Image.new("RGB", (width, height), (40, 40, 40))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, ((width - b.width) // 2, (height - b.height) // 2))
+    buf = io.BytesIO()
+    canvas.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
 def _upload(path: Path) -> tuple[str, bytes, str]:
     return (path.name, path.read_bytes(), "image/jpeg")
 
@@ -119,3 +133,31 @@ def test_photo_without_a_face(client) -> None:
     )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["status"] == "no_face"
     assert c.get("/healthz").json()["subjects"] == 0
+
+
+def test_multiple_faces_policy_on_real_photos(client, shared_data: Path) -> None:
+    c, key = client
+    two = _off_centre(_photo(shared_data, "celeb_7205", 6), _photo(shared_data, "celeb_7206", 6))
+    files = [("photos", ("two.jpg", two, "image/jpeg"))]
+
+    def enrol(name: str, **fields: str) -> Any:
+        return c.post("/v1/enroll", data={"name": name, **fields}, files=files, headers=key)
+
+    def named(person: str) -> str | None:
+        photo = {"photo": _upload(_photo(shared_data, person, 1))}
+        match = c.post("/v1/identify", files=photo, headers=key).json()["faces"][0]["match"]
+        return match["name"] if match else None
+
+    r = enrol("Two")  # the default policy: reject
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["status"] == "multiple_faces"
+    r = enrol("Central", multiple_faces="central")
+    assert r.status_code == 201, r.text
+    assert (named("celeb_7206"), named("celeb_7205")) == ("Central", None)
+    # the same photo again: held back as Central's, until forced
+    r = enrol("Largest", multiple_faces="largest")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "identity_conflict"
+    (held,) = r.json()["error"]["details"]
+    assert held["status"] == "duplicate_photo" and held["conflict"]["name"] == "Central"
+    r = enrol("Largest", multiple_faces="largest", force="true")
+    assert r.status_code == 201 and r.json()["photos"][0]["forced"] is True
+    assert (named("celeb_7206"), named("celeb_7205")) == ("Central", "Largest")

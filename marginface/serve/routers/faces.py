@@ -9,12 +9,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from marginface.gallery import EnrollResult, PhotoOutcome
-from marginface.gallery.recognizer import EnrollmentError
+from marginface.gallery.recognizer import (
+    EnrollmentError,
+    IdentityConflictError,
+    MismatchForceError,
+)
 from marginface.gallery.validate import clean_name, metadata_json
-from marginface.serve.auth import AdminKey, EnrolKey
+from marginface.serve.auth import AdminKey, EnrolKey, may_force_mismatch
 from marginface.serve.deps import GalleryDep, RecognizerDep, ServiceDep
 from marginface.serve.errors import ApiError
-from marginface.serve.params import AUTH_ERRORS, NOT_FOUND, PHOTO_ERRORS, FaceId, SubjectId
+from marginface.serve.params import (
+    AUTH_ERRORS,
+    ENROL_ERRORS,
+    NOT_FOUND,
+    FaceId,
+    ForceField,
+    MultipleFacesField,
+    SubjectId,
+)
 from marginface.serve.routers.common import (
     checked,
     read_photos,
@@ -39,7 +51,7 @@ Photos = Annotated[list[UploadFile], File(description="One or more photos of the
     "/enroll",
     response_model=EnrollOut,
     status_code=status.HTTP_201_CREATED,
-    responses=PHOTO_ERRORS,
+    responses=ENROL_ERRORS,
     summary="Enrol a new person from photos",
 )
 async def enroll(
@@ -49,17 +61,25 @@ async def enroll(
     name: Annotated[str, Form(min_length=1, max_length=200)],
     photos: Photos,
     metadata: Annotated[str | None, Form(description="A JSON object.")] = None,
+    multiple_faces: MultipleFacesField = None,
+    force: ForceField = False,
 ) -> Any:
     """Create a subject and enrol its faces in one transaction. Each photo is reported:
-    enrolled, no face, several faces, near duplicate or unreadable. When no photo can be
-    enrolled nothing is created: 400 when none is a readable image, else 422, with the reason
-    for each photo."""
+    enrolled, no face, several faces, near duplicate, unreadable, or held back as someone
+    else's: matches_other (its face is identified as another subject; the subject, score and
+    threshold are given) or duplicate_photo (the same photo is stored for another subject).
+    force=true enrols those anyway, with the warning kept in the photo's outcome. When no photo
+    can be enrolled nothing is created: 400 when none is a readable image, 409 when the usable
+    photos are all someone else's, else 422, with the reason for each photo."""
     name = checked(clean_name, name)
     meta = _parse_metadata(metadata)
     files = await read_photos(service, photos)
     try:
-        result = await service.run("enroll", recognizer.enroll, name, files, metadata=meta)
-    except EnrollmentError as exc:
+        result = await service.run(
+            "enroll", recognizer.enroll, name, files, metadata=meta,
+            multiple_faces=multiple_faces, force=force,
+        )
+    except (EnrollmentError, IdentityConflictError) as exc:
         raise _nothing_enrolled(service, str(exc), exc.photos) from None
     return _enrolled(service, result)
 
@@ -68,25 +88,48 @@ async def enroll(
     "/subjects/{subject_id}/faces",
     response_model=EnrollOut,
     status_code=status.HTTP_201_CREATED,
-    responses={**PHOTO_ERRORS, **NOT_FOUND},
+    responses={**ENROL_ERRORS, **NOT_FOUND},
     summary="Add photos to a subject",
 )
 async def add_faces(
     subject_id: SubjectId,
     service: ServiceDep,
     recognizer: RecognizerDep,
-    _key: EnrolKey,
+    key: EnrolKey,
     photos: Photos,
+    multiple_faces: MultipleFacesField = None,
+    force: ForceField = False,
 ) -> Any:
     """Enrol more photos of an existing subject in one transaction, with an outcome per photo.
-    When none can be enrolled nothing changes (400 when none is a readable image, else 422,
-    with the reasons)."""
+    Besides the outcomes of POST /v1/enroll, a photo whose face does not look like the
+    subject's own faces (best cosine below the 1:1 verification threshold) is held back as
+    mismatch, with its score and the threshold: probably another person. force=true enrols
+    photos held back as someone else's; a mismatch only with an admin key (an enrol key asking
+    to force one gets 403 and nothing is stored). When none can be enrolled nothing changes:
+    400 when none is a readable image, 422 photo_mismatch when every usable photo is a
+    mismatch, 409 when they are someone else's, else 422, with the reasons."""
     files = await read_subject_photos(service, subject_id, photos)
-    with unknown_subject_is_404(subject_id):
-        result = await service.run("enroll", recognizer.add_photos, subject_id, files)
+    try:
+        with unknown_subject_is_404(subject_id):
+            result = await service.run(
+                "enroll", recognizer.add_photos, subject_id, files,
+                multiple_faces=multiple_faces, force=force,
+                force_mismatch=force and may_force_mismatch(key),
+            )
+    except MismatchForceError as exc:
+        _count_outcomes(service, exc.photos)
+        raise ApiError(
+            403, "admin_required", f"{exc}: an admin key must force it",
+            details=[p.to_dict() for p in exc.photos],
+        ) from None
     if result.enrolled == 0:
-        reasons = "; ".join(f"{p.source}: {p.status.replace('_', ' ')}" for p in result.photos)
-        raise _nothing_enrolled(service, f"no photo could be enrolled ({reasons})", result.photos)
+        reasons = "; ".join(
+            f"{p.source}: {p.message if p.forceable else p.status.replace('_', ' ')}"
+            for p in result.photos
+        )
+        raise _nothing_enrolled(
+            service, f"no photo could be enrolled ({reasons})", result.photos, force_hint=True
+        )
     return _enrolled(service, result)
 
 
@@ -135,9 +178,15 @@ def _enrolled(service: Service, result: EnrollResult) -> dict[str, Any]:
     return body
 
 
-def _nothing_enrolled(service: Service, message: str, photos: list[PhotoOutcome]) -> ApiError:
+def _nothing_enrolled(
+    service: Service, message: str, photos: list[PhotoOutcome], *, force_hint: bool = False
+) -> ApiError:
     """The error for an enrolment that stored nothing: 400 ``invalid_image`` when no photo was
-    a readable image (as for every other photo route), else 422 ``no_face_enrolled``."""
+    a readable image (as for every other photo route); when photos were held back that
+    ``force`` would enrol, 422 ``photo_mismatch`` if all of them look unlike the subject, else
+    409 ``identity_conflict`` (they are someone else's; ``force_hint`` adds that force=true
+    enrols them, for a message that does not say so); otherwise 422 ``no_face_enrolled``.
+    ``details`` give each photo's outcome (subject, score and threshold of a conflict)."""
     _count_outcomes(service, photos)
     details = [p.to_dict() for p in photos]
     if all(p.status == "unreadable" for p in photos):
@@ -145,6 +194,16 @@ def _nothing_enrolled(service: Service, message: str, photos: list[PhotoOutcome]
         return ApiError(
             400, "invalid_image", f"no photo is a readable image ({reasons})", details=details
         )
+    held = [p for p in photos if p.forceable]
+    if held and all(p.status == "mismatch" for p in held):
+        return ApiError(
+            422, "photo_mismatch",
+            f"{message}; an admin key can add them anyway with force=true", details=details,
+        )
+    if held:
+        if force_hint:
+            message += "; force=true enrols them anyway"
+        return ApiError(409, "identity_conflict", message, details=details)
     return ApiError(422, "no_face_enrolled", message, details=details)
 
 

@@ -43,12 +43,20 @@ async def identify(
         str | None,
         Form(max_length=100, description="Camera or door name recorded with the event."),
     ] = None,
+    fpir: Annotated[
+        float | None,
+        Form(gt=0.0, lt=1.0, description="Target false positive identification rate for this "
+             "request (default: the service's, normally 0.01): the share of people who are "
+             "not enrolled that would be identified as someone. Lower is stricter."),
+    ] = None,
 ) -> Any:
     """Find every face, then answer each one: the matching subject with its score, or unknown
-    below the calibrated threshold. ``candidates`` (the nearest subjects, with names and scores)
-    are given to enrol and admin keys; for a recognise key they are null unless the service
-    is configured to show them. When events are on, each answer is logged with the time, the
-    source (default ``api``) and the result. No face: 422 ``no_face``."""
+    below the threshold of the operating point. ``operating_point`` says how it was decided:
+    the threshold in force, the target FPIR and the gallery size it was derived for.
+    ``candidates`` (the nearest subjects, with names and scores) are given to enrol and admin
+    keys; for a recognise key they are null unless the service is configured to show them.
+    When events are on, each answer is logged with the time, the source (default ``api``) and
+    the result. No face: 422 ``no_face``."""
     # A blank source means the default, decided here: nothing may fail after the photo's work.
     if source is not None and not source.strip():
         source = None
@@ -57,7 +65,8 @@ async def identify(
     ((name, data),) = await read_photos(service, [photo])
     settings = service.settings
     log_source = (source or "api") if settings.events else None
-    faces = await service.run("identify", recognizer.identify, (name, data), source=log_source)
+    faces = await service.run("identify", recognizer.identify, (name, data), source=log_source,
+                              fpir=fpir)
     service.metrics.faces_detected.labels("identify").inc(len(faces))
     if not faces:
         raise ApiError(422, "no_face", f"no face found in {name}")
