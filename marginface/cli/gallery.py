@@ -339,6 +339,33 @@ def gallery_attendance(
     console().print(table)
 
 
+def gallery_config(
+    fpir: str | None = typer.Option(
+        None, "--fpir", help="store the gallery's target FPIR (identification's operating "
+        "point, e.g. 1e-3): every process and the service use it unless told otherwise"),
+    reset_fpir: bool = typer.Option(False, "--reset-fpir", help="back to the default, 1e-2"),
+    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+) -> None:
+    """Show, or set, the settings stored with the gallery."""
+    from marginface.errors import ConfigError  # CLI: keeps marginface --help quick
+
+    if fpir is not None and reset_fpir:
+        raise ConfigError("give --fpir or --reset-fpir, not both")
+    with open_gallery(db) as g:
+        if fpir is not None or reset_fpir:
+            g.set_target_fpir(None if reset_fpir else fpir)
+        stored = g.stored_target_fpir()
+        settings = {"target_fpir": g.fpir, "target_fpir_stored": stored is not None,
+                    "model": g.model_name, "subjects": g.count_subjects(),
+                    "faces": g.count_faces()}
+    if as_json:
+        emit_json(settings)
+        return
+    how = "stored with the gallery" if stored is not None else "the default"
+    typer.echo(f"target FPIR {settings['target_fpir']} ({how}); model {settings['model']}, "
+               f"{settings['subjects']} subjects, {settings['faces']} faces")
+
+
 def register(app: typer.Typer) -> None:
     """Add this concept's commands to the root app."""
     app.command("enroll")(enroll)
@@ -350,4 +377,5 @@ def register(app: typer.Typer) -> None:
     group.command("delete")(gallery_delete)
     group.command("export")(gallery_export)
     group.command("attendance")(gallery_attendance)
+    group.command("config")(gallery_config)
     app.add_typer(group, name="gallery")

@@ -177,7 +177,8 @@ class Recognizer:
         self.k = int(k)
         self.threshold_value = threshold if threshold is not None else gallery.default_threshold
         self.far = far or gallery.far
-        self.fpir = fpir if fpir is not None else gallery.fpir
+        #: the target FPIR of this recogniser (None: the gallery's, read at each decision)
+        self.fpir = fpir
 
     @staticmethod
     def _all_faces(pipeline: FacePipeline) -> FacePipeline:

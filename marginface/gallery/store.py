@@ -106,7 +106,8 @@ class Gallery:
         self.card = card
         self.default_threshold = threshold
         self.far = far
-        self.fpir = _fpir_key(fpir if fpir is not None else DEFAULT_FPIR)
+        #: this handle's target FPIR, overriding the gallery's stored one (None: use that)
+        self.fpir_override = _fpir_key(fpir) if fpir is not None else None
         self.index_kind = index.lower()
         self._model = bind_model(db, model_name, dim)
         vectors = (create_index(self.index_kind, self._model.dim, **dict(index_options or {}))
@@ -153,7 +154,8 @@ class Gallery:
         :class:`FaissBinaryIndex` (2-4 ms a query at a million faces, the same answers as
         exact search for enrolled people, rebuilt from SQL at start in seconds plus the read).
         ``fpir`` is identification's operating point, a target false positive identification
-        rate (default ``1e-2``): the threshold that meets it is derived from the ``card``'s
+        rate (default: the gallery's stored target, :meth:`set_target_fpir`, else ``1e-2``):
+        the threshold that meets it is derived from the ``card``'s
         impostor table for the gallery as it is, and follows every enrolment and erasure
         (:meth:`operating_point`). ``threshold`` fixes a cosine threshold instead (experts);
         ``far`` is the 1:1 false-accept rate verification uses (:func:`resolve_threshold`).
@@ -327,6 +329,31 @@ class Gallery:
         if threshold is None:
             threshold = self.default_threshold
         return resolve_threshold(self.card, threshold, far or self.far)
+
+    @property
+    def fpir(self) -> str:
+        """The target FPIR identification decides at by default: this handle's (``open(fpir=)``),
+        else the one stored with the gallery (:meth:`set_target_fpir`), else ``1e-2``."""
+        if self.fpir_override is not None:
+            return self.fpir_override
+        stored = self._db.query_one("SELECT value FROM meta WHERE key = 'target_fpir'")
+        return str(stored[0]) if stored is not None else DEFAULT_FPIR
+
+    def stored_target_fpir(self) -> str | None:
+        """The target FPIR stored with the gallery (None: the default, ``1e-2``)."""
+        stored = self._db.query_one("SELECT value FROM meta WHERE key = 'target_fpir'")
+        return str(stored[0]) if stored is not None else None
+
+    def set_target_fpir(self, fpir: str | float | None) -> str:
+        """Store the gallery's target FPIR, which every process and the service then use
+        unless told otherwise (None: back to the default ``1e-2``); returns it."""
+        key = _fpir_key(fpir) if fpir is not None else None
+        with self._db.transaction():
+            self._db.execute("DELETE FROM meta WHERE key = 'target_fpir'")
+            if key is not None:
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('target_fpir', ?)",
+                                 (key,))
+        return key or DEFAULT_FPIR
 
     def composition(self) -> GalleryComposition:
         """How many subjects have how many faces, as stored now (read again only after a

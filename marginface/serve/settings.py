@@ -79,12 +79,14 @@ class ServeSettings(BaseSettings):
         description="Numeric precision of a model given as PyTorch weights (bf16: about twice "
         "as fast on CPUs with AVX512-BF16 or AMX; ONNX models such as SFace stay fp32).",
     )
-    fpir: str = Field(
-        default="1e-2",
+    fpir: str | None = Field(
+        default=None,
         description="Identification's operating point: the target false positive "
         "identification rate, the share of people who are not enrolled that a search "
         "identifies as someone. The threshold that meets it is derived from the model card's "
-        "impostor calibration for the gallery's current size, and follows enrolments.",
+        "impostor calibration for the gallery's current size, and follows enrolments. "
+        "Default: the target stored with the gallery (marginface gallery config --fpir), "
+        "else 1e-2.",
     )
     far: str = Field(
         default="1e-3",

@@ -219,3 +219,20 @@ def test_enroll_holds_back_someone_enrolled_until_forced(app, shared_data, tmp_p
     assert "--force enrols them anyway" in res.output
     res = runner.invoke(app, ["enroll", "Him", str(him[1]), "--multiple-faces", "all", *db])
     assert isinstance(res.exception, ConfigError) and "central" in str(res.exception)
+
+
+def test_gallery_config_stores_the_target_fpir(app, tmp_path):
+    db = str(tmp_path / "g.db")
+    Gallery.open(db, model_name="m", dim=4).close()
+    runner = CliRunner()
+    res = runner.invoke(app, ["gallery", "config", "--db", db])
+    assert res.exit_code == 0 and "target FPIR 1e-2 (the default)" in res.output
+    res = runner.invoke(app, ["gallery", "config", "--db", db, "--fpir", "0.001", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["target_fpir"] == "1e-3"
+    with Gallery.open(db, create=False) as g:
+        assert g.fpir == "1e-3"
+    res = runner.invoke(app, ["gallery", "config", "--db", db, "--fpir", "1e-3", "--reset-fpir"])
+    assert isinstance(res.exception, ConfigError)
+    res = runner.invoke(app, ["gallery", "config", "--db", db, "--reset-fpir"])
+    assert res.exit_code == 0 and "target FPIR 1e-2 (the default)" in res.output

@@ -311,3 +311,27 @@ def test_embeddings_are_normalised_on_the_way_in(store):
     assert np.allclose(mat, unit(raw))
     hit = g.search(raw * 3, k=1)[0][0]
     assert hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_target_fpir_is_stored_with_the_gallery(store, people):
+    card = ModelCard(name="fake-model", architecture="mbf", embedding_dim=DIM,
+                     impostors=log_linear_tail(0.4))
+    g1 = store.open(threshold=None, card=card)
+    g1.create_subject("Ada", embeddings=people.sample(0, 1))
+    assert g1.fpir == "1e-2" and g1.stored_target_fpir() is None
+    default = g1.operating_point()
+    g2 = store.open(threshold=None, card=card)
+    assert g2.set_target_fpir(0.001) == "1e-3"
+    # another handle (another process, the service) follows the stored target
+    stricter = g1.operating_point()
+    assert (g1.fpir, stricter.target_fpir) == ("1e-3", 0.001)
+    assert stricter.threshold > default.threshold
+    # a handle's own target, then a call's, win over the stored one
+    g3 = store.open(threshold=None, card=card, fpir="1e-1")
+    assert g3.operating_point().target_fpir == 0.1
+    assert g3.operating_point(fpir="1e-2").target_fpir == 0.01
+    with pytest.raises(GalleryError, match="FPIR"):
+        g2.set_target_fpir(1.5)
+    assert g2.set_target_fpir(None) == "1e-2" and g1.fpir == "1e-2"
+    for g in (g1, g2, g3):
+        g.close()

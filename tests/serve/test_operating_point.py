@@ -42,3 +42,13 @@ def test_a_bad_target_is_a_422(harness: Harness) -> None:
             data={"fpir": bad}, headers=harness.headers("recognise"))
         assert r.status_code == 422, (bad, r.text)
         assert "error" in r.json()
+
+
+def test_the_service_follows_the_gallerys_stored_target(harness: Harness) -> None:
+    harness.enrol("Ada", make_photo((1, 60)))
+    gallery = harness.client.app.state.service.gallery
+    gallery.set_target_fpir("1e-3")  # as `marginface gallery config --fpir 1e-3` does
+    point = _identify(harness, make_photo((1, 70)))["operating_point"]
+    assert point["target_fpir"] == 0.001
+    gallery.set_target_fpir(None)
+    assert _identify(harness, make_photo((1, 70)))["operating_point"]["target_fpir"] == 0.01
