@@ -200,7 +200,9 @@ def _echo_identification(report: dict[str, Any]) -> None:
                     fg=typer.colors.YELLOW)
     if any(r["operating_points"] for r in results):
         typer.echo("  operating points (threshold from the card's impostor table for the "
-                   "target FPIR and this gallery; measured on these searches, best face):")
+                   "target FPIR and this gallery; measured on these searches, best face; the "
+                   "95% interval resamples identities, since one stranger's photos pass or "
+                   "fail together):")
         typer.echo("    gallery   K  target  threshold  measured FPIR (false pos./searches)"
                    "  95% interval       ratio    FNIR")
         notes: list[str] = []
@@ -208,7 +210,7 @@ def _echo_identification(report: dict[str, Any]) -> None:
             for op in r["operating_points"]:
                 target = op["target_fpir"] or "given"
                 counts = f"({op['false_positives']:,}/{op['non_mated_searches']:,})"
-                ci = op["measured_fpir_95ci"]
+                ci = op.get("measured_fpir_95ci_identities") or op["measured_fpir_95ci"]
                 interval = "n/a" if ci is None else f"{ci[0]:.2g}-{ci[1]:.2g}"
                 ratio = _fmt(op["ratio_to_target"], ".2f")
                 mark = ""

@@ -39,6 +39,7 @@ are); as a search it counts as a miss (mated) or as no false positive (non-mated
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import math
 import re
@@ -332,17 +333,23 @@ class RuleOutcome:
     mated_correct: np.ndarray
     nonmated_scores: np.ndarray
     mated_ranks: np.ndarray | None = None
+    #: the identity of each non-mated search (for intervals that respect that one person's
+    #: photos are not independent searches); None when unknown
+    nonmated_identities: np.ndarray | None = None
 
     @staticmethod
     def pool(parts: Sequence[RuleOutcome]) -> RuleOutcome:
         """Several draws' searches as one set."""
         ranks = [p.mated_ranks for p in parts]
+        ids = [p.nonmated_identities for p in parts]
         return RuleOutcome(
             np.concatenate([p.mated_scores for p in parts]),
             np.concatenate([p.mated_correct for p in parts]),
             np.concatenate([p.nonmated_scores for p in parts]),
             None if any(r is None for r in ranks)
             else np.concatenate([r for r in ranks if r is not None]),
+            None if any(i is None for i in ids)
+            else np.concatenate([i for i in ids if i is not None]),
         )
 
 
@@ -577,8 +584,27 @@ def _measure_at(outcome: RuleOutcome, threshold: float) -> dict[str, Any]:
         "false_positives": fp,
         "non_mated_searches": n,
         "measured_fpir_95ci": _wilson(fp, n),
+        "measured_fpir_95ci_identities": _identity_bootstrap(
+            outcome.nonmated_scores >= threshold, outcome.nonmated_identities),
         "fnir": _r(1.0 - tpir) if outcome.mated_scores.size else None,
     }
+
+
+def _identity_bootstrap(hits: np.ndarray, identities: np.ndarray | None, rounds: int = 2000,
+                        seed: int = 0) -> list[float] | None:
+    """95 % interval of a rate when searches come in groups of one person's photos: the
+    identities are resampled, not the searches. Photos of one stranger who looks like someone
+    enrolled mostly all pass, so the binomial interval (:func:`_wilson`) is far too narrow."""
+    if identities is None or hits.size == 0 or identities.size != hits.size:
+        return None
+    names, codes = np.unique(identities.astype(str), return_inverse=True)
+    fp = np.bincount(codes, weights=hits.astype(np.float64), minlength=names.size)
+    n = np.bincount(codes, minlength=names.size).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, names.size, size=(rounds, names.size))
+    rates = fp[pick].sum(axis=1) / n[pick].sum(axis=1)
+    lo, hi = np.percentile(rates, [2.5, 97.5])
+    return [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
 
 
 def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetProtocol
@@ -758,6 +784,8 @@ def identify_folder(
         left_out.append(twins)
         non_mated_rows = [i for name in draw.non_mated if name not in set(twins)
                           for i in rows[name]]
+        non_mated_names = np.asarray([name for name in draw.non_mated if name not in set(twins)
+                                      for _ in rows[name]], dtype=object)
         for k in photos:
             gallery = draw.galleries[k]
             faces = np.array([usable[name][:k] for name in gallery], dtype=np.int64)
@@ -775,7 +803,8 @@ def identify_folder(
                                      ok[probes], sizes, k=protocol.k)
             for n, by_rule in found.items():
                 for rule, outcome in by_rule.items():
-                    configs[(n, k)].outcomes.setdefault(rule, []).append(outcome)
+                    configs[(n, k)].outcomes.setdefault(rule, []).append(
+                        dataclasses.replace(outcome, nonmated_identities=non_mated_names))
     seconds = time.perf_counter() - start
 
     head = {

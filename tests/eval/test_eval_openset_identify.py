@@ -337,3 +337,18 @@ def test_real_crops_held_out_from_calibration(shared_data: Path, tmp_path: Path)
     assert best[(10, 1)]["rank1"] >= 0.8 and best[(30, 2)]["rank1"] >= 0.8
     assert best[(30, 1)]["cmc"][-1] >= best[(30, 1)]["rank1"]
     assert report["search_seconds"] < 5
+
+
+def test_fpir_interval_resamples_identities() -> None:
+    """Searches come in groups of one person's photos that pass or fail together: resampling
+    identities gives a wider interval than the binomial one, and none without identities."""
+    from marginface.eval.identification import _identity_bootstrap, _wilson
+
+    ids = np.repeat([f"p{i}" for i in range(40)], 25)
+    hits = np.isin(ids, ["p0", "p1"])  # two look-alikes: every photo passes
+    clustered = _identity_bootstrap(hits, ids)
+    binomial = _wilson(int(hits.sum()), hits.size)
+    assert clustered is not None and binomial is not None
+    assert clustered[0] <= binomial[0] and clustered[1] > 1.5 * binomial[1]
+    assert clustered[0] <= hits.mean() <= clustered[1]
+    assert _identity_bootstrap(hits, None) is None
