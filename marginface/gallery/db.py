@@ -31,7 +31,7 @@ from marginface.gallery.schema import SCHEMA_VERSION
 __all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url", "require_existing"]
 
 #: Advisory lock keys (PostgreSQL) of what :meth:`Database.lock_writes` serialises.
-_WRITE_LOCKS = {"schema": 715517, "api_keys": 715518}
+_WRITE_LOCKS = {"schema": 715517, "api_keys": 715518, "faces": 715519}
 
 _TABLE_EXISTS = {
     "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",

@@ -18,12 +18,14 @@ from marginface.embed import FaceLike, FacePipeline, Pipeline
 from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
 from marginface.eval.openset import OperatingPoint
 from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
+from marginface.gallery.subjects import Guard
 from marginface.gallery.types import (
     EnrollResult,
     FaceRecord,
     Identification,
     PhotoConflict,
     PhotoOutcome,
+    PhotoStatus,
     RecognizedFace,
     Subject,
     Verification,
@@ -251,6 +253,47 @@ class Recognizer:
         place enrolment asks who a face already is (change it with :meth:`identify`)."""
         return self.gallery.identify(embeddings, k=self.k, point=self.operating_point())
 
+    def _meanwhile(self, since: int, outcomes: list[PhotoOutcome], chosen: list[np.ndarray],
+                   hashes: list[str | None], own_id: str | None, name: str) -> Guard:
+        """The check an enrolment's write runs in its transaction, serialised with every other
+        enrolment: a face stored since face id ``since`` (by a concurrent request, in this or
+        another process) of another subject, from the same photo or identified as the photo's
+        face (at the threshold of the operating point), refuses the write, as ``_prepare``
+        would have refused the photo had it come first. :class:`IdentityConflictError`."""
+        threshold = self.operating_point().threshold
+        enrolled = [i for i, o in enumerate(outcomes) if o.status == "enrolled"]
+
+        def check() -> None:
+            recent = [(rec, who, emb) for rec, who, emb in self.gallery.faces_after(since)
+                      if rec.subject_id != own_id]
+            if not recent:
+                return
+            mat = np.vstack([emb for _, _, emb in recent])
+            changed = list(outcomes)
+            for slot, emb, digest in zip(enrolled, chosen, hashes, strict=True):
+                sims = mat @ emb
+                same = [j for j, (rec, _, _) in enumerate(recent)
+                        if digest is not None and rec.source_hash == digest]
+                j = same[0] if same else int(sims.argmax())
+                if not same and sims[j] < threshold:
+                    continue
+                rec, who, _ = recent[j]
+                conflict = PhotoConflict(rec.subject_id, who, round(float(sims[j]), 4),
+                                         round(threshold, 4))
+                status: PhotoStatus = "duplicate_photo" if same else "matches_other"
+                text = (f"this photo was enrolled for {who!r} ({rec.subject_id}) meanwhile"
+                        if same else f"{_identified_as(conflict)} (enrolled meanwhile)")
+                changed[slot] = dataclasses.replace(outcomes[slot], status=status, message=text,
+                                                    conflict=conflict, forceable=True)
+            if changed != outcomes:
+                held = [o for o in changed if o.forceable]
+                raise IdentityConflictError(
+                    f"nothing was stored for {name!r}: " + _held_reasons(held)
+                    + "; enrol with force (API force=true, CLI --force) to store them anyway",
+                    changed)
+
+        return check
+
     def _stored_for(self, faces: Sequence[FaceRecord]) -> PhotoConflict | None:
         """The first subject that still exists among the owners of these stored faces."""
         for face in faces:
@@ -403,6 +446,7 @@ class Recognizer:
             raise GalleryError("enrolment needs at least one photo")
         policy = self._policy(multiple_faces if multiple_faces is not None
                               else self.multiple_faces)
+        since = self.gallery.max_face_id()
         outcomes, chosen, hashes, crops = self._prepare(
             photos, np.zeros((0, 1), np.float32), subject=None, multiple_faces=policy,
             force=force, force_mismatch=force)
@@ -417,7 +461,8 @@ class Recognizer:
             raise EnrollmentError(f"no photo of {name!r} could be enrolled ({reasons})", outcomes)
         subject = self.gallery.create_subject(
             name, metadata, embeddings=np.vstack(chosen), source_hashes=hashes,
-            crops=crops if self.store_crops else None)
+            crops=crops if self.store_crops else None,
+            guard=None if force else self._meanwhile(since, outcomes, chosen, hashes, None, name))
         ids = [f.id for f in self.gallery.faces(subject.id)]
         return EnrollResult(subject=subject, photos=self._with_ids(outcomes, ids), created=True)
 
@@ -442,6 +487,7 @@ class Recognizer:
         policy = self._policy(multiple_faces if multiple_faces is not None
                               else self.multiple_faces)
         may_force_mismatch = force if force_mismatch is None else bool(force_mismatch)
+        since = self.gallery.max_face_id()
         _, existing = self.gallery.subject_embeddings(subject_id)
         outcomes, chosen, hashes, crops = self._prepare(
             photos, existing, subject=subject, multiple_faces=policy, force=force,
@@ -454,8 +500,11 @@ class Recognizer:
                 refused)
         ids: list[int] = []
         if chosen:
-            ids = self.gallery.add_faces(subject_id, np.vstack(chosen), source_hashes=hashes,
-                                         crops=crops if self.store_crops else None)
+            ids = self.gallery.add_faces(
+                subject_id, np.vstack(chosen), source_hashes=hashes,
+                crops=crops if self.store_crops else None,
+                guard=None if force else self._meanwhile(since, outcomes, chosen, hashes,
+                                                         subject.id, subject.name))
         return EnrollResult(subject=self.gallery.get_subject(subject_id),
                             photos=self._with_ids(outcomes, ids), created=False)
 

@@ -38,7 +38,7 @@ from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
 from marginface.gallery.model import bind_model
 from marginface.gallery.search import DEFAULT_K, Searcher, resolve_threshold
-from marginface.gallery.subjects import SubjectStore
+from marginface.gallery.subjects import Guard, SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
     ApiKey,
@@ -230,14 +230,17 @@ class Gallery:
         source_hashes: Sequence[str | None] | None = None,
         crops: Sequence[bytes | None] | None = None,
         subject_id: str | None = None,
+        guard: Guard | None = None,
     ) -> Subject:
         """Create a subject, optionally with its first faces, in ONE transaction.
 
         Display names may repeat (each subject gets its own id). A crash leaves either the whole
-        subject with all its faces, or nothing.
+        subject with all its faces, or nothing. ``guard`` runs inside the transaction,
+        serialised with every other guarded change of faces (across processes), and refuses
+        the write by raising: how enrolment re-checks what concurrent enrolments stored.
         """
         return self._subjects.create(name, metadata, embeddings, source_hashes, crops,
-                                     subject_id)
+                                     subject_id, guard)
 
     def get_subject(self, subject_id: str) -> Subject:
         """The subject with this id; :class:`NotFoundError` when there is none."""
@@ -286,9 +289,21 @@ class Gallery:
         *,
         source_hashes: Sequence[str | None] | None = None,
         crops: Sequence[bytes | None] | None = None,
+        guard: Guard | None = None,
     ) -> list[int]:
-        """Add embeddings (N, dim) to an existing subject in ONE transaction; return face ids."""
-        return self._subjects.add_faces(subject_id, embeddings, source_hashes, crops)
+        """Add embeddings (N, dim) to an existing subject in ONE transaction; return face ids.
+        ``guard`` as for :meth:`create_subject`."""
+        return self._subjects.add_faces(subject_id, embeddings, source_hashes, crops, guard)
+
+    def max_face_id(self) -> int:
+        """The highest face id so far (0 for none); ids are never reused, so the faces stored
+        after a moment are those above its ``max_face_id``."""
+        return self._subjects.max_face_id()
+
+    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
+        """The faces stored after ``face_id`` (see :meth:`max_face_id`): each record, its
+        subject's name and its normalised embedding."""
+        return self._subjects.faces_after(face_id)
 
     def faces(self, subject_id: str) -> list[FaceRecord]:
         """The faces of a subject (:class:`NotFoundError` for an unknown subject)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,11 @@ from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import FaceRecord, Subject, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
-__all__ = ["SubjectStore"]
+__all__ = ["Guard", "SubjectStore"]
+
+#: A check run inside an enrolment's write transaction, serialised with every other one; it
+#: raises to refuse the write (see :meth:`SubjectStore.create`).
+Guard = Callable[[], None]
 
 _SUBJECT_COLS = ("s.id, s.name, s.metadata, s.created_at, s.updated_at, "
                  "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id)")
@@ -101,12 +105,13 @@ class SubjectStore:
 
     def create(self, name: str, metadata: dict[str, Any] | None, embeddings: np.ndarray | None,
                source_hashes: Sequence[str | None] | None, crops: Sequence[bytes | None] | None,
-               subject_id: str | None) -> Subject:
+               subject_id: str | None, guard: Guard | None = None) -> Subject:
         name = clean_name(name or "")
         meta = metadata_json(metadata)
         sid = subject_id or secrets.token_hex(8)
         vecs = None if embeddings is None else self._model.normalise(embeddings)
         with self._sync.change() as change:
+            self._guarded(guard)
             if self.exists(sid):
                 raise ConflictError(f"subject id {sid!r} already exists")
             now = time.time()
@@ -151,7 +156,28 @@ class SubjectStore:
         self._db.checkpoint()
         return len(change.removed_ids)
 
+    def _guarded(self, guard: Guard | None) -> None:
+        """Inside a write transaction: serialise it with every other guarded change of faces
+        (across processes), then let ``guard`` check what was stored meanwhile and refuse."""
+        if guard is not None:
+            self._db.lock_writes("faces")
+            guard()
+
     # -- faces ----------------------------------------------------------------------------------
+    def max_face_id(self) -> int:
+        """The highest face id so far (0 for none); ids are never reused."""
+        return int(self._db.scalar("SELECT COALESCE(MAX(id), 0) FROM faces"))
+
+    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
+        """The faces stored after ``face_id``: each record, its subject's name and embedding."""
+        rows = self._db.query(
+            "SELECT f.id, f.subject_id, f.model, f.dim, f.created_at, f.source_hash, "
+            "CASE WHEN f.crop IS NULL THEN 0 ELSE 1 END, s.name, f.embedding "
+            "FROM faces f JOIN subjects s ON s.id = f.subject_id WHERE f.id > ? ORDER BY f.id",
+            (int(face_id),))
+        return [(_face(r[:7]), r[7], np.frombuffer(bytes(r[8]), dtype="<f4").astype(np.float32))
+                for r in rows]
+
     def insert_faces(self, subject_id: str, vecs: np.ndarray,
                      source_hashes: Sequence[str | None] | None,
                      crops: Sequence[bytes | None] | None) -> list[int]:
@@ -174,11 +200,12 @@ class SubjectStore:
 
     def add_faces(self, subject_id: str, embeddings: np.ndarray,
                   source_hashes: Sequence[str | None] | None,
-                  crops: Sequence[bytes | None] | None) -> list[int]:
+                  crops: Sequence[bytes | None] | None, guard: Guard | None = None) -> list[int]:
         vecs = self._model.normalise(embeddings)
         if len(vecs) == 0:
             return []
         with self._sync.change() as change:
+            self._guarded(guard)
             self.get(subject_id)
             ids = self.insert_faces(subject_id, vecs, source_hashes, crops)
             change.add(ids, vecs)

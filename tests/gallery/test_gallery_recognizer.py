@@ -220,3 +220,50 @@ def test_multiple_faces_policy_per_enrolment(sqlite_store, people, fake_pipeline
     assert probe.identification.subject_id == largest.subject.id
     with pytest.raises(GalleryError, match="multiple_faces must be"):
         rec.enroll("Group", [group], multiple_faces="all")  # type: ignore[arg-type]
+
+
+def test_concurrent_enrolments_of_one_person_do_not_both_pass(store, people, fake_pipeline):
+    """Two requests (two handles, as two processes) enrol the same person at the same moment:
+    both find nobody like them, then write. The writes are serialised and the second one sees
+    the first one's face, so it is refused as it would have been had it come second."""
+    import threading
+
+    p = fake_pipeline
+    a1, a2 = people.sample(0, 2)
+    photo_1, photo_2 = p.photo("k1", a1), p.photo("k2", a2)
+    handles = [store.open(), store.open()]
+    barrier = threading.Barrier(2, timeout=30)
+    for g in handles:
+        original = g.create_subject
+
+        def waiting(*args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            barrier.wait()  # both have checked the gallery; now both write
+            return _original(*args, **kwargs)
+
+        g.create_subject = waiting  # type: ignore[method-assign]
+    results: list[object] = [None, None]
+
+    def enrol(i: int, name: str, photo: bytes) -> None:
+        try:
+            results[i] = Recognizer(handles[i], p).enroll(name, [(f"{name}.jpg", photo)])
+        except Exception as exc:  # collected below
+            results[i] = exc
+
+    threads = [threading.Thread(target=enrol, args=(0, "Ada", photo_1)),
+               threading.Thread(target=enrol, args=(1, "Ada at kiosk 2", photo_2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for g in handles:
+        del g.create_subject  # the method again, without the barrier
+    refused = [r for r in results if isinstance(r, IdentityConflictError)]
+    assert len(refused) == 1, results
+    (outcome,) = refused[0].photos
+    assert outcome.status == "matches_other" and "meanwhile" in outcome.message
+    assert handles[0].count_subjects() == 1 and handles[0].count_faces() == 1
+    # forcing it stores it, as for a conflict found before the write
+    loser = 0 if results[0] is refused[0] else 1
+    forced = Recognizer(handles[loser], p).enroll("Ada at kiosk 2", [("x.jpg", photo_2)],
+                                                  force=True)
+    assert forced.created and handles[0].count_subjects() == 2
