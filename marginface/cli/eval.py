@@ -186,8 +186,8 @@ def _echo_identification(report: dict[str, Any]) -> None:
     results = report["results"]
     fpirs = list(results[0]["rules"]["best_face"]["fnir_at_fpir"]) if results else []
     typer.echo("  FNIR at FPIR (best face; threshold set on the non-mated searches; n/r: not "
-               f"resolvable, fewer than {report['fnir_min_false_positives']}/FPIR non-mated "
-               "searches):")
+               f"resolvable, fewer than {report['fnir_min_false_positives']}/FPIR different "
+               "non-mated photos):")
     typer.echo("    gallery   K     mated  non-mated  rank-1" +
                "".join(f"  {'FNIR@' + f:>10}" for f in fpirs))
     for r in results:

@@ -553,6 +553,8 @@ class _Config:
     photos: int | None  # None: as listed
     composition: GalleryComposition
     outcomes: dict[str, list[RuleOutcome]] = field(default_factory=dict)
+    #: the different photos searched as non-mated over all draws (None: every search is one)
+    distinct_nonmated: set[int] | None = None
 
 
 def _curve_points(outcome: RuleOutcome) -> dict[str, list[float | None]] | None:
@@ -616,7 +618,8 @@ def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetPro
     rules: dict[str, Any] = {}
     for rule, o in pooled.items():
         points = fnir_at_fpir(o.mated_scores, o.mated_correct, o.nonmated_scores,
-                              REPORTED_FPIRS)
+                              REPORTED_FPIRS, distinct=None if cfg.distinct_nonmated is None
+                              else len(cfg.distinct_nonmated))
         rules[rule] = {
             "rank1": _r(float(np.mean(o.mated_correct))) if n_mated else None,
             "fnir_at_fpir": {k: _r(p.fnir) for k, p in points.items()},
@@ -802,8 +805,10 @@ def identify_folder(
             found = search_galleries(emb.embeddings, faces, probes, np.asarray(truth),
                                      ok[probes], sizes, k=protocol.k)
             for n, by_rule in found.items():
+                cfg = configs[(n, k)]
+                cfg.distinct_nonmated = (cfg.distinct_nonmated or set()) | set(non_mated_rows)
                 for rule, outcome in by_rule.items():
-                    configs[(n, k)].outcomes.setdefault(rule, []).append(
+                    cfg.outcomes.setdefault(rule, []).append(
                         dataclasses.replace(outcome, nonmated_identities=non_mated_names))
     seconds = time.perf_counter() - start
 

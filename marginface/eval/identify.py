@@ -340,15 +340,17 @@ class FnirAtFpir:
     reason: str | None = None
 
 
-def _fpir_threshold(nonmated: np.ndarray, fpir: str | float,
-                    min_false_positives: int) -> tuple[float | None, str | None]:
+def _fpir_threshold(nonmated: np.ndarray, fpir: str | float, min_false_positives: int,
+                    distinct: int | None = None) -> tuple[float | None, str | None]:
     """The threshold for a target FPIR on these non-mated decision scores, or the reason why
-    there is none: fewer than ``min_false_positives / FPIR`` searches."""
+    there is none: fewer than ``min_false_positives / FPIR`` searches (``distinct`` of them,
+    when pooled draws search the same photos again)."""
     rate = parse_far(fpir)
-    if nonmated.size * rate < min_false_positives - 1e-9:
+    n = nonmated.size if distinct is None else min(int(distinct), nonmated.size)
+    if n * rate < min_false_positives - 1e-9:
         need = math.ceil(min_false_positives / rate - 1e-9)
-        return None, (f"not resolvable: needs at least {need} non-mated searches, has "
-                      f"{nonmated.size}")
+        what = "non-mated searches" if distinct is None else "different non-mated photos"
+        return None, f"not resolvable: needs at least {need} {what}, has {n}"
     return threshold_at_far(nonmated, rate), None
 
 
@@ -358,13 +360,15 @@ def fnir_at_fpir(
     nonmated_scores: np.ndarray,
     fpirs: tuple[str | float, ...] = REPORTED_FPIRS,
     min_false_positives: int = MIN_FALSE_POSITIVES,
+    distinct: int | None = None,
 ) -> dict[str, FnirAtFpir]:
     """FNIR at each target FPIR, keyed by :func:`marginface.eval.metrics.far_key`.
 
     The threshold is placed on the non-mated searches' decision scores as
     :func:`marginface.eval.metrics.threshold_at_far` places a FAR threshold (at most
     ``floor(FPIR * n)`` of them reach it); a target is resolvable only with at least
-    ``min_false_positives / FPIR`` non-mated searches, else its FNIR is None with the reason.
+    ``min_false_positives / FPIR`` non-mated searches (``distinct``: how many of them are
+    different photos, when pooled draws repeat some), else its FNIR is None with the reason.
     FNIR counts the mated searches that are not correct or score below the threshold.
     """
     m = np.asarray(mated_scores, dtype=np.float64)
@@ -372,7 +376,7 @@ def fnir_at_fpir(
     out: dict[str, FnirAtFpir] = {}
     for f in fpirs:
         key = far_key(f)
-        th, reason = _fpir_threshold(nonmated, f, min_false_positives)
+        th, reason = _fpir_threshold(nonmated, f, min_false_positives, distinct)
         if reason is None and m.size == 0:
             reason = "no mated searches"
         if th is None or reason is not None:

@@ -352,3 +352,17 @@ def test_fpir_interval_resamples_identities() -> None:
     assert clustered[0] <= binomial[0] and clustered[1] > 1.5 * binomial[1]
     assert clustered[0] <= hits.mean() <= clustered[1]
     assert _identity_bootstrap(hits, None) is None
+
+
+def test_resolvability_counts_distinct_searches() -> None:
+    """Pooled draws that search the same strangers' photos again (the calibration folder's
+    held-out identities, in every draw) do not make a rarer FPIR resolvable."""
+    from marginface.eval.identify import fnir_at_fpir
+
+    rng = np.random.default_rng(0)
+    nonmated = rng.uniform(0, 0.5, 1200)
+    mated = rng.uniform(0.3, 1.0, 200)
+    correct = np.ones(200, bool)
+    assert fnir_at_fpir(mated, correct, nonmated, ("1e-2",))["1e-2"].fnir is not None
+    twice = fnir_at_fpir(mated, correct, nonmated, ("1e-2",), distinct=600)["1e-2"]
+    assert twice.fnir is None and "600" in twice.reason
