@@ -1,0 +1,111 @@
+"""One decision per visit: evidence per track, the open-set decision, re-appearance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marginface.align.quality import FaceQuality
+from marginface.card import ModelCard
+from marginface.errors import GalleryError
+from marginface.gallery import Gallery
+from marginface.streams import VisitSettings, VisitTracker
+from tests.impostor_tables import log_linear_tail
+
+DIM = 32
+rng = np.random.default_rng(7)
+CENTRES = rng.standard_normal((4, DIM))
+CENTRES /= np.linalg.norm(CENTRES, axis=1, keepdims=True)
+
+
+def face(person: int, noise: float = 0.35) -> np.ndarray:
+    """A photo of ``person`` (cosine ~0.8 to their other photos); person -1: a stranger."""
+    base = rng.standard_normal(DIM) if person < 0 else CENTRES[person]
+    e = base / np.linalg.norm(base) + noise * rng.standard_normal(DIM) / np.sqrt(DIM)
+    return e / np.linalg.norm(e)
+
+
+def quality(score_size: float = 40.0, sharp: float = 300.0, yaw: float = 0.0) -> FaceQuality:
+    return FaceQuality(size=score_size, detection_score=0.95, sharpness=sharp, yaw=yaw,
+                       pitch=0.5)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    card = ModelCard(name="fake", architecture="mbf", embedding_dim=DIM,
+                     impostors=log_linear_tail(0.45))
+    with Gallery.open(tmp_path / "g.db", card=card) as g:
+        g.create_subject("Ada", embeddings=np.vstack([face(0), face(0)]))
+        g.create_subject("Grace", embeddings=np.vstack([face(1), face(1)]))
+        yield g
+
+
+def _walk(tracker: VisitTracker, track: int, person: int, start: float, frames: int = 10,
+          fps: float = 5.0) -> list:
+    """A person crossing the view: every frame observed, embedded when the tracker asks."""
+    events = []
+    for i in range(frames):
+        q = quality(20 + 4 * i)  # growing as they approach
+        emb = face(person) if tracker.wants_embedding(track, q) else None
+        ev = tracker.observe(track, start + i / fps, q, emb)
+        if ev is not None:
+            events.append(ev)
+    left = tracker.end(track)
+    return events + ([left] if left is not None else [])
+
+
+def test_each_passer_is_one_visit_with_the_right_name(gallery: Gallery) -> None:
+    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=3, revisit_s=5))
+    ada = _walk(tracker, 1, person=0, start=0.0)
+    stranger = _walk(tracker, 2, person=-1, start=10.0)
+    grace = _walk(tracker, 3, person=1, start=20.0)
+    for events, name in ((ada, "Ada"), (stranger, None), (grace, "Grace")):
+        assert [e.kind for e in events] == ["arrived", "left"]
+        assert events[0].name == name and events[1].name == name
+        assert events[0].faces == 3  # decided on the third good face
+        assert events[1].end_s == pytest.approx(events[1].start_s + 9 / 5)
+    assert len({e.visit_id for e in ada + stranger + grace}) == 3
+    assert ada[0].threshold > 0.45  # the gallery's operating point for 2 subjects x 2 faces
+    assert set(ada[0].to_dict()) >= {"camera", "track_id", "subject_id", "name", "score",
+                                     "start_s", "end_s", "faces"}
+
+
+def test_reappearance_within_the_window_is_the_same_visit(gallery: Gallery) -> None:
+    tracker = VisitTracker(gallery, "door", VisitSettings(revisit_s=30))
+    first = _walk(tracker, 1, person=0, start=0.0)
+    back = _walk(tracker, 2, person=0, start=20.0)  # lost behind a pillar, back 18 s later
+    assert [e.kind for e in back] == ["left"]  # no second "arrived"
+    assert back[0].visit_id == first[0].visit_id and back[0].start_s == 0.0
+    later = _walk(tracker, 3, person=0, start=200.0)  # long after: a new visit
+    assert [e.kind for e in later] == ["arrived", "left"]
+    assert later[0].visit_id != first[0].visit_id
+    tracker.forget_before(1000.0)
+    assert tracker._recent == []
+
+
+def test_poor_or_brief_faces_decide_nothing(gallery: Gallery) -> None:
+    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=3, min_eye_distance=15))
+    assert not tracker.wants_embedding(1, quality(score_size=8))  # too small
+    assert not tracker.wants_embedding(1, quality(sharp=0.0))  # blurred
+    assert tracker.wants_embedding(1, quality())
+    assert tracker.observe(1, 0.0, quality(), face(0)) is None
+    assert tracker.end(1) is None  # one face: too brief to say anything
+    # a full track keeps its best faces only and embeds only better ones
+    small = VisitTracker(gallery, "door", VisitSettings(min_faces=2, max_faces=2))
+    small.observe(5, 0.0, quality(30), face(0))
+    assert small.observe(5, 0.2, quality(35), face(0)) is not None  # decided
+    assert small.wants_embedding(5, quality(40))
+    assert not small.wants_embedding(5, quality(10))
+    with pytest.raises(GalleryError):
+        VisitTracker(gallery, "door", VisitSettings(min_faces=4, max_faces=3))
+
+
+def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None:
+    strict = VisitTracker(gallery, "door", fpir="1e-6")
+    loose = VisitTracker(gallery, "door", fpir="1e-1")
+    a = _walk(strict, 1, person=0, start=0.0)
+    b = _walk(loose, 1, person=0, start=0.0)
+    assert a[0].threshold > b[0].threshold
