@@ -55,6 +55,8 @@ def _web_page() -> tuple[str, str]:
 def _describe(point: OperatingPoint) -> str:
     if point.source == "threshold":
         return f"the explicit threshold {point.threshold:.3f}"
+    if point.gallery_subjects == 0:
+        return f"target FPIR {point.target_fpir:g} (no subjects enrolled yet)"
     return (f"target FPIR {point.target_fpir:g} (threshold {point.threshold:.3f} for "
             f"{point.gallery_subjects} subjects)")
 
