@@ -35,9 +35,8 @@ import numpy as np
 from marginface.align.quality import face_quality
 from marginface.embed import Pipeline, load_embedder
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions, embed_images
-from marginface.eval.identification import scan_identities
+from marginface.eval.identification import image_ref, scan_identities
 from marginface.eval.openset import held_out
-from marginface.eval.pairs import ImageRef
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FPIRS = (1e-1, 1e-2, 1e-3)
@@ -69,7 +68,7 @@ def celeba_train(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     refs, labels = [], []
     for name, files in ids.items():
         for f in files:
-            refs.append(ImageRef(key=str(f.resolve()), path=f.resolve()))
+            refs.append(image_ref(f))
             labels.append(name)
     emb = embed_images(refs, embedder, EmbedOptions(aligned=True), cache=EmbeddingCache(),
                        progress=False)

@@ -400,9 +400,8 @@ def _calibrate_impostors(folder: Path, embedder: Embedder, options: EmbedOptions
     import numpy as np
 
     from marginface.eval.embeddings import embed_images
-    from marginface.eval.identification import scan_identities
+    from marginface.eval.identification import image_ref, scan_identities
     from marginface.eval.openset import describe, held_out, measure_impostors
-    from marginface.eval.pairs import ImageRef
 
     if _trained_on(embedder.card, folder):
         raise ConfigError(
@@ -416,8 +415,7 @@ def _calibrate_impostors(folder: Path, embedder: Embedder, options: EmbedOptions
     refs, labels = [], []
     for name, files in identities.items():
         for f in files:
-            p = f.resolve()
-            refs.append(ImageRef(key=str(p), path=p))
+            refs.append(image_ref(f))
             labels.append(name)
     emb = embed_images(refs, embedder, options, cache=cache, workers=workers,
                        progress=not quiet)

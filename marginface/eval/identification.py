@@ -88,6 +88,7 @@ __all__ = [
     "draw_galleries",
     "identify_folder",
     "identify_lists",
+    "image_ref",
     "scan_identities",
     "search_galleries",
     "split_from_lists",
@@ -142,7 +143,8 @@ class IdentificationSplit:
         }
 
 
-def _ref(path: Path) -> ImageRef:
+def image_ref(path: Path) -> ImageRef:
+    """The reference of an image file, keyed (and cached) by its absolute path."""
     p = path.expanduser().resolve()
     return ImageRef(key=str(p), path=p)
 
@@ -488,7 +490,7 @@ def _read_list(path: Path, root: Path | None) -> list[tuple[ImageRef, str]]:
                 continue
             if len(row) != 2 or not row[0] or not row[1]:
                 raise DataError(f"{path}:{lineno}: expected 'path,subject', got {row!r}")
-            out.append((_ref(base / row[0]), row[1]))
+            out.append((image_ref(base / row[0]), row[1]))
     if not out:
         raise DataError(f"{path}: empty list")
     return out
@@ -761,7 +763,7 @@ def identify_folder(
     rows: dict[str, list[int]] = {}
     for name, files in identities.items():
         rows[name] = list(range(len(images), len(images) + len(files)))
-        images += [_ref(f) for f in files]
+        images += [image_ref(f) for f in files]
     emb = embed_images(images, embedder, options, cache=cache, workers=workers,
                        progress=progress)
     ok = emb.ok

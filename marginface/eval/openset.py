@@ -211,8 +211,12 @@ def expected_fpir(tail: ImpostorTail, threshold: float, composition: GalleryComp
     """The card's expected FPIR of this gallery at a cosine threshold (0 for an empty one)."""
     if composition.subjects == 0:
         return 0.0
+    return _fpir_on(tail, _log_fpir_curve(tail, composition), threshold)
+
+
+def _fpir_on(tail: ImpostorTail, curve: np.ndarray, threshold: float) -> float:
+    """The expected FPIR at ``threshold`` on a gallery's log10 FPIR curve."""
     t = np.asarray(tail.thresholds, dtype=np.float64)
-    curve = _log_fpir_curve(tail, composition)
     if threshold <= t[0]:
         return float(10 ** curve[0])
     if threshold >= t[-1]:
@@ -249,7 +253,7 @@ def operating_point(tail: ImpostorTail, target_fpir: float | str,
         else:
             frac = (goal - lo) / (hi - lo) if hi != lo else 1.0
             threshold = float(t[i - 1] + frac * (t[i] - t[i - 1]))
-    expected = expected_fpir(tail, threshold, composition)
+    expected = _fpir_on(tail, curve, threshold)
     # the resolution of the calibration: expected FPIR lower than one probe's share of it
     per_subject = target / max(subjects, 1)
     if not note and per_subject * tail.comparisons < 10:
@@ -415,15 +419,9 @@ def measure_impostors(
         return subj, rows.astype(np.int64)
 
     subj1, rows1 = pool_of(1)
-    # highest impostor over all probes decides the top of the grid
+    # up to the top of the cosine range; trimmed just above the highest impostor at the end
+    grid = np.round(np.arange(lo, 1.0 + _STEP / 2, _STEP), 6)
     top = -1.0
-    for a in range(0, probe_rows.size, chunk):
-        pr = probe_rows[a:a + chunk]
-        sc = _subject_scores(x[pr], x[rows1], 1)
-        sc[group[codes[pr]][:, None] == group[subj1][None, :]] = -np.inf
-        top = max(top, float(sc.max()))
-    hi = math.ceil((top + _STEP) / _STEP) * _STEP
-    grid = np.round(np.arange(lo, hi + _STEP / 2, _STEP), 6)
     sizes = np.asarray(GALLERY_SIZES, dtype=np.float64)
 
     fpir_sum = np.zeros((grid.size, sizes.size))
@@ -441,6 +439,7 @@ def measure_impostors(
         sc = _subject_scores(x[pr], x[rows1], 1)
         own = pc[:, None] == group[subj1][None, :]
         sc[own] = -np.inf
+        top = max(top, float(sc.max()))
         others = subj1.size - own.sum(axis=1)  # subjects each probe is compared with
         hits = _exceedances(sc, grid)  # (P, T)
         far_hits += hits.sum(axis=0)
@@ -457,6 +456,9 @@ def measure_impostors(
                                                 sizes)
             probes_k[k] += len(pr)
 
+    keep = grid <= math.ceil((top + _STEP) / _STEP) * _STEP + 1e-9
+    grid, fpir_sum, far_hits = grid[keep], fpir_sum[keep], far_hits[keep]
+    fpir_sum_k = {k: v[keep] for k, v in fpir_sum_k.items()}
     fpir = fpir_sum / probe_rows.size
     with np.errstate(divide="ignore"):
         log_far = np.where(far_hits > 0, np.log10(np.maximum(far_hits / comparisons, 1e-300)),

@@ -338,21 +338,13 @@ class Gallery:
         """The ``k`` nearest stored faces of each query (cosine, best first)."""
         return self._search.nearest(self._model.normalise(embeddings), k)[0]
 
-    def threshold(self, threshold: float | None = None, far: str | None = None) -> float:
-        """The 1:1 (verification) threshold: explicit, else the gallery's, else the card's
-        calibrated one for ``far``."""
-        if threshold is None:
-            threshold = self.default_threshold
-        return resolve_threshold(self.card, threshold, far or self.far)
-
     @property
     def fpir(self) -> str:
         """The target FPIR identification decides at by default: this handle's (``open(fpir=)``),
         else the one stored with the gallery (:meth:`set_target_fpir`), else ``1e-2``."""
         if self.fpir_override is not None:
             return self.fpir_override
-        stored = self._db.query_one("SELECT value FROM meta WHERE key = 'target_fpir'")
-        return str(stored[0]) if stored is not None else DEFAULT_FPIR
+        return self.stored_target_fpir() or DEFAULT_FPIR
 
     def stored_target_fpir(self) -> str | None:
         """The target FPIR stored with the gallery (None: the default, ``1e-2``)."""
