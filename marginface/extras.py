@@ -10,7 +10,7 @@ optional import names its extra when it fails (for example
 
 from __future__ import annotations
 
-__all__ = ["EXTRA_OF_MODULE", "install_hint", "missing_extra_message"]
+__all__ = ["EXTRA_OF_MODULE", "SEPARATE_INSTALL", "install_hint", "missing_extra_message"]
 
 #: Top-level module -> (the extra that installs it, the distribution's name on PyPI).
 EXTRA_OF_MODULE: dict[str, tuple[str, str]] = {
@@ -23,6 +23,15 @@ EXTRA_OF_MODULE: dict[str, tuple[str, str]] = {
     "tensorboard": ("train", "tensorboard"),
     "matplotlib": ("plots", "matplotlib"),
     "sklearn": ("plots", "scikit-learn"),  # also in 'demo'; 'plots' is the larger set
+    "av": ("streams", "av"),
+    "paho": ("streams", "paho-mqtt"),
+    "supervision": ("streams", "supervision"),
+}
+
+#: Modules installed by a command of their own rather than an extra (name -> command).
+SEPARATE_INSTALL: dict[str, str] = {
+    # trackers declares opencv-python, which would clash with opencv-python-headless
+    "trackers": "pip install --no-deps 'trackers==2.6.1'",
 }
 
 
@@ -37,6 +46,8 @@ def missing_extra_message(exc: BaseException) -> str | None:
     if not isinstance(exc, ImportError):
         return None
     name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name in SEPARATE_INSTALL:
+        return f"this needs {name}, which is not installed: {SEPARATE_INSTALL[name]}"
     if name not in EXTRA_OF_MODULE:
         return None
     extra, dist = EXTRA_OF_MODULE[name]
