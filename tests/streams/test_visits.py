@@ -110,3 +110,36 @@ def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None
     a = _walk(strict, 1, person=0, start=0.0)
     b = _walk(loose, 1, person=0, start=0.0)
     assert a[0].threshold > b[0].threshold
+
+
+def test_events_carry_wall_times_and_the_best_faces_as_evidence(gallery: Gallery) -> None:
+    from datetime import UTC, datetime
+
+    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=2, max_faces=3,
+                                                          revisit_s=30))
+    wall0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+    events = []
+    for i in range(6):
+        q = quality(20 + 4 * i)
+        crop = np.full((112, 112, 3), i, dtype=np.uint8)
+        emb = face(0) if tracker.wants_embedding(1, q) else None
+        ev = tracker.observe(1, i / 5, q, emb, crop=crop, wall=wall0 + i / 5)
+        events += [ev] if ev else []
+    left = tracker.end(1)
+    assert left is not None and [e.kind for e in events] == ["arrived"]
+    assert events[0].first_seen == datetime.fromtimestamp(wall0, tz=UTC)
+    assert left.first_seen == events[0].first_seen
+    assert left.last_seen == datetime.fromtimestamp(wall0 + 1.0, tz=UTC)
+    d = left.to_dict()
+    assert d["first_seen"] == "2026-01-01T00:00:00+00:00" and "evidence" not in d
+    # the best three faces (the largest: the last ones), best first, with their crops
+    assert [int(ev.crop[0, 0, 0]) for ev in left.evidence] == [5, 4, 3]
+    assert all(abs(float(np.linalg.norm(ev.embedding)) - 1) < 1e-5 for ev in left.evidence)
+    # a re-appearance continues the visit: its left event starts at the visit's first sight
+    for i in range(3):
+        tracker.observe(2, 10 + i / 5, quality(40), face(0), wall=wall0 + 10 + i / 5)
+    again = tracker.end(2)
+    assert again is not None and again.visit_id == left.visit_id
+    assert again.first_seen == left.first_seen and again.start_s == 0.0
+    # events compare and print without their evidence
+    assert "evidence" not in repr(left)
