@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -15,7 +15,12 @@ from marginface.gallery.db import Database
 from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
-__all__ = ["EventLog", "attendance_csv", "events_csv", "to_timestamp"]
+__all__ = ["ARRIVED", "LEFT", "EventLog", "attendance_csv", "events_csv", "to_timestamp"]
+
+#: The decisions of a camera visit's two events: when the person was decided (``arrived``) and
+#: when the track ended (``left``). A visit counts once in the attendance (its ``arrived``).
+ARRIVED = "arrived"
+LEFT = "left"
 
 _EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
 
@@ -86,7 +91,13 @@ class EventLog:
     def count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))
 
-    def attendance(self, day: date | str | None, tz: tzinfo | None) -> list[AttendanceRow]:
+    def attendance(self, day: date | str | None, tz: tzinfo | None,
+                   sources: Sequence[str] | str | None = None) -> list[AttendanceRow]:
+        """Per identified subject: the first and last event of the day (``first_seen``,
+        ``last_seen``), the sources, and ``count``: the sightings, i.e. the events other than
+        a camera visit's ``left`` (a visit is one ``arrived`` and one ``left`` event and counts
+        once). ``sources`` keeps the events of these sources only (a camera, a camera group)."""
+        wanted = _sources(sources)
         zone = tz or datetime.now().astimezone().tzinfo
         if day is None:
             day = datetime.now(zone).date()
@@ -97,15 +108,20 @@ class EventLog:
                 raise GalleryError(f"date {day!r} is not YYYY-MM-DD") from None
         start = datetime(day.year, day.month, day.day, tzinfo=zone)
         end = start + timedelta(days=1)
-        rows = self._db.query(
-            "SELECT subject_id, subject_name, ts, source FROM events WHERE subject_id IS NOT NULL "
-            "AND ts >= ? AND ts < ? ORDER BY ts", (start.timestamp(), end.timestamp()))
+        sql = ("SELECT subject_id, subject_name, ts, source, decision FROM events "
+               "WHERE subject_id IS NOT NULL AND ts >= ? AND ts < ?")
+        params: list[Any] = [start.timestamp(), end.timestamp()]
+        if wanted is not None:
+            sql += f" AND source IN ({','.join('?' * len(wanted))})"
+            params += wanted
+        rows = self._db.query(sql + " ORDER BY ts, id", params)
         table: dict[str, dict[str, Any]] = {}
-        for sid, name, ts, src in rows:
+        for sid, name, ts, src, decision in rows:
             entry = table.setdefault(sid, {"name": name, "first": ts, "last": ts, "count": 0,
                                            "sources": []})
             entry["last"] = ts
-            entry["count"] += 1
+            if decision != LEFT:
+                entry["count"] += 1
             if src not in entry["sources"]:
                 entry["sources"].append(src)
         out = [AttendanceRow(date=day.isoformat(), subject_id=sid, name=e["name"] or "",
@@ -114,6 +130,18 @@ class EventLog:
                              count=e["count"], sources=e["sources"])
                for sid, e in table.items()]
         return sorted(out, key=lambda r: (r.first_seen, r.name))
+
+
+def _sources(sources: Sequence[str] | str | None) -> list[str] | None:
+    """The attendance filter's source names (None: every source)."""
+    if sources is None:
+        return None
+    names = [sources] if isinstance(sources, str) else list(sources)
+    if not names:
+        raise GalleryError("the attendance filter names no source (camera)")
+    if not all(isinstance(n, str) for n in names):
+        raise GalleryError("attendance sources must be names (text)")
+    return list(dict.fromkeys(names))
 
 
 def attendance_csv(rows: list[AttendanceRow]) -> str:

@@ -91,6 +91,46 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "faces_source_hash: find a photo enrolled before without a scan", (
         "CREATE INDEX IF NOT EXISTS faces_source_hash ON faces (source_hash)",
     )),
+    Migration(4, "camera streams: cameras, visitors (grouped strangers) and their faces", (
+        """CREATE TABLE cameras (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            created_at {float} NOT NULL,
+            updated_at {float} NOT NULL)""",
+        # erasing a subject erases the visitors assigned to it, and their faces; the key is
+        # checked at commit: an assignment marks the visitor before it creates the subject
+        """CREATE TABLE visitors (
+            id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            subject_id TEXT REFERENCES subjects (id) ON DELETE CASCADE
+                DEFERRABLE INITIALLY DEFERRED,
+            first_seen {float} NOT NULL,
+            last_seen {float} NOT NULL,
+            sightings INTEGER NOT NULL,
+            cameras TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            weight {float} NOT NULL,
+            embedding {blob} NOT NULL,
+            created_at {float} NOT NULL,
+            updated_at {float} NOT NULL)""",
+        "CREATE INDEX visitors_status ON visitors (status, last_seen)",
+        "CREATE INDEX visitors_subject ON visitors (subject_id)",
+        """CREATE TABLE visitor_faces (
+            id {autoinc},
+            visitor_id TEXT NOT NULL REFERENCES visitors (id) ON DELETE CASCADE,
+            ts {float} NOT NULL,
+            camera TEXT NOT NULL,
+            quality {float} NOT NULL,
+            embedding {blob} NOT NULL,
+            crop {blob})""",
+        "CREATE INDEX visitor_faces_visitor ON visitor_faces (visitor_id, quality)",
+        "CREATE INDEX visitor_faces_ts ON visitor_faces (ts)",
+        # attendance per camera (group) and the purge of camera visits read events by source
+        "CREATE INDEX IF NOT EXISTS events_source ON events (source, ts)",
+    )),
 )
 
 #: The newest schema this code reads and writes.

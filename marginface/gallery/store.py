@@ -7,7 +7,9 @@
 * :mod:`~marginface.gallery.sync` - the vector index kept in step with SQL;
 * :mod:`~marginface.gallery.search` - search, the k-NN vote and the threshold;
 * :mod:`~marginface.gallery.events` - the event log and attendance;
-* :mod:`~marginface.gallery.keys` - the service's API keys.
+* :mod:`~marginface.gallery.keys` - the service's API keys;
+* :mod:`~marginface.gallery.cameras` - the cameras a service watches;
+* :mod:`~marginface.gallery.visitors` - strangers seen by cameras, grouped for review.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from marginface.eval.openset import (
     operating_point,
     require_impostors,
 )
+from marginface.gallery.cameras import CameraStore
 from marginface.gallery.db import Database
 from marginface.gallery.events import EventLog, attendance_csv, events_csv
 from marginface.gallery.index import VectorIndex, create_index
@@ -43,12 +46,16 @@ from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
     ApiKey,
     AttendanceRow,
+    Camera,
     Event,
     FaceRecord,
     Hit,
     Identification,
+    StrangerSighting,
     Subject,
+    Visitor,
 )
+from marginface.gallery.visitors import KEEP_FACES, VisitorStore
 
 if TYPE_CHECKING:
     from marginface.card import ModelCard
@@ -117,6 +124,9 @@ class Gallery:
         self._search = Searcher(db, self._sync)
         self._events = EventLog(db, lambda subject_id: self._subjects.get(subject_id).name)
         self._keys = KeyStore(db)
+        self._cameras = CameraStore(db)
+        self._visitors = VisitorStore(db, self._model, self._subjects,
+                                      lambda mean: self.identify(mean)[0])
         self._close_lock = threading.Lock()
         self._closed = False
         # (generation, composition), then (generation, target FPIR) -> operating point
@@ -460,21 +470,148 @@ class Gallery:
         return self._events.select(subject, source, start, end, decision, limit, offset)
 
     def attendance(
-        self, day: date | str | None = None, *, tz: tzinfo | None = None
+        self, day: date | str | None = None, *, tz: tzinfo | None = None,
+        sources: Sequence[str] | str | None = None,
     ) -> list[AttendanceRow]:
         """First and last sighting per identified subject on ``day`` (default today) in time zone
-        ``tz`` (default: the machine's local zone)."""
-        return self._events.attendance(day, tz)
+        ``tz`` (default: the machine's local zone): first in, last out.
+
+        Camera visits are logged as two events, ``arrived`` (at the visit's first sighting) and
+        ``left`` (at its last): ``first_seen`` is the earliest event, ``last_seen`` the latest,
+        and ``count`` counts sightings, every event but ``left`` (one per visit; a photo
+        recognition, ``match``, counts one). ``sources`` keeps only the events of these sources:
+        one camera's name, or a camera group's names (None: all). Unknown events never count.
+        """
+        return self._events.attendance(day, tz, sources)
 
     def attendance_csv(self, day: date | str | None = None, *,
-                       tz: tzinfo | None = None) -> str:
-        """The attendance of ``day`` as CSV text (date, subject_id, name, first_seen,
-        last_seen, count, sources)."""
-        return attendance_csv(self.attendance(day, tz=tz))
+                       tz: tzinfo | None = None,
+                       sources: Sequence[str] | str | None = None) -> str:
+        """The attendance of ``day`` (of ``sources``, as :meth:`attendance`) as CSV text (date,
+        subject_id, name, first_seen, last_seen, count, sources)."""
+        return attendance_csv(self.attendance(day, tz=tz, sources=sources))
 
     def events_csv(self, **filters: Any) -> str:
         """Events (same filters as :meth:`events`) as CSV text."""
         return events_csv(self.events(**filters))
+
+    # -- cameras --------------------------------------------------------------------------------
+    def create_camera(self, name: str, url: str, settings: dict[str, Any] | None = None,
+                      enabled: bool = True) -> Camera:
+        """Add a camera: a unique ``name`` (the ``source`` of its events; the rules of subject
+        names, at most 100 characters), the ``url`` it is read from and its ``settings`` (a
+        JSON object stored as given: the streams layer validates it). A name in use is
+        :class:`ConflictError`. URLs may carry passwords: show them with
+        ``Camera.to_dict()``, which redacts them."""
+        return self._cameras.create(name, url, settings, enabled)
+
+    def get_camera(self, id_or_name: str) -> Camera:
+        """The camera with this id, else this name; :class:`NotFoundError` when none."""
+        return self._cameras.get(id_or_name)
+
+    def list_cameras(self) -> list[Camera]:
+        """Every camera, by name."""
+        return self._cameras.records()
+
+    def update_camera(self, camera_id: str, *, name: str | None = None, url: str | None = None,
+                      settings: dict[str, Any] | None = None,
+                      enabled: bool | None = None) -> Camera:
+        """Change what is given of a camera (found by id, else name); ``settings`` replace the
+        stored ones whole. :class:`NotFoundError` for an unknown camera, :class:`ConflictError`
+        for a name another camera has."""
+        return self._cameras.update(camera_id, name, url, settings, enabled)
+
+    def delete_camera(self, camera_id: str) -> Camera:
+        """Remove a camera (found by id, else name) and return its record; its events and
+        visitors stay (until :meth:`purge_stream_data`). :class:`NotFoundError` when unknown."""
+        return self._cameras.delete(camera_id)
+
+    # -- strangers: visitors and their review ---------------------------------------------------
+    def record_stranger(
+        self,
+        camera: str,
+        first_seen: datetime | float,
+        last_seen: datetime | float,
+        embeddings: np.ndarray,
+        qualities: Sequence[float],
+        crops: Sequence[np.ndarray | bytes | None] | None = None,
+        threshold: float | None = None,
+        *,
+        keep_faces: int = KEEP_FACES,
+    ) -> StrangerSighting:
+        """Record an unknown visit (a track no subject matched) and group it with the visitor
+        it looks like, in ONE transaction (serialised with every other one, across processes).
+
+        ``embeddings`` (N, dim) are the visit's faces, ``qualities`` their quality scores
+        (:attr:`marginface.align.quality.FaceQuality.score`), ``crops`` their aligned crops
+        (RGB uint8 arrays, or PNG bytes; None for faces without). Pass crops only when the
+        gallery keeps them (the service's ``store_photos``, ``Recognizer.store_crops``).
+        The visit's quality-weighted mean embedding joins the most similar ``pending`` or
+        ``dismissed`` visitor whose mean has cosine >= ``threshold`` with it (default: the
+        threshold of the gallery's operating point, :meth:`operating_point`), else a new
+        pending visitor. A pending visitor's mean
+        follows its visits and it keeps its ``keep_faces`` best faces by quality. A dismissed
+        visitor only counts the visit and moves ``last_seen``: a dismissed person does not come
+        back to the review queue, until the retention purge removes the visitor
+        (:meth:`purge_stream_data`). A dimension unlike the gallery's is :class:`GalleryError`.
+        """
+        if threshold is None:
+            threshold = self.operating_point().threshold
+        return self._visitors.record(camera, first_seen, last_seen, embeddings, qualities,
+                                     crops, threshold, keep_faces)
+
+    def list_visitors(self, status: str | None = "pending", *, limit: int | None = 100,
+                      offset: int = 0) -> list[Visitor]:
+        """Visitors of one status (``pending``, ``assigned``, ``dismissed``; None: all), the
+        most recently seen first, each with its kept faces (best first)."""
+        return self._visitors.page(status, limit, offset)
+
+    def count_visitors(self, status: str | None = "pending") -> int:
+        """Number of visitors of one status (None: all)."""
+        return self._visitors.count(status)
+
+    def get_visitor(self, visitor_id: str) -> Visitor:
+        """One visitor; :class:`NotFoundError` when unknown."""
+        return self._visitors.get(visitor_id)
+
+    def visitor_face_crop(self, face_id: int) -> bytes | None:
+        """A visitor face's aligned crop (PNG bytes), None when none was kept;
+        :class:`NotFoundError` for an unknown face."""
+        return self._visitors.crop(face_id)
+
+    def assign_visitor(
+        self,
+        visitor_id: str,
+        *,
+        subject_id: str | None = None,
+        name: str | None = None,
+        faces: Sequence[int] | None = None,
+        force: bool = False,
+    ) -> Subject:
+        """Enrol a pending visitor's stored faces into the existing subject ``subject_id`` or
+        a NEW subject named ``name`` (one of the two), and mark the visitor ``assigned`` to it,
+        in ONE transaction (the enrolment's, with its index update and concurrency guard).
+
+        ``faces``: the visitor's face ids to enrol (default: its best, up to 5), with their
+        crops when kept. No retraining: the subject identifies the person at once. Refused with
+        :class:`ConflictError` when the visitor is assigned or dismissed already, or, unless
+        ``force``, when its mean embedding is identified as another subject at the gallery's
+        current operating point (:meth:`operating_point`): it is probably that person."""
+        return self._visitors.assign(visitor_id, subject_id, name, faces, force)
+
+    def dismiss_visitor(self, visitor_id: str) -> Visitor:
+        """Take a visitor out of the review queue (status ``dismissed``). Its later visits are
+        still grouped with it and only counted (see :meth:`record_stranger`). Dismissing twice
+        changes nothing; an assigned visitor is :class:`ConflictError`."""
+        return self._visitors.dismiss(visitor_id)
+
+    def purge_stream_data(self, older_than: datetime | float) -> dict[str, int]:
+        """Retention of camera data: delete visitor faces (with their crops) seen before
+        ``older_than``, the visitors left without faces and not seen since (assigned ones
+        stay), and the camera visits' events (details ``kind`` ``"visit"``) before it; one
+        transaction. Subjects, their faces and other events are never touched. Returns how many
+        rows went: ``{"visitor_faces", "visitors", "events"}``."""
+        return self._visitors.purge(older_than)
 
     # -- API keys -------------------------------------------------------------------------------
     def create_api_key(self, name: str, role: str) -> tuple[ApiKey, str]:

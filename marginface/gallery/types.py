@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -13,8 +15,10 @@ from marginface.eval.openset import OperatingPoint
 
 __all__ = [
     "ROLES",
+    "VISITOR_STATUSES",
     "ApiKey",
     "AttendanceRow",
+    "Camera",
     "Candidate",
     "EnrollResult",
     "Event",
@@ -27,8 +31,12 @@ __all__ = [
     "PhotoOutcome",
     "PhotoStatus",
     "RecognizedFace",
+    "StrangerSighting",
     "Subject",
     "Verification",
+    "Visitor",
+    "VisitorFace",
+    "redact_url",
     "to_jsonable",
 ]
 
@@ -293,3 +301,115 @@ class ApiKey(_Record):
     role: str
     created_at: datetime
     last_used_at: datetime | None = None
+
+
+#: What a review can make of a visitor: ``pending`` (in the review queue), ``assigned``
+#: (enrolled into a subject) or ``dismissed`` (not wanted; see :meth:`Gallery.dismiss_visitor`).
+VISITOR_STATUSES: tuple[str, ...] = ("pending", "assigned", "dismissed")
+
+#: Query parameters of a camera URL whose values are secrets (redacted like a password).
+_SECRET_PARAMS = re.compile(r"^(pass(word|wd)?|pwd|secret|token|key|api_?key|auth)$", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (``rtsp://user:pass@host``) and secret-looking query values
+    (``?password=...``, ``token``, ``key``) replaced by ``***``; other text is unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAMS.match(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs],
+                              safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Camera(_Record):
+    """A camera the service watches: its unique ``name`` (the ``source`` of its events), the
+    ``url`` it is read from, its ``settings`` (a JSON object the streams layer validates; the
+    gallery stores it as given) and whether it runs (``enabled``)."""
+
+    id: str
+    name: str
+    url: str
+    settings: dict[str, Any]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with its password and secret query values hidden (:func:`redact_url`)."""
+        return redact_url(self.url)
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        """A JSON-ready dictionary; ``redact`` (the default) hides the URL's password: URLs
+        such as ``rtsp://user:pass@host`` carry the camera's credentials."""
+        out = to_jsonable(self)
+        if redact:
+            out["url"] = self.redacted_url
+        return out
+
+
+@dataclass(frozen=True)
+class VisitorFace(_Record):
+    """One kept face of a visitor: when and where it was seen, its quality score, and whether
+    its aligned crop is stored (:meth:`Gallery.visitor_face_crop`). The embedding is not
+    carried here."""
+
+    id: int
+    visitor_id: str
+    ts: datetime
+    camera: str
+    quality: float
+    has_crop: bool = False
+
+
+@dataclass(frozen=True)
+class Visitor(_Record):
+    """Unknown sightings that look alike, grouped as one person awaiting review.
+
+    ``sightings`` counts the unknown visits grouped into it, ``cameras`` the cameras that saw
+    it (first sighting first), ``faces`` its best kept faces (best quality first) and
+    ``subject_id`` the subject it was assigned to."""
+
+    id: str
+    status: str  # one of VISITOR_STATUSES
+    subject_id: str | None
+    first_seen: datetime
+    last_seen: datetime
+    sightings: int
+    cameras: list[str]
+    faces: list[VisitorFace]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def face_ids(self) -> list[int]:
+        """Ids of the kept faces, best quality first."""
+        return [f.id for f in self.faces]
+
+
+@dataclass(frozen=True)
+class StrangerSighting(_Record):
+    """Where :meth:`Gallery.record_stranger` put an unknown sighting: the visitor, whether it
+    was created for it (``new``), the cosine between the sighting and that visitor's mean
+    before the sighting (-1.0 for a new visitor, which matched none), and the visitor's
+    status (``dismissed``: the face of a dismissed visitor, counted but not queued)."""
+
+    visitor_id: str
+    new: bool
+    score: float
+    status: str = "pending"

@@ -112,7 +112,7 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     assert version(url) == 1 and not has_table(url, "schema_migrations")
     g = Gallery.open(url, MODEL, DIM, threshold=0.5, create=False)
     try:
-        assert version(url) == schema.SCHEMA_VERSION == 3
+        assert version(url) == schema.SCHEMA_VERSION == 4
         assert history(url) == [(1, "base schema (marginface 0.1)"),
                                 *((m.version, m.name) for m in schema.MIGRATIONS)]
         # subjects and faces survive, with everything they held
@@ -146,30 +146,30 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     finally:
         g.close()
     Gallery.open(url, create=False).close()  # opening again changes nothing
-    assert version(url) == 3 and [v for v, _ in history(url)] == [1, 2, 3]
+    assert version(url) == 4 and [v for v, _ in history(url)] == [1, 2, 3, 4]
 
 
 def test_a_newer_gallery_is_refused(release_1) -> None:
     url, _, _ = release_1
     raw(url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(GalleryError, match=r"schema version 99 is newer than this marginface "
-                                           r"supports \(3\); upgrade marginface"):
+                                           r"supports \(4\); upgrade marginface"):
         Gallery.open(url, create=False)
     assert version(url) == 99 and not has_table(url, "schema_migrations")
 
 
 def test_a_failed_upgrade_changes_nothing(release_1, monkeypatch) -> None:
     url, _, _ = release_1
-    broken = schema.Migration(4, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
+    broken = schema.Migration(5, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
     with pytest.raises(StorageError):
         Database(url)
-    # steps 2 to 4 were one transaction with the failure: none of it happened
+    # steps 2 to 5 were one transaction with the failure: none of it happened
     assert version(url) == 1
     assert not has_table(url, "schema_migrations") and not has_table(url, "half_done")
     monkeypatch.undo()
     Database(url).close()
-    assert version(url) == 3
+    assert version(url) == 4
 
 
 def test_processes_opening_together_upgrade_once(release_1) -> None:
@@ -192,7 +192,7 @@ def test_processes_opening_together_upgrade_once(release_1) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert version(url) == 3 and [v for v, _ in history(url)] == [1, 2, 3]
+    assert version(url) == 4 and [v for v, _ in history(url)] == [1, 2, 3, 4]
 
 
 def test_a_new_gallery_is_built_through_the_migrations(tmp_path) -> None:

@@ -1,0 +1,134 @@
+"""The camera repository: the cameras a service watches, kept with the gallery so that they
+restart with it and every process sharing the gallery sees the same ones.
+
+A camera's ``settings`` are a JSON object the gallery stores as given (the streams layer
+validates them); its ``name`` follows the rules of every name in the gallery
+(:func:`~marginface.gallery.validate.clean_name`) and is unique: it is the ``source`` of the
+camera's events. Every write is one committed transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.db import Database
+from marginface.gallery.types import Camera, utc_from_ts
+from marginface.gallery.validate import clean_name, metadata_json
+
+__all__ = ["MAX_CAMERA_NAME_LENGTH", "MAX_CAMERA_URL_LENGTH", "CameraStore"]
+
+#: A camera's name is its events' ``source``, which holds at most 100 characters.
+MAX_CAMERA_NAME_LENGTH = 100
+#: Longest camera URL kept.
+MAX_CAMERA_URL_LENGTH = 2000
+
+_COLS = "id, name, url, settings, enabled, created_at, updated_at"
+
+
+def _camera(row: Sequence[Any]) -> Camera:
+    return Camera(id=row[0], name=row[1], url=row[2], settings=json.loads(row[3] or "{}"),
+                  enabled=bool(row[4]), created_at=utc_from_ts(row[5]),
+                  updated_at=utc_from_ts(row[6]))
+
+
+def _name(name: str) -> str:
+    return clean_name(name, what="camera name", max_length=MAX_CAMERA_NAME_LENGTH)
+
+
+def _url(url: str) -> str:
+    if not isinstance(url, str):
+        raise GalleryError("the camera URL must be text")
+    text = url.strip()
+    if any(ch.isspace() for ch in text):
+        raise GalleryError("the camera URL contains white space")
+    return clean_name(text, what="camera URL", max_length=MAX_CAMERA_URL_LENGTH)
+
+
+class CameraStore:
+    """Cameras of one gallery (see :class:`~marginface.gallery.Gallery` for the public
+    documentation of each operation)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def _find(self, id_or_name: str) -> Camera | None:
+        row = self._db.query_one(f"SELECT {_COLS} FROM cameras WHERE id = ?", (id_or_name,))
+        if row is None:
+            row = self._db.query_one(f"SELECT {_COLS} FROM cameras WHERE name = ?",
+                                     (id_or_name,))
+        return _camera(row) if row is not None else None
+
+    def get(self, id_or_name: str) -> Camera:
+        camera = self._find(str(id_or_name))
+        if camera is None:
+            raise NotFoundError(f"unknown camera {id_or_name!r}")
+        return camera
+
+    def records(self) -> list[Camera]:
+        return [_camera(r) for r in self._db.query(
+            f"SELECT {_COLS} FROM cameras ORDER BY name, created_at, id")]
+
+    def count(self) -> int:
+        return int(self._db.scalar("SELECT COUNT(*) FROM cameras"))
+
+    def _name_taken(self, name: str, other_than: str | None) -> None:
+        row = self._db.query_one("SELECT id FROM cameras WHERE name = ?", (name,))
+        if row is not None and row[0] != other_than:
+            raise ConflictError(f"a camera named {name!r} exists already")
+
+    def create(self, name: str, url: str, settings: dict[str, Any] | None,
+               enabled: bool) -> Camera:
+        name, url = _name(name), _url(url)
+        settings_text = metadata_json(settings)
+        camera_id = secrets.token_hex(8)
+        now = time.time()
+        try:
+            with self._db.transaction():
+                self._name_taken(name, None)
+                self._db.execute(
+                    f"INSERT INTO cameras ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (camera_id, name, url, settings_text, int(bool(enabled)), now, now))
+        except ConflictError:  # the unique name, taken by a concurrent process meanwhile
+            raise ConflictError(f"a camera named {name!r} exists already") from None
+        return self.get(camera_id)
+
+    def update(self, id_or_name: str, name: str | None, url: str | None,
+               settings: dict[str, Any] | None, enabled: bool | None) -> Camera:
+        sets: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            name = _name(name)
+            sets.append("name = ?")
+            params.append(name)
+        if url is not None:
+            sets.append("url = ?")
+            params.append(_url(url))
+        if settings is not None:
+            sets.append("settings = ?")
+            params.append(metadata_json(settings))
+        if enabled is not None:
+            sets.append("enabled = ?")
+            params.append(int(bool(enabled)))
+        try:
+            with self._db.transaction():
+                camera = self.get(id_or_name)
+                if name is not None:
+                    self._name_taken(name, camera.id)
+                if sets:
+                    self._db.execute(
+                        f"UPDATE cameras SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
+                        [*params, time.time(), camera.id])
+        except ConflictError:
+            raise ConflictError(f"a camera named {name!r} exists already") from None
+        return self.get(camera.id)
+
+    def delete(self, id_or_name: str) -> Camera:
+        with self._db.transaction():
+            camera = self.get(id_or_name)
+            self._db.execute("DELETE FROM cameras WHERE id = ?", (camera.id,))
+        return camera

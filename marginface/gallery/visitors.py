@@ -1,0 +1,375 @@
+"""Strangers seen by cameras, grouped as visitors for a person to review.
+
+An unknown visit (a track no enrolled subject matched) is recorded as a *sighting*: its faces'
+embeddings, quality scores and, when the gallery keeps crops, their aligned crops. Sightings
+that look alike are grouped into one *visitor*, whatever the camera or the day:
+
+* the sighting's quality-weighted mean embedding is compared (cosine) with the mean of every
+  ``pending`` and ``dismissed`` visitor; the most similar one at or above the caller's
+  threshold (the gallery's operating point) takes it, else a new ``pending`` visitor is made;
+* a ``pending`` visitor's mean follows its sightings (a running mean weighted by faces) and it
+  keeps its ``keep_faces`` best faces by quality;
+* a ``dismissed`` visitor only counts the sighting and moves its ``last_seen``: a person
+  dismissed from the review queue does not come back to it at their next visit. The rows stay
+  until the retention purge (:meth:`VisitorStore.purge`) deletes them: once a dismissed
+  visitor's faces are older than the retention age and it has not been seen for that long, it
+  goes, and a later sighting makes a new pending visitor;
+* ``assigned`` visitors (enrolled into a subject, which then identifies the person) take no
+  more sightings.
+
+Review: a visitor is assigned to an existing or a new subject (its stored faces are enrolled
+through the subject store's ordinary path, with its index, generation counter and guard, and
+the visitor is marked in the same transaction) or dismissed. Every write is one committed
+transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.db import Database
+from marginface.gallery.events import to_timestamp
+from marginface.gallery.model import EmbeddingModel
+from marginface.gallery.subjects import SubjectStore
+from marginface.gallery.types import (
+    VISITOR_STATUSES,
+    Identification,
+    StrangerSighting,
+    Subject,
+    Visitor,
+    VisitorFace,
+    utc_from_ts,
+)
+from marginface.gallery.validate import clean_name
+
+__all__ = ["ASSIGN_FACES", "KEEP_FACES", "VisitorStore"]
+
+#: Faces a visitor keeps, the best by quality.
+KEEP_FACES = 8
+#: Faces an assignment enrols by default: the visitor's best.
+ASSIGN_FACES = 5
+
+#: PostgreSQL advisory lock serialising the grouping of sightings (SQLite's single writer
+#: already does): two processes must not both create a visitor for one person.
+_PG_VISITORS_LOCK = 715530
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_VISITOR_COLS = ("id, status, subject_id, first_seen, last_seen, sightings, cameras, "
+                 "created_at, updated_at")
+_FACE_COLS = ("id, visitor_id, ts, camera, quality, "
+              "CASE WHEN crop IS NULL THEN 0 ELSE 1 END")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _blob(v: np.ndarray) -> bytes:
+    return np.asarray(v, dtype="<f4").tobytes()
+
+
+def _vector(blob: Any) -> np.ndarray:
+    return np.frombuffer(bytes(blob), dtype="<f4").astype(np.float32)
+
+
+def _face(row: Sequence[Any]) -> VisitorFace:
+    return VisitorFace(id=int(row[0]), visitor_id=row[1], ts=utc_from_ts(row[2]), camera=row[3],
+                       quality=float(row[4]), has_crop=bool(row[5]))
+
+
+def _png(crop: Any) -> bytes | None:
+    """A crop as PNG bytes: an RGB uint8 array is encoded, PNG bytes are kept, None stays."""
+    if crop is None:
+        return None
+    if isinstance(crop, bytes | bytearray | memoryview):
+        data = bytes(crop)
+        if not data.startswith(_PNG):
+            raise GalleryError("a visitor face crop given as bytes must be a PNG image")
+        return data
+    arr = np.asarray(crop)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise GalleryError(
+            f"a face crop must be an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape}")
+    import cv2  # heavy: only when crops are kept
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))
+    if not ok:  # pragma: no cover - cv2 failure
+        raise GalleryError("could not encode the face crop")
+    return buf.tobytes()
+
+
+def _status(status: str | None) -> str | None:
+    if status is not None and status not in VISITOR_STATUSES:
+        raise GalleryError(
+            f"unknown visitor status {status!r}: use one of {', '.join(VISITOR_STATUSES)}")
+    return status
+
+
+class VisitorStore:
+    """Visitors of one gallery (see :class:`~marginface.gallery.Gallery` for the public
+    documentation of each operation). ``identify(mean)`` answers one normalised embedding at
+    the gallery's current operating point (how an assignment finds the subject a visitor
+    already looks like)."""
+
+    def __init__(self, db: Database, model: EmbeddingModel, subjects: SubjectStore,
+                 identify: Callable[[np.ndarray], Identification]) -> None:
+        self._db = db
+        self._model = model
+        self._subjects = subjects
+        self._identify = identify
+
+    # -- recording ------------------------------------------------------------------------------
+    def _lock(self) -> None:
+        """Inside a transaction: serialise it with every other grouping of sightings."""
+        if self._db.dialect == "postgresql":
+            self._db.execute("SELECT pg_advisory_xact_lock(?)", (_PG_VISITORS_LOCK,))
+
+    def record(self, camera: str, first_seen: datetime | float, last_seen: datetime | float,
+               embeddings: np.ndarray, qualities: Sequence[float],
+               crops: Sequence[Any] | None, threshold: float, keep_faces: int
+               ) -> StrangerSighting:
+        _, dim = self._model.require()
+        camera = clean_name(camera, what="camera", max_length=100)
+        e = np.asarray(embeddings, dtype=np.float32)
+        if e.ndim == 1:
+            e = e[None, :]
+        if e.ndim != 2 or e.shape[1] != dim:
+            raise GalleryError(
+                f"a stranger's embeddings must have shape (N, {dim}) for model "
+                f"{self._model.name!r}, got {tuple(e.shape)}")
+        n = len(e)
+        if n == 0:
+            raise GalleryError("a stranger's sighting needs at least one face")
+        vecs = self._model.normalise(e)
+        q = np.asarray(list(qualities), dtype=np.float64)
+        if q.shape != (n,):
+            raise GalleryError(f"{n} embeddings need {n} quality scores, got {q.size}")
+        if not np.all(np.isfinite(q)) or np.any(q < 0):
+            raise GalleryError("quality scores must be finite and not negative")
+        if crops is not None and len(crops) != n:
+            raise GalleryError(f"{n} embeddings need {n} crops (or None), got {len(crops)}")
+        t0, t1 = to_timestamp(first_seen), to_timestamp(last_seen)
+        if not (math.isfinite(t0) and math.isfinite(t1)) or t1 < t0:
+            raise GalleryError("a sighting's last_seen must not be before its first_seen")
+        threshold = float(threshold)
+        if not math.isfinite(threshold):
+            raise GalleryError("the grouping threshold must be a finite cosine")
+        keep = int(keep_faces)
+        if keep < 1:
+            raise GalleryError("keep_faces must be at least 1")
+        weights = q + 1e-6
+        total = (weights[:, None] * vecs).sum(axis=0)
+        mean = _unit(total) if np.linalg.norm(total) > 1e-6 else vecs[int(np.argmax(q))]
+        # the sighting's own best faces (only these can be among the visitor's best)
+        order = sorted(range(n), key=lambda i: -q[i])[:keep]
+        pngs = [_png(crops[i]) if crops is not None else None for i in order]
+        now = time.time()
+        with self._db.transaction():
+            self._lock()
+            best: tuple[float, str, str] | None = None  # (score, id, status)
+            for vid, status, blob in self._db.query(
+                    "SELECT id, status, embedding FROM visitors "
+                    "WHERE status IN ('pending', 'dismissed') AND dim = ?", (dim,)):
+                score = float(np.dot(_vector(blob), mean))
+                if score >= threshold and (best is None or score > best[0]):
+                    best = (score, vid, status)
+            if best is None:
+                vid = secrets.token_hex(8)
+                self._db.execute(
+                    "INSERT INTO visitors (id, status, subject_id, first_seen, last_seen, "
+                    "sightings, cameras, dim, weight, embedding, created_at, updated_at) "
+                    "VALUES (?, 'pending', NULL, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                    (vid, t0, t1, json.dumps([camera]), dim, float(n), _blob(mean), now, now))
+                self._add_faces(vid, camera, t1, vecs, q, order, pngs, keep)
+                return StrangerSighting(visitor_id=vid, new=True, score=-1.0, status="pending")
+            score, vid, status = best
+            row = self._db.query_one(
+                "SELECT first_seen, last_seen, sightings, cameras, weight, embedding "
+                "FROM visitors WHERE id = ?", (vid,))
+            assert row is not None  # selected above, in this transaction
+            cams = list(json.loads(row[3] or "[]"))
+            if camera not in cams:
+                cams.append(camera)
+            sets = ("first_seen = ?, last_seen = ?, sightings = ?, cameras = ?, updated_at = ?")
+            params: list[Any] = [min(float(row[0]), t0), max(float(row[1]), t1),
+                                 int(row[2]) + 1, json.dumps(cams), now]
+            if status == "pending":
+                weight = float(row[4])
+                merged = _vector(row[5]) * weight + mean * n
+                sets += ", weight = ?, embedding = ?"
+                params += [weight + n, _blob(_unit(merged) if np.linalg.norm(merged) > 1e-6
+                                              else mean)]
+            self._db.execute(f"UPDATE visitors SET {sets} WHERE id = ?", [*params, vid])
+            if status == "pending":
+                self._add_faces(vid, camera, t1, vecs, q, order, pngs, keep)
+        return StrangerSighting(visitor_id=vid, new=False, score=score, status=status)
+
+    def _add_faces(self, vid: str, camera: str, ts: float, vecs: np.ndarray, q: np.ndarray,
+                   order: list[int], pngs: list[bytes | None], keep: int) -> None:
+        """Inside the transaction: store the sighting's best faces, then keep the visitor's
+        ``keep`` best (by quality; the newer of equals)."""
+        for i, png in zip(order, pngs, strict=True):
+            self._db.execute(
+                "INSERT INTO visitor_faces (visitor_id, ts, camera, quality, embedding, crop) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (vid, ts, camera, float(q[i]), _blob(vecs[i]), png))
+        ids = [int(r[0]) for r in self._db.query(
+            "SELECT id FROM visitor_faces WHERE visitor_id = ? ORDER BY quality DESC, id DESC",
+            (vid,))]
+        extra = ids[keep:]
+        for start in range(0, len(extra), 500):
+            part = extra[start:start + 500]
+            self._db.execute(
+                f"DELETE FROM visitor_faces WHERE id IN ({','.join('?' * len(part))})", part)
+
+    # -- reading --------------------------------------------------------------------------------
+    def _faces_of(self, visitor_ids: Sequence[str]) -> dict[str, list[VisitorFace]]:
+        found: dict[str, list[VisitorFace]] = {vid: [] for vid in visitor_ids}
+        for rows in self._db.query_in(
+                f"SELECT {_FACE_COLS} FROM visitor_faces WHERE visitor_id IN ({{marks}}) "
+                "ORDER BY quality DESC, id DESC", list(visitor_ids)):
+            for row in rows:
+                found[row[1]].append(_face(row))
+        return found
+
+    def _visitors(self, rows: Sequence[Sequence[Any]]) -> list[Visitor]:
+        faces = self._faces_of([r[0] for r in rows])
+        return [Visitor(id=r[0], status=r[1], subject_id=r[2], first_seen=utc_from_ts(r[3]),
+                        last_seen=utc_from_ts(r[4]), sightings=int(r[5]),
+                        cameras=list(json.loads(r[6] or "[]")), faces=faces[r[0]],
+                        created_at=utc_from_ts(r[7]), updated_at=utc_from_ts(r[8]))
+                for r in rows]
+
+    def get(self, visitor_id: str) -> Visitor:
+        row = self._db.query_one(f"SELECT {_VISITOR_COLS} FROM visitors WHERE id = ?",
+                                 (str(visitor_id),))
+        if row is None:
+            raise NotFoundError(f"unknown visitor {visitor_id!r}")
+        return self._visitors([row])[0]
+
+    def page(self, status: str | None, limit: int | None, offset: int) -> list[Visitor]:
+        sql = f"SELECT {_VISITOR_COLS} FROM visitors"
+        params: list[Any] = []
+        if _status(status) is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY last_seen DESC, id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        elif offset:
+            sql += " LIMIT -1 OFFSET ?" if self._db.dialect == "sqlite" else " OFFSET ?"
+            params.append(int(offset))
+        return self._visitors(self._db.query(sql, params))
+
+    def count(self, status: str | None) -> int:
+        if _status(status) is None:
+            return int(self._db.scalar("SELECT COUNT(*) FROM visitors"))
+        return int(self._db.scalar("SELECT COUNT(*) FROM visitors WHERE status = ?", (status,)))
+
+    def crop(self, face_id: int) -> bytes | None:
+        row = self._db.query_one("SELECT crop FROM visitor_faces WHERE id = ?", (int(face_id),))
+        if row is None:
+            raise NotFoundError(f"unknown visitor face {face_id}")
+        return bytes(row[0]) if row[0] is not None else None
+
+    # -- review ---------------------------------------------------------------------------------
+    def assign(self, visitor_id: str, subject_id: str | None, name: str | None,
+               faces: Sequence[int] | None, force: bool) -> Subject:
+        if (subject_id is None) == (name is None):
+            raise GalleryError("assign a visitor to an existing subject (subject_id) or to a "
+                               "new one (name), one of the two")
+        visitor = self.get(visitor_id)
+        if visitor.status != "pending":
+            raise ConflictError(f"visitor {visitor.id} is {visitor.status} already")
+        target = self._subjects.get(subject_id) if subject_id is not None else None
+        new_name = clean_name(name) if name is not None else None
+        if faces is None:
+            chosen = visitor.face_ids[:ASSIGN_FACES]
+        else:
+            chosen = [int(f) for f in faces]
+            strange = sorted(set(chosen) - set(visitor.face_ids))
+            if strange:
+                raise GalleryError(f"faces {strange} are not faces of visitor {visitor.id}")
+            chosen = list(dict.fromkeys(chosen))
+        if not chosen:
+            raise GalleryError(f"visitor {visitor.id} has no stored face to enrol")
+        rows: dict[int, tuple[Any, Any]] = {}
+        for part in self._db.query_in(
+                "SELECT id, embedding, crop FROM visitor_faces WHERE id IN ({marks})", chosen):
+            rows.update((int(r[0]), (r[1], r[2])) for r in part)
+        if len(rows) != len(chosen):  # purged meanwhile
+            raise ConflictError(f"faces of visitor {visitor.id} changed meanwhile; try again")
+        vecs = np.vstack([_vector(rows[f][0]) for f in chosen])
+        crop_list = [bytes(rows[f][1]) if rows[f][1] is not None else None for f in chosen]
+        crops = crop_list if any(c is not None for c in crop_list) else None
+        if not force:
+            self._check_lookalike(visitor.id, target)
+        sid = target.id if target is not None else secrets.token_hex(8)
+
+        def mark_assigned() -> None:  # inside the enrolment's transaction
+            changed = self._db.execute(
+                "UPDATE visitors SET status = 'assigned', subject_id = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'pending'", (sid, time.time(), visitor.id))
+            if changed != 1:
+                raise ConflictError(f"visitor {visitor.id} was reviewed meanwhile")
+
+        if target is not None:
+            self._subjects.add_faces(sid, vecs, None, crops, mark_assigned)
+            return self._subjects.get(sid)
+        assert new_name is not None
+        return self._subjects.create(new_name, None, vecs, None, crops, sid, mark_assigned)
+
+    def _check_lookalike(self, visitor_id: str, target: Subject | None) -> None:
+        """:class:`ConflictError` when the visitor's mean is identified as another subject than
+        ``target``, at the gallery's operating point."""
+        row = self._db.query_one("SELECT embedding FROM visitors WHERE id = ?", (visitor_id,))
+        if row is None:
+            raise NotFoundError(f"unknown visitor {visitor_id!r}")
+        answer = self._identify(_vector(row[0]))
+        for cand in answer.candidates:
+            if cand.score >= answer.threshold and (target is None or cand.subject_id != target.id):
+                raise ConflictError(
+                    f"visitor {visitor_id} looks like subject {cand.name!r} ({cand.subject_id}): "
+                    f"score {cand.score:.3f} >= the operating point's threshold "
+                    f"{answer.threshold:.3f}; assign it to that subject, or force")
+
+    def dismiss(self, visitor_id: str) -> Visitor:
+        with self._db.transaction():
+            visitor = self.get(visitor_id)
+            if visitor.status == "assigned":
+                raise ConflictError(f"visitor {visitor.id} is assigned already")
+            self._db.execute("UPDATE visitors SET status = 'dismissed', updated_at = ? "
+                             "WHERE id = ?", (time.time(), visitor.id))
+        return self.get(visitor.id)
+
+    # -- retention ------------------------------------------------------------------------------
+    def purge(self, older_than: datetime | float) -> dict[str, int]:
+        cutoff = to_timestamp(older_than)
+        if not math.isfinite(cutoff):
+            raise GalleryError("the purge's cutoff must be a finite time")
+        with self._db.transaction():
+            faces = self._db.execute("DELETE FROM visitor_faces WHERE ts < ?", (cutoff,))
+            visitors = self._db.execute(
+                "DELETE FROM visitors WHERE status <> 'assigned' AND last_seen < ? AND NOT EXISTS "
+                "(SELECT 1 FROM visitor_faces f WHERE f.visitor_id = visitors.id)", (cutoff,))
+            # camera visits: details {"kind": "visit", ...} (JSON text written sorted, so the
+            # LIKE finds every candidate; the JSON decides)
+            ids = [int(i) for i, details in self._db.query(
+                "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
+                (cutoff, '%"kind": "visit"%'))
+                if json.loads(details or "{}").get("kind") == "visit"]
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                self._db.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})",
+                                 part)
+        self._db.checkpoint()
+        return {"visitor_faces": faces, "visitors": visitors, "events": len(ids)}

@@ -1,0 +1,317 @@
+"""Strangers seen by cameras: grouped as visitors, reviewed (assigned to a subject or
+dismissed) and purged after the retention age."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from gallery_helpers import DIM, MODEL, People, make_store
+
+from marginface.card import ModelCard
+from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery import Gallery, StrangerSighting, Visitor
+from tests.impostor_tables import log_linear_tail
+
+T0 = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def card() -> ModelCard:
+    return ModelCard(name=MODEL, architecture="mbf", embedding_dim=DIM,
+                     impostors=log_linear_tail(0.45))
+
+
+@pytest.fixture
+def people() -> People:
+    return People(10, seed=3)
+
+
+@pytest.fixture
+def gallery(tmp_path, people: People) -> Iterator[Gallery]:
+    """Two enrolled people (0 and 1); the others are strangers."""
+    with Gallery.open(tmp_path / "g.db", card=card()) as g:
+        g.create_subject("Ada", embeddings=people.sample(0, 3))
+        g.create_subject("Grace", embeddings=people.sample(1, 3))
+        yield g
+
+
+def crop(shade: int) -> np.ndarray:
+    return np.full((112, 112, 3), shade, np.uint8)
+
+
+def sight(g: Gallery, people: People, person: int, *, at: datetime = T0, camera: str = "door",
+          n: int = 3, crops: bool = True, **kwargs) -> StrangerSighting:
+    """One unknown visit of ``person``: ``n`` faces of rising quality over 4 s."""
+    qualities = [0.2 + 0.2 * i for i in range(n)]
+    return g.record_stranger(camera, at, at + timedelta(seconds=4), people.sample(person, n),
+                             qualities, [crop(10 * i) for i in range(n)] if crops else None,
+                             **kwargs)
+
+
+# -- grouping -----------------------------------------------------------------------------------
+def test_sightings_of_one_person_make_one_visitor(gallery: Gallery, people: People) -> None:
+    first = sight(gallery, people, 5, camera="door")
+    assert first.new and first.status == "pending" and first.score == -1.0
+    again = sight(gallery, people, 5, at=T0 + timedelta(hours=3), camera="lab")
+    assert (again.visitor_id, again.new, again.status) == (first.visitor_id, False, "pending")
+    assert again.score >= gallery.operating_point().threshold
+    other = sight(gallery, people, 6, at=T0 + timedelta(hours=1))
+    assert other.new and other.visitor_id != first.visitor_id
+    assert gallery.count_visitors() == 2 and gallery.count_visitors(None) == 2
+    v = gallery.get_visitor(first.visitor_id)
+    assert isinstance(v, Visitor)
+    assert (v.status, v.sightings, v.cameras, v.subject_id) == ("pending", 2, ["door", "lab"],
+                                                                None)
+    assert (v.first_seen, v.last_seen) == (T0, T0 + timedelta(hours=3, seconds=4))
+    assert len(v.faces) == 6 and v.face_ids == [f.id for f in v.faces]
+    assert [f.quality for f in v.faces] == sorted((f.quality for f in v.faces), reverse=True)
+    assert all(f.has_crop for f in v.faces)
+    png = gallery.visitor_face_crop(v.faces[0].id)
+    assert png is not None and png.startswith(PNG)
+    # newest first, with their faces; JSON-ready
+    listed = gallery.list_visitors()
+    assert [x.id for x in listed] == [first.visitor_id, other.visitor_id]
+    assert listed[0].to_dict()["faces"][0]["id"] == v.faces[0].id
+    assert [x.id for x in gallery.list_visitors(limit=1, offset=1)] == [other.visitor_id]
+    assert gallery.list_visitors("assigned") == []
+    with pytest.raises(GalleryError, match="unknown visitor status"):
+        gallery.list_visitors("maybe")
+    with pytest.raises(NotFoundError):
+        gallery.get_visitor("nope")
+    with pytest.raises(NotFoundError):
+        gallery.visitor_face_crop(10**9)
+
+
+def test_the_threshold_decides_the_grouping(gallery: Gallery, people: People) -> None:
+    a = sight(gallery, people, 5, threshold=0.5)
+    assert not sight(gallery, people, 5, threshold=0.5).new
+    # a threshold above any two photos' similarity: every visit is a new visitor
+    assert sight(gallery, people, 5, threshold=0.999).new
+    # a threshold below chance groups strangers together
+    b = sight(gallery, people, 7, threshold=-1.0)
+    assert not b.new and b.visitor_id in {a.visitor_id, *[v.id for v in
+                                                          gallery.list_visitors()]}
+
+
+def test_a_visitor_keeps_its_best_faces(gallery: Gallery, people: People) -> None:
+    v = None
+    for i in range(4):
+        s = sight(gallery, people, 5, at=T0 + timedelta(minutes=i), n=3, keep_faces=4)
+        v = gallery.get_visitor(s.visitor_id)
+        assert len(v.faces) == min(4, 3 * (i + 1))
+    assert v is not None and v.sightings == 4
+    assert sorted(f.quality for f in v.faces) == pytest.approx([0.6, 0.6, 0.6, 0.6])
+    # without crops nothing is kept but the embeddings and the qualities
+    s = sight(gallery, people, 8, crops=False)
+    face = gallery.get_visitor(s.visitor_id).faces[0]
+    assert not face.has_crop and gallery.visitor_face_crop(face.id) is None
+
+
+def test_bad_sightings_are_refused(gallery: Gallery, people: People) -> None:
+    cases = [
+        (people.sample(5, 2)[:, :16], [0.5, 0.5], None),         # another model's dimension
+        (people.sample(5, 2), [0.5], None),                      # qualities do not match
+        (people.sample(5, 2), [0.5, float("nan")], None),
+        (people.sample(5, 2), [0.5, 0.5], [crop(0)]),            # crops do not match
+        (people.sample(5, 1), [0.5], [np.zeros((4, 4), np.uint8)]),  # not an RGB image
+        (np.zeros((0, DIM), np.float32), [], None),
+    ]
+    for emb, q, crops in cases:
+        with pytest.raises(GalleryError):
+            gallery.record_stranger("door", T0, T0, emb, q, crops, threshold=0.5)
+    with pytest.raises(GalleryError, match="before its first_seen"):
+        gallery.record_stranger("door", T0, T0 - timedelta(seconds=1), people.sample(5, 1),
+                                [0.5], threshold=0.5)
+    assert gallery.count_visitors(None) == 0
+
+
+# -- review -------------------------------------------------------------------------------------
+def test_assign_to_a_new_subject(gallery: Gallery, people: People) -> None:
+    for i in range(3):
+        s = sight(gallery, people, 5, at=T0 + timedelta(minutes=i))
+    faces_before = gallery.count_faces()
+    assert gallery.identify(people.sample(5))[0].match is None
+    subject = gallery.assign_visitor(s.visitor_id, name="Hedy")
+    assert subject.name == "Hedy" and subject.n_faces == 5  # the best five of nine
+    assert gallery.count_faces() == faces_before + 5
+    assert all(f.has_crop for f in gallery.faces(subject.id))
+    answer = gallery.identify(people.sample(5))[0]
+    assert answer.subject_id == subject.id and answer.name == "Hedy"
+    v = gallery.get_visitor(s.visitor_id)
+    assert (v.status, v.subject_id) == ("assigned", subject.id)
+    assert gallery.count_visitors() == 0 and gallery.count_visitors("assigned") == 1
+    with pytest.raises(ConflictError, match="is assigned already"):
+        gallery.assign_visitor(s.visitor_id, name="Hedy again")
+    with pytest.raises(ConflictError, match="is assigned already"):
+        gallery.dismiss_visitor(s.visitor_id)
+    # a later unknown visit of someone else is not grouped with the assigned visitor
+    assert sight(gallery, people, 6).new
+    # erasing the subject erases the visitors assigned to it
+    gallery.delete_subject(subject.id)
+    with pytest.raises(NotFoundError):
+        gallery.get_visitor(s.visitor_id)
+
+
+def test_assign_to_an_existing_subject(gallery: Gallery, people: People) -> None:
+    (ada,) = gallery.find_subjects("Ada")
+    s = sight(gallery, people, 0, n=4)  # Ada, seen unknown (say, badly lit)
+    v = gallery.get_visitor(s.visitor_id)
+    chosen = v.face_ids[:2]
+    subject = gallery.assign_visitor(s.visitor_id, subject_id=ada.id, faces=chosen)
+    assert subject.id == ada.id and subject.n_faces == ada.n_faces + 2
+    assert gallery.get_visitor(s.visitor_id).status == "assigned"
+    with pytest.raises(ConflictError):
+        gallery.assign_visitor(s.visitor_id, subject_id=ada.id)
+
+
+def test_assignment_input_is_checked(gallery: Gallery, people: People) -> None:
+    s = sight(gallery, people, 5)
+    with pytest.raises(GalleryError, match="one of the two"):
+        gallery.assign_visitor(s.visitor_id)
+    with pytest.raises(GalleryError, match="one of the two"):
+        gallery.assign_visitor(s.visitor_id, subject_id="x", name="y")
+    with pytest.raises(NotFoundError, match="unknown subject"):
+        gallery.assign_visitor(s.visitor_id, subject_id="nobody")
+    with pytest.raises(GalleryError, match="not faces of visitor"):
+        gallery.assign_visitor(s.visitor_id, name="Hedy", faces=[10**9])
+    with pytest.raises(GalleryError, match="name is empty"):
+        gallery.assign_visitor(s.visitor_id, name="  ")
+    with pytest.raises(NotFoundError):
+        gallery.assign_visitor("nope", name="Hedy")
+    assert gallery.get_visitor(s.visitor_id).status == "pending"
+    assert gallery.count_subjects() == 2
+
+
+def test_a_visitor_like_another_subject_needs_force(gallery: Gallery, people: People) -> None:
+    (grace,) = gallery.find_subjects("Grace")
+    s = sight(gallery, people, 1)  # looks like Grace
+    subjects, faces = gallery.count_subjects(), gallery.count_faces()
+    with pytest.raises(ConflictError, match=r"looks like subject 'Grace'.*or force"):
+        gallery.assign_visitor(s.visitor_id, name="Not Grace")
+    (ada,) = gallery.find_subjects("Ada")
+    with pytest.raises(ConflictError, match="'Grace'"):
+        gallery.assign_visitor(s.visitor_id, subject_id=ada.id)
+    assert (gallery.count_subjects(), gallery.count_faces()) == (subjects, faces)
+    assert gallery.get_visitor(s.visitor_id).status == "pending"
+    # to Grace herself it is no conflict
+    assert gallery.assign_visitor(s.visitor_id, subject_id=grace.id).id == grace.id
+    # force enrols anyway
+    s2 = sight(gallery, people, 1)
+    twin = gallery.assign_visitor(s2.visitor_id, name="Grace's twin", force=True)
+    assert twin.n_faces == 3 and gallery.get_visitor(s2.visitor_id).subject_id == twin.id
+
+
+def test_a_dismissed_visitor_does_not_come_back(gallery: Gallery, people: People) -> None:
+    s = sight(gallery, people, 5)
+    v = gallery.dismiss_visitor(s.visitor_id)
+    assert v.status == "dismissed" and gallery.count_visitors() == 0
+    assert gallery.dismiss_visitor(s.visitor_id).status == "dismissed"  # idempotent
+    later = sight(gallery, people, 5, at=T0 + timedelta(days=1), camera="yard")
+    assert (later.visitor_id, later.new, later.status) == (s.visitor_id, False, "dismissed")
+    v = gallery.get_visitor(s.visitor_id)
+    assert (v.sightings, v.last_seen, v.cameras) == (2, T0 + timedelta(days=1, seconds=4),
+                                                     ["door", "yard"])
+    assert len(v.faces) == 3  # no new faces kept for a dismissed person
+    assert gallery.count_visitors() == 0 and gallery.list_visitors() == []
+    with pytest.raises(ConflictError, match="is dismissed already"):
+        gallery.assign_visitor(s.visitor_id, name="Hedy")
+
+
+# -- retention ----------------------------------------------------------------------------------
+def test_purge_by_age(gallery: Gallery, people: People) -> None:
+    (ada,) = gallery.find_subjects("Ada")
+    old = sight(gallery, people, 5, at=T0)
+    mixed = sight(gallery, people, 6, at=T0)
+    sight(gallery, people, 6, at=T0 + timedelta(days=40))
+    assigned = sight(gallery, people, 7, at=T0)
+    gallery.assign_visitor(assigned.visitor_id, name="Hedy")
+    details = {"camera": "door", "track_id": 1, "visit_id": "v1", "kind": "visit"}
+    for day in (0, 40):
+        for decision in ("arrived", "left"):
+            gallery.log_event("door", subject_id=ada.id, score=0.8, decision=decision,
+                              time=T0 + timedelta(days=day), details=details)
+    gallery.log_event("kiosk", subject_id=ada.id, score=0.9, decision="match", time=T0,
+                      details={"faces": 1, "note": '"kind": "visit"'})
+    subjects, faces = gallery.count_subjects(), gallery.count_faces()
+    counts = gallery.purge_stream_data(T0 + timedelta(days=30))
+    assert counts == {"visitor_faces": 9, "visitors": 1, "events": 2}
+    with pytest.raises(NotFoundError):
+        gallery.get_visitor(old.visitor_id)
+    kept = gallery.get_visitor(mixed.visitor_id)
+    assert len(kept.faces) == 3 and all(f.ts > T0 + timedelta(days=30) for f in kept.faces)
+    hedy = gallery.get_visitor(assigned.visitor_id)  # the record of the assignment stays
+    assert hedy.status == "assigned" and hedy.faces == []
+    assert (gallery.count_subjects(), gallery.count_faces()) == (subjects, faces)
+    assert sorted((e.source, e.decision) for e in gallery.events()) == [
+        ("door", "arrived"), ("door", "left"), ("kiosk", "match")]
+    assert gallery.purge_stream_data(T0 + timedelta(days=30)) == {
+        "visitor_faces": 0, "visitors": 0, "events": 0}
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest,
+                                 people: People) -> None:
+    url = make_store("postgresql", "exact", tmp_path, request).url
+    with Gallery.open(url, card=card()) as g:
+        g.create_subject("Ada", embeddings=people.sample(0, 3))
+        a = sight(g, people, 5)
+        assert not sight(g, people, 5, at=T0 + timedelta(hours=1)).new
+        b = sight(g, people, 6)
+        assert b.new
+        assert g.visitor_face_crop(g.get_visitor(a.visitor_id).face_ids[0]).startswith(PNG)
+        g.dismiss_visitor(b.visitor_id)
+        subject = g.assign_visitor(a.visitor_id, name="Hedy")
+        assert g.identify(people.sample(5))[0].subject_id == subject.id
+        with pytest.raises(ConflictError):
+            g.assign_visitor(a.visitor_id, name="Hedy")
+        assert g.purge_stream_data(T0 + timedelta(days=1)) == {
+            "visitor_faces": 9, "visitors": 1, "events": 0}
+
+
+# -- durability ---------------------------------------------------------------------------------
+CHILD = """
+import sys
+import numpy as np
+from marginface.gallery import Gallery
+
+g = Gallery.open(sys.argv[1], sys.argv[2], int(sys.argv[3]), threshold=0.5)
+rng = np.random.default_rng(0)
+centres = rng.normal(size=(3, g.dim))
+for i in range(100000):
+    faces = centres[i % 3] + 0.2 * rng.normal(size=(4, g.dim))
+    s = g.record_stranger("door", 1e9 + i, 1e9 + i + 1, faces, [0.5, 0.6, 0.7, 0.8],
+                          [np.full((8, 8, 3), i % 250, np.uint8)] * 4, threshold=0.5)
+    g.log_event("door", subject_id=None, score=0.1, decision="left", time=1e9 + i + 1,
+                details={"kind": "visit", "visit_id": str(i)})
+    print("DONE", i, s.visitor_id, flush=True)
+"""
+
+
+def test_sigkill_loses_no_recorded_sighting(tmp_path) -> None:
+    """Every sighting and event whose call returned survives a SIGKILL of the process."""
+    url = str(tmp_path / "g.db")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, url, MODEL, str(DIM)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("DONE"):
+            done.append(line.split()[2])
+            if len(done) == 12:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    proc.wait(timeout=30)
+    assert len(done) == 12, proc.stderr.read() if proc.stderr else ""
+    with Gallery.open(url, create=False) as g:
+        visitors = {v.id: v for v in g.list_visitors(None, limit=None)}
+        assert set(done) <= set(visitors) and len(set(done)) == 3
+        assert sum(v.sightings for v in visitors.values()) >= 12
+        assert all(0 < len(v.faces) <= 8 for v in visitors.values())
+        assert len(g.events(limit=None)) >= 12
