@@ -26,7 +26,15 @@ from marginface.serve.middleware import (
     MetricsMiddleware,
     SecurityHeadersMiddleware,
 )
-from marginface.serve.routers import events, faces, keys, recognition, subjects
+from marginface.serve.routers import (
+    cameras,
+    events,
+    faces,
+    keys,
+    recognition,
+    subjects,
+    unknowns,
+)
 from marginface.serve.schemas import ErrorOut, HealthOut
 from marginface.serve.service import Service, build_pipeline
 from marginface.serve.settings import ServeSettings, load_settings
@@ -67,6 +75,7 @@ def create_app(
     pipeline: FacePipeline | None = None,
     pipeline_factory: Callable[[ServeSettings], FacePipeline] | None = None,
     gallery: Gallery | None = None,
+    camera_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """Build the service's FastAPI app.
 
@@ -74,7 +83,9 @@ def create_app(
     ``pipeline_factory(settings)``, else the model and detector the settings name), opens the
     gallery (or uses ``gallery``, which the app then owns and closes at shutdown), and creates
     the first admin key when there is none (written to ``settings.key_file`` with mode 0600,
-    never logged).
+    never logged), then starts every enabled camera (when ``settings.cameras``).
+    ``camera_options`` are passed to :class:`marginface.streams.manager.CameraManager`
+    (tests replace its source and worker factories).
     """
     settings = settings or load_settings()
     factory = pipeline_factory or build_pipeline
@@ -84,11 +95,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         service = Service(
-            settings, pipeline if pipeline is not None else factory(settings), gallery=gallery
+            settings,
+            pipeline if pipeline is not None else factory(settings),
+            gallery=gallery,
+            camera_options=camera_options,
         )
         try:
             if bootstrap_admin_key(service.gallery, settings.key_file) is not None:
                 log.warning("no admin key existed: a new one was written to %s", settings.key_file)
+            service.start_cameras()
             app.state.service = service
             log.info(
                 "marginface ready in %.1f s: model %s, gallery %s (%d subjects); identification "
@@ -112,8 +127,10 @@ def create_app(
             "Enrol people from a few photos and recognise them, with no retraining.\n\n"
             "Every `/v1` route needs an API key, sent as `X-API-Key: <key>` or "
             "`Authorization: Bearer <key>`. Roles: `admin` (everything, API keys, deletions, "
-            "events), `enrol` (subjects and faces, plus recognition), `recognise` (identify "
-            'and verify). Errors are JSON: `{"error": {"code": ..., "message": ...}}`.'
+            "events, camera configuration), `enrol` (subjects and faces, reviewing strangers, "
+            "pushing camera frames, plus recognition), `recognise` (identify and verify, read "
+            "cameras, their snapshots and visits, and the strangers' queue). Errors are JSON: "
+            '`{"error": {"code": ..., "message": ...}}`.'
         ),
         lifespan=lifespan,
         docs_url=None,
@@ -130,6 +147,8 @@ def create_app(
     app.include_router(recognition.router)
     app.include_router(events.router)
     app.include_router(keys.router)
+    app.include_router(cameras.router)
+    app.include_router(unknowns.router)
 
     @app.get("/healthz", response_model=HealthOut, tags=["system"], summary="Liveness")
     def healthz(service: ServiceDep) -> Any:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
@@ -34,10 +35,74 @@ class _GalleryCollector(Collector):
         )
 
 
+#: Camera states, each a 0/1 series of ``marginface_camera_state`` (manager.CAMERA_STATES).
+_CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended",
+                  "failed")
+#: Per-camera counters: (metric name without _total, status key, help).
+_CAMERA_COUNTERS = (
+    ("marginface_camera_frames_read", "frames_read", "Frames decoded from the camera."),
+    ("marginface_camera_frames_processed", "frames_processed",
+     "Frames processed (faces detected, tracked and decided)."),
+    ("marginface_camera_frames_dropped", "frames_dropped",
+     "Frames skipped to stay at the latest frame (processing fell behind)."),
+    ("marginface_camera_frames_corrupt", "frames_corrupt", "Frames that could not be decoded."),
+    ("marginface_camera_reconnects", "reconnects", "Reconnections to the camera's stream."),
+    ("marginface_camera_restarts", "restarts", "Restarts of the camera's worker after a crash."),
+    ("marginface_camera_visits", "visits", "Visits decided (arrived events)."),
+)
+#: Per-camera gauges: (metric name, status key, help).
+_CAMERA_GAUGES = (
+    ("marginface_camera_read_fps", "read_fps", "Frames per second read from the camera."),
+    ("marginface_camera_process_fps", "process_fps", "Frames per second processed."),
+    ("marginface_camera_lag_seconds", "lag_s",
+     "Age of the latest frame when it was processed (seconds)."),
+    ("marginface_camera_tracks_open", "tracks_open", "Faces being tracked now."),
+)
+
+
+class _CameraCollector(Collector):
+    """Reads every camera's status at scrape time (one series per camera, label ``camera``;
+    counters restart from zero when the camera's worker restarts)."""
+
+    def __init__(
+        self, statuses: Callable[[], list[tuple[str, dict[str, Any]]] | None]
+    ) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        statuses = self._statuses()
+        if statuses is None:
+            return
+        yield GaugeMetricFamily("marginface_cameras", "Cameras configured.", value=len(statuses))
+        state = GaugeMetricFamily(
+            "marginface_camera_state", "1 for the camera's current state, else 0.",
+            labels=["camera", "state"])
+        for name, status in statuses:
+            for candidate in _CAMERA_STATES:
+                state.add_metric([name, candidate], 1.0 if status.get("state") == candidate else 0)
+        yield state
+        for metric, key, text in _CAMERA_COUNTERS:
+            counter = CounterMetricFamily(metric, text, labels=["camera"])
+            for name, status in statuses:
+                counter.add_metric([name], float(status.get(key) or 0))
+            yield counter
+        for metric, key, text in _CAMERA_GAUGES:
+            gauge = GaugeMetricFamily(metric, text, labels=["camera"])
+            for name, status in statuses:
+                value = status.get(key)
+                if isinstance(value, int | float):
+                    gauge.add_metric([name], float(value))
+            yield gauge
+
+
 class ServiceMetrics:
     """HTTP and recognition metrics exposed at ``/metrics``."""
 
-    def __init__(self, gallery_sizes: Callable[[], tuple[int, int] | None]) -> None:
+    def __init__(
+        self,
+        gallery_sizes: Callable[[], tuple[int, int] | None],
+        camera_statuses: Callable[[], list[tuple[str, dict[str, Any]]] | None] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "marginface_http_requests",
@@ -83,6 +148,8 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_GalleryCollector(gallery_sizes))
+        if camera_statuses is not None:
+            self.registry.register(_CameraCollector(camera_statuses))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""

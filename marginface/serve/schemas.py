@@ -14,12 +14,18 @@ from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_js
 __all__ = [
     "AttendanceOut",
     "AttendanceRowOut",
+    "CameraCreate",
+    "CameraListOut",
+    "CameraOut",
+    "CameraStatusOut",
+    "CameraUpdate",
     "CandidateOut",
     "EnrollOut",
     "ErrorOut",
     "EventListOut",
     "EventOut",
     "FaceOut",
+    "FrameAcceptedOut",
     "HealthOut",
     "IdentifiedFaceOut",
     "IdentifyOut",
@@ -34,6 +40,12 @@ __all__ = [
     "SubjectOut",
     "SubjectUpdate",
     "VerifyOut",
+    "VisitListOut",
+    "VisitOut",
+    "VisitorAssign",
+    "VisitorAssignedOut",
+    "VisitorListOut",
+    "VisitorOut",
 ]
 
 Role = Literal["admin", "enrol", "recognise"]
@@ -305,3 +317,192 @@ class KeyOut(_Out):
 class KeyCreatedOut(BaseModel):
     key: KeyOut
     secret: str = Field(description="The API key itself. It is shown once and never stored.")
+
+
+# -- cameras -----------------------------------------------------------------------------------
+CameraName = Annotated[
+    str,
+    Field(min_length=1, max_length=100,
+          description="Unique camera name; the `source` of its visit events (and attendance)."),
+    _gallery_rule(clean_name, what="camera name", max_length=100),
+]
+CameraUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2000,
+        description="Where frames come from: `rtsp://user:pass@host:554/path` or `rtsps://` "
+        "(add `?transport=udp` or `tcp`), `http(s)://` (MJPEG), a video file path or "
+        "`file://`, a webcam (`0`, `/dev/video0`, `webcam:0`), or `push:` for a camera that "
+        "POSTs JPEG snapshots to `/v1/cameras/{camera_id}/frames`. Any other scheme is refused "
+        "(422); the URL is not connected to at creation. Passwords are never shown back.",
+    ),
+]
+CameraSettingsBody = Annotated[
+    dict[str, Any],
+    Field(
+        description="Processing settings (all optional; unknown keys are refused with 422): "
+        "`fps` (frames processed per second, default 5, separately from the stream's rate), "
+        "`detect_max_side` (frames are scaled down to this longest side for detection), "
+        "`min_face_size`, `track_buffer_s` (how long a lost face's track survives), `visits` "
+        "(`min_faces` embedded before deciding, `max_faces` kept, `min_eye_distance`, "
+        "`min_quality`, `revisit_s`: a person back within it continues the same visit), "
+        "`score_threshold` (detection score that starts a track). Strangers' crops are kept "
+        "only when the service stores photos (store_photos), whatever `store_crops` says."
+    ),
+    _gallery_rule(metadata_json, checks_only=True),
+]
+
+
+class CameraCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: CameraName
+    url: CameraUrl
+    settings: CameraSettingsBody = Field(default_factory=dict)
+    enabled: bool = Field(default=True, description="Run it now and whenever the service "
+                          "starts (POST .../start and .../stop change it too).")
+
+
+class CameraUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: CameraName | None = None
+    url: CameraUrl | None = None
+    settings: CameraSettingsBody | None = Field(
+        default=None, description="Replaces the whole settings object.")
+    enabled: bool | None = None
+
+
+class NotificationStatusOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(description="gallery (visits written to the gallery), webhook or mqtt.")
+    last_error: str | None = None
+
+
+class CameraStatusOut(BaseModel):
+    state: Literal["stopped", "starting", "connecting", "running", "reconnecting", "ended",
+                   "failed"] = Field(
+        description="stopped (disabled, or camera workers are off), starting, connecting, "
+        "running, reconnecting (the stream dropped or cannot be reached; retried with "
+        "backoff), ended (a video file played to its end) or failed (the worker crashed or "
+        "cannot start; restarted with backoff).")
+    running: bool = Field(description="A worker is watching the camera now.")
+    last_error: str | None = Field(description="Why it is not running well (passwords hidden).")
+    restarts: int = Field(description="Restarts of the worker after a failure.")
+    read_fps: float | None = Field(description="Frames per second read from the stream.")
+    process_fps: float | None = Field(description="Frames per second processed.")
+    lag_s: float | None = Field(description="Age of the latest frame when it was processed.")
+    frames_read: int
+    frames_processed: int
+    ms_per_frame: float | None = Field(description="Processing time per frame (moving average).")
+    frame_errors: int = Field(description="Frames whose processing failed (skipped).")
+    frames_dropped: int = Field(description="Frames skipped to stay at the latest frame.")
+    frames_corrupt: int = Field(description="Frames that could not be decoded (skipped).")
+    reconnects: int
+    tracks_open: int = Field(description="Faces being followed now.")
+    visits: int = Field(description="Visits decided since the worker started.")
+    width: int | None
+    height: int | None
+    stream_fps: float | None = Field(description="The stream's own frame rate, when known.")
+    notifications: list[NotificationStatusOut] = Field(
+        description="Delivery status of the visit records and notifications (every camera "
+        "shares them): counts, and the last error.")
+
+
+class CameraOut(_Out):
+    id: str
+    name: str
+    url: str = Field(description="The URL with any password replaced by ***.")
+    settings: dict[str, Any]
+    enabled: bool
+    push: bool = Field(description="Frames are POSTed to /v1/cameras/{camera_id}/frames.")
+    created_at: datetime
+    updated_at: datetime
+    status: CameraStatusOut
+
+
+class CameraListOut(BaseModel):
+    cameras: list[CameraOut]
+    total: int
+
+
+class FrameAcceptedOut(BaseModel):
+    accepted: Literal[True]
+    status: CameraStatusOut
+
+
+class VisitOut(BaseModel):
+    id: int = Field(description="The event's id (/v1/events).")
+    time: datetime
+    camera: str
+    kind: Literal["arrived", "left"] = Field(
+        description="arrived: the visit was decided (a name, or unknown); left: it ended.")
+    subject_id: str | None = Field(description="Null for a stranger.")
+    name: str | None
+    score: float | None
+    track_id: int | None
+    visit_id: int | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    dwell_s: float | None
+    faces: int | None = Field(description="Face embeddings the decision used.")
+    visitor_id: str | None = Field(
+        description="A stranger's visitor in /v1/unknowns (on its left event).")
+
+
+class VisitListOut(BaseModel):
+    visits: list[VisitOut]
+    limit: int
+
+
+# -- unknowns (visitors) -----------------------------------------------------------------------
+class VisitorFaceOut(_Out):
+    id: int
+    ts: datetime = Field(description="When this face was seen.")
+    camera: str
+    quality: float
+    has_crop: bool = Field(description="Its crop is at .../faces/{face_id}.png.")
+
+
+class VisitorOut(_Out):
+    id: str
+    status: Literal["pending", "assigned", "dismissed"]
+    subject_id: str | None = Field(description="The subject it was assigned to.")
+    first_seen: datetime
+    last_seen: datetime
+    sightings: int = Field(description="Unknown visits grouped into this visitor.")
+    cameras: list[str]
+    faces: list[VisitorFaceOut] = Field(description="Its best kept faces, best first.")
+    face_ids: list[int]
+    created_at: datetime
+    updated_at: datetime
+
+
+class VisitorListOut(BaseModel):
+    visitors: list[VisitorOut]
+    total: int
+    limit: int
+    offset: int
+
+
+FaceIdValue = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class VisitorAssign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="An existing subject to add the visitor's faces to.")
+    name: Name | None = Field(default=None, description="Or: a new subject's name.")
+    faces: Annotated[list[FaceIdValue], Field(max_length=100)] | None = Field(
+        default=None, description="The visitor's face ids to enrol (default: its best, up to 5).")
+    force: bool = Field(
+        default=False, description="Assign even though the visitor looks like another "
+        "enrolled subject (otherwise 409).")
+
+
+class VisitorAssignedOut(BaseModel):
+    visitor: VisitorOut
+    subject: SubjectOut

@@ -17,9 +17,11 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from marginface.embed import FacePipeline, Pipeline
 from marginface.errors import ConfigError, GalleryError
+from marginface.extras import missing_extra_message
 from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
+from marginface.streams.manager import CameraManager
 
 __all__ = ["Service", "build_pipeline", "open_gallery"]
 
@@ -79,6 +81,22 @@ def _limit_blas(threads: int | None) -> Any:
     return limits
 
 
+def _notifiers(settings: ServeSettings) -> list[Any]:
+    """The webhooks and the MQTT publisher the settings name. None of them waits for its
+    receiver; an MQTT publisher without paho-mqtt installed is left out with an error logged,
+    so that the service still serves."""
+    from marginface.streams.notify import MqttPublisher, Webhook
+
+    notifiers: list[Any] = [Webhook(hook) for hook in settings.webhooks]
+    if settings.mqtt is not None:
+        try:
+            notifiers.append(MqttPublisher(settings.mqtt))
+        except ImportError as exc:
+            log.error("MQTT is configured but cannot run: %s",
+                      missing_extra_message(exc) or exc)
+    return notifiers
+
+
 class Service:
     """Everything one app instance serves with; opened at startup, closed at shutdown."""
 
@@ -87,6 +105,8 @@ class Service:
         settings: ServeSettings,
         pipeline: FacePipeline,
         gallery: Gallery | None = None,
+        *,
+        camera_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -112,7 +132,18 @@ class Service:
             gallery.close()
             raise ConfigError(str(exc)) from None
         self._blas_limits = _limit_blas(settings.blas_threads)
-        self.metrics = ServiceMetrics(self._sizes)
+        self.cameras = CameraManager(
+            gallery,
+            pipeline,
+            notifiers=_notifiers(settings),
+            store_crops=settings.store_photos,
+            fpir=settings.fpir,
+            retention_days=settings.retention_days,
+            run_workers=settings.cameras,
+            max_cameras=settings.max_cameras,
+            **(camera_options or {}),
+        )
+        self.metrics = ServiceMetrics(self._sizes, self._camera_statuses)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
         )
@@ -124,6 +155,17 @@ class Service:
         except Exception:  # a scrape must not fail because the store is briefly unavailable
             log.warning("cannot read the gallery size for /metrics", exc_info=True)
             return None
+
+    def _camera_statuses(self) -> list[tuple[str, dict[str, Any]]] | None:
+        try:
+            return self.cameras.statuses()
+        except Exception:  # a scrape must not fail because the store is briefly unavailable
+            log.warning("cannot read the cameras' status for /metrics", exc_info=True)
+            return None
+
+    def start_cameras(self) -> None:
+        """Run every enabled camera (the cameras restart with the service)."""
+        self.cameras.start()
 
     async def run(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run photo work (decode, detect, embed, search) on the pipeline threads, timed as
@@ -153,7 +195,11 @@ class Service:
         return True
 
     def close(self) -> None:
-        """Stop the pipeline threads and close the gallery."""
+        """Stop the cameras and the pipeline threads, and close the gallery."""
+        try:
+            self.cameras.close()
+        except Exception:
+            log.exception("stopping the cameras failed")
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.gallery.close()
         if self._blas_limits is not None:

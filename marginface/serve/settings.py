@@ -20,6 +20,7 @@ from marginface.config import format_validation_error
 from marginface.errors import ConfigError, DataError
 from marginface.eval.metrics import far_key
 from marginface.gallery import default_gallery_url
+from marginface.streams.notify import MqttSettings, WebhookSettings
 
 __all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
 
@@ -155,6 +156,37 @@ class ServeSettings(BaseSettings):
         "candidates name enrolled people and are for enrol and admin keys.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Camera streams (/v1/cameras, /v1/unknowns).
+    cameras: bool = Field(
+        default=True,
+        description="Run the camera workers: every enabled camera is watched while the service "
+        "runs (they restart with it). Off, cameras can still be configured but none runs.",
+    )
+    max_cameras: int = Field(
+        default=32, ge=0, le=1000, description="Cameras the service may hold (HTTP 409 beyond)."
+    )
+    retention_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Camera visit events and strangers' faces and crops older than this many "
+        "days are purged (hourly). None: kept for ever. Stranger crops are kept only when "
+        "store_photos is on.",
+    )
+    webhooks: list[WebhookSettings] = Field(
+        default_factory=list,
+        description="Webhooks receiving every visit event (an HTTP POST each, signed with "
+        "HMAC-SHA256 when a secret is set, retried with backoff): a list of objects with url, "
+        "secret, events, timeout_s, max_attempts... In the environment: JSON, e.g. "
+        'MARGINFACE_WEBHOOKS=\'[{"url": "https://hooks.example/in", "secret": "s3cret"}]\'.',
+    )
+    mqtt: MqttSettings | None = Field(
+        default=None,
+        description="An MQTT broker receiving visit events and each camera's retained state "
+        "(topics <topic_prefix>/<camera>/...): an object with host, port, username, password, "
+        "tls, topic_prefix, qos... In the environment: JSON, e.g. "
+        'MARGINFACE_MQTT=\'{"host": "broker.lan", "port": 1883}\'. None: no MQTT.',
+    )
 
     @field_validator("far", "fpir", mode="before")
     @classmethod

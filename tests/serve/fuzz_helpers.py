@@ -23,11 +23,13 @@ cases, by a ``random.Random`` seeded with the role and operation, so a run is re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +41,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import hypothesis
+import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -63,7 +66,15 @@ from schemathesis.specs.openapi.checks import (
 from schemathesis.transport.serialization import Binary
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import FakePipeline, make_photo
+from tests.serve.serve_fakes import (
+    DIM,
+    FAKE_CAMERAS,
+    QUICK,
+    FakePipeline,
+    camera_frame,
+    hue_rgb,
+    make_photo,
+)
 
 T = TypeVar("T")
 
@@ -92,7 +103,28 @@ REQUIRED_ROLE: dict[str, str | None] = {
     "GET /v1/keys": "admin",
     "POST /v1/keys": "admin",
     "DELETE /v1/keys/{key_id}": "admin",
+    "POST /v1/cameras": "admin",
+    "GET /v1/cameras": "recognise",
+    "GET /v1/cameras/{camera_id}": "recognise",
+    "PATCH /v1/cameras/{camera_id}": "admin",
+    "DELETE /v1/cameras/{camera_id}": "admin",
+    "POST /v1/cameras/{camera_id}/start": "admin",
+    "POST /v1/cameras/{camera_id}/stop": "admin",
+    "POST /v1/cameras/{camera_id}/frames": "enrol",
+    "GET /v1/cameras/{camera_id}/snapshot.jpg": "recognise",
+    "GET /v1/cameras/{camera_id}/visits": "recognise",
+    "GET /v1/visits": "recognise",
+    "GET /v1/unknowns": "recognise",
+    "GET /v1/unknowns/{visitor_id}": "recognise",
+    "GET /v1/unknowns/{visitor_id}/faces/{face_id}.png": "enrol",
+    "POST /v1/unknowns/{visitor_id}/assign": "enrol",
+    "POST /v1/unknowns/{visitor_id}/dismiss": "enrol",
 }
+
+#: Cameras: the fake worker; failing cameras (random URLs) retry slowly, not every 0.2 s.
+FUZZ_CAMERAS = {**FAKE_CAMERAS, "restart_initial_s": 1.0, "restart_max_s": 5.0}
+#: A frame of person 4 for the push cameras.
+FRAME = camera_frame((4, 60))
 
 OWN_KEY_REVOCATION = "DELETE /v1/keys/{key_id}"
 
@@ -504,7 +536,12 @@ class FuzzRun:
     def __init__(self, role: str, settings: ServeSettings) -> None:
         self.role = role
         self.settings = settings
-        self.app = CountingApp(create_app(settings, pipeline=FakePipeline()))
+        self.app = CountingApp(
+            create_app(settings, pipeline=FakePipeline(), camera_options=FUZZ_CAMERAS)
+        )
+        self._seed_cameras: list[str] = []
+        self._camera_count = 0
+        self._seed_visitor_person = 0
         self.stats = RunStats(role)
         self.registry = Registry()
         self.secrets: dict[str, str] = {}
@@ -586,6 +623,65 @@ class FuzzRun:
             if source not in self.registry.sources:
                 self.registry.sources.append(source)
 
+    # -- cameras and strangers (seeded through the service itself: faster than HTTP) ----------
+    @property
+    def service(self) -> Any:
+        return self.app.app.state.service
+
+    def _push_camera(self) -> str:
+        """A running push camera that has processed a frame (snapshots answer 200)."""
+        cameras = self.service.cameras
+        self._camera_count += 1
+        listed = cameras.list_cameras()
+        if len(listed) + 1 >= cameras.max_cameras:  # make room: fuzzing fills the service
+            for view in listed[: len(listed) // 2]:
+                if view["id"] not in self._seed_cameras:
+                    cameras.delete(view["id"])
+        cam = cameras.create(f"seed camera {self._camera_count}", "push:", QUICK)
+        deadline = time.monotonic() + 10
+        while cameras.status(cam["id"])["frames_processed"] == 0:
+            if time.monotonic() > deadline:
+                raise AssertionError("the fuzzer's push camera processes no frame")
+            if cameras.status(cam["id"])["running"]:
+                with contextlib.suppress(Exception):
+                    cameras.push(cam["id"], FRAME)
+            time.sleep(0.03)
+        return str(cam["id"])
+
+    def _ensure_cameras(self, minimum: int = 2) -> None:
+        """Keep ``minimum`` running push cameras with a frame (fuzzing stops, changes and
+        deletes them)."""
+        cameras = self.service.cameras
+        healthy = []
+        for camera_id in self._seed_cameras:
+            try:
+                view = cameras.get(camera_id)
+            except Exception:
+                continue
+            ok = view["push"] and view["status"]["running"]
+            if ok and view["status"]["frames_processed"] > 0:
+                healthy.append(camera_id)
+            else:
+                with contextlib.suppress(Exception):
+                    cameras.delete(camera_id)
+        self._seed_cameras = healthy
+        while len(self._seed_cameras) < minimum:
+            self._seed_cameras.append(self._push_camera())
+
+    def _ensure_visitors(self, minimum: int = 3) -> None:
+        """Keep ``minimum`` pending visitors (each a stranger seen once, with crops)."""
+        gallery = self.service.cameras.gallery
+        while gallery.count_visitors("pending") < minimum:
+            person = 12 + self._seed_visitor_person % 6
+            self._seed_visitor_person += 1
+            emb = np.zeros((2, DIM), np.float32)
+            emb[:, person] = 1.0
+            emb[1, DIM - 1 - self._seed_visitor_person % 8] = 0.2
+            crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
+            now = time.time()
+            # threshold 1.01: always a new visitor, never grouped with an assigned one
+            gallery.record_stranger("door-1", now - 5, now, emb, [0.9, 0.8], [crop, crop], 1.01)
+
     def _ensure_subjects(self, minimum: int = 3) -> None:
         """Enrol seed people again when deletions left too few subjects or faces to pick."""
         for _ in range(minimum):
@@ -608,6 +704,10 @@ class FuzzRun:
                 setattr(case, container, dict(value))
         if positive:
             self._ensure_subjects()
+            if "{camera_id}" in label:
+                self._ensure_cameras()
+            if label.startswith(("GET /v1/unknowns", "POST /v1/unknowns")):
+                self._ensure_visitors()
             self._edge_values(case, chooser)
             self._real_ids(case, chooser, label)
             self._real_photos(case, chooser)
@@ -616,6 +716,25 @@ class FuzzRun:
     def _real_ids(self, case: Case, chooser: Chooser, label: str) -> None:
         reg = self.registry
         params = case.path_parameters
+        if params and "camera_id" in params and chooser.chance(0.7):
+            params["camera_id"] = chooser.pick(self._seed_cameras)
+        if params and "visitor_id" in params:
+            if chooser.chance(0.7):
+                gallery = self.service.cameras.gallery
+                status = "pending" if label.startswith("POST") else None
+                visitors = gallery.list_visitors(status, limit=20) or gallery.list_visitors(None)
+                visitor = chooser.pick(visitors)
+                params["visitor_id"] = visitor.id
+                own_face = chooser.chance(0.85)  # drawn whatever the state: reproducible
+                if "face_id" in params and visitor.face_ids and own_face:
+                    params["face_id"] = chooser.pick(visitor.face_ids)
+            self._real_review(case, chooser, label)
+            return
+        if label == "POST /v1/cameras/{camera_id}/frames" and chooser.chance(0.75):
+            if isinstance(case.body, dict):
+                case.body["frame"] = Binary(FRAME)
+            else:
+                case.body = FRAME
         if params:
             if "face_id" in params and chooser.chance(0.6):
                 sid, fid = chooser.pick(reg.faces)
@@ -636,6 +755,16 @@ class FuzzRun:
                 query["source"] = chooser.pick(reg.sources or ["api"])
             if label == "GET /v1/subjects" and "name" in query and chooser.chance(0.3):
                 query["name"] = chooser.pick(reg.names or ["Seed"])[:6]
+
+    def _real_review(self, case: Case, chooser: Chooser, label: str) -> None:
+        """An assignment often names a new subject, or an existing one, with force (the
+        generated bodies rarely give exactly one of the two)."""
+        if label != "POST /v1/unknowns/{visitor_id}/assign" or not chooser.chance(0.6):
+            return
+        if chooser.chance(0.5):
+            case.body = {"name": f"Reviewed {chooser.pick(range(1000))}", "force": True}
+        else:
+            case.body = {"subject_id": chooser.pick(self.registry.subjects), "force": True}
 
     def _edge_values(self, case: Case, chooser: Chooser) -> None:
         """Edge values: a generated date or date-time in the query often becomes one of the

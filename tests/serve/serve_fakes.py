@@ -14,9 +14,10 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -225,3 +226,170 @@ class Harness:
         )
         assert r.status_code == 201, r.text
         return r.json()
+
+
+# -- cameras ----------------------------------------------------------------------------------
+class FakeCameraWorker:
+    """Stands in for ``marginface.streams.camera.CameraWorker`` with the fake pipeline: each
+    coloured square is a face and its colour (person) is its track; a person missing from a
+    processed frame ends the track. Decisions are the real ``VisitTracker``'s, so events, the
+    recorder and the review queue are the real ones, at a fraction of a real camera's cost."""
+
+    def __init__(
+        self,
+        name: str,
+        pipeline: FakePipeline,
+        gallery: Any,
+        settings: Any,
+        *,
+        sinks: Any = (),
+        fpir: Any = None,
+    ) -> None:
+        from marginface.streams.visits import VisitSettings, VisitTracker
+
+        visits = getattr(settings, "visits", None) or VisitSettings(min_faces=2, max_faces=3)
+        self.name = name
+        self.pipeline = pipeline
+        self.sinks = list(sinks)
+        self.visits = VisitTracker(gallery, name, visits, fpir=fpir)
+        self.processed = 0
+        self.arrived = 0
+        self._open: dict[int, int] = {}  # person -> track id
+        self._next_track = 1
+        self._latest: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _emit(self, event: Any) -> None:
+        if event is None:
+            return
+        if event.kind == "arrived":
+            self.arrived += 1
+        for sink in self.sinks:
+            sink(event)
+
+    def process(self, frame: Any) -> None:
+        from marginface.align.quality import FaceQuality
+
+        faces = self.pipeline.embed_image(frame.image)
+        seen = set()
+        annotated = frame.image.copy()
+        for face in faces:
+            person = int(np.argmax(face.embedding[:N_PEOPLE]))
+            seen.add(person)
+            track = self._open.get(person)
+            if track is None:
+                track = self._open[person] = self._next_track
+                self._next_track += 1
+            x1, y1, x2, _ = (int(v) for v in face.box)
+            quality = FaceQuality(size=float(x2 - x1), detection_score=0.99, sharpness=500.0,
+                                  yaw=0.0, pitch=0.5)
+            crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
+            self._emit(self.visits.observe(track, frame.t, quality, face.embedding, crop=crop,
+                                           wall=frame.wall))
+            annotated[y1:y1 + 2, x1:x2] = 255
+        for person in [p for p in self._open if p not in seen]:
+            self._emit(self.visits.end(self._open.pop(person)))
+        with self._lock:
+            self.processed += 1
+            self._latest = annotated
+
+    def finish(self) -> None:
+        for person in list(self._open):
+            self._emit(self.visits.end(self._open.pop(person)))
+
+    def run(self, source: Any, stop: threading.Event) -> None:
+        while not stop.is_set():
+            frame = source.read(timeout=0.05)
+            if frame is None:
+                if source.status().state in ("ended", "failed", "stopped"):
+                    self.finish()
+                    return
+                continue
+            self.process(frame)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"frames_processed": self.processed, "tracks_open": len(self._open),
+                    "visits": self.arrived, "process_fps": 0.0}
+
+    def latest_annotated(self) -> np.ndarray | None:
+        with self._lock:
+            return self._latest
+
+
+#: create_app's camera_options for tests: the fake worker, quick restarts and state updates.
+FAKE_CAMERAS: dict[str, Any] = {
+    "worker_factory": FakeCameraWorker,
+    "restart_initial_s": 0.05,
+    "restart_max_s": 0.2,
+    "state_every_s": 0.2,
+}
+
+
+def camera_frame(*faces: tuple[int, int], size: tuple[int, int] = (320, 240)) -> bytes:
+    """A JPEG frame for a push camera, one square per ``(person, side)``."""
+    return make_photo(*faces, size=size, fmt="JPEG")
+
+
+#: Camera settings for quick tests: frames due every 20 ms, a decision after two faces.
+QUICK: dict[str, Any] = {"fps": 50, "visits": {"min_faces": 2, "max_faces": 3}}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def add_camera(h: Harness, name: str = "door", url: str = "push:", **body: Any) -> dict:
+    r = h.client.post(
+        "/v1/cameras", json={"name": name, "url": url, **body}, headers=h.headers("admin")
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def camera(h: Harness, camera_id: str) -> dict:
+    r = h.client.get(f"/v1/cameras/{camera_id}", headers=h.headers("recognise"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def push(h: Harness, camera_id: str, data: bytes, role: str = "enrol", **kw: Any) -> Any:
+    headers = {**h.headers(role), "Content-Type": "image/jpeg"}
+    return h.client.post(f"/v1/cameras/{camera_id}/frames", content=data, headers=headers, **kw)
+
+
+def push_until_processed(h: Harness, camera_id: str, data: bytes) -> None:
+    """Push one frame and wait until the worker has processed it (a live source keeps only
+    the latest frame: frames pushed faster than processed are dropped)."""
+    before = camera(h, camera_id)["status"]["frames_processed"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        # A frame pushed sooner than 1/fps after the previous one is not due: push again.
+        assert push(h, camera_id, data).status_code == 202
+        for _ in range(15):
+            if camera(h, camera_id)["status"]["frames_processed"] > before:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the pushed frame was never processed")
+
+
+def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, Any]:
+    """A pending visitor straight into the gallery (what the recorder writes for a stranger's
+    visit): two faces of the fake pipeline's ``person``."""
+    gallery = h.client.app.state.service.cameras.gallery
+    emb = np.zeros((2, DIM), np.float32)
+    emb[:, person] = 1.0
+    emb[1, 20] = 0.3
+    crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
+    now = datetime.now(UTC)
+    sighting = gallery.record_stranger(
+        "door", now - timedelta(seconds=5), now, emb, [0.9, 0.8],
+        [crop, crop] if crops else None,
+    )
+    return gallery.get_visitor(sighting.visitor_id).to_dict()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,7 +15,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from marginface.serve import ServeSettings, create_app
-from tests.serve.serve_fakes import DIM, FakePipeline, Harness, make_photo
+from tests.serve.serve_fakes import (
+    DIM,
+    FAKE_CAMERAS,
+    QUICK,
+    FakePipeline,
+    Harness,
+    camera_frame,
+    make_photo,
+    seed_visitor,
+    wait_for,
+)
 
 ROLES = ("recognise", "enrol", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
@@ -134,14 +146,103 @@ ROUTE_TABLE: list[tuple[str, str, str, int, Request]] = [
     ("DELETE", "/v1/keys/{key_id}", "admin", 204, _new_key_req),
 ]
 
+_CAMERAS = itertools.count()
+
+
+def _camera_req(method: str, suffix: str = "", *, frame: bool = False, **kw: Any) -> Request:
+    """A request on a new push camera (running; with a processed frame when ``frame``)."""
+
+    def build(h: Harness) -> dict[str, Any]:
+        cameras = h.client.app.state.service.cameras
+        cam = cameras.create(f"table camera {next(_CAMERAS)}", "push:", QUICK)
+        wait_for(lambda: cameras.status(cam["id"])["running"], what="the camera to run")
+        if frame:
+            def processed() -> bool:
+                cameras.push(cam["id"], camera_frame((4, 60)))
+                time.sleep(0.05)
+                return cameras.status(cam["id"])["frames_processed"] > 0
+
+            wait_for(processed, what="a processed frame")
+        return _req(method, f"/v1/cameras/{cam['id']}{suffix}", **kw)
+
+    return build
+
+
+def _visitor_req(method: str, suffix: str = "", **kw: Any) -> Request:
+    def build(h: Harness) -> dict[str, Any]:
+        visitor = seed_visitor(h, next(_CAMERAS) % 18)
+        path = suffix.format(face_id=visitor["faces"][0]["id"])
+        return _req(method, f"/v1/unknowns/{visitor['id']}{path}", **kw)
+
+    return build
+
+
+ROUTE_TABLE += [
+    (
+        "POST",
+        "/v1/cameras",
+        "admin",
+        201,
+        lambda h: _req("POST", "/v1/cameras", json={"name": f"cam {next(_CAMERAS)}",
+                                                    "url": "push:"}),
+    ),
+    ("GET", "/v1/cameras", "recognise", 200, lambda h: _req("GET", "/v1/cameras")),
+    ("GET", "/v1/cameras/{camera_id}", "recognise", 200, _camera_req("GET")),
+    (
+        "PATCH",
+        "/v1/cameras/{camera_id}",
+        "admin",
+        200,
+        _camera_req("PATCH", json={"settings": {"fps": 2}}),
+    ),
+    ("DELETE", "/v1/cameras/{camera_id}", "admin", 204, _camera_req("DELETE")),
+    ("POST", "/v1/cameras/{camera_id}/start", "admin", 200, _camera_req("POST", "/start")),
+    ("POST", "/v1/cameras/{camera_id}/stop", "admin", 200, _camera_req("POST", "/stop")),
+    (
+        "POST",
+        "/v1/cameras/{camera_id}/frames",
+        "enrol",
+        202,
+        _camera_req("POST", "/frames", content=camera_frame((4, 60)),
+                    headers={"Content-Type": "image/jpeg"}),
+    ),
+    (
+        "GET",
+        "/v1/cameras/{camera_id}/snapshot.jpg",
+        "recognise",
+        200,
+        _camera_req("GET", "/snapshot.jpg", frame=True),
+    ),
+    ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200, _camera_req("GET", "/visits")),
+    ("GET", "/v1/visits", "recognise", 200, lambda h: _req("GET", "/v1/visits")),
+    ("GET", "/v1/unknowns", "recognise", 200, lambda h: _req("GET", "/v1/unknowns")),
+    ("GET", "/v1/unknowns/{visitor_id}", "recognise", 200, _visitor_req("GET")),
+    (
+        "GET",
+        "/v1/unknowns/{visitor_id}/faces/{face_id}.png",
+        "enrol",
+        200,
+        _visitor_req("GET", "/faces/{face_id}.png"),
+    ),
+    (
+        "POST",
+        "/v1/unknowns/{visitor_id}/assign",
+        "enrol",
+        200,
+        _visitor_req("POST", "/assign", json={"name": "Reviewed", "force": True}),
+    ),
+    ("POST", "/v1/unknowns/{visitor_id}/dismiss", "enrol", 200, _visitor_req("POST", "/dismiss")),
+]
+
 CALLERS = (None, "wrong", *ROLES)
 
 
 @pytest.fixture(scope="module")
 def table_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     tmp = tmp_path_factory.mktemp("roles")
-    settings = ServeSettings(db=str(tmp / "gallery.db"), store_photos=True)
-    with TestClient(create_app(settings, pipeline=FakePipeline())) as client:
+    settings = ServeSettings(db=str(tmp / "gallery.db"), store_photos=True, max_cameras=1000)
+    app = create_app(settings, pipeline=FakePipeline(), camera_options=FAKE_CAMERAS)
+    with TestClient(app) as client:
         admin = settings.key_file.read_text().strip()
         keys = {"admin": admin, "wrong": "mfk_000000000000_not-a-real-key"}
         gallery = client.app.state.service.gallery
@@ -179,6 +280,7 @@ def test_route_permissions(
     h = table_harness
     request = build(h)
     headers = {"X-API-Key": h.keys[caller]} if caller else {}
+    headers.update(request.pop("headers", {}))
     response = h.client.request(headers=headers, **request)
     if caller in (None, "wrong"):
         expected = 401
@@ -215,7 +317,8 @@ def test_api_key_never_in_query_string(harness: Harness) -> None:
 
 def test_first_start_creates_private_admin_key_once(settings: ServeSettings) -> None:
     assert not settings.key_file.exists()
-    with TestClient(create_app(settings, pipeline=FakePipeline())) as client:
+    app = create_app(settings, pipeline=FakePipeline(), camera_options=FAKE_CAMERAS)
+    with TestClient(app) as client:
         key = settings.key_file.read_text().strip()
         mode = stat.S_IMODE(os.stat(settings.key_file).st_mode)
         assert mode == 0o600
@@ -227,7 +330,8 @@ def test_first_start_creates_private_admin_key_once(settings: ServeSettings) -> 
     assert key.encode() not in settings.sqlite_path.read_bytes()
     # A second start neither creates another key nor rewrites the file.
     before = settings.key_file.stat().st_mtime_ns
-    with TestClient(create_app(settings, pipeline=FakePipeline())) as client:
+    app = create_app(settings, pipeline=FakePipeline(), camera_options=FAKE_CAMERAS)
+    with TestClient(app) as client:
         assert len(client.app.state.service.gallery.list_api_keys()) == 1
         assert client.get("/v1/me", headers={"X-API-Key": key}).status_code == 200
     assert settings.key_file.stat().st_mtime_ns == before

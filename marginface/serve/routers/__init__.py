@@ -5,6 +5,9 @@
 - ``recognition``: identify every face in a photo, verify one face;
 - ``events``: recognition events and attendance, as JSON or CSV;
 - ``keys``: the caller's key (``/me``) and the admin's API-key management.
+- ``cameras``: cameras (configure, start, stop, status, pushed frames, snapshot) and their
+  visits (``/v1/visits``);
+- ``unknowns``: the strangers' review queue (visitors: list, faces, assign, dismiss).
 
 Each module's ``router`` has the ``/v1`` prefix, its tag and the 401/403 responses; routers that
 take photos parse uploads in memory (``serve/uploads.py``). Bounded parameter types and the

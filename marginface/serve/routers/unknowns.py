@@ -1,0 +1,173 @@
+"""The review queue of strangers: ``/v1/unknowns``.
+
+Cameras decide each visit once: a named subject, or unknown. Unknown visits that look alike
+(cosine above the gallery's operating point) are grouped as one *visitor*, across time and
+cameras, with its best faces. A reviewer lists the pending visitors with their times and
+faces, then assigns each to an existing or a new subject (its faces are enrolled at once, no
+retraining: the cameras recognise the person from then on) or dismisses it (its later visits
+are only counted, it does not come back to the queue).
+
+Any key reads the queue (recognise role: the page's review card); the face crops and the review
+itself need an enrol key, the role that enrols people. Crops exist only when the service keeps
+them (``store_photos``); retention purges old faces and visitors (``retention_days``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+
+from marginface.errors import ConflictError, NotFoundError
+from marginface.serve.auth import EnrolKey, RecogniseKey
+from marginface.serve.deps import GalleryDep
+from marginface.serve.errors import ApiError
+from marginface.serve.params import AUTH_ERRORS, BODY_ERRORS, MAX_ID, Offset, Responses
+from marginface.serve.schemas import (
+    ErrorOut,
+    VisitorAssign,
+    VisitorAssignedOut,
+    VisitorListOut,
+    VisitorOut,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["unknowns"], responses=AUTH_ERRORS)
+
+VisitorId = Annotated[str, Path(min_length=1, max_length=64, description="The visitor's id.")]
+VisitorFaceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The face's id.")]
+
+_NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No visitor with this id."}}
+
+
+@contextmanager
+def _visitor_errors(visitor_id: str) -> Iterator[None]:
+    try:
+        yield
+    except NotFoundError:
+        raise ApiError(404, "visitor_not_found", f"no visitor with id {visitor_id!r}") from None
+
+
+@router.get("/unknowns", response_model=VisitorListOut, summary="The strangers' review queue")
+def list_unknowns(
+    gallery: GalleryDep,
+    _key: RecogniseKey,
+    status: Annotated[
+        Literal["pending", "assigned", "dismissed", "all"],
+        Query(description="Which visitors: pending review (default), assigned, dismissed, all."),
+    ] = "pending",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+) -> Any:
+    """Visitors, the most recently seen first: when each was first and last seen, how many
+    unknown visits were grouped into it (`sightings`), by which cameras, and its best faces
+    (`face_ids`; each crop at `/v1/unknowns/{visitor_id}/faces/{face_id}.png` when
+    `has_crop`)."""
+    which = None if status == "all" else status
+    visitors = gallery.list_visitors(which, limit=limit, offset=offset)
+    total = gallery.count_visitors(which)
+    return {"visitors": visitors, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get(
+    "/unknowns/{visitor_id}", response_model=VisitorOut, responses=_NOT_FOUND,
+    summary="One visitor",
+)
+def get_unknown(visitor_id: VisitorId, gallery: GalleryDep, _key: RecogniseKey) -> Any:
+    """The visitor: status, times, sightings, cameras and kept faces (best first)."""
+    with _visitor_errors(visitor_id):
+        return gallery.get_visitor(visitor_id)
+
+
+@router.get(
+    "/unknowns/{visitor_id}/faces/{face_id}.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The aligned face crop (112x112)."},
+        404: {
+            "model": ErrorOut,
+            "description": "No such visitor or face of it, or no crop is kept (the service "
+            "keeps crops only with store_photos).",
+        },
+    },
+    summary="A visitor's face crop",
+)
+def unknown_face(
+    visitor_id: VisitorId, face_id: VisitorFaceId, gallery: GalleryDep, _key: EnrolKey
+) -> Response:
+    """The aligned crop of one of the visitor's faces, as PNG (enrol key: faces of people who
+    have not been identified are for the reviewers)."""
+    with _visitor_errors(visitor_id):
+        visitor = gallery.get_visitor(visitor_id)
+    if face_id not in visitor.face_ids:
+        raise ApiError(404, "face_not_found", f"visitor {visitor_id!r} has no face {face_id}")
+    try:
+        crop = gallery.visitor_face_crop(face_id)
+    except NotFoundError:
+        crop = None
+    if crop is None:
+        raise ApiError(
+            404, "crop_not_stored", "no crop is kept for this face (the service stores crops "
+            "only with store_photos)"
+        )
+    return Response(crop, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/unknowns/{visitor_id}/assign",
+    response_model=VisitorAssignedOut,
+    responses={
+        **BODY_ERRORS,
+        404: {"model": ErrorOut, "description": "No such visitor, or no such subject."},
+        409: {
+            "model": ErrorOut,
+            "description": "The visitor was assigned or dismissed already, or it looks like "
+            "another enrolled subject (force=true assigns it anyway).",
+        },
+        422: {"model": ErrorOut, "description": "Give exactly one of subject_id and name; or "
+              "invalid fields (faces that are not the visitor's)."},
+    },
+    summary="Assign a visitor to a subject",
+)
+def assign_unknown(
+    visitor_id: VisitorId, body: VisitorAssign, gallery: GalleryDep, _key: EnrolKey
+) -> Any:
+    """Enrol the visitor's best faces (or the `faces` given) into the existing subject
+    `subject_id`, or into a new subject named `name`, in one transaction: the cameras
+    recognise the person from their next visit, with no retraining. Refused (409) when the
+    visitor looks like another enrolled subject, unless `force`."""
+    if (body.subject_id is None) == (body.name is None):
+        raise ApiError(422, "invalid_request", "give exactly one of subject_id and name")
+    with _visitor_errors(visitor_id):
+        gallery.get_visitor(visitor_id)
+    try:
+        subject = gallery.assign_visitor(
+            visitor_id, subject_id=body.subject_id, name=body.name, faces=body.faces,
+            force=body.force,
+        )
+    except NotFoundError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except ConflictError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    with _visitor_errors(visitor_id):
+        visitor = gallery.get_visitor(visitor_id)
+    return {"visitor": visitor, "subject": subject}
+
+
+@router.post(
+    "/unknowns/{visitor_id}/dismiss",
+    response_model=VisitorOut,
+    responses={
+        **_NOT_FOUND,
+        409: {"model": ErrorOut, "description": "The visitor was assigned already."},
+    },
+    summary="Dismiss a visitor",
+)
+def dismiss_unknown(visitor_id: VisitorId, gallery: GalleryDep, _key: EnrolKey) -> Any:
+    """Take the visitor out of the review queue. Its later visits are still grouped with it
+    and counted, without coming back to the queue; retention purges it in time."""
+    with _visitor_errors(visitor_id):
+        return gallery.dismiss_visitor(visitor_id)

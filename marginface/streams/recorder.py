@@ -1,0 +1,196 @@
+"""Visits into the gallery: each ``arrived`` and ``left`` event as a logged event, and each
+unknown visit as a stranger sighting (the review queue of ``/v1/unknowns``).
+
+:class:`VisitRecorder` is a *sink* of a camera worker (``recorder(event)`` for every
+:class:`~marginface.streams.visits.VisitEvent`). Every write is its own committed transaction,
+made when the event happens: a service killed (SIGKILL) while cameras run loses at most the
+visits that had not finished, never one that had, and leaves the gallery consistent.
+
+What is written:
+
+* every event: ``Gallery.log_event(source=camera, subject_id, score, decision="arrived" |
+  "left", time=first_seen | last_seen, details={"kind": "visit", camera, track_id, visit_id,
+  start_s, end_s, first_seen, last_seen, dwell_s, faces, threshold[, visitor_id]})``. Named
+  visits count in the attendance report (first in, last out per person per day);
+* an unknown ``left`` event (the stranger's visit is over, its best faces are known): the
+  track's best faces go to :meth:`Gallery.record_stranger`, which groups them with a visitor
+  who looks alike (above the operating point) or starts a new one. Their aligned crops are
+  kept only when ``store_crops`` is set (the service's ``store_photos``). The visitor's id is
+  logged with the ``left`` event and is known to :meth:`VisitRecorder.visitor_of` afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from marginface.errors import MarginfaceError, NotFoundError
+from marginface.gallery import Gallery
+from marginface.streams.visits import VisitEvent
+
+__all__ = ["VisitRecorder", "evidence_arrays", "visit_details"]
+
+log = logging.getLogger(__name__)
+
+#: Visitor ids remembered per (camera, visit id), for notifications that come after.
+_REMEMBERED = 1000
+
+
+def _field(item: Any, *names: str) -> Any:
+    """The first of ``names`` that ``item`` has (as an attribute or a mapping key)."""
+    for name in names:
+        if isinstance(item, dict) and name in item:
+            return item[name]
+        if hasattr(item, name):
+            return getattr(item, name)
+    return None
+
+
+def evidence_arrays(
+    event: VisitEvent,
+) -> tuple[np.ndarray, list[float], list[np.ndarray | None]]:
+    """The track's best faces of ``event.evidence``: embeddings ``(n, dim)``, their quality
+    scores and their aligned crops (RGB 112x112, None where a face has none). Empty when the
+    event carries no evidence."""
+    evidence = getattr(event, "evidence", None) or ()
+    embeddings: list[np.ndarray] = []
+    qualities: list[float] = []
+    crops: list[np.ndarray | None] = []
+    for face in evidence:
+        if isinstance(face, tuple) and not hasattr(face, "_fields"):  # (quality, emb[, crop])
+            quality, embedding, crop = (*face, None)[:3]
+        else:
+            quality = _field(face, "quality", "score")
+            embedding = _field(face, "embedding")
+            crop = _field(face, "crop")
+        if embedding is None:
+            continue
+        quality = _field(quality, "score") if not isinstance(quality, int | float) else quality
+        embeddings.append(np.asarray(embedding, np.float32).ravel())
+        qualities.append(float(quality if quality is not None else 1.0))
+        crops.append(None if crop is None else np.asarray(crop, np.uint8))
+    if not embeddings:
+        return np.zeros((0, 0), np.float32), [], []
+    return np.vstack(embeddings), qualities, crops
+
+
+def _when(value: Any) -> datetime:
+    """An event's time as an aware datetime (now when the event has none)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.astimezone()
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), UTC)
+    return datetime.now(UTC)
+
+
+def visit_details(event: VisitEvent, visitor_id: str | None = None) -> dict[str, Any]:
+    """The ``details`` object logged with a visit event (JSON-ready)."""
+    first = _when(getattr(event, "first_seen", None))
+    last = _when(getattr(event, "last_seen", None))
+    details: dict[str, Any] = {
+        "kind": "visit",
+        "camera": event.camera,
+        "track_id": int(event.track_id),
+        "visit_id": int(event.visit_id),
+        "start_s": round(float(event.start_s), 3),
+        "end_s": round(float(event.end_s), 3),
+        "first_seen": first.isoformat(),
+        "last_seen": last.isoformat(),
+        "dwell_s": round(max(0.0, float(event.end_s) - float(event.start_s)), 3),
+        "faces": int(event.faces),
+        "threshold": round(float(event.threshold), 4),
+    }
+    if visitor_id is not None:
+        details["visitor_id"] = visitor_id
+    return details
+
+
+class VisitRecorder:
+    """A camera worker's sink that writes visits to the gallery as they happen.
+
+    Thread-safe (one recorder may serve every camera of a service). A failing write is logged
+    and counted (:meth:`status`), never raised into the camera: a camera keeps watching while
+    its database is briefly unavailable.
+    """
+
+    def __init__(self, gallery: Gallery, *, store_crops: bool = False) -> None:
+        self.gallery = gallery
+        self.store_crops = store_crops
+        self._lock = threading.Lock()
+        self._visitors: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._counts = {"events": 0, "strangers": 0, "failed": 0}
+        self._last_error: str | None = None
+
+    def __call__(self, event: VisitEvent) -> None:
+        """Record ``event`` (an ``arrived`` or a ``left``)."""
+        try:
+            self.record(event)
+        except Exception as exc:  # never into the camera worker
+            log.warning("camera %r: cannot record the %s event of track %s: %s",
+                        event.camera, event.kind, event.track_id, exc,
+                        exc_info=not isinstance(exc, MarginfaceError))
+            with self._lock:
+                self._counts["failed"] += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+
+    def record(self, event: VisitEvent) -> str | None:
+        """Write ``event``; returns the visitor id of an unknown ``left`` event (else None).
+        Raises what the gallery raises."""
+        visitor_id = None
+        if event.kind == "left" and event.subject_id is None:
+            visitor_id = self._record_stranger(event)
+        elif event.subject_id is None:
+            visitor_id = self.visitor_of(event.camera, event.visit_id)
+        at = _when(getattr(event, "first_seen" if event.kind == "arrived" else "last_seen", None))
+        details = visit_details(event, visitor_id)
+        try:
+            self.gallery.log_event(event.camera, subject_id=event.subject_id, score=event.score,
+                                   decision=event.kind, time=at, details=details)
+        except NotFoundError:
+            # The subject was erased while in view: the visit stays, without the person.
+            details["erased_subject"] = True
+            self.gallery.log_event(event.camera, subject_id=None, score=event.score,
+                                   decision=event.kind, time=at, details=details)
+        with self._lock:
+            self._counts["events"] += 1
+        return visitor_id
+
+    def _record_stranger(self, event: VisitEvent) -> str | None:
+        embeddings, qualities, crops = evidence_arrays(event)
+        if not len(embeddings):
+            return None
+        kept: Sequence[np.ndarray | None] = crops if self.store_crops else [None] * len(crops)
+        sighting = self.gallery.record_stranger(
+            event.camera,
+            _when(getattr(event, "first_seen", None)),
+            _when(getattr(event, "last_seen", None)),
+            embeddings,
+            qualities,
+            list(kept),
+            float(event.threshold),
+        )
+        visitor_id = getattr(sighting, "visitor_id", sighting)
+        visitor_id = visitor_id if isinstance(visitor_id, str) else None
+        with self._lock:
+            self._counts["strangers"] += 1
+            if visitor_id is not None:
+                self._visitors[(event.camera, int(event.visit_id))] = visitor_id
+                while len(self._visitors) > _REMEMBERED:
+                    self._visitors.popitem(last=False)
+        return visitor_id
+
+    def visitor_of(self, camera: str, visit_id: int) -> str | None:
+        """The visitor an unknown visit of ``camera`` was grouped into (once it has left)."""
+        with self._lock:
+            return self._visitors.get((camera, int(visit_id)))
+
+    def status(self) -> dict[str, Any]:
+        """``events`` written, ``strangers`` recorded, ``failed`` writes, ``last_error``."""
+        with self._lock:
+            return {**self._counts, "last_error": self._last_error}

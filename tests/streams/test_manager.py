@@ -1,0 +1,224 @@
+"""The service's cameras without the service: the manager's supervision (a crashing worker is
+restarted with backoff while other cameras work), prompt shutdown, the recorder's writes,
+retention and state publishing; and once, a real video through the real pipeline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from marginface.gallery import Gallery
+from marginface.streams.manager import CameraManager, check_camera_url
+from marginface.streams.recorder import VisitRecorder
+from marginface.streams.visits import Evidence, VisitEvent
+from tests.serve.serve_fakes import (
+    DIM,
+    QUICK,
+    FakeCameraWorker,
+    FakeEmbedder,
+    FakePipeline,
+    camera_frame,
+    wait_for,
+)
+
+QUICK_RESTARTS = {"restart_initial_s": 0.05, "restart_max_s": 0.2, "state_every_s": 0.1}
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    card = FakeEmbedder.card
+    with Gallery.open(tmp_path / "g.db", model_name=card.name, dim=DIM, card=card) as g:
+        yield g
+
+
+class FlakyWorkers:
+    """A worker factory whose workers of camera ``bad`` crash ``crashes`` times."""
+
+    def __init__(self, crashes: int) -> None:
+        self.crashes = crashes
+        self.calls = 0
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> FakeCameraWorker:
+        if name == "bad":
+            self.calls += 1
+            if self.calls <= self.crashes:
+                raise RuntimeError(f"boom {self.calls}")
+        return FakeCameraWorker(name, *args, **kwargs)
+
+
+def pushed_and_processed(manager: CameraManager, camera_id: str, frame: bytes) -> bool:
+    before = manager.status(camera_id)["frames_processed"]
+    manager.push(camera_id, frame)
+    time.sleep(0.05)
+    return manager.status(camera_id)["frames_processed"] > before
+
+
+def test_a_crashing_worker_is_restarted_and_the_others_keep_working(gallery: Gallery) -> None:
+    flaky = FlakyWorkers(crashes=3)
+    manager = CameraManager(gallery, FakePipeline(), worker_factory=flaky, **QUICK_RESTARTS)
+    manager.start()
+    try:
+        good = manager.create("good", "push:", QUICK)["id"]
+        bad = manager.create("bad", "push:", QUICK)["id"]
+        failed = wait_for(lambda: manager.status(bad)["state"] == "failed"
+                          and manager.status(bad), what="the crash to show")
+        assert failed["last_error"].startswith("RuntimeError: boom")
+        wait_for(lambda: pushed_and_processed(manager, good, camera_frame((4, 60))),
+                 what="the good camera processing")
+        wait_for(lambda: manager.status(bad)["state"] in ("connecting", "running"),
+                 what="the restart")
+        status = manager.status(bad)
+        assert status["restarts"] == 3 and flaky.calls == 4
+        wait_for(lambda: pushed_and_processed(manager, bad, camera_frame((4, 60))),
+                 what="the restarted camera processing")
+    finally:
+        manager.close()
+
+
+def test_close_stops_every_camera_promptly(gallery: Gallery) -> None:
+    manager = CameraManager(gallery, FakePipeline(), worker_factory=FakeCameraWorker,
+                            **QUICK_RESTARTS)
+    manager.start()
+    for i in range(4):
+        manager.create(f"c{i}", "push:", QUICK)
+    threads = [r.thread for r in manager._runners.values()]
+    assert len(threads) == 4 and all(t.is_alive() for t in threads)
+    started = time.monotonic()
+    manager.close()
+    assert time.monotonic() - started < 3.0
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_url_rules_without_connecting() -> None:
+    for good in ("push:", "rtsp://u:p@10.0.0.1:554/s?transport=udp", "http://cam/mjpg",
+                 "webcam:0", "/dev/video2", "0", "file:///videos/door.mp4", "door.mp4"):
+        assert check_camera_url(f"  {good} ") == good
+    from marginface.errors import DataError
+
+    for bad, words in (("ftp://x/y", "scheme"), ("rtsp://x/y?transport=quic", "transport"),
+                       ("http://", "host"), ("", "empty")):
+        with pytest.raises(DataError, match=words):
+            check_camera_url(bad)
+
+
+def _event(kind: str, subject: str | None, *, evidence: int = 0, visit: int = 1) -> VisitEvent:
+    now = datetime.now(UTC)
+    faces = []
+    for i in range(evidence):
+        emb = np.zeros(DIM, np.float32)
+        emb[14] = 1.0
+        emb[20 + i] = 0.2
+        faces.append(Evidence(0.9 - 0.1 * i, emb / np.linalg.norm(emb),
+                              np.full((112, 112, 3), 40 * i, np.uint8)))
+    return VisitEvent(kind, "door", 7, visit, subject, "Ada" if subject else None, 0.8, 0.5,
+                      1.0, 4.5, 3, now - timedelta(seconds=3.5), now, tuple(faces))
+
+
+@pytest.mark.parametrize("store_crops", [False, True])
+def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: bool) -> None:
+    emb = np.zeros((1, DIM), np.float32)
+    emb[0, 3] = 1.0
+    ada = gallery.create_subject("Ada", embeddings=emb)
+    recorder = VisitRecorder(gallery, store_crops=store_crops)
+    for event in (_event("arrived", ada.id), _event("left", ada.id)):
+        recorder(event)
+    recorder(_event("arrived", None, visit=2))
+    recorder(_event("left", None, evidence=3, visit=2))
+
+    events = sorted(gallery.events(source="door"), key=lambda e: e.id)
+    assert [(e.decision, e.subject_id) for e in events] == [
+        ("arrived", ada.id), ("left", ada.id), ("arrived", None), ("left", None)]
+    stranger_left = events[3]
+    visitor_id = stranger_left.details["visitor_id"]
+    assert recorder.visitor_of("door", 2) == visitor_id
+    assert stranger_left.details["kind"] == "visit" and stranger_left.details["faces"] == 3
+    assert stranger_left.details["dwell_s"] == 3.5
+    assert abs((events[1].time - events[0].time).total_seconds() - 3.5) < 0.01  # first, last seen
+    visitor = gallery.get_visitor(visitor_id)
+    assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
+    assert all(f.has_crop == store_crops for f in visitor.faces)
+    assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}
+    assert [r.subject_id for r in gallery.attendance()] == [ada.id]
+
+
+def test_recorder_never_raises_into_the_camera(gallery: Gallery) -> None:
+    recorder = VisitRecorder(gallery)
+    gallery.close()
+    recorder(_event("arrived", None))
+    status = recorder.status()
+    assert status["failed"] == 1 and status["last_error"]
+
+
+class FakeNotifier:
+    def __init__(self, name: str = "FakeNotifier") -> None:
+        self.states: list[tuple[str, str]] = []
+        self.events: list[VisitEvent] = []
+        self.closed = False
+
+    def __call__(self, event: VisitEvent) -> None:
+        self.events.append(event)
+
+    def publish_state(self, camera: str, status: dict) -> None:
+        self.states.append((camera, status["state"]))
+
+    def status(self) -> dict:
+        return {"sent": len(self.events), "last_error": None}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
+    notifier = FakeNotifier()
+    manager = CameraManager(gallery, FakePipeline(), worker_factory=FakeCameraWorker,
+                            notifiers=[notifier], retention_days=30, **QUICK_RESTARTS)
+    manager.start()
+    try:
+        cam = manager.create("door", "push:", QUICK)["id"]
+        wait_for(lambda: ("door", "connecting") in notifier.states
+                 or ("door", "running") in notifier.states, what="a state published")
+        manager.push(cam, camera_frame((4, 60)))
+        wait_for(lambda: ("door", "running") in notifier.states, what="running published")
+        time.sleep(0.3)
+        assert notifier.states.count(("door", "running")) == 1  # only when it changes
+        kinds = [n["kind"] for n in manager.status(cam)["notifications"]]
+        assert kinds == ["gallery", "fakenotifier"]
+
+        old = datetime.now(UTC) - timedelta(days=40)
+        gallery.log_event("door", subject_id=None, score=0.1, decision="left", time=old,
+                          details={"kind": "visit"})
+        gallery.log_event("api", subject_id=None, score=0.1, decision="unknown", time=old)
+        purged = manager.purge()
+        assert purged is not None and purged["result"]["events"] == 1
+        assert [e.source for e in gallery.events()] == ["api"]
+    finally:
+        manager.close()
+    assert notifier.closed
+
+
+def test_a_real_video_through_the_real_pipeline(
+    scene_videos: Any, enrolled_gallery: Gallery, default_pipeline: Any
+) -> None:
+    """A file camera: the real source, worker and recorder; one visit, the right name."""
+    path, expected = scene_videos["single"]
+    manager = CameraManager(enrolled_gallery, default_pipeline)
+    manager.start()
+    try:
+        cam = manager.create("door", str(path))["id"]
+        wait_for(lambda: manager.status(cam)["state"] == "ended", timeout=60,
+                 what="the video to end")
+        visits = manager.recent_visits(cam)
+        assert [(v["kind"], v["name"]) for v in visits] == [
+            ("left", expected[0]["identity"]), ("arrived", expected[0]["identity"])]
+        assert manager.status(cam)["frames_processed"] >= 30
+        assert manager.snapshot(cam)[:2] == b"\xff\xd8"
+    finally:
+        manager.close()
+    assert threading.active_count() < 50
