@@ -3,8 +3,8 @@
 The tracker is the ``trackers`` package's ``ByteTrackTracker`` (Roboflow's tracker library,
 the successor of the ByteTrack that supervision shipped until 0.30 and removed in 0.31) with
 **buffered IoU** (``BIoU``, boxes grown by their own size before the overlap is measured).
-Chosen by measurement (``bench/trackers.py``): YuNet's detections of rendered 1280x720 scenes
-processed at 5 frames/s, where a walking face moves about its own width between two processed
+Chosen by measurement (``bench/tracker_choice.py``): YuNet's detections of rendered 1280x720
+scenes processed at 5 frames/s, where a walking face moves about its own width between two processed
 frames, so boxes of consecutive frames often do not overlap at all:
 
 ==============================  =======================  ==========  =========  =========

@@ -27,8 +27,8 @@ Per tracker and scene: **fragments** (distinct track ids per person beyond the f
 **switches** (a track id given to two people), **unlabelled** (detections of a person returned
 without a track id: the tracker's warm-up) and microseconds per update.
 
-    .venv/bin/python bench/trackers.py --path /tmp/norfair     # ~10 s
-    .venv/bin/python bench/trackers.py --path /tmp/sv030       # supervision 0.30's ByteTrack
+    .venv/bin/python bench/tracker_choice.py --path /tmp/norfair     # ~10 s
+    .venv/bin/python bench/tracker_choice.py --path /tmp/sv030       # supervision 0.30's ByteTrack
 
 (supervision 0.30 and the installed 0.31 cannot be imported together, hence two runs.)
 """
@@ -261,9 +261,6 @@ def main() -> None:
     parser.add_argument("--path", action="append", default=[],
                         help="a folder to put first on sys.path (a --target install)")
     args = parser.parse_args()
-    # this file is bench/trackers.py: its folder on sys.path would shadow the trackers package
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     for p in reversed(args.path):
         sys.path.insert(0, p)
     from PIL import Image
