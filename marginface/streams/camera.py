@@ -163,10 +163,10 @@ class CameraWorker:
         for track_id, det in tracked:
             if det.score >= s.score_threshold and self._collecting(track_id):
                 rough = face_quality(det.landmarks, det.score, None)  # no crop: sharp
-                if self.visits.wants_embedding(track_id, rough):
+                if self.visits.wants_embedding(track_id, rough, t):
                     crop = self.aligner.crop(image, det.landmarks)
                     quality = face_quality(det.landmarks, det.score, crop)
-                    if self.visits.wants_embedding(track_id, quality):
+                    if self.visits.wants_embedding(track_id, quality, t):
                         pending.append((track_id, quality, crop))
                         continue
             self.visits.observe(track_id, t, wall=wall)

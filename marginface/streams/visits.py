@@ -55,6 +55,10 @@ class VisitSettings(StrictModel):
                             "faces, a new face is embedded only when its quality beats the "
                             "worst kept one by this fraction (a face approaching the camera "
                             "improves a little every frame)")
+    patience_s: float = Field(0.6, ge=0.0, le=60.0, description="a track still undecided this "
+                              "many seconds after it began also embeds faces below "
+                              "min_quality (its best so far): a person seen only small, "
+                              "blurred or turned is decided promptly rather than never")
 
 
 @dataclass(frozen=True)
@@ -148,14 +152,21 @@ class VisitTracker:
         self._next_visit = 1
 
     # -- evidence -------------------------------------------------------------------------------
-    def wants_embedding(self, track_id: int, quality: FaceQuality) -> bool:
-        """Whether this face of the track is worth embedding: good enough, and better than
-        the worst face the track keeps by ``min_gain`` (or the track keeps fewer than
-        ``max_faces``)."""
+    def wants_embedding(self, track_id: int, quality: FaceQuality,
+                        t: float | None = None) -> bool:
+        """Whether this face of the track is worth embedding: large enough, good enough
+        (``min_quality``, waived for an undecided track older than ``patience_s``), and better
+        than the worst face the track keeps by ``min_gain`` (or the track keeps fewer than
+        ``max_faces``). ``t``: when the face was seen (default: the track's latest time)."""
         s = self.settings
-        if quality.size < s.min_eye_distance or quality.score < s.min_quality:
+        if quality.size < s.min_eye_distance:
             return False
         track = self._tracks.get(track_id)
+        if quality.score < s.min_quality:
+            now = t if t is not None else (track.last_s if track is not None else 0.0)
+            waiting = now - track.start_s if track is not None else 0.0
+            if track is None or track.decided is not None or waiting < s.patience_s:
+                return False
         if track is None or len(track.faces) < s.max_faces:
             return True
         return quality.score > track.faces[-1].quality * (1.0 + s.min_gain)

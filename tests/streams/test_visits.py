@@ -104,6 +104,26 @@ def test_poor_or_brief_faces_decide_nothing(gallery: Gallery) -> None:
         VisitTracker(gallery, "door", VisitSettings(min_faces=4, max_faces=3))
 
 
+def test_a_track_seen_only_poorly_is_decided_after_its_patience(gallery: Gallery) -> None:
+    """Blurred faces wait ``patience_s`` for a better one, then count: the person is decided
+    about a second after appearing instead of never (or only when they finally turn)."""
+    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=3, patience_s=0.6))
+    blurred = quality(sharp=8.0)
+    assert blurred.score < tracker.settings.min_quality
+    events, embedded_at = [], []
+    for i in range(10):
+        t = i / 5
+        emb = face(0) if tracker.wants_embedding(1, blurred, t) else None
+        if emb is not None:
+            embedded_at.append(t)
+        ev = tracker.observe(1, t, blurred if emb is not None else None, emb)
+        events += [ev] if ev else []
+    assert embedded_at[0] == pytest.approx(0.6)  # not before the patience ran out
+    assert [e.kind for e in events] == ["arrived"] and events[0].end_s == pytest.approx(1.0)
+    assert not tracker.wants_embedding(1, blurred)  # decided: poor faces add nothing now
+    assert not tracker.wants_embedding(2, quality(score_size=8))  # too small: never
+
+
 def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None:
     strict = VisitTracker(gallery, "door", fpir="1e-6")
     loose = VisitTracker(gallery, "door", fpir="1e-1")
