@@ -274,6 +274,16 @@ class Database:
             raise StorageError(f"the gallery database returned no row for: {sql}")
         return row[0]
 
+    def page(self, limit: int | None, offset: int) -> tuple[str, list[Any]]:
+        """The ``LIMIT`` / ``OFFSET`` clause of one page of a listing (with its parameters):
+        ``limit`` None is every row from ``offset`` on."""
+        if limit is not None:
+            return " LIMIT ? OFFSET ?", [int(limit), int(offset)]
+        if offset:
+            return (" LIMIT -1 OFFSET ?" if self.dialect == "sqlite" else " OFFSET ?"), [
+                int(offset)]
+        return "", []
+
     def query_in(self, sql: str, values: Sequence[Any], chunk: int = 1000) -> Iterator[list]:
         """Run ``sql``, whose ``{marks}`` stands for an ``IN`` list, for ``values`` a chunk at
         a time; yield each chunk's rows."""

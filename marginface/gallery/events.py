@@ -83,9 +83,9 @@ class EventLog:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            params += [int(limit), int(offset)]
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
         return [_event(r) for r in self._db.query(sql, params)]
 
     def count(self) -> int:

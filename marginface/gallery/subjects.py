@@ -88,12 +88,9 @@ class SubjectStore:
             sql += " WHERE LOWER(s.name) LIKE ? ESCAPE '\\'"
             params.append(_like_pattern(search))
         sql += " ORDER BY s.name, s.created_at, s.id"
-        if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            params += [int(limit), int(offset)]
-        elif offset:
-            sql += " LIMIT -1 OFFSET ?" if self._db.dialect == "sqlite" else " OFFSET ?"
-            params.append(int(offset))
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
         return [_subject(r) for r in self._db.query(sql, params)]
 
     def count(self, search: str | None) -> int:

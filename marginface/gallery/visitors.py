@@ -262,12 +262,9 @@ class VisitorStore:
             sql += " WHERE status = ?"
             params.append(status)
         sql += " ORDER BY last_seen DESC, id"
-        if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            params += [int(limit), int(offset)]
-        elif offset:
-            sql += " LIMIT -1 OFFSET ?" if self._db.dialect == "sqlite" else " OFFSET ?"
-            params.append(int(offset))
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
         return self._visitors(self._db.query(sql, params))
 
     def count(self, status: str | None) -> int:

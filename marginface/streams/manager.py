@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from marginface.config import format_validation_error
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
-from marginface.gallery import Gallery
+from marginface.gallery import Gallery, redact_url
 from marginface.streams.recorder import VisitRecorder
 from marginface.streams.visits import VisitEvent
 
@@ -98,9 +98,9 @@ def check_camera_url(url: str) -> str:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError for a malformed port
         except ValueError:
-            raise DataError(f"the camera URL {sources.redact_url(text)!r} is malformed") from None
+            raise DataError(f"the camera URL {redact_url(text)!r} is malformed") from None
         if not parts.hostname:
-            raise DataError(f"the camera URL {sources.redact_url(text)!r} has no host")
+            raise DataError(f"the camera URL {redact_url(text)!r} has no host")
     return text
 
 
@@ -127,7 +127,7 @@ def _scrub(text: str | None, url: str) -> str | None:
     except ValueError:
         password = None
     if password:
-        text = text.replace(url, _sources_module().redact_url(url)).replace(password, "***")
+        text = text.replace(url, redact_url(url)).replace(password, "***")
     return text
 
 
@@ -215,8 +215,8 @@ class _Runner:
         out: dict[str, Any] = {"restarts": restarts, "last_error": error}
         src = _status_dict(source)
         wrk = _status_dict(worker)
-        if state == "running" and src.get("state"):
-            state = src["state"]
+        if state == "running" and src.get("state") not in (None, "ended"):
+            state = src["state"]  # connecting, reconnecting...; "ended" once the worker is done
         if state in ("running", "connecting", "reconnecting") and not self.thread.is_alive():
             state = "stopped"
         out["state"] = state

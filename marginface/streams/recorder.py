@@ -42,57 +42,28 @@ log = logging.getLogger(__name__)
 _REMEMBERED = 1000
 
 
-def _field(item: Any, *names: str) -> Any:
-    """The first of ``names`` that ``item`` has (as an attribute or a mapping key)."""
-    for name in names:
-        if isinstance(item, dict) and name in item:
-            return item[name]
-        if hasattr(item, name):
-            return getattr(item, name)
-    return None
-
-
 def evidence_arrays(
     event: VisitEvent,
 ) -> tuple[np.ndarray, list[float], list[np.ndarray | None]]:
     """The track's best faces of ``event.evidence``: embeddings ``(n, dim)``, their quality
-    scores and their aligned crops (RGB 112x112, None where a face has none). Empty when the
-    event carries no evidence."""
-    evidence = getattr(event, "evidence", None) or ()
-    embeddings: list[np.ndarray] = []
-    qualities: list[float] = []
-    crops: list[np.ndarray | None] = []
-    for face in evidence:
-        if isinstance(face, tuple) and not hasattr(face, "_fields"):  # (quality, emb[, crop])
-            quality, embedding, crop = (*face, None)[:3]
-        else:
-            quality = _field(face, "quality", "score")
-            embedding = _field(face, "embedding")
-            crop = _field(face, "crop")
-        if embedding is None:
-            continue
-        quality = _field(quality, "score") if not isinstance(quality, int | float) else quality
-        embeddings.append(np.asarray(embedding, np.float32).ravel())
-        qualities.append(float(quality if quality is not None else 1.0))
-        crops.append(None if crop is None else np.asarray(crop, np.uint8))
-    if not embeddings:
+    scores and their aligned crops (RGB, None where a face has none). Empty when the event
+    carries no evidence."""
+    faces = event.evidence
+    if not faces:
         return np.zeros((0, 0), np.float32), [], []
-    return np.vstack(embeddings), qualities, crops
+    return (np.vstack([np.asarray(f.embedding, np.float32).ravel() for f in faces]),
+            [float(f.quality) for f in faces], [f.crop for f in faces])
 
 
-def _when(value: Any) -> datetime:
-    """An event's time as an aware datetime (now when the event has none)."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.astimezone()
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(float(value), UTC)
-    return datetime.now(UTC)
+def _when(value: datetime | None) -> datetime:
+    """An event's time (now when the event has none: a caller that gave no wall times)."""
+    return value if value is not None else datetime.now(UTC)
 
 
 def visit_details(event: VisitEvent, visitor_id: str | None = None) -> dict[str, Any]:
     """The ``details`` object logged with a visit event (JSON-ready)."""
-    first = _when(getattr(event, "first_seen", None))
-    last = _when(getattr(event, "last_seen", None))
+    first = _when(event.first_seen)
+    last = _when(event.last_seen)
     details: dict[str, Any] = {
         "kind": "visit",
         "camera": event.camera,
@@ -147,7 +118,7 @@ class VisitRecorder:
             visitor_id = self._record_stranger(event)
         elif event.subject_id is None:
             visitor_id = self.visitor_of(event.camera, event.visit_id)
-        at = _when(getattr(event, "first_seen" if event.kind == "arrived" else "last_seen", None))
+        at = _when(event.first_seen if event.kind == "arrived" else event.last_seen)
         details = visit_details(event, visitor_id)
         try:
             self.gallery.log_event(event.camera, subject_id=event.subject_id, score=event.score,
@@ -168,21 +139,19 @@ class VisitRecorder:
         kept: Sequence[np.ndarray | None] = crops if self.store_crops else [None] * len(crops)
         sighting = self.gallery.record_stranger(
             event.camera,
-            _when(getattr(event, "first_seen", None)),
-            _when(getattr(event, "last_seen", None)),
+            _when(event.first_seen),
+            _when(event.last_seen),
             embeddings,
             qualities,
             list(kept),
             float(event.threshold),
         )
-        visitor_id = getattr(sighting, "visitor_id", sighting)
-        visitor_id = visitor_id if isinstance(visitor_id, str) else None
+        visitor_id = sighting.visitor_id
         with self._lock:
             self._counts["strangers"] += 1
-            if visitor_id is not None:
-                self._visitors[(event.camera, int(event.visit_id))] = visitor_id
-                while len(self._visitors) > _REMEMBERED:
-                    self._visitors.popitem(last=False)
+            self._visitors[(event.camera, int(event.visit_id))] = visitor_id
+            while len(self._visitors) > _REMEMBERED:
+                self._visitors.popitem(last=False)
         return visitor_id
 
     def visitor_of(self, camera: str, visit_id: int) -> str | None:

@@ -80,8 +80,9 @@ from pydantic import Field, ValidationError
 
 from marginface.config import StrictModel
 from marginface.errors import ConfigError, DataError, ImageError
+from marginface.gallery.types import redact_url
 
-__all__ = ["Frame", "Source", "SourceOptions", "SourceStatus", "open_source", "redact_url"]
+__all__ = ["Frame", "Source", "SourceOptions", "SourceStatus", "open_source"]
 
 State = Literal["connecting", "running", "reconnecting", "ended", "stopped", "failed"]
 Kind = Literal["file", "webcam", "rtsp", "mjpeg", "push"]
@@ -182,18 +183,6 @@ class _ReadError(Exception):
         super().__init__(message)
         self.message = message
         self.final = final
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (errors and statuses are shown to users)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _describe(exc: BaseException) -> str:

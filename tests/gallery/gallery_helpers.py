@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,3 +148,18 @@ def make_store(backend: str, index: str, tmp_path: Path, request: pytest.Fixture
         options = {"uri": request.getfixturevalue("milvus_uri"),
                    "collection": f"t_{uuid.uuid4().hex[:12]}"}
     return StoreSpec(backend, index, url, options)
+
+
+def raw(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on its own connection, bypassing marginface (committed at once)."""
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+    conn = sqlite3.connect(url, isolation_level=None)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -3,14 +3,13 @@ attendance computed from camera visits (``arrived``/``left`` events)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from gallery_helpers import DIM, MODEL, People, make_store
+from gallery_helpers import DIM, MODEL, People, make_store, raw
 
 from marginface.card import ModelCard
 from marginface.errors import ConflictError, GalleryError, NotFoundError
@@ -31,21 +30,6 @@ def card() -> ModelCard:
 def gallery(tmp_path) -> Iterator[Gallery]:
     with Gallery.open(tmp_path / "g.db", card=card()) as g:
         yield g
-
-
-def raw(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """One statement on its own connection, bypassing marginface."""
-    if url.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            cur = conn.execute(sql.replace("?", "%s"), params)
-            return cur.fetchall() if cur.description else []
-    conn = sqlite3.connect(url, isolation_level=None)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 # -- cameras ------------------------------------------------------------------------------------

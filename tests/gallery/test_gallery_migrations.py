@@ -5,14 +5,13 @@ upgrade changes nothing; a newer gallery is refused."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
-from gallery_helpers import DIM, MODEL, People, make_store
+from gallery_helpers import DIM, MODEL, People, make_store, raw
 
 from marginface.errors import GalleryError, StorageError
 from marginface.gallery import Gallery, schema
@@ -24,20 +23,6 @@ SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape create_api_key gives
 
 
 # -- a gallery as marginface 0.1 wrote it ----------------------------------------------------------
-def raw(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on its own connection, bypassing marginface (committed at once)."""
-    if url.startswith("postgresql://"):
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            cur = conn.execute(sql.replace("?", "%s"), params)
-            return cur.fetchall() if cur.description else []
-    conn = sqlite3.connect(url, isolation_level=None)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
 
 def write_release_1(url: str, people: People) -> dict[str, Any]:
     """A version-1 gallery: the schema of marginface 0.1 and rows of every kind, in the forms

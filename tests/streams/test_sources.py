@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from marginface.errors import ConfigError, DataError, ImageError
-from marginface.streams.sources import Frame, Source, open_source, redact_url
+from marginface.streams.sources import Frame, Source, open_source
 from tests.streams.servers import (
     free_port,
     make_video,
@@ -321,8 +321,3 @@ def test_bounded_lag_under_overload(rtsp_url: str) -> None:
     assert max(lags[4:]) <= max(lags[:4]) + 0.3, lags  # not growing
     assert dropped == sorted(dropped) and dropped[-1] - dropped[0] >= 50, dropped
     assert status.frames_delivered == 8
-
-
-def test_redact_url() -> None:
-    assert redact_url("rtsp://u:p@h:554/x?a=1") == "rtsp://u:***@h:554/x?a=1"
-    assert redact_url("rtsp://h/x") == "rtsp://h/x"
