@@ -317,14 +317,18 @@ def gallery_export(
 def gallery_attendance(
     date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD (default today)"),
     csv: bool = typer.Option(False, "--csv", help="CSV output"),
+    source: list[str] | None = typer.Option(
+        None, "--source", help="only this camera or door (repeat for a group of cameras)"),
     db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
 ) -> None:
-    """First and last sighting per subject on a day (local time)."""
+    """First and last sighting per subject on a day (local time); for cameras, first in and
+    last out from the visits."""
+    sources = source or None
     with open_gallery(db) as g:
         if csv:
-            sys.stdout.write(g.attendance_csv(date))
+            sys.stdout.write(g.attendance_csv(date, sources=sources))
             return
-        rows = g.attendance(date)
+        rows = g.attendance(date, sources=sources)
     if as_json:
         emit_json(rows)
         return

@@ -3,8 +3,9 @@
 Each face is followed across frames and decided once per visit (``marginface.streams``): an
 ``arrived`` line when a track is decided, a ``left`` line when it ends. ``--events-jsonl``
 appends one JSON object per finished track, flushed and synced to disk line by line, so a
-killed run loses no finished visit. A file is processed to its end (exit 0 and a summary); a
-live source (RTSP, MJPEG over HTTP, a webcam) runs until Ctrl-C.
+killed run loses no finished visit; ``--record`` writes the visits to the gallery (events for
+the attendance report, strangers for the review queue). A file is processed to its end (exit
+0 and a summary); a live source (RTSP, MJPEG over HTTP, a webcam) runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -132,7 +133,11 @@ def watch(
     model: str = typer.Option("default", "--model", "-m", help="embedding model: built-in "
                               "name, model directory or .onnx file"),
     store_crops: bool = typer.Option(False, "--store-crops", help="keep the best face crops "
-                                     "of each track (the left events' evidence)"),
+                                     "of each track (with --record: strangers' crops for "
+                                     "review)"),
+    record: bool = typer.Option(False, "--record", help="write each visit to the gallery: "
+                                "arrived/left events (the attendance report) and strangers "
+                                "to the review queue (/v1/unknowns)"),
 ) -> None:
     """Recognise the people passing a camera: one line when a person arrives (is decided)
     and one when they leave; a video file is processed to its end."""
@@ -161,7 +166,11 @@ def watch(
         if events_jsonl is not None:
             jsonl = _JsonlSink(events_jsonl)
         name = camera or (Path(source).stem if not stream.live else "camera")
-        sinks = [printer] + ([jsonl] if jsonl is not None else [])
+        sinks: list[Any] = [printer] + ([jsonl] if jsonl is not None else [])
+        if record:
+            from marginface.streams.recorder import VisitRecorder
+
+            sinks.insert(0, VisitRecorder(gallery, store_crops=store_crops))
         worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, fpir=fpir)
         typer.echo(f"watching {stream.url} as {name!r}: {gallery.count_subjects()} subjects, "
                    f"threshold {point.threshold:.3f}"

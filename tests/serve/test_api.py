@@ -212,6 +212,9 @@ def test_events_and_attendance(harness: Harness) -> None:
     assert by_name["Ada"]["count"] == 3
     assert by_name["Ada"]["first_seen"] <= by_name["Ada"]["last_seen"]
     assert set(by_name["Ada"]["sources"]) == {"front door", "lab", "api"}
+    group = c.get("/v1/attendance", params=[("tz", "UTC"), ("source", "front door"),
+                                            ("source", "api")], headers=admin).json()["rows"]
+    assert [(row["name"], row["count"]) for row in group] == [("Ada", 2)]
 
     r = c.get(
         "/v1/attendance",

@@ -53,6 +53,36 @@ def test_a_stranger_has_null_subject_and_name(scene_videos, enrolled_gallery_pat
     assert "1 visits (0 named, 1 unknown)" in out
 
 
+def test_record_writes_attendance_and_the_strangers_review_queue(
+        scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from marginface.gallery import Gallery
+
+    db = tmp_path / "gallery.db"
+    shutil.copyfile(enrolled_gallery_path, db)
+    for scene in ("two_at_once", "stranger"):
+        video, _ = scene_videos[scene]
+        code, _, err = run_cli(["watch", str(video), "--db", str(db), "--camera", "door",
+                                "--record", "--store-crops"], capsys)
+        assert code == ExitCode.SUCCESS, err
+    with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
+        kinds = sorted(e.decision for e in gallery.events(source="door"))
+        assert kinds == ["arrived"] * 3 + ["left"] * 3
+        rows = gallery.attendance(sources=["door"])
+        expected = sorted(p["identity"] for p in scene_videos["two_at_once"][1])
+        assert sorted(r.name for r in rows) == expected and all(r.count == 1 for r in rows)
+        (visitor,) = gallery.list_visitors()
+        assert visitor.cameras == ["door"] and visitor.faces
+        assert all(f.has_crop for f in visitor.faces)
+        png = gallery.visitor_face_crop(visitor.faces[0].id)
+        assert png is not None and png[:4] == b"\x89PNG"
+    for sources, people in ((["--source", "door"], 2), (["--source", "garage"], 0)):
+        code, out, err = run_cli(["gallery", "attendance", "--db", str(db), "--json", *sources],
+                                 capsys)
+        assert code == ExitCode.SUCCESS and len(json.loads(out)) == people, (out, err)
+
+
 def _error(argv: list[str], capsys, *, started: bool = False) -> str:
     """The one error line of a refused run (``started``: after the "watching" line, for an
     error found while reading the source)."""

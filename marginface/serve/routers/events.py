@@ -33,7 +33,10 @@ def events(
     _key: AdminKey,
     subject_id: Annotated[str | None, Query(description="Only this subject")] = None,
     source: Annotated[str | None, Query(description="Only this camera or door")] = None,
-    decision: Annotated[Literal["match", "unknown"] | None, Query()] = None,
+    decision: Annotated[
+        Literal["match", "unknown", "arrived", "left"] | None,
+        Query(description="match / unknown (photos), arrived / left (camera visits)"),
+    ] = None,
     since: Annotated[Time | None, Query(description="From this time (ISO 8601)")] = None,
     until: Annotated[Time | None, Query(description="Before this time (ISO 8601)")] = None,
     day: Annotated[
@@ -80,17 +83,25 @@ def attendance(
     day: Annotated[Day | None, Query(alias="date", description="YYYY-MM-DD; default today")] = None,
     tz: TimeZone = None,
     format: Format = "json",
+    source: Annotated[
+        list[str] | None,
+        Query(max_length=100, description="Only these cameras or doors (repeat the parameter "
+              "for a group of cameras); default every source"),
+    ] = None,
 ) -> Any:
-    """First and last sighting of each identified subject on one day, and how often and where
-    they were seen. ``format=csv`` downloads it as a spreadsheet."""
+    """First and last sighting of each identified subject on one day (for cameras: first in,
+    last out, from the visits), how often (photos identified, visits) and where they were seen.
+    ``format=csv`` downloads it as a spreadsheet."""
     zone = _zone(tz)
     day = day or datetime.now(zone).date()
+    sources = source or None
     if format == "csv":
-        return _csv_download(gallery.attendance_csv(day, tz=zone), f"attendance-{day}.csv")
+        return _csv_download(gallery.attendance_csv(day, tz=zone, sources=sources),
+                             f"attendance-{day}.csv")
     return {
         "date": day.isoformat(),
         "timezone": _zone_name(zone),
-        "rows": gallery.attendance(day, tz=zone),
+        "rows": gallery.attendance(day, tz=zone, sources=sources),
     }
 
 
