@@ -1,0 +1,108 @@
+"""SIGKILL of ``marginface serve`` while a camera runs: no finished visit is lost, the gallery
+stays consistent, and the camera is still configured for the next start.
+
+The service runs as a real process on the real pipeline, with a camera reading the ``door``
+scene and a webhook pointing at a receiver in this test. The recorder writes each event to the
+gallery before any notifier sees it, so every event the receiver got before the kill must be in
+the gallery afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from marginface.gallery import Gallery
+
+
+def _receiver(events: list[dict[str, Any]]) -> ThreadingHTTPServer:
+    """A webhook receiver on a free local port, appending each POSTed JSON body to ``events``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            events.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
+        scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path) -> None:
+    video, truth = scene_videos["door"]
+    db = tmp_path / "gallery.db"
+    shutil.copyfile(enrolled_gallery_path, db)
+    received: list[dict[str, Any]] = []
+    receiver = _receiver(received)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = _free_port()
+    env = {**os.environ, "MARGINFACE_WEBHOOKS": json.dumps(
+        [{"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+          "backoff_initial_s": 0.1}])}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "marginface", "serve", "--db", str(db), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("the service did not start")
+        key = (tmp_path / "gallery.admin-key").read_text().strip()
+        created = httpx.post(f"{url}/v1/cameras", headers={"X-API-Key": key}, json={
+            "name": "door", "url": str(video), "settings": {"fps": 5}}, timeout=10)
+        assert created.status_code == 201, created.text
+        deadline = time.monotonic() + 120
+        while sum(e["type"] == "visit.left" for e in received) < 3:
+            assert time.monotonic() < deadline, (received, service.poll())
+            time.sleep(0.05)
+        service.send_signal(signal.SIGKILL)  # mid-video: more people are still to come
+        service.wait(timeout=10)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        receiver.shutdown()
+    delivered = {(e["event"]["visit_id"], e["event"]["kind"]) for e in received
+                 if e["type"].startswith("visit.")}
+    assert len(delivered) < 2 * len(truth)  # killed before the video's end
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
+        stored = {(e.details["visit_id"], e.decision) for e in gallery.events(source="door")
+                  if e.details.get("kind") == "visit"}
+        assert delivered <= stored, delivered - stored
+        (camera,) = gallery.list_cameras()
+        assert camera.name == "door" and camera.enabled  # it runs again at the next start
+        assert gallery.count_subjects() == len([p for p in truth if p["enrolled"]])
