@@ -57,7 +57,7 @@ from marginface.streams.synthetic import (  # noqa: E402
     standard_scenes,
     truth,
 )
-from marginface.streams.visits import VisitEvent  # noqa: E402
+from marginface.streams.visits import VisitEvent, VisitSettings  # noqa: E402
 
 
 def load() -> str:
@@ -121,7 +121,8 @@ def correctness(scenes: dict[str, Scene], folder: Path, gallery: Gallery,
             arrived = next((e for e in evs if e.kind == "arrived"), None)
             t0 = min(e.start_s for e in evs)
             t1 = max(e.end_s for e in evs)
-            who = match_passer(passers, t0, t1)
+            who = (who_passed(passers, arrived.start_s, arrived.name) if arrived is not None
+                   else match_passer(passers, t0, t1))
             if who is None or arrived is None:
                 stray += 1
                 continue
@@ -148,46 +149,72 @@ def correctness(scenes: dict[str, Scene], folder: Path, gallery: Gallery,
 
 
 # -- 2 and 3. many live cameras ------------------------------------------------------------------
+def who_passed(passers: list[dict[str, Any]], at: float, name: str | None) -> int | None:
+    """The passer visible around stream time ``at`` that the decision ``name`` is about: the
+    named person, or, for an unknown, the stranger (or whoever overlaps most)."""
+    near = [i for i, p in enumerate(passers)
+            if any(a - 0.3 <= at <= b + 0.3 for a, b in p["visible"])]
+    for i in near:
+        if (passers[i]["identity"] if passers[i]["enrolled"] else None) == name:
+            return i
+    return near[0] if near else None
+
+
 def live_cameras(video: Path, n: int, fps: float, seconds: float, gallery: Gallery | None,
-                 pipeline: Pipeline, passers: list[dict[str, Any]], loop_s: float,
-                 label: str) -> dict[str, Any]:
+                 pipeline: Pipeline, passers: list[dict[str, Any]], loop_frames: int,
+                 stream_fps: float, label: str) -> dict[str, Any]:
+    """``n`` cameras playing ``video`` in a loop at its own rate, for ``seconds`` after a
+    warm-up: decoded only (``gallery`` None) or processed by one worker thread each.
+
+    Timing of a decision: every processed frame's decode time (``Frame.wall``) and number
+    (``Frame.index``, counting every decoded frame, so its place in the looped video is
+    ``index % loop_frames``) are kept; an ``arrived`` event's ``first_seen`` is the decode
+    time of its track's first frame, which places the track in the video and names the
+    passer; the passer's first appearance was decoded ``(that place - first_visible_s)``
+    seconds before (the source is paced like a camera), and the latency is the time from
+    then to the moment the event reached the sink."""
     stop = threading.Event()
     sources = [open_source(video, fps=fps, live=True, loop=True, name=f"cam{i}")
                for i in range(n)]
-    opened = [time.time()] * n
     arrivals: list[tuple[int, float, VisitEvent]] = []
+    frames_seen: list[dict[float, int]] = [{} for _ in range(n)]
     lock = threading.Lock()
     workers: list[CameraWorker] = []
     threads = []
     for i, source in enumerate(sources):
-        opened[i] = time.time()
         if gallery is None:
-            def consume(src=source) -> None:
+            def consume(src: Any = source) -> None:
                 while not stop.is_set():
                     src.read(timeout=0.5)
             threads.append(threading.Thread(target=consume, daemon=True))
-        else:
-            def sink(event: VisitEvent, cam=i) -> None:
-                with lock:
-                    arrivals.append((cam, time.time(), event))
-            worker = CameraWorker(f"cam{i}", pipeline, gallery, CameraSettings(fps=fps),
-                                  sinks=[sink])
-            workers.append(worker)
-            threads.append(threading.Thread(target=worker.run, args=(source, stop),
-                                            daemon=True))
+            continue
+
+        def sink(event: VisitEvent, cam: int = i) -> None:
+            with lock:
+                arrivals.append((cam, time.time(), event))
+
+        def seen(frame: Any, _events: Any, cam: int = i) -> None:
+            frames_seen[cam][round(frame.wall, 4)] = frame.index
+
+        # The video loops every minute: a re-appearance window shorter than the gap between
+        # one person's loops makes every loop's passers new visits, to be counted again.
+        settings = CameraSettings(fps=fps, visits=VisitSettings(revisit_s=5.0))
+        worker = CameraWorker(f"cam{i}", pipeline, gallery, settings, sinks=[sink])
+        workers.append(worker)
+        threads.append(threading.Thread(target=worker.run, args=(source, stop),
+                                        kwargs={"on_frame": seen}, daemon=True))
     for t in threads:
         t.start()
-    warm = min(10.0, seconds / 6)
-    time.sleep(warm)
+    time.sleep(min(10.0, seconds / 6))  # warm-up: models loaded, tracks under way
     cpu0, wall0 = time.process_time(), time.monotonic()
     read0 = sum(s.status().frames_read for s in sources)
     done0 = sum(w.frames for w in workers)
     drop0 = sum(s.status().frames_dropped for s in sources)
-    lags: list[tuple[float, float]] = []  # (elapsed, max lag over cameras)
+    lags: list[tuple[float, float]] = []  # (elapsed, worst camera's lag)
     while time.monotonic() - wall0 < seconds:
         time.sleep(1.0)
-        statuses = [s.status() for s in sources]
-        lags.append((time.monotonic() - wall0, max((st.lag_s or 0.0) for st in statuses)))
+        lags.append((time.monotonic() - wall0,
+                     max((s.status().lag_s or 0.0) for s in sources)))
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
     read = sum(s.status().frames_read for s in sources) - read0
@@ -201,34 +228,37 @@ def live_cameras(video: Path, n: int, fps: float, seconds: float, gallery: Galle
     out: dict[str, Any] = {"cpu_s": cpu, "wall_s": wall, "decoded": read, "processed": done,
                            "dropped": dropped, "decoded_per_s": read / wall,
                            "processed_per_s": done / wall}
-    if lags:
-        third = max(1, len(lags) // 3)
-        out["lag_first"] = statistics.mean(v for _, v in lags[:third])
-        out["lag_last"] = statistics.mean(v for _, v in lags[-third:])
-        out["lag_max"] = max(v for _, v in lags)
+    third = max(1, len(lags) // 3)
+    out["lag_first"] = statistics.mean(v for _, v in lags[:third])
+    out["lag_last"] = statistics.mean(v for _, v in lags[-third:])
+    out["lag_max"] = max(v for _, v in lags)
     if gallery is not None:
-        latencies, per_loop = [], {}
+        latencies: list[float] = []
+        per_loop: dict[tuple[int, int], list[tuple[int | None, bool]]] = {}
         for cam, emitted, e in arrivals:
             if e.kind != "arrived" or e.first_seen is None:
                 continue
-            since_open = e.first_seen.timestamp() - opened[cam]
-            k = int(since_open // loop_s)
-            in_loop = since_open - k * loop_s
-            who = match_passer(passers, in_loop - 0.5, in_loop + 0.5)
-            if who is None:
+            index = frames_seen[cam].get(round(e.first_seen.timestamp(), 4))
+            if index is None:
                 continue
-            appeared = opened[cam] + k * loop_s + passers[who]["first_visible_s"]
-            latencies.append(emitted - appeared)
-            per_loop.setdefault((cam, k), []).append(
-                (who, e.name == (passers[who]["identity"] if passers[who]["enrolled"]
-                                 else None)))
+            loop, place = divmod(index, loop_frames)
+            at = place / stream_fps
+            who = who_passed(passers, at, e.name)
+            right = who is not None and e.name == (
+                passers[who]["identity"] if passers[who]["enrolled"] else None)
+            per_loop.setdefault((cam, loop), []).append((who, right))
+            if who is not None:
+                appeared = e.first_seen.timestamp() - (at - passers[who]["first_visible_s"])
+                latencies.append(emitted - appeared)
         out["latencies"] = latencies
-        complete = [v for (cam, k), v in per_loop.items()
-                    if k >= 1 and (k + 1) * loop_s + opened[cam] < time.time() - 5]
+        last_loop = [max((v // loop_frames for v in f.values()), default=0)
+                     for f in frames_seen]
+        complete = [v for (cam, loop), v in per_loop.items() if loop < last_loop[cam]]
         out["loops_checked"] = len(complete)
         out["loops_right"] = sum(
             1 for v in complete
-            if sorted(w for w, _ in v) == list(range(len(passers))) and all(r for _, r in v))
+            if sorted(w for w, _ in v if w is not None) == list(range(len(passers)))
+            and all(r for _, r in v))
     print(f"   {label}: {n} cameras, {wall:.0f} s: decoded {read / wall:.1f} frames/s, "
           f"processed {done / wall:.1f}/s, dropped {dropped}, CPU {cpu / wall:.2f} cores; "
           f"{load()}")
@@ -284,14 +314,15 @@ def main() -> None:
         passers = truth(door)
 
         print(f"\n2. decoding alone ({args.cameras} live cameras, 1280x720 at 25 frames/s)")
+        loop = (door.n_frames, float(door.fps))
         dec = live_cameras(video, args.cameras, args.fps, 20.0 if not args.quick else 10.0,
-                           None, pipeline, passers, door.duration_s, "decode only")
+                           None, pipeline, passers, *loop, "decode only")
         decode_ms = 1000 * dec["cpu_s"] / max(dec["decoded"], 1)
         print(f"   CPU per decoded frame {decode_ms:.2f} ms")
 
         print(f"\n3. real time: {args.cameras} cameras processed at {args.fps:g} frames/s")
         live = live_cameras(video, args.cameras, args.fps, args.duration, gallery, pipeline,
-                            passers, door.duration_s, "processing")
+                            passers, *loop, "processing")
         per_processed = 1000 * (live["cpu_s"] - decode_ms / 1000 * live["decoded"]) / max(
             live["processed"], 1)
         lat = live["latencies"]
@@ -312,7 +343,7 @@ def main() -> None:
 
         print("\n4. one camera, every frame")
         one = live_cameras(video, 1, 25.0, 30.0 if not args.quick else 15.0, gallery, pipeline,
-                           passers, door.duration_s, "one live camera at 25 frames/s")
+                           passers, *loop, "one live camera at 25 frames/s")
         worker = CameraWorker("file", pipeline, gallery, CameraSettings(fps=25.0))
         t0 = time.monotonic()
         with open_source(video, fps=None) as source:
