@@ -450,6 +450,9 @@ class VisitOut(BaseModel):
     faces: int | None = Field(description="Face embeddings the decision used.")
     visitor_id: str | None = Field(
         description="A stranger's visitor in /v1/unknowns (on its left event).")
+    face: bool = Field(
+        False, description="A thumbnail of the visit's best face is at "
+        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only).")
 
 
 class VisitListOut(BaseModel):

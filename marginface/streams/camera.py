@@ -73,8 +73,10 @@ class CameraSettings(StrictModel):
         1.0, ge=0.0, le=30.0, description="how long a lost face's track survives (occlusions)")
     visits: VisitSettings = Field(default_factory=VisitSettings,
                                   description="evidence per track and the re-appearance window")
-    store_crops: bool = Field(False, description="keep the aligned crops of each track's best "
-                              "faces in its left event (to review strangers)")
+    store_crops: bool = Field(False, description="an unknown track keeps collecting its best "
+                              "faces after its decision, for the strangers' review (the "
+                              "recorder stores their crops only when it is told to: the "
+                              "service's store_photos)")
 
 
 class TrackedBox:
@@ -176,7 +178,7 @@ class CameraWorker:
             self.embeddings += len(pending)
             for (track_id, quality, crop), emb in zip(pending, embeddings, strict=True):
                 event = self.visits.observe(track_id, t, quality, emb, wall=wall,
-                                            crop=crop if s.store_crops else None)
+                                            crop=crop)
                 if event is not None:
                     events.append(event)
         for track_id in self.tracker.ended(t):

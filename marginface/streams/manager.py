@@ -558,13 +558,22 @@ class CameraManager:
                 details = event.details or {}
                 if details.get("kind") != "visit" or event.decision not in ("arrived", "left"):
                     continue
-                out.append(_visit_out(event))
+                out.append(_visit_out(event, self.recorder.thumbnail(event.id) is not None))
                 if len(out) >= limit:
                     break
             if len(events) < page or offset > 20 * page:
                 break
             offset += page
         return out
+
+    def visit_face(self, event_id: int) -> bytes:
+        """The JPEG thumbnail of a recent visit event's best face (kept in memory for the
+        latest visits only). NotFoundError when there is none."""
+        jpeg = self.recorder.thumbnail(event_id)
+        if jpeg is None:
+            raise NotFoundError(f"no face kept for visit event {event_id} (thumbnails are kept "
+                                "in memory for the latest visits only)")
+        return jpeg
 
     # -- housekeeping -------------------------------------------------------------------------
     def purge(self) -> dict[str, Any] | None:
@@ -609,7 +618,7 @@ class CameraManager:
                     log.warning("publishing %r's state failed", name, exc_info=True)
 
 
-def _visit_out(event: Any) -> dict[str, Any]:
+def _visit_out(event: Any, face: bool) -> dict[str, Any]:
     d = event.details or {}
     return {
         "id": event.id,
@@ -626,4 +635,5 @@ def _visit_out(event: Any) -> dict[str, Any]:
         "dwell_s": d.get("dwell_s"),
         "faces": d.get("faces"),
         "visitor_id": d.get("visitor_id"),
+        "face": face,
     }

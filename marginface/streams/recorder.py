@@ -16,7 +16,9 @@ What is written:
   track's best faces go to :meth:`Gallery.record_stranger`, which groups them with a visitor
   who looks alike (above the operating point) or starts a new one. Their aligned crops are
   kept only when ``store_crops`` is set (the service's ``store_photos``). The visitor's id is
-  logged with the ``left`` event and is known to :meth:`VisitRecorder.visitor_of` afterwards.
+  logged with the ``left`` event and is known to :meth:`VisitRecorder.visitor_of` afterwards;
+* nothing else: the best face of each of the latest visit events is kept **in memory** as a
+  JPEG thumbnail (:meth:`VisitRecorder.thumbnail`, the page's recent visits), never written.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Visitor ids remembered per (camera, visit id), for notifications that come after.
 _REMEMBERED = 1000
+#: Visit events whose face thumbnail is kept in memory (for the page's recent visits).
+THUMBNAILS = 200
 
 
 def evidence_arrays(
@@ -82,6 +86,18 @@ def visit_details(event: VisitEvent, visitor_id: str | None = None) -> dict[str,
     return details
 
 
+def _thumbnail(event: VisitEvent) -> bytes | None:
+    """The best face's aligned crop of ``event`` as a small JPEG, or None without one."""
+    crop = next((f.crop for f in event.evidence if f.crop is not None), None)
+    if crop is None:
+        return None
+    import cv2  # heavy: cv2
+
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(crop[..., ::-1]),
+                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return jpeg.tobytes() if ok else None
+
+
 class VisitRecorder:
     """A camera worker's sink that writes visits to the gallery as they happen.
 
@@ -97,6 +113,7 @@ class VisitRecorder:
         self._visitors: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._counts = {"events": 0, "strangers": 0, "failed": 0}
         self._last_error: str | None = None
+        self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
 
     def __call__(self, event: VisitEvent) -> None:
         """Record ``event`` (an ``arrived`` or a ``left``)."""
@@ -121,16 +138,28 @@ class VisitRecorder:
         at = _when(event.first_seen if event.kind == "arrived" else event.last_seen)
         details = visit_details(event, visitor_id)
         try:
-            self.gallery.log_event(event.camera, subject_id=event.subject_id, score=event.score,
-                                   decision=event.kind, time=at, details=details)
+            logged = self.gallery.log_event(event.camera, subject_id=event.subject_id,
+                                            score=event.score, decision=event.kind, time=at,
+                                            details=details)
         except NotFoundError:
             # The subject was erased while in view: the visit stays, without the person.
             details["erased_subject"] = True
-            self.gallery.log_event(event.camera, subject_id=None, score=event.score,
-                                   decision=event.kind, time=at, details=details)
+            logged = self.gallery.log_event(event.camera, subject_id=None, score=event.score,
+                                            decision=event.kind, time=at, details=details)
+        thumbnail = _thumbnail(event)
         with self._lock:
             self._counts["events"] += 1
+            if thumbnail is not None:
+                self._thumbnails[logged.id] = thumbnail
+                while len(self._thumbnails) > THUMBNAILS:
+                    self._thumbnails.popitem(last=False)
         return visitor_id
+
+    def thumbnail(self, event_id: int) -> bytes | None:
+        """The JPEG of the best face of a recent visit event (kept in memory only, for the
+        latest :data:`THUMBNAILS` events; None for older ones and after a restart)."""
+        with self._lock:
+            return self._thumbnails.get(int(event_id))
 
     def _record_stranger(self, event: VisitEvent) -> str | None:
         embeddings, qualities, crops = evidence_arrays(event)

@@ -80,8 +80,9 @@ class VisitEvent:
     """``arrived`` (a track was decided) or ``left`` (it ended).
 
     ``first_seen`` / ``last_seen``: wall-clock times of the visit's first and latest face
-    (aware UTC datetimes; None when the caller gave no wall times). ``evidence`` (``left``
-    events only): the track's best faces, best first; not part of :meth:`to_dict`.
+    (aware UTC datetimes; None when the caller gave no wall times). ``evidence``: the faces the
+    decision used (``arrived``) or the track's best faces at its end (``left``), best first;
+    not part of :meth:`to_dict`.
     """
 
     kind: Literal["arrived", "left"]
@@ -227,7 +228,7 @@ class VisitTracker:
             "arrived", self.camera, track_id, visit.visit_id if visit else self._new_visit(),
             answer.subject_id, answer.name, float(answer.score), float(answer.threshold),
             visit.start_s if visit else track.start_s, track.last_s, len(track.faces),
-            _when(first_wall), _when(track.last_wall))
+            _when(first_wall), _when(track.last_wall), tuple(track.faces))
         track.decided = event
         track.visit_id = event.visit_id
         if visit is not None:  # the same visit goes on: no second "arrived"

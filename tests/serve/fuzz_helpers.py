@@ -114,6 +114,7 @@ REQUIRED_ROLE: dict[str, str | None] = {
     "GET /v1/cameras/{camera_id}/snapshot.jpg": "recognise",
     "GET /v1/cameras/{camera_id}/visits": "recognise",
     "GET /v1/visits": "recognise",
+    "GET /v1/visits/{event_id}/face.jpg": "recognise",
     "GET /v1/unknowns": "recognise",
     "GET /v1/unknowns/{visitor_id}": "recognise",
     "GET /v1/unknowns/{visitor_id}/faces/{face_id}.png": "enrol",
@@ -704,7 +705,7 @@ class FuzzRun:
                 setattr(case, container, dict(value))
         if positive:
             self._ensure_subjects()
-            if "{camera_id}" in label:
+            if "{camera_id}" in label or "{event_id}" in label:
                 self._ensure_cameras()
             if label.startswith(("GET /v1/unknowns", "POST /v1/unknowns")):
                 self._ensure_visitors()
@@ -730,6 +731,15 @@ class FuzzRun:
                     params["face_id"] = chooser.pick(visitor.face_ids)
             self._real_review(case, chooser, label)
             return
+        if params and "event_id" in params and chooser.chance(0.7):
+            faces = [v["id"] for v in self.service.cameras.recent_visits(None, 50) if v["face"]]
+            if not faces:  # a seed camera's visit: push its person until one is decided
+                for _ in range(20):
+                    self.service.cameras.push(self._seed_cameras[0], FRAME)
+                    time.sleep(0.03)
+                faces = [v["id"] for v in self.service.cameras.recent_visits(None, 50)
+                         if v["face"]] or [0]
+            params["event_id"] = chooser.pick(faces)
         if label == "POST /v1/cameras/{camera_id}/frames" and chooser.chance(0.75):
             if isinstance(case.body, dict):
                 case.body["frame"] = Binary(FRAME)

@@ -177,6 +177,22 @@ def _visitor_req(method: str, suffix: str = "", **kw: Any) -> Request:
     return build
 
 
+def _visit_face_req(h: Harness) -> dict[str, Any]:
+    """A request for the face of a push camera's visit (frames pushed until one is decided)."""
+    cameras = h.client.app.state.service.cameras
+    cam = cameras.create(f"table camera {next(_CAMERAS)}", "push:", QUICK)
+    wait_for(lambda: cameras.status(cam["id"])["running"], what="the camera to run")
+
+    def decided() -> bool:
+        cameras.push(cam["id"], camera_frame((4, 60)))
+        time.sleep(0.05)
+        return any(v["face"] for v in cameras.recent_visits(cam["id"]))
+
+    wait_for(decided, what="a visit with a face")
+    visit = next(v for v in cameras.recent_visits(cam["id"]) if v["face"])
+    return _req("GET", f"/v1/visits/{visit['id']}/face.jpg")
+
+
 ROUTE_TABLE += [
     (
         "POST",
@@ -215,6 +231,7 @@ ROUTE_TABLE += [
     ),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200, _camera_req("GET", "/visits")),
     ("GET", "/v1/visits", "recognise", 200, lambda h: _req("GET", "/v1/visits")),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200, _visit_face_req),
     ("GET", "/v1/unknowns", "recognise", 200, lambda h: _req("GET", "/v1/unknowns")),
     ("GET", "/v1/unknowns/{visitor_id}", "recognise", 200, _visitor_req("GET")),
     (

@@ -192,6 +192,8 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             expect(viewer.locator(".crops .placeholder").first).to_have_text(
                 "faces need an enrol key")
             _images_loaded(viewer, "#camera-live", 320)
+            # the visits' faces come from the service's memory: a recognise key sees them
+            _images_loaded(viewer, "#visits-table img.thumb", 112)
             viewer.context.close()
             # No refusal from the card (the subjects and attendance cards' 403s are theirs).
             assert [e for e in viewer_traffic.errors if _card_route(e)] == []

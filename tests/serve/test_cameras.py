@@ -48,6 +48,7 @@ ROUTES: list[tuple[str, str, str, int]] = [
     ("GET", "/v1/cameras/{camera_id}/snapshot.jpg", "recognise", 200),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200),
     ("GET", "/v1/visits", "recognise", 200),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200),
 ]
 RANK = {"recognise": 0, "enrol": 1, "admin": 2}
 
@@ -71,6 +72,15 @@ def test_roles_on_every_camera_route(camera_harness: Harness) -> None:
             cam = add_camera(h, f"cam {n} {caller}")
             if template.endswith("snapshot.jpg"):
                 push_until_processed(h, cam["id"], frame)
+            event_id = 0
+            if "{event_id}" in template:
+                def face_kept(cid: str = cam["id"]) -> int:
+                    push_until_processed(h, cid, frame)
+                    visits = h.client.get(f"/v1/cameras/{cid}/visits",
+                                          headers=h.headers("admin")).json()
+                    return next((v["id"] for v in visits["visits"] if v["face"]), 0)
+
+                event_id = wait_for(face_kept, what="a visit with a face")
             kw: dict[str, Any] = {}
             if method == "POST" and template == "/v1/cameras":
                 kw["json"] = {"name": f"new {n} {caller}", "url": "push:"}
@@ -83,7 +93,7 @@ def test_roles_on_every_camera_route(camera_harness: Harness) -> None:
                 headers["X-API-Key"] = "mfk_000000000000_not-a-real-key"
             elif caller:
                 headers.update(h.headers(caller))
-            url = template.format(camera_id=cam["id"])
+            url = template.format(camera_id=cam["id"], event_id=event_id)
             r = h.client.request(method, url, headers=headers, **kw)
             if caller in (None, "wrong"):
                 expected = 401
@@ -236,6 +246,12 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
         assert visit["subject_id"] == ada["id"] and visit["name"] == "Ada"
         assert visit["camera"] == "front door" and visit["visitor_id"] is None
     assert left["dwell_s"] >= 0 and left["first_seen"] <= left["last_seen"]
+    # each visit's best face, kept in memory for the page's recent visits
+    assert arrived["face"] and left["face"]
+    r = h.client.get(f"/v1/visits/{arrived['id']}/face.jpg", headers=h.headers("recognise"))
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+    r = h.client.get("/v1/visits/999999/face.jpg", headers=h.headers("recognise"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
     all_visits = h.client.get("/v1/visits", headers=h.headers("recognise")).json()["visits"]
     assert [v["id"] for v in all_visits] == [left["id"], arrived["id"]]
     assert camera(h, cid)["status"]["visits"] == 1

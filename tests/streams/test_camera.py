@@ -93,10 +93,11 @@ def test_a_stranger_is_unknown_and_keeps_its_best_crops(
     assert [ev.quality for ev in evidence] == sorted((ev.quality for ev in evidence),
                                                      reverse=True)
     assert "evidence" not in events[-1].to_dict()
-    # without store_crops: no crops kept, and a decided track embeds nothing more
+    # without store_crops: a decided track embeds nothing more (its evidence is the faces of
+    # its decision; persisting their crops is the recorder's choice)
     plain = CameraWorker("door", default_pipeline, enrolled_gallery)
     events = run(plain, stream_scenes["stranger"])
-    assert all(ev.crop is None for ev in events[-1].evidence)
+    assert len(events[-1].evidence) == plain.settings.visits.min_faces
     assert plain.status()["embeddings"] < worker.status()["embeddings"]
 
 

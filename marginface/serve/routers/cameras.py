@@ -307,3 +307,28 @@ def camera_visits(
 def visits(service: ServiceDep, _key: RecogniseKey, limit: Limit = 50) -> Any:
     """The newest visit events of all cameras, newest first (as /v1/cameras/{id}/visits)."""
     return {"visits": service.cameras.recent_visits(None, limit), "limit": limit}
+
+
+@router.get(
+    "/visits/{event_id}/face.jpg",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The visit's best face."},
+        404: {"model": ErrorOut, "description": "No thumbnail is kept for this visit event."},
+    },
+    summary="A recent visit's face",
+)
+def visit_face(
+    event_id: Annotated[int, Path(ge=1, le=2**62, description="The visit event's id.")],
+    service: ServiceDep,
+    _key: RecogniseKey,
+) -> Response:
+    """The aligned crop of the best face of a recent visit event (`face: true` in the
+    visits), as a JPEG thumbnail. Thumbnails are kept in memory for the latest 200 visit
+    events only, never stored; older visits and visits from before a restart answer 404
+    `face_not_found`."""
+    try:
+        jpeg = service.cameras.visit_face(event_id)
+    except NotFoundError as exc:
+        raise ApiError(404, "face_not_found", str(exc)) from None
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
