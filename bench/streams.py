@@ -234,7 +234,7 @@ def live_cameras(video: Path, n: int, fps: float, seconds: float, gallery: Galle
     out["lag_max"] = max(v for _, v in lags)
     if gallery is not None:
         latencies: list[float] = []
-        per_loop: dict[tuple[int, int], list[tuple[int | None, bool]]] = {}
+        per_loop: dict[tuple[int, int], list[tuple[int | None, bool, str | None]]] = {}
         for cam, emitted, e in arrivals:
             if e.kind != "arrived" or e.first_seen is None:
                 continue
@@ -246,7 +246,7 @@ def live_cameras(video: Path, n: int, fps: float, seconds: float, gallery: Galle
             who = who_passed(passers, at, e.name)
             right = who is not None and e.name == (
                 passers[who]["identity"] if passers[who]["enrolled"] else None)
-            per_loop.setdefault((cam, loop), []).append((who, right))
+            per_loop.setdefault((cam, loop), []).append((who, right, e.name))
             if who is not None:
                 appeared = e.first_seen.timestamp() - (at - passers[who]["first_visible_s"])
                 latencies.append(emitted - appeared)
@@ -255,10 +255,20 @@ def live_cameras(video: Path, n: int, fps: float, seconds: float, gallery: Galle
                      for f in frames_seen]
         complete = [v for (cam, loop), v in per_loop.items() if loop < last_loop[cam]]
         out["loops_checked"] = len(complete)
-        out["loops_right"] = sum(
-            1 for v in complete
-            if sorted(w for w, _ in v if w is not None) == list(range(len(passers)))
-            and all(r for _, r in v))
+        out["loops_right"] = 0
+        for (cam, loop), v in sorted(per_loop.items()):
+            if loop >= last_loop[cam]:
+                continue
+            got = sorted(w for w, _, _ in v if w is not None)
+            if got == list(range(len(passers))) and all(r for _, r, _ in v):
+                out["loops_right"] += 1
+                continue
+            missing = [passers[i]["identity"] for i in range(len(passers)) if i not in got]
+            twice = sorted({passers[i]["identity"] for i in got if got.count(i) > 1})
+            wrong = [f"{passers[w]['identity'] if w is not None else '?'} as {name}"
+                     for w, r, name in v if not r]
+            print(f"   camera {cam} loop {loop}: missing {missing}, more than one visit "
+                  f"{twice}, wrong decision {wrong}")
     print(f"   {label}: {n} cameras, {wall:.0f} s: decoded {read / wall:.1f} frames/s, "
           f"processed {done / wall:.1f}/s, dropped {dropped}, CPU {cpu / wall:.2f} cores; "
           f"{load()}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -238,13 +238,6 @@ def _status_dict(obj: Any) -> dict[str, Any]:
     if hasattr(status, "to_dict"):
         status = status.to_dict()
     return dict(status) if isinstance(status, dict) else {}
-
-
-def _first(values: Iterable[tuple[dict[str, Any], str]]) -> Any:
-    for mapping, key in values:
-        if mapping.get(key) is not None:
-            return mapping[key]
-    return None
 
 
 class CameraManager:
@@ -464,22 +457,20 @@ class CameraManager:
         else:
             raw = runner.status()
         src, wrk = raw.pop("source"), raw.pop("worker")
-        both = (src, wrk)
         out = {
             "state": raw["state"],
             "running": runner is not None and raw["state"] not in ("stopped", "ended"),
             "last_error": _scrub(raw["last_error"], camera.url),
             "restarts": raw["restarts"],
-            "read_fps": _round(_first((s, "read_fps") for s in both)),
-            "process_fps": _round(_first((w, k) for w in (wrk,) for k in (
-                "processing_fps", "process_fps"))),
-            "lag_s": _round(_first((s, k) for s in (wrk, src) for k in ("lag_s", "lag")), 3),
-            "frames_read": _first((s, "frames_read") for s in both) or 0,
+            "read_fps": _round(src.get("read_fps")),
+            "process_fps": _round(wrk.get("processing_fps")),
+            "lag_s": _round(src.get("lag_s"), 3),
+            "frames_read": src.get("frames_read") or 0,
             "frames_processed": wrk.get("frames_processed") or 0,
             "ms_per_frame": _round(wrk.get("ms_per_frame"), 1),
             "frame_errors": wrk.get("frame_errors") or 0,
-            "frames_dropped": _first((s, "frames_dropped") for s in both) or 0,
-            "frames_corrupt": _first((s, "frames_corrupt") for s in both) or 0,
+            "frames_dropped": src.get("frames_dropped") or 0,
+            "frames_corrupt": src.get("frames_corrupt") or 0,
             "reconnects": src.get("reconnects") or 0,
             "tracks_open": wrk.get("tracks_open") or 0,
             "visits": wrk.get("visits") or 0,

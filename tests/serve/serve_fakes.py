@@ -310,7 +310,7 @@ class FakeCameraWorker:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"frames_processed": self.processed, "tracks_open": len(self._open),
-                    "visits": self.arrived, "process_fps": 0.0}
+                    "visits": self.arrived, "processing_fps": 0.0}
 
     def latest_annotated(self) -> np.ndarray | None:
         with self._lock:
