@@ -39,6 +39,8 @@ __all__ = [
     "ImageWarning",
     "decode_image",
     "describe_source",
+    "encode_jpeg",
+    "encode_png",
     "ensure_rgb_array",
     "read_image",
 ]
@@ -322,3 +324,28 @@ def read_image(
     if decoded.animated:
         warnings.warn(f"{decoded.source}: {decoded.notes[-1]}", ImageWarning, stacklevel=2)
     return decoded.pixels
+
+
+def _encode(image: np.ndarray, ext: str, params: list[int], what: str) -> bytes:
+    import cv2  # heavy: cv2
+
+    rgb = np.ascontiguousarray(image)
+    bgr = rgb if rgb.ndim == 2 else np.ascontiguousarray(rgb[..., ::-1])
+    ok, buf = cv2.imencode(ext, bgr, params)
+    if not ok:
+        raise ImageError(f"{what} encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an RGB (or grey) ``uint8`` image as JPEG bytes at ``quality`` (1-100)."""
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    import cv2  # heavy: cv2
+
+    return _encode(image, ".jpg", [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)], "JPEG")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode an RGB (or grey) ``uint8`` image as PNG bytes (lossless: stored face crops)."""
+    return _encode(image, ".png", [], "PNG")

@@ -2,7 +2,7 @@
 
 Decoding is :func:`marginface.imaging.decode_image`, the decoder inference uses (EXIF
 orientation, every Pillow mode, the decompression-bomb guard, OpenCV's fast path for plain
-JPEGs); it is available here under the same name.
+JPEGs); it is available here under the same name, as is :func:`~marginface.imaging.encode_jpeg`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marginface.errors import ImageError
-from marginface.imaging import decode_image, read_image
+from marginface.imaging import decode_image, encode_jpeg, read_image
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "encode_jpeg", "is_image_file", "load_image"]
 
@@ -31,17 +30,3 @@ def is_image_file(name: str | Path) -> bool:
 def load_image(path: str | Path) -> np.ndarray:
     """Read and decode an image file to RGB ``uint8``; :class:`ImageError` when impossible."""
     return read_image(Path(path))
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    """Encode an RGB ``uint8`` image as JPEG bytes at ``quality`` (1-100)."""
-    import cv2  # heavy: cv2
-
-    if not 1 <= int(quality) <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    rgb = np.ascontiguousarray(image)
-    bgr = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise ImageError("JPEG encoding failed")
-    return buf.tobytes()

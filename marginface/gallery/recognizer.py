@@ -30,6 +30,7 @@ from marginface.gallery.types import (
     Subject,
     Verification,
 )
+from marginface.imaging import encode_png
 
 __all__ = [
     "MULTIPLE_FACES",
@@ -110,15 +111,6 @@ def _area(face: FaceLike) -> float:
 
 def _box(face: FaceLike) -> list[float]:
     return [round(float(x), 2) for x in np.asarray(face.box).ravel()[:4]]
-
-
-def _encode_png(crop: np.ndarray) -> bytes:
-    import cv2  # heavy: cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(crop[..., ::-1]))
-    if not ok:  # pragma: no cover - cv2 failure
-        raise GalleryError("could not encode the face crop")
-    return buf.tobytes()
 
 
 def _identified_as(other: PhotoConflict) -> str:
@@ -418,7 +410,7 @@ class Recognizer:
             known.append(emb[None, :])
             chosen.append(emb)
             hashes.append(digest)
-            crops.append(_encode_png(face.crop) if self.store_crops else None)
+            crops.append(encode_png(face.crop) if self.store_crops else None)
             outcomes.append(PhotoOutcome(label, "enrolled", note, box=_box(face),
                                          conflict=conflict, forced=bool(overridden)))
         return outcomes, chosen, hashes, crops

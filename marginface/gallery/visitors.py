@@ -50,6 +50,7 @@ from marginface.gallery.types import (
     utc_from_ts,
 )
 from marginface.gallery.validate import clean_name
+from marginface.imaging import encode_png
 
 __all__ = ["ASSIGN_FACES", "KEEP_FACES", "VisitorStore"]
 
@@ -99,12 +100,7 @@ def _png(crop: Any) -> bytes | None:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
         raise GalleryError(
             f"a face crop must be an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape}")
-    import cv2  # heavy: only when crops are kept
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))
-    if not ok:  # pragma: no cover - cv2 failure
-        raise GalleryError("could not encode the face crop")
-    return buf.tobytes()
+    return encode_png(arr)
 
 
 def _status(status: str | None) -> str | None:
@@ -139,17 +135,10 @@ class VisitorStore:
                ) -> StrangerSighting:
         _, dim = self._model.require()
         camera = clean_name(camera, what="camera", max_length=100)
-        e = np.asarray(embeddings, dtype=np.float32)
-        if e.ndim == 1:
-            e = e[None, :]
-        if e.ndim != 2 or e.shape[1] != dim:
-            raise GalleryError(
-                f"a stranger's embeddings must have shape (N, {dim}) for model "
-                f"{self._model.name!r}, got {tuple(e.shape)}")
-        n = len(e)
+        vecs = self._model.normalise(embeddings)  # (N, dim) unit rows, or GalleryError
+        n = len(vecs)
         if n == 0:
             raise GalleryError("a stranger's sighting needs at least one face")
-        vecs = self._model.normalise(e)
         q = np.asarray(list(qualities), dtype=np.float64)
         if q.shape != (n,):
             raise GalleryError(f"{n} embeddings need {n} quality scores, got {q.size}")

@@ -38,6 +38,7 @@ from marginface.config import format_validation_error
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
 from marginface.gallery import Gallery, redact_url
+from marginface.imaging import encode_jpeg
 from marginface.streams.recorder import VisitRecorder
 from marginface.streams.visits import VisitEvent
 
@@ -529,13 +530,7 @@ class CameraManager:
             raise NotFoundError(f"camera {camera.name!r} has no frame yet")
         if isinstance(image, bytes | bytearray):
             return bytes(image)
-        import cv2  # heavy: only for a snapshot
-
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if not ok:
-            raise NotFoundError(f"camera {camera.name!r}: the latest frame cannot be encoded")
-        return jpeg.tobytes()
+        return encode_jpeg(image, 85)
 
     def recent_visits(self, camera_id: str | None = None, limit: int = 50) -> list[dict]:
         """The newest visit events (``arrived`` / ``left``) of one camera or of all, newest

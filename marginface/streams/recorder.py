@@ -34,6 +34,7 @@ import numpy as np
 
 from marginface.errors import MarginfaceError, NotFoundError
 from marginface.gallery import Gallery
+from marginface.imaging import encode_jpeg
 from marginface.streams.visits import VisitEvent
 
 __all__ = ["VisitRecorder", "evidence_arrays", "visit_details"]
@@ -91,11 +92,7 @@ def _thumbnail(event: VisitEvent) -> bytes | None:
     crop = next((f.crop for f in event.evidence if f.crop is not None), None)
     if crop is None:
         return None
-    import cv2  # heavy: cv2
-
-    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(crop[..., ::-1]),
-                            [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return jpeg.tobytes() if ok else None
+    return encode_jpeg(crop, 85)
 
 
 class VisitRecorder:
