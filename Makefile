@@ -43,6 +43,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check marginface tests bench
+	$(BIN)/ruff format --check marginface tests bench
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -42,8 +42,9 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FPIRS = (1e-1, 1e-2, 1e-3)
 
 
-def fnir_at(mated_best: np.ndarray, mated_right: np.ndarray, nonmated_best: np.ndarray
-            ) -> list[float]:
+def fnir_at(
+    mated_best: np.ndarray, mated_right: np.ndarray, nonmated_best: np.ndarray
+) -> list[float]:
     """FNIR at each FPIR of :data:`FPIRS`, the threshold set on the non-mated searches."""
     out = []
     ordered = np.sort(nonmated_best)[::-1]
@@ -55,8 +56,11 @@ def fnir_at(mated_best: np.ndarray, mated_right: np.ndarray, nonmated_best: np.n
 
 def row(name: str, values: list[float], base: list[float] | None = None) -> str:
     cells = " ".join(f"{100 * v:6.2f}" for v in values)
-    gain = "" if base is None else "   " + " ".join(f"{100 * (v - b):+6.2f}"
-                                                  for v, b in zip(values, base, strict=True))
+    gain = (
+        ""
+        if base is None
+        else "   " + " ".join(f"{100 * (v - b):+6.2f}" for v, b in zip(values, base, strict=True))
+    )
     return f"  {name:42s} {cells}{gain}"
 
 
@@ -70,8 +74,9 @@ def celeba_train(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         for f in files:
             refs.append(image_ref(f))
             labels.append(name)
-    emb = embed_images(refs, embedder, EmbedOptions(aligned=True), cache=EmbeddingCache(),
-                       progress=False)
+    emb = embed_images(
+        refs, embedder, EmbedOptions(aligned=True), cache=EmbeddingCache(), progress=False
+    )
     x, lab = emb.embeddings[emb.ok].astype(np.float32), np.asarray(labels)[emb.ok]
     names = np.unique(lab)
     outside = np.array([held_out(n, holdout) for n in names])
@@ -93,25 +98,41 @@ def celeba_train(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     cm = np.sort(x[mated] @ c.T, axis=1)[:, ::-1]
     cn = np.sort(x[nonmated] @ c.T, axis=1)[:, ::-1]
     right = sm.argmax(axis=1) == truth
-    print(f"\nceleba-train-112 (aligned): 1,000 enrolled, {mated.size:,} mated and "
-          f"{nonmated.size:,} non-mated searches (held-out identities); FNIR % at FPIR "
-          f"{', '.join(f'{f:g}' for f in FPIRS)}, then the change in points")
+    print(
+        f"\nceleba-train-112 (aligned): 1,000 enrolled, {mated.size:,} mated and "
+        f"{nonmated.size:,} non-mated searches (held-out identities); FNIR % at FPIR "
+        f"{', '.join(f'{f:g}' for f in FPIRS)}, then the change in points"
+    )
     base = fnir_at(sm.max(1), right, sn.max(1))
     print(row("best face (the gallery's rule)", base))
     for k in (10, 50, 200):
         mu_m, mu_n = cm[:, :k].mean(1, keepdims=True), cn[:, :k].mean(1, keepdims=True)
-        print(row(f"minus mean of top-{k} of 2,000 cohort faces",
-                  fnir_at((sm - mu_m).max(1), right, (sn - mu_n).max(1)), base))
+        print(
+            row(
+                f"minus mean of top-{k} of 2,000 cohort faces",
+                fnir_at((sm - mu_m).max(1), right, (sn - mu_n).max(1)),
+                base,
+            )
+        )
     for k in (50, 2000):
         mu_m, mu_n = cm[:, :k].mean(1, keepdims=True), cn[:, :k].mean(1, keepdims=True)
         sd_m, sd_n = cm[:, :k].std(1, keepdims=True), cn[:, :k].std(1, keepdims=True)
-        print(row(f"T-norm, top-{k} cohort faces",
-                  fnir_at(((sm - mu_m) / sd_m).max(1), right, ((sn - mu_n) / sd_n).max(1)),
-                  base))
+        print(
+            row(
+                f"T-norm, top-{k} cohort faces",
+                fnir_at(((sm - mu_m) / sd_m).max(1), right, ((sn - mu_n) / sd_n).max(1)),
+                base,
+            )
+        )
     for a in (0.5, 1.0, 1.5):
         shift_m, shift_n = a * (x[mated] @ crowd), a * (x[nonmated] @ crowd)
-        print(row(f"minus {a:g} x similarity to the crowd mean",
-                  fnir_at(sm.max(1) - shift_m, right, sn.max(1) - shift_n), base))
+        print(
+            row(
+                f"minus {a:g} x similarity to the crowd mean",
+                fnir_at(sm.max(1) - shift_m, right, sn.max(1) - shift_n),
+                base,
+            )
+        )
     return crowd, c
 
 
@@ -133,9 +154,11 @@ def celeba_dev(args: argparse.Namespace, crowd: np.ndarray, cohort: np.ndarray) 
     sharp = np.array([q.sharpness for q in quality])
     yaw = np.abs([q.yaw for q in quality])
     det = np.array([q.detection_score for q in quality])
-    print(f"\nceleba-dev (raw photos, detected, central face): {len(lab)} faces embedded in "
-          f"{time.perf_counter() - t:.0f} s; 40 enrolled (first photo), 20 strangers, "
-          f"{args.draws} draws; FNIR % at FPIR {', '.join(f'{f:g}' for f in FPIRS)}")
+    print(
+        f"\nceleba-dev (raw photos, detected, central face): {len(lab)} faces embedded in "
+        f"{time.perf_counter() - t:.0f} s; 40 enrolled (first photo), 20 strangers, "
+        f"{args.draws} draws; FNIR % at FPIR {', '.join(f'{f:g}' for f in FPIRS)}"
+    )
     uniq = np.unique(lab)
 
     def run(keep: np.ndarray, shift: np.ndarray) -> list[float]:
@@ -161,12 +184,15 @@ def celeba_dev(args: argparse.Namespace, crowd: np.ndarray, cohort: np.ndarray) 
     print(row("best face (the gallery's rule)", base))
     print(row("minus 1 x similarity to the crowd mean", run(everyone, x @ crowd), base))
     top = np.sort(x @ cohort.T.astype(np.float64), axis=1)[:, ::-1]
-    print(row("minus mean of top-50 of 2,000 cohort faces", run(everyone, top[:, :50].mean(1)),
-              base))
+    print(
+        row("minus mean of top-50 of 2,000 cohort faces", run(everyone, top[:, :50].mean(1)), base)
+    )
     gates = [(f"gate: eyes >= {v:g} px apart", size >= v) for v in (12, 16, 20)]
     gates += [(f"gate: |yaw| <= {v:g}", yaw <= v) for v in (0.2, 0.3)]
-    gates += [(f"gate: sharpness >= {v:.0f} (p{p})", sharp >= v)
-              for p, v in ((2, np.percentile(sharp, 2)), (5, np.percentile(sharp, 5)))]
+    gates += [
+        (f"gate: sharpness >= {v:.0f} (p{p})", sharp >= v)
+        for p, v in ((2, np.percentile(sharp, 2)), (5, np.percentile(sharp, 5)))
+    ]
     gates += [(f"gate: detection score >= {v:g}", det >= v) for v in (0.8, 0.9)]
     for name, keep in gates:
         print(row(f"{name} ({100 * (1 - keep.mean()):.0f}% refused)", run(keep, none), base))

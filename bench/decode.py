@@ -38,8 +38,25 @@ from typing import Any
 def make_video(path: Path) -> None:
     """Encode the 1280x720 25 fps H.264 test video with ffmpeg."""
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25",
-         "-t", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=25",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def pyav_decode(path: Path, threaded: bool, convert_every: int) -> tuple[int, float, float]:
@@ -86,7 +103,7 @@ def corrupt_copy(path: Path, out: Path) -> None:
     data = bytearray(path.read_bytes())
     rng = np.random.default_rng(0)
     for start in range(len(data) // 2, len(data) - 70_000, 400_000):
-        data[start:start + 65_536] = rng.integers(0, 256, 65_536, dtype=np.uint8).tobytes()
+        data[start : start + 65_536] = rng.integers(0, 256, 65_536, dtype=np.uint8).tobytes()
     out.write_bytes(bytes(data))
 
 
@@ -153,8 +170,11 @@ def blocked_opencv(url: str) -> tuple[float, str]:
     import cv2
 
     t0 = time.perf_counter()
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000,
-                                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000])
+    cap = cv2.VideoCapture(
+        url,
+        cv2.CAP_FFMPEG,
+        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 2000],
+    )
     ok = cap.isOpened()
     cap.release()
     return time.perf_counter() - t0, f"isOpened()={ok}, no reason"
@@ -173,20 +193,28 @@ def main(argv: list[str] | None = None) -> int:
             video = Path(tmp) / "720p25.mp4"
             make_video(video)
         print("1. decode speed (250 frames 1280x720 H.264)")
-        print(f"   {'binding':8s} {'threads':7s} {'convert':>8s} {'frames/s':>9s} "
-              f"{'CPU ms/frame':>12s}")
+        print(
+            f"   {'binding':8s} {'threads':7s} {'convert':>8s} {'frames/s':>9s} "
+            f"{'CPU ms/frame':>12s}"
+        )
         for name, fn in (("PyAV", pyav_decode), ("OpenCV", opencv_decode)):
             for threaded in (False, True):
                 for every in (0, 5, 1):
-                    best = min((fn(video, threaded, every) for _ in range(2)),
-                               key=lambda r: r[1])
+                    best = min((fn(video, threaded, every) for _ in range(2)), key=lambda r: r[1])
                     n, wall, cpu = best
                     conv = {0: "none", 5: "1 in 5", 1: "all"}[every]
-                    row = {"binding": name, "threaded": threaded, "convert": conv,
-                           "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / n}
+                    row = {
+                        "binding": name,
+                        "threaded": threaded,
+                        "convert": conv,
+                        "fps": n / wall,
+                        "cpu_ms_per_frame": 1000 * cpu / n,
+                    }
                     results["decode"].append(row)
-                    print(f"   {name:8s} {'auto' if threaded else '1':7s} {conv:>8s} "
-                          f"{n / wall:9.0f} {1000 * cpu / n:12.2f}")
+                    print(
+                        f"   {name:8s} {'auto' if threaded else '1':7s} {conv:>8s} "
+                        f"{n / wall:9.0f} {1000 * cpu / n:12.2f}"
+                    )
         bad = Path(tmp) / "corrupt.mp4"
         corrupt_copy(video, bad)
         results["errors"] = {"pyav": errors_pyav(bad), "opencv": errors_opencv(bad)}

@@ -30,10 +30,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-HEADS = ["softmax", "normface", "sphereface", "cosface", "arcface", "combined",
-         "subcenter_arcface"]
-PML = {"normface": "NormalizedSoftmaxLoss", "sphereface": "SphereFaceLoss",
-       "cosface": "CosFaceLoss", "arcface": "ArcFaceLoss"}
+HEADS = ["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface"]
+PML = {
+    "normface": "NormalizedSoftmaxLoss",
+    "sphereface": "SphereFaceLoss",
+    "cosface": "CosFaceLoss",
+    "arcface": "ArcFaceLoss",
+}
 SCALE = 64.0
 
 
@@ -72,8 +75,11 @@ def make_step(impl: str, head: str, classes: int, batch: int, dim: int) -> Calla
         from pytorch_metric_learning import losses
 
         cls = getattr(losses, PML[head])
-        kwargs = {"temperature": 1 / SCALE} if head == "normface" else (
-            {} if head == "sphereface" else {"scale": SCALE})
+        kwargs = (
+            {"temperature": 1 / SCALE}
+            if head == "normface"
+            else ({} if head == "sphereface" else {"scale": SCALE})
+        )
         if head == "arcface":
             kwargs["margin"] = math.degrees(0.5)
         module = cls(num_classes=classes, embedding_size=dim, **kwargs)
@@ -97,8 +103,14 @@ def implementations(head: str) -> list[str]:
     return ["floor", "ours"] + (["pml"] if head in PML else [])
 
 
-def time_all(classes: int, batch: int, dim: int, reps: int, heads: list[str],
-             clock: Callable[[], float] = time.perf_counter) -> dict:
+def time_all(
+    classes: int,
+    batch: int,
+    dim: int,
+    reps: int,
+    heads: list[str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
     results: dict[str, dict[str, float]] = {}
     for head in heads:
         impls = implementations(head)
@@ -145,24 +157,32 @@ def peak_child(impl: str, head: str, classes: int, batch: int, dim: int) -> None
 def peak(impl: str, head: str, classes: int, batch: int, dim: int) -> float:
     out = subprocess.run(
         [sys.executable, __file__, "--child", impl, head, str(classes), str(batch), str(dim)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--reps", type=int, default=0, help="0: 7 at <=50k classes, else 3")
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: process CPU time, steadier on a shared machine")
-    parser.add_argument("--memory-at", type=int, default=200_000,
-                        help="class count at which to measure memory")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, steadier on a shared machine",
+    )
+    parser.add_argument(
+        "--memory-at", type=int, default=200_000, help="class count at which to measure memory"
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -170,8 +190,10 @@ def main() -> None:
         peak_child(impl, head, int(classes), int(batch), int(dim))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"dim {args.dim}, scale {SCALE}, {args.clock} clock")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"dim {args.dim}, scale {SCALE}, {args.clock} clock"
+    )
     for classes in args.classes:
         reps = args.reps or (7 if classes <= 50_000 else 3)
         print(f"\n== {classes:,} classes, median of {reps} interleaved steps ==")
@@ -180,8 +202,10 @@ def main() -> None:
         memory = {}
         if not args.no_memory and classes == args.memory_at:
             for head in args.heads:
-                memory[head] = {impl: peak(impl, head, classes, args.batch, args.dim)
-                                for impl in implementations(head)}
+                memory[head] = {
+                    impl: peak(impl, head, classes, args.batch, args.dim)
+                    for impl in implementations(head)
+                }
         header = f"{'head':<18}{'floor ms':>10}{'ours ms':>10}{'ours/floor':>11}"
         header += f"{'pml ms':>9}{'pml/floor':>10}"
         if memory:

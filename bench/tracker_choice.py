@@ -76,8 +76,9 @@ def background(seed: int = 0) -> np.ndarray:
     return np.clip(0.5 * noise + grad, 0, 255).astype(np.uint8)
 
 
-def render(people: list[Person], t: float, bg: np.ndarray,
-           pillars: tuple[tuple[int, int], ...] = ()) -> tuple[np.ndarray, list[tuple]]:
+def render(
+    people: list[Person], t: float, bg: np.ndarray, pillars: tuple[tuple[int, int], ...] = ()
+) -> tuple[np.ndarray, list[tuple]]:
     """The frame at ``t`` and each visible person's (index, rect), nearest last."""
     import cv2
 
@@ -90,7 +91,7 @@ def render(people: list[Person], t: float, bg: np.ndarray,
         img = cv2.resize(people[i].photo, (x2 - x1, y2 - y1), interpolation=cv2.INTER_AREA)
         sx1, sy1 = max(x1, 0), max(y1, 0)
         sx2, sy2 = min(x2, W), min(y2, H)
-        frame[sy1:sy2, sx1:sx2] = img[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1]
+        frame[sy1:sy2, sx1:sx2] = img[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1]
         shown.append((i, (x1, y1, x2, y2)))
     for a, b in pillars:
         frame[:, a:b] = (90, 80, 70)
@@ -111,10 +112,19 @@ def scenes(photos: list[np.ndarray]) -> dict[str, tuple[list[Person], float, tup
     return {
         # walks 1280 px in 6 s (213 px/s); a 130 px pillar hides the face about 0.6 s
         "occlusion": ([Person(p[0], -100, 230, 380, 200, 15, 0)], 6.5, ((560, 690),)),
-        "crossing": ([Person(p[1], -100, 240, 360, 190, 10, 0),
-                      Person(p[2], W + 100, -240, 380, 230, 10, 1)], 6.5, ()),
-        "two": ([Person(p[3], -250, 200, 360, 200, 10, 0),
-                 Person(p[4], -10, 200, 360, 200, 10, 0)], 6.0, ()),
+        "crossing": (
+            [
+                Person(p[1], -100, 240, 360, 190, 10, 0),
+                Person(p[2], W + 100, -240, 380, 230, 10, 1),
+            ],
+            6.5,
+            (),
+        ),
+        "two": (
+            [Person(p[3], -250, 200, 360, 200, 10, 0), Person(p[4], -10, 200, 360, 200, 10, 0)],
+            6.0,
+            (),
+        ),
     }
 
 
@@ -128,22 +138,30 @@ class TrackersLib:
         # lost_track_buffer counts 30 fps frames: 30 = 1 s
         if kind == "bytetrack":
             self.t = trackers.ByteTrackTracker(
-                lost_track_buffer=30, frame_rate=FPS, track_activation_threshold=0.6,
+                lost_track_buffer=30,
+                frame_rate=FPS,
+                track_activation_threshold=0.6,
                 minimum_consecutive_frames=1,
-                iou=trackers.BIoU(buffer_ratio=buffer) if buffer else None)
+                iou=trackers.BIoU(buffer_ratio=buffer) if buffer else None,
+            )
         elif kind == "cbiou":
-            self.t = trackers.CBIoUTracker(lost_track_buffer=30, frame_rate=FPS,
-                                           track_activation_threshold=0.6,
-                                           minimum_consecutive_frames=1,
-                                           buffer_ratio_first=buffer,
-                                           buffer_ratio_second=buffer * 1.5)
+            self.t = trackers.CBIoUTracker(
+                lost_track_buffer=30,
+                frame_rate=FPS,
+                track_activation_threshold=0.6,
+                minimum_consecutive_frames=1,
+                buffer_ratio_first=buffer,
+                buffer_ratio_second=buffer * 1.5,
+            )
         else:
-            self.t = trackers.OCSORTTracker(lost_track_buffer=30, frame_rate=FPS,
-                                            minimum_consecutive_frames=1)
+            self.t = trackers.OCSORTTracker(
+                lost_track_buffer=30, frame_rate=FPS, minimum_consecutive_frames=1
+            )
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, t: float) -> np.ndarray:
-        det = self.sv.Detections(xyxy=boxes.reshape(-1, 4), confidence=scores,
-                                 data={"i": np.arange(len(boxes))})
+        det = self.sv.Detections(
+            xyxy=boxes.reshape(-1, 4), confidence=scores, data={"i": np.arange(len(boxes))}
+        )
         out = self.t.update(det, timestamp=t)
         ids = np.full(len(boxes), -1)
         if len(out):
@@ -156,13 +174,18 @@ class SupervisionByteTrack:
         import supervision as sv
 
         self.sv = sv
-        self.t = sv.ByteTrack(track_activation_threshold=0.6, lost_track_buffer=30,
-                              minimum_matching_threshold=0.8, frame_rate=int(FPS),
-                              minimum_consecutive_frames=1)
+        self.t = sv.ByteTrack(
+            track_activation_threshold=0.6,
+            lost_track_buffer=30,
+            minimum_matching_threshold=0.8,
+            frame_rate=int(FPS),
+            minimum_consecutive_frames=1,
+        )
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, t: float) -> np.ndarray:
-        det = self.sv.Detections(xyxy=boxes.reshape(-1, 4), confidence=scores,
-                                 data={"i": np.arange(len(boxes))})
+        det = self.sv.Detections(
+            xyxy=boxes.reshape(-1, 4), confidence=scores, data={"i": np.arange(len(boxes))}
+        )
         out = self.t.update_with_detections(det)
         ids = np.full(len(boxes), -1)
         if len(out):
@@ -185,16 +208,25 @@ class Norfair:
         self.nf = norfair
         # hit_counter_max 5 frames = 1 s at 5 fps
         if distance == "iou":  # a match needs IoU > 0.05 with the estimate
-            self.t = norfair.Tracker(distance_function="iou", distance_threshold=0.95,
-                                     hit_counter_max=5, initialization_delay=0)
+            self.t = norfair.Tracker(
+                distance_function="iou",
+                distance_threshold=0.95,
+                hit_counter_max=5,
+                initialization_delay=0,
+            )
         else:  # centres at most 2.5 box widths apart
-            self.t = norfair.Tracker(distance_function=_size_normalised,
-                                     distance_threshold=2.5, hit_counter_max=5,
-                                     initialization_delay=0)
+            self.t = norfair.Tracker(
+                distance_function=_size_normalised,
+                distance_threshold=2.5,
+                hit_counter_max=5,
+                initialization_delay=0,
+            )
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, t: float) -> np.ndarray:
-        dets = [self.nf.Detection(points=b.reshape(2, 2), scores=np.array([s, s]))
-                for b, s in zip(boxes, scores, strict=True)]
+        dets = [
+            self.nf.Detection(points=b.reshape(2, 2), scores=np.array([s, s]))
+            for b, s in zip(boxes, scores, strict=True)
+        ]
         objs = self.t.update(dets)
         ids = np.full(len(boxes), -1)
         pos = {id(d): k for k, d in enumerate(dets)}
@@ -252,14 +284,22 @@ def measure(make: Callable[[], object], frames: list[tuple]) -> dict[str, float]
             owners.setdefault(int(tid), set()).add(who)
     fragments = sum(len(set(v)) - 1 for v in per_person.values())
     switches = sum(len(v) - 1 for v in owners.values())
-    return {"fragments": fragments, "switches": switches, "unlabelled": unlabelled,
-            "us": 1e6 * statistics.median(times)}
+    return {
+        "fragments": fragments,
+        "switches": switches,
+        "unlabelled": unlabelled,
+        "us": 1e6 * statistics.median(times),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--path", action="append", default=[],
-                        help="a folder to put first on sys.path (a --target install)")
+    parser.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        help="a folder to put first on sys.path (a --target install)",
+    )
     args = parser.parse_args()
     for p in reversed(args.path):
         sys.path.insert(0, p)
@@ -274,23 +314,30 @@ def main() -> None:
     for name, fr in frames.items():
         n = sum(sum(1 for w in f[3] if w >= 0) for f in fr)
         print(f"scene {name}: {len(fr)} frames, {n} face detections")
-    print(f"{'tracker':28s} {'scene':10s} {'fragments':>9s} {'switches':>8s} "
-          f"{'unlabelled':>10s} {'us/update':>9s}")
+    print(
+        f"{'tracker':28s} {'scene':10s} {'fragments':>9s} {'switches':>8s} "
+        f"{'unlabelled':>10s} {'us/update':>9s}"
+    )
     for label, make in CANDIDATES.items():
         for name, fr in frames.items():
             try:
                 importlib.invalidate_caches()
                 m = measure(make, fr)
             except Exception as exc:  # a candidate that cannot run here
-                print(f"{label:28s} {name:10s} not measured: {type(exc).__name__}: "
-                      f"{str(exc)[:80]}")
+                print(f"{label:28s} {name:10s} not measured: {type(exc).__name__}: {str(exc)[:80]}")
                 break
-            print(f"{label:28s} {name:10s} {m['fragments']:9d} {m['switches']:8d} "
-                  f"{m['unlabelled']:10d} {m['us']:9.0f}")
-    print("boxmot                       not measured: needs torchvision, timm, pandas, pyarrow, "
-          "opencv-python<5")
-    print("chosen: trackers ByteTrack with BIoU 1.0 (marginface.streams.tracking): no fragment "
-          "or switch, maintained, installs with numpy 2")
+            print(
+                f"{label:28s} {name:10s} {m['fragments']:9d} {m['switches']:8d} "
+                f"{m['unlabelled']:10d} {m['us']:9.0f}"
+            )
+    print(
+        "boxmot                       not measured: needs torchvision, timm, pandas, pyarrow, "
+        "opencv-python<5"
+    )
+    print(
+        "chosen: trackers ByteTrack with BIoU 1.0 (marginface.streams.tracking): no fragment "
+        "or switch, maintained, installs with numpy 2"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,12 @@ INSIGHTFACE_H100 = {
 }
 
 GPU_CASES = [
-    ("r50", 128, MS1MV3_CLASSES, 1.0), ("r50", 512, MS1MV3_CLASSES, 1.0),
-    ("r100", 128, MS1MV3_CLASSES, 1.0), ("r100", 512, MS1MV3_CLASSES, 1.0),
-    ("mbf", 128, MS1MV3_CLASSES, 1.0), ("mbf", 512, MS1MV3_CLASSES, 1.0),
+    ("r50", 128, MS1MV3_CLASSES, 1.0),
+    ("r50", 512, MS1MV3_CLASSES, 1.0),
+    ("r100", 128, MS1MV3_CLASSES, 1.0),
+    ("r100", 512, MS1MV3_CLASSES, 1.0),
+    ("mbf", 128, MS1MV3_CLASSES, 1.0),
+    ("mbf", 512, MS1MV3_CLASSES, 1.0),
     ("r50", 512, 2_000_000, 0.2),
 ]
 CPU_CASES = [("mbf", 16, MS1MV3_CLASSES, 1.0)]
@@ -55,8 +58,19 @@ class Result:
     loss: float
 
 
-def run_case(model: str, batch: int, classes: int, rate: float, *, device: torch.device,
-             steps: int, warmup: int, amp: str, compile_: bool, channels_last: bool) -> Result:
+def run_case(
+    model: str,
+    batch: int,
+    classes: int,
+    rate: float,
+    *,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    amp: str,
+    compile_: bool,
+    channels_last: bool,
+) -> Result:
     from marginface import backbones
     from marginface.train.partial_fc import PartialFC
 
@@ -65,11 +79,14 @@ def run_case(model: str, batch: int, classes: int, rate: float, *, device: torch
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     with device:
-        pfc = PartialFC.create("arcface", classes, 512, sample_rate=rate, seed=None,
-                               validate=False)
+        pfc = PartialFC.create("arcface", classes, 512, sample_rate=rate, seed=None, validate=False)
     run = torch.compile(backbone) if compile_ else backbone
-    opt = torch.optim.SGD([{"params": list(backbone.parameters())}, {"params": []}], lr=0.1,
-                          momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [{"params": list(backbone.parameters())}, {"params": []}],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / 10_000) ** 2)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -110,8 +127,7 @@ def run_case(model: str, batch: int, classes: int, rate: float, *, device: torch
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return Result(model, batch, classes, rate, steps * batch / seconds, peak,
-                  float(total) / steps)
+    return Result(model, batch, classes, rate, steps * batch / seconds, peak, float(total) / steps)
 
 
 def parse_case(text: str) -> tuple[str, int, int, float]:
@@ -138,21 +154,36 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    cases = [parse_case(c) for c in args.cases] if args.cases else (
-        GPU_CASES if cuda else CPU_CASES)
+    cases = (
+        [parse_case(c) for c in args.cases] if args.cases else (GPU_CASES if cuda else CPU_CASES)
+    )
     steps = args.steps or (30 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     amp = args.amp or ("bf16" if cuda else "none")
     compile_ = cuda and not args.no_compile
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; amp={amp}, compile={compile_}, "
-          f"channels_last=True; {steps} timed steps after {warmup} warm-up")
-    print(f"{'model':6} {'batch':>5} {'classes':>9} {'PFC r':>5} {'samples/s':>10} "
-          f"{'peak GiB':>8} {'insightface H100':>16} {'ratio':>6}")
+    print(
+        f"device: {name}; torch {torch.__version__}; amp={amp}, compile={compile_}, "
+        f"channels_last=True; {steps} timed steps after {warmup} warm-up"
+    )
+    print(
+        f"{'model':6} {'batch':>5} {'classes':>9} {'PFC r':>5} {'samples/s':>10} "
+        f"{'peak GiB':>8} {'insightface H100':>16} {'ratio':>6}"
+    )
     for model, batch, classes, rate in cases:
         try:
-            r = run_case(model, batch, classes, rate, device=device, steps=steps, warmup=warmup,
-                         amp=amp, compile_=compile_, channels_last=True)
+            r = run_case(
+                model,
+                batch,
+                classes,
+                rate,
+                device=device,
+                steps=steps,
+                warmup=warmup,
+                amp=amp,
+                compile_=compile_,
+                channels_last=True,
+            )
         except torch.OutOfMemoryError:
             print(f"{model:6} {batch:5d} {classes:9d} {rate:5.2f} {'out of memory':>10}")
             torch.cuda.empty_cache()
@@ -160,8 +191,11 @@ def main() -> None:
         ref = INSIGHTFACE_H100.get((model, batch, classes, rate))
         ratio = f"{r.samples_per_s / ref:6.2f}" if ref and cuda else "     -"
         peak = f"{r.peak_mem_gib:8.1f}" if r.peak_mem_gib is not None else "       -"
-        print(f"{model:6} {batch:5d} {classes:9d} {rate:5.2f} {r.samples_per_s:10.1f} {peak} "
-              f"{ref or '-':>16} {ratio}", flush=True)
+        print(
+            f"{model:6} {batch:5d} {classes:9d} {rate:5.2f} {r.samples_per_s:10.1f} {peak} "
+            f"{ref or '-':>16} {ratio}",
+            flush=True,
+        )
         if cuda:
             torch.cuda.empty_cache()
 

@@ -83,8 +83,13 @@ class ImpostorTail(BaseModel):
     probes: int = Field(gt=0, description="probe faces searched")
     comparisons: int = Field(gt=0, description="non-mated probe-subject comparisons")
     excluded: str = Field("", description="identities left out (training data, hold-out)")
-    holdout: float = Field(0.0, ge=0.0, lt=1.0, description="share of the dataset's identities "
-                           "held out by marginface.eval.openset.held_out, for validation")
+    holdout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the dataset's identities "
+        "held out by marginface.eval.openset.held_out, for validation",
+    )
     thresholds: list[float] = Field(min_length=2, description="ascending cosine thresholds")
     gallery_sizes: list[int] = Field(min_length=2, description="ascending subject counts")
     log10_fpir: list[list[float]]
@@ -128,8 +133,10 @@ class ModelCard(BaseModel):
         except json.JSONDecodeError as exc:
             raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
         except ValidationError as exc:
-            raise ModelError(f"{path}: invalid model card ({exc.error_count()} problems: "
-                             f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})") from None
+            raise ModelError(
+                f"{path}: invalid model card ({exc.error_count()} problems: "
+                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})"
+            ) from None
 
     def save(self, path: str | Path) -> Path:
         """Write the card atomically to ``model.json`` (or into the given folder)."""
@@ -139,8 +146,10 @@ class ModelCard(BaseModel):
             path = path / CARD_FILENAME
         # one line per list of numbers: the impostor table stays a readable page, not thousands
         # of one-number lines
-        text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",")
-                                + "]", self.model_dump_json(indent=2))
+        text = _NUMBER_LIST.sub(
+            lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+            self.model_dump_json(indent=2),
+        )
         fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json", dir=path.parent)
         try:
             os.fchmod(fd, 0o644)  # a card is public metadata (mkstemp would make it 0600)

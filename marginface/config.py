@@ -54,8 +54,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
-def load_config(model: type[M], path: str | Path | None = None,
-                overrides: list[str] | None = None) -> M:
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: list[str] | None = None
+) -> M:
     """Load ``model`` from a YAML file (or defaults when ``path`` is None) plus overrides.
 
     Raises :class:`ConfigError` naming the file and every offending key.

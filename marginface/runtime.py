@@ -126,20 +126,27 @@ def _prelu_slope(consts: dict[str, np.ndarray], name: str) -> np.ndarray | None:
     return slope.reshape(-1)
 
 
-def _channel_scale(src: str, dst: str, scale: np.ndarray,
-                   initializers: list[onnx.TensorProto]) -> onnx.NodeProto:
+def _channel_scale(
+    src: str, dst: str, scale: np.ndarray, initializers: list[onnx.TensorProto]
+) -> onnx.NodeProto:
     """A ``BatchNormalization`` node computing ``scale[c] * src`` per channel; its parameters
     are appended to ``initializers``."""
     from onnx import helper, numpy_helper  # heavy: onnx
 
     c = scale.size
-    params = {"scale": scale.astype(np.float32), "bias": np.zeros(c, np.float32),
-              "mean": np.zeros(c, np.float32), "var": np.ones(c, np.float32)}
+    params = {
+        "scale": scale.astype(np.float32),
+        "bias": np.zeros(c, np.float32),
+        "mean": np.zeros(c, np.float32),
+        "var": np.ones(c, np.float32),
+    }
     names = [f"{dst}_{k}" for k in params]
-    initializers.extend(numpy_helper.from_array(v, n)
-                        for n, v in zip(names, params.values(), strict=True))
-    return helper.make_node("BatchNormalization", [src, *names], [dst], epsilon=0.0,
-                            name=f"{dst}_bn")
+    initializers.extend(
+        numpy_helper.from_array(v, n) for n, v in zip(names, params.values(), strict=True)
+    )
+    return helper.make_node(
+        "BatchNormalization", [src, *names], [dst], epsilon=0.0, name=f"{dst}_bn"
+    )
 
 
 def rewrite_prelu(model: onnx.ModelProto) -> int:
@@ -206,8 +213,7 @@ def _fast_source(source: str | bytes) -> str | bytes:
     try:
         import onnx  # heavy: onnx
 
-        model = (onnx.load_from_string(source) if isinstance(source, bytes)
-                 else onnx.load(source))
+        model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
         if not any(n.op_type == "PRelu" for n in model.graph.node):
             return source
         if rewrite_prelu(model) == 0:
@@ -297,9 +303,12 @@ def onnx_session(
         ) from None
 
 
-def dequantized_onnx_bytes(path: str | Path, label: str = "ONNX",
-                           input_axes: dict[int, str] | None = None,
-                           output_axes: dict[int, str] | None = None) -> bytes:
+def dequantized_onnx_bytes(
+    path: str | Path,
+    label: str = "ONNX",
+    input_axes: dict[int, str] | None = None,
+    output_axes: dict[int, str] | None = None,
+) -> bytes:
     """``path``'s model with constant ``DequantizeLinear`` weights folded to float32.
 
     The folding is bit-identical to what a runtime computes at every call; what is left runs
@@ -322,13 +331,19 @@ def dequantized_onnx_bytes(path: str | Path, label: str = "ONNX",
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             q = consts[node.input[0]].astype(np.float32)
             scale = consts[node.input[1]].astype(np.float32)
-            zero = (consts[node.input[2]] if len(node.input) > 2 else np.zeros_like(scale))
+            zero = consts[node.input[2]] if len(node.input) > 2 else np.zeros_like(scale)
             axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
             if block:
-                def expand(a: np.ndarray, axis: int = axis, block: int = block,
-                           shape: tuple[int, ...] = q.shape) -> np.ndarray:
+
+                def expand(
+                    a: np.ndarray,
+                    axis: int = axis,
+                    block: int = block,
+                    shape: tuple[int, ...] = q.shape,
+                ) -> np.ndarray:
                     a = np.repeat(a, block, axis=axis)
                     return a[tuple(slice(0, d) for d in shape)]
+
                 scale, zero = expand(scale), expand(zero.astype(np.float32))
             elif scale.ndim == 1 and q.ndim > 1:
                 shape = [1] * q.ndim

@@ -28,8 +28,14 @@ def log_linear_tail(at: float, *, fpir_at: float = 1e-2, decades: float = 40.0) 
         return [[round(float(max(np.log10(max(v, 1e-300)), -12.0)), 4) for v in row] for row in f]
 
     return ImpostorTail(
-        dataset="synthetic (tests)", identities=1000, probes=1000, comparisons=10**9,
-        thresholds=[float(v) for v in grid], gallery_sizes=[int(v) for v in sizes],
-        log10_fpir=rows(1), log10_fpir_by_faces={str(k): rows(k) for k in (2, 3, 5)},
-        log10_far=[round(float(np.log10(v)), 4) for v in p], max_impostor=float(grid[-1]),
+        dataset="synthetic (tests)",
+        identities=1000,
+        probes=1000,
+        comparisons=10**9,
+        thresholds=[float(v) for v in grid],
+        gallery_sizes=[int(v) for v in sizes],
+        log10_fpir=rows(1),
+        log10_fpir_by_faces={str(k): rows(k) for k in (2, 3, 5)},
+        log10_far=[round(float(np.log10(v)), 4) for v in p],
+        max_impostor=float(grid[-1]),
     )

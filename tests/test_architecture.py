@@ -14,8 +14,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Modules that take a second or more to import, or belong to an optional extra.
-HEAVY = ("torch", "cv2", "onnx", "onnxruntime", "fastapi", "uvicorn", "matplotlib", "sklearn",
-         "faiss", "pymilvus", "psycopg", "albumentations", "tensorboard")
+HEAVY = (
+    "torch",
+    "cv2",
+    "onnx",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+    "matplotlib",
+    "sklearn",
+    "faiss",
+    "pymilvus",
+    "psycopg",
+    "albumentations",
+    "tensorboard",
+)
 
 
 def test_import_contracts_hold(capsys):
@@ -25,8 +38,9 @@ def test_import_contracts_hold(capsys):
 
     path = list(sys.path)
     try:  # lint_imports puts the working directory on sys.path
-        status = lint_imports(config_filename=str(ROOT / ".importlinter"), no_cache=True,
-                              no_logo=True)
+        status = lint_imports(
+            config_filename=str(ROOT / ".importlinter"), no_cache=True, no_logo=True
+        )
     finally:
         sys.path[:] = path
     report = capsys.readouterr().out
@@ -45,10 +59,12 @@ def test_types_check(monkeypatch):
 
 
 def _heavy_after(code: str) -> list[str]:
-    probe = (f"import sys, json\n{code}\n"
-             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    probe = (
+        f"import sys, json\n{code}\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -59,8 +75,16 @@ def test_cli_help_imports_nothing_heavy():
     assert _heavy_after("from marginface.cli import build_app\nbuild_app()") == []
 
 
-@pytest.mark.parametrize("package", ["marginface.align", "marginface.embed", "marginface.eval",
-                                     "marginface.gallery", "marginface.runtime"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "marginface.align",
+        "marginface.embed",
+        "marginface.eval",
+        "marginface.gallery",
+        "marginface.runtime",
+    ],
+)
 def test_inference_packages_import_light(package):
     """The inference path imports torch, OpenCV and onnxruntime only when a model runs."""
     assert _heavy_after(f"import {package}") == []

@@ -93,26 +93,39 @@ class Aligner:
         pixels, notes = self.load(image)
         detections = self.detector.detect(pixels)
         kept = select_faces(
-            detections, pixels.shape, selection=self.selection,
-            min_face_size=self.min_face_size, score_threshold=self.score_threshold,
+            detections,
+            pixels.shape,
+            selection=self.selection,
+            min_face_size=self.min_face_size,
+            score_threshold=self.score_threshold,
         )
         scored = [d for d in detections if d.score >= self.score_threshold]
         too_small = sum(1 for d in scored if d.size < self.min_face_size)
         h, w = template_size(self.template)
-        crops = (np.stack([self.crop(pixels, d.landmarks) for d in kept]) if kept
-                 else np.zeros((0, h, w, 3), dtype=np.uint8))
+        crops = (
+            np.stack([self.crop(pixels, d.landmarks) for d in kept])
+            if kept
+            else np.zeros((0, h, w, 3), dtype=np.uint8)
+        )
         return AlignResult(
-            faces=kept, crops=crops, image_shape=(pixels.shape[0], pixels.shape[1]),
-            n_detected=len(detections), n_too_small=too_small, notes=notes,
+            faces=kept,
+            crops=crops,
+            image_shape=(pixels.shape[0], pixels.shape[1]),
+            n_detected=len(detections),
+            n_too_small=too_small,
+            notes=notes,
         )
 
     def __repr__(self) -> str:
-        return (f"Aligner(detector={getattr(self.detector, 'name', self.detector)!r}, "
-                f"template={self.template!r}, selection={self.selection!r}, "
-                f"min_face_size={self.min_face_size}, score_threshold={self.score_threshold})")
+        return (
+            f"Aligner(detector={getattr(self.detector, 'name', self.detector)!r}, "
+            f"template={self.template!r}, selection={self.selection!r}, "
+            f"min_face_size={self.min_face_size}, score_threshold={self.score_threshold})"
+        )
 
     @classmethod
-    def from_options(cls, detector: str = "yunet", detector_options: dict[str, Any] | None = None,
-                     **kwargs: Any) -> Aligner:
+    def from_options(
+        cls, detector: str = "yunet", detector_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Aligner:
         """Build with a detector by name and its options."""
         return cls(load_detector(detector, **(detector_options or {})), **kwargs)

@@ -104,8 +104,11 @@ def _atomic_write_image(path: Path, crop: np.ndarray, job: AlignJob) -> None:
 
 def _make_aligner(job: AlignJob) -> Aligner:
     return Aligner.from_options(
-        job.detector, dict(job.detector_options), template=job.template,
-        selection=job.selection, min_face_size=job.min_face_size,
+        job.detector,
+        dict(job.detector_options),
+        template=job.template,
+        selection=job.selection,
+        min_face_size=job.min_face_size,
         score_threshold=job.score_threshold,
     )
 
@@ -126,8 +129,9 @@ def _worker_process(task: tuple[str, str, str]) -> tuple[str, str | None, int]:
     return _process(task, _WORKER["aligner"], _WORKER["job"])
 
 
-def _process(task: tuple[str, str, str], aligner: Aligner, job: AlignJob
-             ) -> tuple[str, str | None, int]:
+def _process(
+    task: tuple[str, str, str], aligner: Aligner, job: AlignJob
+) -> tuple[str, str | None, int]:
     """Align one file; returns (relative path, failure reason or None, faces written)."""
     src, rel, dst = task
     try:
@@ -225,8 +229,9 @@ def align_folder(
                 record(*_process(task, aligner, job), i)
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                     initializer=_worker_init, initargs=(job,)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(job,)
+            ) as pool:
                 chunk = max(1, min(32, len(tasks) // (workers * 8) or 1))
                 for i, res in enumerate(pool.map(_worker_process, tasks, chunksize=chunk), 1):
                     record(*res, i)

@@ -33,8 +33,9 @@ __all__ = [
 
 _YUNET_STRIDES = (8, 16, 32)
 #: YuNet's output heads: per stride, class and objectness scores, box offsets and landmarks.
-_YUNET_OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps")
-                  for stride in _YUNET_STRIDES]
+_YUNET_OUTPUTS = [
+    f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in _YUNET_STRIDES
+]
 
 
 class YuNetDetector(PerThreadModel, Detector):
@@ -90,7 +91,6 @@ class YuNetDetector(PerThreadModel, Detector):
         if refine_landmarks == "auto":
             refine_landmarks = True  # the MTCNN weights ship with marginface
         if refine_landmarks:
-
             self.refiner = ONetRefiner()
         self.refine_landmarks = bool(refine_landmarks)
 
@@ -102,15 +102,21 @@ class YuNetDetector(PerThreadModel, Detector):
         import cv2  # heavy: cv2
 
         if self.runtime == "onnxruntime":
-
             if self._onnx is None:
                 self._onnx = dequantized_onnx_bytes(
-                    self.model_path, "YuNet", input_axes={2: "height", 3: "width"},
-                    output_axes={1: "anchors"})
+                    self.model_path,
+                    "YuNet",
+                    input_axes={2: "height", 3: "width"},
+                    output_axes={1: "anchors"},
+                )
             return onnx_session(self._onnx, threads=self.threads)
         return cv2.FaceDetectorYN.create(
-            str(self.model_path), "", (320, 320),
-            self.score_threshold, self.nms_threshold, self.top_k,
+            str(self.model_path),
+            "",
+            (320, 320),
+            self.score_threshold,
+            self.nms_threshold,
+            self.top_k,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -133,12 +139,14 @@ class YuNetDetector(PerThreadModel, Detector):
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
         blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
-        outputs = dict(zip(_YUNET_OUTPUTS, session.run(_YUNET_OUTPUTS, {"input": blob}),
-                           strict=True))
+        outputs = dict(
+            zip(_YUNET_OUTPUTS, session.run(_YUNET_OUTPUTS, {"input": blob}), strict=True)
+        )
         rows = []
         for stride in _YUNET_STRIDES:
-            cls, obj, bbox, kps = (outputs[f"{kind}_{stride}"][0]
-                                   for kind in ("cls", "obj", "bbox", "kps"))
+            cls, obj, bbox, kps = (
+                outputs[f"{kind}_{stride}"][0] for kind in ("cls", "obj", "bbox", "kps")
+            )
             score = np.sqrt(np.clip(cls[:, 0], 0.0, 1.0) * np.clip(obj[:, 0], 0.0, 1.0))
             keep = np.nonzero(score >= self.score_threshold)[0]
             if not len(keep):
@@ -156,8 +164,13 @@ class YuNetDetector(PerThreadModel, Detector):
         if not rows:
             return np.zeros((0, 15), dtype=np.float32)
         faces = np.concatenate(rows).astype(np.float32)
-        kept = cv2.dnn.NMSBoxes(faces[:, :4].tolist(), faces[:, 14].tolist(),
-                                self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        kept = cv2.dnn.NMSBoxes(
+            faces[:, :4].tolist(),
+            faces[:, 14].tolist(),
+            self.score_threshold,
+            self.nms_threshold,
+            top_k=self.top_k,
+        )
         return faces[np.asarray(kept, dtype=np.int64).reshape(-1)]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -208,6 +221,5 @@ def load_detector(name: str = "yunet", **options: Any) -> Detector:
     """
     key = name.lower()
     if key not in DETECTORS:
-
         raise ConfigError(f"unknown face detector {name!r}; available: {', '.join(DETECTORS)}")
     return DETECTORS[key](**options)

@@ -85,8 +85,9 @@ def select_faces(
         return [max(kept, key=lambda d: d.area)]
     if selection == "central":
         cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
-        return [min(kept, key=lambda d: ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2,
-                                         -d.area))]
+        return [
+            min(kept, key=lambda d: ((d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2, -d.area))
+        ]
     if selection == "all":
         return sorted(kept, key=lambda d: d.area, reverse=True)
     raise ValueError(f"unknown face selection {selection!r}; use largest, central or all")

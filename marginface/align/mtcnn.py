@@ -26,8 +26,9 @@ from marginface.runtime import onnx_session
 __all__ = ["MTCNNDetector", "nms"]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union"
-        ) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union"
+) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression (overlap by IoU or by the smaller box)."""
     if boxes.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -172,11 +173,13 @@ class MTCNNDetector(Detector):
     ) -> None:
         import torch  # heavy: torch
 
-
         folder = Path(weights_dir) if weights_dir else mtcnn_weights_dir()
         self.pnet, self.rnet, self.onet = _nets()
-        for net, filename in ((self.pnet, "pnet.pt"), (self.rnet, "rnet.pt"),
-                              (self.onet, "onet.pt")):
+        for net, filename in (
+            (self.pnet, "pnet.pt"),
+            (self.rnet, "rnet.pt"),
+            (self.onet, "onet.pt"),
+        ):
             path = folder / filename
             try:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -251,9 +254,16 @@ class MTCNNDetector(Detector):
         boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
         regw = boxes[:, 2] - boxes[:, 0]
         regh = boxes[:, 3] - boxes[:, 1]
-        boxes = np.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                          boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
-                          boxes[:, 4]], axis=1)
+        boxes = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * regw,
+                boxes[:, 1] + boxes[:, 6] * regh,
+                boxes[:, 2] + boxes[:, 7] * regw,
+                boxes[:, 3] + boxes[:, 8] * regh,
+                boxes[:, 4],
+            ],
+            axis=1,
+        )
         boxes = _square(boxes)
         # stage 2: refinement
         data, keep = self._crops(img, boxes, 24)
@@ -307,8 +317,9 @@ class MTCNNDetector(Detector):
             b = boxes[k]
             wi, hi = b[2] - b[0] + 1, b[3] - b[1] + 1
             lm = np.stack([wi * pts[:5] + b[0] - 1, hi * pts[5:10] + b[1] - 1], axis=1)
-            out[k] = Detection(box=detections[k].box, score=detections[k].score,
-                               landmarks=lm.astype(np.float32))
+            out[k] = Detection(
+                box=detections[k].box, score=detections[k].score, landmarks=lm.astype(np.float32)
+            )
         return out
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -321,8 +332,11 @@ class MTCNNDetector(Detector):
             boxes, landmarks = self._detect(work)
         faces = []
         for box, pts in zip(boxes, landmarks, strict=True):
-            det = Detection(box=box[:4].astype(np.float32), score=float(box[4]),
-                            landmarks=pts.astype(np.float32))
+            det = Detection(
+                box=box[:4].astype(np.float32),
+                score=float(box[4]),
+                landmarks=pts.astype(np.float32),
+            )
             faces.append(det.scaled(1.0 / scale) if scale != 1.0 else det)
         faces.sort(key=lambda d: d.score, reverse=True)
         return faces
@@ -336,7 +350,6 @@ class ONetRefiner:
     def __init__(self, weights_dir: str | Path | None = None) -> None:
         import torch  # heavy: torch
 
-
         path = Path(weights_dir) / "onet.pt" if weights_dir else bundled_model("mtcnn-onet")
         onet = _nets()[2]
         try:
@@ -349,9 +362,16 @@ class ONetRefiner:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             # torch's hints allow only paths here; a BytesIO works with dynamo=False.
-            torch.onnx.export(onet.eval(), (torch.zeros(1, 3, 48, 48),), buffer,  # type: ignore[arg-type]
-                              input_names=["input"], output_names=["reg", "points", "prob"],
-                              dynamic_axes={"input": {0: "n"}}, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                onet.eval(),
+                (torch.zeros(1, 3, 48, 48),),
+                buffer,  # type: ignore[arg-type]
+                input_names=["input"],
+                output_names=["reg", "points", "prob"],
+                dynamic_axes={"input": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
         self.session = onnx_session(buffer.getvalue(), threads=1)
 
     def refine(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
@@ -380,6 +400,7 @@ class ONetRefiner:
             b = boxes[k]
             wi, hi = b[2] - b[0] + 1, b[3] - b[1] + 1
             lm = np.stack([wi * pts[:5] + b[0] - 1, hi * pts[5:10] + b[1] - 1], axis=1)
-            out[k] = Detection(box=detections[k].box, score=detections[k].score,
-                               landmarks=lm.astype(np.float32))
+            out[k] = Detection(
+                box=detections[k].box, score=detections[k].score, landmarks=lm.astype(np.float32)
+            )
         return out

@@ -39,9 +39,14 @@ class FaceQuality:
         return float(s_size * s_sharp * s_pose * min(max(self.detection_score, 0.0), 1.0))
 
     def to_dict(self) -> dict[str, float]:
-        return {"size": round(self.size, 1), "detection_score": round(self.detection_score, 4),
-                "sharpness": round(self.sharpness, 1), "yaw": round(self.yaw, 3),
-                "pitch": round(self.pitch, 3), "score": round(self.score, 4)}
+        return {
+            "size": round(self.size, 1),
+            "detection_score": round(self.detection_score, 4),
+            "sharpness": round(self.sharpness, 1),
+            "yaw": round(self.yaw, 3),
+            "pitch": round(self.pitch, 3),
+            "score": round(self.score, 4),
+        }
 
 
 def sharpness(crop: np.ndarray) -> float:
@@ -51,12 +56,13 @@ def sharpness(crop: np.ndarray) -> float:
         g = g[..., :3] @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
     if g.shape[0] < 3 or g.shape[1] < 3:
         return 0.0
-    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1])
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
     return float(lap.var())
 
 
-def face_quality(landmarks: np.ndarray, detection_score: float, crop: np.ndarray | None
-                 ) -> FaceQuality:
+def face_quality(
+    landmarks: np.ndarray, detection_score: float, crop: np.ndarray | None
+) -> FaceQuality:
     """The quality of one detected face: ``landmarks`` (5, 2) in source pixels (eyes, nose,
     mouth corners, as every marginface detector gives them), its detection score and its
     aligned crop (None: sharpness unknown, counted as sharp)."""

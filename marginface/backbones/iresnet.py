@@ -33,11 +33,20 @@ LAYERS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1,
-            dilation: int = 1) -> nn.Conv2d:
+def conv3x3(
+    in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1
+) -> nn.Conv2d:
     """3×3 convolution with padding, no bias."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
-                     groups=groups, bias=False, dilation=dilation)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -50,9 +59,16 @@ class IBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("IBasicBlock only supports groups=1 and base_width=64")
@@ -95,12 +111,20 @@ class IResNet(nn.Module):
 
     fc_scale = 7 * 7
 
-    def __init__(self, block: type[IBasicBlock], layers: tuple[int, ...] | list[int],
-                 dropout: float = 0.0, num_features: int = 512, zero_init_residual: bool = False,
-                 groups: int = 1, width_per_group: int = 64,
-                 replace_stride_with_dilation: list[bool] | None = None, fp16: bool = False,
-                 input_size: tuple[int, int] = (112, 112),
-                 gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        block: type[IBasicBlock],
+        layers: tuple[int, ...] | list[int],
+        dropout: float = 0.0,
+        num_features: int = 512,
+        zero_init_residual: bool = False,
+        groups: int = 1,
+        width_per_group: int = 64,
+        replace_stride_with_dilation: list[bool] | None = None,
+        fp16: bool = False,
+        input_size: tuple[int, int] = (112, 112),
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.extra_gflops = 0.0
         self.fp16 = fp16
@@ -111,20 +135,25 @@ class IResNet(nn.Module):
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError("replace_stride_with_dilation should be None or a 3-element list, "
-                             f"got {replace_stride_with_dilation}")
+            raise ValueError(
+                "replace_stride_with_dilation should be None or a 3-element list, "
+                f"got {replace_stride_with_dilation}"
+            )
         self.groups = groups
         self.base_width = width_per_group
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes, eps=1e-05)
         self.prelu = nn.PReLU(self.inplanes)
         self.layer1 = self._make_layer(block, 64, layers[0], stride=2)
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2,
-                                       dilate=replace_stride_with_dilation[0])
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2,
-                                       dilate=replace_stride_with_dilation[1])
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2,
-                                       dilate=replace_stride_with_dilation[2])
+        self.layer2 = self._make_layer(
+            block, 128, layers[1], stride=2, dilate=replace_stride_with_dilation[0]
+        )
+        self.layer3 = self._make_layer(
+            block, 256, layers[2], stride=2, dilate=replace_stride_with_dilation[1]
+        )
+        self.layer4 = self._make_layer(
+            block, 512, layers[3], stride=2, dilate=replace_stride_with_dilation[2]
+        )
         self.bn2 = nn.BatchNorm2d(512 * block.expansion, eps=1e-05)
         self.dropout = nn.Dropout(p=dropout)
         h, w = (math.ceil(s / 16) for s in self.input_size)
@@ -151,8 +180,14 @@ class IResNet(nn.Module):
             if isinstance(m, IBasicBlock):
                 m.use_checkpoint = enabled
 
-    def _make_layer(self, block: type[IBasicBlock], planes: int, blocks: int, stride: int = 1,
-                    dilate: bool = False) -> nn.Sequential:
+    def _make_layer(
+        self,
+        block: type[IBasicBlock],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+    ) -> nn.Sequential:
         downsample = None
         previous_dilation = self.dilation
         if dilate:
@@ -163,12 +198,28 @@ class IResNet(nn.Module):
                 conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion, eps=1e-05),
             )
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups,
-                        self.base_width, previous_dilation)]
+        layers = [
+            block(
+                self.inplanes,
+                planes,
+                stride,
+                downsample,
+                self.groups,
+                self.base_width,
+                previous_dilation,
+            )
+        ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups,
-                                base_width=self.base_width, dilation=self.dilation))
+            layers.append(
+                block(
+                    self.inplanes,
+                    planes,
+                    groups=self.groups,
+                    base_width=self.base_width,
+                    dilation=self.dilation,
+                )
+            )
         return nn.Sequential(*layers)
 
     def forward_body(self, x: torch.Tensor) -> torch.Tensor:

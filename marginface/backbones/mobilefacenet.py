@@ -30,13 +30,20 @@ class Flatten(nn.Module):
 class ConvBlock(nn.Module):
     """Conv (no bias) + BN + PReLU."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: tuple[int, int] = (1, 1),
-                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-                 groups: int = 1) -> None:
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: tuple[int, int] = (1, 1),
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        groups: int = 1,
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, groups=groups, stride=stride, padding=padding,
-                      bias=False),
+            nn.Conv2d(
+                in_c, out_c, kernel, groups=groups, stride=stride, padding=padding, bias=False
+            ),
             nn.BatchNorm2d(num_features=out_c),
             nn.PReLU(num_parameters=out_c),
         )
@@ -48,9 +55,15 @@ class ConvBlock(nn.Module):
 class LinearBlock(nn.Module):
     """Conv (no bias) + BN, no activation."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: tuple[int, int] = (1, 1),
-                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-                 groups: int = 1) -> None:
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: tuple[int, int] = (1, 1),
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        groups: int = 1,
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False),
@@ -64,15 +77,21 @@ class LinearBlock(nn.Module):
 class DepthWise(nn.Module):
     """Inverted bottleneck: 1×1 expand, depthwise k×k, 1×1 linear project, optional residual."""
 
-    def __init__(self, in_c: int, out_c: int, residual: bool = False,
-                 kernel: tuple[int, int] = (3, 3), stride: tuple[int, int] = (2, 2),
-                 padding: tuple[int, int] = (1, 1), groups: int = 1) -> None:
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        residual: bool = False,
+        kernel: tuple[int, int] = (3, 3),
+        stride: tuple[int, int] = (2, 2),
+        padding: tuple[int, int] = (1, 1),
+        groups: int = 1,
+    ) -> None:
         super().__init__()
         self.residual = residual
         self.layers = nn.Sequential(
             ConvBlock(in_c, out_c=groups, kernel=(1, 1), padding=(0, 0), stride=(1, 1)),
-            ConvBlock(groups, groups, groups=groups, kernel=kernel, padding=padding,
-                      stride=stride),
+            ConvBlock(groups, groups, groups=groups, kernel=kernel, padding=padding, stride=stride),
             LinearBlock(groups, out_c, kernel=(1, 1), padding=(0, 0), stride=(1, 1)),
         )
 
@@ -84,8 +103,15 @@ class DepthWise(nn.Module):
 class Residual(nn.Module):
     """A stack of residual :class:`DepthWise` blocks."""
 
-    def __init__(self, c: int, num_block: int, groups: int, kernel: tuple[int, int] = (3, 3),
-                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (1, 1)) -> None:
+    def __init__(
+        self,
+        c: int,
+        num_block: int,
+        groups: int,
+        kernel: tuple[int, int] = (3, 3),
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             *[DepthWise(c, c, True, kernel, stride, padding, groups) for _ in range(num_block)]
@@ -114,9 +140,14 @@ class GDC(nn.Module):
 class MobileFaceNet(nn.Module):
     """MobileFaceNet backbone producing ``num_features``-dimensional embeddings."""
 
-    def __init__(self, fp16: bool = False, num_features: int = 512,
-                 blocks: tuple[int, int, int, int] = (1, 4, 6, 2), scale: int = 2,
-                 input_size: tuple[int, int] = (112, 112)) -> None:
+    def __init__(
+        self,
+        fp16: bool = False,
+        num_features: int = 512,
+        blocks: tuple[int, int, int, int] = (1, 4, 6, 2),
+        scale: int = 2,
+        input_size: tuple[int, int] = (112, 112),
+    ) -> None:
         super().__init__()
         self.scale = scale
         self.fp16 = fp16
@@ -128,30 +159,81 @@ class MobileFaceNet(nn.Module):
         )
         if blocks[0] == 1:
             self.layers.append(
-                ConvBlock(64 * self.scale, 64 * self.scale, kernel=(3, 3), stride=(1, 1),
-                          padding=(1, 1), groups=64)
+                ConvBlock(
+                    64 * self.scale,
+                    64 * self.scale,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    padding=(1, 1),
+                    groups=64,
+                )
             )
         else:
             self.layers.append(
-                Residual(64 * self.scale, num_block=blocks[0], groups=128, kernel=(3, 3),
-                         stride=(1, 1), padding=(1, 1)),
+                Residual(
+                    64 * self.scale,
+                    num_block=blocks[0],
+                    groups=128,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    padding=(1, 1),
+                ),
             )
-        self.layers.extend([
-            DepthWise(64 * self.scale, 64 * self.scale, kernel=(3, 3), stride=(2, 2),
-                      padding=(1, 1), groups=128),
-            Residual(64 * self.scale, num_block=blocks[1], groups=128, kernel=(3, 3),
-                     stride=(1, 1), padding=(1, 1)),
-            DepthWise(64 * self.scale, 128 * self.scale, kernel=(3, 3), stride=(2, 2),
-                      padding=(1, 1), groups=256),
-            Residual(128 * self.scale, num_block=blocks[2], groups=256, kernel=(3, 3),
-                     stride=(1, 1), padding=(1, 1)),
-            DepthWise(128 * self.scale, 128 * self.scale, kernel=(3, 3), stride=(2, 2),
-                      padding=(1, 1), groups=512),
-            Residual(128 * self.scale, num_block=blocks[3], groups=256, kernel=(3, 3),
-                     stride=(1, 1), padding=(1, 1)),
-        ])
-        self.conv_sep = ConvBlock(128 * self.scale, 512, kernel=(1, 1), stride=(1, 1),
-                                  padding=(0, 0))
+        self.layers.extend(
+            [
+                DepthWise(
+                    64 * self.scale,
+                    64 * self.scale,
+                    kernel=(3, 3),
+                    stride=(2, 2),
+                    padding=(1, 1),
+                    groups=128,
+                ),
+                Residual(
+                    64 * self.scale,
+                    num_block=blocks[1],
+                    groups=128,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    padding=(1, 1),
+                ),
+                DepthWise(
+                    64 * self.scale,
+                    128 * self.scale,
+                    kernel=(3, 3),
+                    stride=(2, 2),
+                    padding=(1, 1),
+                    groups=256,
+                ),
+                Residual(
+                    128 * self.scale,
+                    num_block=blocks[2],
+                    groups=256,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    padding=(1, 1),
+                ),
+                DepthWise(
+                    128 * self.scale,
+                    128 * self.scale,
+                    kernel=(3, 3),
+                    stride=(2, 2),
+                    padding=(1, 1),
+                    groups=512,
+                ),
+                Residual(
+                    128 * self.scale,
+                    num_block=blocks[3],
+                    groups=256,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    padding=(1, 1),
+                ),
+            ]
+        )
+        self.conv_sep = ConvBlock(
+            128 * self.scale, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0)
+        )
         kernel = (math.ceil(self.input_size[0] / 16), math.ceil(self.input_size[1] / 16))
         self.features = GDC(num_features, kernel=kernel)
         self._initialize_weights()

@@ -16,8 +16,16 @@ from torch import nn
 
 from marginface.errors import ConfigError
 
-__all__ = ["accepted_kwargs", "check_kwargs", "create", "is_model", "list_models", "model_info",
-           "register_model", "takes_input_size"]
+__all__ = [
+    "accepted_kwargs",
+    "check_kwargs",
+    "create",
+    "is_model",
+    "list_models",
+    "model_info",
+    "register_model",
+    "takes_input_size",
+]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -43,8 +51,9 @@ class _Registry:
 _REGISTRY = _Registry()
 
 
-def register_model(name: str, *, aliases: tuple[str, ...] = (), description: str = "",
-                   sized: bool = False) -> Callable[[F], F]:
+def register_model(
+    name: str, *, aliases: tuple[str, ...] = (), description: str = "", sized: bool = False
+) -> Callable[[F], F]:
     """Decorator that registers ``fn(embedding_dim=..., **kwargs) -> nn.Module`` under ``name``.
 
     ``sized``: the network is built for one input size and takes ``input_size=(h, w)``.
@@ -110,16 +119,24 @@ def accepted_kwargs(fn: Callable[..., Any]) -> list[str] | None:
     target: Any = fn
     while True:
         if isinstance(target, type):
-            inits = [k.__dict__["__init__"] for k in target.__mro__
-                     if "__init__" in k.__dict__ and k is not object
-                     and not k.__module__.startswith("torch")]
+            inits = [
+                k.__dict__["__init__"]
+                for k in target.__mro__
+                if "__init__" in k.__dict__
+                and k is not object
+                and not k.__module__.startswith("torch")
+            ]
         else:
             inits = [target]
         forwards = False
         for init in inits:
             params = inspect.signature(init).parameters.values()
-            names += [p.name for p in params if p.default is not inspect.Parameter.empty
-                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            names += [
+                p.name
+                for p in params
+                if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
             forwards = any(p.kind is p.VAR_KEYWORD for p in params)
             if not forwards:
                 break
@@ -143,8 +160,9 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     accepted = [a for a in accepted if a != "embedding_dim"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ConfigError(f"backbone {key!r}: invalid arguments {unknown}; it takes "
-                          f"{', '.join(accepted)}")
+        raise ConfigError(
+            f"backbone {key!r}: invalid arguments {unknown}; it takes {', '.join(accepted)}"
+        )
 
 
 def create(name: str, embedding_dim: int = 512, **kwargs: Any) -> nn.Module:

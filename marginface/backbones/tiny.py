@@ -26,9 +26,16 @@ class TinyNet(nn.Module):
     shift the normalised heads collapse such small embeddings onto a line.
     """
 
-    def __init__(self, num_features: int = 128, widths: tuple[int, ...] = (16, 32, 64),
-                 dropout: float = 0.0, fp16: bool = False, pool: int = 4,
-                 gradient_checkpointing: bool = False, affine_features: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int = 128,
+        widths: tuple[int, ...] = (16, 32, 64),
+        dropout: float = 0.0,
+        fp16: bool = False,
+        pool: int = 4,
+        gradient_checkpointing: bool = False,
+        affine_features: bool = True,
+    ) -> None:
         super().__init__()
         if not widths:
             raise ValueError("widths must name at least one stage")

@@ -46,13 +46,16 @@ def load_state_dict_file(path: str | Path, fmt: str | None = None) -> dict[str, 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise ModelError(f"{path}: cannot read weights, corrupt or unreadable "
-                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ModelError(
+            f"{path}: cannot read weights, corrupt or unreadable "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     for key in ("state_dict", "model", "backbone"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise ModelError(f"{path}: not a state dict of tensors (found {type(state).__name__})")
     return {_strip_prefix(k): v for k, v in state.items()}
 
@@ -60,7 +63,7 @@ def load_state_dict_file(path: str | Path, fmt: str | None = None) -> dict[str, 
 def _strip_prefix(key: str) -> str:
     for prefix in ("module.", "_orig_mod."):
         while key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 
@@ -72,12 +75,15 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> ArchitectureGuess:
         dim = int(state["features.layers.2.weight"].shape[0])
         kh, kw = (int(s) for s in state["features.layers.0.layers.0.weight"].shape[2:])
         # blocks[0] == 1 is a plain ConvBlock (``layers.1.layers.0.weight``), else a Residual.
-        first = (1 if "layers.1.layers.0.weight" in keys
-                 else _count(keys, r"layers\.1\.layers\.(\d+)\."))
-        blocks = (first,
-                  _count(keys, r"layers\.3\.layers\.(\d+)\."),
-                  _count(keys, r"layers\.5\.layers\.(\d+)\."),
-                  _count(keys, r"layers\.7\.layers\.(\d+)\."))
+        first = (
+            1 if "layers.1.layers.0.weight" in keys else _count(keys, r"layers\.1\.layers\.(\d+)\.")
+        )
+        blocks = (
+            first,
+            _count(keys, r"layers\.3\.layers\.(\d+)\."),
+            _count(keys, r"layers\.5\.layers\.(\d+)\."),
+            _count(keys, r"layers\.7\.layers\.(\d+)\."),
+        )
         name = "mbf_large" if (blocks, scale) == ((2, 8, 12, 4), 4) else "mbf"
         kwargs: dict[str, Any] = {"input_size": (kh * 16, kw * 16)}
         if name == "mbf" and (blocks, scale) != ((1, 4, 6, 2), 2):
@@ -91,11 +97,13 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> ArchitectureGuess:
         name = by_layers[layers]
         dim, fc_in = (int(s) for s in state["fc.weight"].shape)
         cells = fc_in // 512
-        side = round(cells ** 0.5)
+        side = round(cells**0.5)
         input_size = (side * 16, side * 16) if side * side == cells else (112, 112)
         return ArchitectureGuess(name=name, embedding_dim=dim, kwargs={"input_size": input_size})
-    raise ModelError("cannot tell the architecture from these weights (expected insightface "
-                     "iresnet* or mbf keys)")
+    raise ModelError(
+        "cannot tell the architecture from these weights (expected insightface "
+        "iresnet* or mbf keys)"
+    )
 
 
 def _count(keys: set[str], pattern: str) -> int:
@@ -104,8 +112,9 @@ def _count(keys: set[str], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def load_backbone(path: str | Path, name: str | None = None, embedding_dim: int | None = None,
-                  **kwargs: Any) -> nn.Module:
+def load_backbone(
+    path: str | Path, name: str | None = None, embedding_dim: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Build a backbone and load weights from ``path`` with ``strict=True``.
 
     Without ``name`` the architecture is read from the weights' shapes. Mismatching weights
@@ -128,5 +137,6 @@ def load_backbone(path: str | Path, name: str | None = None, embedding_dim: int 
         raise ModelError(
             f"{path}: weights do not fit {arch!r}: {len(result.missing_keys)} missing keys "
             f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
-            f"(e.g. {result.unexpected_keys[:3]})")
+            f"(e.g. {result.unexpected_keys[:3]})"
+        )
     return model.eval()

@@ -19,7 +19,16 @@ __all__ = ["COMMAND_MODULES", "ExitCode", "build_app", "main"]
 
 # One module per concept; each defines ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES = (
-    "demo", "data", "train", "eval", "align", "embed", "gallery", "keys", "serve", "plot",
+    "demo",
+    "data",
+    "train",
+    "eval",
+    "align",
+    "embed",
+    "gallery",
+    "keys",
+    "serve",
+    "plot",
     "watch",
 )
 

@@ -18,8 +18,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         data: Path = typer.Option(None, help="Folder holding orl/ (default: ../shared/data)."),
-        losses: str = typer.Option("softmax,normface,cosface,arcface",
-                                   help="Comma-separated loss names."),
+        losses: str = typer.Option(
+            "softmax,normface,cosface,arcface", help="Comma-separated loss names."
+        ),
         epochs: int = typer.Option(10, min=1, help="Training epochs per loss."),
         seed: int = typer.Option(0),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -40,11 +41,16 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps({"data": source, "results": as_dicts(results)}, indent=2))
             return
         table = Table(title=f"Verification of unseen people ({source})")
-        for col in ("loss", "AUC", "EER", "best acc.", "TAR@FAR=1e-2", "intra-class angle",
-                    "time"):
+        for col in ("loss", "AUC", "EER", "best acc.", "TAR@FAR=1e-2", "intra-class angle", "time"):
             table.add_column(col, justify="right" if col != "loss" else "left")
         for r in results:
-            table.add_row(r.loss, f"{r.auc:.4f}", f"{r.eer:.3f}", f"{r.accuracy:.3f}",
-                          f"{r.tar_at_far_1e2:.3f}", f"{r.intra_angle_deg:.1f}°",
-                          f"{r.seconds:.1f}s")
+            table.add_row(
+                r.loss,
+                f"{r.auc:.4f}",
+                f"{r.eer:.3f}",
+                f"{r.accuracy:.3f}",
+                f"{r.tar_at_far_1e2:.3f}",
+                f"{r.intra_angle_deg:.1f}°",
+                f"{r.seconds:.1f}s",
+            )
         console.print(table)

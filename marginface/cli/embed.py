@@ -11,8 +11,11 @@ import typer
 from marginface.errors import MarginfaceError
 
 
-def _accuracy_on_pairs(models: list[Path], pairs: Path, root: Path | None,
-                       ) -> list[tuple[str, float]]:
+def _accuracy_on_pairs(
+    models: list[Path],
+    pairs: Path,
+    root: Path | None,
+) -> list[tuple[str, float]]:
     """``(model name, mean 10-fold verification accuracy)`` for each model on ``pairs``, run
     with marginface's evaluation protocol (:func:`marginface.eval.verify.verify`): what
     ``export --int8 --pairs`` reports. It lives here, above both ``embed`` and ``eval``."""
@@ -41,25 +44,33 @@ def register(app: typer.Typer) -> None:
         int8: bool = typer.Option(False, "--int8", help="Also write an int8 (dynamic) model."),
         opset: int = typer.Option(17, help="ONNX opset."),
         pairs: Path | None = typer.Option(
-            None, help="With --int8: a verification pairs file (e.g. celeba-dev/pairs.txt) to "
-                       "report the accuracy change on."),
+            None,
+            help="With --int8: a verification pairs file (e.g. celeba-dev/pairs.txt) to "
+            "report the accuracy change on.",
+        ),
         root: Path | None = typer.Option(None, help="Image root for --pairs."),
     ) -> None:
         """Export a model to ONNX with a dynamic batch axis, checked against PyTorch."""
         from marginface.embed.export import export_onnx  # CLI: keeps marginface --help quick
 
         result = export_onnx(model_dir, onnx, int8=int8, opset=opset)
-        typer.echo(f"wrote {result.onnx_path} (+ card {result.card_path.name}); "
-                   f"max |ONNX - PyTorch| of normalised embeddings: {result.max_abs_diff:.2e}")
+        typer.echo(
+            f"wrote {result.onnx_path} (+ card {result.card_path.name}); "
+            f"max |ONNX - PyTorch| of normalised embeddings: {result.max_abs_diff:.2e}"
+        )
         if result.int8_path is not None:
-            typer.echo(f"wrote {result.int8_path}; vs float ONNX on random input: max |diff| "
-                       f"{result.int8_max_abs_diff:.3f}, min cosine {result.int8_min_cosine:.4f}")
+            typer.echo(
+                f"wrote {result.int8_path}; vs float ONNX on random input: max |diff| "
+                f"{result.int8_max_abs_diff:.3f}, min cosine {result.int8_min_cosine:.4f}"
+            )
             if pairs is not None:
                 rows = _accuracy_on_pairs([result.onnx_path, result.int8_path], pairs, root)
                 for name, acc in rows:
                     typer.echo(f"  {name}: verification accuracy {acc * 100:.2f}%")
-                typer.echo(f"  accuracy change (int8 - float): "
-                           f"{(rows[1][1] - rows[0][1]) * 100:+.2f} points")
+                typer.echo(
+                    f"  accuracy change (int8 - float): "
+                    f"{(rows[1][1] - rows[0][1]) * 100:+.2f} points"
+                )
 
     @app.command("embed")
     def embed(
@@ -76,8 +87,9 @@ def register(app: typer.Typer) -> None:
 
         from marginface.embed.pipeline import Pipeline  # CLI: keeps marginface --help quick
 
-        pipe = Pipeline.from_names(model, detector,
-                                   selection="all" if all_faces else "largest", flip=flip)
+        pipe = Pipeline.from_names(
+            model, detector, selection="all" if all_faces else "largest", flip=flip
+        )
         rows: list[dict[str, Any]] = []
         vectors: list[np.ndarray] = []
         for photo in photos:
@@ -87,9 +99,22 @@ def register(app: typer.Typer) -> None:
                 rows.append({"file": str(photo), "error": str(exc), "faces": []})
                 continue
             vectors += [f.embedding for f in faces]
-            rows.append({"file": str(photo), "faces": [
-                {**f.to_dict(), **({"embedding": [round(float(v), 6) for v in f.embedding]}
-                                   if as_json and out is None else {})} for f in faces]})
+            rows.append(
+                {
+                    "file": str(photo),
+                    "faces": [
+                        {
+                            **f.to_dict(),
+                            **(
+                                {"embedding": [round(float(v), 6) for v in f.embedding]}
+                                if as_json and out is None
+                                else {}
+                            ),
+                        }
+                        for f in faces
+                    ],
+                }
+            )
         if out is not None:
             dim = pipe.embedder.embedding_dim
             np.save(out, np.stack(vectors) if vectors else np.zeros((0, dim), np.float32))

@@ -29,17 +29,28 @@ if TYPE_CHECKING:
     from marginface.gallery import RecognizedFace, Recognizer
 
 _INDEX = typer.Option("exact", "--index", help="vector index: exact, faiss or milvus")
-_MODEL = typer.Option("default", "--model", "-m",
-                      help="embedding model: built-in name, model directory or .onnx file")
+_MODEL = typer.Option(
+    "default", "--model", "-m", help="embedding model: built-in name, model directory or .onnx file"
+)
 _DETECTOR = typer.Option("yunet", "--detector", help="face detector: yunet or mtcnn")
 _THRESHOLD = typer.Option(
-    None, "--threshold", "-t",
-    help="explicit cosine decision threshold (default: derived from the model card)")
-_FAR = typer.Option(None, "--far", help='verification\'s calibrated false-accept rate, e.g. '
-                    '"1e-4" (default: the card\'s)')
-_FPIR = typer.Option(None, "--fpir", help="identification's target false positive "
-                     "identification rate, e.g. 1e-3 (default 1e-2): the share of people who "
-                     "are not enrolled that would be identified as someone")
+    None,
+    "--threshold",
+    "-t",
+    help="explicit cosine decision threshold (default: derived from the model card)",
+)
+_FAR = typer.Option(
+    None,
+    "--far",
+    help="verification's calibrated false-accept rate, e.g. \"1e-4\" (default: the card's)",
+)
+_FPIR = typer.Option(
+    None,
+    "--fpir",
+    help="identification's target false positive "
+    "identification rate, e.g. 1e-3 (default 1e-2): the share of people who "
+    "are not enrolled that would be identified as someone",
+)
 
 
 def _require_gallery(db: str | None) -> None:
@@ -57,9 +68,18 @@ def _require_gallery(db: str | None) -> None:
     require_existing(db if db is not None else default_gallery_url())
 
 
-def _recognizer(db: str | None, model: str, detector: str, index: str,
-                threshold: float | None, far: str | None, *, create: bool = False,
-                fpir: str | None = None, **kwargs: Any) -> Recognizer:
+def _recognizer(
+    db: str | None,
+    model: str,
+    detector: str,
+    index: str,
+    threshold: float | None,
+    far: str | None,
+    *,
+    create: bool = False,
+    fpir: str | None = None,
+    **kwargs: Any,
+) -> Recognizer:
     """A recognizer over the gallery ``db``; ``create=False`` (all but ``enroll``) refuses a
     gallery that does not exist, before the models are loaded."""
     # CLI: keeps marginface --help quick
@@ -70,12 +90,24 @@ def _recognizer(db: str | None, model: str, detector: str, index: str,
         _require_gallery(db)
     pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
     card = pipeline.embedder.card
-    gallery = Gallery.open(db, model_name=pipeline.embedder.name,
-                           dim=pipeline.embedder.embedding_dim, index=index, card=card,
-                           threshold=threshold, far=far, fpir=fpir, create=create)
+    gallery = Gallery.open(
+        db,
+        model_name=pipeline.embedder.name,
+        dim=pipeline.embedder.embedding_dim,
+        index=index,
+        card=card,
+        threshold=threshold,
+        far=far,
+        fpir=fpir,
+        create=create,
+    )
     if threshold is not None and (card.calibration is None or not card.calibration.thresholds):
-        typer.secho(f"warning: model {card.name!r} is not calibrated; using the threshold "
-                    f"given ({threshold})", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: model {card.name!r} is not calibrated; using the threshold "
+            f"given ({threshold})",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     return Recognizer(gallery, pipeline, **kwargs)
 
 
@@ -89,15 +121,25 @@ def enroll(
     to: str | None = typer.Option(None, "--to", help="add to this existing subject id instead"),
     metadata: str | None = typer.Option(None, "--metadata", help='JSON object, e.g. {"team": 3}'),
     multiple_faces: str = typer.Option(
-        "reject", "--multiple-faces",
-        help="photos with several faces: reject, largest, or central (nearest the centre)"),
+        "reject",
+        "--multiple-faces",
+        help="photos with several faces: reject, largest, or central (nearest the centre)",
+    ),
     force: bool = typer.Option(
-        False, "--force", help="enrol photos held back as someone else's (matches another "
-        "subject, or the same photo is stored) or unlike the --to subject (mismatch)"),
-    store_crops: bool = typer.Option(False, "--store-crops",
-                                     help="keep each enrolled face's aligned crop"),
-    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    threshold: float | None = _THRESHOLD, as_json: bool = JSON_OPTION,
+        False,
+        "--force",
+        help="enrol photos held back as someone else's (matches another "
+        "subject, or the same photo is stored) or unlike the --to subject (mismatch)",
+    ),
+    store_crops: bool = typer.Option(
+        False, "--store-crops", help="keep each enrolled face's aligned crop"
+    ),
+    db: str | None = DB_OPTION,
+    model: str = _MODEL,
+    detector: str = _DETECTOR,
+    index: str = _INDEX,
+    threshold: float | None = _THRESHOLD,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Enrol a person from photos: one new subject (or --to an existing one).
 
@@ -117,8 +159,17 @@ def enroll(
 
     if multiple_faces not in MULTIPLE_FACES:
         raise ConfigError("--multiple-faces must be 'reject', 'largest' or 'central'")
-    rec = _recognizer(db, model, detector, index, threshold, None, create=True,
-                      multiple_faces=multiple_faces, store_crops=store_crops)
+    rec = _recognizer(
+        db,
+        model,
+        detector,
+        index,
+        threshold,
+        None,
+        create=True,
+        multiple_faces=multiple_faces,
+        store_crops=store_crops,
+    )
     try:
         if to is not None:
             result = rec.add_photos(to, [str(p) for p in photos], force=force)
@@ -132,30 +183,45 @@ def enroll(
     from rich.markup import escape  # CLI: keeps marginface --help quick
     from rich.table import Table
 
-    table = Table(title=f"{result.subject.name}  ({result.subject.id}), "
-                        f"{result.subject.n_faces} faces")
+    table = Table(
+        title=f"{result.subject.name}  ({result.subject.id}), {result.subject.n_faces} faces"
+    )
     for col in ("photo", "result", "face id", "note"):
         table.add_column(col)
     colours = {"enrolled": "green", "near_duplicate": "yellow"}
     for o in result.photos:
         colour = "yellow" if o.forced or o.forceable else colours.get(o.status, "red")
         status = o.status.replace("_", " ") + (" (forced)" if o.forced else "")
-        table.add_row(o.source, f"[{colour}]{escape(status)}[/]",
-                      "" if o.face_id is None else str(o.face_id), escape(o.message))
+        table.add_row(
+            o.source,
+            f"[{colour}]{escape(status)}[/]",
+            "" if o.face_id is None else str(o.face_id),
+            escape(o.message),
+        )
     console().print(table)
     held = sum(o.forceable for o in result.photos)
     if held:
-        typer.secho(f"{held} photo(s) held back as someone else's or unlike this subject; "
-                    "--force enrols them anyway", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"{held} photo(s) held back as someone else's or unlike this subject; "
+            "--force enrols them anyway",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 def identify(
     photo: Path = typer.Argument(..., help="a photo; every face in it is answered"),
     k: int = typer.Option(5, "--k", help="neighbours in the k-NN vote"),
-    source: str | None = typer.Option(None, "--log-source",
-                                      help="log each answer as an event from this camera/door"),
-    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR, index: str = _INDEX,
-    threshold: float | None = _THRESHOLD, fpir: str | None = _FPIR, as_json: bool = JSON_OPTION,
+    source: str | None = typer.Option(
+        None, "--log-source", help="log each answer as an event from this camera/door"
+    ),
+    db: str | None = DB_OPTION,
+    model: str = _MODEL,
+    detector: str = _DETECTOR,
+    index: str = _INDEX,
+    threshold: float | None = _THRESHOLD,
+    fpir: str | None = _FPIR,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Identify every face in a photo against the gallery; exit code 3 when it shows none.
 
@@ -176,10 +242,15 @@ def identify(
         _print_faces(photo, faces)
         point = faces[0].identification.operating_point
         if point is not None:
-            how = (f"target FPIR {point.target_fpir:g} for {point.gallery_subjects} subjects"
-                   if point.source == "fpir" else "the explicit threshold")
-            typer.echo(f"threshold {point.threshold:.3f}: {how}"
-                       + (f" ({point.note})" if point.note else ""))
+            how = (
+                f"target FPIR {point.target_fpir:g} for {point.gallery_subjects} subjects"
+                if point.source == "fpir"
+                else "the explicit threshold"
+            )
+            typer.echo(
+                f"threshold {point.threshold:.3f}: {how}"
+                + (f" ({point.note})" if point.note else "")
+            )
     else:
         typer.echo(f"no face found in {photo}")
     if not faces:
@@ -197,18 +268,26 @@ def _print_faces(photo: Path, faces: list[RecognizedFace]) -> None:
         ans = f.identification
         runner = next((c for c in ans.candidates if c.subject_id != ans.subject_id), None)
         table.add_row(
-            str(i), ",".join(f"{v:.0f}" for v in f.box),
+            str(i),
+            ",".join(f"{v:.0f}" for v in f.box),
             f"[green]{ans.name}[/]" if ans.known else "[yellow]unknown[/]",
-            ans.subject_id or "", _fmt_score(ans.score), _fmt_score(ans.threshold),
-            f"{runner.name} {runner.score:.3f}" if runner else "")
+            ans.subject_id or "",
+            _fmt_score(ans.score),
+            _fmt_score(ans.threshold),
+            f"{runner.name} {runner.score:.3f}" if runner else "",
+        )
     console().print(table)
 
 
 def verify(
     photo_a: Path = typer.Argument(..., help="first photo (its largest face)"),
     photo_b: str = typer.Argument(..., help="second photo, or subject:ID for an enrolled one"),
-    db: str | None = DB_OPTION, model: str = _MODEL, detector: str = _DETECTOR,
-    threshold: float | None = _THRESHOLD, far: str | None = _FAR, as_json: bool = JSON_OPTION,
+    db: str | None = DB_OPTION,
+    model: str = _MODEL,
+    detector: str = _DETECTOR,
+    threshold: float | None = _THRESHOLD,
+    far: str | None = _FAR,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Are two photos (or a photo and an enrolled subject) the same person? Exit code 0 or 1.
 
@@ -219,8 +298,15 @@ def verify(
         if photo_b.startswith("subject:"):
             rec = _recognizer(db, model, detector, "exact", threshold, far)
         else:  # a throwaway gallery: the recognizer wants one, the comparison does not use it
-            rec = _recognizer(str(Path(scratch) / "unused.db"), model, detector, "exact",
-                              threshold, far, create=True)
+            rec = _recognizer(
+                str(Path(scratch) / "unused.db"),
+                model,
+                detector,
+                "exact",
+                threshold,
+                far,
+                create=True,
+            )
         try:
             if photo_b.startswith("subject:"):
                 result = rec.verify_subject(str(photo_a), photo_b.split(":", 1)[1])
@@ -232,15 +318,15 @@ def verify(
         emit_json(result)
     else:
         verdict = "[green]same person[/]" if result.same else "[red]different people[/]"
-        console().print(f"{verdict}: cosine {result.score:.3f} "
-                         f"(threshold {result.threshold:.3f})")
+        console().print(f"{verdict}: cosine {result.score:.3f} (threshold {result.threshold:.3f})")
     raise typer.Exit(ExitCode.SUCCESS if result.same else ExitCode.DIFFERENT_PEOPLE)
 
 
 def gallery_list(
     search: str | None = typer.Option(None, "--search", "-s", help="filter names"),
     limit: int | None = typer.Option(None, "--limit"),
-    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """List enrolled subjects."""
     with open_gallery(db) as g:
@@ -251,14 +337,20 @@ def gallery_list(
         return
     from rich.table import Table  # CLI: keeps marginface --help quick
 
-    table = Table(title=f"{len(subjects)} subject(s) - model {stats['model'] or 'none yet'}, "
-                        f"{stats['faces']} faces")
+    table = Table(
+        title=f"{len(subjects)} subject(s) - model {stats['model'] or 'none yet'}, "
+        f"{stats['faces']} faces"
+    )
     for col in ("id", "name", "faces", "metadata", "enrolled"):
         table.add_column(col)
     for s in subjects:
-        table.add_row(s.id, s.name, str(s.n_faces),
-                      json.dumps(s.metadata, ensure_ascii=False) if s.metadata else "",
-                      s.created_at.astimezone().strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            s.id,
+            s.name,
+            str(s.n_faces),
+            json.dumps(s.metadata, ensure_ascii=False) if s.metadata else "",
+            s.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+        )
     console().print(table)
 
 
@@ -266,7 +358,9 @@ def gallery_delete(
     subject_ids: list[str] = typer.Argument(None, help="subject ids to delete"),
     face: list[int] = typer.Option(None, "--face", help="delete only this face id (repeatable)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    db: str | None = DB_OPTION, index: str = _INDEX, as_json: bool = JSON_OPTION,
+    db: str | None = DB_OPTION,
+    index: str = _INDEX,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Delete subjects (all their faces and events) or single faces, from every store."""
     subject_ids, face = subject_ids or [], face or []
@@ -297,8 +391,9 @@ def gallery_delete(
 
 def gallery_export(
     out: str = typer.Argument("-", help="output JSON file, or - for stdout"),
-    embeddings: bool = typer.Option(False, "--embeddings",
-                                    help="include the embeddings (biometric data)"),
+    embeddings: bool = typer.Option(
+        False, "--embeddings", help="include the embeddings (biometric data)"
+    ),
     db: str | None = DB_OPTION,
 ) -> None:
     """Export subjects and faces as JSON (without embeddings unless asked)."""
@@ -318,8 +413,10 @@ def gallery_attendance(
     date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD (default today)"),
     csv: bool = typer.Option(False, "--csv", help="CSV output"),
     source: list[str] | None = typer.Option(
-        None, "--source", help="only this camera or door (repeat for a group of cameras)"),
-    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+        None, "--source", help="only this camera or door (repeat for a group of cameras)"
+    ),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """First and last sighting per subject on a day (local time); for cameras, first in and
     last out from the visits."""
@@ -338,17 +435,27 @@ def gallery_attendance(
     for col in ("name", "subject id", "first seen", "last seen", "sightings", "sources"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.name, r.subject_id, r.first_seen.strftime("%H:%M:%S"),
-                      r.last_seen.strftime("%H:%M:%S"), str(r.count), ", ".join(r.sources))
+        table.add_row(
+            r.name,
+            r.subject_id,
+            r.first_seen.strftime("%H:%M:%S"),
+            r.last_seen.strftime("%H:%M:%S"),
+            str(r.count),
+            ", ".join(r.sources),
+        )
     console().print(table)
 
 
 def gallery_config(
     fpir: str | None = typer.Option(
-        None, "--fpir", help="store the gallery's target FPIR (identification's operating "
-        "point, e.g. 1e-3): every process and the service use it unless told otherwise"),
+        None,
+        "--fpir",
+        help="store the gallery's target FPIR (identification's operating "
+        "point, e.g. 1e-3): every process and the service use it unless told otherwise",
+    ),
     reset_fpir: bool = typer.Option(False, "--reset-fpir", help="back to the default, 1e-2"),
-    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Show, or set, the settings stored with the gallery."""
     from marginface.errors import ConfigError  # CLI: keeps marginface --help quick
@@ -359,15 +466,21 @@ def gallery_config(
         if fpir is not None or reset_fpir:
             g.set_target_fpir(None if reset_fpir else fpir)
         stored = g.stored_target_fpir()
-        settings = {"target_fpir": g.fpir, "target_fpir_stored": stored is not None,
-                    "model": g.model_name, "subjects": g.count_subjects(),
-                    "faces": g.count_faces()}
+        settings = {
+            "target_fpir": g.fpir,
+            "target_fpir_stored": stored is not None,
+            "model": g.model_name,
+            "subjects": g.count_subjects(),
+            "faces": g.count_faces(),
+        }
     if as_json:
         emit_json(settings)
         return
     how = "stored with the gallery" if stored is not None else "the default"
-    typer.echo(f"target FPIR {settings['target_fpir']} ({how}); model {settings['model']}, "
-               f"{settings['subjects']} subjects, {settings['faces']} faces")
+    typer.echo(
+        f"target FPIR {settings['target_fpir']} ({how}); model {settings['model']}, "
+        f"{settings['subjects']} subjects, {settings['faces']} faces"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -375,8 +488,9 @@ def register(app: typer.Typer) -> None:
     app.command("enroll")(enroll)
     app.command("identify")(identify)
     app.command("verify")(verify)
-    group = typer.Typer(help="Inspect and manage the gallery of enrolled subjects.",
-                        no_args_is_help=True)
+    group = typer.Typer(
+        help="Inspect and manage the gallery of enrolled subjects.", no_args_is_help=True
+    )
     group.command("list")(gallery_list)
     group.command("delete")(gallery_delete)
     group.command("export")(gallery_export)

@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 
 __all__ = ["DB_HELP", "DB_OPTION", "JSON_OPTION", "console", "emit_json", "open_gallery"]
 
-DB_HELP = ("gallery: a SQLite file, sqlite:///path or postgresql://...; default "
-           "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db")
+DB_HELP = (
+    "gallery: a SQLite file, sqlite:///path or postgresql://...; default "
+    "$MARGINFACE_GALLERY_URL or ~/.local/share/marginface/gallery.db"
+)
 
-DB_OPTION = typer.Option(None, "--db", envvar="MARGINFACE_GALLERY_URL", help=DB_HELP,
-                         show_default=False)
+DB_OPTION = typer.Option(
+    None, "--db", envvar="MARGINFACE_GALLERY_URL", help=DB_HELP, show_default=False
+)
 JSON_OPTION = typer.Option(False, "--json", help="machine-readable JSON output")
 
 

@@ -27,14 +27,20 @@ def keys_create(
     # A plain string: the gallery refuses an unknown role (marginface.gallery.ROLES is the one
     # list), and --help stays quick without importing the gallery.
     role: str = typer.Option(
-        ..., "--role",
+        ...,
+        "--role",
         help="admin (everything, keys included), enrol (subjects and faces, and recognition) "
-             "or recognise (identify and verify only)"),
+        "or recognise (identify and verify only)",
+    ),
     name: str | None = typer.Option(
-        None, "--name", show_default=False,
+        None,
+        "--name",
+        show_default=False,
         help='a label to tell keys apart in keys list (default: "ROLE key (marginface keys '
-             'create)")'),
-    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+        'create)")',
+    ),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Create an API key for the service and print it once.
 
@@ -51,8 +57,11 @@ def keys_create(
     if as_json:
         emit_json({"key": record, "secret": secret})
         return
-    typer.echo(f"created {record.role} key {record.name!r} with id {record.id}; the key is shown "
-               "only this once (the gallery keeps only its hash):", err=True)
+    typer.echo(
+        f"created {record.role} key {record.name!r} with id {record.id}; the key is shown "
+        "only this once (the gallery keeps only its hash):",
+        err=True,
+    )
     typer.echo(secret)
 
 
@@ -71,20 +80,29 @@ def keys_list(db: str | None = DB_OPTION, as_json: bool = JSON_OPTION) -> None:
     for col in ("id", "name", "role", "created", "last used"):
         table.add_column(col, no_wrap=col == "id")
     for k in keys:
-        table.add_row(k.id, k.name, k.role, k.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
-                      k.last_used_at.astimezone().strftime("%Y-%m-%d %H:%M")
-                      if k.last_used_at is not None else "never")
+        table.add_row(
+            k.id,
+            k.name,
+            k.role,
+            k.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+            k.last_used_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            if k.last_used_at is not None
+            else "never",
+        )
     console().print(table)
 
 
 def keys_revoke(
     key_id: str = typer.Argument(..., help="the key's id, as keys list shows it"),
     force: bool = typer.Option(
-        False, "--force",
+        False,
+        "--force",
         help="allow revoking the last admin key (the service then has none until keys create "
-             "--role admin, or its next start, makes one)"),
+        "--role admin, or its next start, makes one)",
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    db: str | None = DB_OPTION, as_json: bool = JSON_OPTION,
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Revoke an API key: requests presenting it are refused from now on.
 
@@ -94,12 +112,16 @@ def keys_revoke(
     with open_gallery(db) as g:
         key = next((k for k in g.list_api_keys() if k.id == key_id), None)
         if key is None:
-            raise NotFoundError(f"no API key with id {key_id!r} (marginface keys list shows "
-                                "the ids)")
+            raise NotFoundError(
+                f"no API key with id {key_id!r} (marginface keys list shows the ids)"
+            )
         if not yes:
             label = f" {key.name!r}" if key.name else ""
-            if not typer.confirm(f"Revoke {key.role} key {key.id}{label}? Clients using it are "
-                                 "refused from then on", default=False, err=True):
+            if not typer.confirm(
+                f"Revoke {key.role} key {key.id}{label}? Clients using it are refused from then on",
+                default=False,
+                err=True,
+            ):
                 raise typer.Abort()
         try:
             revoked = g.delete_api_key(key_id, allow_last_admin=force)
@@ -111,17 +133,21 @@ def keys_revoke(
         return
     typer.echo(f"revoked {revoked.role} key {revoked.id}")
     if admins_left == 0:
-        typer.secho("warning: no admin key is left; marginface keys create --role admin makes "
-                    "one (the service also makes one at its next start and prints it)",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            "warning: no admin key is left; marginface keys create --role admin makes "
+            "one (the service also makes one at its next start and prints it)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
     """Add this concept's commands to the root app."""
     group = typer.Typer(
         help="Manage the service's API keys. Local access to the gallery database is the "
-             "proof of authority: no key is needed, so a lost admin key can be replaced.",
-        no_args_is_help=True)
+        "proof of authority: no key is needed, so a lost admin key can be replaced.",
+        no_args_is_help=True,
+    )
     group.command("create")(keys_create)
     group.command("list")(keys_list)
     group.command("revoke")(keys_revoke)

@@ -27,8 +27,9 @@ def check_port_free(host: str, port: int) -> None:
     process may still take the port before uvicorn binds it; uvicorn then reports that.)
     """
     try:
-        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                                   0, socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
         message = f"cannot listen on {host}:{port}: unknown host ({exc.strerror})"
         raise ConfigError(message) from None

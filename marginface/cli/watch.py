@@ -63,19 +63,22 @@ class _Printer:
         who = event.name if event.subject_id is not None else "unknown"
         if event.kind == "arrived":
             self.visits[event.visit_id] = event.subject_id
-            line = (f"arrived  {event.camera}  track {event.track_id}  visit {event.visit_id}  "
-                    f"{who}  score {event.score:.3f} (threshold {event.threshold:.3f})  "
-                    f"at {event.start_s:.1f} s")
+            line = (
+                f"arrived  {event.camera}  track {event.track_id}  visit {event.visit_id}  "
+                f"{who}  score {event.score:.3f} (threshold {event.threshold:.3f})  "
+                f"at {event.start_s:.1f} s"
+            )
         else:
             self.visits.setdefault(event.visit_id, event.subject_id)
-            line = (f"left     {event.camera}  track {event.track_id}  visit {event.visit_id}  "
-                    f"{who}  {event.start_s:.1f}-{event.end_s:.1f} s  "
-                    f"({event.end_s - event.start_s:.1f} s, {event.faces} faces)")
+            line = (
+                f"left     {event.camera}  track {event.track_id}  visit {event.visit_id}  "
+                f"{who}  {event.start_s:.1f}-{event.end_s:.1f} s  "
+                f"({event.end_s - event.start_s:.1f} s, {event.faces} faces)"
+            )
         typer.echo(line)
 
 
-def _settings(fps: float, min_faces: int | None, revisit: float | None,
-              store_crops: bool) -> Any:
+def _settings(fps: float, min_faces: int | None, revisit: float | None, store_crops: bool) -> Any:
     """CameraSettings from the options; a bad value is one ConfigError line."""
     from pydantic import ValidationError
 
@@ -89,8 +92,9 @@ def _settings(fps: float, min_faces: int | None, revisit: float | None,
         visits["revisit_s"] = revisit
     names = {"fps": "--fps", "min_faces": "--min-faces", "revisit_s": "--revisit"}
     try:
-        return CameraSettings.model_validate({"fps": fps, "visits": visits,
-                                              "store_crops": store_crops})
+        return CameraSettings.model_validate(
+            {"fps": fps, "visits": visits, "store_crops": store_crops}
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         key = names.get(str(err["loc"][-1]), ".".join(map(str, err["loc"])))
@@ -114,30 +118,50 @@ def _duration_s(path: str) -> float | None:
 
 
 def watch(
-    source: str = typer.Argument(..., help="a video file, rtsp://..., http(s)://... (MJPEG), "
-                                 "or a webcam (0, /dev/video0, webcam:0)"),
+    source: str = typer.Argument(
+        ...,
+        help="a video file, rtsp://..., http(s)://... (MJPEG), "
+        "or a webcam (0, /dev/video0, webcam:0)",
+    ),
     db: str | None = DB_OPTION,
-    camera: str | None = typer.Option(None, "--camera",
-                                      help="camera name in events (default: the file's name "
-                                      "or 'camera')"),
+    camera: str | None = typer.Option(
+        None, "--camera", help="camera name in events (default: the file's name or 'camera')"
+    ),
     events_jsonl: Path | None = typer.Option(
-        None, "--events-jsonl", help="append one JSON object per finished track (visit) here"),
+        None, "--events-jsonl", help="append one JSON object per finished track (visit) here"
+    ),
     fps: float = typer.Option(5.0, "--fps", help="frames processed per second"),
-    fpir: str | None = typer.Option(None, "--fpir", help="identification's target false "
-                                    "positive identification rate (default: the gallery's)"),
-    min_faces: int | None = typer.Option(None, "--min-faces",
-                                         help="faces embedded before a track is decided (3)"),
+    fpir: str | None = typer.Option(
+        None,
+        "--fpir",
+        help="identification's target false positive identification rate (default: the gallery's)",
+    ),
+    min_faces: int | None = typer.Option(
+        None, "--min-faces", help="faces embedded before a track is decided (3)"
+    ),
     revisit: float | None = typer.Option(
-        None, "--revisit", help="seconds within which a person back on camera continues the "
-        "same visit (60)"),
-    model: str = typer.Option("default", "--model", "-m", help="embedding model: built-in "
-                              "name, model directory or .onnx file"),
-    store_crops: bool = typer.Option(False, "--store-crops", help="keep the best face crops "
-                                     "of each track (with --record: strangers' crops for "
-                                     "review)"),
-    record: bool = typer.Option(False, "--record", help="write each visit to the gallery: "
-                                "arrived/left events (the attendance report) and strangers "
-                                "to the review queue (/v1/unknowns)"),
+        None,
+        "--revisit",
+        help="seconds within which a person back on camera continues the same visit (60)",
+    ),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        "-m",
+        help="embedding model: built-in name, model directory or .onnx file",
+    ),
+    store_crops: bool = typer.Option(
+        False,
+        "--store-crops",
+        help="keep the best face crops of each track (with --record: strangers' crops for review)",
+    ),
+    record: bool = typer.Option(
+        False,
+        "--record",
+        help="write each visit to the gallery: "
+        "arrived/left events (the attendance report) and strangers "
+        "to the review queue (/v1/unknowns)",
+    ),
 ) -> None:
     """Recognise the people passing a camera: one line when a person arrives (is decided)
     and one when they leave; a video file is processed to its end."""
@@ -154,14 +178,22 @@ def watch(
         from marginface.embed import Pipeline
         from marginface.streams.camera import CameraWorker
 
-        pipeline = Pipeline.from_names(model=model, detector="yunet",
-                                       detector_options={"max_side": settings.detect_max_side})
-        gallery = Gallery.open(db, model_name=pipeline.embedder.name,
-                               dim=pipeline.embedder.embedding_dim,
-                               card=pipeline.embedder.card, fpir=fpir, create=False)
+        pipeline = Pipeline.from_names(
+            model=model, detector="yunet", detector_options={"max_side": settings.detect_max_side}
+        )
+        gallery = Gallery.open(
+            db,
+            model_name=pipeline.embedder.name,
+            dim=pipeline.embedder.embedding_dim,
+            card=pipeline.embedder.card,
+            fpir=fpir,
+            create=False,
+        )
         if gallery.count_subjects() == 0:
-            raise GalleryError(f"the gallery {gallery.url} has no subjects: enrol people first "
-                               "(marginface enroll NAME PHOTOS...)")
+            raise GalleryError(
+                f"the gallery {gallery.url} has no subjects: enrol people first "
+                "(marginface enroll NAME PHOTOS...)"
+            )
         point = gallery.operating_point()  # GalleryError: a card without an impostor table
         if events_jsonl is not None:
             jsonl = _JsonlSink(events_jsonl)
@@ -172,9 +204,11 @@ def watch(
 
             sinks.insert(0, VisitRecorder(gallery, store_crops=store_crops))
         worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, fpir=fpir)
-        typer.echo(f"watching {stream.url} as {name!r}: {gallery.count_subjects()} subjects, "
-                   f"threshold {point.threshold:.3f}"
-                   + ("" if not stream.live else "; Ctrl-C to stop"), err=True)
+        typer.echo(
+            f"watching {stream.url} as {name!r}: {gallery.count_subjects()} subjects, "
+            f"threshold {point.threshold:.3f}" + ("" if not stream.live else "; Ctrl-C to stop"),
+            err=True,
+        )
         started = time.monotonic()
         _run(worker, stream, source)
         elapsed = time.monotonic() - started
@@ -188,9 +222,11 @@ def watch(
     failed = status.state == "failed" or (worker.frames == 0 and status.last_error)
     if worker.frames or not failed:
         named = sum(1 for s in printer.visits.values() if s is not None)
-        typer.echo(f"{len(printer.visits)} visits ({named} named, "
-                   f"{len(printer.visits) - named} unknown) in {worker.frames} frames, "
-                   f"{elapsed:.1f} s ({worker.frames / max(elapsed, 1e-9):.1f} frames/s)")
+        typer.echo(
+            f"{len(printer.visits)} visits ({named} named, "
+            f"{len(printer.visits) - named} unknown) in {worker.frames} frames, "
+            f"{elapsed:.1f} s ({worker.frames / max(elapsed, 1e-9):.1f} frames/s)"
+        )
     if failed:
         why = status.last_error or "no frame decoded"
         raise DataError(why if stream.url in why else f"cannot read {stream.url}: {why}")
@@ -211,9 +247,14 @@ def _run(worker: Any, stream: Any, source: str) -> None:
             from tqdm.auto import tqdm  # CLI: keeps marginface --help quick
 
             total = _duration_s(source)
-            bar = tqdm(total=round(total, 1) if total else None, unit="s", desc="watching",
-                       dynamic_ncols=True, file=sys.stderr,
-                       bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]")
+            bar = tqdm(
+                total=round(total, 1) if total else None,
+                unit="s",
+                desc="watching",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]",
+            )
 
             def on_frame(frame: Any, events: list[Any]) -> None:
                 bar.n = round(float(frame.t), 1)

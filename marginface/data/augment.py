@@ -23,8 +23,14 @@ from marginface.card import Preprocessing
 from marginface.config import StrictModel, format_validation_error
 from marginface.errors import ConfigError
 
-__all__ = ["AUGMENT_PRESETS", "AugmentConfig", "FaceTransform", "build_transform",
-           "resolve_augment", "to_tensor"]
+__all__ = [
+    "AUGMENT_PRESETS",
+    "AugmentConfig",
+    "FaceTransform",
+    "build_transform",
+    "resolve_augment",
+    "to_tensor",
+]
 
 AugmentPresetName = Literal["none", "flip", "strong"]
 
@@ -64,22 +70,30 @@ class AugmentConfig(StrictModel):
         try:
             values = AUGMENT_PRESETS[name]
         except KeyError:
-            raise ConfigError(f"unknown augmentation preset {name!r}; "
-                              f"choose one of {sorted(AUGMENT_PRESETS)}") from None
+            raise ConfigError(
+                f"unknown augmentation preset {name!r}; choose one of {sorted(AUGMENT_PRESETS)}"
+            ) from None
         return cls(**values)
 
     @property
     def is_identity(self) -> bool:
         """True when no step can fire."""
-        return not any((self.hflip, self.shift_scale, self.color_jitter, self.grayscale,
-                        self.blur, self.jpeg))
+        return not any(
+            (self.hflip, self.shift_scale, self.color_jitter, self.grayscale, self.blur, self.jpeg)
+        )
 
 
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"hflip": 0.0},
     "flip": {"hflip": 0.5},
-    "strong": {"hflip": 0.5, "shift_scale": 0.5, "color_jitter": 0.5, "grayscale": 0.1,
-               "blur": 0.1, "jpeg": 0.3},
+    "strong": {
+        "hflip": 0.5,
+        "shift_scale": 0.5,
+        "color_jitter": 0.5,
+        "grayscale": 0.1,
+        "blur": 0.1,
+        "jpeg": 0.3,
+    },
 }
 
 
@@ -107,26 +121,35 @@ def _build_albumentations(cfg: AugmentConfig, seed: int | None) -> Any:
 
     steps: list[Any] = []
     if cfg.shift_scale > 0:
-        steps.append(A.Affine(
-            scale=(1.0 - cfg.scale_limit, 1.0 + cfg.scale_limit),
-            translate_percent=(-cfg.shift_limit, cfg.shift_limit),
-            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
-            border_mode=cv2.BORDER_REFLECT_101, p=cfg.shift_scale))
+        steps.append(
+            A.Affine(
+                scale=(1.0 - cfg.scale_limit, 1.0 + cfg.scale_limit),
+                translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+                rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=cfg.shift_scale,
+            )
+        )
     if cfg.hflip > 0:
         steps.append(A.HorizontalFlip(p=cfg.hflip))
     if cfg.color_jitter > 0:
-        steps.append(A.ColorJitter(
-            brightness=(1 - cfg.brightness, 1 + cfg.brightness),
-            contrast=(1 - cfg.contrast, 1 + cfg.contrast),
-            saturation=(1 - cfg.saturation, 1 + cfg.saturation),
-            hue=(-cfg.hue, cfg.hue), p=cfg.color_jitter))
+        steps.append(
+            A.ColorJitter(
+                brightness=(1 - cfg.brightness, 1 + cfg.brightness),
+                contrast=(1 - cfg.contrast, 1 + cfg.contrast),
+                saturation=(1 - cfg.saturation, 1 + cfg.saturation),
+                hue=(-cfg.hue, cfg.hue),
+                p=cfg.color_jitter,
+            )
+        )
     if cfg.grayscale > 0:
         steps.append(A.ToGray(num_output_channels=3, p=cfg.grayscale))
     if cfg.blur > 0:
         steps.append(A.GaussianBlur(blur_limit=cfg.blur_limit, p=cfg.blur))
     if cfg.jpeg > 0:
-        steps.append(A.ImageCompression(compression_type="jpeg", quality_range=cfg.jpeg_quality,
-                                        p=cfg.jpeg))
+        steps.append(
+            A.ImageCompression(compression_type="jpeg", quality_range=cfg.jpeg_quality, p=cfg.jpeg)
+        )
     return A.Compose(steps, seed=seed)
 
 
@@ -173,8 +196,9 @@ class FaceTransform:
     the main process's generator), so ``torch.manual_seed`` makes augmentation reproducible.
     """
 
-    def __init__(self, augment: AugmentConfig | None = None,
-                 preprocessing: Preprocessing | None = None) -> None:
+    def __init__(
+        self, augment: AugmentConfig | None = None, preprocessing: Preprocessing | None = None
+    ) -> None:
         self.augment = augment or AugmentConfig.preset("none")
         self.preprocessing = preprocessing or Preprocessing()
         self._pipeline: Any = None
@@ -188,8 +212,9 @@ class FaceTransform:
         image = resize_to(image, self.preprocessing.input_size)
         if not self.augment.is_identity:
             if self._pipeline is None:
-                self._pipeline = _build_albumentations(self.augment,
-                                                       seed=torch.initial_seed() % 2**32)
+                self._pipeline = _build_albumentations(
+                    self.augment, seed=torch.initial_seed() % 2**32
+                )
             if entropy is not None:
                 seed = np.random.SeedSequence(list(entropy)).generate_state(1)[0]
                 self._pipeline.set_random_seed(int(seed))
@@ -200,7 +225,9 @@ class FaceTransform:
         return f"FaceTransform(augment={self.augment!r}, preprocessing={self.preprocessing!r})"
 
 
-def build_transform(augment: str | dict[str, Any] | AugmentConfig | None = "flip",
-                    preprocessing: Preprocessing | None = None) -> FaceTransform:
+def build_transform(
+    augment: str | dict[str, Any] | AugmentConfig | None = "flip",
+    preprocessing: Preprocessing | None = None,
+) -> FaceTransform:
     """A transform for training (``augment`` preset/config) or evaluation (``augment=None``)."""
     return FaceTransform(resolve_augment(augment), preprocessing)

@@ -98,8 +98,13 @@ class LabelMap:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"format": LABEL_MAP_FORMAT, "classes": self.names},
-                                  ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(
+                {"format": LABEL_MAP_FORMAT, "classes": self.names}, ensure_ascii=False, indent=0
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         os.replace(tmp, path)
         return path
 
@@ -155,15 +160,21 @@ class FaceBatch:
 
     def pin_memory(self) -> FaceBatch:
         """Page-lock the tensors (called by DataLoader with ``pin_memory=True``)."""
-        return FaceBatch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped,
-                         None if self.indices is None else self.indices.pin_memory())
+        return FaceBatch(
+            self.images.pin_memory(),
+            self.labels.pin_memory(),
+            self.skipped,
+            None if self.indices is None else self.indices.pin_memory(),
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> FaceBatch:
         """Move the tensors to ``device``."""
-        return FaceBatch(self.images.to(device, non_blocking=non_blocking),
-                         self.labels.to(device, non_blocking=non_blocking), self.skipped,
-                         None if self.indices is None else
-                         self.indices.to(device, non_blocking=non_blocking))
+        return FaceBatch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.skipped,
+            None if self.indices is None else self.indices.to(device, non_blocking=non_blocking),
+        )
 
 
 def collate_faces(batch: Sequence[tuple[Any, ...] | SkippedSample]) -> FaceBatch:
@@ -284,8 +295,9 @@ class SeededSamples(Dataset[tuple[Any, ...] | SkippedSample]):
     :class:`SkippedSample`. Cheap to pickle: workers get a copy.
     """
 
-    def __init__(self, dataset: FaceDataset, transform: FaceTransform, *,
-                 with_index: bool = False) -> None:
+    def __init__(
+        self, dataset: FaceDataset, transform: FaceTransform, *, with_index: bool = False
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.with_index = with_index
@@ -312,14 +324,25 @@ class ArrayDataset(FaceDataset):
     image here (a held-out split).
     """
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray, *,
-                 label_map: LabelMap | None = None, name: str = "arrays",
-                 transform: Callable[[np.ndarray], Any] | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        label_map: LabelMap | None = None,
+        name: str = "arrays",
+        transform: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
-                images.ndim == 4 and images.shape[-1] != 3):
-            raise DataError(f"{name}: images must be uint8 (N, H, W, 3) or (N, H, W), got "
-                            f"{images.dtype} {images.shape}")
+        if (
+            images.dtype != np.uint8
+            or images.ndim not in (3, 4)
+            or (images.ndim == 4 and images.shape[-1] != 3)
+        ):
+            raise DataError(
+                f"{name}: images must be uint8 (N, H, W, 3) or (N, H, W), got "
+                f"{images.dtype} {images.shape}"
+            )
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(labels) != len(images) or not len(labels):
             raise DataError(f"{name}: {len(images)} images and {len(labels)} labels")
@@ -329,8 +352,10 @@ class ArrayDataset(FaceDataset):
         self.labels = labels
         self.label_map = label_map or LabelMap.numeric(int(labels.max()) + 1)
         if int(labels.max()) >= len(self.label_map):
-            raise DataError(f"{name}: label {int(labels.max())} is not in the label map of "
-                            f"{len(self.label_map)} classes")
+            raise DataError(
+                f"{name}: label {int(labels.max())} is not in the label map of "
+                f"{len(self.label_map)} classes"
+            )
         self.name = name
         self.transform = transform
 
@@ -356,8 +381,13 @@ class ImageFolderDataset(FaceDataset):
     (every identity must be in it); otherwise identities are numbered in sorted order.
     """
 
-    def __init__(self, root: str | Path, transform: Callable[[np.ndarray], Any] | None = None,
-                 label_map: LabelMap | None = None, min_images: int = 1) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        label_map: LabelMap | None = None,
+        min_images: int = 1,
+    ) -> None:
         self.root = Path(root)
         _check_dir(self.root, "data folder")
         self.transform = transform
@@ -376,16 +406,21 @@ class ImageFolderDataset(FaceDataset):
             elif is_image_file(entry.name):
                 loose_images += 1
         if not identities:
-            hint = (f" (found {loose_images} images directly in it: expected "
-                    "root/<identity>/<image>)") if loose_images else ""
+            hint = (
+                (f" (found {loose_images} images directly in it: expected root/<identity>/<image>)")
+                if loose_images
+                else ""
+            )
             raise DataError(f"no identity folders with images in {self.root}{hint}")
         if label_map is None:
             label_map = LabelMap(name for name, _ in identities)
         else:
             missing = [name for name, _ in identities if name not in label_map]
             if missing:
-                raise DataError(f"{len(missing)} identities in {self.root} are not in the label "
-                                f"map, e.g. {missing[:5]}")
+                raise DataError(
+                    f"{len(missing)} identities in {self.root} are not in the label "
+                    f"map, e.g. {missing[:5]}"
+                )
         self.label_map = label_map
         paths: list[str] = []
         labels: list[int] = []
@@ -419,9 +454,13 @@ class CsvListDataset(FaceDataset):
     line. Missing image files are not checked up front: they are skipped when loaded.
     """
 
-    def __init__(self, csv_path: str | Path, root: str | Path | None = None,
-                 transform: Callable[[np.ndarray], Any] | None = None,
-                 label_map: LabelMap | None = None) -> None:
+    def __init__(
+        self,
+        csv_path: str | Path,
+        root: str | Path | None = None,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        label_map: LabelMap | None = None,
+    ) -> None:
         self.csv_path = Path(csv_path)
         if not self.csv_path.is_file():
             raise DataError(f"label file not found: {self.csv_path}")
@@ -440,8 +479,10 @@ class CsvListDataset(FaceDataset):
                     if not paths and [c.strip().lower() for c in row] == ["path", "label"]:
                         continue
                     if len(row) != 2:
-                        raise DataError(f"{self.csv_path}:{line}: expected 2 columns "
-                                        f"'path,label', got {len(row)}: {','.join(row)!r}")
+                        raise DataError(
+                            f"{self.csv_path}:{line}: expected 2 columns "
+                            f"'path,label', got {len(row)}: {','.join(row)!r}"
+                        )
                     p, lab = row[0].strip(), row[1].strip()
                     if not p:
                         raise DataError(f"{self.csv_path}:{line}: empty path")
@@ -461,8 +502,9 @@ class CsvListDataset(FaceDataset):
             labels = []
             for lab, line in zip(raw, lines, strict=True):
                 if lab not in label_map:
-                    raise DataError(f"{self.csv_path}:{line}: label {lab!r} is not in the "
-                                    "label map")
+                    raise DataError(
+                        f"{self.csv_path}:{line}: label {lab!r} is not in the label map"
+                    )
                 labels.append(label_map.index(lab))
         elif all(_is_int(lab) for lab in raw):
             labels = [int(lab) for lab in raw]
@@ -511,14 +553,22 @@ def worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: FaceDataset | SeededSamples, *, batch_size: int | None = None,
-                sampler: Sampler[Any] | Iterable[Any] | None = None,
-                batch_sampler: Sampler[list[Any]] | Iterable[list[Any]] | None = None,
-                shuffle: bool = False,
-                num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                timeout: float = 0, multiprocessing_context: str | None = None,
-                generator: torch.Generator | None = None) -> DataLoader:
+def make_loader(
+    dataset: FaceDataset | SeededSamples,
+    *,
+    batch_size: int | None = None,
+    sampler: Sampler[Any] | Iterable[Any] | None = None,
+    batch_sampler: Sampler[list[Any]] | Iterable[list[Any]] | None = None,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    timeout: float = 0,
+    multiprocessing_context: str | None = None,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
     """A :class:`torch.utils.data.DataLoader` wired for face data (the trainer's too).
 
     Batches are :class:`FaceBatch` (unreadable samples dropped and reported via
@@ -538,9 +588,22 @@ def make_loader(dataset: FaceDataset | SeededSamples, *, batch_size: int | None 
         kwargs["timeout"] = timeout
         kwargs["multiprocessing_context"] = multiprocessing_context
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                          collate_fn=collate_faces, pin_memory=pin_memory, **kwargs)
-    return DataLoader(dataset, batch_size=batch_size or 1, sampler=sampler,
-                      shuffle=shuffle if sampler is None else False, num_workers=num_workers,
-                      collate_fn=collate_faces, pin_memory=pin_memory, drop_last=drop_last,
-                      **kwargs)
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            collate_fn=collate_faces,
+            pin_memory=pin_memory,
+            **kwargs,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or 1,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        num_workers=num_workers,
+        collate_fn=collate_faces,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        **kwargs,
+    )

@@ -16,9 +16,21 @@ from marginface.imaging import decode_image, encode_jpeg, read_image
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "encode_jpeg", "is_image_file", "load_image"]
 
 #: File name suffixes treated as images when scanning folders (lower case).
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff", ".webp",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
+)
 
 
 def is_image_file(name: str | Path) -> bool:

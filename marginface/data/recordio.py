@@ -86,8 +86,11 @@ def pack_record(header: IRHeader, payload: bytes = b"") -> bytes:
     if isinstance(label, int | float | np.integer | np.floating):
         return struct.pack(_IR_FORMAT, 0, float(label), header.id, header.id2) + payload
     arr = np.asarray(label, dtype=np.float32).reshape(-1)
-    return (struct.pack(_IR_FORMAT, arr.size, 0.0, header.id, header.id2)
-            + arr.astype("<f4").tobytes() + payload)
+    return (
+        struct.pack(_IR_FORMAT, arr.size, 0.0, header.id, header.id2)
+        + arr.astype("<f4").tobytes()
+        + payload
+    )
 
 
 def unpack_record(record: bytes) -> tuple[IRHeader, bytes]:
@@ -100,7 +103,7 @@ def unpack_record(record: bytes) -> tuple[IRHeader, bytes]:
         if len(body) < 4 * flag:
             raise DataError(f"record label array of {flag} floats is truncated")
         arr = np.frombuffer(body, dtype="<f4", count=flag).astype(np.float32)
-        return IRHeader(flag, arr, id_, id2), body[4 * flag:]
+        return IRHeader(flag, arr, id_, id2), body[4 * flag :]
     return IRHeader(flag, label, id_, id2), body
 
 
@@ -123,8 +126,9 @@ class RecordWriter:
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
         self.rec_path = Path(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(
-            ".idx")
+        self.idx_path = (
+            Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        )
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
         self._rec_tmp = self.rec_path.with_name(f".{self.rec_path.name}.tmp{os.getpid()}")
         self._idx_tmp = self.idx_path.with_name(f".{self.idx_path.name}.tmp{os.getpid()}")
@@ -229,8 +233,9 @@ class RecordReader:
         self.rec_path = Path(rec_path)
         if not self.rec_path.is_file():
             raise DataError(f"RecordIO file not found: {self.rec_path}")
-        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(
-            ".idx")
+        self.idx_path = (
+            Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        )
         self.file_size = self.rec_path.stat().st_size
         self._fd: int | None = None
         self._pid = -1
@@ -250,11 +255,14 @@ class RecordReader:
                 try:
                     key, pos = int(parts[0]), int(parts[1])
                 except (ValueError, IndexError):
-                    raise DataError(f"{self.idx_path}:{lineno}: expected 'key<TAB>offset', "
-                                    f"got {line[:60]!r}") from None
+                    raise DataError(
+                        f"{self.idx_path}:{lineno}: expected 'key<TAB>offset', got {line[:60]!r}"
+                    ) from None
                 if not 0 <= pos < self.file_size:
-                    raise DataError(f"{self.idx_path}:{lineno}: offset {pos} is outside "
-                                    f"{self.rec_path.name} ({self.file_size} bytes)")
+                    raise DataError(
+                        f"{self.idx_path}:{lineno}: offset {pos} is outside "
+                        f"{self.rec_path.name} ({self.file_size} bytes)"
+                    )
                 index[key] = pos
         return index
 
@@ -272,8 +280,10 @@ class RecordReader:
                         raise DataError(f"{self.rec_path}: truncated record at byte {pos}")
                     magic, lrec = struct.unpack("<II", head)
                     if magic != MAGIC:
-                        raise DataError(f"{self.rec_path}: bad magic number at byte {pos}; "
-                                        "not a RecordIO file or corrupt")
+                        raise DataError(
+                            f"{self.rec_path}: bad magic number at byte {pos}; "
+                            "not a RecordIO file or corrupt"
+                        )
                     length = lrec & _LEN_MASK
                     pos += 8 + ((length + 3) & ~3)
                     if lrec >> 29 in (0, 3):
@@ -325,8 +335,10 @@ class RecordReader:
                 raise DataError(f"{self.rec_path}: truncated record at byte {pos}")
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise DataError(f"{self.rec_path}: bad magic number at byte {pos} (corrupt "
-                                "file or an index that does not belong to it)")
+                raise DataError(
+                    f"{self.rec_path}: bad magic number at byte {pos} (corrupt "
+                    "file or an index that does not belong to it)"
+                )
             cflag, length = lrec >> 29, lrec & _LEN_MASK
             n = length if (limit is None or cflag != 0) else min(length, limit)
             data = os.pread(fd, n, pos + 8)
@@ -415,11 +427,13 @@ class FaceRecordWriter:
         first_identity = self._next_key
         for i, (label, first, end) in enumerate(self._ranges):
             key = first_identity + i
-            self._writer.write(key, pack_record(
-                IRHeader(2, np.array([first, end], np.float32), label, 0)))
+            self._writer.write(
+                key, pack_record(IRHeader(2, np.array([first, end], np.float32), label, 0))
+            )
         end_identity = first_identity + len(self._ranges)
-        self._writer.overwrite(0, pack_record(
-            IRHeader(2, np.array([first_identity, end_identity], np.float32), 0, 0)))
+        self._writer.overwrite(
+            0, pack_record(IRHeader(2, np.array([first_identity, end_identity], np.float32), 0, 0))
+        )
         self._writer.close()
 
     def abort(self) -> None:
@@ -462,9 +476,16 @@ def _encode_for_pack(data: bytes, source: str, quality: int | None) -> bytes:
     return encode_jpeg(image, 95 if quality is None else quality)
 
 
-def pack_folder(src: str | Path, out_prefix: str | Path, *, quality: int | None = None,
-                shard_size_mb: float | None = None, min_images: int = 1, threads: int = 4,
-                progress: Callable[[int, int], None] | None = None) -> PackResult:
+def pack_folder(
+    src: str | Path,
+    out_prefix: str | Path,
+    *,
+    quality: int | None = None,
+    shard_size_mb: float | None = None,
+    min_images: int = 1,
+    threads: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> PackResult:
     """Convert ``src/<identity>/<image>`` folders to insightface RecordIO.
 
     JPEG files are stored as they are unless ``quality`` is given (then every image is
@@ -503,15 +524,20 @@ def pack_folder(src: str | Path, out_prefix: str | Path, *, quality: int | None 
                     result.skipped.append((dataset.source(i), reason))
                 else:
                     framed = len(data) + _IR_SIZE + 16
-                    if writer is not None and limit is not None and writer.num_images and (
-                            writer.size + framed + 64 * (len(writer._ranges) + 1) > limit):
+                    if (
+                        writer is not None
+                        and limit is not None
+                        and writer.num_images
+                        and (writer.size + framed + 64 * (len(writer._ranges) + 1) > limit)
+                    ):
                         writer.close()
                         result.rec_files.append(writer.rec_path)
                         writer = None
                         shard += 1
                     if writer is None:
                         writer = FaceRecordWriter(
-                            *shard_paths(out_prefix, shard if limit is not None else None))
+                            *shard_paths(out_prefix, shard if limit is not None else None)
+                        )
                     writer.add(data, int(dataset.labels[i]))
                     result.num_images += 1
                 if progress is not None:
@@ -546,7 +572,7 @@ def find_shards(prefix: str | Path) -> list[Path]:
     shards = []
     for p in parent.glob(f"{glob_escape(prefix.name)}-*.rec"):
         match = _SHARD_RE.search(p.name)
-        if match and p.name[:match.start()] == prefix.name:
+        if match and p.name[: match.start()] == prefix.name:
             shards.append(p)
     return sorted(shards)
 
@@ -570,8 +596,9 @@ def _resolve_rec_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
         else:
             found = find_shards(p)
             if not found:
-                raise DataError(f"no RecordIO data at {p} (looked for {p}.rec and "
-                                f"{p}-00000.rec ...)")
+                raise DataError(
+                    f"no RecordIO data at {p} (looked for {p}.rec and {p}-00000.rec ...)"
+                )
             files.extend(found)
     for f in files:
         if not f.is_file():
@@ -588,9 +615,12 @@ class RecordIODataset(FaceDataset):
     :func:`pack_folder`), else ``label_map``, else numeric names.
     """
 
-    def __init__(self, source: str | Path | Sequence[str | Path],
-                 transform: Callable[[np.ndarray], Any] | None = None,
-                 label_map: LabelMap | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path | Sequence[str | Path],
+        transform: Callable[[np.ndarray], Any] | None = None,
+        label_map: LabelMap | None = None,
+    ) -> None:
         self.rec_files = _resolve_rec_files(source)
         self.transform = transform
         self.readers = [RecordReader(f) for f in self.rec_files]
@@ -619,8 +649,9 @@ class RecordIODataset(FaceDataset):
         if label_map is None:
             label_map = LabelMap.numeric(num)
         elif len(label_map) < num:
-            raise DataError(f"label map has {len(label_map)} classes but the records use "
-                            f"labels up to {num - 1}")
+            raise DataError(
+                f"label map has {len(label_map)} classes but the records use labels up to {num - 1}"
+            )
         self.label_map = label_map
 
     def _find_label_map(self) -> LabelMap | None:
@@ -635,6 +666,7 @@ class RecordIODataset(FaceDataset):
 
         Records whose header cannot be read are left out and listed in ``unreadable``.
         """
+
         def label_of(key: int) -> int:
             try:
                 return _header_class(reader.read_header(key))
@@ -654,8 +686,10 @@ class RecordIODataset(FaceDataset):
                     h = reader.read_header(k)
                     a, b = int(h.label[0]), int(h.label[1])
                     if not 1 <= a <= b <= first_id:
-                        raise DataError(f"{reader.rec_path}: identity record {k} has an "
-                                        f"image range [{a}, {b}) outside the images")
+                        raise DataError(
+                            f"{reader.rec_path}: identity record {k} has an "
+                            f"image range [{a}, {b}) outside the images"
+                        )
                     for key in range(a, b):  # the first readable header names the class
                         cls = label_of(key)
                         if cls >= 0:

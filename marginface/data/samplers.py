@@ -64,8 +64,9 @@ class _ResumableMixin:
         mine = self._identity()
         for key, value in mine.items():
             if key in state and state[key] != value:
-                raise ValueError(f"sampler state was saved with {key}={state[key]!r}, "
-                                 f"this sampler has {value!r}")
+                raise ValueError(
+                    f"sampler state was saved with {key}={state[key]!r}, this sampler has {value!r}"
+                )
         self.epoch = int(state["epoch"])
         self._start = int(state["position"])
         self._handed_out = self._start
@@ -83,9 +84,16 @@ class ResumableSampler(_ResumableMixin, Sampler[int]):
     The position is the number of samples already consumed on this rank in this epoch.
     """
 
-    def __init__(self, num_samples: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
         if num_samples <= 0:
             raise ValueError("the data set is empty")
         self.num_total = int(num_samples)
@@ -104,8 +112,14 @@ class ResumableSampler(_ResumableMixin, Sampler[int]):
         self._handed_out = 0
 
     def _identity(self) -> dict[str, Any]:
-        return {"kind": "resumable", "seed": self.seed, "num_samples": self.num_total,
-                "world_size": self.world_size, "rank": self.rank, "shuffle": self.shuffle}
+        return {
+            "kind": "resumable",
+            "seed": self.seed,
+            "num_samples": self.num_total,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "shuffle": self.shuffle,
+        }
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's full index order for ``epoch``."""
@@ -119,7 +133,7 @@ class ResumableSampler(_ResumableMixin, Sampler[int]):
             reps = -(-total // len(order))
             order = np.tile(order, reps)
         order = order[:total]
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return self.per_rank - min(self._start, self.per_rank)
@@ -147,9 +161,18 @@ class PKSampler(_ResumableMixin, Sampler[list[int]]):
     of batches this rank consumed in this epoch.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, p: int, k: int, *, seed: int = 0,
-                 min_images: int = 1, batches_per_epoch: int | None = None,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        p: int,
+        k: int,
+        *,
+        seed: int = 0,
+        min_images: int = 1,
+        batches_per_epoch: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         if p < 1 or k < 1:
             raise ValueError(f"p and k must be positive, got p={p}, k={k}")
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -157,24 +180,27 @@ class PKSampler(_ResumableMixin, Sampler[list[int]]):
         self.seed = int(seed)
         self.rank, self.world_size = _check_rank(rank, world_size)
         order = np.argsort(labels, kind="stable")
-        classes, starts, counts = np.unique(labels[order], return_index=True,
-                                            return_counts=True)
+        classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
         keep = counts >= max(1, min_images)
         self._order = order
         self.classes = classes[keep]
         self._starts = starts[keep]
         self._counts = counts[keep]
         if len(self.classes) < self.p:
-            raise ValueError(f"only {len(self.classes)} identities have at least {min_images} "
-                             f"images; a P×K batch needs p={self.p}")
+            raise ValueError(
+                f"only {len(self.classes)} identities have at least {min_images} "
+                f"images; a P×K batch needs p={self.p}"
+            )
         if batches_per_epoch is None:
             global_batches = len(self.classes) // self.p
         else:
             global_batches = int(batches_per_epoch) * self.world_size
         self.batches_per_rank = global_batches // self.world_size
         if self.batches_per_rank < 1:
-            raise ValueError(f"{len(self.classes)} identities make {global_batches} batches of "
-                             f"p={self.p}: too few for {self.world_size} ranks")
+            raise ValueError(
+                f"{len(self.classes)} identities make {global_batches} batches of "
+                f"p={self.p}: too few for {self.world_size} ranks"
+            )
         self.epoch = 0
         self._start = 0
         self._handed_out = 0
@@ -185,9 +211,15 @@ class PKSampler(_ResumableMixin, Sampler[list[int]]):
         return self.p * self.k
 
     def _identity(self) -> dict[str, Any]:
-        return {"kind": "pk", "seed": self.seed, "p": self.p, "k": self.k,
-                "world_size": self.world_size, "rank": self.rank,
-                "num_identities": len(self.classes)}
+        return {
+            "kind": "pk",
+            "seed": self.seed,
+            "p": self.p,
+            "k": self.k,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_identities": len(self.classes),
+        }
 
     def __len__(self) -> int:
         return self.batches_per_rank - min(self._start, self.batches_per_rank)
@@ -198,14 +230,14 @@ class PKSampler(_ResumableMixin, Sampler[list[int]]):
         rows: list[np.ndarray] = []
         n_rows = 0
         while n_rows < n_global:
-            perm = rng.permutation(len(self.classes))[:per_perm * self.p]
+            perm = rng.permutation(len(self.classes))[: per_perm * self.p]
             rows.append(perm.reshape(per_perm, self.p))
             n_rows += per_perm
         return np.concatenate(rows)[:n_global]
 
     def _draw(self, rng: np.random.Generator, c: int) -> np.ndarray:
         start, count = self._starts[c], self._counts[c]
-        members = self._order[start:start + count]
+        members = self._order[start : start + count]
         if count >= self.k:
             return members[rng.choice(count, self.k, replace=False)]
         extra = members[rng.integers(0, count, self.k - count)]
@@ -244,8 +276,14 @@ class SeededBatches:
     resume in mid-epoch); ``state_dict(batches_done)`` is the wrapped sampler's state there.
     """
 
-    def __init__(self, sampler: PKSampler | ResumableSampler, *, batch_size: int, seed: int,
-                 drop_last: bool = True) -> None:
+    def __init__(
+        self,
+        sampler: PKSampler | ResumableSampler,
+        *,
+        batch_size: int,
+        seed: int,
+        drop_last: bool = True,
+    ) -> None:
         self.sampler = sampler
         self.seed = int(seed)
         self.epoch = 0

@@ -19,8 +19,11 @@ from marginface.errors import DataError
 __all__ = ["open_dataset"]
 
 
-def open_dataset(path: str | Path, transform: Callable[[np.ndarray], Any] | None = None,
-                 label_map: LabelMap | None = None) -> FaceDataset:
+def open_dataset(
+    path: str | Path,
+    transform: Callable[[np.ndarray], Any] | None = None,
+    label_map: LabelMap | None = None,
+) -> FaceDataset:
     """Open any supported training set by looking at ``path``.
 
     * a ``.csv`` file: :class:`CsvListDataset`;
@@ -36,6 +39,8 @@ def open_dataset(path: str | Path, transform: Callable[[np.ndarray], Any] | None
     if path.suffix.lower() in (".rec", ".idx") or find_shards(path):
         return RecordIODataset(path, transform=transform, label_map=label_map)
     if not path.exists():
-        raise DataError(f"data not found: {path} (expected a folder of identity folders, a .csv "
-                        "list, or RecordIO .rec/.idx files)")
+        raise DataError(
+            f"data not found: {path} (expected a folder of identity folders, a .csv "
+            "list, or RecordIO .rec/.idx files)"
+        )
     return ImageFolderDataset(path, transform=transform, label_map=label_map)

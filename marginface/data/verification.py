@@ -82,8 +82,9 @@ def _as_bytes(item: Any) -> bytes:
     raise DataError(f"unexpected image entry of type {type(item).__name__}")
 
 
-def read_verification_bin(path: str | Path, image_size: tuple[int, int] | None = None,
-                          threads: int = 4) -> VerificationSet:
+def read_verification_bin(
+    path: str | Path, image_size: tuple[int, int] | None = None, threads: int = 4
+) -> VerificationSet:
     """Read and decode a verification ``.bin``.
 
     Images are resized to ``image_size`` ``(height, width)`` when given; otherwise they must all
@@ -95,16 +96,24 @@ def read_verification_bin(path: str | Path, image_size: tuple[int, int] | None =
     try:
         with open(path, "rb") as fh:
             data = _SafeUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+    ) as exc:
         raise DataError(f"{path}: not a verification .bin file ({exc})") from None
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise DataError(f"{path}: expected a pickle of (images, issame)")
     bins, issame_list = data
     issame = np.asarray([bool(x) for x in issame_list], dtype=bool)
     if len(bins) != 2 * len(issame):
-        raise DataError(f"{path}: {len(bins)} images for {len(issame)} pairs "
-                        f"(expected {2 * len(issame)})")
+        raise DataError(
+            f"{path}: {len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})"
+        )
     if len(issame) == 0:
         raise DataError(f"{path}: contains no pairs")
 
@@ -112,21 +121,29 @@ def read_verification_bin(path: str | Path, image_size: tuple[int, int] | None =
         try:
             img = decode_image(_as_bytes(bins[i]), source=f"{path}[{i}]").pixels
         except ImageError as exc:
-            raise DataError(f"{path}: image {i} (pair {i // 2}) cannot be decoded: "
-                            f"{str(exc).split(': ', 1)[-1]}") from None
+            raise DataError(
+                f"{path}: image {i} (pair {i // 2}) cannot be decoded: "
+                f"{str(exc).split(': ', 1)[-1]}"
+            ) from None
         return resize_to(img, image_size) if image_size is not None else img
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         images = list(pool.map(decode, range(len(bins))))
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise DataError(f"{path}: images have different sizes {sorted(shapes)[:3]}; "
-                        "pass image_size to resize them")
+        raise DataError(
+            f"{path}: images have different sizes {sorted(shapes)[:3]}; "
+            "pass image_size to resize them"
+        )
     return VerificationSet(path.stem, np.stack(images), issame)
 
 
-def write_verification_bin(path: str | Path, images: Sequence[np.ndarray] | np.ndarray,
-                           issame: Sequence[bool] | np.ndarray, quality: int = 95) -> Path:
+def write_verification_bin(
+    path: str | Path,
+    images: Sequence[np.ndarray] | np.ndarray,
+    issame: Sequence[bool] | np.ndarray,
+    quality: int = 95,
+) -> Path:
     """Write RGB ``uint8`` images (pairs consecutive) and ``issame`` as an insightface ``.bin``."""
     if len(images) != 2 * len(issame):
         raise ValueError(f"{len(images)} images for {len(issame)} pairs")

@@ -103,8 +103,10 @@ class Embedder(ABC):
     def _raw(self, crops: np.ndarray) -> np.ndarray:
         x = self._network_input(crops)
         step = self.micro_batch or len(x)
-        parts = [np.asarray(self._forward(x[i : i + step]), dtype=np.float32)
-                 for i in range(0, len(x), step)]
+        parts = [
+            np.asarray(self._forward(x[i : i + step]), dtype=np.float32)
+            for i in range(0, len(x), step)
+        ]
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out = out.reshape(out.shape[0], -1)
         if out.shape[1] != self.embedding_dim:

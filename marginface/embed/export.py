@@ -72,14 +72,16 @@ def export_onnx(
     if card.format == "onnx":
         raise ModelError(f"{model_dir}: already an ONNX model")
     state = load_state_dict_file(model_dir / card.weights, card.format)
-    module = load_backbone(state, card.architecture, card.embedding_dim, str(model_dir),
-                           card.architecture_kwargs)
+    module = load_backbone(
+        state, card.architecture, card.embedding_dim, str(model_dir), card.architecture_kwargs
+    )
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         out = out.with_suffix(".onnx")
     if out.with_suffix(".json").resolve() == (model_dir / "model.json").resolve():
-        raise ModelError(f"exporting to {out} would overwrite the model's own card; "
-                         "choose another file name")
+        raise ModelError(
+            f"exporting to {out} would overwrite the model's own card; choose another file name"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     export_module_to_onnx(module, card, str(out), opset)
 
@@ -100,12 +102,16 @@ def export_onnx(
     result = ExportResult(onnx_path=out, card_path=card_path, max_abs_diff=diff)
     if int8:
         q_path = quantize_int8(out, out.with_name(out.stem + ".int8.onnx"))
-        q_card = card.model_copy(update={
-            "name": f"{card.name}-int8", "weights": q_path.name, "format": "onnx",
-            "calibration": None,
-            "notes": (card.notes + " " if card.notes else "")
-            + "int8 dynamic quantisation of the float ONNX export; recalibrate thresholds.",
-        })
+        q_card = card.model_copy(
+            update={
+                "name": f"{card.name}-int8",
+                "weights": q_path.name,
+                "format": "onnx",
+                "calibration": None,
+                "notes": (card.notes + " " if card.notes else "")
+                + "int8 dynamic quantisation of the float ONNX export; recalibrate thresholds.",
+            }
+        )
         result.int8_path = q_path
         result.int8_card_path = q_card.save(q_path.with_suffix(".json"))
         q = _normalize(onnx_session(q_path).run(None, {INPUT_NAME: x})[0])

@@ -44,8 +44,9 @@ def _fold_batchnorm(module: nn.Module) -> nn.Module:
         return module
 
 
-def prepare_for_inference(module: nn.Module, input_size: tuple[int, int],
-                          precision: str = "fp32") -> nn.Module:
+def prepare_for_inference(
+    module: nn.Module, input_size: tuple[int, int], precision: str = "fp32"
+) -> nn.Module:
     """A frozen copy of ``module`` for CPU inference on ``(N, 3, H, W)`` float32 batches.
 
     BatchNorms are folded into their convolutions, weights are stored channels-last in

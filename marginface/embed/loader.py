@@ -85,8 +85,10 @@ def _sface(runtime: str, ort: dict[str, Any]) -> Embedder:
 
 def _onnx_precision(precision: str, label: str) -> None:
     if precision != "fp32":
-        raise ConfigError(f"{label} is an ONNX model and runs in fp32; precision "
-                          f"{precision!r} applies to PyTorch weights")
+        raise ConfigError(
+            f"{label} is an ONNX model and runs in fp32; precision "
+            f"{precision!r} applies to PyTorch weights"
+        )
 
 
 def _embedding_dim_of(state: dict[str, Any]) -> int:
@@ -106,8 +108,13 @@ def infer_insightface_architecture(state: dict[str, Any]) -> str:
     return infer_architecture(state)["name"]
 
 
-def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
-                  source: str, kwargs: dict[str, Any] | None = None) -> Any:
+def load_backbone(
+    state: dict[str, Any],
+    architecture: str,
+    embedding_dim: int,
+    source: str,
+    kwargs: dict[str, Any] | None = None,
+) -> Any:
     """Build ``architecture`` (with constructor ``kwargs``) from the registry and load ``state``
     strictly."""
     import torch  # heavy: torch
@@ -118,16 +125,20 @@ def load_backbone(state: dict[str, Any], architecture: str, embedding_dim: int,
         module = create(architecture, embedding_dim, **(kwargs or {}))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{source}: cannot build {architecture!r} with {kwargs}: {exc}") from None
-    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
-             for k, v in state.items()}
+    state = {
+        k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+        for k, v in state.items()
+    }
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         text = str(exc)
         hint = ""
         if "size mismatch" in text:
-            hint = (f" (does the embedding size {embedding_dim} or the architecture "
-                    f"{architecture!r} disagree with the weights?)")
+            hint = (
+                f" (does the embedding size {embedding_dim} or the architecture "
+                f"{architecture!r} disagree with the weights?)"
+            )
         first = text.split("\n\t")[1] if "\n\t" in text else text[:300]
         raise ModelError(f"{source}: weights do not fit {architecture!r}: {first}{hint}") from None
     return module.eval()
@@ -167,10 +178,14 @@ def _from_onnx_file(path: Path, card: ModelCard | None, ort: dict[str, Any]) -> 
             out = session.run(None, {inp.name: np.zeros((1, 3, 112, 112), np.float32)})[0]
             dim = int(np.asarray(out).reshape(1, -1).shape[1])
         card = ModelCard(
-            name=path.stem, architecture="onnx", embedding_dim=dim, weights=path.name,
-            format="onnx", preprocessing=Preprocessing(),
+            name=path.stem,
+            architecture="onnx",
+            embedding_dim=dim,
+            weights=path.name,
+            format="onnx",
+            preprocessing=Preprocessing(),
             notes="no model card found: insightface convention assumed "
-                  "(RGB, (x - 127.5) / 127.5, 112x112 ArcFace template)",
+            "(RGB, (x - 127.5) / 127.5, 112x112 ArcFace template)",
         )
     return OnnxEmbedder(path, card, **ort)
 
@@ -179,8 +194,9 @@ def _to_onnx_runtime(module: Any, card: ModelCard, ort: dict[str, Any]) -> Embed
     return OnnxEmbedder(module_to_onnx_bytes(module, card), card, **ort)
 
 
-def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
-                    precision: str = "fp32") -> Embedder:
+def _from_model_dir(
+    folder: Path, runtime: str, ort: dict[str, Any], precision: str = "fp32"
+) -> Embedder:
     from marginface.backbones.weights import load_state_dict_file  # heavy: torch
 
     card = ModelCard.load(folder)
@@ -189,15 +205,17 @@ def _from_model_dir(folder: Path, runtime: str, ort: dict[str, Any],
         _onnx_precision(precision, str(weights))
         return _from_onnx_file(weights, card, ort)
     state = load_state_dict_file(weights, card.format)
-    module = load_backbone(state, card.architecture, card.embedding_dim, str(weights),
-                           card.architecture_kwargs)
+    module = load_backbone(
+        state, card.architecture, card.embedding_dim, str(weights), card.architecture_kwargs
+    )
     if runtime == "onnxruntime":
         return _to_onnx_runtime(module, card, ort)
     return TorchEmbedder(module, card, precision=precision)
 
 
-def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
-                           ort: dict[str, Any], precision: str = "fp32") -> Embedder:
+def _from_torch_checkpoint(
+    path: Path, architecture: str | None, runtime: str, ort: dict[str, Any], precision: str = "fp32"
+) -> Embedder:
     # heavy: torch
     from marginface.backbones.weights import infer_architecture, load_state_dict_file
 
@@ -209,9 +227,13 @@ def _from_torch_checkpoint(path: Path, architecture: str | None, runtime: str,
         arch, dim, kwargs = architecture, _embedding_dim_of(state), {}
     module = load_backbone(state, arch, dim, str(path), kwargs)
     card = ModelCard(
-        name=f"{path.parent.name or path.stem}-{arch}", architecture=arch, embedding_dim=dim,
+        name=f"{path.parent.name or path.stem}-{arch}",
+        architecture=arch,
+        embedding_dim=dim,
         architecture_kwargs=kwargs,
-        weights=path.name, format="torch", preprocessing=Preprocessing(),
+        weights=path.name,
+        format="torch",
+        preprocessing=Preprocessing(),
         notes="insightface checkpoint: RGB, (x - 127.5) / 127.5, 112x112 ArcFace template",
     )
     if runtime == "onnxruntime":
@@ -274,5 +296,7 @@ def load_embedder(
         if (path.parent / CARD_FILENAME).is_file():
             return _from_model_dir(path.parent, runtime, ort, precision)
         raise ModelError(f"{path}: a .safetensors file needs the model.json beside it")
-    raise ModelError(f"{path}: unknown model format {suffix or '(no extension)'}; expected a "
-                     "model directory, .onnx or .pth")
+    raise ModelError(
+        f"{path}: unknown model format {suffix or '(no extension)'}; expected a "
+        "model directory, .onnx or .pth"
+    )

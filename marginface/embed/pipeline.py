@@ -111,8 +111,12 @@ class Pipeline:
         self.embedder = embedder
         self.flip = flip
         self.aligner = Aligner(
-            detector, template=embedder.template, selection=selection,
-            min_face_size=min_face_size, score_threshold=score_threshold, max_pixels=max_pixels,
+            detector,
+            template=embedder.template,
+            selection=selection,
+            min_face_size=min_face_size,
+            score_threshold=score_threshold,
+            max_pixels=max_pixels,
         )
 
     @classmethod
@@ -129,8 +133,11 @@ class Pipeline:
         """Build from a model spec (see :func:`marginface.embed.load_embedder`, which takes
         ``runtime`` and ``precision``) and a detector name; other keyword arguments go to the
         constructor."""
-        return cls(load_detector(detector, **(detector_options or {})),
-                   load_embedder(model, runtime=runtime, precision=precision), **kwargs)
+        return cls(
+            load_detector(detector, **(detector_options or {})),
+            load_embedder(model, runtime=runtime, precision=precision),
+            **kwargs,
+        )
 
     @property
     def selection(self) -> Selection:
@@ -153,9 +160,15 @@ class Pipeline:
 
     def _faces(self, result: AlignResult, embeddings: np.ndarray) -> list[Face]:
         return [
-            Face(box=d.box.astype(np.float32), score=float(d.score),
-                 landmarks=d.landmarks.astype(np.float32), crop=crop, embedding=emb,
-                 image_shape=result.image_shape, notes=list(result.notes))
+            Face(
+                box=d.box.astype(np.float32),
+                score=float(d.score),
+                landmarks=d.landmarks.astype(np.float32),
+                crop=crop,
+                embedding=emb,
+                image_shape=result.image_shape,
+                notes=list(result.notes),
+            )
             for d, crop, emb in zip(result.faces, result.crops, embeddings, strict=True)
         ]
 
@@ -186,8 +199,9 @@ class Pipeline:
         crops = [r.crops for r in results if len(r.crops)]
         if not crops:
             return [[] for _ in results]
-        embeddings = self.embedder.embed(np.concatenate(crops), flip=self.flip,
-                                         batch_size=batch_size)
+        embeddings = self.embedder.embed(
+            np.concatenate(crops), flip=self.flip, batch_size=batch_size
+        )
         out, start = [], 0
         for r in results:
             n = len(r.faces)

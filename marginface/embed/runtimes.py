@@ -48,8 +48,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 
 
-def export_module_to_onnx(module: nn.Module, card: ModelCard, target: str | BinaryIO,
-                          opset: int = 17) -> None:
+def export_module_to_onnx(
+    module: nn.Module, card: ModelCard, target: str | BinaryIO, opset: int = 17
+) -> None:
     """Write ``module`` (a backbone, eval mode, float32) as ONNX to ``target`` (a path or a
     binary file): input ``input`` ``(N, 3, H, W)`` at the card's input size, output
     ``embedding`` ``(N, D)``, dynamic batch axis. Exporter failures become
@@ -63,10 +64,15 @@ def export_module_to_onnx(module: nn.Module, card: ModelCard, target: str | Bina
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, (dummy,), target,  # type: ignore[arg-type]  # a binary file works too
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                module,
+                (dummy,),
+                target,  # type: ignore[arg-type]  # a binary file works too
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
             )
         except Exception as exc:  # torch raises many unrelated types from its exporter
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
@@ -105,8 +111,10 @@ class OnnxEmbedder(Embedder):
         self.session = onnx_session(model, threads=threads, spinning=spinning)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise ModelError(f"{self.name}: expected an ONNX model with one input, "
-                             f"found {[i.name for i in inputs]}")
+            raise ModelError(
+                f"{self.name}: expected an ONNX model with one input, "
+                f"found {[i.name for i in inputs]}"
+            )
         self.input_name = inputs[0].name
         shape = inputs[0].shape
         self.fixed_batch = shape[0] if shape and isinstance(shape[0], int) else None
@@ -119,8 +127,10 @@ class OnnxEmbedder(Embedder):
                 f"{self.input_size[0]}x{self.input_size[1]}"
             )
         out_shape = self.session.get_outputs()[0].shape
-        if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != (
-            self.embedding_dim
+        if (
+            len(out_shape) == 2
+            and isinstance(out_shape[1], int)
+            and out_shape[1] != (self.embedding_dim)
         ):
             raise ModelError(
                 f"{self.name}: the ONNX model outputs {out_shape[1]}-d embeddings but its card "
@@ -132,8 +142,10 @@ class OnnxEmbedder(Embedder):
             if self.fixed_batch != 1:
                 raise ModelError(f"{self.name}: model has a fixed batch of {self.fixed_batch}")
             return np.concatenate(
-                [self.session.run(None, {self.input_name: batch[i : i + 1]})[0]
-                 for i in range(batch.shape[0])]
+                [
+                    self.session.run(None, {self.input_name: batch[i : i + 1]})[0]
+                    for i in range(batch.shape[0])
+                ]
             )
         return self.session.run(None, {self.input_name: batch})[0]
 
@@ -148,26 +160,39 @@ class TorchEmbedder(Embedder):
     through the network per call. ``module`` itself is left in eval mode and not modified.
     """
 
-    def __init__(self, module: nn.Module, card: ModelCard, *, name: str | None = None,
-                 precision: str = "fp32", optimize: bool = True,
-                 micro_batch: int | None = 16) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        card: ModelCard,
+        *,
+        name: str | None = None,
+        precision: str = "fp32",
+        optimize: bool = True,
+        micro_batch: int | None = 16,
+    ) -> None:
         from marginface.embed.inference import prepare_for_inference  # heavy: torch
 
         super().__init__(card, name)
         if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; use one of "
-                              f"{', '.join(PRECISIONS)}")
+            raise ConfigError(
+                f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
         if precision != "fp32" and not optimize:
             raise ConfigError(f"precision {precision!r} needs optimize=True")
         self.precision = precision
         self.micro_batch = micro_batch
         self.module = module.float().eval()
-        self._net = (prepare_for_inference(self.module, self.input_size, precision)
-                     if optimize else self.module)
+        self._net = (
+            prepare_for_inference(self.module, self.input_size, precision)
+            if optimize
+            else self.module
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim}, "
-                f"precision={self.precision!r})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, dim={self.embedding_dim}, "
+            f"precision={self.precision!r})"
+        )
 
     def _network_input(self, crops: np.ndarray) -> Any:
         """(N, H, W, 3) uint8 crops -> normalised (N, 3, H, W) tensor in channels-last memory
@@ -202,7 +227,11 @@ class OpenCVEmbedder(PerThreadModel, Embedder):
     """An ONNX recogniser run by OpenCV's DNN module (one network per thread)."""
 
     def __init__(
-        self, path: str | Path, card: ModelCard, *, input_name: str = "data",
+        self,
+        path: str | Path,
+        card: ModelCard,
+        *,
+        input_name: str = "data",
         name: str | None = None,
     ) -> None:
         super().__init__(card, name)

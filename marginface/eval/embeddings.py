@@ -51,8 +51,7 @@ __all__ = [
 CACHE_ENV = "MARGINFACE_CACHE_DIR"
 
 #: Card fields that do not change what a model computes (so calibrating keeps the cache).
-_NON_COMPUTING_CARD_FIELDS = ("calibration", "impostors", "metrics", "notes", "license",
-                              "training")
+_NON_COMPUTING_CARD_FIELDS = ("calibration", "impostors", "metrics", "notes", "license", "training")
 
 
 def default_cache_dir() -> Path:
@@ -245,8 +244,9 @@ class CropPreparer:
     ``options.detector`` by name. Calls are thread-safe.
     """
 
-    def __init__(self, preprocessing: Preprocessing, options: EmbedOptions,
-                 detector: Detector | None = None) -> None:
+    def __init__(
+        self, preprocessing: Preprocessing, options: EmbedOptions, detector: Detector | None = None
+    ) -> None:
         pre = preprocessing
         h, w = pre.input_size
         self.size = (int(h), int(w))  # (height, width) of every crop returned
@@ -316,8 +316,9 @@ def prepare_crops(
     h, w = prepare.size
     crops = np.zeros((len(images), h, w, 3), dtype=np.uint8)
     failures: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=workers or _default_workers(),
-                            thread_name_prefix="mf-crops") as pool:
+    with ThreadPoolExecutor(
+        max_workers=workers or _default_workers(), thread_name_prefix="mf-crops"
+    ) as pool:
         for i, result in enumerate(pool.map(prepare, images)):
             if isinstance(result, str):
                 failures[i] = result
@@ -347,8 +348,13 @@ def _strip_source(message: str, ref: ImageRef) -> str:
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(
-        total=total, unit="img", desc=desc, disable=not enabled or total == 0,
-        dynamic_ncols=True, smoothing=0.1, leave=True,
+        total=total,
+        unit="img",
+        desc=desc,
+        disable=not enabled or total == 0,
+        dynamic_ncols=True,
+        smoothing=0.1,
+        leave=True,
     )
 
 
@@ -457,5 +463,3 @@ def embed_images(
         n_computed=len(todo),
         seconds=time.perf_counter() - start,
     )
-
-

@@ -189,12 +189,15 @@ class OpenSetProtocol:
 
     def __post_init__(self) -> None:
         if self.gallery_sizes is not None and (
-                not self.gallery_sizes or min(self.gallery_sizes) < 1):
-            raise ConfigError(f"gallery sizes must be at least 1 subject, got "
-                              f"{list(self.gallery_sizes)}")
+            not self.gallery_sizes or min(self.gallery_sizes) < 1
+        ):
+            raise ConfigError(
+                f"gallery sizes must be at least 1 subject, got {list(self.gallery_sizes)}"
+            )
         if not self.photos_per_subject or min(self.photos_per_subject) < 1:
-            raise ConfigError(f"photos per subject must be at least 1, got "
-                              f"{list(self.photos_per_subject)}")
+            raise ConfigError(
+                f"photos per subject must be at least 1, got {list(self.photos_per_subject)}"
+            )
         if self.repeats < 1:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
         if self.k < 1:
@@ -242,8 +245,9 @@ class OpenSetDraw:
         return {n for g in self.galleries.values() for n in g}
 
 
-def _gallery_side(names: Sequence[str], held_out_fraction: float | None
-                  ) -> tuple[list[str], list[str] | None]:
+def _gallery_side(
+    names: Sequence[str], held_out_fraction: float | None
+) -> tuple[list[str], list[str] | None]:
     """``(identities galleries may enrol, fixed non-mated identities or None)``."""
     if held_out_fraction is None:
         return list(names), None
@@ -251,8 +255,11 @@ def _gallery_side(names: Sequence[str], held_out_fraction: float | None
     return [n for n in names if not held_out(n, held_out_fraction)], held
 
 
-def default_gallery_sizes(photo_counts: Mapping[str, int], photos_per_subject: Sequence[int],
-                          held_out_fraction: float | None = None) -> tuple[int, ...]:
+def default_gallery_sizes(
+    photo_counts: Mapping[str, int],
+    photos_per_subject: Sequence[int],
+    held_out_fraction: float | None = None,
+) -> tuple[int, ...]:
     """10, 100, 1000, ... subjects below the largest gallery that fits, then that one.
 
     The largest is every identity that may be enrolled with the most photos asked for (the
@@ -264,8 +271,10 @@ def default_gallery_sizes(photo_counts: Mapping[str, int], photos_per_subject: S
     if fixed is None:
         cap = min(cap, len(photo_counts) // 2)
     if cap < 1:
-        raise DataError(f"no identity has {max(photos_per_subject)} photos to enrol while "
-                        "others are left for non-mated searches")
+        raise DataError(
+            f"no identity has {max(photos_per_subject)} photos to enrol while "
+            "others are left for non-mated searches"
+        )
     sizes = [10**e for e in range(1, 12) if 10**e < cap]
     return (*sizes, cap)
 
@@ -297,16 +306,21 @@ def draw_galleries(
         if available < top:
             raise DataError(
                 f"gallery size {top} with {k} photo(s) per subject: only {available} "
-                f"identities{where} have at least {k} photo(s)")
+                f"identities{where} have at least {k} photo(s)"
+            )
     if fixed is not None and not fixed:
-        raise DataError(f"no identity is held out from calibration (held_out fraction "
-                        f"{held_out_fraction:g}) for non-mated searches")
+        raise DataError(
+            f"no identity is held out from calibration (held_out fraction "
+            f"{held_out_fraction:g}) for non-mated searches"
+        )
     draws = []
     for repeat in range(repeats):
         rng = np.random.default_rng([seed, repeat])
         order = [side[i] for i in rng.permutation(len(side))]
-        galleries = {k: tuple([n for n in order if photo_counts[n] >= k][:top])
-                     for k in sorted(set(photos_per_subject))}
+        galleries = {
+            k: tuple([n for n in order if photo_counts[n] >= k][:top])
+            for k in sorted(set(photos_per_subject))
+        }
         if fixed is not None:
             non_mated = tuple(fixed)
         else:
@@ -315,7 +329,8 @@ def draw_galleries(
             if not non_mated:
                 raise DataError(
                     f"no identity is left for non-mated searches: galleries of {top} subjects "
-                    f"enrol all {len(names)} identities; choose smaller --gallery-size")
+                    f"enrol all {len(names)} identities; choose smaller --gallery-size"
+                )
         draws.append(OpenSetDraw(repeat, galleries, non_mated))
     return draws
 
@@ -348,9 +363,11 @@ class RuleOutcome:
             np.concatenate([p.mated_scores for p in parts]),
             np.concatenate([p.mated_correct for p in parts]),
             np.concatenate([p.nonmated_scores for p in parts]),
-            None if any(r is None for r in ranks)
+            None
+            if any(r is None for r in ranks)
             else np.concatenate([r for r in ranks if r is not None]),
-            None if any(i is None for i in ids)
+            None
+            if any(i is None for i in ids)
             else np.concatenate([i for i in ids if i is not None]),
         )
 
@@ -359,8 +376,9 @@ def _rule_names(faces_per_subject: int, k: int) -> list[str]:
     return [BEST_FACE] + ([TOP2_MEAN, f"knn{k}"] if faces_per_subject >= 2 else [])
 
 
-def _decide(sub: np.ndarray, truth: np.ndarray, ok: np.ndarray, n: int, ranks: bool
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+def _decide(
+    sub: np.ndarray, truth: np.ndarray, ok: np.ndarray, n: int, ranks: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Top-subject decisions against the first ``n`` subjects of ``sub`` (probe × subject
     scores): mated scores, correctness and ranks, and non-mated scores."""
     part = sub[:, :n]
@@ -422,11 +440,10 @@ def search_galleries(
     gallery = x[np.where(valid, flat, 0)]
     face_subject = np.repeat(np.arange(n_subjects), width)
     rules = _rule_names(width, k)
-    parts: dict[int, dict[str, list[tuple[Any, ...]]]] = {
-        n: {r: [] for r in rules} for n in sizes}
+    parts: dict[int, dict[str, list[tuple[Any, ...]]]] = {n: {r: [] for r in rules} for n in sizes}
     for a in range(0, probes.size, chunk):
-        t, ok = truth[a:a + chunk], usable[a:a + chunk]
-        s = np.clip(x[probes[a:a + chunk]] @ gallery.T, -1.0, 1.0)
+        t, ok = truth[a : a + chunk], usable[a : a + chunk]
+        s = np.clip(x[probes[a : a + chunk]] @ gallery.T, -1.0, 1.0)
         s[:, ~valid] = -np.inf
         s3 = s.reshape(len(t), n_subjects, width)
         # each subject's two best faces, one face column at a time (faster than reducing
@@ -438,24 +455,25 @@ def search_galleries(
             first = np.maximum(first, s3[:, :, j])
         subject_scores = {BEST_FACE: first}
         if width >= 2:
-            subject_scores[TOP2_MEAN] = np.where(np.isfinite(second), (first + second) / 2,
-                                                 first)
+            subject_scores[TOP2_MEAN] = np.where(np.isfinite(second), (first + second) / 2, first)
         for n in sizes:
             for rule, sub in subject_scores.items():
                 parts[n][rule].append(_decide(sub, t, ok, n, ranks=rule == BEST_FACE))
             if width >= 2:
-                cols = np.flatnonzero(valid[:n * width])
+                cols = np.flatnonzero(valid[: n * width])
                 vote = knn_vote(s[:, cols], face_subject[cols], k=k)
                 winner = vote.subject.astype(np.int64)
                 best = vote.similarity
                 mated = np.flatnonzero((t >= 0) & (t < n))
                 nonmated = t < 0
-                parts[n][f"knn{k}"].append((
-                    np.where(ok[mated], best[mated], -np.inf),
-                    ok[mated] & (winner[mated] == t[mated]),
-                    None,
-                    np.where(ok[nonmated], best[nonmated], -np.inf),
-                ))
+                parts[n][f"knn{k}"].append(
+                    (
+                        np.where(ok[mated], best[mated], -np.inf),
+                        ok[mated] & (winner[mated] == t[mated]),
+                        None,
+                        np.where(ok[nonmated], best[nonmated], -np.inf),
+                    )
+                )
     out: dict[int, dict[str, RuleOutcome]] = {}
     for n in sizes:
         out[n] = {}
@@ -463,8 +481,9 @@ def search_galleries(
             chunks = parts[n][rule]
             if not chunks:  # no probes at all
                 empty = np.zeros(0)
-                out[n][rule] = RuleOutcome(empty, empty.astype(bool), empty,
-                                           empty if rule == BEST_FACE else None)
+                out[n][rule] = RuleOutcome(
+                    empty, empty.astype(bool), empty, empty if rule == BEST_FACE else None
+                )
                 continue
             ranks = [c[2] for c in chunks]
             out[n][rule] = RuleOutcome(
@@ -525,25 +544,33 @@ def _wilson(hits: int, n: int, z: float = 1.96) -> list[float] | None:
     return [float(f"{max(0.0, centre - half):.3g}"), float(f"{min(1.0, centre + half):.3g}")]
 
 
-def _calibration_overlap(folder: str | None, tail: ImpostorTail | None
-                         ) -> tuple[float | None, str, str]:
+def _calibration_overlap(
+    folder: str | None, tail: ImpostorTail | None
+) -> tuple[float | None, str, str]:
     """``(held-out fraction to draw non-mated identities with, or None; what the non-mated
     searches are to the card's impostor calibration; what the gallery identities are)``."""
     if tail is None:
         return None, "no impostor calibration in the card", "no impostor calibration in the card"
     if folder is None:
-        return (None, f"explicit lists: overlap with the calibration on {tail.dataset} not "
-                "checked", "explicit lists")
+        return (
+            None,
+            f"explicit lists: overlap with the calibration on {tail.dataset} not checked",
+            "explicit lists",
+        )
     if tail.dataset != folder:
         text = f"independent of calibration (the card's impostor table is from {tail.dataset})"
         return None, text, text
     if tail.holdout > 0:
-        return (tail.holdout,
-                f"held out from calibration: the {tail.holdout:g} of {folder}'s identities that "
-                "marginface.eval.openset.held_out keeps out of the card's impostor table",
-                f"in-sample: identities of {folder} the card's impostor table was measured on")
-    text = (f"in-sample: the card's impostor table was measured on every identity of {folder} "
-            "(no hold-out)")
+        return (
+            tail.holdout,
+            f"held out from calibration: the {tail.holdout:g} of {folder}'s identities that "
+            "marginface.eval.openset.held_out keeps out of the card's impostor table",
+            f"in-sample: identities of {folder} the card's impostor table was measured on",
+        )
+    text = (
+        f"in-sample: the card's impostor table was measured on every identity of {folder} "
+        "(no hold-out)"
+    )
     return None, text, text
 
 
@@ -563,8 +590,9 @@ def _curve_points(outcome: RuleOutcome) -> dict[str, list[float | None]] | None:
     """The FNIR/FPIR curve at FPIR 1e-6, 10^-5.75, ... (where there are enough searches)."""
     if outcome.mated_scores.size == 0 or outcome.nonmated_scores.size == 0:
         return None
-    t, fpir, fnir = fnir_fpir_curve(outcome.mated_scores, outcome.mated_correct,
-                                    outcome.nonmated_scores)
+    t, fpir, fnir = fnir_fpir_curve(
+        outcome.mated_scores, outcome.mated_correct, outcome.nonmated_scores
+    )
     levels = [10 ** (e / 4) for e in range(-24, 1)]
     out: dict[str, list[float | None]] = {"fpir": [], "fnir": [], "threshold": []}
     for level in levels:
@@ -581,21 +609,24 @@ def _measure_at(outcome: RuleOutcome, threshold: float) -> dict[str, Any]:
     """FPIR (with counts) and FNIR of one rule at one threshold."""
     n = int(outcome.nonmated_scores.size)
     fp = int(np.sum(outcome.nonmated_scores >= threshold))
-    tpir, fpir = open_set_rates(outcome.mated_scores, outcome.mated_correct,
-                                outcome.nonmated_scores, threshold)
+    tpir, fpir = open_set_rates(
+        outcome.mated_scores, outcome.mated_correct, outcome.nonmated_scores, threshold
+    )
     return {
         "measured_fpir": _r(fpir) if n else None,
         "false_positives": fp,
         "non_mated_searches": n,
         "measured_fpir_95ci": _wilson(fp, n),
         "measured_fpir_95ci_identities": _identity_bootstrap(
-            outcome.nonmated_scores >= threshold, outcome.nonmated_identities),
+            outcome.nonmated_scores >= threshold, outcome.nonmated_identities
+        ),
         "fnir": _r(1.0 - tpir) if outcome.mated_scores.size else None,
     }
 
 
-def _identity_bootstrap(hits: np.ndarray, identities: np.ndarray | None, rounds: int = 2000,
-                        seed: int = 0) -> list[float] | None:
+def _identity_bootstrap(
+    hits: np.ndarray, identities: np.ndarray | None, rounds: int = 2000, seed: int = 0
+) -> list[float] | None:
     """95 % interval of a rate when searches come in groups of one person's photos: the
     identities are resampled, not the searches. Photos of one stranger who looks like someone
     enrolled mostly all pass, so the binomial interval (:func:`_wilson`) is far too narrow."""
@@ -611,17 +642,22 @@ def _identity_bootstrap(hits: np.ndarray, identities: np.ndarray | None, rounds:
     return [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
 
 
-def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetProtocol
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _config_report(
+    cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetProtocol
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One gallery's metrics and operating points, and its curves for the plots."""
     pooled = {rule: RuleOutcome.pool(parts) for rule, parts in cfg.outcomes.items()}
     best = pooled[BEST_FACE]
     n_mated, n_non = int(best.mated_scores.size), int(best.nonmated_scores.size)
     rules: dict[str, Any] = {}
     for rule, o in pooled.items():
-        points = fnir_at_fpir(o.mated_scores, o.mated_correct, o.nonmated_scores,
-                              REPORTED_FPIRS, distinct=None if cfg.distinct_nonmated is None
-                              else len(cfg.distinct_nonmated))
+        points = fnir_at_fpir(
+            o.mated_scores,
+            o.mated_correct,
+            o.nonmated_scores,
+            REPORTED_FPIRS,
+            distinct=None if cfg.distinct_nonmated is None else len(cfg.distinct_nonmated),
+        )
         rules[rule] = {
             "rank1": _r(float(np.mean(o.mated_correct))) if n_mated else None,
             "fnir_at_fpir": {k: _r(p.fnir) for k, p in points.items()},
@@ -630,8 +666,9 @@ def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetPro
             "curve": _curve_points(o),
         }
     top = max(1, min(20, cfg.size))
-    cmc_curve = cmc(best.mated_ranks, max_rank=top) if (
-        n_mated and best.mated_ranks is not None) else None
+    cmc_curve = (
+        cmc(best.mated_ranks, max_rank=top) if (n_mated and best.mated_ranks is not None) else None
+    )
     if cmc_curve is not None:
         rules[BEST_FACE]["cmc"] = [_r(v) for v in cmc_curve]
         rules[BEST_FACE]["rank5"] = _r(cmc_curve[4]) if top >= 5 else None
@@ -641,13 +678,27 @@ def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetPro
     if tail is not None:
         for target in protocol.target_fpirs:
             op = operating_point(tail, target, cfg.composition)
-            entry = {"source": "card impostor table", "target_fpir": far_key(target),
-                     **{k: v for k, v in op.to_dict().items()
-                        if k in ("threshold", "expected_fpir", "note")}}
+            entry = {
+                "source": "card impostor table",
+                "target_fpir": far_key(target),
+                **{
+                    k: v
+                    for k, v in op.to_dict().items()
+                    if k in ("threshold", "expected_fpir", "note")
+                },
+            }
             thresholds.append((entry, op.threshold))
     if protocol.threshold is not None:
-        thresholds.append(({"source": "explicit threshold", "target_fpir": None,
-                            "threshold": _r(protocol.threshold)}, protocol.threshold))
+        thresholds.append(
+            (
+                {
+                    "source": "explicit threshold",
+                    "target_fpir": None,
+                    "threshold": _r(protocol.threshold),
+                },
+                protocol.threshold,
+            )
+        )
     for entry, th in thresholds:
         at = _measure_at(best, th)
         ratio = None
@@ -655,9 +706,14 @@ def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetPro
             ratio = _r(at["measured_fpir"] / parse_far(entry["target_fpir"]), 3)
         entry |= at | {"ratio_to_target": ratio}
         entry["other_rules"] = {
-            rule: {k: v for k, v in _measure_at(o, th).items()
-                   if k in ("measured_fpir", "false_positives", "fnir")}
-            for rule, o in pooled.items() if rule != BEST_FACE}
+            rule: {
+                k: v
+                for k, v in _measure_at(o, th).items()
+                if k in ("measured_fpir", "false_positives", "fnir")
+            }
+            for rule, o in pooled.items()
+            if rule != BEST_FACE
+        }
         operating.append(entry)
 
     report = {
@@ -669,13 +725,19 @@ def _config_report(cfg: _Config, tail: ImpostorTail | None, protocol: OpenSetPro
         "rules": rules,
         "operating_points": operating,
     }
-    label = (f"N={cfg.size:,}" + (f", K={cfg.photos}" if cfg.photos is not None else ""))
-    curves: dict[str, Any] = {"label": label, "cmc": cmc_curve, "curve": None,
-                              "points": [(e["measured_fpir"], e["fnir"], e["target_fpir"])
-                                         for e in operating if e["measured_fpir"]]}
+    label = f"N={cfg.size:,}" + (f", K={cfg.photos}" if cfg.photos is not None else "")
+    curves: dict[str, Any] = {
+        "label": label,
+        "cmc": cmc_curve,
+        "curve": None,
+        "points": [
+            (e["measured_fpir"], e["fnir"], e["target_fpir"])
+            for e in operating
+            if e["measured_fpir"]
+        ],
+    }
     if n_mated and n_non:
-        _, fpir, fnir = fnir_fpir_curve(best.mated_scores, best.mated_correct,
-                                        best.nonmated_scores)
+        _, fpir, fnir = fnir_fpir_curve(best.mated_scores, best.mated_correct, best.nonmated_scores)
         curves["curve"] = (fpir, fnir)
     return report, curves
 
@@ -707,25 +769,35 @@ def _finish(
         "model": getattr(embedder, "name", embedder.card.name),
         **head,
         "protocol": protocol.to_dict(),
-        "rules": {BEST_FACE: "the subject's best face (the gallery's rule; the card's impostor "
-                             "table assumes it)",
-                  TOP2_MEAN: "mean of the subject's two best faces (K >= 2)",
-                  f"knn{protocol.k}": "the gallery's k-NN vote over faces, thresholded on the "
-                                      "winner's best face (K >= 2)"},
+        "rules": {
+            BEST_FACE: "the subject's best face (the gallery's rule; the card's impostor "
+            "table assumes it)",
+            TOP2_MEAN: "mean of the subject's two best faces (K >= 2)",
+            f"knn{protocol.k}": "the gallery's k-NN vote over faces, thresholded on the "
+            "winner's best face (K >= 2)",
+        },
         "fnir_min_false_positives": MIN_FALSE_POSITIVES,
-        "fnir_at_fpir_rule": (f"reported only with at least {MIN_FALSE_POSITIVES}/FPIR "
-                              f"non-mated searches (at least {MIN_FALSE_POSITIVES} false "
-                              "positives); FNIR counts wrong top subjects and right ones below "
-                              "the threshold"),
+        "fnir_at_fpir_rule": (
+            f"reported only with at least {MIN_FALSE_POSITIVES}/FPIR "
+            f"non-mated searches (at least {MIN_FALSE_POSITIVES} false "
+            "positives); FNIR counts wrong top subjects and right ones below "
+            "the threshold"
+        ),
         "impostor_calibration": describe(tail) | {"holdout": tail.holdout}
-        if tail is not None else None,
+        if tail is not None
+        else None,
         "operating_points_error": tail_error,
         "results": results,
-        "failed_images": [{"image": images[i].key, "reason": r}
-                          for i, r in sorted(emb.failures.items())],
+        "failed_images": [
+            {"image": images[i].key, "reason": r} for i, r in sorted(emb.failures.items())
+        ],
         "failed_image_policy": _FAILED_POLICY,
-        "embedding": {"n_images": len(images), "from_cache": emb.n_cached,
-                      "computed": emb.n_computed, "seconds": round(emb.seconds, 3)},
+        "embedding": {
+            "n_images": len(images),
+            "from_cache": emb.n_cached,
+            "computed": emb.n_computed,
+            "seconds": round(emb.seconds, 3),
+        },
         "search_seconds": round(search_seconds, 3),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -755,8 +827,9 @@ def identify_folder(
     fraction, non_mated_text, gallery_text = _calibration_overlap(root.name, tail)
     photos = tuple(sorted(set(protocol.photos_per_subject)))
     counts = {n: len(files) for n, files in identities.items()}
-    sizes = tuple(sorted(set(protocol.gallery_sizes or default_gallery_sizes(
-        counts, photos, fraction))))
+    sizes = tuple(
+        sorted(set(protocol.gallery_sizes or default_gallery_sizes(counts, photos, fraction)))
+    )
     draw_galleries(counts, sizes, photos, held_out_fraction=fraction)  # fail before embedding
 
     images: list[ImageRef] = []
@@ -764,33 +837,43 @@ def identify_folder(
     for name, files in identities.items():
         rows[name] = list(range(len(images), len(images) + len(files)))
         images += [image_ref(f) for f in files]
-    emb = embed_images(images, embedder, options, cache=cache, workers=workers,
-                       progress=progress)
+    emb = embed_images(images, embedder, options, cache=cache, workers=workers, progress=progress)
     ok = emb.ok
     usable = {n: [i for i in r if ok[i]] for n, r in rows.items()}
-    draws = draw_galleries({n: len(u) for n, u in usable.items()}, sizes, photos,
-                           seed=protocol.seed, repeats=protocol.repeats,
-                           held_out_fraction=fraction)
+    draws = draw_galleries(
+        {n: len(u) for n, u in usable.items()},
+        sizes,
+        photos,
+        seed=protocol.seed,
+        repeats=protocol.repeats,
+        held_out_fraction=fraction,
+    )
 
     # On the calibration's own folder, one person filed under two identities (label noise) is
     # no stranger to the gallery: the same rule the calibration applied. Elsewhere (and for a
     # model too weak for the rule to mean anything) every identity counts.
     groups: dict[str, int] = {}
     if tail is not None and tail.dataset == root.name:
-        groups = same_person(emb.embeddings[[i for u in usable.values() for i in u]],
-                             [n for n, u in usable.items() for _ in u])
+        groups = same_person(
+            emb.embeddings[[i for u in usable.values() for i in u]],
+            [n for n, u in usable.items() for _ in u],
+        )
     left_out: list[list[str]] = []
     start = time.perf_counter()
-    configs = {(n, k): _Config(n, k, GalleryComposition.uniform(n, k))
-               for k in photos for n in sizes}
+    configs = {
+        (n, k): _Config(n, k, GalleryComposition.uniform(n, k)) for k in photos for n in sizes
+    }
     for draw in draws:
         enrolled_groups = {groups[n] for g in draw.galleries.values() for n in g if n in groups}
         twins = [n for n in draw.non_mated if n in groups and groups[n] in enrolled_groups]
         left_out.append(twins)
-        non_mated_rows = [i for name in draw.non_mated if name not in set(twins)
-                          for i in rows[name]]
-        non_mated_names = np.asarray([name for name in draw.non_mated if name not in set(twins)
-                                      for _ in rows[name]], dtype=object)
+        non_mated_rows = [
+            i for name in draw.non_mated if name not in set(twins) for i in rows[name]
+        ]
+        non_mated_names = np.asarray(
+            [name for name in draw.non_mated if name not in set(twins) for _ in rows[name]],
+            dtype=object,
+        )
         for k in photos:
             gallery = draw.galleries[k]
             faces = np.array([usable[name][:k] for name in gallery], dtype=np.int64)
@@ -804,14 +887,16 @@ def identify_folder(
             probe_rows += non_mated_rows
             truth += [-1] * len(non_mated_rows)
             probes = np.asarray(probe_rows, dtype=np.int64)
-            found = search_galleries(emb.embeddings, faces, probes, np.asarray(truth),
-                                     ok[probes], sizes, k=protocol.k)
+            found = search_galleries(
+                emb.embeddings, faces, probes, np.asarray(truth), ok[probes], sizes, k=protocol.k
+            )
             for n, by_rule in found.items():
                 cfg = configs[(n, k)]
                 cfg.distinct_nonmated = (cfg.distinct_nonmated or set()) | set(non_mated_rows)
                 for rule, outcome in by_rule.items():
                     cfg.outcomes.setdefault(rule, []).append(
-                        dataclasses.replace(outcome, nonmated_identities=non_mated_names))
+                        dataclasses.replace(outcome, nonmated_identities=non_mated_names)
+                    )
     seconds = time.perf_counter() - start
 
     head = {
@@ -822,30 +907,41 @@ def identify_folder(
         "identities": {
             "total": len(identities),
             "photos": len(images),
-            "non_mated": sorted({len(d.non_mated) - len(t)
-                                 for d, t in zip(draws, left_out, strict=True)}),
+            "non_mated": sorted(
+                {len(d.non_mated) - len(t) for d, t in zip(draws, left_out, strict=True)}
+            ),
         },
-        "draws": [{"repeat": d.repeat, "seed": [protocol.seed, d.repeat],
-                   "non_mated_identities": [n for n in d.non_mated if n not in set(twins)],
-                   "non_mated_photos": sum(len(rows[n]) for n in d.non_mated
-                                           if n not in set(twins)),
-                   "same_person_left_out": twins,
-                   "enrolment_order": {str(k): list(g) for k, g in d.galleries.items()}}
-                  for d, twins in zip(draws, left_out, strict=True)],
+        "draws": [
+            {
+                "repeat": d.repeat,
+                "seed": [protocol.seed, d.repeat],
+                "non_mated_identities": [n for n in d.non_mated if n not in set(twins)],
+                "non_mated_photos": sum(len(rows[n]) for n in d.non_mated if n not in set(twins)),
+                "same_person_left_out": twins,
+                "enrolment_order": {str(k): list(g) for k, g in d.galleries.items()},
+            }
+            for d, twins in zip(draws, left_out, strict=True)
+        ],
         "same_person_rule": (
             f"on the card's impostor-calibration folder, a non-mated identity whose photos look "
             f"like the same person as an identity the draw enrols (mean embeddings with cosine "
             f">= {SAME_PERSON:g}, marginface.eval.openset.same_person: one person filed under "
             "two identities, the rule the calibration applied) is left out of the non-mated "
-            "searches" if groups else "not applied (not the calibration's folder)"),
-        "gallery_rule": ("per draw, identities in a random order (seed, repeat); the gallery of "
-                         "N subjects with K photos enrols the first N with at least K usable "
-                         "photos, each with its first K usable photos (nested galleries); mated "
-                         "searches: their other photos; non-mated searches: every photo of "
-                         "identities no gallery of the draw enrols"),
+            "searches"
+            if groups
+            else "not applied (not the calibration's folder)"
+        ),
+        "gallery_rule": (
+            "per draw, identities in a random order (seed, repeat); the gallery of "
+            "N subjects with K photos enrols the first N with at least K usable "
+            "photos, each with its first K usable photos (nested galleries); mated "
+            "searches: their other photos; non-mated searches: every photo of "
+            "identities no gallery of the draw enrols"
+        ),
     }
-    return _finish(list(configs.values()), embedder, protocol, tail, tail_error, head, emb,
-                   images, seconds)
+    return _finish(
+        list(configs.values()), embedder, protocol, tail, tail_error, head, emb, images, seconds
+    )
 
 
 def identify_lists(
@@ -870,8 +966,7 @@ def identify_lists(
         if ref.key not in index:
             index[ref.key] = len(images)
             images.append(ref)
-    emb = embed_images(images, embedder, options, cache=cache, workers=workers,
-                       progress=progress)
+    emb = embed_images(images, embedder, options, cache=cache, workers=workers, progress=progress)
     ok = emb.ok
     subjects: dict[str, list[int]] = {}
     for ref, name in split.gallery:
@@ -884,17 +979,21 @@ def identify_lists(
         raise DataError("every gallery image failed; nothing to identify against")
     faces = np.full((len(subjects), width), -1, dtype=np.int64)
     for s, r in enumerate(subjects.values()):
-        faces[s, :len(r)] = r
+        faces[s, : len(r)] = r
     position = {name: s for s, name in enumerate(subjects)}
     probes = np.array([index[ref.key] for ref, _ in split.probes], dtype=np.int64)
     truth = np.array([position.get(name, -1) for _, name in split.probes], dtype=np.int64)
     start = time.perf_counter()
-    found = search_galleries(emb.embeddings, faces, probes, truth, ok[probes],
-                             [len(subjects)], k=protocol.k)
+    found = search_galleries(
+        emb.embeddings, faces, probes, truth, ok[probes], [len(subjects)], k=protocol.k
+    )
     seconds = time.perf_counter() - start
-    cfg = _Config(len(subjects), None,
-                  GalleryComposition.of_counts([len(r) for r in subjects.values()]),
-                  {rule: [o] for rule, o in found[len(subjects)].items()})
+    cfg = _Config(
+        len(subjects),
+        None,
+        GalleryComposition.of_counts([len(r) for r in subjects.values()]),
+        {rule: [o] for rule, o in found[len(subjects)].items()},
+    )
     head = {
         "dataset": split.description,
         "mode": "lists",

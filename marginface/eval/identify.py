@@ -206,9 +206,7 @@ def knn_vote(
         raise DataError(f"{subjects.size} subject ids for {s.shape[1]} gallery entries")
     if s.shape[1] == 0:
         raise DataError("the gallery is empty")
-    _, first_idx, codes = np.unique(
-        subjects.astype(str), return_index=True, return_inverse=True
-    )
+    _, first_idx, codes = np.unique(subjects.astype(str), return_index=True, return_inverse=True)
     originals = subjects[first_idx]
     idx, sims = _nearest(s, k)
     sims = sims.astype(np.float64)  # the vote sums in float64, as the per-query rule
@@ -340,8 +338,9 @@ class FnirAtFpir:
     reason: str | None = None
 
 
-def _fpir_threshold(nonmated: np.ndarray, fpir: str | float, min_false_positives: int,
-                    distinct: int | None = None) -> tuple[float | None, str | None]:
+def _fpir_threshold(
+    nonmated: np.ndarray, fpir: str | float, min_false_positives: int, distinct: int | None = None
+) -> tuple[float | None, str | None]:
     """The threshold for a target FPIR on these non-mated decision scores, or the reason why
     there is none: fewer than ``min_false_positives / FPIR`` searches (``distinct`` of them,
     when pooled draws search the same photos again)."""
@@ -422,11 +421,16 @@ def dir_at_fpir(
 ) -> dict[str, OpenSetPoint]:
     """DIR (TPIR = 1 - FNIR) at each target FPIR: :func:`fnir_at_fpir` under the rule of
     verification's TAR@FAR (resolvable from ``1 / FPIR`` non-mated probes)."""
-    points = fnir_at_fpir(mated_scores, mated_correct, nonmated_scores, fpirs,
-                          min_false_positives=1)
+    points = fnir_at_fpir(
+        mated_scores, mated_correct, nonmated_scores, fpirs, min_false_positives=1
+    )
     return {
-        key: OpenSetPoint(fpir=key, tpir=None if p.fnir is None else 1.0 - p.fnir,
-                          threshold=p.threshold, observed_fpir=p.observed_fpir,
-                          reason=p.reason)
+        key: OpenSetPoint(
+            fpir=key,
+            tpir=None if p.fnir is None else 1.0 - p.fnir,
+            threshold=p.threshold,
+            observed_fpir=p.observed_fpir,
+            reason=p.reason,
+        )
         for key, p in points.items()
     }

@@ -58,8 +58,27 @@ DEFAULT_FPIR = "1e-2"
 
 #: Gallery sizes (subjects) of the card's table; beyond the last one the table is extrapolated.
 GALLERY_SIZES: tuple[int, ...] = (
-    1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000,
-    100_000, 200_000, 500_000, 1_000_000, 10_000_000,
+    1,
+    2,
+    3,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    10_000_000,
 )
 
 #: Faces per subject with a table of their own (other counts interpolate; larger ones
@@ -119,7 +138,8 @@ class OperatingPoint:
             "threshold": round(self.threshold, 6),
             "source": self.source,
             "target_fpir": self.target_fpir,
-            "expected_fpir": None if self.expected_fpir is None
+            "expected_fpir": None
+            if self.expected_fpir is None
             else float(f"{self.expected_fpir:.3g}"),
             "gallery_subjects": self.gallery_subjects,
             "gallery_faces": self.gallery_faces,
@@ -136,7 +156,8 @@ def require_impostors(card: ModelCard | None) -> ImpostorTail:
             f"model {name!r} has no impostor calibration in its card, so no threshold can be "
             "derived from a target FPIR: run `marginface calibrate --model MODEL --impostors "
             "DIR --aligned --write` on identities the model was not trained on (e.g. "
-            "../shared/data/celeba-train-112), or give an explicit threshold")
+            "../shared/data/celeba-train-112), or give an explicit threshold"
+        )
     return card.impostors
 
 
@@ -189,8 +210,7 @@ def _equivalent(tail: ImpostorTail, k: int, n: int, log_sizes: np.ndarray) -> np
         e_hi = _equivalent(tail, hi, n, log_sizes)
         return e_lo + (e_hi - e_lo) * (k - lo) / (hi - lo)
     y = _along(_table(tail, k), log_sizes, np.full(len(tail.thresholds), math.log10(n)))
-    return np.where(y <= tail.floor + 1e-9, 0.0,
-                    10 ** _inverse(_table(tail, 1), log_sizes, y))
+    return np.where(y <= tail.floor + 1e-9, 0.0, 10 ** _inverse(_table(tail, 1), log_sizes, y))
 
 
 def _log_fpir_curve(tail: ImpostorTail, composition: GalleryComposition) -> np.ndarray:
@@ -206,8 +226,7 @@ def _log_fpir_curve(tail: ImpostorTail, composition: GalleryComposition) -> np.n
     return np.where(eff <= 0, tail.floor, np.maximum(curve, tail.floor))
 
 
-def expected_fpir(tail: ImpostorTail, threshold: float, composition: GalleryComposition
-                  ) -> float:
+def expected_fpir(tail: ImpostorTail, threshold: float, composition: GalleryComposition) -> float:
     """The card's expected FPIR of this gallery at a cosine threshold (0 for an empty one)."""
     if composition.subjects == 0:
         return 0.0
@@ -222,11 +241,12 @@ def _fpir_on(tail: ImpostorTail, curve: np.ndarray, threshold: float) -> float:
     if threshold >= t[-1]:
         return 0.0
     value = float(np.interp(threshold, t, curve))
-    return 0.0 if value <= tail.floor + 1e-9 else 10 ** value
+    return 0.0 if value <= tail.floor + 1e-9 else 10**value
 
 
-def operating_point(tail: ImpostorTail, target_fpir: float | str,
-                    composition: GalleryComposition) -> OperatingPoint:
+def operating_point(
+    tail: ImpostorTail, target_fpir: float | str, composition: GalleryComposition
+) -> OperatingPoint:
     """The lowest threshold whose expected FPIR for this gallery is at most ``target_fpir``."""
     target = parse_far(target_fpir)
     subjects, faces = composition.subjects, composition.faces
@@ -248,8 +268,10 @@ def operating_point(tail: ImpostorTail, target_fpir: float | str,
         lo, hi = curve[i - 1], curve[i]
         if hi <= tail.floor + 1e-9:  # no impostor observed above t[i]: stay on the grid
             threshold = float(t[i])
-            note = ("beyond what the calibration resolves: no calibration impostor reached "
-                    "this threshold")
+            note = (
+                "beyond what the calibration resolves: no calibration impostor reached "
+                "this threshold"
+            )
         else:
             frac = (goal - lo) / (hi - lo) if hi != lo else 1.0
             threshold = float(t[i - 1] + frac * (t[i] - t[i - 1]))
@@ -257,8 +279,10 @@ def operating_point(tail: ImpostorTail, target_fpir: float | str,
     # the resolution of the calibration: expected FPIR lower than one probe's share of it
     per_subject = target / max(subjects, 1)
     if not note and per_subject * tail.comparisons < 10:
-        note = (f"extrapolated: the calibration's {tail.comparisons:,} comparisons resolve "
-                f"this target only for smaller galleries")
+        note = (
+            f"extrapolated: the calibration's {tail.comparisons:,} comparisons resolve "
+            f"this target only for smaller galleries"
+        )
     return OperatingPoint(round(threshold, 6), "fpir", target, expected, subjects, faces, note)
 
 
@@ -325,20 +349,23 @@ def _log_rows(fpir: np.ndarray) -> list[list[float]]:
 SAME_PERSON = 0.6
 
 
-def same_person(embeddings: np.ndarray, identities: Sequence[str],
-                bound: float = SAME_PERSON) -> dict[str, int]:
+def same_person(
+    embeddings: np.ndarray, identities: Sequence[str], bound: float = SAME_PERSON
+) -> dict[str, int]:
     """A group number per identity: identities whose photos look like one person's (mean
     embeddings with cosine >= ``bound``) share a group. Evaluations use it so that a search of
     a person filed under two identities is not counted as a stranger's."""
     ids = np.asarray([str(i) for i in identities])
     names, codes = np.unique(ids, return_inverse=True)
-    group, _ = _same_person_groups(np.asarray(embeddings, dtype=np.float32), codes, names.size,
-                                   bound)
+    group, _ = _same_person_groups(
+        np.asarray(embeddings, dtype=np.float32), codes, names.size, bound
+    )
     return {str(n): int(g) for n, g in zip(names, group, strict=True)}
 
 
-def _same_person_groups(x: np.ndarray, codes: np.ndarray, n: int, bound: float
-                        ) -> tuple[np.ndarray, int]:
+def _same_person_groups(
+    x: np.ndarray, codes: np.ndarray, n: int, bound: float
+) -> tuple[np.ndarray, int]:
     """A group per identity: identities whose mean embeddings have cosine >= ``bound`` share
     one (union-find); also how many identity pairs were joined."""
     centres = np.zeros((n, x.shape[1]), dtype=np.float64)
@@ -354,7 +381,7 @@ def _same_person_groups(x: np.ndarray, codes: np.ndarray, n: int, bound: float
 
     pairs = 0
     for a in range(0, n, 2048):
-        sim = centres[a:a + 2048] @ centres.T
+        sim = centres[a : a + 2048] @ centres.T
         for i, j in zip(*np.nonzero(sim >= bound), strict=True):
             if a + i < j:
                 pairs += 1
@@ -434,7 +461,7 @@ def measure_impostors(
     if progress:
         starts = tqdm(starts, desc="impostors", unit="chunk")
     for a in starts:
-        pr = probe_rows[a:a + chunk]
+        pr = probe_rows[a : a + chunk]
         pc = group[codes[pr]]
         sc = _subject_scores(x[pr], x[rows1], 1)
         own = pc[:, None] == group[subj1][None, :]
@@ -452,8 +479,7 @@ def measure_impostors(
             many = _subject_scores(x[pr], x[rows_k], k)
             many[own_k] = -np.inf
             others_k = subj_k.size - own_k.sum(axis=1)
-            fpir_sum_k[k] += _expected_fpir_sum(_exceedances(many, grid) / others_k[:, None],
-                                                sizes)
+            fpir_sum_k[k] += _expected_fpir_sum(_exceedances(many, grid) / others_k[:, None], sizes)
             probes_k[k] += len(pr)
 
     keep = grid <= math.ceil((top + _STEP) / _STEP) * _STEP + 1e-9
@@ -461,8 +487,9 @@ def measure_impostors(
     fpir_sum_k = {k: v[keep] for k, v in fpir_sum_k.items()}
     fpir = fpir_sum / probe_rows.size
     with np.errstate(divide="ignore"):
-        log_far = np.where(far_hits > 0, np.log10(np.maximum(far_hits / comparisons, 1e-300)),
-                           _FLOOR)
+        log_far = np.where(
+            far_hits > 0, np.log10(np.maximum(far_hits / comparisons, 1e-300)), _FLOOR
+        )
     by_faces: dict[str, list[list[float]]] = {}
     for k in FACE_COUNTS:
         if probes_k[k]:
@@ -472,9 +499,19 @@ def measure_impostors(
         identities=int(names.size),
         probes=int(probe_rows.size),
         comparisons=comparisons,
-        excluded="; ".join(part for part in (excluded, (
-            f"{merged} identity pairs whose mean embeddings have cosine >= {same_person:g} "
-            "taken for one person (not compared with each other)") if merged else "") if part),
+        excluded="; ".join(
+            part
+            for part in (
+                excluded,
+                (
+                    f"{merged} identity pairs whose mean embeddings have cosine >= {same_person:g} "
+                    "taken for one person (not compared with each other)"
+                )
+                if merged
+                else "",
+            )
+            if part
+        ),
         holdout=holdout,
         thresholds=[float(v) for v in grid],
         gallery_sizes=[int(v) for v in sizes],

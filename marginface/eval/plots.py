@@ -64,8 +64,13 @@ def plot_roc(
     for key, tar in (tar_at_far or {}).items():
         if tar is not None:
             ax.plot([float(key)], [tar], "o", color="black", markersize=4)
-            ax.annotate(f"{tar:.3f} @ {key}", (float(key), tar), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8)
+            ax.annotate(
+                f"{tar:.3f} @ {key}",
+                (float(key), tar),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+            )
     ax.set_xscale("log")
     ax.set_xlim(max(lowest, 1e-6), 1.0)
     ax.set_ylim(0.0, 1.01)
@@ -92,17 +97,32 @@ def plot_histogram(
     fig, ax = _figure()
     # bin edges as a list: matplotlib's stubs type bins as a Sequence[float], not an array
     bins = np.linspace(min(-0.2, float(s.min())), 1.0, 81).tolist()
-    ax.hist(s[~y], bins=bins, alpha=0.6, label=f"different ({(~y).sum()})", color="tab:red",
-            density=True)
-    ax.hist(s[y], bins=bins, alpha=0.6, label=f"same ({y.sum()})", color="tab:blue",
-            density=True)
+    ax.hist(
+        s[~y],
+        bins=bins,
+        alpha=0.6,
+        label=f"different ({(~y).sum()})",
+        color="tab:red",
+        density=True,
+    )
+    ax.hist(s[y], bins=bins, alpha=0.6, label=f"same ({y.sum()})", color="tab:blue", density=True)
     if threshold is not None:
-        ax.axvline(threshold, color="black", linestyle="-", linewidth=1.4,
-                   label=f"threshold {threshold:.3f}")
+        ax.axvline(
+            threshold,
+            color="black",
+            linestyle="-",
+            linewidth=1.4,
+            label=f"threshold {threshold:.3f}",
+        )
     styles = iter(["--", ":", "-."])
     for name, t in (extra_thresholds or {}).items():
-        ax.axvline(t, color="gray", linestyle=next(styles, "--"), linewidth=1.0,
-                   label=f"FAR {name}: {t:.3f}")
+        ax.axvline(
+            t,
+            color="gray",
+            linestyle=next(styles, "--"),
+            linewidth=1.0,
+            label=f"FAR {name}: {t:.3f}",
+        )
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -110,8 +130,9 @@ def plot_histogram(
     return _save(fig, Path(path))
 
 
-def verification_plots(report: dict[str, Any], scores: np.ndarray, issame: np.ndarray,
-                       directory: str | Path) -> dict[str, str]:
+def verification_plots(
+    report: dict[str, Any], scores: np.ndarray, issame: np.ndarray, directory: str | Path
+) -> dict[str, str]:
     """The ROC and histogram PNGs of a verification report; returns their paths."""
     directory = Path(directory)
     name = report.get("model", "model")
@@ -123,8 +144,11 @@ def verification_plots(report: dict[str, Any], scores: np.ndarray, issame: np.nd
     )
     far_th = {k: v for k, v in report.get("tar_at_far_thresholds", {}).items() if v is not None}
     hist_path = plot_histogram(
-        scores, issame, directory / "similarity_histogram.png",
-        threshold=report.get("threshold"), extra_thresholds=far_th,
+        scores,
+        issame,
+        directory / "similarity_histogram.png",
+        threshold=report.get("threshold"),
+        extra_thresholds=far_th,
         title=f"{name}: accuracy {report['accuracy_mean']:.2f} ± {report['accuracy_std']:.2f} %",
     )
     return {"roc": str(roc_path), "histogram": str(hist_path)}
@@ -135,8 +159,7 @@ def plot_cmc(curves: dict[str, np.ndarray], path: str | Path, *, title: str = "C
     fig, ax = _figure()
     for label, curve in curves.items():
         ranks = np.arange(1, len(curve) + 1)
-        ax.plot(ranks, curve, marker="o" if len(curve) <= 30 else None, markersize=3,
-                label=label)
+        ax.plot(ranks, curve, marker="o" if len(curve) <= 30 else None, markersize=3, label=label)
     ax.set_xlabel("rank")
     ax.set_ylabel("identification rate")
     ax.set_ylim(0.0, 1.01)
@@ -179,10 +202,22 @@ def plot_fnir_fpir(
                 continue
             if target not in marker_of:
                 marker_of[target] = next(markers, "x")
-                ax.plot([], [], marker_of[target], color="black", markersize=5,
-                        label=f"operating point, target {target or 'given'}")
-            ax.plot([fpir_value], [fnir_value], marker_of[target],
-                    color=colours.get(label, "black"), markeredgecolor="black", markersize=6)
+                ax.plot(
+                    [],
+                    [],
+                    marker_of[target],
+                    color="black",
+                    markersize=5,
+                    label=f"operating point, target {target or 'given'}",
+                )
+            ax.plot(
+                [fpir_value],
+                [fnir_value],
+                marker_of[target],
+                color=colours.get(label, "black"),
+                markeredgecolor="black",
+                markersize=6,
+            )
     for target in marker_of:
         if target:
             ax.axvline(float(target), color="gray", linestyle=":", linewidth=0.8)
@@ -197,8 +232,9 @@ def plot_fnir_fpir(
     return _save(fig, Path(path))
 
 
-def identification_plots(curves: dict[str, Any], directory: str | Path, *,
-                         title: str = "") -> dict[str, str]:
+def identification_plots(
+    curves: dict[str, Any], directory: str | Path, *, title: str = ""
+) -> dict[str, str]:
     """``fnir_fpir.png`` and ``cmc.png`` of an identification run (the curves returned by
     :func:`marginface.eval.identification.identify_folder`); returns their paths."""
     directory = Path(directory)
@@ -206,12 +242,17 @@ def identification_plots(curves: dict[str, Any], directory: str | Path, *,
     files: dict[str, str] = {}
     lines = {c["label"]: c["curve"] for c in configs if c["curve"] is not None}
     if lines:
-        files["fnir_fpir"] = str(plot_fnir_fpir(
-            lines, directory / "fnir_fpir.png",
-            points={c["label"]: c["points"] for c in configs},
-            title=f"FNIR vs FPIR, best face{f' - {title}' if title else ''}"))
+        files["fnir_fpir"] = str(
+            plot_fnir_fpir(
+                lines,
+                directory / "fnir_fpir.png",
+                points={c["label"]: c["points"] for c in configs},
+                title=f"FNIR vs FPIR, best face{f' - {title}' if title else ''}",
+            )
+        )
     cmcs = {c["label"]: c["cmc"] for c in configs if c["cmc"] is not None}
     if cmcs:
-        files["cmc"] = str(plot_cmc(cmcs, directory / "cmc.png",
-                                    title=f"CMC{f' - {title}' if title else ''}"))
+        files["cmc"] = str(
+            plot_cmc(cmcs, directory / "cmc.png", title=f"CMC{f' - {title}' if title else ''}")
+        )
     return files

@@ -160,8 +160,9 @@ def verification_metrics(
     }
 
 
-def _at_card_thresholds(card: ModelCard | None, scores: np.ndarray,
-                        issame: np.ndarray) -> dict[str, Any]:
+def _at_card_thresholds(
+    card: ModelCard | None, scores: np.ndarray, issame: np.ndarray
+) -> dict[str, Any]:
     """How the card's calibrated thresholds behave on this set (FAR and TAR observed here)."""
     cal = card.calibration if card is not None else None
     if cal is None or not cal.thresholds:
@@ -197,9 +198,7 @@ def verify(
     if options is None:
         options = EmbedOptions(selection=default_face_selection(pairs))
         face_selection_default = True
-    scored = score_pairs(
-        pairs, embedder, options, cache=cache, workers=workers, progress=progress
-    )
+    scored = score_pairs(pairs, embedder, options, cache=cache, workers=workers, progress=progress)
     metrics = verification_metrics(scored.scores, pairs.issame, pairs.folds, fars)
     card = embedder.card
     report: dict[str, Any] = {
@@ -213,9 +212,7 @@ def verify(
         "n_folds": pairs.n_folds,
         "folds": pairs.folds_note,
         **metrics,
-        "calibrated_thresholds_on_this_set": _at_card_thresholds(
-            card, scored.scores, pairs.issame
-        ),
+        "calibrated_thresholds_on_this_set": _at_card_thresholds(card, scored.scores, pairs.issame),
         "failed_images": [
             {"image": pairs.images[i].key, "reason": reason}
             for i, reason in scored.failures.items()
@@ -226,12 +223,16 @@ def verify(
         "options": {
             "aligned": options.aligned,
             "flip": options.flip,
-            **({} if options.aligned else {
-                "detector": options.detector,
-                "face_selection": options.selection,
-                "face_selection_default": face_selection_default,
-                "template": card.preprocessing.template,
-            }),
+            **(
+                {}
+                if options.aligned
+                else {
+                    "detector": options.detector,
+                    "face_selection": options.selection,
+                    "face_selection_default": face_selection_default,
+                    "template": card.preprocessing.template,
+                }
+            ),
         },
         "embedding": scored.embedding_stats,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

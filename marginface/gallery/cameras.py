@@ -31,9 +31,15 @@ _COLS = "id, name, url, settings, enabled, created_at, updated_at"
 
 
 def _camera(row: Sequence[Any]) -> Camera:
-    return Camera(id=row[0], name=row[1], url=row[2], settings=json.loads(row[3] or "{}"),
-                  enabled=bool(row[4]), created_at=utc_from_ts(row[5]),
-                  updated_at=utc_from_ts(row[6]))
+    return Camera(
+        id=row[0],
+        name=row[1],
+        url=row[2],
+        settings=json.loads(row[3] or "{}"),
+        enabled=bool(row[4]),
+        created_at=utc_from_ts(row[5]),
+        updated_at=utc_from_ts(row[6]),
+    )
 
 
 def _name(name: str) -> str:
@@ -59,8 +65,7 @@ class CameraStore:
     def _find(self, id_or_name: str) -> Camera | None:
         row = self._db.query_one(f"SELECT {_COLS} FROM cameras WHERE id = ?", (id_or_name,))
         if row is None:
-            row = self._db.query_one(f"SELECT {_COLS} FROM cameras WHERE name = ?",
-                                     (id_or_name,))
+            row = self._db.query_one(f"SELECT {_COLS} FROM cameras WHERE name = ?", (id_or_name,))
         return _camera(row) if row is not None else None
 
     def get(self, id_or_name: str) -> Camera:
@@ -70,8 +75,10 @@ class CameraStore:
         return camera
 
     def records(self) -> list[Camera]:
-        return [_camera(r) for r in self._db.query(
-            f"SELECT {_COLS} FROM cameras ORDER BY name, created_at, id")]
+        return [
+            _camera(r)
+            for r in self._db.query(f"SELECT {_COLS} FROM cameras ORDER BY name, created_at, id")
+        ]
 
     def count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM cameras"))
@@ -81,8 +88,7 @@ class CameraStore:
         if row is not None and row[0] != other_than:
             raise ConflictError(f"a camera named {name!r} exists already")
 
-    def create(self, name: str, url: str, settings: dict[str, Any] | None,
-               enabled: bool) -> Camera:
+    def create(self, name: str, url: str, settings: dict[str, Any] | None, enabled: bool) -> Camera:
         name, url = _name(name), _url(url)
         settings_text = metadata_json(settings)
         camera_id = secrets.token_hex(8)
@@ -92,13 +98,20 @@ class CameraStore:
                 self._name_taken(name, None)
                 self._db.execute(
                     f"INSERT INTO cameras ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (camera_id, name, url, settings_text, int(bool(enabled)), now, now))
+                    (camera_id, name, url, settings_text, int(bool(enabled)), now, now),
+                )
         except ConflictError:  # the unique name, taken by a concurrent process meanwhile
             raise ConflictError(f"a camera named {name!r} exists already") from None
         return self.get(camera_id)
 
-    def update(self, id_or_name: str, name: str | None, url: str | None,
-               settings: dict[str, Any] | None, enabled: bool | None) -> Camera:
+    def update(
+        self,
+        id_or_name: str,
+        name: str | None,
+        url: str | None,
+        settings: dict[str, Any] | None,
+        enabled: bool | None,
+    ) -> Camera:
         sets: list[str] = []
         params: list[Any] = []
         if name is not None:
@@ -122,7 +135,8 @@ class CameraStore:
                 if sets:
                     self._db.execute(
                         f"UPDATE cameras SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
-                        [*params, time.time(), camera.id])
+                        [*params, time.time(), camera.id],
+                    )
         except ConflictError:
             raise ConflictError(f"a camera named {name!r} exists already") from None
         return self.get(camera.id)

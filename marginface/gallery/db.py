@@ -74,7 +74,8 @@ def require_existing(url: str | Path) -> None:
     if dialect == "sqlite" and not Path(target).exists():
         raise NotFoundError(
             f"no gallery at {target}: check the path (--db or $MARGINFACE_GALLERY_URL); "
-            "enrolling someone creates a new gallery")
+            "enrolling someone creates a new gallery"
+        )
 
 
 def normalise_url(url: str | Path) -> tuple[str, str]:
@@ -85,7 +86,7 @@ def normalise_url(url: str | Path) -> tuple[str, str]:
     if re.match(r"^postgres(ql)?(\+\w+)?://", text):
         return "postgresql", re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", text)
     if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///"):]
+        text = text[len("sqlite:///") :]
         if not text.startswith("/") and re.match(r"^[A-Za-z]:", text) is None:
             text = text  # relative path
     elif text.startswith("sqlite://"):
@@ -95,8 +96,6 @@ def normalise_url(url: str | Path) -> tuple[str, str]:
             f"unsupported gallery URL {url!r}: use a file path, sqlite:///path or postgresql://..."
         )
     return "sqlite", str(Path(text).expanduser())
-
-
 
 
 _SQLITE_PRAGMAS = (
@@ -119,8 +118,9 @@ class _SqliteConnections:
         self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+        conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         try:
             for pragma in _SQLITE_PRAGMAS:
                 conn.execute(pragma)
@@ -170,9 +170,15 @@ def _postgres_pool(target: str, size: int, timeout: float) -> Any:
         psycopg.connect(target, connect_timeout=10).close()
     except psycopg.Error as exc:
         raise GalleryError(f"cannot connect to PostgreSQL gallery: {exc}") from None
-    return ConnectionPool(target, min_size=1, max_size=max(1, int(size)), timeout=timeout,
-                          kwargs={"autocommit": True, "connect_timeout": 10}, open=True,
-                          num_workers=2)
+    return ConnectionPool(
+        target,
+        min_size=1,
+        max_size=max(1, int(size)),
+        timeout=timeout,
+        kwargs={"autocommit": True, "connect_timeout": 10},
+        open=True,
+        num_workers=2,
+    )
 
 
 @contextlib.contextmanager
@@ -197,8 +203,14 @@ class Database:
     Opening brings the schema up to :data:`SCHEMA_VERSION` (:meth:`upgrade_schema`).
     """
 
-    def __init__(self, url: str | Path, *, create: bool = True, pool_size: int = 8,
-                 pool_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str | Path,
+        *,
+        create: bool = True,
+        pool_size: int = 8,
+        pool_timeout: float = 30.0,
+    ) -> None:
         self.dialect, self.target = normalise_url(url)
         self._bound = threading.local()  # .conn: the connection of this thread's transaction
         # SQLite has one writer at a time: this process's write transactions queue here
@@ -281,7 +293,8 @@ class Database:
             return " LIMIT ? OFFSET ?", [int(limit), int(offset)]
         if offset:
             return (" LIMIT -1 OFFSET ?" if self.dialect == "sqlite" else " OFFSET ?"), [
-                int(offset)]
+                int(offset)
+            ]
         return "", []
 
     def query_in(self, sql: str, values: Sequence[Any], chunk: int = 1000) -> Iterator[list]:
@@ -289,7 +302,7 @@ class Database:
         a time; yield each chunk's rows."""
         values = list(values)
         for start in range(0, len(values), chunk):
-            part = values[start:start + chunk]
+            part = values[start : start + chunk]
             yield self.query(sql.replace("{marks}", ",".join("?" * len(part))), part)
 
     def iterate(self, sql: str, params: Sequence[Any] = (), size: int = 10000) -> Iterator[list]:
@@ -385,10 +398,13 @@ class Database:
                     continue
                 for statement in step.statements:
                     self.execute(schema.render(statement, self.dialect))
-                self.execute("INSERT INTO schema_migrations (version, name, applied_at) "
-                             "VALUES (?, ?, ?)", (step.version, step.name, time.time()))
-                self.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                             (str(step.version),))
+                self.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (step.version, step.name, time.time()),
+                )
+                self.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(step.version),)
+                )
                 version = step.version
         return found
 

@@ -35,9 +35,16 @@ def to_timestamp(value: datetime | float | int) -> float:
 
 
 def _event(row: tuple) -> Event:
-    return Event(id=int(row[0]), time=utc_from_ts(row[1]), source=row[2], subject_id=row[3],
-                 subject_name=row[4], score=row[5], decision=row[6],
-                 details=json.loads(row[7] or "{}"))
+    return Event(
+        id=int(row[0]),
+        time=utc_from_ts(row[1]),
+        source=row[2],
+        subject_id=row[3],
+        subject_name=row[4],
+        score=row[5],
+        decision=row[6],
+        details=json.loads(row[7] or "{}"),
+    )
 
 
 class EventLog:
@@ -49,29 +56,52 @@ class EventLog:
         self._db = db
         self._subject_name = subject_name
 
-    def log(self, source: str, subject_id: str | None, score: float | None, decision: str,
-            at: datetime | float | None, details: dict[str, Any] | None) -> Event:
+    def log(
+        self,
+        source: str,
+        subject_id: str | None,
+        score: float | None,
+        decision: str,
+        at: datetime | float | None,
+        details: dict[str, Any] | None,
+    ) -> Event:
         ts = to_timestamp(at) if at is not None else time.time()
         source = clean_name(source, what="source", max_length=100) if source else ""
         details_text = metadata_json(details)
         score = None if score is None else float(score)
         name = self._subject_name(subject_id) if subject_id is not None else None
         with self._db.transaction():
-            event_id = int(self._db.scalar(
-                "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
-                "details) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (ts, source, subject_id, name, score, decision, details_text)))
-        return Event(id=event_id, time=utc_from_ts(ts), source=source,
-                     subject_id=subject_id, subject_name=name, score=score,
-                     decision=decision, details=dict(details or {}))
+            event_id = int(
+                self._db.scalar(
+                    "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
+                    "details) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (ts, source, subject_id, name, score, decision, details_text),
+                )
+            )
+        return Event(
+            id=event_id,
+            time=utc_from_ts(ts),
+            source=source,
+            subject_id=subject_id,
+            subject_name=name,
+            score=score,
+            decision=decision,
+            details=dict(details or {}),
+        )
 
-    def select(self, subject: str | None, source: str | None, start: datetime | float | None,
-               end: datetime | float | None, decision: str | None, limit: int | None,
-               offset: int) -> list[Event]:
+    def select(
+        self,
+        subject: str | None,
+        source: str | None,
+        start: datetime | float | None,
+        end: datetime | float | None,
+        decision: str | None,
+        limit: int | None,
+        offset: int,
+    ) -> list[Event]:
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("subject_id", subject), ("source", source),
-                              ("decision", decision)):
+        for column, value in (("subject_id", subject), ("source", source), ("decision", decision)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -91,8 +121,9 @@ class EventLog:
     def count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))
 
-    def attendance(self, day: date | str | None, tz: tzinfo | None,
-                   sources: Sequence[str] | str | None = None) -> list[AttendanceRow]:
+    def attendance(
+        self, day: date | str | None, tz: tzinfo | None, sources: Sequence[str] | str | None = None
+    ) -> list[AttendanceRow]:
         """Per identified subject: the first and last event of the day (``first_seen``,
         ``last_seen``), the sources, and ``count``: the sightings, i.e. the events other than
         a camera visit's ``left`` (a visit is one ``arrived`` and one ``left`` event and counts
@@ -108,8 +139,10 @@ class EventLog:
                 raise GalleryError(f"date {day!r} is not YYYY-MM-DD") from None
         start = datetime(day.year, day.month, day.day, tzinfo=zone)
         end = start + timedelta(days=1)
-        sql = ("SELECT subject_id, subject_name, ts, source, decision FROM events "
-               "WHERE subject_id IS NOT NULL AND ts >= ? AND ts < ?")
+        sql = (
+            "SELECT subject_id, subject_name, ts, source, decision FROM events "
+            "WHERE subject_id IS NOT NULL AND ts >= ? AND ts < ?"
+        )
         params: list[Any] = [start.timestamp(), end.timestamp()]
         if wanted is not None:
             sql += f" AND source IN ({','.join('?' * len(wanted))})"
@@ -117,18 +150,26 @@ class EventLog:
         rows = self._db.query(sql + " ORDER BY ts, id", params)
         table: dict[str, dict[str, Any]] = {}
         for sid, name, ts, src, decision in rows:
-            entry = table.setdefault(sid, {"name": name, "first": ts, "last": ts, "count": 0,
-                                           "sources": []})
+            entry = table.setdefault(
+                sid, {"name": name, "first": ts, "last": ts, "count": 0, "sources": []}
+            )
             entry["last"] = ts
             if decision != LEFT:
                 entry["count"] += 1
             if src not in entry["sources"]:
                 entry["sources"].append(src)
-        out = [AttendanceRow(date=day.isoformat(), subject_id=sid, name=e["name"] or "",
-                             first_seen=datetime.fromtimestamp(e["first"], zone),
-                             last_seen=datetime.fromtimestamp(e["last"], zone),
-                             count=e["count"], sources=e["sources"])
-               for sid, e in table.items()]
+        out = [
+            AttendanceRow(
+                date=day.isoformat(),
+                subject_id=sid,
+                name=e["name"] or "",
+                first_seen=datetime.fromtimestamp(e["first"], zone),
+                last_seen=datetime.fromtimestamp(e["last"], zone),
+                count=e["count"],
+                sources=e["sources"],
+            )
+            for sid, e in table.items()
+        ]
         return sorted(out, key=lambda r: (r.first_seen, r.name))
 
 
@@ -149,13 +190,35 @@ def attendance_csv(rows: list[AttendanceRow]) -> str:
     sources)."""
     return csv_text(
         ["date", "subject_id", "name", "first_seen", "last_seen", "count", "sources"],
-        ([r.date, r.subject_id, r.name, r.first_seen.isoformat(), r.last_seen.isoformat(),
-          r.count, ";".join(r.sources)] for r in rows))
+        (
+            [
+                r.date,
+                r.subject_id,
+                r.name,
+                r.first_seen.isoformat(),
+                r.last_seen.isoformat(),
+                r.count,
+                ";".join(r.sources),
+            ]
+            for r in rows
+        ),
+    )
 
 
 def events_csv(events: list[Event]) -> str:
     """Events as CSV text (id, time, source, subject_id, subject_name, score, decision)."""
     return csv_text(
         ["id", "time", "source", "subject_id", "subject_name", "score", "decision"],
-        ([e.id, e.time.isoformat(), e.source, e.subject_id or "", e.subject_name or "",
-          "" if e.score is None else round(e.score, 4), e.decision] for e in events))
+        (
+            [
+                e.id,
+                e.time.isoformat(),
+                e.source,
+                e.subject_id or "",
+                e.subject_name or "",
+                "" if e.score is None else round(e.score, 4),
+                e.decision,
+            ]
+            for e in events
+        ),
+    )

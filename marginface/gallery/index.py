@@ -35,7 +35,12 @@ from marginface.extras import install_hint
 from marginface.gallery.locks import ReadWriteLock
 
 __all__ = [
-    "INDEX_KINDS", "ExactIndex", "FaissBinaryIndex", "FaissIndex", "MilvusIndex", "VectorIndex",
+    "INDEX_KINDS",
+    "ExactIndex",
+    "FaissBinaryIndex",
+    "FaissIndex",
+    "MilvusIndex",
+    "VectorIndex",
     "create_index",
 ]
 
@@ -43,8 +48,9 @@ INDEX_KINDS: tuple[str, ...] = ("exact", "faiss", "milvus")
 
 
 def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids,
-                                           dtype=np.int64).ravel())
+    return np.ascontiguousarray(
+        np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64).ravel()
+    )
 
 
 def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -56,7 +62,6 @@ def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return v
 
 
-
 def _import_faiss() -> Any:
     """The faiss module, or a :class:`GalleryError` naming the extra that installs it."""
     try:
@@ -64,6 +69,7 @@ def _import_faiss() -> Any:
     except ImportError:  # pragma: no cover - depends on the installation
         raise GalleryError(f"the FAISS index needs faiss-cpu: {install_hint('faiss')}") from None
     return faiss
+
 
 class VectorIndex(abc.ABC):
     """Nearest-neighbour search over (id, vector) pairs by inner product."""
@@ -110,8 +116,12 @@ class VectorIndex(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """Kind and settings, for status pages."""
-        return {"kind": type(self).__name__, "dim": self.dim, "size": len(self),
-                "exact": self.exact}
+        return {
+            "kind": type(self).__name__,
+            "dim": self.dim,
+            "size": len(self),
+            "exact": self.exact,
+        }
 
 
 def _empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +159,7 @@ class ExactIndex(VectorIndex):
 
     def _store(self, start: int, vectors: np.ndarray) -> None:
         """Write rows ``start:start + len(vectors)``."""
-        self._matrix[start: start + len(vectors)] = vectors
+        self._matrix[start : start + len(vectors)] = vectors
 
     def _move(self, src: int, dst: int) -> None:
         """Copy row ``src`` over row ``dst``."""
@@ -171,7 +181,7 @@ class ExactIndex(VectorIndex):
             self._reserve(self._n + len(ids))
             start = self._n
             self._store(start, v)
-            self._ids[start: start + len(ids)] = ids
+            self._ids[start : start + len(ids)] = ids
             self._row.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
             self._n += len(ids)
 
@@ -216,7 +226,7 @@ class ExactIndex(VectorIndex):
             kk = min(k, n)
             matrix = self._matrix[:n]
             for start in range(0, len(q), self._batch):
-                sims = q[start: start + self._batch] @ matrix.T
+                sims = q[start : start + self._batch] @ matrix.T
                 if kk < n:
                     part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
                 else:
@@ -224,8 +234,8 @@ class ExactIndex(VectorIndex):
                 top = np.take_along_axis(sims, part, axis=1)
                 order = np.argsort(-top, axis=1, kind="stable")
                 rows = np.take_along_axis(part, order, axis=1)
-                scores_out[start: start + len(sims), :kk] = np.take_along_axis(top, order, axis=1)
-                ids_out[start: start + len(sims), :kk] = self._ids[rows]
+                scores_out[start : start + len(sims), :kk] = np.take_along_axis(top, order, axis=1)
+                ids_out[start : start + len(sims), :kk] = self._ids[rows]
             return scores_out, ids_out
 
 
@@ -290,8 +300,8 @@ class FaissBinaryIndex(ExactIndex):
         v = _as_vectors(vectors, self.dim)
         out = np.empty((len(v), self.bits // 8), dtype=np.uint8)
         for start in range(0, len(v), 65536):
-            part = v[start: start + 65536] @ self._proj
-            out[start: start + len(part)] = np.packbits(part > 0, axis=1)
+            part = v[start : start + 65536] @ self._proj
+            out[start : start + len(part)] = np.packbits(part > 0, axis=1)
         return out
 
     def _grow(self, cap: int) -> None:
@@ -302,7 +312,7 @@ class FaissBinaryIndex(ExactIndex):
 
     def _store(self, start: int, vectors: np.ndarray) -> None:
         super()._store(start, vectors)
-        self._codes[start: start + len(vectors)] = self.encode(vectors)
+        self._codes[start : start + len(vectors)] = self.encode(vectors)
 
     def _move(self, src: int, dst: int) -> None:
         super()._move(src, dst)
@@ -372,8 +382,13 @@ class FaissBinaryIndex(ExactIndex):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(faiss_kind="binary", bits=self.bits, rerank=self.rerank,
-                    threads=self.threads, exact=False)
+        info.update(
+            faiss_kind="binary",
+            bits=self.bits,
+            rerank=self.rerank,
+            threads=self.threads,
+            exact=False,
+        )
         return info
 
 
@@ -468,8 +483,11 @@ class FaissIndex(VectorIndex):
         ids = self.ids()
         if len(ids) == 0:
             return ids, np.zeros((0, self.dim), dtype=np.float32)
-        vecs = np.vstack([self._index.reconstruct(int(i)) for i in ids]) if len(ids) < 1000 \
+        vecs = (
+            np.vstack([self._index.reconstruct(int(i)) for i in ids])
+            if len(ids) < 1000
             else self._reconstruct_many(ids)
+        )
         return ids, vecs.astype(np.float32)
 
     def _reconstruct_many(self, ids: np.ndarray) -> np.ndarray:
@@ -556,7 +574,8 @@ class FaissIndex(VectorIndex):
 
     def _is_graph(self) -> bool:
         return self.kind == "hnsw" and isinstance(
-            self._faiss.downcast_index(self._index.index), self._faiss.IndexHNSWFlat)
+            self._faiss.downcast_index(self._index.index), self._faiss.IndexHNSWFlat
+        )
 
     # -- HNSW removal: tombstones -----------------------------------------------------------------
     def _hnsw_vectors(self) -> np.ndarray:
@@ -713,8 +732,11 @@ class MilvusIndex(VectorIndex):
             raise GalleryError(f"cannot open Milvus at {uri}: {exc}") from None
         if self._client.has_collection(collection):
             desc = self._client.describe_collection(collection)
-            dims = [f.get("params", {}).get("dim") for f in desc.get("fields", [])
-                    if f.get("name") == "vector"]
+            dims = [
+                f.get("params", {}).get("dim")
+                for f in desc.get("fields", [])
+                if f.get("name") == "vector"
+            ]
             if dims and int(dims[0]) != self.dim:
                 raise GalleryError(
                     f"Milvus collection {collection!r} at {uri} holds {dims[0]}-d vectors, "
@@ -726,10 +748,15 @@ class MilvusIndex(VectorIndex):
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             params = self._client.prepare_index_params()
-            params.add_index(field_name="vector", index_type=index_type, metric_type="IP",
-                             params=index_params or {})
-            self._client.create_collection(collection, schema=schema, index_params=params,
-                                           consistency_level="Strong")
+            params.add_index(
+                field_name="vector",
+                index_type=index_type,
+                metric_type="IP",
+                params=index_params or {},
+            )
+            self._client.create_collection(
+                collection, schema=schema, index_params=params, consistency_level="Strong"
+            )
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = _as_ids(ids)
@@ -738,9 +765,12 @@ class MilvusIndex(VectorIndex):
             raise GalleryError("ids and vectors differ in length")
         with self._lock:
             for start in range(0, len(ids), 5000):
-                rows = [{"id": int(i), "vector": vec.tolist()}
-                        for i, vec in zip(ids[start:start + 5000], v[start:start + 5000],
-                                          strict=True)]
+                rows = [
+                    {"id": int(i), "vector": vec.tolist()}
+                    for i, vec in zip(
+                        ids[start : start + 5000], v[start : start + 5000], strict=True
+                    )
+                ]
                 self._client.upsert(self.collection, rows)
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
@@ -750,9 +780,10 @@ class MilvusIndex(VectorIndex):
         removed = 0
         with self._lock:
             for start in range(0, len(ids), 10000):
-                part = [int(i) for i in ids[start:start + 10000]]
-                present = self._client.query(self.collection, filter=f"id in {part}",
-                                             output_fields=["id"])
+                part = [int(i) for i in ids[start : start + 10000]]
+                present = self._client.query(
+                    self.collection, filter=f"id in {part}", output_fields=["id"]
+                )
                 found = [int(r["id"]) for r in present]
                 if found:
                     self._client.delete(self.collection, ids=found)
@@ -762,8 +793,9 @@ class MilvusIndex(VectorIndex):
     def ids(self) -> np.ndarray:
         out: list[int] = []
         with self._lock, _quiet_pymilvus():
-            it = self._client.query_iterator(self.collection, batch_size=10000,
-                                             filter="id >= 0", output_fields=["id"])
+            it = self._client.query_iterator(
+                self.collection, batch_size=10000, filter="id >= 0", output_fields=["id"]
+            )
             try:
                 while batch := it.next():
                     out.extend(int(r["id"]) for r in batch)
@@ -773,8 +805,7 @@ class MilvusIndex(VectorIndex):
 
     def __len__(self) -> int:
         with self._lock:
-            res = self._client.query(self.collection, filter="id >= 0",
-                                     output_fields=["count(*)"])
+            res = self._client.query(self.collection, filter="id >= 0", output_fields=["count(*)"])
         return int(res[0]["count(*)"]) if res else 0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -783,10 +814,13 @@ class MilvusIndex(VectorIndex):
         if k <= 0 or len(q) == 0:
             return scores_out, ids_out
         with self._lock:
-            res = self._client.search(self.collection, data=[row.tolist() for row in q],
-                                      limit=int(k), anns_field="vector",
-                                      search_params={"metric_type": "IP",
-                                                     "params": self._search_params})
+            res = self._client.search(
+                self.collection,
+                data=[row.tolist() for row in q],
+                limit=int(k),
+                anns_field="vector",
+                search_params={"metric_type": "IP", "params": self._search_params},
+            )
         for qi, hits in enumerate(res):
             for j, hit in enumerate(list(hits)[:k]):
                 ids_out[qi, j] = int(hit["id"])
@@ -802,8 +836,13 @@ class MilvusIndex(VectorIndex):
             self._client.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "MilvusIndex", "dim": self.dim, "uri": self.uri,
-                "collection": self.collection, "exact": self.exact}
+        return {
+            "kind": "MilvusIndex",
+            "dim": self.dim,
+            "uri": self.uri,
+            "collection": self.collection,
+            "exact": self.exact,
+        }
 
 
 def create_index(kind: str, dim: int, /, **options: Any) -> VectorIndex:
@@ -825,6 +864,8 @@ def create_index(kind: str, dim: int, /, **options: Any) -> VectorIndex:
         return FaissIndex(dim, kind=sub, **options)
     if kind == "milvus":
         if "uri" not in options:
-            raise GalleryError("the Milvus index needs a uri (a local .db file or http://host:port)")
+            raise GalleryError(
+                "the Milvus index needs a uri (a local .db file or http://host:port)"
+            )
         return MilvusIndex(dim, **options)
     raise GalleryError(f"unknown index {kind!r}: choose one of {', '.join(INDEX_KINDS)}")

@@ -28,8 +28,13 @@ def _hash_key(secret: str) -> str:
 
 def _key(row: Sequence[Any]) -> ApiKey:
     """The record of a row of :data:`_KEY_COLS`."""
-    return ApiKey(id=row[0], name=row[1], role=row[2], created_at=utc_from_ts(row[3]),
-                  last_used_at=utc_from_ts(row[4]) if row[4] is not None else None)
+    return ApiKey(
+        id=row[0],
+        name=row[1],
+        role=row[2],
+        created_at=utc_from_ts(row[3]),
+        last_used_at=utc_from_ts(row[4]) if row[4] is not None else None,
+    )
 
 
 class KeyStore:
@@ -57,8 +62,10 @@ class KeyStore:
         key_id = secrets.token_hex(6)
         secret = f"{_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         now = time.time()
-        self._db.execute("INSERT INTO api_keys (id, name, role, key_hash, created_at) "
-                         "VALUES (?, ?, ?, ?, ?)", (key_id, name, role, _hash_key(secret), now))
+        self._db.execute(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key_id, name, role, _hash_key(secret), now),
+        )
         return _key((key_id, name, role, now, None)), secret
 
     def authenticate(self, secret: str | None, touch: bool) -> ApiKey | None:
@@ -68,7 +75,8 @@ class KeyStore:
         if len(parts) != 3:
             return None
         row = self._db.query_one(
-            f"SELECT {_KEY_COLS}, key_hash FROM api_keys WHERE id = ?", (parts[1],))
+            f"SELECT {_KEY_COLS}, key_hash FROM api_keys WHERE id = ?", (parts[1],)
+        )
         if row is None or not hmac.compare_digest(row[5], _hash_key(secret)):
             return None
         if not touch:
@@ -79,8 +87,9 @@ class KeyStore:
         return _key((*row[:4], now))
 
     def records(self) -> list[ApiKey]:
-        return [_key(r) for r in self._db.query(
-            f"SELECT {_KEY_COLS} FROM api_keys ORDER BY created_at")]
+        return [
+            _key(r) for r in self._db.query(f"SELECT {_KEY_COLS} FROM api_keys ORDER BY created_at")
+        ]
 
     def delete(self, key_id: str, allow_last_admin: bool) -> ApiKey:
         # read, check, write: one transaction, serialised across processes

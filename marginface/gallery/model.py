@@ -24,7 +24,8 @@ class EmbeddingModel:
         """``(name, dim)``; :class:`GalleryError` while the gallery has no model."""
         if self.name is None or self.dim is None:
             raise GalleryError(
-                "this gallery has no embedding model yet: open it with model_name and dim")
+                "this gallery has no embedding model yet: open it with model_name and dim"
+            )
         return self.name, self.dim
 
     def normalise(self, embeddings: np.ndarray) -> np.ndarray:
@@ -37,7 +38,8 @@ class EmbeddingModel:
         if e.ndim != 2 or e.shape[1] != dim:
             raise GalleryError(
                 f"embeddings must have shape (N, {dim}) for model {self.name!r}, "
-                f"got {tuple(e.shape)}")
+                f"got {tuple(e.shape)}"
+            )
         if not np.all(np.isfinite(e)):
             raise GalleryError("embeddings contain NaN or infinite values")
         norms = np.linalg.norm(e, axis=1, keepdims=True)

@@ -114,8 +114,10 @@ def _box(face: FaceLike) -> list[float]:
 
 
 def _identified_as(other: PhotoConflict) -> str:
-    return (f"identified as {other.name!r} ({other.subject_id}): score {other.score:.3f} >= "
-            f"threshold {other.threshold:.3f}")
+    return (
+        f"identified as {other.name!r} ({other.subject_id}): score {other.score:.3f} >= "
+        f"threshold {other.threshold:.3f}"
+    )
 
 
 def _held_reasons(held: Sequence[PhotoOutcome]) -> str:
@@ -181,9 +183,14 @@ class Recognizer:
             return pipeline
         if isinstance(pipeline, Pipeline):  # the same detector and embedder, every face
             return type(pipeline)(
-                pipeline.detector, pipeline.embedder, selection="all",
-                min_face_size=pipeline.min_face_size, score_threshold=pipeline.score_threshold,
-                flip=pipeline.flip, max_pixels=pipeline.aligner.max_pixels)
+                pipeline.detector,
+                pipeline.embedder,
+                selection="all",
+                min_face_size=pipeline.min_face_size,
+                score_threshold=pipeline.score_threshold,
+                flip=pipeline.flip,
+                max_pixels=pipeline.aligner.max_pixels,
+            )
         other = copy.copy(pipeline)  # a stand-in whose selection is a plain attribute
         setattr(other, "selection", "all")  # noqa: B010 (FacePipeline.selection is read-only)
         return other
@@ -191,17 +198,20 @@ class Recognizer:
     def threshold(self, threshold: float | None = None) -> float:
         """The 1:1 (verification) threshold: explicit, else configured, else the model card's
         calibrated one at the configured FAR."""
-        return resolve_threshold(self.card, threshold if threshold is not None
-                                 else self.threshold_value, self.far)
+        return resolve_threshold(
+            self.card, threshold if threshold is not None else self.threshold_value, self.far
+        )
 
-    def operating_point(self, threshold: float | None = None,
-                        fpir: str | float | None = None) -> OperatingPoint:
+    def operating_point(
+        self, threshold: float | None = None, fpir: str | float | None = None
+    ) -> OperatingPoint:
         """Identification's operating point for the gallery as it is now: an explicit (or
         configured) threshold, else the threshold meeting the target FPIR (explicit, else
         configured) for the gallery's current size (:meth:`Gallery.operating_point`)."""
         return self.gallery.operating_point(
             threshold if threshold is not None else self.threshold_value,
-            fpir if fpir is not None else self.fpir)
+            fpir if fpir is not None else self.fpir,
+        )
 
     # -- faces ----------------------------------------------------------------------------------
     def faces(self, photo: Photo) -> list[FaceLike]:
@@ -217,7 +227,7 @@ class Recognizer:
             described = describe_source(data)
             message = str(exc)
             if isinstance(data, bytes | bytearray | memoryview) and message.startswith(described):
-                raise ImageError(label + message[len(described):]) from None
+                raise ImageError(label + message[len(described) :]) from None
             raise
         return sorted(faces, key=_area, reverse=True)
 
@@ -226,8 +236,9 @@ class Recognizer:
     def _policy(multiple_faces: str) -> MultipleFaces:
         """A multiple-faces policy, checked (:class:`GalleryError` for an unknown one)."""
         if multiple_faces not in MULTIPLE_FACES:
-            raise GalleryError("multiple_faces must be 'reject', 'largest' or 'central', got "
-                               f"{multiple_faces!r}")
+            raise GalleryError(
+                f"multiple_faces must be 'reject', 'largest' or 'central', got {multiple_faces!r}"
+            )
         return cast(MultipleFaces, multiple_faces)
 
     @staticmethod
@@ -235,8 +246,14 @@ class Recognizer:
         """The face whose box centre is nearest the photo's centre: the ``central`` rule of
         :func:`marginface.align.detection.select_faces` (what ``eval --face central`` and the
         pipeline's ``selection="central"`` use), applied to the faces the pipeline found."""
-        detections = [Detection(box=np.asarray(f.box, np.float32), score=float(f.score),
-                                landmarks=np.asarray(f.landmarks, np.float32)) for f in faces]
+        detections = [
+            Detection(
+                box=np.asarray(f.box, np.float32),
+                score=float(f.score),
+                landmarks=np.asarray(f.landmarks, np.float32),
+            )
+            for f in faces
+        ]
         chosen = select_faces(detections, faces[0].image_shape, selection="central")[0]
         return faces[next(i for i, d in enumerate(detections) if d is chosen)]
 
@@ -245,8 +262,15 @@ class Recognizer:
         place enrolment asks who a face already is (change it with :meth:`identify`)."""
         return self.gallery.identify(embeddings, k=self.k, point=self.operating_point())
 
-    def _meanwhile(self, since: int, outcomes: list[PhotoOutcome], chosen: list[np.ndarray],
-                   hashes: list[str | None], own_id: str | None, name: str) -> Guard:
+    def _meanwhile(
+        self,
+        since: int,
+        outcomes: list[PhotoOutcome],
+        chosen: list[np.ndarray],
+        hashes: list[str | None],
+        own_id: str | None,
+        name: str,
+    ) -> Guard:
         """The check an enrolment's write runs in its transaction, serialised with every other
         enrolment: a face stored since face id ``since`` (by a concurrent request, in this or
         another process) of another subject, from the same photo or identified as the photo's
@@ -256,33 +280,46 @@ class Recognizer:
         enrolled = [i for i, o in enumerate(outcomes) if o.status == "enrolled"]
 
         def check() -> None:
-            recent = [(rec, who, emb) for rec, who, emb in self.gallery.faces_after(since)
-                      if rec.subject_id != own_id]
+            recent = [
+                (rec, who, emb)
+                for rec, who, emb in self.gallery.faces_after(since)
+                if rec.subject_id != own_id
+            ]
             if not recent:
                 return
             mat = np.vstack([emb for _, _, emb in recent])
             changed = list(outcomes)
             for slot, emb, digest in zip(enrolled, chosen, hashes, strict=True):
                 sims = mat @ emb
-                same = [j for j, (rec, _, _) in enumerate(recent)
-                        if digest is not None and rec.source_hash == digest]
+                same = [
+                    j
+                    for j, (rec, _, _) in enumerate(recent)
+                    if digest is not None and rec.source_hash == digest
+                ]
                 j = same[0] if same else int(sims.argmax())
                 if not same and sims[j] < threshold:
                     continue
                 rec, who, _ = recent[j]
-                conflict = PhotoConflict(rec.subject_id, who, round(float(sims[j]), 4),
-                                         round(threshold, 4))
+                conflict = PhotoConflict(
+                    rec.subject_id, who, round(float(sims[j]), 4), round(threshold, 4)
+                )
                 status: PhotoStatus = "duplicate_photo" if same else "matches_other"
-                text = (f"this photo was enrolled for {who!r} ({rec.subject_id}) meanwhile"
-                        if same else f"{_identified_as(conflict)} (enrolled meanwhile)")
-                changed[slot] = dataclasses.replace(outcomes[slot], status=status, message=text,
-                                                    conflict=conflict, forceable=True)
+                text = (
+                    f"this photo was enrolled for {who!r} ({rec.subject_id}) meanwhile"
+                    if same
+                    else f"{_identified_as(conflict)} (enrolled meanwhile)"
+                )
+                changed[slot] = dataclasses.replace(
+                    outcomes[slot], status=status, message=text, conflict=conflict, forceable=True
+                )
             if changed != outcomes:
                 held = [o for o in changed if o.forceable]
                 raise IdentityConflictError(
-                    f"nothing was stored for {name!r}: " + _held_reasons(held)
+                    f"nothing was stored for {name!r}: "
+                    + _held_reasons(held)
                     + "; enrol with force (API force=true, CLI --force) to store them anyway",
-                    changed)
+                    changed,
+                )
 
         return check
 
@@ -297,8 +334,14 @@ class Recognizer:
         return None
 
     def _prepare(
-        self, photos: Sequence[Photo], existing: np.ndarray, *, subject: Subject | None,
-        multiple_faces: MultipleFaces, force: bool, force_mismatch: bool,
+        self,
+        photos: Sequence[Photo],
+        existing: np.ndarray,
+        *,
+        subject: Subject | None,
+        multiple_faces: MultipleFaces,
+        force: bool,
+        force_mismatch: bool,
     ) -> tuple[list[PhotoOutcome], list[np.ndarray], list[str | None], list[bytes | None]]:
         """Each photo's outcome, and the embeddings, photo hashes and crops to store.
 
@@ -323,19 +366,27 @@ class Recognizer:
             holders = stored.get(digest, []) if digest is not None else []
             own = next((f for f in holders if f.subject_id == own_id), None)
             if subject is not None and own is not None:
-                outcomes.append(PhotoOutcome(
-                    label, "duplicate_photo",
-                    f"this photo is already enrolled for {subject.name!r} (face {own.id})",
-                    conflict=PhotoConflict(subject.id, subject.name)))
+                outcomes.append(
+                    PhotoOutcome(
+                        label,
+                        "duplicate_photo",
+                        f"this photo is already enrolled for {subject.name!r} (face {own.id})",
+                        conflict=PhotoConflict(subject.id, subject.name),
+                    )
+                )
                 continue
             overridden: list[str] = []
             conflict = self._stored_for(holders)
             if conflict is not None:
-                text = (f"this photo is already enrolled for {conflict.name!r} "
-                        f"({conflict.subject_id})")
+                text = (
+                    f"this photo is already enrolled for {conflict.name!r} ({conflict.subject_id})"
+                )
                 if not force:
-                    outcomes.append(PhotoOutcome(label, "duplicate_photo", text,
-                                                 conflict=conflict, forceable=True))
+                    outcomes.append(
+                        PhotoOutcome(
+                            label, "duplicate_photo", text, conflict=conflict, forceable=True
+                        )
+                    )
                     continue
                 overridden.append(text)
             try:
@@ -350,10 +401,14 @@ class Recognizer:
             face = faces[0]
             if len(faces) > 1:
                 if multiple_faces == "reject":
-                    outcomes.append(PhotoOutcome(
-                        label, "multiple_faces",
-                        f"{len(faces)} faces found; enrol photos showing only this person",
-                        box=_box(faces[0])))
+                    outcomes.append(
+                        PhotoOutcome(
+                            label,
+                            "multiple_faces",
+                            f"{len(faces)} faces found; enrol photos showing only this person",
+                            box=_box(faces[0]),
+                        )
+                    )
                     continue
                 if multiple_faces == "central":
                     face = self._central(faces)
@@ -366,64 +421,112 @@ class Recognizer:
                 sims = np.vstack(known) @ emb
                 best = float(sims.max())
                 if best >= self.near_duplicate:
-                    outcomes.append(PhotoOutcome(
-                        label, "near_duplicate",
-                        f"nearly identical (cosine {best:.3f}) to a face this subject already "
-                        "has", box=_box(face), similarity=round(best, 4)))
+                    outcomes.append(
+                        PhotoOutcome(
+                            label,
+                            "near_duplicate",
+                            f"nearly identical (cosine {best:.3f}) to a face this subject already "
+                            "has",
+                            box=_box(face),
+                            similarity=round(best, 4),
+                        )
+                    )
                     continue
             mismatch = None
             if subject is not None and len(existing):
                 best, thr = float((existing @ emb).max()), self.threshold()
                 if best < thr:
-                    mismatch = PhotoConflict(subject.id, subject.name, round(best, 4),
-                                             round(thr, 4))
+                    mismatch = PhotoConflict(
+                        subject.id, subject.name, round(best, 4), round(thr, 4)
+                    )
             other = None
             if self.gallery.dim is not None:
                 answer = self._identify_embeddings(emb[None, :])[0]
                 if answer.match is not None and answer.match.subject_id != own_id:
-                    other = PhotoConflict(answer.match.subject_id, answer.match.name,
-                                          round(answer.score, 4), round(answer.threshold, 4))
+                    other = PhotoConflict(
+                        answer.match.subject_id,
+                        answer.match.name,
+                        round(answer.score, 4),
+                        round(answer.threshold, 4),
+                    )
             if mismatch is not None:
-                text = (f"does not look like {mismatch.name!r}: best cosine "
-                        f"{mismatch.score:.3f} to its faces is below the 1:1 threshold "
-                        f"{mismatch.threshold:.3f}")
+                text = (
+                    f"does not look like {mismatch.name!r}: best cosine "
+                    f"{mismatch.score:.3f} to its faces is below the 1:1 threshold "
+                    f"{mismatch.threshold:.3f}"
+                )
                 if other is not None:
                     text += f"; {_identified_as(other)}"
                 if not force_mismatch:
-                    outcomes.append(PhotoOutcome(label, "mismatch", text, box=_box(face),
-                                                 conflict=mismatch, forceable=True))
+                    outcomes.append(
+                        PhotoOutcome(
+                            label,
+                            "mismatch",
+                            text,
+                            box=_box(face),
+                            conflict=mismatch,
+                            forceable=True,
+                        )
+                    )
                     continue
                 overridden.append(text)
                 conflict = conflict or mismatch
-            elif other is not None and (conflict is None
-                                        or other.subject_id != conflict.subject_id):
+            elif other is not None and (
+                conflict is None or other.subject_id != conflict.subject_id
+            ):
                 if not force:
-                    outcomes.append(PhotoOutcome(label, "matches_other", _identified_as(other),
-                                                 box=_box(face), conflict=other,
-                                                 forceable=True))
+                    outcomes.append(
+                        PhotoOutcome(
+                            label,
+                            "matches_other",
+                            _identified_as(other),
+                            box=_box(face),
+                            conflict=other,
+                            forceable=True,
+                        )
+                    )
                     continue
                 overridden.append(_identified_as(other))
                 conflict = conflict or other
             if overridden:
-                note = "; ".join([*([note] if note else []),
-                                  *(f"enrolled anyway (force): {t}" for t in overridden)])
+                note = "; ".join(
+                    [
+                        *([note] if note else []),
+                        *(f"enrolled anyway (force): {t}" for t in overridden),
+                    ]
+                )
             known.append(emb[None, :])
             chosen.append(emb)
             hashes.append(digest)
             crops.append(encode_png(face.crop) if self.store_crops else None)
-            outcomes.append(PhotoOutcome(label, "enrolled", note, box=_box(face),
-                                         conflict=conflict, forced=bool(overridden)))
+            outcomes.append(
+                PhotoOutcome(
+                    label,
+                    "enrolled",
+                    note,
+                    box=_box(face),
+                    conflict=conflict,
+                    forced=bool(overridden),
+                )
+            )
         return outcomes, chosen, hashes, crops
 
     @staticmethod
     def _with_ids(outcomes: list[PhotoOutcome], ids: list[int]) -> list[PhotoOutcome]:
         it = iter(ids)
-        return [dataclasses.replace(o, face_id=next(it)) if o.status == "enrolled" else o
-                for o in outcomes]
+        return [
+            dataclasses.replace(o, face_id=next(it)) if o.status == "enrolled" else o
+            for o in outcomes
+        ]
 
     def enroll(
-        self, name: str, photos: Sequence[Photo], *, metadata: dict[str, Any] | None = None,
-        multiple_faces: MultipleFaces | None = None, force: bool = False,
+        self,
+        name: str,
+        photos: Sequence[Photo],
+        *,
+        metadata: dict[str, Any] | None = None,
+        multiple_faces: MultipleFaces | None = None,
+        force: bool = False,
     ) -> EnrollResult:
         """Create a new subject ``name`` from photos, in one transaction.
 
@@ -436,31 +539,45 @@ class Recognizer:
         """
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
-        policy = self._policy(multiple_faces if multiple_faces is not None
-                              else self.multiple_faces)
+        policy = self._policy(multiple_faces if multiple_faces is not None else self.multiple_faces)
         since = self.gallery.max_face_id()
         outcomes, chosen, hashes, crops = self._prepare(
-            photos, np.zeros((0, 1), np.float32), subject=None, multiple_faces=policy,
-            force=force, force_mismatch=force)
+            photos,
+            np.zeros((0, 1), np.float32),
+            subject=None,
+            multiple_faces=policy,
+            force=force,
+            force_mismatch=force,
+        )
         if not chosen:
             held = [o for o in outcomes if o.forceable]
             if held:
                 raise IdentityConflictError(
-                    f"{name!r} was not enrolled: " + _held_reasons(held)
+                    f"{name!r} was not enrolled: "
+                    + _held_reasons(held)
                     + "; enrol with force (API force=true, CLI --force) to store them anyway",
-                    outcomes)
+                    outcomes,
+                )
             reasons = "; ".join(f"{o.source}: {o.status.replace('_', ' ')}" for o in outcomes)
             raise EnrollmentError(f"no photo of {name!r} could be enrolled ({reasons})", outcomes)
         subject = self.gallery.create_subject(
-            name, metadata, embeddings=np.vstack(chosen), source_hashes=hashes,
+            name,
+            metadata,
+            embeddings=np.vstack(chosen),
+            source_hashes=hashes,
             crops=crops if self.store_crops else None,
-            guard=None if force else self._meanwhile(since, outcomes, chosen, hashes, None, name))
+            guard=None if force else self._meanwhile(since, outcomes, chosen, hashes, None, name),
+        )
         ids = [f.id for f in self.gallery.faces(subject.id)]
         return EnrollResult(subject=subject, photos=self._with_ids(outcomes, ids), created=True)
 
     def add_photos(
-        self, subject_id: str, photos: Sequence[Photo], *,
-        multiple_faces: MultipleFaces | None = None, force: bool = False,
+        self,
+        subject_id: str,
+        photos: Sequence[Photo],
+        *,
+        multiple_faces: MultipleFaces | None = None,
+        force: bool = False,
         force_mismatch: bool | None = None,
     ) -> EnrollResult:
         """Add photos to an existing subject (one transaction); per-photo outcomes. Photos that
@@ -476,29 +593,42 @@ class Recognizer:
         subject = self.gallery.get_subject(subject_id)
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
-        policy = self._policy(multiple_faces if multiple_faces is not None
-                              else self.multiple_faces)
+        policy = self._policy(multiple_faces if multiple_faces is not None else self.multiple_faces)
         may_force_mismatch = force if force_mismatch is None else bool(force_mismatch)
         since = self.gallery.max_face_id()
         _, existing = self.gallery.subject_embeddings(subject_id)
         outcomes, chosen, hashes, crops = self._prepare(
-            photos, existing, subject=subject, multiple_faces=policy, force=force,
-            force_mismatch=may_force_mismatch)
+            photos,
+            existing,
+            subject=subject,
+            multiple_faces=policy,
+            force=force,
+            force_mismatch=may_force_mismatch,
+        )
         refused = [o for o in outcomes if o.status == "mismatch"]
         if force and refused:
             raise MismatchForceError(
-                f"nothing was added to {subject.name!r}: " + _held_reasons(refused)
+                f"nothing was added to {subject.name!r}: "
+                + _held_reasons(refused)
                 + "; forcing a photo that does not look like the subject is not allowed here",
-                refused)
+                refused,
+            )
         ids: list[int] = []
         if chosen:
             ids = self.gallery.add_faces(
-                subject_id, np.vstack(chosen), source_hashes=hashes,
+                subject_id,
+                np.vstack(chosen),
+                source_hashes=hashes,
                 crops=crops if self.store_crops else None,
-                guard=None if force else self._meanwhile(since, outcomes, chosen, hashes,
-                                                         subject.id, subject.name))
-        return EnrollResult(subject=self.gallery.get_subject(subject_id),
-                            photos=self._with_ids(outcomes, ids), created=False)
+                guard=None
+                if force
+                else self._meanwhile(since, outcomes, chosen, hashes, subject.id, subject.name),
+            )
+        return EnrollResult(
+            subject=self.gallery.get_subject(subject_id),
+            photos=self._with_ids(outcomes, ids),
+            created=False,
+        )
 
     # -- identification -------------------------------------------------------------------------
     def identify(
@@ -521,17 +651,27 @@ class Recognizer:
         answers = self.gallery.identify(embs, k=k or self.k, point=point)
         out = []
         for face, ans in zip(faces, answers, strict=True):
-            out.append(RecognizedFace(
-                box=_box(face), detection_score=round(float(face.score), 4),
-                landmarks=[[round(float(x), 2) for x in p] for p in np.asarray(face.landmarks)],
-                identification=ans))
+            out.append(
+                RecognizedFace(
+                    box=_box(face),
+                    detection_score=round(float(face.score), 4),
+                    landmarks=[[round(float(x), 2) for x in p] for p in np.asarray(face.landmarks)],
+                    identification=ans,
+                )
+            )
             if source is not None:
                 self.gallery.log_event(
-                    source, subject_id=ans.subject_id, score=ans.score,
+                    source,
+                    subject_id=ans.subject_id,
+                    score=ans.score,
                     decision="match" if ans.known else "unknown",
-                    details={"box": _box(face), "threshold": point.threshold,
-                             "target_fpir": point.target_fpir,
-                             "gallery_subjects": point.gallery_subjects})
+                    details={
+                        "box": _box(face),
+                        "threshold": point.threshold,
+                        "target_fpir": point.target_fpir,
+                        "gallery_subjects": point.gallery_subjects,
+                    },
+                )
         return out
 
     # -- verification ---------------------------------------------------------------------------
@@ -542,8 +682,9 @@ class Recognizer:
             raise NoFaceError(f"no face found in {which} ({label})")
         return faces[0], len(faces)
 
-    def verify(self, photo_a: Photo, photo_b: Photo, *,
-               threshold: float | None = None) -> Verification:
+    def verify(
+        self, photo_a: Photo, photo_b: Photo, *, threshold: float | None = None
+    ) -> Verification:
         """Whether the (largest) faces of two photos are the same person."""
         thr = self.threshold(threshold)
         fa, na = self._one_face(photo_a, "the first photo")
@@ -551,11 +692,19 @@ class Recognizer:
         a = np.asarray(fa.embedding, dtype=np.float64).ravel()
         b = np.asarray(fb.embedding, dtype=np.float64).ravel()
         score = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
-        return Verification(score=score, threshold=thr, same=score >= thr, box_a=_box(fa),
-                            box_b=_box(fb), faces_a=na, faces_b=nb)
+        return Verification(
+            score=score,
+            threshold=thr,
+            same=score >= thr,
+            box_a=_box(fa),
+            box_b=_box(fb),
+            faces_a=na,
+            faces_b=nb,
+        )
 
-    def verify_subject(self, photo: Photo, subject_id: str, *,
-                       threshold: float | None = None) -> Verification:
+    def verify_subject(
+        self, photo: Photo, subject_id: str, *, threshold: float | None = None
+    ) -> Verification:
         """Whether the photo's (largest) face is the enrolled subject: best cosine to any of
         the subject's faces against the threshold."""
         thr = self.threshold(threshold)
@@ -566,5 +715,12 @@ class Recognizer:
         emb = np.asarray(face.embedding, dtype=np.float32).ravel()
         emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
         score = float((mat @ emb).max())
-        return Verification(score=score, threshold=thr, same=score >= thr, box_a=_box(face),
-                            subject_id=subject_id, faces_a=n, faces_b=len(mat))
+        return Verification(
+            score=score,
+            threshold=thr,
+            same=score >= thr,
+            box_a=_box(face),
+            subject_id=subject_id,
+            faces_a=n,
+            faces_b=len(mat),
+        )

@@ -18,8 +18,11 @@ __all__ = ["BASE_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "render"]
 #: Column types that differ between the dialects, named by the ``{placeholders}`` of the DDL.
 _TYPES = {
     "sqlite": {"autoinc": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "REAL"},
-    "postgresql": {"autoinc": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA",
-                   "float": "DOUBLE PRECISION"},
+    "postgresql": {
+        "autoinc": "BIGSERIAL PRIMARY KEY",
+        "blob": "BYTEA",
+        "float": "DOUBLE PRECISION",
+    },
 }
 
 #: Version 1, as marginface 0.1 created it. Frozen: change the schema with a migration.
@@ -79,20 +82,29 @@ class Migration:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(2, "schema_migrations: the history of the schema's versions", (
-        """CREATE TABLE schema_migrations (
+    Migration(
+        2,
+        "schema_migrations: the history of the schema's versions",
+        (
+            """CREATE TABLE schema_migrations (
             version INTEGER PRIMARY KEY,
             name TEXT NOT NULL,
             applied_at {float})""",
-        # version 1 predates the history: when it was created is not known
-        "INSERT INTO schema_migrations (version, name, applied_at) "
-        "VALUES (1, 'base schema (marginface 0.1)', NULL)",
-    )),
-    Migration(3, "faces_source_hash: find a photo enrolled before without a scan", (
-        "CREATE INDEX IF NOT EXISTS faces_source_hash ON faces (source_hash)",
-    )),
-    Migration(4, "camera streams: cameras, visitors (grouped strangers) and their faces", (
-        """CREATE TABLE cameras (
+            # version 1 predates the history: when it was created is not known
+            "INSERT INTO schema_migrations (version, name, applied_at) "
+            "VALUES (1, 'base schema (marginface 0.1)', NULL)",
+        ),
+    ),
+    Migration(
+        3,
+        "faces_source_hash: find a photo enrolled before without a scan",
+        ("CREATE INDEX IF NOT EXISTS faces_source_hash ON faces (source_hash)",),
+    ),
+    Migration(
+        4,
+        "camera streams: cameras, visitors (grouped strangers) and their faces",
+        (
+            """CREATE TABLE cameras (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             url TEXT NOT NULL,
@@ -100,9 +112,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             enabled INTEGER NOT NULL,
             created_at {float} NOT NULL,
             updated_at {float} NOT NULL)""",
-        # erasing a subject erases the visitors assigned to it, and their faces; the key is
-        # checked at commit: an assignment marks the visitor before it creates the subject
-        """CREATE TABLE visitors (
+            # erasing a subject erases the visitors assigned to it, and their faces; the key is
+            # checked at commit: an assignment marks the visitor before it creates the subject
+            """CREATE TABLE visitors (
             id TEXT PRIMARY KEY,
             status TEXT NOT NULL,
             subject_id TEXT REFERENCES subjects (id) ON DELETE CASCADE
@@ -116,9 +128,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             embedding {blob} NOT NULL,
             created_at {float} NOT NULL,
             updated_at {float} NOT NULL)""",
-        "CREATE INDEX visitors_status ON visitors (status, last_seen)",
-        "CREATE INDEX visitors_subject ON visitors (subject_id)",
-        """CREATE TABLE visitor_faces (
+            "CREATE INDEX visitors_status ON visitors (status, last_seen)",
+            "CREATE INDEX visitors_subject ON visitors (subject_id)",
+            """CREATE TABLE visitor_faces (
             id {autoinc},
             visitor_id TEXT NOT NULL REFERENCES visitors (id) ON DELETE CASCADE,
             ts {float} NOT NULL,
@@ -126,11 +138,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             quality {float} NOT NULL,
             embedding {blob} NOT NULL,
             crop {blob})""",
-        "CREATE INDEX visitor_faces_visitor ON visitor_faces (visitor_id, quality)",
-        "CREATE INDEX visitor_faces_ts ON visitor_faces (ts)",
-        # attendance per camera (group) and the purge of camera visits read events by source
-        "CREATE INDEX IF NOT EXISTS events_source ON events (source, ts)",
-    )),
+            "CREATE INDEX visitor_faces_visitor ON visitor_faces (visitor_id, quality)",
+            "CREATE INDEX visitor_faces_ts ON visitor_faces (ts)",
+            # attendance per camera (group) and the purge of camera visits read events by source
+            "CREATE INDEX IF NOT EXISTS events_source ON events (source, ts)",
+        ),
+    ),
 )
 
 #: The newest schema this code reads and writes.

@@ -71,8 +71,10 @@ class Searcher:
         """From SQL: deleted faces are never returned."""
         owners: Owners = {}
         for rows in self._db.query_in(
-                "SELECT f.id, f.subject_id, s.name FROM faces f JOIN subjects s "
-                "ON s.id = f.subject_id WHERE f.id IN ({marks})", face_ids):
+            "SELECT f.id, f.subject_id, s.name FROM faces f JOIN subjects s "
+            "ON s.id = f.subject_id WHERE f.id IN ({marks})",
+            face_ids,
+        ):
             owners.update((int(fid), (sid, name)) for fid, sid, name in rows)
         return owners
 
@@ -85,9 +87,14 @@ class Searcher:
             return [[] for _ in range(len(q))], {}
         scores, ids = self._sync.search(q, k)
         owners = self._owners(sorted({int(i) for i in ids.ravel() if i >= 0}))
-        hits = [[Hit(face_id=int(i), subject_id=owners[int(i)][0], score=float(s))
-                 for s, i in zip(srow, irow, strict=True) if i >= 0 and int(i) in owners]
-                for srow, irow in zip(scores, ids, strict=True)]
+        hits = [
+            [
+                Hit(face_id=int(i), subject_id=owners[int(i)][0], score=float(s))
+                for s, i in zip(srow, irow, strict=True)
+                if i >= 0 and int(i) in owners
+            ]
+            for srow, irow in zip(scores, ids, strict=True)
+        ]
         return hits, owners
 
     def identify(self, q: np.ndarray, point: OperatingPoint, k: int) -> list[Identification]:
@@ -98,20 +105,35 @@ class Searcher:
         results = []
         for row in hits:
             if not row:
-                results.append(Identification(match=None, score=-1.0, threshold=threshold,
-                                              operating_point=point))
+                results.append(
+                    Identification(
+                        match=None, score=-1.0, threshold=threshold, operating_point=point
+                    )
+                )
                 continue
-            winner, ranked = knn_vote([h.subject_id for h in row], [h.score for h in row],
-                                      threshold)
+            winner, ranked = knn_vote(
+                [h.subject_id for h in row], [h.score for h in row], threshold
+            )
             cands = [
-                Candidate(subject_id=str(r.subject), name=owners[row[r.best_index].face_id][1],
-                          score=r.best, votes=r.votes, weight=r.weight,
-                          face_id=row[r.best_index].face_id)
+                Candidate(
+                    subject_id=str(r.subject),
+                    name=owners[row[r.best_index].face_id][1],
+                    score=r.best,
+                    votes=r.votes,
+                    weight=r.weight,
+                    face_id=row[r.best_index].face_id,
+                )
                 for r in ranked
             ]
             match = cands[0] if winner is not None else None
             best = max(c.score for c in cands)
-            results.append(Identification(match=match, score=match.score if match else best,
-                                          threshold=threshold, candidates=cands,
-                                          operating_point=point))
+            results.append(
+                Identification(
+                    match=match,
+                    score=match.score if match else best,
+                    threshold=threshold,
+                    candidates=cands,
+                    operating_point=point,
+                )
+            )
         return results

@@ -117,16 +117,20 @@ class Gallery:
         self.fpir_override = _fpir_key(fpir) if fpir is not None else None
         self.index_kind = index.lower()
         self._model = bind_model(db, model_name, dim)
-        vectors = (create_index(self.index_kind, self._model.dim, **dict(index_options or {}))
-                   if self._model.dim is not None else None)
+        vectors = (
+            create_index(self.index_kind, self._model.dim, **dict(index_options or {}))
+            if self._model.dim is not None
+            else None
+        )
         self._sync = IndexSync(db, vectors)
         self._subjects = SubjectStore(db, self._model, self._sync)
         self._search = Searcher(db, self._sync)
         self._events = EventLog(db, lambda subject_id: self._subjects.get(subject_id).name)
         self._keys = KeyStore(db)
         self._cameras = CameraStore(db)
-        self._visitors = VisitorStore(db, self._model, self._subjects,
-                                      lambda mean: self.identify(mean)[0])
+        self._visitors = VisitorStore(
+            db, self._model, self._subjects, lambda mean: self.identify(mean)[0]
+        )
         self._close_lock = threading.Lock()
         self._closed = False
         # (generation, composition), then (generation, target FPIR) -> operating point
@@ -184,8 +188,18 @@ class Gallery:
                 raise GalleryError("a Milvus index beside PostgreSQL needs index_options['uri']")
             options["uri"] = str(Path(db.target).with_suffix(".milvus.db"))
         try:
-            return cls(db, index, model_name=model_name, dim=dim, card=card, threshold=threshold,
-                       far=far, fpir=fpir, index_options=options, url=url_s)
+            return cls(
+                db,
+                index,
+                model_name=model_name,
+                dim=dim,
+                card=card,
+                threshold=threshold,
+                far=far,
+                fpir=fpir,
+                index_options=options,
+                url=url_s,
+            )
         except BaseException:
             db.close()
             raise
@@ -249,8 +263,9 @@ class Gallery:
         serialised with every other guarded change of faces (across processes), and refuses
         the write by raising: how enrolment re-checks what concurrent enrolments stored.
         """
-        return self._subjects.create(name, metadata, embeddings, source_hashes, crops,
-                                     subject_id, guard)
+        return self._subjects.create(
+            name, metadata, embeddings, source_hashes, crops, subject_id, guard
+        )
 
     def get_subject(self, subject_id: str) -> Subject:
         """The subject with this id; :class:`NotFoundError` when there is none."""
@@ -323,9 +338,7 @@ class Gallery:
         """One face record (:class:`NotFoundError` when unknown)."""
         return self._subjects.face(face_id)
 
-    def faces_with_source_hashes(
-        self, source_hashes: Sequence[str]
-    ) -> dict[str, list[FaceRecord]]:
+    def faces_with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
         """The stored faces enrolled from photos with these SHA-256 hashes
         (:attr:`FaceRecord.source_hash`), by hash: how enrolment finds a photo that is stored
         already, and for which subject."""
@@ -368,8 +381,7 @@ class Gallery:
         with self._db.transaction():
             self._db.execute("DELETE FROM meta WHERE key = 'target_fpir'")
             if key is not None:
-                self._db.execute("INSERT INTO meta (key, value) VALUES ('target_fpir', ?)",
-                                 (key,))
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('target_fpir', ?)", (key,))
         return key or DEFAULT_FPIR
 
     def composition(self) -> GalleryComposition:
@@ -410,8 +422,11 @@ class Gallery:
         key = _fpir_key(fpir) if fpir is not None else self.fpir
         with self._points_lock:
             cached = self._points.get(key)
-            if cached is not None and self._composition is not None \
-                    and self._composition[1] is comp:
+            if (
+                cached is not None
+                and self._composition is not None
+                and self._composition[1] is comp
+            ):
                 return cached
         try:
             tail = require_impostors(self.card)
@@ -470,7 +485,10 @@ class Gallery:
         return self._events.select(subject, source, start, end, decision, limit, offset)
 
     def attendance(
-        self, day: date | str | None = None, *, tz: tzinfo | None = None,
+        self,
+        day: date | str | None = None,
+        *,
+        tz: tzinfo | None = None,
         sources: Sequence[str] | str | None = None,
     ) -> list[AttendanceRow]:
         """First and last sighting per identified subject on ``day`` (default today) in time zone
@@ -484,9 +502,13 @@ class Gallery:
         """
         return self._events.attendance(day, tz, sources)
 
-    def attendance_csv(self, day: date | str | None = None, *,
-                       tz: tzinfo | None = None,
-                       sources: Sequence[str] | str | None = None) -> str:
+    def attendance_csv(
+        self,
+        day: date | str | None = None,
+        *,
+        tz: tzinfo | None = None,
+        sources: Sequence[str] | str | None = None,
+    ) -> str:
         """The attendance of ``day`` (of ``sources``, as :meth:`attendance`) as CSV text (date,
         subject_id, name, first_seen, last_seen, count, sources)."""
         return attendance_csv(self.attendance(day, tz=tz, sources=sources))
@@ -496,8 +518,9 @@ class Gallery:
         return events_csv(self.events(**filters))
 
     # -- cameras --------------------------------------------------------------------------------
-    def create_camera(self, name: str, url: str, settings: dict[str, Any] | None = None,
-                      enabled: bool = True) -> Camera:
+    def create_camera(
+        self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
+    ) -> Camera:
         """Add a camera: a unique ``name`` (the ``source`` of its events; the rules of subject
         names, at most 100 characters), the ``url`` it is read from and its ``settings`` (a
         JSON object stored as given: the streams layer validates it). A name in use is
@@ -513,9 +536,15 @@ class Gallery:
         """Every camera, by name."""
         return self._cameras.records()
 
-    def update_camera(self, camera_id: str, *, name: str | None = None, url: str | None = None,
-                      settings: dict[str, Any] | None = None,
-                      enabled: bool | None = None) -> Camera:
+    def update_camera(
+        self,
+        camera_id: str,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        settings: dict[str, Any] | None = None,
+        enabled: bool | None = None,
+    ) -> Camera:
         """Change what is given of a camera (found by id, else name); ``settings`` replace the
         stored ones whole. :class:`NotFoundError` for an unknown camera, :class:`ConflictError`
         for a name another camera has."""
@@ -557,11 +586,13 @@ class Gallery:
         """
         if threshold is None:
             threshold = self.operating_point().threshold
-        return self._visitors.record(camera, first_seen, last_seen, embeddings, qualities,
-                                     crops, threshold, keep_faces)
+        return self._visitors.record(
+            camera, first_seen, last_seen, embeddings, qualities, crops, threshold, keep_faces
+        )
 
-    def list_visitors(self, status: str | None = "pending", *, limit: int | None = 100,
-                      offset: int = 0) -> list[Visitor]:
+    def list_visitors(
+        self, status: str | None = "pending", *, limit: int | None = 100, offset: int = 0
+    ) -> list[Visitor]:
         """Visitors of one status (``pending``, ``assigned``, ``dismissed``; None: all), the
         most recently seen first, each with its kept faces (best first)."""
         return self._visitors.page(status, limit, offset)
@@ -671,5 +702,7 @@ def warn_uncalibrated(card: ModelCard | None) -> None:
     """Emit a loud warning when a card lacks calibration (used by callers that carry on with
     an explicit threshold)."""
     if card is not None and (card.calibration is None or not card.calibration.thresholds):
-        warnings.warn(f"model {card.name!r} has no calibrated threshold; using the explicit "
-                      "threshold given", stacklevel=2)
+        warnings.warn(
+            f"model {card.name!r} has no calibrated threshold; using the explicit threshold given",
+            stacklevel=2,
+        )

@@ -30,22 +30,36 @@ __all__ = ["Guard", "SubjectStore"]
 #: raises to refuse the write (see :meth:`SubjectStore.create`).
 Guard = Callable[[], None]
 
-_SUBJECT_COLS = ("s.id, s.name, s.metadata, s.created_at, s.updated_at, "
-                 "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id)")
-_FACE_COLS = ("id, subject_id, model, dim, created_at, source_hash, "
-              "CASE WHEN crop IS NULL THEN 0 ELSE 1 END")
+_SUBJECT_COLS = (
+    "s.id, s.name, s.metadata, s.created_at, s.updated_at, "
+    "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id)"
+)
+_FACE_COLS = (
+    "id, subject_id, model, dim, created_at, source_hash, CASE WHEN crop IS NULL THEN 0 ELSE 1 END"
+)
 
 
 def _subject(row: Sequence[Any]) -> Subject:
-    return Subject(id=row[0], name=row[1], metadata=json.loads(row[2] or "{}"),
-                   created_at=utc_from_ts(row[3]), updated_at=utc_from_ts(row[4]),
-                   n_faces=int(row[5]))
+    return Subject(
+        id=row[0],
+        name=row[1],
+        metadata=json.loads(row[2] or "{}"),
+        created_at=utc_from_ts(row[3]),
+        updated_at=utc_from_ts(row[4]),
+        n_faces=int(row[5]),
+    )
 
 
 def _face(row: Sequence[Any]) -> FaceRecord:
-    return FaceRecord(id=int(row[0]), subject_id=row[1], model=row[2], dim=int(row[3]),
-                      created_at=utc_from_ts(row[4]), source_hash=row[5],
-                      has_crop=bool(row[6]))
+    return FaceRecord(
+        id=int(row[0]),
+        subject_id=row[1],
+        model=row[2],
+        dim=int(row[3]),
+        created_at=utc_from_ts(row[4]),
+        source_hash=row[5],
+        has_crop=bool(row[6]),
+    )
 
 
 def _like_pattern(search: str) -> str:
@@ -67,7 +81,8 @@ class SubjectStore:
     # -- subjects -------------------------------------------------------------------------------
     def get(self, subject_id: str) -> Subject:
         row = self._db.query_one(
-            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,))
+            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,)
+        )
         if row is None:
             raise NotFoundError(f"unknown subject {subject_id!r}")
         return _subject(row)
@@ -78,7 +93,8 @@ class SubjectStore:
     def find(self, name: str) -> list[Subject]:
         rows = self._db.query(
             f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.name = ? ORDER BY s.created_at",
-            (name,))
+            (name,),
+        )
         return [_subject(r) for r in rows]
 
     def page(self, limit: int | None, offset: int, search: str | None) -> list[Subject]:
@@ -95,14 +111,24 @@ class SubjectStore:
 
     def count(self, search: str | None) -> int:
         if search:
-            return int(self._db.scalar(
-                "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
-                (_like_pattern(search),)))
+            return int(
+                self._db.scalar(
+                    "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
+                    (_like_pattern(search),),
+                )
+            )
         return int(self._db.scalar("SELECT COUNT(*) FROM subjects"))
 
-    def create(self, name: str, metadata: dict[str, Any] | None, embeddings: np.ndarray | None,
-               source_hashes: Sequence[str | None] | None, crops: Sequence[bytes | None] | None,
-               subject_id: str | None, guard: Guard | None = None) -> Subject:
+    def create(
+        self,
+        name: str,
+        metadata: dict[str, Any] | None,
+        embeddings: np.ndarray | None,
+        source_hashes: Sequence[str | None] | None,
+        crops: Sequence[bytes | None] | None,
+        subject_id: str | None,
+        guard: Guard | None = None,
+    ) -> Subject:
         name = clean_name(name or "")
         meta = metadata_json(metadata)
         sid = subject_id or secrets.token_hex(8)
@@ -114,13 +140,14 @@ class SubjectStore:
             now = time.time()
             self._db.execute(
                 "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)", (sid, name, meta, now, now))
+                "VALUES (?, ?, ?, ?, ?)",
+                (sid, name, meta, now, now),
+            )
             if vecs is not None and len(vecs):
                 change.add(self.insert_faces(sid, vecs, source_hashes, crops), vecs)
         return self.get(sid)
 
-    def update(self, subject_id: str, name: str | None, metadata: dict[str, Any] | None
-               ) -> Subject:
+    def update(self, subject_id: str, name: str | None, metadata: dict[str, Any] | None) -> Subject:
         sets, params = [], []
         if name is not None:
             sets.append("name = ?")
@@ -133,7 +160,8 @@ class SubjectStore:
             if sets:
                 self._db.execute(
                     f"UPDATE subjects SET {', '.join(sets)}, updated_at = ? WHERE id = ?",
-                    [*params, time.time(), subject_id])
+                    [*params, time.time(), subject_id],
+                )
         return self.get(subject_id)
 
     def delete(self, subject_id: str, erase_events: bool) -> int:
@@ -141,15 +169,19 @@ class SubjectStore:
         subject); return how many faces went."""
         with self._sync.change() as change:
             self.get(subject_id)
-            change.remove(r[0] for r in self._db.query(
-                "SELECT id FROM faces WHERE subject_id = ?", (subject_id,)))
+            change.remove(
+                r[0]
+                for r in self._db.query("SELECT id FROM faces WHERE subject_id = ?", (subject_id,))
+            )
             self._db.execute("DELETE FROM faces WHERE subject_id = ?", (subject_id,))
             self._db.execute("DELETE FROM subjects WHERE id = ?", (subject_id,))
             if erase_events:
                 self._db.execute("DELETE FROM events WHERE subject_id = ?", (subject_id,))
             else:
-                self._db.execute("UPDATE events SET subject_id = NULL, subject_name = NULL "
-                                 "WHERE subject_id = ?", (subject_id,))
+                self._db.execute(
+                    "UPDATE events SET subject_id = NULL, subject_name = NULL WHERE subject_id = ?",
+                    (subject_id,),
+                )
         self._db.checkpoint()
         return len(change.removed_ids)
 
@@ -171,13 +203,20 @@ class SubjectStore:
             "SELECT f.id, f.subject_id, f.model, f.dim, f.created_at, f.source_hash, "
             "CASE WHEN f.crop IS NULL THEN 0 ELSE 1 END, s.name, f.embedding "
             "FROM faces f JOIN subjects s ON s.id = f.subject_id WHERE f.id > ? ORDER BY f.id",
-            (int(face_id),))
-        return [(_face(r[:7]), r[7], np.frombuffer(bytes(r[8]), dtype="<f4").astype(np.float32))
-                for r in rows]
+            (int(face_id),),
+        )
+        return [
+            (_face(r[:7]), r[7], np.frombuffer(bytes(r[8]), dtype="<f4").astype(np.float32))
+            for r in rows
+        ]
 
-    def insert_faces(self, subject_id: str, vecs: np.ndarray,
-                     source_hashes: Sequence[str | None] | None,
-                     crops: Sequence[bytes | None] | None) -> list[int]:
+    def insert_faces(
+        self,
+        subject_id: str,
+        vecs: np.ndarray,
+        source_hashes: Sequence[str | None] | None,
+        crops: Sequence[bytes | None] | None,
+    ) -> list[int]:
         """Inside a transaction: store normalised vectors of a subject; return their ids."""
         model, dim = self._model.require()
         n = len(vecs)
@@ -188,16 +227,26 @@ class SubjectStore:
         now = time.time()
         ids = []
         for vec, h, crop in zip(vecs, hashes, crop_list, strict=True):
-            ids.append(int(self._db.scalar(
-                "INSERT INTO faces (subject_id, model, dim, embedding, created_at, source_hash, "
-                "crop) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (subject_id, model, dim, vec.astype("<f4").tobytes(), now, h, crop))))
+            ids.append(
+                int(
+                    self._db.scalar(
+                        "INSERT INTO faces (subject_id, model, dim, embedding, created_at, "
+                        "source_hash, crop) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        (subject_id, model, dim, vec.astype("<f4").tobytes(), now, h, crop),
+                    )
+                )
+            )
         self._db.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
         return ids
 
-    def add_faces(self, subject_id: str, embeddings: np.ndarray,
-                  source_hashes: Sequence[str | None] | None,
-                  crops: Sequence[bytes | None] | None, guard: Guard | None = None) -> list[int]:
+    def add_faces(
+        self,
+        subject_id: str,
+        embeddings: np.ndarray,
+        source_hashes: Sequence[str | None] | None,
+        crops: Sequence[bytes | None] | None,
+        guard: Guard | None = None,
+    ) -> list[int]:
         vecs = self._model.normalise(embeddings)
         if len(vecs) == 0:
             return []
@@ -215,13 +264,15 @@ class SubjectStore:
         """Faces per subject -> how many subjects have that many (subjects with faces only)."""
         rows = self._db.query(
             "SELECT n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY subject_id) c "
-            "GROUP BY n")
+            "GROUP BY n"
+        )
         return {int(n): int(c) for n, c in rows}
 
     def faces(self, subject_id: str) -> list[FaceRecord]:
         self.get(subject_id)
         rows = self._db.query(
-            f"SELECT {_FACE_COLS} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,))
+            f"SELECT {_FACE_COLS} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
+        )
         return [_face(r) for r in rows]
 
     def face(self, face_id: int) -> FaceRecord:
@@ -235,8 +286,9 @@ class SubjectStore:
         left out), each list in the order the faces were stored."""
         found: dict[str, list[FaceRecord]] = {}
         for rows in self._db.query_in(
-                f"SELECT {_FACE_COLS} FROM faces WHERE source_hash IN ({{marks}}) ORDER BY id",
-                sorted(set(source_hashes))):
+            f"SELECT {_FACE_COLS} FROM faces WHERE source_hash IN ({{marks}}) ORDER BY id",
+            sorted(set(source_hashes)),
+        ):
             for row in rows:
                 face = _face(row)
                 found.setdefault(str(face.source_hash), []).append(face)
@@ -251,7 +303,8 @@ class SubjectStore:
     def embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
         self.get(subject_id)
         rows = self._db.query(
-            "SELECT id, embedding FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,))
+            "SELECT id, embedding FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
+        )
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, self._model.dim or 0), np.float32)
         ids = np.asarray([r[0] for r in rows], dtype=np.int64)
@@ -262,8 +315,9 @@ class SubjectStore:
         with self._sync.change() as change:
             rec = self.face(face_id)
             self._db.execute("DELETE FROM faces WHERE id = ?", (int(face_id),))
-            self._db.execute("UPDATE subjects SET updated_at = ? WHERE id = ?",
-                             (time.time(), rec.subject_id))
+            self._db.execute(
+                "UPDATE subjects SET updated_at = ? WHERE id = ?", (time.time(), rec.subject_id)
+            )
             change.remove([rec.id])
         self._db.checkpoint()
         return rec
@@ -281,6 +335,11 @@ class SubjectStore:
                     f["embedding"] = [round(float(x), 7) for x in emb[f["id"]]]
             entry["faces"] = faces
             subjects.append(entry)
-        return {"format": "marginface-gallery", "version": 1, "model": self._model.name,
-                "dim": self._model.dim, "exported_at": datetime.now(UTC).isoformat(),
-                "subjects": subjects}
+        return {
+            "format": "marginface-gallery",
+            "version": 1,
+            "model": self._model.name,
+            "dim": self._model.dim,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "subjects": subjects,
+        }

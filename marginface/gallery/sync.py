@@ -89,8 +89,11 @@ class IndexSync:
         return int(row[0]) if row else 0
 
     def _bump_generation(self) -> int:
-        return int(self._db.scalar(
-            "UPDATE state SET generation = generation + 1 WHERE id = 1 RETURNING generation"))
+        return int(
+            self._db.scalar(
+                "UPDATE state SET generation = generation + 1 WHERE id = 1 RETURNING generation"
+            )
+        )
 
     def _apply(self, changes: FaceChanges, committed: int) -> None:
         """After the commit of generation ``committed``: the same change in the index."""
@@ -104,13 +107,17 @@ class IndexSync:
         # error here would make callers retry what is already stored.
         try:
             if changes.added_ids:
-                self.index.add(np.asarray(changes.added_ids, dtype=np.int64),
-                               np.vstack(changes.added_vectors))
+                self.index.add(
+                    np.asarray(changes.added_ids, dtype=np.int64), np.vstack(changes.added_vectors)
+                )
             if changes.removed_ids:
                 self.index.remove(np.asarray(changes.removed_ids, dtype=np.int64))
         except Exception:
-            log.warning("the vector index failed after a committed change; it is reconciled "
-                        "from SQL before the next search", exc_info=True)
+            log.warning(
+                "the vector index failed after a committed change; it is reconciled "
+                "from SQL before the next search",
+                exc_info=True,
+            )
             return
         if current:
             self.generation = committed
@@ -157,8 +164,9 @@ class IndexSync:
         if ids is None:
             batches = self._db.iterate("SELECT id, embedding FROM faces ORDER BY id")
         else:
-            batches = self._db.query_in("SELECT id, embedding FROM faces WHERE id IN ({marks})",
-                                        ids)
+            batches = self._db.query_in(
+                "SELECT id, embedding FROM faces WHERE id IN ({marks})", ids
+            )
         for rows in batches:
             if not rows:
                 continue
@@ -184,8 +192,7 @@ class IndexSync:
     def _reconcile(self) -> None:
         """Make the index hold exactly the faces in SQL (add missing, remove extra)."""
         assert self.index is not None
-        sql_ids = np.asarray([r[0] for r in self._db.query("SELECT id FROM faces")],
-                             dtype=np.int64)
+        sql_ids = np.asarray([r[0] for r in self._db.query("SELECT id FROM faces")], dtype=np.int64)
         idx_ids = self.index.ids()
         extra = np.setdiff1d(idx_ids, sql_ids)
         missing = np.setdiff1d(sql_ids, idx_ids)

@@ -34,9 +34,14 @@ def find_pg_bin() -> Path | None:
     env = os.environ.get("MARGINFACE_PG_BIN")
     if env:
         candidates.append(Path(env))
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                                           key=lambda p: int(re.sub(r"\D", "", p) or 0),
-                                           reverse=True)]
+    candidates += [
+        Path(p)
+        for p in sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: int(re.sub(r"\D", "", p) or 0),
+            reverse=True,
+        )
+    ]
     candidates.append(Path("/usr/local/bin"))
     which = shutil.which("pg_ctl")
     if which:
@@ -59,8 +64,10 @@ class TemporaryPostgres:
     def __init__(self, bin_dir: str | Path | None = None, user: str = "postgres") -> None:
         found = Path(bin_dir) if bin_dir else find_pg_bin()
         if found is None:
-            raise GalleryError("PostgreSQL server binaries (initdb, pg_ctl) not found; install "
-                               "the postgresql package or set MARGINFACE_PG_BIN")
+            raise GalleryError(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found; install "
+                "the postgresql package or set MARGINFACE_PG_BIN"
+            )
         self.bin_dir = found
         self.os_user = user
         self.port = 0
@@ -75,8 +82,10 @@ class TemporaryPostgres:
             log = ""
             if self.root is not None and (self.root / "server.log").exists():
                 log = (self.root / "server.log").read_text(errors="replace")[-2000:]
-            raise GalleryError(f"{Path(args[0]).name} failed ({proc.returncode}): "
-                               f"{proc.stderr.strip() or proc.stdout.strip()} {log}")
+            raise GalleryError(
+                f"{Path(args[0]).name} failed ({proc.returncode}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()} {log}"
+            )
 
     def start(self) -> TemporaryPostgres:
         """initdb + start; returns self."""
@@ -84,16 +93,40 @@ class TemporaryPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.root, self.os_user, self.os_user)
         data = self.root / "data"
-        self._run(str(self.bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                  "-E", "UTF8", "--no-sync", "--no-instructions")
+        self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
         for _attempt in range(3):
             self.port = _free_port()
-            opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                    "-c max_connections=100")
+            opts = (
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_connections=100"
+            )
             try:
-                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l",
-                          str(self.root / "server.log"), "-o", opts, "-w", "-t", "60", "start")
+                self._run(
+                    str(self.bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(self.root / "server.log"),
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                )
                 return self
             except GalleryError:
                 continue
@@ -113,8 +146,15 @@ class TemporaryPostgres:
         if self.root is None:
             return
         with contextlib.suppress(GalleryError, subprocess.SubprocessError):
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), "-m",
-                      "immediate", "-w", "stop")
+            self._run(
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            )
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
 
@@ -129,7 +169,6 @@ def create_database(server_url: str, name: str) -> str:
     """Create database ``name`` (dropping an old one) on the server of ``server_url``; return
     the new database's URL."""
     import psycopg  # optional: the `postgres` extra
-
 
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         raise GalleryError(f"invalid database name {name!r}")

@@ -49,8 +49,14 @@ ROLES: tuple[str, ...] = ("admin", "enrol", "recognise")
 #: ``unreadable``, ``duplicate_photo`` (these exact bytes are stored already), ``matches_other``
 #: (identification names another subject) and ``mismatch`` (unlike the subject's own faces).
 PhotoStatus = Literal[
-    "enrolled", "no_face", "multiple_faces", "near_duplicate", "unreadable", "duplicate_photo",
-    "matches_other", "mismatch",
+    "enrolled",
+    "no_face",
+    "multiple_faces",
+    "near_duplicate",
+    "unreadable",
+    "duplicate_photo",
+    "matches_other",
+    "mismatch",
 ]
 
 
@@ -191,8 +197,9 @@ class RecognizedFace(_Record):
             "match": ident.match.to_dict() if ident.match is not None else None,
             "score": ident.score,
             "threshold": ident.threshold,
-            "operating_point": (ident.operating_point.to_dict()
-                                if ident.operating_point is not None else None),
+            "operating_point": (
+                ident.operating_point.to_dict() if ident.operating_point is not None else None
+            ),
             "candidates": [c.to_dict() for c in ident.candidates] if candidates else None,
         }
 
@@ -328,8 +335,9 @@ def redact_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(_SECRET_PARAMS.match(k) for k, _ in pairs):
-            query = urlencode([(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs],
-                              safe="*")
+            query = urlencode(
+                [(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*"
+            )
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -64,10 +64,10 @@ ASSIGN_FACES = 5
 _PG_VISITORS_LOCK = 715530
 
 _PNG = b"\x89PNG\r\n\x1a\n"
-_VISITOR_COLS = ("id, status, subject_id, first_seen, last_seen, sightings, cameras, "
-                 "created_at, updated_at")
-_FACE_COLS = ("id, visitor_id, ts, camera, quality, "
-              "CASE WHEN crop IS NULL THEN 0 ELSE 1 END")
+_VISITOR_COLS = (
+    "id, status, subject_id, first_seen, last_seen, sightings, cameras, created_at, updated_at"
+)
+_FACE_COLS = "id, visitor_id, ts, camera, quality, CASE WHEN crop IS NULL THEN 0 ELSE 1 END"
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -83,8 +83,14 @@ def _vector(blob: Any) -> np.ndarray:
 
 
 def _face(row: Sequence[Any]) -> VisitorFace:
-    return VisitorFace(id=int(row[0]), visitor_id=row[1], ts=utc_from_ts(row[2]), camera=row[3],
-                       quality=float(row[4]), has_crop=bool(row[5]))
+    return VisitorFace(
+        id=int(row[0]),
+        visitor_id=row[1],
+        ts=utc_from_ts(row[2]),
+        camera=row[3],
+        quality=float(row[4]),
+        has_crop=bool(row[5]),
+    )
 
 
 def _png(crop: Any) -> bytes | None:
@@ -99,14 +105,16 @@ def _png(crop: Any) -> bytes | None:
     arr = np.asarray(crop)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
         raise GalleryError(
-            f"a face crop must be an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape}")
+            f"a face crop must be an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape}"
+        )
     return encode_png(arr)
 
 
 def _status(status: str | None) -> str | None:
     if status is not None and status not in VISITOR_STATUSES:
         raise GalleryError(
-            f"unknown visitor status {status!r}: use one of {', '.join(VISITOR_STATUSES)}")
+            f"unknown visitor status {status!r}: use one of {', '.join(VISITOR_STATUSES)}"
+        )
     return status
 
 
@@ -116,8 +124,13 @@ class VisitorStore:
     the gallery's current operating point (how an assignment finds the subject a visitor
     already looks like)."""
 
-    def __init__(self, db: Database, model: EmbeddingModel, subjects: SubjectStore,
-                 identify: Callable[[np.ndarray], Identification]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        model: EmbeddingModel,
+        subjects: SubjectStore,
+        identify: Callable[[np.ndarray], Identification],
+    ) -> None:
         self._db = db
         self._model = model
         self._subjects = subjects
@@ -129,10 +142,17 @@ class VisitorStore:
         if self._db.dialect == "postgresql":
             self._db.execute("SELECT pg_advisory_xact_lock(?)", (_PG_VISITORS_LOCK,))
 
-    def record(self, camera: str, first_seen: datetime | float, last_seen: datetime | float,
-               embeddings: np.ndarray, qualities: Sequence[float],
-               crops: Sequence[Any] | None, threshold: float, keep_faces: int
-               ) -> StrangerSighting:
+    def record(
+        self,
+        camera: str,
+        first_seen: datetime | float,
+        last_seen: datetime | float,
+        embeddings: np.ndarray,
+        qualities: Sequence[float],
+        crops: Sequence[Any] | None,
+        threshold: float,
+        keep_faces: int,
+    ) -> StrangerSighting:
         _, dim = self._model.require()
         camera = clean_name(camera, what="camera", max_length=100)
         vecs = self._model.normalise(embeddings)  # (N, dim) unit rows, or GalleryError
@@ -166,8 +186,10 @@ class VisitorStore:
             self._lock()
             best: tuple[float, str, str] | None = None  # (score, id, status)
             for vid, status, blob in self._db.query(
-                    "SELECT id, status, embedding FROM visitors "
-                    "WHERE status IN ('pending', 'dismissed') AND dim = ?", (dim,)):
+                "SELECT id, status, embedding FROM visitors "
+                "WHERE status IN ('pending', 'dismissed') AND dim = ?",
+                (dim,),
+            ):
                 score = float(np.dot(_vector(blob), mean))
                 if score >= threshold and (best is None or score > best[0]):
                     best = (score, vid, status)
@@ -177,69 +199,108 @@ class VisitorStore:
                     "INSERT INTO visitors (id, status, subject_id, first_seen, last_seen, "
                     "sightings, cameras, dim, weight, embedding, created_at, updated_at) "
                     "VALUES (?, 'pending', NULL, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
-                    (vid, t0, t1, json.dumps([camera]), dim, float(n), _blob(mean), now, now))
+                    (vid, t0, t1, json.dumps([camera]), dim, float(n), _blob(mean), now, now),
+                )
                 self._add_faces(vid, camera, t1, vecs, q, order, pngs, keep)
                 return StrangerSighting(visitor_id=vid, new=True, score=-1.0, status="pending")
             score, vid, status = best
             row = self._db.query_one(
                 "SELECT first_seen, last_seen, sightings, cameras, weight, embedding "
-                "FROM visitors WHERE id = ?", (vid,))
+                "FROM visitors WHERE id = ?",
+                (vid,),
+            )
             assert row is not None  # selected above, in this transaction
             cams = list(json.loads(row[3] or "[]"))
             if camera not in cams:
                 cams.append(camera)
-            sets = ("first_seen = ?, last_seen = ?, sightings = ?, cameras = ?, updated_at = ?")
-            params: list[Any] = [min(float(row[0]), t0), max(float(row[1]), t1),
-                                 int(row[2]) + 1, json.dumps(cams), now]
+            sets = "first_seen = ?, last_seen = ?, sightings = ?, cameras = ?, updated_at = ?"
+            params: list[Any] = [
+                min(float(row[0]), t0),
+                max(float(row[1]), t1),
+                int(row[2]) + 1,
+                json.dumps(cams),
+                now,
+            ]
             if status == "pending":
                 weight = float(row[4])
                 merged = _vector(row[5]) * weight + mean * n
                 sets += ", weight = ?, embedding = ?"
-                params += [weight + n, _blob(_unit(merged) if np.linalg.norm(merged) > 1e-6
-                                              else mean)]
+                params += [
+                    weight + n,
+                    _blob(_unit(merged) if np.linalg.norm(merged) > 1e-6 else mean),
+                ]
             self._db.execute(f"UPDATE visitors SET {sets} WHERE id = ?", [*params, vid])
             if status == "pending":
                 self._add_faces(vid, camera, t1, vecs, q, order, pngs, keep)
         return StrangerSighting(visitor_id=vid, new=False, score=score, status=status)
 
-    def _add_faces(self, vid: str, camera: str, ts: float, vecs: np.ndarray, q: np.ndarray,
-                   order: list[int], pngs: list[bytes | None], keep: int) -> None:
+    def _add_faces(
+        self,
+        vid: str,
+        camera: str,
+        ts: float,
+        vecs: np.ndarray,
+        q: np.ndarray,
+        order: list[int],
+        pngs: list[bytes | None],
+        keep: int,
+    ) -> None:
         """Inside the transaction: store the sighting's best faces, then keep the visitor's
         ``keep`` best (by quality; the newer of equals)."""
         for i, png in zip(order, pngs, strict=True):
             self._db.execute(
                 "INSERT INTO visitor_faces (visitor_id, ts, camera, quality, embedding, crop) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (vid, ts, camera, float(q[i]), _blob(vecs[i]), png))
-        ids = [int(r[0]) for r in self._db.query(
-            "SELECT id FROM visitor_faces WHERE visitor_id = ? ORDER BY quality DESC, id DESC",
-            (vid,))]
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (vid, ts, camera, float(q[i]), _blob(vecs[i]), png),
+            )
+        ids = [
+            int(r[0])
+            for r in self._db.query(
+                "SELECT id FROM visitor_faces WHERE visitor_id = ? ORDER BY quality DESC, id DESC",
+                (vid,),
+            )
+        ]
         extra = ids[keep:]
         for start in range(0, len(extra), 500):
-            part = extra[start:start + 500]
+            part = extra[start : start + 500]
             self._db.execute(
-                f"DELETE FROM visitor_faces WHERE id IN ({','.join('?' * len(part))})", part)
+                f"DELETE FROM visitor_faces WHERE id IN ({','.join('?' * len(part))})", part
+            )
 
     # -- reading --------------------------------------------------------------------------------
     def _faces_of(self, visitor_ids: Sequence[str]) -> dict[str, list[VisitorFace]]:
         found: dict[str, list[VisitorFace]] = {vid: [] for vid in visitor_ids}
         for rows in self._db.query_in(
-                f"SELECT {_FACE_COLS} FROM visitor_faces WHERE visitor_id IN ({{marks}}) "
-                "ORDER BY quality DESC, id DESC", list(visitor_ids)):
+            f"SELECT {_FACE_COLS} FROM visitor_faces WHERE visitor_id IN ({{marks}}) "
+            "ORDER BY quality DESC, id DESC",
+            list(visitor_ids),
+        ):
             for row in rows:
                 found[row[1]].append(_face(row))
         return found
 
     def _visitors(self, rows: Sequence[Sequence[Any]]) -> list[Visitor]:
         faces = self._faces_of([r[0] for r in rows])
-        return [Visitor(id=r[0], status=r[1], subject_id=r[2], first_seen=utc_from_ts(r[3]),
-                        last_seen=utc_from_ts(r[4]), sightings=int(r[5]),
-                        cameras=list(json.loads(r[6] or "[]")), faces=faces[r[0]],
-                        created_at=utc_from_ts(r[7]), updated_at=utc_from_ts(r[8]))
-                for r in rows]
+        return [
+            Visitor(
+                id=r[0],
+                status=r[1],
+                subject_id=r[2],
+                first_seen=utc_from_ts(r[3]),
+                last_seen=utc_from_ts(r[4]),
+                sightings=int(r[5]),
+                cameras=list(json.loads(r[6] or "[]")),
+                faces=faces[r[0]],
+                created_at=utc_from_ts(r[7]),
+                updated_at=utc_from_ts(r[8]),
+            )
+            for r in rows
+        ]
 
     def get(self, visitor_id: str) -> Visitor:
-        row = self._db.query_one(f"SELECT {_VISITOR_COLS} FROM visitors WHERE id = ?",
-                                 (str(visitor_id),))
+        row = self._db.query_one(
+            f"SELECT {_VISITOR_COLS} FROM visitors WHERE id = ?", (str(visitor_id),)
+        )
         if row is None:
             raise NotFoundError(f"unknown visitor {visitor_id!r}")
         return self._visitors([row])[0]
@@ -268,11 +329,19 @@ class VisitorStore:
         return bytes(row[0]) if row[0] is not None else None
 
     # -- review ---------------------------------------------------------------------------------
-    def assign(self, visitor_id: str, subject_id: str | None, name: str | None,
-               faces: Sequence[int] | None, force: bool) -> Subject:
+    def assign(
+        self,
+        visitor_id: str,
+        subject_id: str | None,
+        name: str | None,
+        faces: Sequence[int] | None,
+        force: bool,
+    ) -> Subject:
         if (subject_id is None) == (name is None):
-            raise GalleryError("assign a visitor to an existing subject (subject_id) or to a "
-                               "new one (name), one of the two")
+            raise GalleryError(
+                "assign a visitor to an existing subject (subject_id) or to a "
+                "new one (name), one of the two"
+            )
         visitor = self.get(visitor_id)
         if visitor.status != "pending":
             raise ConflictError(f"visitor {visitor.id} is {visitor.status} already")
@@ -290,7 +359,8 @@ class VisitorStore:
             raise GalleryError(f"visitor {visitor.id} has no stored face to enrol")
         rows: dict[int, tuple[Any, Any]] = {}
         for part in self._db.query_in(
-                "SELECT id, embedding, crop FROM visitor_faces WHERE id IN ({marks})", chosen):
+            "SELECT id, embedding, crop FROM visitor_faces WHERE id IN ({marks})", chosen
+        ):
             rows.update((int(r[0]), (r[1], r[2])) for r in part)
         if len(rows) != len(chosen):  # purged meanwhile
             raise ConflictError(f"faces of visitor {visitor.id} changed meanwhile; try again")
@@ -304,7 +374,9 @@ class VisitorStore:
         def mark_assigned() -> None:  # inside the enrolment's transaction
             changed = self._db.execute(
                 "UPDATE visitors SET status = 'assigned', subject_id = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'pending'", (sid, time.time(), visitor.id))
+                "WHERE id = ? AND status = 'pending'",
+                (sid, time.time(), visitor.id),
+            )
             if changed != 1:
                 raise ConflictError(f"visitor {visitor.id} was reviewed meanwhile")
 
@@ -326,15 +398,18 @@ class VisitorStore:
                 raise ConflictError(
                     f"visitor {visitor_id} looks like subject {cand.name!r} ({cand.subject_id}): "
                     f"score {cand.score:.3f} >= the operating point's threshold "
-                    f"{answer.threshold:.3f}; assign it to that subject, or force")
+                    f"{answer.threshold:.3f}; assign it to that subject, or force"
+                )
 
     def dismiss(self, visitor_id: str) -> Visitor:
         with self._db.transaction():
             visitor = self.get(visitor_id)
             if visitor.status == "assigned":
                 raise ConflictError(f"visitor {visitor.id} is assigned already")
-            self._db.execute("UPDATE visitors SET status = 'dismissed', updated_at = ? "
-                             "WHERE id = ?", (time.time(), visitor.id))
+            self._db.execute(
+                "UPDATE visitors SET status = 'dismissed', updated_at = ? WHERE id = ?",
+                (time.time(), visitor.id),
+            )
         return self.get(visitor.id)
 
     # -- retention ------------------------------------------------------------------------------
@@ -346,16 +421,23 @@ class VisitorStore:
             faces = self._db.execute("DELETE FROM visitor_faces WHERE ts < ?", (cutoff,))
             visitors = self._db.execute(
                 "DELETE FROM visitors WHERE status <> 'assigned' AND last_seen < ? AND NOT EXISTS "
-                "(SELECT 1 FROM visitor_faces f WHERE f.visitor_id = visitors.id)", (cutoff,))
+                "(SELECT 1 FROM visitor_faces f WHERE f.visitor_id = visitors.id)",
+                (cutoff,),
+            )
             # camera visits: details {"kind": "visit", ...} (JSON text written sorted, so the
             # LIKE finds every candidate; the JSON decides)
-            ids = [int(i) for i, details in self._db.query(
-                "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
-                (cutoff, '%"kind": "visit"%'))
-                if json.loads(details or "{}").get("kind") == "visit"]
+            ids = [
+                int(i)
+                for i, details in self._db.query(
+                    "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
+                    (cutoff, '%"kind": "visit"%'),
+                )
+                if json.loads(details or "{}").get("kind") == "visit"
+            ]
             for start in range(0, len(ids), 500):
-                part = ids[start:start + 500]
-                self._db.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})",
-                                 part)
+                part = ids[start : start + 500]
+                self._db.execute(
+                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})", part
+                )
         self._db.checkpoint()
         return {"visitor_faces": faces, "visitors": visitors, "events": len(ids)}

@@ -23,8 +23,16 @@ class ArcFace(NormFace):
     (insightface's option; it is not monotone at θ = π/2 by construction).
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, scale: float = 64.0,
-                 margin: float = 0.5, easy_margin: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        easy_margin: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(num_classes, embedding_dim, scale=scale, **kwargs)
         if margin < 0:
             raise ValueError(f"margin must be non-negative, got {margin}")

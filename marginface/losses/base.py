@@ -183,8 +183,9 @@ class MarginHead(nn.Module):
     def target_logit(self, theta: Tensor) -> Tensor:
         """The target logit ``s·f(cos θ)`` over angles in radians (unit feature norm)."""
         theta = torch.as_tensor(theta, dtype=torch.float64)
-        scale = self.scale_for(torch.ones(1, self.embedding_dim, dtype=torch.float64)
-                               / math.sqrt(self.embedding_dim))
+        scale = self.scale_for(
+            torch.ones(1, self.embedding_dim, dtype=torch.float64) / math.sqrt(self.embedding_dim)
+        )
         if isinstance(scale, Tensor):
             scale = float(scale.reshape(-1)[0])
         return scale * self.margin(torch.cos(theta))

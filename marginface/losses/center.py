@@ -21,8 +21,14 @@ class CenterLoss(nn.Module):
     the angular heads it is usually combined with (e.g. ``ArcFace + 0.01·CenterLoss``).
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, normalize: bool = False,
-                 validate: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        normalize: bool = False,
+        validate: bool = True,
+    ) -> None:
         super().__init__()
         if num_classes < 1 or embedding_dim < 1:
             raise ValueError("num_classes and embedding_dim must be positive")

@@ -20,8 +20,17 @@ class CombinedMargin(NormFace):
     :mod:`marginface.losses.margins`), so it is non-increasing on [0, π].
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, m1: float = 1.0,
-                 m2: float = 0.3, m3: float = 0.2, scale: float = 64.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        m1: float = 1.0,
+        m2: float = 0.3,
+        m3: float = 0.2,
+        scale: float = 64.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(num_classes, embedding_dim, scale=scale, **kwargs)
         if m1 <= 0:
             raise ValueError(f"m1 must be positive, got {m1}")

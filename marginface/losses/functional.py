@@ -155,8 +155,22 @@ class _MarginCrossEntropy(torch.autograd.Function):
             lse = run_max + torch.log(run_sum)
             loss = (lse - z_target).mean()
 
-        ctx.save_for_backward(x, weight, bias, scale, labels, lse, cos_t, f_t, df_t, k_t, norms,
-                              torch.stack(maxima, dim=1), *chunks, *argmax)
+        ctx.save_for_backward(
+            x,
+            weight,
+            bias,
+            scale,
+            labels,
+            lse,
+            cos_t,
+            f_t,
+            df_t,
+            k_t,
+            norms,
+            torch.stack(maxima, dim=1),
+            *chunks,
+            *argmax,
+        )
         ctx.opts = (len(chunks), normalize_weight, K, chunk_size, mm_dtype)
         return loss
 
@@ -229,8 +243,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
             valid = labels >= 0
             safe = labels.clamp_min(0)
             p_t = torch.exp(s * f_t - lse)
-            delta = torch.where(valid, coef * s * ((p_t - 1.0) * df_t - p_t),
-                                torch.zeros_like(p_t))
+            delta = torch.where(valid, coef * s * ((p_t - 1.0) * df_t - p_t), torch.zeros_like(p_t))
             row = safe * K + k_t
             w_t = w_all.index_select(0, row).to(acc)
             n_t = norms.index_select(0, row) if normalize_weight else None
@@ -243,8 +256,9 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 assert grad_w is not None
                 if normalize_weight:
                     assert n_t is not None
-                    upd = (delta / n_t).unsqueeze(1) * xa - \
-                        (delta * cos_t / (n_t * n_t)).unsqueeze(1) * w_t
+                    upd = (delta / n_t).unsqueeze(1) * xa - (delta * cos_t / (n_t * n_t)).unsqueeze(
+                        1
+                    ) * w_t
                 else:
                     upd = delta.unsqueeze(1) * xa
                 grad_w.index_put_((row,), upd, accumulate=True)  # index_add_ is slow on CPU
@@ -260,14 +274,20 @@ class _MarginCrossEntropy(torch.autograd.Function):
                     assert pb is not None
                     pc = pc + pb
                 pu = pc + torch.where(valid, p_t * (f_t - cos_t), torch.zeros_like(p_t))
-                grad_s = (coef * (pu - torch.where(valid, f_t, torch.zeros_like(f_t))))
+                grad_s = coef * (pu - torch.where(valid, f_t, torch.zeros_like(f_t)))
                 grad_s = grad_s.to(scale.dtype)
         return (
             grad_x.to(x.dtype) if grad_x is not None else None,
             grad_w.to(weight.dtype) if grad_w is not None else None,
             grad_b.to(bias.dtype) if grad_b is not None else None,
             grad_s,
-            None, None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -311,6 +331,15 @@ def margin_cross_entropy(
     if torch.is_autocast_enabled(device_type):
         mm_dtype = torch.get_autocast_dtype(device_type)
     return _MarginCrossEntropy.apply(
-        embeddings, weight, bias, s, labels, margin, normalize_weight, int(subcenters),
-        int(chunk_size), mm_dtype, group,
+        embeddings,
+        weight,
+        bias,
+        s,
+        labels,
+        margin,
+        normalize_weight,
+        int(subcenters),
+        int(chunk_size),
+        mm_dtype,
+        group,
     )

@@ -15,8 +15,9 @@ class NormFace(MarginHead):
     """Normalised softmax loss: ``‖W_j‖ = 1``, ``‖x‖ = s``, logits ``s·cos θ_j``
     (default s = 64)."""
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, scale: float = 64.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, embedding_dim: int, *, scale: float = 64.0, **kwargs: Any
+    ) -> None:
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
         super().__init__(num_classes, embedding_dim, **kwargs)

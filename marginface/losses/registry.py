@@ -35,8 +35,13 @@ OTHER: dict[str, type[nn.Module]] = {
     "interclass": InterClassLoss,
 }
 LOSSES: dict[str, type[nn.Module]] = {**HEADS, **OTHER}
-_ALIASES = {"nsl": "normface", "lmcl": "cosface", "a_softmax": "sphereface",
-            "combined_margin": "combined", "subcenter": "subcenter_arcface"}
+_ALIASES = {
+    "nsl": "normface",
+    "lmcl": "cosface",
+    "a_softmax": "sphereface",
+    "combined_margin": "combined",
+    "subcenter": "subcenter_arcface",
+}
 
 
 def list_losses() -> list[str]:
@@ -57,8 +62,9 @@ def _canonical(name: str) -> str:
     return key
 
 
-def create(name: str, *, num_classes: int | None = None, embedding_dim: int | None = None,
-           **kwargs: Any) -> nn.Module:
+def create(
+    name: str, *, num_classes: int | None = None, embedding_dim: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Instantiate the loss ``name``; heads and the centre loss need ``num_classes`` and
     ``embedding_dim``. SphereFace accepts ``lambda_schedule`` as a mapping or ``None``."""
     key = _canonical(name)
@@ -72,13 +78,13 @@ def create(name: str, *, num_classes: int | None = None, embedding_dim: int | No
     return cls(**kwargs)
 
 
-def create_head(name: str, *, num_classes: int, embedding_dim: int,
-                **kwargs: Any) -> MarginHead:
+def create_head(name: str, *, num_classes: int, embedding_dim: int, **kwargs: Any) -> MarginHead:
     """:func:`create` for a classification head (a :class:`MarginHead`); ``ValueError`` when
     ``name`` is another loss."""
     if not is_head(name):
-        raise ValueError(f"loss {name!r} is not a classification head; heads: "
-                         f"{', '.join(sorted(HEADS))}")
+        raise ValueError(
+            f"loss {name!r} is not a classification head; heads: {', '.join(sorted(HEADS))}"
+        )
     head = create(name, num_classes=num_classes, embedding_dim=embedding_dim, **kwargs)
     if not isinstance(head, MarginHead):  # pragma: no cover - HEADS holds MarginHead classes
         raise TypeError(f"loss {name!r} built a {type(head).__name__}, not a MarginHead")

@@ -21,8 +21,9 @@ class Softmax(MarginHead):
     normalize_embeddings = False
     normalize_weight = False
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, bias: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, embedding_dim: int, *, bias: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(num_classes, embedding_dim, bias=bias, **kwargs)
 
     def target_logit(self, theta: Tensor) -> Tensor:

@@ -47,10 +47,16 @@ class SphereFace(MarginHead):
 
     iteration: Tensor  # a buffer: training-mode forwards so far
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, margin: int = 4,
-                 scale: float | None = None,
-                 lambda_schedule: LambdaSchedule | None = LambdaSchedule(),
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        margin: int = 4,
+        scale: float | None = None,
+        lambda_schedule: LambdaSchedule | None = LambdaSchedule(),
+        **kwargs: Any,
+    ) -> None:
         if int(margin) != margin or margin < 1:
             raise ValueError(f"SphereFace's margin must be a positive integer, got {margin}")
         if scale is not None and scale <= 0:

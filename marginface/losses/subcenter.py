@@ -16,8 +16,9 @@ class SubCenterArcFace(ArcFace):
     faces gather around secondary sub-centres instead of distorting the dominant one.
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, *, subcenters: int = 3,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, embedding_dim: int, *, subcenters: int = 3, **kwargs: Any
+    ) -> None:
         if not 1 <= subcenters <= 255:
             raise ValueError(f"subcenters must be in [1, 255], got {subcenters}")
         self.subcenters = int(subcenters)

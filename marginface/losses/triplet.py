@@ -47,9 +47,15 @@ class TripletLoss(nn.Module):
     gradient, when there are none). ``last_triplet_count`` holds how many triplets were selected.
     """
 
-    def __init__(self, margin: float = 0.2, *, mining: Mining = "semihard",
-                 distance: Distance = "squared_l2", semihard_fallback: bool = True,
-                 validate: bool = True) -> None:
+    def __init__(
+        self,
+        margin: float = 0.2,
+        *,
+        mining: Mining = "semihard",
+        distance: Distance = "squared_l2",
+        semihard_fallback: bool = True,
+        validate: bool = True,
+    ) -> None:
         super().__init__()
         if margin < 0:
             raise ValueError(f"margin must be non-negative, got {margin}")
@@ -107,8 +113,12 @@ class TripletLoss(nn.Module):
         if self.validate:
             check_embeddings(embeddings)
             check_labels(labels, embeddings.shape[0])
-        dist = pairwise_distances(embeddings.float() if embeddings.dtype in
-                                  (torch.float16, torch.bfloat16) else embeddings, self.distance)
+        dist = pairwise_distances(
+            embeddings.float()
+            if embeddings.dtype in (torch.float16, torch.bfloat16)
+            else embeddings,
+            self.distance,
+        )
         a, p, n = self.mine(dist, labels)
         self.last_triplet_count = int(a.numel())
         losses = F.relu(dist[a, p] - dist[a, n] + self.margin)

@@ -196,8 +196,9 @@ def held_out_mask(labels: np.ndarray, holdout: int) -> np.ndarray:
 
 def _trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Loss arguments as plain values (a config holds data, not objects)."""
-    return {k: dataclasses.asdict(v) if isinstance(v, LambdaSchedule) else v
-            for k, v in kwargs.items()}
+    return {
+        k: dataclasses.asdict(v) if isinstance(v, LambdaSchedule) else v for k, v in kwargs.items()
+    }
 
 
 def _pk_k(batch_size: int, identities: int) -> int:
@@ -208,33 +209,56 @@ def _pk_k(batch_size: int, identities: int) -> int:
     raise ConfigError(f"a P×K batch of {batch_size} cannot be made of {identities} identities")
 
 
-def run_config(spec: LossSpec, settings: TrainSettings, *, image_size: int, images: int,
-                 identities: int) -> dict[str, Any]:
+def run_config(
+    spec: LossSpec, settings: TrainSettings, *, image_size: int, images: int, identities: int
+) -> dict[str, Any]:
     """The training config (a :class:`~marginface.train.TrainConfig` mapping) of one run on
     ``images`` photos of ``identities`` people, ``image_size`` pixels square."""
     w = settings.width
     augment: str | dict[str, Any] = "flip" if settings.flip else "none"
     if settings.shift:
-        augment = {"hflip": 0.5 if settings.flip else 0.0, "shift_scale": 1.0,
-                   "shift_limit": settings.shift / image_size, "scale_limit": 0.0}
-    data: dict[str, Any] = {"input_size": [image_size, image_size], "augment": augment,
-                            "drop_last": False, "preload": "none" if settings.shift else "device"}
+        augment = {
+            "hflip": 0.5 if settings.flip else 0.0,
+            "shift_scale": 1.0,
+            "shift_limit": settings.shift / image_size,
+            "scale_limit": 0.0,
+        }
+    data: dict[str, Any] = {
+        "input_size": [image_size, image_size],
+        "augment": augment,
+        "drop_last": False,
+        "preload": "none" if settings.shift else "device",
+    }
     if not is_head(spec.name):  # the triplet loss: identity-balanced batches, as many
-        data.update(sampler="pk", pk_k=_pk_k(settings.batch_size, identities), pk_min_images=1,
-                    pk_batches_per_epoch=math.ceil(images / settings.batch_size))
+        data.update(
+            sampler="pk",
+            pk_k=_pk_k(settings.batch_size, identities),
+            pk_min_images=1,
+            pk_batches_per_epoch=math.ceil(images / settings.batch_size),
+        )
     return {
         "data": data,
-        "backbone": {"name": "tiny", "embedding_dim": settings.dim,
-                     "kwargs": {"widths": [w, 2 * w, 4 * w], "pool": 2,
-                                "affine_features": False}},
+        "backbone": {
+            "name": "tiny",
+            "embedding_dim": settings.dim,
+            "kwargs": {"widths": [w, 2 * w, 4 * w], "pool": 2, "affine_features": False},
+        },
         # Unit-norm class rows: with insightface's std 0.01 the angular step of a normalised
         # row is ~10⁴× the learning rate at first, which scrambles 2-d/3-d toy runs.
         "loss": {"name": spec.name, "kwargs": _trainer_kwargs(spec.kwargs), "init": "unit"},
-        "optim": {"name": "adamw" if settings.optimizer == "adam" else "sgd", "lr": settings.lr,
-                  "momentum": 0.9, "nesterov": True, "weight_decay": settings.weight_decay,
-                  "head_lr_scale": settings.head_lr_mult, "grad_clip": None},
+        "optim": {
+            "name": "adamw" if settings.optimizer == "adam" else "sgd",
+            "lr": settings.lr,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": settings.weight_decay,
+            "head_lr_scale": settings.head_lr_mult,
+            "grad_clip": None,
+        },
         "schedule": {"kind": "onecycle", "warmup_epochs": 0.15 * settings.epochs},
-        "epochs": settings.epochs, "batch_size": settings.batch_size, "seed": settings.seed,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
     }
 
 
@@ -261,17 +285,27 @@ def train_features(
     pixels = _pixels(data.images)
     labels = torch.from_numpy(np.ascontiguousarray(data.labels))
     train_np = held_out_mask(data.labels, settings.holdout) == 0
-    config = run_config(spec, settings, image_size=pixels.shape[1],
-                          images=int(train_np.sum()), identities=data.num_classes)
+    config = run_config(
+        spec,
+        settings,
+        image_size=pixels.shape[1],
+        images=int(train_np.sum()),
+        identities=data.num_classes,
+    )
 
     def epoch_done(state: RunState) -> None:
         if progress is not None:
             progress(spec.title, state.epoch, state.epoch_losses[-1])
 
     with deterministic(settings.seed, settings.threads):
-        run = train_arrays(config, pixels[train_np], data.labels[train_np],
-                           label_map=LabelMap(data.names), name=data.source,
-                           on_epoch_end=epoch_done)
+        run = train_arrays(
+            config,
+            pixels[train_np],
+            data.labels[train_np],
+            label_map=LabelMap(data.names),
+            name=data.source,
+            on_epoch_end=epoch_done,
+        )
         feats = embed_arrays(run.backbone, pixels, run.preprocessing)
         feats_np = feats.double().numpy()
         labels_np = data.labels.copy()

@@ -65,8 +65,10 @@ def _describe(point: OperatingPoint) -> str:
         return f"the explicit threshold {point.threshold:.3f}"
     if point.gallery_subjects == 0:
         return f"target FPIR {point.target_fpir:g} (no subjects enrolled yet)"
-    return (f"target FPIR {point.target_fpir:g} (threshold {point.threshold:.3f} for "
-            f"{point.gallery_subjects} subjects)")
+    return (
+        f"target FPIR {point.target_fpir:g} (threshold {point.threshold:.3f} for "
+        f"{point.gallery_subjects} subjects)"
+    )
 
 
 def create_app(

@@ -36,15 +36,20 @@ class _GalleryCollector(Collector):
 
 
 #: Camera states, each a 0/1 series of ``marginface_camera_state`` (manager.CAMERA_STATES).
-_CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended",
-                  "failed")
+_CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed")
 #: Per-camera counters: (metric name without _total, status key, help).
 _CAMERA_COUNTERS = (
     ("marginface_camera_frames_read", "frames_read", "Frames decoded from the camera."),
-    ("marginface_camera_frames_processed", "frames_processed",
-     "Frames processed (faces detected, tracked and decided)."),
-    ("marginface_camera_frames_dropped", "frames_dropped",
-     "Frames skipped to stay at the latest frame (processing fell behind)."),
+    (
+        "marginface_camera_frames_processed",
+        "frames_processed",
+        "Frames processed (faces detected, tracked and decided).",
+    ),
+    (
+        "marginface_camera_frames_dropped",
+        "frames_dropped",
+        "Frames skipped to stay at the latest frame (processing fell behind).",
+    ),
     ("marginface_camera_frames_corrupt", "frames_corrupt", "Frames that could not be decoded."),
     ("marginface_camera_reconnects", "reconnects", "Reconnections to the camera's stream."),
     ("marginface_camera_restarts", "restarts", "Restarts of the camera's worker after a crash."),
@@ -54,8 +59,11 @@ _CAMERA_COUNTERS = (
 _CAMERA_GAUGES = (
     ("marginface_camera_read_fps", "read_fps", "Frames per second read from the camera."),
     ("marginface_camera_process_fps", "process_fps", "Frames per second processed."),
-    ("marginface_camera_lag_seconds", "lag_s",
-     "Age of the latest frame when it was processed (seconds)."),
+    (
+        "marginface_camera_lag_seconds",
+        "lag_s",
+        "Age of the latest frame when it was processed (seconds).",
+    ),
     ("marginface_camera_tracks_open", "tracks_open", "Faces being tracked now."),
 )
 
@@ -64,9 +72,7 @@ class _CameraCollector(Collector):
     """Reads every camera's status at scrape time (one series per camera, label ``camera``;
     counters restart from zero when the camera's worker restarts)."""
 
-    def __init__(
-        self, statuses: Callable[[], list[tuple[str, dict[str, Any]]] | None]
-    ) -> None:
+    def __init__(self, statuses: Callable[[], list[tuple[str, dict[str, Any]]] | None]) -> None:
         self._statuses = statuses
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -75,8 +81,10 @@ class _CameraCollector(Collector):
             return
         yield GaugeMetricFamily("marginface_cameras", "Cameras configured.", value=len(statuses))
         state = GaugeMetricFamily(
-            "marginface_camera_state", "1 for the camera's current state, else 0.",
-            labels=["camera", "state"])
+            "marginface_camera_state",
+            "1 for the camera's current state, else 0.",
+            labels=["camera", "state"],
+        )
         for name, status in statuses:
             for candidate in _CAMERA_STATES:
                 state.add_metric([name, candidate], 1.0 if status.get("state") == candidate else 0)

@@ -193,8 +193,10 @@ class PhotoOutcomeOut(_Out):
         description="The subject the photo collides with: why it was held back, or what a "
         "forced enrolment overrode."
     )
-    forceable: bool = Field(description="Held back, but the same request with force=true would "
-                            "enrol it (a mismatch only with an admin key).")
+    forceable: bool = Field(
+        description="Held back, but the same request with force=true would "
+        "enrol it (a mismatch only with an admin key)."
+    )
     forced: bool = Field(description="Enrolled only because force=true overrode a conflict.")
 
 
@@ -219,11 +221,15 @@ class OperatingPointOut(BaseModel):
     threshold: float = Field(description="The cosine threshold in force.")
     source: Literal["fpir", "threshold"] = Field(
         description="fpir: derived from the target FPIR for this gallery; threshold: set "
-        "explicitly.")
-    target_fpir: float | None = Field(description="The target false positive identification "
-                                      "rate (null for an explicit threshold).")
-    expected_fpir: float | None = Field(description="The FPIR the model card predicts at this "
-                                        "threshold for this gallery.")
+        "explicitly."
+    )
+    target_fpir: float | None = Field(
+        description="The target false positive identification "
+        "rate (null for an explicit threshold)."
+    )
+    expected_fpir: float | None = Field(
+        description="The FPIR the model card predicts at this threshold for this gallery."
+    )
     gallery_subjects: int = Field(description="Subjects (with faces) it was computed for.")
     gallery_faces: int
     note: str | None
@@ -236,8 +242,7 @@ class IdentifiedFaceOut(BaseModel):
     match: CandidateOut | None = Field(description="The identified subject; null for unknown.")
     score: float = Field(description="The best candidate's cosine similarity.")
     threshold: float
-    operating_point: OperatingPointOut | None = Field(
-        description="How the threshold was decided.")
+    operating_point: OperatingPointOut | None = Field(description="How the threshold was decided.")
     candidates: list[CandidateOut] | None = Field(
         description="The nearest subjects with their scores; null for a recognise key (they "
         "name enrolled people) unless the service is configured to show them."
@@ -322,8 +327,11 @@ class KeyCreatedOut(BaseModel):
 # -- cameras -----------------------------------------------------------------------------------
 CameraName = Annotated[
     str,
-    Field(min_length=1, max_length=100,
-          description="Unique camera name; the `source` of its visit events (and attendance)."),
+    Field(
+        min_length=1,
+        max_length=100,
+        description="Unique camera name; the `source` of its visit events (and attendance).",
+    ),
     _gallery_rule(clean_name, what="camera name", max_length=100),
 ]
 CameraUrl = Annotated[
@@ -360,8 +368,11 @@ class CameraCreate(BaseModel):
     name: CameraName
     url: CameraUrl
     settings: CameraSettingsBody = Field(default_factory=dict)
-    enabled: bool = Field(default=True, description="Run it now and whenever the service "
-                          "starts (POST .../start and .../stop change it too).")
+    enabled: bool = Field(
+        default=True,
+        description="Run it now and whenever the service "
+        "starts (POST .../start and .../stop change it too).",
+    )
 
 
 class CameraUpdate(BaseModel):
@@ -370,7 +381,8 @@ class CameraUpdate(BaseModel):
     name: CameraName | None = None
     url: CameraUrl | None = None
     settings: CameraSettingsBody | None = Field(
-        default=None, description="Replaces the whole settings object.")
+        default=None, description="Replaces the whole settings object."
+    )
     enabled: bool | None = None
 
 
@@ -382,12 +394,14 @@ class NotificationStatusOut(BaseModel):
 
 
 class CameraStatusOut(BaseModel):
-    state: Literal["stopped", "starting", "connecting", "running", "reconnecting", "ended",
-                   "failed"] = Field(
+    state: Literal[
+        "stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed"
+    ] = Field(
         description="stopped (disabled, or camera workers are off), starting, connecting, "
         "running, reconnecting (the stream dropped or cannot be reached; retried with "
         "backoff), ended (a video file played to its end) or failed (the worker crashed or "
-        "cannot start; restarted with backoff).")
+        "cannot start; restarted with backoff)."
+    )
     running: bool = Field(description="A worker is watching the camera now.")
     last_error: str | None = Field(description="Why it is not running well (passwords hidden).")
     restarts: int = Field(description="Restarts of the worker after a failure.")
@@ -408,7 +422,8 @@ class CameraStatusOut(BaseModel):
     stream_fps: float | None = Field(description="The stream's own frame rate, when known.")
     notifications: list[NotificationStatusOut] = Field(
         description="Delivery status of the visit records and notifications (every camera "
-        "shares them): counts, and the last error.")
+        "shares them): counts, and the last error."
+    )
 
 
 class CameraOut(_Out):
@@ -438,7 +453,8 @@ class VisitOut(BaseModel):
     time: datetime
     camera: str
     kind: Literal["arrived", "left"] = Field(
-        description="arrived: the visit was decided (a name, or unknown); left: it ended.")
+        description="arrived: the visit was decided (a name, or unknown); left: it ended."
+    )
     subject_id: str | None = Field(description="Null for a stranger.")
     name: str | None
     score: float | None
@@ -449,10 +465,13 @@ class VisitOut(BaseModel):
     dwell_s: float | None
     faces: int | None = Field(description="Face embeddings the decision used.")
     visitor_id: str | None = Field(
-        description="A stranger's visitor in /v1/unknowns (on its left event).")
+        description="A stranger's visitor in /v1/unknowns (on its left event)."
+    )
     face: bool = Field(
-        False, description="A thumbnail of the visit's best face is at "
-        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only).")
+        False,
+        description="A thumbnail of the visit's best face is at "
+        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only).",
+    )
 
 
 class VisitListOut(BaseModel):
@@ -497,13 +516,17 @@ class VisitorAssign(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
-        default=None, description="An existing subject to add the visitor's faces to.")
+        default=None, description="An existing subject to add the visitor's faces to."
+    )
     name: Name | None = Field(default=None, description="Or: a new subject's name.")
     faces: Annotated[list[FaceIdValue], Field(max_length=100)] | None = Field(
-        default=None, description="The visitor's face ids to enrol (default: its best, up to 5).")
+        default=None, description="The visitor's face ids to enrol (default: its best, up to 5)."
+    )
     force: bool = Field(
-        default=False, description="Assign even though the visitor looks like another "
-        "enrolled subject (otherwise 409).")
+        default=False,
+        description="Assign even though the visitor looks like another "
+        "enrolled subject (otherwise 409).",
+    )
 
 
 class VisitorAssignedOut(BaseModel):

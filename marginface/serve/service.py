@@ -92,8 +92,7 @@ def _notifiers(settings: ServeSettings) -> list[Any]:
         try:
             notifiers.append(MqttPublisher(settings.mqtt))
         except ImportError as exc:
-            log.error("MQTT is configured but cannot run: %s",
-                      missing_extra_message(exc) or exc)
+            log.error("MQTT is configured but cannot run: %s", missing_extra_message(exc) or exc)
     return notifiers
 
 

@@ -19,5 +19,14 @@ from marginface.streams.camera import CameraSettings, CameraWorker, Sink, Tracke
 from marginface.streams.tracking import FaceTracker
 from marginface.streams.visits import Evidence, VisitEvent, VisitSettings, VisitTracker
 
-__all__ = ["CameraSettings", "CameraWorker", "Evidence", "FaceTracker", "Sink", "TrackedBox",
-           "VisitEvent", "VisitSettings", "VisitTracker"]
+__all__ = [
+    "CameraSettings",
+    "CameraWorker",
+    "Evidence",
+    "FaceTracker",
+    "Sink",
+    "TrackedBox",
+    "VisitEvent",
+    "VisitSettings",
+    "VisitTracker",
+]

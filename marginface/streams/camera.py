@@ -62,21 +62,35 @@ class CameraSettings(StrictModel):
 
     fps: float = Field(5.0, gt=0.0, le=60.0, description="frames processed per second")
     detect_max_side: int = Field(
-        640, ge=64, le=4096, description="faces are detected on a copy of the frame shrunk to "
-        "this longest side (crops are cut from the full frame)")
+        640,
+        ge=64,
+        le=4096,
+        description="faces are detected on a copy of the frame shrunk to "
+        "this longest side (crops are cut from the full frame)",
+    )
     min_face_size: float = Field(
-        20.0, ge=0.0, description="smallest face tracked: its box's shorter side, full-frame px")
+        20.0, ge=0.0, description="smallest face tracked: its box's shorter side, full-frame px"
+    )
     score_threshold: float = Field(
-        0.6, ge=0.0, le=1.0, description="detection score that starts a track and may be "
-        "embedded (lower-scored detections only continue tracks)")
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="detection score that starts a track and may be "
+        "embedded (lower-scored detections only continue tracks)",
+    )
     track_buffer_s: float = Field(
-        1.0, ge=0.0, le=30.0, description="how long a lost face's track survives (occlusions)")
-    visits: VisitSettings = Field(default_factory=VisitSettings,
-                                  description="evidence per track and the re-appearance window")
-    store_crops: bool = Field(False, description="an unknown track keeps collecting its best "
-                              "faces after its decision, for the strangers' review (the "
-                              "recorder stores their crops only when it is told to: the "
-                              "service's store_photos)")
+        1.0, ge=0.0, le=30.0, description="how long a lost face's track survives (occlusions)"
+    )
+    visits: VisitSettings = Field(
+        default_factory=VisitSettings, description="evidence per track and the re-appearance window"
+    )
+    store_crops: bool = Field(
+        False,
+        description="an unknown track keeps collecting its best "
+        "faces after its decision, for the strangers' review (the "
+        "recorder stores their crops only when it is told to: the "
+        "service's store_photos)",
+    )
 
 
 class TrackedBox:
@@ -91,8 +105,12 @@ class TrackedBox:
         self.known = known  # True: named, False: unknown, None: not decided yet
 
     def to_dict(self) -> dict[str, Any]:
-        return {"box": [round(float(v), 1) for v in self.box], "track_id": self.track_id,
-                "label": self.label, "known": self.known}
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "track_id": self.track_id,
+            "label": self.label,
+            "known": self.known,
+        }
 
 
 def _camera_detector(pipeline: Pipeline, max_side: int) -> Any:
@@ -117,9 +135,16 @@ class CameraWorker:
     be called from any thread.
     """
 
-    def __init__(self, name: str, pipeline: Pipeline, gallery: Gallery,
-                 settings: CameraSettings | None = None, *, sinks: Iterable[Sink] = (),
-                 fpir: str | float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pipeline: Pipeline,
+        gallery: Gallery,
+        settings: CameraSettings | None = None,
+        *,
+        sinks: Iterable[Sink] = (),
+        fpir: str | float | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings if settings is not None else CameraSettings()
         s = self.settings
@@ -177,8 +202,7 @@ class CameraWorker:
             embeddings = self.embedder.embed(crops, flip=self.flip)
             self.embeddings += len(pending)
             for (track_id, quality, crop), emb in zip(pending, embeddings, strict=True):
-                event = self.visits.observe(track_id, t, quality, emb, wall=wall,
-                                            crop=crop)
+                event = self.visits.observe(track_id, t, quality, emb, wall=wall, crop=crop)
                 if event is not None:
                     events.append(event)
         for track_id in self.tracker.ended(t):
@@ -224,8 +248,13 @@ class CameraWorker:
                 self._latest = (self._latest[0], [], self._latest[2])
         return events
 
-    def run(self, source: Source, stop: threading.Event, *,
-            on_frame: Callable[[Frame, list[VisitEvent]], None] | None = None) -> None:
+    def run(
+        self,
+        source: Source,
+        stop: threading.Event,
+        *,
+        on_frame: Callable[[Frame, list[VisitEvent]], None] | None = None,
+    ) -> None:
         """Process ``source``'s frames until ``stop`` is set or the source ends (a file's end,
         a source that stopped or failed), then :meth:`finish`. A frame that fails to process
         is logged, counted and skipped; many failures in a row raise the last error.
@@ -248,8 +277,11 @@ class CameraWorker:
                     if consecutive >= _MAX_CONSECUTIVE_ERRORS:
                         raise
                     if consecutive == 1:
-                        log.exception("camera %r: frame %s could not be processed", self.name,
-                                      getattr(frame, "index", "?"))
+                        log.exception(
+                            "camera %r: frame %s could not be processed",
+                            self.name,
+                            getattr(frame, "index", "?"),
+                        )
                     continue
                 if on_frame is not None:
                     on_frame(frame, events)
@@ -267,12 +299,12 @@ class CameraWorker:
                     sink(event)
                 except Exception:
                     self.sink_errors += 1
-                    log.exception("camera %r: a sink failed on a %s event", self.name,
-                                  event.kind)
+                    log.exception("camera %r: a sink failed on a %s event", self.name, event.kind)
 
     # -- live view and status --------------------------------------------------------------------
-    def _keep_latest(self, image: np.ndarray, tracked: list[tuple[int, Detection]],
-                     t: float) -> None:
+    def _keep_latest(
+        self, image: np.ndarray, tracked: list[tuple[int, Detection]], t: float
+    ) -> None:
         boxes = []
         for track_id, det in tracked:
             decided = self.visits.decision(track_id)
@@ -281,8 +313,9 @@ class CameraWorker:
             elif decided.subject_id is None:
                 boxes.append(TrackedBox(det.box, track_id, "unknown", False))
             else:
-                boxes.append(TrackedBox(det.box, track_id, decided.name or decided.subject_id,
-                                        True))
+                boxes.append(
+                    TrackedBox(det.box, track_id, decided.name or decided.subject_id, True)
+                )
         with self._lock:
             self._latest = (image, boxes, t)
 
@@ -311,8 +344,16 @@ class CameraWorker:
             x1, y1, x2, y2 = (round(float(v)) for v in b.box)
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
             text = f"{b.label} #{b.track_id}" if b.known is not None else b.label
-            cv2.putText(out, text, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.6 * max(scale, 0.5), colour, thick, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                text,
+                (x1, max(12, y1 - 6)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.6 * max(scale, 0.5),
+                colour,
+                thick,
+                cv2.LINE_AA,
+            )
         return out
 
     def _count_frame(self, seconds: float) -> None:
@@ -332,8 +373,11 @@ class CameraWorker:
         embeddings computed, tracks open, visits started, events, sink errors, frames that
         failed, the last event."""
         window = list(self._rate_window)
-        fps = ((len(window) - 1) / (window[-1] - window[0])
-               if len(window) > 1 and window[-1] > window[0] else 0.0)
+        fps = (
+            (len(window) - 1) / (window[-1] - window[0])
+            if len(window) > 1 and window[-1] > window[0]
+            else 0.0
+        )
         return {
             "camera": self.name,
             "frames_processed": self.frames,

@@ -50,15 +50,15 @@ log = logging.getLogger(__name__)
 #: ``starting``, the source's ``connecting`` / ``running`` / ``reconnecting``, ``ended`` (a
 #: file played to its end), ``failed`` (the worker crashed or cannot start; it is restarted
 #: with backoff, see ``last_error``).
-CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended",
-                 "failed")
+CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed")
 
 Sink = Callable[[VisitEvent], None]
 
 
 def _streams_missing(exc: ImportError) -> ConfigError:
     hint = missing_extra_message(exc) or (
-        f"camera streams need the streams extra ({exc}): {install_hint('streams')}")
+        f"camera streams need the streams extra ({exc}): {install_hint('streams')}"
+    )
     return ConfigError(hint)
 
 
@@ -155,7 +155,8 @@ class _Runner:
         self.restarts = 0
         self.started_at = time.time()
         self.thread = threading.Thread(
-            target=self._run, name=f"marginface-camera-{camera.id}", daemon=True)
+            target=self._run, name=f"marginface-camera-{camera.id}", daemon=True
+        )
 
     def _set(self, **values: Any) -> None:
         with self.lock:
@@ -173,8 +174,9 @@ class _Runner:
                 if hasattr(settings, "store_crops"):  # the service's privacy setting decides
                     settings = settings.model_copy(update={"store_crops": m.store_crops})
                 source = m.open_source(self.camera.url, fps=getattr(settings, "fps", None))
-                worker = m.worker_factory(self.camera.name, m.pipeline, m.gallery, settings,
-                                          sinks=m.sinks, fpir=m.fpir)
+                worker = m.worker_factory(
+                    self.camera.name, m.pipeline, m.gallery, settings, sinks=m.sinks, fpir=m.fpir
+                )
                 self._set(source=source, worker=worker, state="running")
                 worker.run(source, self.stop)
                 if self.stop.is_set():
@@ -186,12 +188,21 @@ class _Runner:
                     return
                 raise RuntimeError(
                     f"the camera worker stopped (source {status.get('state', '?')}: "
-                    f"{status.get('last_error') or 'no error'})")
+                    f"{status.get('last_error') or 'no error'})"
+                )
             except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}" if not isinstance(
-                    exc, ConfigError | DataError) else str(exc)
-                log.error("camera %r failed: %s; restarting in %.0f s", self.camera.name,
-                          message, backoff, exc_info=not isinstance(exc, ConfigError | DataError))
+                message = (
+                    f"{type(exc).__name__}: {exc}"
+                    if not isinstance(exc, ConfigError | DataError)
+                    else str(exc)
+                )
+                log.error(
+                    "camera %r failed: %s; restarting in %.0f s",
+                    self.camera.name,
+                    message,
+                    backoff,
+                    exc_info=not isinstance(exc, ConfigError | DataError),
+                )
                 self._set(state="failed", last_error=message, restarts=self.restarts + 1)
                 if time.monotonic() - began > 60.0:  # it had run a while: start over quickly
                     backoff = m.restart_initial_s
@@ -203,8 +214,9 @@ class _Runner:
                     try:
                         source.close()
                     except Exception:
-                        log.warning("camera %r: closing its source failed", self.camera.name,
-                                    exc_info=True)
+                        log.warning(
+                            "camera %r: closing its source failed", self.camera.name, exc_info=True
+                        )
         with self.lock:
             if self.state != "ended":
                 self.state = "stopped"
@@ -311,7 +323,8 @@ class CameraManager:
                 if camera.enabled:
                     self._launch(camera)
         self._housekeeper = threading.Thread(
-            target=self._housekeeping, name="marginface-cameras", daemon=True)
+            target=self._housekeeping, name="marginface-cameras", daemon=True
+        )
         self._housekeeper.start()
         log.info("cameras: %d running", len(self._runners))
 
@@ -368,8 +381,9 @@ class CameraManager:
         if settings is not None:
             _camera_settings(settings)
 
-    def create(self, name: str, url: str, settings: dict[str, Any] | None = None,
-               enabled: bool = True) -> dict[str, Any]:
+    def create(
+        self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
+    ) -> dict[str, Any]:
         """Store a new camera (running it at once when ``enabled``); its view."""
         url = check_camera_url(url)
         self.validate(None, settings or {})
@@ -380,16 +394,23 @@ class CameraManager:
             self._launch(camera)
         return self.view(camera)
 
-    def update(self, camera_id: str, *, name: str | None = None, url: str | None = None,
-               settings: dict[str, Any] | None = None,
-               enabled: bool | None = None) -> dict[str, Any]:
+    def update(
+        self,
+        camera_id: str,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        settings: dict[str, Any] | None = None,
+        enabled: bool | None = None,
+    ) -> dict[str, Any]:
         """Change a camera; a running camera restarts with the change."""
         self.require(camera_id)
         if url is not None:
             url = check_camera_url(url)
         self.validate(None, settings)
-        camera = self.gallery.update_camera(camera_id, name=name, url=url, settings=settings,
-                                            enabled=enabled)
+        camera = self.gallery.update_camera(
+            camera_id, name=name, url=url, settings=settings, enabled=enabled
+        )
         self._halt(camera.id)
         if camera.enabled and self.run_workers:
             self._launch(camera)
@@ -451,8 +472,13 @@ class CameraManager:
     def _status(self, camera: Any) -> dict[str, Any]:
         runner = self._runner(camera.id)
         if runner is None:
-            raw: dict[str, Any] = {"state": "stopped", "last_error": None, "restarts": 0,
-                                   "source": {}, "worker": {}}
+            raw: dict[str, Any] = {
+                "state": "stopped",
+                "last_error": None,
+                "restarts": 0,
+                "source": {},
+                "worker": {},
+            }
             if camera.enabled and not self.run_workers:
                 raw["last_error"] = "camera workers are off in this service (cameras: false)"
         else:
@@ -488,8 +514,9 @@ class CameraManager:
         for notifier in [self.recorder, *self.notifiers]:
             status = _status_dict(notifier)
             kind = type(notifier).__name__
-            kind = {"Webhook": "webhook", "MqttPublisher": "mqtt",
-                    "VisitRecorder": "gallery"}.get(kind, kind.lower())
+            kind = {"Webhook": "webhook", "MqttPublisher": "mqtt", "VisitRecorder": "gallery"}.get(
+                kind, kind.lower()
+            )
             out.append({"kind": kind, **status})
         return out
 
@@ -504,8 +531,10 @@ class CameraManager:
         are not an image."""
         camera = self.require(camera_id)
         if not is_push_url(camera.url):
-            raise ConflictError(f"camera {camera.name!r} is not a push camera: frames are "
-                                "pushed only to a camera whose URL is 'push:'")
+            raise ConflictError(
+                f"camera {camera.name!r} is not a push camera: frames are "
+                "pushed only to a camera whose URL is 'push:'"
+            )
         runner = self._runner(camera.id)
         source = None
         if runner is not None:
@@ -557,8 +586,10 @@ class CameraManager:
         latest visits only). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
         if jpeg is None:
-            raise NotFoundError(f"no face kept for visit event {event_id} (thumbnails are kept "
-                                "in memory for the latest visits only)")
+            raise NotFoundError(
+                f"no face kept for visit event {event_id} (thumbnails are kept "
+                "in memory for the latest visits only)"
+            )
         return jpeg
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -568,8 +599,11 @@ class CameraManager:
             return None
         older_than = _now() - timedelta(days=float(self.retention_days))
         result = self.gallery.purge_stream_data(older_than)
-        self.last_purge = {"at": _now().isoformat(), "older_than": older_than.isoformat(),
-                           "result": result if isinstance(result, dict | int) else None}
+        self.last_purge = {
+            "at": _now().isoformat(),
+            "older_than": older_than.isoformat(),
+            "result": result if isinstance(result, dict | int) else None,
+        }
         return self.last_purge
 
     def _housekeeping(self) -> None:

@@ -99,6 +99,7 @@ def _to_json(data: Any) -> bytes:
 # Signatures
 # ----------------------------------------------------------------------------------------------
 
+
 def _as_bytes(data: str | bytes) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
@@ -110,9 +111,15 @@ def sign_payload(secret: str, timestamp: str | int, body: str | bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str, timestamp: str | int | None, body: str | bytes,
-                     header: str | None, tolerance_s: float = 300.0,
-                     *, now: float | None = None) -> bool:
+def verify_signature(
+    secret: str,
+    timestamp: str | int | None,
+    body: str | bytes,
+    header: str | None,
+    tolerance_s: float = 300.0,
+    *,
+    now: float | None = None,
+) -> bool:
     """Whether a webhook request is genuine and fresh: ``header`` (the
     ``X-Marginface-Signature`` value; several ``sha256=...`` separated by commas are accepted,
     for a secret being rotated) matches the HMAC of the *raw* ``body`` and ``timestamp`` (the
@@ -129,8 +136,11 @@ def verify_signature(secret: str, timestamp: str | int | None, body: str | bytes
     if tolerance_s is not None and abs(current - ts) > tolerance_s:
         return False
     expected = sign_payload(secret, ts, body)
-    return any(hmac.compare_digest(expected.encode(), part.strip().encode())
-               for part in header.split(",") if part.strip())
+    return any(
+        hmac.compare_digest(expected.encode(), part.strip().encode())
+        for part in header.split(",")
+        if part.strip()
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,18 +158,27 @@ class WebhookSettings(StrictModel):
     """Where and how visit events are POSTed."""
 
     url: str = Field(description="http:// or https:// URL that receives the POSTs")
-    secret: str | None = Field(None, repr=False, description="signs each POST with "
-                               "HMAC-SHA256 (X-Marginface-Signature) when set")
+    secret: str | None = Field(
+        None,
+        repr=False,
+        description="signs each POST with HMAC-SHA256 (X-Marginface-Signature) when set",
+    )
     events: list[EventKind] = Field(
         default_factory=_default_events,
-        description="what is sent: 'arrived', 'left', and 'state' (camera status changes)")
+        description="what is sent: 'arrived', 'left', and 'state' (camera status changes)",
+    )
     timeout_s: float = Field(10.0, gt=0.0, le=300.0, description="per request")
     max_attempts: int = Field(6, ge=1, le=100, description="tries per event, the first included")
-    backoff_initial_s: float = Field(1.0, ge=0.0, description="wait before the first retry; "
-                                     "doubled after each failure")
+    backoff_initial_s: float = Field(
+        1.0, ge=0.0, description="wait before the first retry; doubled after each failure"
+    )
     backoff_max_s: float = Field(60.0, ge=0.0, description="longest wait between tries")
-    queue_size: int = Field(1000, ge=1, le=1_000_000, description="events waiting to be sent; "
-                            "when full the oldest is dropped (and counted)")
+    queue_size: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="events waiting to be sent; when full the oldest is dropped (and counted)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -294,10 +313,13 @@ class Webhook:
         or query), ``last_delivered_at``, ``last_status`` (the last HTTP status seen)."""
         with self._cond:
             return {
-                "url": _safe_url(self.settings.url), **self._counts,
+                "url": _safe_url(self.settings.url),
+                **self._counts,
                 "pending": len(self._queue) + self._in_flight,
-                "last_error": self._last_error, "last_failure_at": self._last_failure_at,
-                "last_delivered_at": self._last_delivered_at, "last_status": self._last_status,
+                "last_error": self._last_error,
+                "last_failure_at": self._last_failure_at,
+                "last_delivered_at": self._last_delivered_at,
+                "last_status": self._last_status,
             }
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -374,8 +396,13 @@ class Webhook:
                     else:
                         self._counts["retries"] += 1
                 if give_up:
-                    log.warning("webhook %s: %s %s not delivered: %s", _safe_url(s.url),
-                                delivery.type, delivery.id, message)
+                    log.warning(
+                        "webhook %s: %s %s not delivered: %s",
+                        _safe_url(s.url),
+                        delivery.type,
+                        delivery.id,
+                        message,
+                    )
                     return
                 delay = self._backoff(delivery.attempts, failure.retry_after)
                 if self._stop.wait(delay):
@@ -399,14 +426,17 @@ class Webhook:
 
     def _post(self, delivery: _Delivery) -> int:
         s = self.settings
-        headers = {"Content-Type": "application/json", "User-Agent": self._user_agent,
-                   EVENT_HEADER: delivery.type, DELIVERY_HEADER: delivery.id}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+            EVENT_HEADER: delivery.type,
+            DELIVERY_HEADER: delivery.id,
+        }
         if s.secret:
             timestamp = str(int(time.time()))  # signed per attempt: a retry is fresh too
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = sign_payload(s.secret, timestamp, delivery.body)
-        request = urllib.request.Request(s.url, data=delivery.body, headers=headers,
-                                         method="POST")
+        request = urllib.request.Request(s.url, data=delivery.body, headers=headers, method="POST")
         try:
             with self._opener.open(request, timeout=s.timeout_s) as response:
                 response.read(65536)
@@ -417,9 +447,11 @@ class Webhook:
                 self._last_status = code
             retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             exc.close()
-            raise _DeliveryError(f"HTTP {code} {exc.reason}".strip(),
-                           retryable=code >= 500 or code in _RETRYABLE_4XX,
-                           retry_after=retry_after) from None
+            raise _DeliveryError(
+                f"HTTP {code} {exc.reason}".strip(),
+                retryable=code >= 500 or code in _RETRYABLE_4XX,
+                retry_after=retry_after,
+            ) from None
         except (urllib.error.URLError, OSError) as exc:  # refused, DNS, TLS, timeout
             reason = getattr(exc, "reason", exc)
             raise _DeliveryError(f"{type(reason).__name__}: {reason}", retryable=True) from None
@@ -450,14 +482,21 @@ class MqttSettings(StrictModel):
     username: str | None = Field(None, description="broker user, when it asks for one")
     password: str | None = Field(None, repr=False, description="broker password")
     tls: bool = Field(False, description="connect with TLS (system certificate authorities)")
-    tls_ca_certs: str | None = Field(None, description="CA bundle file for TLS, when the "
-                                     "broker's certificate is not signed by a system CA")
+    tls_ca_certs: str | None = Field(
+        None,
+        description="CA bundle file for TLS, when the "
+        "broker's certificate is not signed by a system CA",
+    )
     client_id: str = Field("", description="MQTT client id; empty: marginface-<random>")
     topic_prefix: str = Field("marginface", description="first level(s) of every topic")
     qos: int = Field(1, ge=0, le=2, description="quality of service of every publish")
     keepalive: int = Field(60, ge=5, le=65535, description="seconds between pings")
-    queue_size: int = Field(1000, ge=1, description="messages kept while disconnected "
-                            "(QoS >= 1); beyond it, publishes fail and are counted")
+    queue_size: int = Field(
+        1000,
+        ge=1,
+        description="messages kept while disconnected "
+        "(QoS >= 1); beyond it, publishes fail and are counted",
+    )
     reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting")
     reconnect_max_s: int = Field(30, ge=1, description="longest wait between reconnections")
 
@@ -468,8 +507,9 @@ class MqttSettings(StrictModel):
         if not value:
             raise ValueError("topic_prefix cannot be empty")
         if any(c in value for c in "+#\0") or value.startswith("$"):
-            raise ValueError(f"topic_prefix {value!r} cannot contain '+', '#' or NUL "
-                             "or start with '$'")
+            raise ValueError(
+                f"topic_prefix {value!r} cannot contain '+', '#' or NUL or start with '$'"
+            )
         return value
 
 
@@ -508,8 +548,12 @@ class MqttPublisher:
         prefix = settings.topic_prefix
         self.availability_topic = f"{prefix}/available"
         client_id = settings.client_id or f"marginface-{uuid.uuid4().hex[:12]}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             clean_session=True, reconnect_on_failure=True)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            reconnect_on_failure=True,
+        )
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         if settings.tls:
@@ -517,10 +561,10 @@ class MqttPublisher:
                 client.tls_set(ca_certs=settings.tls_ca_certs)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise ConfigError(f"MQTT TLS settings: {exc}") from None
-        client.will_set(self.availability_topic, "offline", qos=max(1, settings.qos),
-                        retain=True)
-        client.reconnect_delay_set(settings.reconnect_min_s,
-                                   max(settings.reconnect_min_s, settings.reconnect_max_s))
+        client.will_set(self.availability_topic, "offline", qos=max(1, settings.qos), retain=True)
+        client.reconnect_delay_set(
+            settings.reconnect_min_s, max(settings.reconnect_min_s, settings.reconnect_max_s)
+        )
         client.max_queued_messages_set(settings.queue_size)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -539,8 +583,12 @@ class MqttPublisher:
     def __call__(self, event: VisitEvent) -> None:
         """Publish ``event`` on ``<camera>/events`` and ``<camera>/<kind>``, and for a named
         person the retained ``<camera>/person/<subject_id>`` presence."""
-        payload = {**event.to_dict(), "type": f"visit.{event.kind}", "id": str(uuid.uuid4()),
-                   "sent_at": _now_iso()}
+        payload = {
+            **event.to_dict(),
+            "type": f"visit.{event.kind}",
+            "id": str(uuid.uuid4()),
+            "sent_at": _now_iso(),
+        }
         self._publish(self.topic(event.camera, "events"), payload, retain=False)
         self._publish(self.topic(event.camera, event.kind), payload, retain=False)
         if event.subject_id is not None:
@@ -554,22 +602,34 @@ class MqttPublisher:
                 present = bool(tracks)
                 if not tracks:
                     del self._counts.presence[key]
-            person = {"present": present, "subject_id": event.subject_id, "name": event.name,
-                      "camera": event.camera, "updated_at": payload["sent_at"],
-                      "event": event.to_dict()}
-            self._publish(self.topic(event.camera, "person", topic_level(event.subject_id)),
-                          person, retain=True)
+            person = {
+                "present": present,
+                "subject_id": event.subject_id,
+                "name": event.name,
+                "camera": event.camera,
+                "updated_at": payload["sent_at"],
+                "event": event.to_dict(),
+            }
+            self._publish(
+                self.topic(event.camera, "person", topic_level(event.subject_id)),
+                person,
+                retain=True,
+            )
 
     def publish_state(self, camera: str, status: Mapping[str, Any]) -> None:
         """Publish a camera's status (retained) on ``<prefix>/<camera>/state``."""
-        self._publish(self.topic(camera, "state"),
-                      {"camera": camera, **dict(status), "updated_at": _now_iso()}, retain=True)
+        self._publish(
+            self.topic(camera, "state"),
+            {"camera": camera, **dict(status), "updated_at": _now_iso()},
+            retain=True,
+        )
 
     def _publish(self, topic: str, payload: Mapping[str, Any], *, retain: bool) -> None:
         mqtt = self._mqtt
         try:
-            info = self._client.publish(topic, _to_json(payload), qos=self.settings.qos,
-                                        retain=retain)
+            info = self._client.publish(
+                topic, _to_json(payload), qos=self.settings.qos, retain=retain
+            )
             rc = info.rc
         except (ValueError, TypeError, OSError) as exc:  # never raise into the camera worker
             with self._lock:
@@ -586,8 +646,9 @@ class MqttPublisher:
             self._last_error = f"publish {topic}: {mqtt.error_string(rc)}"
 
     # -- callbacks (paho's network thread) --------------------------------------------------
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
-                    properties: Any = None) -> None:
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
         if reason_code.is_failure:
             with self._lock:
                 self._connected = False
@@ -596,28 +657,33 @@ class MqttPublisher:
         with self._lock:
             self._connected = True
             self._counts.connects += 1
-        client.publish(self.availability_topic, "online", qos=max(1, self.settings.qos),
-                       retain=True)
+        client.publish(
+            self.availability_topic, "online", qos=max(1, self.settings.qos), retain=True
+        )
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any = None) -> None:
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
         with self._lock:
             was = self._connected
             self._connected = False
             if was:
                 self._counts.disconnects += 1
             if not self._closed:
-                self._last_error = (f"disconnected from {self.settings.host}:"
-                                    f"{self.settings.port}: {reason_code}")
+                self._last_error = (
+                    f"disconnected from {self.settings.host}:{self.settings.port}: {reason_code}"
+                )
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         with self._lock:
             self._connected = False
-            self._last_error = (f"cannot connect to {self.settings.host}:{self.settings.port}"
-                                " (retrying)")
+            self._last_error = (
+                f"cannot connect to {self.settings.host}:{self.settings.port} (retrying)"
+            )
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
-                    properties: Any = None) -> None:
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any = None
+    ) -> None:
         with self._lock:
             if getattr(reason_code, "is_failure", False):
                 self._counts.failed += 1
@@ -647,11 +713,17 @@ class MqttPublisher:
         ``broker`` (host:port) and ``topic_prefix``."""
         with self._lock:
             c = self._counts
-            return {"connected": self._connected, "published": c.published, "failed": c.failed,
-                    "queued": c.queued, "connects": c.connects, "disconnects": c.disconnects,
-                    "last_error": self._last_error,
-                    "broker": f"{self.settings.host}:{self.settings.port}",
-                    "topic_prefix": self.settings.topic_prefix}
+            return {
+                "connected": self._connected,
+                "published": c.published,
+                "failed": c.failed,
+                "queued": c.queued,
+                "connects": c.connects,
+                "disconnects": c.disconnects,
+                "last_error": self._last_error,
+                "broker": f"{self.settings.host}:{self.settings.port}",
+                "topic_prefix": self.settings.topic_prefix,
+            }
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (retained) when connected, wait up to ``timeout`` seconds for
@@ -664,8 +736,9 @@ class MqttPublisher:
         client = self._client
         if connected:
             try:
-                info = client.publish(self.availability_topic, "offline",
-                                      qos=max(1, self.settings.qos), retain=True)
+                info = client.publish(
+                    self.availability_topic, "offline", qos=max(1, self.settings.qos), retain=True
+                )
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError, OSError) as exc:
                 with self._lock:

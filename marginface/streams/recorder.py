@@ -56,8 +56,11 @@ def evidence_arrays(
     faces = event.evidence
     if not faces:
         return np.zeros((0, 0), np.float32), [], []
-    return (np.vstack([np.asarray(f.embedding, np.float32).ravel() for f in faces]),
-            [float(f.quality) for f in faces], [f.crop for f in faces])
+    return (
+        np.vstack([np.asarray(f.embedding, np.float32).ravel() for f in faces]),
+        [float(f.quality) for f in faces],
+        [f.crop for f in faces],
+    )
 
 
 def _when(value: datetime | None) -> datetime:
@@ -117,9 +120,14 @@ class VisitRecorder:
         try:
             self.record(event)
         except Exception as exc:  # never into the camera worker
-            log.warning("camera %r: cannot record the %s event of track %s: %s",
-                        event.camera, event.kind, event.track_id, exc,
-                        exc_info=not isinstance(exc, MarginfaceError))
+            log.warning(
+                "camera %r: cannot record the %s event of track %s: %s",
+                event.camera,
+                event.kind,
+                event.track_id,
+                exc,
+                exc_info=not isinstance(exc, MarginfaceError),
+            )
             with self._lock:
                 self._counts["failed"] += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -135,14 +143,25 @@ class VisitRecorder:
         at = _when(event.first_seen if event.kind == "arrived" else event.last_seen)
         details = visit_details(event, visitor_id)
         try:
-            logged = self.gallery.log_event(event.camera, subject_id=event.subject_id,
-                                            score=event.score, decision=event.kind, time=at,
-                                            details=details)
+            logged = self.gallery.log_event(
+                event.camera,
+                subject_id=event.subject_id,
+                score=event.score,
+                decision=event.kind,
+                time=at,
+                details=details,
+            )
         except NotFoundError:
             # The subject was erased while in view: the visit stays, without the person.
             details["erased_subject"] = True
-            logged = self.gallery.log_event(event.camera, subject_id=None, score=event.score,
-                                            decision=event.kind, time=at, details=details)
+            logged = self.gallery.log_event(
+                event.camera,
+                subject_id=None,
+                score=event.score,
+                decision=event.kind,
+                time=at,
+                details=details,
+            )
         thumbnail = _thumbnail(event)
         with self._lock:
             self._counts["events"] += 1

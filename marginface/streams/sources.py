@@ -92,8 +92,16 @@ _RATE_WINDOW_S = 5.0  # read_fps is measured over the last few seconds
 _MAX_BAD_PACKETS = 100  # consecutive undecodable packets before a source counts as broken
 _CLOSE_WAIT_S = 1.0  # how long close() waits for the reader thread
 _EPS = 1e-3  # tolerance on the 1/fps spacing (timestamps are rounded to the time base)
-_SCHEMES = ("file path", "file://", "rtsp://", "rtsps://", "http(s):// (MJPEG)",
-            "webcam:N", "/dev/videoN", "push:")
+_SCHEMES = (
+    "file path",
+    "file://",
+    "rtsp://",
+    "rtsps://",
+    "http(s):// (MJPEG)",
+    "webcam:N",
+    "/dev/videoN",
+    "push:",
+)
 _source_ids = itertools.count(1)
 
 
@@ -149,18 +157,22 @@ class SourceOptions(StrictModel):
     """Per-source options (the ``**options`` of :func:`open_source`)."""
 
     transport: Literal["tcp", "udp"] | None = Field(
-        None, description="RTSP lower transport (default tcp; also ?transport= in the URL)")
+        None, description="RTSP lower transport (default tcp; also ?transport= in the URL)"
+    )
     open_timeout: float = Field(10.0, gt=0, le=600, description="seconds to connect and probe")
     read_timeout: float = Field(10.0, gt=0, le=600, description="seconds without data = lost")
     backoff_initial: float = Field(0.5, gt=0, le=600, description="first reconnection delay")
     backoff_max: float = Field(30.0, gt=0, le=3600, description="longest reconnection delay")
     threads: int | None = Field(
-        None, ge=0, le=64, description="decoder threads (0 auto; default: 1 live, auto files)")
+        None, ge=0, le=64, description="decoder threads (0 auto; default: 1 live, auto files)"
+    )
     loop: bool = Field(False, description="a file opened live restarts at its end")
     format: str | None = Field(
-        None, description="FFmpeg demuxer (default: mpjpeg for http, v4l2 for webcams)")
+        None, description="FFmpeg demuxer (default: mpjpeg for http, v4l2 for webcams)"
+    )
     ffmpeg: dict[str, str] = Field(
-        default_factory=dict, description="extra FFmpeg options, e.g. video_size for v4l2")
+        default_factory=dict, description="extra FFmpeg options, e.g. video_size for v4l2"
+    )
     name: str | None = Field(None, description="shown in the reader thread's name")
     max_push_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest pushed image")
 
@@ -229,8 +241,10 @@ def _parse(url: str | int | Path) -> tuple[Kind, str]:
     if scheme == "file":
         return "file", unquote(urlsplit(text).path)
     if scheme and not Path(text).exists():
-        raise ConfigError(f"unsupported video source scheme {scheme + ':'!r} in "
-                          f"{redact_url(text)!r}; use one of: {', '.join(_SCHEMES)}")
+        raise ConfigError(
+            f"unsupported video source scheme {scheme + ':'!r} in "
+            f"{redact_url(text)!r}; use one of: {', '.join(_SCHEMES)}"
+        )
     return "file", text
 
 
@@ -241,18 +255,22 @@ def _rtsp_transport(url: str, option: str | None) -> tuple[str, str]:
     from_url = [value.lower() for key, value in query if key == "transport"]
     for value in from_url:
         if value not in ("tcp", "udp"):
-            raise ConfigError(f"RTSP transport must be tcp or udp, got {value!r} in "
-                              f"{redact_url(url)!r}")
+            raise ConfigError(
+                f"RTSP transport must be tcp or udp, got {value!r} in {redact_url(url)!r}"
+            )
     if option and from_url and from_url[-1] != option:
-        raise ConfigError(f"RTSP transport {option!r} disagrees with ?transport="
-                          f"{from_url[-1]} in {redact_url(url)!r}")
+        raise ConfigError(
+            f"RTSP transport {option!r} disagrees with ?transport="
+            f"{from_url[-1]} in {redact_url(url)!r}"
+        )
     transport = option or (from_url[-1] if from_url else "tcp")
     rest = [(key, value) for key, value in query if key != "transport"]
     return urlunsplit(parts._replace(query=urlencode(rest))), transport
 
 
-def open_source(url: str | int | Path, *, fps: float | None = 5.0, live: bool | None = None,
-                **options: Any) -> Source:
+def open_source(
+    url: str | int | Path, *, fps: float | None = 5.0, live: bool | None = None, **options: Any
+) -> Source:
     """Open a video source and start reading it in the background.
 
     ``url``: a file path or ``file://`` URL, a webcam (an int, ``"N"``, ``"/dev/videoN"`` or
@@ -265,14 +283,14 @@ def open_source(url: str | int | Path, *, fps: float | None = 5.0, live: bool | 
     Raises ConfigError for a wrong scheme or option and DataError for a missing file. An
     unreachable URL does not raise: the source reconnects and its status says why.
     """
-    if fps is not None and (not isinstance(fps, int | float) or not math.isfinite(fps)
-                            or fps <= 0):
+    if fps is not None and (not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0):
         raise ConfigError(f"fps must be a positive number or None, got {fps!r}")
     try:
         opts = SourceOptions(**options)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
+        )
         raise ConfigError(f"invalid source options: {problems}") from None
     if opts.backoff_max < opts.backoff_initial:
         raise ConfigError("backoff_max must be >= backoff_initial")
@@ -302,8 +320,16 @@ def open_source(url: str | int | Path, *, fps: float | None = 5.0, live: bool | 
 class Source:
     """A running video source; made by :func:`open_source`. Thread-safe."""
 
-    def __init__(self, kind: Kind, location: str, *, fps: float | None, live: bool,
-                 options: SourceOptions, transport: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        location: str,
+        *,
+        fps: float | None,
+        live: bool,
+        options: SourceOptions,
+        transport: str | None = None,
+    ) -> None:
         self.kind: Kind = kind
         self.url = redact_url(location)  # for messages and statuses
         self.live = live
@@ -388,8 +414,10 @@ class Source:
             with self._cond:
                 self._status.frames_corrupt += 1
             if len(data) > self._options.max_push_bytes:
-                raise ImageError(f"pushed image is too large ({len(data)} bytes, at most "
-                                 f"{self._options.max_push_bytes})")
+                raise ImageError(
+                    f"pushed image is too large ({len(data)} bytes, at most "
+                    f"{self._options.max_push_bytes})"
+                )
             raise ImageError(f"pushed data is not a JPEG or PNG image ({len(data)} bytes)")
         now = time.monotonic()
         t = now - self._opened_mono if t is None else float(t)
@@ -500,8 +528,13 @@ class Source:
         fmt, ffopts = self._ffmpeg_options()
         verb = "open" if self.kind == "file" else "connect to"
         try:
-            container = av.open(self._location, mode="r", format=fmt, options=ffopts,
-                                timeout=(self._options.open_timeout, self._options.read_timeout))
+            container = av.open(
+                self._location,
+                mode="r",
+                format=fmt,
+                options=ffopts,
+                timeout=(self._options.open_timeout, self._options.read_timeout),
+            )
         except av.FFmpegError as exc:
             hint = " (not a video file?)" if isinstance(exc, av.InvalidDataError) else ""
             raise _ReadError(f"cannot {verb} {self.url}: {_describe(exc)}{hint}") from None
@@ -525,14 +558,18 @@ class Source:
             ctx.thread_type = "AUTO" if threads != 1 else "NONE"
             ctx.thread_count = threads
         except Exception as exc:
-            raise _ReadError(f"{self.url}: unsupported codec ({_describe(exc)})",
-                           final=self.kind == "file") from None
+            raise _ReadError(
+                f"{self.url}: unsupported codec ({_describe(exc)})", final=self.kind == "file"
+            ) from None
         rate = stream.average_rate or stream.guessed_rate
         stream_fps = float(rate) if rate else None
         self._set(width=ctx.width or None, height=ctx.height or None, stream_fps=stream_fps)
         time_base = float(stream.time_base) if stream.time_base else None
-        origin = (float(stream.start_time * stream.time_base)
-                  if stream.start_time is not None and time_base else None)
+        origin = (
+            float(stream.start_time * stream.time_base)
+            if stream.start_time is not None and time_base
+            else None
+        )
         # A file played live is paced at its own rate, like a camera.
         pace_start = time.monotonic() if self.live and self.kind == "file" else None
         got = 0
@@ -559,8 +596,11 @@ class Source:
                 with self._cond:
                     self._status.frames_corrupt += 1
                 if bad_in_row >= _MAX_BAD_PACKETS:
-                    raise _ReadError(f"{self.url}: {bad_in_row} packets in a row could not be "
-                                   f"decoded ({last_error})", final=not got) from None
+                    raise _ReadError(
+                        f"{self.url}: {bad_in_row} packets in a row could not be "
+                        f"decoded ({last_error})",
+                        final=not got,
+                    ) from None
                 continue
             for frame in frames:
                 bad_in_row = 0
@@ -587,8 +627,9 @@ class Source:
                 if self._stop.is_set():
                     return True
         if got == 0 and bad_in_row:
-            raise _ReadError(f"{self.url}: no frame could be decoded ({last_error})",
-                           final=self.kind == "file")
+            raise _ReadError(
+                f"{self.url}: no frame could be decoded ({last_error})", final=self.kind == "file"
+            )
         if got == 0 and self.kind == "file":
             raise _ReadError(f"{self.url}: no video frames", final=True)
         return got > 0
@@ -624,8 +665,9 @@ class Source:
         else:
             self._next_due = due + self._period
 
-    def _offer(self, frame: Any, t: float, wall: float, now: float,
-               index: int | None = None) -> None:
+    def _offer(
+        self, frame: Any, t: float, wall: float, now: float, index: int | None = None
+    ) -> None:
         """Put a due frame in the slot: replace an undelivered one (live) or wait (files)."""
         with self._cond:
             if index is None:

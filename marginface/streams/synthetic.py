@@ -174,21 +174,28 @@ def choose_people(
     """
     root = Path(data_dir).expanduser().resolve()
     if pipeline is None:
-        return _choose_cached(str(root), n_enrolled, n_strangers, seed, n_video_photos,
-                              n_enrol_photos)
-    return _choose(root, n_enrolled, n_strangers, seed, n_video_photos, n_enrol_photos,
-                   pipeline)
+        return _choose_cached(
+            str(root), n_enrolled, n_strangers, seed, n_video_photos, n_enrol_photos
+        )
+    return _choose(root, n_enrolled, n_strangers, seed, n_video_photos, n_enrol_photos, pipeline)
 
 
 @functools.lru_cache(maxsize=16)
-def _choose_cached(root: str, n_enrolled: int, n_strangers: int, seed: int,
-                   n_video: int, n_enrol: int) -> People:
-    return _choose(Path(root), n_enrolled, n_strangers, seed, n_video, n_enrol,
-                   _default_pipeline())
+def _choose_cached(
+    root: str, n_enrolled: int, n_strangers: int, seed: int, n_video: int, n_enrol: int
+) -> People:
+    return _choose(Path(root), n_enrolled, n_strangers, seed, n_video, n_enrol, _default_pipeline())
 
 
-def _choose(root: Path, n_enrolled: int, n_strangers: int, seed: int, n_video: int,
-            n_enrol: int, pipeline: Pipeline) -> People:
+def _choose(
+    root: Path,
+    n_enrolled: int,
+    n_strangers: int,
+    seed: int,
+    n_video: int,
+    n_enrol: int,
+    pipeline: Pipeline,
+) -> People:
     from marginface.embed.pipeline import Pipeline
 
     if n_enrolled < 0 or n_strangers < 0 or n_video < 1:
@@ -197,10 +204,14 @@ def _choose(root: Path, n_enrolled: int, n_strangers: int, seed: int, n_video: i
     if not base.is_dir():
         raise DataError(f"no celeba-dev folder in {root}")
     if pipeline.selection != "all":  # every face, to refuse photos with two
-        pipeline = Pipeline(pipeline.detector, pipeline.embedder, selection="all",
-                            min_face_size=pipeline.min_face_size,
-                            score_threshold=pipeline.score_threshold,
-                            max_pixels=pipeline.aligner.max_pixels)
+        pipeline = Pipeline(
+            pipeline.detector,
+            pipeline.embedder,
+            selection="all",
+            min_face_size=pipeline.min_face_size,
+            score_threshold=pipeline.score_threshold,
+            max_pixels=pipeline.aligner.max_pixels,
+        )
     rng = np.random.default_rng(seed)
     identities = sorted(p.name for p in base.iterdir() if p.is_dir())
     order = [identities[i] for i in rng.permutation(len(identities))]
@@ -222,27 +233,41 @@ def _choose(root: Path, n_enrolled: int, n_strangers: int, seed: int, n_video: i
                 continue
             box, score, size = faces[0]
             fx = _face_in_crop(size, box)
-            big = (fx[3] - fx[1] >= 0.3 and min(fx[0], fx[1]) >= 0.0
-                   and max(fx[2], fx[3]) <= 1.0 and score >= 0.8)
+            big = (
+                fx[3] - fx[1] >= 0.3
+                and min(fx[0], fx[1]) >= 0.0
+                and max(fx[2], fx[3]) <= 1.0
+                and score >= 0.8
+            )
             if big and len(video) < n_video:
                 video.append((path, box))
             elif want_enrol and len(enrol) < n_enrol:
                 enrol.append(path)
         if len(video) < n_video:
             continue
-        person = Person(identity=identity, enrolled=False,
-                        video_photos=tuple(p for p, _ in video),
-                        face_boxes=tuple(b for _, b in video))
+        person = Person(
+            identity=identity,
+            enrolled=False,
+            video_photos=tuple(p for p, _ in video),
+            face_boxes=tuple(b for _, b in video),
+        )
         if want_enrol and len(enrol) >= n_enrol:
-            enrolled.append(Person(identity=identity, enrolled=True,
-                                   video_photos=person.video_photos,
-                                   face_boxes=person.face_boxes, enrol_photos=tuple(enrol)))
+            enrolled.append(
+                Person(
+                    identity=identity,
+                    enrolled=True,
+                    video_photos=person.video_photos,
+                    face_boxes=person.face_boxes,
+                    enrol_photos=tuple(enrol),
+                )
+            )
         elif len(strangers) < n_strangers:
             strangers.append(person)
     if len(enrolled) < n_enrolled or len(strangers) < n_strangers:
         raise DataError(
             f"{base} has too few usable people: found {len(enrolled)} to enrol and "
-            f"{len(strangers)} strangers, asked for {n_enrolled} and {n_strangers}")
+            f"{len(strangers)} strangers, asked for {n_enrolled} and {n_strangers}"
+        )
     return People(enrolled=tuple(enrolled), strangers=tuple(strangers))
 
 
@@ -306,9 +331,15 @@ class Passer:
     @classmethod
     def of(cls, person: Person, enter_s: float, exit_s: float, **kwargs: Any) -> Passer:
         """A passer showing ``person``'s video photos (with their face boxes)."""
-        return cls(identity=person.identity, photos=list(person.video_photos),
-                   face_boxes=list(person.face_boxes), enrolled=person.enrolled,
-                   enter_s=enter_s, exit_s=exit_s, **kwargs)
+        return cls(
+            identity=person.identity,
+            photos=list(person.video_photos),
+            face_boxes=list(person.face_boxes),
+            enrolled=person.enrolled,
+            enter_s=enter_s,
+            exit_s=exit_s,
+            **kwargs,
+        )
 
     def drawn(self, t: float) -> bool:
         """Whether the passer is in the picture at time ``t`` (maybe off screen)."""
@@ -400,8 +431,10 @@ class Scene:
         for p in self.passers:
             for a, b in p.occlusions:
                 i0, i1 = int(np.ceil(a * self.fps - 1e-9)), int(np.ceil(b * self.fps - 1e-9))
-                rects = [p.rect(self.time(i), self.width, self.height)
-                         for i in range(i0, max(i1, i0 + 1))]
+                rects = [
+                    p.rect(self.time(i), self.width, self.height)
+                    for i in range(i0, max(i1, i0 + 1))
+                ]
                 x0 = max(0, min(r[0] for r in rects) - 12)
                 x1 = min(self.width, max(r[2] for r in rects) + 12)
                 out.append((x0, max(x0, x1)))  # empty when off screen
@@ -414,8 +447,11 @@ class Scene:
         rects = {i: p.rect(t, self.width, self.height) for i, p in drawn}
         drawn.sort(key=lambda ip: (rects[ip[0]][3] - rects[ip[0]][1], ip[0]))
         pillars = self.pillars()
-        active = [(x0, 0, x1, self.height) for (x0, x1), occ in
-                  zip(pillars, self._occlusion_list(), strict=True) if occ[0] <= t < occ[1]]
+        active = [
+            (x0, 0, x1, self.height)
+            for (x0, x1), occ in zip(pillars, self._occlusion_list(), strict=True)
+            if occ[0] <= t < occ[1]
+        ]
         frame = (0, 0, self.width, self.height)
         out = []
         for k, (i, p) in enumerate(drawn):
@@ -425,12 +461,21 @@ class Scene:
             w, h = r[2] - r[0], r[3] - r[1]
             face = (r[0] + fb[0] * w, r[1] + fb[1] * h, r[0] + fb[2] * w, r[1] + fb[3] * h)
             area = max(_area(face), 1e-9)
-            covers = [rects[j] for j, _ in drawn[k + 1:]] + active
+            covers = [rects[j] for j, _ in drawn[k + 1 :]] + active
             covered = max((_inter(face, c) for c in covers), default=0.0) / area
             visible = _inter(face, frame) / area >= _IN_FRAME and covered <= _MAX_COVERED
-            out.append(PlacedPasser(index=i, identity=p.identity, enrolled=p.enrolled,
-                                    photo=photo, rect=r, face_box=face,
-                                    occluded=p.occluded(t), visible=visible))
+            out.append(
+                PlacedPasser(
+                    index=i,
+                    identity=p.identity,
+                    enrolled=p.enrolled,
+                    photo=photo,
+                    rect=r,
+                    face_box=face,
+                    occluded=p.occluded(t),
+                    visible=visible,
+                )
+            )
         return out
 
     def faces_at(self, t: float) -> list[PlacedPasser]:
@@ -456,8 +501,10 @@ class Scene:
     @classmethod
     def from_json(cls, text: str) -> Scene:
         d = json.loads(text)
-        d["passers"] = [Passer(**{**p, "start": tuple(p["start"]), "end": tuple(p["end"])})
-                        for p in d["passers"]]
+        d["passers"] = [
+            Passer(**{**p, "start": tuple(p["start"]), "end": tuple(p["end"])})
+            for p in d["passers"]
+        ]
         return cls(**d)
 
 
@@ -492,17 +539,19 @@ def truth(scene: Scene) -> list[dict[str, Any]]:
                 runs[-1][1] = i
             else:
                 runs.append([i, i])
-        out.append({
-            "identity": p.identity,
-            "enrolled": p.enrolled,
-            "enter_s": p.enter_s,
-            "exit_s": p.exit_s,
-            "occlusions": [list(o) for o in p.occlusions],
-            "gaps": [list(g) for g in p.gaps],
-            "visible": [[scene.time(a), scene.time(b)] for a, b in runs],
-            "visible_s": len(idx) / scene.fps,
-            "first_visible_s": scene.time(idx[0]) if idx else None,
-        })
+        out.append(
+            {
+                "identity": p.identity,
+                "enrolled": p.enrolled,
+                "enter_s": p.enter_s,
+                "exit_s": p.exit_s,
+                "occlusions": [list(o) for o in p.occlusions],
+                "gaps": [list(g) for g in p.gaps],
+                "visible": [[scene.time(a), scene.time(b)] for a, b in runs],
+                "visible_s": len(idx) / scene.fps,
+                "first_visible_s": scene.time(idx[0]) if idx else None,
+            }
+        )
     return out
 
 
@@ -538,8 +587,8 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     for x0, x1 in scene.pillars():  # pillars: grey, lit from the left
         shade = np.linspace(1.1, 0.75, x1 - x0, dtype=np.float32)[None, :, None]
         img[:, x0:x1] = 128.0 * shade * (0.9 + 0.2 * y)
-        img[:, x0:x0 + 3] = 60.0
-        img[:, x1 - 3:x1] = 60.0
+        img[:, x0 : x0 + 3] = 60.0
+        img[:, x1 - 3 : x1] = 60.0
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -572,8 +621,10 @@ def render_frames(scene: Scene, indices: Iterable[int] | None = None) -> Iterato
     rng = np.random.default_rng(scene.seed)
     bg = _background(scene, rng)
     n_noise = 7
-    noise = [rng.normal(0.0, scene.noise, (scene.height, scene.width, 3))
-             .clip(-127, 127).astype(np.int8) for _ in range(n_noise)]
+    noise = [
+        rng.normal(0.0, scene.noise, (scene.height, scene.width, 3)).clip(-127, 127).astype(np.int8)
+        for _ in range(n_noise)
+    ]
     noisy = [np.clip(bg.astype(np.int16) + n, 0, 255).astype(np.uint8) for n in noise]
     pictures: dict[tuple[int, int], np.ndarray] = {}
     pillars = scene.pillars()
@@ -593,8 +644,11 @@ def render_frames(scene: Scene, indices: Iterable[int] | None = None) -> Iterato
             if key not in pictures:
                 pictures[key] = _load_picture(p, placed.photo)
             w, h = x1 - x0, y1 - y0
-            pic = cv2.resize(pictures[key], (w, h), interpolation=cv2.INTER_AREA
-                             if h < pictures[key].shape[0] else cv2.INTER_LINEAR)
+            pic = cv2.resize(
+                pictures[key],
+                (w, h),
+                interpolation=cv2.INTER_AREA if h < pictures[key].shape[0] else cv2.INTER_LINEAR,
+            )
             feather = max(3.0, 0.08 * w)
             alpha = (_ramp(h, feather)[:, None] * _ramp(w, feather)[None, :])[..., None]
             sl = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
@@ -629,11 +683,36 @@ def render(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
-        _ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{scene.width}x{scene.height}",
-        "-r", f"{scene.fps:g}", "-i", "-", "-an",
-        "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
-        "-g", str(max(1, round(gop_s * scene.fps))), "-movflags", "+faststart", str(out),
+        _ffmpeg(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{scene.width}x{scene.height}",
+        "-r",
+        f"{scene.fps:g}",
+        "-i",
+        "-",
+        "-an",
+        "-c:v",
+        "libx264",
+        "-preset",
+        preset,
+        "-crf",
+        str(int(crf)),
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(max(1, round(gop_s * scene.fps))),
+        "-movflags",
+        "+faststart",
+        str(out),
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
@@ -664,13 +743,20 @@ _LANES: dict[str, tuple[tuple[float, float], tuple[float, float], float, float]]
 }
 
 
-def _walk(person: Person, enter_s: float, exit_s: float, lane: str = "mid",
-          leftward: bool = False, **kwargs: Any) -> Passer:
+def _walk(
+    person: Person,
+    enter_s: float,
+    exit_s: float,
+    lane: str = "mid",
+    leftward: bool = False,
+    **kwargs: Any,
+) -> Passer:
     start, end, h0, h1 = _LANES[lane]
     if leftward:
         start, end = (1.0 - start[0], start[1]), (1.0 - end[0], end[1])
-    return Passer.of(person, enter_s, exit_s, start=start, end=end, start_height=h0,
-                     end_height=h1, **kwargs)
+    return Passer.of(
+        person, enter_s, exit_s, start=start, end=end, start_height=h0, end_height=h1, **kwargs
+    )
 
 
 def standard_scenes(
@@ -700,32 +786,60 @@ def standard_scenes(
     if len(people.enrolled) < 6 or len(people.strangers) < 3:
         raise ConfigError("standard_scenes needs at least 6 enrolled people and 3 strangers")
     e, s = people.enrolled, people.strangers
+
     def scene(name: str, duration: float, passers: list[Passer], k: int) -> Scene:
-        return Scene(duration_s=duration, passers=passers, seed=seed * 100 + k, name=name,
-                     width=width, height=height, fps=fps)
+        return Scene(
+            duration_s=duration,
+            passers=passers,
+            seed=seed * 100 + k,
+            name=name,
+            width=width,
+            height=height,
+            fps=fps,
+        )
 
     return {
         "single": scene("single", 8.0, [_walk(e[0], 0.5, 7.5, "mid")], 1),
-        "two_at_once": scene("two_at_once", 10.0, [
-            _walk(e[1], 0.5, 9.0, "far"),
-            _walk(e[2], 1.0, 9.5, "near", leftward=True),
-        ], 2),
-        "occlusion": scene("occlusion", 10.0, [
-            _walk(e[3], 0.5, 9.5, "mid", occlusions=[(4.8, 5.3)]),
-        ], 3),
-        "gap_revisit": scene("gap_revisit", 18.0, [
-            _walk(e[4], 0.5, 17.0, "mid", gaps=[(6.5, 12.0)]),
-        ], 4),
+        "two_at_once": scene(
+            "two_at_once",
+            10.0,
+            [
+                _walk(e[1], 0.5, 9.0, "far"),
+                _walk(e[2], 1.0, 9.5, "near", leftward=True),
+            ],
+            2,
+        ),
+        "occlusion": scene(
+            "occlusion",
+            10.0,
+            [
+                _walk(e[3], 0.5, 9.5, "mid", occlusions=[(4.8, 5.3)]),
+            ],
+            3,
+        ),
+        "gap_revisit": scene(
+            "gap_revisit",
+            18.0,
+            [
+                _walk(e[4], 0.5, 17.0, "mid", gaps=[(6.5, 12.0)]),
+            ],
+            4,
+        ),
         "stranger": scene("stranger", 8.0, [_walk(s[0], 0.5, 7.5, "mid", leftward=True)], 5),
-        "door": scene("door", 60.0, [
-            _walk(e[0], 1.0, 8.0, "near"),
-            _walk(s[1], 6.0, 13.0, "far", leftward=True),
-            _walk(e[4], 14.0, 21.0, "near"),
-            _walk(e[5], 15.0, 22.0, "far", leftward=True),
-            _walk(s[2], 24.0, 31.0, "mid"),
-            _walk(e[1], 33.0, 40.0, "near", leftward=True, occlusions=[(36.3, 36.8)]),
-            _walk(e[2], 42.0, 49.0, "near"),
-            _walk(s[0], 43.0, 50.0, "far", leftward=True),
-            _walk(e[3], 52.0, 59.0, "mid"),
-        ], 6),
+        "door": scene(
+            "door",
+            60.0,
+            [
+                _walk(e[0], 1.0, 8.0, "near"),
+                _walk(s[1], 6.0, 13.0, "far", leftward=True),
+                _walk(e[4], 14.0, 21.0, "near"),
+                _walk(e[5], 15.0, 22.0, "far", leftward=True),
+                _walk(s[2], 24.0, 31.0, "mid"),
+                _walk(e[1], 33.0, 40.0, "near", leftward=True, occlusions=[(36.3, 36.8)]),
+                _walk(e[2], 42.0, 49.0, "near"),
+                _walk(s[0], 43.0, 50.0, "far", leftward=True),
+                _walk(e[3], 52.0, 59.0, "mid"),
+            ],
+            6,
+        ),
     }

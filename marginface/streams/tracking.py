@@ -59,18 +59,28 @@ class FaceTracker:
     revives after :meth:`ended` reported it gets a new id. Not thread-safe: one per camera.
     """
 
-    def __init__(self, fps: float = 5.0, track_buffer_s: float = 1.0, *,
-                 buffer_ratio: float = 1.0, activation_threshold: float = 0.6,
-                 min_iou: float = 0.1) -> None:
+    def __init__(
+        self,
+        fps: float = 5.0,
+        track_buffer_s: float = 1.0,
+        *,
+        buffer_ratio: float = 1.0,
+        activation_threshold: float = 0.6,
+        min_iou: float = 0.1,
+    ) -> None:
         import trackers  # heavy: trackers (supervision, scipy)
 
         self.fps = float(fps)
         self.track_buffer_s = float(track_buffer_s)
         self._tracker = trackers.ByteTrackTracker(
-            lost_track_buffer=max(1, round(30 * self.track_buffer_s)), frame_rate=self.fps,
-            track_activation_threshold=activation_threshold, minimum_consecutive_frames=1,
-            minimum_iou_threshold=min_iou, high_conf_det_threshold=activation_threshold,
-            iou=trackers.BIoU(buffer_ratio=buffer_ratio) if buffer_ratio > 0 else None)
+            lost_track_buffer=max(1, round(30 * self.track_buffer_s)),
+            frame_rate=self.fps,
+            track_activation_threshold=activation_threshold,
+            minimum_consecutive_frames=1,
+            minimum_iou_threshold=min_iou,
+            high_conf_det_threshold=activation_threshold,
+            iou=trackers.BIoU(buffer_ratio=buffer_ratio) if buffer_ratio > 0 else None,
+        )
         self._ids: dict[int, int] = {}  # the tracker's id -> ours
         self._last_seen: dict[int, float] = {}  # ours -> last time a detection matched
         self._next = 1
@@ -86,12 +96,15 @@ class FaceTracker:
             t = self._last_t + 1e-3  # the tracker skips non-increasing timestamps
         self._last_t = t
         n = len(detections)
-        boxes = (np.stack([d.box for d in detections]).astype(np.float32) if n
-                 else np.zeros((0, 4), dtype=np.float32))
+        boxes = (
+            np.stack([d.box for d in detections]).astype(np.float32)
+            if n
+            else np.zeros((0, 4), dtype=np.float32)
+        )
         scores = np.asarray([d.score for d in detections], dtype=np.float32)
         out: Any = self._tracker.update(
-            sv.Detections(xyxy=boxes, confidence=scores, data={"index": np.arange(n)}),
-            timestamp=t)
+            sv.Detections(xyxy=boxes, confidence=scores, data={"index": np.arange(n)}), timestamp=t
+        )
         tracked = []
         if len(out):
             for index, tid in zip(out.data["index"], out.tracker_id, strict=True):

@@ -46,19 +46,35 @@ class VisitSettings(StrictModel):
     min_faces: int = Field(3, ge=1, le=50, description="faces embedded before deciding")
     max_faces: int = Field(5, ge=1, le=50, description="best faces a track keeps")
     min_eye_distance: float = Field(
-        12.0, ge=0.0, description="smallest face worth embedding: eyes this many pixels apart")
-    min_quality: float = Field(0.05, ge=0.0, le=1.0,
-                               description="smallest FaceQuality.score worth embedding")
-    revisit_s: float = Field(60.0, ge=0.0, description="a person back on the same camera "
-                             "within this many seconds continues the same visit")
-    min_gain: float = Field(0.1, ge=0.0, le=10.0, description="once a track keeps max_faces "
-                            "faces, a new face is embedded only when its quality beats the "
-                            "worst kept one by this fraction (a face approaching the camera "
-                            "improves a little every frame)")
-    patience_s: float = Field(0.6, ge=0.0, le=60.0, description="a track still undecided this "
-                              "many seconds after it began also embeds faces below "
-                              "min_quality (its best so far): a person seen only small, "
-                              "blurred or turned is decided promptly rather than never")
+        12.0, ge=0.0, description="smallest face worth embedding: eyes this many pixels apart"
+    )
+    min_quality: float = Field(
+        0.05, ge=0.0, le=1.0, description="smallest FaceQuality.score worth embedding"
+    )
+    revisit_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="a person back on the same camera "
+        "within this many seconds continues the same visit",
+    )
+    min_gain: float = Field(
+        0.1,
+        ge=0.0,
+        le=10.0,
+        description="once a track keeps max_faces "
+        "faces, a new face is embedded only when its quality beats the "
+        "worst kept one by this fraction (a face approaching the camera "
+        "improves a little every frame)",
+    )
+    patience_s: float = Field(
+        0.6,
+        ge=0.0,
+        le=60.0,
+        description="a track still undecided this "
+        "many seconds after it began also embeds faces below "
+        "min_quality (its best so far): a person seen only small, "
+        "blurred or turned is decided promptly rather than never",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,12 +118,21 @@ class VisitEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly fields (times as ISO 8601 strings; no evidence)."""
-        return {"kind": self.kind, "camera": self.camera, "track_id": self.track_id,
-                "visit_id": self.visit_id, "subject_id": self.subject_id, "name": self.name,
-                "score": round(self.score, 4), "threshold": round(self.threshold, 4),
-                "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
-                "faces": self.faces, "first_seen": _iso(self.first_seen),
-                "last_seen": _iso(self.last_seen)}
+        return {
+            "kind": self.kind,
+            "camera": self.camera,
+            "track_id": self.track_id,
+            "visit_id": self.visit_id,
+            "subject_id": self.subject_id,
+            "name": self.name,
+            "score": round(self.score, 4),
+            "threshold": round(self.threshold, 4),
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "faces": self.faces,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+        }
 
 
 @dataclass
@@ -140,8 +165,14 @@ class VisitTracker:
     """The visits of one camera: feed it each tracked face, and it says when to embed and
     when a track has become a decided visit. Not thread-safe: one per camera worker."""
 
-    def __init__(self, gallery: Gallery, camera: str, settings: VisitSettings | None = None,
-                 *, fpir: str | float | None = None) -> None:
+    def __init__(
+        self,
+        gallery: Gallery,
+        camera: str,
+        settings: VisitSettings | None = None,
+        *,
+        fpir: str | float | None = None,
+    ) -> None:
         self.gallery = gallery
         self.camera = camera
         self.settings = settings or VisitSettings()
@@ -153,8 +184,7 @@ class VisitTracker:
         self._next_visit = 1
 
     # -- evidence -------------------------------------------------------------------------------
-    def wants_embedding(self, track_id: int, quality: FaceQuality,
-                        t: float | None = None) -> bool:
+    def wants_embedding(self, track_id: int, quality: FaceQuality, t: float | None = None) -> bool:
         """Whether this face of the track is worth embedding: large enough, good enough
         (``min_quality``, waived for an undecided track older than ``patience_s``), and better
         than the worst face the track keeps by ``min_gain`` (or the track keeps fewer than
@@ -187,9 +217,16 @@ class VisitTracker:
         """Tracks observed and not ended."""
         return len(self._tracks)
 
-    def observe(self, track_id: int, t: float, quality: FaceQuality | None = None,
-                embedding: np.ndarray | None = None, *, crop: np.ndarray | None = None,
-                wall: float | None = None) -> VisitEvent | None:
+    def observe(
+        self,
+        track_id: int,
+        t: float,
+        quality: FaceQuality | None = None,
+        embedding: np.ndarray | None = None,
+        *,
+        crop: np.ndarray | None = None,
+        wall: float | None = None,
+    ) -> VisitEvent | None:
         """A face of ``track_id`` seen at ``t`` (with its embedding when
         :meth:`wants_embedding` said so, and optionally its aligned ``crop``, kept while the
         face is among the track's best); ``wall``: the same moment in epoch seconds. Returns
@@ -211,7 +248,7 @@ class VisitTracker:
         e = e / max(float(np.linalg.norm(e)), 1e-12)
         track.faces.append(Evidence(max(quality.score, 1e-6), e, crop))
         track.faces.sort(key=lambda f: -f.quality)
-        del track.faces[self.settings.max_faces:]
+        del track.faces[self.settings.max_faces :]
         if track.decided is not None or len(track.faces) < self.settings.min_faces:
             return None
         return self._decide(track_id, track)
@@ -225,18 +262,37 @@ class VisitTracker:
         if visit is not None and visit.first_wall is not None:
             first_wall = visit.first_wall
         event = VisitEvent(
-            "arrived", self.camera, track_id, visit.visit_id if visit else self._new_visit(),
-            answer.subject_id, answer.name, float(answer.score), float(answer.threshold),
-            visit.start_s if visit else track.start_s, track.last_s, len(track.faces),
-            _when(first_wall), _when(track.last_wall), tuple(track.faces))
+            "arrived",
+            self.camera,
+            track_id,
+            visit.visit_id if visit else self._new_visit(),
+            answer.subject_id,
+            answer.name,
+            float(answer.score),
+            float(answer.threshold),
+            visit.start_s if visit else track.start_s,
+            track.last_s,
+            len(track.faces),
+            _when(first_wall),
+            _when(track.last_wall),
+            tuple(track.faces),
+        )
         track.decided = event
         track.visit_id = event.visit_id
         if visit is not None:  # the same visit goes on: no second "arrived"
             return None
         if answer.subject_id is not None:
-            self._recent.append(_Visit(event.visit_id, answer.subject_id, track.start_s,
-                                       track.last_s, float(answer.score), track.first_wall,
-                                       track.last_wall))
+            self._recent.append(
+                _Visit(
+                    event.visit_id,
+                    answer.subject_id,
+                    track.start_s,
+                    track.last_s,
+                    float(answer.score),
+                    track.first_wall,
+                    track.last_wall,
+                )
+            )
         return event
 
     def _new_visit(self) -> int:
@@ -270,10 +326,22 @@ class VisitTracker:
                 visit.last_wall = max(visit.last_wall or track.last_wall, track.last_wall)
             if visit.first_wall is not None:
                 first_wall = min(visit.first_wall, first_wall or visit.first_wall)
-        return VisitEvent("left", self.camera, track_id, track.visit_id, arrived.subject_id,
-                          arrived.name, visit.best if visit else arrived.score,
-                          arrived.threshold, start, track.last_s, arrived.faces,
-                          _when(first_wall), _when(track.last_wall), tuple(track.faces))
+        return VisitEvent(
+            "left",
+            self.camera,
+            track_id,
+            track.visit_id,
+            arrived.subject_id,
+            arrived.name,
+            visit.best if visit else arrived.score,
+            arrived.threshold,
+            start,
+            track.last_s,
+            arrived.faces,
+            _when(first_wall),
+            _when(track.last_wall),
+            tuple(track.faces),
+        )
 
     def forget_before(self, t: float) -> None:
         """Drop finished visits that can no longer continue (older than ``revisit_s``)."""

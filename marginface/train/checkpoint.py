@@ -33,8 +33,18 @@ import torch
 
 from marginface.errors import ModelError
 
-__all__ = ["FORMAT", "RunState", "atomic_save", "checkpoint_dir", "find_latest", "prune",
-           "read_run_state", "rng_state", "set_rng_state", "trainer_state"]
+__all__ = [
+    "FORMAT",
+    "RunState",
+    "atomic_save",
+    "checkpoint_dir",
+    "find_latest",
+    "prune",
+    "read_run_state",
+    "rng_state",
+    "set_rng_state",
+    "trainer_state",
+]
 
 LATEST = "latest"
 FORMAT = "marginface-checkpoint/2"
@@ -96,11 +106,17 @@ def read_run_state(state: dict[str, Any], path: Path) -> RunState:
     if fmt == FORMAT:
         return RunState.from_dict(state["run"])
     if fmt == _FORMAT_1:  # the run's position was stored at the top level
-        return RunState.from_dict({k: state[k] for k in
-                                   ("step", "epoch", "batch_in_epoch", "skipped", "seconds")
-                                   if k in state})
-    raise ModelError(f"--resume: {path} is a checkpoint of format {fmt!r}; this marginface "
-                     f"reads {FORMAT!r} and {_FORMAT_1!r}")
+        return RunState.from_dict(
+            {
+                k: state[k]
+                for k in ("step", "epoch", "batch_in_epoch", "skipped", "seconds")
+                if k in state
+            }
+        )
+    raise ModelError(
+        f"--resume: {path} is a checkpoint of format {fmt!r}; this marginface "
+        f"reads {FORMAT!r} and {_FORMAT_1!r}"
+    )
 
 
 def checkpoint_dir(output: Path) -> Path:
@@ -137,8 +153,10 @@ def find_latest(output: Path) -> Path:
             return root / name
     candidates = sorted(p for p in root.glob("step_*") if (p / "trainer.pt").is_file())
     if not candidates:
-        raise ModelError(f"--resume: no checkpoint found in {root} (has this run written one? "
-                         "checkpoints are saved every checkpoint.every_steps steps and on Ctrl-C)")
+        raise ModelError(
+            f"--resume: no checkpoint found in {root} (has this run written one? "
+            "checkpoints are saved every checkpoint.every_steps steps and on Ctrl-C)"
+        )
     return candidates[-1]
 
 
@@ -162,8 +180,11 @@ def prune(output: Path, keep: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and CUDA) RNG states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

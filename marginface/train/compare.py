@@ -35,9 +35,18 @@ from marginface.eval.verify import pair_similarities, verification_metrics
 from marginface.train.config import load_train_config
 from marginface.train.trainer import Trainer
 
-__all__ = ["CompareRow", "DevCrops", "evaluate_crops", "flag_ties", "load_dev_crops",
-           "merge_results", "prepare_dev_crops", "render_table", "run_comparison",
-           "table_from_results"]
+__all__ = [
+    "CompareRow",
+    "DevCrops",
+    "evaluate_crops",
+    "flag_ties",
+    "load_dev_crops",
+    "merge_results",
+    "prepare_dev_crops",
+    "render_table",
+    "run_comparison",
+    "table_from_results",
+]
 
 FARS = ("1e-2", "1e-3")
 
@@ -61,10 +70,17 @@ class DevCrops:
         return len(self.issame)
 
 
-def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | None = None,
-                      detector: str = "yunet", selection: str = "largest",
-                      template: str = "arcface_112x112", workers: int | None = None,
-                      progress: bool = True) -> DevCrops:
+def prepare_dev_crops(
+    pairs: str | Path,
+    out: str | Path,
+    *,
+    root: str | Path | None = None,
+    detector: str = "yunet",
+    selection: str = "largest",
+    template: str = "arcface_112x112",
+    workers: int | None = None,
+    progress: bool = True,
+) -> DevCrops:
     """Detect and align every image of ``pairs`` as ``marginface.eval`` does; save ``out``."""
     ps = load_pairs(pairs, root)
     pre = Preprocessing(template=template, input_size=template_size(template))
@@ -76,28 +92,53 @@ def prepare_dev_crops(pairs: str | Path, out: str | Path, *, root: str | Path | 
         if progress and (done % 200 == 0 or done == total):
             print(f"dev crops: {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    crops, reasons = prepare_crops(ps.images, pre, options, workers=workers or 2,
-                                   on_progress=report)
+    crops, reasons = prepare_crops(
+        ps.images, pre, options, workers=workers or 2, on_progress=report
+    )
     ok = np.ones(n, dtype=bool)
     ok[list(reasons)] = False
     names = [str(ref.key) for ref in ps.images]
-    meta = {"format": "marginface-dev-crops/1", "pairs": str(pairs), "detector": detector,
-            "selection": selection, "template": template, "options": options.key(),
-            "n_images": n, "n_failed": len(reasons), "n_pairs": ps.n_pairs,
-            "seconds": round(time.perf_counter() - t0, 1)}
-    dc = DevCrops(crops, ok, reasons, np.asarray(ps.left), np.asarray(ps.right),
-                  np.asarray(ps.issame, dtype=bool), np.asarray(ps.folds), names, meta)
+    meta = {
+        "format": "marginface-dev-crops/1",
+        "pairs": str(pairs),
+        "detector": detector,
+        "selection": selection,
+        "template": template,
+        "options": options.key(),
+        "n_images": n,
+        "n_failed": len(reasons),
+        "n_pairs": ps.n_pairs,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    dc = DevCrops(
+        crops,
+        ok,
+        reasons,
+        np.asarray(ps.left),
+        np.asarray(ps.right),
+        np.asarray(ps.issame, dtype=bool),
+        np.asarray(ps.folds),
+        names,
+        meta,
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
     blob, offsets = _encode_crops(crops)
-    np.savez(tmp, crops_webp=blob, crops_offsets=offsets,
-             crops_shape=np.array(crops.shape, dtype=np.int64), ok=ok, left=dc.left,
-             right=dc.right,
-                        issame=dc.issame, folds=dc.folds,
-                        names=np.array(names), reasons=np.array(json.dumps(
-                            {str(k): v for k, v in reasons.items()})),
-                        meta=np.array(json.dumps(meta)))
+    np.savez(
+        tmp,
+        crops_webp=blob,
+        crops_offsets=offsets,
+        crops_shape=np.array(crops.shape, dtype=np.int64),
+        ok=ok,
+        left=dc.left,
+        right=dc.right,
+        issame=dc.issame,
+        folds=dc.folds,
+        names=np.array(names),
+        reasons=np.array(json.dumps({str(k): v for k, v in reasons.items()})),
+        meta=np.array(json.dumps(meta)),
+    )
     tmp.replace(out)
     return dc
 
@@ -125,7 +166,7 @@ def _decode_crops(blob: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...])
 
     crops = np.zeros(shape, dtype=np.uint8)
     for i in range(shape[0]):
-        im = cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        im = cv2.imdecode(blob[offsets[i] : offsets[i + 1]], cv2.IMREAD_COLOR)
         if im is None or im.shape != shape[1:]:
             raise DataError(f"dev crop {i} is corrupt")
         crops[i] = im[:, :, ::-1]
@@ -136,24 +177,36 @@ def load_dev_crops(path: str | Path) -> DevCrops:
     """Read a file written by :func:`prepare_dev_crops`."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"dev crops not found: {p} (write them with 'marginface "
-                        "train-dev-crops PAIRS OUT.npz')")
+        raise DataError(
+            f"dev crops not found: {p} (write them with 'marginface train-dev-crops PAIRS OUT.npz')"
+        )
     try:
         z = np.load(p, allow_pickle=False)
-        crops = z["crops"] if "crops" in z.files else _decode_crops(
-            z["crops_webp"], z["crops_offsets"], tuple(int(x) for x in z["crops_shape"]))
+        crops = (
+            z["crops"]
+            if "crops" in z.files
+            else _decode_crops(
+                z["crops_webp"], z["crops_offsets"], tuple(int(x) for x in z["crops_shape"])
+            )
+        )
         return DevCrops(
-            crops=crops, ok=z["ok"].astype(bool),
+            crops=crops,
+            ok=z["ok"].astype(bool),
             reasons={int(k): v for k, v in json.loads(str(z["reasons"])).items()},
-            left=z["left"], right=z["right"], issame=z["issame"].astype(bool),
-            folds=z["folds"], names=[str(x) for x in z["names"]],
-            meta=json.loads(str(z["meta"])))
+            left=z["left"],
+            right=z["right"],
+            issame=z["issame"].astype(bool),
+            folds=z["folds"],
+            names=[str(x) for x in z["names"]],
+            meta=json.loads(str(z["meta"])),
+        )
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{p} is not a dev-crops file: {exc}") from None
 
 
-def evaluate_crops(embedder: Embedder, dev: DevCrops, *, flip: bool = False,
-                   batch_size: int = 128) -> dict[str, Any]:
+def evaluate_crops(
+    embedder: Embedder, dev: DevCrops, *, flip: bool = False, batch_size: int = 128
+) -> dict[str, Any]:
     """Score ``dev``'s pairs with ``embedder``: ``marginface.eval``'s verification metrics.
 
     Returns ``verification_metrics``' block (accuracies in %) plus ``scores`` (list) and
@@ -235,7 +288,7 @@ def flag_ties(rows: list[CompareRow]) -> None:
     for r in rows:
         r.ties = []
     for i, a in enumerate(groups):
-        for b in groups[i + 1:]:
+        for b in groups[i + 1 :]:
             acc_a, acc_b = a.mean("accuracy"), b.mean("accuracy")
             std_a, std_b = a.mean("std"), b.mean("std")
             if abs(acc_a - acc_b) <= min(std_a, std_b):  # type: ignore[operator,type-var]
@@ -261,9 +314,11 @@ def render_table(rows: list[CompareRow], *, title: str = "", notes: str = "") ->
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines += ["| rank | loss | dev accuracy (%) | seeds | TAR@FAR=1e-2 | TAR@FAR=1e-3 | epochs | "
-              "wall time (s) | machine | note |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| rank | loss | dev accuracy (%) | seeds | TAR@FAR=1e-2 | TAR@FAR=1e-3 | epochs | "
+        "wall time (s) | machine | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for k, g in enumerate(groups, 1):
         first = g.rows[0]
         ties = first.ties
@@ -273,16 +328,22 @@ def render_table(rows: list[CompareRow], *, title: str = "", notes: str = "") ->
             note = f"needs second seed (within fold std of {', '.join(ties)})"
         else:
             note = f"within fold std of {', '.join(ties)} over {len(g.rows)} seeds"
-        seeds = ", ".join(f"{r.seed}: {r.accuracy:.2f}" for r in g.rows) if len(g.rows) > 1 \
+        seeds = (
+            ", ".join(f"{r.seed}: {r.accuracy:.2f}" for r in g.rows)
+            if len(g.rows) > 1
             else str(first.seed)
-        lines.append(f"| {k} | {g.name} | {g.mean('accuracy'):.2f} ± {g.mean('std'):.2f} | "
-                     f"{seeds} | {_fmt(g.mean('tar_1e2'), '.3f')} | "
-                     f"{_fmt(g.mean('tar_1e3'), '.3f')} | {_fmt(g.mean('epochs'), '.2f')} | "
-                     f"{_fmt(g.mean('wall_seconds'), '.0f')} | {first.machine or '–'} | {note} |")
+        )
+        lines.append(
+            f"| {k} | {g.name} | {g.mean('accuracy'):.2f} ± {g.mean('std'):.2f} | "
+            f"{seeds} | {_fmt(g.mean('tar_1e2'), '.3f')} | "
+            f"{_fmt(g.mean('tar_1e3'), '.3f')} | {_fmt(g.mean('epochs'), '.2f')} | "
+            f"{_fmt(g.mean('wall_seconds'), '.0f')} | {first.machine or '–'} | {note} |"
+        )
     for r in rest:
         note = f"{r.status}: {r.error}" if r.error else r.status
-        lines.append(f"| – | {r.name} | – | {r.seed} | – | – | – | – | {r.machine or '–'} | "
-                     f"{note} |")
+        lines.append(
+            f"| – | {r.name} | – | {r.seed} | – | – | – | – | {r.machine or '–'} | {note} |"
+        )
     if notes:
         lines += ["", notes]
     return "\n".join(lines) + "\n"
@@ -293,9 +354,11 @@ def _notes(*headers: dict[str, Any]) -> str:
     dev = headers[0].get("dev", {})
     flips = {h.get("flip", False) for h in headers}
     flip = "on" if flips == {True} else "off" if flips == {False} else "mixed"
-    text = (f"Dev set: {dev.get('pairs', '')} ({dev.get('n_pairs', '?')} pairs, "
-            f"{dev.get('n_failed', '?')} images without a detected face scored -1); 10-fold "
-            f"accuracy mean ± fold std; flip TTA {flip}.")
+    text = (
+        f"Dev set: {dev.get('pairs', '')} ({dev.get('n_pairs', '?')} pairs, "
+        f"{dev.get('n_failed', '?')} images without a detected face scored -1); 10-fold "
+        f"accuracy mean ± fold std; flip TTA {flip}."
+    )
     for h in headers:
         where = f" ({h['path']})" if "path" in h and len(headers) > 1 else ""
         text += f" Overrides{where}: {' '.join(h.get('overrides') or []) or 'none'}."
@@ -322,8 +385,9 @@ def merge_results(paths: list[str | Path]) -> tuple[list[CompareRow], list[dict[
         p = Path(path)
         try:
             payload = json.loads(p.read_text(encoding="utf-8"))
-            rows = [CompareRow(**{k: v for k, v in r.items() if k in fields})
-                    for r in payload["rows"]]
+            rows = [
+                CompareRow(**{k: v for k, v in r.items() if k in fields}) for r in payload["rows"]
+            ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{p} is not a train-compare results.json: {exc}") from None
         headers.append({k: v for k, v in payload.items() if k != "rows"} | {"path": str(p)})
@@ -339,11 +403,18 @@ def _row_name(path: Path) -> str:
     return stem[:-4] if stem.endswith("_mbf") else stem
 
 
-def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: str | Path, *,
-                   overrides: list[str] | None = None, table: str | Path | None = None,
-                   flip: bool = False, title: str = "Loss comparison on celeba-dev",
-                   keep_going: bool = True, budget_s: float | None = None
-                   ) -> list[CompareRow]:
+def run_comparison(
+    configs: list[str | Path],
+    out_dir: str | Path,
+    dev_crops: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    table: str | Path | None = None,
+    flip: bool = False,
+    title: str = "Loss comparison on celeba-dev",
+    keep_going: bool = True,
+    budget_s: float | None = None,
+) -> list[CompareRow]:
     """Train each config (output ``out_dir/<config stem>``), evaluate, write the results.
 
     ``overrides`` (``key=value``) apply to every config, e.g. ``epochs=5`` or
@@ -362,19 +433,29 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
         cfg = load_train_config(p, [*(overrides or []), f"output={out_dir / p.stem}"])
         cfg = cfg.model_copy(update={"verify": cfg.verify.model_copy(update={"pairs": None})})
         cfgs.append(cfg)
-    rows = [CompareRow(name=_row_name(p), config=str(p), loss=c.loss.name, seed=c.seed)
-            for p, c in zip(paths, cfgs, strict=True)]
+    rows = [
+        CompareRow(name=_row_name(p), config=str(p), loss=c.loss.name, seed=c.seed)
+        for p, c in zip(paths, cfgs, strict=True)
+    ]
     machine = ""  # the device of the latest run, as its trainer recorded it in the model card
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     preloaded = None
 
     def write() -> None:
         flag_ties(rows)
-        payload = {"format": "marginface-compare/1", "started": started, "machine": machine,
-                   "dev_crops": str(dev_crops), "dev": dev.meta, "flip": flip,
-                   "overrides": overrides or [], "rows": [asdict(r) for r in rows]}
-        (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n",
-                                              encoding="utf-8")
+        payload = {
+            "format": "marginface-compare/1",
+            "started": started,
+            "machine": machine,
+            "dev_crops": str(dev_crops),
+            "dev": dev.meta,
+            "flip": flip,
+            "overrides": overrides or [],
+            "rows": [asdict(r) for r in rows],
+        }
+        (out_dir / "results.json").write_text(
+            json.dumps(payload, indent=2) + "\n", encoding="utf-8"
+        )
         text = render_table(rows, title=title, notes=_notes(payload))
         (out_dir / "table.md").write_text(text, encoding="utf-8")
         if table is not None:
@@ -388,12 +469,17 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
         elapsed = time.perf_counter() - t_start
         if budget_s is not None and longest and elapsed + longest > budget_s:
             row.status, row.error = "skipped", f"time budget of {budget_s:.0f} s"
-            print(f"== {row.name}: skipped ({elapsed:.0f} s used, the slowest run took "
-                  f"{longest:.0f} s, budget {budget_s:.0f} s)", flush=True)
+            print(
+                f"== {row.name}: skipped ({elapsed:.0f} s used, the slowest run took "
+                f"{longest:.0f} s, budget {budget_s:.0f} s)",
+                flush=True,
+            )
             write()
             continue
-        print(f"== {row.name}: training ({row.config}; {elapsed:.0f} s into the comparison)",
-              flush=True)
+        print(
+            f"== {row.name}: training ({row.config}; {elapsed:.0f} s into the comparison)",
+            flush=True,
+        )
         t_run = time.perf_counter()
         try:
             trainer = Trainer(cfg, preloaded=preloaded)
@@ -407,7 +493,8 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
             machine = str(embedder.card.training.get("device", ""))
             m = evaluate_crops(embedder, dev, flip=flip)
             (Path(cfg.output) / "dev_metrics.json").write_text(
-                json.dumps(m, indent=2) + "\n", encoding="utf-8")
+                json.dumps(m, indent=2) + "\n", encoding="utf-8"
+            )
             row.accuracy, row.std = m["accuracy_mean"], m["accuracy_std"]
             row.tar_1e2 = m["tar_at_far"].get("1e-2")
             row.tar_1e3 = m["tar_at_far"].get("1e-3")
@@ -418,8 +505,11 @@ def run_comparison(configs: list[str | Path], out_dir: str | Path, dev_crops: st
             row.machine = machine
             row.output = str(cfg.output)
             row.status = "done"
-            print(f"== {row.name}: {row.accuracy:.2f} ± {row.std:.2f} %, TAR@FAR=1e-3 "
-                  f"{_fmt(row.tar_1e3, '.3f')}, {row.wall_seconds:.0f} s", flush=True)
+            print(
+                f"== {row.name}: {row.accuracy:.2f} ± {row.std:.2f} %, TAR@FAR=1e-3 "
+                f"{_fmt(row.tar_1e3, '.3f')}, {row.wall_seconds:.0f} s",
+                flush=True,
+            )
         except (MarginfaceError, RuntimeError, ValueError) as exc:
             row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"[:300]
             print(f"== {row.name}: FAILED {row.error}", flush=True)

@@ -49,28 +49,38 @@ class DataConfig(StrictModel):
     train: Path = Field(description="identity folder, .csv list, or RecordIO .rec / prefix")
     name: str = Field("", description="a name for the card (default: the folder name)")
     augment: str | dict[str, Any] = Field(
-        "flip", description="augmentation preset (none | flip | strong) or AugmentConfig fields")
+        "flip", description="augmentation preset (none | flip | strong) or AugmentConfig fields"
+    )
     input_size: tuple[int, int] = Field((112, 112), description="(height, width) fed to the net")
     color: Literal["RGB", "BGR"] = "RGB"
     mean: float = 127.5
     std: float = 127.5
     sampler: Literal["random", "pk"] = Field(
-        "random", description="random batches, or P identities x K images (triplet loss)")
+        "random", description="random batches, or P identities x K images (triplet loss)"
+    )
     pk_k: int = Field(4, ge=2, description="images per identity in a P×K batch")
     pk_min_images: int = Field(2, ge=1, description="identities with fewer images are skipped")
     pk_batches_per_epoch: int | None = Field(
-        None, ge=1, description="P×K batches per epoch and rank (default: each eligible "
-                                "identity once per epoch)")
-    drop_last: bool = Field(True, description="random sampler: drop the last, shorter batch of "
-                                              "an epoch (false trains it, unless it holds one "
-                                              "sample)")
+        None,
+        ge=1,
+        description="P×K batches per epoch and rank (default: each eligible "
+        "identity once per epoch)",
+    )
+    drop_last: bool = Field(
+        True,
+        description="random sampler: drop the last, shorter batch of "
+        "an epoch (false trains it, unless it holds one "
+        "sample)",
+    )
     workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
     prefetch_factor: int = Field(4, ge=1)
     pin_memory: bool = True
     preload: Literal["none", "device"] = Field(
-        "none", description="device: decode every image once into a uint8 tensor on the "
-                            "training device (GPU memory) and flip there; no DataLoader workers. "
-                            "Same batch order by seed; augment must be none or flip")
+        "none",
+        description="device: decode every image once into a uint8 tensor on the "
+        "training device (GPU memory) and flip there; no DataLoader workers. "
+        "Same batch order by seed; augment must be none or flip",
+    )
 
     @field_validator("input_size")
     @classmethod
@@ -85,8 +95,9 @@ class BackboneConfig(StrictModel):
 
     name: str = "mbf"
     embedding_dim: int = Field(512, gt=0)
-    kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="extra constructor arguments (e.g. dropout)")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra constructor arguments (e.g. dropout)"
+    )
     sync_bn: bool = Field(False, description="SyncBatchNorm under DDP (GPU only)")
 
 
@@ -106,14 +117,18 @@ class LossConfig(StrictModel):
     """
 
     name: str = "arcface"
-    kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="head arguments, e.g. {scale: 64, margin: 0.5}")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="head arguments, e.g. {scale: 64, margin: 0.5}"
+    )
     extra: list[LossTerm] = Field(default_factory=list)
-    sample_rate: float = Field(1.0, gt=0, le=1,
-                               description="Partial FC: fraction of class centres per step")
+    sample_rate: float = Field(
+        1.0, gt=0, le=1, description="Partial FC: fraction of class centres per step"
+    )
     init: Literal["normal", "unit"] = Field(
-        "normal", description="class centres of a head that normalises them: normal (std 0.01, "
-                              "insightface) or unit (random unit rows; 2-d/3-d toy runs)")
+        "normal",
+        description="class centres of a head that normalises them: normal (std 0.01, "
+        "insightface) or unit (random unit rows; 2-d/3-d toy runs)",
+    )
 
     @model_validator(mode="after")
     def _check_names(self) -> LossConfig:
@@ -122,13 +137,16 @@ class LossConfig(StrictModel):
         except ValueError as exc:
             raise ValueError(str(exc)) from None
         if not head and self.name.lower() != "triplet":
-            raise ValueError(f"loss.name must be a classification head or 'triplet', got "
-                             f"{self.name!r} (use loss.extra for {self.name!r})")
+            raise ValueError(
+                f"loss.name must be a classification head or 'triplet', got "
+                f"{self.name!r} (use loss.extra for {self.name!r})"
+            )
         for term in self.extra:
             key = term.name.lower()
             if key not in ("center", "interclass"):
                 raise ValueError(
-                    f"loss.extra supports 'center' and 'interclass', got {term.name!r}")
+                    f"loss.extra supports 'center' and 'interclass', got {term.name!r}"
+                )
             if key == "interclass" and not head:
                 raise ValueError("the 'interclass' term needs a classification head")
         return self
@@ -150,8 +168,12 @@ class OptimConfig(StrictModel):
     eps: float = Field(1e-8, gt=0)
     head_lr_scale: float = Field(1.0, gt=0, description="head learning rate = lr × this")
     head_weight_decay: float | None = Field(None, ge=0, description="default: weight_decay")
-    grad_clip: float | None = Field(5.0, gt=0, description="max global L2 norm of the "
-                                    "backbone's gradients (insightface: 5); null disables")
+    grad_clip: float | None = Field(
+        5.0,
+        gt=0,
+        description="max global L2 norm of the "
+        "backbone's gradients (insightface: 5); null disables",
+    )
 
 
 class ScheduleConfig(StrictModel):
@@ -184,8 +206,10 @@ class VerifyConfig(StrictModel):
     pairs: Path | None = None
     root: Path | None = Field(None, description="image root (default: the pairs file's folder)")
     aligned: bool | Literal["auto"] = Field(
-        "auto", description="images are aligned crops (auto: true when every image has the "
-                            "template size or the file is a .bin)")
+        "auto",
+        description="images are aligned crops (auto: true when every image has the "
+        "template size or the file is a .bin)",
+    )
     every_steps: int | None = Field(None, ge=1, description="also verify every N steps")
     at_epoch_end: bool = True
     at_start: bool = False
@@ -213,8 +237,11 @@ class LogConfig(StrictModel):
     every_steps: int = Field(20, ge=1)
     progress: bool = True
     tensorboard: bool = True
-    console: bool = Field(True, description="print the run's messages (false: quiet, e.g. for "
-                                            "the demo and the plots; errors still raise)")
+    console: bool = Field(
+        True,
+        description="print the run's messages (false: quiet, e.g. for "
+        "the demo and the plots; errors still raise)",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -229,8 +256,7 @@ class TrainConfig(StrictModel):
     channels_last: bool = True
     compile: bool = False
     epochs: float | None = Field(20, gt=0, description="training length in epochs")
-    steps: int | None = Field(None, gt=0, description="training length in steps (overrides "
-                                                      "epochs)")
+    steps: int | None = Field(None, gt=0, description="training length in steps (overrides epochs)")
     batch_size: int = Field(128, ge=2, description="per-rank batch (P×K: P = batch_size / K)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -249,20 +275,25 @@ class TrainConfig(StrictModel):
         if self.loss.is_triplet and self.data.sampler != "pk":
             raise ValueError("loss 'triplet' needs data.sampler: pk (P×K batches)")
         if self.data.sampler == "pk" and self.batch_size % self.data.pk_k:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of data.pk_k "
-                             f"{self.data.pk_k}")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of data.pk_k {self.data.pk_k}"
+            )
         given = self.backbone.kwargs.get("input_size")
         if given is not None and _size(given) != list(self.data.input_size):
-            raise ValueError(f"backbone.kwargs.input_size {given} disagrees with "
-                             f"data.input_size {list(self.data.input_size)}; set "
-                             "data.input_size only (the backbone is built for it)")
+            raise ValueError(
+                f"backbone.kwargs.input_size {given} disagrees with "
+                f"data.input_size {list(self.data.input_size)}; set "
+                "data.input_size only (the backbone is built for it)"
+            )
         check_model_kwargs(self)
         if self.data.preload == "device":
             aug = resolve_augment(self.data.augment)
             if any((aug.shift_scale, aug.color_jitter, aug.grayscale, aug.blur, aug.jpeg)):
-                raise ValueError("data.preload: device supports augment 'none' or 'flip' only "
-                                 "(flips are done on the device); use preload: none for "
-                                 "stronger augmentation")
+                raise ValueError(
+                    "data.preload: device supports augment 'none' or 'flip' only "
+                    "(flips are done on the device); use preload: none for "
+                    "stronger augmentation"
+                )
         return self
 
 
@@ -282,18 +313,22 @@ def check_model_kwargs(cfg: TrainConfig) -> None:
 
 def _check_loss_kwargs(name: str, kwargs: dict[str, Any], where: str) -> None:
     """Build the loss once, small (2 classes, 8-d), with the torch RNG left as it was."""
-    sized = ({"num_classes": 2, "embedding_dim": 8}
-             if is_head(name) or name.lower() == "center" else {})
+    sized = (
+        {"num_classes": 2, "embedding_dim": 8} if is_head(name) or name.lower() == "center" else {}
+    )
     with torch.random.fork_rng(devices=[]):
         try:
             create(name, **sized, **kwargs)
         except TypeError as exc:
-            accepted = [k for k in accepted_kwargs(type(create(name, **sized))) or ()
-                        if k not in sized]
+            accepted = [
+                k for k in accepted_kwargs(type(create(name, **sized))) or () if k not in sized
+            ]
             unknown = sorted(set(kwargs) - set(accepted))
             if unknown and accepted:
-                raise ConfigError(f"{where}: {name} takes no argument {unknown[0]!r}; it takes "
-                                  f"{', '.join(accepted)}") from None
+                raise ConfigError(
+                    f"{where}: {name} takes no argument {unknown[0]!r}; it takes "
+                    f"{', '.join(accepted)}"
+                ) from None
             raise ConfigError(f"{where}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None

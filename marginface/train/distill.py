@@ -32,8 +32,13 @@ from marginface.data.augment import resize_to
 from marginface.embed import load_embedder
 from marginface.errors import DataError
 
-__all__ = ["DistillHead", "compute_teacher_embeddings", "labels_fingerprint", "load_teacher",
-           "teacher_meta_path"]
+__all__ = [
+    "DistillHead",
+    "compute_teacher_embeddings",
+    "labels_fingerprint",
+    "load_teacher",
+    "teacher_meta_path",
+]
 
 
 def labels_fingerprint(labels: np.ndarray) -> str:
@@ -54,10 +59,13 @@ class DistillHead(nn.Module):
     def __init__(self, student_dim: int, teacher_dim: int, *, projection: bool = True) -> None:
         super().__init__()
         if not projection and student_dim != teacher_dim:
-            raise DataError(f"distill.projection: false needs equal dimensions, but the "
-                            f"student has {student_dim} and the teacher {teacher_dim}")
-        self.proj: nn.Module = (nn.Linear(student_dim, teacher_dim, bias=False) if projection
-                                else nn.Identity())
+            raise DataError(
+                f"distill.projection: false needs equal dimensions, but the "
+                f"student has {student_dim} and the teacher {teacher_dim}"
+            )
+        self.proj: nn.Module = (
+            nn.Linear(student_dim, teacher_dim, bias=False) if projection else nn.Identity()
+        )
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         s = nn.functional.normalize(self.proj(student.float()), dim=1)
@@ -69,22 +77,27 @@ def load_teacher(path: str | Path, dataset: FaceDataset) -> Tensor:
     """The teacher matrix for ``dataset``; :class:`DataError` unless it is aligned with it."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"distill.teacher: {p} not found (write it with "
-                        f"'marginface train-teacher DATA {p}')")
+        raise DataError(
+            f"distill.teacher: {p} not found (write it with 'marginface train-teacher DATA {p}')"
+        )
     try:
         arr = np.load(p, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise DataError(f"distill.teacher: cannot read {p}: {exc}") from None
     if arr.ndim != 2 or arr.shape[0] != len(dataset):
-        raise DataError(f"distill.teacher: {p} has shape {arr.shape}, but the training set has "
-                        f"{len(dataset)} images; recompute it for this data set")
+        raise DataError(
+            f"distill.teacher: {p} has shape {arr.shape}, but the training set has "
+            f"{len(dataset)} images; recompute it for this data set"
+        )
     meta_path = teacher_meta_path(p)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         want = meta.get("labels_fingerprint")
         if want and want != labels_fingerprint(dataset.labels):
-            raise DataError(f"distill.teacher: {p} was computed on another order of images "
-                            "(label fingerprint differs); recompute it for this data set")
+            raise DataError(
+                f"distill.teacher: {p} was computed on another order of images "
+                "(label fingerprint differs); recompute it for this data set"
+            )
     out = torch.from_numpy(np.asarray(arr, dtype=np.float16).copy())
     if not torch.isfinite(out.float()).all():
         raise DataError(f"distill.teacher: {p} holds NaN or infinite values")
@@ -92,8 +105,13 @@ def load_teacher(path: str | Path, dataset: FaceDataset) -> Tensor:
 
 
 def compute_teacher_embeddings(
-    data: str | Path, out: str | Path, *, teacher: str = "sface", limit: int | None = None,
-    batch_size: int = 64, flip: bool = False,
+    data: str | Path,
+    out: str | Path,
+    *,
+    teacher: str = "sface",
+    limit: int | None = None,
+    batch_size: int = 64,
+    flip: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Embed every training crop of ``data`` with ``teacher``; write ``out`` (.npy) + .json.
@@ -120,8 +138,7 @@ def compute_teacher_embeddings(
             except Exception:  # an unreadable crop keeps its zero row
                 failed += 1
         if crops:
-            batch = np.stack([resize_to(c, (h, w)) if c.shape[:2] != (h, w) else c
-                              for c in crops])
+            batch = np.stack([resize_to(c, (h, w)) if c.shape[:2] != (h, w) else c for c in crops])
             result[rows] = embedder.embed(batch, flip=flip, batch_size=batch_size)
         if progress is not None:
             progress(hi, n)
@@ -132,11 +149,20 @@ def compute_teacher_embeddings(
     tmp.replace(out)
     seconds = time.perf_counter() - t0
     labels = np.asarray(dataset.labels)[:n]
-    meta = {"format": "marginface-teacher/1", "teacher": teacher,
-            "teacher_name": embedder.name, "dim": dim, "n": n, "of": len(dataset),
-            "data": str(data), "labels_fingerprint": labels_fingerprint(labels),
-            "flip": flip, "failed": failed, "dtype": "float16",
-            "seconds": round(seconds, 1),
-            "images_per_second": round(n / seconds, 1) if seconds > 0 else None}
+    meta = {
+        "format": "marginface-teacher/1",
+        "teacher": teacher,
+        "teacher_name": embedder.name,
+        "dim": dim,
+        "n": n,
+        "of": len(dataset),
+        "data": str(data),
+        "labels_fingerprint": labels_fingerprint(labels),
+        "flip": flip,
+        "failed": failed,
+        "dtype": "float16",
+        "seconds": round(seconds, 1),
+        "images_per_second": round(n / seconds, 1) if seconds > 0 else None,
+    }
     teacher_meta_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

@@ -58,8 +58,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
             if use_cuda:
                 kwargs["device_id"] = dev
             dist.init_process_group(**kwargs)
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev,
-                   backend=backend)
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
 
 
 def barrier(env: DistEnv) -> None:

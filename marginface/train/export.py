@@ -24,31 +24,50 @@ def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value.detach().to("cpu").contiguous().clone()
     return out
 
 
-def export_model(output: str | Path, backbone: nn.Module, *, name: str, architecture: str,
-                 embedding_dim: int, preprocessing: Preprocessing, training: dict[str, Any],
-                 metrics: dict[str, Any] | None = None, notes: str = "",
-                 architecture_kwargs: dict[str, Any] | None = None) -> Path:
+def export_model(
+    output: str | Path,
+    backbone: nn.Module,
+    *,
+    name: str,
+    architecture: str,
+    embedding_dim: int,
+    preprocessing: Preprocessing,
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    notes: str = "",
+    architecture_kwargs: dict[str, Any] | None = None,
+) -> Path:
     """Write ``weights.safetensors`` (atomically) and the card ``model.json`` into ``output``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     tensors = backbone_state_dict(backbone)
     tmp = output / f".weights.safetensors.tmp{os.getpid()}"
     try:
-        save_file(tensors, str(tmp), metadata={"architecture": architecture,
-                                               "embedding_dim": str(embedding_dim)})
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"architecture": architecture, "embedding_dim": str(embedding_dim)},
+        )
         os.replace(tmp, output / "weights.safetensors")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    card = ModelCard(name=name, architecture=architecture, embedding_dim=embedding_dim,
-                     architecture_kwargs=dict(architecture_kwargs or {}),
-                     weights="weights.safetensors", format="safetensors",
-                     preprocessing=preprocessing, training=training, metrics=metrics or {},
-                     notes=notes)
+    card = ModelCard(
+        name=name,
+        architecture=architecture,
+        embedding_dim=embedding_dim,
+        architecture_kwargs=dict(architecture_kwargs or {}),
+        weights="weights.safetensors",
+        format="safetensors",
+        preprocessing=preprocessing,
+        training=training,
+        metrics=metrics or {},
+        notes=notes,
+    )
     card.save(output)
     return output

@@ -31,7 +31,9 @@ __all__ = ["QUIET_CPU", "ArrayRun", "embed_arrays", "train_arrays"]
 #: What :func:`train_arrays` sets unless the caller's mapping says otherwise: one CPU process,
 #: fp32, no DataLoader workers, nothing printed, no checkpoint before the last step.
 QUIET_CPU: dict[str, Any] = {
-    "device": "cpu", "amp": "none", "channels_last": False,
+    "device": "cpu",
+    "amp": "none",
+    "channels_last": False,
     "data": {"workers": 0, "preload": "device", "pin_memory": False},
     "log": {"progress": False, "tensorboard": False, "console": False},
     "checkpoint": {"every_steps": 1_000_000_000, "at_epoch_end": False, "keep": 1},
@@ -63,9 +65,15 @@ def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_arrays(config: dict[str, Any], images: np.ndarray, labels: np.ndarray, *,
-                 label_map: LabelMap | None = None, name: str = "arrays",
-                 on_epoch_end: Callable[[RunState], None] | None = None) -> ArrayRun:
+def train_arrays(
+    config: dict[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    label_map: LabelMap | None = None,
+    name: str = "arrays",
+    on_epoch_end: Callable[[RunState], None] | None = None,
+) -> ArrayRun:
     """Train as ``config`` (a TrainConfig mapping over :data:`QUIET_CPU`) says on ``images``.
 
     ``images``: ``(N, H, W, 3)`` uint8 RGB; ``labels``: ``(N,)``; ``label_map``: the classes
@@ -88,15 +96,17 @@ def train_arrays(config: dict[str, Any], images: np.ndarray, labels: np.ndarray,
     return ArrayRun(model=model, preprocessing=trainer.data.preprocessing, result=result)
 
 
-def embed_arrays(backbone: nn.Module, images: np.ndarray, preprocessing: Preprocessing, *,
-                 batch_size: int = 256) -> Tensor:
+def embed_arrays(
+    backbone: nn.Module, images: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = 256
+) -> Tensor:
     """Raw (not normalised) embeddings ``(N, D)`` of uint8 RGB ``images``, prepared by
     :func:`marginface.data.to_tensor` as in training; the backbone in eval mode."""
     backbone.eval()
     out = []
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
-            batch = torch.stack([to_tensor(im, preprocessing)
-                                 for im in images[lo:lo + batch_size]])
+            batch = torch.stack(
+                [to_tensor(im, preprocessing) for im in images[lo : lo + batch_size]]
+            )
             out.append(backbone(batch))
     return torch.cat(out)

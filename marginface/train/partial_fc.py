@@ -81,9 +81,17 @@ class PartialFC(nn.Module):
             own initialisation.
     """
 
-    def __init__(self, head: MarginHead, num_classes: int, *, sample_rate: float = 1.0,
-                 rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        head: MarginHead,
+        num_classes: int,
+        *,
+        sample_rate: float = 1.0,
+        rank: int = 0,
+        world_size: int = 1,
+        group: dist.ProcessGroup | None = None,
+        seed: int | None = 0,
+    ) -> None:
         super().__init__()
         if not isinstance(head, MarginHead):
             raise TypeError(f"PartialFC wraps a MarginHead, got {type(head).__name__}")
@@ -91,8 +99,10 @@ class PartialFC(nn.Module):
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         self.start, self.end = shard_range(num_classes, rank, world_size)
         if head.weight.shape[0] != self.end - self.start:
-            raise ValueError(f"the head holds {head.weight.shape[0]} classes but rank {rank} of "
-                             f"{world_size} owns {self.end - self.start} of {num_classes}")
+            raise ValueError(
+                f"the head holds {head.weight.shape[0]} classes but rank {rank} of "
+                f"{world_size} owns {self.end - self.start} of {num_classes}"
+            )
         self.head = head
         self.num_classes = int(num_classes)
         self.sample_rate = float(sample_rate)
@@ -107,19 +117,38 @@ class PartialFC(nn.Module):
         self.last_labels: Tensor | None = None  # its labels remapped into those rows
 
     @classmethod
-    def create(cls, name: str, num_classes: int, embedding_dim: int, *, sample_rate: float = 1.0,
-               rank: int = 0, world_size: int = 1, group: dist.ProcessGroup | None = None,
-               seed: int | None = 0,
-               **head_kwargs: Any) -> PartialFC:
+    def create(
+        cls,
+        name: str,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        sample_rate: float = 1.0,
+        rank: int = 0,
+        world_size: int = 1,
+        group: dist.ProcessGroup | None = None,
+        seed: int | None = 0,
+        **head_kwargs: Any,
+    ) -> PartialFC:
         """Build the head ``name`` for this rank's shard and wrap it."""
         start, end = shard_range(num_classes, rank, world_size)
         if end - start < 2:
-            raise ValueError(f"{num_classes} classes over {world_size} ranks leave rank {rank} "
-                             "fewer than 2 classes")
-        head = create_head(name, num_classes=end - start, embedding_dim=embedding_dim,
-                           **head_kwargs)
-        return cls(head, num_classes, sample_rate=sample_rate, rank=rank, world_size=world_size,
-                   group=group, seed=seed)
+            raise ValueError(
+                f"{num_classes} classes over {world_size} ranks leave rank {rank} "
+                "fewer than 2 classes"
+            )
+        head = create_head(
+            name, num_classes=end - start, embedding_dim=embedding_dim, **head_kwargs
+        )
+        return cls(
+            head,
+            num_classes,
+            sample_rate=sample_rate,
+            rank=rank,
+            world_size=world_size,
+            group=group,
+            seed=seed,
+        )
 
     # -- parameters ---------------------------------------------------------------------------
     def row_params(self) -> dict[str, nn.Parameter]:
@@ -141,7 +170,7 @@ class PartialFC(nn.Module):
             block = torch.randn((hi - lo, *row_shape), generator=gen) * 0.01
             a, b = max(lo, self.start), min(hi, self.end)
             if a < b:
-                w[a - self.start:b - self.start].copy_(block[a - lo:b - lo].to(w.dtype))
+                w[a - self.start : b - self.start].copy_(block[a - lo : b - lo].to(w.dtype))
 
     def num_sampled(self, global_batch: int) -> int:
         """Rows used per step for a global batch of ``global_batch`` samples."""
@@ -200,8 +229,9 @@ class PartialFC(nn.Module):
             loc = y.long() - self.start
             local = torch.where((loc >= 0) & (loc < n), loc, torch.full_like(loc, -1))
             weight, bias = self.head.weight, self.head.bias
-        loss = self.head.loss_with_weight(x, local, weight, bias,
-                                          group=self.group if self.distributed else None)
+        loss = self.head.loss_with_weight(
+            x, local, weight, bias, group=self.group if self.distributed else None
+        )
         if self.training and torch.is_grad_enabled():
             iteration = getattr(self.head, "iteration", None)
             if isinstance(iteration, Tensor):  # SphereFace's λ schedule advances per step
@@ -226,8 +256,9 @@ class PartialFC(nn.Module):
             state = {}
             for key, value in stored.items():
                 if value.dim() > 0 and value.shape[0] == self.row_params()[name].shape[0]:
-                    state[key] = value if self._index is None else value.index_select(
-                        0, self._index)
+                    state[key] = (
+                        value if self._index is None else value.index_select(0, self._index)
+                    )
                 else:
                     state[key] = value.clone()
             optimizer.state[sub] = state
@@ -269,24 +300,35 @@ class PartialFC(nn.Module):
     def shard_state(self) -> dict[str, Any]:
         """This rank's rows, the head's buffers and the rows' optimiser state (for checkpoints)."""
         return {
-            "start": self.start, "end": self.end, "num_classes": self.num_classes,
+            "start": self.start,
+            "end": self.end,
+            "num_classes": self.num_classes,
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
-            "opt_state": {n: {k: v.detach().cpu() for k, v in s.items()}
-                          for n, s in self._opt_state.items()},
+            "opt_state": {
+                n: {k: v.detach().cpu() for k, v in s.items()} for n, s in self._opt_state.items()
+            },
         }
 
     def load_shard_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`shard_state` (same class range)."""
         if (state["start"], state["end"], state["num_classes"]) != (
-                self.start, self.end, self.num_classes):
-            raise ValueError(f"checkpoint shard holds classes [{state['start']}, {state['end']}) "
-                             f"of {state['num_classes']}; this rank owns [{self.start}, "
-                             f"{self.end}) of {self.num_classes}")
+            self.start,
+            self.end,
+            self.num_classes,
+        ):
+            raise ValueError(
+                f"checkpoint shard holds classes [{state['start']}, {state['end']}) "
+                f"of {state['num_classes']}; this rank owns [{self.start}, "
+                f"{self.end}) of {self.num_classes}"
+            )
         self.head.load_state_dict(state["head"])
         device = self.head.weight.device
-        self._opt_state = {n: {k: v.to(device) for k, v in s.items()}
-                           for n, s in state["opt_state"].items()}
+        self._opt_state = {
+            n: {k: v.to(device) for k, v in s.items()} for n, s in state["opt_state"].items()
+        }
 
     def extra_repr(self) -> str:
-        return (f"classes=[{self.start}, {self.end}) of {self.num_classes}, "
-                f"sample_rate={self.sample_rate}, world_size={self.world_size}")
+        return (
+            f"classes=[{self.start}, {self.end}) of {self.num_classes}, "
+            f"sample_rate={self.sample_rate}, world_size={self.world_size}"
+        )

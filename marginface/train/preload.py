@@ -55,12 +55,21 @@ class PreloadedImages:
 
     def matches(self, dataset: FaceDataset, size: tuple[int, int]) -> bool:
         """True when this was preloaded from a data set like ``dataset`` at ``size``."""
-        return (len(self) == len(dataset) and tuple(self.images.shape[1:3]) == tuple(size)
-                and np.array_equal(self.labels.cpu().numpy(), np.asarray(dataset.labels)))
+        return (
+            len(self) == len(dataset)
+            and tuple(self.images.shape[1:3]) == tuple(size)
+            and np.array_equal(self.labels.cpu().numpy(), np.asarray(dataset.labels))
+        )
 
 
-def preload_images(dataset: FaceDataset, size: tuple[int, int], device: torch.device, *,
-                   threads: int = 8, progress: bool = True) -> PreloadedImages:
+def preload_images(
+    dataset: FaceDataset,
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    threads: int = 8,
+    progress: bool = True,
+) -> PreloadedImages:
     """Decode (and resize to ``size``) every image of ``dataset`` into ``device`` memory."""
     n = len(dataset)
     h, w = int(size[0]), int(size[1])
@@ -85,12 +94,20 @@ def preload_images(dataset: FaceDataset, size: tuple[int, int], device: torch.de
         for lo in range(0, n, chunk):
             list(pool.map(load, range(lo, min(n, lo + chunk))))
             if progress:
-                print(f"preload: {min(n, lo + chunk)}/{n} images decoded "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                print(
+                    f"preload: {min(n, lo + chunk)}/{n} images decoded "
+                    f"({time.perf_counter() - t0:.1f} s)",
+                    flush=True,
+                )
     images = torch.from_numpy(host).to(device)
     labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long).to(device)
-    return PreloadedImages(images=images, labels=labels, ok=torch.from_numpy(ok).to(device),
-                           sources_failed=failed, seconds=time.perf_counter() - t0)
+    return PreloadedImages(
+        images=images,
+        labels=labels,
+        ok=torch.from_numpy(ok).to(device),
+        sources_failed=failed,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def flip_mask(n: int, p: float, seed: int, epoch: int) -> Tensor:
@@ -102,8 +119,14 @@ def flip_mask(n: int, p: float, seed: int, epoch: int) -> Tensor:
 class PreloadedLoader:
     """Iterates the trainer's :class:`SeededBatches` and builds each batch on the device."""
 
-    def __init__(self, data: PreloadedImages, batches: SeededBatches,
-                 preprocessing: Preprocessing, hflip: float, sources: Any = None) -> None:
+    def __init__(
+        self,
+        data: PreloadedImages,
+        batches: SeededBatches,
+        preprocessing: Preprocessing,
+        hflip: float,
+        sources: Any = None,
+    ) -> None:
         self.data = data
         self.batches = batches
         self.pre = preprocessing
@@ -133,9 +156,14 @@ class PreloadedLoader:
             good = self.data.ok[idx.to(dev)]
             if not bool(good.all()):
                 bad = idx[~good.cpu()]
-                skipped = [SkippedSample(int(i), self._source(int(i)),
-                                         self.data.sources_failed.get(int(i), "unreadable"))
-                           for i in bad]
+                skipped = [
+                    SkippedSample(
+                        int(i),
+                        self._source(int(i)),
+                        self.data.sources_failed.get(int(i), "unreadable"),
+                    )
+                    for i in bad
+                ]
                 idx = idx[good.cpu()]
             idx_dev = idx.to(dev, non_blocking=True)
             x = self.data.images.index_select(0, idx_dev).permute(0, 3, 1, 2).float()

@@ -119,12 +119,18 @@ class TrainData:
         if self.device_loader is not None:
             return self.device_loader
         gen = torch.Generator().manual_seed(self.batches.seed * 1_000_003 + epoch)
-        return make_loader(self.samples, batch_sampler=self.batches, generator=gen,
-                           **self.loader_options)
+        return make_loader(
+            self.samples, batch_sampler=self.batches, generator=gen, **self.loader_options
+        )
 
 
-def build_data(cfg: TrainConfig, env: DistEnv, *, dataset: FaceDataset | None = None,
-               preloaded: PreloadedImages | None = None) -> TrainData:
+def build_data(
+    cfg: TrainConfig,
+    env: DistEnv,
+    *,
+    dataset: FaceDataset | None = None,
+    preloaded: PreloadedImages | None = None,
+) -> TrainData:
     """Open ``cfg.data.train`` (or use ``dataset``), its sampler, loader and teacher.
 
     ``preloaded`` images are reused when they come from the same data set (``data.preload``).
@@ -136,48 +142,77 @@ def build_data(cfg: TrainConfig, env: DistEnv, *, dataset: FaceDataset | None = 
     if len(base) == 0:
         raise DataError(f"no training images in {d.train}")
     if base.num_classes < 2:
-        raise DataError(f"{d.train}: training needs at least 2 identities, found "
-                        f"{base.num_classes}")
+        raise DataError(
+            f"{d.train}: training needs at least 2 identities, found {base.num_classes}"
+        )
     B = cfg.batch_size
     sampler: PKSampler | ResumableSampler
     if d.sampler == "pk":
-        sampler = PKSampler(base.labels, p=B // d.pk_k, k=d.pk_k, seed=cfg.seed,
-                            min_images=d.pk_min_images, batches_per_epoch=d.pk_batches_per_epoch,
-                            rank=env.rank, world_size=env.world_size)
+        sampler = PKSampler(
+            base.labels,
+            p=B // d.pk_k,
+            k=d.pk_k,
+            seed=cfg.seed,
+            min_images=d.pk_min_images,
+            batches_per_epoch=d.pk_batches_per_epoch,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
     else:
-        sampler = ResumableSampler(len(base), shuffle=True, seed=cfg.seed, rank=env.rank,
-                                   world_size=env.world_size, drop_last=True)
+        sampler = ResumableSampler(
+            len(base),
+            shuffle=True,
+            seed=cfg.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            drop_last=True,
+        )
     batches = SeededBatches(sampler, batch_size=B, seed=cfg.seed, drop_last=d.drop_last)
     steps_per_epoch = batches.per_epoch
     if steps_per_epoch < 1:
-        raise DataError(f"{len(base)} images make no full batch of {B} on "
-                        f"{env.world_size} rank(s); lower batch_size")
+        raise DataError(
+            f"{len(base)} images make no full batch of {B} on "
+            f"{env.world_size} rank(s); lower batch_size"
+        )
     teacher = None
     if cfg.distill is not None:
         teacher = load_teacher(cfg.distill.teacher, base).to(env.device)
     device_loader = None
     if d.preload == "device":
         if preloaded is None or not preloaded.matches(base, pre.input_size):
-            preloaded = preload_images(base, pre.input_size, env.device,
-                                       threads=max(1, d.workers),
-                                       progress=env.is_main and cfg.log.console)
+            preloaded = preload_images(
+                base,
+                pre.input_size,
+                env.device,
+                threads=max(1, d.workers),
+                progress=env.is_main and cfg.log.console,
+            )
         elif preloaded.images.device != env.device:
             raise DataError("the preloaded images are on another device")
-        device_loader = PreloadedLoader(preloaded, batches, pre, transform.augment.hflip,
-                                        sources=base.source)
+        device_loader = PreloadedLoader(
+            preloaded, batches, pre, transform.augment.hflip, sources=base.source
+        )
     if cfg.steps is not None:
         total_steps = int(cfg.steps)
     else:
         assert cfg.epochs is not None  # TrainConfig requires epochs or steps
         total_steps = max(1, math.ceil(float(cfg.epochs) * steps_per_epoch))
     return TrainData(
-        dataset=base, preprocessing=pre,
+        dataset=base,
+        preprocessing=pre,
         samples=SeededSamples(base, transform, with_index=teacher is not None),
-        batches=batches, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        teacher=teacher, preloaded=preloaded, device_loader=device_loader,
-        loader_options={"num_workers": d.workers,
-                        "pin_memory": d.pin_memory and env.device.type == "cuda",
-                        "prefetch_factor": d.prefetch_factor if d.workers > 0 else None})
+        batches=batches,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        teacher=teacher,
+        preloaded=preloaded,
+        device_loader=device_loader,
+        loader_options={
+            "num_workers": d.workers,
+            "pin_memory": d.pin_memory and env.device.type == "cuda",
+            "prefetch_factor": d.prefetch_factor if d.workers > 0 else None,
+        },
+    )
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -186,9 +221,15 @@ class _Net(nn.Module):
 
     _run: Callable[[Tensor], Tensor]  # the backbone, compiled or not (not a submodule)
 
-    def __init__(self, backbone: nn.Module, center: CenterLoss | None, center_weight: float,
-                 compile_backbone: bool, distill: nn.Module | None = None,
-                 distill_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        center: CenterLoss | None,
+        center_weight: float,
+        compile_backbone: bool,
+        distill: nn.Module | None = None,
+        distill_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.center = center
@@ -198,8 +239,9 @@ class _Net(nn.Module):
         fn = torch.compile(backbone) if compile_backbone else backbone
         object.__setattr__(self, "_run", fn)
 
-    def forward(self, images: Tensor, labels: Tensor,
-                teacher: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, images: Tensor, labels: Tensor, teacher: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         emb = self._run(images)
         aux = None
         if self.center is not None:
@@ -226,8 +268,9 @@ class TrainModel:
 
 def build_backbone(cfg: TrainConfig, env: DistEnv) -> nn.Module:
     """The backbone ``cfg`` describes, on the training device (it needs no data)."""
-    backbone = backbones.create(cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim,
-                                **_architecture_kwargs(cfg))
+    backbone = backbones.create(
+        cfg.backbone.name, embedding_dim=cfg.backbone.embedding_dim, **_architecture_kwargs(cfg)
+    )
     if cfg.backbone.sync_bn and env.distributed and env.device.type == "cuda":
         backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     backbone = backbone.to(env.device)
@@ -237,8 +280,7 @@ def build_backbone(cfg: TrainConfig, env: DistEnv) -> nn.Module:
     return backbone
 
 
-def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
-                data: TrainData) -> TrainModel:
+def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module, data: TrainData) -> TrainModel:
     """The loss heads for ``data``'s classes around ``backbone``, and the DDP wrapper."""
     dev = env.device
     dim = cfg.backbone.embedding_dim
@@ -255,14 +297,22 @@ def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
             interclass = (term.weight, InterClassLoss(**kw))
     distill = None
     if cfg.distill is not None and data.teacher is not None:
-        distill = DistillHead(dim, int(data.teacher.shape[1]),
-                              projection=cfg.distill.projection).to(dev)
-    net = _Net(backbone, center, center_w, cfg.compile, distill,
-               cfg.distill.weight if cfg.distill is not None else 0.0)
+        distill = DistillHead(
+            dim, int(data.teacher.shape[1]), projection=cfg.distill.projection
+        ).to(dev)
+    net = _Net(
+        backbone,
+        center,
+        center_w,
+        cfg.compile,
+        distill,
+        cfg.distill.weight if cfg.distill is not None else 0.0,
+    )
     ddp: nn.Module = net
     if env.distributed:
-        ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      broadcast_buffers=False)
+        ddp = DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False
+        )
     kwargs = dict(cfg.loss.kwargs)
     pfc: PartialFC | None = None
     triplet: TripletLoss | None = None
@@ -271,18 +321,31 @@ def build_model(cfg: TrainConfig, env: DistEnv, backbone: nn.Module,
             triplet = TripletLoss(**kwargs).to(dev)
         else:
             pfc = PartialFC.create(
-                cfg.loss.name, data.num_classes, dim, sample_rate=cfg.loss.sample_rate,
-                rank=env.rank, world_size=env.world_size,
-                group=torch.distributed.group.WORLD if env.distributed else None, seed=cfg.seed,
-                **kwargs).to(dev)
+                cfg.loss.name,
+                data.num_classes,
+                dim,
+                sample_rate=cfg.loss.sample_rate,
+                rank=env.rank,
+                world_size=env.world_size,
+                group=torch.distributed.group.WORLD if env.distributed else None,
+                seed=cfg.seed,
+                **kwargs,
+            ).to(dev)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"loss {cfg.loss.name!r}: {exc}") from None
     if pfc is not None and cfg.loss.init == "unit" and pfc.head.normalize_weight:
         with torch.no_grad():  # the seeded rows, scaled to unit length: the same on any ranks
             pfc.head.weight.copy_(nn.functional.normalize(pfc.head.weight, dim=-1))
-    return TrainModel(backbone=backbone, arch=backbones.canonical_name(cfg.backbone.name),
-                      arch_kwargs=_architecture_kwargs(cfg), net=net, ddp=ddp, pfc=pfc,
-                      triplet=triplet, interclass=interclass)
+    return TrainModel(
+        backbone=backbone,
+        arch=backbones.canonical_name(cfg.backbone.name),
+        arch_kwargs=_architecture_kwargs(cfg),
+        net=net,
+        ddp=ddp,
+        pfc=pfc,
+        triplet=triplet,
+        interclass=interclass,
+    )
 
 
 @dataclass
@@ -297,24 +360,30 @@ class TrainOptim:
 def build_optim(cfg: TrainConfig, env: DistEnv, model: TrainModel, data: TrainData) -> TrainOptim:
     """SGD or AdamW over the replicated parameters, plus the head's group Partial FC fills."""
     o = cfg.optim
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.net.parameters()
-                                                if p.requires_grad]}]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in model.net.parameters() if p.requires_grad]}
+    ]
     if model.pfc is not None:
         wd = o.weight_decay if o.head_weight_decay is None else o.head_weight_decay
         groups.append({"params": [], "lr": o.lr * o.head_lr_scale, "weight_decay": wd})
     optimizer: torch.optim.Optimizer
     if o.name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
-                                    weight_decay=o.weight_decay,
-                                    nesterov=o.nesterov and o.momentum > 0)
+        optimizer = torch.optim.SGD(
+            groups,
+            lr=o.lr,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            nesterov=o.nesterov and o.momentum > 0,
+        )
     else:
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
-                                      weight_decay=o.weight_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
     return TrainOptim(
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.schedule, data.total_steps,
-                                  data.steps_per_epoch),
-        scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16"))
+        scheduler=build_scheduler(optimizer, cfg.schedule, data.total_steps, data.steps_per_epoch),
+        scaler=torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16"),
+    )
 
 
 def _amp_dtype(mode: str) -> torch.dtype | None:
@@ -354,14 +423,23 @@ class _RunLog:
             try:  # optional: tensorboard (marginface[train]) is not a dependency
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(out / "tensorboard"),
-                                        purge_step=step if append else None)
+                self.tb = SummaryWriter(
+                    log_dir=str(out / "tensorboard"), purge_step=step if append else None
+                )
             except ImportError:
-                self.say(f"note: TensorBoard is not installed ({install_hint('train')}); "
-                         "metrics go to metrics.csv only")
+                self.say(
+                    f"note: TensorBoard is not installed ({install_hint('train')}); "
+                    "metrics go to metrics.csv only"
+                )
         if self.cfg.log.progress and self.console:
-            self.bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
-                            desc="train", smoothing=0.05)
+            self.bar = tqdm(
+                total=total,
+                initial=step,
+                unit="step",
+                dynamic_ncols=True,
+                desc="train",
+                smoothing=0.05,
+            )
 
     def say(self, text: str) -> None:
         if not self.console or not text:
@@ -467,9 +545,15 @@ class Trainer:
     :attr:`optim` are built by :meth:`run` (None before).
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, env: DistEnv | None = None,
-                 preloaded: PreloadedImages | None = None,
-                 dataset: FaceDataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        env: DistEnv | None = None,
+        preloaded: PreloadedImages | None = None,
+        dataset: FaceDataset | None = None,
+    ) -> None:
         self.cfg = cfg
         self.resume = resume
         self.env = env or init_distributed(cfg.device)
@@ -525,11 +609,15 @@ class Trainer:
     def _identity(self) -> dict[str, Any]:
         c = self.cfg
         data, _, _ = self._parts()
-        return {"backbone": c.backbone.model_dump(mode="json"),
-                "loss": c.loss.model_dump(mode="json"), "batch_size": c.batch_size,
-                "world_size": self.env.world_size, "num_classes": data.num_classes,
-                "sampler": c.data.sampler,
-                "distill": None if c.distill is None else c.distill.model_dump(mode="json")}
+        return {
+            "backbone": c.backbone.model_dump(mode="json"),
+            "loss": c.loss.model_dump(mode="json"),
+            "batch_size": c.batch_size,
+            "world_size": self.env.world_size,
+            "num_classes": data.num_classes,
+            "sampler": c.data.sampler,
+            "distill": None if c.distill is None else c.distill.model_dump(mode="json"),
+        }
 
     def _seconds(self) -> float:
         return self.state.seconds + time.perf_counter() - self._session_start
@@ -548,18 +636,28 @@ class Trainer:
                 shutil.rmtree(final)
             tmp.mkdir(parents=True, exist_ok=True)
         barrier(env)
-        rank_state = {"rng": ck.rng_state(), "rank": env.rank,
-                      "pfc": model.pfc.shard_state() if model.pfc is not None else None}
+        rank_state = {
+            "rng": ck.rng_state(),
+            "rank": env.rank,
+            "pfc": model.pfc.shard_state() if model.pfc is not None else None,
+        }
         ck.atomic_save(rank_state, tmp / f"rank{env.rank:05d}.pt")
         if env.is_main:
             run = replace(st, seconds=self._seconds(), skipped=self.skips.total)
-            ck.atomic_save(ck.trainer_state(
-                run, sampler=data.batches.state_dict(st.batch_in_epoch),
-                net=model.net.state_dict(), optimizer=optim.optimizer.state_dict(),
-                scheduler=optim.scheduler.state_dict(), scaler=optim.scaler.state_dict(),
-                triplet=model.triplet.state_dict() if model.triplet is not None else None,
-                identity=self._identity(), config=self.cfg.model_dump(mode="json")),
-                tmp / "trainer.pt")
+            ck.atomic_save(
+                ck.trainer_state(
+                    run,
+                    sampler=data.batches.state_dict(st.batch_in_epoch),
+                    net=model.net.state_dict(),
+                    optimizer=optim.optimizer.state_dict(),
+                    scheduler=optim.scheduler.state_dict(),
+                    scaler=optim.scaler.state_dict(),
+                    triplet=model.triplet.state_dict() if model.triplet is not None else None,
+                    identity=self._identity(),
+                    config=self.cfg.model_dump(mode="json"),
+                ),
+                tmp / "trainer.pt",
+            )
         barrier(env)
         if env.is_main:
             os.replace(tmp, final)
@@ -579,9 +677,11 @@ class Trainer:
         mine = self._identity()
         diff = [k for k in mine if k in stored and _changed(stored[k], mine[k])]
         if diff:
-            raise ConfigError(f"--resume: the checkpoint {path} was written with different "
-                              f"{', '.join(diff)} than this config; resume with the same "
-                              "settings (or start a new output folder)")
+            raise ConfigError(
+                f"--resume: the checkpoint {path} was written with different "
+                f"{', '.join(diff)} than this config; resume with the same "
+                "settings (or start a new output folder)"
+            )
         rank_state = ck.load_file(path / f"rank{self.env.rank:05d}.pt", "this rank's state")
         model.net.load_state_dict(saved["net"])
         optim.optimizer.load_state_dict(saved["optimizer"])
@@ -596,8 +696,10 @@ class Trainer:
         self.skips.total = run.skipped
         ck.set_rng_state(rank_state["rng"])
         self._checkpointed_at = run.step
-        return (f"resumed from {path} at step {run.step} (epoch {run.epoch}, "
-                f"batch {run.batch_in_epoch})")
+        return (
+            f"resumed from {path} at step {run.step} (epoch {run.epoch}, "
+            f"batch {run.batch_in_epoch})"
+        )
 
     # -- the step -------------------------------------------------------------------------------
     def _train_step(self, images: Tensor, labels: Tensor, indices: Tensor | None) -> Tensor:
@@ -607,8 +709,9 @@ class Trainer:
         teacher = None
         if data.teacher is not None and indices is not None:
             teacher = data.teacher.index_select(0, indices).float()
-        with torch.autocast(self.env.device.type, dtype=amp or torch.float32,
-                            enabled=amp is not None):
+        with torch.autocast(
+            self.env.device.type, dtype=amp or torch.float32, enabled=amp is not None
+        ):
             emb, aux = model.ddp(images, labels, teacher)
             if model.pfc is not None:
                 loss = model.pfc(emb, labels)
@@ -680,24 +783,32 @@ class Trainer:
         st.last_loss = _finite(meter.log_mean(), f"at step {st.step}")
         st.samples_per_second = meter.rate(st.step, self.cfg.batch_size * self.env.world_size)
         lr = optim.optimizer.param_groups[0]["lr"]
-        self._log("train", {"loss": st.last_loss, "lr": lr,
-                            "samples_per_s": st.samples_per_second})
-        self.log.postfix(loss=f"{st.last_loss:.3f}", lr=f"{lr:.3g}",
-                         sps=f"{st.samples_per_second:.0f}")
+        self._log("train", {"loss": st.last_loss, "lr": lr, "samples_per_s": st.samples_per_second})
+        self.log.postfix(
+            loss=f"{st.last_loss:.3f}", lr=f"{lr:.3g}", sps=f"{st.samples_per_second:.0f}"
+        )
 
     def _setup_verify(self) -> None:
         data, _, _ = self._parts()
         v = self.cfg.verify
         if v.pairs is None or not self.env.is_main:
             return
-        self.verifier = PairVerifier(v.pairs, root=v.root, aligned=v.aligned,
-                                     preprocessing=data.preprocessing, flip=v.flip,
-                                     batch_size=v.batch_size, name=v.name)
+        self.verifier = PairVerifier(
+            v.pairs,
+            root=v.root,
+            aligned=v.aligned,
+            preprocessing=data.preprocessing,
+            flip=v.flip,
+            batch_size=v.batch_size,
+            name=v.name,
+        )
         n_fail = len(self.verifier.failures)
-        self.log.say(f"verification set {self.verifier.name}: {self.verifier.pairs.n_pairs} "
-                     f"pairs, {len(self.verifier.pairs.images)} images"
-                     f"{f', {n_fail} without a usable face' if n_fail else ''}"
-                     f" ({'aligned crops' if self.verifier.aligned else 'detected and aligned'})")
+        self.log.say(
+            f"verification set {self.verifier.name}: {self.verifier.pairs.n_pairs} "
+            f"pairs, {len(self.verifier.pairs.images)} images"
+            f"{f', {n_fail} without a usable face' if n_fail else ''}"
+            f" ({'aligned crops' if self.verifier.aligned else 'detected and aligned'})"
+        )
 
     def verify(self) -> dict[str, Any] | None:
         """Score the pairs file with the current backbone (rank 0; others wait)."""
@@ -705,14 +816,18 @@ class Trainer:
         st = self.state
         result = None
         if self.verifier is not None:
-            res = self.verifier.evaluate(model.backbone, self.env.device,
-                                         amp_dtype=_amp_dtype(self.cfg.amp),
-                                         channels_last=self.cfg.channels_last)
+            res = self.verifier.evaluate(
+                model.backbone,
+                self.env.device,
+                amp_dtype=_amp_dtype(self.cfg.amp),
+                channels_last=self.cfg.channels_last,
+            )
             result = res.to_dict()
             st.last_verify = result
             self.log.say(f"step {st.step}: {res}")
-            self._log("verify", {k: v for k, v in result.items()
-                                 if isinstance(v, float) or v is None})
+            self._log(
+                "verify", {k: v for k, v in result.items() if isinstance(v, float) or v is None}
+            )
         st.verified_at = st.step
         barrier(self.env)
         return result
@@ -724,8 +839,11 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop.set()
         if self.env.is_main:
-            print("\ninterrupted: finishing this step and writing a checkpoint "
-                  "(Ctrl-C again to abort at once)", flush=True)
+            print(
+                "\ninterrupted: finishing this step and writing a checkpoint "
+                "(Ctrl-C again to abort at once)",
+                flush=True,
+            )
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -752,10 +870,12 @@ class Trainer:
         self.log.open(append=self.resume, step=st.step, total=data.total_steps)
         try:
             self.log.say(resumed)
-            self.log.say(f"training {model.arch} ({cfg.backbone.embedding_dim}-d) with "
-                         f"{cfg.loss.name} on {len(data.dataset)} images of {data.num_classes} "
-                         f"identities; {data.total_steps} steps of {cfg.batch_size}×"
-                         f"{env.world_size} on {env.device} ({cfg.amp})")
+            self.log.say(
+                f"training {model.arch} ({cfg.backbone.embedding_dim}-d) with "
+                f"{cfg.loss.name} on {len(data.dataset)} images of {data.num_classes} "
+                f"identities; {data.total_steps} steps of {cfg.batch_size}×"
+                f"{env.world_size} on {env.device} ({cfg.amp})"
+            )
             self._setup_verify()
             if cfg.verify.at_start and st.step == 0:
                 self.verify()
@@ -772,10 +892,17 @@ class Trainer:
         if self.skips.total:
             self.log.say(self.skips.summary())
         return TrainResult(
-            output=Path(cfg.output), steps=st.step, epochs_done=st.step / data.steps_per_epoch,
-            last_loss=st.last_loss, interrupted=interrupted, skipped_samples=self.skips.total,
-            metrics=st.last_verify or {}, seconds=seconds,
-            samples_per_second=st.samples_per_second, epoch_losses=list(st.epoch_losses))
+            output=Path(cfg.output),
+            steps=st.step,
+            epochs_done=st.step / data.steps_per_epoch,
+            last_loss=st.last_loss,
+            interrupted=interrupted,
+            skipped_samples=self.skips.total,
+            metrics=st.last_verify or {},
+            seconds=seconds,
+            samples_per_second=st.samples_per_second,
+            epoch_losses=list(st.epoch_losses),
+        )
 
     def _loop(self) -> bool:
         """Train until the last step, or until a stop is asked for (then checkpoint and return
@@ -789,8 +916,9 @@ class Trainer:
                 self.skips.update(batch)
                 filled = self._fill(batch)
                 if filled is None:  # never train a stale batch again in its place
-                    raise DataError(f"every image of a whole batch was unreadable:\n"
-                                    f"{self.skips.summary()}")
+                    raise DataError(
+                        f"every image of a whole batch was unreadable:\n{self.skips.summary()}"
+                    )
                 images, labels, indices = filled
                 if first:
                     self._validate_first(labels, images.shape[0])
@@ -799,8 +927,9 @@ class Trainer:
                 st.step += 1
                 st.batch_in_epoch += 1
                 self.log.advance()
-                stop = self._stop.is_set() or (self.stop_after is not None
-                                               and st.step >= self.stop_after)
+                stop = self._stop.is_set() or (
+                    self.stop_after is not None and st.step >= self.stop_after
+                )
                 at_log = st.step % cfg.log.every_steps == 0 or st.step == data.total_steps
                 if at_log:
                     self._log_train(meter)
@@ -848,34 +977,58 @@ class Trainer:
         cfg, st = self.cfg, self.state
         data_name = cfg.data.name or Path(cfg.data.train).name
         training = {
-            "data": {"path": str(cfg.data.train), "name": data_name,
-                     "images": len(data.dataset), "identities": data.num_classes,
-                     "augment": cfg.data.augment, "sampler": cfg.data.sampler,
-                     "skipped_images": self.skips.total},
+            "data": {
+                "path": str(cfg.data.train),
+                "name": data_name,
+                "images": len(data.dataset),
+                "identities": data.num_classes,
+                "augment": cfg.data.augment,
+                "sampler": cfg.data.sampler,
+                "skipped_images": self.skips.total,
+            },
             "backbone": {"name": model.arch, "kwargs": model.arch_kwargs},
             "loss": cfg.loss.model_dump(mode="json"),
             "optim": cfg.optim.model_dump(mode="json"),
             "schedule": cfg.schedule.model_dump(mode="json"),
-            "amp": cfg.amp, "batch_size": cfg.batch_size, "world_size": self.env.world_size,
-            "global_batch": cfg.batch_size * self.env.world_size, "steps": st.step,
-            "epochs": round(st.step / data.steps_per_epoch, 4), "seed": cfg.seed,
-            "wall_seconds": round(seconds, 1), "device": _device_name(self.env.device),
+            "amp": cfg.amp,
+            "batch_size": cfg.batch_size,
+            "world_size": self.env.world_size,
+            "global_batch": cfg.batch_size * self.env.world_size,
+            "steps": st.step,
+            "epochs": round(st.step / data.steps_per_epoch, 4),
+            "seed": cfg.seed,
+            "wall_seconds": round(seconds, 1),
+            "device": _device_name(self.env.device),
             "preload": cfg.data.preload,
-            "distill": None if cfg.distill is None else {
+            "distill": None
+            if cfg.distill is None
+            else {
                 **cfg.distill.model_dump(mode="json"),
                 "note": "knowledge distillation: weight·(1 − cos(P·student, teacher)) with the "
-                        "teacher's embeddings of the training crops"},
+                "teacher's embeddings of the training crops",
+            },
             "command": "marginface train " + json.dumps(str(cfg.output)),
         }
         metrics = {}
         if st.last_verify is not None and self.verifier is not None:
-            metrics[self.verifier.name] = {**st.last_verify, "protocol": (
-                "10-fold accuracy, flip TTA" if self.verifier.pairs.n_folds >= 2 else "")}
+            metrics[self.verifier.name] = {
+                **st.last_verify,
+                "protocol": (
+                    "10-fold accuracy, flip TTA" if self.verifier.pairs.n_folds >= 2 else ""
+                ),
+            }
         name = cfg.name or Path(cfg.output).name
-        export_model(cfg.output, model.backbone, name=name, architecture=model.arch,
-                     embedding_dim=cfg.backbone.embedding_dim, preprocessing=data.preprocessing,
-                     training=training, metrics=metrics,
-                     architecture_kwargs=dict(model.arch_kwargs))
+        export_model(
+            cfg.output,
+            model.backbone,
+            name=name,
+            architecture=model.arch,
+            embedding_dim=cfg.backbone.embedding_dim,
+            preprocessing=data.preprocessing,
+            training=training,
+            metrics=metrics,
+            architecture_kwargs=dict(model.arch_kwargs),
+        )
         self.log.say(f"wrote {Path(cfg.output) / 'weights.safetensors'} and model.json")
 
 
@@ -894,8 +1047,13 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, preloaded: PreloadedImages | None = None,
-          dataset: FaceDataset | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    preloaded: PreloadedImages | None = None,
+    dataset: FaceDataset | None = None,
+) -> TrainResult:
     """Run the training ``cfg`` describes (one process, or one rank under torchrun).
 
     ``preloaded``: images already decoded on the device (``data.preload: device``), reused

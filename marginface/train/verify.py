@@ -43,28 +43,41 @@ class VerifyResult:
     n_failed_images: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "std": self.std,
-                **{f"tar@far={k}": v for k, v in self.tar.items()},
-                "n_pairs": self.n_pairs, "n_failed_images": self.n_failed_images}
+        return {
+            "accuracy": self.accuracy,
+            "std": self.std,
+            **{f"tar@far={k}": v for k, v in self.tar.items()},
+            "n_pairs": self.n_pairs,
+            "n_failed_images": self.n_failed_images,
+        }
 
     def __str__(self) -> str:
         tars = ", ".join(f"TAR@FAR={k} {v:.3f}" for k, v in self.tar.items() if v is not None)
-        return (f"{self.name}: {100 * self.accuracy:.2f} ± {100 * self.std:.2f} % "
-                f"({self.n_pairs} pairs{', ' + tars if tars else ''})")
+        return (
+            f"{self.name}: {100 * self.accuracy:.2f} ± {100 * self.std:.2f} % "
+            f"({self.n_pairs} pairs{', ' + tars if tars else ''})"
+        )
 
 
 @torch.no_grad()
-def embed_crops(model: nn.Module, crops: np.ndarray, preprocessing: Preprocessing,
-                device: torch.device, *, flip: bool = True, batch_size: int = 128,
-                amp_dtype: torch.dtype | None = None,
-                channels_last: bool = False) -> np.ndarray:
+def embed_crops(
+    model: nn.Module,
+    crops: np.ndarray,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    *,
+    flip: bool = True,
+    batch_size: int = 128,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
     """L2-normalised embeddings ``(N, D)`` of ``(N, H, W, 3)`` uint8 RGB crops."""
     was_training = model.training
     model.eval()
     out = []
     try:
         for lo in range(0, len(crops), batch_size):
-            chunk = crops[lo:lo + batch_size]
+            chunk = crops[lo : lo + batch_size]
             x = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
             x = x.permute(0, 3, 1, 2).float()
             if preprocessing.color == "BGR":
@@ -72,8 +85,9 @@ def embed_crops(model: nn.Module, crops: np.ndarray, preprocessing: Preprocessin
             x = (x - preprocessing.mean) / preprocessing.std
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 e = model(x).float()
                 if flip:
                     e = e + model(x.flip(3)).float()
@@ -91,10 +105,18 @@ class PairVerifier:
     detected and aligned. ``workers`` threads prepare the crops (default: up to 8).
     """
 
-    def __init__(self, pairs: str | Path, *, root: str | Path | None = None,
-                 aligned: bool | str = "auto", preprocessing: Preprocessing | None = None,
-                 flip: bool = True, batch_size: int = 128, name: str = "",
-                 workers: int | None = None) -> None:
+    def __init__(
+        self,
+        pairs: str | Path,
+        *,
+        root: str | Path | None = None,
+        aligned: bool | str = "auto",
+        preprocessing: Preprocessing | None = None,
+        flip: bool = True,
+        batch_size: int = 128,
+        name: str = "",
+        workers: int | None = None,
+    ) -> None:
         self.pre = preprocessing or Preprocessing()
         self.flip = flip
         self.batch_size = batch_size
@@ -104,27 +126,46 @@ class PairVerifier:
         if aligned == "auto":
             sizes = aligned_sizes(self.pre)
             aligned = self.pairs.format == "bin" or all(
-                _size(ref) in (None, *sizes) for ref in self.pairs.images)
+                _size(ref) in (None, *sizes) for ref in self.pairs.images
+            )
         self.aligned = bool(aligned)
         self.crops, self.failures = prepare_crops(
-            self.pairs.images, self.pre, EmbedOptions(aligned=self.aligned), workers=workers)
+            self.pairs.images, self.pre, EmbedOptions(aligned=self.aligned), workers=workers
+        )
 
-    def evaluate(self, model: nn.Module, device: torch.device, *,
-                 amp_dtype: torch.dtype | None = None, channels_last: bool = False
-                 ) -> VerifyResult:
+    def evaluate(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        *,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> VerifyResult:
         """Embed every crop with ``model`` and score the pairs."""
-        emb = embed_crops(model, self.crops, self.pre, device, flip=self.flip,
-                          batch_size=self.batch_size, amp_dtype=amp_dtype,
-                          channels_last=channels_last)
+        emb = embed_crops(
+            model,
+            self.crops,
+            self.pre,
+            device,
+            flip=self.flip,
+            batch_size=self.batch_size,
+            amp_dtype=amp_dtype,
+            channels_last=channels_last,
+        )
         p = self.pairs
         ok = np.ones(len(emb), dtype=bool)
         ok[list(self.failures)] = False
         scores, _ = pair_similarities(emb, ok, p.left, p.right)
         kf = kfold_accuracy(scores, p.issame, p.folds)
         tars = tar_at_far(scores, p.issame, fars=("1e-2", "1e-3"))
-        return VerifyResult(name=self.name, accuracy=kf.mean, std=kf.std,
-                            tar={k: v.tar for k, v in tars.items()}, n_pairs=p.n_pairs,
-                            n_failed_images=len(self.failures))
+        return VerifyResult(
+            name=self.name,
+            accuracy=kf.mean,
+            std=kf.std,
+            tar={k: v.tar for k, v in tars.items()},
+            n_pairs=p.n_pairs,
+            n_failed_images=len(self.failures),
+        )
 
 
 def _size(ref: ImageRef) -> tuple[int, int] | None:

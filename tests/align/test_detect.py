@@ -77,8 +77,9 @@ def test_refined_landmarks_follow_head_roll(astronaut, yunet, yunet_refined):
 
     def eye_error(detector) -> float:
         eyes = detector.detect(rotated)[0].landmarks[:2]
-        return float(np.linalg.norm(eyes @ back[:, :2].T + back[:, 2] - ASTRONAUT_EYES,
-                                    axis=1).max())
+        return float(
+            np.linalg.norm(eyes @ back[:, :2].T + back[:, 2] - ASTRONAUT_EYES, axis=1).max()
+        )
 
     assert eye_error(yunet_refined) < 4.0
     assert eye_error(yunet) > eye_error(yunet_refined)  # YuNet alone barely follows roll
@@ -126,8 +127,9 @@ def test_selection_policies(astronaut, yunet):
     assert largest[0].center[0] < 400 and central[0].center[0] > 600
     assert both[0].area > both[1].area
     big_size = max(d.size for d in detections)
-    assert select_faces(detections, collage.shape, selection="all",
-                        min_face_size=big_size - 1) == [largest[0]]
+    assert select_faces(detections, collage.shape, selection="all", min_face_size=big_size - 1) == [
+        largest[0]
+    ]
     assert select_faces(detections, collage.shape, score_threshold=1.01) == []
     with pytest.raises(ValueError):
         select_faces(detections, collage.shape, selection="biggest")  # type: ignore[arg-type]

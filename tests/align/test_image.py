@@ -189,8 +189,7 @@ def test_plain_jpegs_take_the_fast_path_with_pillows_pixels(subsampling, progres
         assert _plain_jpeg_header(data) == (63, 81, 1 if img.mode == "L" else 3)
         decoded = decode_image(data)
         assert decoded.format == "JPEG" and decoded.mode == img.mode
-        np.testing.assert_array_equal(decoded.pixels,
-                                      _decode_with_pillow(data, "x", None).pixels)
+        np.testing.assert_array_equal(decoded.pixels, _decode_with_pillow(data, "x", None).pixels)
 
 
 def test_jpegs_the_fast_path_leaves_to_pillow():

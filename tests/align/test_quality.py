@@ -8,8 +8,7 @@ import pytest
 from marginface.align.quality import face_quality, sharpness
 
 # the ArcFace 112x112 template: eyes, nose, mouth corners
-FRONTAL = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37],
-                    [70.73, 92.20]])
+FRONTAL = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]])
 
 
 def test_pose_from_landmarks() -> None:
@@ -44,5 +43,4 @@ def test_score_ranks_faces() -> None:
     small_blurred = face_quality(FRONTAL / 4, 0.5, np.full((112, 112), 128, np.uint8))
     good = face_quality(FRONTAL, 0.95, None)
     assert good.score > 0.8 > small_blurred.score
-    assert set(good.to_dict()) == {"size", "detection_score", "sharpness", "yaw", "pitch",
-                                   "score"}
+    assert set(good.to_dict()) == {"size", "detection_score", "sharpness", "yaw", "pitch", "score"}

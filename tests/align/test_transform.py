@@ -35,8 +35,11 @@ def test_matches_scikit_image_least_squares_with_noise():
     rng = np.random.default_rng(3)
     src = rng.uniform(0, 200, size=(5, 2))
     dst = transform_points(src, _similarity(-40.0, 0.4, 5.0, 9.0)) + rng.normal(0, 2.0, (5, 2))
-    reference = SimilarityTransform.from_estimate(src, dst) if hasattr(
-        SimilarityTransform, "from_estimate") else None
+    reference = (
+        SimilarityTransform.from_estimate(src, dst)
+        if hasattr(SimilarityTransform, "from_estimate")
+        else None
+    )
     if reference is None:
         reference = SimilarityTransform()
         assert reference.estimate(src, dst)

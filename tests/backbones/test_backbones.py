@@ -13,8 +13,7 @@ from marginface.errors import ConfigError
 
 def test_registry_lists_every_architecture() -> None:
     names = backbones.list_models()
-    for name in ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf",
-                 "tiny"]:
+    for name in ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf", "tiny"]:
         assert name in names
     with_aliases = backbones.list_models(include_aliases=True)
     for alias in ["r18", "r34", "r50", "r100", "r200", "mobilefacenet"]:

@@ -20,8 +20,9 @@ def parity(shared_reference: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def parity_fill(shared_reference: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("parity_fill",
-                                                  shared_reference / "parity_fill.py")
+    spec = importlib.util.spec_from_file_location(
+        "parity_fill", shared_reference / "parity_fill.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -30,8 +31,11 @@ def parity_fill(shared_reference: Path) -> ModuleType:
 
 def _check(name: str, parity: dict, parity_fill: ModuleType) -> float:
     ref = parity[name]
-    model = backbones.create(name, embedding_dim=512, dropout=0.0) if name != "mbf" else \
-        backbones.create(name, embedding_dim=512)
+    model = (
+        backbones.create(name, embedding_dim=512, dropout=0.0)
+        if name != "mbf"
+        else backbones.create(name, embedding_dim=512)
+    )
     state = model.state_dict()
     assert [[k, list(v.shape)] for k, v in state.items()] == ref["state_dict"]
     missing = model.load_state_dict(parity_fill.fill_state_dict(state), strict=True)
@@ -61,8 +65,9 @@ def test_alias_builds_the_same_architecture(parity: dict) -> None:
     for alias, name in [("r18", "iresnet18"), ("mobilefacenet", "mbf")]:
         a = backbones.create(alias).state_dict()
         b = backbones.create(name).state_dict()
-        assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(v.shape)
-                                                             for k, v in b.items()}
+        assert {k: tuple(v.shape) for k, v in a.items()} == {
+            k: tuple(v.shape) for k, v in b.items()
+        }
     ref_keys = [k for k, _ in parity["r18"]["state_dict"]]
     assert list(backbones.create("iresnet18").state_dict()) == ref_keys
 

@@ -12,12 +12,15 @@ from marginface import backbones
 from marginface.errors import ModelError
 
 
-@pytest.mark.parametrize(("name", "dim", "kwargs"), [
-    ("iresnet18", 512, {}),
-    ("iresnet34", 128, {}),
-    ("mbf", 512, {}),
-    ("mbf", 256, {"input_size": (112, 96)}),
-])
+@pytest.mark.parametrize(
+    ("name", "dim", "kwargs"),
+    [
+        ("iresnet18", 512, {}),
+        ("iresnet34", 128, {}),
+        ("mbf", 512, {}),
+        ("mbf", 256, {"input_size": (112, 96)}),
+    ],
+)
 def test_infer_architecture_from_state_dict(name: str, dim: int, kwargs: dict) -> None:
     with torch.device("meta"):
         model = backbones.create(name, embedding_dim=dim, **kwargs)
@@ -43,10 +46,12 @@ def test_load_backbone_pth_with_ddp_prefix_and_safetensors(tmp_path: Path) -> No
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
-    again = backbones.load_backbone(tmp_path / "w.safetensors", name="mobilefacenet",
-                                    embedding_dim=128)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), state.values(),
-                                                  strict=True))
+    again = backbones.load_backbone(
+        tmp_path / "w.safetensors", name="mobilefacenet", embedding_dim=128
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), state.values(), strict=True)
+    )
     with pytest.raises(ModelError, match="do not fit 'iresnet18'"):
         backbones.load_backbone(tmp_path / "w.safetensors", name="r18")
     with pytest.raises(ModelError, match="weights file not found"):

@@ -35,8 +35,7 @@ def test_to_tensor_normalises_rgb_and_bgr() -> None:
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0) and torch.all(x[2] == -1.0)
     bgr = to_tensor(img, Preprocessing(color="BGR", mean=0.0, std=255.0))
     assert torch.all(bgr[2] == 1.0) and torch.all(bgr[0] == 0.0)
-    small = to_tensor(np.full((50, 40, 3), 127, np.uint8),
-                      Preprocessing(input_size=(32, 24)))
+    small = to_tensor(np.full((50, 40, 3), 127, np.uint8), Preprocessing(input_size=(32, 24)))
     assert small.shape == (3, 32, 24)
     assert torch.allclose(small, torch.full_like(small, -0.5 / 127.5))
 
@@ -73,20 +72,26 @@ def test_flip_always_and_never(face: np.ndarray) -> None:
     assert torch.equal(always, torch.flip(never, dims=[2]))
 
 
-@pytest.mark.parametrize("step", [
-    {"shift_scale": 1.0}, {"color_jitter": 1.0}, {"grayscale": 1.0}, {"blur": 1.0},
-    {"jpeg": 1.0, "jpeg_quality": (10, 20)},
-])
-def test_each_step_changes_the_image_and_keeps_the_format(face: np.ndarray,
-                                                          step: dict) -> None:
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"shift_scale": 1.0},
+        {"color_jitter": 1.0},
+        {"grayscale": 1.0},
+        {"blur": 1.0},
+        {"jpeg": 1.0, "jpeg_quality": (10, 20)},
+    ],
+)
+def test_each_step_changes_the_image_and_keeps_the_format(face: np.ndarray, step: dict) -> None:
     base = to_tensor(face)
     out = build_transform({"hflip": 0.0, **step})(face)
     assert out.shape == base.shape and out.dtype == torch.float32
     assert out.min() >= -1.0 and out.max() <= 1.0
     assert (out - base).abs().mean() > 0.005
     if "grayscale" in step:
-        assert torch.allclose(out[0], out[1], atol=1e-6) and torch.allclose(out[1], out[2],
-                                                                            atol=1e-6)
+        assert torch.allclose(out[0], out[1], atol=1e-6) and torch.allclose(
+            out[1], out[2], atol=1e-6
+        )
 
 
 def test_strong_preset_is_random_but_seeded(face: np.ndarray) -> None:

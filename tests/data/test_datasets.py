@@ -130,8 +130,9 @@ def test_csv_list_with_names_header_and_comments(celeba_subset: Path, tmp_path: 
     assert ds.label_map.name(label) == f"person_{files[0].parent.name}"
 
 
-def test_csv_list_with_integer_labels_and_relative_paths(celeba_subset: Path,
-                                                         tmp_path: Path) -> None:
+def test_csv_list_with_integer_labels_and_relative_paths(
+    celeba_subset: Path, tmp_path: Path
+) -> None:
     files = sorted(celeba_subset.glob("*/*.jpg"))[:3]
     rows = "\n".join(f"{f.relative_to(celeba_subset)},{i * 2}" for i, f in enumerate(files))
     csv_path = _write_csv(tmp_path / "list.csv", rows)
@@ -142,14 +143,17 @@ def test_csv_list_with_integer_labels_and_relative_paths(celeba_subset: Path,
     assert isinstance(open_dataset(csv_path)[0], SkippedSample)  # paths relative to tmp_path
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("a.jpg,1\nb.jpg\n", r"list\.csv:2: expected 2 columns"),
-    ("a.jpg,1\n\nb.jpg,1,extra\n", r"list\.csv:3: expected 2 columns"),
-    ("a.jpg,1\n,2\n", r"list\.csv:2: empty path"),
-    ("a.jpg,1\nb.jpg,   \n", r"list\.csv:2: empty label"),
-    ("a.jpg,1\nb.jpg,-3\n", r"list\.csv:2: negative label -3"),
-    ("path,label\n", r"no samples listed"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a.jpg,1\nb.jpg\n", r"list\.csv:2: expected 2 columns"),
+        ("a.jpg,1\n\nb.jpg,1,extra\n", r"list\.csv:3: expected 2 columns"),
+        ("a.jpg,1\n,2\n", r"list\.csv:2: empty path"),
+        ("a.jpg,1\nb.jpg,   \n", r"list\.csv:2: empty label"),
+        ("a.jpg,1\nb.jpg,-3\n", r"list\.csv:2: negative label -3"),
+        ("path,label\n", r"no samples listed"),
+    ],
+)
 def test_bad_csv_lines_are_named(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(DataError, match=match):
         CsvListDataset(_write_csv(tmp_path / "list.csv", text))
@@ -172,8 +176,11 @@ def test_unreadable_images_are_skipped_and_counted(folder_with_bad_images: Path)
     bad_idx = np.flatnonzero(ds.labels == bad_label)
     results = [ds[int(i)] for i in bad_idx]
     skipped = [r for r in results if isinstance(r, SkippedSample)]
-    assert sorted(Path(s.source).name for s in skipped) == ["empty.jpg", "garbage.jpg",
-                                                           "truncated.jpg"]
+    assert sorted(Path(s.source).name for s in skipped) == [
+        "empty.jpg",
+        "garbage.jpg",
+        "truncated.jpg",
+    ]
     assert any("empty" in s.reason for s in skipped)
 
     counter = SkipCounter()
@@ -219,14 +226,24 @@ def test_the_trainers_loading_path_is_make_loader(celeba_subset: Path) -> None:
     pixels = np.stack([folder.load_image(i) for i in range(24)])
     ds = ArrayDataset(pixels, folder.labels[:24] % 3, name="crops")
     assert ds.source(5) == "crops#5" and ds.num_classes == 3
-    samples = SeededSamples(ds, build_transform("strong", Preprocessing(input_size=(56, 56))),
-                            with_index=True)
+    samples = SeededSamples(
+        ds, build_transform("strong", Preprocessing(input_size=(56, 56))), with_index=True
+    )
     runs = []
     for workers in (0, 2):
         batches = SeededBatches(ResumableSampler(len(ds), seed=1), batch_size=8, seed=4)
         batches.seek(2)
-        runs.append(list(make_loader(samples, batch_sampler=batches, num_workers=workers,
-                                     generator=torch.Generator().manual_seed(0), timeout=120)))
+        runs.append(
+            list(
+                make_loader(
+                    samples,
+                    batch_sampler=batches,
+                    num_workers=workers,
+                    generator=torch.Generator().manual_seed(0),
+                    timeout=120,
+                )
+            )
+        )
     for a, b in zip(*runs, strict=True):
         assert a.images.shape == (8, 3, 56, 56)
         assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)

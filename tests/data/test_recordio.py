@@ -34,8 +34,7 @@ MAGIC = bytes.fromhex("0a23d7ce")  # 0xCED7230A little-endian
 
 def test_irheader_bytes_match_mxnet_layout() -> None:
     rec = pack_record(IRHeader(0, 3.0, 7, 0), b"abc")
-    expected = (bytes(4) + bytes.fromhex("00004040") + (7).to_bytes(8, "little") + bytes(8)
-                + b"abc")
+    expected = bytes(4) + bytes.fromhex("00004040") + (7).to_bytes(8, "little") + bytes(8) + b"abc"
     assert rec == expected
     header, payload = unpack_record(rec)
     assert header == IRHeader(0, 3.0, 7, 0) and payload == b"abc"
@@ -52,8 +51,14 @@ def test_framing_pads_and_splits_at_aligned_magic() -> None:
     assert framed == MAGIC + struct.pack("<I", 5) + b"abcde" + bytes(3)
     payload = b"12345678" + MAGIC + b"tail"
     framed = frame_record(payload)
-    assert framed == (MAGIC + struct.pack("<I", (1 << 29) | 8) + b"12345678"
-                      + MAGIC + struct.pack("<I", (3 << 29) | 4) + b"tail")
+    assert framed == (
+        MAGIC
+        + struct.pack("<I", (1 << 29) | 8)
+        + b"12345678"
+        + MAGIC
+        + struct.pack("<I", (3 << 29) | 4)
+        + b"tail"
+    )
     # A magic at an unaligned offset is ordinary data.
     odd = b"123" + MAGIC + b"x"
     assert frame_record(odd)[:8] == MAGIC + struct.pack("<I", len(odd))
@@ -151,11 +156,15 @@ def test_pack_shards_bounded_and_read_as_one(celeba_subset: Path, tmp_path: Path
     assert diff < 6
 
 
-def test_pack_converts_pgm_and_skips_bad_images(shared_data: Path, folder_with_bad_images: Path,
-                                                tmp_path: Path) -> None:
+def test_pack_converts_pgm_and_skips_bad_images(
+    shared_data: Path, folder_with_bad_images: Path, tmp_path: Path
+) -> None:
     result = pack_folder(folder_with_bad_images, tmp_path / "bad")
-    assert sorted(Path(p).name for p, _ in result.skipped) == ["empty.jpg", "garbage.jpg",
-                                                               "truncated.jpg"]
+    assert sorted(Path(p).name for p, _ in result.skipped) == [
+        "empty.jpg",
+        "garbage.jpg",
+        "truncated.jpg",
+    ]
     ds = RecordIODataset(tmp_path / "bad")
     assert len(ds) == result.num_images == len(ImageFolderDataset(folder_with_bad_images)) - 3
 
@@ -176,11 +185,14 @@ def test_corrupt_recordio_is_reported_or_skipped(celeba_subset: Path, tmp_path: 
     data = bytearray(rec.read_bytes())
     # Damage the first image of an identity and a later one of the same identity.
     labels = ds.labels
-    first = next(i for i in range(1, len(ds) - 2)
-                 if labels[i] != labels[i - 1] and labels[i] == labels[i + 2])
+    first = next(
+        i
+        for i in range(1, len(ds) - 2)
+        if labels[i] != labels[i - 1] and labels[i] == labels[i + 2]
+    )
     for i in (first, first + 2):
         pos = ds._offset[i]
-        data[pos:pos + 4] = b"XXXX"
+        data[pos : pos + 4] = b"XXXX"
     rec.write_bytes(bytes(data))
     damaged = RecordIODataset(rec)
     # Labels come from the identity ranges (the class read from the first readable image);
@@ -192,7 +204,7 @@ def test_corrupt_recordio_is_reported_or_skipped(celeba_subset: Path, tmp_path: 
     assert not isinstance(damaged[first + 1], SkippedSample)
     # Damaged JPEG data: skipped, not a crash.
     k = 0 if first > 0 else len(ds) - 1
-    data[ds._offset[k] + 100:ds._offset[k] + 2000] = bytes(1900)
+    data[ds._offset[k] + 100 : ds._offset[k] + 2000] = bytes(1900)
     rec.write_bytes(bytes(data))
     item = RecordIODataset(rec)[k]
     assert isinstance(item, SkippedSample) and "not an image" in item.reason  # the one decoder's
@@ -212,8 +224,19 @@ def test_cli_pack(celeba_subset: Path, tmp_path: Path) -> None:
         pass
 
     runner = CliRunner()
-    out = runner.invoke(app, ["data", "pack", str(celeba_subset), str(tmp_path / "p"),
-                              "--quality", "85", "--shard-size-mb", "0.5"])
+    out = runner.invoke(
+        app,
+        [
+            "data",
+            "pack",
+            str(celeba_subset),
+            str(tmp_path / "p"),
+            "--quality",
+            "85",
+            "--shard-size-mb",
+            "0.5",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "identities" in out.output and "p-00000.rec" in out.output
     info = runner.invoke(app, ["data", "info", str(tmp_path / "p")])

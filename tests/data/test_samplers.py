@@ -76,7 +76,7 @@ def test_pk_ddp_ranks_partition_the_global_batches() -> None:
     assert all(len(s) == len(single) // 3 for s in ranks)
     global_batches = list(single)
     for r, s in enumerate(ranks):
-        assert list(s) == global_batches[r::3][:len(s)]
+        assert list(s) == global_batches[r::3][: len(s)]
 
 
 def test_pk_resumes_mid_epoch() -> None:
@@ -105,8 +105,9 @@ def test_resumable_sampler_matches_distributed_semantics() -> None:
     orders = [list(s) for s in ranks]
     assert all(len(o) == 26 for o in orders)
     assert set().union(*map(set, orders)) == set(range(n))  # padded by repetition
-    dropped = [list(ResumableSampler(n, seed=4, rank=r, world_size=4, drop_last=True))
-               for r in range(4)]
+    dropped = [
+        list(ResumableSampler(n, seed=4, rank=r, world_size=4, drop_last=True)) for r in range(4)
+    ]
     flat = [i for order in dropped for i in order]
     assert len(flat) == len(set(flat)) == 100
     seq = list(ResumableSampler(10, shuffle=False))

@@ -51,8 +51,9 @@ def test_reads_python2_style_pickles(celeba_subset: Path, tmp_path: Path) -> Non
     (tmp_path / "lfw.bin").write_bytes(pickle.dumps((bins, issame), protocol=2))
     vs = read_verification_bin(tmp_path / "lfw.bin")
     assert vs.issame.tolist() == issame and vs.images.shape[0] == 12
-    (tmp_path / "np.bin").write_bytes(pickle.dumps(
-        ([np.frombuffer(b, np.uint8) for b in bins], np.array(issame)), protocol=4))
+    (tmp_path / "np.bin").write_bytes(
+        pickle.dumps(([np.frombuffer(b, np.uint8) for b in bins], np.array(issame)), protocol=4)
+    )
     assert read_verification_bin(tmp_path / "np.bin").issame.tolist() == issame
 
 

@@ -32,8 +32,14 @@ def dev_crops(shared_data, sface_pipeline) -> np.ndarray:
     return np.stack(crops)
 
 
-def make_model_dir(folder: Path, architecture: str = "tiny", dim: int = 64, *,
-                   card_dim: int | None = None, seed: int = 0) -> Path:
+def make_model_dir(
+    folder: Path,
+    architecture: str = "tiny",
+    dim: int = 64,
+    *,
+    card_dim: int | None = None,
+    seed: int = 0,
+) -> Path:
     """A marginface model directory with random weights from the backbone registry."""
     import torch
     from safetensors.torch import save_file
@@ -48,10 +54,16 @@ def make_model_dir(folder: Path, architecture: str = "tiny", dim: int = 64, *,
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
-              str(folder / "weights.safetensors"))
-    ModelCard(name=f"test-{architecture}", architecture=architecture,
-              embedding_dim=card_dim or dim, preprocessing=Preprocessing()).save(folder)
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()},
+        str(folder / "weights.safetensors"),
+    )
+    ModelCard(
+        name=f"test-{architecture}",
+        architecture=architecture,
+        embedding_dim=card_dim or dim,
+        preprocessing=Preprocessing(),
+    ).save(folder)
     return folder
 
 

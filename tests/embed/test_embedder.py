@@ -38,8 +38,9 @@ def test_model_directory_embeddings(tiny_model_dir, dev_crops):
     # batching does not change the result
     np.testing.assert_allclose(out, emb.embed(dev_crops, batch_size=8), atol=1e-5)
     # the card file and the weights file also work as specs
-    np.testing.assert_allclose(load_embedder(tiny_model_dir / "model.json").embed(dev_crops[:2]),
-                               out[:2], atol=1e-6)
+    np.testing.assert_allclose(
+        load_embedder(tiny_model_dir / "model.json").embed(dev_crops[:2]), out[:2], atol=1e-6
+    )
 
 
 def test_flip_tta_sums_image_and_mirror(tiny_model_dir, dev_crops):
@@ -62,8 +63,9 @@ def test_bgr_card_reverses_channels(tmp_path, dev_crops):
     card.preprocessing.color = "BGR"
     card.save(folder)
     bgr_model = load_embedder(folder)
-    np.testing.assert_allclose(bgr_model.embed(np.ascontiguousarray(dev_crops[:2, :, :, ::-1])),
-                               rgb, atol=1e-5)
+    np.testing.assert_allclose(
+        bgr_model.embed(np.ascontiguousarray(dev_crops[:2, :, :, ::-1])), rgb, atol=1e-5
+    )
 
 
 def test_embedding_size_disagreeing_with_card(tmp_path):
@@ -105,8 +107,9 @@ def test_wrong_crops_are_refused(tiny_model_dir):
     assert emb.embed(np.zeros((0, 112, 112, 3), dtype=np.uint8)).shape == (0, 64)
 
 
-def test_onnx_without_card_uses_insightface_convention(tmp_path, mbf_model_dir, exported,
-                                                       dev_crops):
+def test_onnx_without_card_uses_insightface_convention(
+    tmp_path, mbf_model_dir, exported, dev_crops
+):
     card = ModelCard.load(mbf_model_dir)
     path = tmp_path / "plain" / "w600k_like.onnx"
     path.parent.mkdir()
@@ -114,11 +117,13 @@ def test_onnx_without_card_uses_insightface_convention(tmp_path, mbf_model_dir, 
     emb = load_embedder(path)
     assert emb.card.architecture == "onnx" and emb.embedding_dim == 128
     assert "insightface convention" in emb.card.notes
-    np.testing.assert_allclose(emb.embed(dev_crops), _torch_reference(mbf_model_dir, dev_crops),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        emb.embed(dev_crops), _torch_reference(mbf_model_dir, dev_crops), atol=1e-4
+    )
     # a sidecar card wins
     card.model_copy(update={"name": "sidecar", "weights": path.name, "format": "onnx"}).save(
-        path.with_suffix(".json"))
+        path.with_suffix(".json")
+    )
     assert load_embedder(path).name == "sidecar"
 
 
@@ -142,13 +147,21 @@ def test_insightface_backbone_pth(tmp_path, dev_crops):
     np.testing.assert_allclose(emb.embed(dev_crops[:2]), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize(("blocks", "arch"), [((2, 2, 2, 2), "iresnet18"),
-                                              ((3, 4, 6, 3), "iresnet34"),
-                                              ((3, 4, 14, 3), "iresnet50"),
-                                              ((3, 13, 30, 3), "iresnet100")])
+@pytest.mark.parametrize(
+    ("blocks", "arch"),
+    [
+        ((2, 2, 2, 2), "iresnet18"),
+        ((3, 4, 6, 3), "iresnet34"),
+        ((3, 4, 14, 3), "iresnet50"),
+        ((3, 13, 30, 3), "iresnet100"),
+    ],
+)
 def test_iresnet_depth_is_inferred_from_keys(blocks, arch):
-    state = {"conv1.weight": np.zeros((64, 3, 3, 3)), "features.weight": np.zeros(512),
-             "fc.weight": np.zeros((512, 512 * 7 * 7))}
+    state = {
+        "conv1.weight": np.zeros((64, 3, 3, 3)),
+        "features.weight": np.zeros(512),
+        "fc.weight": np.zeros((512, 512 * 7 * 7)),
+    }
     for i, n in enumerate(blocks, 1):
         for j in range(n):
             state[f"layer{i}.{j}.conv1.weight"] = np.zeros(1)

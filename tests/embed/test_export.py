@@ -60,7 +60,8 @@ def test_onnx_card_disagreeing_with_the_model(exported, tmp_path):
     path.write_bytes(exported.onnx_path.read_bytes())
     card = ModelCard.load(exported.card_path)
     card.model_copy(update={"embedding_dim": 64, "weights": path.name}).save(
-        path.with_suffix(".json"))
+        path.with_suffix(".json")
+    )
     with pytest.raises(ModelError, match="embedding_dim=64"):
         load_embedder(path)
 
@@ -81,15 +82,20 @@ def test_export_cli_int8_accuracy_change(mbf_model_dir, shared_data, tmp_path):
     for k, person in enumerate(people):
         photos = sorted(person.glob("*.jpg"))[:3]
         other = sorted(people[(k + 1) % 4].glob("*.jpg"))[0]
-        rows += [f"{photos[0]},{photos[1]},1", f"{photos[0]},{photos[2]},1",
-                 f"{photos[1]},{other},0", f"{photos[2]},{other},0"]
+        rows += [
+            f"{photos[0]},{photos[1]},1",
+            f"{photos[0]},{photos[2]},1",
+            f"{photos[1]},{other},0",
+            f"{photos[2]},{other},0",
+        ]
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("\n".join(rows) + "\n")
     app = typer.Typer()
     embed_cli.register(app)
     out = tmp_path / "q" / "m.onnx"
-    result = CliRunner().invoke(app, ["export", str(mbf_model_dir), "--onnx", str(out),
-                                      "--int8", "--pairs", str(pairs)])
+    result = CliRunner().invoke(
+        app, ["export", str(mbf_model_dir), "--onnx", str(out), "--int8", "--pairs", str(pairs)]
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy change (int8 - float)" in result.output
     assert "max |ONNX - PyTorch|" in result.output

@@ -19,9 +19,12 @@ def _small_net_bytes() -> bytes:
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.PReLU(8),
-        nn.Conv2d(8, 4, 1), nn.PReLU(1),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.PReLU(8),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.PReLU(8),
+        nn.Conv2d(8, 4, 1),
+        nn.PReLU(1),
     ).eval()
     with torch.no_grad():
         net[1].weight.uniform_(-0.5, 1.0)
@@ -30,9 +33,16 @@ def _small_net_bytes() -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
-        torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), buffer, input_names=["input"],
-                          output_names=["out"], dynamic_axes={"input": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, 16, 16),),
+            buffer,
+            input_names=["input"],
+            output_names=["out"],
+            dynamic_axes={"input": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return buffer.getvalue()
 
 

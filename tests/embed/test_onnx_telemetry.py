@@ -27,10 +27,17 @@ print(os.environ.get("ORT_DISABLE_TELEMETRY"))
 
 
 def _run(home: Path, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
-    res = subprocess.run([sys.executable, "-c", SCRIPT], env={**clean, "HOME": str(home), **env},
-                         capture_output=True, text=True, timeout=120, check=False)
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env={**clean, "HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 

@@ -97,8 +97,9 @@ def test_selection_all_and_batched_images(astronaut, sface_pipeline):
     batched = pipe.embed_images([canvas, np.full((100, 100, 3), 0, np.uint8), astronaut])
     assert [len(f) for f in batched] == [2, 0, 1]
     np.testing.assert_allclose(batched[0][1].embedding, faces[1].embedding, atol=1e-5)
-    big_only = Pipeline(sface_pipeline.detector, sface_pipeline.embedder, selection="all",
-                        min_face_size=70).embed_image(canvas)
+    big_only = Pipeline(
+        sface_pipeline.detector, sface_pipeline.embedder, selection="all", min_face_size=70
+    ).embed_image(canvas)
     assert len(big_only) == 1
 
 
@@ -128,8 +129,9 @@ def test_embed_cli(tmp_path, astronaut):
     app = typer.Typer()
     embed_cli.register(app)
     out = tmp_path / "emb.npy"
-    result = CliRunner().invoke(app, ["embed", str(photo), str(broken), "--model", "sface",
-                                      "--out", str(out), "--json"])
+    result = CliRunner().invoke(
+        app, ["embed", str(photo), str(broken), "--model", "sface", "--out", str(out), "--json"]
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["model"] == "sface"

@@ -47,8 +47,9 @@ class CentreDetector(Detector):
         return [Detection(box=np.array([0, 0, w, h], np.float32), score=0.99, landmarks=lm)]
 
 
-def synthetic_faces(root: Path, n_subjects: int = 8, per_subject: int = 4, seed: int = 0,
-                    size: int = 112) -> dict[str, list[Path]]:
+def synthetic_faces(
+    root: Path, n_subjects: int = 8, per_subject: int = 4, seed: int = 0, size: int = 112
+) -> dict[str, list[Path]]:
     """Write ``<root>/<subject>/<subject>_<n:04d>.png`` and return the files per subject."""
     from PIL import Image
 
@@ -68,8 +69,14 @@ def synthetic_faces(root: Path, n_subjects: int = 8, per_subject: int = 4, seed:
     return out
 
 
-def lfw_pairs_for(files: dict[str, list[Path]], path: Path, ext_root: Path,
-                  n_folds: int = 2, per_fold: int = 6, seed: int = 1) -> Path:
+def lfw_pairs_for(
+    files: dict[str, list[Path]],
+    path: Path,
+    ext_root: Path,
+    n_folds: int = 2,
+    per_fold: int = 6,
+    seed: int = 1,
+) -> Path:
     """An LFW-format pairs file over ``files`` (names in ``<root>/<name>/<name>_NNNN``)."""
     rng = np.random.default_rng(seed)
     names = sorted(files)
@@ -81,8 +88,10 @@ def lfw_pairs_for(files: dict[str, list[Path]], path: Path, ext_root: Path,
             lines.append(f"{name}\t{a}\t{b}")
         for _ in range(per_fold):
             n1, n2 = rng.choice(len(names), 2, replace=False)
-            lines.append(f"{names[n1]}\t{rng.integers(len(files[names[n1]])) + 1}\t"
-                         f"{names[n2]}\t{rng.integers(len(files[names[n2]])) + 1}")
+            lines.append(
+                f"{names[n1]}\t{rng.integers(len(files[names[n1]])) + 1}\t"
+                f"{names[n2]}\t{rng.integers(len(files[names[n2]])) + 1}"
+            )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -128,7 +137,9 @@ def tiny_model(tmp_path: Path) -> Path:
     net = create("tiny", embedding_dim=32).eval()
     folder = tmp_path / "tiny_model"
     folder.mkdir()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-              str(folder / "weights.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(folder / "weights.safetensors"),
+    )
     ModelCard(name="tiny-test", architecture="tiny", embedding_dim=32).save(folder)
     return folder

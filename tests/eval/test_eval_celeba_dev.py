@@ -32,12 +32,29 @@ def dev_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     tmp = tmp_path_factory.mktemp("celeba_dev")
     cache = tmp / "cache"
     out = tmp / "report.json"
-    args = ["eval", "verify", "--pairs", str(dev / "pairs.txt"), "--root", str(dev),
-            "--model", "sface", "--cache-dir", str(cache), "-q"]
+    args = [
+        "eval",
+        "verify",
+        "--pairs",
+        str(dev / "pairs.txt"),
+        "--root",
+        str(dev),
+        "--model",
+        "sface",
+        "--cache-dir",
+        str(cache),
+        "-q",
+    ]
     res = runner.invoke(_app(), [*args, "--out", str(out), "--plots", str(tmp / "plots")])
     assert res.exit_code == 0, res.output
-    return {"dev": dev, "tmp": tmp, "cache": cache, "args": args, "output": res.output,
-            "report": json.loads(out.read_text())}
+    return {
+        "dev": dev,
+        "tmp": tmp,
+        "cache": cache,
+        "args": args,
+        "output": res.output,
+        "report": json.loads(out.read_text()),
+    }
 
 
 def test_sface_on_celeba_dev(dev_run: dict) -> None:
@@ -73,19 +90,51 @@ def test_second_run_only_scores(dev_run: dict) -> None:
 
 def test_calibrate_and_identify_on_dev(dev_run: dict) -> None:
     dev, cache = dev_run["dev"], dev_run["cache"]
-    res = runner.invoke(_app(), ["calibrate", "--model", "sface", "--pairs",
-                                 str(dev / "pairs.txt"), "--root", str(dev),
-                                 "--cache-dir", str(cache), "-q"])
+    res = runner.invoke(
+        _app(),
+        [
+            "calibrate",
+            "--model",
+            "sface",
+            "--pairs",
+            str(dev / "pairs.txt"),
+            "--root",
+            str(dev),
+            "--cache-dir",
+            str(cache),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "FAR 1e-3: threshold" in res.output and "FAR 1e-4: not resolvable" in res.output
     th = float(res.output.split("FAR 1e-3: threshold ")[1].split()[0])
     assert abs(th - dev_run["report"]["tar_at_far_thresholds"]["1e-3"]) < 0.05
 
     out = dev_run["tmp"] / "identify.json"
-    res = runner.invoke(_app(), ["eval", "identify", "--root", str(dev), "--model", "sface",
-                                 "--gallery-size", "10,20,40", "--photos-per-subject", "1,3",
-                                 "--repeats", "2", "--threshold", str(th),
-                                 "--cache-dir", str(cache), "--out", str(out), "-q"])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "identify",
+            "--root",
+            str(dev),
+            "--model",
+            "sface",
+            "--gallery-size",
+            "10,20,40",
+            "--photos-per-subject",
+            "1,3",
+            "--repeats",
+            "2",
+            "--threshold",
+            str(th),
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
     print("\n" + res.output)
@@ -100,5 +149,4 @@ def test_calibrate_and_identify_on_dev(dev_run: dict) -> None:
         assert best["fnir_at_fpir"]["1e-1"] is not None and best["fnir_at_fpir"]["1e-3"] is None
         explicit = r["operating_points"][-1]
         assert explicit["source"] == "explicit threshold" and explicit["fnir"] < 0.5
-        assert set(r["rules"]) == ({"best_face"} if k == 1 else {"best_face", "top2_mean",
-                                                                  "knn5"})
+        assert set(r["rules"]) == ({"best_face"} if k == 1 else {"best_face", "top2_mean", "knn5"})

@@ -29,8 +29,9 @@ def crops(shared_data: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     """12 identities x 3 aligned crops (read in place), a CSV with 36 matched and 120
     mismatched pairs, and gallery/probe lists."""
     train = shared_data / "celeba-train-112"
-    ids = [d for d in sorted(train.iterdir()) if d.is_dir()
-           and len(list(d.glob("*.jpg"))) >= 3][:12]
+    ids = [d for d in sorted(train.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][
+        :12
+    ]
     files = {d.name: sorted(d.glob("*.jpg"))[:3] for d in ids}
     rows = []
     for fs in files.values():
@@ -55,8 +56,20 @@ def test_verify_calibrate_identify_cli(tmp_path: Path, tiny_model: Path, crops) 
     cache = tmp_path / "cache"
     common = ["--model", str(tiny_model), "--aligned", "--cache-dir", str(cache), "-q"]
     out = tmp_path / "report.json"
-    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(pairs), "--out", str(out),
-                                 "--plots", str(tmp_path / "plots"), *common])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "verify",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(out),
+            "--plots",
+            str(tmp_path / "plots"),
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["n_pairs"] == 156 and report["model"] == "tiny-test"
@@ -68,12 +81,23 @@ def test_verify_calibrate_identify_cli(tmp_path: Path, tiny_model: Path, crops) 
     assert report["embedding"]["computed"] == 36
 
     # a model without an impostor table says so in identification, and reports the rest
-    res = runner.invoke(_app(), ["eval", "identify", "--gallery", str(gallery), "--probes",
-                                 str(probes), "--out", str(tmp_path / "id0.json"), *common])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "identify",
+            "--gallery",
+            str(gallery),
+            "--probes",
+            str(probes),
+            "--out",
+            str(tmp_path / "id0.json"),
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "no impostor calibration" in res.output
-    assert json.loads((tmp_path / "id0.json").read_text())["results"][0][
-        "operating_points"] == []
+    assert json.loads((tmp_path / "id0.json").read_text())["results"][0]["operating_points"] == []
 
     # calibrate without --write leaves the card alone; with --write stores the thresholds
     res = runner.invoke(_app(), ["calibrate", "--pairs", str(pairs), *common])
@@ -88,10 +112,24 @@ def test_verify_calibrate_identify_cli(tmp_path: Path, tiny_model: Path, crops) 
     assert "1e-3: not resolvable" in res.output
 
     # identification measures at an explicit threshold (1:1 thresholds do not set FPIR)
-    res = runner.invoke(_app(), ["eval", "identify", "--gallery", str(gallery), "--probes",
-                                 str(probes), "--out", str(tmp_path / "id.json"),
-                                 "--threshold", str(cal.thresholds["1e-2"]),
-                                 "--plots", str(tmp_path / "idplots"), *common])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "identify",
+            "--gallery",
+            str(gallery),
+            "--probes",
+            str(probes),
+            "--out",
+            str(tmp_path / "id.json"),
+            "--threshold",
+            str(cal.thresholds["1e-2"]),
+            "--plots",
+            str(tmp_path / "idplots"),
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "id.json").read_text())
     assert rep["mated_probes"] == 16 and rep["non_mated_probes"] == 8
@@ -118,33 +156,85 @@ def test_bin_input_and_errors(tmp_path: Path, tiny_model: Path, crops) -> None:
         issame.append(s == "1")
     binf = write_verification_bin(tmp_path / "mini.bin", images, issame)
     out = tmp_path / "bin.json"
-    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(binf), "--model",
-                                 str(tiny_model), "--aligned", "--no-cache", "--out", str(out),
-                                 "-q"])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "verify",
+            "--pairs",
+            str(binf),
+            "--model",
+            str(tiny_model),
+            "--aligned",
+            "--no-cache",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["pairs_format"] == "bin" and report["n_pairs"] == 40 and report["n_folds"] == 10
     # bf16 scores the same pairs almost identically; an unknown precision is a ConfigError
     out16 = tmp_path / "bin16.json"
-    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(binf), "--model",
-                                 str(tiny_model), "--aligned", "--no-cache", "--out", str(out16),
-                                 "-q", "--precision", "bf16"])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "verify",
+            "--pairs",
+            str(binf),
+            "--model",
+            str(tiny_model),
+            "--aligned",
+            "--no-cache",
+            "--out",
+            str(out16),
+            "-q",
+            "--precision",
+            "bf16",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report16 = json.loads(out16.read_text())
     assert abs(report16["auc"] - report["auc"]) < 0.02
-    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(binf), "--model",
-                                 str(tiny_model), "--aligned", "--precision", "fp8"])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "verify",
+            "--pairs",
+            str(binf),
+            "--model",
+            str(tiny_model),
+            "--aligned",
+            "--precision",
+            "fp8",
+        ],
+    )
     assert isinstance(res.exception, ConfigError) and "fp8" in str(res.exception)
 
     # a malformed pairs file is a DataError naming the line
     bad = tmp_path / "bad.txt"
     bad.write_text("1\t1\nname\t1\t2\nname\t1\n")
-    res = runner.invoke(_app(), ["eval", "verify", "--pairs", str(bad), "--root", str(tmp_path),
-                                 "--model", str(tiny_model)])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "verify",
+            "--pairs",
+            str(bad),
+            "--root",
+            str(tmp_path),
+            "--model",
+            str(tiny_model),
+        ],
+    )
     assert isinstance(res.exception, DataError) and "bad.txt:3:" in str(res.exception)
     # an unknown model is a ModelError
-    res = runner.invoke(_app(), ["calibrate", "--pairs", str(pairs), "--model",
-                                 str(tmp_path / "nope")])
+    res = runner.invoke(
+        _app(), ["calibrate", "--pairs", str(pairs), "--model", str(tmp_path / "nope")]
+    )
     assert isinstance(res.exception, ModelError)
 
 
@@ -194,8 +284,7 @@ def test_lfw_pairs_default_to_the_central_face(tmp_path: Path, shared_data: Path
         (root / name).mkdir(parents=True)
         shutil.copy(dev / person / f"{person}_0001.jpg", root / name / f"{name}_0001.jpg")
         # the person, small and central, beside a larger stranger (the same in both photos)
-        _two_people(stranger, dev / person / f"{person}_0006.jpg",
-                    root / name / f"{name}_0002.jpg")
+        _two_people(stranger, dev / person / f"{person}_0006.jpg", root / name / f"{name}_0002.jpg")
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("2\t1\npa\t1\t2\npa\t1\tpb\t2\npb\t1\t2\npa\t2\tpb\t2\n")
     pair_set = load_pairs(pairs, root)
@@ -205,8 +294,21 @@ def test_lfw_pairs_default_to_the_central_face(tmp_path: Path, shared_data: Path
     reports = {}
     for face in (None, "largest"):
         out = tmp_path / f"{face}.json"
-        args = ["eval", "verify", "--pairs", str(pairs), "--root", str(root), "--model",
-                "sface", "--cache-dir", str(tmp_path / "cache"), "-q", "--out", str(out)]
+        args = [
+            "eval",
+            "verify",
+            "--pairs",
+            str(pairs),
+            "--root",
+            str(root),
+            "--model",
+            "sface",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "-q",
+            "--out",
+            str(out),
+        ]
         res = runner.invoke(_app(), args + (["--face", face] if face else []))
         assert res.exit_code == 0, res.output
         reports[face] = (json.loads(out.read_text()), res.output)

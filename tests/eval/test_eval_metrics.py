@@ -84,8 +84,8 @@ def test_best_threshold_known_answer() -> None:
 
 def test_kfold_uses_other_folds_threshold() -> None:
     # Fold 0's own best threshold would be 0.55, but folds 1 and 2 both say "0.35 < t < 0.45".
-    s = np.array([0.5, 0.6, 0.4, 0.3,   0.9, 0.5, 0.4, 0.3,   0.9, 0.5, 0.4, 0.3])
-    y = np.array([1, 1, 0, 0,           1, 1, 0, 0,           1, 1, 0, 0], bool)
+    s = np.array([0.5, 0.6, 0.4, 0.3, 0.9, 0.5, 0.4, 0.3, 0.9, 0.5, 0.4, 0.3])
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0], bool)
     folds = np.repeat([0, 1, 2], 4)
     s[0], s[2] = 0.44, 0.42  # fold 0: a positive at 0.44, a negative at 0.42
     res = kfold_accuracy(s, y, folds)

@@ -49,8 +49,9 @@ def _tail(dataset: str, holdout: float = 0.0) -> ImpostorTail:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 16))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return measure_impostors(x, [f"c{i // 4}" for i in range(400)], dataset=dataset,
-                             holdout=holdout)
+    return measure_impostors(
+        x, [f"c{i // 4}" for i in range(400)], dataset=dataset, holdout=holdout
+    )
 
 
 # -- draws ------------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ def test_draws_are_nested_reproducible_and_never_enrol_non_mated() -> None:
         # the K=3 gallery follows the same random order, skipping identities with < 3 photos
         order = d.galleries[1]
         k3 = [n for n in order if COUNTS[n] >= 3]
-        assert list(d.galleries[3][:len(k3)]) == k3[:len(d.galleries[3])]
+        assert list(d.galleries[3][: len(k3)]) == k3[: len(d.galleries[3])]
         assert not set(d.non_mated) & d.enrolled
         assert set(d.non_mated) | d.enrolled == set(COUNTS)
 
@@ -77,8 +78,7 @@ def test_draws_are_nested_reproducible_and_never_enrol_non_mated() -> None:
 def test_draws_respect_the_calibration_hold_out() -> None:
     held = [n for n in COUNTS if held_out(n, 0.3)]
     assert 30 < len(held) < 90
-    for d in draw_galleries(COUNTS, [20, 100], [1], seed=0, repeats=2,
-                            held_out_fraction=0.3):
+    for d in draw_galleries(COUNTS, [20, 100], [1], seed=0, repeats=2, held_out_fraction=0.3):
         assert list(d.non_mated) == held  # every held-out identity, in natural order
         assert not set(held) & d.enrolled
 
@@ -112,19 +112,24 @@ def _naive(x, faces, probes, truth, usable, n, k):
     for p, t, ok in zip(probes, truth, usable, strict=True):
         if not (t < 0 or t < n):
             continue
-        sims = [[float(np.clip(x[p] @ x[f], -1, 1)) for f in faces[s] if f >= 0]
-                for s in range(n)]
-        scores = {BEST_FACE: [max(v) if v else -math.inf for v in sims],
-                  TOP2_MEAN: [sum(sorted(v)[-2:]) / len(sorted(v)[-2:]) if v else -math.inf
-                              for v in sims]}
+        sims = [[float(np.clip(x[p] @ x[f], -1, 1)) for f in faces[s] if f >= 0] for s in range(n)]
+        scores = {
+            BEST_FACE: [max(v) if v else -math.inf for v in sims],
+            TOP2_MEAN: [
+                sum(sorted(v)[-2:]) / len(sorted(v)[-2:]) if v else -math.inf for v in sims
+            ],
+        }
         for rule, sub in scores.items():
             if t >= 0:
                 rival = max([v for j, v in enumerate(sub) if j != t], default=-math.inf)
                 correct = ok and sub[t] > -math.inf and sub[t] >= rival
                 out[rule][0].append(max(sub[t], rival) if ok else -math.inf)
                 out[rule][1].append(correct)
-                out[rule][2].append(1 + sum(v > sub[t] for v in sub) if correct or (
-                    ok and sub[t] > -math.inf) else math.inf)
+                out[rule][2].append(
+                    1 + sum(v > sub[t] for v in sub)
+                    if correct or (ok and sub[t] > -math.inf)
+                    else math.inf
+                )
             else:
                 out[rule][3].append(max(sub) if ok else -math.inf)
         subj = [s for s in range(n) for f in faces[s] if f >= 0]
@@ -185,8 +190,7 @@ def test_fnir_at_fpir_and_the_resolvability_rule() -> None:
     correct = rng.random(300) > 0.05
     res = fnir_at_fpir(mated, correct, nonmated)
     assert res["1e-1"].fnir is not None and res["1e-2"].fnir is None
-    assert res["1e-2"].reason == ("not resolvable: needs at least 1000 non-mated searches, "
-                                  "has 999")
+    assert res["1e-2"].reason == ("not resolvable: needs at least 1000 non-mated searches, has 999")
     assert "10000" in res["1e-3"].reason
     th = res["1e-1"].threshold
     assert res["1e-1"].false_positives == int(np.sum(nonmated >= th)) == 99  # floor(0.1 * 999)
@@ -205,8 +209,9 @@ def test_fnir_at_fpir_and_the_resolvability_rule() -> None:
 
 
 # -- the protocol on synthetic faces -------------------------------------------------------------
-def test_identify_folder_counts_holdout_and_failures(tmp_path: Path, make_faces,
-                                                     embedder_factory) -> None:
+def test_identify_folder_counts_holdout_and_failures(
+    tmp_path: Path, make_faces, embedder_factory
+) -> None:
     from PIL import Image
 
     root = tmp_path / "faces-set"
@@ -215,10 +220,12 @@ def test_identify_folder_counts_holdout_and_failures(tmp_path: Path, make_faces,
     Image.new("RGB", (50, 50), "white").save(root / first / f"{first}_0000.png")  # fails
     emb = embedder_factory()
     emb.card.impostors = _tail("faces-set", holdout=0.25)
-    protocol = OpenSetProtocol(gallery_sizes=(5, 20), photos_per_subject=(1, 2), repeats=2,
-                               seed=1, threshold=0.9)
-    report, curves = identify_folder(root, emb, EmbedOptions(aligned=True), protocol,
-                                     progress=False)
+    protocol = OpenSetProtocol(
+        gallery_sizes=(5, 20), photos_per_subject=(1, 2), repeats=2, seed=1, threshold=0.9
+    )
+    report, curves = identify_folder(
+        root, emb, EmbedOptions(aligned=True), protocol, progress=False
+    )
     held = sorted(n for n in files if held_out(n, 0.25))
     assert report["non_mated_source"].startswith("held out from calibration")
     assert report["gallery_source"].startswith("in-sample")
@@ -232,8 +239,11 @@ def test_identify_folder_counts_holdout_and_failures(tmp_path: Path, make_faces,
         assert r["non_mated_searches"] == 2 * non_mated_photos
         assert r["gallery_faces"] == n * k
         # mated: every photo of the enrolled subjects except the K enrolment photos
-        expected = sum(len(files[s]) + (s == first) - k
-                       for d in report["draws"] for s in d["enrolment_order"][str(k)][:n])
+        expected = sum(
+            len(files[s]) + (s == first) - k
+            for d in report["draws"]
+            for s in d["enrolment_order"][str(k)][:n]
+        )
         assert r["mated_searches"] == expected
         assert set(r["rules"]) == ({BEST_FACE} if k == 1 else {BEST_FACE, TOP2_MEAN, "knn5"})
         ops = r["operating_points"]
@@ -242,33 +252,58 @@ def test_identify_folder_counts_holdout_and_failures(tmp_path: Path, make_faces,
             assert o["false_positives"] <= o["non_mated_searches"] == r["non_mated_searches"]
         assert r["rules"][BEST_FACE]["rank1"] == 1.0  # synthetic subjects are separable
     assert [f["image"].endswith(f"{first}_0000.png") for f in report["failed_images"]] == [True]
-    assert {c["label"] for c in curves["configs"]} == {"N=5, K=1", "N=20, K=1", "N=5, K=2",
-                                                       "N=20, K=2"}
+    assert {c["label"] for c in curves["configs"]} == {
+        "N=5, K=1",
+        "N=20, K=1",
+        "N=5, K=2",
+        "N=20, K=2",
+    }
     # without an impostor table: the reason, and the rest of the report
     emb.card.impostors = None
-    report, _ = identify_folder(root, emb, EmbedOptions(aligned=True), protocol,
-                                progress=False)
+    report, _ = identify_folder(root, emb, EmbedOptions(aligned=True), protocol, progress=False)
     assert "no impostor calibration" in report["operating_points_error"]
     assert report["non_mated_source"] == "no impostor calibration in the card"
-    assert [o["source"] for o in report["results"][0]["operating_points"]] == [
-        "explicit threshold"]
+    assert [o["source"] for o in report["results"][0]["operating_points"]] == ["explicit threshold"]
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
 def test_cli_errors(tmp_path: Path, tiny_model: Path, faces) -> None:
     root, _ = faces
-    base = ["eval", "identify", "--model", str(tiny_model), "--aligned", "-q",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r.json")]
+    base = [
+        "eval",
+        "identify",
+        "--model",
+        str(tiny_model),
+        "--aligned",
+        "-q",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
     cases = [
         (["--root", str(tmp_path / "missing")], DataError, "identity folder not found"),
         (["--root", str(root), "--gallery-size", "9"], DataError, "only 8 identities"),
         (["--root", str(root), "--photos-per-subject", "0"], ConfigError, "at least 1"),
         (["--root", str(root), "--gallery-size", "2,x"], ConfigError, "whole numbers"),
         (["--root", str(root), "--repeats", "0"], ConfigError, "repeats"),
-        (["--root", str(root), "--gallery-size", "4", "--gallery", "g.csv"], ConfigError,
-         "not both"),
-        (["--gallery", str(tmp_path / "g.csv"), "--probes", str(tmp_path / "p.csv"),
-          "--gallery-size", "4"], ConfigError, "apply to --root"),
+        (
+            ["--root", str(root), "--gallery-size", "4", "--gallery", "g.csv"],
+            ConfigError,
+            "not both",
+        ),
+        (
+            [
+                "--gallery",
+                str(tmp_path / "g.csv"),
+                "--probes",
+                str(tmp_path / "p.csv"),
+                "--gallery-size",
+                "4",
+            ],
+            ConfigError,
+            "apply to --root",
+        ),
         ([], ConfigError, "give --root"),
     ]
     for extra, error, text in cases:
@@ -282,23 +317,43 @@ def test_cli_user_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     from marginface.cli import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["eval", "identify", "--root", str(tmp_path / "missing"), "--photos-per-subject",
-              "1,0"])
+        main(
+            ["eval", "identify", "--root", str(tmp_path / "missing"), "--photos-per-subject", "1,0"]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "at least 1" in err and "Traceback" not in err
 
 
-def test_cli_synthetic_run_writes_report_and_plots(tmp_path: Path, tiny_model: Path,
-                                                   faces) -> None:
+def test_cli_synthetic_run_writes_report_and_plots(tmp_path: Path, tiny_model: Path, faces) -> None:
     pytest.importorskip("matplotlib")
     root, _ = faces
     out = tmp_path / "id.json"
-    res = runner.invoke(_app(), [
-        "eval", "identify", "--root", str(root), "--model", str(tiny_model), "--aligned", "-q",
-        "--gallery-size", "2,4", "--photos-per-subject", "1,2", "--repeats", "3",
-        "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-        "--plots", str(tmp_path / "plots")])
+    res = runner.invoke(
+        _app(),
+        [
+            "eval",
+            "identify",
+            "--root",
+            str(root),
+            "--model",
+            str(tiny_model),
+            "--aligned",
+            "-q",
+            "--gallery-size",
+            "2,4",
+            "--photos-per-subject",
+            "1,2",
+            "--repeats",
+            "3",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["protocol"]["repeats"] == 3 and len(report["draws"]) == 3
@@ -317,23 +372,29 @@ def test_real_crops_held_out_from_calibration(shared_data: Path, tmp_path: Path)
     train = shared_data / "celeba-train-112"
     root = tmp_path / "celeba-train-112"  # the calibration set's name: the hold-out applies
     root.mkdir()
-    chosen = [d for d in sorted(train.iterdir())
-              if d.is_dir() and 3 <= len(list(d.glob("*.jpg"))) <= 4][:50]
+    chosen = [
+        d for d in sorted(train.iterdir()) if d.is_dir() and 3 <= len(list(d.glob("*.jpg"))) <= 4
+    ][:50]
     for d in chosen:
         (root / d.name).symlink_to(d, target_is_directory=True)
     embedder = load_embedder("sface")
-    embedder.card = embedder.card.model_copy(update={"impostors": _tail("celeba-train-112",
-                                                                        0.2)})
+    embedder.card = embedder.card.model_copy(update={"impostors": _tail("celeba-train-112", 0.2)})
     report, _ = identify_folder(
-        root, embedder, EmbedOptions(aligned=True),
+        root,
+        embedder,
+        EmbedOptions(aligned=True),
         OpenSetProtocol(gallery_sizes=(10, 30), photos_per_subject=(1, 2)),
-        cache=EmbeddingCache(tmp_path / "cache"), progress=False)
+        cache=EmbeddingCache(tmp_path / "cache"),
+        progress=False,
+    )
     held = sorted(d.name for d in chosen if held_out(d.name, 0.2))
     assert held and sorted(report["draws"][0]["non_mated_identities"]) == held
     assert report["non_mated_source"].startswith("held out from calibration")
     assert report["failed_images"] == []
-    best = {(r["gallery_size"], r["photos_per_subject"]): r["rules"][BEST_FACE]
-            for r in report["results"]}
+    best = {
+        (r["gallery_size"], r["photos_per_subject"]): r["rules"][BEST_FACE]
+        for r in report["results"]
+    }
     assert best[(10, 1)]["rank1"] >= 0.8 and best[(30, 2)]["rank1"] >= 0.8
     assert best[(30, 1)]["cmc"][-1] >= best[(30, 1)]["rank1"]
     assert report["search_seconds"] < 5

@@ -39,8 +39,13 @@ def test_lfw_two_number_header_and_both_line_kinds(tmp_path: Path) -> None:
     keys = [Path(r.key).name for r in ps.images]
     # unique images, in first-seen order; Bob_B_0001 appears twice but is stored once
     assert keys == [
-        "Ann_A_0001.jpg", "Ann_A_0002.jpg", "Ann_A_0003.jpg", "Bob_B_0001.jpg",
-        "Bob_B_0002.jpg", "Cid_C_0002.jpg", "Dee_D_0001.jpg",
+        "Ann_A_0001.jpg",
+        "Ann_A_0002.jpg",
+        "Ann_A_0003.jpg",
+        "Bob_B_0001.jpg",
+        "Bob_B_0002.jpg",
+        "Cid_C_0002.jpg",
+        "Dee_D_0001.jpg",
     ]
     assert ps.images[0].path == (root / "Ann_A" / "Ann_A_0001.jpg").resolve()
     np.testing.assert_array_equal(ps.left, [0, 2, 3, 5])

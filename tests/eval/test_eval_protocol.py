@@ -41,8 +41,18 @@ def test_verify_report_failures_and_cache(
     cache = EmbeddingCache(tmp_path / "cache")
     opts = EmbedOptions(aligned=True)
     report, scored = verify(ps, emb, opts, cache=cache, progress=False, workers=2)
-    for key in ("accuracy_mean", "accuracy_std", "threshold", "auc", "eer", "tar_at_far",
-                "model", "pairs", "n_pairs", "failed_images"):
+    for key in (
+        "accuracy_mean",
+        "accuracy_std",
+        "threshold",
+        "auc",
+        "eer",
+        "tar_at_far",
+        "model",
+        "pairs",
+        "n_pairs",
+        "failed_images",
+    ):
         assert key in report
     assert report["n_pairs"] == 24 and report["model"] == "pattern"
     assert report["failed_images"] == [
@@ -86,6 +96,7 @@ def test_verify_report_failures_and_cache(
     good_path = ps.images[ps.right[-1]].path
     good_path.write_bytes(good_path.read_bytes())
     import os
+
     os.utime(good_path, ns=(1, 1))
     emb3 = PatternEmbedder()
     verify(ps, emb3, opts, cache=cache, progress=False)
@@ -110,8 +121,13 @@ def test_detect_and_align_path_reports_no_face(
     black = root / "person_00" / "person_00_0001.png"
     Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(black)
     refs = [ImageRef(key=str(p), path=p) for ps in files.values() for p in ps]
-    res = embed_images(refs, PatternEmbedder(), EmbedOptions(detector="centre"),
-                       detector=centre_detector, progress=False)
+    res = embed_images(
+        refs,
+        PatternEmbedder(),
+        EmbedOptions(detector="centre"),
+        detector=centre_detector,
+        progress=False,
+    )
     idx = next(i for i, r in enumerate(refs) if r.path == black)
     assert res.failures == {idx: "no face found"}
     assert np.all(res.embeddings[idx] == 0)
@@ -123,8 +139,12 @@ def test_detect_and_align_path_reports_no_face(
     # an --aligned run on a non-crop image names the problem
     big = tmp_path / "big.png"
     Image.fromarray(np.full((200, 150, 3), 128, np.uint8)).save(big)
-    r = embed_images([ImageRef(key=str(big), path=big)], PatternEmbedder(),
-                     EmbedOptions(aligned=True), progress=False)
+    r = embed_images(
+        [ImageRef(key=str(big), path=big)],
+        PatternEmbedder(),
+        EmbedOptions(aligned=True),
+        progress=False,
+    )
     assert r.failures[0].startswith("not an aligned crop: 150x200")
 
 
@@ -139,8 +159,7 @@ def test_pair_similarities_failed_pairs_clip_and_divergence() -> None:
     left, right = np.array([0, 0, 1, 3]), np.array([1, 2, 3, 0])
     scores, failed = pair_similarities(e, ok, left, right)
     assert failed.tolist() == [False, False, True, True]
-    np.testing.assert_allclose(scores, [0.6, 1.0, FAILED_PAIR_SCORE, FAILED_PAIR_SCORE],
-                               atol=1e-6)
+    np.testing.assert_allclose(scores, [0.6, 1.0, FAILED_PAIR_SCORE, FAILED_PAIR_SCORE], atol=1e-6)
     assert scores.dtype == np.float64 and scores.max() <= 1.0  # clipped
     e[1] = np.nan
     with pytest.raises(DataError, match="not finite"):
@@ -156,18 +175,24 @@ def test_crop_preparation_sizes_limits_and_failures(centre_detector) -> None:
     pre = Preprocessing(input_size=(56, 56))
     assert aligned_sizes(pre) == {(112, 112), (56, 56)}
     rng = np.random.default_rng(0)
-    refs = [ImageRef(key=f"a{i}", data=rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-            for i, (h, w) in enumerate([(112, 112), (56, 56), (200, 150)])]
+    refs = [
+        ImageRef(key=f"a{i}", data=rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for i, (h, w) in enumerate([(112, 112), (56, 56), (200, 150)])
+    ]
     crops, failures = prepare_crops(refs, pre, EmbedOptions(aligned=True), workers=2)
     assert crops.shape == (3, 56, 56, 3)
     assert list(failures) == [2] and failures[2].startswith(
-        "not an aligned crop: 150x200, the model expects 56x56 or 112x112")
+        "not an aligned crop: 150x200, the model expects 56x56 or 112x112"
+    )
     np.testing.assert_array_equal(crops[1], refs[1].data)
     assert not crops[2].any()
     # photos: the aligner's score and size rules apply (the centre "face" scores 0.99)
     photo = ImageRef(key="p", data=np.full((60, 60, 3), 128, np.uint8))
     assert CropPreparer(Preprocessing(), EmbedOptions(), centre_detector)(photo).shape == (
-        112, 112, 3)
+        112,
+        112,
+        3,
+    )
     strict = CropPreparer(Preprocessing(), EmbedOptions(score_threshold=0.995), centre_detector)
     assert strict(photo) == "no face found"
     large = CropPreparer(Preprocessing(), EmbedOptions(min_face_size=61.0), centre_detector)
@@ -204,29 +229,36 @@ def test_identification_lists(tmp_path: Path, faces, embedder_factory) -> None:
     names = sorted(files)
     g = tmp_path / "gallery.csv"
     p = tmp_path / "probes.csv"
-    g.write_text("path,subject\n" + "".join(
-        f"{files[n][0].relative_to(root)},{n}\n" for n in names[:6]))
+    g.write_text(
+        "path,subject\n" + "".join(f"{files[n][0].relative_to(root)},{n}\n" for n in names[:6])
+    )
     p.write_text("".join(f"{f.relative_to(root)},{n}\n" for n in names for f in files[n][1:]))
     split = split_from_lists(g, p, root)
     s = split.summary()
     assert s["gallery_subjects"] == 6 and s["mated_probes"] == 18 and s["non_mated_probes"] == 6
-    report, curves = identify_lists(split, PatternEmbedder(), EmbedOptions(aligned=True),
-                                    OpenSetProtocol(k=1), progress=False)
+    report, curves = identify_lists(
+        split, PatternEmbedder(), EmbedOptions(aligned=True), OpenSetProtocol(k=1), progress=False
+    )
     result = report["results"][0]
     assert report["mode"] == "lists" and report["gallery_subject_names"] == names[:6]
     assert report["non_mated_subject_names"] == names[6:]
     assert (result["mated_searches"], result["non_mated_searches"]) == (18, 6)
     assert result["rules"]["best_face"]["rank1"] == 1.0
     assert set(result["rules"]) == {"best_face"}  # one face per subject
-    assert plot_cmc({"x": curves["configs"][0]["cmc"]},
-                    tmp_path / "cmc.png").read_bytes()[:8] == PNG
+    assert (
+        plot_cmc({"x": curves["configs"][0]["cmc"]}, tmp_path / "cmc.png").read_bytes()[:8] == PNG
+    )
     fpir, fnir = curves["configs"][0]["curve"]
-    assert plot_fnir_fpir({"x": (fpir, fnir)}, tmp_path / "f.png",
-                          points={"x": [(0.5, 0.1, "1e-2")]}).read_bytes()[:8] == PNG
+    assert (
+        plot_fnir_fpir(
+            {"x": (fpir, fnir)}, tmp_path / "f.png", points={"x": [(0.5, 0.1, "1e-2")]}
+        ).read_bytes()[:8]
+        == PNG
+    )
     # several faces per subject (a second listed photo): the vote and the top-2 mean too
-    g.write_text("".join(f"{f.relative_to(root)},{n}\n" for n in names[:6]
-                         for f in files[n][:2]))
-    report, _ = identify_lists(split_from_lists(g, p, root), PatternEmbedder(),
-                               EmbedOptions(aligned=True), progress=False)
+    g.write_text("".join(f"{f.relative_to(root)},{n}\n" for n in names[:6] for f in files[n][:2]))
+    report, _ = identify_lists(
+        split_from_lists(g, p, root), PatternEmbedder(), EmbedOptions(aligned=True), progress=False
+    )
     assert set(report["results"][0]["rules"]) == {"best_face", "top2_mean", "knn5"}
     assert report["results"][0]["gallery_faces"] == 12

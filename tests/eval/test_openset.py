@@ -20,8 +20,9 @@ from marginface.eval.openset import (
 )
 
 
-def _population(n_ids: int, photos: int, dim: int = 24, spread: float = 0.8, seed: int = 0
-                ) -> tuple[np.ndarray, list[str]]:
+def _population(
+    n_ids: int, photos: int, dim: int = 24, spread: float = 0.8, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
     """Embeddings of ``n_ids`` identities (a centre each, noisy photos), some identities
     closer to the crowd than others, as real probes are."""
     rng = np.random.default_rng(seed)
@@ -32,14 +33,16 @@ def _population(n_ids: int, photos: int, dim: int = 24, spread: float = 0.8, see
     pull = rng.uniform(0.0, 0.9, size=(n_ids, 1))  # some people look like everyone
     centres = centres + pull * crowd
     x = np.repeat(centres, photos, axis=0) + spread * rng.standard_normal(
-        (n_ids * photos, dim)) / np.sqrt(dim)
+        (n_ids * photos, dim)
+    ) / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = [f"id{i:04d}" for i in range(n_ids) for _ in range(photos)]
     return x.astype(np.float32), labels
 
 
-def _simulated_fpir(x: np.ndarray, labels: list[str], size: int, faces: int, threshold: float,
-                    draws: int, seed: int) -> float:
+def _simulated_fpir(
+    x: np.ndarray, labels: list[str], size: int, faces: int, threshold: float, draws: int, seed: int
+) -> float:
     """Monte-Carlo FPIR: random galleries of ``size`` subjects (their first ``faces`` photos),
     every photo of the other identities searched."""
     rng = np.random.default_rng(seed)
@@ -89,13 +92,13 @@ def test_table_shape(tail) -> None:  # type: ignore[no-untyped-def]
         t = np.asarray(table)
         assert np.all(np.diff(t, axis=1) >= -1e-9)
         assert np.all(np.diff(t, axis=0) <= 1e-9)
-    assert np.all(np.asarray(tail.log10_fpir_by_faces["3"]) >= np.asarray(tail.log10_fpir)
-                  - 1e-9)
+    assert np.all(np.asarray(tail.log10_fpir_by_faces["3"]) >= np.asarray(tail.log10_fpir) - 1e-9)
 
 
 @pytest.mark.parametrize(("size", "faces"), [(10, 1), (100, 1), (300, 1), (50, 3), (200, 3)])
-def test_expected_fpir_predicts_simulated_galleries(population, tail, size: int,
-                                                    faces: int) -> None:  # type: ignore[no-untyped-def]
+def test_expected_fpir_predicts_simulated_galleries(
+    population, tail, size: int, faces: int
+) -> None:  # type: ignore[no-untyped-def]
     """The tables (one per number of faces per subject) predict what random
     galleries of the same population measure, within a factor of 1.5, at thresholds that
     give FPIRs from a few percent to a few tenths."""
@@ -130,8 +133,11 @@ def test_operating_point_follows_the_gallery(tail) -> None:  # type: ignore[no-u
     mixed = GalleryComposition.of_counts([1] * 10 + [3] * 10)
     assert mixed.subjects == 20 and mixed.faces == 40
     between = operating_point(tail, "1e-2", mixed).threshold
-    assert small.threshold < between < operating_point(
-        tail, "1e-2", GalleryComposition.uniform(20, 3)).threshold
+    assert (
+        small.threshold
+        < between
+        < operating_point(tail, "1e-2", GalleryComposition.uniform(20, 3)).threshold
+    )
     # a gallery far beyond the table extrapolates and says so
     huge = operating_point(tail, "1e-3", GalleryComposition.uniform(50_000_000))
     assert huge.note
@@ -184,8 +190,13 @@ def test_one_person_filed_under_two_identities_is_not_an_impostor() -> None:
 def test_same_person_groups_identities_with_alike_photos() -> None:
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((2, 16))
-    photos = np.vstack([a + 0.1 * rng.standard_normal((3, 16)), a + 0.1 * rng.standard_normal(
-        (2, 16)), b + 0.1 * rng.standard_normal((3, 16))])
+    photos = np.vstack(
+        [
+            a + 0.1 * rng.standard_normal((3, 16)),
+            a + 0.1 * rng.standard_normal((2, 16)),
+            b + 0.1 * rng.standard_normal((3, 16)),
+        ]
+    )
     photos /= np.linalg.norm(photos, axis=1, keepdims=True)
     groups = same_person(photos, ["x"] * 3 + ["x-again"] * 2 + ["y"] * 3)
     assert groups["x"] == groups["x-again"] != groups["y"]

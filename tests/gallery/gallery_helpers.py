@@ -38,7 +38,8 @@ class People:
 
     def sample(self, person: int, n: int = 1) -> np.ndarray:
         e = self.centres[person] + self.noise * self.rng.normal(size=(n, self.dim)) / np.sqrt(
-            self.dim)
+            self.dim
+        )
         return unit(e)
 
     def stranger(self, n: int = 1) -> np.ndarray:
@@ -84,10 +85,15 @@ class FakePipeline:
         for i, e in enumerate(np.atleast_2d(np.asarray(embeddings, dtype=np.float32))):
             size = 100.0 - 20 * i
             x = 10.0 + 150 * i
-            faces.append(FakeFace(box=np.array([x, 10, x + size, 10 + size], np.float32),
-                                  score=0.9, landmarks=np.zeros((5, 2), np.float32),
-                                  crop=np.full((112, 112, 3), 100 + i, np.uint8),
-                                  embedding=unit(e)))
+            faces.append(
+                FakeFace(
+                    box=np.array([x, 10, x + size, 10 + size], np.float32),
+                    score=0.9,
+                    landmarks=np.zeros((5, 2), np.float32),
+                    crop=np.full((112, 112, 3), 100 + i, np.uint8),
+                    embedding=unit(e),
+                )
+            )
         self._table[data] = faces
         return data
 
@@ -111,8 +117,9 @@ class StoreSpec:
 
     def open(self, model: str = MODEL, dim: int = DIM, **kwargs: Any) -> Gallery:
         kwargs.setdefault("threshold", 0.5)
-        g = Gallery.open(self.url, model, dim, index=self.index,
-                         index_options=dict(self.index_options), **kwargs)
+        g = Gallery.open(
+            self.url, model, dim, index=self.index, index_options=dict(self.index_options), **kwargs
+        )
         self.opened.append(g)
         return g
 
@@ -130,8 +137,9 @@ STORES = [
 ]
 
 
-def make_store(backend: str, index: str, tmp_path: Path, request: pytest.FixtureRequest
-               ) -> StoreSpec:
+def make_store(
+    backend: str, index: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> StoreSpec:
     """A fresh empty store of the given kind."""
     if backend == "postgresql":
         from marginface.gallery.testing import create_database
@@ -145,8 +153,10 @@ def make_store(backend: str, index: str, tmp_path: Path, request: pytest.Fixture
         # IVF trained as soon as 16 faces exist; probing every list keeps the answers exact
         options = {"kind": "ivf", "train_min": 16, "nlist": 4, "nprobe": 4}
     elif index == "milvus":
-        options = {"uri": request.getfixturevalue("milvus_uri"),
-                   "collection": f"t_{uuid.uuid4().hex[:12]}"}
+        options = {
+            "uri": request.getfixturevalue("milvus_uri"),
+            "collection": f"t_{uuid.uuid4().hex[:12]}",
+        }
     return StoreSpec(backend, index, url, options)
 
 

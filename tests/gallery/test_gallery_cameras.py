@@ -22,8 +22,9 @@ DAY = datetime(2024, 3, 5, tzinfo=UTC)
 
 
 def card() -> ModelCard:
-    return ModelCard(name=MODEL, architecture="mbf", embedding_dim=DIM,
-                     impostors=log_linear_tail(0.45))
+    return ModelCard(
+        name=MODEL, architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.45)
+    )
 
 
 @pytest.fixture
@@ -37,11 +38,17 @@ def gallery(tmp_path) -> Iterator[Gallery]:
 def test_camera_crud(backend: str, tmp_path, request: pytest.FixtureRequest) -> None:
     url = make_store(backend, "exact", tmp_path, request).url
     with Gallery.open(url, card=card()) as g:
-        door = g.create_camera(" Front door ", "rtsp://admin:s3cret@10.0.0.5:554/stream1",
-                               {"fps": 5, "visits": {"min_faces": 2}})
+        door = g.create_camera(
+            " Front door ",
+            "rtsp://admin:s3cret@10.0.0.5:554/stream1",
+            {"fps": 5, "visits": {"min_faces": 2}},
+        )
         assert isinstance(door, Camera) and len(door.id) == 16
         assert (door.name, door.enabled, door.settings) == (
-            "Front door", True, {"fps": 5, "visits": {"min_faces": 2}})
+            "Front door",
+            True,
+            {"fps": 5, "visits": {"min_faces": 2}},
+        )
         lab = g.create_camera("lab", "/videos/lab.mp4", {}, enabled=False)
         assert [c.name for c in g.list_cameras()] == ["Front door", "lab"]
         assert g.get_camera(door.id) == door == g.get_camera("Front door")
@@ -50,14 +57,20 @@ def test_camera_crud(backend: str, tmp_path, request: pytest.FixtureRequest) -> 
         with pytest.raises(ConflictError, match="'lab' exists"):
             g.update_camera(door.id, name="lab")
         changed = g.update_camera(lab.id, enabled=True, settings={"fps": 2})
-        assert (changed.enabled, changed.settings, changed.url) == (True, {"fps": 2},
-                                                                    "/videos/lab.mp4")
+        assert (changed.enabled, changed.settings, changed.url) == (
+            True,
+            {"fps": 2},
+            "/videos/lab.mp4",
+        )
         assert changed.updated_at >= lab.updated_at
         renamed = g.update_camera("lab", name="Lab 2", url="http://cam/mjpeg")
         assert (renamed.id, renamed.name, renamed.url) == (lab.id, "Lab 2", "http://cam/mjpeg")
         assert g.delete_camera(lab.id).name == "Lab 2"
-        for call in (lambda: g.get_camera(lab.id), lambda: g.delete_camera("nope"),
-                     lambda: g.update_camera("nope", enabled=False)):
+        for call in (
+            lambda: g.get_camera(lab.id),
+            lambda: g.delete_camera("nope"),
+            lambda: g.update_camera("nope", enabled=False),
+        ):
             with pytest.raises(NotFoundError, match="unknown camera"):
                 call()
     with Gallery.open(url, create=False) as g:  # kept with the gallery
@@ -65,11 +78,15 @@ def test_camera_crud(backend: str, tmp_path, request: pytest.FixtureRequest) -> 
 
 
 def test_camera_input_is_checked(gallery: Gallery) -> None:
-    for name, url, settings in [("", "rtsp://h/s", {}), ("a\nb", "rtsp://h/s", {}),
-                                ("x" * 101, "rtsp://h/s", {}), ("ok", "", {}),
-                                ("ok", "rtsp://h/s s", {}),
-                                ("ok", "rtsp://h/s", {"f": float("nan")}),
-                                ("ok", "rtsp://h/s", [1])]:
+    for name, url, settings in [
+        ("", "rtsp://h/s", {}),
+        ("a\nb", "rtsp://h/s", {}),
+        ("x" * 101, "rtsp://h/s", {}),
+        ("ok", "", {}),
+        ("ok", "rtsp://h/s s", {}),
+        ("ok", "rtsp://h/s", {"f": float("nan")}),
+        ("ok", "rtsp://h/s", [1]),
+    ]:
         with pytest.raises(GalleryError):
             gallery.create_camera(name, url, settings)  # type: ignore[arg-type]
     assert gallery.list_cameras() == []
@@ -82,8 +99,10 @@ def test_camera_urls_are_redacted(gallery: Gallery) -> None:
     assert "w0rd" not in str(shown) and "p%40ss" not in str(shown)
     assert cam.to_dict(redact=False)["url"] == cam.url  # for the worker that connects
     assert shown["created_at"].startswith("20") and shown["settings"] == {}
-    assert redact_url("http://cam/snap.jpg?user=bob&password=x1&res=hd") == \
-        "http://cam/snap.jpg?user=bob&password=***&res=hd"
+    assert (
+        redact_url("http://cam/snap.jpg?user=bob&password=x1&res=hd")
+        == "http://cam/snap.jpg?user=bob&password=***&res=hd"
+    )
     assert redact_url("rtsp://viewer@cam/stream") == "rtsp://viewer@cam/stream"
     assert redact_url("/videos/door.mp4") == "/videos/door.mp4"
     assert redact_url("webcam:0") == "webcam:0"
@@ -92,28 +111,31 @@ def test_camera_urls_are_redacted(gallery: Gallery) -> None:
 # -- the schema step ----------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_version_3_gallery_gains_cameras_and_visitors(
-        backend: str, tmp_path, request: pytest.FixtureRequest, monkeypatch) -> None:
+    backend: str, tmp_path, request: pytest.FixtureRequest, monkeypatch
+) -> None:
     url = make_store(backend, "exact", tmp_path, request).url
     people = People(3)
-    monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS
-                                                    if m.version <= 3))
+    monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version <= 3))
     with Gallery.open(url, MODEL, DIM, threshold=0.5) as g:
         ada = g.create_subject("Ada", embeddings=people.sample(0, 2))
-        g.log_event("door", subject_id=ada.id, score=0.9, decision="match",
-                    time=DAY + timedelta(hours=8))
+        g.log_event(
+            "door", subject_id=ada.id, score=0.9, decision="match", time=DAY + timedelta(hours=8)
+        )
     assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     monkeypatch.undo()
     with Gallery.open(url, card=card(), create=False) as g:
         assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
-        assert [int(v) for v, in raw(url, "SELECT version FROM schema_migrations "
-                                          "ORDER BY version")] == [1, 2, 3, 4]
+        assert [
+            int(v) for (v,) in raw(url, "SELECT version FROM schema_migrations ORDER BY version")
+        ] == [1, 2, 3, 4]
         # what version 3 held is intact and still works
         assert g.identify(people.sample(0))[0].subject_id == ada.id
         assert [e.decision for e in g.events()] == ["match"]
         # the new tables take writes
         assert g.create_camera("door", "rtsp://h/s").name == "door"
-        sighting = g.record_stranger("door", DAY, DAY + timedelta(seconds=3),
-                                     people.sample(2, 2), [0.5, 0.7], threshold=0.5)
+        sighting = g.record_stranger(
+            "door", DAY, DAY + timedelta(seconds=3), people.sample(2, 2), [0.5, 0.7], threshold=0.5
+        )
         assert sighting.new and g.count_visitors() == 1
         g.delete_subject(ada.id)
     Database(url).close()  # opening again changes nothing
@@ -121,17 +143,29 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
 
 
 # -- attendance from camera visits --------------------------------------------------------------
-def visit(g: Gallery, camera: str, subject_id: str | None, start: datetime, minutes: float,
-          track: int) -> None:
+def visit(
+    g: Gallery, camera: str, subject_id: str | None, start: datetime, minutes: float, track: int
+) -> None:
     """A camera visit as the streams layer logs it: ``arrived`` at the first sighting,
     ``left`` at the last."""
-    details: dict[str, Any] = {"camera": camera, "track_id": track, "visit_id": f"{camera}-{track}",
-                               "kind": "visit"}
+    details: dict[str, Any] = {
+        "camera": camera,
+        "track_id": track,
+        "visit_id": f"{camera}-{track}",
+        "kind": "visit",
+    }
     score = 0.8 if subject_id else 0.2
-    g.log_event(camera, subject_id=subject_id, score=score, decision="arrived", time=start,
-                details=details)
-    g.log_event(camera, subject_id=subject_id, score=score, decision="left",
-                time=start + timedelta(minutes=minutes), details={**details, "dwell_s": 60})
+    g.log_event(
+        camera, subject_id=subject_id, score=score, decision="arrived", time=start, details=details
+    )
+    g.log_event(
+        camera,
+        subject_id=subject_id,
+        score=score,
+        decision="left",
+        time=start + timedelta(minutes=minutes),
+        details={**details, "dwell_s": 60},
+    )
 
 
 def test_attendance_from_visits(gallery: Gallery) -> None:
@@ -139,13 +173,14 @@ def test_attendance_from_visits(gallery: Gallery) -> None:
     ada = gallery.create_subject("Ada", embeddings=people.sample(0, 2)).id
     bob = gallery.create_subject("Bob", embeddings=people.sample(1, 2)).id
     at = DAY.replace(hour=8)
-    visit(gallery, "front", ada, at, 1, 1)                       # arrives at 8:00
-    visit(gallery, "lab", ada, at + timedelta(hours=2), 30, 2)   # in the lab 10:00-10:30
-    visit(gallery, "back", ada, at + timedelta(hours=9), 2, 3)   # leaves by the back, 17:02
+    visit(gallery, "front", ada, at, 1, 1)  # arrives at 8:00
+    visit(gallery, "lab", ada, at + timedelta(hours=2), 30, 2)  # in the lab 10:00-10:30
+    visit(gallery, "back", ada, at + timedelta(hours=9), 2, 3)  # leaves by the back, 17:02
     visit(gallery, "front", bob, at + timedelta(hours=1), 5, 4)
-    visit(gallery, "front", None, at, 1, 5)                      # a stranger never counts
-    gallery.log_event("kiosk", subject_id=bob, score=0.9, decision="match",
-                      time=at + timedelta(hours=3))              # a photo: counts one
+    visit(gallery, "front", None, at, 1, 5)  # a stranger never counts
+    gallery.log_event(
+        "kiosk", subject_id=bob, score=0.9, decision="match", time=at + timedelta(hours=3)
+    )  # a photo: counts one
     rows = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC)}
     assert set(rows) == {"Ada", "Bob"}
     a = rows["Ada"]
@@ -155,9 +190,12 @@ def test_attendance_from_visits(gallery: Gallery) -> None:
     # per camera, and per camera group
     (lab,) = gallery.attendance("2024-03-05", tz=UTC, sources="lab")
     assert (lab.name, lab.first_seen, lab.last_seen, lab.count) == (
-        "Ada", at + timedelta(hours=2), at + timedelta(hours=2, minutes=30), 1)
-    doors = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC,
-                                                   sources=["front", "back"])}
+        "Ada",
+        at + timedelta(hours=2),
+        at + timedelta(hours=2, minutes=30),
+        1,
+    )
+    doors = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC, sources=["front", "back"])}
     assert doors["Ada"].count == 2 and doors["Ada"].sources == ["front", "back"]
     assert doors["Ada"].last_seen == at + timedelta(hours=9, minutes=2)
     assert (doors["Bob"].count, doors["Bob"].sources) == (1, ["front"])

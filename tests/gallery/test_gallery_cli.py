@@ -19,8 +19,16 @@ from marginface.errors import ConfigError, GalleryError, NotFoundError
 from marginface.gallery import Gallery
 
 #: The keys of ``RecognizedFace.answer()``, the shape the REST API answers each face with.
-ANSWER_KEYS = {"box", "detection_score", "landmarks", "match", "score", "threshold",
-               "operating_point", "candidates"}
+ANSWER_KEYS = {
+    "box",
+    "detection_score",
+    "landmarks",
+    "match",
+    "score",
+    "threshold",
+    "operating_point",
+    "candidates",
+}
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -40,8 +48,11 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     env = {"MARGINFACE_GALLERY_URL": str(tmp_path / "cli.db")}
     model = ["--model", "sface"]
 
-    res = runner.invoke(app, ["enroll", "Alice", *map(str, photos_a[:3]), "--metadata",
-                              '{"team": 1}', "--json", *model], env=env)
+    res = runner.invoke(
+        app,
+        ["enroll", "Alice", *map(str, photos_a[:3]), "--metadata", '{"team": 1}', "--json", *model],
+        env=env,
+    )
     assert res.exit_code == 0, res.output
     enrolled = json.loads(res.output)
     alice = enrolled["subject"]["id"]
@@ -73,34 +84,48 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     res = runner.invoke(app, ["identify", str(photos_a[5]), "--fpir", "5", *model], env=env)
     assert isinstance(res.exception, GalleryError) and "FPIR" in str(res.exception)
 
-    res = runner.invoke(app, ["identify", str(photos_a[5]), "-t", "0.363", "--json",
-                              "--log-source", "door", *model], env=env)
+    res = runner.invoke(
+        app,
+        ["identify", str(photos_a[5]), "-t", "0.363", "--json", "--log-source", "door", *model],
+        env=env,
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["faces"][0]["match"]["subject_id"] == alice
     res = runner.invoke(app, ["identify", str(photos_b[4]), "-t", "0.363", *model], env=env)
     assert res.exit_code == 0 and "Bob" in res.output
 
-    same = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363",
-                               *model], env=env)
+    same = runner.invoke(
+        app, ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363", *model], env=env
+    )
     assert same.exit_code == 0 and "same person" in same.output
     # two photos need no gallery: a --db that does not exist is neither opened nor created
     missing = tmp_path / "typo" / "new.db"
-    same = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363",
-                               "--db", str(missing), *model], env=env)
+    same = runner.invoke(
+        app,
+        ["verify", str(photos_a[0]), str(photos_a[6]), "-t", "0.363", "--db", str(missing), *model],
+        env=env,
+    )
     assert same.exit_code == 0 and not missing.parent.exists(), same.output
-    diff = runner.invoke(app, ["verify", str(photos_a[0]), str(photos_b[0]), "-t", "0.363",
-                               "--json", *model], env=env)
-    assert diff.exit_code == 1 and json.loads(diff.output[diff.output.index("{"):])[
-        "same"] is False
-    subj = runner.invoke(app, ["verify", str(photos_a[7]), f"subject:{alice}", "-t", "0.363",
-                               *model], env=env)
+    diff = runner.invoke(
+        app,
+        ["verify", str(photos_a[0]), str(photos_b[0]), "-t", "0.363", "--json", *model],
+        env=env,
+    )
+    assert (
+        diff.exit_code == 1 and json.loads(diff.output[diff.output.index("{") :])["same"] is False
+    )
+    subj = runner.invoke(
+        app, ["verify", str(photos_a[7]), f"subject:{alice}", "-t", "0.363", *model], env=env
+    )
     assert subj.exit_code == 0, subj.output
 
     res = runner.invoke(app, ["gallery", "list", "--json"], env=env)
     listing = json.loads(res.output)
     assert listing["model"] == "sface" and sorted(s["name"] for s in listing["subjects"]) == [
-        "Alice", "Bob"]
+        "Alice",
+        "Bob",
+    ]
     res = runner.invoke(app, ["gallery", "list"], env=env)
     assert "Alice" in res.output and "2 subject(s)" in res.output
 
@@ -127,14 +152,18 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     assert [s["name"] for s in json.loads(res.output)["subjects"]] == ["Bob"]
 
 
-@pytest.mark.parametrize("command", [
-    ["gallery", "list"],
-    ["gallery", "export"],
-    ["gallery", "attendance"],
-    ["gallery", "delete", "0123456789abcdef", "--yes"],
-    ["identify", "photo.jpg"],
-    ["verify", "photo.jpg", "subject:0123456789abcdef"],
-], ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["gallery", "list"],
+        ["gallery", "export"],
+        ["gallery", "attendance"],
+        ["gallery", "delete", "0123456789abcdef", "--yes"],
+        ["identify", "photo.jpg"],
+        ["verify", "photo.jpg", "subject:0123456789abcdef"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
 def test_missing_gallery_is_refused_before_models_load(app, tmp_path, monkeypatch, command):
     """Only enroll creates a gallery: a mistyped --db is one clear error, leaves no folders
     or empty gallery behind, and is refused before seconds of model loading."""
@@ -168,8 +197,9 @@ def test_identify_without_a_face_exits_3(app, tmp_path, capsys):
     cv2.imwrite(str(blank), np.full((240, 320, 3), 128, np.uint8))
     db = tmp_path / "g.db"
     Gallery.open(db).close()
-    res = CliRunner().invoke(app, ["identify", str(blank), "--json", "--db", str(db),
-                                   "--model", "sface"])
+    res = CliRunner().invoke(
+        app, ["identify", str(blank), "--json", "--db", str(db), "--model", "sface"]
+    )
     assert res.exit_code == ExitCode.NO_FACE == 3, res.output
     assert json.loads(res.stdout) == {"photo": str(blank), "faces": []}
     with pytest.raises(SystemExit) as exc:
@@ -181,10 +211,15 @@ def test_identify_without_a_face_exits_3(app, tmp_path, capsys):
 def test_exit_codes_are_stable_and_documented():
     """Scripts rely on these numbers; the README lists exactly them."""
     assert {c.name: int(c) for c in ExitCode} == {
-        "SUCCESS": 0, "DIFFERENT_PEOPLE": 1, "USER_ERROR": 2, "NO_FACE": 3, "ABORTED": 130}
+        "SUCCESS": 0,
+        "DIFFERENT_PEOPLE": 1,
+        "USER_ERROR": 2,
+        "NO_FACE": 3,
+        "ABORTED": 130,
+    }
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("Exit codes of `marginface`"):]
-    section = section[:section.index("\n\n", section.index("| code |"))]
+    section = text[text.index("Exit codes of `marginface`") :]
+    section = section[: section.index("\n\n", section.index("| code |"))]
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
     assert documented == {int(c) for c in ExitCode}
 

@@ -84,6 +84,7 @@ def test_searches_stay_right_while_faces_change(store: StoreSpec, people: People
                 g.add_faces(s.id, people.sample(10 + i, 1))
                 g.delete_face(g.faces(s.id)[0].id)
                 g.delete_subject(s.id)
+
         return run
 
     def changes() -> None:
@@ -96,7 +97,8 @@ def test_searches_stay_right_while_faces_change(store: StoreSpec, people: People
     assert rounds[0] and rounds[1]
     assert a.identify(probes)[0].subject_id == stable[0]  # the last search reconciles
     assert sorted(a.index.ids().tolist()) == sorted(
-        r[0] for r in a._db.query("SELECT id FROM faces"))
+        r[0] for r in a._db.query("SELECT id FROM faces")
+    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -139,10 +141,12 @@ class _MeetingFaiss:
 def test_index_searches_run_together(kind: str, people: People, monkeypatch) -> None:
     """Two searches are inside one index at once (its lock is shared by readers); HNSW with a
     tombstone, whose selector the searches share."""
-    index = {"exact": lambda: ExactIndex(people.dim),
-             "faiss-binary": lambda: FaissBinaryIndex(people.dim),
-             "faiss-flat": lambda: FaissIndex(people.dim, kind="flat"),
-             "faiss-hnsw": lambda: FaissIndex(people.dim, kind="hnsw")}[kind]()
+    index = {
+        "exact": lambda: ExactIndex(people.dim),
+        "faiss-binary": lambda: FaissBinaryIndex(people.dim),
+        "faiss-flat": lambda: FaissIndex(people.dim, kind="flat"),
+        "faiss-hnsw": lambda: FaissIndex(people.dim, kind="hnsw"),
+    }[kind]()
     index.add(np.arange(40), np.vstack([people.sample(i % 20) for i in range(40)]))
     index.remove([39])
     barrier = threading.Barrier(2, timeout=10)
@@ -156,8 +160,9 @@ def test_index_searches_run_together(kind: str, people: People, monkeypatch) -> 
             return empty(nq, k)
 
         monkeypatch.setattr(index_module, "_empty_result", meeting_empty)
-    first, second = run_together(lambda: index.search(people.sample(3), 2),
-                                 lambda: index.search(people.sample(4), 2))
+    first, second = run_together(
+        lambda: index.search(people.sample(3), 2), lambda: index.search(people.sample(4), 2)
+    )
     assert first[1][0, 0] in (3, 23) and second[1][0, 0] in (4, 24)
 
 

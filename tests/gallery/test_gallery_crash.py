@@ -16,8 +16,9 @@ from gallery_helpers import make_store
 PER = 6
 DIM = 128
 
-CHILD = textwrap.dedent(
-    """
+CHILD = (
+    textwrap.dedent(
+        """
     import sys, time
     import numpy as np
     from marginface.gallery import Gallery
@@ -41,7 +42,10 @@ CHILD = textwrap.dedent(
         s = g.create_subject(f"person {i}", {"i": i}, embeddings=faces)
         print("DONE", i, s.id, flush=True)
     """
-).replace("DIM", str(DIM)).replace("PER", str(PER))
+    )
+    .replace("DIM", str(DIM))
+    .replace("PER", str(PER))
+)
 
 
 def probe(i: int) -> np.ndarray:
@@ -55,7 +59,9 @@ def test_sigkill_during_batch_enrolment(backend, tmp_path, request):
     spec = make_store(backend, "exact", tmp_path, request)
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, spec.url, "exact"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     done: dict[int, str] = {}

@@ -143,8 +143,10 @@ def test_faiss_default_is_the_binary_index_and_agrees_with_exact_search():
     want_s, want = exact.search(queries, 5)
     got_s, got = ix.search(queries, 5)  # batched
     single = [ix.search(q[None], 5) for q in queries]  # one at a time: split over 2 threads
-    for s_, g_ in ((got_s, got), (np.vstack([x[0] for x in single]),
-                                  np.vstack([x[1] for x in single]))):
+    for s_, g_ in (
+        (got_s, got),
+        (np.vstack([x[0] for x in single]), np.vstack([x[1] for x in single])),
+    ):
         assert (g_ == want).all()  # same neighbours, same order
         np.testing.assert_allclose(s_, want_s, atol=1e-5)  # scores are exact
     # removal is immediate: the vector and its code are overwritten, never returned again
@@ -209,8 +211,9 @@ def test_gallery_with_the_faiss_index_searches_and_forgets(tmp_path):
     data, _ = faces(300, 4, 32, seed=2)
     with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
         assert isinstance(g.index, FaissBinaryIndex)
-        subjects = [g.create_subject(f"p{i}", embeddings=data[4 * i: 4 * i + 4]).id
-                    for i in range(300)]
+        subjects = [
+            g.create_subject(f"p{i}", embeddings=data[4 * i : 4 * i + 4]).id for i in range(300)
+        ]
         who = [hits[0].subject_id for hits in g.search(data[::4], 1)]
         assert who == subjects
         g.delete_subject(subjects[0])

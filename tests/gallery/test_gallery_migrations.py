@@ -24,6 +24,7 @@ SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape create_api_key gives
 
 # -- a gallery as marginface 0.1 wrote it ----------------------------------------------------------
 
+
 def write_release_1(url: str, people: People) -> dict[str, Any]:
     """A version-1 gallery: the schema of marginface 0.1 and rows of every kind, in the forms
     that release stored them (float32 little-endian embeddings, epoch seconds, JSON text,
@@ -34,28 +35,46 @@ def write_release_1(url: str, people: People) -> dict[str, Any]:
     for key, value in (("schema_version", "1"), ("model", MODEL), ("dim", str(DIM))):
         raw(url, "INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
     raw(url, "INSERT INTO state (id, generation) VALUES (1, 5)")
-    subjects = {"a1b2c3d4e5f60718": ("Ada Lovelace", '{"badge": 7}', 0),
-                "0f1e2d3c4b5a6978": ("Zoë", "{}", 1)}
+    subjects = {
+        "a1b2c3d4e5f60718": ("Ada Lovelace", '{"badge": 7}', 0),
+        "0f1e2d3c4b5a6978": ("Zoë", "{}", 1),
+    }
     faces: dict[int, str] = {}
     for sid, (name, meta, person) in subjects.items():
-        raw(url, "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
-                 "VALUES (?, ?, ?, ?, ?)", (sid, name, meta, DAY, DAY))
+        raw(
+            url,
+            "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (sid, name, meta, DAY, DAY),
+        )
         for j, vec in enumerate(people.sample(person, 2)):
             crop = b"\x89PNG fake crop" if j == 0 else None
-            (fid,), = raw(url, "INSERT INTO faces (subject_id, model, dim, embedding, created_at, "
-                               "source_hash, crop) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                          (sid, MODEL, DIM, vec.astype("<f4").tobytes(), DAY, f"hash{j}", crop))
+            ((fid,),) = raw(
+                url,
+                "INSERT INTO faces (subject_id, model, dim, embedding, created_at, "
+                "source_hash, crop) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (sid, MODEL, DIM, vec.astype("<f4").tobytes(), DAY, f"hash{j}", crop),
+            )
             faces[int(fid)] = sid
     ada = "a1b2c3d4e5f60718"
-    for offset, (source, sid, name, score, decision) in enumerate([
+    for offset, (source, sid, name, score, decision) in enumerate(
+        [
             ("front-door", ada, "Ada Lovelace", 0.81, "match"),
             ("lab", ada, "Ada Lovelace", 0.77, "match"),
-            ("front-door", None, None, 0.2, "unknown")]):
-        raw(url, "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
-                 "details) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (DAY + 3600 * offset, source, sid, name, score, decision, '{"faces": 1}'))
-    raw(url, "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        ("0123456789ab", "ops laptop", "admin", hashlib.sha256(SECRET.encode()).hexdigest(), DAY))
+            ("front-door", None, None, 0.2, "unknown"),
+        ]
+    ):
+        raw(
+            url,
+            "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
+            "details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (DAY + 3600 * offset, source, sid, name, score, decision, '{"faces": 1}'),
+        )
+    raw(
+        url,
+        "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        ("0123456789ab", "ops laptop", "admin", hashlib.sha256(SECRET.encode()).hexdigest(), DAY),
+    )
     return {"subjects": subjects, "faces": faces}
 
 
@@ -73,8 +92,10 @@ def version(url: str) -> int:
 
 
 def history(url: str) -> list[tuple[int, str]]:
-    return [(int(v), n) for v, n in raw(
-        url, "SELECT version, name FROM schema_migrations ORDER BY version")]
+    return [
+        (int(v), n)
+        for v, n in raw(url, "SELECT version, name FROM schema_migrations ORDER BY version")
+    ]
 
 
 def has_table(url: str, name: str) -> bool:
@@ -98,12 +119,15 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     g = Gallery.open(url, MODEL, DIM, threshold=0.5, create=False)
     try:
         assert version(url) == schema.SCHEMA_VERSION == 4
-        assert history(url) == [(1, "base schema (marginface 0.1)"),
-                                *((m.version, m.name) for m in schema.MIGRATIONS)]
+        assert history(url) == [
+            (1, "base schema (marginface 0.1)"),
+            *((m.version, m.name) for m in schema.MIGRATIONS),
+        ]
         # subjects and faces survive, with everything they held
         subjects = {s.id: s for s in g.list_subjects()}
         assert {sid: s.name for sid, s in subjects.items()} == {
-            sid: name for sid, (name, _, _) in written["subjects"].items()}
+            sid: name for sid, (name, _, _) in written["subjects"].items()
+        }
         assert subjects["a1b2c3d4e5f60718"].metadata == {"badge": 7}
         assert subjects["a1b2c3d4e5f60718"].created_at.timestamp() == DAY
         assert g.count_faces() == len(written["faces"]) == len(g.index) == 4
@@ -117,8 +141,10 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
         assert [a.name for a in answers] == ["Ada Lovelace", "Zoë"]
         # events and attendance
         assert [(e.source, e.decision, e.details) for e in g.events()] == [
-            ("front-door", "unknown", {"faces": 1}), ("lab", "match", {"faces": 1}),
-            ("front-door", "match", {"faces": 1})]
+            ("front-door", "unknown", {"faces": 1}),
+            ("lab", "match", {"faces": 1}),
+            ("front-door", "match", {"faces": 1}),
+        ]
         (row,) = g.attendance("2024-03-05", tz=UTC)
         assert (row.name, row.count, row.sources) == ("Ada Lovelace", 2, ["front-door", "lab"])
         # the API key still authenticates
@@ -137,8 +163,11 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
 def test_a_newer_gallery_is_refused(release_1) -> None:
     url, _, _ = release_1
     raw(url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(GalleryError, match=r"schema version 99 is newer than this marginface "
-                                           r"supports \(4\); upgrade marginface"):
+    with pytest.raises(
+        GalleryError,
+        match=r"schema version 99 is newer than this marginface "
+        r"supports \(4\); upgrade marginface",
+    ):
         Gallery.open(url, create=False)
     assert version(url) == 99 and not has_table(url, "schema_migrations")
 

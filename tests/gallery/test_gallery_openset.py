@@ -25,8 +25,11 @@ def held_out_faces(shared_data: Path) -> tuple[np.ndarray, list[str]]:
     embedder = load_embedder("sface")
     tail = embedder.card.impostors
     assert tail is not None and tail.dataset == "celeba-train-112"
-    identities = [(n, files) for n, files in scan_identities(shared_data / tail.dataset).items()
-                  if held_out(n, tail.holdout)]
+    identities = [
+        (n, files)
+        for n, files in scan_identities(shared_data / tail.dataset).items()
+        if held_out(n, tail.holdout)
+    ]
     files, labels = [], []
     for name, photos in identities[:GALLERY]:
         files.append(photos[0])
@@ -41,14 +44,15 @@ def held_out_faces(shared_data: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def test_fpir_operating_point_takes_fewer_strangers_than_a_1to1_threshold(
-        held_out_faces, tmp_path: Path) -> None:
+    held_out_faces, tmp_path: Path
+) -> None:
     emb, labels = held_out_faces
     card = load_embedder("sface").card
     assert card.calibration is not None
     one_to_one = card.calibration.threshold("1e-3")  # FAR 1e-3 per comparison
     with Gallery.open(tmp_path / "g.db", card=card) as g:
         for i in range(GALLERY):
-            g.create_subject(labels[i], embeddings=emb[i:i + 1])
+            g.create_subject(labels[i], embeddings=emb[i : i + 1])
         strangers = emb[GALLERY:]
         at_fpir = g.identify(strangers)  # the default operating point: FPIR 1e-2
         at_far = g.identify(strangers, threshold=one_to_one)

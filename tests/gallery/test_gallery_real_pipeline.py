@@ -47,7 +47,8 @@ def test_enrol_identify_verify_real_faces(shared_data, pipeline, tmp_path):
     assert correct >= 5
     false_accepts = sum(
         bool(f.identification.known)
-        for name in strangers for f in rec.identify(photos_of(root, name)[0])
+        for name in strangers
+        for f in rec.identify(photos_of(root, name)[0])
     )
     assert false_accepts <= 1
 
@@ -99,6 +100,9 @@ def test_enrolment_keeps_real_identities_apart(shared_data, pipeline, tmp_path):
     other = photos_of(root, "celeb_7206")[0]
     (refused,) = rec.add_photos(first.id, [other]).photos
     assert refused.status == "mismatch" and refused.conflict.subject_id == first.id
-    assert refused.conflict.score < refused.conflict.threshold == pytest.approx(
-        rec.threshold(), abs=1e-4)
+    assert (
+        refused.conflict.score
+        < refused.conflict.threshold
+        == pytest.approx(rec.threshold(), abs=1e-4)
+    )
     assert g.get_subject(first.id).n_faces == 2

@@ -30,9 +30,14 @@ def test_enrol_reports_every_photo(sqlite_store, people, fake_pipeline):
     ]
     res = rec.enroll("Ada", photos, metadata={"badge": 1})
     status = {o.source: o.status for o in res.photos}
-    assert status == {"a1.jpg": "enrolled", "a2.jpg": "enrolled",
-                      "a1-again.jpg": "near_duplicate", "group.jpg": "multiple_faces",
-                      "empty.jpg": "no_face", "notes.txt": "unreadable"}
+    assert status == {
+        "a1.jpg": "enrolled",
+        "a2.jpg": "enrolled",
+        "a1-again.jpg": "near_duplicate",
+        "group.jpg": "multiple_faces",
+        "empty.jpg": "no_face",
+        "notes.txt": "unreadable",
+    }
     assert res.created and res.enrolled == 2 and len(res.face_ids) == 2
     assert res.subject.n_faces == 2 and res.subject.metadata == {"badge": 1}
     dup = next(o for o in res.photos if o.status == "near_duplicate")
@@ -51,12 +56,16 @@ def test_largest_face_policy_and_adding_photos(sqlite_store, people, fake_pipeli
     group = fake_pipeline.photo("group", [people.sample(0)[0], people.sample(1)[0]])
     res = rec.enroll("Ada", [group])
     assert res.photos[0].status == "enrolled" and "largest" in res.photos[0].message
-    assert rec.identify(fake_pipeline.photo("probe", people.sample(0)))[0] \
-        .identification.subject_id == res.subject.id
+    assert (
+        rec.identify(fake_pipeline.photo("probe", people.sample(0)))[0].identification.subject_id
+        == res.subject.id
+    )
     png = g.face_crop(res.face_ids[0])
     assert png.startswith(b"\x89PNG")
-    more = rec.add_photos(res.subject.id, [fake_pipeline.photo("a2", people.sample(0)),
-                                           fake_pipeline.photo("a2", people.sample(0))])
+    more = rec.add_photos(
+        res.subject.id,
+        [fake_pipeline.photo("a2", people.sample(0)), fake_pipeline.photo("a2", people.sample(0))],
+    )
     assert not more.created and more.subject.n_faces == 2
     # the same photo twice in one batch: the second is a near duplicate of the first
     assert [o.status for o in more.photos] == ["enrolled", "near_duplicate"]
@@ -79,11 +88,11 @@ def test_identify_answers_every_face_and_logs_events(sqlite_store, people, fake_
     rec = Recognizer(g, fake_pipeline)
     ada = rec.enroll("Ada", [fake_pipeline.photo(f"a{i}", people.sample(0)) for i in range(3)])
     bob = rec.enroll("Bob", [fake_pipeline.photo(f"b{i}", people.sample(1)) for i in range(3)])
-    crowd = fake_pipeline.photo("crowd", [people.sample(1)[0], people.stranger()[0],
-                                          people.sample(0)[0]])
+    crowd = fake_pipeline.photo(
+        "crowd", [people.sample(1)[0], people.stranger()[0], people.sample(0)[0]]
+    )
     faces = rec.identify(crowd, source="lobby")
-    assert [f.identification.subject_id for f in faces] == [bob.subject.id, None,
-                                                            ada.subject.id]
+    assert [f.identification.subject_id for f in faces] == [bob.subject.id, None, ada.subject.id]
     assert faces[0].box[2] - faces[0].box[0] > faces[2].box[2] - faces[2].box[0]
     assert faces[1].identification.candidates  # unknown still lists the nearest subjects
     events = g.events(source="lobby")
@@ -119,15 +128,16 @@ def test_pipeline_of_another_model_is_refused(sqlite_store, people):
 
 
 # -- identity integrity at enrolment -------------------------------------------------------------
-def test_photo_of_someone_enrolled_is_held_back_unless_forced(sqlite_store, people,
-                                                              fake_pipeline):
+def test_photo_of_someone_enrolled_is_held_back_unless_forced(sqlite_store, people, fake_pipeline):
     g = sqlite_store.open()  # identification threshold 0.5
     rec = Recognizer(g, fake_pipeline)
     p = fake_pipeline
     ada = rec.enroll("Ada", [p.photo(f"a{i}", people.sample(0)) for i in range(2)]).subject
     # another photo of Ada, and nothing else usable: no second subject, a conflict naming Ada
-    twin = [("ada-3.jpg", p.photo("a3", people.sample(0))),
-            ("empty.jpg", p.photo("e", np.zeros((0, 32))))]
+    twin = [
+        ("ada-3.jpg", p.photo("a3", people.sample(0))),
+        ("empty.jpg", p.photo("e", np.zeros((0, 32)))),
+    ]
     with pytest.raises(IdentityConflictError) as info:
         rec.enroll("Ada Lovelace", twin)
     assert isinstance(info.value, ConflictError)
@@ -171,7 +181,8 @@ def test_same_photo_twice(sqlite_store, people, fake_pipeline):
     assert forced.photos[0].forced and forced.photos[0].conflict.subject_id == ada.id
     stored = g.faces_with_source_hashes([g.faces(ada.id)[0].source_hash])
     assert sorted(f.subject_id for f in next(iter(stored.values()))) == sorted(
-        [ada.id, forced.subject.id])
+        [ada.id, forced.subject.id]
+    )
     assert g.faces_with_source_hashes(["0" * 64]) == {}
 
 
@@ -189,8 +200,9 @@ def test_mismatched_photo_is_refused_with_its_score(sqlite_store, people, fake_p
     assert f"{bad.conflict.score:.3f}" in bad.message and "'Ada'" in bad.message
     # force asked for, but mismatches may not be forced by this caller: nothing is stored
     with pytest.raises(MismatchForceError, match="does not look like 'Ada'") as info:
-        rec.add_photos(ada.id, [stranger, p.photo("a3", people.sample(0))], force=True,
-                       force_mismatch=False)
+        rec.add_photos(
+            ada.id, [stranger, p.photo("a3", people.sample(0))], force=True, force_mismatch=False
+        )
     assert [o.source for o in info.value.photos] == ["stranger.jpg"]  # the refused photos
     assert g.get_subject(ada.id).n_faces == 2
     forced = rec.add_photos(ada.id, [stranger], force=True)
@@ -249,8 +261,10 @@ def test_concurrent_enrolments_of_one_person_do_not_both_pass(store, people, fak
         except Exception as exc:  # collected below
             results[i] = exc
 
-    threads = [threading.Thread(target=enrol, args=(0, "Ada", photo_1)),
-               threading.Thread(target=enrol, args=(1, "Ada at kiosk 2", photo_2))]
+    threads = [
+        threading.Thread(target=enrol, args=(0, "Ada", photo_1)),
+        threading.Thread(target=enrol, args=(1, "Ada at kiosk 2", photo_2)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -264,6 +278,7 @@ def test_concurrent_enrolments_of_one_person_do_not_both_pass(store, people, fak
     assert handles[0].count_subjects() == 1 and handles[0].count_faces() == 1
     # forcing it stores it, as for a conflict found before the write
     loser = 0 if results[0] is refused[0] else 1
-    forced = Recognizer(handles[loser], p).enroll("Ada at kiosk 2", [("x.jpg", photo_2)],
-                                                  force=True)
+    forced = Recognizer(handles[loser], p).enroll(
+        "Ada at kiosk 2", [("x.jpg", photo_2)], force=True
+    )
     assert forced.created and handles[0].count_subjects() == 2

@@ -16,8 +16,10 @@ from tests.impostor_tables import log_linear_tail
 
 
 def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
-    return [gallery.create_subject(f"person {i}", {"idx": i},
-                                   embeddings=people.sample(i, per)).id for i in range(n)]
+    return [
+        gallery.create_subject(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
+        for i in range(n)
+    ]
 
 
 def test_enrol_then_identify(store, people):
@@ -182,14 +184,18 @@ def test_events_filters_and_attendance(store, people):
     bob = g.create_subject("Bob", embeddings=people.sample(1, 1))
     day = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
     g.log_event("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
-    g.log_event("lab", subject_id=ada.id, score=0.7, decision="match",
-                time=day + timedelta(hours=9))
-    g.log_event("front-door", subject_id=bob.id, score=0.9, decision="match",
-                time=day + timedelta(hours=1))
-    g.log_event("front-door", subject_id=None, score=0.2, decision="unknown",
-                time=day + timedelta(hours=2))
-    g.log_event("front-door", subject_id=ada.id, score=0.9, decision="match",
-                time=day + timedelta(days=1))
+    g.log_event(
+        "lab", subject_id=ada.id, score=0.7, decision="match", time=day + timedelta(hours=9)
+    )
+    g.log_event(
+        "front-door", subject_id=bob.id, score=0.9, decision="match", time=day + timedelta(hours=1)
+    )
+    g.log_event(
+        "front-door", subject_id=None, score=0.2, decision="unknown", time=day + timedelta(hours=2)
+    )
+    g.log_event(
+        "front-door", subject_id=ada.id, score=0.9, decision="match", time=day + timedelta(days=1)
+    )
     assert len(g.events()) == 5
     assert [e.source for e in g.events(subject=ada.id)] == ["front-door", "lab", "front-door"]
     assert len(g.events(source="lab")) == 1
@@ -218,8 +224,9 @@ def test_api_keys_are_stored_hashed(store):
     assert g.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
     assert g.authenticate("nonsense") is None and g.authenticate(None) is None
     rows = g._db.query("SELECT id, name, role, key_hash FROM api_keys")
-    assert rows and all(secret not in str(r) and secret.split("_", 2)[2] not in str(r)
-                        for r in rows)
+    assert rows and all(
+        secret not in str(r) and secret.split("_", 2)[2] not in str(r) for r in rows
+    )
     if store.backend == "sqlite":
         g._db.query("PRAGMA wal_checkpoint(FULL)")
         from pathlib import Path
@@ -242,8 +249,12 @@ def test_api_keys_are_stored_hashed(store):
 
 
 def test_identification_threshold_comes_from_the_cards_impostor_table(store, people):
-    card = ModelCard(name="fake-model", architecture="mbf", embedding_dim=DIM,
-                     calibration=Calibration(thresholds={"1e-3": 0.5}))
+    card = ModelCard(
+        name="fake-model",
+        architecture="mbf",
+        embedding_dim=DIM,
+        calibration=Calibration(thresholds={"1e-3": 0.5}),
+    )
     g = store.open(threshold=None, card=card)
     g.create_subject("Ada", embeddings=people.sample(0, 2))
     # a 1:1 calibration is not an identification operating point: no silent guess
@@ -259,7 +270,11 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     one = g.identify(people.sample(0))[0]
     point = one.operating_point
     assert (point.source, point.target_fpir, point.gallery_subjects, point.gallery_faces) == (
-        "fpir", 0.01, 1, 2)
+        "fpir",
+        0.01,
+        1,
+        2,
+    )
     assert one.threshold == point.threshold == g.operating_point().threshold
     assert point.expected_fpir == pytest.approx(0.01, rel=0.02)
     # per request: a stricter target is a higher threshold
@@ -314,8 +329,9 @@ def test_embeddings_are_normalised_on_the_way_in(store):
 
 
 def test_target_fpir_is_stored_with_the_gallery(store, people):
-    card = ModelCard(name="fake-model", architecture="mbf", embedding_dim=DIM,
-                     impostors=log_linear_tail(0.4))
+    card = ModelCard(
+        name="fake-model", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.4)
+    )
     g1 = store.open(threshold=None, card=card)
     g1.create_subject("Ada", embeddings=people.sample(0, 1))
     assert g1.fpir == "1e-2" and g1.stored_target_fpir() is None

@@ -169,8 +169,10 @@ def test_concurrent_revocations_keep_one_admin_key(
             galleries = [spec.open(), spec.open()]
             barrier = threading.Barrier(2)
             outcomes: list[str] = []
-            threads = [threading.Thread(target=_revoke, args=(g, k.id, barrier, outcomes))
-                       for g, k in zip(galleries, (a, b), strict=True)]
+            threads = [
+                threading.Thread(target=_revoke, args=(g, k.id, barrier, outcomes))
+                for g, k in zip(galleries, (a, b), strict=True)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -201,8 +203,9 @@ def test_values_the_database_refuses_are_user_errors(store: StoreSpec) -> None:
     assert [s.name for s in g.list_subjects()] == ["kept"]
 
 
-def test_an_index_failure_after_the_commit_is_not_an_error(sqlite_store: StoreSpec, people,
-                                                           monkeypatch) -> None:
+def test_an_index_failure_after_the_commit_is_not_an_error(
+    sqlite_store: StoreSpec, people, monkeypatch
+) -> None:
     """SQL is the truth: a write that committed succeeds even when the index then fails, and
     the next search reconciles the index from SQL."""
     g = sqlite_store.open()

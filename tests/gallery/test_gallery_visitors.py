@@ -24,8 +24,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def card() -> ModelCard:
-    return ModelCard(name=MODEL, architecture="mbf", embedding_dim=DIM,
-                     impostors=log_linear_tail(0.45))
+    return ModelCard(
+        name=MODEL, architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.45)
+    )
 
 
 @pytest.fixture
@@ -46,13 +47,28 @@ def crop(shade: int) -> np.ndarray:
     return np.full((112, 112, 3), shade, np.uint8)
 
 
-def sight(g: Gallery, people: People, person: int, *, at: datetime = T0, camera: str = "door",
-          n: int = 3, crops: bool = True, **kwargs) -> StrangerSighting:
+def sight(
+    g: Gallery,
+    people: People,
+    person: int,
+    *,
+    at: datetime = T0,
+    camera: str = "door",
+    n: int = 3,
+    crops: bool = True,
+    **kwargs,
+) -> StrangerSighting:
     """One unknown visit of ``person``: ``n`` faces of rising quality over 4 s."""
     qualities = [0.2 + 0.2 * i for i in range(n)]
-    return g.record_stranger(camera, at, at + timedelta(seconds=4), people.sample(person, n),
-                             qualities, [crop(10 * i) for i in range(n)] if crops else None,
-                             **kwargs)
+    return g.record_stranger(
+        camera,
+        at,
+        at + timedelta(seconds=4),
+        people.sample(person, n),
+        qualities,
+        [crop(10 * i) for i in range(n)] if crops else None,
+        **kwargs,
+    )
 
 
 # -- grouping -----------------------------------------------------------------------------------
@@ -67,8 +83,7 @@ def test_sightings_of_one_person_make_one_visitor(gallery: Gallery, people: Peop
     assert gallery.count_visitors() == 2 and gallery.count_visitors(None) == 2
     v = gallery.get_visitor(first.visitor_id)
     assert isinstance(v, Visitor)
-    assert (v.status, v.sightings, v.cameras, v.subject_id) == ("pending", 2, ["door", "lab"],
-                                                                None)
+    assert (v.status, v.sightings, v.cameras, v.subject_id) == ("pending", 2, ["door", "lab"], None)
     assert (v.first_seen, v.last_seen) == (T0, T0 + timedelta(hours=3, seconds=4))
     assert len(v.faces) == 6 and v.face_ids == [f.id for f in v.faces]
     assert [f.quality for f in v.faces] == sorted((f.quality for f in v.faces), reverse=True)
@@ -96,8 +111,7 @@ def test_the_threshold_decides_the_grouping(gallery: Gallery, people: People) ->
     assert sight(gallery, people, 5, threshold=0.999).new
     # a threshold below chance groups strangers together
     b = sight(gallery, people, 7, threshold=-1.0)
-    assert not b.new and b.visitor_id in {a.visitor_id, *[v.id for v in
-                                                          gallery.list_visitors()]}
+    assert not b.new and b.visitor_id in {a.visitor_id, *[v.id for v in gallery.list_visitors()]}
 
 
 def test_a_visitor_keeps_its_best_faces(gallery: Gallery, people: People) -> None:
@@ -116,10 +130,10 @@ def test_a_visitor_keeps_its_best_faces(gallery: Gallery, people: People) -> Non
 
 def test_bad_sightings_are_refused(gallery: Gallery, people: People) -> None:
     cases = [
-        (people.sample(5, 2)[:, :16], [0.5, 0.5], None),         # another model's dimension
-        (people.sample(5, 2), [0.5], None),                      # qualities do not match
+        (people.sample(5, 2)[:, :16], [0.5, 0.5], None),  # another model's dimension
+        (people.sample(5, 2), [0.5], None),  # qualities do not match
         (people.sample(5, 2), [0.5, float("nan")], None),
-        (people.sample(5, 2), [0.5, 0.5], [crop(0)]),            # crops do not match
+        (people.sample(5, 2), [0.5, 0.5], [crop(0)]),  # crops do not match
         (people.sample(5, 1), [0.5], [np.zeros((4, 4), np.uint8)]),  # not an RGB image
         (np.zeros((0, DIM), np.float32), [], None),
     ]
@@ -127,8 +141,9 @@ def test_bad_sightings_are_refused(gallery: Gallery, people: People) -> None:
         with pytest.raises(GalleryError):
             gallery.record_stranger("door", T0, T0, emb, q, crops, threshold=0.5)
     with pytest.raises(GalleryError, match="before its first_seen"):
-        gallery.record_stranger("door", T0, T0 - timedelta(seconds=1), people.sample(5, 1),
-                                [0.5], threshold=0.5)
+        gallery.record_stranger(
+            "door", T0, T0 - timedelta(seconds=1), people.sample(5, 1), [0.5], threshold=0.5
+        )
     assert gallery.count_visitors(None) == 0
 
 
@@ -216,8 +231,11 @@ def test_a_dismissed_visitor_does_not_come_back(gallery: Gallery, people: People
     later = sight(gallery, people, 5, at=T0 + timedelta(days=1), camera="yard")
     assert (later.visitor_id, later.new, later.status) == (s.visitor_id, False, "dismissed")
     v = gallery.get_visitor(s.visitor_id)
-    assert (v.sightings, v.last_seen, v.cameras) == (2, T0 + timedelta(days=1, seconds=4),
-                                                     ["door", "yard"])
+    assert (v.sightings, v.last_seen, v.cameras) == (
+        2,
+        T0 + timedelta(days=1, seconds=4),
+        ["door", "yard"],
+    )
     assert len(v.faces) == 3  # no new faces kept for a dismissed person
     assert gallery.count_visitors() == 0 and gallery.list_visitors() == []
     with pytest.raises(ConflictError, match="is dismissed already"):
@@ -235,10 +253,22 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
     details = {"camera": "door", "track_id": 1, "visit_id": "v1", "kind": "visit"}
     for day in (0, 40):
         for decision in ("arrived", "left"):
-            gallery.log_event("door", subject_id=ada.id, score=0.8, decision=decision,
-                              time=T0 + timedelta(days=day), details=details)
-    gallery.log_event("kiosk", subject_id=ada.id, score=0.9, decision="match", time=T0,
-                      details={"faces": 1, "note": '"kind": "visit"'})
+            gallery.log_event(
+                "door",
+                subject_id=ada.id,
+                score=0.8,
+                decision=decision,
+                time=T0 + timedelta(days=day),
+                details=details,
+            )
+    gallery.log_event(
+        "kiosk",
+        subject_id=ada.id,
+        score=0.9,
+        decision="match",
+        time=T0,
+        details={"faces": 1, "note": '"kind": "visit"'},
+    )
     subjects, faces = gallery.count_subjects(), gallery.count_faces()
     counts = gallery.purge_stream_data(T0 + timedelta(days=30))
     assert counts == {"visitor_faces": 9, "visitors": 1, "events": 2}
@@ -250,14 +280,19 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
     assert hedy.status == "assigned" and hedy.faces == []
     assert (gallery.count_subjects(), gallery.count_faces()) == (subjects, faces)
     assert sorted((e.source, e.decision) for e in gallery.events()) == [
-        ("door", "arrived"), ("door", "left"), ("kiosk", "match")]
+        ("door", "arrived"),
+        ("door", "left"),
+        ("kiosk", "match"),
+    ]
     assert gallery.purge_stream_data(T0 + timedelta(days=30)) == {
-        "visitor_faces": 0, "visitors": 0, "events": 0}
+        "visitor_faces": 0,
+        "visitors": 0,
+        "events": 0,
+    }
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
-def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest,
-                                 people: People) -> None:
+def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest, people: People) -> None:
     url = make_store("postgresql", "exact", tmp_path, request).url
     with Gallery.open(url, card=card()) as g:
         g.create_subject("Ada", embeddings=people.sample(0, 3))
@@ -272,7 +307,10 @@ def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest,
         with pytest.raises(ConflictError):
             g.assign_visitor(a.visitor_id, name="Hedy")
         assert g.purge_stream_data(T0 + timedelta(days=1)) == {
-            "visitor_faces": 9, "visitors": 1, "events": 0}
+            "visitor_faces": 9,
+            "visitors": 1,
+            "events": 0,
+        }
 
 
 # -- durability ---------------------------------------------------------------------------------
@@ -297,8 +335,12 @@ for i in range(100000):
 def test_sigkill_loses_no_recorded_sighting(tmp_path) -> None:
     """Every sighting and event whose call returned survives a SIGKILL of the process."""
     url = str(tmp_path / "g.db")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, url, MODEL, str(DIM)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, MODEL, str(DIM)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     done: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:

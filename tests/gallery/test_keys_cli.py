@@ -47,8 +47,9 @@ def test_keys_is_a_registered_command_group_and_unknown_roles_are_refused(app, d
 def test_create_prints_a_working_key_once(app, db):
     """The lost-admin recovery: a new admin key from local access alone, the secret alone on
     stdout (so that ``KEY=$(marginface keys create ...)`` works)."""
-    res = CliRunner().invoke(app, ["keys", "create", "--role", "admin", "--name", "ops",
-                                   "--db", str(db)])
+    res = CliRunner().invoke(
+        app, ["keys", "create", "--role", "admin", "--name", "ops", "--db", str(db)]
+    )
     assert res.exit_code == 0, res.output
     secret = res.stdout.strip()
     assert "\n" not in secret and "shown only this once" in res.stderr
@@ -56,8 +57,9 @@ def test_create_prints_a_working_key_once(app, db):
         key = g.authenticate(secret)
     assert key is not None and key.role == "admin" and key.name == "ops"
 
-    res = CliRunner().invoke(app, ["keys", "create", "--role", "recognise", "--json",
-                                   "--db", str(db)])
+    res = CliRunner().invoke(
+        app, ["keys", "create", "--role", "recognise", "--json", "--db", str(db)]
+    )
     assert res.exit_code == 0, res.output
     made = json.loads(res.stdout)
     assert made["key"]["role"] == "recognise" and made["secret"].startswith("mfk_")
@@ -115,8 +117,9 @@ def test_revoke_keeps_the_last_admin_unless_forced(app, db, capsys, monkeypatch)
     assert isinstance(res.exception, NotFoundError)  # already gone
 
     # --force revokes it, and warns that no admin key is left
-    res = CliRunner().invoke(app, ["keys", "revoke", admin.id, "--force", "--yes", "--json",
-                                   "--db", str(db)])
+    res = CliRunner().invoke(
+        app, ["keys", "revoke", admin.id, "--force", "--yes", "--json", "--db", str(db)]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["revoked"]["id"] == admin.id and out["admin_keys_left"] == 0
@@ -132,11 +135,15 @@ def test_revoke_one_of_two_admin_keys_needs_no_force(app, db):
     assert old.id not in _keys(db) and "warning" not in res.output
 
 
-@pytest.mark.parametrize("command", [
-    ["keys", "create", "--role", "admin"],
-    ["keys", "list"],
-    ["keys", "revoke", "0123456789ab", "--yes"],
-], ids=lambda c: c[1])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["keys", "create", "--role", "admin"],
+        ["keys", "list"],
+        ["keys", "revoke", "0123456789ab", "--yes"],
+    ],
+    ids=lambda c: c[1],
+)
 def test_keys_refuse_a_gallery_that_does_not_exist(app, tmp_path, command):
     """A mistyped --db must not become a new gallery holding a key no service reads."""
     missing = tmp_path / "typo" / "gallery.db"

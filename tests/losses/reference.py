@@ -22,8 +22,14 @@ def sphere_target(c: torch.Tensor, m: int, lam: float) -> torch.Tensor:
     return (lam * c + psi) / (1 + lam)
 
 
-def naive_head_loss(kind: str, x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor,
-                    bias: torch.Tensor | None = None, **p) -> torch.Tensor:
+def naive_head_loss(
+    kind: str,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    **p,
+) -> torch.Tensor:
     """Mean cross-entropy written sample by sample, class by class."""
     total = x.new_zeros(())
     B = x.shape[0]

@@ -86,14 +86,27 @@ def test_interclass_loss_on_classes_of_a_batch():
 
 
 def test_registry():
-    assert set(list_losses()) >= {"softmax", "normface", "sphereface", "cosface", "arcface",
-                                  "combined", "subcenter_arcface", "triplet", "center",
-                                  "interclass"}
+    assert set(list_losses()) >= {
+        "softmax",
+        "normface",
+        "sphereface",
+        "cosface",
+        "arcface",
+        "combined",
+        "subcenter_arcface",
+        "triplet",
+        "center",
+        "interclass",
+    }
     assert is_head("ArcFace") and is_head("nsl") and not is_head("triplet")
     head = create("lmcl", num_classes=4, embedding_dim=8, margin=0.2, scale=30)
     assert head.m == 0.2 and head.scale == 30.0
-    sph = create("sphereface", num_classes=4, embedding_dim=8,
-                 lambda_schedule={"base": 10.0, "lambda_min": 0.0})
+    sph = create(
+        "sphereface",
+        num_classes=4,
+        embedding_dim=8,
+        lambda_schedule={"base": 10.0, "lambda_min": 0.0},
+    )
     assert sph.lam == pytest.approx(10.0)
     assert isinstance(create("normface", num_classes=3, embedding_dim=2), NormFace)
     assert create("triplet", margin=0.3, mining="hard").margin == 0.3

@@ -55,7 +55,8 @@ def test_gradcheck_softmax_bias():
     b = torch.randn(C, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, C, (B,))
     assert torch.autograd.gradcheck(
-        lambda x, b: head.loss_with_weight(x, labels, head.weight, b), (x, b))
+        lambda x, b: head.loss_with_weight(x, labels, head.weight, b), (x, b)
+    )
 
 
 @pytest.mark.parametrize("mining", ["all", "hard", "semihard"])

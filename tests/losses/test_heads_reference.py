@@ -24,14 +24,24 @@ CASES = [
     ("normface", lambda: NormFace(C, D, scale=16.0), {"s": 16.0}),
     ("cosface", lambda: CosFace(C, D, scale=16.0, margin=0.35), {"s": 16.0, "m": 0.35}),
     ("arcface", lambda: ArcFace(C, D, scale=16.0, margin=0.5), {"s": 16.0, "m": 0.5}),
-    ("combined", lambda: CombinedMargin(C, D, m1=0.9, m2=0.4, m3=0.15, scale=16.0),
-     {"s": 16.0, "m1": 0.9, "m2": 0.4, "m3": 0.15}),
-    ("sphereface", lambda: SphereFace(C, D, margin=4, lambda_schedule=None),
-     {"m": 4, "lam": 0.0}),
-    ("sphereface", lambda: SphereFace(C, D, margin=3, lambda_schedule=LambdaSchedule(
-        base=7.0, gamma=0.0, lambda_min=0.0)), {"m": 3, "lam": 7.0}),
-    ("subcenter", lambda: SubCenterArcFace(C, D, subcenters=3, scale=16.0, margin=0.5),
-     {"s": 16.0, "m": 0.5}),
+    (
+        "combined",
+        lambda: CombinedMargin(C, D, m1=0.9, m2=0.4, m3=0.15, scale=16.0),
+        {"s": 16.0, "m1": 0.9, "m2": 0.4, "m3": 0.15},
+    ),
+    ("sphereface", lambda: SphereFace(C, D, margin=4, lambda_schedule=None), {"m": 4, "lam": 0.0}),
+    (
+        "sphereface",
+        lambda: SphereFace(
+            C, D, margin=3, lambda_schedule=LambdaSchedule(base=7.0, gamma=0.0, lambda_min=0.0)
+        ),
+        {"m": 3, "lam": 7.0},
+    ),
+    (
+        "subcenter",
+        lambda: SubCenterArcFace(C, D, subcenters=3, scale=16.0, margin=0.5),
+        {"s": 16.0, "m": 0.5},
+    ),
 ]
 
 
@@ -42,8 +52,9 @@ def _inputs(dtype: torch.dtype, seed: int = 0):
     return x.to(dtype), labels
 
 
-@pytest.mark.parametrize("kind,make,params", CASES,
-                         ids=[c[0] + str(i) for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "kind,make,params", CASES, ids=[c[0] + str(i) for i, c in enumerate(CASES)]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("chunk", [4, 4096])
 def test_head_matches_naive_reference(kind, make, params, dtype, chunk):
@@ -82,8 +93,11 @@ def test_margin_free_logits_and_accuracy():
     x, _ = _inputs(torch.float32)
     logits = head.logits(x)
     assert logits.shape == (B, C)
-    expected = 10.0 * torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(
-        head.weight, dim=1).t()
+    expected = (
+        10.0
+        * torch.nn.functional.normalize(x, dim=1)
+        @ torch.nn.functional.normalize(head.weight, dim=1).t()
+    )
     assert torch.allclose(logits, expected, atol=1e-5)
 
 

@@ -76,16 +76,20 @@ def test_fp16_autocast_does_not_overflow_at_scale_64(name):
 THETA = torch.linspace(0.0, math.pi, 20001, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("head", [
-    ArcFace(C, D, margin=0.5),
-    ArcFace(C, D, margin=1.2),
-    CombinedMargin(C, D, m1=1.0, m2=0.3, m3=0.2),
-    CombinedMargin(C, D, m1=0.9, m2=0.4, m3=0.15),
-    CombinedMargin(C, D, m1=1.35, m2=0.5, m3=0.0),
-    CosFace(C, D),
-    SphereFace(C, D, lambda_schedule=None),
-    SphereFace(C, D),
-], ids=lambda h: repr(h).split("(")[0] + h.extra_repr())
+@pytest.mark.parametrize(
+    "head",
+    [
+        ArcFace(C, D, margin=0.5),
+        ArcFace(C, D, margin=1.2),
+        CombinedMargin(C, D, m1=1.0, m2=0.3, m3=0.2),
+        CombinedMargin(C, D, m1=0.9, m2=0.4, m3=0.15),
+        CombinedMargin(C, D, m1=1.35, m2=0.5, m3=0.0),
+        CosFace(C, D),
+        SphereFace(C, D, lambda_schedule=None),
+        SphereFace(C, D),
+    ],
+    ids=lambda h: repr(h).split("(")[0] + h.extra_repr(),
+)
 def test_target_logit_is_monotone_non_increasing(head):
     curve = head.target_logit(THETA)
     diffs = curve[1:] - curve[:-1]
@@ -112,8 +116,15 @@ def test_easy_margin_only_where_cos_positive():
 
 
 def test_registry_builds_every_head_with_target_logit():
-    for name in ["softmax", "normface", "sphereface", "cosface", "arcface", "combined",
-                 "subcenter_arcface"]:
+    for name in [
+        "softmax",
+        "normface",
+        "sphereface",
+        "cosface",
+        "arcface",
+        "combined",
+        "subcenter_arcface",
+    ]:
         head = create(name, num_classes=C, embedding_dim=D)
         curve = head.target_logit(THETA[::1000])
         assert curve.shape == (21,)

@@ -63,20 +63,29 @@ def test_sphereface_without_lambda_matches_pml():
     _compare(ours, theirs, x, labels)
 
 
-@pytest.mark.parametrize("mining,miner", [
-    ("all", lambda m, d: miners.TripletMarginMiner(margin=m, type_of_triplets="all", distance=d)),
-    ("semihard", lambda m, d: miners.TripletMarginMiner(margin=m, type_of_triplets="semihard",
-                                                       distance=d)),
-    ("hard", lambda m, d: miners.BatchHardMiner(distance=d)),
-])
+@pytest.mark.parametrize(
+    "mining,miner",
+    [
+        (
+            "all",
+            lambda m, d: miners.TripletMarginMiner(margin=m, type_of_triplets="all", distance=d),
+        ),
+        (
+            "semihard",
+            lambda m, d: miners.TripletMarginMiner(
+                margin=m, type_of_triplets="semihard", distance=d
+            ),
+        ),
+        ("hard", lambda m, d: miners.BatchHardMiner(distance=d)),
+    ],
+)
 @pytest.mark.parametrize("distance", ["squared_l2", "cosine"])
 def test_triplet_matches_pml(mining, miner, distance):
     torch.manual_seed(0)
     labels = torch.arange(8).repeat_interleave(4)
     x = torch.randn(32, D, dtype=torch.float64)
     margin = 0.2
-    d = distances.LpDistance(power=2) if distance == "squared_l2" else \
-        distances.CosineSimilarity()
+    d = distances.LpDistance(power=2) if distance == "squared_l2" else distances.CosineSimilarity()
     theirs = losses.TripletMarginLoss(margin=margin, distance=d)
     ours = TripletLoss(margin, mining=mining, distance=distance, semihard_fallback=False)
     xa = x.clone().requires_grad_(True)

@@ -37,8 +37,14 @@ def test_semihard_selection_with_fallback():
     # d(Nf,Nc)=1.375: band (1.375, 1.575) holds A (1.5)          -> (Nf, Nc, A)
     # d(Nf,Ns)=0.913: A 1.5 and P 1.174 outside (0.913, 1.113)   -> hardest: (Nf, Ns, P)
     assert _mined("semihard") == {
-        (A, P, NS), (P, A, NC), (NC, NS, A), (NC, NF, A),
-        (NS, NC, A), (NS, NF, P), (NF, NC, A), (NF, NS, P),
+        (A, P, NS),
+        (P, A, NC),
+        (NC, NS, A),
+        (NC, NF, A),
+        (NS, NC, A),
+        (NS, NF, P),
+        (NF, NC, A),
+        (NF, NS, P),
     }
 
 
@@ -46,7 +52,10 @@ def test_semihard_without_fallback_keeps_only_the_band():
     loss = TripletLoss(MARGIN, mining="semihard", distance="cosine", semihard_fallback=False)
     a, p, n = loss.mine(pairwise_distances(_points(), "cosine"), LABELS)
     assert set(zip(a.tolist(), p.tolist(), n.tolist(), strict=True)) == {
-        (A, P, NS), (NS, NC, A), (NF, NC, A)}
+        (A, P, NS),
+        (NS, NC, A),
+        (NF, NC, A),
+    }
 
 
 def test_batch_hard_selection():
@@ -65,16 +74,16 @@ def test_loss_value_is_mean_over_positive_triplets():
     x = _points()
     d = pairwise_distances(x, "cosine")
     loss = TripletLoss(MARGIN, mining="hard", distance="cosine")(x, LABELS)
-    terms = [max(0.0, d[a, p].item() - d[a, n].item() + MARGIN)
-             for a, p, n in _mined("hard")]
+    terms = [max(0.0, d[a, p].item() - d[a, n].item() + MARGIN) for a, p, n in _mined("hard")]
     positive = [t for t in terms if t > 0]
     assert loss.item() == pytest.approx(sum(positive) / len(positive))
 
 
 def test_squared_l2_is_two_minus_two_cos():
     x = _points()
-    assert torch.allclose(pairwise_distances(x, "squared_l2"),
-                          2 * pairwise_distances(x, "cosine"), atol=1e-12)
+    assert torch.allclose(
+        pairwise_distances(x, "squared_l2"), 2 * pairwise_distances(x, "cosine"), atol=1e-12
+    )
 
 
 def test_no_valid_triplet_gives_zero_with_gradient():

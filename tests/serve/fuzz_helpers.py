@@ -737,8 +737,9 @@ class FuzzRun:
                 for _ in range(20):
                     self.service.cameras.push(self._seed_cameras[0], FRAME)
                     time.sleep(0.03)
-                faces = [v["id"] for v in self.service.cameras.recent_visits(None, 50)
-                         if v["face"]] or [0]
+                faces = [
+                    v["id"] for v in self.service.cameras.recent_visits(None, 50) if v["face"]
+                ] or [0]
             params["event_id"] = chooser.pick(faces)
         if label == "POST /v1/cameras/{camera_id}/frames" and chooser.chance(0.75):
             if isinstance(case.body, dict):

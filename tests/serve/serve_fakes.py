@@ -281,12 +281,16 @@ class FakeCameraWorker:
                 track = self._open[person] = self._next_track
                 self._next_track += 1
             x1, y1, x2, _ = (int(v) for v in face.box)
-            quality = FaceQuality(size=float(x2 - x1), detection_score=0.99, sharpness=500.0,
-                                  yaw=0.0, pitch=0.5)
+            quality = FaceQuality(
+                size=float(x2 - x1), detection_score=0.99, sharpness=500.0, yaw=0.0, pitch=0.5
+            )
             crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
-            self._emit(self.visits.observe(track, frame.t, quality, face.embedding, crop=crop,
-                                           wall=frame.wall))
-            annotated[y1:y1 + 2, x1:x2] = 255
+            self._emit(
+                self.visits.observe(
+                    track, frame.t, quality, face.embedding, crop=crop, wall=frame.wall
+                )
+            )
+            annotated[y1 : y1 + 2, x1:x2] = 255
         for person in [p for p in self._open if p not in seen]:
             self._emit(self.visits.end(self._open.pop(person)))
         with self._lock:
@@ -309,8 +313,12 @@ class FakeCameraWorker:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"frames_processed": self.processed, "tracks_open": len(self._open),
-                    "visits": self.arrived, "processing_fps": 0.0}
+            return {
+                "frames_processed": self.processed,
+                "tracks_open": len(self._open),
+                "visits": self.arrived,
+                "processing_fps": 0.0,
+            }
 
     def latest_annotated(self) -> np.ndarray | None:
         with self._lock:
@@ -389,7 +397,11 @@ def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, An
     crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
     now = datetime.now(UTC)
     sighting = gallery.record_stranger(
-        "door", now - timedelta(seconds=5), now, emb, [0.9, 0.8],
+        "door",
+        now - timedelta(seconds=5),
+        now,
+        emb,
+        [0.9, 0.8],
         [crop, crop] if crops else None,
     )
     return gallery.get_visitor(sighting.visitor_id).to_dict()

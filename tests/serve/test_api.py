@@ -212,8 +212,11 @@ def test_events_and_attendance(harness: Harness) -> None:
     assert by_name["Ada"]["count"] == 3
     assert by_name["Ada"]["first_seen"] <= by_name["Ada"]["last_seen"]
     assert set(by_name["Ada"]["sources"]) == {"front door", "lab", "api"}
-    group = c.get("/v1/attendance", params=[("tz", "UTC"), ("source", "front door"),
-                                            ("source", "api")], headers=admin).json()["rows"]
+    group = c.get(
+        "/v1/attendance",
+        params=[("tz", "UTC"), ("source", "front door"), ("source", "api")],
+        headers=admin,
+    ).json()["rows"]
     assert [(row["name"], row["count"]) for row in group] == [("Ada", 2)]
 
     r = c.get(
@@ -544,8 +547,9 @@ def test_enrolling_someone_enrolled_is_a_conflict_unless_forced(harness: Harness
     assert _count(harness) == (2, 2)
 
     # the very same photo for another subject: held back, naming the subject that has it
-    r = c.post("/v1/enroll", data={"name": "Copy"}, files=_files(make_photo((3, 60))),
-               headers=enrol)
+    r = c.post(
+        "/v1/enroll", data={"name": "Copy"}, files=_files(make_photo((3, 60))), headers=enrol
+    )
     assert r.status_code == 409
     (photo,) = _error(r)["details"]
     assert photo["status"] == "duplicate_photo" and photo["conflict"]["subject_id"] == ada["id"]
@@ -619,10 +623,18 @@ def test_add_photos_multiple_faces_and_bad_policy(harness: Harness) -> None:
     c, enrol = harness.client, harness.headers("enrol")
     sid = c.post("/v1/subjects", json={"name": "Centre"}, headers=enrol).json()["id"]
     photo = make_photo((4, 80), (10, 40), size=(400, 200))
-    r = c.post(f"/v1/subjects/{sid}/faces", data={"multiple_faces": "central"},
-               files=_files(photo), headers=enrol)
+    r = c.post(
+        f"/v1/subjects/{sid}/faces",
+        data={"multiple_faces": "central"},
+        files=_files(photo),
+        headers=enrol,
+    )
     assert r.status_code == 201 and "nearest the centre" in r.json()["photos"][0]["message"]
-    r = c.post(f"/v1/subjects/{sid}/faces", data={"multiple_faces": "all"},
-               files=_files(photo), headers=enrol)
+    r = c.post(
+        f"/v1/subjects/{sid}/faces",
+        data={"multiple_faces": "all"},
+        files=_files(photo),
+        headers=enrol,
+    )
     assert r.status_code == 422 and "multiple_faces" in _error(r)["message"]
     assert harness.pipeline.calls == 1  # the bad policy was refused before any photo work

@@ -157,6 +157,7 @@ def _camera_req(method: str, suffix: str = "", *, frame: bool = False, **kw: Any
         cam = cameras.create(f"table camera {next(_CAMERAS)}", "push:", QUICK)
         wait_for(lambda: cameras.status(cam["id"])["running"], what="the camera to run")
         if frame:
+
             def processed() -> bool:
                 cameras.push(cam["id"], camera_frame((4, 60)))
                 time.sleep(0.05)
@@ -199,8 +200,9 @@ ROUTE_TABLE += [
         "/v1/cameras",
         "admin",
         201,
-        lambda h: _req("POST", "/v1/cameras", json={"name": f"cam {next(_CAMERAS)}",
-                                                    "url": "push:"}),
+        lambda h: _req(
+            "POST", "/v1/cameras", json={"name": f"cam {next(_CAMERAS)}", "url": "push:"}
+        ),
     ),
     ("GET", "/v1/cameras", "recognise", 200, lambda h: _req("GET", "/v1/cameras")),
     ("GET", "/v1/cameras/{camera_id}", "recognise", 200, _camera_req("GET")),
@@ -219,8 +221,9 @@ ROUTE_TABLE += [
         "/v1/cameras/{camera_id}/frames",
         "enrol",
         202,
-        _camera_req("POST", "/frames", content=camera_frame((4, 60)),
-                    headers={"Content-Type": "image/jpeg"}),
+        _camera_req(
+            "POST", "/frames", content=camera_frame((4, 60)), headers={"Content-Type": "image/jpeg"}
+        ),
     ),
     (
         "GET",

@@ -196,7 +196,8 @@ def test_web_page_enrol_identify_delete(server: Server, shared_data: Path) -> No
             expect(result.first).to_contain_text("Celeb Seven Two O Five (score 0.")
             # how it was decided: the operating point for this gallery
             expect(page.locator("#identify-message")).to_contain_text(
-                "at most 1 stranger in 100 taken for someone, for a gallery of 1 people")
+                "at most 1 stranger in 100 taken for someone, for a gallery of 1 people"
+            )
             page.select_option("#identify-fpir", "0.0001")
             page.click("#identify-submit")
             expect(page.locator("#identify-message")).to_contain_text("1 stranger in 10,000")
@@ -516,7 +517,8 @@ def test_web_page_many_faces_favicon_and_key_form(fake_server: FakeServer) -> No
             )
             page.click("#identify-submit")
             expect(page.locator("#identify-message")).to_contain_text(
-                "10 face(s), 2 known. Threshold ")
+                "10 face(s), 2 known. Threshold "
+            )
             _check_numbered(page, 10, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=0)
 
             page.set_input_files(
@@ -524,7 +526,8 @@ def test_web_page_many_faces_favicon_and_key_form(fake_server: FakeServer) -> No
             )
             page.click("#identify-submit")
             expect(page.locator("#identify-message")).to_contain_text(
-                "12 face(s), 2 known. Threshold ")
+                "12 face(s), 2 known. Threshold "
+            )
             _check_numbered(page, 12, {1: "Ada Lovelace", 7: "Grace Hopper"}, near=40)
         finally:
             browser.close()
@@ -547,8 +550,11 @@ def test_web_page_enrolment_warnings_and_force(fake_server: FakeServer) -> None:
         return {"name": name, "mimeType": "image/png", "buffer": make_photo((person, side))}
 
     with httpx.Client(base_url=fake_server.url, headers={"X-API-Key": fake_server.key}) as api:
-        r = api.post("/v1/enroll", data={"name": "Hedy Lamarr"},
-                     files=[("photos", ("h.png", make_photo((14, 60)), "image/png"))])
+        r = api.post(
+            "/v1/enroll",
+            data={"name": "Hedy Lamarr"},
+            files=[("photos", ("h.png", make_photo((14, 60)), "image/png"))],
+        )
         assert r.status_code == 201, r.text
         hedy = r.json()["subject"]["id"]
         enrol_key = api.post("/v1/keys", json={"name": "desk", "role": "enrol"}).json()["secret"]
@@ -624,5 +630,8 @@ def test_web_page_enrolment_warnings_and_force(fake_server: FakeServer) -> None:
     # The refusals: the conflict, the enrol key's forced mismatch (and its attendance view,
     # which needs an admin key).
     refused = sorted(f"{e.split()[0]} {urlsplit(e.split()[1]).path}" for e in traffic.errors)
-    assert refused == ["403 /v1/attendance", f"403 /v1/subjects/{dorothy_id}/faces",
-                       "409 /v1/enroll"], traffic.errors
+    assert refused == [
+        "403 /v1/attendance",
+        f"403 /v1/subjects/{dorothy_id}/faces",
+        "409 /v1/enroll",
+    ], traffic.errors

@@ -54,8 +54,11 @@ def camera_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CameraSe
     app = create_app(settings, pipeline=FakePipeline(), camera_options=FAKE_CAMERAS)
     with running_server(app, settings.port) as url:
         admin = settings.key_file.read_text().strip()
-        r = httpx.post(f"{url}/v1/keys", json={"name": "viewer", "role": "recognise"},
-                       headers={"X-API-Key": admin})
+        r = httpx.post(
+            f"{url}/v1/keys",
+            json={"name": "viewer", "role": "recognise"},
+            headers={"X-API-Key": admin},
+        )
         assert r.status_code == 201, r.text
         yield CameraServer(url, admin, r.json()["secret"])
 
@@ -72,8 +75,9 @@ def _push_until_processed(api: httpx.Client, camera_id: str, frame: bytes) -> No
     before = processed()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        r = api.post(f"/v1/cameras/{camera_id}/frames", content=frame,
-                     headers={"Content-Type": "image/jpeg"})
+        r = api.post(
+            f"/v1/cameras/{camera_id}/frames", content=frame, headers={"Content-Type": "image/jpeg"}
+        )
         assert r.status_code == 202, r.text
         for _ in range(15):
             if processed() > before:
@@ -190,7 +194,8 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             for name in ("assign-visitor", "dismiss-visitor"):
                 expect(viewer.locator(f".{name}").first).to_be_disabled()
             expect(viewer.locator(".crops .placeholder").first).to_have_text(
-                "faces need an enrol key")
+                "faces need an enrol key"
+            )
             _images_loaded(viewer, "#camera-live", 320)
             # the visits' faces come from the service's memory: a recognise key sees them
             _images_loaded(viewer, "#visits-table img.thumb", 112)
@@ -207,7 +212,8 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             form.locator(".assign-name").fill(NEW_PERSON)
             form.locator(".assign-submit").click()
             expect(page.locator("#unknowns-message")).to_contain_text(
-                f"Assigned the stranger to {NEW_PERSON}")
+                f"Assigned the stranger to {NEW_PERSON}"
+            )
             expect(queue).to_have_count(1)
             subject = page.locator("#subjects-table tbody tr", has_text=NEW_PERSON)
             expect(subject).to_have_count(1)

@@ -74,10 +74,12 @@ def test_roles_on_every_camera_route(camera_harness: Harness) -> None:
                 push_until_processed(h, cam["id"], frame)
             event_id = 0
             if "{event_id}" in template:
+
                 def face_kept(cid: str = cam["id"]) -> int:
                     push_until_processed(h, cid, frame)
-                    visits = h.client.get(f"/v1/cameras/{cid}/visits",
-                                          headers=h.headers("admin")).json()
+                    visits = h.client.get(
+                        f"/v1/cameras/{cid}/visits", headers=h.headers("admin")
+                    ).json()
                     return next((v["id"] for v in visits["visits"] if v["face"]), 0)
 
                 event_id = wait_for(face_kept, what="a visit with a face")
@@ -197,15 +199,24 @@ def test_push_frames_bad_input(camera_harness: Harness) -> None:
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_frame"
     assert push(h, cid, b"").status_code == 422
     assert camera(h, cid)["status"]["frames_corrupt"] == 1
-    r = h.client.post(f"/v1/cameras/{cid}/frames", content=b"{}",
-                      headers={**h.headers("enrol"), "Content-Type": "application/json"})
+    r = h.client.post(
+        f"/v1/cameras/{cid}/frames",
+        content=b"{}",
+        headers={**h.headers("enrol"), "Content-Type": "application/json"},
+    )
     assert r.status_code == 415
     # A multipart form with the frame in `frame` works too.
-    r = h.client.post(f"/v1/cameras/{cid}/frames", headers=h.headers("enrol"),
-                      files={"frame": ("f.jpg", camera_frame((4, 60)), "image/jpeg")})
+    r = h.client.post(
+        f"/v1/cameras/{cid}/frames",
+        headers=h.headers("enrol"),
+        files={"frame": ("f.jpg", camera_frame((4, 60)), "image/jpeg")},
+    )
     assert r.status_code == 202 and r.json()["accepted"] is True
-    r = h.client.post(f"/v1/cameras/{cid}/frames", headers=h.headers("enrol"),
-                      files={"other": ("f.jpg", camera_frame((4, 60)), "image/jpeg")})
+    r = h.client.post(
+        f"/v1/cameras/{cid}/frames",
+        headers=h.headers("enrol"),
+        files={"other": ("f.jpg", camera_frame((4, 60)), "image/jpeg")},
+    )
     assert r.status_code == 422
     assert push(h, "nope", camera_frame((4, 60))).status_code == 404
     # Frames go to push cameras only.
@@ -259,8 +270,9 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
     # Attendance comes from the visits; the events carry the visit's details.
     rows = h.client.get("/v1/attendance", headers=h.headers("admin")).json()["rows"]
     assert [(r["name"], r["sources"]) for r in rows] == [("Ada", ["front door"])]
-    events = h.client.get("/v1/events", params={"source": "front door"},
-                          headers=h.headers("admin")).json()["events"]
+    events = h.client.get(
+        "/v1/events", params={"source": "front door"}, headers=h.headers("admin")
+    ).json()["events"]
     assert {e["decision"] for e in events} == {"arrived", "left"}
     assert all(e["details"]["kind"] == "visit" for e in events)
 
@@ -273,8 +285,15 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
         "marginface_cameras 1.0",
     ):
         assert line in text, line
-    for name in ("frames_read_total", "frames_dropped_total", "frames_corrupt_total",
-                 "lag_seconds", "read_fps", "process_fps", "reconnects_total"):
+    for name in (
+        "frames_read_total",
+        "frames_dropped_total",
+        "frames_corrupt_total",
+        "lag_seconds",
+        "read_fps",
+        "process_fps",
+        "reconnects_total",
+    ):
         assert f"marginface_camera_{name}" in text, name
 
 
@@ -322,11 +341,13 @@ def test_camera_workers_off(settings: ServeSettings) -> None:
 
 
 def test_camera_limit(settings: ServeSettings) -> None:
-    with started_harness(settings.model_copy(update={"max_cameras": 1}),
-                         camera_options=FAKE_CAMERAS) as h:
+    with started_harness(
+        settings.model_copy(update={"max_cameras": 1}), camera_options=FAKE_CAMERAS
+    ) as h:
         add_camera(h, "one")
-        r = h.client.post("/v1/cameras", json={"name": "two", "url": "push:"},
-                          headers=h.headers("admin"))
+        r = h.client.post(
+            "/v1/cameras", json={"name": "two", "url": "push:"}, headers=h.headers("admin")
+        )
         assert r.status_code == 409 and "at most 1" in r.json()["error"]["message"]
 
 
@@ -347,8 +368,9 @@ def test_camera_starts_with_a_client_of_its_own(settings: ServeSettings) -> None
     with TestClient(app) as client:
         admin = settings.key_file.read_text().strip()
         for i in range(3):
-            r = client.post("/v1/cameras", json={"name": f"c{i}", "url": "push:"},
-                            headers={"X-API-Key": admin})
+            r = client.post(
+                "/v1/cameras", json={"name": f"c{i}", "url": "push:"}, headers={"X-API-Key": admin}
+            )
             assert r.status_code == 201
         started = time.monotonic()
     assert time.monotonic() - started < 5.0

@@ -61,9 +61,7 @@ REJECTED_WRITES = {
 
 
 @pytest.mark.parametrize("kind", sorted(REJECTED_WRITES))
-def test_rejected_writes_store_nothing_and_listing_still_works(
-    harness: Harness, kind: str
-) -> None:
+def test_rejected_writes_store_nothing_and_listing_still_works(harness: Harness, kind: str) -> None:
     import json
 
     c, enrol = harness.client, harness.headers("enrol")
@@ -136,8 +134,9 @@ def test_csv_exports_neutralise_formulas(harness: Harness) -> None:
     assert events[0]["source"] == "'@SUM(1+1)*cmd" and events[0]["subject_name"] == "'" + evil
     day = c.get("/v1/attendance", headers=admin).json()["date"]
     rows = list(
-        csv.DictReader(io.StringIO(c.get(f"/v1/attendance?format=csv&date={day}",
-                                         headers=admin).text))
+        csv.DictReader(
+            io.StringIO(c.get(f"/v1/attendance?format=csv&date={day}", headers=admin).text)
+        )
     )
     assert rows[0]["name"] == "'" + evil and rows[0]["sources"] == "'@SUM(1+1)*cmd"
     # JSON keeps the text as it was given
@@ -351,9 +350,7 @@ def test_unreadable_enrolment_photos_are_400_and_named(harness: Harness) -> None
     )
     assert r.status_code == 422 and _error(r)["code"] == "no_face_enrolled"
     assert _counts(harness) == (0, 0)
-    r = c.post(
-        "/v1/identify", files={"photo": ("door.jpg", b"junk", "image/jpeg")}, headers=enrol
-    )
+    r = c.post("/v1/identify", files={"photo": ("door.jpg", b"junk", "image/jpeg")}, headers=enrol)
     assert r.status_code == 400 and _error(r)["message"].startswith("door.jpg:")
 
 
@@ -401,8 +398,11 @@ def test_undecodable_json_and_keyless_metrics_are_documented(harness: Harness) -
     assert c.get("/metrics").status_code == 401
     spec = c.get("/openapi.json").json()["paths"]
     assert "401" in spec["/metrics"]["get"]["responses"]
-    for path, method in (("/v1/keys", "post"), ("/v1/subjects", "post"),
-                         ("/v1/subjects/{subject_id}", "patch")):
+    for path, method in (
+        ("/v1/keys", "post"),
+        ("/v1/subjects", "post"),
+        ("/v1/subjects/{subject_id}", "patch"),
+    ):
         assert "400" in spec[path][method]["responses"], (path, method)
 
 

@@ -7,8 +7,12 @@ from tests.serve.serve_fakes import Harness, make_photo
 
 
 def _identify(h: Harness, photo: bytes, **data: str) -> dict:
-    r = h.client.post("/v1/identify", files={"photo": ("q.png", photo, "image/png")},
-                      data=data, headers=h.headers("recognise"))
+    r = h.client.post(
+        "/v1/identify",
+        files={"photo": ("q.png", photo, "image/png")},
+        data=data,
+        headers=h.headers("recognise"),
+    )
     assert r.status_code == 200, r.text
     return r.json()["faces"][0]
 
@@ -38,8 +42,11 @@ def test_a_bad_target_is_a_422(harness: Harness) -> None:
     harness.enrol("Ada", make_photo((1, 60)))
     for bad in ("0", "1", "2", "-0.1", "often"):
         r = harness.client.post(
-            "/v1/identify", files={"photo": ("q.png", make_photo((1, 70)), "image/png")},
-            data={"fpir": bad}, headers=harness.headers("recognise"))
+            "/v1/identify",
+            files={"photo": ("q.png", make_photo((1, 70)), "image/png")},
+            data={"fpir": bad},
+            headers=harness.headers("recognise"),
+        )
         assert r.status_code == 422, (bad, r.text)
         assert "error" in r.json()
 

@@ -111,8 +111,9 @@ def test_service_limits_blas_threads_while_it_runs(tmp_path: Path) -> None:
         finally:
             service.close()
         assert blas_threads() == before
-        untouched = Service(ServeSettings(db=str(tmp_path / "h.db"), blas_threads=None),
-                            FakePipeline())
+        untouched = Service(
+            ServeSettings(db=str(tmp_path / "h.db"), blas_threads=None), FakePipeline()
+        )
         try:
             assert blas_threads() == before
         finally:

@@ -35,8 +35,9 @@ ROUTES = [
 
 def test_route_table_covers_every_unknowns_route(camera_harness: Harness) -> None:
     paths = camera_harness.client.get("/openapi.json").json()["paths"]
-    routes = {(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1/unknowns")
-              for m in ops}
+    routes = {
+        (m.upper(), p) for p, ops in paths.items() if p.startswith("/v1/unknowns") for m in ops
+    }
     assert routes == {(m, p) for m, p, *_ in ROUTES}
 
 
@@ -57,8 +58,9 @@ def test_roles_on_every_unknowns_route(camera_harness: Harness) -> None:
             elif caller:
                 headers = h.headers(caller)
             r = h.client.request(method, url, headers=headers, **kw)
-            expected = 401 if caller in (None, "wrong") else (
-                403 if RANK[caller] < RANK[least] else ok)
+            expected = (
+                401 if caller in (None, "wrong") else (403 if RANK[caller] < RANK[least] else ok)
+            )
             assert r.status_code == expected, (method, template, caller, r.text)
             if expected == 200 and template.endswith(".png"):
                 assert r.headers["content-type"] == "image/png"
@@ -80,7 +82,8 @@ def test_stranger_seen_reviewed_and_recognised(camera_harness: Harness) -> None:
     visit(9)  # nobody enrolled looks like person 9: a stranger
     queue = wait_for(
         lambda: h.client.get("/v1/unknowns", headers=h.headers("recognise")).json()["visitors"],
-        what="the stranger in the queue")
+        what="the stranger in the queue",
+    )
     assert len(queue) == 1
     visitor = queue[0]
     assert visitor["status"] == "pending" and visitor["sightings"] == 1
@@ -99,8 +102,10 @@ def test_stranger_seen_reviewed_and_recognised(camera_harness: Harness) -> None:
 
     # The same stranger again: the same visitor, a second sighting.
     visit(9)
-    wait_for(lambda: h.client.get(f"/v1/unknowns/{vid}", headers=enrol).json()["sightings"] == 2,
-             what="a second sighting")
+    wait_for(
+        lambda: h.client.get(f"/v1/unknowns/{vid}", headers=enrol).json()["sightings"] == 2,
+        what="a second sighting",
+    )
 
     # Assigned to a new subject: enrolled at once, recognised on the next visit.
     r = h.client.post(f"/v1/unknowns/{vid}/assign", json={"name": "Newcomer"}, headers=enrol)
@@ -166,6 +171,7 @@ def test_crops_only_when_stored(settings: ServeSettings) -> None:
         visitor = seed_visitor(h, 5, crops=False)
         assert not any(f["has_crop"] for f in visitor["faces"])
         face = visitor["faces"][0]["id"]
-        r = h.client.get(f"/v1/unknowns/{visitor['id']}/faces/{face}.png",
-                         headers=h.headers("enrol"))
+        r = h.client.get(
+            f"/v1/unknowns/{visitor['id']}/faces/{face}.png", headers=h.headers("enrol")
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "crop_not_stored"

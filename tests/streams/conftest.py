@@ -57,8 +57,9 @@ def stream_people(shared_data, default_pipeline) -> People:
     """The enrolled people and the strangers of the test videos."""
     from marginface.streams.synthetic import choose_people
 
-    return choose_people(shared_data, N_ENROLLED, N_STRANGERS, PEOPLE_SEED,
-                         pipeline=default_pipeline)
+    return choose_people(
+        shared_data, N_ENROLLED, N_STRANGERS, PEOPLE_SEED, pipeline=default_pipeline
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +87,9 @@ def enrolled_gallery_path(stream_people, default_pipeline, tmp_path_factory) -> 
     with Gallery.open(path, card=card) as gallery:
         rec = Recognizer(gallery, default_pipeline)
         for person in stream_people.enrolled:
-            result = rec.enroll(person.identity, list(person.enrol_photos),
-                                metadata={"identity": person.identity})
+            result = rec.enroll(
+                person.identity, list(person.enrol_photos), metadata={"identity": person.identity}
+            )
             assert result.enrolled >= 2, (person.identity, result.photos)
     return path
 

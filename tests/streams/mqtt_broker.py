@@ -25,8 +25,10 @@ def mosquitto_path() -> str:
     """The broker binary; fails the test with the Debian package to install when missing."""
     path = MOSQUITTO if Path(MOSQUITTO).is_file() else shutil.which("mosquitto")
     if not path:
-        pytest.fail("mosquitto not found (/usr/sbin/mosquitto): install the Debian package "
-                    "'mosquitto' (apt-get install mosquitto)")
+        pytest.fail(
+            "mosquitto not found (/usr/sbin/mosquitto): install the Debian package "
+            "'mosquitto' (apt-get install mosquitto)"
+        )
     return path
 
 
@@ -63,20 +65,25 @@ class Broker:
             "allow_anonymous true\n"
             "persistence false\n"
             f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n")
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the broker and wait until its port accepts connections."""
         if self.process is not None and self.process.poll() is None:
             return
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if \
-                    self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 log = self.log.read_text(errors="replace") if self.log.exists() else ""
                 pytest.fail(f"mosquitto exited with {self.process.returncode}: {err}{log}")
             if port_open(self.host, self.port):

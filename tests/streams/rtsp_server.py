@@ -40,7 +40,8 @@ def main() -> int:
     location = args.video.replace("\\", "\\\\").replace('"', '\\"')
     factory.set_launch(
         f'( filesrc location="{location}" ! qtdemux ! h264parse config-interval=-1 '
-        "! rtph264pay name=pay0 pt=96 config-interval=1 )")
+        "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
     factory.set_shared(False)
     # The default protocols: RTP over UDP, UDP multicast and TCP (interleaved).
     server.get_mount_points().add_factory(args.path, factory)

@@ -30,8 +30,10 @@ import pytest
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SCRIPT = Path(__file__).with_name("rtsp_server.py")
-GST_PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
-                "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad")
+GST_PACKAGES = (
+    "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base "
+    "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
+)
 
 
 def free_port() -> int:
@@ -41,8 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0,
-              alive: Callable[[], bool] = lambda: True) -> None:
+def wait_port(port: int, timeout: float = 10.0, alive: Callable[[], bool] = lambda: True) -> None:
     """Wait until 127.0.0.1:``port`` accepts connections (or fail the test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,29 +65,62 @@ def require_ffmpeg() -> str:
 
 def require_gstreamer() -> None:
     """Fail (naming Debian's packages) unless the system python has GstRtspServer."""
-    probe = ("import gi; gi.require_version('Gst', '1.0'); "
-             "gi.require_version('GstRtspServer', '1.0'); "
-             "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
-             "assert Gst.ElementFactory.find('rtph264pay') and "
-             "Gst.ElementFactory.find('h264parse') and Gst.ElementFactory.find('qtdemux')")
+    probe = (
+        "import gi; gi.require_version('Gst', '1.0'); "
+        "gi.require_version('GstRtspServer', '1.0'); "
+        "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+        "assert Gst.ElementFactory.find('rtph264pay') and "
+        "Gst.ElementFactory.find('h264parse') and Gst.ElementFactory.find('qtdemux')"
+    )
     try:
         result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"{SYSTEM_PYTHON} cannot run ({exc}): apt-get install python3 {GST_PACKAGES}")
     if result.returncode != 0:
-        pytest.fail("GStreamer's RTSP server is missing from the system python: "
-                    f"apt-get install {GST_PACKAGES}\n{result.stderr.decode()[-500:]}")
+        pytest.fail(
+            "GStreamer's RTSP server is missing from the system python: "
+            f"apt-get install {GST_PACKAGES}\n{result.stderr.decode()[-500:]}"
+        )
 
 
-def make_video(path: Path, *, seconds: float = 5.0, size: str = "640x360", rate: int = 25,
-               gop: int | None = None) -> Path:
+def make_video(
+    path: Path,
+    *,
+    seconds: float = 5.0,
+    size: str = "640x360",
+    rate: int = 25,
+    gop: int | None = None,
+) -> Path:
     """Encode ``testsrc2`` as H.264 mp4 (yuv420p, a key frame every second by default)."""
     ffmpeg = require_ffmpeg()
     subprocess.run(
-        [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}",
-         "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-         "-g", str(gop or rate), "-pix_fmt", "yuv420p", str(path)],
-        check=True, capture_output=True, timeout=120)
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={rate}",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            str(gop or rate),
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return path
 
 
@@ -113,8 +147,9 @@ class Served(str):
 
 
 @contextlib.contextmanager
-def rtsp_server(video_path: Path | str, port: int | None = None,
-                path: str = "/stream") -> Iterator[Served]:
+def rtsp_server(
+    video_path: Path | str, port: int | None = None, path: str = "/stream"
+) -> Iterator[Served]:
     """Serve an H.264 mp4 over RTSP with GStreamer; yields ``rtsp://127.0.0.1:PORT/stream``.
 
     Each client gets the file from its start, paced like a camera; the stream ends with the
@@ -129,9 +164,19 @@ def rtsp_server(video_path: Path | str, port: int | None = None,
         if state["proc"] is not None:
             return
         proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(RTSP_SCRIPT), "--port", str(port), "--video", str(video_path),
-             "--path", path],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                SYSTEM_PYTHON,
+                str(RTSP_SCRIPT),
+                "--port",
+                str(port),
+                "--video",
+                str(video_path),
+                "--path",
+                path,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         state["proc"] = proc
         try:
             wait_port(port, 15.0, alive=lambda: proc.poll() is None)
@@ -161,8 +206,9 @@ def rtsp_server(video_path: Path | str, port: int | None = None,
         stop()
 
 
-def _jpeg_frames(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path | str,
-                 limit: int) -> list[bytes]:
+def _jpeg_frames(
+    frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path | str, limit: int
+) -> list[bytes]:
     """JPEG bytes from JPEG bytes, RGB arrays, or the first ``limit`` frames of a video."""
     import cv2
 
@@ -181,8 +227,9 @@ def _jpeg_frames(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path 
         if isinstance(item, bytes | bytearray):
             out.append(bytes(item))
         else:
-            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(item[:, :, ::-1]),
-                                   [cv2.IMWRITE_JPEG_QUALITY, 80])
+            ok, buf = cv2.imencode(
+                ".jpg", np.ascontiguousarray(item[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 80]
+            )
             assert ok
             out.append(buf.tobytes())
     if not out:
@@ -191,9 +238,15 @@ def _jpeg_frames(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path 
 
 
 @contextlib.contextmanager
-def mjpeg_server(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path | str,
-                 port: int | None = None, *, fps: float = 25.0, garbage_every: int = 0,
-                 max_frames: int = 250, loop: bool = True) -> Iterator[Served]:
+def mjpeg_server(
+    frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path | str,
+    port: int | None = None,
+    *,
+    fps: float = 25.0,
+    garbage_every: int = 0,
+    max_frames: int = 250,
+    loop: bool = True,
+) -> Iterator[Served]:
     """Serve JPEG frames as ``multipart/x-mixed-replace`` at ``fps``; yields the http URL.
 
     ``frames_or_video``: JPEG bytes, RGB arrays, or a video file (its first ``max_frames``
@@ -225,8 +278,14 @@ def mjpeg_server(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path 
                     body = garbage[n % len(garbage)]
                 else:
                     body = jpegs[n % len(jpegs)]
-                part = (f"--{boundary}\r\nContent-Type: image/jpeg\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body + b"\r\n"
+                part = (
+                    (
+                        f"--{boundary}\r\nContent-Type: image/jpeg\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n"
+                    ).encode()
+                    + body
+                    + b"\r\n"
+                )
                 try:
                     self.wfile.write(part)
                     self.wfile.flush()
@@ -247,8 +306,12 @@ def mjpeg_server(frames_or_video: Sequence[bytes] | Sequence[np.ndarray] | Path 
         server_state["stopping"] = False
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         httpd.daemon_threads = True
-        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                  name=f"mjpeg-server-{port}", daemon=True)
+        thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"mjpeg-server-{port}",
+            daemon=True,
+        )
         thread.start()
         server_state.update(server=httpd, thread=thread)
 

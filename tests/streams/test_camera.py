@@ -33,12 +33,14 @@ def run(worker: CameraWorker, scene: Scene) -> list[VisitEvent]:
 
 
 def test_every_passer_of_the_door_scene_is_one_visit_with_the_right_name(
-        stream_scenes, enrolled_gallery, default_pipeline) -> None:
+    stream_scenes, enrolled_gallery, default_pipeline
+) -> None:
     scene = stream_scenes["door"]  # 60 s, 9 passers, two pairs at once, one occlusion
     expected = truth(scene)
     seen: list[dict[str, Any]] = []
-    worker = CameraWorker("door", default_pipeline, enrolled_gallery,
-                          sinks=[lambda e: seen.append(e.to_dict())])
+    worker = CameraWorker(
+        "door", default_pipeline, enrolled_gallery, sinks=[lambda e: seen.append(e.to_dict())]
+    )
     events = run(worker, scene)
     assert [e.to_dict() for e in events] == seen  # every event went to the sink
     arrived = [e for e in events if e.kind == "arrived"]
@@ -54,7 +56,8 @@ def test_every_passer_of_the_door_scene_is_one_visit_with_the_right_name(
     for e in left:
         assert e.first_seen is not None and e.last_seen is not None
         assert (e.last_seen - e.first_seen).total_seconds() == pytest.approx(
-            e.end_s - e.start_s, abs=1e-3)
+            e.end_s - e.start_s, abs=1e-3
+        )
         assert e.end_s - e.start_s > 4.0  # each passer is in view ~6-7 s: never cut in two
     status = worker.status()
     assert status["visits"] == len(expected) and status["tracks_open"] == 0
@@ -66,8 +69,8 @@ def test_every_passer_of_the_door_scene_is_one_visit_with_the_right_name(
 
 @pytest.mark.parametrize(("revisit_s", "visits"), [(30.0, 1), (2.0, 2)])
 def test_a_reappearance_within_the_window_is_the_same_visit(
-        stream_scenes, enrolled_gallery, default_pipeline, revisit_s: float,
-        visits: int) -> None:
+    stream_scenes, enrolled_gallery, default_pipeline, revisit_s: float, visits: int
+) -> None:
     scene = stream_scenes["gap_revisit"]  # gone 5.5 s, then back
     person = truth(scene)[0]["identity"]
     settings = CameraSettings(visits=VisitSettings(revisit_s=revisit_s))
@@ -81,17 +84,19 @@ def test_a_reappearance_within_the_window_is_the_same_visit(
 
 
 def test_a_stranger_is_unknown_and_keeps_its_best_crops(
-        stream_scenes, enrolled_gallery, default_pipeline) -> None:
+    stream_scenes, enrolled_gallery, default_pipeline
+) -> None:
     settings = CameraSettings(store_crops=True)
     worker = CameraWorker("door", default_pipeline, enrolled_gallery, settings)
     events = run(worker, stream_scenes["stranger"])
-    assert [(e.kind, e.subject_id, e.name) for e in events] == [("arrived", None, None),
-                                                                ("left", None, None)]
+    assert [(e.kind, e.subject_id, e.name) for e in events] == [
+        ("arrived", None, None),
+        ("left", None, None),
+    ]
     evidence = events[-1].evidence
     assert len(evidence) == settings.visits.max_faces
     assert all(ev.crop is not None and ev.crop.shape == (112, 112, 3) for ev in evidence)
-    assert [ev.quality for ev in evidence] == sorted((ev.quality for ev in evidence),
-                                                     reverse=True)
+    assert [ev.quality for ev in evidence] == sorted((ev.quality for ev in evidence), reverse=True)
     assert "evidence" not in events[-1].to_dict()
     # without store_crops: a decided track embeds nothing more (its evidence is the faces of
     # its decision; persisting their crops is the recorder's choice)
@@ -102,13 +107,13 @@ def test_a_stranger_is_unknown_and_keeps_its_best_crops(
 
 
 def test_a_sink_that_raises_does_not_stop_the_worker(
-        stream_scenes, enrolled_gallery, default_pipeline) -> None:
+    stream_scenes, enrolled_gallery, default_pipeline
+) -> None:
     def broken(event: VisitEvent) -> None:
         raise RuntimeError("the webhook is down")
 
     got: list[VisitEvent] = []
-    worker = CameraWorker("door", default_pipeline, enrolled_gallery,
-                          sinks=[broken, got.append])
+    worker = CameraWorker("door", default_pipeline, enrolled_gallery, sinks=[broken, got.append])
     events = run(worker, stream_scenes["two_at_once"])
     assert [e.kind for e in events].count("arrived") == 2 and got == events
     assert worker.status()["sink_errors"] == len(events) == 4
@@ -116,8 +121,12 @@ def test_a_sink_that_raises_does_not_stop_the_worker(
 
 def test_live_view_and_status(stream_scenes, enrolled_gallery, default_pipeline) -> None:
     scene = stream_scenes["single"]
-    worker = CameraWorker("door", default_pipeline, enrolled_gallery,
-                          CameraSettings(detect_max_side=480, min_face_size=24))
+    worker = CameraWorker(
+        "door",
+        default_pipeline,
+        enrolled_gallery,
+        CameraSettings(detect_max_side=480, min_face_size=24),
+    )
     assert worker.latest_annotated() is None and worker.latest() is None
     person = truth(scene)[0]["identity"]
     labels = set()
@@ -137,8 +146,7 @@ def test_live_view_and_status(stream_scenes, enrolled_gallery, default_pipeline)
     assert [e.kind for e in worker.finish()] == ["left"]
 
 
-def test_run_reads_a_source_to_its_end(scene_videos, enrolled_gallery, default_pipeline
-                                       ) -> None:
+def test_run_reads_a_source_to_its_end(scene_videos, enrolled_gallery, default_pipeline) -> None:
     import threading
 
     from marginface.streams.sources import open_source
@@ -148,8 +156,10 @@ def test_run_reads_a_source_to_its_end(scene_videos, enrolled_gallery, default_p
     worker = CameraWorker("door", default_pipeline, enrolled_gallery, sinks=[got.append])
     with open_source(path, fps=FPS) as source:
         worker.run(source, threading.Event())
-    assert [(e.kind, e.name) for e in got] == [("arrived", expected[0]["identity"]),
-                                               ("left", expected[0]["identity"])]
+    assert [(e.kind, e.name) for e in got] == [
+        ("arrived", expected[0]["identity"]),
+        ("left", expected[0]["identity"]),
+    ]
 
 
 def test_settings_are_validated() -> None:

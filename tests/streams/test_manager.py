@@ -67,24 +67,32 @@ def test_a_crashing_worker_is_restarted_and_the_others_keep_working(gallery: Gal
     try:
         good = manager.create("good", "push:", QUICK)["id"]
         bad = manager.create("bad", "push:", QUICK)["id"]
-        failed = wait_for(lambda: manager.status(bad)["state"] == "failed"
-                          and manager.status(bad), what="the crash to show")
+        failed = wait_for(
+            lambda: manager.status(bad)["state"] == "failed" and manager.status(bad),
+            what="the crash to show",
+        )
         assert failed["last_error"].startswith("RuntimeError: boom")
-        wait_for(lambda: pushed_and_processed(manager, good, camera_frame((4, 60))),
-                 what="the good camera processing")
-        wait_for(lambda: manager.status(bad)["state"] in ("connecting", "running"),
-                 what="the restart")
+        wait_for(
+            lambda: pushed_and_processed(manager, good, camera_frame((4, 60))),
+            what="the good camera processing",
+        )
+        wait_for(
+            lambda: manager.status(bad)["state"] in ("connecting", "running"), what="the restart"
+        )
         status = manager.status(bad)
         assert status["restarts"] == 3 and flaky.calls == 4
-        wait_for(lambda: pushed_and_processed(manager, bad, camera_frame((4, 60))),
-                 what="the restarted camera processing")
+        wait_for(
+            lambda: pushed_and_processed(manager, bad, camera_frame((4, 60))),
+            what="the restarted camera processing",
+        )
     finally:
         manager.close()
 
 
 def test_close_stops_every_camera_promptly(gallery: Gallery) -> None:
-    manager = CameraManager(gallery, FakePipeline(), worker_factory=FakeCameraWorker,
-                            **QUICK_RESTARTS)
+    manager = CameraManager(
+        gallery, FakePipeline(), worker_factory=FakeCameraWorker, **QUICK_RESTARTS
+    )
     manager.start()
     for i in range(4):
         manager.create(f"c{i}", "push:", QUICK)
@@ -97,13 +105,25 @@ def test_close_stops_every_camera_promptly(gallery: Gallery) -> None:
 
 
 def test_url_rules_without_connecting() -> None:
-    for good in ("push:", "rtsp://u:p@10.0.0.1:554/s?transport=udp", "http://cam/mjpg",
-                 "webcam:0", "/dev/video2", "0", "file:///videos/door.mp4", "door.mp4"):
+    for good in (
+        "push:",
+        "rtsp://u:p@10.0.0.1:554/s?transport=udp",
+        "http://cam/mjpg",
+        "webcam:0",
+        "/dev/video2",
+        "0",
+        "file:///videos/door.mp4",
+        "door.mp4",
+    ):
         assert check_camera_url(f"  {good} ") == good
     from marginface.errors import DataError
 
-    for bad, words in (("ftp://x/y", "scheme"), ("rtsp://x/y?transport=quic", "transport"),
-                       ("http://", "host"), ("", "empty")):
+    for bad, words in (
+        ("ftp://x/y", "scheme"),
+        ("rtsp://x/y?transport=quic", "transport"),
+        ("http://", "host"),
+        ("", "empty"),
+    ):
         with pytest.raises(DataError, match=words):
             check_camera_url(bad)
 
@@ -115,10 +135,27 @@ def _event(kind: str, subject: str | None, *, evidence: int = 0, visit: int = 1)
         emb = np.zeros(DIM, np.float32)
         emb[14] = 1.0
         emb[20 + i] = 0.2
-        faces.append(Evidence(0.9 - 0.1 * i, emb / np.linalg.norm(emb),
-                              np.full((112, 112, 3), 40 * i, np.uint8)))
-    return VisitEvent(kind, "door", 7, visit, subject, "Ada" if subject else None, 0.8, 0.5,
-                      1.0, 4.5, 3, now - timedelta(seconds=3.5), now, tuple(faces))
+        faces.append(
+            Evidence(
+                0.9 - 0.1 * i, emb / np.linalg.norm(emb), np.full((112, 112, 3), 40 * i, np.uint8)
+            )
+        )
+    return VisitEvent(
+        kind,
+        "door",
+        7,
+        visit,
+        subject,
+        "Ada" if subject else None,
+        0.8,
+        0.5,
+        1.0,
+        4.5,
+        3,
+        now - timedelta(seconds=3.5),
+        now,
+        tuple(faces),
+    )
 
 
 @pytest.mark.parametrize("store_crops", [False, True])
@@ -134,7 +171,11 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
 
     events = sorted(gallery.events(source="door"), key=lambda e: e.id)
     assert [(e.decision, e.subject_id) for e in events] == [
-        ("arrived", ada.id), ("left", ada.id), ("arrived", None), ("left", None)]
+        ("arrived", ada.id),
+        ("left", ada.id),
+        ("arrived", None),
+        ("left", None),
+    ]
     stranger_left = events[3]
     visitor_id = stranger_left.details["visitor_id"]
     assert recorder.visitor_of("door", 2) == visitor_id
@@ -177,13 +218,23 @@ class FakeNotifier:
 
 def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
     notifier = FakeNotifier()
-    manager = CameraManager(gallery, FakePipeline(), worker_factory=FakeCameraWorker,
-                            notifiers=[notifier], retention_days=30, **QUICK_RESTARTS)
+    manager = CameraManager(
+        gallery,
+        FakePipeline(),
+        worker_factory=FakeCameraWorker,
+        notifiers=[notifier],
+        retention_days=30,
+        **QUICK_RESTARTS,
+    )
     manager.start()
     try:
         cam = manager.create("door", "push:", QUICK)["id"]
-        wait_for(lambda: ("door", "connecting") in notifier.states
-                 or ("door", "running") in notifier.states, what="a state published")
+        wait_for(
+            lambda: (
+                ("door", "connecting") in notifier.states or ("door", "running") in notifier.states
+            ),
+            what="a state published",
+        )
         manager.push(cam, camera_frame((4, 60)))
         wait_for(lambda: ("door", "running") in notifier.states, what="running published")
         time.sleep(0.3)
@@ -192,8 +243,9 @@ def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
         assert kinds == ["gallery", "fakenotifier"]
 
         old = datetime.now(UTC) - timedelta(days=40)
-        gallery.log_event("door", subject_id=None, score=0.1, decision="left", time=old,
-                          details={"kind": "visit"})
+        gallery.log_event(
+            "door", subject_id=None, score=0.1, decision="left", time=old, details={"kind": "visit"}
+        )
         gallery.log_event("api", subject_id=None, score=0.1, decision="unknown", time=old)
         purged = manager.purge()
         assert purged is not None and purged["result"]["events"] == 1
@@ -212,11 +264,14 @@ def test_a_real_video_through_the_real_pipeline(
     manager.start()
     try:
         cam = manager.create("door", str(path))["id"]
-        wait_for(lambda: manager.status(cam)["state"] == "ended", timeout=60,
-                 what="the video to end")
+        wait_for(
+            lambda: manager.status(cam)["state"] == "ended", timeout=60, what="the video to end"
+        )
         visits = manager.recent_visits(cam)
         assert [(v["kind"], v["name"]) for v in visits] == [
-            ("left", expected[0]["identity"]), ("arrived", expected[0]["identity"])]
+            ("left", expected[0]["identity"]),
+            ("arrived", expected[0]["identity"]),
+        ]
         assert manager.status(cam)["frames_processed"] >= 30
         assert manager.snapshot(cam)[:2] == b"\xff\xd8"
     finally:

@@ -34,11 +34,27 @@ from tests.streams.mqtt_broker import Broker, free_port, mosquitto_broker
 SECRET = "s3cr3t-for-tests"
 
 
-def visit(kind: str = "arrived", camera: str = "front door", track_id: int = 1,
-          subject_id: str | None = "alice", name: str | None = "Alice") -> VisitEvent:
+def visit(
+    kind: str = "arrived",
+    camera: str = "front door",
+    track_id: int = 1,
+    subject_id: str | None = "alice",
+    name: str | None = "Alice",
+) -> VisitEvent:
     """A visit event as the camera worker makes them."""
-    return VisitEvent(kind, camera, track_id, track_id, subject_id, name,  # type: ignore[arg-type]
-                      0.71, 0.42, 1.5, 4.25, 3)
+    return VisitEvent(
+        kind,
+        camera,
+        track_id,
+        track_id,
+        subject_id,
+        name,  # type: ignore[arg-type]
+        0.71,
+        0.42,
+        1.5,
+        4.25,
+        3,
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -53,6 +69,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 # ----------------------------------------------------------------------------------------------
 # A local HTTP receiver
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Received:
@@ -89,8 +106,7 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with state.lock:
-                state.requests.append(Received(dict(self.headers.items()), body,
-                                               time.monotonic()))
+                state.requests.append(Received(dict(self.headers.items()), body, time.monotonic()))
                 n = len(state.requests)
             if state.hold is not None:
                 state.hold.wait(10)
@@ -116,8 +132,13 @@ def receiver() -> Iterator[Receiver]:
 
 def fast(url: str, **kw: Any) -> WebhookSettings:
     """Settings with tiny backoffs, for tests."""
-    options: dict[str, Any] = {"url": url, "secret": SECRET, "timeout_s": 2.0,
-                               "backoff_initial_s": 0.04, "backoff_max_s": 0.2}
+    options: dict[str, Any] = {
+        "url": url,
+        "secret": SECRET,
+        "timeout_s": 2.0,
+        "backoff_initial_s": 0.04,
+        "backoff_max_s": 0.2,
+    }
     options.update(kw)
     return WebhookSettings(**options)
 
@@ -126,9 +147,14 @@ def fast(url: str, **kw: Any) -> WebhookSettings:
 # Settings and signatures
 # ----------------------------------------------------------------------------------------------
 
+
 def test_settings_are_validated() -> None:
-    for bad in ("ftp://example.com/hook", "example.com/hook", "http:///nohost",
-                "http://example.com:99999/"):
+    for bad in (
+        "ftp://example.com/hook",
+        "example.com/hook",
+        "http:///nohost",
+        "http://example.com:99999/",
+    ):
         with pytest.raises(ValidationError, match="webhook URL"):
             WebhookSettings(url=bad)
     with pytest.raises(ValidationError):
@@ -136,9 +162,13 @@ def test_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         WebhookSettings(url="https://example.com/", events=["entered"])
     defaults = WebhookSettings(url="https://example.com/h")
-    assert (defaults.events, defaults.max_attempts, defaults.backoff_initial_s,
-            defaults.backoff_max_s, defaults.queue_size) == (["arrived", "left"], 6, 1.0,
-                                                             60.0, 1000)
+    assert (
+        defaults.events,
+        defaults.max_attempts,
+        defaults.backoff_initial_s,
+        defaults.backoff_max_s,
+        defaults.queue_size,
+    ) == (["arrived", "left"], 6, 1.0, 60.0, 1000)
     assert SECRET not in repr(fast("https://example.com/h"))
     with pytest.raises(ValidationError, match="topic_prefix"):
         MqttSettings(topic_prefix="home/#")
@@ -168,13 +198,13 @@ def test_signature_verifies_and_rejects_forgeries() -> None:
     assert not verify_signature(SECRET, "not-a-number", body, header)
     stale = now - 301
     assert not verify_signature(SECRET, stale, body, sign_payload(SECRET, stale, body))
-    assert verify_signature(SECRET, stale, body, sign_payload(SECRET, stale, body),
-                            tolerance_s=600)
+    assert verify_signature(SECRET, stale, body, sign_payload(SECRET, stale, body), tolerance_s=600)
 
 
 # ----------------------------------------------------------------------------------------------
 # Webhooks
 # ----------------------------------------------------------------------------------------------
+
 
 def test_webhook_posts_signed_json(receiver: Receiver) -> None:
     with Webhook(fast(receiver.url)) as hook:
@@ -229,8 +259,9 @@ def test_webhook_retries_with_backoff_until_delivered(receiver: Receiver, code: 
     assert len({r.headers["X-Marginface-Delivery"] for r in attempts}) == 1  # same event id
     assert len({r.body for r in attempts}) == 1
     for r in attempts:  # every attempt freshly signed
-        assert verify_signature(SECRET, r.headers["X-Marginface-Timestamp"], r.body,
-                                r.headers["X-Marginface-Signature"])
+        assert verify_signature(
+            SECRET, r.headers["X-Marginface-Timestamp"], r.body, r.headers["X-Marginface-Signature"]
+        )
     gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
     # ceilings 0.04, 0.08, 0.16 s; each wait is between half and all of its ceiling
     for gap, ceiling in zip(gaps, (0.04, 0.08, 0.16), strict=True):
@@ -319,6 +350,7 @@ def test_close_is_prompt_while_retrying() -> None:
 # MQTT against mosquitto
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     with mosquitto_broker(tmp_path_factory.mktemp("mosquitto")) as b:
@@ -340,8 +372,9 @@ class Subscriber:
         self.client.loop_start()
         assert subscribed.wait(5), "subscriber did not subscribe"
 
-    def wait_for(self, topic: str, predicate: Callable[[Any], bool] = lambda p: True,
-                 timeout: float = 5.0) -> mqtt.MQTTMessage:
+    def wait_for(
+        self, topic: str, predicate: Callable[[Any], bool] = lambda p: True, timeout: float = 5.0
+    ) -> mqtt.MQTTMessage:
         """The first message on ``topic`` whose decoded payload satisfies ``predicate``."""
         for m in self.seen:
             if m.topic == topic and predicate(decode(m)):
@@ -386,7 +419,8 @@ def test_mqtt_events_state_presence_and_availability(broker: Broker) -> None:
         assert event["type"] == "visit.arrived" and event["name"] == "Alice"
         assert event["camera"] == cam and event["track_id"] == 7
         assert {k: event[k] for k in visit().to_dict()} == visit(
-            "arrived", camera=cam, track_id=7).to_dict()
+            "arrived", camera=cam, track_id=7
+        ).to_dict()
         assert decode(sub.wait_for(f"{base}/arrived"))["id"] == event["id"]
         unknown = sub.wait_for(f"{base}/events", lambda p: p["track_id"] == 8)
         assert decode(unknown)["subject_id"] is None
@@ -398,8 +432,9 @@ def test_mqtt_events_state_presence_and_availability(broker: Broker) -> None:
         assert decode(sub.wait_for(f"{base}/left"))["kind"] == "left"
         gone = decode(sub.wait_for(f"{base}/person/alice", lambda p: not p["present"]))
         assert gone["event"]["kind"] == "left"
-        assert not any(m.topic.startswith(f"{base}/person/") and "None" in m.topic
-                       for m in sub.seen)  # unknown people have no person topic
+        assert not any(
+            m.topic.startswith(f"{base}/person/") and "None" in m.topic for m in sub.seen
+        )  # unknown people have no person topic
         assert wait_until(lambda: pub.status()["published"] >= 9, 5), pub.status()
         status = pub.status()
         assert status["connected"] and status["failed"] == 0
@@ -412,8 +447,9 @@ def test_mqtt_events_state_presence_and_availability(broker: Broker) -> None:
 
 def test_mqtt_retained_topics_reach_a_late_subscriber(broker: Broker) -> None:
     prefix = "mf-test-2"
-    with MqttPublisher(MqttSettings(host=broker.host, port=broker.port,
-                                    topic_prefix=prefix)) as pub:
+    with MqttPublisher(
+        MqttSettings(host=broker.host, port=broker.port, topic_prefix=prefix)
+    ) as pub:
         assert pub.wait_connected(5)
         pub(visit("arrived", camera="hall", subject_id="bob 2", name="Bob"))
         pub(visit("arrived", camera="hall", track_id=2))
@@ -421,10 +457,12 @@ def test_mqtt_retained_topics_reach_a_late_subscriber(broker: Broker) -> None:
         assert wait_until(lambda: pub.status()["published"] >= 8, 5), pub.status()
         late = Subscriber(broker, f"{prefix}/#")
         try:
-            for topic, expected in ((f"{prefix}/available", "online"),
-                                    (f"{prefix}/hall/state", None),
-                                    (f"{prefix}/hall/person/bob_2", None),
-                                    (f"{prefix}/hall/person/alice", None)):
+            for topic, expected in (
+                (f"{prefix}/available", "online"),
+                (f"{prefix}/hall/state", None),
+                (f"{prefix}/hall/person/bob_2", None),
+                (f"{prefix}/hall/person/alice", None),
+            ):
                 m = late.wait_for(topic)
                 assert m.retain, topic
                 if expected:
@@ -446,8 +484,15 @@ def test_mqtt_retained_topics_reach_a_late_subscriber(broker: Broker) -> None:
 def test_mqtt_survives_the_broker_going_down(tmp_path: Path) -> None:
     prefix = "mf-test-3"
     with mosquitto_broker(tmp_path) as broker:
-        pub = MqttPublisher(MqttSettings(host=broker.host, port=broker.port, topic_prefix=prefix,
-                                         reconnect_min_s=1, reconnect_max_s=1))
+        pub = MqttPublisher(
+            MqttSettings(
+                host=broker.host,
+                port=broker.port,
+                topic_prefix=prefix,
+                reconnect_min_s=1,
+                reconnect_max_s=1,
+            )
+        )
         try:
             assert pub.wait_connected(5)
             broker.stop()
@@ -481,8 +526,9 @@ def test_mqtt_qos0_while_down_is_counted_not_raised(tmp_path: Path) -> None:
         pub(visit())
         status = pub.status()
         assert not status["connected"] and status["failed"] >= 2
-        assert wait_until(lambda: str(port) in (pub.status()["last_error"] or ""), 5), \
-            pub.status()  # the connection failure, with the broker's address
+        assert wait_until(lambda: str(port) in (pub.status()["last_error"] or ""), 5), (
+            pub.status()
+        )  # the connection failure, with the broker's address
     finally:
         start = time.perf_counter()
         pub.close()

@@ -50,7 +50,8 @@ def _free_port() -> int:
 
 
 def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
-        scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path) -> None:
+    scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path
+) -> None:
     video, truth = scene_videos["door"]
     db = tmp_path / "gallery.db"
     shutil.copyfile(enrolled_gallery_path, db)
@@ -58,13 +59,24 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     receiver = _receiver(received)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     port = _free_port()
-    env = {**os.environ, "MARGINFACE_WEBHOOKS": json.dumps(
-        [{"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
-          "backoff_initial_s": 0.1}])}
+    env = {
+        **os.environ,
+        "MARGINFACE_WEBHOOKS": json.dumps(
+            [
+                {
+                    "url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+                    "backoff_initial_s": 0.1,
+                }
+            ]
+        ),
+    }
     service = subprocess.Popen(
         [sys.executable, "-m", "marginface", "serve", "--db", str(db), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -77,8 +89,12 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
         else:
             raise AssertionError("the service did not start")
         key = (tmp_path / "gallery.admin-key").read_text().strip()
-        created = httpx.post(f"{url}/v1/cameras", headers={"X-API-Key": key}, json={
-            "name": "door", "url": str(video), "settings": {"fps": 5}}, timeout=10)
+        created = httpx.post(
+            f"{url}/v1/cameras",
+            headers={"X-API-Key": key},
+            json={"name": "door", "url": str(video), "settings": {"fps": 5}},
+            timeout=10,
+        )
         assert created.status_code == 201, created.text
         deadline = time.monotonic() + 120
         while sum(e["type"] == "visit.left" for e in received) < 3:
@@ -91,8 +107,11 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
             service.kill()
             service.wait()
         receiver.shutdown()
-    delivered = {(e["event"]["visit_id"], e["event"]["kind"]) for e in received
-                 if e["type"].startswith("visit.")}
+    delivered = {
+        (e["event"]["visit_id"], e["event"]["kind"])
+        for e in received
+        if e["type"].startswith("visit.")
+    }
     assert len(delivered) < 2 * len(truth)  # killed before the video's end
     conn = sqlite3.connect(db)
     try:
@@ -100,8 +119,11 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     finally:
         conn.close()
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
-        stored = {(e.details["visit_id"], e.decision) for e in gallery.events(source="door")
-                  if e.details.get("kind") == "visit"}
+        stored = {
+            (e.details["visit_id"], e.decision)
+            for e in gallery.events(source="door")
+            if e.details.get("kind") == "visit"
+        }
         assert delivered <= stored, delivered - stored
         (camera,) = gallery.list_cameras()
         assert camera.name == "door" and camera.enabled  # it runs again at the next start

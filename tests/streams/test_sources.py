@@ -131,8 +131,11 @@ def test_non_video_file_fails_with_a_clear_error(tmp_path: Path) -> None:
     assert "\n" not in status.last_error
     assert status.reconnects == 0
     audio = tmp_path / "tone.m4a"
-    subprocess.run([require_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
-                    str(audio)], check=True, timeout=60)
+    subprocess.run(
+        [require_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(audio)],
+        check=True,
+        timeout=60,
+    )
     with open_source(audio) as source:
         assert source.read(timeout=10) is None
     assert source.status().state == "failed"
@@ -157,7 +160,7 @@ def test_corrupt_packets_in_a_file_are_skipped_and_counted(clip: Path, tmp_path:
     data = bytearray(clip.read_bytes())
     rng = np.random.default_rng(1)
     for start in range(len(data) // 3, len(data) - 20_000, len(data) // 8):
-        data[start:start + 4_000] = rng.integers(0, 256, 4_000, dtype=np.uint8).tobytes()
+        data[start : start + 4_000] = rng.integers(0, 256, 4_000, dtype=np.uint8).tobytes()
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(bytes(data))
     with open_source(damaged, fps=None) as source:
@@ -196,8 +199,7 @@ def test_rtsp_delivers_frames(rtsp_url: str, how: str) -> None:
 
 
 def test_mjpeg_over_http_delivers_frames(clip: Path) -> None:
-    with mjpeg_server(clip, fps=25, max_frames=50) as url, \
-            open_source(url, fps=10) as source:
+    with mjpeg_server(clip, fps=25, max_frames=50) as url, open_source(url, fps=10) as source:
         frames = read_frames(source, 4.0, count=6)
         status = source.status()
     assert len(frames) >= 5, status
@@ -207,8 +209,10 @@ def test_mjpeg_over_http_delivers_frames(clip: Path) -> None:
 
 
 def test_mjpeg_garbage_is_skipped_and_counted(clip: Path) -> None:
-    with mjpeg_server(clip, fps=25, max_frames=20, garbage_every=3) as url, \
-            open_source(url, fps=None) as source:
+    with (
+        mjpeg_server(clip, fps=25, max_frames=20, garbage_every=3) as url,
+        open_source(url, fps=None) as source,
+    ):
         frames = read_frames(source, 1.5)
         status = source.status()
     assert len(frames) >= 5, status
@@ -251,9 +255,10 @@ def test_push_is_only_for_push_sources(clip: Path) -> None:
 
 
 def test_reconnects_after_the_rtsp_server_restarts(long_clip: Path) -> None:
-    with rtsp_server(long_clip) as server, \
-            open_source(server, fps=5, backoff_initial=0.1, backoff_max=0.4,
-                        read_timeout=2) as source:
+    with (
+        rtsp_server(long_clip) as server,
+        open_source(server, fps=5, backoff_initial=0.1, backoff_max=0.4, read_timeout=2) as source,
+    ):
         wait_for(lambda: source.read(timeout=0.2) is not None, 8, "the first frame")
         assert source.status().state == "running"
         server.stop()
@@ -298,8 +303,10 @@ def test_close_is_prompt_while_blocked_on_a_silent_server() -> None:
 
 
 def test_silent_server_times_out_into_reconnecting() -> None:
-    with silent_server() as url, \
-            open_source(url, open_timeout=0.5, read_timeout=0.5, backoff_initial=0.1) as source:
+    with (
+        silent_server() as url,
+        open_source(url, open_timeout=0.5, read_timeout=0.5, backoff_initial=0.1) as source,
+    ):
         wait_for(lambda: source.status().state == "reconnecting", 5, "the open timeout")
         status = source.status()
     assert status.last_error == f"cannot connect to {url}: timed out"

@@ -34,9 +34,15 @@ def decode(path: Path, times: list[float] | None = None) -> tuple[dict, dict[int
                 frames[count] = frame.to_ndarray(format="rgb24")
             last_t = float(frame.pts * stream.time_base)
             count += 1
-        info = {"width": stream.codec_context.width, "height": stream.codec_context.height,
-                "fps": fps, "frames": count, "last_t": last_t, "codec": stream.codec_context.name,
-                "pix_fmt": stream.codec_context.pix_fmt}
+        info = {
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "fps": fps,
+            "frames": count,
+            "last_t": last_t,
+            "codec": stream.codec_context.name,
+            "pix_fmt": stream.codec_context.pix_fmt,
+        }
     return info, frames
 
 
@@ -87,8 +93,10 @@ def test_ground_truth_is_consistent(stream_people, stream_scenes):
     assert single["enrolled"] and len(single["visible"]) == 1
     assert single["visible"][0][1] - single["visible"][0][0] > 4.0
     a, b = truths["two_at_once"]
-    assert min(a["visible"][0][1], b["visible"][0][1]) - max(a["visible"][0][0],
-                                                             b["visible"][0][0]) > 4.0
+    assert (
+        min(a["visible"][0][1], b["visible"][0][1]) - max(a["visible"][0][0], b["visible"][0][0])
+        > 4.0
+    )
     (occ,) = truths["occlusion"]  # hidden for the 0.5 s of the occlusion, and only then
     assert len(occ["visible"]) == 2
     hidden = occ["visible"][1][0] - occ["visible"][0][1]
@@ -101,9 +109,12 @@ def test_ground_truth_is_consistent(stream_people, stream_scenes):
     assert len(door) >= 8 and {p["enrolled"] for p in door} == {True, False}
     assert len({p["identity"] for p in door}) == len(door)  # nobody passes twice
     together = sum(
-        1 for i, p in enumerate(door) for q in door[i + 1:]
-        if min(p["visible"][-1][1], q["visible"][-1][1]) > max(p["visible"][0][0],
-                                                               q["visible"][0][0]))
+        1
+        for i, p in enumerate(door)
+        for q in door[i + 1 :]
+        if min(p["visible"][-1][1], q["visible"][-1][1])
+        > max(p["visible"][0][0], q["visible"][0][0])
+    )
     assert together >= 2
 
 
@@ -123,8 +134,7 @@ def test_frames_are_deterministic_and_noisy(stream_scenes):
     scene = Scene(**{**vars(stream_scenes["single"]), "duration_s": 0.2})
     first = list(render_frames(scene))
     second = list(render_frames(scene))
-    assert len(first) == 5 and all(np.array_equal(a, b) for a, b in zip(first, second,
-                                                                            strict=True))
+    assert len(first) == 5 and all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert not np.array_equal(first[0], first[1])  # sensor noise changes every frame
     assert np.abs(first[0].astype(np.int16) - first[1]).mean() < 4.0
 
@@ -150,9 +160,13 @@ def test_detector_sees_passers_where_the_truth_says(scene_videos, default_pipeli
         face = faces[0].box
         assert centre_in(face, p.face_box, margin=10), (t, face, p.face_box)
         iou_area = (min(face[2], p.face_box[2]) - max(face[0], p.face_box[0])) * (
-            min(face[3], p.face_box[3]) - max(face[1], p.face_box[1]))
-        union = ((face[2] - face[0]) * (face[3] - face[1])
-                 + (p.face_box[2] - p.face_box[0]) * (p.face_box[3] - p.face_box[1]) - iou_area)
+            min(face[3], p.face_box[3]) - max(face[1], p.face_box[1])
+        )
+        union = (
+            (face[2] - face[0]) * (face[3] - face[1])
+            + (p.face_box[2] - p.face_box[0]) * (p.face_box[3] - p.face_box[1])
+            - iou_area
+        )
         assert iou_area / union > 0.5, t
 
 
@@ -169,8 +183,7 @@ def test_two_people_at_once_are_both_detected(stream_scenes, default_pipeline):
         assert any(centre_in(f.box, p.face_box, margin=10) for f in faces)
 
 
-def test_video_faces_match_the_enrolled_gallery(scene_videos, enrolled_gallery,
-                                                default_pipeline):
+def test_video_faces_match_the_enrolled_gallery(scene_videos, enrolled_gallery, default_pipeline):
     """The real pipeline end to end: faces of decoded frames identified in the gallery
     enrolled from other photos; the enrolled passer by name, the stranger as unknown."""
     from marginface.gallery import Recognizer
@@ -180,7 +193,7 @@ def test_video_faces_match_the_enrolled_gallery(scene_videos, enrolled_gallery,
     for name, enrolled in (("single", True), ("stranger", False)):
         scene = scene_videos.scenes[name]
         (passer,) = truth(scene)
-        (a, b), = passer["visible"]
+        ((a, b),) = passer["visible"]
         times = list(np.linspace(a + 0.3, b - 0.3, 6))
         if enrolled:  # decoded from the H.264 file
             _, frames = decode(scene_videos[name][0], times)

@@ -15,8 +15,10 @@ FPS = 5.0
 def det(cx: float, cy: float, size: float = 34.0, score: float = 0.9) -> Detection:
     half = size / 2
     box = np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
-    marks = np.array([[cx - 8, cy - 5], [cx + 8, cy - 5], [cx, cy + 2], [cx - 6, cy + 9],
-                      [cx + 6, cy + 9]], dtype=np.float32)
+    marks = np.array(
+        [[cx - 8, cy - 5], [cx + 8, cy - 5], [cx, cy + 2], [cx - 6, cy + 9], [cx + 6, cy + 9]],
+        dtype=np.float32,
+    )
     return Detection(box=box, score=score, landmarks=marks)
 
 

@@ -29,22 +29,23 @@ def face(person: int, noise: float = 0.35) -> np.ndarray:
 
 
 def quality(score_size: float = 40.0, sharp: float = 300.0, yaw: float = 0.0) -> FaceQuality:
-    return FaceQuality(size=score_size, detection_score=0.95, sharpness=sharp, yaw=yaw,
-                       pitch=0.5)
+    return FaceQuality(size=score_size, detection_score=0.95, sharpness=sharp, yaw=yaw, pitch=0.5)
 
 
 @pytest.fixture
 def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    card = ModelCard(name="fake", architecture="mbf", embedding_dim=DIM,
-                     impostors=log_linear_tail(0.45))
+    card = ModelCard(
+        name="fake", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.45)
+    )
     with Gallery.open(tmp_path / "g.db", card=card) as g:
         g.create_subject("Ada", embeddings=np.vstack([face(0), face(0)]))
         g.create_subject("Grace", embeddings=np.vstack([face(1), face(1)]))
         yield g
 
 
-def _walk(tracker: VisitTracker, track: int, person: int, start: float, frames: int = 10,
-          fps: float = 5.0) -> list:
+def _walk(
+    tracker: VisitTracker, track: int, person: int, start: float, frames: int = 10, fps: float = 5.0
+) -> list:
     """A person crossing the view: every frame observed, embedded when the tracker asks."""
     events = []
     for i in range(frames):
@@ -69,8 +70,16 @@ def test_each_passer_is_one_visit_with_the_right_name(gallery: Gallery) -> None:
         assert events[1].end_s == pytest.approx(events[1].start_s + 9 / 5)
     assert len({e.visit_id for e in ada + stranger + grace}) == 3
     assert ada[0].threshold > 0.45  # the gallery's operating point for 2 subjects x 2 faces
-    assert set(ada[0].to_dict()) >= {"camera", "track_id", "subject_id", "name", "score",
-                                     "start_s", "end_s", "faces"}
+    assert set(ada[0].to_dict()) >= {
+        "camera",
+        "track_id",
+        "subject_id",
+        "name",
+        "score",
+        "start_s",
+        "end_s",
+        "faces",
+    }
 
 
 def test_reappearance_within_the_window_is_the_same_visit(gallery: Gallery) -> None:
@@ -135,8 +144,7 @@ def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None
 def test_events_carry_wall_times_and_the_best_faces_as_evidence(gallery: Gallery) -> None:
     from datetime import UTC, datetime
 
-    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=2, max_faces=3,
-                                                          revisit_s=30))
+    tracker = VisitTracker(gallery, "door", VisitSettings(min_faces=2, max_faces=3, revisit_s=30))
     wall0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
     events = []
     for i in range(6):

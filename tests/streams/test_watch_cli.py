@@ -10,8 +10,20 @@ import pytest
 from marginface.cli import main
 from marginface.cli.exit_codes import ExitCode
 
-REQUIRED = {"camera", "track_id", "subject_id", "name", "score", "start_s", "end_s",
-            "first_seen", "last_seen", "faces", "visit_id", "threshold"}
+REQUIRED = {
+    "camera",
+    "track_id",
+    "subject_id",
+    "name",
+    "score",
+    "start_s",
+    "end_s",
+    "first_seen",
+    "last_seen",
+    "faces",
+    "visit_id",
+    "threshold",
+}
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -21,12 +33,24 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return int(exc.value.code or 0), out, err
 
 
-def test_watch_a_file_writes_one_line_per_passer(scene_videos, enrolled_gallery_path,
-                                                 tmp_path: Path, capsys) -> None:
+def test_watch_a_file_writes_one_line_per_passer(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
     video, expected = scene_videos["two_at_once"]
     out_path = tmp_path / "events.jsonl"
-    code, out, err = run_cli(["watch", str(video), "--db", str(enrolled_gallery_path),
-                              "--events-jsonl", str(out_path), "--camera", "hall"], capsys)
+    code, out, err = run_cli(
+        [
+            "watch",
+            str(video),
+            "--db",
+            str(enrolled_gallery_path),
+            "--events-jsonl",
+            str(out_path),
+            "--camera",
+            "hall",
+        ],
+        capsys,
+    )
     assert code == ExitCode.SUCCESS, err
     lines = [json.loads(line) for line in out_path.read_text().splitlines()]
     assert len(lines) == len(expected) == 2
@@ -40,12 +64,24 @@ def test_watch_a_file_writes_one_line_per_passer(scene_videos, enrolled_gallery_
     assert "Traceback" not in err
 
 
-def test_a_stranger_has_null_subject_and_name(scene_videos, enrolled_gallery_path,
-                                              tmp_path: Path, capsys) -> None:
+def test_a_stranger_has_null_subject_and_name(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
     video, _ = scene_videos["stranger"]
     out_path = tmp_path / "events.jsonl"
-    code, out, _ = run_cli(["watch", str(video), "--db", str(enrolled_gallery_path),
-                            "--events-jsonl", str(out_path), "--min-faces", "2"], capsys)
+    code, out, _ = run_cli(
+        [
+            "watch",
+            str(video),
+            "--db",
+            str(enrolled_gallery_path),
+            "--events-jsonl",
+            str(out_path),
+            "--min-faces",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0
     (row,) = [json.loads(line) for line in out_path.read_text().splitlines()]
     assert row["subject_id"] is None and row["name"] is None and row["faces"] == 2
@@ -54,7 +90,8 @@ def test_a_stranger_has_null_subject_and_name(scene_videos, enrolled_gallery_pat
 
 
 def test_record_writes_attendance_and_the_strangers_review_queue(
-        scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path, capsys) -> None:
+    scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path, capsys
+) -> None:
     import shutil
 
     from marginface.gallery import Gallery
@@ -63,8 +100,10 @@ def test_record_writes_attendance_and_the_strangers_review_queue(
     shutil.copyfile(enrolled_gallery_path, db)
     for scene in ("two_at_once", "stranger"):
         video, _ = scene_videos[scene]
-        code, _, err = run_cli(["watch", str(video), "--db", str(db), "--camera", "door",
-                                "--record", "--store-crops"], capsys)
+        code, _, err = run_cli(
+            ["watch", str(video), "--db", str(db), "--camera", "door", "--record", "--store-crops"],
+            capsys,
+        )
         assert code == ExitCode.SUCCESS, err
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
         kinds = sorted(e.decision for e in gallery.events(source="door"))
@@ -78,8 +117,9 @@ def test_record_writes_attendance_and_the_strangers_review_queue(
         png = gallery.visitor_face_crop(visitor.faces[0].id)
         assert png is not None and png[:4] == b"\x89PNG"
     for sources, people in ((["--source", "door"], 2), (["--source", "garage"], 0)):
-        code, out, err = run_cli(["gallery", "attendance", "--db", str(db), "--json", *sources],
-                                 capsys)
+        code, out, err = run_cli(
+            ["gallery", "attendance", "--db", str(db), "--json", *sources], capsys
+        )
         assert code == ExitCode.SUCCESS and len(json.loads(out)) == people, (out, err)
 
 
@@ -94,8 +134,9 @@ def _error(argv: list[str], capsys, *, started: bool = False) -> str:
     return lines[-1]
 
 
-def test_bad_inputs_give_one_line_errors(enrolled_gallery_path, scene_videos, tmp_path: Path,
-                                         capsys, monkeypatch) -> None:
+def test_bad_inputs_give_one_line_errors(
+    enrolled_gallery_path, scene_videos, tmp_path: Path, capsys, monkeypatch
+) -> None:
     db = str(enrolled_gallery_path)
     video = str(scene_videos["single"][0])
     assert "not found" in _error(["watch", str(tmp_path / "nope.mp4"), "--db", db], capsys)

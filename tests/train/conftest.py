@@ -11,15 +11,24 @@ from pathlib import Path
 import pytest
 
 
-def make_subset(shared_data: Path, out: Path, *, n_train: int, n_test: int, per_id: int,
-                test_per_id: int = 10, pairs_per_fold: int = 15, min_images: int = 20,
-                seed: int = 0) -> tuple[Path, Path]:
+def make_subset(
+    shared_data: Path,
+    out: Path,
+    *,
+    n_train: int,
+    n_test: int,
+    per_id: int,
+    test_per_id: int = 10,
+    pairs_per_fold: int = 15,
+    min_images: int = 20,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Write ``train.csv`` (``path,label``) of ``n_train`` identities and a ``pairs.csv`` of
     ``n_test`` other identities (10 identity-disjoint folds). Returns both paths."""
     root = shared_data / "celeba-train-112"
     ids = sorted(d for d in os.listdir(root) if (root / d).is_dir())
     big = [d for d in ids if len(os.listdir(root / d)) >= min_images]
-    train_ids, test_ids = big[:n_train], big[n_train:n_train + n_test]
+    train_ids, test_ids = big[:n_train], big[n_train : n_train + n_test]
     out.mkdir(parents=True, exist_ok=True)
     train_csv = out / "train.csv"
     with train_csv.open("w", newline="") as fh:
@@ -28,12 +37,13 @@ def make_subset(shared_data: Path, out: Path, *, n_train: int, n_test: int, per_
             for name in sorted(os.listdir(root / d))[:per_id]:
                 w.writerow([str(root / d / name), f"id{d}"])
     rng = random.Random(seed)
-    images = {d: [str(root / d / n) for n in sorted(os.listdir(root / d))[:test_per_id]]
-              for d in test_ids}
+    images = {
+        d: [str(root / d / n) for n in sorted(os.listdir(root / d))[:test_per_id]] for d in test_ids
+    }
     per_fold = max(2, len(test_ids) // 10)
     rows = []
     for fold in range(10):
-        group = test_ids[fold * per_fold:(fold + 1) * per_fold]
+        group = test_ids[fold * per_fold : (fold + 1) * per_fold]
         for _ in range(pairs_per_fold):
             d = rng.choice(group)
             a, b = rng.sample(images[d], 2)
@@ -51,5 +61,12 @@ def make_subset(shared_data: Path, out: Path, *, n_train: int, n_test: int, per_
 @pytest.fixture(scope="session")
 def small_subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """12 identities × 6 images for the fast mechanics tests, plus a pairs file."""
-    return make_subset(shared_data, tmp_path_factory.mktemp("small"), n_train=12, n_test=20,
-                       per_id=6, test_per_id=4, pairs_per_fold=4)
+    return make_subset(
+        shared_data,
+        tmp_path_factory.mktemp("small"),
+        n_train=12,
+        n_test=20,
+        per_id=6,
+        test_per_id=4,
+        pairs_per_fold=4,
+    )

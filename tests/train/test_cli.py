@@ -27,8 +27,9 @@ def _app() -> typer.Typer:
 
 
 @pytest.mark.slow
-def test_cli_trains_and_exports_a_model_dir(small_subset: tuple[Path, Path],
-                                            tmp_path: Path) -> None:
+def test_cli_trains_and_exports_a_model_dir(
+    small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     train_csv, pairs = small_subset
     config = tmp_path / "cfg.yaml"
     config.write_text(f"""
@@ -43,8 +44,9 @@ output: {tmp_path / "run"}
 log: {{progress: false}}
 verify: {{pairs: {pairs}, flip: false}}
 """)
-    result = CliRunner().invoke(_app(), ["train", str(config), "--set", "optim.lr=0.05",
-                                         "--set", "name=tiny-test"])
+    result = CliRunner().invoke(
+        _app(), ["train", str(config), "--set", "optim.lr=0.05", "--set", "name=tiny-test"]
+    )
     assert result.exit_code == 0, result.output
     assert "finished after 2 steps" in result.output
     run = tmp_path / "run"
@@ -81,9 +83,18 @@ def test_example_configs_are_valid() -> None:
 
     root = Path(__file__).resolve().parents[2] / "configs"
     names = {p.stem for p in root.glob("*.yaml")}
-    expected = {"softmax_mbf", "normface_mbf", "sphereface_mbf", "cosface_mbf", "arcface_mbf",
-                "combined_mbf", "triplet_mbf", "arcface_center_mbf", "subcenter_arcface_mbf",
-                "tiny_cpu"}
+    expected = {
+        "softmax_mbf",
+        "normface_mbf",
+        "sphereface_mbf",
+        "cosface_mbf",
+        "arcface_mbf",
+        "combined_mbf",
+        "triplet_mbf",
+        "arcface_center_mbf",
+        "subcenter_arcface_mbf",
+        "tiny_cpu",
+    }
     assert expected <= names
     for name in expected:
         cfg = load_train_config(root / f"{name}.yaml")
@@ -92,11 +103,14 @@ def test_example_configs_are_valid() -> None:
             assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.optim.lr) == (0, 20, 512, 0.1)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("data: {train: x}\nloss: {name: triplet}\n", "needs data.sampler: pk"),
-    ("data: {train: x}\nloss: {name: arcface, extra: [{name: softmax}]}\n", "loss.extra"),
-    ("data: {train: x}\namp: fp32\n", "amp"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("data: {train: x}\nloss: {name: triplet}\n", "needs data.sampler: pk"),
+        ("data: {train: x}\nloss: {name: arcface, extra: [{name: softmax}]}\n", "loss.extra"),
+        ("data: {train: x}\namp: fp32\n", "amp"),
+    ],
+)
 def test_config_rejects_inconsistent_settings(tmp_path: Path, text: str, needle: str) -> None:
     from marginface.train import load_train_config
 
@@ -109,8 +123,19 @@ def test_config_rejects_inconsistent_settings(tmp_path: Path, text: str, needle:
 def test_cli_train_table_pools_results_files(tmp_path: Path) -> None:
     import json
 
-    rows = [{"name": "arc", "config": "c.yaml", "loss": "arcface", "seed": s, "status": "done",
-             "accuracy": acc, "std": 1.0, "machine": "CPU"} for s, acc in ((0, 90.0), (1, 92.0))]
+    rows = [
+        {
+            "name": "arc",
+            "config": "c.yaml",
+            "loss": "arcface",
+            "seed": s,
+            "status": "done",
+            "accuracy": acc,
+            "std": 1.0,
+            "machine": "CPU",
+        }
+        for s, acc in ((0, 90.0), (1, 92.0))
+    ]
     paths = []
     for i, row in enumerate(rows):
         p = tmp_path / f"r{i}.json"

@@ -38,8 +38,9 @@ def test_distill_loss_decreases_on_a_toy_case() -> None:
     assert first > 0.5 and last < 0.05 * first
 
 
-def test_teacher_file_follows_dataset_order(small_subset: tuple[Path, Path],
-                                            tmp_path: Path) -> None:
+def test_teacher_file_follows_dataset_order(
+    small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     from marginface.data import open_dataset
     from marginface.embed import load_embedder
 
@@ -64,14 +65,27 @@ def test_training_with_distillation(small_subset: tuple[Path, Path], tmp_path: P
     rng = np.random.default_rng(0)
     teacher = tmp_path / "t.npy"
     np.save(teacher, rng.standard_normal((len(ds), 12)).astype(np.float16))
-    teacher_meta_path(teacher).write_text(json.dumps(
-        {"labels_fingerprint": labels_fingerprint(ds.labels)}))
-    over = {"data.train": train_csv, "data.input_size": "[32, 32]", "data.workers": 0,
-            "backbone.name": "tiny", "backbone.embedding_dim": 16,
-            "backbone.kwargs": "{widths: [4, 8]}", "amp": "none", "channels_last": False,
-            "batch_size": 16, "output": tmp_path / "run", "steps": 3, "log.progress": False,
-            "log.tensorboard": False, "distill.teacher": teacher, "distill.weight": 2.0,
-            "data.preload": "device"}
+    teacher_meta_path(teacher).write_text(
+        json.dumps({"labels_fingerprint": labels_fingerprint(ds.labels)})
+    )
+    over = {
+        "data.train": train_csv,
+        "data.input_size": "[32, 32]",
+        "data.workers": 0,
+        "backbone.name": "tiny",
+        "backbone.embedding_dim": 16,
+        "backbone.kwargs": "{widths: [4, 8]}",
+        "amp": "none",
+        "channels_last": False,
+        "batch_size": 16,
+        "output": tmp_path / "run",
+        "steps": 3,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "distill.teacher": teacher,
+        "distill.weight": 2.0,
+        "data.preload": "device",
+    }
     cfg = load_train_config(None, [f"{k}={v}" for k, v in over.items()])
     res = train(cfg)
     assert res.steps == 3 and np.isfinite(res.last_loss)

@@ -24,12 +24,24 @@ ROOT = HERE.parents[1]
 
 def base_overrides(train_csv: Path, out: Path, **extra: object) -> list[str]:
     values: dict[str, object] = {
-        "data.train": train_csv, "data.input_size": "[32, 32]", "data.workers": 0,
-        "data.augment": "flip", "backbone.name": "tiny", "backbone.embedding_dim": 16,
-        "backbone.kwargs": "{widths: [4, 8]}", "loss.name": "arcface",
-        "loss.kwargs": "{scale: 16, margin: 0.3}", "amp": "none", "channels_last": False,
-        "batch_size": 16, "output": out, "log.progress": False, "log.tensorboard": False,
-        "checkpoint.every_steps": 1000, "verify.at_epoch_end": False, "seed": 3,
+        "data.train": train_csv,
+        "data.input_size": "[32, 32]",
+        "data.workers": 0,
+        "data.augment": "flip",
+        "backbone.name": "tiny",
+        "backbone.embedding_dim": 16,
+        "backbone.kwargs": "{widths: [4, 8]}",
+        "loss.name": "arcface",
+        "loss.kwargs": "{scale: 16, margin: 0.3}",
+        "amp": "none",
+        "channels_last": False,
+        "batch_size": 16,
+        "output": out,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "checkpoint.every_steps": 1000,
+        "verify.at_epoch_end": False,
+        "seed": 3,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -37,16 +49,23 @@ def base_overrides(train_csv: Path, out: Path, **extra: object) -> list[str]:
 
 def pfc_weight(output: Path, step: int, world: int = 1) -> torch.Tensor:
     ckpt = output / "checkpoints" / f"step_{step:08d}"
-    parts = [torch.load(ckpt / f"rank{r:05d}.pt", weights_only=False)["pfc"]["head"]["weight"]
-             for r in range(world)]
+    parts = [
+        torch.load(ckpt / f"rank{r:05d}.pt", weights_only=False)["pfc"]["head"]["weight"]
+        for r in range(world)
+    ]
     return torch.cat(parts)
 
 
 @pytest.mark.slow
 def test_resume_continues_exactly(small_subset: tuple[Path, Path], tmp_path: Path) -> None:
     train_csv, _ = small_subset
-    extra = {"steps": 6, "loss.sample_rate": 0.5, "optim.name": "adamw", "optim.lr": 0.01,
-             "schedule.warmup_steps": 2}
+    extra = {
+        "steps": 6,
+        "loss.sample_rate": 0.5,
+        "optim.name": "adamw",
+        "optim.lr": 0.01,
+        "schedule.warmup_steps": 2,
+    }
     straight = load_train_config(None, base_overrides(train_csv, tmp_path / "a", **extra))
     res = train(straight)
     assert res.steps == 6 and not res.interrupted
@@ -65,12 +84,12 @@ def test_resume_continues_exactly(small_subset: tuple[Path, Path], tmp_path: Pat
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
-    torch.testing.assert_close(pfc_weight(tmp_path / "a", 6), pfc_weight(tmp_path / "b", 6),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        pfc_weight(tmp_path / "a", 6), pfc_weight(tmp_path / "b", 6), rtol=0, atol=1e-6
+    )
 
 
-def test_resume_without_checkpoint_says_so(small_subset: tuple[Path, Path],
-                                           tmp_path: Path) -> None:
+def test_resume_without_checkpoint_says_so(small_subset: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = load_train_config(None, base_overrides(small_subset[0], tmp_path / "none", steps=1))
     with pytest.raises(ModelError, match="no checkpoint found"):
         train(cfg, resume=True)
@@ -87,21 +106,41 @@ def test_ddp_two_processes_equal_one(small_subset: tuple[Path, Path], tmp_path: 
     train_csv, _ = small_subset
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"train": str(train_csv)}}))
-    common = ["backbone.name=test_nobn", "backbone.kwargs={}", "steps=3", "optim.grad_clip=1.0",
-              "loss.extra=[{name: center, weight: 0.01}]"]
+    common = [
+        "backbone.name=test_nobn",
+        "backbone.kwargs={}",
+        "steps=3",
+        "optim.grad_clip=1.0",
+        "loss.extra=[{name: center, weight: 0.01}]",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     one = base_overrides(train_csv, tmp_path / "one", batch_size=16) + common
     two = base_overrides(train_csv, tmp_path / "two", batch_size=8) + common
     worker = str(HERE / "ddp_worker.py")
-    subprocess.run([sys.executable, worker, str(cfg), *one], check=True, env=env, cwd=ROOT,
-                   timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    f"--master_port={_free_port()}", worker, str(cfg), *two], check=True,
-                   env=env, cwd=ROOT, timeout=300)
+    subprocess.run(
+        [sys.executable, worker, str(cfg), *one], check=True, env=env, cwd=ROOT, timeout=300
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            worker,
+            str(cfg),
+            *two,
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     w1 = load_file(str(tmp_path / "one" / "weights.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "weights.safetensors"))
-    init = torch.load(tmp_path / "one" / "checkpoints" / "step_00000003" / "trainer.pt",
-                      weights_only=False)
+    init = torch.load(
+        tmp_path / "one" / "checkpoints" / "step_00000003" / "trainer.pt", weights_only=False
+    )
     moved = 0.0
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -129,17 +168,18 @@ def test_missing_data_folder_is_named(tmp_path: Path) -> None:
         train(cfg)
 
 
-def test_unreadable_image_is_skipped_and_reported(small_subset: tuple[Path, Path],
-                                                  tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_image_is_skipped_and_reported(
+    small_subset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a JPEG")
     lines = small_subset[0].read_text().splitlines()
     label = lines[0].split(",")[1]
     listing = tmp_path / "with_bad.csv"
     listing.write_text("\n".join([f"{bad},{label}", *lines]) + "\n")
-    cfg = load_train_config(None, base_overrides(listing, tmp_path / "out", epochs=1,
-                                                 **{"data.augment": "none"}))
+    cfg = load_train_config(
+        None, base_overrides(listing, tmp_path / "out", epochs=1, **{"data.augment": "none"})
+    )
     result = train(cfg)
     assert result.skipped_samples == 1
     out = capsys.readouterr().out
@@ -148,17 +188,27 @@ def test_unreadable_image_is_skipped_and_reported(small_subset: tuple[Path, Path
     assert card.training["data"]["skipped_images"] == 1
 
 
-def test_backbone_is_built_for_data_input_size(small_subset: tuple[Path, Path],
-                                               tmp_path: Path) -> None:
+def test_backbone_is_built_for_data_input_size(
+    small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     """MobileFaceNet's GDC kernel depends on the input: 48×48 crops need a 3×3 kernel, and the
     exported card must rebuild the same network."""
     from marginface.embed import load_embedder
 
     out = tmp_path / "mbf48"
-    cfg = load_train_config(None, base_overrides(
-        small_subset[0], out, steps=1, **{"data.input_size": "[48, 48]",
-                                          "backbone.name": "mbf_small",
-                                          "backbone.kwargs": "{}"}))
+    cfg = load_train_config(
+        None,
+        base_overrides(
+            small_subset[0],
+            out,
+            steps=1,
+            **{
+                "data.input_size": "[48, 48]",
+                "backbone.name": "mbf_small",
+                "backbone.kwargs": "{}",
+            },
+        ),
+    )
     assert train(cfg).steps == 1
     card = ModelCard.load(out / "model.json")
     assert card.architecture_kwargs["input_size"] == [48, 48]
@@ -175,36 +225,60 @@ def test_backbone_is_built_for_data_input_size(small_subset: tuple[Path, Path],
 
 def test_backbone_input_size_disagreeing_with_data_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"disagrees with data\.input_size"):
-        load_train_config(None, base_overrides(
-            tmp_path / "x.csv", tmp_path / "out", steps=1,
-            **{"backbone.kwargs": "{input_size: [64, 64]}"}))
+        load_train_config(
+            None,
+            base_overrides(
+                tmp_path / "x.csv",
+                tmp_path / "out",
+                steps=1,
+                **{"backbone.kwargs": "{input_size: [64, 64]}"},
+            ),
+        )
 
 
 COMPARISON_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*_mbf.yaml"))
 
 
 @pytest.mark.parametrize("name", COMPARISON_CONFIGS)
-def test_every_comparison_config_trains(name: str, small_subset: tuple[Path, Path],
-                                        tmp_path: Path) -> None:
+def test_every_comparison_config_trains(
+    name: str, small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     """Each issue-8 config, with its own loss, sampler and extra terms, trains two steps on a
     tiny network (its backbone, sizes and schedule overridden) and exports a loadable model."""
     from marginface.embed import load_embedder
 
     assert len(COMPARISON_CONFIGS) == 9
     out = tmp_path / "run"
-    cfg = load_train_config(ROOT / "configs" / name, [
-        f"data.train={small_subset[0]}", "data.input_size=[32, 32]", "data.workers=0",
-        "backbone.name=tiny", "backbone.embedding_dim=16", "backbone.kwargs={widths: [4, 8]}",
-        "amp=none", "channels_last=false", "compile=false", "batch_size=16", "steps=2",
-        f"output={out}", "verify.pairs=null", "log.progress=false", "log.tensorboard=false",
-        "checkpoint.every_steps=1000", "checkpoint.at_epoch_end=false"])
+    cfg = load_train_config(
+        ROOT / "configs" / name,
+        [
+            f"data.train={small_subset[0]}",
+            "data.input_size=[32, 32]",
+            "data.workers=0",
+            "backbone.name=tiny",
+            "backbone.embedding_dim=16",
+            "backbone.kwargs={widths: [4, 8]}",
+            "amp=none",
+            "channels_last=false",
+            "compile=false",
+            "batch_size=16",
+            "steps=2",
+            f"output={out}",
+            "verify.pairs=null",
+            "log.progress=false",
+            "log.tensorboard=false",
+            "checkpoint.every_steps=1000",
+            "checkpoint.at_epoch_end=false",
+        ],
+    )
     assert train(cfg).steps == 2
     emb = load_embedder(out, runtime="torch").embed(np.zeros((2, 112, 112, 3), np.uint8))
     assert emb.shape == (2, 16) and np.all(np.isfinite(emb))
 
 
-def test_a_batch_with_no_readable_image_stops_the_run(small_subset: tuple[Path, Path],
-                                                       tmp_path: Path) -> None:
+def test_a_batch_with_no_readable_image_stops_the_run(
+    small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     """An all-unreadable batch is an error, never a silent second step on the previous batch.
     2 readable images among 8 in batches of 2: at least two batches hold no readable image, and
     with seed 1 the first batch is readable (so the old "repeat the last batch" passed)."""
@@ -217,8 +291,11 @@ def test_a_batch_with_no_readable_image_stops_the_run(small_subset: tuple[Path, 
         broken.append(f"{bad},{lines[i % 2].split(',')[1]}")
     listing = tmp_path / "mostly_bad.csv"
     listing.write_text("\n".join([*lines, *broken]) + "\n")
-    cfg = load_train_config(None, base_overrides(listing, tmp_path / "out", epochs=1,
-                                                 batch_size=2, seed=1,
-                                                 **{"data.augment": "none"}))
+    cfg = load_train_config(
+        None,
+        base_overrides(
+            listing, tmp_path / "out", epochs=1, batch_size=2, seed=1, **{"data.augment": "none"}
+        ),
+    )
     with pytest.raises(DataError, match="whole batch was unreadable"):
         train(cfg)

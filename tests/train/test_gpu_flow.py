@@ -48,16 +48,25 @@ PROBE = "mf_dryrun_probe"
 
 
 def test_scripts_parse() -> None:
-    assert {p.name for p in SCRIPTS} >= {"env.sh", "prepare.sh", "stage.sh", "compare.sh",
-                                         "train_default.sh"}
+    assert {p.name for p in SCRIPTS} >= {
+        "env.sh",
+        "prepare.sh",
+        "stage.sh",
+        "compare.sh",
+        "train_default.sh",
+    }
     for p in SCRIPTS:
         r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True)
         assert r.returncode == 0, f"{p.name}: {r.stderr}"
         assert "/tmp" not in _code(p), f"{p.name} hard-codes /tmp (use $MF_TMP from env.sh)"
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed; bash -n passed")
-    r = subprocess.run(["shellcheck", "-s", "bash", "-x", "-S", "warning",
-                        *(str(p) for p in SCRIPTS)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        ["shellcheck", "-s", "bash", "-x", "-S", "warning", *(str(p) for p in SCRIPTS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -82,8 +91,10 @@ def _probe_wheel(folder: Path) -> None:
     with zipfile.ZipFile(folder / f"{PROBE}-0.1-py3-none-any.whl", "w") as z:
         z.writestr(f"{PROBE}/__init__.py", "OK = True\n")
         z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {PROBE}\nVersion: 0.1\n")
-        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
-                                    "true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{dist}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr(f"{dist}/RECORD", "")
     (folder / ".done").touch()  # prepare.sh then skips the real download
 
@@ -109,17 +120,36 @@ def flow(small_subset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
         subprocess.run(["git", "init", "-q", str(local)], check=True)
     _probe_wheel(local / ".whl")
     tmp = base / "device-tmp"  # the device's /tmp: kept while the machine stays warm
-    env = {**os.environ, "PY": sys.executable, "SRC": str(src), "DEV": str(pairs),
-           "SHARD_MB": "0.1", "TEACHER_BATCH": "32"}
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "SRC": str(src),
+        "DEV": str(pairs),
+        "SHARD_MB": "0.1",
+        "TEACHER_BATCH": "32",
+    }
     for key in ("OUT", "MF_DATA", "MF_RUNS", "MF_SITE", "MF_TMP", "CONFIGS", "EXTRA"):
         env.pop(key, None)
-    prep = subprocess.run(["bash", "gpu/prepare.sh", "--teacher"], cwd=local, env=env,
-                          capture_output=True, text=True, timeout=300)
+    prep = subprocess.run(
+        ["bash", "gpu/prepare.sh", "--teacher"],
+        cwd=local,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prep.returncode == 0, prep.stdout + prep.stderr
     plan = _parse_plan(prep.stdout)
 
-    device_env = {**os.environ, "PY": sys.executable, "MF_TMP": str(tmp), "WORKERS": "0",
-                  "CONFIGS": " ".join(CONFIGS), "EXTRA": TINY, "COMPILE": "false"}
+    device_env = {
+        **os.environ,
+        "PY": sys.executable,
+        "MF_TMP": str(tmp),
+        "WORKERS": "0",
+        "CONFIGS": " ".join(CONFIGS),
+        "EXTRA": TINY,
+        "COMPILE": "false",
+    }
     for key in ("OUT", "MF_DATA", "MF_RUNS", "MF_SITE", "SRC", "DEV", "PYTHONPATH"):
         device_env.pop(key, None)
     calls = []
@@ -136,11 +166,24 @@ def flow(small_subset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFacto
         out = base / f"call{i}" / "out"
         out.mkdir()
         command = command.replace("<best>", "arcface")
-        r = subprocess.run(["bash", "-c", command], cwd=repo,
-                           env={**device_env, "OUT": str(out)}, capture_output=True, text=True,
-                           timeout=600)
-        calls.append({"num": num, "command": command, "carry": carry, "out": out,
-                      "rc": r.returncode, "log": r.stdout + r.stderr})
+        r = subprocess.run(
+            ["bash", "-c", command],
+            cwd=repo,
+            env={**device_env, "OUT": str(out)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        calls.append(
+            {
+                "num": num,
+                "command": command,
+                "carry": carry,
+                "out": out,
+                "rc": r.returncode,
+                "log": r.stdout + r.stderr,
+            }
+        )
     return {"prep": prep.stdout, "plan": plan, "calls": calls, "local": local, "tmp": tmp}
 
 
@@ -156,8 +199,12 @@ def test_prepare_packs_shards_and_prints_a_call_per_part(flow: dict) -> None:
     assert len(shards) >= 2, "the dry run must exercise staging across several calls"
     for name, size in manifest.items():
         assert (d / name).stat().st_size == int(size)
-    assert {"celeba.labels.json", "dev_crops.npz", "teacher_sface.npy",
-            "teacher_sface.json"} <= set(manifest)
+    assert {
+        "celeba.labels.json",
+        "dev_crops.npz",
+        "teacher_sface.npy",
+        "teacher_sface.json",
+    } <= set(manifest)
     teacher = np.load(d / "teacher_sface.npy")
     assert teacher.shape == (72, 128)
     commands = [cmd for _, cmd, _ in flow["plan"]]
@@ -214,8 +261,9 @@ def test_compare_writes_table_results_logs_and_weights(flow: dict) -> None:
     with tarfile.open(out / "logs.tar.gz") as t:
         members = set(t.getnames())
     for n in names:
-        assert {f"{n}_mbf/{f}" for f in ("model.json", "metrics.csv", "dev_metrics.json")
-                } <= members
+        assert {
+            f"{n}_mbf/{f}" for f in ("model.json", "metrics.csv", "dev_metrics.json")
+        } <= members
     parts = sorted(out.glob("weights.tar.part-*"))
     assert parts and parts[0].name == "weights.tar.part-00"
     blob = b"".join(p.read_bytes() for p in parts)
@@ -235,8 +283,11 @@ def test_train_default_exports_a_loadable_fp16_model(flow: dict, shared_data: Pa
     assert "finished after 3 steps" in (out / "train.log").read_text()
     model = out / "model"
     assert sorted(p.name for p in model.iterdir()) == ["model.json", "weights.safetensors"]
-    assert all(v.dtype == np.float16 for v in load_file(model / "weights.safetensors").values()
-               if v.dtype.kind == "f")
+    assert all(
+        v.dtype == np.float16
+        for v in load_file(model / "weights.safetensors").values()
+        if v.dtype.kind == "f"
+    )
     card = json.loads((model / "model.json").read_text())
     assert card["name"] == "marginface-mbf"
     distill = card["training"]["distill"]  # the staged teacher embeddings were used

@@ -18,30 +18,55 @@ from .conftest import make_subset
 
 
 @pytest.mark.slow
-def test_short_cpu_run_learns(shared_data: Path, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
-    train_csv, pairs = make_subset(shared_data, tmp_path / "data", n_train=100, n_test=40,
-                                   per_id=10)
-    cfg = load_train_config(None, [
-        f"data.train={train_csv}", "data.input_size=[32, 32]", "data.workers=0",
-        "data.augment=flip", "backbone.name=tiny", "backbone.embedding_dim=64",
-        "backbone.kwargs={widths: [8, 16, 32]}", "loss.name=normface", "loss.kwargs={scale: 16}",
-        "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.01", "amp=none",
-        "channels_last=false", "epochs=8", "batch_size=50", f"output={tmp_path / 'run'}",
-        f"verify.pairs={pairs}", "verify.at_start=true", "verify.at_epoch_end=false",
-        "verify.flip=true", "log.progress=false", "log.tensorboard=false",
-        "checkpoint.every_steps=100000", "checkpoint.at_epoch_end=false", "seed=0",
-    ])
+def test_short_cpu_run_learns(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train_csv, pairs = make_subset(
+        shared_data, tmp_path / "data", n_train=100, n_test=40, per_id=10
+    )
+    cfg = load_train_config(
+        None,
+        [
+            f"data.train={train_csv}",
+            "data.input_size=[32, 32]",
+            "data.workers=0",
+            "data.augment=flip",
+            "backbone.name=tiny",
+            "backbone.embedding_dim=64",
+            "backbone.kwargs={widths: [8, 16, 32]}",
+            "loss.name=normface",
+            "loss.kwargs={scale: 16}",
+            "optim.name=adamw",
+            "optim.lr=0.003",
+            "optim.weight_decay=0.01",
+            "amp=none",
+            "channels_last=false",
+            "epochs=8",
+            "batch_size=50",
+            f"output={tmp_path / 'run'}",
+            f"verify.pairs={pairs}",
+            "verify.at_start=true",
+            "verify.at_epoch_end=false",
+            "verify.flip=true",
+            "log.progress=false",
+            "log.tensorboard=false",
+            "checkpoint.every_steps=100000",
+            "checkpoint.at_epoch_end=false",
+            "seed=0",
+        ],
+    )
     result = train(cfg)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     before = float(lines[0].split(": ")[-1].split(" ±")[0]) / 100
     after = result.metrics["accuracy"]
     with capsys.disabled():
-        print(f"\nheld-out verification accuracy: untrained {100 * before:.1f} %, "
-              f"after {result.steps} steps {100 * after:.1f} % "
-              f"(TAR@FAR=1e-2 {result.metrics['tar@far=1e-2']:.3f}, "
-              f"{result.seconds:.0f} s)")
+        print(
+            f"\nheld-out verification accuracy: untrained {100 * before:.1f} %, "
+            f"after {result.steps} steps {100 * after:.1f} % "
+            f"(TAR@FAR=1e-2 {result.metrics['tar@far=1e-2']:.3f}, "
+            f"{result.seconds:.0f} s)"
+        )
     tar_before = float(lines[0].split("TAR@FAR=1e-2 ")[1].rstrip(")").split(",")[0])
     assert after >= before + 0.05, (before, after)
     assert result.metrics["tar@far=1e-2"] >= 2 * tar_before + 0.05, (tar_before, result.metrics)

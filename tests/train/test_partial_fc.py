@@ -12,8 +12,14 @@ import torch
 from marginface.losses import create
 from marginface.train.partial_fc import PartialFC, shard_range
 
-HEADS = [("arcface", {}), ("cosface", {}), ("softmax", {}), ("sphereface", {}),
-         ("subcenter_arcface", {}), ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2})]
+HEADS = [
+    ("arcface", {}),
+    ("cosface", {}),
+    ("softmax", {}),
+    ("sphereface", {}),
+    ("subcenter_arcface", {}),
+    ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2}),
+]
 
 
 @pytest.mark.parametrize(("name", "kwargs"), HEADS)
@@ -124,8 +130,10 @@ def test_shards_cover_all_classes_and_seeded_init_is_layout_independent() -> Non
     assert ranges[0][0] == 0 and ranges[-1][1] == C
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     whole = PartialFC.create("arcface", C, 6, seed=7).head.weight
-    parts = [PartialFC.create("arcface", C, 6, rank=r, world_size=4, seed=7).head.weight
-             for r in range(4)]
+    parts = [
+        PartialFC.create("arcface", C, 6, rank=r, world_size=4, seed=7).head.weight
+        for r in range(4)
+    ]
     assert torch.equal(torch.cat(parts), whole)
 
 

@@ -18,9 +18,20 @@ from .test_engine import base_overrides
 
 
 def test_run_state_round_trips_through_a_saved_file(tmp_path: Path) -> None:
-    state = RunState(step=7, epoch=1, batch_in_epoch=3, seconds=12.5, skipped=2, last_loss=1.25,
-                     samples_per_second=99.0, epoch_losses=[3.0, 2.5], epoch_loss_sum=4.0,
-                     epoch_samples=48, last_verify={"accuracy": 0.75}, verified_at=4)
+    state = RunState(
+        step=7,
+        epoch=1,
+        batch_in_epoch=3,
+        seconds=12.5,
+        skipped=2,
+        last_loss=1.25,
+        samples_per_second=99.0,
+        epoch_losses=[3.0, 2.5],
+        epoch_loss_sum=4.0,
+        epoch_samples=48,
+        last_verify={"accuracy": 0.75},
+        verified_at=4,
+    )
     torch.save(state.to_dict(), tmp_path / "s.pt")
     assert RunState.from_dict(torch.load(tmp_path / "s.pt", weights_only=False)) == state
     assert RunState.from_dict({"step": 3, "from_a_later_release": 1}) == RunState(step=3)
@@ -34,15 +45,21 @@ def _losses(output: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preload", ["none", "device"])
-def test_a_resumed_run_repeats_the_uninterrupted_one(small_subset: tuple[Path, Path],
-                                                     tmp_path: Path, preload: str) -> None:
+def test_a_resumed_run_repeats_the_uninterrupted_one(
+    small_subset: tuple[Path, Path], tmp_path: Path, preload: str
+) -> None:
     """Stopped twice (mid-epoch, then on an epoch's last step) and resumed: every step's loss,
     every epoch's mean loss, the run state and the weights equal one uninterrupted run's."""
-    extra = {"epochs": 3, "log.every_steps": 1, "data.preload": preload,
-             "optim.name": "adamw", "optim.lr": 0.01, "schedule.kind": "onecycle",
-             "schedule.warmup_epochs": 1}
-    straight_cfg = load_train_config(None, base_overrides(small_subset[0], tmp_path / "a",
-                                                          **extra))
+    extra = {
+        "epochs": 3,
+        "log.every_steps": 1,
+        "data.preload": preload,
+        "optim.name": "adamw",
+        "optim.lr": 0.01,
+        "schedule.kind": "onecycle",
+        "schedule.warmup_epochs": 1,
+    }
+    straight_cfg = load_train_config(None, base_overrides(small_subset[0], tmp_path / "a", **extra))
     straight = train(straight_cfg)
     assert straight.steps == 12 and len(straight.epoch_losses) == 3
 
@@ -73,8 +90,9 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(small_subset: tuple[Path, P
     assert run.epoch_losses == straight.epoch_losses
 
 
-def test_a_checkpoint_of_the_previous_format_still_resumes(small_subset: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+def test_a_checkpoint_of_the_previous_format_still_resumes(
+    small_subset: tuple[Path, Path], tmp_path: Path
+) -> None:
     """Checkpoints written before the run state had a name (format 1: the position at the top
     level) resume; a format this release does not know is a clear ModelError."""
     extra = {"steps": 6, "data.augment": "none"}
@@ -86,9 +104,13 @@ def test_a_checkpoint_of_the_previous_format_still_resumes(small_subset: tuple[P
     path = find_latest(tmp_path / "b") / "trainer.pt"
     new = torch.load(path, weights_only=False)
     run = new.pop("run")
-    old = {**new, "format": "marginface-checkpoint/1", "skipped": run["skipped"],
-           "seconds": run["seconds"],
-           **{k: run[k] for k in ("step", "epoch", "batch_in_epoch")}}
+    old = {
+        **new,
+        "format": "marginface-checkpoint/1",
+        "skipped": run["skipped"],
+        "seconds": run["seconds"],
+        **{k: run[k] for k in ("step", "epoch", "batch_in_epoch")},
+    }
     torch.save(old, path)
     assert train(cfg, resume=True).steps == 6
     wa = load_file(str(tmp_path / "a" / "weights.safetensors"))
@@ -97,7 +119,8 @@ def test_a_checkpoint_of_the_previous_format_still_resumes(small_subset: tuple[P
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
 
     saved = torch.load(find_latest(tmp_path / "b") / "trainer.pt", weights_only=False)
-    torch.save({**saved, "format": "marginface-checkpoint/99"},
-               find_latest(tmp_path / "b") / "trainer.pt")
+    torch.save(
+        {**saved, "format": "marginface-checkpoint/99"}, find_latest(tmp_path / "b") / "trainer.pt"
+    )
     with pytest.raises(ModelError, match="format 'marginface-checkpoint/99'"):
         train(cfg, resume=True)

@@ -85,8 +85,11 @@ def attendance(
     format: Format = "json",
     source: Annotated[
         list[str] | None,
-        Query(max_length=100, description="Only these cameras or doors (repeat the parameter "
-              "for a group of cameras); default every source"),
+        Query(
+            max_length=100,
+            description="Only these cameras or doors (repeat the parameter "
+            "for a group of cameras); default every source",
+        ),
     ] = None,
 ) -> Any:
     """First and last sighting of each identified subject on one day (for cameras: first in,
@@ -96,8 +99,9 @@ def attendance(
     day = day or datetime.now(zone).date()
     sources = source or None
     if format == "csv":
-        return _csv_download(gallery.attendance_csv(day, tz=zone, sources=sources),
-                             f"attendance-{day}.csv")
+        return _csv_download(
+            gallery.attendance_csv(day, tz=zone, sources=sources), f"attendance-{day}.csv"
+        )
     return {
         "date": day.isoformat(),
         "timezone": _zone_name(zone),

@@ -76,8 +76,13 @@ async def enroll(
     files = await read_photos(service, photos)
     try:
         result = await service.run(
-            "enroll", recognizer.enroll, name, files, metadata=meta,
-            multiple_faces=multiple_faces, force=force,
+            "enroll",
+            recognizer.enroll,
+            name,
+            files,
+            metadata=meta,
+            multiple_faces=multiple_faces,
+            force=force,
         )
     except (EnrollmentError, IdentityConflictError) as exc:
         raise _nothing_enrolled(service, str(exc), exc.photos) from None
@@ -112,14 +117,20 @@ async def add_faces(
     try:
         with unknown_subject_is_404(subject_id):
             result = await service.run(
-                "enroll", recognizer.add_photos, subject_id, files,
-                multiple_faces=multiple_faces, force=force,
+                "enroll",
+                recognizer.add_photos,
+                subject_id,
+                files,
+                multiple_faces=multiple_faces,
+                force=force,
                 force_mismatch=force and may_force_mismatch(key),
             )
     except MismatchForceError as exc:
         _count_outcomes(service, exc.photos)
         raise ApiError(
-            403, "admin_required", f"{exc}: an admin key must force it",
+            403,
+            "admin_required",
+            f"{exc}: an admin key must force it",
             details=[p.to_dict() for p in exc.photos],
         ) from None
     if result.enrolled == 0:
@@ -197,8 +208,10 @@ def _nothing_enrolled(
     held = [p for p in photos if p.forceable]
     if held and all(p.status == "mismatch" for p in held):
         return ApiError(
-            422, "photo_mismatch",
-            f"{message}; an admin key can add them anyway with force=true", details=details,
+            422,
+            "photo_mismatch",
+            f"{message}; an admin key can add them anyway with force=true",
+            details=details,
         )
     if held:
         if force_hint:

@@ -45,9 +45,13 @@ async def identify(
     ] = None,
     fpir: Annotated[
         float | None,
-        Form(gt=0.0, lt=1.0, description="Target false positive identification rate for this "
-             "request (default: the service's, normally 0.01): the share of people who are "
-             "not enrolled that would be identified as someone. Lower is stricter."),
+        Form(
+            gt=0.0,
+            lt=1.0,
+            description="Target false positive identification rate for this "
+            "request (default: the service's, normally 0.01): the share of people who are "
+            "not enrolled that would be identified as someone. Lower is stricter.",
+        ),
     ] = None,
 ) -> Any:
     """Find every face, then answer each one: the matching subject with its score, or unknown
@@ -65,8 +69,9 @@ async def identify(
     ((name, data),) = await read_photos(service, [photo])
     settings = service.settings
     log_source = (source or "api") if settings.events else None
-    faces = await service.run("identify", recognizer.identify, (name, data), source=log_source,
-                              fpir=fpir)
+    faces = await service.run(
+        "identify", recognizer.identify, (name, data), source=log_source, fpir=fpir
+    )
     service.metrics.faces_detected.labels("identify").inc(len(faces))
     if not faces:
         raise ApiError(422, "no_face", f"no face found in {name}")

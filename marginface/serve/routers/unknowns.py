@@ -73,7 +73,9 @@ def list_unknowns(
 
 
 @router.get(
-    "/unknowns/{visitor_id}", response_model=VisitorOut, responses=_NOT_FOUND,
+    "/unknowns/{visitor_id}",
+    response_model=VisitorOut,
+    responses=_NOT_FOUND,
     summary="One visitor",
 )
 def get_unknown(visitor_id: VisitorId, gallery: GalleryDep, _key: RecogniseKey) -> Any:
@@ -110,8 +112,9 @@ def unknown_face(
         crop = None
     if crop is None:
         raise ApiError(
-            404, "crop_not_stored", "no crop is kept for this face (the service stores crops "
-            "only with store_photos)"
+            404,
+            "crop_not_stored",
+            "no crop is kept for this face (the service stores crops only with store_photos)",
         )
     return Response(crop, media_type="image/png", headers={"Cache-Control": "no-store"})
 
@@ -127,8 +130,11 @@ def unknown_face(
             "description": "The visitor was assigned or dismissed already, or it looks like "
             "another enrolled subject (force=true assigns it anyway).",
         },
-        422: {"model": ErrorOut, "description": "Give exactly one of subject_id and name; or "
-              "invalid fields (faces that are not the visitor's)."},
+        422: {
+            "model": ErrorOut,
+            "description": "Give exactly one of subject_id and name; or "
+            "invalid fields (faces that are not the visitor's).",
+        },
     },
     summary="Assign a visitor to a subject",
 )
@@ -145,7 +151,10 @@ def assign_unknown(
         gallery.get_visitor(visitor_id)
     try:
         subject = gallery.assign_visitor(
-            visitor_id, subject_id=body.subject_id, name=body.name, faces=body.faces,
+            visitor_id,
+            subject_id=body.subject_id,
+            name=body.name,
+            faces=body.faces,
             force=body.force,
         )
     except NotFoundError as exc:
