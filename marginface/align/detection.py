@@ -26,6 +26,11 @@ class Detection:
     box: np.ndarray  # (4,) float32: x1, y1, x2, y2
     score: float
     landmarks: np.ndarray  # (5, 2) float32
+    #: MTCNN's output network's probability that the box holds a face, where a detector
+    #: measured it (MTCNN itself, YuNet with ONet landmark refinement); None otherwise. A
+    #: second opinion from another network: YuNet finds "faces" on the backs of heads, on
+    #: hair and on patterns, which ONet scores low (docs/streams.md, "Only faces open visits").
+    face_prob: float | None = None
 
     @property
     def width(self) -> float:
@@ -54,6 +59,7 @@ class Detection:
             box=(self.box * factor).astype(np.float32),
             score=self.score,
             landmarks=(self.landmarks * factor).astype(np.float32),
+            face_prob=self.face_prob,
         )
 
 

@@ -311,14 +311,17 @@ class MTCNNDetector(Detector):
             data, keep = self._crops(img, boxes, 48)
             if data is None:
                 return list(detections)
-            points = self.onet(data)[1].numpy()
+            _, points, probs = (t.numpy() for t in self.onet(data))
         out = list(detections)
-        for k, pts in zip(keep, points, strict=True):
+        for k, pts, p in zip(keep, points, probs[:, 1], strict=True):
             b = boxes[k]
             wi, hi = b[2] - b[0] + 1, b[3] - b[1] + 1
             lm = np.stack([wi * pts[:5] + b[0] - 1, hi * pts[5:10] + b[1] - 1], axis=1)
             out[k] = Detection(
-                box=detections[k].box, score=detections[k].score, landmarks=lm.astype(np.float32)
+                box=detections[k].box,
+                score=detections[k].score,
+                landmarks=lm.astype(np.float32),
+                face_prob=float(p),
             )
         return out
 
@@ -336,6 +339,7 @@ class MTCNNDetector(Detector):
                 box=box[:4].astype(np.float32),
                 score=float(box[4]),
                 landmarks=pts.astype(np.float32),
+                face_prob=float(box[4]),  # MTCNN's score is ONet's face probability
             )
             faces.append(det.scaled(1.0 / scale) if scale != 1.0 else det)
         faces.sort(key=lambda d: d.score, reverse=True)
@@ -375,7 +379,8 @@ class ONetRefiner:
         self.session = onnx_session(buffer.getvalue(), threads=1)
 
     def refine(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
-        """The same detections with landmarks re-estimated by ONet (boxes and scores kept)."""
+        """The same detections with landmarks re-estimated by ONet and ONet's face
+        probability (:attr:`Detection.face_prob`); boxes and scores kept."""
         import cv2  # heavy: cv2
 
         if not detections:
@@ -394,13 +399,16 @@ class ONetRefiner:
         if not patches:
             return list(detections)
         x = (np.stack(patches).astype(np.float32).transpose(0, 3, 1, 2) - 127.5) * 0.0078125
-        points = self.session.run(["points"], {"input": x})[0]
+        points, prob = self.session.run(["points", "prob"], {"input": x})
         out = list(detections)
-        for k, pts in zip(keep, points, strict=True):
+        for k, pts, p in zip(keep, points, prob[:, 1], strict=True):
             b = boxes[k]
             wi, hi = b[2] - b[0] + 1, b[3] - b[1] + 1
             lm = np.stack([wi * pts[:5] + b[0] - 1, hi * pts[5:10] + b[1] - 1], axis=1)
             out[k] = Detection(
-                box=detections[k].box, score=detections[k].score, landmarks=lm.astype(np.float32)
+                box=detections[k].box,
+                score=detections[k].score,
+                landmarks=lm.astype(np.float32),
+                face_prob=float(p),
             )
         return out

@@ -1,26 +1,32 @@
-"""One camera's pipeline: frames -> faces -> tracks -> one decision per visit -> sinks.
+"""One camera's pipeline: frames -> faces -> tracks -> visits whose decisions follow the evidence.
 
 For each processed frame (:meth:`CameraWorker.process`):
 
-1. **detect** faces with the pipeline's detector on a copy shrunk to ``detect_max_side``
-   (boxes and landmarks come back in full-frame pixels; crops are cut from the full frame);
-   faces smaller than ``min_face_size`` are ignored;
-2. **track** them (:class:`~marginface.streams.tracking.FaceTracker`);
-3. for each tracked face, its **quality** from the landmarks and detection score
-   (:func:`~marginface.align.quality.face_quality`); only when
-   :meth:`VisitTracker.wants_embedding` says the face may be worth it is it aligned and its
-   crop's sharpness measured, and only when it still is, embedded: **all of the frame's crops
-   in one embedder call**. A decided track embeds no more faces (except an unknown one when
-   ``store_crops`` keeps its best crops). Most faces of most frames cost no alignment and no
-   embedding;
-4. :meth:`VisitTracker.observe` turns the evidence into ``arrived`` events; tracks the tracker
-   ended become ``left`` events (:meth:`VisitTracker.end`).
+1. a **shot cut** or a jump of the whole scene (:class:`~marginface.streams.scene.SceneChange`)
+   ends every track: the face now at a track's place is someone else's;
+2. **detect** faces on a copy of the frame scaled to ``detect_max_side`` (shrunk, or enlarged
+   up to ``detect_upscale`` times for low-resolution streams, whose 12-20 px faces YuNet
+   misses at their own size); boxes and landmarks come back in full-frame pixels, crops are
+   cut from the full frame; faces smaller than ``min_face_size`` are ignored;
+3. **track** them (:class:`~marginface.streams.tracking.FaceTracker`: ByteTrack, motion only);
+4. for each tracked face, its **quality** from the landmarks, detection score and ONet's
+   face probability (:func:`~marginface.align.quality.face_quality`); when
+   :meth:`VisitTracker.wants_embedding` says the face is worth it (evidence for the decision,
+   or a decided track's verification), it is aligned and embedded: **all of the frame's crops
+   in one embedder call**;
+5. **appearance**: each embedded face is verified against its own track
+   (:meth:`VisitTracker.verify`); a face that is another person **splits** the track (the old
+   track's visit gets ``left``, the face starts a new track): a track never carries two
+   people, and a name never passes to the person who walked beside its owner;
+6. :meth:`VisitTracker.observe` turns the evidence into ``arrived``, ``identified`` and
+   ``corrected`` events; tracks the tracker ended become ``left`` events.
 
 Every event goes to every sink (``Callable[[VisitEvent], None]``: the gallery's recorder,
 webhooks, MQTT); a sink that raises is logged and counted, and never stops the camera.
 
-The worker keeps the latest frame and its labelled boxes for a live view (drawn only when
-asked, :meth:`CameraWorker.latest_annotated`) and counters for :meth:`CameraWorker.status`.
+The worker keeps the latest frame and its labelled boxes (:class:`TrackedBox`: track, state,
+name) for the live view, ``watch --annotate`` and ``--tracks-jsonl`` (drawn only when asked,
+:meth:`CameraWorker.latest_annotated`), and counters for :meth:`CameraWorker.status`.
 """
 
 from __future__ import annotations
@@ -36,17 +42,25 @@ import numpy as np
 from pydantic import Field
 
 from marginface.align.detection import Detection
-from marginface.align.quality import face_quality
+from marginface.align.quality import FaceQuality, face_quality
 from marginface.config import StrictModel
+from marginface.streams.scene import SceneChange
 from marginface.streams.tracking import FaceTracker
-from marginface.streams.visits import VisitEvent, VisitSettings, VisitTracker
+from marginface.streams.visits import TrackState, VisitEvent, VisitSettings, VisitTracker
 
 if TYPE_CHECKING:
     from marginface.embed.pipeline import Pipeline
     from marginface.gallery import Gallery
     from marginface.streams.sources import Frame, Source
 
-__all__ = ["CameraSettings", "CameraWorker", "Sink", "TrackedBox"]
+__all__ = [
+    "CameraSettings",
+    "CameraWorker",
+    "Sink",
+    "TrackState",
+    "TrackedBox",
+    "draw_tracks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,59 +72,129 @@ _MAX_CONSECUTIVE_ERRORS = 50
 
 class CameraSettings(StrictModel):
     """How one camera is processed (the defaults suit 1280x720 at 5 frames/s on a small
-    machine)."""
+    machine, and low-resolution streams down to 480x270)."""
 
     fps: float = Field(5.0, gt=0.0, le=60.0, description="frames processed per second")
     detect_max_side: int = Field(
         640,
         ge=64,
         le=4096,
-        description="faces are detected on a copy of the frame shrunk to "
-        "this longest side (crops are cut from the full frame)",
+        description="faces are detected on a copy of the frame scaled to this longest side "
+        "(crops are cut from the full frame)",
+    )
+    detect_upscale: float = Field(
+        2.0,
+        ge=1.0,
+        le=4.0,
+        description="a frame smaller than detect_max_side is enlarged for detection at most "
+        "this many times (1: never): small faces of low-resolution streams are found",
     )
     min_face_size: float = Field(
-        20.0, ge=0.0, description="smallest face tracked: its box's shorter side, full-frame px"
+        10.0,
+        ge=0.0,
+        le=4096.0,
+        description="smallest face tracked and counted: its box's shorter side, full-frame px "
+        "(faces are identified only from visits.min_eye_distance)",
     )
     score_threshold: float = Field(
         0.6,
         ge=0.0,
         le=1.0,
-        description="detection score that starts a track and may be "
-        "embedded (lower-scored detections only continue tracks)",
+        description="detection score that starts a track and may be embedded (lower-scored "
+        "detections only continue tracks)",
     )
     track_buffer_s: float = Field(
         1.0, ge=0.0, le=30.0, description="how long a lost face's track survives (occlusions)"
     )
+    cut_threshold: float = Field(
+        6.0,
+        ge=0.0,
+        le=255.0,
+        description="a shot cut or a jump of the whole scene ends every track: the score of a "
+        "change between two processed frames (0: never)",
+    )
     visits: VisitSettings = Field(
-        default_factory=VisitSettings, description="evidence per track and the re-appearance window"
+        default_factory=VisitSettings,
+        description="evidence per track, appearance checks and the re-appearance window",
     )
     store_crops: bool = Field(
         False,
-        description="an unknown track keeps collecting its best "
-        "faces after its decision, for the strangers' review (the "
-        "recorder stores their crops only when it is told to: the "
-        "service's store_photos)",
+        description="keep the aligned crops of each track's best faces (the recorder stores a "
+        "stranger's for review when the service keeps review crops)",
     )
 
 
 class TrackedBox:
-    """A face of the latest processed frame, for the live view."""
+    """A face of the latest processed frame: its box (full-frame px), track, ``state``
+    (``undecided``, ``known``, ``unknown``) and the name the system gives it now."""
 
-    __slots__ = ("box", "known", "label", "track_id")
+    __slots__ = ("box", "name", "state", "subject_id", "track_id")
 
-    def __init__(self, box: np.ndarray, track_id: int, label: str, known: bool | None) -> None:
+    def __init__(
+        self,
+        box: np.ndarray,
+        track_id: int,
+        state: TrackState,
+        subject_id: str | None = None,
+        name: str | None = None,
+    ) -> None:
         self.box = box
         self.track_id = track_id
-        self.label = label
-        self.known = known  # True: named, False: unknown, None: not decided yet
+        self.state: TrackState = state
+        self.subject_id = subject_id
+        self.name = name
+
+    @property
+    def known(self) -> bool | None:
+        """True: named, False: unknown, None: not decided yet."""
+        return {"known": True, "unknown": False}.get(self.state)
+
+    @property
+    def label(self) -> str:
+        """What the live view writes: the name, ``unknown`` or ``#track``."""
+        if self.state == "known":
+            return self.name or self.subject_id or "?"
+        return "unknown" if self.state == "unknown" else f"#{self.track_id}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``--tracks-jsonl`` form of one face (also the live view's, with ``label`` and
+        ``known``)."""
         return {
-            "box": [round(float(v), 1) for v in self.box],
             "track_id": self.track_id,
+            "box": [round(float(v), 1) for v in self.box],
+            "name": self.name if self.state == "known" else None,
+            "subject_id": self.subject_id if self.state == "known" else None,
+            "state": self.state,
             "label": self.label,
             "known": self.known,
         }
+
+
+def draw_tracks(image: np.ndarray, boxes: Iterable[TrackedBox]) -> np.ndarray:
+    """A copy of ``image`` (RGB) with each face's box, track id and name drawn: green named,
+    red unknown, yellow not decided yet (the live view and ``watch --annotate``)."""
+    import cv2  # heavy: cv2
+
+    out = image.copy()
+    scale = max(out.shape[:2]) / 1280.0
+    thick = max(1, round(2 * scale))
+    colours = {"known": (0, 200, 0), "unknown": (230, 40, 40), "undecided": (240, 200, 0)}
+    for b in boxes:
+        colour = colours[b.state]
+        x1, y1, x2, y2 = (round(float(v)) for v in b.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+        text = f"{b.label} #{b.track_id}" if b.state != "undecided" else b.label
+        cv2.putText(
+            out,
+            text,
+            (x1, max(12, y1 - 6)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.6 * max(scale, 0.5),
+            colour,
+            thick,
+            cv2.LINE_AA,
+        )
+    return out
 
 
 def _camera_detector(pipeline: Pipeline, max_side: int) -> Any:
@@ -157,74 +241,111 @@ class CameraWorker:
         self.sinks = tuple(sinks)
         self.tracker = FaceTracker(s.fps, s.track_buffer_s, activation_threshold=s.score_threshold)
         self.visits = VisitTracker(gallery, name, s.visits, fpir=fpir)
+        self.scene = SceneChange(s.cut_threshold)
         self._lock = threading.Lock()
-        self._latest: tuple[np.ndarray, list[TrackedBox], float] | None = None
+        self._latest: tuple[np.ndarray, list[TrackedBox], float, int] | None = None
         self._last_t: float | None = None
         self._last_mono = 0.0
         self._next_forget = 0.0
         # counters for status()
         self.frames = 0
         self.faces_seen = 0
+        self.small_faces = 0
         self.embeddings = 0
         self.events = 0
         self.visits_started = 0
         self.sink_errors = 0
         self.errors = 0
         self._busy_s = 0.0
+        self._embed_s = 0.0
         self._ms_per_frame = 0.0
         self._rate_window: list[float] = []  # monotonic times of the latest processed frames
         self._last_event: dict[str, Any] | None = None
         self._started = time.monotonic()
 
     # -- processing ------------------------------------------------------------------------------
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        """The frame's faces at ``detect_max_side`` (enlarged up to ``detect_upscale``), in
+        full-frame pixels, at least ``min_face_size``."""
+        import cv2  # heavy: cv2
+
+        s = self.settings
+        longest = max(image.shape[:2])
+        factor = min(s.detect_max_side / max(longest, 1), s.detect_upscale)
+        if factor > 1.0 + 1e-6:
+            size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+            work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            found = [d.scaled(1.0 / factor) for d in self.detector.detect(work)]
+        else:
+            found = self.detector.detect(image)
+        return [d for d in found if d.size >= s.min_face_size]
+
     def process(self, frame: Frame) -> list[VisitEvent]:
-        """Process one frame; returns (and gives every sink) the events it caused: ``arrived``
-        for tracks decided by this frame, then ``left`` for tracks that ended."""
+        """Process one frame; returns (and gives every sink) the events it caused: ``left``
+        for tracks a cut ended, then ``arrived`` / ``identified`` / ``corrected`` and
+        ``left`` for split tracks as the frame's faces come, then ``left`` for tracks that
+        ended."""
         start = time.perf_counter()
         s = self.settings
         image, t, wall = frame.image, float(frame.t), float(frame.wall)
-        detections = [d for d in self.detector.detect(image) if d.size >= s.min_face_size]
-        tracked = self.tracker.update(detections, t)
         events: list[VisitEvent] = []
-        pending: list[tuple[int, Any, np.ndarray]] = []  # (track, quality, crop) to embed
+        if self.scene.update(image):
+            events += self._end_all("cut")
+        detections = self._detect(image)
+        tracked = self.tracker.update(detections, t)
+        pending: list[tuple[int, Detection, FaceQuality, np.ndarray]] = []
+        shown: list[tuple[int, Detection]] = []
         for track_id, det in tracked:
-            if det.score >= s.score_threshold and self._collecting(track_id):
-                rough = face_quality(det.landmarks, det.score, None)  # no crop: sharp
-                if self.visits.wants_embedding(track_id, rough, t):
-                    crop = self.aligner.crop(image, det.landmarks)
-                    quality = face_quality(det.landmarks, det.score, crop)
-                    if self.visits.wants_embedding(track_id, quality, t):
-                        pending.append((track_id, quality, crop))
-                        continue
-            self.visits.observe(track_id, t, wall=wall)
+            rough = face_quality(det.landmarks, det.score, None, det.face_prob)  # no crop: sharp
+            if rough.size < s.visits.min_eye_distance:
+                self.small_faces += 1
+            elif self.visits.wants_embedding(track_id, rough, t, det.box):
+                crop = self.aligner.crop(image, det.landmarks)
+                quality = face_quality(det.landmarks, det.score, crop, det.face_prob)
+                if self.visits.wants_embedding(track_id, quality, t, det.box):
+                    pending.append((track_id, det, quality, crop))
+                    continue
+            big = rough.size >= s.visits.min_eye_distance  # a face that could name someone
+            if big and self.visits.jumped(track_id, det.box, t):
+                events += self.visits.end(track_id, "jump")  # a face it cannot verify, after a jump
+                track_id = self.tracker.split(track_id)
+            events += self.visits.observe(track_id, t, rough, wall=wall, box=det.box)
+            shown.append((track_id, det))
         if pending:
-            crops = np.stack([c for _, _, c in pending])
+            began = time.perf_counter()
+            crops = np.stack([c for _, _, _, c in pending])
             embeddings = self.embedder.embed(crops, flip=self.flip)
+            self._embed_s += time.perf_counter() - began
             self.embeddings += len(pending)
-            for (track_id, quality, crop), emb in zip(pending, embeddings, strict=True):
-                event = self.visits.observe(track_id, t, quality, emb, wall=wall, crop=crop)
-                if event is not None:
-                    events.append(event)
+            for (track_id, det, quality, crop), emb in zip(pending, embeddings, strict=True):
+                verdict = self.visits.verify(track_id, quality, emb)
+                if verdict == "different":
+                    events += self.visits.end(track_id, "split")  # another person's face
+                    track_id = self.tracker.split(track_id)
+                elif verdict == "unsure" and self.visits.jumped(track_id, det.box, t):
+                    events += self.visits.end(track_id, "jump")  # a jump to a face not verified
+                    track_id = self.tracker.split(track_id)
+                events += self.visits.observe(
+                    track_id, t, quality, emb, wall=wall, crop=crop, box=det.box
+                )
+                shown.append((track_id, det))
         for track_id in self.tracker.ended(t):
-            left = self.visits.end(track_id)
-            if left is not None:
-                events.append(left)
+            events += self.visits.end(track_id)
+        events += self.visits.flush(t)
         if t >= self._next_forget:
             self.visits.forget_before(t)
             self._next_forget = t + 10.0
-        self._keep_latest(image, tracked, t)
+        self._keep_latest(image, shown, t, int(getattr(frame, "index", self.frames)))
         self.faces_seen += len(tracked)
         self._last_t, self._last_mono = t, time.monotonic()
         self._emit(events)
         self._count_frame(time.perf_counter() - start)
         return events
 
-    def _collecting(self, track_id: int) -> bool:
-        """Whether the track still gathers evidence: until it is decided, and afterwards only
-        an unknown track whose best crops are kept (the strangers' review needs its best
-        faces; a decided track's other faces change nothing)."""
-        decided = self.visits.decision(track_id)
-        return decided is None or (self.settings.store_crops and decided.subject_id is None)
+    def _end_all(self, reason: str) -> list[VisitEvent]:
+        """End every open track (a cut, the end of the source); the ``arrived`` of people
+        seen briefly."""
+        return [e for i in self.tracker.close_all() for e in self.visits.end(i, reason)]
 
     def expire(self, t: float | None = None) -> list[VisitEvent]:
         """End the tracks lost for longer than ``track_buffer_s`` at ``t`` (default: the last
@@ -234,18 +355,20 @@ class CameraWorker:
             if self._last_t is None:
                 return []
             t = self._last_t + (time.monotonic() - self._last_mono)
-        events = [e for e in (self.visits.end(i) for i in self.tracker.ended(t)) if e]
+        events = [e for i in self.tracker.ended(t) for e in self.visits.end(i)]
+        events += self.visits.flush(t)
         self._emit(events)
         return events
 
     def finish(self) -> list[VisitEvent]:
         """End every open track (the end of a file, the camera stopping): their ``left``
         events, also given to the sinks."""
-        events = [e for e in (self.visits.end(i) for i in self.tracker.close_all()) if e]
+        events = self._end_all("closed")
+        events += self.visits.close()
         self._emit(events)
         with self._lock:
             if self._latest is not None:
-                self._latest = (self._latest[0], [], self._latest[2])
+                self._latest = (self._latest[0], [], self._latest[2], self._latest[3])
         return events
 
     def run(
@@ -303,21 +426,14 @@ class CameraWorker:
 
     # -- live view and status --------------------------------------------------------------------
     def _keep_latest(
-        self, image: np.ndarray, tracked: list[tuple[int, Detection]], t: float
+        self, image: np.ndarray, tracked: list[tuple[int, Detection]], t: float, index: int
     ) -> None:
         boxes = []
-        for track_id, det in tracked:
-            decided = self.visits.decision(track_id)
-            if decided is None:
-                boxes.append(TrackedBox(det.box, track_id, f"#{track_id}", None))
-            elif decided.subject_id is None:
-                boxes.append(TrackedBox(det.box, track_id, "unknown", False))
-            else:
-                boxes.append(
-                    TrackedBox(det.box, track_id, decided.name or decided.subject_id, True)
-                )
+        for track_id, det in sorted(tracked, key=lambda x: x[0]):
+            state, subject_id, name = self.visits.label(track_id)
+            boxes.append(TrackedBox(det.box, track_id, state, subject_id, name))  # type: ignore[arg-type]
         with self._lock:
-            self._latest = (image, boxes, t)
+            self._latest = (image, boxes, t, index)
 
     def latest(self) -> tuple[np.ndarray, list[TrackedBox]] | None:
         """The latest processed frame (RGB, not a copy: do not modify it) and its tracked
@@ -326,35 +442,30 @@ class CameraWorker:
             latest = self._latest
         return None if latest is None else (latest[0], latest[1])
 
-    def latest_annotated(self) -> np.ndarray | None:
+    def latest_tracks(self) -> dict[str, Any] | None:
+        """The latest processed frame's record for ``--tracks-jsonl``: ``t`` (seconds from the
+        source's start), ``frame`` (the decoded frame's 0-based index) and ``tracks`` (each
+        face's ``track_id``, ``box``, ``name``, ``subject_id``, ``state``); None before the
+        first frame."""
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            return None
+        tracks = [
+            {k: v for k, v in b.to_dict().items() if k not in ("label", "known")} for b in latest[1]
+        ]
+        return {"t": round(latest[2], 3), "frame": latest[3], "tracks": tracks}
+
+    def latest_annotated(self, image: np.ndarray | None = None) -> np.ndarray | None:
         """The latest processed frame (RGB) with each tracked face's box, track id and name
         drawn (green: named, red: unknown, yellow: not decided yet); drawn now, on a copy.
-        None before the first frame."""
-        import cv2  # heavy: cv2
-
+        ``image``: draw the latest boxes on this frame instead (``watch --annotate`` draws
+        every frame of a file, the processed ones' boxes on the frames between). None before
+        the first frame."""
         latest = self.latest()
         if latest is None:
             return None
-        image, boxes = latest
-        out = image.copy()
-        scale = max(out.shape[:2]) / 1280.0
-        thick = max(1, round(2 * scale))
-        for b in boxes:
-            colour = {True: (0, 200, 0), False: (230, 40, 40), None: (240, 200, 0)}[b.known]
-            x1, y1, x2, y2 = (round(float(v)) for v in b.box)
-            cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-            text = f"{b.label} #{b.track_id}" if b.known is not None else b.label
-            cv2.putText(
-                out,
-                text,
-                (x1, max(12, y1 - 6)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.6 * max(scale, 0.5),
-                colour,
-                thick,
-                cv2.LINE_AA,
-            )
-        return out
+        return draw_tracks(latest[0] if image is None else image, latest[1])
 
     def _count_frame(self, seconds: float) -> None:
         now = time.monotonic()
@@ -369,8 +480,10 @@ class CameraWorker:
 
     def status(self) -> dict[str, Any]:
         """Counters for the camera's status and ``/metrics``: frames processed, processing
-        frames/s (over the latest 50 frames), ms per frame (moving average), faces seen,
-        embeddings computed, tracks open, visits started, events, sink errors, frames that
+        frames/s (over the latest 50 frames), ms per frame (moving average), faces seen, faces
+        too small to identify (eyes closer than ``visits.min_eye_distance``), embeddings
+        computed and the embedder's ms per frame, tracks open, tracks split by appearance,
+        scene cuts, corrected decisions, visits started, events, sink errors, frames that
         failed, the last event."""
         window = list(self._rate_window)
         fps = (
@@ -385,8 +498,14 @@ class CameraWorker:
             "ms_per_frame": round(self._ms_per_frame, 1),
             "busy_s": round(self._busy_s, 3),
             "faces_seen": self.faces_seen,
+            "faces_too_small": self.small_faces,
             "embeddings": self.embeddings,
+            "embed_ms": round(1000.0 * self._embed_s / max(self.frames, 1), 2),
             "tracks_open": self.tracker.open_tracks(),
+            "tracks_split": self.visits.splits,
+            "tracks_rejoined": self.visits.rejoined,
+            "scene_cuts": self.scene.cuts,
+            "corrections": self.visits.corrections,
             "visits": self.visits_started,
             "events": self.events,
             "sink_errors": self.sink_errors,

@@ -135,6 +135,18 @@ class FaceTracker:
                 del self._last_seen[ours]
         return sorted(gone)
 
+    def split(self, track_id: int) -> int:
+        """Give the motion track behind ``track_id`` a new id of ours from now on: its latest
+        detection was another person (appearance said so); ``track_id`` is over, and is not
+        reported by :meth:`ended`. Returns the new id (``track_id`` itself when unknown)."""
+        theirs = next((k for k, v in self._ids.items() if v == track_id), None)
+        if theirs is None:
+            return track_id
+        new = self._ids[theirs] = self._next
+        self._next += 1
+        self._last_seen[new] = self._last_seen.pop(track_id)
+        return new
+
     def close_all(self) -> list[int]:
         """End every open track (the end of a file, the camera stopping); the tracker starts
         afresh."""

@@ -1,9 +1,12 @@
-"""Training runs: deterministic, and reproducing what the papers claim on real faces."""
+"""Training runs of the feature plots: seeded runs reproduce exactly, held-out photos stay out.
+
+What the runs *show* (margin losses tighter than Softmax on unseen photos, CosFace's clusters
+tightening with m) is a measured outcome that a thread count or a library version can move:
+it is reported with its command in docs/losses.md, not asserted here."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -74,39 +77,3 @@ def test_held_out_photos_are_never_trained_on_and_measured_apart() -> None:
     for part, stats in (("train", "stats"), ("held_out", "held_out_stats")):
         expected = np.mean([getattr(r, stats).mean_intra_angle for r in runs])
         assert row[part]["mean_intra_angle"] == pytest.approx(expected, abs=1e-3)
-
-
-@pytest.mark.slow
-def test_papers_claims_on_real_faces(shared_data: Path) -> None:
-    """On ORL (8 identities, all 10 photos trained on, 3-d, seed 0): CosFace's angular gap
-    grows and its intra-class angle shrinks with every step of m across the sweep."""
-    data = load_identities("orl", data_root=shared_data, num_identities=8)
-    sweep = train_many(data, cosface_sweep_specs(), TrainSettings(dim=3, holdout=0), workers=2)
-    gaps = [run.stats.angular_gap for run in sweep]
-    intra = [run.stats.mean_intra_angle for run in sweep]
-    assert all(b > a for a, b in itertools.pairwise(gaps)), gaps
-    assert all(b < a for a, b in itertools.pairwise(intra)), intra
-    assert all(run.accuracy == 1.0 for run in sweep)
-
-
-@pytest.mark.slow
-def test_margin_losses_are_tighter_than_softmax_on_unseen_photos(shared_data: Path) -> None:
-    """The papers' compactness claim, measured where face recognition needs it: on photos the
-    network never saw. 8 ORL identities, 7 photos each trained on, the last 3 held out; 2-d
-    embedding; three networks per loss (seeds 0, 1, 2, the defaults of ``marginface plot
-    features``). The mean held-out intra-class angle of SphereFace, CosFace and ArcFace is
-    smaller than Softmax's. (On the training photos Softmax memorises and is tighter than
-    CosFace and ArcFace; that is reported in docs/losses.md, not asserted.)"""
-    data = load_identities("orl", data_root=shared_data, num_identities=8)
-    names = ("softmax", "sphereface", "cosface", "arcface")
-    specs = [s for s in DEFAULT_LOSSES if s.name in names]
-    settings = TrainSettings(holdout=3, seed=0)
-    grouped = train_repeats(data, specs, settings, repeats=3, workers=2)
-    held = {}
-    for runs in grouped:
-        assert [r.seed for r in runs] == [0, 1, 2]
-        assert all(r.held_out is not None and int(r.held_out.sum()) == 24 for r in runs)
-        row = mean_summary(runs)
-        held[row["loss"]] = row["held_out"]["mean_intra_angle"]
-    for name in ("sphereface", "cosface", "arcface"):
-        assert held[name] < held["softmax"], held
