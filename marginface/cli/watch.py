@@ -167,11 +167,13 @@ def watch(
     and one when they leave; a video file is processed to its end."""
     settings = _settings(fps, min_faces, revisit, store_crops)
     # CLI: keeps marginface --help quick
+    from marginface.decision import IdentificationPolicy
     from marginface.gallery import Gallery, default_gallery_url
     from marginface.gallery.db import require_existing
     from marginface.streams.sources import open_source
 
     require_existing(db if db is not None else default_gallery_url())
+    policy = IdentificationPolicy(fpir=fpir)  # GalleryError for a bad --fpir, at once
     stream = open_source(source, fps=settings.fps)  # ConfigError / DataError at once
     printer, jsonl, gallery = _Printer(), None, None
     try:
@@ -186,7 +188,7 @@ def watch(
             model_name=pipeline.embedder.name,
             dim=pipeline.embedder.embedding_dim,
             card=pipeline.embedder.card,
-            fpir=fpir,
+            policy=policy,
             create=False,
         )
         if gallery.count_subjects() == 0:
@@ -203,7 +205,7 @@ def watch(
             from marginface.streams.recorder import VisitRecorder
 
             sinks.insert(0, VisitRecorder(gallery, store_crops=store_crops))
-        worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, fpir=fpir)
+        worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, policy=policy)
         typer.echo(
             f"watching {stream.url} as {name!r}: {gallery.count_subjects()} subjects, "
             f"threshold {point.threshold:.3f}" + ("" if not stream.live else "; Ctrl-C to stop"),

@@ -14,10 +14,10 @@ import numpy as np
 
 from marginface.align.detection import Detection, select_faces
 from marginface.align.image import describe_source
+from marginface.decision import IdentificationPolicy, OperatingPoint
 from marginface.embed import FaceLike, FacePipeline, Pipeline
 from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
-from marginface.eval.openset import OperatingPoint
-from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
+from marginface.gallery.store import Gallery
 from marginface.gallery.subjects import Guard
 from marginface.gallery.types import (
     EnrollResult,
@@ -139,6 +139,9 @@ class Recognizer:
     (``matches_other``), a photo whose exact bytes are stored already (``duplicate_photo``) and,
     when adding to a subject, a face unlike the subject's own faces (``mismatch``) are held
     back unless the enrolment is forced.
+
+    ``policy``: how identification and verification decide (target FPIR or threshold, ``k``,
+    verification's FAR); default: the gallery's (:attr:`Gallery.policy`).
     """
 
     def __init__(
@@ -149,10 +152,7 @@ class Recognizer:
         multiple_faces: MultipleFaces = "reject",
         near_duplicate: float = 0.95,
         store_crops: bool = False,
-        k: int = DEFAULT_K,
-        threshold: float | None = None,
-        far: str | None = None,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.multiple_faces: MultipleFaces = self._policy(multiple_faces)
         self.gallery = gallery
@@ -170,11 +170,7 @@ class Recognizer:
         self.card = gallery.card if gallery.card is not None else embedder.card
         self.near_duplicate = float(near_duplicate)
         self.store_crops = bool(store_crops)
-        self.k = int(k)
-        self.threshold_value = threshold if threshold is not None else gallery.default_threshold
-        self.far = far or gallery.far
-        #: the target FPIR of this recogniser (None: the gallery's, read at each decision)
-        self.fpir = fpir
+        self.policy = policy if policy is not None else gallery.policy
 
     @staticmethod
     def _all_faces(pipeline: FacePipeline) -> FacePipeline:
@@ -196,22 +192,18 @@ class Recognizer:
         return other
 
     def threshold(self, threshold: float | None = None) -> float:
-        """The 1:1 (verification) threshold: explicit, else configured, else the model card's
-        calibrated one at the configured FAR."""
-        return resolve_threshold(
-            self.card, threshold if threshold is not None else self.threshold_value, self.far
-        )
+        """The 1:1 (verification) threshold: explicit, else the policy's, else the model card's
+        calibrated one at the policy's FAR
+        (:meth:`IdentificationPolicy.verification_threshold`)."""
+        return self.policy.verification_threshold(self.card, threshold)
 
     def operating_point(
         self, threshold: float | None = None, fpir: str | float | None = None
     ) -> OperatingPoint:
-        """Identification's operating point for the gallery as it is now: an explicit (or
-        configured) threshold, else the threshold meeting the target FPIR (explicit, else
-        configured) for the gallery's current size (:meth:`Gallery.operating_point`)."""
-        return self.gallery.operating_point(
-            threshold if threshold is not None else self.threshold_value,
-            fpir if fpir is not None else self.fpir,
-        )
+        """Identification's operating point for the gallery as it is now, for a request's
+        ``threshold`` or target ``fpir`` under this recogniser's policy
+        (:meth:`Gallery.operating_point`)."""
+        return self.gallery.operating_point(threshold, fpir, policy=self.policy)
 
     # -- faces ----------------------------------------------------------------------------------
     def faces(self, photo: Photo) -> list[FaceLike]:
@@ -260,7 +252,7 @@ class Recognizer:
     def _identify_embeddings(self, embeddings: np.ndarray) -> list[Identification]:
         """The gallery's answer for each embedding, decided as identification decides: the one
         place enrolment asks who a face already is (change it with :meth:`identify`)."""
-        return self.gallery.identify(embeddings, k=self.k, point=self.operating_point())
+        return self.gallery.identify(embeddings, self.policy, point=self.operating_point())
 
     def _meanwhile(
         self,
@@ -636,19 +628,19 @@ class Recognizer:
         photo: Photo,
         *,
         threshold: float | None = None,
-        k: int | None = None,
         source: str | None = None,
         fpir: str | float | None = None,
     ) -> list[RecognizedFace]:
         """Answer every face in the photo (largest first): match or unknown, score,
-        candidates. An empty list means no face. With ``source`` (camera or door name) each
-        answer is logged as a recognition event."""
+        candidates. An empty list means no face. ``threshold`` and ``fpir`` are this request's
+        (:meth:`operating_point`). With ``source`` (camera or door name) each answer is logged
+        as a recognition event."""
         point = self.operating_point(threshold, fpir)  # before the photo: a bad target fails fast
         faces = self.faces(photo)
         if not faces:
             return []
         embs = np.vstack([np.asarray(f.embedding, dtype=np.float32).ravel() for f in faces])
-        answers = self.gallery.identify(embs, k=k or self.k, point=point)
+        answers = self.gallery.identify(embs, self.policy, point=point)
         out = []
         for face, ans in zip(faces, answers, strict=True):
             out.append(

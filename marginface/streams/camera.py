@@ -42,6 +42,7 @@ from marginface.streams.tracking import FaceTracker
 from marginface.streams.visits import VisitEvent, VisitSettings, VisitTracker
 
 if TYPE_CHECKING:
+    from marginface.decision import IdentificationPolicy
     from marginface.embed.pipeline import Pipeline
     from marginface.gallery import Gallery
     from marginface.streams.sources import Frame, Source
@@ -129,8 +130,8 @@ class CameraWorker:
     """Processes one camera's frames into visit events (see the module's docstring).
 
     ``pipeline``: the face pipeline (detector, aligner, embedder) shared with other cameras;
-    ``gallery``: where faces are identified; ``sinks``: called with every event; ``fpir``:
-    the open-set operating point (default: the gallery's). :meth:`process` and :meth:`finish`
+    ``gallery``: where faces are identified; ``sinks``: called with every event; ``policy``:
+    how visits are identified (default: the gallery's). :meth:`process` and :meth:`finish`
     are called by one thread (the camera's); :meth:`status` and :meth:`latest_annotated` may
     be called from any thread.
     """
@@ -143,7 +144,7 @@ class CameraWorker:
         settings: CameraSettings | None = None,
         *,
         sinks: Iterable[Sink] = (),
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.name = name
         self.settings = settings if settings is not None else CameraSettings()
@@ -156,7 +157,7 @@ class CameraWorker:
         self.gallery = gallery
         self.sinks = tuple(sinks)
         self.tracker = FaceTracker(s.fps, s.track_buffer_s, activation_threshold=s.score_threshold)
-        self.visits = VisitTracker(gallery, name, s.visits, fpir=fpir)
+        self.visits = VisitTracker(gallery, name, s.visits, policy=policy)
         self._lock = threading.Lock()
         self._latest: tuple[np.ndarray, list[TrackedBox], float] | None = None
         self._last_t: float | None = None

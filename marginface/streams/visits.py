@@ -34,6 +34,7 @@ from pydantic import Field
 
 from marginface.align.quality import FaceQuality
 from marginface.config import StrictModel
+from marginface.decision import IdentificationPolicy
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 
@@ -163,7 +164,8 @@ def _when(wall: float | None) -> datetime | None:
 
 class VisitTracker:
     """The visits of one camera: feed it each tracked face, and it says when to embed and
-    when a track has become a decided visit. Not thread-safe: one per camera worker."""
+    when a track has become a decided visit. Not thread-safe: one per camera worker.
+    ``policy``: how visits are identified (default: the gallery's)."""
 
     def __init__(
         self,
@@ -171,14 +173,14 @@ class VisitTracker:
         camera: str,
         settings: VisitSettings | None = None,
         *,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.gallery = gallery
         self.camera = camera
         self.settings = settings or VisitSettings()
         if self.settings.min_faces > self.settings.max_faces:
             raise GalleryError("min_faces cannot exceed max_faces")
-        self.fpir = fpir
+        self.policy = policy
         self._tracks: dict[int, _Track] = {}
         self._recent: list[_Visit] = []  # decided, named visits that may continue
         self._next_visit = 1
@@ -256,7 +258,7 @@ class VisitTracker:
     def _decide(self, track_id: int, track: _Track) -> VisitEvent | None:
         weights = np.asarray([f.quality for f in track.faces])
         mean = (weights[:, None] * np.vstack([f.embedding for f in track.faces])).sum(axis=0)
-        answer = self.gallery.identify(mean[None, :], fpir=self.fpir)[0]
+        answer = self.gallery.identify(mean[None, :], self.policy)[0]
         visit = self._continuing(answer.subject_id, track.start_s)
         first_wall = track.first_wall
         if visit is not None and visit.first_wall is not None:

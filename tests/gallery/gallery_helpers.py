@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from marginface.decision import IdentificationPolicy
 from marginface.errors import ImageError
 from marginface.gallery import Gallery
 
@@ -116,7 +117,8 @@ class StoreSpec:
     opened: list[Gallery] = field(default_factory=list)
 
     def open(self, model: str = MODEL, dim: int = DIM, **kwargs: Any) -> Gallery:
-        kwargs.setdefault("threshold", 0.5)
+        """The store, deciding at the explicit threshold 0.5 unless ``policy`` says otherwise."""
+        kwargs.setdefault("policy", IdentificationPolicy(threshold=0.5))
         g = Gallery.open(
             self.url, model, dim, index=self.index, index_options=dict(self.index_options), **kwargs
         )

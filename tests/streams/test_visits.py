@@ -10,6 +10,7 @@ import pytest
 
 from marginface.align.quality import FaceQuality
 from marginface.card import ModelCard
+from marginface.decision import IdentificationPolicy
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 from marginface.streams import VisitSettings, VisitTracker
@@ -134,8 +135,8 @@ def test_a_track_seen_only_poorly_is_decided_after_its_patience(gallery: Gallery
 
 
 def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None:
-    strict = VisitTracker(gallery, "door", fpir="1e-6")
-    loose = VisitTracker(gallery, "door", fpir="1e-1")
+    strict = VisitTracker(gallery, "door", policy=IdentificationPolicy(fpir="1e-6"))
+    loose = VisitTracker(gallery, "door", policy=IdentificationPolicy(fpir="1e-1"))
     a = _walk(strict, 1, person=0, start=0.0)
     b = _walk(loose, 1, person=0, start=0.0)
     assert a[0].threshold > b[0].threshold
