@@ -15,7 +15,7 @@ import numpy as np
 from marginface.align.detection import Detection, select_faces
 from marginface.align.image import describe_source
 from marginface.decision import IdentificationPolicy, OperatingPoint
-from marginface.embed import FaceLike, FacePipeline, Pipeline
+from marginface.embed import FaceLike, FacePipeline, Pipeline, l2_normalize
 from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
 from marginface.gallery.store import Gallery
 from marginface.gallery.subjects import Guard
@@ -107,6 +107,11 @@ def _photo_hash(data: object) -> str | None:
 def _area(face: FaceLike) -> float:
     b = np.asarray(face.box, dtype=np.float64)
     return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+
+
+def _unit(face: FaceLike) -> np.ndarray:
+    """A face's embedding as one float32 vector of unit length (:func:`l2_normalize`)."""
+    return l2_normalize(np.asarray(face.embedding, dtype=np.float32).ravel())
 
 
 def _box(face: FaceLike) -> list[float]:
@@ -407,8 +412,7 @@ class Recognizer:
                     note = f"{len(faces)} faces found; the one nearest the centre was enrolled"
                 else:
                     note = f"{len(faces)} faces found; the largest was enrolled"
-            emb = np.asarray(face.embedding, dtype=np.float32).ravel()
-            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
+            emb = _unit(face)
             if known:
                 sims = np.vstack(known) @ emb
                 best = float(sims.max())
@@ -681,9 +685,7 @@ class Recognizer:
         thr = self.threshold(threshold)
         fa, na = self._one_face(photo_a, "the first photo")
         fb, nb = self._one_face(photo_b, "the second photo")
-        a = np.asarray(fa.embedding, dtype=np.float64).ravel()
-        b = np.asarray(fb.embedding, dtype=np.float64).ravel()
-        score = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+        score = float(_unit(fa) @ _unit(fb))
         return Verification(
             score=score,
             threshold=thr,
@@ -704,9 +706,7 @@ class Recognizer:
         if len(mat) == 0:
             raise GalleryError(f"subject {subject_id!r} has no enrolled faces")
         face, n = self._one_face(photo, "the photo")
-        emb = np.asarray(face.embedding, dtype=np.float32).ravel()
-        emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-        score = float((mat @ emb).max())
+        score = float((mat @ _unit(face)).max())
         return Verification(
             score=score,
             threshold=thr,

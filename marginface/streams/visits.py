@@ -35,6 +35,7 @@ from pydantic import Field
 from marginface.align.quality import FaceQuality
 from marginface.config import StrictModel
 from marginface.decision import IdentificationPolicy
+from marginface.embed import l2_normalize
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 
@@ -246,8 +247,7 @@ class VisitTracker:
             track.last_wall = wall if track.last_wall is None else max(track.last_wall, wall)
         if embedding is None or quality is None:
             return None
-        e = np.asarray(embedding, dtype=np.float32).ravel()
-        e = e / max(float(np.linalg.norm(e)), 1e-12)
+        e = l2_normalize(np.asarray(embedding, dtype=np.float32).ravel())
         track.faces.append(Evidence(max(quality.score, 1e-6), e, crop))
         track.faces.sort(key=lambda f: -f.quality)
         del track.faces[self.settings.max_faces :]
