@@ -38,6 +38,7 @@ from pydantic import Field
 from marginface.align.detection import Detection
 from marginface.align.quality import face_quality
 from marginface.config import StrictModel
+from marginface.detection_defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD
 from marginface.streams.tracking import FaceTracker
 from marginface.streams.visits import VisitEvent, VisitSettings, VisitTracker
 
@@ -70,10 +71,12 @@ class CameraSettings(StrictModel):
         "this longest side (crops are cut from the full frame)",
     )
     min_face_size: float = Field(
-        20.0, ge=0.0, description="smallest face tracked: its box's shorter side, full-frame px"
+        DEFAULT_MIN_FACE_SIZE,
+        ge=0.0,
+        description="smallest face tracked: its box's shorter side, full-frame px",
     )
     score_threshold: float = Field(
-        0.6,
+        DEFAULT_SCORE_THRESHOLD,
         ge=0.0,
         le=1.0,
         description="detection score that starts a track and may be "
