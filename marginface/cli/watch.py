@@ -82,6 +82,7 @@ def _settings(fps: float, min_faces: int | None, revisit: float | None, store_cr
     """CameraSettings from the options; a bad value is one ConfigError line."""
     from pydantic import ValidationError
 
+    from marginface.config import format_validation_error
     from marginface.streams.camera import CameraSettings
 
     visits: dict[str, Any] = {}
@@ -90,15 +91,18 @@ def _settings(fps: float, min_faces: int | None, revisit: float | None, store_cr
         visits["max_faces"] = max(min_faces, 5)
     if revisit is not None:
         visits["revisit_s"] = revisit
-    names = {"fps": "--fps", "min_faces": "--min-faces", "revisit_s": "--revisit"}
+    names = {
+        "fps": "--fps",
+        "visits.min_faces": "--min-faces",
+        "visits.max_faces": "--min-faces",  # set from --min-faces
+        "visits.revisit_s": "--revisit",
+    }
     try:
         return CameraSettings.model_validate(
             {"fps": fps, "visits": visits, "store_crops": store_crops}
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = names.get(str(err["loc"][-1]), ".".join(map(str, err["loc"])))
-        raise ConfigError(f"{key}: {err['msg'].lower()}") from None
+        raise ConfigError(format_validation_error(exc, names).lower()) from None
 
 
 def _duration_s(path: str) -> float | None:
