@@ -144,7 +144,7 @@ def make_store(
 ) -> StoreSpec:
     """A fresh empty store of the given kind."""
     if backend == "postgresql":
-        from marginface.gallery.testing import create_database
+        from tests.gallery.postgres_server import create_database
 
         server = request.getfixturevalue("pg_server_url")
         url = create_database(server, f"mf_test_{os.getpid()}_{next(_db_counter)}")
