@@ -97,6 +97,7 @@ def load_photos(n_celeb: int) -> list[tuple[str, bytes]]:
 
 def build_gallery(db: Path, n_subjects: int, enrol_people: int, seed: int) -> dict:
     """Fill a SQLite gallery with synthetic subjects and a few real people."""
+    from marginface.decision import IdentificationPolicy
     from marginface.embed import Pipeline
     from marginface.gallery import Gallery, Recognizer
 
@@ -105,13 +106,14 @@ def build_gallery(db: Path, n_subjects: int, enrol_people: int, seed: int) -> di
     threshold = None if card.calibration and card.calibration.thresholds else SFACE_THRESHOLD
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    with Gallery.open(str(db), card=card, threshold=threshold) as gallery:
+    policy = IdentificationPolicy(threshold=threshold)
+    with Gallery.open(str(db), card=card, policy=policy) as gallery:
         dim = pipeline.embedder.embedding_dim
         for i in range(n_subjects):
             emb = rng.standard_normal((1, dim)).astype(np.float32)
             gallery.create_subject(f"synthetic {i:05d}", embeddings=emb)
         filled = time.perf_counter() - t0
-        rec = Recognizer(gallery, pipeline, threshold=threshold)
+        rec = Recognizer(gallery, pipeline)
         enrolled = 0
         if CELEBA_DEV.is_dir():
             for person in sorted(p for p in CELEBA_DEV.iterdir() if p.is_dir())[:enrol_people]:

@@ -1,7 +1,7 @@
 """Camera streams on this machine: are the visits right, and how many cameras fit?
 
 Everything runs on marginface's real components: the synthetic scenes of
-:mod:`marginface.streams.synthetic` (celeba-dev people walking past a camera, H.264
+:mod:`tests.streams.synthetic` (celeba-dev people walking past a camera, H.264
 1280x720 at 25 frames/s, with exact ground truth), PyAV sources, YuNet + SFace, ByteTrack,
 the visit decisions at the gallery's FPIR operating point. Six people are enrolled from other
 photos than the ones in the videos; three are strangers.
@@ -49,7 +49,8 @@ from marginface.embed.pipeline import Pipeline  # noqa: E402
 from marginface.gallery import Gallery, Recognizer  # noqa: E402
 from marginface.streams.camera import CameraSettings, CameraWorker  # noqa: E402
 from marginface.streams.sources import open_source  # noqa: E402
-from marginface.streams.synthetic import (  # noqa: E402
+from marginface.streams.visits import VisitEvent, VisitSettings  # noqa: E402
+from tests.streams.synthetic import (  # noqa: E402
     Passer,
     Scene,
     choose_people,
@@ -58,7 +59,6 @@ from marginface.streams.synthetic import (  # noqa: E402
     standard_scenes,
     truth,
 )
-from marginface.streams.visits import VisitEvent, VisitSettings  # noqa: E402
 
 
 def load() -> str:

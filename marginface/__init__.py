@@ -8,6 +8,8 @@ Subpackages, one concept each:
 - ``marginface.data``: datasets, RecordIO, samplers and augmentation.
 - ``marginface.train``: the training engine.
 - ``marginface.eval``: verification and identification protocols, threshold calibration.
+- ``marginface.decision``: identification's rules (the policy and its precedence, operating
+  points from the card's impostor table, the k-NN vote), used by the gallery and by ``eval``.
 - ``marginface.align``: face detection and five-point alignment.
 - ``marginface.embed``: embedding models behind one API, and the face pipeline.
 - ``marginface.gallery``: enrolment, search and deletion over pluggable stores.

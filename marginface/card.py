@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from marginface.config import format_validation_error
 from marginface.errors import ModelError
 
 __all__ = ["CARD_FILENAME", "Calibration", "ImpostorTail", "ModelCard", "Preprocessing"]
@@ -134,8 +135,7 @@ class ModelCard(BaseModel):
             raise ModelError(f"{path}: model card is not valid JSON ({exc})") from None
         except ValidationError as exc:
             raise ModelError(
-                f"{path}: invalid model card ({exc.error_count()} problems: "
-                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})"
+                f"{path}: invalid model card ({format_validation_error(exc)})"
             ) from None
 
     def save(self, path: str | Path) -> Path:

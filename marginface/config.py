@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,15 +85,22 @@ def load_config(
         raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One readable line per problem: ``key.path: message``."""
-    lines = []
+def format_validation_error(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """The one text of a validation error: each problem as ``key.path: message`` (``unknown key
+    'key.path'`` for a key the model does not have), joined by ``"; "``, a repeated line once.
+
+    ``names`` shows key paths under the names the user typed (CLI options:
+    ``{"visits.min_faces": "--min-faces"}``)."""
+    lines: list[str] = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = names.get(loc, loc) if names is not None else loc
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {loc!r}")
+            line = f"unknown key {loc!r}"
         else:
-            lines.append(f"{loc}: {err['msg']}")
+            line = f"{loc}: {err['msg']}"
+        if line not in lines:
+            lines.append(line)
     return "; ".join(lines)
 
 

@@ -79,6 +79,7 @@ def test_cli_help_imports_nothing_heavy():
     "package",
     [
         "marginface.align",
+        "marginface.decision",
         "marginface.embed",
         "marginface.eval",
         "marginface.gallery",

@@ -10,15 +10,11 @@ import numpy as np
 from marginface.align.detect import Detection, Detector, Selection, load_detector, select_faces
 from marginface.align.image import MIN_IMAGE_SIDE, ImageTooSmallError
 from marginface.align.transform import estimate_similarity, template_points, template_size, warp
+from marginface.detection_defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD
 from marginface.errors import ConfigError
 from marginface.imaging import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 
 __all__ = ["DEFAULT_MIN_FACE_SIZE", "DEFAULT_SCORE_THRESHOLD", "AlignResult", "Aligner"]
-
-#: Faces whose box's shorter side is smaller than this (pixels) are not used.
-DEFAULT_MIN_FACE_SIZE = 20.0
-#: Faces detected with a lower score than this are not used.
-DEFAULT_SCORE_THRESHOLD = 0.6
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from marginface.align.aligner import Aligner
+from marginface.align.aligner import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD, Aligner
 from marginface.align.image import ImageTooSmallError
 from marginface.errors import ImageError, MarginfaceError
 
@@ -49,8 +49,8 @@ class AlignJob:
     detector_options: tuple[tuple[str, Any], ...] = ()
     template: str = "arcface_112x112"
     selection: str = "largest"
-    min_face_size: float = 20.0
-    score_threshold: float = 0.6
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
     image_format: str = "jpg"  # jpg or png
     jpeg_quality: int = 95
 

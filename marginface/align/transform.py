@@ -9,13 +9,10 @@ image's right, nose tip, mouth corner on the image's left, mouth corner on the i
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 __all__ = [
     "TEMPLATES",
-    "TemplateName",
     "align_face",
     "estimate_similarity",
     "template_points",
@@ -23,8 +20,6 @@ __all__ = [
     "transform_points",
     "warp",
 ]
-
-TemplateName = Literal["arcface_112x112", "arcface_112x96"]
 
 _ARCFACE_112 = np.array(
     [

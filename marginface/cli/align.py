@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from marginface.detection_defaults import DEFAULT_MIN_FACE_SIZE, DEFAULT_SCORE_THRESHOLD
 from marginface.errors import ConfigError
 
 
@@ -23,8 +24,12 @@ def register(app: typer.Typer) -> None:
             "arcface_112x112", help="Template: arcface_112x112 or arcface_112x96."
         ),
         selection: str = typer.Option("largest", help="Faces to keep: largest, central or all."),
-        min_face_size: float = typer.Option(20.0, help="Ignore faces smaller than this (px)."),
-        score_threshold: float = typer.Option(0.6, help="Ignore detections scoring lower."),
+        min_face_size: float = typer.Option(
+            DEFAULT_MIN_FACE_SIZE, help="Ignore faces smaller than this (px)."
+        ),
+        score_threshold: float = typer.Option(
+            DEFAULT_SCORE_THRESHOLD, help="Ignore detections scoring lower."
+        ),
         image_format: str = typer.Option("jpg", "--format", help="Output format: jpg or png."),
         quality: int = typer.Option(95, min=1, max=100, help="JPEG quality."),
         failures: Path | None = typer.Option(None, help="Failure CSV (default: DST/_failed.csv)."),

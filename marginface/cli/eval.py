@@ -600,9 +600,9 @@ def calibrate_command(
     FARs on verification pairs (--pairs), and the impostor distribution that open-set
     identification's FPIR operating points come from (--impostors)."""
     # CLI: keeps marginface --help quick
+    from marginface.decision.rates import far_key
     from marginface.embed import load_embedder
     from marginface.eval.calibrate import calibrate
-    from marginface.eval.metrics import far_key
     from marginface.eval.pairs import load_pairs
     from marginface.eval.verify import score_pairs
 

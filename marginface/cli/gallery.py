@@ -78,16 +78,22 @@ def _recognizer(
     *,
     create: bool = False,
     fpir: str | None = None,
+    k: int | None = None,
     **kwargs: Any,
 ) -> Recognizer:
-    """A recognizer over the gallery ``db``; ``create=False`` (all but ``enroll``) refuses a
-    gallery that does not exist, before the models are loaded."""
+    """A recognizer over the gallery ``db``, deciding as the options say (one
+    :class:`~marginface.decision.IdentificationPolicy`); ``create=False`` (all but ``enroll``)
+    refuses a gallery that does not exist, before the models are loaded."""
     # CLI: keeps marginface --help quick
+    from marginface.decision import DEFAULT_K, IdentificationPolicy
     from marginface.embed import Pipeline
     from marginface.gallery import Gallery, Recognizer
 
     if not create:
         _require_gallery(db)
+    policy = IdentificationPolicy(
+        fpir=fpir, threshold=threshold, k=DEFAULT_K if k is None else k, far=far
+    )
     pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
     card = pipeline.embedder.card
     gallery = Gallery.open(
@@ -96,9 +102,7 @@ def _recognizer(
         dim=pipeline.embedder.embedding_dim,
         index=index,
         card=card,
-        threshold=threshold,
-        far=far,
-        fpir=fpir,
+        policy=policy,
         create=create,
     )
     if threshold is not None and (card.calibration is None or not card.calibration.thresholds):

@@ -171,19 +171,19 @@ def register(app: typer.Typer) -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         check_port_free(settings.host, settings.port)  # before seconds of model loading
-        # CLI: keeps marginface --help quick
-        from marginface.eval.openset import require_impostors
-        from marginface.gallery import resolve_threshold
-        from marginface.serve.service import build_pipeline, open_gallery  # heavy: fastapi
+        # CLI: keeps marginface --help quick; marginface.serve.service imports fastapi (heavy)
+        from marginface.decision import require_impostors
+        from marginface.serve.service import build_pipeline, identification_policy, open_gallery
 
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         typer.echo(f"loading model {settings.model!r} and detector {settings.detector!r} ...")
         pipeline = build_pipeline(settings)
-        resolve_threshold(pipeline.embedder.card, settings.threshold, settings.far)
-        if settings.threshold is None:  # identification derives its threshold from the card
+        policy = identification_policy(settings)
+        policy.verification_threshold(pipeline.embedder.card)
+        if policy.threshold is None:  # identification derives its threshold from the card
             require_impostors(pipeline.embedder.card)
-        gallery = open_gallery(settings, pipeline)
+        gallery = open_gallery(settings, pipeline, policy)
         try:
             secret = bootstrap_admin_key(gallery, settings.key_file)
         except BaseException:

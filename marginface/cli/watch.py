@@ -82,6 +82,7 @@ def _settings(fps: float, min_faces: int | None, revisit: float | None, store_cr
     """CameraSettings from the options; a bad value is one ConfigError line."""
     from pydantic import ValidationError
 
+    from marginface.config import format_validation_error
     from marginface.streams.camera import CameraSettings
 
     visits: dict[str, Any] = {}
@@ -90,15 +91,18 @@ def _settings(fps: float, min_faces: int | None, revisit: float | None, store_cr
         visits["max_faces"] = max(min_faces, 5)
     if revisit is not None:
         visits["revisit_s"] = revisit
-    names = {"fps": "--fps", "min_faces": "--min-faces", "revisit_s": "--revisit"}
+    names = {
+        "fps": "--fps",
+        "visits.min_faces": "--min-faces",
+        "visits.max_faces": "--min-faces",  # set from --min-faces
+        "visits.revisit_s": "--revisit",
+    }
     try:
         return CameraSettings.model_validate(
             {"fps": fps, "visits": visits, "store_crops": store_crops}
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = names.get(str(err["loc"][-1]), ".".join(map(str, err["loc"])))
-        raise ConfigError(f"{key}: {err['msg'].lower()}") from None
+        raise ConfigError(format_validation_error(exc, names).lower()) from None
 
 
 def _duration_s(path: str) -> float | None:
@@ -167,11 +171,13 @@ def watch(
     and one when they leave; a video file is processed to its end."""
     settings = _settings(fps, min_faces, revisit, store_crops)
     # CLI: keeps marginface --help quick
+    from marginface.decision import IdentificationPolicy
     from marginface.gallery import Gallery, default_gallery_url
     from marginface.gallery.db import require_existing
     from marginface.streams.sources import open_source
 
     require_existing(db if db is not None else default_gallery_url())
+    policy = IdentificationPolicy(fpir=fpir)  # GalleryError for a bad --fpir, at once
     stream = open_source(source, fps=settings.fps)  # ConfigError / DataError at once
     printer, jsonl, gallery = _Printer(), None, None
     try:
@@ -186,7 +192,7 @@ def watch(
             model_name=pipeline.embedder.name,
             dim=pipeline.embedder.embedding_dim,
             card=pipeline.embedder.card,
-            fpir=fpir,
+            policy=policy,
             create=False,
         )
         if gallery.count_subjects() == 0:
@@ -203,7 +209,7 @@ def watch(
             from marginface.streams.recorder import VisitRecorder
 
             sinks.insert(0, VisitRecorder(gallery, store_crops=store_crops))
-        worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, fpir=fpir)
+        worker = CameraWorker(name, pipeline, gallery, settings, sinks=sinks, policy=policy)
         typer.echo(
             f"watching {stream.url} as {name!r}: {gallery.count_subjects()} subjects, "
             f"threshold {point.threshold:.3f}" + ("" if not stream.live else "; Ctrl-C to stop"),

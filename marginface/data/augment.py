@@ -13,7 +13,7 @@ jitter, grayscale, blur and JPEG re-compression for small or noisy data sets.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,6 @@ __all__ = [
     "resolve_augment",
     "to_tensor",
 ]
-
-AugmentPresetName = Literal["none", "flip", "strong"]
 
 
 class AugmentConfig(StrictModel):

@@ -21,9 +21,14 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """``x`` scaled to unit L2 norm along its last axis (each row of a matrix, or one vector),
+    as float32: marginface's one normalisation rule. A norm below ``eps`` divides by ``eps``
+    (a zero vector stays zero). float64 input is normalised in float64, then rounded; any
+    other input is taken as float32."""
+    x = np.asarray(x)
+    if x.dtype != np.float64:
+        x = x.astype(np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from marginface.card import ModelCard
+from marginface.embed.base import l2_normalize
 from marginface.embed.loader import load_backbone
 from marginface.embed.runtimes import INPUT_NAME, export_module_to_onnx, module_to_onnx_bytes
 from marginface.errors import ModelError
@@ -31,10 +32,6 @@ class ExportResult:
     int8_card_path: Path | None = None
     int8_max_abs_diff: float | None = None
     int8_min_cosine: float | None = None
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
@@ -92,8 +89,8 @@ def export_onnx(
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((check_batch, 3, int(h), int(w))).astype(np.float32)
     with torch.inference_mode():
-        ref = _normalize(module(torch.from_numpy(x)).float().numpy())
-    got = _normalize(onnx_session(out).run(None, {INPUT_NAME: x})[0])
+        ref = l2_normalize(module(torch.from_numpy(x)).float().numpy())
+    got = l2_normalize(onnx_session(out).run(None, {INPUT_NAME: x})[0])
     diff = float(np.abs(ref - got).max())
     if diff > 1e-4:
         raise ModelError(
@@ -114,7 +111,7 @@ def export_onnx(
         )
         result.int8_path = q_path
         result.int8_card_path = q_card.save(q_path.with_suffix(".json"))
-        q = _normalize(onnx_session(q_path).run(None, {INPUT_NAME: x})[0])
+        q = l2_normalize(onnx_session(q_path).run(None, {INPUT_NAME: x})[0])
         result.int8_max_abs_diff = float(np.abs(q - got).max())
         result.int8_min_cosine = float((q * got).sum(axis=1).min())
     return result

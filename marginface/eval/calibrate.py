@@ -14,8 +14,9 @@ import math
 import numpy as np
 
 from marginface.card import Calibration
+from marginface.decision.rates import far_key
 from marginface.errors import DataError
-from marginface.eval.metrics import far_key, is_resolvable, threshold_at_far
+from marginface.eval.metrics import is_resolvable, threshold_at_far
 
 __all__ = ["CALIBRATION_FARS", "calibrate"]
 

@@ -30,7 +30,7 @@ probes of subjects outside it are non-mated.
 Subject scores (:data:`RULES`): a subject's score is the best of its faces (``best_face``, the
 rule the gallery's thresholds and the card's impostor table assume); with several faces per
 subject the mean of its two best faces (``top2_mean``) and the gallery's k-NN vote
-(``knnK``, :func:`marginface.eval.identify.knn_vote`) are evaluated too.
+(``knnK``, :func:`marginface.decision.vote.knn_vote`) are evaluated too.
 
 Failed images: a photo without a usable face is never enrolled (the first ``K`` *usable* photos
 are); as a search it counts as a miss (mated) or as no false positive (non-mated).
@@ -52,29 +52,26 @@ from typing import Any
 import numpy as np
 
 from marginface.card import ImpostorTail
+from marginface.decision.operating_point import (
+    GalleryComposition,
+    operating_point,
+    require_impostors,
+)
+from marginface.decision.rates import far_key, parse_far
+from marginface.decision.vote import knn_vote
 from marginface.embed import Embedder
 from marginface.errors import ConfigError, DataError, ModelError
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions, ImageEmbeddings, embed_images
-from marginface.eval.identify import (
+from marginface.eval.openset import SAME_PERSON, describe, held_out, same_person
+from marginface.eval.pairs import ImageRef
+from marginface.eval.search_metrics import (
     MIN_FALSE_POSITIVES,
     REPORTED_FPIRS,
     cmc,
     fnir_at_fpir,
     fnir_fpir_curve,
-    knn_vote,
     open_set_rates,
 )
-from marginface.eval.metrics import far_key, parse_far
-from marginface.eval.openset import (
-    SAME_PERSON,
-    GalleryComposition,
-    describe,
-    held_out,
-    operating_point,
-    require_impostors,
-    same_person,
-)
-from marginface.eval.pairs import ImageRef
 
 __all__ = [
     "BEST_FACE",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from marginface.decision.rates import far_key, parse_far
 from marginface.errors import DataError
 
 __all__ = [
@@ -28,10 +29,8 @@ __all__ = [
     "auc",
     "best_threshold",
     "eer",
-    "far_key",
     "is_resolvable",
     "kfold_accuracy",
-    "parse_far",
     "roc",
     "tar_at_far",
     "threshold_at_far",
@@ -51,27 +50,6 @@ def _as_scores_labels(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarra
     if not np.all(np.isfinite(s)):
         raise DataError("scores contain NaN or infinite values")
     return s, y
-
-
-def far_key(far: float | str) -> str:
-    """The canonical key of a false-accept rate: ``0.001`` and ``"1e-3"`` both give ``"1e-3"``."""
-    value = parse_far(far)
-    exponent = math.log10(value)
-    if abs(exponent - round(exponent)) < 1e-9:
-        return f"1e{round(exponent)}"
-    mantissa, exp = f"{value:.6e}".split("e")
-    return f"{float(mantissa):g}e{int(exp)}"
-
-
-def parse_far(far: float | str) -> float:
-    """A false-accept rate as a float in ``(0, 1)``; strings such as ``"1e-3"`` are accepted."""
-    try:
-        value = float(far)
-    except (TypeError, ValueError):
-        raise DataError(f"not a false-accept rate: {far!r}") from None
-    if not 0.0 < value < 1.0:
-        raise DataError(f"a false-accept rate must lie in (0, 1), got {far!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +293,8 @@ class TarAtFar:
 def tar_at_far(
     scores: np.ndarray, issame: np.ndarray, fars: tuple[str | float, ...] = DEFAULT_FARS
 ) -> dict[str, TarAtFar]:
-    """TAR at each target FAR, keyed by :func:`far_key`; unresolvable ones carry a reason."""
+    """TAR at each target FAR, keyed by :func:`~marginface.decision.rates.far_key`;
+    unresolvable ones carry a reason."""
     s, y = _as_scores_labels(scores, issame)
     pos, neg = s[y], s[~y]
     if pos.size == 0 or neg.size == 0:

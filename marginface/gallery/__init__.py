@@ -4,6 +4,9 @@ Metadata lives in SQL (one SQLite file in WAL mode by default, or PostgreSQL); v
 pluggable index (exact in-process numpy, FAISS, or Milvus). Enrolment is one transaction;
 deleting a subject or a face removes its embeddings from SQL and from the index at once.
 
+Identification decides as a :class:`marginface.decision.IdentificationPolicy` says (target
+FPIR or explicit threshold, ``k``), handed to :meth:`Gallery.open` and the :class:`Recognizer`.
+
 Typical use::
 
     from marginface.embed import Pipeline
@@ -39,13 +42,7 @@ from marginface.gallery.recognizer import (
     Photo,
     Recognizer,
 )
-from marginface.gallery.store import (
-    DEFAULT_K,
-    GALLERY_URL_ENV,
-    Gallery,
-    default_gallery_url,
-    resolve_threshold,
-)
+from marginface.gallery.store import GALLERY_URL_ENV, Gallery, default_gallery_url
 from marginface.gallery.types import (
     ROLES,
     VISITOR_STATUSES,
@@ -72,10 +69,8 @@ from marginface.gallery.types import (
     redact_url,
     to_jsonable,
 )
-from marginface.gallery.vote import knn_vote
 
 __all__ = [
-    "DEFAULT_K",
     "GALLERY_URL_ENV",
     "INDEX_KINDS",
     "MULTIPLE_FACES",
@@ -115,8 +110,6 @@ __all__ = [
     "VisitorFace",
     "create_index",
     "default_gallery_url",
-    "knn_vote",
     "redact_url",
-    "resolve_threshold",
     "to_jsonable",
 ]

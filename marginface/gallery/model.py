@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError
 from marginface.gallery.db import Database
 
@@ -42,10 +43,9 @@ class EmbeddingModel:
             )
         if not np.all(np.isfinite(e)):
             raise GalleryError("embeddings contain NaN or infinite values")
-        norms = np.linalg.norm(e, axis=1, keepdims=True)
-        if np.any(norms < 1e-12):
+        if np.any(np.linalg.norm(e, axis=1) < 1e-12):
             raise GalleryError("an embedding is all zeros")
-        return np.ascontiguousarray(e / norms, dtype=np.float32)
+        return np.ascontiguousarray(l2_normalize(e))
 
 
 def bind_model(db: Database, model_name: str | None, dim: int | None) -> EmbeddingModel:

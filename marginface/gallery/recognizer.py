@@ -14,10 +14,10 @@ import numpy as np
 
 from marginface.align.detection import Detection, select_faces
 from marginface.align.image import describe_source
-from marginface.embed import FaceLike, FacePipeline, Pipeline
+from marginface.decision import IdentificationPolicy, OperatingPoint
+from marginface.embed import FaceLike, FacePipeline, Pipeline, l2_normalize
 from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
-from marginface.eval.openset import OperatingPoint
-from marginface.gallery.store import DEFAULT_K, Gallery, resolve_threshold
+from marginface.gallery.store import Gallery
 from marginface.gallery.subjects import Guard
 from marginface.gallery.types import (
     EnrollResult,
@@ -109,6 +109,11 @@ def _area(face: FaceLike) -> float:
     return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
 
 
+def _unit(face: FaceLike) -> np.ndarray:
+    """A face's embedding as one float32 vector of unit length (:func:`l2_normalize`)."""
+    return l2_normalize(np.asarray(face.embedding, dtype=np.float32).ravel())
+
+
 def _box(face: FaceLike) -> list[float]:
     return [round(float(x), 2) for x in np.asarray(face.box).ravel()[:4]]
 
@@ -139,6 +144,9 @@ class Recognizer:
     (``matches_other``), a photo whose exact bytes are stored already (``duplicate_photo``) and,
     when adding to a subject, a face unlike the subject's own faces (``mismatch``) are held
     back unless the enrolment is forced.
+
+    ``policy``: how identification and verification decide (target FPIR or threshold, ``k``,
+    verification's FAR); default: the gallery's (:attr:`Gallery.policy`).
     """
 
     def __init__(
@@ -149,10 +157,7 @@ class Recognizer:
         multiple_faces: MultipleFaces = "reject",
         near_duplicate: float = 0.95,
         store_crops: bool = False,
-        k: int = DEFAULT_K,
-        threshold: float | None = None,
-        far: str | None = None,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.multiple_faces: MultipleFaces = self._policy(multiple_faces)
         self.gallery = gallery
@@ -170,11 +175,7 @@ class Recognizer:
         self.card = gallery.card if gallery.card is not None else embedder.card
         self.near_duplicate = float(near_duplicate)
         self.store_crops = bool(store_crops)
-        self.k = int(k)
-        self.threshold_value = threshold if threshold is not None else gallery.default_threshold
-        self.far = far or gallery.far
-        #: the target FPIR of this recogniser (None: the gallery's, read at each decision)
-        self.fpir = fpir
+        self.policy = policy if policy is not None else gallery.policy
 
     @staticmethod
     def _all_faces(pipeline: FacePipeline) -> FacePipeline:
@@ -196,22 +197,18 @@ class Recognizer:
         return other
 
     def threshold(self, threshold: float | None = None) -> float:
-        """The 1:1 (verification) threshold: explicit, else configured, else the model card's
-        calibrated one at the configured FAR."""
-        return resolve_threshold(
-            self.card, threshold if threshold is not None else self.threshold_value, self.far
-        )
+        """The 1:1 (verification) threshold: explicit, else the policy's, else the model card's
+        calibrated one at the policy's FAR
+        (:meth:`IdentificationPolicy.verification_threshold`)."""
+        return self.policy.verification_threshold(self.card, threshold)
 
     def operating_point(
         self, threshold: float | None = None, fpir: str | float | None = None
     ) -> OperatingPoint:
-        """Identification's operating point for the gallery as it is now: an explicit (or
-        configured) threshold, else the threshold meeting the target FPIR (explicit, else
-        configured) for the gallery's current size (:meth:`Gallery.operating_point`)."""
-        return self.gallery.operating_point(
-            threshold if threshold is not None else self.threshold_value,
-            fpir if fpir is not None else self.fpir,
-        )
+        """Identification's operating point for the gallery as it is now, for a request's
+        ``threshold`` or target ``fpir`` under this recogniser's policy
+        (:meth:`Gallery.operating_point`)."""
+        return self.gallery.operating_point(threshold, fpir, policy=self.policy)
 
     # -- faces ----------------------------------------------------------------------------------
     def faces(self, photo: Photo) -> list[FaceLike]:
@@ -260,7 +257,7 @@ class Recognizer:
     def _identify_embeddings(self, embeddings: np.ndarray) -> list[Identification]:
         """The gallery's answer for each embedding, decided as identification decides: the one
         place enrolment asks who a face already is (change it with :meth:`identify`)."""
-        return self.gallery.identify(embeddings, k=self.k, point=self.operating_point())
+        return self.gallery.identify(embeddings, self.policy, point=self.operating_point())
 
     def _meanwhile(
         self,
@@ -415,8 +412,7 @@ class Recognizer:
                     note = f"{len(faces)} faces found; the one nearest the centre was enrolled"
                 else:
                     note = f"{len(faces)} faces found; the largest was enrolled"
-            emb = np.asarray(face.embedding, dtype=np.float32).ravel()
-            emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
+            emb = _unit(face)
             if known:
                 sims = np.vstack(known) @ emb
                 best = float(sims.max())
@@ -636,19 +632,19 @@ class Recognizer:
         photo: Photo,
         *,
         threshold: float | None = None,
-        k: int | None = None,
         source: str | None = None,
         fpir: str | float | None = None,
     ) -> list[RecognizedFace]:
         """Answer every face in the photo (largest first): match or unknown, score,
-        candidates. An empty list means no face. With ``source`` (camera or door name) each
-        answer is logged as a recognition event."""
+        candidates. An empty list means no face. ``threshold`` and ``fpir`` are this request's
+        (:meth:`operating_point`). With ``source`` (camera or door name) each answer is logged
+        as a recognition event."""
         point = self.operating_point(threshold, fpir)  # before the photo: a bad target fails fast
         faces = self.faces(photo)
         if not faces:
             return []
         embs = np.vstack([np.asarray(f.embedding, dtype=np.float32).ravel() for f in faces])
-        answers = self.gallery.identify(embs, k=k or self.k, point=point)
+        answers = self.gallery.identify(embs, self.policy, point=point)
         out = []
         for face, ans in zip(faces, answers, strict=True):
             out.append(
@@ -689,9 +685,7 @@ class Recognizer:
         thr = self.threshold(threshold)
         fa, na = self._one_face(photo_a, "the first photo")
         fb, nb = self._one_face(photo_b, "the second photo")
-        a = np.asarray(fa.embedding, dtype=np.float64).ravel()
-        b = np.asarray(fb.embedding, dtype=np.float64).ravel()
-        score = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+        score = float(_unit(fa) @ _unit(fb))
         return Verification(
             score=score,
             threshold=thr,
@@ -712,9 +706,7 @@ class Recognizer:
         if len(mat) == 0:
             raise GalleryError(f"subject {subject_id!r} has no enrolled faces")
         face, n = self._one_face(photo, "the photo")
-        emb = np.asarray(face.embedding, dtype=np.float32).ravel()
-        emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-        score = float((mat @ emb).max())
+        score = float((mat @ _unit(face)).max())
         return Verification(
             score=score,
             threshold=thr,

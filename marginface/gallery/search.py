@@ -1,5 +1,6 @@
-"""Search and identification: the index's nearest faces, checked against SQL, then the k-NN vote
-per subject (:func:`marginface.gallery.vote.knn_vote`) and the decision threshold.
+"""Search and identification: the index's nearest faces, checked against SQL, then the
+policy's rule, the k-NN vote per subject (:meth:`IdentificationPolicy.decide`), at the
+operating point's threshold.
 
 No gallery-wide lock: concurrent searches share the index (:meth:`IndexSync.search`) and each
 looks its faces up in SQL on a connection of its own.
@@ -7,57 +8,18 @@ looks its faces up in SQL on a connection of its own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from marginface.errors import GalleryError, ModelError
-from marginface.eval.openset import OperatingPoint
+from marginface.decision import IdentificationPolicy, OperatingPoint
+from marginface.errors import GalleryError
 from marginface.gallery.db import Database
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import Candidate, Hit, Identification
-from marginface.gallery.vote import knn_vote
 
-if TYPE_CHECKING:
-    from marginface.card import ModelCard
-
-__all__ = ["DEFAULT_K", "Searcher", "resolve_threshold"]
-
-#: Neighbours fetched per query for the k-NN vote.
-DEFAULT_K = 5
+__all__ = ["Searcher"]
 
 #: face id -> (subject id, subject name)
 Owners = dict[int, tuple[str, str]]
-
-
-def resolve_threshold(
-    card: ModelCard | None, threshold: float | None = None, far: str | None = None
-) -> float:
-    """The decision threshold: ``threshold`` if given, else the card's calibrated one for
-    ``far`` (default: the card's ``default_far``).
-
-    Raises :class:`GalleryError` when neither exists: a model without calibration is never used
-    with a silent magic number.
-    """
-    if threshold is not None:
-        t = float(threshold)
-        if not -1.0 <= t <= 1.0:
-            raise GalleryError(f"threshold {t} is outside the cosine range [-1, 1]")
-        return t
-    if card is None:
-        raise GalleryError(
-            "no decision threshold: give one explicitly (e.g. --threshold 0.35) or use a model "
-            "whose card has a calibration (marginface calibrate)"
-        )
-    if card.calibration is None or not card.calibration.thresholds:
-        raise GalleryError(
-            f"model {card.name!r} has no calibrated threshold in its card: run "
-            "`marginface calibrate` on a verification set, or give a threshold explicitly"
-        )
-    try:
-        return float(card.calibration.threshold(far))
-    except ModelError as exc:
-        raise GalleryError(f"model {card.name!r}: {exc}") from None
 
 
 class Searcher:
@@ -97,11 +59,13 @@ class Searcher:
         ]
         return hits, owners
 
-    def identify(self, q: np.ndarray, point: OperatingPoint, k: int) -> list[Identification]:
-        """Each normalised query's decision: k-NN vote among its nearest faces, then the
-        operating point's threshold; below it, unknown."""
+    def identify(
+        self, q: np.ndarray, point: OperatingPoint, policy: IdentificationPolicy
+    ) -> list[Identification]:
+        """Each normalised query's decision: the policy's k-NN vote among its ``policy.k``
+        nearest faces, then the operating point's threshold; below it, unknown."""
         threshold = point.threshold
-        hits, owners = self.nearest(q, k)
+        hits, owners = self.nearest(q, policy.k)
         results = []
         for row in hits:
             if not row:
@@ -111,7 +75,7 @@ class Searcher:
                     )
                 )
                 continue
-            winner, ranked = knn_vote(
+            winner, ranked = policy.decide(
                 [h.subject_id for h in row], [h.score for h in row], threshold
             )
             cands = [

@@ -5,7 +5,8 @@
 * :mod:`~marginface.gallery.model` - the embedding model of the faces and their normalisation;
 * :mod:`~marginface.gallery.subjects` - subjects and faces (and their export);
 * :mod:`~marginface.gallery.sync` - the vector index kept in step with SQL;
-* :mod:`~marginface.gallery.search` - search, the k-NN vote and the threshold;
+* :mod:`~marginface.gallery.search` - search, and the decision of the policy's rule at the
+  operating point's threshold (both from :mod:`marginface.decision`);
 * :mod:`~marginface.gallery.events` - the event log and attendance;
 * :mod:`~marginface.gallery.keys` - the service's API keys;
 * :mod:`~marginface.gallery.cameras` - the cameras a service watches;
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Sequence
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -24,23 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from marginface.errors import DataError, GalleryError, ModelError
-from marginface.eval.metrics import far_key
-from marginface.eval.openset import (
+from marginface.decision import (
     DEFAULT_FPIR,
     GalleryComposition,
+    IdentificationPolicy,
     OperatingPoint,
-    expected_fpir,
-    operating_point,
-    require_impostors,
+    fpir_key,
 )
+from marginface.errors import GalleryError
 from marginface.gallery.cameras import CameraStore
 from marginface.gallery.db import Database
 from marginface.gallery.events import EventLog, attendance_csv, events_csv
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
 from marginface.gallery.model import bind_model
-from marginface.gallery.search import DEFAULT_K, Searcher, resolve_threshold
+from marginface.gallery.search import Searcher
 from marginface.gallery.subjects import Guard, SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
@@ -60,19 +58,10 @@ from marginface.gallery.visitors import KEEP_FACES, VisitorStore
 if TYPE_CHECKING:
     from marginface.card import ModelCard
 
-__all__ = ["DEFAULT_K", "GALLERY_URL_ENV", "Gallery", "default_gallery_url", "resolve_threshold"]
+__all__ = ["GALLERY_URL_ENV", "Gallery", "default_gallery_url"]
 
 #: Environment variable naming the gallery (a SQLite path, sqlite:///..., or postgresql://...).
 GALLERY_URL_ENV = "MARGINFACE_GALLERY_URL"
-
-
-def _fpir_key(fpir: str | float) -> str:
-    """A target FPIR's canonical key (``0.01`` -> ``"1e-2"``); :class:`GalleryError` when it is
-    not a rate in (0, 1)."""
-    try:
-        return far_key(fpir)
-    except DataError:
-        raise GalleryError(f"a target FPIR must be a rate in (0, 1), got {fpir!r}") from None
 
 
 def default_gallery_url() -> str:
@@ -102,19 +91,15 @@ class Gallery:
         model_name: str | None,
         dim: int | None,
         card: ModelCard | None = None,
-        threshold: float | None = None,
-        far: str | None = None,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
         index_options: dict[str, Any] | None = None,
         url: str = "",
     ) -> None:
         self._db = db
         self.url = url
         self.card = card
-        self.default_threshold = threshold
-        self.far = far
-        #: this handle's target FPIR, overriding the gallery's stored one (None: use that)
-        self.fpir_override = _fpir_key(fpir) if fpir is not None else None
+        #: how this handle's searches decide unless a caller hands another policy
+        self.policy = policy if policy is not None else IdentificationPolicy()
         self.index_kind = index.lower()
         self._model = bind_model(db, model_name, dim)
         vectors = (
@@ -148,9 +133,7 @@ class Gallery:
         index: str = "exact",
         *,
         card: ModelCard | None = None,
-        threshold: float | None = None,
-        far: str | None = None,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
         index_options: dict[str, Any] | None = None,
         create: bool = True,
     ) -> Gallery:
@@ -167,14 +150,13 @@ class Gallery:
         a SQLite gallery). Use ``faiss`` for large galleries: by default it is
         :class:`FaissBinaryIndex` (2-4 ms a query at a million faces, the same answers as
         exact search for enrolled people, rebuilt from SQL at start in seconds plus the read).
-        ``fpir`` is identification's operating point, a target false positive identification
-        rate (default: the gallery's stored target, :meth:`set_target_fpir`, else ``1e-2``):
-        the threshold that meets it is derived from the ``card``'s
-        impostor table for the gallery as it is, and follows every enrolment and erasure
-        (:meth:`operating_point`). ``threshold`` fixes a cosine threshold instead (experts);
-        ``far`` is the 1:1 false-accept rate verification uses (:func:`resolve_threshold`).
-        When ``card`` is given and ``model_name`` is not, the card's name and dimension are
-        used.
+        ``policy`` (:class:`~marginface.decision.IdentificationPolicy`; default: all defaults)
+        is how identification decides: its target false positive identification rate (default:
+        the gallery's stored target, :meth:`set_target_fpir`, else ``1e-2``), whose threshold
+        is derived from the ``card``'s impostor table for the gallery as it is and follows
+        every enrolment and erasure (:meth:`operating_point`), or an explicit cosine threshold
+        (experts), and the ``k`` of the k-NN vote. When ``card`` is given and ``model_name``
+        is not, the card's name and dimension are used.
         """
         if card is not None:
             model_name = model_name or card.name
@@ -194,9 +176,7 @@ class Gallery:
                 model_name=model_name,
                 dim=dim,
                 card=card,
-                threshold=threshold,
-                far=far,
-                fpir=fpir,
+                policy=policy,
                 index_options=options,
                 url=url_s,
             )
@@ -357,17 +337,20 @@ class Gallery:
         return self._subjects.delete_face(face_id)
 
     # -- search and identification -------------------------------------------------------------
-    def search(self, embeddings: np.ndarray, k: int = DEFAULT_K) -> list[list[Hit]]:
-        """The ``k`` nearest stored faces of each query (cosine, best first)."""
+    def search(self, embeddings: np.ndarray, k: int | None = None) -> list[list[Hit]]:
+        """The ``k`` nearest stored faces of each query (cosine, best first; default: the
+        policy's ``k``)."""
+        k = self.policy.k if k is None else k
         return self._search.nearest(self._model.normalise(embeddings), k)[0]
 
     @property
     def fpir(self) -> str:
-        """The target FPIR identification decides at by default: this handle's (``open(fpir=)``),
-        else the one stored with the gallery (:meth:`set_target_fpir`), else ``1e-2``."""
-        if self.fpir_override is not None:
-            return self.fpir_override
-        return self.stored_target_fpir() or DEFAULT_FPIR
+        """The target FPIR this handle's searches decide at when no threshold is given: the
+        policy's, else the one stored with the gallery (:meth:`set_target_fpir`), else
+        ``1e-2`` (:func:`~marginface.decision.resolve_target` without the thresholds)."""
+        target = IdentificationPolicy(fpir=self.policy.fpir).target(self.stored_target_fpir)
+        assert target.fpir is not None  # no threshold was given
+        return target.fpir
 
     def stored_target_fpir(self) -> str | None:
         """The target FPIR stored with the gallery (None: the default, ``1e-2``)."""
@@ -377,7 +360,7 @@ class Gallery:
     def set_target_fpir(self, fpir: str | float | None) -> str:
         """Store the gallery's target FPIR, which every process and the service then use
         unless told otherwise (None: back to the default ``1e-2``); returns it."""
-        key = _fpir_key(fpir) if fpir is not None else None
+        key = fpir_key(fpir) if fpir is not None else None
         with self._db.transaction():
             self._db.execute("DELETE FROM meta WHERE key = 'target_fpir'")
             if key is not None:
@@ -399,27 +382,30 @@ class Gallery:
         return comp
 
     def operating_point(
-        self, threshold: float | None = None, fpir: str | float | None = None
+        self,
+        threshold: float | None = None,
+        fpir: str | float | None = None,
+        *,
+        policy: IdentificationPolicy | None = None,
     ) -> OperatingPoint:
         """The threshold identification decides with now, and how it was chosen.
 
-        An explicit ``threshold`` (or the gallery's) is used as given; the card's impostor
-        table, when there is one, says what FPIR it gives this gallery. Otherwise the target
-        FPIR ``fpir`` (default: the gallery's) is turned into the threshold that meets it for
-        the gallery's current subjects and faces per subject
-        (:func:`marginface.eval.openset.operating_point`), recomputed after every change of
-        faces. A card without an impostor table raises :class:`GalleryError` saying how to
-        calibrate it.
+        ``threshold`` and ``fpir`` are a request's; ``policy`` the settings (default: this
+        handle's :attr:`policy`). :func:`~marginface.decision.resolve_target` decides between
+        them, the gallery's stored target and the default. An explicit threshold is used as
+        given; the card's impostor table, when there is one, says what FPIR it gives this
+        gallery. A target FPIR is turned into the threshold that meets it for the gallery's
+        current subjects and faces per subject
+        (:func:`marginface.decision.operating_point`), recomputed after every change of faces.
+        A card without an impostor table raises :class:`GalleryError` saying how to calibrate
+        it.
         """
-        if threshold is None:
-            threshold = self.default_threshold
+        policy = policy if policy is not None else self.policy
+        target = policy.target(self.stored_target_fpir, threshold=threshold, fpir=fpir)
         comp = self.composition()
-        if threshold is not None:
-            t = resolve_threshold(self.card, threshold)
-            tail = self.card.impostors if self.card is not None else None
-            expected = expected_fpir(tail, t, comp) if tail is not None else None
-            return OperatingPoint(t, "threshold", None, expected, comp.subjects, comp.faces)
-        key = _fpir_key(fpir) if fpir is not None else self.fpir
+        key = target.fpir
+        if key is None:  # an explicit threshold
+            return target.point(self.card, comp)
         with self._points_lock:
             cached = self._points.get(key)
             if (
@@ -428,11 +414,7 @@ class Gallery:
                 and self._composition[1] is comp
             ):
                 return cached
-        try:
-            tail = require_impostors(self.card)
-        except ModelError as exc:
-            raise GalleryError(str(exc)) from None
-        point = operating_point(tail, key, comp)
+        point = target.point(self.card, comp)
         with self._points_lock:
             if self._composition is not None and self._composition[1] is comp:
                 self._points[key] = point
@@ -441,19 +423,18 @@ class Gallery:
     def identify(
         self,
         embeddings: np.ndarray,
-        threshold: float | None = None,
-        k: int = DEFAULT_K,
+        policy: IdentificationPolicy | None = None,
         *,
-        fpir: str | float | None = None,
         point: OperatingPoint | None = None,
     ) -> list[Identification]:
-        """Identify each query: top-``k`` cosine search, k-NN vote per subject
-        (:func:`marginface.gallery.knn_vote`), then the operating point's threshold
-        (``point``, else :meth:`operating_point` of ``threshold`` and ``fpir``); below it,
-        unknown."""
+        """Identify each query as ``policy`` decides (default: this handle's :attr:`policy`):
+        its ``k`` nearest stored faces (cosine), the k-NN vote per subject
+        (:meth:`IdentificationPolicy.decide`), then the operating point's threshold (``point``,
+        else :meth:`operating_point` for the policy); below it, unknown."""
+        policy = policy if policy is not None else self.policy
         if point is None:
-            point = self.operating_point(threshold, fpir)
-        return self._search.identify(self._model.normalise(embeddings), point, k)
+            point = self.operating_point(policy=policy)
+        return self._search.identify(self._model.normalise(embeddings), point, policy)
 
     # -- events and attendance ------------------------------------------------------------------
     def log_event(
@@ -696,13 +677,3 @@ class Gallery:
         """Subjects and faces as a JSON-ready dict (embeddings only when asked: they are
         biometric data)."""
         return self._subjects.export(include_embeddings)
-
-
-def warn_uncalibrated(card: ModelCard | None) -> None:
-    """Emit a loud warning when a card lacks calibration (used by callers that carry on with
-    an explicit threshold)."""
-    if card is not None and (card.calibration is None or not card.calibration.thresholds):
-        warnings.warn(
-            f"model {card.name!r} has no calibrated threshold; using the explicit threshold given",
-            stacklevel=2,
-        )

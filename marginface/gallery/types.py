@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from marginface.eval.openset import OperatingPoint
+from marginface.decision.operating_point import OperatingPoint
 
 __all__ = [
     "ROLES",

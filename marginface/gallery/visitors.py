@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError, NotFoundError
 from marginface.gallery.db import Database
 from marginface.gallery.events import to_timestamp
@@ -68,10 +69,6 @@ _VISITOR_COLS = (
     "id, status, subject_id, first_seen, last_seen, sightings, cameras, created_at, updated_at"
 )
 _FACE_COLS = "id, visitor_id, ts, camera, quality, CASE WHEN crop IS NULL THEN 0 ELSE 1 END"
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -177,7 +174,7 @@ class VisitorStore:
             raise GalleryError("keep_faces must be at least 1")
         weights = q + 1e-6
         total = (weights[:, None] * vecs).sum(axis=0)
-        mean = _unit(total) if np.linalg.norm(total) > 1e-6 else vecs[int(np.argmax(q))]
+        mean = l2_normalize(total) if np.linalg.norm(total) > 1e-6 else vecs[int(np.argmax(q))]
         # the sighting's own best faces (only these can be among the visitor's best)
         order = sorted(range(n), key=lambda i: -q[i])[:keep]
         pngs = [_png(crops[i]) if crops is not None else None for i in order]
@@ -227,7 +224,7 @@ class VisitorStore:
                 sets += ", weight = ?, embedding = ?"
                 params += [
                     weight + n,
-                    _blob(_unit(merged) if np.linalg.norm(merged) > 1e-6 else mean),
+                    _blob(l2_normalize(merged) if np.linalg.norm(merged) > 1e-6 else mean),
                 ]
             self._db.execute(f"UPDATE visitors SET {sets} WHERE id = ?", [*params, vid])
             if status == "pending":

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 import marginface
+from marginface.decision import OperatingPoint
 from marginface.embed import FacePipeline
-from marginface.eval.openset import OperatingPoint
 from marginface.gallery import Gallery
 from marginface.serve.auth import CurrentKey, bootstrap_admin_key
 from marginface.serve.deps import ServiceDep

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from marginface.decision import IdentificationPolicy
 from marginface.embed import FacePipeline, Pipeline
 from marginface.errors import ConfigError, GalleryError
 from marginface.extras import missing_extra_message
@@ -23,7 +24,7 @@ from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
 from marginface.streams.manager import CameraManager
 
-__all__ = ["Service", "build_pipeline", "open_gallery"]
+__all__ = ["Service", "build_pipeline", "identification_policy", "open_gallery"]
 
 log = logging.getLogger("marginface.serve")
 
@@ -40,8 +41,19 @@ def build_pipeline(settings: ServeSettings) -> Pipeline:
     )
 
 
-def open_gallery(settings: ServeSettings, pipeline: FacePipeline) -> Gallery:
-    """Open the gallery the settings name, for the pipeline's model (mixing is refused)."""
+def identification_policy(settings: ServeSettings) -> IdentificationPolicy:
+    """How the service's searches decide, from its settings: the one policy the gallery, the
+    recogniser and the cameras are handed."""
+    return IdentificationPolicy(
+        fpir=settings.fpir, threshold=settings.threshold, k=settings.top_k, far=settings.far
+    )
+
+
+def open_gallery(
+    settings: ServeSettings, pipeline: FacePipeline, policy: IdentificationPolicy | None = None
+) -> Gallery:
+    """Open the gallery the settings name, for the pipeline's model (mixing is refused),
+    deciding as ``policy`` says (default: :func:`identification_policy` of the settings)."""
     embedder = pipeline.embedder
     options = {"uri": settings.index_url} if settings.index_url else None
     return Gallery.open(
@@ -50,9 +62,7 @@ def open_gallery(settings: ServeSettings, pipeline: FacePipeline) -> Gallery:
         dim=embedder.embedding_dim,
         index=settings.index,
         card=embedder.card,
-        threshold=settings.threshold,
-        far=settings.far,
-        fpir=settings.fpir,
+        policy=policy if policy is not None else identification_policy(settings),
         index_options=options,
     )
 
@@ -110,8 +120,10 @@ class Service:
         self.settings = settings
         self.pipeline = pipeline
         self.started = time.monotonic()
+        #: how every search of the service decides: one policy, built here once
+        self.policy = identification_policy(settings)
         if gallery is None:
-            gallery = open_gallery(settings, pipeline)
+            gallery = open_gallery(settings, pipeline, self.policy)
         self.gallery = gallery
         try:
             self.recognizer = Recognizer(
@@ -120,10 +132,7 @@ class Service:
                 multiple_faces=settings.multiple_faces,
                 near_duplicate=settings.near_duplicate,
                 store_crops=settings.store_photos,
-                k=settings.top_k,
-                threshold=settings.threshold,
-                far=settings.far,
-                fpir=settings.fpir,
+                policy=self.policy,
             )
             self.threshold = self.recognizer.threshold()
             self.operating_point = self.recognizer.operating_point()
@@ -136,7 +145,7 @@ class Service:
             pipeline,
             notifiers=_notifiers(settings),
             store_crops=settings.store_photos,
-            fpir=settings.fpir,
+            policy=self.policy,
             retention_days=settings.retention_days,
             run_workers=settings.cameras,
             max_cameras=settings.max_cameras,

@@ -17,8 +17,8 @@ from pydantic_settings import (
 )
 
 from marginface.config import format_validation_error
+from marginface.decision.rates import far_key
 from marginface.errors import ConfigError, DataError
-from marginface.eval.metrics import far_key
 from marginface.gallery import default_gallery_url
 from marginface.streams.notify import MqttSettings, WebhookSettings
 

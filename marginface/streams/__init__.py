@@ -12,7 +12,6 @@
 * :mod:`~marginface.streams.recorder`, :mod:`~marginface.streams.notify` - sinks: the gallery
   (attendance, strangers for review), signed webhooks, MQTT;
 * :mod:`~marginface.streams.manager` - the service's cameras, one supervised worker each;
-* :mod:`~marginface.streams.synthetic` - test scenes of real photos, with ground truth.
 """
 
 from marginface.streams.camera import CameraSettings, CameraWorker, Sink, TrackedBox

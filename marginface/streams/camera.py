@@ -44,11 +44,13 @@ from pydantic import Field
 from marginface.align.detection import Detection
 from marginface.align.quality import FaceQuality, face_quality
 from marginface.config import StrictModel
+from marginface.detection_defaults import DEFAULT_SCORE_THRESHOLD
 from marginface.streams.scene import SceneChange
 from marginface.streams.tracking import FaceTracker
 from marginface.streams.visits import TrackState, VisitEvent, VisitSettings, VisitTracker
 
 if TYPE_CHECKING:
+    from marginface.decision import IdentificationPolicy
     from marginface.embed.pipeline import Pipeline
     from marginface.gallery import Gallery
     from marginface.streams.sources import Frame, Source
@@ -97,7 +99,7 @@ class CameraSettings(StrictModel):
         "(faces are identified only from visits.min_eye_distance)",
     )
     score_threshold: float = Field(
-        0.6,
+        DEFAULT_SCORE_THRESHOLD,
         ge=0.0,
         le=1.0,
         description="detection score that starts a track and may be embedded (lower-scored "
@@ -213,8 +215,8 @@ class CameraWorker:
     """Processes one camera's frames into visit events (see the module's docstring).
 
     ``pipeline``: the face pipeline (detector, aligner, embedder) shared with other cameras;
-    ``gallery``: where faces are identified; ``sinks``: called with every event; ``fpir``:
-    the open-set operating point (default: the gallery's). :meth:`process` and :meth:`finish`
+    ``gallery``: where faces are identified; ``sinks``: called with every event; ``policy``:
+    how visits are identified (default: the gallery's). :meth:`process` and :meth:`finish`
     are called by one thread (the camera's); :meth:`status` and :meth:`latest_annotated` may
     be called from any thread.
     """
@@ -227,7 +229,7 @@ class CameraWorker:
         settings: CameraSettings | None = None,
         *,
         sinks: Iterable[Sink] = (),
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.name = name
         self.settings = settings if settings is not None else CameraSettings()
@@ -240,7 +242,7 @@ class CameraWorker:
         self.gallery = gallery
         self.sinks = tuple(sinks)
         self.tracker = FaceTracker(s.fps, s.track_buffer_s, activation_threshold=s.score_threshold)
-        self.visits = VisitTracker(gallery, name, s.visits, fpir=fpir)
+        self.visits = VisitTracker(gallery, name, s.visits, policy=policy)
         self.scene = SceneChange(s.cut_threshold)
         self._lock = threading.Lock()
         self._latest: tuple[np.ndarray, list[TrackedBox], float, int] | None = None

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from marginface.config import format_validation_error
+from marginface.decision import IdentificationPolicy
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
 from marginface.gallery import Gallery, redact_url
@@ -175,7 +176,12 @@ class _Runner:
                     settings = settings.model_copy(update={"store_crops": m.store_crops})
                 source = m.open_source(self.camera.url, fps=getattr(settings, "fps", None))
                 worker = m.worker_factory(
-                    self.camera.name, m.pipeline, m.gallery, settings, sinks=m.sinks, fpir=m.fpir
+                    self.camera.name,
+                    m.pipeline,
+                    m.gallery,
+                    settings,
+                    sinks=m.sinks,
+                    policy=m.policy,
                 )
                 self._set(source=source, worker=worker, state="running")
                 worker.run(source, self.stop)
@@ -257,8 +263,8 @@ class CameraManager:
     """The cameras of one service: stored in the gallery, run in worker threads.
 
     ``notifiers`` are sinks of every camera (webhooks, MQTT) with ``status()``,
-    ``publish_state(camera, status)`` and ``close()``; the manager closes them. ``fpir`` is
-    the identification's operating point (default: the gallery's). ``open_source`` and
+    ``publish_state(camera, status)`` and ``close()``; the manager closes them. ``policy`` is
+    how the cameras identify visits (default: the gallery's). ``open_source`` and
     ``worker_factory`` stand in for :func:`~marginface.streams.sources.open_source` and
     :class:`~marginface.streams.camera.CameraWorker` (tests).
     """
@@ -270,7 +276,7 @@ class CameraManager:
         *,
         notifiers: Sequence[Any] = (),
         store_crops: bool = False,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
         retention_days: float | None = 30.0,
         run_workers: bool = True,
         max_cameras: int = 32,
@@ -287,7 +293,7 @@ class CameraManager:
         self.store_crops = store_crops
         self.recorder = VisitRecorder(gallery, store_crops=store_crops)
         self.sinks: list[Sink] = [self.recorder, *self.notifiers]
-        self.fpir = fpir
+        self.policy = policy
         self.retention_days = retention_days
         self.run_workers = run_workers
         self.max_cameras = max_cameras

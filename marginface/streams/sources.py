@@ -78,7 +78,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import numpy as np
 from pydantic import Field, ValidationError
 
-from marginface.config import StrictModel
+from marginface.config import StrictModel, format_validation_error
 from marginface.errors import ConfigError, DataError, ImageError
 from marginface.gallery.types import redact_url
 
@@ -288,10 +288,7 @@ def open_source(
     try:
         opts = SourceOptions(**options)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid source options: {problems}") from None
+        raise ConfigError(f"invalid source options: {format_validation_error(exc)}") from None
     if opts.backoff_max < opts.backoff_initial:
         raise ConfigError("backoff_max must be >= backoff_initial")
     kind, location = _parse(url)

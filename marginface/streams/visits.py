@@ -57,6 +57,8 @@ from pydantic import Field
 
 from marginface.align.quality import FaceQuality
 from marginface.config import StrictModel
+from marginface.decision import GalleryComposition, IdentificationPolicy, operating_point
+from marginface.embed import l2_normalize
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 
@@ -315,8 +317,7 @@ def _when(wall: float | None) -> datetime | None:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32).ravel()
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    return l2_normalize(np.asarray(v, dtype=np.float32).ravel())
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -341,7 +342,7 @@ def _best(faces: list[Evidence], keep: int) -> list[Evidence]:
 class VisitTracker:
     """The visits of one camera: feed it each tracked face, and it says when to embed, whether
     a face is the track's person, and what the track's visit has become. Not thread-safe: one
-    per camera worker."""
+    per camera worker. ``policy``: how visits are identified (default: the gallery's)."""
 
     def __init__(
         self,
@@ -349,14 +350,14 @@ class VisitTracker:
         camera: str,
         settings: VisitSettings | None = None,
         *,
-        fpir: str | float | None = None,
+        policy: IdentificationPolicy | None = None,
     ) -> None:
         self.gallery = gallery
         self.camera = camera
         self.settings = settings or VisitSettings()
         if self.settings.min_faces > self.settings.max_faces:
             raise GalleryError("min_faces cannot exceed max_faces")
-        self.fpir = fpir
+        self.policy = policy
         self.split_below = _one_to_one(gallery, self.settings.split_far)
         self.rejoin_above = _one_to_one(gallery, self.settings.rejoin_far)
         self._tracks: dict[int, _Track] = {}
@@ -528,7 +529,7 @@ class VisitTracker:
         if not track.faces:
             return None
         mean = _weighted_mean(track.faces)
-        return self.gallery.identify(mean[None, :], fpir=self.fpir)[0]
+        return self.gallery.identify(mean[None, :], self.policy)[0]
 
     def _clear(self, track: _Track) -> bool:
         """Whether the faces so far (fewer than ``min_faces``) name someone clearly enough to
@@ -580,7 +581,7 @@ class VisitTracker:
     def _decide(self, track_id: int, track: _Track, t: float) -> list[VisitEvent]:
         answer = self._identify(track)
         if answer is None:
-            threshold = float(self.gallery.operating_point(fpir=self.fpir).threshold)
+            threshold = float(self.gallery.operating_point(policy=self.policy).threshold)
             subject, name, score = None, None, -1.0
         else:
             threshold = float(answer.threshold)
@@ -805,8 +806,6 @@ class VisitTracker:
 def _one_to_one(gallery: Gallery, far: str) -> float:
     """The model's 1:1 threshold at ``far``: the card's calibrated one, else the one its
     impostor table gives a gallery of one face."""
-    from marginface.eval.openset import GalleryComposition, operating_point
-
     card = gallery.card
     if card is not None and card.calibration is not None and far in card.calibration.thresholds:
         return float(card.calibration.thresholds[far])

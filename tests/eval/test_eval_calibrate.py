@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from marginface.card import ModelCard
+from marginface.decision import resolve_threshold
 from marginface.errors import DataError, GalleryError
 from marginface.eval.calibrate import calibrate
-from marginface.gallery import resolve_threshold
 
 
 def _scores() -> tuple[np.ndarray, np.ndarray]:

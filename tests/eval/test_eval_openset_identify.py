@@ -1,5 +1,5 @@
 """Open-set identification (``eval identify``): gallery draws, the nested search against a
-naive reference, FNIR at FPIR and its resolvability rule, the vectorised k-NN vote, the CLI's
+naive reference, FNIR at FPIR and its resolvability rule, the CLI's
 errors, and a small run on real aligned crops."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from marginface.card import ImpostorTail
+from marginface.decision.vote import vote_neighbours
 from marginface.errors import ConfigError, DataError
 from marginface.eval.embeddings import EmbeddingCache, EmbedOptions
 from marginface.eval.identification import (
@@ -25,13 +26,8 @@ from marginface.eval.identification import (
     identify_folder,
     search_galleries,
 )
-from marginface.eval.identify import (
-    fnir_at_fpir,
-    fnir_fpir_curve,
-    knn_vote,
-    vote_neighbours,
-)
 from marginface.eval.openset import held_out, measure_impostors
+from marginface.eval.search_metrics import fnir_at_fpir, fnir_fpir_curve
 
 runner = CliRunner()
 
@@ -166,20 +162,6 @@ def test_search_equals_a_naive_reference_with_ties_pads_and_failures() -> None:
     # one face per subject: the vote and the top-2 mean are the best face, not repeated
     one = search_galleries(x, faces[:, :1], probes, truth, usable, [12])
     assert set(one[12]) == {BEST_FACE}
-
-
-def test_vectorised_vote_equals_the_per_probe_rule() -> None:
-    rng = np.random.default_rng(1)
-    for _ in range(200):
-        g, k = int(rng.integers(1, 15)), int(rng.integers(1, 8))
-        scores = np.round(rng.uniform(-0.5, 1.0, (12, g)), 1)  # many ties
-        subjects = rng.integers(0, 5, g).astype(str)
-        vote = knn_vote(scores, subjects, k=k, threshold=0.3)
-        for p in range(12):
-            winner, ranked = vote_neighbours(list(subjects), list(scores[p]), 0.3, k=k)
-            assert vote.subject[p] == ranked[0].subject
-            assert vote.similarity[p] == ranked[0].best and vote.votes[p] == ranked[0].weight
-            assert vote.accepted[p] == (winner is not None)
 
 
 # -- FNIR at FPIR ---------------------------------------------------------------------------------
@@ -418,7 +400,7 @@ def test_fpir_interval_resamples_identities() -> None:
 def test_resolvability_counts_distinct_searches() -> None:
     """Pooled draws that search the same strangers' photos again (the calibration folder's
     held-out identities, in every draw) do not make a rarer FPIR resolvable."""
-    from marginface.eval.identify import fnir_at_fpir
+    from marginface.eval.search_metrics import fnir_at_fpir
 
     rng = np.random.default_rng(0)
     nonmated = rng.uniform(0, 0.5, 1200)

@@ -1,4 +1,5 @@
-"""The open-set operating point: the impostor table, and thresholds from a target FPIR."""
+"""The open-set operating point: the impostor table measured (eval), and thresholds read from it
+for a target FPIR (marginface.decision) that predict what galleries of the population measure."""
 
 from __future__ import annotations
 
@@ -6,18 +7,15 @@ import numpy as np
 import pytest
 
 from marginface.card import ModelCard
-from marginface.errors import ModelError
-from marginface.eval.openset import (
+from marginface.decision.operating_point import (
     GalleryComposition,
-    _exceedances,
     expected_fpir,
     far_threshold,
-    held_out,
-    measure_impostors,
     operating_point,
     require_impostors,
-    same_person,
 )
+from marginface.errors import ModelError
+from marginface.eval.openset import _exceedances, held_out, measure_impostors, same_person
 
 
 def _population(

@@ -21,7 +21,7 @@ def pg_server_url() -> Iterator[str]:
     if env:
         yield env
         return
-    from marginface.gallery.testing import TemporaryPostgres
+    from tests.gallery.postgres_server import TemporaryPostgres
 
     with TemporaryPostgres() as pg:
         yield pg.url

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from marginface.decision import IdentificationPolicy
 from marginface.errors import ImageError
 from marginface.gallery import Gallery
 
@@ -116,7 +117,8 @@ class StoreSpec:
     opened: list[Gallery] = field(default_factory=list)
 
     def open(self, model: str = MODEL, dim: int = DIM, **kwargs: Any) -> Gallery:
-        kwargs.setdefault("threshold", 0.5)
+        """The store, deciding at the explicit threshold 0.5 unless ``policy`` says otherwise."""
+        kwargs.setdefault("policy", IdentificationPolicy(threshold=0.5))
         g = Gallery.open(
             self.url, model, dim, index=self.index, index_options=dict(self.index_options), **kwargs
         )
@@ -142,7 +144,7 @@ def make_store(
 ) -> StoreSpec:
     """A fresh empty store of the given kind."""
     if backend == "postgresql":
-        from marginface.gallery.testing import create_database
+        from tests.gallery.postgres_server import create_database
 
         server = request.getfixturevalue("pg_server_url")
         url = create_database(server, f"mf_test_{os.getpid()}_{next(_db_counter)}")

@@ -12,6 +12,7 @@ import pytest
 from gallery_helpers import DIM, MODEL, People, make_store, raw
 
 from marginface.card import ModelCard
+from marginface.decision import IdentificationPolicy
 from marginface.errors import ConflictError, GalleryError, NotFoundError
 from marginface.gallery import Camera, Gallery, redact_url, schema
 from marginface.gallery.db import Database
@@ -116,7 +117,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
     url = make_store(backend, "exact", tmp_path, request).url
     people = People(3)
     monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version <= 3))
-    with Gallery.open(url, MODEL, DIM, threshold=0.5) as g:
+    with Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5)) as g:
         ada = g.create_subject("Ada", embeddings=people.sample(0, 2))
         g.log_event(
             "door", subject_id=ada.id, score=0.9, decision="match", time=DAY + timedelta(hours=8)

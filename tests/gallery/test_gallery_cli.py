@@ -70,8 +70,8 @@ def test_cli_end_to_end(app, shared_data, tmp_path):
     # the one shape of an answered face, the REST API's: flat, candidates included locally
     assert set(ident) == ANSWER_KEYS and ident["candidates"][0]["subject_id"] == alice
     from marginface.card import ModelCard
+    from marginface.decision import GalleryComposition, operating_point
     from marginface.embed import load_embedder
-    from marginface.eval.openset import GalleryComposition, operating_point
 
     card: ModelCard = load_embedder("sface").card
     point = ident["operating_point"]

@@ -21,6 +21,7 @@ CHILD = (
         """
     import sys, time
     import numpy as np
+    from marginface.decision import IdentificationPolicy
     from marginface.gallery import Gallery
     from marginface.gallery.subjects import SubjectStore
 
@@ -34,7 +35,8 @@ CHILD = (
         return ids
 
     SubjectStore.insert_faces = slow_insert
-    g = Gallery.open(url, "crash-model", DIM, index=index, threshold=0.5)
+    policy = IdentificationPolicy(threshold=0.5)
+    g = Gallery.open(url, "crash-model", DIM, index=index, policy=policy)
     for i in range(100000):
         rng = np.random.default_rng(i)
         centre = rng.normal(size=DIM)

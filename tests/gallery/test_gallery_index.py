@@ -7,7 +7,6 @@ import pytest
 from gallery_helpers import unit
 
 from marginface.errors import GalleryError
-from marginface.eval.identify import vote_neighbours
 from marginface.gallery import (
     ExactIndex,
     FaissBinaryIndex,
@@ -16,7 +15,6 @@ from marginface.gallery import (
     MilvusIndex,
     create_index,
 )
-from marginface.gallery.vote import knn_vote
 
 
 def brute(data: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -104,19 +102,6 @@ def test_faiss_ivf_trains_when_large_enough():
     assert info["trained"] and info["nlist"] == 16 and not info["exact"]
     _, got = ix.search(data[:100], 1)
     assert np.mean(got[:, 0] == np.arange(100)) >= 0.95
-
-
-def test_the_gallery_votes_with_the_evaluation_rule():
-    # one implementation: what `eval identify` measures is what the gallery decides
-    assert knn_vote is vote_neighbours
-
-
-def test_vote_prefers_many_good_neighbours_and_says_unknown_below_threshold():
-    winner, ranked = knn_vote(["a", "b", "b", "b"], [0.80, 0.70, 0.69, 0.68], 0.5)
-    assert winner.subject == "b" and winner.votes == 3 and winner.best == pytest.approx(0.70)
-    assert [r.subject for r in ranked] == ["b", "a"]
-    winner, _ = knn_vote(["a", "b"], [0.45, 0.40], 0.5)
-    assert winner is None
 
 
 def faces(n_people: int, per: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

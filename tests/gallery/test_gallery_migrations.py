@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from gallery_helpers import DIM, MODEL, People, make_store, raw
 
+from marginface.decision import IdentificationPolicy
 from marginface.errors import GalleryError, StorageError
 from marginface.gallery import Gallery, schema
 from marginface.gallery.db import Database
@@ -116,7 +117,7 @@ def test_the_release_1_schema_is_frozen() -> None:
 def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     url, written, people = release_1
     assert version(url) == 1 and not has_table(url, "schema_migrations")
-    g = Gallery.open(url, MODEL, DIM, threshold=0.5, create=False)
+    g = Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5), create=False)
     try:
         assert version(url) == schema.SCHEMA_VERSION == 4
         assert history(url) == [

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from marginface.decision import IdentificationPolicy
 from marginface.embed import load_embedder
 from marginface.eval.identification import scan_identities
 from marginface.eval.openset import held_out
@@ -55,7 +56,7 @@ def test_fpir_operating_point_takes_fewer_strangers_than_a_1to1_threshold(
             g.create_subject(labels[i], embeddings=emb[i : i + 1])
         strangers = emb[GALLERY:]
         at_fpir = g.identify(strangers)  # the default operating point: FPIR 1e-2
-        at_far = g.identify(strangers, threshold=one_to_one)
+        at_far = g.identify(strangers, IdentificationPolicy(threshold=one_to_one))
     point = at_fpir[0].operating_point
     assert point is not None and point.gallery_subjects == GALLERY
     assert point.threshold > one_to_one

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from marginface.decision import IdentificationPolicy
 from marginface.errors import NoFaceError
 from marginface.gallery import Gallery, IdentityConflictError, Recognizer
 
@@ -83,7 +84,8 @@ def test_enrolment_keeps_real_identities_apart(shared_data, pipeline, tmp_path):
     score (real photos, SFace, its card's calibrated threshold given explicitly)."""
     root = shared_data / "celeba-dev"
     card = pipeline.embedder.card
-    g = Gallery.open(tmp_path / "g.db", card=card, threshold=card.calibration.threshold())
+    policy = IdentificationPolicy(threshold=card.calibration.threshold())
+    g = Gallery.open(tmp_path / "g.db", card=card, policy=policy)
     rec = Recognizer(g, pipeline)
     her = photos_of(root, "celeb_7205")
     first = rec.enroll("Celeb A", her[:2]).subject

@@ -11,6 +11,7 @@ import pytest
 from gallery_helpers import DIM, People, unit
 
 from marginface.card import Calibration, ModelCard
+from marginface.decision import IdentificationPolicy
 from marginface.errors import ConflictError, GalleryError, NotFoundError
 from tests.impostor_tables import log_linear_tail
 
@@ -255,18 +256,20 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
         embedding_dim=DIM,
         calibration=Calibration(thresholds={"1e-3": 0.5}),
     )
-    g = store.open(threshold=None, card=card)
+    g = store.open(policy=IdentificationPolicy(), card=card)
     g.create_subject("Ada", embeddings=people.sample(0, 2))
     # a 1:1 calibration is not an identification operating point: no silent guess
     with pytest.raises(GalleryError, match=r"calibrate .*--impostors"):
         g.identify(people.sample(0))
-    res = g.identify(people.sample(0), threshold=0.5)[0]  # explicit is allowed
+    res = g.identify(people.sample(0), IdentificationPolicy(threshold=0.5))[
+        0
+    ]  # explicit is allowed
     assert res.known and res.operating_point.source == "threshold"
     assert res.operating_point.expected_fpir is None  # nothing to predict it from
     g.close()
 
     tail = log_linear_tail(0.4)
-    g = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
+    g = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     one = g.identify(people.sample(0))[0]
     point = one.operating_point
     assert (point.source, point.target_fpir, point.gallery_subjects, point.gallery_faces) == (
@@ -278,10 +281,10 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     assert one.threshold == point.threshold == g.operating_point().threshold
     assert point.expected_fpir == pytest.approx(0.01, rel=0.02)
     # per request: a stricter target is a higher threshold
-    strict = g.identify(people.sample(0), fpir="1e-4")[0].operating_point
+    strict = g.identify(people.sample(0), point=g.operating_point(fpir="1e-4"))[0].operating_point
     assert strict.threshold > point.threshold and strict.target_fpir == 1e-4
     with pytest.raises(GalleryError, match="FPIR"):
-        g.identify(people.sample(0), fpir="2")
+        g.operating_point(fpir="2")
     # enrolling more people raises the threshold; erasing them lowers it again
     ids = [g.create_subject(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
     grown = g.operating_point()
@@ -294,8 +297,8 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     assert fixed.source == "threshold" and fixed.expected_fpir > 0.01
     g.close()
     # another handle (another process) sees the change of faces and recomputes
-    g1 = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
-    g2 = store.open(threshold=None, card=card.model_copy(update={"impostors": tail}))
+    g1 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
+    g2 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     before = g1.operating_point().threshold
     g2.create_subject("Bob", embeddings=people.sample(9, 1))
     assert g1.operating_point().threshold > before
@@ -332,18 +335,18 @@ def test_target_fpir_is_stored_with_the_gallery(store, people):
     card = ModelCard(
         name="fake-model", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.4)
     )
-    g1 = store.open(threshold=None, card=card)
+    g1 = store.open(policy=IdentificationPolicy(), card=card)
     g1.create_subject("Ada", embeddings=people.sample(0, 1))
     assert g1.fpir == "1e-2" and g1.stored_target_fpir() is None
     default = g1.operating_point()
-    g2 = store.open(threshold=None, card=card)
+    g2 = store.open(policy=IdentificationPolicy(), card=card)
     assert g2.set_target_fpir(0.001) == "1e-3"
     # another handle (another process, the service) follows the stored target
     stricter = g1.operating_point()
     assert (g1.fpir, stricter.target_fpir) == ("1e-3", 0.001)
     assert stricter.threshold > default.threshold
     # a handle's own target, then a call's, win over the stored one
-    g3 = store.open(threshold=None, card=card, fpir="1e-1")
+    g3 = store.open(policy=IdentificationPolicy(fpir="1e-1"), card=card)
     assert g3.operating_point().target_fpir == 0.1
     assert g3.operating_point(fpir="1e-2").target_fpir == 0.01
     with pytest.raises(GalleryError, match="FPIR"):

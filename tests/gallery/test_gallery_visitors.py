@@ -317,9 +317,11 @@ def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest, peopl
 CHILD = """
 import sys
 import numpy as np
+from marginface.decision import IdentificationPolicy
 from marginface.gallery import Gallery
 
-g = Gallery.open(sys.argv[1], sys.argv[2], int(sys.argv[3]), threshold=0.5)
+policy = IdentificationPolicy(threshold=0.5)
+g = Gallery.open(sys.argv[1], sys.argv[2], int(sys.argv[3]), policy=policy)
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(3, g.dim))
 for i in range(100000):

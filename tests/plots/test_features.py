@@ -15,13 +15,10 @@ import pytest
 from marginface.errors import ConfigError, DataError
 from marginface.plots.data import load_identities
 from marginface.plots.features import (
-    DEFAULT_LOSSES,
     LossSpec,
     TrainSettings,
-    cosface_sweep_specs,
     mean_summary,
     train_features,
-    train_many,
     train_repeats,
 )
 

@@ -243,7 +243,7 @@ class FakeCameraWorker:
         settings: Any,
         *,
         sinks: Any = (),
-        fpir: Any = None,
+        policy: Any = None,
     ) -> None:
         from marginface.streams.visits import VisitSettings, VisitTracker
 
@@ -251,7 +251,7 @@ class FakeCameraWorker:
         self.name = name
         self.pipeline = pipeline
         self.sinks = list(sinks)
-        self.visits = VisitTracker(gallery, name, visits, fpir=fpir)
+        self.visits = VisitTracker(gallery, name, visits, policy=policy)
         self.processed = 0
         self.arrived = 0
         self._open: dict[int, int] = {}  # person -> track id

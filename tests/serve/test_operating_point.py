@@ -59,3 +59,19 @@ def test_the_service_follows_the_gallerys_stored_target(harness: Harness) -> Non
     assert point["target_fpir"] == 0.001
     gallery.set_target_fpir(None)
     assert _identify(harness, make_photo((1, 70)))["operating_point"]["target_fpir"] == 0.01
+
+
+def test_one_policy_from_the_settings_decides_everywhere(harness: Harness) -> None:
+    """The service builds its identification policy once from the settings and hands the
+    same object to the gallery, the recogniser and the cameras."""
+    service = harness.client.app.state.service
+    policy = service.policy
+    assert (policy.fpir, policy.threshold, policy.k, policy.far) == (
+        harness.settings.fpir,
+        harness.settings.threshold,
+        harness.settings.top_k,
+        harness.settings.far,
+    )
+    assert service.gallery.policy is policy
+    assert service.recognizer.policy is policy
+    assert service.cameras.policy is policy

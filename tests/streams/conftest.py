@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from marginface.streams.synthetic import People, Scene, render, standard_scenes, truth
+from tests.streams.synthetic import People, Scene, render, standard_scenes, truth
 
 #: The choice of people every stream test shares (6 enrolled, 3 strangers, seed 0).
 N_ENROLLED, N_STRANGERS, PEOPLE_SEED = 6, 3, 0
@@ -55,7 +55,7 @@ def default_pipeline():
 @pytest.fixture(scope="session")
 def stream_people(shared_data, default_pipeline) -> People:
     """The enrolled people and the strangers of the test videos."""
-    from marginface.streams.synthetic import choose_people
+    from tests.streams.synthetic import choose_people
 
     return choose_people(
         shared_data, N_ENROLLED, N_STRANGERS, PEOPLE_SEED, pipeline=default_pipeline

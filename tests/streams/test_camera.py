@@ -11,7 +11,7 @@ import pytest
 
 from marginface.streams import CameraSettings, CameraWorker, VisitEvent, VisitSettings
 from marginface.streams.sources import Frame
-from marginface.streams.synthetic import Scene, render_frames, truth
+from tests.streams.synthetic import Scene, render_frames, truth
 
 FPS = 5.0
 WALL0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from marginface.errors import ConfigError
-from marginface.streams.synthetic import (
+from tests.streams.synthetic import (
     STANDARD_SCENES,
     Passer,
     Scene,

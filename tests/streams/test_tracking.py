@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from marginface.align.detection import Detection
-from marginface.streams.synthetic import render_frames
 from marginface.streams.tracking import FaceTracker
+from tests.streams.synthetic import render_frames
 
 FPS = 5.0
 

@@ -12,6 +12,7 @@ import pytest
 
 from marginface.align.quality import FaceQuality
 from marginface.card import ModelCard
+from marginface.decision import IdentificationPolicy
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 from marginface.streams import VisitSettings, VisitTracker
@@ -200,7 +201,7 @@ def test_an_unknown_visit_is_identified_when_a_clear_face_comes(gallery: Gallery
     settings = VisitSettings(min_faces=2, patience_s=0.0, split_far="1e-1", quick_margin=1.0)
     tracker = VisitTracker(gallery, "door", settings)
     poor = poor_photo_of(0, 0.47)  # Ada, blurred: below the gallery's threshold
-    assert gallery.identify(poor[None], fpir=None)[0].subject_id is None
+    assert gallery.identify(poor[None])[0].subject_id is None
     assert float(poor @ face(0, noise=0.1)) > tracker.split_below  # but the same person
     events: list[VisitEvent] = []
     for i in range(3):
@@ -277,8 +278,9 @@ def test_a_split_track_rejoins_its_visit_at_its_next_face(gallery: Gallery) -> N
 
 
 def test_the_visit_follows_the_gallery_operating_point(gallery: Gallery) -> None:
-    strict = VisitTracker(gallery, "door", VisitSettings(quick_margin=1.0), fpir="1e-6")
-    loose = VisitTracker(gallery, "door", VisitSettings(quick_margin=1.0), fpir="1e-1")
+    settings = VisitSettings(quick_margin=1.0)
+    strict = VisitTracker(gallery, "door", settings, policy=IdentificationPolicy(fpir="1e-6"))
+    loose = VisitTracker(gallery, "door", settings, policy=IdentificationPolicy(fpir="1e-1"))
     a = walk(strict, 1, person=0, start=0.0)
     b = walk(loose, 1, person=0, start=0.0)
     assert a[0].threshold > b[0].threshold

@@ -76,8 +76,11 @@ def joined(names: Sequence[str], out: Path, size: tuple[int, int] | None = None)
     graph += f"concat=n={len(truths)}:v=1[out]"
     if not out.exists():
         subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph, "-map", "[out]"]
-            + ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", str(out)],
+            [
+                *("ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph),
+                *("-map", "[out]", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18"),
+                str(out),
+            ],
             check=True,
         )
     boxes, cuts, offset = [], [], 0
@@ -164,9 +167,7 @@ def enrol_people(gallery: Any, pipeline: Any, distractors: Sequence[Path] = ()) 
         crops = []
         for f in chosen:
             box = np.asarray(mine[f][2:6], dtype=np.float32)
-            dets = [
-                d for d in pipeline.detector.detect(images[f]) if _iou(d.box, box) >= MIN_IOU
-            ]
+            dets = [d for d in pipeline.detector.detect(images[f]) if _iou(d.box, box) >= MIN_IOU]
             if dets:
                 best = max(dets, key=lambda d: _iou(d.box, box))
                 crops.append(pipeline.aligner.crop(images[f], best.landmarks))
@@ -304,7 +305,11 @@ def score(truth: dict[str, Any], run: Run, subjects: dict[str, str]) -> dict[str
             continue
         seen += 1
         for track, box in match(truth, record):
-            if box is b and track["state"] == "known" and subjects.get(track["subject_id"]) == person:
+            if (
+                box is b
+                and track["state"] == "known"
+                and subjects.get(track["subject_id"]) == person
+            ):
                 recalled += 1
                 break
     two = {
@@ -348,5 +353,16 @@ def score(truth: dict[str, Any], run: Run, subjects: dict[str, str]) -> dict[str
         "visits_without_truth": visits.get("(no truth)", 0),
         "events": Counter(e.kind for e in run.events),
         "seconds": round(run.seconds, 2),
-        "status": {k: run.status.get(k) for k in ("tracks_split", "tracks_rejoined", "scene_cuts", "corrections", "embeddings", "embed_ms", "ms_per_frame")},
+        "status": {
+            k: run.status.get(k)
+            for k in (
+                "tracks_split",
+                "tracks_rejoined",
+                "scene_cuts",
+                "corrections",
+                "embeddings",
+                "embed_ms",
+                "ms_per_frame",
+            )
+        },
     }

@@ -205,7 +205,9 @@ def propose(clip: Path, out: Path, upscale: float) -> None:
             frames.append(image)
             work = image
             if upscale != 1.0:
-                work = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+                work = cv2.resize(
+                    image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC
+                )
             detections = [d.scaled(1.0 / upscale) for d in pipe.detector.detect(work)]
             for det in detections:
                 crop = pipe.aligner.crop(image, det.landmarks)
@@ -257,7 +259,9 @@ def propose(clip: Path, out: Path, upscale: float) -> None:
     _review_pages(out, rows, np.stack(crops) if crops else np.zeros((0, 112, 112, 3)), emb)
 
 
-def _review_pages(out: Path, rows: list[dict[str, Any]], crops: np.ndarray, emb: np.ndarray) -> None:
+def _review_pages(
+    out: Path, rows: list[dict[str, Any]], crops: np.ndarray, emb: np.ndarray
+) -> None:
     """One row of up to seven crops per tracklet, grouped by agglomerative clustering of the
     tracklets' mean embeddings (never two tracklets seen in one frame)."""
     import cv2
@@ -287,7 +291,7 @@ def _review_pages(out: Path, rows: list[dict[str, Any]], crops: np.ndarray, emb:
     for cluster in clusters:
         for t in cluster:
             ks = by[t]
-            pick = [ks[int(round(x))] for x in np.linspace(0, len(ks) - 1, min(7, len(ks)))]
+            pick = [ks[round(x)] for x in np.linspace(0, len(ks) - 1, min(7, len(ks)))]
             strip = np.full((112, 112 * 8, 3), 40, np.uint8)
             for n, k in enumerate(pick):
                 strip[:, 112 * (n + 1) : 112 * (n + 2)] = crops[k]

@@ -1,19 +1,13 @@
-"""Rank-k, CMC, k-NN vote and DIR on a tiny synthetic gallery with known answers."""
+"""Rank-k, CMC and DIR on a tiny synthetic gallery with known answers (ranks follow the k-NN
+vote of marginface.decision)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from marginface.errors import DataError
-from marginface.eval.identify import (
-    cmc,
-    dir_at_fpir,
-    knn_vote,
-    open_set_rates,
-    subject_ranks,
-    vote_neighbours,
-)
+from marginface.decision.vote import knn_vote
+from marginface.eval.search_metrics import cmc, dir_at_fpir, open_set_rates, subject_ranks
 
 GALLERY = np.array(["A", "A", "B", "C"], dtype=object)
 TRUTH = np.array(["A", "B", "A", "C"], dtype=object)
@@ -44,45 +38,6 @@ def test_knn_vote_changes_the_decision() -> None:
     np.testing.assert_allclose(cmc(ranks), [0.5, 1.0])
     # k = 1 is nearest neighbour
     assert list(knn_vote(SCORES, GALLERY, k=1).subject) == ["A", "A", "B", "B"]
-
-
-def test_knn_vote_threshold_tie_and_single_row() -> None:
-    vote = knn_vote(SCORES, GALLERY, k=3, threshold=0.55)
-    np.testing.assert_array_equal(vote.accepted, [True, True, False, False])
-    assert vote.decisions() == ["A", "A", None, None]
-    # equal votes: the subject with the more similar best neighbour wins
-    tie = knn_vote(np.array([0.5, 0.3, 0.8, 0.0]), ["A", "A", "B", "C"], k=3)
-    assert tie.subject[0] == "B" and tie.votes[0] == pytest.approx(0.8)
-    # negative similarities do not subtract votes
-    neg = knn_vote(np.array([-0.2, -0.3, 0.1]), ["A", "A", "B"], k=3)
-    assert neg.subject[0] == "B"
-    with pytest.raises(DataError):
-        knn_vote(SCORES, ["A", "B"], k=3)
-
-
-def test_vote_neighbours_ranks_candidates_and_applies_the_threshold() -> None:
-    # neighbours in any order; k = 4 keeps 0.9, 0.7, 0.69, 0.68: b's three outvote a's one
-    subjects = ["b", "a", "c", "b", "b"]
-    scores = [0.70, 0.90, 0.10, 0.69, 0.68]
-    winner, ranked = vote_neighbours(subjects, scores, threshold=0.5, k=4)
-    assert winner is ranked[0] and winner.subject == "b" and winner.votes == 3
-    assert winner.weight == pytest.approx(2.07) and winner.best == pytest.approx(0.70)
-    assert winner.best_index == 0
-    assert [(r.subject, r.votes) for r in ranked] == [("b", 3), ("a", 1)]  # c is not among k
-    # below the threshold: unknown, the candidates are still given
-    winner, ranked = vote_neighbours(subjects, scores, threshold=0.75, k=4)
-    assert winner is None and ranked[0].subject == "b"
-    # without a threshold the winner is always accepted; all neighbours vote without k
-    winner, ranked = vote_neighbours(subjects, scores)
-    assert winner.subject == "b" and len(ranked) == 3
-    # equal weight: the more similar best neighbour wins; negative similarities weigh nothing
-    winner, _ = vote_neighbours(["a", "a", "b"], [0.3, 0.3, 0.6], 0.0)
-    assert winner.subject == "b"
-    winner, ranked = vote_neighbours(["a", "b"], [-0.2, -0.1], -1.0)
-    assert winner.subject == "b" and ranked[0].weight == 0.0
-    assert vote_neighbours([], [], 0.5) == (None, [])
-    with pytest.raises(ValueError, match="differ in length"):
-        vote_neighbours(["a"], [0.1, 0.2], 0.5)
 
 
 def test_rank_of_subject_outside_the_vote_and_absent_subject() -> None:
