@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from marginface.errors import ConfigError
 
-__all__ = ["StrictModel", "apply_overrides", "load_config", "parse_override"]
+__all__ = [
+    "StrictModel",
+    "apply_overrides",
+    "format_validation_error",
+    "load_config",
+    "parse_override",
+    "read_yaml_mapping",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,27 +69,30 @@ def load_config(
 
     Raises :class:`ConfigError` naming the file and every offending key.
     """
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        data = loaded
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
     data = apply_overrides(data, overrides or [])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is ``{}``); ConfigError for a
+    missing file, invalid YAML or another top level."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return loaded
 
 
 def format_validation_error(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:

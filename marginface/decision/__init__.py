@@ -33,6 +33,7 @@ from marginface.decision.policy import (
     Origin,
     Target,
     fpir_key,
+    one_to_one_threshold,
     resolve_target,
     resolve_threshold,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "far_threshold",
     "fpir_key",
     "knn_vote",
+    "one_to_one_threshold",
     "operating_point",
     "parse_far",
     "require_impostors",

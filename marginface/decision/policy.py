@@ -20,6 +20,7 @@ from marginface.decision.operating_point import (
     GalleryComposition,
     OperatingPoint,
     expected_fpir,
+    far_threshold,
     operating_point,
     require_impostors,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Origin",
     "Target",
     "fpir_key",
+    "one_to_one_threshold",
     "resolve_target",
     "resolve_threshold",
 ]
@@ -86,6 +88,24 @@ def resolve_threshold(
         return float(card.calibration.threshold(far))
     except ModelError as exc:
         raise GalleryError(f"model {card.name!r}: {exc}") from None
+
+
+def one_to_one_threshold(card: ModelCard | None, far: str) -> float:
+    """The model's 1:1 threshold at false-accept rate ``far`` for rules that compare faces with
+    faces rather than search the gallery (a camera track's faces, a stranger's visits): the
+    card's calibrated threshold, else the one its impostor table resolves. GalleryError when
+    the card has neither."""
+    key = far_key(far)
+    if card is not None and card.calibration is not None and key in card.calibration.thresholds:
+        return float(card.calibration.thresholds[key])
+    found = far_threshold(card.impostors, key) if card is not None and card.impostors else None
+    if found is None:
+        name = repr(card.name) if card is not None else "without a card"
+        raise GalleryError(
+            f"the model {name} has no 1:1 threshold at FAR {key} (no calibration or impostor "
+            "table reaching it): calibrate it with marginface calibrate"
+        )
+    return float(found)
 
 
 @dataclass(frozen=True)

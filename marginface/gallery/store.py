@@ -30,6 +30,7 @@ from marginface.decision import (
     IdentificationPolicy,
     OperatingPoint,
     fpir_key,
+    one_to_one_threshold,
 )
 from marginface.errors import GalleryError
 from marginface.gallery.cameras import CameraStore
@@ -53,7 +54,7 @@ from marginface.gallery.types import (
     Subject,
     Visitor,
 )
-from marginface.gallery.visitors import KEEP_FACES, VisitorStore
+from marginface.gallery.visitors import GROUP_FAR, KEEP_FACES, PAIR_FAR, VisitorStore
 
 if TYPE_CHECKING:
     from marginface.card import ModelCard
@@ -547,6 +548,7 @@ class Gallery:
         crops: Sequence[np.ndarray | bytes | None] | None = None,
         threshold: float | None = None,
         *,
+        pair_threshold: float | None = None,
         keep_faces: int = KEEP_FACES,
     ) -> StrangerSighting:
         """Record an unknown visit (a track no subject matched) and group it with the visitor
@@ -556,19 +558,31 @@ class Gallery:
         (:attr:`marginface.align.quality.FaceQuality.score`), ``crops`` their aligned crops
         (RGB uint8 arrays, or PNG bytes; None for faces without). Pass crops only when the
         gallery keeps them (the service's ``store_photos``, ``Recognizer.store_crops``).
-        The visit's quality-weighted mean embedding joins the most similar ``pending`` or
-        ``dismissed`` visitor whose mean has cosine >= ``threshold`` with it (default: the
-        threshold of the gallery's operating point, :meth:`operating_point`), else a new
-        pending visitor. A pending visitor's mean
+        The visit joins the most similar ``pending`` or ``dismissed`` visitor only on strong,
+        consistent evidence: its quality-weighted mean embedding has cosine >= ``threshold``
+        with the visitor's mean (default: the model's 1:1 threshold at FAR 1e-4,
+        ``visitors.GROUP_FAR``) **and** most of its faces match one of the visitor's kept
+        faces at ``pair_threshold`` (default: ``threshold`` when that is given, else the 1:1
+        threshold at FAR 1e-3); else it starts a new pending visitor. A pending visitor's mean
         follows its visits and it keeps its ``keep_faces`` best faces by quality. A dismissed
         visitor only counts the visit and moves ``last_seen``: a dismissed person does not come
         back to the review queue, until the retention purge removes the visitor
         (:meth:`purge_stream_data`). A dimension unlike the gallery's is :class:`GalleryError`.
         """
         if threshold is None:
-            threshold = self.operating_point().threshold
+            threshold = one_to_one_threshold(self.card, GROUP_FAR)
+            if pair_threshold is None:
+                pair_threshold = one_to_one_threshold(self.card, PAIR_FAR)
         return self._visitors.record(
-            camera, first_seen, last_seen, embeddings, qualities, crops, threshold, keep_faces
+            camera,
+            first_seen,
+            last_seen,
+            embeddings,
+            qualities,
+            crops,
+            threshold,
+            keep_faces,
+            pair_threshold,
         )
 
     def list_visitors(
@@ -616,6 +630,14 @@ class Gallery:
         still grouped with it and only counted (see :meth:`record_stranger`). Dismissing twice
         changes nothing; an assigned visitor is :class:`ConflictError`."""
         return self._visitors.dismiss(visitor_id)
+
+    def split_visitor(self, visitor_id: str, faces: Sequence[int]) -> Visitor:
+        """Move ``faces`` of a pending visitor to a new pending visitor, in ONE transaction:
+        the review queue grouped two people, and a person says which faces are the other's.
+        Both visitors keep the means of their own faces. Returns the new visitor;
+        :class:`ConflictError` for a visitor not pending, :class:`GalleryError` for faces not
+        its own or all of them."""
+        return self._visitors.split(visitor_id, faces)
 
     def purge_stream_data(self, older_than: datetime | float) -> dict[str, int]:
         """Retention of camera data: delete visitor faces (with their crops) seen before

@@ -4,9 +4,12 @@ An unknown visit (a track no enrolled subject matched) is recorded as a *sightin
 embeddings, quality scores and, when the gallery keeps crops, their aligned crops. Sightings
 that look alike are grouped into one *visitor*, whatever the camera or the day:
 
-* the sighting's quality-weighted mean embedding is compared (cosine) with the mean of every
-  ``pending`` and ``dismissed`` visitor; the most similar one at or above the caller's
-  threshold (the gallery's operating point) takes it, else a new ``pending`` visitor is made;
+* only on strong, consistent evidence: the sighting's quality-weighted mean embedding must
+  reach the visitor's mean at a strict 1:1 threshold (the model's at FAR 1e-4), **and** most
+  of the sighting's faces (at least 60 %, and two when it has two) must each match one of the
+  visitor's kept faces at the 1:1 threshold at FAR 1e-3. A single mean above the operating
+  point is not enough: it merged two women in one visitor on real footage. The most similar
+  such visitor takes the sighting, else a new ``pending`` visitor is made;
 * a ``pending`` visitor's mean follows its sightings (a running mean weighted by faces) and it
   keeps its ``keep_faces`` best faces by quality;
 * a ``dismissed`` visitor only counts the sighting and moves its ``last_seen``: a person
@@ -19,8 +22,8 @@ that look alike are grouped into one *visitor*, whatever the camera or the day:
 
 Review: a visitor is assigned to an existing or a new subject (its stored faces are enrolled
 through the subject store's ordinary path, with its index, generation counter and guard, and
-the visitor is marked in the same transaction) or dismissed. Every write is one committed
-transaction.
+the visitor is marked in the same transaction), dismissed, or **split**: faces that are
+another person's go to a new pending visitor. Every write is one committed transaction.
 """
 
 from __future__ import annotations
@@ -53,12 +56,18 @@ from marginface.gallery.types import (
 from marginface.gallery.validate import clean_name
 from marginface.imaging import encode_png
 
-__all__ = ["ASSIGN_FACES", "KEEP_FACES", "VisitorStore"]
+__all__ = ["AGREE_FRACTION", "ASSIGN_FACES", "GROUP_FAR", "KEEP_FACES", "PAIR_FAR", "VisitorStore"]
 
 #: Faces a visitor keeps, the best by quality.
 KEEP_FACES = 8
 #: Faces an assignment enrols by default: the visitor's best.
 ASSIGN_FACES = 5
+#: The 1:1 false-accept rate a sighting's mean must reach a visitor's mean at to join it.
+GROUP_FAR = "1e-4"
+#: The 1:1 false-accept rate at which one of the sighting's faces matches a visitor's face.
+PAIR_FAR = "1e-3"
+#: The share of a sighting's faces that must match the visitor's faces.
+AGREE_FRACTION = 0.6
 
 #: PostgreSQL advisory lock serialising the grouping of sightings (SQLite's single writer
 #: already does): two processes must not both create a visitor for one person.
@@ -77,6 +86,14 @@ def _blob(v: np.ndarray) -> bytes:
 
 def _vector(blob: Any) -> np.ndarray:
     return np.frombuffer(bytes(blob), dtype="<f4").astype(np.float32)
+
+
+def _mean_of(rows: Sequence[Sequence[Any]]) -> np.ndarray:
+    """The quality-weighted mean of visitor-face rows ``(id, ts, camera, quality, embedding)``,
+    normalised."""
+    vecs = np.vstack([_vector(r[4]) for r in rows])
+    weights = np.asarray([float(r[3]) for r in rows]) + 1e-6
+    return l2_normalize((weights[:, None] * vecs).sum(axis=0))
 
 
 def _face(row: Sequence[Any]) -> VisitorFace:
@@ -149,6 +166,7 @@ class VisitorStore:
         crops: Sequence[Any] | None,
         threshold: float,
         keep_faces: int,
+        pair_threshold: float | None = None,
     ) -> StrangerSighting:
         _, dim = self._model.require()
         camera = clean_name(camera, what="camera", max_length=100)
@@ -167,7 +185,8 @@ class VisitorStore:
         if not (math.isfinite(t0) and math.isfinite(t1)) or t1 < t0:
             raise GalleryError("a sighting's last_seen must not be before its first_seen")
         threshold = float(threshold)
-        if not math.isfinite(threshold):
+        pair = threshold if pair_threshold is None else float(pair_threshold)
+        if not (math.isfinite(threshold) and math.isfinite(pair)):
             raise GalleryError("the grouping threshold must be a finite cosine")
         keep = int(keep_faces)
         if keep < 1:
@@ -181,15 +200,18 @@ class VisitorStore:
         now = time.time()
         with self._db.transaction():
             self._lock()
-            best: tuple[float, str, str] | None = None  # (score, id, status)
+            close: list[tuple[float, str, str]] = []  # (score, id, status)
             for vid, status, blob in self._db.query(
                 "SELECT id, status, embedding FROM visitors "
                 "WHERE status IN ('pending', 'dismissed') AND dim = ?",
                 (dim,),
             ):
                 score = float(np.dot(_vector(blob), mean))
-                if score >= threshold and (best is None or score > best[0]):
-                    best = (score, vid, status)
+                if score >= threshold:
+                    close.append((score, vid, status))
+            best = next(
+                (c for c in sorted(close, reverse=True) if self._agrees(c[1], vecs, pair)), None
+            )
             if best is None:
                 vid = secrets.token_hex(8)
                 self._db.execute(
@@ -230,6 +252,22 @@ class VisitorStore:
             if status == "pending":
                 self._add_faces(vid, camera, t1, vecs, q, order, pngs, keep)
         return StrangerSighting(visitor_id=vid, new=False, score=score, status=status)
+
+    def _agrees(self, visitor_id: str, vecs: np.ndarray, pair: float) -> bool:
+        """Inside the transaction: whether most of a sighting's faces (``vecs``) each match
+        one of the visitor's kept faces at ``pair`` (a visitor whose faces were purged is
+        judged by its mean alone)."""
+        faces = [
+            _vector(r[0])
+            for r in self._db.query(
+                "SELECT embedding FROM visitor_faces WHERE visitor_id = ?", (visitor_id,)
+            )
+        ]
+        if not faces:
+            return True
+        best = (vecs @ np.vstack(faces).T).max(axis=1)
+        matched = int((best >= pair).sum())
+        return matched >= min(2, len(vecs)) and matched >= AGREE_FRACTION * len(vecs)
 
     def _add_faces(
         self,
@@ -408,6 +446,66 @@ class VisitorStore:
                 (time.time(), visitor.id),
             )
         return self.get(visitor.id)
+
+    def split(self, visitor_id: str, faces: Sequence[int]) -> Visitor:
+        """Move ``faces`` of a pending visitor to a new pending visitor (they are another
+        person's); both keep the means of their own faces. Returns the new visitor."""
+        chosen = list(dict.fromkeys(int(f) for f in faces))
+        if not chosen:
+            raise GalleryError("name the faces to split off (faces: [id, ...])")
+        with self._db.transaction():
+            self._lock()
+            visitor = self.get(visitor_id)
+            if visitor.status != "pending":
+                raise ConflictError(
+                    f"visitor {visitor.id} is {visitor.status}: only a pending one splits"
+                )
+            strange = sorted(set(chosen) - set(visitor.face_ids))
+            if strange:
+                raise GalleryError(f"faces {strange} are not faces of visitor {visitor.id}")
+            if set(chosen) == set(visitor.face_ids):
+                raise GalleryError("a split leaves the visitor at least one face")
+            rows = {
+                int(r[0]): r
+                for part in self._db.query_in(
+                    "SELECT id, ts, camera, quality, embedding FROM visitor_faces "
+                    "WHERE id IN ({marks})",
+                    visitor.face_ids,
+                )
+                for r in part
+            }
+            moved = [rows[f] for f in chosen]
+            kept = [rows[f] for f in visitor.face_ids if f not in set(chosen)]
+            now = time.time()
+            new = secrets.token_hex(8)
+            cams = sorted({str(r[2]) for r in moved})
+            self._db.execute(
+                "INSERT INTO visitors (id, status, subject_id, first_seen, last_seen, "
+                "sightings, cameras, dim, weight, embedding, created_at, updated_at) "
+                "VALUES (?, 'pending', NULL, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                (
+                    new,
+                    min(float(r[1]) for r in moved),
+                    max(float(r[1]) for r in moved),
+                    json.dumps(cams),
+                    len(_vector(moved[0][4])),
+                    float(len(moved)),
+                    _blob(_mean_of(moved)),
+                    now,
+                    now,
+                ),
+            )
+            for part in range(0, len(chosen), 500):
+                ids = chosen[part : part + 500]
+                marks = ",".join("?" * len(ids))
+                self._db.execute(
+                    f"UPDATE visitor_faces SET visitor_id = ? WHERE id IN ({marks})", [new, *ids]
+                )
+            self._db.execute(
+                "UPDATE visitors SET weight = ?, embedding = ?, updated_at = ? WHERE id = ?",
+                (float(len(kept)), _blob(_mean_of(kept)), now, visitor.id),
+            )
+        return self.get(new)
 
     # -- retention ------------------------------------------------------------------------------
     def purge(self, older_than: datetime | float) -> dict[str, int]:

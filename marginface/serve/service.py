@@ -144,7 +144,7 @@ class Service:
             gallery,
             pipeline,
             notifiers=_notifiers(settings),
-            store_crops=settings.store_photos,
+            store_crops=settings.review_crops,
             policy=self.policy,
             retention_days=settings.retention_days,
             run_workers=settings.cameras,

@@ -148,6 +148,13 @@ class ServeSettings(BaseSettings):
         description="Keep the aligned face crop of each enrolled photo in the gallery (for "
         "review). Uploaded photos themselves are never written anywhere.",
     )
+    review_crops: bool = Field(
+        default=True,
+        description="Keep the aligned crops of each stranger's best faces (a camera's unknown "
+        "visits) for the review queue (/v1/unknowns, the page's Strangers card), so a person "
+        "can see whom to assign; purged with the visit after retention_days. Off, strangers "
+        "are grouped and counted by their embeddings only.",
+    )
     events: bool = Field(default=True, description="Log every identification as an event.")
     recognise_candidates: bool = Field(
         default=False,
@@ -170,8 +177,8 @@ class ServeSettings(BaseSettings):
         default=30.0,
         gt=0,
         description="Camera visit events and strangers' faces and crops older than this many "
-        "days are purged (hourly). None: kept for ever. Stranger crops are kept only when "
-        "store_photos is on.",
+        "days are purged (hourly). None: kept for ever. Stranger crops are kept unless "
+        "review_crops is off.",
     )
     webhooks: list[WebhookSettings] = Field(
         default_factory=list,

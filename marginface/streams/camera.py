@@ -32,6 +32,7 @@ name) for the live view, ``watch --annotate`` and ``--tracks-jsonl`` (drawn only
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from marginface.align.detection import Detection
 from marginface.align.quality import FaceQuality, face_quality
@@ -119,11 +120,16 @@ class CameraSettings(StrictModel):
         default_factory=VisitSettings,
         description="evidence per track, appearance checks and the re-appearance window",
     )
-    store_crops: bool = Field(
-        False,
-        description="keep the aligned crops of each track's best faces (the recorder stores a "
-        "stranger's for review when the service keeps review crops)",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_store_crops(cls, data: Any) -> Any:
+        """``store_crops`` of cameras stored before it went: every track now keeps its best
+        faces' crops in memory, and whether a stranger's are stored for review is the
+        recorder's (the service's ``review_crops``)."""
+        if isinstance(data, dict) and "store_crops" in data:
+            data = {k: v for k, v in data.items() if k != "store_crops"}
+        return data
 
 
 class TrackedBox:
@@ -197,6 +203,15 @@ def draw_tracks(image: np.ndarray, boxes: Iterable[TrackedBox]) -> np.ndarray:
             cv2.LINE_AA,
         )
     return out
+
+
+def _cut_by_frame(box: np.ndarray, shape: tuple[int, ...], margin: float = 0.05) -> bool:
+    """Whether a face box reaches the frame's border (within ``margin`` of its size): the
+    face may be partly outside, and a crop padded with black says little about who it is."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    h, w = shape[:2]
+    return x1 < mx or y1 < my or x2 > w - mx or y2 > h - my
 
 
 def _camera_detector(pipeline: Pipeline, max_side: int) -> Any:
@@ -299,11 +314,13 @@ class CameraWorker:
         shown: list[tuple[int, Detection]] = []
         for track_id, det in tracked:
             rough = face_quality(det.landmarks, det.score, None, det.face_prob)  # no crop: sharp
+            if _cut_by_frame(det.box, image.shape):  # half a face: no evidence of who it is
+                rough = dataclasses.replace(rough, face_prob=0.0)
             if rough.size < s.visits.min_eye_distance:
                 self.small_faces += 1
             elif self.visits.wants_embedding(track_id, rough, t, det.box):
                 crop = self.aligner.crop(image, det.landmarks)
-                quality = face_quality(det.landmarks, det.score, crop, det.face_prob)
+                quality = face_quality(det.landmarks, det.score, crop, rough.face_prob)
                 if self.visits.wants_embedding(track_id, quality, t, det.box):
                     pending.append((track_id, det, quality, crop))
                     continue
@@ -383,7 +400,9 @@ class CameraWorker:
         """Process ``source``'s frames until ``stop`` is set or the source ends (a file's end,
         a source that stopped or failed), then :meth:`finish`. A frame that fails to process
         is logged, counted and skipped; many failures in a row raise the last error.
-        ``on_frame`` is called after each processed frame (a progress bar)."""
+        ``on_frame`` is called after each processed frame (a progress bar, ``--tracks-jsonl``)
+        and with no events for each frame of a source read ``every_frame`` that is not due
+        (``Frame.due`` False: ``--annotate`` draws the latest boxes on it)."""
         consecutive = 0
         try:
             while not stop.is_set():
@@ -392,6 +411,10 @@ class CameraWorker:
                     if source.status().state in ("ended", "stopped", "failed"):
                         break
                     self.expire()
+                    continue
+                if not getattr(frame, "due", True):
+                    if on_frame is not None:
+                        on_frame(frame, [])
                     continue
                 try:
                     events = self.process(frame)

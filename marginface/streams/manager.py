@@ -172,8 +172,6 @@ class _Runner:
             began = time.monotonic()
             try:
                 settings = _camera_settings(self.camera.settings)
-                if hasattr(settings, "store_crops"):  # the service's privacy setting decides
-                    settings = settings.model_copy(update={"store_crops": m.store_crops})
                 source = m.open_source(self.camera.url, fps=getattr(settings, "fps", None))
                 worker = m.worker_factory(
                     self.camera.name,

@@ -189,7 +189,6 @@ class VisitRecorder:
             embeddings,
             qualities,
             list(kept),
-            float(event.threshold),
         )
         visitor_id = sighting.visitor_id
         with self._lock:

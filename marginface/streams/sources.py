@@ -114,12 +114,16 @@ class Frame:
     sources. ``wall`` is epoch seconds: when it was decoded (live), or the run's start plus
     ``t`` (files, so that a file's events get times as if it were watched live). ``index`` is
     the number of the decoded frame (0-based, every decoded frame counts, delivered or not).
+    ``due``: whether the frame is one of those to process at the source's ``fps`` (always,
+    unless the source delivers every frame of a file: ``open_source(..., every_frame=True)``,
+    what ``watch --annotate`` draws on).
     """
 
     image: np.ndarray
     t: float
     wall: float
     index: int
+    due: bool = True
 
 
 @dataclass
@@ -167,6 +171,11 @@ class SourceOptions(StrictModel):
         None, ge=0, le=64, description="decoder threads (0 auto; default: 1 live, auto files)"
     )
     loop: bool = Field(False, description="a file opened live restarts at its end")
+    every_frame: bool = Field(
+        False,
+        description="a file (not live) delivers every decoded frame, those due at fps marked "
+        "Frame.due (watch --annotate draws every frame)",
+    )
     format: str | None = Field(
         None, description="FFmpeg demuxer (default: mpjpeg for http, v4l2 for webcams)"
     )
@@ -186,6 +195,7 @@ class _Pending:
     wall: float
     index: int
     decoded_at: float  # monotonic
+    due: bool = True
 
 
 class _ReadError(Exception):
@@ -335,6 +345,7 @@ class Source:
         self._options = options
         self._transport = transport
         self._period = 0.0 if fps is None else 1.0 / fps
+        self._every_frame = options.every_frame and not live
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._status = SourceStatus()
@@ -376,7 +387,9 @@ class Source:
         with self._cond:
             self._status.frames_delivered += 1
             self._status.lag_s = lag
-        return Frame(image=image, t=pending.t, wall=pending.wall, index=pending.index)
+        return Frame(
+            image=image, t=pending.t, wall=pending.wall, index=pending.index, due=pending.due
+        )
 
     def status(self) -> SourceStatus:
         """A snapshot of the source's state and counters."""
@@ -637,11 +650,12 @@ class Source:
             index = self._status.frames_read
             self._status.frames_read += 1
             self._read_times.append(now)
-        if not self._due(t):
+        due = self._due(t)
+        if not due and not self._every_frame:
             return
         if not self.live:
             frame = frame.to_ndarray(format="rgb24")  # it will be delivered: convert here
-        self._offer(frame, t, wall, now, index)
+        self._offer(frame, t, wall, now, index, due)
 
     def _due(self, t: float) -> bool:
         """Whether a frame at ``t`` is due for processing (see :meth:`_mark_due`)."""
@@ -651,29 +665,40 @@ class Source:
     def _mark_due(self, t: float) -> None:
         """Set when the next frame is due after offering one at ``t``.
 
-        Files: ``t + 1/fps``, so that delivered frames are at least ``1/fps`` apart. Live: one
-        period after the previous due time (a grid), so that a 25 frames/s camera processed at
-        10 frames/s gives 10 frames/s and not 8.3 (every third frame), and arrival jitter
-        does not lower the rate; after a gap the grid restarts at ``t``.
+        One period after the previous due time (a grid), so that a 25 frames/s camera
+        processed at 10 frames/s gives 10 frames/s and not 8.3 (every third frame), a 12
+        frames/s file processed at 5 gives 5 and not 4, and arrival jitter does not lower the
+        rate; after a gap the grid restarts at ``t``. (Files and live sources alike: a file
+        is processed as its camera would have been.)
         """
         due = self._next_due
-        if not self.live or due is None or t - due >= self._period:
+        if due is None or t - due >= self._period:
             self._next_due = t + self._period
         else:
             self._next_due = due + self._period
 
     def _offer(
-        self, frame: Any, t: float, wall: float, now: float, index: int | None = None
+        self,
+        frame: Any,
+        t: float,
+        wall: float,
+        now: float,
+        index: int | None = None,
+        due: bool | None = None,
     ) -> None:
-        """Put a due frame in the slot: replace an undelivered one (live) or wait (files)."""
+        """Put a due frame (or any frame of a file read ``every_frame``) in the slot: replace
+        an undelivered one (live) or wait (files)."""
         with self._cond:
             if index is None:
                 index = self._status.frames_read
                 self._status.frames_read += 1
                 self._read_times.append(now)
-            if not self._due(t):
+            if due is None:
+                due = self._due(t)
+            if not due and not self._every_frame:
                 return
-            self._mark_due(t)
+            if due:
+                self._mark_due(t)
             if self.live:
                 if self._slot is not None:
                     self._status.frames_dropped += 1
@@ -682,5 +707,5 @@ class Source:
                     self._cond.wait()
                 if self._stop.is_set():
                     return
-            self._slot = _Pending(frame, t, wall, index, now)
+            self._slot = _Pending(frame, t, wall, index, now, due)
             self._cond.notify_all()

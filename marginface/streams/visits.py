@@ -57,7 +57,7 @@ from pydantic import Field
 
 from marginface.align.quality import FaceQuality
 from marginface.config import StrictModel
-from marginface.decision import GalleryComposition, IdentificationPolicy, operating_point
+from marginface.decision import IdentificationPolicy, one_to_one_threshold
 from marginface.embed import l2_normalize
 from marginface.errors import GalleryError
 from marginface.gallery import Gallery
@@ -358,8 +358,8 @@ class VisitTracker:
         if self.settings.min_faces > self.settings.max_faces:
             raise GalleryError("min_faces cannot exceed max_faces")
         self.policy = policy
-        self.split_below = _one_to_one(gallery, self.settings.split_far)
-        self.rejoin_above = _one_to_one(gallery, self.settings.rejoin_far)
+        self.split_below = one_to_one_threshold(gallery.card, self.settings.split_far)
+        self.rejoin_above = one_to_one_threshold(gallery.card, self.settings.rejoin_far)
         self._tracks: dict[int, _Track] = {}
         self._visits: list[_Visit] = []  # open, closing, or recent enough to continue
         self._orphans: list[_Track] = []  # ended undecided tracks with faces (fragments)
@@ -801,17 +801,3 @@ class VisitTracker:
             for v in self._visits
             if v.open_tracks > 0 or v.closing_since is not None or t - v.end_s <= window
         ]
-
-
-def _one_to_one(gallery: Gallery, far: str) -> float:
-    """The model's 1:1 threshold at ``far``: the card's calibrated one, else the one its
-    impostor table gives a gallery of one face."""
-    card = gallery.card
-    if card is not None and card.calibration is not None and far in card.calibration.thresholds:
-        return float(card.calibration.thresholds[far])
-    if card is not None and card.impostors is not None:
-        return float(operating_point(card.impostors, far, GalleryComposition.uniform(1)).threshold)
-    raise GalleryError(
-        f"the model has no 1:1 threshold at FAR {far} (no calibration, no impostor table): "
-        "calibrate it (marginface calibrate) to use it on cameras"
-    )

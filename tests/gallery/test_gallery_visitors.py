@@ -104,6 +104,56 @@ def test_sightings_of_one_person_make_one_visitor(gallery: Gallery, people: Peop
         gallery.visitor_face_crop(10**9)
 
 
+def test_strangers_are_grouped_only_on_strong_consistent_evidence(
+    gallery: Gallery, people: People
+) -> None:
+    """Two people whose mean faces come close (a visit mixing both, as a track switching
+    people would give) are not merged: most faces of a visit must each match the visitor's."""
+    first = sight(gallery, people, 5)  # the model's 1:1 thresholds: FAR 1e-4 mean, 1e-3 faces
+    again = sight(gallery, people, 5, at=T0 + timedelta(hours=1))
+    assert not again.new and again.visitor_id == first.visitor_id
+    # a sighting of 5 faces: one of person 5, four of person 6, and a mean pulled to 5 by
+    # its one very good face; the mean alone would join person 5's visitor
+    mixed = np.vstack([people.sample(5, 1), people.sample(6, 4)])
+    qualities = [50.0, 0.1, 0.1, 0.1, 0.1]
+    mean = (np.asarray(qualities)[:, None] * mixed).sum(axis=0)
+    mean /= np.linalg.norm(mean)
+    assert float(mean @ people.centres[5]) > 0.75  # as close to 5 as 5's own photos
+    joined = gallery.record_stranger("door", T0, T0 + timedelta(seconds=4), mixed, qualities)
+    assert joined.new and joined.visitor_id != first.visitor_id
+    # the card decides the thresholds: none needed from the caller
+    assert gallery.count_visitors() == 2
+
+
+def test_a_visitor_holding_two_people_is_split(gallery: Gallery, people: People) -> None:
+    a = sight(gallery, people, 5, threshold=-1.0)  # a threshold that merges anyone
+    b = sight(gallery, people, 6, at=T0 + timedelta(hours=1), threshold=-1.0)
+    assert b.visitor_id == a.visitor_id
+    merged = gallery.get_visitor(a.visitor_id)
+    assert len(merged.faces) == 6
+    theirs = [f.id for f in merged.faces if f.ts == T0 + timedelta(hours=1, seconds=4)]
+    new = gallery.split_visitor(a.visitor_id, theirs)
+    assert (new.status, sorted(new.face_ids)) == ("pending", sorted(theirs))
+    assert new.first_seen == new.last_seen == T0 + timedelta(hours=1, seconds=4)
+    left = gallery.get_visitor(a.visitor_id)
+    assert sorted(left.face_ids) == sorted(set(merged.face_ids) - set(theirs))
+    assert gallery.count_visitors() == 2
+    # each visitor's mean now follows its own faces: person 6 joins the new one
+    again = sight(gallery, people, 6, at=T0 + timedelta(hours=2))
+    assert again.visitor_id == new.id
+    with pytest.raises(GalleryError, match="at least one face"):
+        gallery.split_visitor(a.visitor_id, left.face_ids)
+    with pytest.raises(GalleryError, match="not faces of"):
+        gallery.split_visitor(a.visitor_id, [new.face_ids[0]])
+    with pytest.raises(GalleryError, match="name the faces"):
+        gallery.split_visitor(a.visitor_id, [])
+    gallery.dismiss_visitor(a.visitor_id)
+    with pytest.raises(ConflictError, match="only a pending one splits"):
+        gallery.split_visitor(a.visitor_id, left.face_ids[:1])
+    with pytest.raises(NotFoundError):
+        gallery.split_visitor("nope", [1])
+
+
 def test_the_threshold_decides_the_grouping(gallery: Gallery, people: People) -> None:
     a = sight(gallery, people, 5, threshold=0.5)
     assert not sight(gallery, people, 5, threshold=0.5).new

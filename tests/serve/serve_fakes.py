@@ -259,13 +259,12 @@ class FakeCameraWorker:
         self._latest: np.ndarray | None = None
         self._lock = threading.Lock()
 
-    def _emit(self, event: Any) -> None:
-        if event is None:
-            return
-        if event.kind == "arrived":
-            self.arrived += 1
-        for sink in self.sinks:
-            sink(event)
+    def _emit(self, events: list[Any]) -> None:
+        for event in events:
+            if event.kind == "arrived":
+                self.arrived += 1
+            for sink in self.sinks:
+                sink(event)
 
     def process(self, frame: Any) -> None:
         from marginface.align.quality import FaceQuality
@@ -293,13 +292,15 @@ class FakeCameraWorker:
             annotated[y1 : y1 + 2, x1:x2] = 255
         for person in [p for p in self._open if p not in seen]:
             self._emit(self.visits.end(self._open.pop(person)))
+        self._emit(self.visits.flush(frame.t))
         with self._lock:
             self.processed += 1
             self._latest = annotated
 
     def finish(self) -> None:
         for person in list(self._open):
-            self._emit(self.visits.end(self._open.pop(person)))
+            self._emit(self.visits.end(self._open.pop(person), "closed"))
+        self._emit(self.visits.close())
 
     def run(self, source: Any, stop: threading.Event) -> None:
         while not stop.is_set():

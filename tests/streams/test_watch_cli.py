@@ -52,15 +52,17 @@ def test_watch_a_file_writes_one_line_per_passer(
         capsys,
     )
     assert code == ExitCode.SUCCESS, err
-    lines = [json.loads(line) for line in out_path.read_text().splitlines()]
-    assert len(lines) == len(expected) == 2
+    rows = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert [r["kind"] for r in rows].count("arrived") == len(expected) == 2
+    lines = [r for r in rows if r["kind"] == "left"]
+    assert len(lines) == 2 and len(rows) == 4  # arrived and left of each visit, nothing else
     for row in lines:
-        assert set(row) >= REQUIRED and row["camera"] == "hall" and row["kind"] == "left"
+        assert set(row) >= REQUIRED and row["camera"] == "hall"
         assert row["first_seen"] < row["last_seen"] and row["start_s"] < row["end_s"]
-        assert row["faces"] >= 3
+        assert row["faces"] >= 3 and row["reason"] in ("closed", "ended", "jump", "split")
     assert sorted(r["name"] for r in lines) == sorted(p["identity"] for p in expected)
     assert out.count("arrived ") == 2 and out.count("left ") == 2
-    assert "2 visits (2 named, 0 unknown)" in out.splitlines()[-1]
+    assert "2 visits (2 named, 0 unknown)" in out
     assert "Traceback" not in err
 
 
@@ -83,8 +85,10 @@ def test_a_stranger_has_null_subject_and_name(
         capsys,
     )
     assert code == 0
-    (row,) = [json.loads(line) for line in out_path.read_text().splitlines()]
-    assert row["subject_id"] is None and row["name"] is None and row["faces"] == 2
+    arrived, row = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert (arrived["kind"], row["kind"]) == ("arrived", "left")
+    assert arrived["faces"] == 2  # decided on its first two faces (--min-faces 2)
+    assert row["subject_id"] is None and row["name"] is None and row["faces"] >= 2
     assert row["camera"] == "stranger"  # the file's name
     assert "1 visits (0 named, 1 unknown)" in out
 
@@ -101,7 +105,7 @@ def test_record_writes_attendance_and_the_strangers_review_queue(
     for scene in ("two_at_once", "stranger"):
         video, _ = scene_videos[scene]
         code, _, err = run_cli(
-            ["watch", str(video), "--db", str(db), "--camera", "door", "--record", "--store-crops"],
+            ["watch", str(video), "--db", str(db), "--camera", "door", "--record"],
             capsys,
         )
         assert code == ExitCode.SUCCESS, err
@@ -143,14 +147,19 @@ def test_bad_inputs_give_one_line_errors(
     assert "scheme" in _error(["watch", "ftp://camera/stream", "--db", db], capsys)
     assert "--fps" in _error(["watch", video, "--db", db, "--fps", "0"], capsys)
     assert "--min-faces" in _error(["watch", video, "--db", db, "--min-faces", "0"], capsys)
-    assert "no gallery" in _error(["watch", video, "--db", str(tmp_path / "none.db")], capsys)
-    # a gallery without subjects
-    from marginface.gallery import Gallery
-
-    Gallery.open(tmp_path / "empty.db").close()
-    assert "no subjects" in _error(["watch", video, "--db", str(tmp_path / "empty.db")], capsys)
+    assert "--detect-size" in _error(["watch", video, "--db", db, "--detect-size", "9"], capsys)
+    bad_set = _error(["watch", video, "--db", db, "--set", "visits.nope=1"], capsys)
+    assert "unknown key 'visits.nope'" in bad_set
+    assert "key=value" in _error(["watch", video, "--db", db, "--set", "fps"], capsys)
+    missing = tmp_path / "none.yaml"
+    assert "not found" in _error(["watch", video, "--db", db, "--settings", str(missing)], capsys)
+    no_dir = str(tmp_path / "no" / "such" / "dir" / "x.jsonl")
+    assert "cannot write --tracks-jsonl" in _error(
+        ["watch", video, "--db", db, "--tracks-jsonl", no_dir], capsys
+    )
     # a model card without an impostor table: no operating point
     from marginface.errors import GalleryError
+    from marginface.gallery import Gallery
 
     def no_table(*args: object, **kwargs: object) -> None:
         raise GalleryError("the model card has no impostor table: calibrate it")
@@ -162,3 +171,65 @@ def test_bad_inputs_give_one_line_errors(
     junk.write_bytes(b"not a video at all" * 100)
     monkeypatch.undo()
     assert junk.name in _error(["watch", str(junk), "--db", db], capsys, started=True)
+
+
+def test_an_empty_gallery_counts_strangers_and_a_new_db_is_created(
+    scene_videos, tmp_path: Path, capsys
+) -> None:
+    """Before anyone is enrolled a camera still counts people: every visit is unknown, and
+    ``--record`` groups the strangers for review (``--db`` made as ``enroll`` makes it)."""
+    video, expected = scene_videos["two_at_once"]
+    db = tmp_path / "new" / "gallery.db"
+    code, out, err = run_cli(["watch", str(video), "--db", str(db), "--record"], capsys)
+    assert code == ExitCode.SUCCESS, err
+    assert "0 subjects (counting strangers)" in err
+    assert f"{len(expected)} visits (0 named, {len(expected)} unknown)" in out
+    from marginface.gallery import Gallery
+
+    with Gallery.open(db, create=False) as gallery:
+        assert gallery.count_visitors() == len(expected)  # two different people: two visitors
+        assert all(f.has_crop for v in gallery.list_visitors() for f in v.faces)
+
+
+def test_tracks_jsonl_and_annotate_show_every_face_and_its_name(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
+    import av
+
+    video, expected = scene_videos["single"]
+    tracks, annotated = tmp_path / "tracks.jsonl", tmp_path / "annotated.mp4"
+    argv = ["watch", str(video), "--db", str(enrolled_gallery_path), "--fps", "5"]
+    argv += ["--tracks-jsonl", str(tracks), "--annotate", str(annotated)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == ExitCode.SUCCESS, err
+    with av.open(str(video)) as source, av.open(str(annotated)) as drawn:
+        frames_in = sum(1 for _ in source.decode(video=0))
+        frames_out = sum(1 for _ in drawn.decode(video=0))
+        assert frames_out == frames_in  # every frame of the file, playable
+    records = [json.loads(line) for line in tracks.read_text().splitlines()]
+    step = round(25 / 5)
+    assert [r["frame"] for r in records] == list(range(0, frames_in, step))
+    assert all(r["t"] == pytest.approx(r["frame"] / 25, abs=1e-3) for r in records)
+    faces = [f for r in records for f in r["tracks"]]
+    assert faces and all(
+        set(f) == {"track_id", "box", "name", "subject_id", "state"} for f in faces
+    )
+    assert {f["state"] for f in faces} <= {"undecided", "known", "unknown"}
+    named = {f["name"] for f in faces if f["state"] == "known"}
+    assert named == {expected[0]["identity"]}
+    assert all(f["name"] is None for f in faces if f["state"] != "known")
+
+
+def test_settings_file_and_set_reach_the_camera(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
+    video, _ = scene_videos["single"]
+    settings = tmp_path / "camera.yaml"
+    settings.write_text("fps: 2\nvisits:\n  min_faces: 2\n  revisit_s: 5\n")
+    tracks = tmp_path / "tracks.jsonl"
+    argv = ["watch", str(video), "--db", str(enrolled_gallery_path), "--settings", str(settings)]
+    argv += ["--set", "visits.min_faces=1", "--fps", "4", "--tracks-jsonl", str(tracks)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == ExitCode.SUCCESS, err
+    frames = [json.loads(line)["frame"] for line in tracks.read_text().splitlines()]
+    assert frames[:3] == [0, 7, 13]  # --fps 4 over the file's 2: due at 0.25, 0.5 s
