@@ -15,12 +15,27 @@ from marginface.gallery.db import Database
 from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
-__all__ = ["ARRIVED", "LEFT", "EventLog", "attendance_csv", "events_csv", "to_timestamp"]
+__all__ = [
+    "ARRIVED",
+    "CORRECTED",
+    "IDENTIFIED",
+    "LEFT",
+    "VISIT_DECISIONS",
+    "EventLog",
+    "attendance_csv",
+    "events_csv",
+    "to_timestamp",
+]
 
-#: The decisions of a camera visit's two events: when the person was decided (``arrived``) and
-#: when the track ended (``left``). A visit counts once in the attendance (its ``arrived``).
+#: The decisions of a camera visit's events: when the person was decided (``arrived``), when
+#: better evidence named an unknown visit (``identified``) or changed a named one
+#: (``corrected``), and when it ended (``left``). A visit counts once in the attendance, for the
+#: subject of its latest decision.
 ARRIVED = "arrived"
+IDENTIFIED = "identified"
+CORRECTED = "corrected"
 LEFT = "left"
+VISIT_DECISIONS = (ARRIVED, IDENTIFIED, CORRECTED)
 
 _EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
 
@@ -125,9 +140,14 @@ class EventLog:
         self, day: date | str | None, tz: tzinfo | None, sources: Sequence[str] | str | None = None
     ) -> list[AttendanceRow]:
         """Per identified subject: the first and last event of the day (``first_seen``,
-        ``last_seen``), the sources, and ``count``: the sightings, i.e. the events other than
-        a camera visit's ``left`` (a visit is one ``arrived`` and one ``left`` event and counts
-        once). ``sources`` keeps the events of these sources only (a camera, a camera group)."""
+        ``last_seen``), the sources, and ``count``: the sightings, a photo recognition once
+        and a camera visit once (its events share ``details.visit_uid``).
+
+        A camera visit counts for the subject of its **latest decision**: a visit ``arrived``
+        as one person and ``corrected`` to another (or to nobody) counts for the other (or for
+        nobody), never for the first; an unknown visit ``identified`` later counts for the
+        person it named, from its first sighting. ``sources`` keeps the events of these
+        sources only (a camera, a camera group)."""
         wanted = _sources(sources)
         zone = tz or datetime.now().astimezone().tzinfo
         if day is None:
@@ -140,21 +160,33 @@ class EventLog:
         start = datetime(day.year, day.month, day.day, tzinfo=zone)
         end = start + timedelta(days=1)
         sql = (
-            "SELECT subject_id, subject_name, ts, source, decision FROM events "
-            "WHERE subject_id IS NOT NULL AND ts >= ? AND ts < ?"
+            "SELECT subject_id, subject_name, ts, source, decision, details FROM events "
+            "WHERE (subject_id IS NOT NULL OR decision = ?) AND ts >= ? AND ts < ?"
         )
-        params: list[Any] = [start.timestamp(), end.timestamp()]
+        params: list[Any] = [CORRECTED, start.timestamp(), end.timestamp()]
         if wanted is not None:
             sql += f" AND source IN ({','.join('?' * len(wanted))})"
             params += wanted
-        rows = self._db.query(sql + " ORDER BY ts, id", params)
+        rows = self._db.query(sql + " ORDER BY id", params)
+        uids = [_visit_uid(r[5]) for r in rows]
+        final: dict[str, str | None] = {}  # visit uid -> the subject of its latest decision
+        for (sid, _, _, _, decision, _), uid in zip(rows, uids, strict=True):
+            if uid is not None and decision in VISIT_DECISIONS:
+                final[uid] = sid
         table: dict[str, dict[str, Any]] = {}
-        for sid, name, ts, src, decision in rows:
+        counted: set[tuple[str, str]] = set()
+        for (sid, name, ts, src, decision, _), uid in zip(rows, uids, strict=True):
+            if sid is None or (uid is not None and final.get(uid, sid) != sid):
+                continue  # a decision the visit's later evidence overturned
             entry = table.setdefault(
                 sid, {"name": name, "first": ts, "last": ts, "count": 0, "sources": []}
             )
-            entry["last"] = ts
-            if decision != LEFT:
+            entry["first"] = min(entry["first"], ts)
+            entry["last"] = max(entry["last"], ts)
+            if uid is None:
+                entry["count"] += int(decision != LEFT)
+            elif (sid, uid) not in counted:
+                counted.add((sid, uid))
                 entry["count"] += 1
             if src not in entry["sources"]:
                 entry["sources"].append(src)
@@ -171,6 +203,17 @@ class EventLog:
             for sid, e in table.items()
         ]
         return sorted(out, key=lambda r: (r.first_seen, r.name))
+
+
+def _visit_uid(details: Any) -> str | None:
+    """A logged event's camera visit (``details.visit_uid``), or None for other events."""
+    if not details or "visit_uid" not in str(details):
+        return None
+    try:
+        value = json.loads(details).get("visit_uid")
+    except (ValueError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 def _sources(sources: Sequence[str] | str | None) -> list[str] | None:

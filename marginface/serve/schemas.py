@@ -452,8 +452,10 @@ class VisitOut(BaseModel):
     id: int = Field(description="The event's id (/v1/events).")
     time: datetime
     camera: str
-    kind: Literal["arrived", "left"] = Field(
-        description="arrived: the visit was decided (a name, or unknown); left: it ended."
+    kind: Literal["arrived", "identified", "corrected", "left"] = Field(
+        description="arrived: the visit was decided (a name, or unknown); identified: an "
+        "unknown visit's better faces named someone; corrected: a named visit's better faces "
+        "named someone else, or nobody; left: it ended."
     )
     subject_id: str | None = Field(description="Null for a stranger.")
     name: str | None

@@ -39,6 +39,7 @@ from marginface.decision import IdentificationPolicy
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
 from marginface.gallery import Gallery, redact_url
+from marginface.gallery.events import LEFT, VISIT_DECISIONS
 from marginface.imaging import encode_jpeg
 from marginface.streams.recorder import VisitRecorder
 from marginface.streams.visits import VisitEvent
@@ -46,6 +47,9 @@ from marginface.streams.visits import VisitEvent
 __all__ = ["CAMERA_STATES", "CameraManager", "check_camera_url"]
 
 log = logging.getLogger(__name__)
+
+#: The logged events of a camera visit (its decisions and its end).
+VISIT_EVENTS = (*VISIT_DECISIONS, LEFT)
 
 #: What a camera's ``state`` can be: ``stopped`` (not running: disabled, or workers are off),
 #: ``starting``, the source's ``connecting`` / ``running`` / ``reconnecting``, ``ended`` (a
@@ -566,8 +570,8 @@ class CameraManager:
         return encode_jpeg(image, 85)
 
     def recent_visits(self, camera_id: str | None = None, limit: int = 50) -> list[dict]:
-        """The newest visit events (``arrived`` / ``left``) of one camera or of all, newest
-        first, from the gallery (so they survive restarts)."""
+        """The newest visit events (``arrived``, ``identified``, ``corrected``, ``left``) of one
+        camera or of all, newest first, from the gallery (so they survive restarts)."""
         source = self.require(camera_id).name if camera_id is not None else None
         out: list[dict[str, Any]] = []
         offset, page = 0, max(50, limit * 2)
@@ -575,7 +579,7 @@ class CameraManager:
             events = self.gallery.events(source=source, limit=page, offset=offset)
             for event in events:
                 details = event.details or {}
-                if details.get("kind") != "visit" or event.decision not in ("arrived", "left"):
+                if details.get("kind") != "visit" or event.decision not in VISIT_EVENTS:
                     continue
                 out.append(_visit_out(event, self.recorder.thumbnail(event.id) is not None))
                 if len(out) >= limit:

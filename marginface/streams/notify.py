@@ -147,11 +147,11 @@ def verify_signature(
 # Webhooks
 # ----------------------------------------------------------------------------------------------
 
-EventKind = Literal["arrived", "left", "state"]
+EventKind = Literal["arrived", "identified", "corrected", "left", "state"]
 
 
 def _default_events() -> list[EventKind]:
-    return ["arrived", "left"]
+    return ["arrived", "identified", "corrected", "left"]
 
 
 class WebhookSettings(StrictModel):
@@ -165,7 +165,8 @@ class WebhookSettings(StrictModel):
     )
     events: list[EventKind] = Field(
         default_factory=_default_events,
-        description="what is sent: 'arrived', 'left', and 'state' (camera status changes)",
+        description="what is sent: the visit events 'arrived', 'identified', 'corrected', "
+        "'left' (default: all four), and 'state' (camera status changes)",
     )
     timeout_s: float = Field(10.0, gt=0.0, le=300.0, description="per request")
     max_attempts: int = Field(6, ge=1, le=100, description="tries per event, the first included")
@@ -199,7 +200,10 @@ class WebhookSettings(StrictModel):
     @classmethod
     def _check_events(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("events must name at least one of 'arrived', 'left', 'state'")
+            raise ValueError(
+                "events must name at least one of 'arrived', 'identified', 'corrected', 'left', "
+                "'state'"
+            )
         return list(dict.fromkeys(value))
 
 
@@ -520,7 +524,7 @@ class _MqttCounters:
     queued: int = 0  # accepted while disconnected, sent on reconnection
     connects: int = 0
     disconnects: int = 0
-    presence: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    presence: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
 class MqttPublisher:
@@ -581,8 +585,10 @@ class MqttPublisher:
 
     # -- the sink ---------------------------------------------------------------------------
     def __call__(self, event: VisitEvent) -> None:
-        """Publish ``event`` on ``<camera>/events`` and ``<camera>/<kind>``, and for a named
-        person the retained ``<camera>/person/<subject_id>`` presence."""
+        """Publish ``event`` on ``<camera>/events`` and ``<camera>/<kind>``, and the retained
+        ``<camera>/person/<subject_id>`` presence of the person it concerns: present from the
+        decision that names them (``arrived``, ``identified``, ``corrected``) until the
+        visit's ``left``; a ``corrected`` visit is no longer the previous person's."""
         payload = {
             **event.to_dict(),
             "type": f"visit.{event.kind}",
@@ -591,30 +597,42 @@ class MqttPublisher:
         }
         self._publish(self.topic(event.camera, "events"), payload, retain=False)
         self._publish(self.topic(event.camera, event.kind), payload, retain=False)
+        if event.kind == "corrected" and event.previous_subject_id is not None:
+            self._presence(event, event.previous_subject_id, event.previous_name, False, payload)
         if event.subject_id is not None:
-            key = (event.camera, event.subject_id)
-            with self._lock:
-                tracks = self._counts.presence.setdefault(key, set())
-                if event.kind == "arrived":
-                    tracks.add(event.track_id)
-                else:
-                    tracks.discard(event.track_id)
-                present = bool(tracks)
-                if not tracks:
-                    del self._counts.presence[key]
-            person = {
-                "present": present,
-                "subject_id": event.subject_id,
-                "name": event.name,
-                "camera": event.camera,
-                "updated_at": payload["sent_at"],
-                "event": event.to_dict(),
-            }
-            self._publish(
-                self.topic(event.camera, "person", topic_level(event.subject_id)),
-                person,
-                retain=True,
-            )
+            self._presence(event, event.subject_id, event.name, event.kind != "left", payload)
+
+    def _presence(
+        self,
+        event: VisitEvent,
+        subject_id: str,
+        name: str | None,
+        here: bool,
+        payload: Mapping[str, Any],
+    ) -> None:
+        """Update and publish whether ``subject_id`` is in view of the event's camera (any of
+        their visits open there)."""
+        key = (event.camera, subject_id)
+        with self._lock:
+            visits = self._counts.presence.setdefault(key, set())
+            if here:
+                visits.add(event.uid)
+            else:
+                visits.discard(event.uid)
+            present = bool(visits)
+            if not visits:
+                del self._counts.presence[key]
+        person = {
+            "present": present,
+            "subject_id": subject_id,
+            "name": name,
+            "camera": event.camera,
+            "updated_at": payload["sent_at"],
+            "event": event.to_dict(),
+        }
+        self._publish(
+            self.topic(event.camera, "person", topic_level(subject_id)), person, retain=True
+        )
 
     def publish_state(self, camera: str, status: Mapping[str, Any]) -> None:
         """Publish a camera's status (retained) on ``<prefix>/<camera>/state``."""

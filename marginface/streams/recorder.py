@@ -1,5 +1,6 @@
-"""Visits into the gallery: each ``arrived`` and ``left`` event as a logged event, and each
-unknown visit as a stranger sighting (the review queue of ``/v1/unknowns``).
+"""Visits into the gallery: each event of a visit (``arrived``, ``identified``, ``corrected``,
+``left``) as a logged event, and each unknown visit as a stranger sighting (the review queue
+of ``/v1/unknowns``).
 
 :class:`VisitRecorder` is a *sink* of a camera worker (``recorder(event)`` for every
 :class:`~marginface.streams.visits.VisitEvent`). Every write is its own committed transaction,
@@ -8,10 +9,12 @@ visits that had not finished, never one that had, and leaves the gallery consist
 
 What is written:
 
-* every event: ``Gallery.log_event(source=camera, subject_id, score, decision="arrived" |
-  "left", time=first_seen | last_seen, details={"kind": "visit", camera, track_id, visit_id,
-  start_s, end_s, first_seen, last_seen, dwell_s, faces, threshold[, visitor_id]})``. Named
-  visits count in the attendance report (first in, last out per person per day);
+* every event: ``Gallery.log_event(source=camera, subject_id, score, decision=kind,
+  time=first_seen (decisions: the visit's first sighting) | last_seen (left),
+  details={"kind": "visit", camera, track_id, visit_id, visit_uid, start_s, end_s, first_seen,
+  last_seen, dwell_s, faces, threshold[, previous_subject_id][, reason][, visitor_id]})``.
+  Named visits count in the attendance report (first in, last out per person per day), once
+  each, for the subject of the visit's latest decision (``Gallery.attendance``);
 * an unknown ``left`` event (the stranger's visit is over, its best faces are known): the
   track's best faces go to :meth:`Gallery.record_stranger`, which groups them with a visitor
   who looks alike (above the operating point) or starts a new one. Their aligned crops are
@@ -84,7 +87,13 @@ def visit_details(event: VisitEvent, visitor_id: str | None = None) -> dict[str,
         "dwell_s": round(max(0.0, float(event.end_s) - float(event.start_s)), 3),
         "faces": int(event.faces),
         "threshold": round(float(event.threshold), 4),
+        "visit_uid": event.uid,
+        "decided_s": round(float(event.end_s), 3),
     }
+    if event.kind == "corrected":
+        details["previous_subject_id"] = event.previous_subject_id
+    if event.kind == "left":
+        details["reason"] = event.reason or "ended"
     if visitor_id is not None:
         details["visitor_id"] = visitor_id
     return details
@@ -140,7 +149,7 @@ class VisitRecorder:
             visitor_id = self._record_stranger(event)
         elif event.subject_id is None:
             visitor_id = self.visitor_of(event.camera, event.visit_id)
-        at = _when(event.first_seen if event.kind == "arrived" else event.last_seen)
+        at = _when(event.last_seen if event.kind == "left" else event.first_seen)
         details = visit_details(event, visitor_id)
         try:
             logged = self.gallery.log_event(

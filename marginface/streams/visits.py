@@ -307,6 +307,8 @@ class _Track:
     box: np.ndarray | None = None  # the latest detection's box
     smooth: bool = False  # every box since the latest verified face overlapped the one before
     facing: int = 0  # detections that showed a face turned towards the camera
+    seen: int = 0  # detections observed
+    overlaps: dict[int, int] = field(default_factory=dict)  # other track -> frames overlapping
     embeddable: bool = False  # a face large enough to embed was seen
     first_wall: float | None = None
     last_wall: float | None = None
@@ -490,6 +492,7 @@ class VisitTracker:
         if track is None:
             track = self._tracks[track_id] = _Track(start_s=t, last_s=t, first_wall=wall)
         track.last_s = max(track.last_s, t)
+        track.seen += 1
         if box is not None:
             b = np.asarray(box, dtype=np.float64)
             track.smooth = track.smooth and not self._moved(track, b, t)
@@ -522,6 +525,23 @@ class VisitTracker:
                 return self._decide(track_id, track, t)  # counted, identified later
             return []
         return self._reconsider(track_id, track, t)
+
+    def overlap(self, a: int, b: int) -> None:
+        """Tracks ``a`` and ``b`` overlap in this frame (most of the smaller box lies in the
+        other): one may be a second box on the other's person (hair, a forehead)."""
+        for one, other in ((a, b), (b, a)):
+            track = self._tracks.get(one)
+            if track is not None:
+                track.overlaps[other] = track.overlaps.get(other, 0) + 1
+
+    def _shadowed(self, track: _Track) -> _Visit | None:
+        """The visit of the decided track this one overlapped in most of its frames: a second
+        box on that person, which must not open a visit of its own."""
+        for other, frames in sorted(track.overlaps.items(), key=lambda x: -x[1]):
+            partner = self._tracks.get(other)
+            if frames * 2 >= track.seen and partner is not None and partner.visit is not None:
+                return partner.visit
+        return None
 
     # -- decisions ------------------------------------------------------------------------------
     def _identify(self, track: _Track) -> Any:
@@ -588,7 +608,7 @@ class VisitTracker:
             subject, name, score = answer.subject_id, answer.name, float(answer.score)
         track.decided_best = track.faces[0].quality if track.faces else 0.0
         track.decided_faces = len(track.faces)
-        visit = self._continuing(subject, track)
+        visit = self._shadowed(track) or self._continuing(subject, track)
         if visit is not None:  # the same visit goes on: no second "arrived"
             self._join(track_id, track, visit)
             visit.faces = _best([*visit.faces, *track.faces], self.settings.max_faces)
@@ -622,7 +642,7 @@ class VisitTracker:
             return []
         best = track.faces[0].quality
         better = best > track.decided_best * (1.0 + s.reidentify_gain) + 1e-9
-        grown = track.decided_faces < s.min_faces <= len(track.faces)
+        grown = track.decided_faces < min(s.min_faces, len(track.faces))
         if not (better or grown):
             return []
         track.decided_best, track.decided_faces = best, len(track.faces)
@@ -670,12 +690,13 @@ class VisitTracker:
         return self._next_visit - 1
 
     def _free(self, t: float) -> list[_Visit]:
-        """Visits a new track seen at ``t`` may continue: ended within ``revisit_s``, and
-        none of their tracks seen at ``t`` (a track the tracker lost but has not ended yet is
-        the same person found again; a track seen now is someone else)."""
-        seen = {id(tr.visit) for tr in self._tracks.values() if tr.visit and tr.last_s >= t}
+        """Visits a new track seen at ``t`` may continue: those ended within ``revisit_s``, and
+        those still open (a track the tracker lost but has not ended yet is the same person
+        found again; two boxes on one person at once, a face and the hair above it, are one
+        visit: a new track joins an open visit only when its faces match at ``rejoin_far``,
+        or name the same subject)."""
         window = self.settings.revisit_s
-        return [v for v in self._visits if id(v) not in seen and t - v.end_s <= window]
+        return [v for v in self._visits if v.open_tracks > 0 or t - v.end_s <= window]
 
     def _adopt(self, track: _Track, embedding: np.ndarray, t: float) -> None:
         """An undecided track's face turned towards the camera takes up the evidence of an
@@ -717,9 +738,8 @@ class VisitTracker:
         visit = best[1]
         self._join(track_id, track, visit)
         track.faces = _best(visit.faces, self.settings.max_faces)
-        track.decided_best = track.faces[0].quality if track.faces else 0.0
-        track.decided_faces = len(track.faces)
-        self.rejoined += 1
+        track.decided_best = track.decided_faces = 0  # identified again: the gallery may
+        self.rejoined += 1  # have changed since (a stranger enrolled from the review queue)
         return True
 
     def _continuing(self, subject_id: str | None, track: _Track) -> _Visit | None:
@@ -746,15 +766,17 @@ class VisitTracker:
         could not be verified, ``cut`` at a shot change, ``closed`` at the end of the
         source). Its visit's ``left`` comes from :meth:`flush` once no track has continued
         it for ``leave_s`` (or from :meth:`close`). An undecided track that showed a face
-        turned towards the camera ``min_face_frames`` times is decided now, on the faces it
-        has (a person seen briefly is counted): its ``arrived`` is returned."""
+        turned towards the camera ``min_face_frames`` times, one of them good enough
+        (``min_quality``), is decided now on the faces it has (a person seen briefly is
+        counted): its ``arrived`` is returned."""
         track = self._tracks.pop(track_id, None)
         if track is None:
             return []
         if reason in ("split", "jump"):
             self.splits += 1
         events: list[VisitEvent] = []
-        if track.visit is None and track.faces and track.facing >= self.settings.min_face_frames:
+        brief = track.facing >= self.settings.min_face_frames and bool(track.faces)
+        if track.visit is None and brief and track.faces[0].quality >= self.settings.min_quality:
             self._tracks[track_id] = track  # decided as an open track, then ended below
             events = self._decide(track_id, track, track.last_s)
             del self._tracks[track_id]

@@ -210,3 +210,42 @@ def test_attendance_from_visits(gallery: Gallery) -> None:
     tokyo = gallery.attendance("2024-03-06", tz=ZoneInfo("Asia/Tokyo"))
     assert {r.name: r.count for r in tokyo} == {"Ada": 1}
     assert len(gallery.events(decision="left")) == 5
+
+
+def test_attendance_follows_a_visits_latest_decision(gallery: Gallery) -> None:
+    """A visit announced as Ada and corrected to Bob counts for Bob only; one corrected to
+    nobody counts for no one; an unknown visit identified later counts from its first
+    sighting. Each visit counts once, whatever its number of events."""
+    people = People(3)
+    ada = gallery.create_subject("Ada", embeddings=people.sample(0, 2)).id
+    bob = gallery.create_subject("Bob", embeddings=people.sample(1, 2)).id
+    at = DAY.replace(hour=8)
+
+    def log(uid: str, decision: str, subject: str | None, minutes: float) -> None:
+        details = {"kind": "visit", "camera": "door", "visit_uid": uid, "visit_id": 1}
+        when = at + timedelta(minutes=minutes)
+        gallery.log_event(
+            "door", subject_id=subject, score=0.7, decision=decision, time=when, details=details
+        )
+
+    log("v1", "arrived", ada, 0)  # corrected to Bob: Ada was never there
+    log("v1", "corrected", bob, 0)
+    log("v1", "left", bob, 5)
+    log("v2", "arrived", ada, 60)  # corrected to nobody: a stranger taken for Ada
+    log("v2", "corrected", None, 60)
+    log("v2", "left", None, 62)
+    log("v3", "arrived", None, 120)  # identified later: Ada, from the first sighting
+    log("v3", "identified", ada, 120)
+    log("v3", "left", ada, 130)
+    rows = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC)}
+    assert set(rows) == {"Ada", "Bob"}
+    assert (rows["Bob"].first_seen, rows["Bob"].last_seen, rows["Bob"].count) == (
+        at,
+        at + timedelta(minutes=5),
+        1,
+    )
+    assert (rows["Ada"].first_seen, rows["Ada"].last_seen, rows["Ada"].count) == (
+        at + timedelta(minutes=120),
+        at + timedelta(minutes=130),
+        1,
+    )

@@ -257,6 +257,7 @@ class FakeCameraWorker:
         self._open: dict[int, int] = {}  # person -> track id
         self._next_track = 1
         self._latest: np.ndarray | None = None
+        self._last: tuple[float, float] | None = None  # (frame t, monotonic) of the latest
         self._lock = threading.Lock()
 
     def _emit(self, events: list[Any]) -> None:
@@ -293,6 +294,7 @@ class FakeCameraWorker:
         for person in [p for p in self._open if p not in seen]:
             self._emit(self.visits.end(self._open.pop(person)))
         self._emit(self.visits.flush(frame.t))
+        self._last = (frame.t, time.monotonic())
         with self._lock:
             self.processed += 1
             self._latest = annotated
@@ -309,6 +311,8 @@ class FakeCameraWorker:
                 if source.status().state in ("ended", "failed", "stopped"):
                     self.finish()
                     return
+                if self._last is not None:  # no frame: time still passes (left events)
+                    self._emit(self.visits.flush(self._last[0] + time.monotonic() - self._last[1]))
                 continue
             self.process(frame)
 

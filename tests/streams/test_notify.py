@@ -168,7 +168,7 @@ def test_settings_are_validated() -> None:
         defaults.backoff_initial_s,
         defaults.backoff_max_s,
         defaults.queue_size,
-    ) == (["arrived", "left"], 6, 1.0, 60.0, 1000)
+    ) == (["arrived", "identified", "corrected", "left"], 6, 1.0, 60.0, 1000)
     assert SECRET not in repr(fast("https://example.com/h"))
     with pytest.raises(ValidationError, match="topic_prefix"):
         MqttSettings(topic_prefix="home/#")

@@ -34,8 +34,11 @@ def events(
     subject_id: Annotated[str | None, Query(description="Only this subject")] = None,
     source: Annotated[str | None, Query(description="Only this camera or door")] = None,
     decision: Annotated[
-        Literal["match", "unknown", "arrived", "left"] | None,
-        Query(description="match / unknown (photos), arrived / left (camera visits)"),
+        Literal["match", "unknown", "arrived", "identified", "corrected", "left"] | None,
+        Query(
+            description="match / unknown (photos), arrived / identified / corrected / left "
+            "(camera visits)"
+        ),
     ] = None,
     since: Annotated[Time | None, Query(description="From this time (ISO 8601)")] = None,
     until: Annotated[Time | None, Query(description="Before this time (ISO 8601)")] = None,
