@@ -9,12 +9,13 @@ YuNet; ``mtcnn``: MTCNN) build on this module, so neither imports the other's ba
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["Detection", "Detector", "Selection", "select_faces"]
+__all__ = ["Detection", "Detector", "Selection", "box_coverage", "box_iou", "select_faces"]
 
 Selection = Literal["largest", "central", "all"]
 
@@ -61,6 +62,24 @@ class Detection:
             landmarks=(self.landmarks * factor).astype(np.float32),
             face_prob=self.face_prob,
         )
+
+
+def box_iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Intersection over union of two ``x1, y1, x2, y2`` boxes (0 when they do not meet)."""
+    ax1, ay1, ax2, ay2 = (float(v) for v in a)
+    bx1, by1, bx2, by2 = (float(v) for v in b)
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_coverage(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """How much of the smaller of two ``x1, y1, x2, y2`` boxes lies in the other (0-1)."""
+    ax1, ay1, ax2, ay2 = (float(v) for v in a)
+    bx1, by1, bx2, by2 = (float(v) for v in b)
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    smaller = min((ax2 - ax1) * (ay2 - ay1), (bx2 - bx1) * (by2 - by1))
+    return inter / smaller if smaller > 0 else 0.0
 
 
 class Detector(ABC):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from marginface.align.detection import Detection
+from marginface.align.detection import Detection, box_coverage
 from marginface.align.quality import FaceQuality, face_quality
 from marginface.config import StrictModel
 from marginface.detection_defaults import DEFAULT_SCORE_THRESHOLD
@@ -206,15 +206,6 @@ def draw_tracks(image: np.ndarray, boxes: Iterable[TrackedBox]) -> np.ndarray:
     return out
 
 
-def _covered(a: np.ndarray, b: np.ndarray) -> float:
-    """How much of the smaller of two boxes lies in the other (0-1)."""
-    ax1, ay1, ax2, ay2 = (float(v) for v in a)
-    bx1, by1, bx2, by2 = (float(v) for v in b)
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    smaller = min((ax2 - ax1) * (ay2 - ay1), (bx2 - bx1) * (by2 - by1))
-    return inter / smaller if smaller > 0 else 0.0
-
-
 def _cut_by_frame(box: np.ndarray, shape: tuple[int, ...], margin: float = 0.05) -> bool:
     """Whether a face box reaches the frame's border (within ``margin`` of its size): the
     face may be partly outside, and a crop padded with black says little about who it is."""
@@ -359,7 +350,7 @@ class CameraWorker:
                 )
                 shown.append((track_id, det))
         for (a, box_a), (b, box_b) in itertools.combinations([(i, d.box) for i, d in shown], 2):
-            if _covered(box_a, box_b) >= 0.4:
+            if box_coverage(box_a, box_b) >= 0.4:
                 self.visits.overlap(a, b)
         for track_id in self.tracker.ended(t):
             events += self.visits.end(track_id)

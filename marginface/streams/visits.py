@@ -55,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from marginface.align.detection import box_iou
 from marginface.align.quality import FaceQuality
 from marginface.config import StrictModel
 from marginface.decision import IdentificationPolicy, one_to_one_threshold
@@ -322,14 +323,6 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return l2_normalize(np.asarray(v, dtype=np.float32).ravel())
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _weighted_mean(faces: list[Evidence]) -> np.ndarray:
     weights = np.asarray([f.quality for f in faces])
     return _unit((weights[:, None] * np.vstack([f.embedding for f in faces])).sum(axis=0))
@@ -378,7 +371,7 @@ class VisitTracker:
         take its track: docs/streams.md.)"""
         if box is None or track.box is None:
             return False
-        return _iou(track.box, np.asarray(box, dtype=np.float64)) < self.settings.smooth_iou
+        return box_iou(track.box, np.asarray(box, dtype=np.float64)) < self.settings.smooth_iou
 
     def wants_embedding(
         self,

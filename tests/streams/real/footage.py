@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.detection import box_iou
+
 HERE = Path(__file__).resolve().parent
 CLIPS = HERE.parents[2].parent / "shared" / "data" / "video-real"
 MIN_IOU = 0.3
@@ -167,9 +169,11 @@ def enrol_people(gallery: Any, pipeline: Any, distractors: Sequence[Path] = ()) 
         crops = []
         for f in chosen:
             box = np.asarray(mine[f][2:6], dtype=np.float32)
-            dets = [d for d in pipeline.detector.detect(images[f]) if _iou(d.box, box) >= MIN_IOU]
+            dets = [
+                d for d in pipeline.detector.detect(images[f]) if box_iou(d.box, box) >= MIN_IOU
+            ]
             if dets:
-                best = max(dets, key=lambda d: _iou(d.box, box))
+                best = max(dets, key=lambda d: box_iou(d.box, box))
                 crops.append(pipeline.aligner.crop(images[f], best.landmarks))
         if not crops:
             raise RuntimeError(f"{person}: no face found in the enrolment frames")
@@ -240,16 +244,6 @@ def run_clip(
 
 
 # -- scoring --------------------------------------------------------------------------------------
-def _iou(a: Any, b: Any) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def match(truth: dict[str, Any], record: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
     """Each system track of one processed frame with the truth box it overlaps most (IoU >=
     :data:`MIN_IOU`, each truth box used once, best overlaps first), or None."""
@@ -260,7 +254,7 @@ def match(truth: dict[str, Any], record: dict[str, Any]) -> list[tuple[dict[str,
     boxes = frame_boxes.get(record["frame"], [])
     pairs = sorted(
         (
-            (_iou(track["box"], b[2:6]), i, j)
+            (box_iou(track["box"], b[2:6]), i, j)
             for i, track in enumerate(record["tracks"])
             for j, b in enumerate(boxes)
         ),

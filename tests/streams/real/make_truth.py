@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from marginface.align.detection import box_iou
+
 HERE = Path(__file__).resolve().parent
 CLIPS = HERE.parents[2].parent / "shared" / "data" / "video-real"
 
@@ -177,14 +179,6 @@ IDENTITIES = {
 }
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def propose(clip: Path, out: Path, upscale: float) -> None:
     """Step 1: detections, tracklets and review pages (see the module's docstring)."""
     import av
@@ -236,7 +230,7 @@ def propose(clip: Path, out: Path, upscale: float) -> None:
             for t, j in last.items():
                 if rows[j]["frame"] < index - 3:
                     continue
-                overlap = _iou(np.array(rows[k]["box"]), np.array(rows[j]["box"]))
+                overlap = box_iou(np.array(rows[k]["box"]), np.array(rows[j]["box"]))
                 small = min(rows[k]["quality"]["size"], rows[j]["quality"]["size"]) < 14
                 if overlap > 0.35 and (float(emb[k] @ emb[j]) > 0.3 or small):
                     pairs.append((overlap, k, t))
