@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from marginface.align.detection import Detection, box_coverage
 from marginface.align.quality import FaceQuality, face_quality
 from marginface.config import StrictModel
-from marginface.detection_defaults import DEFAULT_SCORE_THRESHOLD
+from marginface.detection_defaults import DEFAULT_SCORE_THRESHOLD, DEFAULT_TRACKED_FACE_SIZE
 from marginface.streams.scene import SceneChange
 from marginface.streams.tracking import FaceTracker
 from marginface.streams.visits import TrackState, VisitEvent, VisitSettings, VisitTracker
@@ -94,7 +94,7 @@ class CameraSettings(StrictModel):
         "this many times (1: never): small faces of low-resolution streams are found",
     )
     min_face_size: float = Field(
-        10.0,
+        DEFAULT_TRACKED_FACE_SIZE,
         ge=0.0,
         le=4096.0,
         description="smallest face tracked and counted: its box's shorter side, full-frame px "

@@ -43,4 +43,12 @@ def test_score_ranks_faces() -> None:
     small_blurred = face_quality(FRONTAL / 4, 0.5, np.full((112, 112), 128, np.uint8))
     good = face_quality(FRONTAL, 0.95, None)
     assert good.score > 0.8 > small_blurred.score
-    assert set(good.to_dict()) == {"size", "detection_score", "sharpness", "yaw", "pitch", "score"}
+    assert set(good.to_dict()) == {
+        "size",
+        "detection_score",
+        "sharpness",
+        "yaw",
+        "pitch",
+        "face_prob",
+        "score",
+    }
