@@ -30,6 +30,7 @@ from marginface.gallery.index import (
     VectorIndex,
     create_index,
 )
+from marginface.gallery.likeness import FacesUnlikeError, Unlike, unlike, unlike_each_other
 from marginface.gallery.recognizer import (
     MULTIPLE_FACES,
     EnrollmentError,
@@ -91,6 +92,7 @@ __all__ = [
     "ExactIndex",
     "Face",
     "FaceRecord",
+    "FacesUnlikeError",
     "FaissBinaryIndex",
     "FaissIndex",
     "Gallery",
@@ -109,6 +111,7 @@ __all__ = [
     "Recognizer",
     "StrangerSighting",
     "Subject",
+    "Unlike",
     "VectorIndex",
     "Verification",
     "Visitor",
@@ -119,4 +122,6 @@ __all__ = [
     "redact_url",
     "resolve_threshold",
     "to_jsonable",
+    "unlike",
+    "unlike_each_other",
 ]

@@ -618,6 +618,8 @@ class Gallery:
         name: str | None = None,
         faces: Sequence[int] | None = None,
         force: bool = False,
+        force_mismatch: bool = False,
+        threshold: float | None = None,
     ) -> Subject:
         """Enrol a pending visitor's stored faces into the existing subject ``subject_id`` or
         a NEW subject named ``name`` (one of the two), and mark the visitor ``assigned`` to it,
@@ -627,8 +629,20 @@ class Gallery:
         crops when kept. No retraining: the subject identifies the person at once. Refused with
         :class:`ConflictError` when the visitor is assigned or dismissed already, or, unless
         ``force``, when its mean embedding is identified as another subject at the gallery's
-        current operating point (:meth:`operating_point`): it is probably that person."""
-        return self._visitors.assign(visitor_id, subject_id, name, faces, force)
+        current operating point (:meth:`operating_point`): it is probably that person.
+
+        The faces are held to the rule of every face added to a subject
+        (:mod:`marginface.gallery.likeness`), at the 1:1 ``threshold`` (default: the
+        gallery's verification threshold, explicit or the card's at its FAR): refused with
+        :class:`~marginface.gallery.likeness.FacesUnlikeError` when one of them does not look
+        like the subject's own faces (checked in the write's transaction; ``force_mismatch``
+        stores them anyway), or when one does not look like the others (the grouping mixed
+        people: choose the faces of one person with ``faces``)."""
+        if threshold is None:
+            threshold = resolve_threshold(self.card, self.default_threshold, self.far)
+        return self._visitors.assign(
+            visitor_id, subject_id, name, faces, force, force_mismatch, float(threshold)
+        )
 
     def dismiss_visitor(self, visitor_id: str) -> Visitor:
         """Take a visitor out of the review queue (status ``dismissed``). Its later visits are

@@ -524,8 +524,9 @@ class VisitorAssign(BaseModel):
     )
     force: bool = Field(
         default=False,
-        description="Assign even though the visitor looks like another "
-        "enrolled subject (otherwise 409).",
+        description="Assign even though the visitor looks like another enrolled subject "
+        "(otherwise 409) and, with an admin key only, even though its faces do not look like "
+        "the subject's own (otherwise 422 photo_mismatch; 403 for other keys).",
     )
 
 
