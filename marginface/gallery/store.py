@@ -555,6 +555,19 @@ class Gallery:
         visitors stay (until :meth:`purge_stream_data`). :class:`NotFoundError` when unknown."""
         return self._cameras.delete(camera_id)
 
+    def camera_position(self, camera_id: str) -> float | None:
+        """Where the camera's reading of its URL stopped: the presentation time (seconds) of
+        the last frame it processed of a video file, so that a restart goes on from there
+        instead of recording the file's visits again. None when unknown, or when the camera's
+        URL changed since (a new file is read from its start)."""
+        return self._cameras.position(camera_id)
+
+    def set_camera_position(self, camera_id: str, position_s: float | None) -> None:
+        """Remember where the camera's reading of its current URL stopped (None: forget it,
+        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
+        camera; deleting a camera forgets its position."""
+        self._cameras.set_position(camera_id, position_s)
+
     # -- strangers: visitors and their review ---------------------------------------------------
     def record_stranger(
         self,

@@ -22,6 +22,7 @@ from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
 from marginface.streams.manager import CameraManager
+from marginface.streams.notifier import Notifier
 
 __all__ = ["Service", "build_pipeline", "open_gallery"]
 
@@ -81,13 +82,13 @@ def _limit_blas(threads: int | None) -> Any:
     return limits
 
 
-def _notifiers(settings: ServeSettings) -> list[Any]:
+def _notifiers(settings: ServeSettings) -> list[Notifier]:
     """The webhooks and the MQTT publisher the settings name. None of them waits for its
     receiver; an MQTT publisher without paho-mqtt installed is left out with an error logged,
     so that the service still serves."""
     from marginface.streams.notify import MqttPublisher, Webhook
 
-    notifiers: list[Any] = [Webhook(hook) for hook in settings.webhooks]
+    notifiers: list[Notifier] = [Webhook(hook) for hook in settings.webhooks]
     if settings.mqtt is not None:
         try:
             notifiers.append(MqttPublisher(settings.mqtt))
@@ -135,6 +136,7 @@ class Service:
             gallery,
             pipeline,
             notifiers=_notifiers(settings),
+            policy=settings.source_policy,
             store_crops=settings.store_photos,
             fpir=settings.fpir,
             retention_days=settings.retention_days,

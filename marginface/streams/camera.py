@@ -326,10 +326,10 @@ class CameraWorker:
             latest = self._latest
         return None if latest is None else (latest[0], latest[1])
 
-    def latest_annotated(self) -> np.ndarray | None:
+    def latest_annotated(self, *, names: bool = True) -> np.ndarray | None:
         """The latest processed frame (RGB) with each tracked face's box, track id and name
         drawn (green: named, red: unknown, yellow: not decided yet); drawn now, on a copy.
-        None before the first frame."""
+        ``names=False`` writes ``known`` instead of a name. None before the first frame."""
         import cv2  # heavy: cv2
 
         latest = self.latest()
@@ -343,7 +343,8 @@ class CameraWorker:
             colour = {True: (0, 200, 0), False: (230, 40, 40), None: (240, 200, 0)}[b.known]
             x1, y1, x2, y2 = (round(float(v)) for v in b.box)
             cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-            text = f"{b.label} #{b.track_id}" if b.known is not None else b.label
+            label = b.label if names or not b.known else "known"
+            text = f"{label} #{b.track_id}" if b.known is not None else label
             cv2.putText(
                 out,
                 text,

@@ -257,6 +257,7 @@ class FakeCameraWorker:
         self._open: dict[int, int] = {}  # person -> track id
         self._next_track = 1
         self._latest: np.ndarray | None = None
+        self.names_drawn: bool | None = None  # what the latest snapshot was asked to draw
         self._lock = threading.Lock()
 
     def _emit(self, event: Any) -> None:
@@ -320,8 +321,9 @@ class FakeCameraWorker:
                 "processing_fps": 0.0,
             }
 
-    def latest_annotated(self) -> np.ndarray | None:
+    def latest_annotated(self, *, names: bool = True) -> np.ndarray | None:
         with self._lock:
+            self.names_drawn = names
             return self._latest
 
 

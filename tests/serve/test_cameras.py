@@ -10,6 +10,7 @@ recorder); the sources are the real ones (``push:``, and RTSP for the unreachabl
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.serve.serve_fakes import (
     push_until_processed,
     wait_for,
 )
+from tests.streams.servers import huge_jpeg
 
 SECRET = "pa55-w0rd-xyz"
 
@@ -374,3 +376,100 @@ def test_camera_starts_with_a_client_of_its_own(settings: ServeSettings) -> None
             assert r.status_code == 201
         started = time.monotonic()
     assert time.monotonic() - started < 5.0
+
+
+# -- what a camera may read (issue #25) --------------------------------------------------------
+LOCAL = (
+    "file:///etc/passwd",
+    "/etc/shadow",
+    "/proc/self/environ",
+    "../../../../etc/hostname",
+    "/dev/zero",
+    "/etc",
+    "/etc/no-such-file",
+    "subfile,,start,0,end,100,,:/etc/passwd",
+    "webcam:0",
+    "/dev/video0",
+    "0",
+)
+
+
+def test_local_files_and_devices_are_not_cameras(camera_harness: Harness) -> None:
+    """``POST /v1/cameras`` took ``/etc/passwd`` (FFmpeg rendered it as video in the snapshot)
+    and its errors told a missing file from an existing one."""
+    h = camera_harness
+    admin = h.headers("admin")
+    cam = add_camera(h, "door")
+    for url in LOCAL:
+        r = h.client.post("/v1/cameras", json={"name": "x", "url": url}, headers=admin)
+        assert r.status_code == 422, (url, r.text)
+        message = r.json()["error"]["message"]
+        assert "not allowed" in message and "not found" not in message, message
+        r = h.client.patch(f"/v1/cameras/{cam['id']}", json={"url": url}, headers=admin)
+        assert r.status_code == 422 and "not allowed" in r.json()["error"]["message"]
+    assert h.client.get("/v1/cameras", headers=admin).json()["total"] == 1
+    # a camera stored before (or by another process) fails with the same words at run time
+    gallery = h.client.app.state.service.cameras.gallery
+    legacy = gallery.create_camera("legacy", "/etc/passwd")
+    h.client.post(f"/v1/cameras/{legacy.id}/start", headers=admin)
+    status = wait_for(
+        lambda: (s := camera(h, legacy.id)["status"])["state"] == "failed" and s,
+        what="the legacy camera's refusal",
+    )
+    assert "not allowed" in status["last_error"] and status["frames_read"] == 0
+
+
+def test_media_roots_and_allowed_devices(settings: ServeSettings, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "door.mp4").write_bytes(b"not read at creation")
+    roots = settings.model_copy(update={"media_roots": [media], "allowed_devices": ["/dev/video3"]})
+    with started_harness(roots, camera_options=FAKE_CAMERAS) as h:
+        admin = h.headers("admin")
+        for url in (str(media / "door.mp4"), f"file://{media}/door.mp4", "webcam:3"):
+            r = h.client.post(
+                "/v1/cameras", json={"name": url, "url": url, "enabled": False}, headers=admin
+            )
+            assert r.status_code == 201, (url, r.text)
+        for url in (str(media / ".." / "gallery.db"), "webcam:0"):
+            r = h.client.post("/v1/cameras", json={"name": "x", "url": url}, headers=admin)
+            assert r.status_code == 422 and "not allowed" in r.json()["error"]["message"]
+        r = h.client.post(
+            "/v1/cameras", json={"name": "x", "url": str(media / "gone.mp4")}, headers=admin
+        )
+        assert r.status_code == 422 and "not found" in r.json()["error"]["message"]
+
+
+def test_pushed_frames_pass_the_decompression_bomb_guard(
+    camera_harness: Harness, tmp_path: Path
+) -> None:
+    """``/v1/identify`` refused a 10100x10100 JPEG that a push camera accepted and decoded."""
+    h = camera_harness
+    cid = add_camera(h, "door")["id"]
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    huge = huge_jpeg(tmp_path / "huge.jpg").read_bytes()
+    r = push(h, cid, huge)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_frame"
+    assert "decompression-bomb guard" in r.json()["error"]["message"]
+    r = h.client.post(
+        "/v1/identify",
+        files={"photo": ("huge.jpg", huge, "image/jpeg")},
+        headers=h.headers("recognise"),
+    )
+    assert r.status_code == 400 and "decompression-bomb guard" in r.json()["error"]["message"]
+    status = camera(h, cid)["status"]
+    assert status["frames_corrupt"] == 1 and status["frames_read"] == 0
+
+
+def test_pushed_frames_skipped_are_counted_as_dropped(camera_harness: Harness) -> None:
+    """391 of 400 pushed frames were skipped while ``frames_dropped`` stayed 0."""
+    h = camera_harness
+    cid = add_camera(h, "door", settings={"fps": 0.05})["id"]  # one frame per 20 s is due
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    for _ in range(10):
+        assert push(h, cid, camera_frame((4, 60))).status_code == 202
+    status = camera(h, cid)["status"]
+    assert status["frames_read"] == 10
+    # every frame pushed was processed, is being processed, waits, or was dropped
+    assert 0 <= status["frames_read"] - status["frames_dropped"] - status["frames_processed"] <= 2
+    assert status["frames_dropped"] >= 8

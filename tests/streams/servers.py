@@ -357,3 +357,16 @@ def silent_server() -> Iterator[str]:
         srv.close()
         for conn in held:
             conn.close()
+
+
+def huge_jpeg(path: Path, width: int = 10100, height: int = 10100) -> Path:
+    """A plain JPEG of more than 100 megapixels (a few hundred KB: one colour)."""
+    subprocess.run(
+        [
+            *(require_ffmpeg(), "-v", "error", "-y", "-f", "lavfi"),
+            *("-i", f"color=c=red:s={width}x{height}", "-frames:v", "1", "-q:v", "31", str(path)),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return path
