@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-from marginface.errors import GalleryError
+from marginface.errors import GalleryError, NotFoundError
 from marginface.gallery.csvtext import csv_text
 from marginface.gallery.db import Database
 from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
@@ -117,6 +117,12 @@ class EventLog:
         sql += clause
         params += bounds
         return [_event(r) for r in self._db.query(sql, params)]
+
+    def get(self, event_id: int) -> Event:
+        row = self._db.query_one(f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (int(event_id),))
+        if row is None:
+            raise NotFoundError(f"unknown event {event_id}")
+        return _event(row)
 
     def count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))

@@ -484,6 +484,10 @@ class Gallery:
         ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
         return self._events.select(subject, source, start, end, decision, limit, offset)
 
+    def get_event(self, event_id: int) -> Event:
+        """One logged event; :class:`NotFoundError` when there is none with this id."""
+        return self._events.get(event_id)
+
     def attendance(
         self,
         day: date | str | None = None,

@@ -4,8 +4,15 @@ A key is sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. Keys a
 in the gallery's key table; the service never logs them. Roles, from most to least powerful:
 
 - ``admin``: everything, including API keys, deletions, events and attendance;
-- ``enrol``: create, list, read and rename subjects and add faces to them, plus recognition;
+- ``enrol``: create, list, read and rename subjects and add faces to them, review strangers
+  (their faces), plus recognition;
 - ``recognise``: identify and verify only.
+
+Who was seen where and when is an attendance log: the names (and subject ids) of the people
+the cameras saw are for admin keys, as ``/v1/events`` and ``/v1/attendance`` are. Other keys
+get the decisions (a known person, or a stranger) without names (:func:`may_see_names`);
+strangers' faces are for the reviewers, enrol keys (:func:`may_see_strangers`). The whole
+matrix is in docs/streams.md ("Who sees what").
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ __all__ = [
     "current_key",
     "may_force_mismatch",
     "may_see_candidates",
+    "may_see_names",
+    "may_see_strangers",
     "require_role",
 ]
 
@@ -97,6 +106,18 @@ def may_see_candidates(key: ApiKey, settings: ServeSettings) -> bool:
     """Whether ``/v1/identify`` shows this key each face's runner-up names and scores: enrol
     and admin keys, and recognise keys only where ``recognise_candidates`` is set."""
     return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"] or settings.recognise_candidates
+
+
+def may_see_names(key: ApiKey) -> bool:
+    """Whether this key learns who the cameras saw: the names and subject ids of visits and in
+    a camera's live view (admin keys, like the events and the attendance they make)."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["admin"]
+
+
+def may_see_strangers(key: ApiKey) -> bool:
+    """Whether this key sees strangers' faces and their visitor in the review queue (enrol and
+    admin keys: the reviewers)."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"]
 
 
 def may_force_mismatch(key: ApiKey) -> bool:

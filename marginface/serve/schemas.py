@@ -455,8 +455,14 @@ class VisitOut(BaseModel):
     kind: Literal["arrived", "left"] = Field(
         description="arrived: the visit was decided (a name, or unknown); left: it ended."
     )
-    subject_id: str | None = Field(description="Null for a stranger.")
-    name: str | None
+    known: bool = Field(
+        description="The decision: a named person (true) or a stranger (false). Every key "
+        "gets it; who the person is (subject_id, name) only an admin key."
+    )
+    subject_id: str | None = Field(
+        description="The person seen (admin keys; null for a stranger, and for other keys)."
+    )
+    name: str | None = Field(description="The person's name (admin keys only).")
     score: float | None
     track_id: int | None
     visit_id: int | None
@@ -465,12 +471,14 @@ class VisitOut(BaseModel):
     dwell_s: float | None
     faces: int | None = Field(description="Face embeddings the decision used.")
     visitor_id: str | None = Field(
-        description="A stranger's visitor in /v1/unknowns (on its left event)."
+        description="A stranger's visitor in /v1/unknowns (on its left event; enrol and admin "
+        "keys)."
     )
     face: bool = Field(
         False,
-        description="A thumbnail of the visit's best face is at "
-        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only).",
+        description="A thumbnail of the visit's best face this key may see is at "
+        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only): a stranger's "
+        "for enrol keys, anyone's for admin keys, none for recognise keys.",
     )
 
 

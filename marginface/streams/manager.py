@@ -678,16 +678,21 @@ class CameraManager:
             offset += page
         return out
 
-    def visit_face(self, event_id: int) -> bytes:
+    def visit_face(self, event_id: int) -> tuple[bytes, bool]:
         """The JPEG thumbnail of a recent visit event's best face (kept in memory for the
-        latest visits only). NotFoundError when there is none."""
+        latest visits only), and whether the visit was of a named person (who may see it is
+        the caller's to decide). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
-        if jpeg is None:
+        try:
+            event = self.gallery.get_event(event_id) if jpeg is not None else None
+        except NotFoundError:  # purged meanwhile
+            event = None
+        if jpeg is None or event is None:
             raise NotFoundError(
                 f"no face kept for visit event {event_id} (thumbnails are kept "
                 "in memory for the latest visits only)"
             )
-        return jpeg
+        return jpeg, event.subject_id is not None
 
     # -- housekeeping -------------------------------------------------------------------------
     def purge(self) -> dict[str, Any] | None:

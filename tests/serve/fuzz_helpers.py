@@ -114,7 +114,7 @@ REQUIRED_ROLE: dict[str, str | None] = {
     "GET /v1/cameras/{camera_id}/snapshot.jpg": "recognise",
     "GET /v1/cameras/{camera_id}/visits": "recognise",
     "GET /v1/visits": "recognise",
-    "GET /v1/visits/{event_id}/face.jpg": "recognise",
+    "GET /v1/visits/{event_id}/face.jpg": "enrol",
     "GET /v1/unknowns": "recognise",
     "GET /v1/unknowns/{visitor_id}": "recognise",
     "GET /v1/unknowns/{visitor_id}/faces/{face_id}.png": "enrol",

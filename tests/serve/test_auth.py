@@ -234,7 +234,7 @@ ROUTE_TABLE += [
     ),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200, _camera_req("GET", "/visits")),
     ("GET", "/v1/visits", "recognise", 200, lambda h: _req("GET", "/v1/visits")),
-    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200, _visit_face_req),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "enrol", 200, _visit_face_req),
     ("GET", "/v1/unknowns", "recognise", 200, lambda h: _req("GET", "/v1/unknowns")),
     ("GET", "/v1/unknowns/{visitor_id}", "recognise", 200, _visitor_req("GET")),
     (

@@ -50,7 +50,7 @@ ROUTES: list[tuple[str, str, str, int]] = [
     ("GET", "/v1/cameras/{camera_id}/snapshot.jpg", "recognise", 200),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200),
     ("GET", "/v1/visits", "recognise", 200),
-    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "enrol", 200),
 ]
 RANK = {"recognise": 0, "enrol": 1, "admin": 2}
 
@@ -248,7 +248,7 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
     push_until_processed(h, cid, camera_frame())  # Ada has gone
 
     def both() -> list[dict]:
-        r = h.client.get(f"/v1/cameras/{cid}/visits", headers=h.headers("recognise"))
+        r = h.client.get(f"/v1/cameras/{cid}/visits", headers=h.headers("admin"))
         assert r.status_code == 200
         visits = r.json()["visits"]
         return visits if len(visits) == 2 else []
@@ -261,11 +261,11 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
     assert left["dwell_s"] >= 0 and left["first_seen"] <= left["last_seen"]
     # each visit's best face, kept in memory for the page's recent visits
     assert arrived["face"] and left["face"]
-    r = h.client.get(f"/v1/visits/{arrived['id']}/face.jpg", headers=h.headers("recognise"))
+    r = h.client.get(f"/v1/visits/{arrived['id']}/face.jpg", headers=h.headers("admin"))
     assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
-    r = h.client.get("/v1/visits/999999/face.jpg", headers=h.headers("recognise"))
+    r = h.client.get("/v1/visits/999999/face.jpg", headers=h.headers("admin"))
     assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
-    all_visits = h.client.get("/v1/visits", headers=h.headers("recognise")).json()["visits"]
+    all_visits = h.client.get("/v1/visits", headers=h.headers("admin")).json()["visits"]
     assert [v["id"] for v in all_visits] == [left["id"], arrived["id"]]
     assert camera(h, cid)["status"]["visits"] == 1
 
@@ -473,3 +473,75 @@ def test_pushed_frames_skipped_are_counted_as_dropped(camera_harness: Harness) -
     # every frame pushed was processed, is being processed, waits, or was dropped
     assert 0 <= status["frames_read"] - status["frames_dropped"] - status["frames_processed"] <= 2
     assert status["frames_dropped"] >= 8
+
+
+# -- who sees what (issue #25; docs/streams.md, "Who sees what") -------------------------------
+HIDDEN_FROM = {"recognise": ("subject_id", "name", "visitor_id"), "enrol": ("subject_id", "name")}
+
+
+def test_who_sees_what_of_the_visits(camera_harness: Harness) -> None:
+    """The recognise role got 403 on /v1/events and /v1/attendance but read names, subject
+    ids, cameras and times from /v1/visits, names in the snapshot, and strangers' faces from
+    /v1/visits/{id}/face.jpg. Every cell of the matrix, for every role."""
+    h = camera_harness
+    ada = h.enrol("Ada", make_photo((3, 60)), make_photo((3, 90)))["subject"]
+    cid = add_camera(h, "door", settings=QUICK)["id"]
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    for side in (60, 70, 80):  # Ada and a stranger, side by side
+        push_until_processed(h, cid, camera_frame((3, side), (9, side)))
+    push_until_processed(h, cid, camera_frame())
+
+    def visits(role: str, path: str = "/v1/visits") -> list[dict]:
+        r = h.client.get(path, headers=h.headers(role))
+        assert r.status_code == 200, r.text
+        return r.json()["visits"]
+
+    full = wait_for(lambda: len(v := visits("admin")) == 4 and v, what="four visit events")
+    named = [v for v in full if v["subject_id"] == ada["id"]]
+    stranger = [v for v in full if v["subject_id"] is None]
+    assert len(named) == 2 and len(stranger) == 2 and all(v["known"] for v in named)
+    assert all(v["name"] == "Ada" and v["face"] for v in named)
+    assert all(v["face"] for v in stranger)
+    wanted = {v["id"] for v in full}
+
+    for role in ("recognise", "enrol"):
+        for path in ("/v1/visits", f"/v1/cameras/{cid}/visits"):
+            seen = {v["id"]: v for v in visits(role, path)}
+            assert set(seen) == wanted
+            for original in full:
+                shown = seen[original["id"]]
+                # the decision, the camera and the times: for every key
+                for field in ("kind", "known", "camera", "time", "dwell_s", "score"):
+                    assert shown[field] == original[field], (role, field)
+                for field in HIDDEN_FROM[role]:
+                    assert shown[field] is None, (role, field)
+                stranger_face = role == "enrol" and not original["known"]
+                assert shown["face"] is stranger_face, (role, original["kind"])
+            if role == "enrol":  # the reviewers follow a stranger's visit to the queue
+                left = next(v for v in stranger if v["kind"] == "left")
+                assert left["visitor_id"] and seen[left["id"]]["visitor_id"] == left["visitor_id"]
+
+    # The faces: a stranger's for the reviewers, an enrolled person's for admin keys.
+    face_of = {"named": named[0]["id"], "stranger": stranger[0]["id"]}
+    expected = {
+        ("recognise", "named"): 403,
+        ("recognise", "stranger"): 403,
+        ("enrol", "named"): 403,
+        ("enrol", "stranger"): 200,
+        ("admin", "named"): 200,
+        ("admin", "stranger"): 200,
+    }
+    for (role, whose), status in expected.items():
+        r = h.client.get(f"/v1/visits/{face_of[whose]}/face.jpg", headers=h.headers(role))
+        assert r.status_code == status, (role, whose, r.text)
+
+    # The live view: names drawn for admin keys only.
+    worker = h.client.app.state.service.cameras._runner(cid).worker
+    for role, names in (("recognise", False), ("enrol", False), ("admin", True)):
+        r = h.client.get(f"/v1/cameras/{cid}/snapshot.jpg", headers=h.headers(role))
+        assert r.status_code == 200 and worker.names_drawn is names, role
+
+    # The attendance log itself, as before: admin keys only.
+    for role, status in (("recognise", 403), ("enrol", 403), ("admin", 200)):
+        for path in ("/v1/events", "/v1/attendance"):
+            assert h.client.get(path, headers=h.headers(role)).status_code == status
