@@ -15,7 +15,15 @@ from marginface.gallery.db import Database
 from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
-__all__ = ["ARRIVED", "LEFT", "EventLog", "attendance_csv", "events_csv", "to_timestamp"]
+__all__ = [
+    "ARRIVED",
+    "LEFT",
+    "EventLog",
+    "attendance_csv",
+    "day_bounds",
+    "events_csv",
+    "to_timestamp",
+]
 
 #: The decisions of a camera visit's two events: when the person was decided (``arrived``) and
 #: when the track ended (``left``). A visit counts once in the attendance (its ``arrived``).
@@ -23,6 +31,17 @@ ARRIVED = "arrived"
 LEFT = "left"
 
 _EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
+
+
+def day_bounds(day: date, zone: tzinfo | None) -> tuple[float, float]:
+    """``[start, end)`` of ``day`` in ``zone`` as epoch seconds: from its midnight to the next
+    one (23 or 25 hours on the days clocks change). Every date has bounds, 0001-01-01 and
+    9999-12-31 included (the day after the last representable one ends 24 hours later)."""
+    start = datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+    if day == date.max:
+        return start, start + 86400.0
+    after = day + timedelta(days=1)
+    return start, datetime(after.year, after.month, after.day, tzinfo=zone).timestamp()
 
 
 def to_timestamp(value: datetime | float | int) -> float:
@@ -143,13 +162,12 @@ class EventLog:
                 day = date.fromisoformat(day)
             except ValueError:
                 raise GalleryError(f"date {day!r} is not YYYY-MM-DD") from None
-        start = datetime(day.year, day.month, day.day, tzinfo=zone)
-        end = start + timedelta(days=1)
+        start, end = day_bounds(day, zone)
         sql = (
             "SELECT subject_id, subject_name, ts, source, decision FROM events "
             "WHERE subject_id IS NOT NULL AND ts >= ? AND ts < ?"
         )
-        params: list[Any] = [start.timestamp(), end.timestamp()]
+        params: list[Any] = [start, end]
         if wanted is not None:
             sql += f" AND source IN ({','.join('?' * len(wanted))})"
             params += wanted

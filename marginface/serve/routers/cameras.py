@@ -109,7 +109,7 @@ def create_camera(body: CameraCreate, service: ServiceDep, _key: AdminKey) -> An
     the error. Each face the camera sees is tracked across frames and decided once per visit
     (`arrived`, then `left`), logged as an event with the camera's name as its `source`."""
     with _camera_errors():
-        return service.cameras.create(body.name, body.url, body.settings, body.enabled)
+        return service.cameras.create(body.name, body.url, body.settings.given(), body.enabled)
 
 
 @router.get("/cameras", response_model=CameraListOut, summary="List cameras with their status")
@@ -142,8 +142,9 @@ def update_camera(
     """Change the name, URL, settings (replaced whole) or `enabled`; a running camera restarts
     with the change. Renaming changes the `source` of its future events only."""
     with _camera_errors(camera_id):
+        settings = body.settings.given() if body.settings is not None else None
         return service.cameras.update(
-            camera_id, name=body.name, url=body.url, settings=body.settings, enabled=body.enabled
+            camera_id, name=body.name, url=body.url, settings=settings, enabled=body.enabled
         )
 
 
