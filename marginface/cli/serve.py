@@ -174,6 +174,7 @@ def register(app: typer.Typer) -> None:
         # CLI: keeps marginface --help quick
         from marginface.eval.openset import require_impostors
         from marginface.gallery import resolve_threshold
+        from marginface.serve.auth import admin_key_notice  # heavy: fastapi
         from marginface.serve.service import build_pipeline, open_gallery  # heavy: fastapi
 
         if settings.sqlite_path is not None:
@@ -197,7 +198,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"    {secret}")
             typer.echo(f"It is also stored, readable by you only, in {settings.key_file}")
         else:
-            typer.echo(f"admin key: see {settings.key_file} (created at the first start)")
+            typer.echo(admin_key_notice(gallery, settings.key_file))
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(
                 f"warning: listening on {settings.host}, reachable from other machines; put it "

@@ -31,10 +31,12 @@ from marginface.gallery import ApiKey, Gallery
 from marginface.serve.deps import ServiceDep
 from marginface.serve.errors import ApiError
 from marginface.serve.settings import ServeSettings
+from marginface.urls import redact_url
 
 __all__ = [
     "ROLE_RANK",
     "CurrentKey",
+    "admin_key_notice",
     "bootstrap_admin_key",
     "current_key",
     "may_force_mismatch",
@@ -158,3 +160,31 @@ def bootstrap_admin_key(gallery: Gallery, key_file: Path) -> str | None:
         raise ConfigError(f"cannot write the admin key file {key_file}: {exc}") from None
     log.info("created the first admin key %s; it is stored in %s", record.id, key_file)
     return secret
+
+
+def admin_key_notice(gallery: Gallery, key_file: Path) -> str:
+    """What start-up says about admin keys when none was created: the key file's, when it
+    still holds a working admin key; otherwise the truth (the file is missing, or its key was
+    revoked or is not an admin's) and how to get one. Nothing is printed of any key."""
+    admins = gallery.count_api_keys("admin")
+    create = f"marginface keys create --role admin --db {redact_url(str(gallery.url))}"
+    try:
+        held = key_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return (
+            f"admin keys: {admins} exist; none is in {key_file} (there is no such file). Use "
+            f"yours, or create one with `{create}`"
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        return (
+            f"admin keys: {admins} exist; {key_file} cannot be read ({exc}). Create one with "
+            f"`{create}`"
+        )
+    key = gallery.authenticate(held, touch=False)
+    if key is not None and key.role == "admin":
+        return f"admin key: in {key_file}"
+    why = "was revoked" if key is None else f"is a {key.role!r} key, not an admin's"
+    return (
+        f"the admin key in {key_file} {why}; {admins} admin key(s) exist: use one of them, or "
+        f"create one with `{create}`"
+    )
