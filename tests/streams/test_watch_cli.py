@@ -162,3 +162,21 @@ def test_bad_inputs_give_one_line_errors(
     junk.write_bytes(b"not a video at all" * 100)
     monkeypatch.undo()
     assert junk.name in _error(["watch", str(junk), "--db", db], capsys, started=True)
+
+
+def test_watching_a_file_shows_how_far_it_is(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
+    """Issue #25: the docs promised a progress bar for a file and none appeared (a terminal
+    that reported no size got an empty bar). A terminal shows the bar; a pipe or a log gets a
+    line at every tenth of the file."""
+    from tests.terminal import run_in_terminal
+
+    video, _ = scene_videos["stranger"]
+    code, shown = run_in_terminal(["watch", str(video), "--db", str(enrolled_gallery_path)])
+    assert code == 0, shown
+    assert "watching:" in shown and "%|" in shown and " s [" in shown, shown[-2000:]
+    code, _, err = run_cli(["watch", str(video), "--db", str(enrolled_gallery_path)], capsys)
+    assert code == ExitCode.SUCCESS, err
+    lines = [line for line in err.splitlines() if line.startswith("watched ")]
+    assert len(lines) >= 5 and lines[0].endswith("(10 %)"), err
