@@ -29,7 +29,7 @@ from tests.serve.serve_fakes import (
     camera_frame,
     wait_for,
 )
-from tests.streams.servers import make_video
+from tests.streams.servers import free_port, make_video
 
 QUICK_RESTARTS = {"restart_initial_s": 0.05, "restart_max_s": 0.2, "state_every_s": 0.1}
 
@@ -212,6 +212,7 @@ class FakeNotifier:
 
     def __init__(self, name: str = "FakeNotifier") -> None:
         self.states: list[tuple[str, str]] = []
+        self.published: list[dict] = []
         self.events: list[VisitEvent] = []
         self.closed = False
 
@@ -220,6 +221,7 @@ class FakeNotifier:
 
     def publish_state(self, camera: str, status: dict) -> None:
         self.states.append((camera, status["state"]))
+        self.published.append(dict(status))
 
     def status(self, camera: str | None = None) -> dict:
         sent = [e for e in self.events if camera is None or e.camera == camera]
@@ -444,3 +446,25 @@ def test_each_camera_counts_its_own_notifications(gallery: Gallery) -> None:
         m.close()
     assert (door_gallery["events"], door_fake["sent"]) == (2, 2)
     assert (hall_gallery["events"], hall_fake["sent"]) == (0, 0)
+
+
+def test_a_token_in_a_camera_url_is_never_shown(gallery: Gallery) -> None:
+    """Issue #25: a token given as an RTSP user name (rtsp://TOKEN@host/...) was shown to the
+    recognise role and in MQTT's retained state."""
+    token = "tok3n-0123456789abcdef"
+    notifier = FakeNotifier()
+    m = CameraManager(gallery, FakePipeline(), notifiers=[notifier], **QUICK_RESTARTS)
+    m.start()
+    try:
+        url = f"rtsp://{token}@127.0.0.1:{free_port()}/live"
+        cam = m.create("gate", url)
+        assert cam["url"] == url.replace(token, "***")
+        wait_for(
+            lambda: m.status(cam["id"])["last_error"] and notifier.published,
+            timeout=15,
+            what="an error and a published state",
+        )
+        shown = [m.get(cam["id"]), m.list_cameras(), m.statuses(), notifier.published]
+    finally:
+        m.close()
+    assert token not in str(shown)
