@@ -370,3 +370,20 @@ def huge_jpeg(path: Path, width: int = 10100, height: int = 10100) -> Path:
         timeout=120,
     )
     return path
+
+
+#: Local files, devices and FFmpeg protocol syntax that issue #25 used as camera URLs; the
+#: service refuses each as "not allowed", whether it exists or not.
+LOCAL_SOURCES = (
+    "file:///etc/passwd",
+    "/etc/shadow",
+    "/proc/self/environ",
+    "../../../../etc/hostname",
+    "/dev/zero",
+    "/etc",
+    "/etc/no-such-file",
+    "subfile,,start,0,end,100,,:/etc/passwd",
+    "webcam:0",
+    "/dev/video0",
+    "0",
+)
