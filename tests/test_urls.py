@@ -76,3 +76,12 @@ def test_parse_url_rules() -> None:
     with pytest.raises(UrlError) as err:
         parse_url("ftp://u:s3cret@h/x", schemes=("http",))
     assert "s3cret" not in str(err.value)
+
+
+def test_a_gallery_url_with_a_password_is_never_echoed() -> None:
+    from marginface.errors import GalleryError
+    from marginface.gallery.db import normalise_url
+
+    with pytest.raises(GalleryError, match="unsupported gallery URL") as err:
+        normalise_url("mysql://admin:s3cret@db.lan/gallery")
+    assert "s3cret" not in str(err.value) and "admin:***@db.lan" in str(err.value)

@@ -176,6 +176,7 @@ def register(app: typer.Typer) -> None:
         from marginface.gallery import resolve_threshold
         from marginface.serve.auth import admin_key_notice  # heavy: fastapi
         from marginface.serve.service import build_pipeline, open_gallery  # heavy: fastapi
+        from marginface.urls import redact_url
 
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def register(app: typer.Typer) -> None:
             raise
 
         typer.echo(f"marginface service: {settings.url}  (API docs: {settings.url}docs)")
-        typer.echo(f"gallery: {settings.gallery_url}")
+        typer.echo(f"gallery: {redact_url(settings.gallery_url)}")  # a password stays unshown
         if secret is not None:
             typer.secho("Admin API key (shown once; paste it into the web page):", bold=True)
             typer.echo(f"    {secret}")

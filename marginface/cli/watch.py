@@ -171,6 +171,7 @@ def watch(
     from marginface.gallery import Gallery, default_gallery_url
     from marginface.gallery.db import require_existing
     from marginface.streams.sources import open_source
+    from marginface.urls import redact_url
 
     require_existing(db if db is not None else default_gallery_url())
     stream = open_source(source, fps=settings.fps)  # ConfigError / DataError at once
@@ -192,7 +193,7 @@ def watch(
         )
         if gallery.count_subjects() == 0:
             raise GalleryError(
-                f"the gallery {gallery.url} has no subjects: enrol people first "
+                f"the gallery {redact_url(str(gallery.url))} has no subjects: enrol people first "
                 "(marginface enroll NAME PHOTOS...)"
             )
         point = gallery.operating_point()  # GalleryError: a card without an impostor table
