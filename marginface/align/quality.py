@@ -65,7 +65,7 @@ class FaceQuality:
             return False
         return abs(self.yaw) <= MAX_YAW and PITCH_RANGE[0] <= self.pitch <= PITCH_RANGE[1]
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {
             "size": round(self.size, 1),
             "detection_score": round(self.detection_score, 4),

@@ -22,6 +22,7 @@ from marginface.cli.gallery_access import (
     console,
     emit_json,
     open_gallery,
+    progress,
 )
 from marginface.errors import ConfigError, GalleryError
 
@@ -94,17 +95,19 @@ def _recognizer(
     policy = IdentificationPolicy(
         fpir=fpir, threshold=threshold, k=DEFAULT_K if k is None else k, far=far
     )
-    pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
+    with progress(f"loading the model {model!r} and the detector {detector!r}"):
+        pipeline = Pipeline.from_names(model=model, detector=detector, selection="all")
     card = pipeline.embedder.card
-    gallery = Gallery.open(
-        db,
-        model_name=pipeline.embedder.name,
-        dim=pipeline.embedder.embedding_dim,
-        index=index,
-        card=card,
-        policy=policy,
-        create=create,
-    )
+    with progress(f"opening the gallery and its {index} index"):
+        gallery = Gallery.open(
+            db,
+            model_name=pipeline.embedder.name,
+            dim=pipeline.embedder.embedding_dim,
+            index=index,
+            card=card,
+            policy=policy,
+            create=create,
+        )
     if threshold is not None and (card.calibration is None or not card.calibration.thresholds):
         typer.secho(
             f"warning: model {card.name!r} is not calibrated; using the threshold "
@@ -175,10 +178,11 @@ def enroll(
         store_crops=store_crops,
     )
     try:
-        if to is not None:
-            result = rec.add_photos(to, [str(p) for p in photos], force=force)
-        else:
-            result = rec.enroll(name, [str(p) for p in photos], metadata=meta, force=force)
+        with progress(f"enrolling {len(photos)} photo(s)"):
+            if to is not None:
+                result = rec.add_photos(to, [str(p) for p in photos], force=force)
+            else:
+                result = rec.enroll(name, [str(p) for p in photos], metadata=meta, force=force)
     finally:
         rec.gallery.close()
     if as_json:

@@ -10,6 +10,10 @@ The gallery itself is imported inside the functions, so ``marginface --help`` do
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -19,7 +23,15 @@ if TYPE_CHECKING:
 
     from marginface.gallery import Gallery
 
-__all__ = ["DB_HELP", "DB_OPTION", "JSON_OPTION", "console", "emit_json", "open_gallery"]
+__all__ = [
+    "DB_HELP",
+    "DB_OPTION",
+    "JSON_OPTION",
+    "console",
+    "emit_json",
+    "open_gallery",
+    "progress",
+]
 
 DB_HELP = (
     "gallery: a SQLite file, sqlite:///path or postgresql://...; default "
@@ -52,3 +64,21 @@ def open_gallery(db: str | None, index: str = "exact") -> Gallery:
     from marginface.gallery import Gallery  # CLI: keeps marginface --help quick
 
     return Gallery.open(db, index=index, create=False)
+
+
+@contextmanager
+def progress(what: str) -> Iterator[None]:
+    """A slow step shown while it runs: on a terminal, a spinner with ``what`` on stderr and
+    then the seconds it took (loading the models and the gallery's index takes seconds, and a
+    first run much longer: it was silent for 54 s); nothing when stderr is not a terminal, so
+    pipes and scripts read only the results."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console  # CLI: keeps marginface --help quick
+
+    err = Console(stderr=True)
+    started = time.monotonic()
+    with err.status(f"{what} ..."):
+        yield
+    err.print(f"{what}: {time.monotonic() - started:.1f} s", style="dim", highlight=False)

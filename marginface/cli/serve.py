@@ -173,7 +173,9 @@ def register(app: typer.Typer) -> None:
         check_port_free(settings.host, settings.port)  # before seconds of model loading
         # CLI: keeps marginface --help quick; marginface.serve.service imports fastapi (heavy)
         from marginface.decision import require_impostors
+        from marginface.serve.auth import admin_key_notice  # heavy: fastapi
         from marginface.serve.service import build_pipeline, identification_policy, open_gallery
+        from marginface.urls import redact_url
 
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,13 +193,13 @@ def register(app: typer.Typer) -> None:
             raise
 
         typer.echo(f"marginface service: {settings.url}  (API docs: {settings.url}docs)")
-        typer.echo(f"gallery: {settings.gallery_url}")
+        typer.echo(f"gallery: {redact_url(settings.gallery_url)}")  # a password stays unshown
         if secret is not None:
             typer.secho("Admin API key (shown once; paste it into the web page):", bold=True)
             typer.echo(f"    {secret}")
             typer.echo(f"It is also stored, readable by you only, in {settings.key_file}")
         else:
-            typer.echo(f"admin key: see {settings.key_file} (created at the first start)")
+            typer.echo(admin_key_notice(gallery, settings.key_file))
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(
                 f"warning: listening on {settings.host}, reachable from other machines; put it "

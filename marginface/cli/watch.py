@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -396,6 +397,53 @@ def _summary(printer: _Printer, worker: CameraWorker, elapsed: float) -> None:
         )
 
 
+class _FileProgress:
+    """How far a video file has been watched, on stderr: a bar on a terminal, else a line at
+    every tenth of the file (every 30 s of video when its length is unknown), for logs and
+    pipes. The bar's size is the terminal's, or 80x24 for a terminal that reports none
+    (tqdm's own measure then hid the bar: the promised progress bar never showed)."""
+
+    def __init__(self, name: str, total: float | None) -> None:
+        self.name = name
+        self.total = total if total and total > 0 else None
+        self.bar: Any = None
+        self.next_line = 0.0
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm  # CLI: keeps marginface --help quick
+
+            size = shutil.get_terminal_size()  # 80x24 where the terminal says 0
+            self.bar = tqdm(
+                total=round(self.total, 1) if self.total else None,
+                unit="s",
+                desc="watching",
+                ncols=size.columns,
+                nrows=size.lines,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]",
+            )
+        else:
+            self.next_line = self.total / 10 if self.total else 30.0
+
+    def __call__(self, frame: Any, events: list[Any]) -> None:
+        t = float(frame.t)
+        if self.bar is not None:
+            self.bar.n = round(t, 1)
+            self.bar.refresh()
+        elif t >= self.next_line:
+            if self.total:
+                share = min(100, round(100 * t / self.total))
+                line = f"watched {t:.1f} of {self.total:.1f} s of {self.name} ({share} %)"
+                self.next_line += self.total / 10
+            else:
+                line = f"watched {t:.0f} s of {self.name}"
+                self.next_line += 30.0
+            typer.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _run(
     worker: CameraWorker,
     stream: Source,
@@ -404,7 +452,7 @@ def _run(
     video: _AnnotatedVideo | None,
 ) -> None:
     """Run the worker until the file ends, or until Ctrl-C / SIGTERM (live sources: the
-    normal way to stop), with a progress bar on stderr for files when it is a terminal;
+    normal way to stop), showing how far a file has been watched (:class:`_FileProgress`);
     ``--tracks-jsonl`` and ``--annotate`` are written as the frames come."""
     stop = threading.Event()
     handlers: dict[signal.Signals, Any] = {}
@@ -412,20 +460,8 @@ def _run(
     if in_main:
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
-    bar = None
+    bar = None if stream.live else _FileProgress(Path(source).name, _duration_s(source))
     try:
-        if not stream.live and sys.stderr.isatty():
-            from tqdm.auto import tqdm  # CLI: keeps marginface --help quick
-
-            total = _duration_s(source)
-            bar = tqdm(
-                total=round(total, 1) if total else None,
-                unit="s",
-                desc="watching",
-                dynamic_ncols=True,
-                file=sys.stderr,
-                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]",
-            )
 
         def on_frame(frame: Frame, events: list[VisitEvent]) -> None:
             if frame.due and tracks is not None:
@@ -436,8 +472,7 @@ def _run(
                 drawn = worker.latest_annotated(frame.image)
                 video.write(drawn if drawn is not None else frame.image)
             if bar is not None:
-                bar.n = round(float(frame.t), 1)
-                bar.refresh()
+                bar(frame, events)
 
         worker.run(stream, stop, on_frame=on_frame)
     finally:

@@ -33,6 +33,7 @@ from marginface.gallery.index import (
     VectorIndex,
     create_index,
 )
+from marginface.gallery.likeness import FacesUnlikeError, Unlike, unlike, unlike_each_other
 from marginface.gallery.recognizer import (
     MULTIPLE_FACES,
     EnrollmentError,
@@ -86,6 +87,7 @@ __all__ = [
     "ExactIndex",
     "Face",
     "FaceRecord",
+    "FacesUnlikeError",
     "FaissBinaryIndex",
     "FaissIndex",
     "Gallery",
@@ -104,6 +106,7 @@ __all__ = [
     "Recognizer",
     "StrangerSighting",
     "Subject",
+    "Unlike",
     "VectorIndex",
     "Verification",
     "Visitor",
@@ -112,4 +115,6 @@ __all__ = [
     "default_gallery_url",
     "redact_url",
     "to_jsonable",
+    "unlike",
+    "unlike_each_other",
 ]

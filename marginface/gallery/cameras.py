@@ -9,7 +9,9 @@ camera's events. Every write is one committed transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,6 +30,12 @@ MAX_CAMERA_NAME_LENGTH = 100
 MAX_CAMERA_URL_LENGTH = 2000
 
 _COLS = "id, name, url, settings, enabled, created_at, updated_at"
+#: ``meta`` key of a camera's reading position (a file read to this presentation time).
+_POSITION_KEY = "camera_position:"
+
+
+def _url_digest(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
 def _camera(row: Sequence[Any]) -> Camera:
@@ -145,4 +153,33 @@ class CameraStore:
         with self._db.transaction():
             camera = self.get(id_or_name)
             self._db.execute("DELETE FROM cameras WHERE id = ?", (camera.id,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (_POSITION_KEY + camera.id,))
         return camera
+
+    # -- reading positions ----------------------------------------------------------------------
+    def position(self, camera_id: str) -> float | None:
+        row = self._db.query_one(
+            "SELECT value FROM meta WHERE key = ?", (_POSITION_KEY + camera_id,)
+        )
+        camera = self._find(camera_id)
+        if row is None or camera is None:
+            return None
+        try:
+            stored = json.loads(row[0])
+            position = float(stored["position_s"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if stored.get("url") != _url_digest(camera.url) or not math.isfinite(position):
+            return None  # the camera reads another file now: from its start
+        return position
+
+    def set_position(self, camera_id: str, position_s: float | None) -> None:
+        key = _POSITION_KEY + camera_id
+        if position_s is not None and not (math.isfinite(position_s) and position_s >= 0):
+            raise GalleryError("a reading position is a finite number of seconds, >= 0")
+        with self._db.transaction():
+            camera = self.get(camera_id)
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            if position_s is not None:
+                value = json.dumps({"url": _url_digest(camera.url), "position_s": position_s})
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -27,6 +27,7 @@ from marginface.errors import ConflictError, GalleryError, NotFoundError, Storag
 from marginface.extras import install_hint
 from marginface.gallery import schema
 from marginface.gallery.schema import SCHEMA_VERSION
+from marginface.urls import redact_url
 
 __all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url", "require_existing"]
 
@@ -90,10 +91,13 @@ def normalise_url(url: str | Path) -> tuple[str, str]:
         if not text.startswith("/") and re.match(r"^[A-Za-z]:", text) is None:
             text = text  # relative path
     elif text.startswith("sqlite://"):
-        raise GalleryError(f"unsupported SQLite URL {url!r}: use sqlite:///path/to/gallery.db")
+        raise GalleryError(
+            f"unsupported SQLite URL {redact_url(text)!r}: use sqlite:///path/to/gallery.db"
+        )
     elif "://" in text:
         raise GalleryError(
-            f"unsupported gallery URL {url!r}: use a file path, sqlite:///path or postgresql://..."
+            f"unsupported gallery URL {redact_url(text)!r}: use a file path, sqlite:///path or "
+            "postgresql://..."
         )
     return "sqlite", str(Path(text).expanduser())
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-from marginface.errors import GalleryError
+from marginface.errors import GalleryError, NotFoundError
 from marginface.gallery.csvtext import csv_text
 from marginface.gallery.db import Database
 from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
@@ -23,6 +23,7 @@ __all__ = [
     "VISIT_DECISIONS",
     "EventLog",
     "attendance_csv",
+    "day_bounds",
     "events_csv",
     "to_timestamp",
 ]
@@ -38,6 +39,17 @@ LEFT = "left"
 VISIT_DECISIONS = (ARRIVED, IDENTIFIED, CORRECTED)
 
 _EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
+
+
+def day_bounds(day: date, zone: tzinfo | None) -> tuple[float, float]:
+    """``[start, end)`` of ``day`` in ``zone`` as epoch seconds: from its midnight to the next
+    one (23 or 25 hours on the days clocks change). Every date has bounds, 0001-01-01 and
+    9999-12-31 included (the day after the last representable one ends 24 hours later)."""
+    start = datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+    if day == date.max:
+        return start, start + 86400.0
+    after = day + timedelta(days=1)
+    return start, datetime(after.year, after.month, after.day, tzinfo=zone).timestamp()
 
 
 def to_timestamp(value: datetime | float | int) -> float:
@@ -133,6 +145,12 @@ class EventLog:
         params += bounds
         return [_event(r) for r in self._db.query(sql, params)]
 
+    def get(self, event_id: int) -> Event:
+        row = self._db.query_one(f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (int(event_id),))
+        if row is None:
+            raise NotFoundError(f"unknown event {event_id}")
+        return _event(row)
+
     def count(self) -> int:
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))
 
@@ -157,13 +175,12 @@ class EventLog:
                 day = date.fromisoformat(day)
             except ValueError:
                 raise GalleryError(f"date {day!r} is not YYYY-MM-DD") from None
-        start = datetime(day.year, day.month, day.day, tzinfo=zone)
-        end = start + timedelta(days=1)
+        start, end = day_bounds(day, zone)
         sql = (
             "SELECT subject_id, subject_name, ts, source, decision, details FROM events "
             "WHERE (subject_id IS NOT NULL OR decision = ?) AND ts >= ? AND ts < ?"
         )
-        params: list[Any] = [CORRECTED, start.timestamp(), end.timestamp()]
+        params: list[Any] = [CORRECTED, start, end]
         if wanted is not None:
             sql += f" AND source IN ({','.join('?' * len(wanted))})"
             params += wanted

@@ -17,6 +17,7 @@ from marginface.align.image import describe_source
 from marginface.decision import IdentificationPolicy, OperatingPoint
 from marginface.embed import FaceLike, FacePipeline, Pipeline, l2_normalize
 from marginface.errors import ConflictError, GalleryError, ImageError, NoFaceError, NotFoundError
+from marginface.gallery.likeness import unlike
 from marginface.gallery.store import Gallery
 from marginface.gallery.subjects import Guard
 from marginface.gallery.types import (
@@ -429,11 +430,10 @@ class Recognizer:
                     )
                     continue
             mismatch = None
-            if subject is not None and len(existing):
-                best, thr = float((existing @ emb).max()), self.threshold()
-                if best < thr:
+            if subject is not None:  # the one rule for faces added to a subject
+                for unlike_it in unlike(existing, emb, self.threshold()):
                     mismatch = PhotoConflict(
-                        subject.id, subject.name, round(best, 4), round(thr, 4)
+                        subject.id, subject.name, unlike_it.score, unlike_it.threshold
                     )
             other = None
             if self.gallery.dim is not None:
@@ -624,6 +624,33 @@ class Recognizer:
             subject=self.gallery.get_subject(subject_id),
             photos=self._with_ids(outcomes, ids),
             created=False,
+        )
+
+    def assign_visitor(
+        self,
+        visitor_id: str,
+        *,
+        subject_id: str | None = None,
+        name: str | None = None,
+        faces: Sequence[int] | None = None,
+        force: bool = False,
+        force_mismatch: bool | None = None,
+    ) -> Subject:
+        """:meth:`Gallery.assign_visitor` held to the rule of :meth:`add_photos`: faces unlike
+        the subject's own (below the 1:1 threshold, :meth:`threshold`) are refused
+        (:class:`~marginface.gallery.likeness.FacesUnlikeError`) unless ``force`` and
+        ``force_mismatch`` (default: ``force``; the service gives it to admin keys only),
+        and a visitor whose chosen faces do not look like each other is refused until the
+        faces of one person are chosen (``faces``)."""
+        may_force_mismatch = force if force_mismatch is None else bool(force_mismatch)
+        return self.gallery.assign_visitor(
+            visitor_id,
+            subject_id=subject_id,
+            name=name,
+            faces=faces,
+            force=force,
+            force_mismatch=force and may_force_mismatch,
+            threshold=self.threshold(),
         )
 
     # -- identification -------------------------------------------------------------------------

@@ -466,6 +466,10 @@ class Gallery:
         ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
         return self._events.select(subject, source, start, end, decision, limit, offset)
 
+    def get_event(self, event_id: int) -> Event:
+        """One logged event; :class:`NotFoundError` when there is none with this id."""
+        return self._events.get(event_id)
+
     def attendance(
         self,
         day: date | str | None = None,
@@ -536,6 +540,19 @@ class Gallery:
         """Remove a camera (found by id, else name) and return its record; its events and
         visitors stay (until :meth:`purge_stream_data`). :class:`NotFoundError` when unknown."""
         return self._cameras.delete(camera_id)
+
+    def camera_position(self, camera_id: str) -> float | None:
+        """Where the camera's reading of its URL stopped: the presentation time (seconds) of
+        the last frame it processed of a video file, so that a restart goes on from there
+        instead of recording the file's visits again. None when unknown, or when the camera's
+        URL changed since (a new file is read from its start)."""
+        return self._cameras.position(camera_id)
+
+    def set_camera_position(self, camera_id: str, position_s: float | None) -> None:
+        """Remember where the camera's reading of its current URL stopped (None: forget it,
+        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
+        camera; deleting a camera forgets its position."""
+        self._cameras.set_position(camera_id, position_s)
 
     # -- strangers: visitors and their review ---------------------------------------------------
     def record_stranger(
@@ -613,6 +630,8 @@ class Gallery:
         name: str | None = None,
         faces: Sequence[int] | None = None,
         force: bool = False,
+        force_mismatch: bool = False,
+        threshold: float | None = None,
     ) -> Subject:
         """Enrol a pending visitor's stored faces into the existing subject ``subject_id`` or
         a NEW subject named ``name`` (one of the two), and mark the visitor ``assigned`` to it,
@@ -622,8 +641,21 @@ class Gallery:
         crops when kept. No retraining: the subject identifies the person at once. Refused with
         :class:`ConflictError` when the visitor is assigned or dismissed already, or, unless
         ``force``, when its mean embedding is identified as another subject at the gallery's
-        current operating point (:meth:`operating_point`): it is probably that person."""
-        return self._visitors.assign(visitor_id, subject_id, name, faces, force)
+        current operating point (:meth:`operating_point`): it is probably that person.
+
+        The faces are held to the rule of every face added to a subject
+        (:mod:`marginface.gallery.likeness`), at the 1:1 ``threshold`` (default: the
+        policy's verification threshold, :meth:`IdentificationPolicy.verification_threshold`):
+        refused with
+        :class:`~marginface.gallery.likeness.FacesUnlikeError` when one of them does not look
+        like the subject's own faces (checked in the write's transaction; ``force_mismatch``
+        stores them anyway), or when one does not look like the others (the grouping mixed
+        people: choose the faces of one person with ``faces``)."""
+        if threshold is None:
+            threshold = self.policy.verification_threshold(self.card)
+        return self._visitors.assign(
+            visitor_id, subject_id, name, faces, force, force_mismatch, float(threshold)
+        )
 
     def dismiss_visitor(self, visitor_id: str) -> Visitor:
         """Take a visitor out of the review queue (status ``dismissed``). Its later visits are

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
 from marginface.decision.operating_point import OperatingPoint
+from marginface.urls import redact_url
 
 __all__ = [
     "ROLES",
@@ -314,34 +313,6 @@ class ApiKey(_Record):
 #: (enrolled into a subject) or ``dismissed`` (not wanted; see :meth:`Gallery.dismiss_visitor`).
 VISITOR_STATUSES: tuple[str, ...] = ("pending", "assigned", "dismissed")
 
-#: Query parameters of a camera URL whose values are secrets (redacted like a password).
-_SECRET_PARAMS = re.compile(r"^(pass(word|wd)?|pwd|secret|token|key|api_?key|auth)$", re.I)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (``rtsp://user:pass@host``) and secret-looking query values
-    (``?password=...``, ``token``, ``key``) replaced by ``***``; other text is unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAMS.match(k) for k, _ in pairs):
-            query = urlencode(
-                [(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*"
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
 
 @dataclass(frozen=True)
 class Camera(_Record):
@@ -359,7 +330,8 @@ class Camera(_Record):
 
     @property
     def redacted_url(self) -> str:
-        """The URL with its password and secret query values hidden (:func:`redact_url`)."""
+        """The URL with its credentials and secret query values hidden
+        (:func:`marginface.urls.redact_url`)."""
         return redact_url(self.url)
 
     def to_dict(self, redact: bool = True) -> dict[str, Any]:

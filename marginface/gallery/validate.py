@@ -7,8 +7,10 @@ once stored can always be listed, serialised and exported again.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 import unicodedata
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "clean_name",
     "metadata_json",
+    "name_pattern",
 ]
 
 #: Longest display name, in characters after normalisation.
@@ -68,6 +71,46 @@ def clean_name(value: str, *, what: str = "name", max_length: int = MAX_NAME_LEN
     if all(unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in text):
         raise GalleryError(f"the {what} has no visible character")
     return text
+
+
+def _ranges(chars: Any) -> str:
+    """A regular-expression character class body for the code points ``chars`` (sorted)."""
+    runs: list[tuple[int, int]] = []
+    for cp in chars:
+        if runs and runs[-1][1] == cp - 1:
+            runs[-1] = (runs[-1][0], cp)
+        else:
+            runs.append((cp, cp))
+
+    def esc(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}"
+
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in runs)
+
+
+@functools.cache
+def name_pattern() -> str:
+    """:func:`clean_name`'s character rules as one regular expression, for the ``pattern`` of
+    a JSON schema (the OpenAPI document states the limit the service enforces): no control
+    character or bidirectional override, and at least one character outside the invisible
+    categories (surrogates, which are not characters, are left to the rule itself). Built
+    from this Python's Unicode tables, as the rule is; astral code points are written
+    ``\\UXXXXXXXX``, which Python's ``re`` and the Rust engine of jsonschema-rs read alike.
+    The length limit is the field's ``maxLength``; white space around a name is allowed (it
+    is stripped)."""
+    forbidden: list[int] = []
+    invisible: list[int] = []
+    for cp in range(sys.maxunicode + 1):
+        cat = unicodedata.category(chr(cp))
+        if cat == "Cs":  # not characters: JSON text cannot hold them, regex engines refuse them
+            continue
+        if cat == "Cc" or chr(cp) in _BIDI_CONTROLS:
+            forbidden.append(cp)
+        elif cat in _INVISIBLE_CATEGORIES:
+            invisible.append(cp)
+    allowed = f"[^{_ranges(forbidden)}]"
+    visible = f"[^{_ranges(sorted(forbidden + invisible))}]"
+    return f"^{allowed}*{visible}{allowed}*$"
 
 
 def _check_value(value: Any, depth: int, counts: list[int], path: str) -> None:

@@ -42,6 +42,7 @@ from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError, NotFoundError
 from marginface.gallery.db import Database
 from marginface.gallery.events import to_timestamp
+from marginface.gallery.likeness import FacesUnlikeError, unlike, unlike_each_other
 from marginface.gallery.model import EmbeddingModel
 from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.types import (
@@ -371,6 +372,8 @@ class VisitorStore:
         name: str | None,
         faces: Sequence[int] | None,
         force: bool,
+        force_mismatch: bool,
+        threshold: float,
     ) -> Subject:
         if (subject_id is None) == (name is None):
             raise GalleryError(
@@ -400,6 +403,16 @@ class VisitorStore:
         if len(rows) != len(chosen):  # purged meanwhile
             raise ConflictError(f"faces of visitor {visitor.id} changed meanwhile; try again")
         vecs = np.vstack([_vector(rows[f][0]) for f in chosen])
+        mixed = unlike_each_other(vecs, threshold)
+        if mixed:
+            raise FacesUnlikeError(
+                f"the faces of visitor {visitor.id} do not all look alike (faces "
+                + ", ".join(f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in mixed)
+                + f" to the others, below the 1:1 threshold {threshold:.3f}): the camera "
+                "grouped more than one person; assign the faces of one person (`faces`)",
+                reason="each_other",
+                faces=[(chosen[u.index], u) for u in mixed],
+            )
         crop_list = [bytes(rows[f][1]) if rows[f][1] is not None else None for f in chosen]
         crops = crop_list if any(c is not None for c in crop_list) else None
         if not force:
@@ -407,6 +420,22 @@ class VisitorStore:
         sid = target.id if target is not None else secrets.token_hex(8)
 
         def mark_assigned() -> None:  # inside the enrolment's transaction
+            if target is not None and not force_mismatch:
+                _, own = self._subjects.embeddings(target.id)
+                refused = unlike(own, vecs, threshold)
+                if refused:
+                    raise FacesUnlikeError(
+                        f"visitor {visitor.id} does not look like {target.name!r} "
+                        f"({target.id}): faces "
+                        + ", ".join(
+                            f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in refused
+                        )
+                        + f" to the subject's faces, below the 1:1 threshold {threshold:.3f}",
+                        reason="subject",
+                        faces=[(chosen[u.index], u) for u in refused],
+                        subject_id=target.id,
+                        name=target.name,
+                    )
             changed = self._db.execute(
                 "UPDATE visitors SET status = 'assigned', subject_id = ?, updated_at = ? "
                 "WHERE id = ? AND status = 'pending'",

@@ -4,8 +4,15 @@ A key is sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. Keys a
 in the gallery's key table; the service never logs them. Roles, from most to least powerful:
 
 - ``admin``: everything, including API keys, deletions, events and attendance;
-- ``enrol``: create, list, read and rename subjects and add faces to them, plus recognition;
+- ``enrol``: create, list, read and rename subjects and add faces to them, review strangers
+  (their faces), plus recognition;
 - ``recognise``: identify and verify only.
+
+Who was seen where and when is an attendance log: the names (and subject ids) of the people
+the cameras saw are for admin keys, as ``/v1/events`` and ``/v1/attendance`` are. Other keys
+get the decisions (a known person, or a stranger) without names (:func:`may_see_names`);
+strangers' faces are for the reviewers, enrol keys (:func:`may_see_strangers`). The whole
+matrix is in docs/streams.md ("Who sees what").
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ from marginface.gallery import ApiKey, Gallery
 from marginface.serve.deps import ServiceDep
 from marginface.serve.errors import ApiError
 from marginface.serve.settings import ServeSettings
+from marginface.urls import redact_url
 
 __all__ = [
     "ROLE_RANK",
     "CurrentKey",
+    "admin_key_notice",
     "bootstrap_admin_key",
     "current_key",
     "may_force_mismatch",
     "may_see_candidates",
+    "may_see_names",
+    "may_see_strangers",
     "require_role",
 ]
 
@@ -99,6 +110,18 @@ def may_see_candidates(key: ApiKey, settings: ServeSettings) -> bool:
     return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"] or settings.recognise_candidates
 
 
+def may_see_names(key: ApiKey) -> bool:
+    """Whether this key learns who the cameras saw: the names and subject ids of visits and in
+    a camera's live view (admin keys, like the events and the attendance they make)."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["admin"]
+
+
+def may_see_strangers(key: ApiKey) -> bool:
+    """Whether this key sees strangers' faces and their visitor in the review queue (enrol and
+    admin keys: the reviewers)."""
+    return ROLE_RANK.get(key.role, -1) >= ROLE_RANK["enrol"]
+
+
 def may_force_mismatch(key: ApiKey) -> bool:
     """Whether this key may force a photo that does not look like the subject it is added to
     (enrolment's ``mismatch``): admin keys only. Forcing a photo that matches another subject
@@ -137,3 +160,31 @@ def bootstrap_admin_key(gallery: Gallery, key_file: Path) -> str | None:
         raise ConfigError(f"cannot write the admin key file {key_file}: {exc}") from None
     log.info("created the first admin key %s; it is stored in %s", record.id, key_file)
     return secret
+
+
+def admin_key_notice(gallery: Gallery, key_file: Path) -> str:
+    """What start-up says about admin keys when none was created: the key file's, when it
+    still holds a working admin key; otherwise the truth (the file is missing, or its key was
+    revoked or is not an admin's) and how to get one. Nothing is printed of any key."""
+    admins = gallery.count_api_keys("admin")
+    create = f"marginface keys create --role admin --db {redact_url(str(gallery.url))}"
+    try:
+        held = key_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return (
+            f"admin keys: {admins} exist; none is in {key_file} (there is no such file). Use "
+            f"yours, or create one with `{create}`"
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        return (
+            f"admin keys: {admins} exist; {key_file} cannot be read ({exc}). Create one with "
+            f"`{create}`"
+        )
+    key = gallery.authenticate(held, touch=False)
+    if key is not None and key.role == "admin":
+        return f"admin key: in {key_file}"
+    why = "was revoked" if key is None else f"is a {key.role!r} key, not an admin's"
+    return (
+        f"the admin key in {key_file} {why}; {admins} admin key(s) exist: use one of them, or "
+        f"create one with `{create}`"
+    )

@@ -1,9 +1,10 @@
 """What the ``/v1`` routers share in their OpenAPI contract: bounded parameter types and the
 documented error responses.
 
-Every id, integer and date a route takes is bounded here, so an out-of-range value is a 422
-before any SQL runs (ids and offsets are 64-bit integers in SQL; a day must stay representable
-in every time zone).
+Every id and integer a route takes is bounded here, so an out-of-range value is a 422 before any
+SQL runs (ids and offsets are 64-bit integers in SQL), and the bound is in the OpenAPI document.
+Dates and date-times are not bounded: every value of the schema's ``format: date`` and
+``date-time`` is answered (routes work in epoch seconds, see ``gallery.events.day_bounds``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Form, Path, Query
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import BeforeValidator
 
 from marginface.gallery import MultipleFaces
 from marginface.serve.schemas import ErrorOut
@@ -22,8 +23,6 @@ __all__ = [
     "AUTH_ERRORS",
     "BODY_ERRORS",
     "ENROL_ERRORS",
-    "FIRST_DAY",
-    "LAST_DAY",
     "MAX_ID",
     "MAX_OFFSET",
     "NOT_FOUND",
@@ -43,12 +42,8 @@ __all__ = [
 MAX_ID = 2**63 - 1
 #: No listing is that long; a bound keeps OFFSET arithmetic far from any overflow.
 MAX_OFFSET = 10**9
-#: Days and times the service can represent in every time zone (a day is a range of 24 h
-#: around it, which must stay inside Python's years 1 to 9999).
-FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
-
-
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _iso_day(value: Any) -> Any:
@@ -58,19 +53,15 @@ def _iso_day(value: Any) -> Any:
     return value
 
 
-def _day_in_range(day: date) -> date:
-    if not FIRST_DAY <= day <= LAST_DAY:
-        raise ValueError(f"must lie between {FIRST_DAY} and {LAST_DAY}")
-    return day
+def _iso_time(value: Any) -> Any:
+    # pydantic also reads "0" or "1.5" as date-times (Unix time); the schema promises ISO 8601.
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        raise ValueError("must be a date-time written YYYY-MM-DDTHH:MM:SS (ISO 8601)")
+    return value
 
 
-def _time_in_range(when: datetime) -> datetime:
-    _day_in_range(when.date())
-    return when
-
-
-Day = Annotated[date, BeforeValidator(_iso_day), AfterValidator(_day_in_range)]
-Time = Annotated[datetime, AfterValidator(_time_in_range)]
+Day = Annotated[date, BeforeValidator(_iso_day)]
+Time = Annotated[datetime, BeforeValidator(_iso_time)]
 SubjectId = Annotated[str, Path(min_length=1, max_length=64, description="The subject's id.")]
 FaceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The face's id.")]
 KeyId = Annotated[str, Path(min_length=1, max_length=64, description="The key's id.")]

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from marginface.errors import GalleryError
-from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_json
+from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_json, name_pattern
+from marginface.streams.camera import CameraSettings
+from marginface.streams.visits import VisitSettings
 
 __all__ = [
     "AttendanceOut",
@@ -55,6 +57,18 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class _Body(BaseModel):
+    """A JSON request body: unknown keys refused, and strict about types (``{"enabled": 0}``
+    is not a boolean, ``"5"`` not a number), as its schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+#: What the gallery accepts as a name (``clean_name``), stated in the schema: no control
+#: character, surrogate or bidirectional override, something visible.
+NAME_SCHEMA: dict[str, Any] = {"pattern": name_pattern()}
+
+
 def _gallery_rule(
     rule: Callable[..., Any], *, checks_only: bool = False, **kwargs: Any
 ) -> AfterValidator:
@@ -78,7 +92,13 @@ def _gallery_rule(
 # that nothing is stored, and no photo processed, for a value the gallery would refuse.
 Name = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_NAME_LENGTH, description="Display name; may repeat."),
+    Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="Display name; may repeat. No control characters or bidirectional "
+        "overrides; something visible.",
+        json_schema_extra=NAME_SCHEMA,
+    ),
     _gallery_rule(clean_name),
 ]
 Metadata = Annotated[
@@ -110,16 +130,12 @@ class HealthOut(BaseModel):
 
 
 # -- subjects ---------------------------------------------------------------------------------
-class SubjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SubjectCreate(_Body):
     name: Name
     metadata: Metadata = Field(default_factory=dict)
 
 
-class SubjectUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SubjectUpdate(_Body):
     name: Name | None = None
     metadata: Metadata | None = Field(
         default=None, description="Replaces the whole metadata object."
@@ -300,14 +316,19 @@ class AttendanceOut(BaseModel):
 
 
 # -- keys --------------------------------------------------------------------------------------
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Annotated[
-        str,
-        Field(min_length=1, max_length=100, description="Who or what uses the key."),
-        _gallery_rule(clean_name, what="key name", max_length=100),
-    ]
+class KeyCreate(_Body):
+    name: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=100, json_schema_extra=NAME_SCHEMA),
+            _gallery_rule(clean_name, what="key name", max_length=100),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Who or what uses the key; default '<role> key (API)' (optional, as "
+        "for `marginface keys create`).",
+    )
     role: Role
 
 
@@ -331,6 +352,7 @@ CameraName = Annotated[
         min_length=1,
         max_length=100,
         description="Unique camera name; the `source` of its visit events (and attendance).",
+        json_schema_extra=NAME_SCHEMA,
     ),
     _gallery_rule(clean_name, what="camera name", max_length=100),
 ]
@@ -340,34 +362,53 @@ CameraUrl = Annotated[
         min_length=1,
         max_length=2000,
         description="Where frames come from: `rtsp://user:pass@host:554/path` or `rtsps://` "
-        "(add `?transport=udp` or `tcp`), `http(s)://` (MJPEG), a video file path or "
-        "`file://`, a webcam (`0`, `/dev/video0`, `webcam:0`), or `push:` for a camera that "
-        "POSTs JPEG snapshots to `/v1/cameras/{camera_id}/frames`. Any other scheme is refused "
-        "(422); the URL is not connected to at creation. Passwords are never shown back.",
+        "(add `?transport=udp` or `tcp`), `http(s)://` (MJPEG), or `push:` for a camera that "
+        "POSTs JPEG snapshots to `/v1/cameras/{camera_id}/frames`; a video file (a path or "
+        "`file://`) only under the service's `media_roots`, a webcam (`0`, `/dev/video0`, "
+        "`webcam:0`) only among its `allowed_devices` (both empty by default). Anything else "
+        "is refused (422, 'not allowed'); the URL is not connected to at creation. Passwords "
+        "and tokens are never shown back.",
     ),
 ]
-CameraSettingsBody = Annotated[
-    dict[str, Any],
-    Field(
-        description="Processing settings (all optional; unknown keys are refused with 422): "
-        "`fps` (frames processed per second, default 5, separately from the stream's rate), "
-        "`detect_max_side` (frames are scaled down to this longest side for detection), "
-        "`min_face_size`, `track_buffer_s` (how long a lost face's track survives), `visits` "
-        "(`min_faces` embedded before deciding, `max_faces` kept, `min_eye_distance`, "
-        "`min_quality`, `revisit_s`: a person back within it continues the same visit), "
-        "`score_threshold` (detection score that starts a track). Strangers' crops are kept "
-        "only when the service stores photos (store_photos), whatever `store_crops` says."
-    ),
-    _gallery_rule(metadata_json, checks_only=True),
-]
 
 
-class CameraCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VisitSettingsBody(VisitSettings):
+    """Per-track evidence and the re-appearance window (strict, as every body)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CameraSettingsBody(CameraSettings):
+    """Processing settings, all optional (unknown keys refused): `fps` (frames processed per
+    second, separately from the stream's rate), `detect_max_side`, `detect_upscale`,
+    `min_face_size`, `track_buffer_s`, `score_threshold`, `cut_threshold`, `visits` (evidence,
+    appearance checks and the re-appearance window). docs/streams.md lists every setting with
+    its default. Strangers' crops are kept for review unless the service's review_crops is
+    off."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_store_crops(cls, data: Any) -> Any:
+        """A request may not give ``store_crops`` any more (stored cameras may: the stored
+        settings drop it)."""
+        return data
+
+    visits: VisitSettingsBody = Field(
+        default_factory=VisitSettingsBody,
+        description="evidence per track and the re-appearance window",
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The settings as given (what is stored): the keys set, defaults left out."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class CameraCreate(_Body):
     name: CameraName
     url: CameraUrl
-    settings: CameraSettingsBody = Field(default_factory=dict)
+    settings: CameraSettingsBody = Field(default_factory=CameraSettingsBody)
     enabled: bool = Field(
         default=True,
         description="Run it now and whenever the service "
@@ -375,9 +416,7 @@ class CameraCreate(BaseModel):
     )
 
 
-class CameraUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CameraUpdate(_Body):
     name: CameraName | None = None
     url: CameraUrl | None = None
     settings: CameraSettingsBody | None = Field(
@@ -457,8 +496,14 @@ class VisitOut(BaseModel):
         "unknown visit's better faces named someone; corrected: a named visit's better faces "
         "named someone else, or nobody; left: it ended."
     )
-    subject_id: str | None = Field(description="Null for a stranger.")
-    name: str | None
+    known: bool = Field(
+        description="The decision: a named person (true) or a stranger (false). Every key "
+        "gets it; who the person is (subject_id, name) only an admin key."
+    )
+    subject_id: str | None = Field(
+        description="The person seen (admin keys; null for a stranger, and for other keys)."
+    )
+    name: str | None = Field(description="The person's name (admin keys only).")
     score: float | None
     track_id: int | None
     visit_id: int | None
@@ -467,12 +512,14 @@ class VisitOut(BaseModel):
     dwell_s: float | None
     faces: int | None = Field(description="Face embeddings the decision used.")
     visitor_id: str | None = Field(
-        description="A stranger's visitor in /v1/unknowns (on its left event)."
+        description="A stranger's visitor in /v1/unknowns (on its left event; enrol and admin "
+        "keys)."
     )
     face: bool = Field(
         False,
-        description="A thumbnail of the visit's best face is at "
-        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only).",
+        description="A thumbnail of the visit's best face this key may see is at "
+        "/v1/visits/{id}/face.jpg (kept in memory for the latest visits only): a stranger's "
+        "for enrol keys, anyone's for admin keys, none for recognise keys.",
     )
 
 
@@ -514,9 +561,7 @@ class VisitorListOut(BaseModel):
 FaceIdValue = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
-class VisitorAssign(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class VisitorAssign(_Body):
     subject_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         default=None, description="An existing subject to add the visitor's faces to."
     )
@@ -526,9 +571,22 @@ class VisitorAssign(BaseModel):
     )
     force: bool = Field(
         default=False,
-        description="Assign even though the visitor looks like another "
-        "enrolled subject (otherwise 409).",
+        description="Assign even though the visitor looks like another enrolled subject "
+        "(otherwise 409) and, with an admin key only, even though its faces do not look like "
+        "the subject's own (otherwise 422 photo_mismatch; 403 for other keys).",
     )
+
+
+class VisitorSplit(_Body):
+    faces: Annotated[list[FaceIdValue], Field(min_length=1, max_length=100)] = Field(
+        description="The visitor's face ids that are another person's: they become a new "
+        "pending visitor."
+    )
+
+
+class VisitorSplitOut(BaseModel):
+    visitor: VisitorOut = Field(description="The visitor, with the faces it keeps.")
+    new: VisitorOut = Field(description="The new visitor, with the faces split off.")
 
 
 class VisitorAssignedOut(BaseModel):

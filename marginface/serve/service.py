@@ -23,6 +23,7 @@ from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
 from marginface.streams.manager import CameraManager
+from marginface.streams.notifier import Notifier
 
 __all__ = ["Service", "build_pipeline", "identification_policy", "open_gallery"]
 
@@ -91,13 +92,13 @@ def _limit_blas(threads: int | None) -> Any:
     return limits
 
 
-def _notifiers(settings: ServeSettings) -> list[Any]:
+def _notifiers(settings: ServeSettings) -> list[Notifier]:
     """The webhooks and the MQTT publisher the settings name. None of them waits for its
     receiver; an MQTT publisher without paho-mqtt installed is left out with an error logged,
     so that the service still serves."""
     from marginface.streams.notify import MqttPublisher, Webhook
 
-    notifiers: list[Any] = [Webhook(hook) for hook in settings.webhooks]
+    notifiers: list[Notifier] = [Webhook(hook) for hook in settings.webhooks]
     if settings.mqtt is not None:
         try:
             notifiers.append(MqttPublisher(settings.mqtt))
@@ -144,8 +145,9 @@ class Service:
             gallery,
             pipeline,
             notifiers=_notifiers(settings),
-            store_crops=settings.review_crops,
             policy=self.policy,
+            source_policy=settings.source_policy,
+            store_crops=settings.review_crops,
             retention_days=settings.retention_days,
             run_workers=settings.cameras,
             max_cameras=settings.max_cameras,

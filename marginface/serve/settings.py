@@ -21,6 +21,7 @@ from marginface.decision.rates import far_key
 from marginface.errors import ConfigError, DataError
 from marginface.gallery import default_gallery_url
 from marginface.streams.notify import MqttSettings, WebhookSettings
+from marginface.streams.sources import SourcePolicy
 
 __all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
 
@@ -173,6 +174,19 @@ class ServeSettings(BaseSettings):
     max_cameras: int = Field(
         default=32, ge=0, le=1000, description="Cameras the service may hold (HTTP 409 beyond)."
     )
+    media_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose video files cameras may read (a camera URL that is a path "
+        "or file:// URL inside one of them, symbolic links and '..' resolved). Empty "
+        "(default): no camera reads a local file; cameras are network streams (rtsp, rtsps, "
+        "http, https) and push cameras. The CLI's `marginface watch` reads any file its user "
+        "names.",
+    )
+    allowed_devices: list[str] = Field(
+        default_factory=list,
+        description="Webcams cameras may open, as N, webcam:N or /dev/videoN. Empty (default): "
+        "none.",
+    )
     retention_days: float | None = Field(
         default=30.0,
         gt=0,
@@ -194,6 +208,18 @@ class ServeSettings(BaseSettings):
         "tls, topic_prefix, qos... In the environment: JSON, e.g. "
         'MARGINFACE_MQTT=\'{"host": "broker.lan", "port": 1883}\'. None: no MQTT.',
     )
+
+    @field_validator("allowed_devices")
+    @classmethod
+    def _devices(cls, value: list[str]) -> list[str]:
+        """Each webcam as /dev/videoN (a ConfigError, a ValueError, names a bad one)."""
+        return list(SourcePolicy.service(allowed_devices=value).allowed_devices or ())
+
+    @property
+    def source_policy(self) -> SourcePolicy:
+        """What the service's cameras may read: network streams and push cameras, the files
+        under ``media_roots`` and the webcams of ``allowed_devices``."""
+        return SourcePolicy.service(self.media_roots, self.allowed_devices)
 
     @field_validator("far", "fpir", mode="before")
     @classmethod

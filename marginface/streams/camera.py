@@ -179,9 +179,12 @@ class TrackedBox:
         }
 
 
-def draw_tracks(image: np.ndarray, boxes: Iterable[TrackedBox]) -> np.ndarray:
+def draw_tracks(
+    image: np.ndarray, boxes: Iterable[TrackedBox], *, names: bool = True
+) -> np.ndarray:
     """A copy of ``image`` (RGB) with each face's box, track id and name drawn: green named,
-    red unknown, yellow not decided yet (the live view and ``watch --annotate``)."""
+    red unknown, yellow not decided yet (the live view and ``watch --annotate``);
+    ``names=False`` writes ``known`` instead of a name."""
     import cv2  # heavy: cv2
 
     out = image.copy()
@@ -192,7 +195,8 @@ def draw_tracks(image: np.ndarray, boxes: Iterable[TrackedBox]) -> np.ndarray:
         colour = colours[b.state]
         x1, y1, x2, y2 = (round(float(v)) for v in b.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        text = f"{b.label} #{b.track_id}" if b.state != "undecided" else b.label
+        label = b.label if names or b.state != "known" else "known"
+        text = f"{label} #{b.track_id}" if b.state != "undecided" else label
         cv2.putText(
             out,
             text,
@@ -460,7 +464,7 @@ class CameraWorker:
         boxes = []
         for track_id, det in sorted(tracked, key=lambda x: x[0]):
             state, subject_id, name = self.visits.label(track_id)
-            boxes.append(TrackedBox(det.box, track_id, state, subject_id, name))  # type: ignore[arg-type]
+            boxes.append(TrackedBox(det.box, track_id, state, subject_id, name))
         with self._lock:
             self._latest = (image, boxes, t, index)
 
@@ -485,16 +489,19 @@ class CameraWorker:
         ]
         return {"t": round(latest[2], 3), "frame": latest[3], "tracks": tracks}
 
-    def latest_annotated(self, image: np.ndarray | None = None) -> np.ndarray | None:
+    def latest_annotated(
+        self, image: np.ndarray | None = None, *, names: bool = True
+    ) -> np.ndarray | None:
         """The latest processed frame (RGB) with each tracked face's box, track id and name
         drawn (green: named, red: unknown, yellow: not decided yet); drawn now, on a copy.
         ``image``: draw the latest boxes on this frame instead (``watch --annotate`` draws
-        every frame of a file, the processed ones' boxes on the frames between). None before
-        the first frame."""
+        every frame of a file, the processed ones' boxes on the frames between);
+        ``names=False`` writes ``known`` instead of a name (the role matrix). None before the
+        first frame."""
         latest = self.latest()
         if latest is None:
             return None
-        return draw_tracks(latest[0] if image is None else image, latest[1])
+        return draw_tracks(latest[0] if image is None else image, latest[1], names=names)
 
     def _count_frame(self, seconds: float) -> None:
         now = time.monotonic()

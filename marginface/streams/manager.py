@@ -3,23 +3,31 @@
 :class:`CameraManager` owns the cameras of one service. The cameras themselves (name, URL,
 settings, enabled) are stored in the gallery, so they restart with the service: :meth:`start`
 runs every enabled camera. Each running camera is a daemon thread that opens its source
-(:func:`marginface.streams.sources.open_source`) and runs a
+(:func:`marginface.streams.sources.open_source`, under the service's
+:class:`~marginface.streams.sources.SourcePolicy`: network streams and push cameras, files only
+under ``media_roots``, webcams only among ``allowed_devices``) and runs a
 :class:`~marginface.streams.camera.CameraWorker` on it until told to stop; every visit event goes
 to the :class:`~marginface.streams.recorder.VisitRecorder` (the gallery) first, then to the
-notifiers (webhooks, MQTT).
+notifiers (webhooks, MQTT: :class:`~marginface.streams.notifier.Notifier`).
 
 Faults stay with their camera: a worker that crashes is logged, its status shows the error
-(``failed``), and it is restarted with exponential backoff; an unreachable or dropped stream is
-the source's to reconnect (``reconnecting``, with the error). Nothing one camera does reaches
-another camera or the service.
+(``failed``), and it is restarted with exponential backoff; a camera that keeps failing the
+same way (a file that is not a video, a URL that is not allowed) is retried slowly
+(``restart_slow_s``) and logged once per change of state, not at every retry; an unreachable or
+dropped stream is the source's to reconnect (``reconnecting``, with the error). Nothing one
+camera does reaches another camera or the service.
+
+A video file is read once: the camera remembers where its reading stopped (the gallery's
+:meth:`~marginface.gallery.Gallery.camera_position`, saved after every recorded visit event,
+every few seconds and when it stops) and a restart goes on from there, so a service restarted
+three times does not record the file's visits four times.
 
 A housekeeping thread publishes each camera's state to MQTT every few seconds (retained) and to
-the other notifiers when it changes, and purges stream data (stranger faces and crops, visit
-events) older than ``retention_days`` once an hour.
+the other notifiers when it changes, saves the files' positions, and purges stream data
+(stranger faces and crops, visit events) older than ``retention_days`` once an hour.
 
-The streams extra (PyAV, supervision) is imported only when a camera runs or is validated, so a
-service without it still starts and serves; its cameras then show ``failed`` with the install
-hint.
+PyAV and ``trackers`` (the streams extra) are imported only when a camera runs, so a service
+without them still starts and serves; its cameras then show ``failed`` with the install hint.
 """
 
 from __future__ import annotations
@@ -29,8 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -38,13 +45,28 @@ from marginface.config import format_validation_error
 from marginface.decision import IdentificationPolicy
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
-from marginface.gallery import Gallery, redact_url
+from marginface.gallery import Camera, Gallery
 from marginface.gallery.events import LEFT, VISIT_DECISIONS
 from marginface.imaging import encode_jpeg
+from marginface.streams.camera import CameraSettings, CameraWorker
+from marginface.streams.notifier import Notifier
 from marginface.streams.recorder import VisitRecorder
+from marginface.streams.sources import (
+    Source,
+    SourcePolicy,
+    open_source,
+    parse_source,
+    source_kind,
+)
 from marginface.streams.visits import VisitEvent
+from marginface.urls import scrub
 
-__all__ = ["CAMERA_STATES", "CameraManager", "check_camera_url"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from marginface.embed import FacePipeline
+
+__all__ = ["CAMERA_STATES", "CameraManager", "check_camera_url", "is_push_url"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +80,32 @@ VISIT_EVENTS = (*VISIT_DECISIONS, LEFT)
 CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed")
 
 Sink = Callable[[VisitEvent], None]
+#: The same failure this many times in a row: retried every ``restart_slow_s`` from then on.
+SLOW_AFTER = 5
+#: A file resumes this long after its last processed frame (more than the 1 ms tolerance on
+#: frame times, less than the 17 ms between the frames of a 60 frames/s video).
+_AFTER_S = 0.005
+
+
+class Worker(Protocol):
+    """What the manager needs of a camera worker (:class:`CameraWorker`, or a stand-in)."""
+
+    def run(self, source: Source, stop: threading.Event) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def latest_annotated(self, *, names: bool = True) -> np.ndarray | bytes | None: ...
+
+
+#: Makes a camera's worker: ``(name, pipeline, gallery, settings, sinks=, policy=)``.
+WorkerFactory = Callable[..., Worker]
+#: Opens a camera's source: ``(url, fps=, policy=, **SourceOptions)``.
+SourceOpener = Callable[..., Source]
+
+
+class _SourceStoppedError(Exception):
+    """The source stopped delivering frames for good (a file that cannot be decoded, a source
+    that failed): a state to report, not a crash with a traceback."""
 
 
 def _streams_missing(exc: ImportError) -> ConfigError:
@@ -67,46 +115,20 @@ def _streams_missing(exc: ImportError) -> ConfigError:
     return ConfigError(hint)
 
 
-def _camera_module() -> Any:
-    try:
-        from marginface.streams import camera  # PyAV, supervision: only when cameras run
-    except ImportError as exc:
-        raise _streams_missing(exc) from None
-    return camera
-
-
-def _sources_module() -> Any:
-    try:
-        from marginface.streams import sources  # PyAV: only when cameras run
-    except ImportError as exc:
-        raise _streams_missing(exc) from None
-    return sources
-
-
-def check_camera_url(url: str) -> str:
-    """``url`` stripped, when it names a source a camera can read: a video file path or
-    ``file://``, a webcam (``0``, ``/dev/videoN``, ``webcam:N``), ``rtsp://`` / ``rtsps://``
-    (``?transport=tcp|udp``), ``http(s)://`` (MJPEG) or ``push:`` (JPEG frames POSTed to the
-    service). The rules are :func:`~marginface.streams.sources.open_source`'s; nothing is
-    opened or connected. Raises :class:`DataError` with the reason."""
+def check_camera_url(url: str, policy: SourcePolicy | None = None) -> str:
+    """``url`` stripped, when it names a source a camera of the service may read: a network
+    stream (``rtsp://`` / ``rtsps://`` with ``?transport=tcp|udp``, ``http(s)://`` MJPEG),
+    ``push:`` (JPEG frames POSTed to the service), and what ``policy`` allows beyond them
+    (default: the service's defaults, no file and no webcam). The rules are
+    :func:`~marginface.streams.sources.parse_source`'s; nothing is opened or connected.
+    Raises :class:`DataError` with the reason."""
     text = (url or "").strip()
     if not text:
         raise DataError("the camera URL is empty")
-    sources = _sources_module()
     try:
-        kind, location = sources._parse(text)
-        if kind == "rtsp":
-            sources._rtsp_transport(location, None)
+        parse_source(text, policy=policy or SourcePolicy.service())
     except ConfigError as exc:
         raise DataError(str(exc)) from None
-    if kind in ("rtsp", "mjpeg"):
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018 - raises ValueError for a malformed port
-        except ValueError:
-            raise DataError(f"the camera URL {redact_url(text)!r} is malformed") from None
-        if not parts.hostname:
-            raise DataError(f"the camera URL {redact_url(text)!r} has no host")
     return text
 
 
@@ -115,26 +137,12 @@ def is_push_url(url: str) -> bool:
     return url.strip().lower() in ("push", "push:")
 
 
-def _camera_settings(settings: dict[str, Any] | None) -> Any:
+def _camera_settings(settings: dict[str, Any] | None) -> CameraSettings:
     """``settings`` as a validated ``CameraSettings`` (DataError naming each bad key)."""
-    module = _camera_module()
     try:
-        return module.CameraSettings.model_validate(dict(settings or {}))
+        return CameraSettings.model_validate(dict(settings or {}))
     except ValidationError as exc:
         raise DataError(f"camera settings: {format_validation_error(exc)}") from None
-
-
-def _scrub(text: str | None, url: str) -> str | None:
-    """``text`` without the camera URL's password (errors are shown to every API key)."""
-    if not text:
-        return text
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        text = text.replace(url, redact_url(url)).replace(password, "***")
-    return text
 
 
 def _now() -> datetime:
@@ -148,17 +156,23 @@ def _round(value: Any, digits: int = 2) -> Any:
 class _Runner:
     """One running camera: its thread, its source and worker, and what went wrong."""
 
-    def __init__(self, manager: CameraManager, camera: Any) -> None:
+    def __init__(self, manager: CameraManager, camera: Camera) -> None:
         self.manager = manager
         self.camera = camera
+        self.is_file = source_kind(camera.url) == "file"
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.source: Any = None
-        self.worker: Any = None
+        self.source: Source | None = None
+        self.worker: Worker | None = None
         self.state = "starting"
         self.last_error: str | None = None
         self.restarts = 0
+        self.saved_position: float | None = None
+        self.failing = False  # failed since it last delivered frames (logged once)
         self.started_at = time.time()
+        self.sinks: list[Sink] = [manager.recorder, *manager.notifiers]
+        if self.is_file:
+            self.sinks.append(self._recorded)
         self.thread = threading.Thread(
             target=self._run, name=f"marginface-camera-{camera.id}", daemon=True
         )
@@ -168,57 +182,119 @@ class _Runner:
             for name, value in values.items():
                 setattr(self, name, value)
 
+    def note_recovery(self) -> None:
+        """Log once that a camera which failed delivers frames again (the other half of
+        "one log line per change of state")."""
+        with self.lock:
+            source, failing = self.source, self.failing
+        if failing and source is not None and source.status().frames_delivered > 0:
+            self._set(failing=False)
+            log.info("camera %r: running again", self.camera.name)
+
+    def _recorded(self, event: VisitEvent) -> None:
+        """A sink after the recorder: a visit of a file camera was recorded, so its reading
+        goes on after the frame that made it (a restart does not record it again)."""
+        self.save_position()
+
+    def save_position(self) -> None:
+        """Store how far a file camera has read (when it moved), for a restart."""
+        with self.lock:
+            source = self.source
+        if not self.is_file or source is None:
+            return
+        position = source.status().position_s
+        if position is None or position == self.saved_position:
+            return
+        try:
+            self.manager.gallery.set_camera_position(self.camera.id, position)
+        except NotFoundError:  # deleted meanwhile
+            return
+        self.saved_position = position
+
+    def _open(self, settings: CameraSettings) -> Source:
+        m = self.manager
+        options: dict[str, Any] = {}
+        if self.is_file:
+            position = m.gallery.camera_position(self.camera.id)
+            if position is not None:
+                self.saved_position = position
+                options["start_s"] = position + _AFTER_S  # after the last frame processed
+        return m.open_source(self.camera.url, fps=settings.fps, policy=m.source_policy, **options)
+
     def _run(self) -> None:
         m = self.manager
         backoff = m.restart_initial_s
+        failure: str | None = None  # the latest failure, while it repeats
+        repeats = 0
         while not self.stop.is_set():
             source = None
             began = time.monotonic()
             try:
                 settings = _camera_settings(self.camera.settings)
-                source = m.open_source(self.camera.url, fps=getattr(settings, "fps", None))
+                source = self._open(settings)
                 worker = m.worker_factory(
                     self.camera.name,
                     m.pipeline,
                     m.gallery,
                     settings,
-                    sinks=m.sinks,
+                    sinks=self.sinks,
                     policy=m.policy,
                 )
                 self._set(source=source, worker=worker, state="running")
                 worker.run(source, self.stop)
                 if self.stop.is_set():
                     break
-                status = _status_dict(source)
-                if status.get("state") == "ended":
+                status = source.status()
+                if status.state == "ended":
                     self._set(state="ended")
                     log.info("camera %r: the source ended", self.camera.name)
                     return
-                raise RuntimeError(
-                    f"the camera worker stopped (source {status.get('state', '?')}: "
-                    f"{status.get('last_error') or 'no error'})"
+                raise _SourceStoppedError(
+                    status.last_error or f"the source stopped ({status.state}) with no error"
                 )
             except Exception as exc:
-                message = (
-                    f"{type(exc).__name__}: {exc}"
-                    if not isinstance(exc, ConfigError | DataError)
-                    else str(exc)
+                known = isinstance(exc, ConfigError | DataError | _SourceStoppedError)
+                if isinstance(exc, ImportError):
+                    exc, known = _streams_missing(exc), True
+                message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+                message = scrub(message, self.camera.url) or message
+                worked = source is not None and source.status().frames_delivered > 0
+                if worked or time.monotonic() - began > 60.0:  # it had run: start over quickly
+                    backoff, repeats, failure = m.restart_initial_s, 0, None
+                repeats = repeats + 1 if message == failure else 1
+                if repeats >= SLOW_AFTER:
+                    backoff = max(backoff, m.restart_slow_s)
+                if message != failure:  # one line per change, not one per retry
+                    log.error(
+                        "camera %r failed: %s; retrying in %.0f s",
+                        self.camera.name,
+                        message,
+                        backoff,
+                        exc_info=not known,
+                    )
+                elif repeats == SLOW_AFTER:
+                    log.warning(
+                        "camera %r failed the same way %d times: retrying every %.0f s",
+                        self.camera.name,
+                        repeats,
+                        backoff,
+                    )
+                failure = message
+                self._set(
+                    state="failed", last_error=message, restarts=self.restarts + 1, failing=True
                 )
-                log.error(
-                    "camera %r failed: %s; restarting in %.0f s",
-                    self.camera.name,
-                    message,
-                    backoff,
-                    exc_info=not isinstance(exc, ConfigError | DataError),
-                )
-                self._set(state="failed", last_error=message, restarts=self.restarts + 1)
-                if time.monotonic() - began > 60.0:  # it had run a while: start over quickly
-                    backoff = m.restart_initial_s
                 if self.stop.wait(backoff):
                     break
-                backoff = min(backoff * 2.0, m.restart_max_s)
+                if repeats < SLOW_AFTER:
+                    backoff = min(backoff * 2.0, m.restart_max_s)
             finally:
                 if source is not None:
+                    try:
+                        self.save_position()
+                    except Exception:
+                        log.warning(
+                            "camera %r: saving its position failed", self.camera.name, exc_info=True
+                        )
                     try:
                         source.close()
                     except Exception:
@@ -234,7 +310,7 @@ class _Runner:
             state, error, source, worker = self.state, self.last_error, self.source, self.worker
             restarts = self.restarts
         out: dict[str, Any] = {"restarts": restarts, "last_error": error}
-        src = _status_dict(source)
+        src = source.status().to_dict() if source is not None else {}
         wrk = _status_dict(worker)
         if state == "running" and src.get("state") not in (None, "ended"):
             state = src["state"]  # connecting, reconnecting...; "ended" once the worker is done
@@ -264,9 +340,12 @@ def _status_dict(obj: Any) -> dict[str, Any]:
 class CameraManager:
     """The cameras of one service: stored in the gallery, run in worker threads.
 
-    ``notifiers`` are sinks of every camera (webhooks, MQTT) with ``status()``,
-    ``publish_state(camera, status)`` and ``close()``; the manager closes them. ``policy`` is
-    how the cameras identify visits (default: the gallery's). ``open_source`` and
+    ``notifiers`` (webhooks, MQTT) are sinks of every camera after the gallery's recorder;
+    the manager closes them. ``policy`` is how the cameras identify visits (default: the
+    gallery's); ``source_policy`` says which sources a camera may read (default: network
+    streams and push cameras only, :meth:`SourcePolicy.service`). A camera that fails is
+    restarted after ``restart_initial_s`` doubling to ``restart_max_s``; one failing the same
+    way :data:`SLOW_AFTER` times in a row, every ``restart_slow_s``. ``open_source`` and
     ``worker_factory`` stand in for :func:`~marginface.streams.sources.open_source` and
     :class:`~marginface.streams.camera.CameraWorker` (tests).
     """
@@ -274,11 +353,12 @@ class CameraManager:
     def __init__(
         self,
         gallery: Gallery,
-        pipeline: Any,
+        pipeline: FacePipeline,
         *,
-        notifiers: Sequence[Any] = (),
-        store_crops: bool = False,
+        notifiers: Sequence[Notifier] = (),
         policy: IdentificationPolicy | None = None,
+        source_policy: SourcePolicy | None = None,
+        store_crops: bool = False,
         retention_days: float | None = 30.0,
         run_workers: bool = True,
         max_cameras: int = 32,
@@ -286,15 +366,16 @@ class CameraManager:
         purge_every_s: float = 3600.0,
         restart_initial_s: float = 1.0,
         restart_max_s: float = 60.0,
-        open_source: Callable[..., Any] | None = None,
-        worker_factory: Callable[..., Any] | None = None,
+        restart_slow_s: float = 600.0,
+        open_source: SourceOpener | None = None,
+        worker_factory: WorkerFactory | None = None,
     ) -> None:
         self.gallery = gallery
         self.pipeline = pipeline
-        self.notifiers = list(notifiers)
+        self.notifiers: list[Notifier] = list(notifiers)
+        self.source_policy = source_policy if source_policy is not None else SourcePolicy.service()
         self.store_crops = store_crops
         self.recorder = VisitRecorder(gallery, store_crops=store_crops)
-        self.sinks: list[Sink] = [self.recorder, *self.notifiers]
         self.policy = policy
         self.retention_days = retention_days
         self.run_workers = run_workers
@@ -303,6 +384,7 @@ class CameraManager:
         self.purge_every_s = purge_every_s
         self.restart_initial_s = restart_initial_s
         self.restart_max_s = restart_max_s
+        self.restart_slow_s = restart_slow_s
         self._open_source = open_source
         self._worker_factory = worker_factory
         self._runners: dict[str, _Runner] = {}
@@ -313,15 +395,15 @@ class CameraManager:
         self.last_purge: dict[str, Any] | None = None
 
     # -- the factories ------------------------------------------------------------------------
-    def open_source(self, url: str, **options: Any) -> Any:
+    def open_source(self, url: str, **options: Any) -> Source:
         if self._open_source is not None:
             return self._open_source(url, **options)
-        return _sources_module().open_source(url, **options)
+        return open_source(url, **options)
 
-    def worker_factory(self, *args: Any, **kwargs: Any) -> Any:
+    def worker_factory(self, *args: Any, **kwargs: Any) -> Worker:
         if self._worker_factory is not None:
             return self._worker_factory(*args, **kwargs)
-        return _camera_module().CameraWorker(*args, **kwargs)
+        return CameraWorker(*args, **kwargs)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -358,7 +440,7 @@ class CameraManager:
             except Exception:
                 log.warning("closing a notifier failed", exc_info=True)
 
-    def _launch(self, camera: Any) -> None:
+    def _launch(self, camera: Camera) -> None:
         with self._lock:
             if self._closed.is_set() or camera.id in self._runners:
                 return
@@ -374,7 +456,7 @@ class CameraManager:
             runner.thread.join(wait)
 
     # -- cameras ------------------------------------------------------------------------------
-    def require(self, camera_id: str) -> Any:
+    def require(self, camera_id: str) -> Camera:
         """The camera with this id (NotFoundError when none)."""
         camera = self.gallery.get_camera(camera_id)
         if camera.id != camera_id:  # the gallery also finds cameras by name; the API by id
@@ -382,10 +464,10 @@ class CameraManager:
         return camera
 
     def validate(self, url: str | None, settings: dict[str, Any] | None) -> None:
-        """Refuse (DataError) a URL no source can read and settings ``CameraSettings``
-        refuses; ConfigError when the streams extra is missing."""
+        """Refuse (DataError) a URL no source may read here (:func:`check_camera_url` with
+        this manager's policy) and settings ``CameraSettings`` refuses."""
         if url is not None:
-            check_camera_url(url)
+            check_camera_url(url, self.source_policy)
         if settings is not None:
             _camera_settings(settings)
 
@@ -393,7 +475,7 @@ class CameraManager:
         self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
     ) -> dict[str, Any]:
         """Store a new camera (running it at once when ``enabled``); its view."""
-        url = check_camera_url(url)
+        url = check_camera_url(url, self.source_policy)
         self.validate(None, settings or {})
         if len(self.gallery.list_cameras()) >= self.max_cameras:
             raise ConflictError(f"this service watches at most {self.max_cameras} cameras")
@@ -414,7 +496,7 @@ class CameraManager:
         """Change a camera; a running camera restarts with the change."""
         self.require(camera_id)
         if url is not None:
-            url = check_camera_url(url)
+            url = check_camera_url(url, self.source_policy)
         self.validate(None, settings)
         camera = self.gallery.update_camera(
             camera_id, name=name, url=url, settings=settings, enabled=enabled
@@ -430,9 +512,14 @@ class CameraManager:
         self._halt(camera.id)
         self.gallery.delete_camera(camera.id)
         self._published.pop(camera.name, None)
+        for counted in (self.recorder, *self.notifiers):
+            forget = getattr(counted, "forget", None)
+            if forget is not None:
+                forget(camera.name)
 
     def start_camera(self, camera_id: str) -> dict[str, Any]:
-        """Run the camera (and remember that it runs: ``enabled``)."""
+        """Run the camera (and remember that it runs: ``enabled``). A video file goes on where
+        its reading stopped: a file read to its end stays ``ended``."""
         camera = self.require(camera_id)
         if not camera.enabled:
             camera = self.gallery.update_camera(camera.id, enabled=True)
@@ -440,7 +527,7 @@ class CameraManager:
             with self._lock:
                 runner = self._runners.get(camera.id)
             if runner is not None and not runner.thread.is_alive():
-                self._halt(camera.id)  # ended (a file): play it again
+                self._halt(camera.id)  # ended or failed: try again
             self._launch(camera)
         return self.view(camera)
 
@@ -460,7 +547,7 @@ class CameraManager:
         """Every camera's view, by name."""
         return [self.view(camera) for camera in self.gallery.list_cameras()]
 
-    def view(self, camera: Any) -> dict[str, Any]:
+    def view(self, camera: Camera) -> dict[str, Any]:
         out = camera.to_dict(redact=True)
         out["push"] = is_push_url(camera.url)
         out["status"] = self._status(camera)
@@ -477,7 +564,7 @@ class CameraManager:
         with self._lock:
             return self._runners.get(camera_id)
 
-    def _status(self, camera: Any) -> dict[str, Any]:
+    def _status(self, camera: Camera) -> dict[str, Any]:
         runner = self._runner(camera.id)
         if runner is None:
             raw: dict[str, Any] = {
@@ -495,7 +582,7 @@ class CameraManager:
         out = {
             "state": raw["state"],
             "running": runner is not None and raw["state"] not in ("stopped", "ended"),
-            "last_error": _scrub(raw["last_error"], camera.url),
+            "last_error": scrub(raw["last_error"], camera.url),
             "restarts": raw["restarts"],
             "read_fps": _round(src.get("read_fps")),
             "process_fps": _round(wrk.get("processing_fps")),
@@ -512,21 +599,30 @@ class CameraManager:
             "width": src.get("width"),
             "height": src.get("height"),
             "stream_fps": _round(src.get("stream_fps")),
-            "notifications": self.notification_status(),
+            "notifications": self.notification_status(camera.name),
         }
         return out
 
-    def notification_status(self) -> list[dict[str, Any]]:
-        """Each notifier's delivery status (``kind``: webhook or mqtt)."""
+    def notification_status(self, camera: str | None = None) -> list[dict[str, Any]]:
+        """The delivery status of the visits written to the gallery (``kind`` ``gallery``)
+        and of each notifier (``webhook``, ``mqtt``): the counts of ``camera``'s events and
+        messages, or of every camera's (None)."""
         out = []
-        for notifier in [self.recorder, *self.notifiers]:
-            status = _status_dict(notifier)
-            kind = type(notifier).__name__
-            kind = {"Webhook": "webhook", "MqttPublisher": "mqtt", "VisitRecorder": "gallery"}.get(
-                kind, kind.lower()
-            )
-            out.append({"kind": kind, **status})
+        sinks: list[Notifier | VisitRecorder] = [self.recorder, *self.notifiers]
+        for notifier in sinks:
+            kind = "gallery" if notifier is self.recorder else getattr(notifier, "kind", None)
+            try:
+                status = dict(notifier.status(camera))
+            except Exception as exc:  # a status read must never fail the caller
+                status = {"status_error": str(exc)}
+            for key in ("last_error", "url", "broker"):
+                if isinstance(status.get(key), str):
+                    status[key] = scrub(status[key], *self._urls())
+            out.append({"kind": kind or type(notifier).__name__.lower(), **status})
         return out
+
+    def _urls(self) -> list[str]:
+        return [camera.url for camera in self.gallery.list_cameras()]
 
     def statuses(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, status) of every camera (for ``/metrics``)."""
@@ -553,23 +649,24 @@ class CameraManager:
         source.push(data)
         return self._status(camera)
 
-    def snapshot(self, camera_id: str) -> bytes:
-        """The latest processed frame as JPEG, with each face's box and name drawn.
-        NotFoundError when the camera has processed no frame yet."""
+    def snapshot(self, camera_id: str, *, names: bool = True) -> bytes:
+        """The latest processed frame as JPEG, with each face's box and its name drawn
+        (``names=False``: ``known`` or ``unknown`` instead of the name, for keys that may not
+        learn who was seen). NotFoundError when the camera has processed no frame yet."""
         camera = self.require(camera_id)
         runner = self._runner(camera.id)
         worker = None
         if runner is not None:
             with runner.lock:
                 worker = runner.worker
-        image = worker.latest_annotated() if worker is not None else None
+        image = worker.latest_annotated(names=names) if worker is not None else None
         if image is None:
             raise NotFoundError(f"camera {camera.name!r} has no frame yet")
         if isinstance(image, bytes | bytearray):
             return bytes(image)
         return encode_jpeg(image, 85)
 
-    def recent_visits(self, camera_id: str | None = None, limit: int = 50) -> list[dict]:
+    def recent_visits(self, camera_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest visit events (``arrived``, ``identified``, ``corrected``, ``left``) of one
         camera or of all, newest first, from the gallery (so they survive restarts)."""
         source = self.require(camera_id).name if camera_id is not None else None
@@ -589,16 +686,21 @@ class CameraManager:
             offset += page
         return out
 
-    def visit_face(self, event_id: int) -> bytes:
+    def visit_face(self, event_id: int) -> tuple[bytes, bool]:
         """The JPEG thumbnail of a recent visit event's best face (kept in memory for the
-        latest visits only). NotFoundError when there is none."""
+        latest visits only), and whether the visit was of a named person (who may see it is
+        the caller's to decide). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
-        if jpeg is None:
+        try:
+            event = self.gallery.get_event(event_id) if jpeg is not None else None
+        except NotFoundError:  # purged meanwhile
+            event = None
+        if jpeg is None or event is None:
             raise NotFoundError(
                 f"no face kept for visit event {event_id} (thumbnails are kept "
                 "in memory for the latest visits only)"
             )
-        return jpeg
+        return jpeg, event.subject_id is not None
 
     # -- housekeeping -------------------------------------------------------------------------
     def purge(self) -> dict[str, Any] | None:
@@ -621,6 +723,14 @@ class CameraManager:
                 self.publish_states()
             except Exception:
                 log.warning("publishing camera states failed", exc_info=True)
+            with self._lock:
+                runners = list(self._runners.values())
+            for runner in runners:
+                try:
+                    runner.note_recovery()
+                    runner.save_position()
+                except Exception:
+                    log.warning("saving %r's position failed", runner.camera.name, exc_info=True)
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + self.purge_every_s
                 try:
@@ -638,7 +748,7 @@ class CameraManager:
             changed = self._published.get(name) != status["state"]
             self._published[name] = status["state"]
             for notifier in self.notifiers:
-                if not (changed or type(notifier).__name__ == "MqttPublisher"):
+                if not (changed or getattr(notifier, "retains_state", False)):
                     continue
                 try:
                     notifier.publish_state(name, status)

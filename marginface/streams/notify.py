@@ -54,17 +54,18 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
 from marginface.config import StrictModel
 from marginface.errors import ConfigError
+from marginface.streams.notifier import CameraCounters
 from marginface.streams.visits import VisitEvent
+from marginface.urls import parse_url, redact_url
 
 __all__ = [
     "MqttPublisher",
@@ -84,6 +85,22 @@ EVENT_HEADER = "X-Marginface-Event"
 DELIVERY_HEADER = "X-Marginface-Delivery"
 
 _RETRYABLE_4XX = frozenset({408, 429})
+#: Headers marginface sets itself on every POST; ``headers`` may not replace them.
+_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Content-Type",
+        "Content-Length",
+        "Host",
+        "User-Agent",
+        SIGNATURE_HEADER,
+        TIMESTAMP_HEADER,
+        EVENT_HEADER,
+        DELIVERY_HEADER,
+    )
+)
+#: An HTTP header name: RFC 9110's token characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _now_iso() -> str:
@@ -157,7 +174,16 @@ def _default_events() -> list[EventKind]:
 class WebhookSettings(StrictModel):
     """Where and how visit events are POSTed."""
 
-    url: str = Field(description="http:// or https:// URL that receives the POSTs")
+    url: str = Field(
+        description="http:// or https:// URL that receives the POSTs; without credentials "
+        "(user:password@ is refused: give them in `headers`)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description="extra headers sent with every POST, for the receiver's credentials, "
+        'e.g. {"Authorization": "Bearer <token>"}; never shown in statuses or logs',
+    )
     secret: str | None = Field(
         None,
         repr=False,
@@ -184,16 +210,26 @@ class WebhookSettings(StrictModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("http", "https"):
-            raise ValueError(f"webhook URL must be http:// or https://, not {value!r}")
-        if not parts.hostname:
-            raise ValueError(f"webhook URL {value!r} has no host")
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a malformed port
-        except ValueError:
-            raise ValueError(f"webhook URL {value!r} has an invalid port") from None
+        url = parse_url(value, schemes=("http", "https"), what="webhook URL")
+        if url.has_credentials:
+            raise ValueError(
+                f"the webhook URL {url.redacted!r} carries credentials (user:password@ or a "
+                "token before @), which are neither sent safely nor kept secret there: remove "
+                'them from the URL and give them in `headers`, e.g. {"Authorization": '
+                '"Basic <base64 of user:password>"} or {"Authorization": "Bearer <token>"}'
+            )
+        return url.text
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"the header {name!r} is set by marginface itself")
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+                raise ValueError(f"the value of header {name!r} contains a control character")
         return value
 
     @field_validator("events")
@@ -212,6 +248,7 @@ class _Delivery:
     type: str
     body: bytes
     id: str
+    camera: str | None = None
     attempts: int = 0
 
 
@@ -240,15 +277,6 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _safe_url(url: str) -> str:
-    """The URL without credentials or query (which may hold tokens), for status and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 class Webhook:
     """A sink that POSTs each visit event to a URL, signed, retried, never blocking.
 
@@ -257,6 +285,9 @@ class Webhook:
     exponential backoff and jitter (a wait drawn between half and all of the doubled
     delay, so many cameras' retries do not synchronise).
     Call :meth:`close` when done (or use it as a context manager)."""
+
+    kind = "webhook"
+    retains_state = False
 
     def __init__(self, settings: WebhookSettings, *, user_agent: str | None = None) -> None:
         self.settings = settings
@@ -267,9 +298,10 @@ class Webhook:
         self._stop = threading.Event()  # abandon now (close's deadline passed)
         self._closing = False  # no new events; drain then exit
         self._in_flight = 0
+        self._sending: _Delivery | None = None
         self._random = random.Random()
-        self._counts = {"delivered": 0, "failed": 0, "retries": 0, "dropped": 0}
-        self._last_error: str | None = None
+        self._counts = CameraCounters(("delivered", "failed", "retries", "dropped"))
+        self._shown_url = redact_url(settings.url, query=False)  # the query may hold anything
         self._last_failure_at: str | None = None
         self._last_delivered_at: str | None = None
         self._last_status: int | None = None
@@ -281,50 +313,55 @@ class Webhook:
         """Queue ``event`` for delivery (when its kind is in ``settings.events``)."""
         if event.kind not in self.settings.events:
             return
-        self._enqueue(f"visit.{event.kind}", {"event": event.to_dict()})
+        self._enqueue(f"visit.{event.kind}", {"event": event.to_dict()}, event.camera)
 
     def publish_state(self, camera: str, status: Mapping[str, Any]) -> None:
         """Queue a ``camera.state`` POST, only when ``'state'`` is in ``settings.events``
         (callers send it when a camera's state changes, not for every frame)."""
         if "state" not in self.settings.events:
             return
-        self._enqueue("camera.state", {"camera": camera, "state": dict(status)})
+        self._enqueue("camera.state", {"camera": camera, "state": dict(status)}, camera)
 
-    def _enqueue(self, kind: str, content: dict[str, Any]) -> None:
+    def _enqueue(self, kind: str, content: dict[str, Any], camera: str | None) -> None:
         delivery_id = str(uuid.uuid4())
         try:
             body = _to_json({"type": kind, **content, "id": delivery_id, "sent_at": _now_iso()})
         except (TypeError, ValueError) as exc:  # never raise into the camera worker
             with self._cond:
-                self._counts["failed"] += 1
-                self._note_failure(f"cannot encode {kind}: {exc}")
+                self._note_failure(camera, "failed", f"cannot encode {kind}: {exc}")
             return
         with self._cond:
             if self._closing:
-                self._counts["dropped"] += 1
+                self._counts.add(camera, "dropped")
                 return
             if len(self._queue) >= self.settings.queue_size:
-                self._queue.popleft()
-                self._counts["dropped"] += 1
-            self._queue.append(_Delivery(kind, body, delivery_id))
+                self._counts.add(self._queue.popleft().camera, "dropped")
+            self._queue.append(_Delivery(kind, body, delivery_id, camera))
             self._cond.notify()
 
     # -- status and shutdown ----------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Counters and the last error: ``delivered``, ``failed`` (events given up on),
-        ``retries`` (extra attempts), ``dropped`` (queue full or closed), ``pending`` (queued
-        or being sent), ``last_error``, ``last_failure_at``, plus ``url`` (without credentials
-        or query), ``last_delivered_at``, ``last_status`` (the last HTTP status seen)."""
+    def status(self, camera: str | None = None) -> dict[str, Any]:
+        """Counters and the last error, of ``camera``'s messages (None: of all):
+        ``delivered``, ``failed`` (given up on), ``retries`` (extra attempts), ``dropped``
+        (queue full or closed), ``pending`` (queued or being sent), ``last_error``; plus, for
+        the webhook as a whole, ``url`` (without credentials or query), ``last_failure_at``,
+        ``last_delivered_at`` and ``last_status`` (the last HTTP status seen)."""
         with self._cond:
+            pending = sum(1 for d in self._queue if camera is None or d.camera == camera)
+            if self._sending is not None and camera in (None, self._sending.camera):
+                pending += 1
             return {
-                "url": _safe_url(self.settings.url),
-                **self._counts,
-                "pending": len(self._queue) + self._in_flight,
-                "last_error": self._last_error,
+                "url": self._shown_url,
+                **self._counts.get(camera),
+                "pending": pending,
                 "last_failure_at": self._last_failure_at,
                 "last_delivered_at": self._last_delivered_at,
                 "last_status": self._last_status,
             }
+
+    def forget(self, camera: str) -> None:
+        """Drop a deleted camera's counters."""
+        self._counts.forget(camera)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing is pending (True) or ``timeout`` seconds pass (False)."""
@@ -349,7 +386,8 @@ class Webhook:
             self._cond.notify_all()
         self._thread.join(timeout=min(1.0, self.settings.timeout_s))
         with self._cond:
-            self._counts["dropped"] += len(self._queue)
+            for delivery in self._queue:
+                self._counts.add(delivery.camera, "dropped")
             self._queue.clear()
 
     def __enter__(self) -> Webhook:
@@ -359,8 +397,8 @@ class Webhook:
         self.close()
 
     # -- the sending thread -----------------------------------------------------------------
-    def _note_failure(self, message: str) -> None:  # holds self._cond
-        self._last_error = message
+    def _note_failure(self, camera: str | None, counter: str, message: str) -> None:
+        self._counts.fail(camera, counter, message)
         self._last_failure_at = _now_iso()
 
     def _run(self) -> None:
@@ -372,16 +410,17 @@ class Webhook:
                     return  # stopped, or closing with nothing left
                 delivery = self._queue.popleft()
                 self._in_flight = 1
+                self._sending = delivery
             try:
                 self._deliver(delivery)
             except Exception as exc:  # a bug must not kill the thread silently
                 log.exception("webhook delivery crashed")
                 with self._cond:
-                    self._counts["failed"] += 1
-                    self._note_failure(f"internal error: {exc!r}")
+                    self._note_failure(delivery.camera, "failed", f"internal error: {exc!r}")
             finally:
                 with self._cond:
                     self._in_flight = 0
+                    self._sending = None
                     self._cond.notify_all()
 
     def _deliver(self, delivery: _Delivery) -> None:
@@ -394,15 +433,11 @@ class Webhook:
                 message = f"attempt {delivery.attempts}/{s.max_attempts}: {failure}"
                 give_up = not failure.retryable or delivery.attempts >= s.max_attempts
                 with self._cond:
-                    self._note_failure(message)
-                    if give_up:
-                        self._counts["failed"] += 1
-                    else:
-                        self._counts["retries"] += 1
+                    self._note_failure(delivery.camera, "failed" if give_up else "retries", message)
                 if give_up:
                     log.warning(
                         "webhook %s: %s %s not delivered: %s",
-                        _safe_url(s.url),
+                        self._shown_url,
                         delivery.type,
                         delivery.id,
                         message,
@@ -413,12 +448,12 @@ class Webhook:
                     break
                 continue
             with self._cond:
-                self._counts["delivered"] += 1
+                self._counts.add(delivery.camera, "delivered")
                 self._last_delivered_at = _now_iso()
                 self._last_status = status
             return
         with self._cond:  # stopped while retrying: abandoned
-            self._counts["dropped"] += 1
+            self._counts.add(delivery.camera, "dropped")
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         s = self.settings
@@ -431,6 +466,7 @@ class Webhook:
     def _post(self, delivery: _Delivery) -> int:
         s = self.settings
         headers = {
+            **s.headers,
             "Content-Type": "application/json",
             "User-Agent": self._user_agent,
             EVENT_HEADER: delivery.type,
@@ -517,14 +553,10 @@ class MqttSettings(StrictModel):
         return value
 
 
-@dataclass
-class _MqttCounters:
-    published: int = 0  # acknowledged by the broker (QoS >= 1) or written (QoS 0)
-    failed: int = 0  # refused: not connected at QoS 0, offline queue full, bad payload
-    queued: int = 0  # accepted while disconnected, sent on reconnection
-    connects: int = 0
-    disconnects: int = 0
-    presence: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+#: What the publisher counts per camera: ``published`` (acknowledged by the broker at QoS >= 1,
+#: written at QoS 0), ``failed`` (refused: not connected at QoS 0, offline queue full, bad
+#: payload), ``queued`` (accepted while disconnected, sent on reconnection).
+_MQTT_COUNTERS = ("published", "failed", "queued")
 
 
 class MqttPublisher:
@@ -538,6 +570,9 @@ class MqttPublisher:
     availability: ``online`` (retained) on every connection, ``offline`` as the last will
     (the broker publishes it when the connection is lost) and on :meth:`close`."""
 
+    kind = "mqtt"
+    retains_state = True
+
     def __init__(self, settings: MqttSettings) -> None:
         from paho.mqtt import client as mqtt  # imported when used: the module stays light
         from paho.mqtt.enums import CallbackAPIVersion
@@ -545,7 +580,12 @@ class MqttPublisher:
         self.settings = settings
         self._mqtt = mqtt
         self._lock = threading.Lock()
-        self._counts = _MqttCounters()
+        self._counts = CameraCounters(_MQTT_COUNTERS)
+        self._connects = 0
+        self._disconnects = 0
+        self._presence: dict[tuple[str, str], set[str]] = {}  # open visits' uids
+        self._in_flight: dict[int, str | None] = {}  # message id -> camera, until acknowledged
+        self._early_acks: set[int] = set()  # acknowledged before publish() returned its id
         self._connected = False
         self._last_error: str | None = None
         self._closed = False
@@ -595,14 +635,19 @@ class MqttPublisher:
             "id": str(uuid.uuid4()),
             "sent_at": _now_iso(),
         }
-        self._publish(self.topic(event.camera, "events"), payload, retain=False)
-        self._publish(self.topic(event.camera, event.kind), payload, retain=False)
+        camera = event.camera
+        self._publish(self.topic(camera, "events"), payload, retain=False, camera=camera)
+        self._publish(self.topic(camera, event.kind), payload, retain=False, camera=camera)
         if event.kind == "corrected" and event.previous_subject_id is not None:
-            self._presence(event, event.previous_subject_id, event.previous_name, False, payload)
+            self._update_presence(
+                event, event.previous_subject_id, event.previous_name, False, payload
+            )
         if event.subject_id is not None:
-            self._presence(event, event.subject_id, event.name, event.kind != "left", payload)
+            self._update_presence(
+                event, event.subject_id, event.name, event.kind != "left", payload
+            )
 
-    def _presence(
+    def _update_presence(
         self,
         event: VisitEvent,
         subject_id: str,
@@ -614,14 +659,14 @@ class MqttPublisher:
         their visits open there)."""
         key = (event.camera, subject_id)
         with self._lock:
-            visits = self._counts.presence.setdefault(key, set())
+            visits = self._presence.setdefault(key, set())
             if here:
                 visits.add(event.uid)
             else:
                 visits.discard(event.uid)
             present = bool(visits)
             if not visits:
-                del self._counts.presence[key]
+                del self._presence[key]
         person = {
             "present": present,
             "subject_id": subject_id,
@@ -631,7 +676,10 @@ class MqttPublisher:
             "event": event.to_dict(),
         }
         self._publish(
-            self.topic(event.camera, "person", topic_level(subject_id)), person, retain=True
+            self.topic(event.camera, "person", topic_level(subject_id)),
+            person,
+            retain=True,
+            camera=event.camera,
         )
 
     def publish_state(self, camera: str, status: Mapping[str, Any]) -> None:
@@ -640,9 +688,12 @@ class MqttPublisher:
             self.topic(camera, "state"),
             {"camera": camera, **dict(status), "updated_at": _now_iso()},
             retain=True,
+            camera=camera,
         )
 
-    def _publish(self, topic: str, payload: Mapping[str, Any], *, retain: bool) -> None:
+    def _publish(
+        self, topic: str, payload: Mapping[str, Any], *, retain: bool, camera: str | None = None
+    ) -> None:
         mqtt = self._mqtt
         try:
             info = self._client.publish(
@@ -650,18 +701,28 @@ class MqttPublisher:
             )
             rc = info.rc
         except (ValueError, TypeError, OSError) as exc:  # never raise into the camera worker
+            error = f"publish {topic}: {exc}"
             with self._lock:
-                self._counts.failed += 1
-                self._last_error = f"publish {topic}: {exc}"
+                self._last_error = error
+            self._counts.fail(camera, "failed", error)
+            return
+        if rc == mqtt.MQTT_ERR_NO_CONN and self.settings.qos > 0:
+            self._counts.add(camera, "queued")  # kept by paho, sent on reconnection
+        elif rc != mqtt.MQTT_ERR_SUCCESS:
+            error = f"publish {topic}: {mqtt.error_string(rc)}"
+            with self._lock:
+                self._last_error = error
+            self._counts.fail(camera, "failed", error)
             return
         with self._lock:
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                return
-            if rc == mqtt.MQTT_ERR_NO_CONN and self.settings.qos > 0:
-                self._counts.queued += 1  # kept by paho, sent on reconnection
-                return
-            self._counts.failed += 1
-            self._last_error = f"publish {topic}: {mqtt.error_string(rc)}"
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                acked = True
+            else:
+                self._in_flight[info.mid] = camera
+                acked = False
+        if acked:
+            self._counts.add(camera, "published")
 
     # -- callbacks (paho's network thread) --------------------------------------------------
     def _on_connect(
@@ -674,7 +735,7 @@ class MqttPublisher:
             return
         with self._lock:
             self._connected = True
-            self._counts.connects += 1
+            self._connects += 1
         client.publish(
             self.availability_topic, "online", qos=max(1, self.settings.qos), retain=True
         )
@@ -686,7 +747,7 @@ class MqttPublisher:
             was = self._connected
             self._connected = False
             if was:
-                self._counts.disconnects += 1
+                self._disconnects += 1
             if not self._closed:
                 self._last_error = (
                     f"disconnected from {self.settings.host}:{self.settings.port}: {reason_code}"
@@ -703,11 +764,19 @@ class MqttPublisher:
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any = None
     ) -> None:
         with self._lock:
+            if mid in self._in_flight:
+                camera = self._in_flight.pop(mid)
+            else:  # not ours (the availability topic), or faster than publish() returned
+                camera = None
+                self._early_acks.add(mid)
+                if len(self._early_acks) > 10_000:  # availability messages: never claimed
+                    self._early_acks.clear()
             if getattr(reason_code, "is_failure", False):
-                self._counts.failed += 1
                 self._last_error = f"broker refused a publish: {reason_code}"
-            else:
-                self._counts.published += 1
+        if getattr(reason_code, "is_failure", False):
+            self._counts.fail(camera, "failed", f"broker refused a publish: {reason_code}")
+        else:
+            self._counts.add(camera, "published")
 
     # -- status and shutdown ----------------------------------------------------------------
     @property
@@ -725,23 +794,28 @@ class MqttPublisher:
             time.sleep(0.02)
         return self.connected
 
-    def status(self) -> dict[str, Any]:
-        """``connected``, ``published`` (acknowledged by the broker), ``failed``, ``queued``
-        (accepted while disconnected), ``connects``, ``disconnects``, ``last_error``,
-        ``broker`` (host:port) and ``topic_prefix``."""
+    def status(self, camera: str | None = None) -> dict[str, Any]:
+        """``published`` (acknowledged by the broker), ``failed`` and ``queued`` (accepted
+        while disconnected) of ``camera``'s messages (None: of all), and for the connection
+        as a whole ``connected``, ``connects``, ``disconnects``, ``last_error``, ``broker``
+        (host:port) and ``topic_prefix``."""
+        counts = self._counts.get(camera)
         with self._lock:
-            c = self._counts
             return {
                 "connected": self._connected,
-                "published": c.published,
-                "failed": c.failed,
-                "queued": c.queued,
-                "connects": c.connects,
-                "disconnects": c.disconnects,
-                "last_error": self._last_error,
+                **counts,
+                "connects": self._connects,
+                "disconnects": self._disconnects,
+                "last_error": self._last_error
+                if camera is None
+                else counts["last_error"] or (None if self._connected else self._last_error),
                 "broker": f"{self.settings.host}:{self.settings.port}",
                 "topic_prefix": self.settings.topic_prefix,
             }
+
+    def forget(self, camera: str) -> None:
+        """Drop a deleted camera's counters."""
+        self._counts.forget(camera)
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (retained) when connected, wait up to ``timeout`` seconds for

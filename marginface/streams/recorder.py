@@ -38,6 +38,7 @@ import numpy as np
 from marginface.errors import MarginfaceError, NotFoundError
 from marginface.gallery import Gallery
 from marginface.imaging import encode_jpeg
+from marginface.streams.notifier import CameraCounters
 from marginface.streams.visits import VisitEvent
 
 __all__ = ["VisitRecorder", "evidence_arrays", "visit_details"]
@@ -120,8 +121,7 @@ class VisitRecorder:
         self.store_crops = store_crops
         self._lock = threading.Lock()
         self._visitors: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self._counts = {"events": 0, "strangers": 0, "failed": 0}
-        self._last_error: str | None = None
+        self._counts = CameraCounters(("events", "strangers", "failed"))
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
 
     def __call__(self, event: VisitEvent) -> None:
@@ -137,9 +137,7 @@ class VisitRecorder:
                 exc,
                 exc_info=not isinstance(exc, MarginfaceError),
             )
-            with self._lock:
-                self._counts["failed"] += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
+            self._counts.fail(event.camera, "failed", f"{type(exc).__name__}: {exc}")
 
     def record(self, event: VisitEvent) -> str | None:
         """Write ``event``; returns the visitor id of an unknown ``left`` event (else None).
@@ -172,8 +170,8 @@ class VisitRecorder:
                 details=details,
             )
         thumbnail = _thumbnail(event)
+        self._counts.add(event.camera, "events")
         with self._lock:
-            self._counts["events"] += 1
             if thumbnail is not None:
                 self._thumbnails[logged.id] = thumbnail
                 while len(self._thumbnails) > THUMBNAILS:
@@ -200,8 +198,8 @@ class VisitRecorder:
             list(kept),
         )
         visitor_id = sighting.visitor_id
+        self._counts.add(event.camera, "strangers")
         with self._lock:
-            self._counts["strangers"] += 1
             self._visitors[(event.camera, int(event.visit_id))] = visitor_id
             while len(self._visitors) > _REMEMBERED:
                 self._visitors.popitem(last=False)
@@ -212,7 +210,11 @@ class VisitRecorder:
         with self._lock:
             return self._visitors.get((camera, int(visit_id)))
 
-    def status(self) -> dict[str, Any]:
-        """``events`` written, ``strangers`` recorded, ``failed`` writes, ``last_error``."""
-        with self._lock:
-            return {**self._counts, "last_error": self._last_error}
+    def status(self, camera: str | None = None) -> dict[str, Any]:
+        """``events`` written, ``strangers`` recorded, ``failed`` writes, ``last_error``: of
+        ``camera``'s visits, or of all (None)."""
+        return self._counts.get(camera)
+
+    def forget(self, camera: str) -> None:
+        """Drop a deleted camera's counters."""
+        self._counts.forget(camera)

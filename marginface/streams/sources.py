@@ -67,9 +67,11 @@ import collections
 import contextlib
 import itertools
 import math
+import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,9 +82,21 @@ from pydantic import Field, ValidationError
 
 from marginface.config import StrictModel, format_validation_error
 from marginface.errors import ConfigError, DataError, ImageError
-from marginface.gallery.types import redact_url
+from marginface.imaging import DEFAULT_MAX_PIXELS, decode_image
+from marginface.urls import parse_url, redact_url, scheme_of
 
-__all__ = ["Frame", "Source", "SourceOptions", "SourceStatus", "open_source"]
+__all__ = [
+    "ANY_SOURCE",
+    "Frame",
+    "Source",
+    "SourceOptions",
+    "SourcePolicy",
+    "SourceSpec",
+    "SourceStatus",
+    "open_source",
+    "parse_source",
+    "source_kind",
+]
 
 State = Literal["connecting", "running", "reconnecting", "ended", "stopped", "failed"]
 Kind = Literal["file", "webcam", "rtsp", "mjpeg", "push"]
@@ -93,7 +107,7 @@ _MAX_BAD_PACKETS = 100  # consecutive undecodable packets before a source counts
 _CLOSE_WAIT_S = 1.0  # how long close() waits for the reader thread
 _EPS = 1e-3  # tolerance on the 1/fps spacing (timestamps are rounded to the time base)
 _SCHEMES = (
-    "file path",
+    "a file path",
     "file://",
     "rtsp://",
     "rtsps://",
@@ -103,6 +117,14 @@ _SCHEMES = (
     "push:",
 )
 _source_ids = itertools.count(1)
+#: The FFmpeg protocols each kind of source may use (FFmpeg's ``protocol_whitelist``).
+_PROTOCOLS: dict[str, str] = {
+    "file": "file",
+    "webcam": "file",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy",
+    "mjpeg": "http,https,tcp,tls,httpproxy",
+    "push": "",
+}
 
 
 @dataclass(frozen=True)
@@ -131,12 +153,14 @@ class SourceStatus:
     """A snapshot of a source's health, for status pages and metrics.
 
     ``frames_read`` counts decoded frames, ``frames_delivered`` those :meth:`Source.read`
-    returned, ``frames_dropped`` live frames replaced before the consumer took them,
+    returned, ``frames_dropped`` live frames replaced before the consumer took them (and
+    pushed frames that came sooner than ``1/fps`` after the previous one: never processed),
     ``frames_corrupt`` packets or pushed images that could not be decoded, ``reconnects`` the
     reconnection attempts. ``last_error`` is the latest failure, one line (kept after a
     recovery, so that a flapping camera shows why). ``read_fps`` is frames decoded per second
     over the last few seconds; ``lag_s`` how old the latest delivered frame was when it was
-    delivered.
+    delivered. ``position_s``: a file's presentation time of the latest frame delivered
+    (reading it again from there, ``start_s``, skips what was delivered); None when live.
     """
 
     state: State = "connecting"
@@ -151,6 +175,7 @@ class SourceStatus:
     height: int | None = None
     stream_fps: float | None = None
     lag_s: float | None = None
+    position_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The status as a JSON-ready dict."""
@@ -184,6 +209,19 @@ class SourceOptions(StrictModel):
     )
     name: str | None = Field(None, description="shown in the reader thread's name")
     max_push_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest pushed image")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        gt=0,
+        description="largest frame (width x height) decoded: the decompression-bomb guard of "
+        "every image marginface decodes (marginface.imaging), for pushed images and for "
+        "FFmpeg's decoders alike",
+    )
+    start_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="files: start at this presentation time (seconds); frames before it are "
+        "not delivered (a camera resuming where it stopped)",
+    )
 
 
 @dataclass
@@ -223,39 +261,169 @@ def _import_av() -> Any:
     return av
 
 
-def _parse(url: str | int | Path) -> tuple[Kind, str]:
-    """The kind of a source URL and the location FFmpeg opens."""
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Which sources may be opened, beyond the URL rules every source follows.
+
+    ``media_roots``: folders whose files may be read (None: any file, the CLI's ``watch``
+    reading what its user names; empty: no file at all). A file counts as inside a folder when
+    its real path (symbolic links and ``..`` resolved) is. ``allowed_devices``: webcams that
+    may be opened, as ``/dev/videoN`` (None: any; empty: none). ``push``: whether ``push:``
+    sources are allowed. The service builds its policy from its settings (``media_roots``
+    and ``allowed_devices``, both empty by default): a camera URL is a network stream or a
+    push camera unless the operator allows more."""
+
+    media_roots: tuple[Path, ...] | None = None
+    allowed_devices: tuple[str, ...] | None = None
+    push: bool = True
+
+    @classmethod
+    def service(
+        cls, media_roots: Sequence[str | Path] = (), allowed_devices: Sequence[str | int] = ()
+    ) -> SourcePolicy:
+        """A policy that allows network streams, push cameras, the files under
+        ``media_roots`` and the webcams ``allowed_devices`` (``N``, ``webcam:N`` or
+        ``/dev/videoN``)."""
+        roots = tuple(Path(os.path.realpath(Path(r).expanduser())) for r in media_roots)
+        devices = tuple(_device(d) for d in allowed_devices)
+        return cls(media_roots=roots, allowed_devices=devices)
+
+    def describe(self) -> str:
+        """What this policy allows, in words (for messages)."""
+        files = (
+            "any file"
+            if self.media_roots is None
+            else "files under " + ", ".join(map(str, self.media_roots))
+            if self.media_roots
+            else "no file (media_roots is empty)"
+        )
+        devices = (
+            "any webcam"
+            if self.allowed_devices is None
+            else "the webcams " + ", ".join(self.allowed_devices)
+            if self.allowed_devices
+            else "no webcam (allowed_devices is empty)"
+        )
+        return f"network streams, {'push cameras, ' if self.push else ''}{files} and {devices}"
+
+
+#: What the CLI may open: anything its user names.
+ANY_SOURCE = SourcePolicy()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source URL, understood: its ``kind``, the ``location`` FFmpeg opens (a file as an
+    absolute ``file:`` path, so that no FFmpeg protocol syntax in it is ever interpreted; an
+    RTSP URL without its ``transport`` query parameter), the RTSP ``transport`` and ``shown``,
+    how messages name it (credentials hidden)."""
+
+    kind: Kind
+    location: str
+    shown: str
+    transport: str | None = None
+
+
+def _device(value: str | int) -> str:
+    """A webcam as ``/dev/videoN`` (ConfigError for anything else)."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:webcam:)?(\d+)|/dev/video(\d+)", text)
+    if match is None or isinstance(value, bool):
+        raise ConfigError(f"not a webcam: {value!r} (use N, webcam:N or /dev/videoN)")
+    return f"/dev/video{int(match.group(1) or match.group(2))}"
+
+
+def _not_allowed(what: str, policy: SourcePolicy) -> ConfigError:
+    return ConfigError(f"{what} is not allowed here: this service reads {policy.describe()}")
+
+
+def parse_source(
+    url: str | int | Path, *, policy: SourcePolicy = ANY_SOURCE, transport: str | None = None
+) -> SourceSpec:
+    """What ``url`` names and where FFmpeg opens it; nothing is opened or connected.
+
+    Raises :class:`ConfigError` for a scheme no source reads (FFmpeg's own protocols such as
+    ``concat:``, ``subfile,...:`` or ``pipe:`` included), a bad RTSP transport, or a source
+    ``policy`` does not allow (the message says "not allowed" and never whether a file
+    exists); :class:`~marginface.urls.UrlError` (a :class:`DataError`) for a malformed network
+    URL; :class:`DataError` for a missing file, or one that is not a regular file, among the
+    files the policy allows."""
     if isinstance(url, bool):
         raise ConfigError(f"not a video source: {url!r}")
     if isinstance(url, int):
         if url < 0:
             raise ConfigError(f"webcam index must be >= 0, got {url}")
-        return "webcam", f"/dev/video{url}"
+        return _webcam(f"/dev/video{url}", policy)
     text = str(url).strip()
     if not text:
         raise ConfigError("empty video source URL")
-    if text in ("push", "push:"):
-        return "push", "push:"
-    if text.isdigit():
-        return "webcam", f"/dev/video{int(text)}"
-    match = re.fullmatch(r"webcam:(\d+)", text)
-    if match:
-        return "webcam", f"/dev/video{int(match.group(1))}"
-    if re.fullmatch(r"/dev/video\d+", text):
-        return "webcam", text
-    scheme = urlsplit(text).scheme.lower() if re.match(r"^[A-Za-z][\w+.-]*:", text) else ""
-    if scheme in ("rtsp", "rtsps"):
-        return "rtsp", text
-    if scheme in ("http", "https"):
-        return "mjpeg", text
+    if text.lower() in ("push", "push:"):
+        if not policy.push:
+            raise _not_allowed("a push: source", policy)
+        return SourceSpec("push", "push:", "push:")
+    if text.isdigit() or re.fullmatch(r"webcam:\d+|/dev/video\d+", text):
+        return _webcam(_device(text), policy)
+    scheme = scheme_of(text)
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        parsed = parse_url(text, what="camera URL")
+        if scheme.startswith("rtsp"):
+            location, chosen = _rtsp_transport(parsed.text, transport)
+            return SourceSpec("rtsp", location, parsed.redacted, chosen)
+        return SourceSpec("mjpeg", parsed.text, parsed.redacted)
     if scheme == "file":
-        return "file", unquote(urlsplit(text).path)
-    if scheme and not Path(text).exists():
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"a file:// URL names a file of this machine, not of {parts.netloc!r}"
+            )
+        return _file(unquote(parts.path), text, policy)
+    if scheme:
         raise ConfigError(
-            f"unsupported video source scheme {scheme + ':'!r} in "
-            f"{redact_url(text)!r}; use one of: {', '.join(_SCHEMES)}"
+            f"unsupported video source scheme {scheme + ':'!r} in {redact_url(text)!r}; use one "
+            f"of: {', '.join(_SCHEMES)} (a file whose name holds ':' as ./{text})"
         )
-    return "file", text
+    return _file(text, text, policy)
+
+
+def source_kind(url: str | int | Path) -> Kind | None:
+    """The kind of source ``url`` names, from its form alone (nothing is checked or opened;
+    None when no source reads it)."""
+    if isinstance(url, bool):
+        return None
+    if isinstance(url, int):
+        return "webcam"
+    text = str(url).strip()
+    if text.lower() in ("push", "push:"):
+        return "push"
+    if text.isdigit() or re.fullmatch(r"webcam:\d+|/dev/video\d+", text):
+        return "webcam"
+    scheme = scheme_of(text)
+    kinds: dict[str, Kind] = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "mjpeg", "https": "mjpeg"}
+    if scheme in kinds:
+        return kinds[scheme]
+    return "file" if text and scheme in ("", "file") else None
+
+
+def _webcam(device: str, policy: SourcePolicy) -> SourceSpec:
+    if policy.allowed_devices is not None and device not in policy.allowed_devices:
+        raise _not_allowed(f"the webcam {device}", policy)
+    return SourceSpec("webcam", device, device)
+
+
+def _file(path_text: str, given: str, policy: SourcePolicy) -> SourceSpec:
+    """A file source: allowed by the policy (before anything about the file is looked at),
+    then existing and a regular file."""
+    path = Path(path_text).expanduser()
+    real = Path(os.path.realpath(path))
+    if policy.media_roots is not None and not any(
+        real.is_relative_to(root) for root in policy.media_roots
+    ):
+        raise _not_allowed(f"the file {given!r}", policy)
+    if not real.exists():
+        raise DataError(f"video file not found: {path}")
+    if not real.is_file():
+        raise DataError(f"not a video file: {path} is a directory or a device")
+    return SourceSpec("file", f"file:{real}", str(path))
 
 
 def _rtsp_transport(url: str, option: str | None) -> tuple[str, str]:
@@ -279,7 +447,12 @@ def _rtsp_transport(url: str, option: str | None) -> tuple[str, str]:
 
 
 def open_source(
-    url: str | int | Path, *, fps: float | None = 5.0, live: bool | None = None, **options: Any
+    url: str | int | Path,
+    *,
+    fps: float | None = 5.0,
+    live: bool | None = None,
+    policy: SourcePolicy = ANY_SOURCE,
+    **options: Any,
 ) -> Source:
     """Open a video source and start reading it in the background.
 
@@ -287,10 +460,12 @@ def open_source(
     ``"webcam:N"``), ``rtsp://`` / ``rtsps://`` (``?transport=udp|tcp`` or the ``transport``
     option; TCP by default), ``http(s)://`` serving multipart MJPEG, or ``"push:"`` (frames
     given with :meth:`Source.push`). ``fps``: frames to process per second (None: every frame).
-    ``live``: None means files are not live and everything else is. ``options``: see
+    ``live``: None means files are not live and everything else is. ``policy``: which
+    sources may be opened (default: any; the service passes its own). ``options``: see
     :class:`SourceOptions`.
 
-    Raises ConfigError for a wrong scheme or option and DataError for a missing file. An
+    Raises ConfigError for a wrong scheme or option or a source the policy does not allow,
+    and DataError for a malformed URL or a missing file (:func:`parse_source`). An
     unreachable URL does not raise: the source reconnects and its status says why.
     """
     if fps is not None and (not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0):
@@ -301,25 +476,18 @@ def open_source(
         raise ConfigError(f"invalid source options: {format_validation_error(exc)}") from None
     if opts.backoff_max < opts.backoff_initial:
         raise ConfigError("backoff_max must be >= backoff_initial")
-    kind, location = _parse(url)
-    if kind == "file":
-        path = Path(location).expanduser()
-        if not path.exists():
-            raise DataError(f"video file not found: {path}")
-        if not path.is_file():
-            raise DataError(f"not a video file: {path} is a directory or a device")
-        location = str(path)
-    transport = None
-    if kind == "rtsp":
-        location, transport = _rtsp_transport(location, opts.transport)
-    elif opts.transport is not None:
+    spec = parse_source(url, policy=policy, transport=opts.transport)
+    kind = spec.kind
+    if kind != "rtsp" and opts.transport is not None:
         raise ConfigError(f"the transport option is for rtsp:// sources, not {kind}")
     is_live = kind != "file" if live is None else bool(live)
     if kind == "push" and not is_live:
         raise ConfigError("a push: source is always live")
+    if opts.start_s and kind != "file":
+        raise ConfigError(f"start_s is for files, not {kind} sources")
     if kind != "push":
         _import_av()
-    source = Source(kind, location, fps=fps, live=is_live, options=opts, transport=transport)
+    source = Source(spec, fps=fps, live=is_live, options=opts)
     source._start()
     return source
 
@@ -328,22 +496,15 @@ class Source:
     """A running video source; made by :func:`open_source`. Thread-safe."""
 
     def __init__(
-        self,
-        kind: Kind,
-        location: str,
-        *,
-        fps: float | None,
-        live: bool,
-        options: SourceOptions,
-        transport: str | None = None,
+        self, spec: SourceSpec, *, fps: float | None, live: bool, options: SourceOptions
     ) -> None:
-        self.kind: Kind = kind
-        self.url = redact_url(location)  # for messages and statuses
+        self.kind: Kind = spec.kind
+        self.url = spec.shown  # for messages and statuses: credentials hidden
         self.live = live
         self.fps = fps
-        self._location = location
+        self._location = spec.location
         self._options = options
-        self._transport = transport
+        self._transport = spec.transport
         self._period = 0.0 if fps is None else 1.0 / fps
         self._every_frame = options.every_frame and not live
         self._cond = threading.Condition()
@@ -351,6 +512,7 @@ class Source:
         self._status = SourceStatus()
         self._slot: _Pending | None = None
         self._next_due: float | None = None  # the time from which a frame is due
+        self._passed_t: float | None = None  # a file's frame passed over after the slot's
         self._read_times: collections.deque[float] = collections.deque(maxlen=2048)
         self._opened_mono = time.monotonic()
         self._opened_wall = time.time()
@@ -387,6 +549,11 @@ class Source:
         with self._cond:
             self._status.frames_delivered += 1
             self._status.lag_s = lag
+            if self.kind == "file" and not self.live:
+                # the frame, or the frames not due after it that were passed over meanwhile
+                passed = self._passed_t
+                self._status.position_s = pending.t if passed is None else passed
+                self._passed_t = None
         return Frame(
             image=image, t=pending.t, wall=pending.wall, index=pending.index, due=pending.due
         )
@@ -406,29 +573,30 @@ class Source:
     def push(self, data: bytes, t: float | None = None) -> None:
         """Give a push source one JPEG or PNG image (``t``: seconds since the source opened).
 
-        Raises ImageError (and counts the image as corrupt) when ``data`` is not a decodable
-        image, ConfigError when this is not a push source or it is closed.
+        The image is decoded by :func:`marginface.imaging.decode_image`, the decoder of every
+        photo (EXIF orientation, every mode as RGB, and the decompression-bomb guard: an image
+        whose header announces more than ``max_pixels`` pixels is refused before any pixel is
+        decoded). Raises ImageError (and counts the image as corrupt) when ``data`` is not a
+        decodable image or too large, ConfigError when this is not a push source or it is
+        closed.
         """
         if self.kind != "push":
             raise ConfigError(f"push() is only for push: sources, not {self.kind}")
         if self._stop.is_set():
             raise ConfigError("the source is closed")
-        import cv2
-
-        image = None
-        if 0 < len(data) <= self._options.max_push_bytes:
-            bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-            if bgr is not None and bgr.ndim == 3 and bgr.size:
-                image = np.ascontiguousarray(bgr[:, :, ::-1])
-        if image is None:
-            with self._cond:
-                self._status.frames_corrupt += 1
+        try:
             if len(data) > self._options.max_push_bytes:
                 raise ImageError(
                     f"pushed image is too large ({len(data)} bytes, at most "
                     f"{self._options.max_push_bytes})"
                 )
-            raise ImageError(f"pushed data is not a JPEG or PNG image ({len(data)} bytes)")
+            image = decode_image(
+                data, max_pixels=self._options.max_pixels, source="pushed image"
+            ).pixels
+        except ImageError:
+            with self._cond:
+                self._status.frames_corrupt += 1
+            raise
         now = time.monotonic()
         t = now - self._opened_mono if t is None else float(t)
         with self._cond:
@@ -530,24 +698,50 @@ class Source:
         elif self.kind == "webcam":
             fmt = fmt or "v4l2"
         ffopts.update(opts.ffmpeg)
+        # FFmpeg opens only the protocols of this kind of source, whatever the stream says:
+        # an HTTP redirect, an RTSP answer or a playlist cannot lead it to a local file.
+        ffopts["protocol_whitelist"] = _PROTOCOLS[self.kind]
         return fmt, ffopts
+
+    def _too_large(self, width: int, height: int) -> _ReadError | None:
+        """The decompression-bomb guard (:data:`marginface.imaging.DEFAULT_MAX_PIXELS`) on a
+        stream's frame size, known from its headers before any frame is decoded."""
+        limit = self._options.max_pixels
+        if width * height <= limit:
+            return None
+        return _ReadError(
+            f"{self.url}: frames of {width}x{height} = {width * height / 1e6:.0f} megapixels, "
+            f"above the limit of {limit / 1e6:.0f} (decompression-bomb guard)",
+            final=self.kind == "file",
+        )
 
     def _read_once(self) -> bool:
         """One connection: open, decode until the end; True when it gave frames."""
         av = _import_av()
         fmt, ffopts = self._ffmpeg_options()
         verb = "open" if self.kind == "file" else "connect to"
+        opts = self._options
+        began = time.monotonic()
         try:
             container = av.open(
                 self._location,
                 mode="r",
                 format=fmt,
                 options=ffopts,
-                timeout=(self._options.open_timeout, self._options.read_timeout),
+                timeout=(opts.open_timeout, opts.read_timeout),
             )
         except av.FFmpegError as exc:
-            hint = " (not a video file?)" if isinstance(exc, av.InvalidDataError) else ""
-            raise _ReadError(f"cannot {verb} {self.url}: {_describe(exc)}{hint}") from None
+            waited = time.monotonic() - began
+            if self.kind != "file" and waited >= min(opts.open_timeout, opts.read_timeout) - 0.05:
+                # A server that accepts and never answers: RTSP's own socket timeout ends the
+                # wait as "Invalid data found", which would blame the stream.
+                reason = "timed out"
+            else:
+                hint = ""
+                if self.kind == "file" and isinstance(exc, av.InvalidDataError):
+                    hint = " (not a video file?)"
+                reason = _describe(exc) + hint
+            raise _ReadError(f"cannot {verb} {self.url}: {reason}") from None
         except OSError as exc:
             raise _ReadError(f"cannot {verb} {self.url}: {_describe(exc)}") from None
         try:
@@ -567,10 +761,15 @@ class Source:
             ctx = stream.codec_context
             ctx.thread_type = "AUTO" if threads != 1 else "NONE"
             ctx.thread_count = threads
+            # the decoder refuses a frame above the limit too (a stream whose size changes)
+            ctx.options = {**ctx.options, "max_pixels": str(self._options.max_pixels)}
         except Exception as exc:
             raise _ReadError(
                 f"{self.url}: unsupported codec ({_describe(exc)})", final=self.kind == "file"
             ) from None
+        too_large = self._too_large(ctx.width or 0, ctx.height or 0)
+        if too_large is not None:
+            raise too_large
         rate = stream.average_rate or stream.guessed_rate
         stream_fps = float(rate) if rate else None
         self._set(width=ctx.width or None, height=ctx.height or None, stream_fps=stream_fps)
@@ -582,7 +781,12 @@ class Source:
         )
         # A file played live is paced at its own rate, like a camera.
         pace_start = time.monotonic() if self.live and self.kind == "file" else None
+        start_s = self._options.start_s
+        if start_s and origin is not None and time_base:
+            with contextlib.suppress(av.FFmpegError):  # unseekable: the frames are skipped
+                container.seek(int((origin + start_s) / time_base), stream=stream, backward=True)
         got = 0
+        skipped = 0
         bad_in_row = 0
         last_error = ""
         demux = container.demux(stream)
@@ -628,8 +832,11 @@ class Source:
                             origin = frame.time
                         t = frame.time - origin
                     else:
-                        t = self._status.frames_read / (stream_fps or 25.0)
-                    wall = self._opened_wall + t
+                        t = (self._status.frames_read + skipped) / (stream_fps or 25.0)
+                    if t < start_s - _EPS:
+                        skipped += 1  # delivered by an earlier reading
+                        continue
+                    wall = self._opened_wall + t - start_s
                 got += 1
                 if got == 1:
                     self._set(state="running", width=frame.width, height=frame.height)
@@ -640,7 +847,7 @@ class Source:
             raise _ReadError(
                 f"{self.url}: no frame could be decoded ({last_error})", final=self.kind == "file"
             )
-        if got == 0 and self.kind == "file":
+        if got == 0 and self.kind == "file" and not start_s:
             raise _ReadError(f"{self.url}: no video frames", final=True)
         return got > 0
 
@@ -650,9 +857,14 @@ class Source:
             index = self._status.frames_read
             self._status.frames_read += 1
             self._read_times.append(now)
-        due = self._due(t)
-        if not due and not self._every_frame:
-            return
+            due = self._due(t)
+            if not due and not self._every_frame:
+                if not self.live:  # passed over: a later reading need not see it again
+                    if self._slot is None:
+                        self._status.position_s = t
+                    else:
+                        self._passed_t = t
+                return
         if not self.live:
             frame = frame.to_ndarray(format="rgb24")  # it will be delivered: convert here
         self._offer(frame, t, wall, now, index, due)
@@ -696,6 +908,8 @@ class Source:
             if due is None:
                 due = self._due(t)
             if not due and not self._every_frame:
+                if self.kind == "push":  # pushed, and never to be processed
+                    self._status.frames_dropped += 1
                 return
             if due:
                 self._mark_due(t)

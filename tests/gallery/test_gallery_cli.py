@@ -271,3 +271,16 @@ def test_gallery_config_stores_the_target_fpir(app, tmp_path):
     assert isinstance(res.exception, ConfigError)
     res = runner.invoke(app, ["gallery", "config", "--db", db, "--reset-fpir"])
     assert res.exit_code == 0 and "target FPIR 1e-2 (the default)" in res.output
+
+
+def test_a_first_enrolment_shows_its_progress(shared_data, tmp_path) -> None:
+    """Issue #25: ``marginface enroll`` was silent for 54 s on a first run (loading the model
+    and the index). At a terminal each slow step shows a spinner, then how long it took."""
+    from tests.terminal import run_in_terminal
+
+    photo = sorted((shared_data / "celeba-dev").glob("*/*.jpg"))[0]
+    code, shown = run_in_terminal(["enroll", "Ada", str(photo), "--db", str(tmp_path / "g.db")])
+    assert code == 0, shown
+    for step in ("loading the model 'default'", "opening the gallery", "enrolling 1 photo(s)"):
+        assert re.search(re.escape(step) + r"[^\r\n]*: \d+\.\d s", shown), (step, shown)
+    assert "enrolled" in shown

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from gallery_helpers import DIM, MODEL, People, make_store
 
-from marginface.card import ModelCard
+from marginface.card import Calibration, ModelCard
 from marginface.errors import ConflictError, GalleryError, NotFoundError
-from marginface.gallery import Gallery, StrangerSighting, Visitor
+from marginface.gallery import FacesUnlikeError, Gallery, StrangerSighting, Visitor
 from tests.impostor_tables import log_linear_tail
 
 T0 = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
@@ -24,8 +24,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def card() -> ModelCard:
+    # the 1:1 threshold holds assigned faces to the subject's own (marginface.gallery.likeness)
     return ModelCard(
-        name=MODEL, architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.45)
+        name=MODEL,
+        architecture="mbf",
+        embedding_dim=DIM,
+        impostors=log_linear_tail(0.45),
+        calibration=Calibration(thresholds={"1e-3": 0.45}),
     )
 
 
@@ -409,3 +414,38 @@ def test_sigkill_loses_no_recorded_sighting(tmp_path) -> None:
         assert sum(v.sightings for v in visitors.values()) >= 12
         assert all(0 < len(v.faces) <= 8 for v in visitors.values())
         assert len(g.events(limit=None)) >= 12
+
+
+def test_assigned_faces_must_look_like_the_subject(gallery: Gallery, people: People) -> None:
+    """The rule of every face added to a subject (marginface.gallery.likeness), here for a
+    stranger assigned to an enrolled person: below the 1:1 threshold it is refused, in the
+    write's transaction, unless the mismatch is forced."""
+    (ada,) = gallery.find_subjects("Ada")
+    s = sight(gallery, people, 5)  # a stranger
+    faces = gallery.count_faces()
+    for force in (False, True):  # force alone overrides look-alikes, not a mismatch
+        with pytest.raises(FacesUnlikeError, match="does not look like 'Ada'") as err:
+            gallery.assign_visitor(s.visitor_id, subject_id=ada.id, force=force)
+        assert err.value.reason == "subject" and err.value.subject_id == ada.id
+        assert {f for f, _ in err.value.faces} == set(gallery.get_visitor(s.visitor_id).face_ids)
+    assert gallery.count_faces() == faces
+    assert gallery.get_visitor(s.visitor_id).status == "pending"
+    # the threshold is the 1:1 one: an explicit lower one lets them through
+    with pytest.raises(FacesUnlikeError):
+        gallery.assign_visitor(s.visitor_id, subject_id=ada.id, threshold=0.9)
+    subject = gallery.assign_visitor(s.visitor_id, subject_id=ada.id, force_mismatch=True)
+    assert subject.n_faces == ada.n_faces + 3
+
+
+def test_faces_of_several_people_are_not_assigned_together(
+    gallery: Gallery, people: People
+) -> None:
+    mixed = np.vstack([people.sample(5, 2), people.sample(6, 1)])
+    s = gallery.record_stranger("door", T0, T0, mixed, [0.9, 0.8, 0.7], None, threshold=1.01)
+    ids = [f.id for f in gallery.get_visitor(s.visitor_id).faces]  # best first: 5, 5, 6
+    for kwargs in ({}, {"force": True}, {"force": True, "force_mismatch": True}):
+        with pytest.raises(FacesUnlikeError, match="do not all look alike") as err:
+            gallery.assign_visitor(s.visitor_id, name="Mixed", **kwargs)
+        assert err.value.reason == "each_other" and [f for f, _ in err.value.faces] == [ids[2]]
+    assert gallery.count_subjects() == 2
+    assert gallery.assign_visitor(s.visitor_id, name="Hedy", faces=ids[:2]).n_faces == 2

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import CheckContext, not_a_server_error
+from schemathesis.config import SchemathesisConfig
 from schemathesis.core import NotSet
 from schemathesis.core.transport import Response
 from schemathesis.errors import FailureGroup
@@ -58,6 +59,7 @@ from schemathesis.specs.openapi.checks import (
     ignored_auth,
     missing_required_header,
     negative_data_rejection,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -114,18 +116,22 @@ REQUIRED_ROLE: dict[str, str | None] = {
     "GET /v1/cameras/{camera_id}/snapshot.jpg": "recognise",
     "GET /v1/cameras/{camera_id}/visits": "recognise",
     "GET /v1/visits": "recognise",
-    "GET /v1/visits/{event_id}/face.jpg": "recognise",
+    "GET /v1/visits/{event_id}/face.jpg": "enrol",
     "GET /v1/unknowns": "recognise",
     "GET /v1/unknowns/{visitor_id}": "recognise",
     "GET /v1/unknowns/{visitor_id}/faces/{face_id}.png": "enrol",
     "POST /v1/unknowns/{visitor_id}/assign": "enrol",
     "POST /v1/unknowns/{visitor_id}/dismiss": "enrol",
+    "POST /v1/unknowns/{visitor_id}/split": "enrol",
 }
 
 #: Cameras: the fake worker; failing cameras (random URLs) retry slowly, not every 0.2 s.
 FUZZ_CAMERAS = {**FAKE_CAMERAS, "restart_initial_s": 1.0, "restart_max_s": 5.0}
-#: A frame of person 4 for the push cameras.
+#: A frame of person 4 (a seed: enrolled) for the push cameras, and one of a stranger.
 FRAME = camera_frame((4, 60))
+STRANGER_FRAME = camera_frame((9, 60))  # 9: no seed, bank photo or seeded visitor
+#: Camera URLs the service reads (the fuzzer's push cameras, an unreachable stream).
+CAMERA_URLS = ("push:", "rtsp://127.0.0.1:9/stream", "http://127.0.0.1:9/mjpg")
 
 OWN_KEY_REVOCATION = "DELETE /v1/keys/{key_id}"
 
@@ -135,10 +141,10 @@ OWN_KEY_REVOCATION = "DELETE /v1/keys/{key_id}"
 FUZZ_EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
 FUZZ_EXAMPLES_FORBIDDEN = {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5}
 
-# The schemathesis checks run on every response. Left out, on purpose:
-# - positive_data_acceptance: schema-valid input is routinely refused here for reasons the schema
-#   cannot express (random bytes are valid ``photos`` but not images -> 400/422 ``no_face``;
-#   random subject ids -> 404; a weaker key -> 403), so it would only report noise;
+# The schemathesis checks run on every response. positive_data_acceptance (ST202: a schema-valid
+# request refused) runs on the cases generated positive that the fuzzer kept schema-valid, with
+# the rejections the schema cannot express allowed per operation (ST202_ALLOWED). Left out, on
+# purpose:
 # - use_after_free, ensure_resource_availability: they judge a response by its parent request
 #   in a stateful (links) run and do nothing on single requests;
 # - object_level_authorization: needs several identities owning objects; keys here have roles,
@@ -156,7 +162,47 @@ BASE_CHECKS: tuple[Callable[..., bool | None], ...] = (
     missing_required_header,
     unsupported_method,
     allow_header_conformance,
+    positive_data_acceptance,
 )
+
+#: ST202: what a schema-valid request may be answered besides 2xx. schemathesis' default list
+#: (3xx, 401 for generated credentials, 403 for a weaker key, 404 for ids that do not exist,
+#: 409 for a conflict with what is stored, 429, 5xx: not_a_server_error reports those), plus,
+#: per operation, the refusals no JSON schema can state: what a photo shows (400 not an image,
+#: 422 no face or several; 413 a body above the upload limit), a metadata object's depth, keys
+#: and size (422), "exactly one of" two fields (422), a visitor's faces unlike the subject's
+#: (422 photo_mismatch, faces_disagree), a camera URL the service's media roots and devices do
+#: not allow or whose file is missing (422), a pushed frame's content (400 malformed form, 415,
+#: 422 not an image). Nothing else: a 422 for a value the schema allows is a limit the OpenAPI
+#: document should state (dates, time zones, names, camera settings were such limits).
+ST202_DEFAULT = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+_PHOTOS = ["400", "413", "422"]
+ST202_ALLOWED: dict[str, list[str]] = {
+    "POST /v1/enroll": _PHOTOS,  # and the metadata form field's JSON text
+    "POST /v1/subjects/{subject_id}/faces": _PHOTOS,
+    "POST /v1/identify": _PHOTOS,
+    "POST /v1/verify": _PHOTOS,  # and exactly one of photo_b and subject_id
+    "POST /v1/subjects": ["422"],  # metadata: depth, keys, size
+    "PATCH /v1/subjects/{subject_id}": ["422"],  # metadata
+    "POST /v1/cameras": ["422"],  # the URL: the service's media roots and devices
+    "PATCH /v1/cameras/{camera_id}": ["422"],  # the URL
+    "POST /v1/cameras/{camera_id}/frames": ["400", "413", "415", "422"],  # the frame itself
+    "POST /v1/unknowns/{visitor_id}/assign": ["422"],  # one of two; faces unlike the subject
+    "POST /v1/unknowns/{visitor_id}/split": ["422"],  # faces not the visitor's, or all of them
+}
+
+
+def schemathesis_config() -> SchemathesisConfig:
+    """The run's configuration: ST202's accepted rejections per operation."""
+    operations = [
+        {
+            "include-name": label,
+            "checks": {"positive_data_acceptance": {"expected-statuses": ST202_DEFAULT + extra}},
+        }
+        for label, extra in ST202_ALLOWED.items()
+    ]
+    return SchemathesisConfig.from_dict({"operations": operations})
+
 
 _AUTH_HEADERS = ("x-api-key", "authorization")
 
@@ -567,7 +613,7 @@ class FuzzRun:
             with captured_service_log() as log, asgi.get_client(self.app) as client:
                 self.log = log
                 self.client = client
-                self.schema = from_asgi("/openapi.json", self.app)
+                self.schema = from_asgi("/openapi.json", self.app, config=schemathesis_config())
                 self._create_keys()
                 self._seed()
                 yield self
@@ -693,10 +739,14 @@ class FuzzRun:
             raise AssertionError("the fuzzer cannot enrol anyone: no subject or face to pick")
 
     # -- mutations --------------------------------------------------------------------------------
-    def _prepare(self, case: Case, chooser: Chooser, label: str) -> tuple[dict[str, str], bool]:
+    def _prepare(
+        self, case: Case, chooser: Chooser, label: str
+    ) -> tuple[dict[str, str], bool, bool]:
         """Put real ids and photos into a positive case and choose its credentials; returns the
-        credentials and whether the case was generated positive."""
+        credentials, whether the case was generated positive, and whether it still is
+        schema-valid (an integer edge value may lie outside a parameter's bounds)."""
         positive = case.meta is None or case.meta.generation.mode == GenerationMode.POSITIVE
+        valid = positive
         # Generated cases share containers (coverage cases are variations of one template), so
         # each gets its own copies before anything is changed.
         for container in ("path_parameters", "query", "headers", "body"):
@@ -709,10 +759,12 @@ class FuzzRun:
                 self._ensure_cameras()
             if label.startswith(("GET /v1/unknowns", "POST /v1/unknowns")):
                 self._ensure_visitors()
-            self._edge_values(case, chooser)
+            if self._edge_values(case, chooser):
+                valid = False  # an integer beyond the schema's bounds: not for ST202
             self._real_ids(case, chooser, label)
+            self._real_urls(case, chooser, label)
             self._real_photos(case, chooser)
-        return self._auth(case, chooser), positive
+        return self._auth(case, chooser), positive, valid
 
     def _real_ids(self, case: Case, chooser: Chooser, label: str) -> None:
         reg = self.registry
@@ -729,18 +781,14 @@ class FuzzRun:
                 own_face = chooser.chance(0.85)  # drawn whatever the state: reproducible
                 if "face_id" in params and visitor.face_ids and own_face:
                     params["face_id"] = chooser.pick(visitor.face_ids)
+                split_off = chooser.chance(0.6)  # drawn whatever the label: reproducible
+                splits = label == "POST /v1/unknowns/{visitor_id}/split"
+                if splits and split_off and len(visitor.face_ids) > 1:
+                    case.body = {"faces": [visitor.face_ids[-1]]}  # another person's face
             self._real_review(case, chooser, label)
             return
         if params and "event_id" in params and chooser.chance(0.7):
-            faces = [v["id"] for v in self.service.cameras.recent_visits(None, 50) if v["face"]]
-            if not faces:  # a seed camera's visit: push its person until one is decided
-                for _ in range(20):
-                    self.service.cameras.push(self._seed_cameras[0], FRAME)
-                    time.sleep(0.03)
-                faces = [
-                    v["id"] for v in self.service.cameras.recent_visits(None, 50) if v["face"]
-                ] or [0]
-            params["event_id"] = chooser.pick(faces)
+            params["event_id"] = chooser.pick(self._visit_faces())
         if label == "POST /v1/cameras/{camera_id}/frames" and chooser.chance(0.75):
             if isinstance(case.body, dict):
                 case.body["frame"] = Binary(FRAME)
@@ -767,6 +815,40 @@ class FuzzRun:
             if label == "GET /v1/subjects" and "name" in query and chooser.chance(0.3):
                 query["name"] = chooser.pick(reg.names or ["Seed"])[:6]
 
+    def _visit_faces(self) -> list[int]:
+        """Visit events with a face the run's role may see: a stranger's for an enrol key
+        (an enrolled person's needs an admin key), any for the others. A seed camera's
+        visits are made when there are none: a seed person and a stranger walk past."""
+        cameras = self.service.cameras
+
+        def faces() -> list[int]:
+            visits = cameras.recent_visits(None, 50)
+            ok = [v for v in visits if v["face"]]
+            if self.role == "enrol":
+                ok = [v for v in ok if v["subject_id"] is None]
+            return [v["id"] for v in ok]
+
+        found = faces()
+        if not found:
+            for frame in (FRAME, STRANGER_FRAME):
+                for _ in range(10):
+                    with contextlib.suppress(Exception):
+                        cameras.push(self._seed_cameras[0], frame)
+                    time.sleep(0.03)
+            with contextlib.suppress(Exception):
+                cameras.push(self._seed_cameras[0], camera_frame())  # both have gone
+            time.sleep(0.1)
+            found = faces()
+        return found or [0]
+
+    def _real_urls(self, case: Case, chooser: Chooser, label: str) -> None:
+        """A camera's URL is often one the service reads (push, a stream): a generated string
+        is a file path, which the service refuses unless it lies under a media root."""
+        if label not in ("POST /v1/cameras", "PATCH /v1/cameras/{camera_id}"):
+            return
+        if isinstance(case.body, dict) and "url" in case.body and chooser.chance(0.6):
+            case.body["url"] = chooser.pick(CAMERA_URLS)
+
     def _real_review(self, case: Case, chooser: Chooser, label: str) -> None:
         """An assignment often names a new subject, or an existing one, with force (the
         generated bodies rarely give exactly one of the two)."""
@@ -777,12 +859,15 @@ class FuzzRun:
         else:
             case.body = {"subject_id": chooser.pick(self.registry.subjects), "force": True}
 
-    def _edge_values(self, case: Case, chooser: Chooser) -> None:
+    def _edge_values(self, case: Case, chooser: Chooser) -> bool:
         """Edge values: a generated date or date-time in the query often becomes one of the
         first or last Python can represent, a ``tz`` a real (possibly extreme) time zone, an
         integer in the query or path one around the 64-bit limits, and a free-form JSON object
         of the body (``metadata``, also sent as JSON text in a multipart form) sometimes one
-        nested deeper than anything serialises."""
+        nested deeper than anything serialises. Returns whether a value may now lie outside the
+        schema (an integer beyond a parameter's bounds, an object where the schema names the
+        keys)."""
+        outside = False
         for container in (case.query, case.path_parameters):
             if not isinstance(container, dict):
                 continue
@@ -792,6 +877,7 @@ class FuzzRun:
                 if isinstance(value, int) and not isinstance(value, bool):
                     if chooser.chance(0.15):
                         container[name] = edge_int
+                        outside = True
                 elif not isinstance(value, str) or not chooser.chance(0.4):
                     continue
                 elif name == "tz":
@@ -804,7 +890,7 @@ class FuzzRun:
                     container[name] = edge_time
         body = case.body
         if not isinstance(body, dict):
-            return
+            return outside
         multipart = (case.media_type or "").startswith("multipart/")
         for name, value in list(body.items()):
             deep = nested(chooser.pick(NESTING_DEPTHS))
@@ -812,8 +898,10 @@ class FuzzRun:
                 continue
             if isinstance(value, dict):
                 body[name] = deep
+                outside = outside or name != "metadata"  # free-form only as metadata
             elif multipart and name == "metadata":
                 body[name] = json.dumps(deep)
+        return outside
 
     def _real_photos(self, case: Case, chooser: Chooser) -> None:
         """Real photos in the multipart photo fields (and a real subject for verify), as
@@ -881,7 +969,7 @@ class FuzzRun:
         """Send one generated case (of ``operation``; coverage cases may change its method),
         check the answer and record what fails."""
         label = f"{case.method.upper()} {case.path}"
-        auth, positive = self._prepare(case, chooser, label)
+        auth, positive, valid = self._prepare(case, chooser, label)
         params = case.path_parameters or {}
         if label == OWN_KEY_REVOCATION and str(params.get("key_id")) == self.own_key_id:
             self.stats.skipped_own_key += 1  # the one request left out: it would end the run
@@ -907,8 +995,12 @@ class FuzzRun:
             self.stats.successes[operation] += 1
         cause = self._logged_cause() if response.status_code >= 500 else None
         self.registry.observe(label, params, response.status_code, _json_or_none(response))
-        # negative_data_rejection judges negative cases only (see _real_photos).
-        checks = [c for c in self.checks if not (positive and c is negative_data_rejection)]
+        # negative_data_rejection judges negative cases only (see _real_photos);
+        # positive_data_acceptance (ST202) the positive ones that stayed schema-valid.
+        skip = {negative_data_rejection} if positive else {positive_data_acceptance}
+        if not valid:
+            skip.add(positive_data_acceptance)
+        checks = [c for c in self.checks if c not in skip]
         if 200 <= response.status_code < 300 and label not in self.auth_confirmed:
             checks.append(ignored_auth)
         try:

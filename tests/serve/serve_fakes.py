@@ -258,6 +258,7 @@ class FakeCameraWorker:
         self._next_track = 1
         self._latest: np.ndarray | None = None
         self._last: tuple[float, float] | None = None  # (frame t, monotonic) of the latest
+        self.names_drawn: bool | None = None  # what the latest snapshot was asked to draw
         self._lock = threading.Lock()
 
     def _emit(self, events: list[Any]) -> None:
@@ -325,8 +326,9 @@ class FakeCameraWorker:
                 "processing_fps": 0.0,
             }
 
-    def latest_annotated(self) -> np.ndarray | None:
+    def latest_annotated(self, *, names: bool = True) -> np.ndarray | None:
         with self._lock:
+            self.names_drawn = names
             return self._latest
 
 

@@ -8,6 +8,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,6 +179,12 @@ def _visitor_req(method: str, suffix: str = "", **kw: Any) -> Request:
     return build
 
 
+def _split_req(h: Harness) -> dict[str, Any]:
+    visitor = seed_visitor(h, next(_CAMERAS) % 18)
+    faces = [visitor["faces"][0]["id"]]
+    return _req("POST", f"/v1/unknowns/{visitor['id']}/split", json={"faces": faces})
+
+
 def _visit_face_req(h: Harness) -> dict[str, Any]:
     """A request for the face of a push camera's visit (frames pushed until one is decided)."""
     cameras = h.client.app.state.service.cameras
@@ -234,7 +241,7 @@ ROUTE_TABLE += [
     ),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200, _camera_req("GET", "/visits")),
     ("GET", "/v1/visits", "recognise", 200, lambda h: _req("GET", "/v1/visits")),
-    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200, _visit_face_req),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "enrol", 200, _visit_face_req),
     ("GET", "/v1/unknowns", "recognise", 200, lambda h: _req("GET", "/v1/unknowns")),
     ("GET", "/v1/unknowns/{visitor_id}", "recognise", 200, _visitor_req("GET")),
     (
@@ -252,6 +259,7 @@ ROUTE_TABLE += [
         _visitor_req("POST", "/assign", json={"name": "Reviewed", "force": True}),
     ),
     ("POST", "/v1/unknowns/{visitor_id}/dismiss", "enrol", 200, _visitor_req("POST", "/dismiss")),
+    ("POST", "/v1/unknowns/{visitor_id}/split", "enrol", 200, _split_req),
 ]
 
 CALLERS = (None, "wrong", *ROLES)
@@ -401,3 +409,28 @@ def test_keys_and_embeddings_stay_out_of_logs(
         assert secret not in text
     assert "mfk_abc_wrong" not in text
     assert "embedding" not in text.lower()
+
+
+def test_start_up_tells_the_truth_about_admin_keys(tmp_path: Path) -> None:
+    """After the first admin key was revoked, start-up still pointed to the key file, which
+    held the revoked key (issue #25)."""
+    from marginface.gallery import Gallery
+    from marginface.serve.auth import admin_key_notice, bootstrap_admin_key
+
+    key_file = tmp_path / "gallery.admin-key"
+    with Gallery.open(tmp_path / "gallery.db", model_name="m", dim=4) as gallery:
+        first = bootstrap_admin_key(gallery, key_file)
+        assert first is not None
+        assert admin_key_notice(gallery, key_file) == f"admin key: in {key_file}"
+        gallery.create_api_key("second admin", "admin")
+        first_id = next(k.id for k in gallery.list_api_keys() if k.name == "first admin")
+        gallery.delete_api_key(first_id)
+        notice = admin_key_notice(gallery, key_file)
+        assert f"the admin key in {key_file} was revoked" in notice
+        assert "1 admin key(s) exist" in notice and "marginface keys create --role admin" in notice
+        assert first not in notice
+        _, enrol = gallery.create_api_key("a reviewer", "enrol")
+        key_file.write_text(enrol + "\n")
+        assert "is a 'enrol' key, not an admin's" in admin_key_notice(gallery, key_file)
+        key_file.unlink()
+        assert "there is no such file" in admin_key_notice(gallery, key_file)

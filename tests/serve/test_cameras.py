@@ -10,6 +10,7 @@ recorder); the sources are the real ones (``push:``, and RTSP for the unreachabl
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from tests.serve.serve_fakes import (
     push_until_processed,
     wait_for,
 )
+from tests.streams.servers import LOCAL_SOURCES, huge_jpeg
 
 SECRET = "pa55-w0rd-xyz"
 
@@ -48,7 +50,7 @@ ROUTES: list[tuple[str, str, str, int]] = [
     ("GET", "/v1/cameras/{camera_id}/snapshot.jpg", "recognise", 200),
     ("GET", "/v1/cameras/{camera_id}/visits", "recognise", 200),
     ("GET", "/v1/visits", "recognise", 200),
-    ("GET", "/v1/visits/{event_id}/face.jpg", "recognise", 200),
+    ("GET", "/v1/visits/{event_id}/face.jpg", "enrol", 200),
 ]
 RANK = {"recognise": 0, "enrol": 1, "admin": 2}
 
@@ -246,7 +248,7 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
     push_until_processed(h, cid, camera_frame())  # Ada has gone
 
     def both() -> list[dict]:
-        r = h.client.get(f"/v1/cameras/{cid}/visits", headers=h.headers("recognise"))
+        r = h.client.get(f"/v1/cameras/{cid}/visits", headers=h.headers("admin"))
         assert r.status_code == 200
         visits = r.json()["visits"]
         return visits if len(visits) == 2 else []
@@ -259,11 +261,11 @@ def test_push_camera_end_to_end(camera_harness: Harness) -> None:
     assert left["dwell_s"] >= 0 and left["first_seen"] <= left["last_seen"]
     # each visit's best face, kept in memory for the page's recent visits
     assert arrived["face"] and left["face"]
-    r = h.client.get(f"/v1/visits/{arrived['id']}/face.jpg", headers=h.headers("recognise"))
+    r = h.client.get(f"/v1/visits/{arrived['id']}/face.jpg", headers=h.headers("admin"))
     assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"
-    r = h.client.get("/v1/visits/999999/face.jpg", headers=h.headers("recognise"))
+    r = h.client.get("/v1/visits/999999/face.jpg", headers=h.headers("admin"))
     assert r.status_code == 404 and r.json()["error"]["code"] == "face_not_found"
-    all_visits = h.client.get("/v1/visits", headers=h.headers("recognise")).json()["visits"]
+    all_visits = h.client.get("/v1/visits", headers=h.headers("admin")).json()["visits"]
     assert [v["id"] for v in all_visits] == [left["id"], arrived["id"]]
     assert camera(h, cid)["status"]["visits"] == 1
 
@@ -374,3 +376,159 @@ def test_camera_starts_with_a_client_of_its_own(settings: ServeSettings) -> None
             assert r.status_code == 201
         started = time.monotonic()
     assert time.monotonic() - started < 5.0
+
+
+# -- what a camera may read (issue #25) --------------------------------------------------------
+
+
+def test_local_files_and_devices_are_not_cameras(camera_harness: Harness) -> None:
+    """``POST /v1/cameras`` took ``/etc/passwd`` (FFmpeg rendered it as video in the snapshot)
+    and its errors told a missing file from an existing one."""
+    h = camera_harness
+    admin = h.headers("admin")
+    cam = add_camera(h, "door")
+    for url in LOCAL_SOURCES:
+        r = h.client.post("/v1/cameras", json={"name": "x", "url": url}, headers=admin)
+        assert r.status_code == 422, (url, r.text)
+        message = r.json()["error"]["message"]
+        assert "not allowed" in message and "not found" not in message, message
+        r = h.client.patch(f"/v1/cameras/{cam['id']}", json={"url": url}, headers=admin)
+        assert r.status_code == 422 and "not allowed" in r.json()["error"]["message"]
+    assert h.client.get("/v1/cameras", headers=admin).json()["total"] == 1
+    # a camera stored before (or by another process) fails with the same words at run time
+    gallery = h.client.app.state.service.cameras.gallery
+    legacy = gallery.create_camera("legacy", "/etc/passwd")
+    h.client.post(f"/v1/cameras/{legacy.id}/start", headers=admin)
+    status = wait_for(
+        lambda: (s := camera(h, legacy.id)["status"])["state"] == "failed" and s,
+        what="the legacy camera's refusal",
+    )
+    assert "not allowed" in status["last_error"] and status["frames_read"] == 0
+
+
+def test_media_roots_and_allowed_devices(settings: ServeSettings, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "door.mp4").write_bytes(b"not read at creation")
+    roots = settings.model_copy(update={"media_roots": [media], "allowed_devices": ["/dev/video3"]})
+    with started_harness(roots, camera_options=FAKE_CAMERAS) as h:
+        admin = h.headers("admin")
+        for url in (str(media / "door.mp4"), f"file://{media}/door.mp4", "webcam:3"):
+            r = h.client.post(
+                "/v1/cameras", json={"name": url, "url": url, "enabled": False}, headers=admin
+            )
+            assert r.status_code == 201, (url, r.text)
+        for url in (str(media / ".." / "gallery.db"), "webcam:0"):
+            r = h.client.post("/v1/cameras", json={"name": "x", "url": url}, headers=admin)
+            assert r.status_code == 422 and "not allowed" in r.json()["error"]["message"]
+        r = h.client.post(
+            "/v1/cameras", json={"name": "x", "url": str(media / "gone.mp4")}, headers=admin
+        )
+        assert r.status_code == 422 and "not found" in r.json()["error"]["message"]
+
+
+def test_pushed_frames_pass_the_decompression_bomb_guard(
+    camera_harness: Harness, tmp_path: Path
+) -> None:
+    """``/v1/identify`` refused a 10100x10100 JPEG that a push camera accepted and decoded."""
+    h = camera_harness
+    cid = add_camera(h, "door")["id"]
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    huge = huge_jpeg(tmp_path / "huge.jpg").read_bytes()
+    r = push(h, cid, huge)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_frame"
+    assert "decompression-bomb guard" in r.json()["error"]["message"]
+    r = h.client.post(
+        "/v1/identify",
+        files={"photo": ("huge.jpg", huge, "image/jpeg")},
+        headers=h.headers("recognise"),
+    )
+    assert r.status_code == 400 and "decompression-bomb guard" in r.json()["error"]["message"]
+    status = camera(h, cid)["status"]
+    assert status["frames_corrupt"] == 1 and status["frames_read"] == 0
+
+
+def test_pushed_frames_skipped_are_counted_as_dropped(camera_harness: Harness) -> None:
+    """391 of 400 pushed frames were skipped while ``frames_dropped`` stayed 0."""
+    h = camera_harness
+    cid = add_camera(h, "door", settings={"fps": 0.05})["id"]  # one frame per 20 s is due
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    for _ in range(10):
+        assert push(h, cid, camera_frame((4, 60))).status_code == 202
+    status = camera(h, cid)["status"]
+    assert status["frames_read"] == 10
+    # every frame pushed was processed, is being processed, waits, or was dropped
+    assert 0 <= status["frames_read"] - status["frames_dropped"] - status["frames_processed"] <= 2
+    assert status["frames_dropped"] >= 8
+
+
+# -- who sees what (issue #25; docs/streams.md, "Who sees what") -------------------------------
+HIDDEN_FROM = {"recognise": ("subject_id", "name", "visitor_id"), "enrol": ("subject_id", "name")}
+
+
+def test_who_sees_what_of_the_visits(camera_harness: Harness) -> None:
+    """The recognise role got 403 on /v1/events and /v1/attendance but read names, subject
+    ids, cameras and times from /v1/visits, names in the snapshot, and strangers' faces from
+    /v1/visits/{id}/face.jpg. Every cell of the matrix, for every role."""
+    h = camera_harness
+    ada = h.enrol("Ada", make_photo((3, 60)), make_photo((3, 90)))["subject"]
+    cid = add_camera(h, "door", settings=QUICK)["id"]
+    wait_for(lambda: camera(h, cid)["status"]["running"], what="the camera to run")
+    for side in (60, 70, 80):  # Ada and a stranger, side by side
+        push_until_processed(h, cid, camera_frame((3, side), (9, side)))
+    push_until_processed(h, cid, camera_frame())
+
+    def visits(role: str, path: str = "/v1/visits") -> list[dict]:
+        r = h.client.get(path, headers=h.headers(role))
+        assert r.status_code == 200, r.text
+        return r.json()["visits"]
+
+    full = wait_for(lambda: len(v := visits("admin")) == 4 and v, what="four visit events")
+    named = [v for v in full if v["subject_id"] == ada["id"]]
+    stranger = [v for v in full if v["subject_id"] is None]
+    assert len(named) == 2 and len(stranger) == 2 and all(v["known"] for v in named)
+    assert all(v["name"] == "Ada" and v["face"] for v in named)
+    assert all(v["face"] for v in stranger)
+    wanted = {v["id"] for v in full}
+
+    for role in ("recognise", "enrol"):
+        for path in ("/v1/visits", f"/v1/cameras/{cid}/visits"):
+            seen = {v["id"]: v for v in visits(role, path)}
+            assert set(seen) == wanted
+            for original in full:
+                shown = seen[original["id"]]
+                # the decision, the camera and the times: for every key
+                for field in ("kind", "known", "camera", "time", "dwell_s", "score"):
+                    assert shown[field] == original[field], (role, field)
+                for field in HIDDEN_FROM[role]:
+                    assert shown[field] is None, (role, field)
+                stranger_face = role == "enrol" and not original["known"]
+                assert shown["face"] is stranger_face, (role, original["kind"])
+            if role == "enrol":  # the reviewers follow a stranger's visit to the queue
+                left = next(v for v in stranger if v["kind"] == "left")
+                assert left["visitor_id"] and seen[left["id"]]["visitor_id"] == left["visitor_id"]
+
+    # The faces: a stranger's for the reviewers, an enrolled person's for admin keys.
+    face_of = {"named": named[0]["id"], "stranger": stranger[0]["id"]}
+    expected = {
+        ("recognise", "named"): 403,
+        ("recognise", "stranger"): 403,
+        ("enrol", "named"): 403,
+        ("enrol", "stranger"): 200,
+        ("admin", "named"): 200,
+        ("admin", "stranger"): 200,
+    }
+    for (role, whose), status in expected.items():
+        r = h.client.get(f"/v1/visits/{face_of[whose]}/face.jpg", headers=h.headers(role))
+        assert r.status_code == status, (role, whose, r.text)
+
+    # The live view: names drawn for admin keys only.
+    worker = h.client.app.state.service.cameras._runner(cid).worker
+    for role, names in (("recognise", False), ("enrol", False), ("admin", True)):
+        r = h.client.get(f"/v1/cameras/{cid}/snapshot.jpg", headers=h.headers(role))
+        assert r.status_code == 200 and worker.names_drawn is names, role
+
+    # The attendance log itself, as before: admin keys only.
+    for role, status in (("recognise", 403), ("enrol", 403), ("admin", 200)):
+        for path in ("/v1/events", "/v1/attendance"):
+            assert h.client.get(path, headers=h.headers(role)).status_code == status

@@ -154,12 +154,13 @@ def test_csv_exports_neutralise_formulas(harness: Harness) -> None:
         ("GET", "/v1/subjects/abc/faces/-9223372036854775809/crop"),
         ("DELETE", "/v1/subjects/abc/faces/9223372036854775808"),
         ("DELETE", "/v1/subjects/abc/faces/0"),
-        ("GET", "/v1/attendance?date=9999-12-31&tz=Pacific/Kiritimati"),
-        ("GET", "/v1/attendance?date=0001-01-01&tz=Etc/GMT%2B12"),
-        ("GET", "/v1/events?date=9999-12-31&tz=Pacific/Kiritimati"),
-        ("GET", "/v1/events?since=9999-12-31T23:59:59&tz=Pacific/Kiritimati"),
-        ("GET", "/v1/events?until=0001-01-01T00:00:00"),
         ("GET", "/v1/subjects/" + "x" * 65),
+        # a time zone is a name of the schema's list, never a file name (256 characters
+        # were a 500: "File name too long")
+        ("GET", "/v1/events?tz=" + "A" * 256),
+        ("GET", "/v1/attendance?tz=" + "A" * 256),
+        ("GET", "/v1/attendance?tz=../../../etc/passwd"),
+        ("GET", "/v1/events?tz=Mars/Olympus_Mons"),
     ],
 )
 def test_out_of_range_parameters_are_422(harness: Harness, method: str, path: str) -> None:
@@ -168,11 +169,35 @@ def test_out_of_range_parameters_are_422(harness: Harness, method: str, path: st
     assert _error(r)["code"] == "invalid_request"
 
 
-def test_the_last_day_in_range_still_answers(harness: Harness) -> None:
-    r = harness.client.get(
-        "/v1/attendance?date=9998-12-31&tz=Pacific/Kiritimati", headers=harness.headers("admin")
-    )
-    assert r.status_code == 200 and r.json()["rows"] == []
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/attendance?date=9999-12-31&tz=Pacific/Kiritimati",
+        "/v1/attendance?date=0001-01-01&tz=Etc/GMT%2B12",
+        "/v1/attendance?date=9998-12-31&tz=Pacific/Kiritimati",
+        "/v1/events?date=9999-12-31&tz=Pacific/Kiritimati",
+        "/v1/events?date=0001-01-01&tz=Pacific/Kiritimati",
+        "/v1/events?since=9999-12-31T23:59:59&tz=Pacific/Kiritimati",
+        "/v1/events?until=0001-01-01T00:00:00",
+        "/v1/events?since=0001-01-01T00:00:00%2B14:00&until=9999-12-31T23:59:59-12:00",
+        "/v1/events?date=9999-12-31&format=csv",
+    ],
+)
+def test_every_date_of_the_schema_is_answered(harness: Harness, path: str) -> None:
+    """The schema says ``format: date`` / ``date-time``: every such value is answered (before,
+    the first and last days were 422 for a limit the schema did not state)."""
+    r = harness.client.get(path, headers=harness.headers("admin"))
+    assert r.status_code == 200, r.text
+
+
+def test_time_zones_are_listed_in_the_schema(harness: Harness) -> None:
+    schema = harness.client.get("/openapi.json").json()
+    for path in ("/v1/events", "/v1/attendance"):
+        (tz,) = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "tz"]
+        names = tz["schema"]["anyOf"][0]["enum"]
+        assert "Europe/Paris" in names and "UTC" in names and len(names) > 300
+    r = harness.client.get("/v1/attendance?tz=Europe/Paris", headers=harness.headers("admin"))
+    assert r.status_code == 200 and r.json()["timezone"] == "Europe/Paris"
 
 
 @pytest.fixture
@@ -432,3 +457,47 @@ def test_a_blank_source_is_the_default_one(harness: Harness) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["source"] == "api"
+
+
+# -- 6. the OpenAPI document states the limits the service enforces (issue #25) -----------------
+def test_json_bodies_are_strict_about_types(camera_harness: Harness) -> None:
+    """``PATCH /v1/cameras/{id}`` took ``{"enabled": 0}`` (and ``"5"`` as a number)."""
+    h = camera_harness
+    admin = h.headers("admin")
+    cam = h.client.post("/v1/cameras", json={"name": "door", "url": "push:"}, headers=admin)
+    cid = cam.json()["id"]
+    for body in (
+        {"enabled": 0},
+        {"enabled": "true"},
+        {"settings": {"fps": "5"}},
+        {"settings": {"visits": {"min_faces": "3"}}},
+        {"settings": {"store_crops": 1}},
+    ):
+        r = h.client.patch(f"/v1/cameras/{cid}", json=body, headers=admin)
+        assert r.status_code == 422, (body, r.text)
+    r = h.client.post("/v1/keys", json={"name": "k", "role": "enrol", "x": 1}, headers=admin)
+    assert r.status_code == 422
+    for body in ({"name": 5}, {"name": "Ada", "metadata": []}):
+        assert h.client.post("/v1/subjects", json=body, headers=admin).status_code == 422
+    r = h.client.patch(f"/v1/cameras/{cid}", json={"settings": {"fps": 2}}, headers=admin)
+    assert r.status_code == 200 and r.json()["settings"] == {"fps": 2}
+
+
+def test_the_schema_states_names_and_camera_settings(harness: Harness) -> None:
+    import re
+
+    schema = harness.client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    pattern = re.compile(components["SubjectCreate"]["properties"]["name"]["pattern"])
+    for name, ok in (("Ada", True), (" Ada ", True), ("a\x00b", False), ("\u202eAda", False)):
+        assert bool(pattern.fullmatch(name)) is ok, name
+    assert components["CameraCreate"]["properties"]["name"]["pattern"] == pattern.pattern
+    settings = components["CameraSettingsBody"]
+    assert settings["additionalProperties"] is False and "fps" in settings["properties"]
+    assert components["VisitSettingsBody"]["additionalProperties"] is False
+    # POST /v1/keys: the name is optional, as for `marginface keys create`
+    assert "name" not in components["KeyCreate"].get("required", [])
+    r = harness.client.post(
+        "/v1/keys", json={"role": "recognise"}, headers=harness.headers("admin")
+    )
+    assert r.status_code == 201 and r.json()["key"]["name"] == "recognise key (API)"

@@ -357,3 +357,33 @@ def silent_server() -> Iterator[str]:
         srv.close()
         for conn in held:
             conn.close()
+
+
+def huge_jpeg(path: Path, width: int = 10100, height: int = 10100) -> Path:
+    """A plain JPEG of more than 100 megapixels (a few hundred KB: one colour)."""
+    subprocess.run(
+        [
+            *(require_ffmpeg(), "-v", "error", "-y", "-f", "lavfi"),
+            *("-i", f"color=c=red:s={width}x{height}", "-frames:v", "1", "-q:v", "31", str(path)),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return path
+
+
+#: Local files, devices and FFmpeg protocol syntax that issue #25 used as camera URLs; the
+#: service refuses each as "not allowed", whether it exists or not.
+LOCAL_SOURCES = (
+    "file:///etc/passwd",
+    "/etc/shadow",
+    "/proc/self/environ",
+    "../../../../etc/hostname",
+    "/dev/zero",
+    "/etc",
+    "/etc/no-such-file",
+    "subfile,,start,0,end,100,,:/etc/passwd",
+    "webcam:0",
+    "/dev/video0",
+    "0",
+)

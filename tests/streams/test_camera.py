@@ -165,3 +165,28 @@ def test_settings_are_validated() -> None:
     with pytest.raises(ValidationError):
         CameraSettings.model_validate({"fps": 5, "unknown": 1})
     assert CameraSettings().visits.min_faces == 3
+
+
+def test_the_live_view_without_names_says_known() -> None:
+    """``latest_annotated(names=False)``: for keys that may not learn who was seen, a named
+    face is drawn as ``known`` (issue #25: the snapshot drew names for every key)."""
+    import threading
+
+    from marginface.streams.camera import CameraWorker, TrackedBox
+
+    def worker(label: str) -> CameraWorker:
+        w = CameraWorker.__new__(CameraWorker)  # only the live view's state is needed
+        w._lock = threading.Lock()
+        image = np.full((240, 320, 3), 90, np.uint8)
+        boxes = [
+            TrackedBox(np.array([20, 20, 120, 140], np.float32), 1, "known", "s1", label),
+            TrackedBox(np.array([180, 20, 280, 140], np.float32), 2, "unknown"),
+        ]
+        w._latest = (image, boxes, 0.0, 0)
+        return w
+
+    named = worker("Ada Lovelace")
+    hidden = named.latest_annotated(names=False)
+    assert hidden is not None
+    assert np.array_equal(hidden, worker("known").latest_annotated())
+    assert not np.array_equal(hidden, named.latest_annotated())

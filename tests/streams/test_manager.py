@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from marginface.errors import DataError
 from marginface.gallery import Gallery
-from marginface.streams.manager import CameraManager, check_camera_url
+from marginface.streams.manager import SLOW_AFTER, CameraManager, check_camera_url
 from marginface.streams.recorder import VisitRecorder
+from marginface.streams.sources import SourcePolicy
 from marginface.streams.visits import Evidence, VisitEvent
 from tests.serve.serve_fakes import (
     DIM,
@@ -27,6 +29,7 @@ from tests.serve.serve_fakes import (
     camera_frame,
     wait_for,
 )
+from tests.streams.servers import free_port, make_video
 
 QUICK_RESTARTS = {"restart_initial_s": 0.05, "restart_max_s": 0.2, "state_every_s": 0.1}
 
@@ -104,28 +107,34 @@ def test_close_stops_every_camera_promptly(gallery: Gallery) -> None:
     assert not any(t.is_alive() for t in threads)
 
 
-def test_url_rules_without_connecting() -> None:
+def test_url_rules_without_connecting(tmp_path: Path) -> None:
+    for good in ("push:", "rtsp://u:p@10.0.0.1:554/s?transport=udp", "http://cam/mjpg"):
+        assert check_camera_url(f"  {good} ") == good
+    (tmp_path / "door.mp4").write_bytes(b"x")
+    policy = SourcePolicy.service(media_roots=[tmp_path], allowed_devices=["webcam:0", "2"])
     for good in (
-        "push:",
-        "rtsp://u:p@10.0.0.1:554/s?transport=udp",
-        "http://cam/mjpg",
         "webcam:0",
         "/dev/video2",
         "0",
-        "file:///videos/door.mp4",
-        "door.mp4",
+        f"file://{tmp_path}/door.mp4",
+        f"{tmp_path}/door.mp4",
+        f"{tmp_path}/sub/../door.mp4",
     ):
-        assert check_camera_url(f"  {good} ") == good
-    from marginface.errors import DataError
-
+        assert check_camera_url(f"  {good} ", policy) == good
     for bad, words in (
         ("ftp://x/y", "scheme"),
         ("rtsp://x/y?transport=quic", "transport"),
         ("http://", "host"),
         ("", "empty"),
+        ("webcam:1", "not allowed"),
+        (f"{tmp_path}/missing.mp4", "not found"),
     ):
         with pytest.raises(DataError, match=words):
-            check_camera_url(bad)
+            check_camera_url(bad, policy)
+    # By default (the service's settings) no file and no webcam: only streams and push cameras.
+    for local in ("webcam:0", "/dev/video0", "0", f"{tmp_path}/door.mp4"):
+        with pytest.raises(DataError, match="not allowed"):
+            check_camera_url(local)
 
 
 def _event(kind: str, subject: str | None, *, evidence: int = 0, visit: int = 1) -> VisitEvent:
@@ -198,8 +207,12 @@ def test_recorder_never_raises_into_the_camera(gallery: Gallery) -> None:
 
 
 class FakeNotifier:
+    kind = "fake"
+    retains_state = False
+
     def __init__(self, name: str = "FakeNotifier") -> None:
         self.states: list[tuple[str, str]] = []
+        self.published: list[dict] = []
         self.events: list[VisitEvent] = []
         self.closed = False
 
@@ -208,9 +221,11 @@ class FakeNotifier:
 
     def publish_state(self, camera: str, status: dict) -> None:
         self.states.append((camera, status["state"]))
+        self.published.append(dict(status))
 
-    def status(self) -> dict:
-        return {"sent": len(self.events), "last_error": None}
+    def status(self, camera: str | None = None) -> dict:
+        sent = [e for e in self.events if camera is None or e.camera == camera]
+        return {"sent": len(sent), "last_error": None}
 
     def close(self) -> None:
         self.closed = True
@@ -240,7 +255,7 @@ def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
         time.sleep(0.3)
         assert notifier.states.count(("door", "running")) == 1  # only when it changes
         kinds = [n["kind"] for n in manager.status(cam)["notifications"]]
-        assert kinds == ["gallery", "fakenotifier"]
+        assert kinds == ["gallery", "fake"]
 
         old = datetime.now(UTC) - timedelta(days=40)
         gallery.log_event(
@@ -260,7 +275,8 @@ def test_a_real_video_through_the_real_pipeline(
 ) -> None:
     """A file camera: the real source, worker and recorder; one visit, the right name."""
     path, expected = scene_videos["single"]
-    manager = CameraManager(enrolled_gallery, default_pipeline)
+    policy = SourcePolicy.service(media_roots=[path.parent])
+    manager = CameraManager(enrolled_gallery, default_pipeline, source_policy=policy)
     manager.start()
     try:
         cam = manager.create("door", str(path))["id"]
@@ -277,3 +293,178 @@ def test_a_real_video_through_the_real_pipeline(
     finally:
         manager.close()
     assert threading.active_count() < 50
+
+
+class FrameLog:
+    """A worker factory whose workers note the presentation time of every frame they get and
+    record a visit (through the camera's sinks) at frame ``event_at``; a worker sets ``paused``
+    after ``pause_after`` frames and waits there for the camera to stop."""
+
+    def __init__(self, gallery: Gallery, *, event_at: int = 0, pause_after: int = 0) -> None:
+        self.gallery = gallery
+        self.event_at = event_at
+        self.pause_after = pause_after
+        self.times: list[float] = []
+        self.position_after_event: float | None = None
+        self.paused = threading.Event()
+
+    def __call__(self, name: str, *args: Any, sinks: Any = (), **kwargs: Any) -> Any:
+        log = self
+
+        class Worker:
+            def run(self, source: Any, stop: threading.Event) -> None:
+                while not stop.is_set():
+                    frame = source.read(timeout=0.1)
+                    if frame is None:
+                        if source.status().state in ("ended", "failed", "stopped"):
+                            return
+                        continue
+                    log.times.append(frame.t)
+                    if len(log.times) == log.event_at:
+                        for sink in sinks:
+                            sink(_event("arrived", None))
+                        cam = log.gallery.get_camera(name)
+                        log.position_after_event = log.gallery.camera_position(cam.id)
+                    if len(log.times) == log.pause_after:
+                        log.paused.set()
+                        stop.wait(30)
+
+            def status(self) -> dict[str, Any]:
+                return {"frames_processed": len(log.times)}
+
+            def latest_annotated(self, *, names: bool = True) -> None:
+                return None
+
+        return Worker()
+
+
+def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path) -> None:
+    """Issue #25: a file camera replayed its whole file at every restart of the service (after
+    three restarts, attendance count 3 and 25 arrivals from one file)."""
+    clip = make_video(tmp_path / "door.mp4", seconds=4)
+    policy = SourcePolicy.service(media_roots=[tmp_path])
+
+    def manager(log: FrameLog) -> CameraManager:
+        m = CameraManager(
+            gallery, FakePipeline(), source_policy=policy, worker_factory=log, **QUICK_RESTARTS
+        )
+        m.start()
+        return m
+
+    first = FrameLog(gallery, event_at=3, pause_after=8)
+    m = manager(first)
+    try:
+        cam = m.create("door", str(clip), {"fps": 5})["id"]
+        assert first.paused.wait(30), "the worker never reached its pause"
+        # the recorded visit moved the position past its frame (and the frames not due after
+        # it): a crash now does not process that frame again
+        position = first.position_after_event
+        assert position is not None and first.times[2] <= position < first.times[3]
+        m.stop_camera(cam)  # as the service stopping: where it stopped is kept
+        stopped = gallery.camera_position(cam)
+        assert stopped is not None and first.times[-1] <= stopped < first.times[-1] + 0.2
+    finally:
+        m.close()
+    second = FrameLog(gallery)
+    m = manager(second)
+    try:
+        m.start_camera(cam)
+        wait_for(lambda: m.status(cam)["state"] == "ended", timeout=30, what="the file's end")
+    finally:
+        m.close()
+    assert second.times and second.times[0] > first.times[-1]  # nothing read twice
+    assert second.times[-1] >= 3.7  # to the end of the 4 s file
+    third = FrameLog(gallery)
+    m = manager(third)  # a restart after the end: nothing to replay
+    try:
+        wait_for(lambda: m.status(cam)["state"] == "ended", timeout=30, what="ended at once")
+    finally:
+        m.close()
+    assert third.times == []
+    assert len([e for e in gallery.events(source="door") if e.decision == "arrived"]) == 1
+    # another file under the same camera is read from its start
+    other = make_video(tmp_path / "other.mp4", seconds=1)
+    gallery.update_camera(cam, url=str(other))
+    assert gallery.camera_position(cam) is None
+
+
+def test_a_camera_failing_the_same_way_retries_slowly_and_logs_once(
+    gallery: Gallery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #25: a failed file camera was restarted forever, with a traceback logged every
+    minute."""
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("these are not frames\n" * 50)
+    m = CameraManager(
+        gallery,
+        FakePipeline(),
+        source_policy=SourcePolicy.service(media_roots=[tmp_path]),
+        worker_factory=FakeCameraWorker,
+        restart_initial_s=0.01,
+        restart_max_s=0.02,
+        restart_slow_s=0.3,
+        state_every_s=0.1,
+    )
+    m.start()
+    caplog.set_level("INFO", logger="marginface.streams.manager")
+    try:
+        cam = m.create("notes", str(notes))["id"]
+        status = wait_for(
+            lambda: m.status(cam)["restarts"] >= SLOW_AFTER + 2 and m.status(cam),
+            timeout=30,
+            what="several restarts",
+        )
+    finally:
+        m.close()
+    assert status["state"] == "failed" and "notes.mp4" in status["last_error"]
+    lines = [r for r in caplog.records if "'notes'" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["ERROR", "WARNING"], [r.getMessage() for r in lines]
+    assert not any(r.exc_info for r in lines)  # a state, not a crash: no traceback
+    assert "failed the same way" in lines[1].getMessage()
+
+
+def test_each_camera_counts_its_own_notifications(gallery: Gallery) -> None:
+    notifier = FakeNotifier()
+    m = CameraManager(
+        gallery,
+        FakePipeline(),
+        worker_factory=FakeCameraWorker,
+        notifiers=[notifier],
+        **QUICK_RESTARTS,
+    )
+    m.start()
+    try:
+        door = m.create("door", "push:", QUICK)["id"]
+        hall = m.create("hall", "push:", QUICK)["id"]
+        wait_for(lambda: m.status(door)["running"], what="the camera to run")
+        for frame in (camera_frame((4, 60)), camera_frame((4, 70)), camera_frame()):
+            wait_for(lambda f=frame: pushed_and_processed(m, door, f), what="a processed frame")
+        wait_for(lambda: m.status(door)["notifications"][0]["events"] == 2, what="2 events")
+        door_gallery, door_fake = m.status(door)["notifications"]
+        hall_gallery, hall_fake = m.status(hall)["notifications"]
+    finally:
+        m.close()
+    assert (door_gallery["events"], door_fake["sent"]) == (2, 2)
+    assert (hall_gallery["events"], hall_fake["sent"]) == (0, 0)
+
+
+def test_a_token_in_a_camera_url_is_never_shown(gallery: Gallery) -> None:
+    """Issue #25: a token given as an RTSP user name (rtsp://TOKEN@host/...) was shown to the
+    recognise role and in MQTT's retained state."""
+    token = "tok3n-0123456789abcdef"
+    notifier = FakeNotifier()
+    m = CameraManager(gallery, FakePipeline(), notifiers=[notifier], **QUICK_RESTARTS)
+    m.start()
+    try:
+        url = f"rtsp://{token}@127.0.0.1:{free_port()}/live"
+        cam = m.create("gate", url)
+        assert cam["url"] == url.replace(token, "***")
+        wait_for(
+            lambda: m.status(cam["id"])["last_error"] and notifier.published,
+            timeout=15,
+            what="an error and a published state",
+        )
+        shown = [m.get(cam["id"]), m.list_cameras(), m.statuses(), notifier.published]
+    finally:
+        m.close()
+    assert token not in str(shown)

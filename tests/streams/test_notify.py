@@ -206,6 +206,45 @@ def test_signature_verifies_and_rejects_forgeries() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def test_webhook_credentials_go_in_a_header_never_in_the_url(receiver: Receiver) -> None:
+    """Issue #25: ``user:password@`` in a webhook URL was accepted, never delivered (the host
+    looked up included the credentials) and shown in statuses."""
+    for url in ("https://user:pa55word@hooks.lan/in", "https://tok3n-abcdef@hooks.lan/in"):
+        with pytest.raises(ValidationError, match=r"carries credentials.*headers") as err:
+            WebhookSettings(url=url)
+        assert "pa55word" not in str(err.value.errors()[0]["msg"])
+        assert "tok3n-abcdef" not in str(err.value.errors()[0]["msg"])
+    for headers, words in (
+        ({"Bad Name": "x"}, "not an HTTP header name"),
+        ({"X-Marginface-Signature": "x"}, "set by marginface"),
+        ({"content-type": "text/plain"}, "set by marginface"),
+        ({"Authorization": "Bearer a\r\nX-Evil: 1"}, "control character"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            WebhookSettings(url="https://hooks.lan/in", headers=headers)
+    token = "Bearer t0ken-for-the-receiver"
+    settings = fast(receiver.url, headers={"Authorization": token})
+    assert token not in repr(settings)
+    with Webhook(settings) as hook:
+        hook(visit("arrived"))
+        assert hook.flush(5)
+        status = hook.status()
+    assert receiver.requests[0].headers["Authorization"] == token
+    assert status["delivered"] == 1 and token not in str(status)
+
+
+def test_webhook_counts_per_camera(receiver: Receiver) -> None:
+    """Each camera's status shows its own deliveries, not the service's totals."""
+    with Webhook(fast(receiver.url)) as hook:
+        hook(visit("arrived", camera="front"))
+        hook(visit("left", camera="front"))
+        hook(visit("arrived", camera="back"))
+        assert hook.flush(5)
+        front, back, every = hook.status("front"), hook.status("back"), hook.status()
+        assert hook.status("never seen")["delivered"] == 0
+    assert (front["delivered"], back["delivered"], every["delivered"]) == (2, 1, 3)
+
+
 def test_webhook_posts_signed_json(receiver: Receiver) -> None:
     with Webhook(fast(receiver.url)) as hook:
         hook(visit("arrived"))
@@ -438,6 +477,9 @@ def test_mqtt_events_state_presence_and_availability(broker: Broker) -> None:
         assert wait_until(lambda: pub.status()["published"] >= 9, 5), pub.status()
         status = pub.status()
         assert status["connected"] and status["failed"] == 0
+        # per camera: this camera's nine messages (the availability topic is nobody's)
+        assert wait_until(lambda: pub.status(cam)["published"] == 9, 5), pub.status(cam)
+        assert pub.status()["published"] >= 10 and pub.status("another")["published"] == 0
     finally:
         pub.close()
     assert sub.wait_for(f"{prefix}/available", lambda p: p == "offline").payload == b"offline"

@@ -1,10 +1,11 @@
 """SIGKILL of ``marginface serve`` while a camera runs: no finished visit is lost, the gallery
-stays consistent, and the camera is still configured for the next start.
+stays consistent, the camera is still configured for the next start, and that start goes on
+where the camera stopped instead of recording the video's visits again.
 
 The service runs as a real process on the real pipeline, with a camera reading the ``door``
-scene and a webhook pointing at a receiver in this test. The recorder writes each event to the
-gallery before any notifier sees it, so every event the receiver got before the kill must be in
-the gallery afterwards."""
+scene (under the service's ``media_roots``) and a webhook pointing at a receiver in this test.
+The recorder writes each event to the gallery before any notifier sees it, so every event the
+receiver got before the kill must be in the gallery afterwards."""
 
 from __future__ import annotations
 
@@ -49,6 +50,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _serve(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``marginface serve`` on ``db``, answering /healthz (or the test fails)."""
+    service = subprocess.Popen(
+        [sys.executable, "-m", "marginface", "serve", "--db", str(db), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        if service.poll() is not None:
+            break
+    service.kill()
+    raise AssertionError(f"the service did not start: {service.communicate()[0][-2000:]}")
+
+
+def _visits(db: Path, card: Any) -> list[tuple[int, str]]:
+    with Gallery.open(db, card=card, create=False) as gallery:
+        return [
+            (e.details["visit_id"], e.decision)
+            for e in gallery.events(source="door")
+            if e.details.get("kind") == "visit"
+        ]
+
+
 def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     scene_videos, enrolled_gallery_path, default_pipeline, tmp_path: Path
 ) -> None:
@@ -61,6 +93,7 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     port = _free_port()
     env = {
         **os.environ,
+        "MARGINFACE_MEDIA_ROOTS": json.dumps([str(video.parent)]),
         "MARGINFACE_WEBHOOKS": json.dumps(
             [
                 {
@@ -70,24 +103,9 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
             ]
         ),
     }
-    service = subprocess.Popen(
-        [sys.executable, "-m", "marginface", "serve", "--db", str(db), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    service = _serve(db, port, env)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError("the service did not start")
         key = (tmp_path / "gallery.admin-key").read_text().strip()
         created = httpx.post(
             f"{url}/v1/cameras",
@@ -128,3 +146,27 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
         (camera,) = gallery.list_cameras()
         assert camera.name == "door" and camera.enabled  # it runs again at the next start
         assert gallery.count_subjects() == len([p for p in truth if p["enrolled"]])
+
+    # The next start goes on where the camera stopped: the visits finished before the kill are
+    # not recorded again (issue #25: each restart replayed the whole file). A visit still open
+    # at the kill (arrived, not left) may arrive once more, as its person is still in view.
+    before = _visits(db, default_pipeline.embedder.card)
+    arrived_before = [v for v, kind in before if kind == "arrived"]
+    still_open = set(arrived_before) - {v for v, kind in before if kind == "left"}
+    service = _serve(db, port, env)
+    try:
+        key = (tmp_path / "gallery.admin-key").read_text().strip()
+        deadline = time.monotonic() + 180
+        while True:
+            (cam,) = httpx.get(f"{url}/v1/cameras", headers={"X-API-Key": key}).json()["cameras"]
+            if cam["status"]["state"] == "ended":
+                break
+            assert time.monotonic() < deadline, cam["status"]
+            time.sleep(0.3)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    after = _visits(db, default_pipeline.embedder.card)
+    arrivals = sum(kind == "arrived" for _, kind in after)
+    assert len(arrived_before) >= 3
+    assert len(truth) <= arrivals <= len(truth) + len(still_open), (truth, before, after)

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from marginface.errors import ConfigError, DataError, ImageError
-from marginface.streams.sources import Frame, Source, open_source
+from marginface.streams.sources import Frame, Source, SourcePolicy, open_source
 from tests.streams.servers import (
+    LOCAL_SOURCES,
     free_port,
+    huge_jpeg,
     make_video,
     mjpeg_server,
     require_ffmpeg,
@@ -328,3 +330,104 @@ def test_bounded_lag_under_overload(rtsp_url: str) -> None:
     assert max(lags[4:]) <= max(lags[:4]) + 0.3, lags  # not growing
     assert dropped == sorted(dropped) and dropped[-1] - dropped[0] >= 50, dropped
     assert status.frames_delivered == 8
+
+
+# -- what a source may open (issue #25) ------------------------------------------------------
+
+
+def test_the_service_policy_refuses_local_files_without_telling_whether_they_exist(
+    tmp_path: Path, clip: Path
+) -> None:
+    """The files, devices and FFmpeg protocols a camera URL named: every one refused with
+    the same words, whether it exists or not; files under a media root are read."""
+    media = tmp_path / "media"
+    media.mkdir()
+    inside = media / "door.mp4"
+    inside.write_bytes(clip.read_bytes())
+    (tmp_path / "outside.mp4").write_bytes(clip.read_bytes())
+    (media / "escape.mp4").symlink_to(tmp_path / "outside.mp4")
+    policy = SourcePolicy.service(media_roots=[media])
+    for url in (
+        *LOCAL_SOURCES,
+        str(tmp_path / "outside.mp4"),
+        str(media / ".." / "outside.mp4"),
+        str(media / "escape.mp4"),  # a link out of the media folder
+    ):
+        with pytest.raises(ConfigError, match="is not allowed here") as err:
+            open_source(url, policy=policy)
+        assert "not found" not in str(err.value) and "directory" not in str(err.value)
+    for url in ("concat:/etc/passwd|/etc/hostname", "pipe:0", "data:text/plain,x", "tcp://h:1"):
+        with pytest.raises(ConfigError, match="unsupported video source scheme"):
+            open_source(url, policy=policy)
+    with pytest.raises(DataError, match="not found"):  # inside a media root: it may be said
+        open_source(media / "missing.mp4", policy=policy)
+    with open_source(f"file://{inside}", policy=policy, fps=None) as source:
+        assert source.read(timeout=10) is not None
+    webcams = SourcePolicy.service(allowed_devices=["webcam:2"])
+    assert webcams.allowed_devices == ("/dev/video2",)
+    with pytest.raises(ConfigError, match="not allowed"):
+        open_source("/dev/video1", policy=webcams)
+
+
+def test_ffmpeg_protocol_syntax_in_a_path_is_a_path(tmp_path: Path, clip: Path) -> None:
+    """The CLI reads any file, but a path is always a file: FFmpeg's ``subfile,,...:`` or
+    ``concat:`` syntax is never interpreted (files are opened as ``file:/absolute/path``)."""
+    with pytest.raises(DataError, match="not found"):
+        open_source("subfile,,start,0,end,100,,:/etc/passwd")
+    odd = tmp_path / "subfile,,start,0,end,9,,:x.mp4"
+    odd.write_bytes(clip.read_bytes())
+    with open_source(odd, fps=None) as source:
+        frames = list(iter(lambda: source.read(timeout=10), None))
+    assert len(frames) == 100  # the whole file, not a sub-range of another one
+
+
+def test_a_file_starts_where_an_earlier_reading_stopped(clip: Path) -> None:
+    with open_source(clip, fps=None, start_s=2.0) as source:
+        frames = list(iter(lambda: source.read(timeout=10), None))
+        status = source.status()
+    assert len(frames) == 50 and frames[0].t == pytest.approx(2.0, abs=0.01)
+    assert status.state == "ended" and status.position_s == pytest.approx(3.96)
+    with open_source(clip, fps=None, start_s=3.97) as source:  # read to its end already
+        assert source.read(timeout=10) is None
+    assert source.status().state == "ended" and source.status().last_error is None
+    with pytest.raises(ConfigError, match="start_s"):
+        open_source("push:", start_s=1.0)
+
+
+def test_the_decompression_bomb_guard_covers_pushed_frames_and_stills(tmp_path: Path) -> None:
+    """/v1/identify refused a 10100x10100 JPEG; a push camera and a file camera decoded it
+    (a 16000x16000 one took the service from 1.3 to 2.8 GB)."""
+    huge = huge_jpeg(tmp_path / "huge.jpg")
+    with open_source("push:", fps=None) as source:
+        with pytest.raises(ImageError, match="decompression-bomb guard"):
+            source.push(huge.read_bytes())
+        assert source.status().frames_corrupt == 1 and source.read(timeout=0.1) is None
+    with open_source(huge, fps=None) as source:  # a still read as a video file
+        assert source.read(timeout=20) is None
+        status = source.status()
+    assert status.state == "failed" and status.frames_read == 0
+    assert status.last_error is not None and "decompression-bomb guard" in status.last_error
+
+
+def test_pushed_frames_that_are_not_processed_are_counted_as_dropped(
+    shared_data: Path,
+) -> None:
+    """391 of 400 pushed frames were skipped and frames_dropped stayed 0."""
+    jpeg = next(iter(sorted((shared_data / "celeba-dev").glob("*/*.jpg")))).read_bytes()
+    with open_source("push:", fps=1.0) as source:
+        for i in range(10):
+            source.push(jpeg, t=i * 0.05)  # ten frames in half a second, one is due
+        assert source.read(timeout=1) is not None
+        status = source.status()
+    assert status.frames_read == 10 and status.frames_delivered == 1
+    assert status.frames_dropped == 9
+
+
+def test_a_silent_rtsp_server_is_reported_as_a_timeout() -> None:
+    """A hanging RTSP server was reported as "Invalid data found when processing input"."""
+    with silent_server() as http_url:
+        url = http_url.replace("http://", "rtsp://")
+        with open_source(url, open_timeout=0.5, read_timeout=0.5, backoff_initial=5) as source:
+            wait_for(lambda: source.status().state == "reconnecting", 10, "the open timeout")
+            status = source.status()
+    assert status.last_error == f"cannot connect to {url}: timed out"

@@ -233,3 +233,21 @@ def test_settings_file_and_set_reach_the_camera(
     assert code == ExitCode.SUCCESS, err
     frames = [json.loads(line)["frame"] for line in tracks.read_text().splitlines()]
     assert frames[:3] == [0, 7, 13]  # --fps 4 over the file's 2: due at 0.25, 0.5 s
+
+
+def test_watching_a_file_shows_how_far_it_is(
+    scene_videos, enrolled_gallery_path, tmp_path: Path, capsys
+) -> None:
+    """Issue #25: the docs promised a progress bar for a file and none appeared (a terminal
+    that reported no size got an empty bar). A terminal shows the bar; a pipe or a log gets a
+    line at every tenth of the file."""
+    from tests.terminal import run_in_terminal
+
+    video, _ = scene_videos["stranger"]
+    code, shown = run_in_terminal(["watch", str(video), "--db", str(enrolled_gallery_path)])
+    assert code == 0, shown
+    assert "watching:" in shown and "%|" in shown and " s [" in shown, shown[-2000:]
+    code, _, err = run_cli(["watch", str(video), "--db", str(enrolled_gallery_path)], capsys)
+    assert code == ExitCode.SUCCESS, err
+    lines = [line for line in err.splitlines() if line.startswith("watched ")]
+    assert len(lines) >= 5 and lines[0].endswith("(10 %)"), err

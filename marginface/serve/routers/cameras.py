@@ -3,9 +3,13 @@
 A camera is a stored resource (name, URL, settings, enabled) that the service watches in a worker
 thread of its own while it is enabled; cameras restart with the service. Configuration needs an
 admin key (a URL may carry the camera's password, and a camera records people); reading the
-cameras, their status, snapshots and visits needs any key (recognise role). Frames POSTed to a
-push camera need an enrol key: they write visits and strangers' faces into the gallery, which a
-read-only recognise key may not. Passwords in camera URLs are never shown back.
+cameras and their status needs any key (recognise role). Who the cameras saw is an attendance
+log: visits and the live view carry names for admin keys only (as /v1/events does); other keys
+get the decisions, known or unknown, and a visit's face is a stranger's for enrol keys (the
+reviewers) and anyone's for admin keys (``auth.may_see_names``, ``auth.may_see_strangers``;
+docs/streams.md, "Who sees what"). Frames POSTed to a push camera need an enrol key: they write
+visits and strangers' faces into the gallery, which a read-only recognise key may not.
+Passwords in camera URLs are never shown back.
 
 Every route here is ``def`` (FastAPI's threadpool) except the frame upload, which reads the body
 on the loop and hands the frame over in a worker thread: the gallery is never called on the loop.
@@ -21,7 +25,14 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from marginface.errors import ConfigError, ImageError, NotFoundError
-from marginface.serve.auth import AdminKey, EnrolKey, RecogniseKey
+from marginface.gallery import ApiKey
+from marginface.serve.auth import (
+    AdminKey,
+    EnrolKey,
+    RecogniseKey,
+    may_see_names,
+    may_see_strangers,
+)
 from marginface.serve.deps import ServiceDep
 from marginface.serve.errors import ApiError
 from marginface.serve.params import AUTH_ERRORS, BODY_ERRORS, Responses
@@ -98,7 +109,7 @@ def create_camera(body: CameraCreate, service: ServiceDep, _key: AdminKey) -> An
     the error. Each face the camera sees is tracked across frames and decided once per visit
     (`arrived`, then `left`), logged as an event with the camera's name as its `source`."""
     with _camera_errors():
-        return service.cameras.create(body.name, body.url, body.settings, body.enabled)
+        return service.cameras.create(body.name, body.url, body.settings.given(), body.enabled)
 
 
 @router.get("/cameras", response_model=CameraListOut, summary="List cameras with their status")
@@ -131,8 +142,9 @@ def update_camera(
     """Change the name, URL, settings (replaced whole) or `enabled`; a running camera restarts
     with the change. Renaming changes the `source` of its future events only."""
     with _camera_errors(camera_id):
+        settings = body.settings.given() if body.settings is not None else None
         return service.cameras.update(
-            camera_id, name=body.name, url=body.url, settings=body.settings, enabled=body.enabled
+            camera_id, name=body.name, url=body.url, settings=settings, enabled=body.enabled
         )
 
 
@@ -273,14 +285,15 @@ async def _frame_bytes(request: Request) -> bytes:
     },
     summary="The camera's latest frame, annotated",
 )
-def snapshot(camera_id: CameraId, service: ServiceDep, _key: RecogniseKey) -> Response:
+def snapshot(camera_id: CameraId, service: ServiceDep, key: RecogniseKey) -> Response:
     """The latest processed frame as a JPEG, with a box around each tracked face and its name
-    (or `unknown`) drawn: the camera's live view (poll it). 404 `no_frame` until the camera
-    has processed a frame."""
+    (or `unknown`) drawn: the camera's live view (poll it). Names are drawn for admin keys;
+    other keys see `known` in their place. 404 `no_frame` until the camera has processed a
+    frame."""
     with _camera_errors(camera_id):
         service.cameras.require(camera_id)
     try:
-        jpeg = service.cameras.snapshot(camera_id)
+        jpeg = service.cameras.snapshot(camera_id, names=may_see_names(key))
     except NotFoundError as exc:
         raise ApiError(404, "no_frame", str(exc)) from None
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
@@ -293,20 +306,36 @@ def snapshot(camera_id: CameraId, service: ServiceDep, _key: RecogniseKey) -> Re
     summary="A camera's recent visits",
 )
 def camera_visits(
-    camera_id: CameraId, service: ServiceDep, _key: RecogniseKey, limit: Limit = 50
+    camera_id: CameraId, service: ServiceDep, key: RecogniseKey, limit: Limit = 50
 ) -> Any:
-    """The camera's newest visit events, newest first: `arrived` when a visit was decided (a
-    name, or unknown) and `left` when it ended (dwell time; a stranger's `visitor_id` in
-    /v1/unknowns)."""
+    """The camera's newest visit events, newest first: `arrived` when a visit was decided
+    (`known`: a named person, or a stranger) and `left` when it ended (dwell time). Admin keys
+    get the subject's `name` and `subject_id` (the attendance log); enrol keys a stranger's
+    `visitor_id` in /v1/unknowns and its face; recognise keys the decisions only."""
     with _camera_errors(camera_id):
         visits = service.cameras.recent_visits(camera_id, limit)
-    return {"visits": visits, "limit": limit}
+    return {"visits": [_visit_for(key, v) for v in visits], "limit": limit}
 
 
 @router.get("/visits", response_model=VisitListOut, summary="Recent visits of every camera")
-def visits(service: ServiceDep, _key: RecogniseKey, limit: Limit = 50) -> Any:
-    """The newest visit events of all cameras, newest first (as /v1/cameras/{id}/visits)."""
-    return {"visits": service.cameras.recent_visits(None, limit), "limit": limit}
+def visits(service: ServiceDep, key: RecogniseKey, limit: Limit = 50) -> Any:
+    """The newest visit events of all cameras, newest first (as /v1/cameras/{id}/visits, with
+    the same fields for each role)."""
+    visits = service.cameras.recent_visits(None, limit)
+    return {"visits": [_visit_for(key, v) for v in visits], "limit": limit}
+
+
+def _visit_for(key: ApiKey, visit: dict[str, Any]) -> dict[str, Any]:
+    """A visit as ``key`` may see it: names for admin keys, strangers for enrol keys, the
+    decision for every key."""
+    out = {**visit, "known": visit.get("subject_id") is not None}
+    if not may_see_names(key):
+        out.update(subject_id=None, name=None)
+        if out["known"]:
+            out["face"] = False  # an enrolled person's face: for admin keys
+    if not may_see_strangers(key):
+        out.update(visitor_id=None, face=False)
+    return out
 
 
 @router.get(
@@ -314,6 +343,11 @@ def visits(service: ServiceDep, _key: RecogniseKey, limit: Limit = 50) -> Any:
     response_class=Response,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "The visit's best face."},
+        403: {
+            "model": ErrorOut,
+            "description": "The key's role may not see this face: strangers' faces need an "
+            "enrol key, an enrolled person's an admin key.",
+        },
         404: {"model": ErrorOut, "description": "No thumbnail is kept for this visit event."},
     },
     summary="A recent visit's face",
@@ -321,14 +355,19 @@ def visits(service: ServiceDep, _key: RecogniseKey, limit: Limit = 50) -> Any:
 def visit_face(
     event_id: Annotated[int, Path(ge=1, le=2**62, description="The visit event's id.")],
     service: ServiceDep,
-    _key: RecogniseKey,
+    key: EnrolKey,
 ) -> Response:
     """The aligned crop of the best face of a recent visit event (`face: true` in the
-    visits), as a JPEG thumbnail. Thumbnails are kept in memory for the latest 200 visit
-    events only, never stored; older visits and visits from before a restart answer 404
-    `face_not_found`."""
+    visits), as a JPEG thumbnail: a stranger's for enrol keys (the reviewers, as
+    /v1/unknowns/.../faces), anyone's for admin keys. Thumbnails are kept in memory for the
+    latest 200 visit events only, never stored; older visits and visits from before a restart
+    answer 404 `face_not_found`."""
     try:
-        jpeg = service.cameras.visit_face(event_id)
+        jpeg, known = service.cameras.visit_face(event_id)
     except NotFoundError as exc:
         raise ApiError(404, "face_not_found", str(exc)) from None
+    if known and not may_see_names(key):
+        raise ApiError(
+            403, "forbidden", "the face of an enrolled person's visit needs an admin key"
+        )
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})

@@ -34,7 +34,7 @@ from marginface.serve.routers.common import (
     require_face,
     unknown_subject_is_404,
 )
-from marginface.serve.schemas import EnrollOut
+from marginface.serve.schemas import NAME_SCHEMA, EnrollOut
 from marginface.serve.service import Service
 from marginface.serve.uploads import InMemoryUploadRoute
 
@@ -58,7 +58,15 @@ async def enroll(
     service: ServiceDep,
     recognizer: RecognizerDep,
     _key: EnrolKey,
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    name: Annotated[
+        str,
+        Form(
+            min_length=1,
+            max_length=200,
+            description="The person's name (no control characters; something visible).",
+            json_schema_extra=NAME_SCHEMA,
+        ),
+    ],
     photos: Photos,
     metadata: Annotated[str | None, Form(description="A JSON object.")] = None,
     multiple_faces: MultipleFacesField = None,

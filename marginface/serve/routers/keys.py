@@ -39,7 +39,8 @@ def list_keys(gallery: GalleryDep, _key: AdminKey) -> Any:
 )
 def create_key(body: KeyCreate, gallery: GalleryDep, _key: AdminKey) -> Any:
     """A new key for a person, camera or program. The secret is in this answer only."""
-    record, secret = gallery.create_api_key(body.name, body.role)
+    name = body.name or f"{body.role} key (API)"  # optional, as in `marginface keys create`
+    record, secret = gallery.create_api_key(name, body.role)
     return {"key": record, "secret": secret}
 
 

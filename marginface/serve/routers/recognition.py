@@ -18,7 +18,7 @@ from marginface.serve.routers.common import (
     read_subject_photos,
     unknown_subject_is_404,
 )
-from marginface.serve.schemas import IdentifyOut, VerifyOut
+from marginface.serve.schemas import NAME_SCHEMA, IdentifyOut, VerifyOut
 from marginface.serve.uploads import InMemoryUploadRoute
 
 __all__ = ["router"]
@@ -41,7 +41,11 @@ async def identify(
     photo: Annotated[UploadFile, File(description="The photo to search.")],
     source: Annotated[
         str | None,
-        Form(max_length=100, description="Camera or door name recorded with the event."),
+        Form(
+            max_length=100,
+            description="Camera or door name recorded with the event.",
+            json_schema_extra=NAME_SCHEMA,
+        ),
     ] = None,
     fpir: Annotated[
         float | None,
