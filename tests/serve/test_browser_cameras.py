@@ -191,7 +191,7 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             for name in ("stop-camera", "delete-camera"):
                 expect(viewer.locator(f"#cameras-table .{name}")).to_be_disabled()
             expect(viewer.locator("#unknowns-list li.visitor")).to_have_count(2)
-            for name in ("assign-visitor", "dismiss-visitor"):
+            for name in ("assign-visitor", "dismiss-visitor", "split-visitor"):
                 expect(viewer.locator(f".{name}").first).to_be_disabled()
             expect(viewer.locator(".crops .placeholder").first).to_have_text(
                 "faces need an enrol key"
@@ -204,6 +204,24 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             # No refusal from the card (the subjects and attendance cards' 403s are theirs).
             assert [e for e in viewer_traffic.errors if _card_route(e)] == []
             assert viewer_traffic.page_errors == []
+
+            # Two people grouped as one stranger: select a face, split it off, dismiss it.
+            before = {queue.nth(i).get_attribute("data-visitor-id") for i in range(2)}
+            first = queue.first
+            expect(first.locator(".split-visitor")).to_be_disabled()  # nothing selected
+            first.locator("button.visitor-face").first.click()
+            expect(first.locator("button.visitor-face").first).to_have_attribute(
+                "aria-pressed", "true"
+            )
+            first.locator(".split-visitor").click()
+            expect(page.locator("#unknowns-message")).to_contain_text("Split 1 face(s) off")
+            expect(queue).to_have_count(3)
+            ids = [queue.nth(i).get_attribute("data-visitor-id") for i in range(3)]
+            (split_off,) = set(ids) - before
+            new_item = page.locator(f'#unknowns-list li[data-visitor-id="{split_off}"]')
+            expect(new_item.locator("img.visitor-crop")).to_have_count(1)
+            new_item.locator(".dismiss-visitor").click()
+            expect(queue).to_have_count(2)
 
             # Assign one stranger to a new person: out of the queue, into the subjects.
             assigned = queue.first.get_attribute("data-visitor-id")
