@@ -9,8 +9,9 @@ storing it under the subject's name would make that person be identified as the 
 service lets only admin keys force such faces in.
 
 Faces of one visitor are grouped by a camera, not chosen by a person, so an assignment also
-calls :func:`unlike_each_other`: a face unlike every other face of the assignment means the
-grouping mixed people, and the assignment is refused until the faces of one person are chosen.
+calls :func:`unlike_each_other`: faces that do not link with the others (several groups of
+faces, each a person) mean the grouping mixed people, and the assignment is refused until the
+faces of one person are chosen (or the visitor is split).
 
 A subject without faces (a new subject) has nothing to be compared with.
 """
@@ -59,18 +60,41 @@ def unlike(subject_faces: np.ndarray, faces: np.ndarray, threshold: float) -> li
 
 
 def unlike_each_other(faces: np.ndarray, threshold: float) -> list[Unlike]:
-    """The ``faces`` whose best cosine to the *other* faces is below ``threshold`` (each face
-    against the rest); none for a single face."""
+    """The ``faces`` that do not belong with the others: faces link when their cosine reaches
+    ``threshold``, and every face outside the largest linked group is unlike (its score: its
+    best cosine to that group; every face when two groups are the largest). One person's faces
+    link, through each other when not directly; two people's faces make two groups, however
+    many faces each has. None for a single face."""
     mat = _rows(faces)
-    if len(mat) < 2:
+    n = len(mat)
+    if n < 2:
         return []
     sims = mat @ mat.T
-    np.fill_diagonal(sims, -np.inf)
-    best = sims.max(axis=1)
+    group = list(range(n))  # union-find over the links
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if sims[i, j] >= threshold:
+                group[root(i)] = root(j)
+    roots = [root(i) for i in range(n)]
+    sizes = {r: roots.count(r) for r in set(roots)}
+    biggest = max(sizes.values())
+    largest = [r for r, size in sizes.items() if size == biggest]
+    if len(largest) > 1:  # no group is the person: every face is refused
+        np.fill_diagonal(sims, -np.inf)
+        best = sims.max(axis=1)
+        return [Unlike(i, round(float(best[i]), 4), round(float(threshold), 4)) for i in range(n)]
+    members = [i for i in range(n) if roots[i] == largest[0]]
     return [
-        Unlike(i, round(float(score), 4), round(float(threshold), 4))
-        for i, score in enumerate(best)
-        if score < threshold
+        Unlike(i, round(float(sims[i, members].max()), 4), round(float(threshold), 4))
+        for i in range(n)
+        if roots[i] != largest[0]
     ]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.streams.real import footage
@@ -134,8 +135,9 @@ def test_an_empty_gallery_counts_strangers_and_keeps_them_apart(
     default_pipeline, tmp_path: Path
 ) -> None:
     """Before anyone is enrolled: three people walking in are three unknown visits, recorded
-    as three visitors (two women and a man, never merged), with their faces for review."""
-    from marginface.gallery import Gallery
+    as three visitors (two women and a man, never merged), with their faces for review; a
+    visitor of two people is refused at assignment."""
+    from marginface.gallery import FacesUnlikeError, Gallery, Recognizer
     from marginface.streams.recorder import VisitRecorder
 
     truth = footage.load_truth("intel-face-demographics-walking-and-pause")
@@ -146,6 +148,16 @@ def test_an_empty_gallery_counts_strangers_and_keeps_them_apart(
         assert s["people_with_visits"] == s["visits_real_people"] == 3
         visitors = gallery.list_visitors()
         assert len(visitors) == 3 and all(v.faces and v.faces[0].has_crop for v in visitors)
+        # A visitor holding two of them (as a track passing between people would give) is
+        # not enrolled as one person: the assignment is refused until it is split.
+        left = [e for e in run.events if e.kind == "left"]
+        two = np.vstack([f.embedding for e in left[:2] for f in e.evidence[:2]])
+        mixed = gallery.record_stranger("door", 0.0, 1.0, two, [1.0] * len(two))
+        assert mixed.new  # the faces do not agree with either visitor
+        with pytest.raises(FacesUnlikeError) as refused:
+            Recognizer(gallery, default_pipeline).assign_visitor(mixed.visitor_id, name="Both")
+        assert refused.value.reason == "each_other"
+        assert gallery.count_subjects() == 0
 
 
 def test_tracks_jsonl_and_annotate_on_a_real_clip(
