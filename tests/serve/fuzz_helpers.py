@@ -140,6 +140,11 @@ OWN_KEY_REVOCATION = "DELETE /v1/keys/{key_id}"
 #: ``MARGINFACE_FUZZ_SCALE`` multiplies them for a deeper run by hand (CI uses 1).
 FUZZ_EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
 FUZZ_EXAMPLES_FORBIDDEN = {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5}
+#: Coverage cases sent per operation the role may not use: the run of a role that may use it
+#: holds the operation to its schema; here only the refusal matters (every request is
+#: answered 401 or 403 before its input is read), and the first cases already send the
+#: schema's edge values.
+COVERAGE_FORBIDDEN = 12
 
 # The schemathesis checks run on every response. positive_data_acceptance (ST202: a schema-valid
 # request refused) runs on the cases generated positive that the fuzzer kept schema-valid, with
@@ -1129,6 +1134,8 @@ class FuzzRun:
             key, text = root_cause(exc)
             self._record_generation_error(operation.label, "coverage", text, key)
             return
+        if not self.allowed(operation.label):
+            cases = cases[:COVERAGE_FORBIDDEN]
         for case in cases:
             self._send_guarded(case, chooser, "coverage", operation.label)
 
