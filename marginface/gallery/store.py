@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +40,13 @@ from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
 from marginface.gallery.model import bind_model
 from marginface.gallery.search import Searcher
-from marginface.gallery.subjects import Guard, SubjectStore
+from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
     ApiKey,
     AttendanceRow,
     Camera,
     Event,
-    FaceRecord,
     Hit,
     Identification,
     StrangerSighting,
@@ -109,13 +108,14 @@ class Gallery:
             else None
         )
         self._sync = IndexSync(db, vectors)
-        self._subjects = SubjectStore(db, self._model, self._sync)
+        #: subjects and their faces
+        self.subjects = SubjectStore(db, self._model, self._sync)
         self._search = Searcher(db, self._sync)
-        self._events = EventLog(db, lambda subject_id: self._subjects.get(subject_id).name)
+        self._events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
         self._keys = KeyStore(db)
         self._cameras = CameraStore(db)
         self._visitors = VisitorStore(
-            db, self._model, self._subjects, lambda mean: self.identify(mean)[0]
+            db, self._model, self.subjects, lambda mean: self.identify(mean)[0]
         )
         self._close_lock = threading.Lock()
         self._closed = False
@@ -225,118 +225,6 @@ class Gallery:
         """Bring the index in step with SQL now (normally automatic before each search)."""
         self._sync.refresh()
 
-    # -- subjects -------------------------------------------------------------------------------
-    def create_subject(
-        self,
-        name: str,
-        metadata: dict[str, Any] | None = None,
-        *,
-        embeddings: np.ndarray | None = None,
-        source_hashes: Sequence[str | None] | None = None,
-        crops: Sequence[bytes | None] | None = None,
-        subject_id: str | None = None,
-        guard: Guard | None = None,
-    ) -> Subject:
-        """Create a subject, optionally with its first faces, in ONE transaction.
-
-        Display names may repeat (each subject gets its own id). A crash leaves either the whole
-        subject with all its faces, or nothing. ``guard`` runs inside the transaction,
-        serialised with every other guarded change of faces (across processes), and refuses
-        the write by raising: how enrolment re-checks what concurrent enrolments stored.
-        """
-        return self._subjects.create(
-            name, metadata, embeddings, source_hashes, crops, subject_id, guard
-        )
-
-    def get_subject(self, subject_id: str) -> Subject:
-        """The subject with this id; :class:`NotFoundError` when there is none."""
-        return self._subjects.get(subject_id)
-
-    def has_subject(self, subject_id: str) -> bool:
-        """Whether a subject with this id exists."""
-        return self._subjects.exists(subject_id)
-
-    def find_subjects(self, name: str) -> list[Subject]:
-        """Subjects whose display name equals ``name`` (there may be several)."""
-        return self._subjects.find(name)
-
-    def list_subjects(
-        self, *, limit: int | None = None, offset: int = 0, search: str | None = None
-    ) -> list[Subject]:
-        """Subjects ordered by name then creation; ``search`` filters names (case-insensitive
-        substring, taken literally)."""
-        return self._subjects.page(limit, offset, search)
-
-    def count_subjects(self, search: str | None = None) -> int:
-        """Number of subjects (whose names contain ``search``, as :meth:`list_subjects`)."""
-        return self._subjects.count(search)
-
-    def count_faces(self) -> int:
-        """Number of stored faces."""
-        return self._subjects.count_faces()
-
-    def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> Subject:
-        """Rename a subject and/or replace its metadata."""
-        return self._subjects.update(subject_id, name, metadata)
-
-    def delete_subject(self, subject_id: str, *, erase_events: bool = True) -> int:
-        """Delete a subject, all its faces (SQL and index, immediately) and, by default, its
-        recognition events (else they stay, without the subject). Returns the number of faces
-        removed."""
-        return self._subjects.delete(subject_id, erase_events)
-
-    # -- faces ----------------------------------------------------------------------------------
-    def add_faces(
-        self,
-        subject_id: str,
-        embeddings: np.ndarray,
-        *,
-        source_hashes: Sequence[str | None] | None = None,
-        crops: Sequence[bytes | None] | None = None,
-        guard: Guard | None = None,
-    ) -> list[int]:
-        """Add embeddings (N, dim) to an existing subject in ONE transaction; return face ids.
-        ``guard`` as for :meth:`create_subject`."""
-        return self._subjects.add_faces(subject_id, embeddings, source_hashes, crops, guard)
-
-    def max_face_id(self) -> int:
-        """The highest face id so far (0 for none); ids are never reused, so the faces stored
-        after a moment are those above its ``max_face_id``."""
-        return self._subjects.max_face_id()
-
-    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
-        """The faces stored after ``face_id`` (see :meth:`max_face_id`): each record, its
-        subject's name and its normalised embedding."""
-        return self._subjects.faces_after(face_id)
-
-    def faces(self, subject_id: str) -> list[FaceRecord]:
-        """The faces of a subject (:class:`NotFoundError` for an unknown subject)."""
-        return self._subjects.faces(subject_id)
-
-    def get_face(self, face_id: int) -> FaceRecord:
-        """One face record (:class:`NotFoundError` when unknown)."""
-        return self._subjects.face(face_id)
-
-    def faces_with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
-        """The stored faces enrolled from photos with these SHA-256 hashes
-        (:attr:`FaceRecord.source_hash`), by hash: how enrolment finds a photo that is stored
-        already, and for which subject."""
-        return self._subjects.with_source_hashes(source_hashes)
-
-    def face_crop(self, face_id: int) -> bytes | None:
-        """The stored aligned crop (PNG bytes) of a face, when crops are kept."""
-        return self._subjects.crop(face_id)
-
-    def subject_embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(face ids (N,), embeddings (N, dim))`` of one subject."""
-        return self._subjects.embeddings(subject_id)
-
-    def delete_face(self, face_id: int) -> FaceRecord:
-        """Delete one face from SQL and from the index, immediately; return its record."""
-        return self._subjects.delete_face(face_id)
-
     # -- search and identification -------------------------------------------------------------
     def search(self, embeddings: np.ndarray, k: int | None = None) -> list[list[Hit]]:
         """The ``k`` nearest stored faces of each query (cosine, best first; default: the
@@ -375,7 +263,7 @@ class Gallery:
         with self._points_lock:
             if self._composition is not None and self._composition[0] == generation:
                 return self._composition[1]
-        comp = GalleryComposition(self._subjects.faces_per_subject())
+        comp = GalleryComposition(self.subjects.faces_per_subject())
         with self._points_lock:
             if self._composition is None or self._composition[0] != generation:
                 self._composition = (generation, comp)
@@ -721,13 +609,20 @@ class Gallery:
             "backend": self.backend,
             "model": self._model.name,
             "dim": self._model.dim,
-            "subjects": self.count_subjects(),
-            "faces": self.count_faces(),
+            "subjects": self.subjects.count(),
+            "faces": self.subjects.count_faces(),
             "events": self._events.count(),
             "index": index.describe() if index is not None else None,
         }
 
     def export(self, *, include_embeddings: bool = False) -> dict[str, Any]:
-        """Subjects and faces as a JSON-ready dict (embeddings only when asked: they are
-        biometric data)."""
-        return self._subjects.export(include_embeddings)
+        """The gallery as a JSON-ready dict: its format, model and every subject with its faces
+        (:meth:`SubjectStore.export`; embeddings only when asked: they are biometric data)."""
+        return {
+            "format": "marginface-gallery",
+            "version": 1,
+            "model": self._model.name,
+            "dim": self._model.dim,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "subjects": self.subjects.export(include_embeddings=include_embeddings),
+        }

@@ -445,10 +445,12 @@ class VisitorStore:
                 raise ConflictError(f"visitor {visitor.id} was reviewed meanwhile")
 
         if target is not None:
-            self._subjects.add_faces(sid, vecs, None, crops, mark_assigned)
+            self._subjects.add_faces(sid, vecs, crops=crops, guard=mark_assigned)
             return self._subjects.get(sid)
         assert new_name is not None
-        return self._subjects.create(new_name, None, vecs, None, crops, sid, mark_assigned)
+        return self._subjects.create(
+            new_name, embeddings=vecs, crops=crops, subject_id=sid, guard=mark_assigned
+        )
 
     def _check_lookalike(self, visitor_id: str, target: Subject | None) -> None:
         """:class:`ConflictError` when the visitor's mean is identified as another subject than

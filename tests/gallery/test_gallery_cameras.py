@@ -119,7 +119,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
     people = People(3)
     monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version <= 3))
     with Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5)) as g:
-        ada = g.create_subject("Ada", embeddings=people.sample(0, 2))
+        ada = g.subjects.create("Ada", embeddings=people.sample(0, 2))
         g.log_event(
             "door", subject_id=ada.id, score=0.9, decision="match", time=DAY + timedelta(hours=8)
         )
@@ -139,7 +139,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
             "door", DAY, DAY + timedelta(seconds=3), people.sample(2, 2), [0.5, 0.7], threshold=0.5
         )
         assert sighting.new and g.count_visitors() == 1
-        g.delete_subject(ada.id)
+        g.subjects.delete(ada.id)
     Database(url).close()  # opening again changes nothing
     assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
 
@@ -172,8 +172,8 @@ def visit(
 
 def test_attendance_from_visits(gallery: Gallery) -> None:
     people = People(3)
-    ada = gallery.create_subject("Ada", embeddings=people.sample(0, 2)).id
-    bob = gallery.create_subject("Bob", embeddings=people.sample(1, 2)).id
+    ada = gallery.subjects.create("Ada", embeddings=people.sample(0, 2)).id
+    bob = gallery.subjects.create("Bob", embeddings=people.sample(1, 2)).id
     at = DAY.replace(hour=8)
     visit(gallery, "front", ada, at, 1, 1)  # arrives at 8:00
     visit(gallery, "lab", ada, at + timedelta(hours=2), 30, 2)  # in the lab 10:00-10:30
@@ -218,8 +218,8 @@ def test_attendance_follows_a_visits_latest_decision(gallery: Gallery) -> None:
     nobody counts for no one; an unknown visit identified later counts from its first
     sighting. Each visit counts once, whatever its number of events."""
     people = People(3)
-    ada = gallery.create_subject("Ada", embeddings=people.sample(0, 2)).id
-    bob = gallery.create_subject("Bob", embeddings=people.sample(1, 2)).id
+    ada = gallery.subjects.create("Ada", embeddings=people.sample(0, 2)).id
+    bob = gallery.subjects.create("Bob", embeddings=people.sample(1, 2)).id
     at = DAY.replace(hour=8)
 
     def log(uid: str, decision: str, subject: str | None, minutes: float) -> None:

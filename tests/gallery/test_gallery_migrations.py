@@ -125,18 +125,18 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
             *((m.version, m.name) for m in schema.MIGRATIONS),
         ]
         # subjects and faces survive, with everything they held
-        subjects = {s.id: s for s in g.list_subjects()}
+        subjects = {s.id: s for s in g.subjects.list()}
         assert {sid: s.name for sid, s in subjects.items()} == {
             sid: name for sid, (name, _, _) in written["subjects"].items()
         }
         assert subjects["a1b2c3d4e5f60718"].metadata == {"badge": 7}
         assert subjects["a1b2c3d4e5f60718"].created_at.timestamp() == DAY
-        assert g.count_faces() == len(written["faces"]) == len(g.index) == 4
+        assert g.subjects.count_faces() == len(written["faces"]) == len(g.index) == 4
         for fid, sid in written["faces"].items():
-            assert g.get_face(fid).subject_id == sid
+            assert g.subjects.get_face(fid).subject_id == sid
         first = min(written["faces"])
-        assert g.face_crop(first) == b"\x89PNG fake crop"
-        assert g.get_face(first).source_hash == "hash0"
+        assert g.subjects.face_crop(first) == b"\x89PNG fake crop"
+        assert g.subjects.get_face(first).source_hash == "hash0"
         # the stored embeddings still identify their people
         answers = g.identify(np.vstack([people.sample(0), people.sample(1)]))
         assert [a.name for a in answers] == ["Ada Lovelace", "Zoë"]
@@ -152,8 +152,8 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
         key = g.authenticate(SECRET)
         assert key is not None and (key.name, key.role) == ("ops laptop", "admin")
         # and the upgraded gallery takes new writes (the id sequences went on)
-        s = g.create_subject("after the upgrade", embeddings=people.sample(2, 2))
-        assert min(f.id for f in g.faces(s.id)) > max(written["faces"])
+        s = g.subjects.create("after the upgrade", embeddings=people.sample(2, 2))
+        assert min(f.id for f in g.subjects.faces(s.id)) > max(written["faces"])
         g.log_event("door", subject_id=s.id, score=0.9, decision="match")
     finally:
         g.close()

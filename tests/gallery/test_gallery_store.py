@@ -18,7 +18,7 @@ from tests.impostor_tables import log_linear_tail
 
 def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
     return [
-        gallery.create_subject(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
+        gallery.subjects.create(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
         for i in range(n)
     ]
 
@@ -26,7 +26,7 @@ def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
 def test_enrol_then_identify(store, people):
     g = store.open()
     ids = enrol_people(g, people, 10)
-    assert g.count_subjects() == 10 and g.count_faces() == 30
+    assert g.subjects.count() == 10 and g.subjects.count_faces() == 30
     probes = np.vstack([people.sample(i) for i in range(10)])
     answers = g.identify(probes)
     assert [a.subject_id for a in answers] == ids
@@ -46,16 +46,16 @@ def test_search_orders_hits_and_maps_subjects(store, people):
     assert len(hits) == 4
     assert hits[0].subject_id == ids[2]
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
-    face_ids = {f.id for f in g.faces(ids[2])}
+    face_ids = {f.id for f in g.subjects.faces(ids[2])}
     assert hits[0].face_id in face_ids
 
 
 def test_duplicate_names_get_distinct_ids(store, people):
     g = store.open()
-    a = g.create_subject("Sam Lee", embeddings=people.sample(0, 2))
-    b = g.create_subject("Sam Lee", embeddings=people.sample(1, 2))
+    a = g.subjects.create("Sam Lee", embeddings=people.sample(0, 2))
+    b = g.subjects.create("Sam Lee", embeddings=people.sample(1, 2))
     assert a.id != b.id
-    assert {s.id for s in g.find_subjects("Sam Lee")} == {a.id, b.id}
+    assert {s.id for s in g.subjects.find("Sam Lee")} == {a.id, b.id}
     assert [g.identify(people.sample(i))[0].subject_id for i in (0, 1)] == [a.id, b.id]
 
 
@@ -63,9 +63,9 @@ def test_delete_subject_removes_it_everywhere(store, people):
     g = store.open()
     ids = enrol_people(g, people, 6)
     victim = ids[2]
-    victim_faces = [f.id for f in g.faces(victim)]
+    victim_faces = [f.id for f in g.subjects.faces(victim)]
     g.log_event("door", subject_id=victim, score=0.9, decision="match")
-    assert g.delete_subject(victim) == 3
+    assert g.subjects.delete(victim) == 3
     # SQL rows are gone
     assert g._db.query("SELECT COUNT(*) FROM faces WHERE subject_id = ?", (victim,))[0][0] == 0
     assert g._db.query("SELECT COUNT(*) FROM subjects WHERE id = ?", (victim,))[0][0] == 0
@@ -77,30 +77,30 @@ def test_delete_subject_removes_it_everywhere(store, people):
         assert all(h.subject_id != victim and h.face_id not in victim_faces for h in row)
     assert all(not a.known or a.subject_id != victim for a in g.identify(probe))
     with pytest.raises(NotFoundError, match="unknown subject"):
-        g.get_subject(victim)
+        g.subjects.get(victim)
     with pytest.raises(GalleryError, match="unknown subject"):
-        g.delete_subject(victim)
+        g.subjects.delete(victim)
     g.close()
     g2 = store.open()  # still gone after a restart
     assert not set(victim_faces) & set(g2.index.ids().tolist())
-    assert g2.count_subjects() == 5 and g2.count_faces() == 15
+    assert g2.subjects.count() == 5 and g2.subjects.count_faces() == 15
 
 
 def test_delete_one_face(store, people):
     g = store.open()
-    s = g.create_subject("Ada", embeddings=people.sample(0, 3))
-    faces = g.faces(s.id)
+    s = g.subjects.create("Ada", embeddings=people.sample(0, 3))
+    faces = g.subjects.faces(s.id)
     target = faces[1].id
-    _, mat = g.subject_embeddings(s.id)
-    removed = g.delete_face(target)
+    _, mat = g.subjects.embeddings(s.id)
+    removed = g.subjects.delete_face(target)
     assert removed.subject_id == s.id
-    assert [f.id for f in g.faces(s.id)] == [faces[0].id, faces[2].id]
+    assert [f.id for f in g.subjects.faces(s.id)] == [faces[0].id, faces[2].id]
     assert target not in g.index.ids().tolist()
     # querying with the deleted face's own embedding never returns it
     hits = g.search(mat[1], k=3)[0]
     assert target not in [h.face_id for h in hits]
     with pytest.raises(NotFoundError, match="unknown face"):
-        g.delete_face(target)
+        g.subjects.delete_face(target)
 
 
 def test_restart_serves_same_answers(store, people):
@@ -116,7 +116,7 @@ def test_restart_serves_same_answers(store, people):
 
 def test_mixed_models_are_refused(store, people):
     g = store.open()
-    g.create_subject("Ada", embeddings=people.sample(0, 1))
+    g.subjects.create("Ada", embeddings=people.sample(0, 1))
     g.close()
     with pytest.raises(GalleryError, match="refusing model 'other'"):
         store.open(model="other")
@@ -124,28 +124,28 @@ def test_mixed_models_are_refused(store, people):
         store.open(dim=DIM * 2)
     g = store.open()  # the right model still opens
     with pytest.raises(GalleryError, match=r"shape \(N, 32\)"):
-        g.add_faces(g.list_subjects()[0].id, np.ones((1, 16), np.float32))
+        g.subjects.add_faces(g.subjects.list()[0].id, np.ones((1, 16), np.float32))
 
 
 def test_subject_crud_and_listing(store, people):
     g = store.open()
-    a = g.create_subject("Zoe", {"team": "night"})
-    b = g.create_subject("adam", embeddings=people.sample(1, 2))
+    a = g.subjects.create("Zoe", {"team": "night"})
+    b = g.subjects.create("adam", embeddings=people.sample(1, 2))
     assert a.n_faces == 0 and b.n_faces == 2
-    assert [s.name for s in g.list_subjects()] == ["Zoe", "adam"]
-    assert [s.name for s in g.list_subjects(search="ZO")] == ["Zoe"]
-    assert [s.name for s in g.list_subjects(limit=1, offset=1)] == ["adam"]
-    renamed = g.update_subject(a.id, name="Zoë", metadata={"team": "day"})
+    assert [s.name for s in g.subjects.list()] == ["Zoe", "adam"]
+    assert [s.name for s in g.subjects.list(search="ZO")] == ["Zoe"]
+    assert [s.name for s in g.subjects.list(limit=1, offset=1)] == ["adam"]
+    renamed = g.subjects.update(a.id, name="Zoë", metadata={"team": "day"})
     assert renamed.name == "Zoë" and renamed.metadata == {"team": "day"}
     assert renamed.updated_at >= a.updated_at
     with pytest.raises(GalleryError, match="is empty"):
-        g.create_subject("   ")
+        g.subjects.create("   ")
     with pytest.raises(GalleryError, match="unknown subject"):
-        g.update_subject("nope", name="x")
+        g.subjects.update("nope", name="x")
     with pytest.raises(GalleryError, match="JSON"):
-        g.create_subject("x", {"bad": object()})
-    ids = g.add_faces(a.id, people.sample(0, 2))
-    assert len(ids) == 2 and g.get_subject(a.id).n_faces == 2
+        g.subjects.create("x", {"bad": object()})
+    ids = g.subjects.add_faces(a.id, people.sample(0, 2))
+    assert len(ids) == 2 and g.subjects.get(a.id).n_faces == 2
 
 
 def test_failed_writes_leave_nothing(store, people):
@@ -153,17 +153,17 @@ def test_failed_writes_leave_nothing(store, people):
     bad = people.sample(0, 3)
     bad[1, 0] = np.nan
     with pytest.raises(GalleryError, match="NaN"):
-        g.create_subject("Ada", embeddings=bad)
+        g.subjects.create("Ada", embeddings=bad)
     with pytest.raises(GalleryError, match="one to one"):
-        g.create_subject("Ada", embeddings=people.sample(0, 3), source_hashes=["x"])
-    assert g.count_subjects() == 0 and g.count_faces() == 0
+        g.subjects.create("Ada", embeddings=people.sample(0, 3), source_hashes=["x"])
+    assert g.subjects.count() == 0 and g.subjects.count_faces() == 0
     assert len(g.index) == 0
-    s = g.create_subject("Bob")
+    s = g.subjects.create("Bob")
     with pytest.raises(GalleryError, match="all zeros"):
-        g.add_faces(s.id, np.zeros((2, DIM), np.float32))
+        g.subjects.add_faces(s.id, np.zeros((2, DIM), np.float32))
     with pytest.raises(GalleryError, match="unknown subject"):
-        g.add_faces("missing", people.sample(0, 1))
-    assert g.count_faces() == 0
+        g.subjects.add_faces("missing", people.sample(0, 1))
+    assert g.subjects.count_faces() == 0
 
 
 def test_two_handles_stay_in_step(store, people):
@@ -172,17 +172,17 @@ def test_two_handles_stay_in_step(store, people):
         pytest.skip("Milvus is itself shared: covered by the other tests")
     a = store.open()
     b = store.open()
-    s = a.create_subject("Ada", embeddings=people.sample(0, 2))
+    s = a.subjects.create("Ada", embeddings=people.sample(0, 2))
     assert b.identify(people.sample(0))[0].subject_id == s.id
-    a.delete_subject(s.id)
+    a.subjects.delete(s.id)
     assert b.search(people.sample(0), k=3)[0] == []
     assert len(b.index) == 0
 
 
 def test_events_filters_and_attendance(store, people):
     g = store.open()
-    ada = g.create_subject("Ada", embeddings=people.sample(0, 1))
-    bob = g.create_subject("Bob", embeddings=people.sample(1, 1))
+    ada = g.subjects.create("Ada", embeddings=people.sample(0, 1))
+    bob = g.subjects.create("Bob", embeddings=people.sample(1, 1))
     day = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
     g.log_event("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
     g.log_event(
@@ -257,7 +257,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
         calibration=Calibration(thresholds={"1e-3": 0.5}),
     )
     g = store.open(policy=IdentificationPolicy(), card=card)
-    g.create_subject("Ada", embeddings=people.sample(0, 2))
+    g.subjects.create("Ada", embeddings=people.sample(0, 2))
     # a 1:1 calibration is not an identification operating point: no silent guess
     with pytest.raises(GalleryError, match=r"calibrate .*--impostors"):
         g.identify(people.sample(0))
@@ -286,11 +286,11 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     with pytest.raises(GalleryError, match="FPIR"):
         g.operating_point(fpir="2")
     # enrolling more people raises the threshold; erasing them lowers it again
-    ids = [g.create_subject(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
+    ids = [g.subjects.create(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
     grown = g.operating_point()
     assert grown.gallery_subjects == 8 and grown.threshold > point.threshold
     for sid in ids:
-        g.delete_subject(sid)
+        g.subjects.delete(sid)
     assert g.operating_point().threshold == pytest.approx(point.threshold)
     # an explicit threshold stays possible, and the card says what FPIR it gives
     fixed = g.operating_point(threshold=0.3)
@@ -300,7 +300,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     g1 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     g2 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     before = g1.operating_point().threshold
-    g2.create_subject("Bob", embeddings=people.sample(9, 1))
+    g2.subjects.create("Bob", embeddings=people.sample(9, 1))
     assert g1.operating_point().threshold > before
     g1.close()
     g2.close()
@@ -308,7 +308,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
 
 def test_export(store, people):
     g = store.open()
-    s = g.create_subject("Ada", {"badge": 7}, embeddings=people.sample(0, 2))
+    s = g.subjects.create("Ada", {"badge": 7}, embeddings=people.sample(0, 2))
     data = g.export()
     assert data["model"] == "fake-model" and data["dim"] == DIM
     assert data["subjects"][0]["id"] == s.id and len(data["subjects"][0]["faces"]) == 2
@@ -324,8 +324,8 @@ def test_embeddings_are_normalised_on_the_way_in(store):
     g = store.open()
     raw = np.zeros((1, DIM), np.float32)
     raw[0, 0] = 7.0
-    s = g.create_subject("Ada", embeddings=raw)
-    _, mat = g.subject_embeddings(s.id)
+    s = g.subjects.create("Ada", embeddings=raw)
+    _, mat = g.subjects.embeddings(s.id)
     assert np.allclose(mat, unit(raw))
     hit = g.search(raw * 3, k=1)[0][0]
     assert hit.score == pytest.approx(1.0, abs=1e-5)
@@ -336,7 +336,7 @@ def test_target_fpir_is_stored_with_the_gallery(store, people):
         name="fake-model", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.4)
     )
     g1 = store.open(policy=IdentificationPolicy(), card=card)
-    g1.create_subject("Ada", embeddings=people.sample(0, 1))
+    g1.subjects.create("Ada", embeddings=people.sample(0, 1))
     assert g1.fpir == "1e-2" and g1.stored_target_fpir() is None
     default = g1.operating_point()
     g2 = store.open(policy=IdentificationPolicy(), card=card)

@@ -43,8 +43,8 @@ def people() -> People:
 def gallery(tmp_path, people: People) -> Iterator[Gallery]:
     """Two enrolled people (0 and 1); the others are strangers."""
     with Gallery.open(tmp_path / "g.db", card=card()) as g:
-        g.create_subject("Ada", embeddings=people.sample(0, 3))
-        g.create_subject("Grace", embeddings=people.sample(1, 3))
+        g.subjects.create("Ada", embeddings=people.sample(0, 3))
+        g.subjects.create("Grace", embeddings=people.sample(1, 3))
         yield g
 
 
@@ -206,12 +206,12 @@ def test_bad_sightings_are_refused(gallery: Gallery, people: People) -> None:
 def test_assign_to_a_new_subject(gallery: Gallery, people: People) -> None:
     for i in range(3):
         s = sight(gallery, people, 5, at=T0 + timedelta(minutes=i))
-    faces_before = gallery.count_faces()
+    faces_before = gallery.subjects.count_faces()
     assert gallery.identify(people.sample(5))[0].match is None
     subject = gallery.assign_visitor(s.visitor_id, name="Hedy")
     assert subject.name == "Hedy" and subject.n_faces == 5  # the best five of nine
-    assert gallery.count_faces() == faces_before + 5
-    assert all(f.has_crop for f in gallery.faces(subject.id))
+    assert gallery.subjects.count_faces() == faces_before + 5
+    assert all(f.has_crop for f in gallery.subjects.faces(subject.id))
     answer = gallery.identify(people.sample(5))[0]
     assert answer.subject_id == subject.id and answer.name == "Hedy"
     v = gallery.get_visitor(s.visitor_id)
@@ -224,13 +224,13 @@ def test_assign_to_a_new_subject(gallery: Gallery, people: People) -> None:
     # a later unknown visit of someone else is not grouped with the assigned visitor
     assert sight(gallery, people, 6).new
     # erasing the subject erases the visitors assigned to it
-    gallery.delete_subject(subject.id)
+    gallery.subjects.delete(subject.id)
     with pytest.raises(NotFoundError):
         gallery.get_visitor(s.visitor_id)
 
 
 def test_assign_to_an_existing_subject(gallery: Gallery, people: People) -> None:
-    (ada,) = gallery.find_subjects("Ada")
+    (ada,) = gallery.subjects.find("Ada")
     s = sight(gallery, people, 0, n=4)  # Ada, seen unknown (say, badly lit)
     v = gallery.get_visitor(s.visitor_id)
     chosen = v.face_ids[:2]
@@ -256,19 +256,19 @@ def test_assignment_input_is_checked(gallery: Gallery, people: People) -> None:
     with pytest.raises(NotFoundError):
         gallery.assign_visitor("nope", name="Hedy")
     assert gallery.get_visitor(s.visitor_id).status == "pending"
-    assert gallery.count_subjects() == 2
+    assert gallery.subjects.count() == 2
 
 
 def test_a_visitor_like_another_subject_needs_force(gallery: Gallery, people: People) -> None:
-    (grace,) = gallery.find_subjects("Grace")
+    (grace,) = gallery.subjects.find("Grace")
     s = sight(gallery, people, 1)  # looks like Grace
-    subjects, faces = gallery.count_subjects(), gallery.count_faces()
+    subjects, faces = gallery.subjects.count(), gallery.subjects.count_faces()
     with pytest.raises(ConflictError, match=r"looks like subject 'Grace'.*or force"):
         gallery.assign_visitor(s.visitor_id, name="Not Grace")
-    (ada,) = gallery.find_subjects("Ada")
+    (ada,) = gallery.subjects.find("Ada")
     with pytest.raises(ConflictError, match="'Grace'"):
         gallery.assign_visitor(s.visitor_id, subject_id=ada.id)
-    assert (gallery.count_subjects(), gallery.count_faces()) == (subjects, faces)
+    assert (gallery.subjects.count(), gallery.subjects.count_faces()) == (subjects, faces)
     assert gallery.get_visitor(s.visitor_id).status == "pending"
     # to Grace herself it is no conflict
     assert gallery.assign_visitor(s.visitor_id, subject_id=grace.id).id == grace.id
@@ -299,7 +299,7 @@ def test_a_dismissed_visitor_does_not_come_back(gallery: Gallery, people: People
 
 # -- retention ----------------------------------------------------------------------------------
 def test_purge_by_age(gallery: Gallery, people: People) -> None:
-    (ada,) = gallery.find_subjects("Ada")
+    (ada,) = gallery.subjects.find("Ada")
     old = sight(gallery, people, 5, at=T0)
     mixed = sight(gallery, people, 6, at=T0)
     sight(gallery, people, 6, at=T0 + timedelta(days=40))
@@ -324,7 +324,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
         time=T0,
         details={"faces": 1, "note": '"kind": "visit"'},
     )
-    subjects, faces = gallery.count_subjects(), gallery.count_faces()
+    subjects, faces = gallery.subjects.count(), gallery.subjects.count_faces()
     counts = gallery.purge_stream_data(T0 + timedelta(days=30))
     assert counts == {"visitor_faces": 9, "visitors": 1, "events": 2}
     with pytest.raises(NotFoundError):
@@ -333,7 +333,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
     assert len(kept.faces) == 3 and all(f.ts > T0 + timedelta(days=30) for f in kept.faces)
     hedy = gallery.get_visitor(assigned.visitor_id)  # the record of the assignment stays
     assert hedy.status == "assigned" and hedy.faces == []
-    assert (gallery.count_subjects(), gallery.count_faces()) == (subjects, faces)
+    assert (gallery.subjects.count(), gallery.subjects.count_faces()) == (subjects, faces)
     assert sorted((e.source, e.decision) for e in gallery.events()) == [
         ("door", "arrived"),
         ("door", "left"),
@@ -350,7 +350,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
 def test_strangers_on_postgresql(tmp_path, request: pytest.FixtureRequest, people: People) -> None:
     url = make_store("postgresql", "exact", tmp_path, request).url
     with Gallery.open(url, card=card()) as g:
-        g.create_subject("Ada", embeddings=people.sample(0, 3))
+        g.subjects.create("Ada", embeddings=people.sample(0, 3))
         a = sight(g, people, 5)
         assert not sight(g, people, 5, at=T0 + timedelta(hours=1)).new
         b = sight(g, people, 6)
@@ -420,15 +420,15 @@ def test_assigned_faces_must_look_like_the_subject(gallery: Gallery, people: Peo
     """The rule of every face added to a subject (marginface.gallery.likeness), here for a
     stranger assigned to an enrolled person: below the 1:1 threshold it is refused, in the
     write's transaction, unless the mismatch is forced."""
-    (ada,) = gallery.find_subjects("Ada")
+    (ada,) = gallery.subjects.find("Ada")
     s = sight(gallery, people, 5)  # a stranger
-    faces = gallery.count_faces()
+    faces = gallery.subjects.count_faces()
     for force in (False, True):  # force alone overrides look-alikes, not a mismatch
         with pytest.raises(FacesUnlikeError, match="does not look like 'Ada'") as err:
             gallery.assign_visitor(s.visitor_id, subject_id=ada.id, force=force)
         assert err.value.reason == "subject" and err.value.subject_id == ada.id
         assert {f for f, _ in err.value.faces} == set(gallery.get_visitor(s.visitor_id).face_ids)
-    assert gallery.count_faces() == faces
+    assert gallery.subjects.count_faces() == faces
     assert gallery.get_visitor(s.visitor_id).status == "pending"
     # the threshold is the 1:1 one: an explicit lower one lets them through
     with pytest.raises(FacesUnlikeError):
@@ -447,5 +447,5 @@ def test_faces_of_several_people_are_not_assigned_together(
         with pytest.raises(FacesUnlikeError, match="do not all look alike") as err:
             gallery.assign_visitor(s.visitor_id, name="Mixed", **kwargs)
         assert err.value.reason == "each_other" and [f for f, _ in err.value.faces] == [ids[2]]
-    assert gallery.count_subjects() == 2
+    assert gallery.subjects.count() == 2
     assert gallery.assign_visitor(s.visitor_id, name="Hedy", faces=ids[:2]).n_faces == 2

@@ -37,8 +37,8 @@ def _fresh_subject(h: Harness) -> tuple[str, int]:
     gallery = h.client.app.state.service.gallery
     emb = np.zeros((1, DIM), np.float32)
     emb[0, 17] = 1.0
-    subject = gallery.create_subject("Table Person", embeddings=emb, crops=[make_photo()])
-    return subject.id, gallery.faces(subject.id)[0].id
+    subject = gallery.subjects.create("Table Person", embeddings=emb, crops=[make_photo()])
+    return subject.id, gallery.subjects.faces(subject.id)[0].id
 
 
 def _photo(person: int = 3, side: int = 60) -> tuple[str, bytes, str]:

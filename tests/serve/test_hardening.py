@@ -35,7 +35,7 @@ def _files(*photos: bytes, names: tuple[str, ...] = ()) -> list:
 
 def _counts(h: Harness) -> tuple[int, int]:
     g = h.client.app.state.service.gallery
-    return g.count_subjects(), g.count_faces()
+    return g.subjects.count(), g.subjects.count_faces()
 
 
 def _error(r: Any) -> dict:
@@ -208,9 +208,12 @@ def failing_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
     from marginface.serve.deps import get_gallery
 
-    class Broken:
-        def list_subjects(self, **kwargs: Any) -> Any:
+    class BrokenSubjects:
+        def list(self, **kwargs: Any) -> Any:
             raise RuntimeError("disk on fire")
+
+    class Broken:
+        subjects = BrokenSubjects()
 
     async def broken() -> Any:
         return Broken()

@@ -171,7 +171,7 @@ def _event(kind: str, subject: str | None, *, evidence: int = 0, visit: int = 1)
 def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: bool) -> None:
     emb = np.zeros((1, DIM), np.float32)
     emb[0, 3] = 1.0
-    ada = gallery.create_subject("Ada", embeddings=emb)
+    ada = gallery.subjects.create("Ada", embeddings=emb)
     recorder = VisitRecorder(gallery, store_crops=store_crops)
     for event in (_event("arrived", ada.id), _event("left", ada.id)):
         recorder(event)

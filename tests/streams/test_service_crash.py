@@ -145,7 +145,7 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
         assert delivered <= stored, delivered - stored
         (camera,) = gallery.list_cameras()
         assert camera.name == "door" and camera.enabled  # it runs again at the next start
-        assert gallery.count_subjects() == len([p for p in truth if p["enrolled"]])
+        assert gallery.subjects.count() == len([p for p in truth if p["enrolled"]])
 
     # The next start goes on where the camera stopped: the visits finished before the kill are
     # not recorded again (issue #25: each restart replayed the whole file). A visit still open
