@@ -431,9 +431,9 @@ def gallery_attendance(
     sources = source or None
     with open_gallery(db) as g:
         if csv:
-            sys.stdout.write(g.attendance_csv(date, sources=sources))
+            sys.stdout.write(g.events.attendance_csv(date, sources=sources))
             return
-        rows = g.attendance(date, sources=sources)
+        rows = g.events.attendance(date, sources=sources)
     if as_json:
         emit_json(rows)
         return

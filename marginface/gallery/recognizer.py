@@ -685,7 +685,7 @@ class Recognizer:
                 )
             )
             if source is not None:
-                self.gallery.log_event(
+                self.gallery.events.log(
                     source,
                     subject_id=ans.subject_id,
                     score=ans.score,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from marginface.decision import (
 from marginface.errors import GalleryError
 from marginface.gallery.cameras import CameraStore
 from marginface.gallery.db import Database
-from marginface.gallery.events import EventLog, attendance_csv, events_csv
+from marginface.gallery.events import EventLog
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
 from marginface.gallery.model import bind_model
@@ -44,9 +44,7 @@ from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
     ApiKey,
-    AttendanceRow,
     Camera,
-    Event,
     Hit,
     Identification,
     StrangerSighting,
@@ -111,7 +109,8 @@ class Gallery:
         #: subjects and their faces
         self.subjects = SubjectStore(db, self._model, self._sync)
         self._search = Searcher(db, self._sync)
-        self._events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
+        #: the recognition events and the attendance read from them
+        self.events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
         self._keys = KeyStore(db)
         self._cameras = CameraStore(db)
         self._visitors = VisitorStore(
@@ -324,72 +323,6 @@ class Gallery:
         if point is None:
             point = self.operating_point(policy=policy)
         return self._search.identify(self._model.normalise(embeddings), point, policy)
-
-    # -- events and attendance ------------------------------------------------------------------
-    def log_event(
-        self,
-        source: str,
-        *,
-        subject_id: str | None,
-        score: float | None,
-        decision: str,
-        time: datetime | float | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> Event:
-        """Record one recognition (camera/door ``source``, result, score)."""
-        return self._events.log(source, subject_id, score, decision, time, details)
-
-    def events(
-        self,
-        *,
-        subject: str | None = None,
-        source: str | None = None,
-        start: datetime | float | None = None,
-        end: datetime | float | None = None,
-        decision: str | None = None,
-        limit: int | None = 1000,
-        offset: int = 0,
-    ) -> list[Event]:
-        """Logged events, newest first, filtered by subject id, source, decision and
-        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
-        return self._events.select(subject, source, start, end, decision, limit, offset)
-
-    def get_event(self, event_id: int) -> Event:
-        """One logged event; :class:`NotFoundError` when there is none with this id."""
-        return self._events.get(event_id)
-
-    def attendance(
-        self,
-        day: date | str | None = None,
-        *,
-        tz: tzinfo | None = None,
-        sources: Sequence[str] | str | None = None,
-    ) -> list[AttendanceRow]:
-        """First and last sighting per identified subject on ``day`` (default today) in time zone
-        ``tz`` (default: the machine's local zone): first in, last out.
-
-        Camera visits are logged as two events, ``arrived`` (at the visit's first sighting) and
-        ``left`` (at its last): ``first_seen`` is the earliest event, ``last_seen`` the latest,
-        and ``count`` counts sightings, every event but ``left`` (one per visit; a photo
-        recognition, ``match``, counts one). ``sources`` keeps only the events of these sources:
-        one camera's name, or a camera group's names (None: all). Unknown events never count.
-        """
-        return self._events.attendance(day, tz, sources)
-
-    def attendance_csv(
-        self,
-        day: date | str | None = None,
-        *,
-        tz: tzinfo | None = None,
-        sources: Sequence[str] | str | None = None,
-    ) -> str:
-        """The attendance of ``day`` (of ``sources``, as :meth:`attendance`) as CSV text (date,
-        subject_id, name, first_seen, last_seen, count, sources)."""
-        return attendance_csv(self.attendance(day, tz=tz, sources=sources))
-
-    def events_csv(self, **filters: Any) -> str:
-        """Events (same filters as :meth:`events`) as CSV text."""
-        return events_csv(self.events(**filters))
 
     # -- cameras --------------------------------------------------------------------------------
     def create_camera(
@@ -611,7 +544,7 @@ class Gallery:
             "dim": self._model.dim,
             "subjects": self.subjects.count(),
             "faces": self.subjects.count_faces(),
-            "events": self._events.count(),
+            "events": self.events.count(),
             "index": index.describe() if index is not None else None,
         }
 

@@ -673,7 +673,7 @@ class CameraManager:
         out: list[dict[str, Any]] = []
         offset, page = 0, max(50, limit * 2)
         while len(out) < limit:
-            events = self.gallery.events(source=source, limit=page, offset=offset)
+            events = self.gallery.events.list(source=source, limit=page, offset=offset)
             for event in events:
                 details = event.details or {}
                 if details.get("kind") != "visit" or event.decision not in VISIT_EVENTS:
@@ -692,7 +692,7 @@ class CameraManager:
         the caller's to decide). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
         try:
-            event = self.gallery.get_event(event_id) if jpeg is not None else None
+            event = self.gallery.events.get(event_id) if jpeg is not None else None
         except NotFoundError:  # purged meanwhile
             event = None
         if jpeg is None or event is None:

@@ -150,7 +150,7 @@ class VisitRecorder:
         at = _when(event.last_seen if event.kind == "left" else event.first_seen)
         details = visit_details(event, visitor_id)
         try:
-            logged = self.gallery.log_event(
+            logged = self.gallery.events.log(
                 event.camera,
                 subject_id=event.subject_id,
                 score=event.score,
@@ -161,7 +161,7 @@ class VisitRecorder:
         except NotFoundError:
             # The subject was erased while in view: the visit stays, without the person.
             details["erased_subject"] = True
-            logged = self.gallery.log_event(
+            logged = self.gallery.events.log(
                 event.camera,
                 subject_id=None,
                 score=event.score,

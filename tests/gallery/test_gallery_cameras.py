@@ -120,7 +120,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
     monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version <= 3))
     with Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5)) as g:
         ada = g.subjects.create("Ada", embeddings=people.sample(0, 2))
-        g.log_event(
+        g.events.log(
             "door", subject_id=ada.id, score=0.9, decision="match", time=DAY + timedelta(hours=8)
         )
     assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
@@ -132,7 +132,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
         ] == [1, 2, 3, 4]
         # what version 3 held is intact and still works
         assert g.identify(people.sample(0))[0].subject_id == ada.id
-        assert [e.decision for e in g.events()] == ["match"]
+        assert [e.decision for e in g.events.list()] == ["match"]
         # the new tables take writes
         assert g.create_camera("door", "rtsp://h/s").name == "door"
         sighting = g.record_stranger(
@@ -157,10 +157,10 @@ def visit(
         "kind": "visit",
     }
     score = 0.8 if subject_id else 0.2
-    g.log_event(
+    g.events.log(
         camera, subject_id=subject_id, score=score, decision="arrived", time=start, details=details
     )
-    g.log_event(
+    g.events.log(
         camera,
         subject_id=subject_id,
         score=score,
@@ -180,37 +180,40 @@ def test_attendance_from_visits(gallery: Gallery) -> None:
     visit(gallery, "back", ada, at + timedelta(hours=9), 2, 3)  # leaves by the back, 17:02
     visit(gallery, "front", bob, at + timedelta(hours=1), 5, 4)
     visit(gallery, "front", None, at, 1, 5)  # a stranger never counts
-    gallery.log_event(
+    gallery.events.log(
         "kiosk", subject_id=bob, score=0.9, decision="match", time=at + timedelta(hours=3)
     )  # a photo: counts one
-    rows = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC)}
+    rows = {r.name: r for r in gallery.events.attendance("2024-03-05", tz=UTC)}
     assert set(rows) == {"Ada", "Bob"}
     a = rows["Ada"]
     assert (a.first_seen, a.last_seen) == (at, at + timedelta(hours=9, minutes=2))
     assert a.count == 3 and a.sources == ["front", "lab", "back"]
     assert (rows["Bob"].count, rows["Bob"].sources) == (2, ["front", "kiosk"])
     # per camera, and per camera group
-    (lab,) = gallery.attendance("2024-03-05", tz=UTC, sources="lab")
+    (lab,) = gallery.events.attendance("2024-03-05", tz=UTC, sources="lab")
     assert (lab.name, lab.first_seen, lab.last_seen, lab.count) == (
         "Ada",
         at + timedelta(hours=2),
         at + timedelta(hours=2, minutes=30),
         1,
     )
-    doors = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC, sources=["front", "back"])}
+    doors = {
+        r.name: r
+        for r in gallery.events.attendance("2024-03-05", tz=UTC, sources=["front", "back"])
+    }
     assert doors["Ada"].count == 2 and doors["Ada"].sources == ["front", "back"]
     assert doors["Ada"].last_seen == at + timedelta(hours=9, minutes=2)
     assert (doors["Bob"].count, doors["Bob"].sources) == (1, ["front"])
-    assert gallery.attendance("2024-03-05", tz=UTC, sources=["garage"]) == []
+    assert gallery.events.attendance("2024-03-05", tz=UTC, sources=["garage"]) == []
     with pytest.raises(GalleryError, match="names no source"):
-        gallery.attendance("2024-03-05", tz=UTC, sources=[])
-    text = gallery.attendance_csv("2024-03-05", tz=UTC, sources=["front", "back"])
+        gallery.events.attendance("2024-03-05", tz=UTC, sources=[])
+    text = gallery.events.attendance_csv("2024-03-05", tz=UTC, sources=["front", "back"])
     assert text.splitlines()[0] == "date,subject_id,name,first_seen,last_seen,count,sources"
     assert "front;back" in text and "kiosk" not in text
     # another day in another zone: the visit at 17:02 UTC is 2024-03-06 in Tokyo
-    tokyo = gallery.attendance("2024-03-06", tz=ZoneInfo("Asia/Tokyo"))
+    tokyo = gallery.events.attendance("2024-03-06", tz=ZoneInfo("Asia/Tokyo"))
     assert {r.name: r.count for r in tokyo} == {"Ada": 1}
-    assert len(gallery.events(decision="left")) == 5
+    assert len(gallery.events.list(decision="left")) == 5
 
 
 def test_attendance_follows_a_visits_latest_decision(gallery: Gallery) -> None:
@@ -225,7 +228,7 @@ def test_attendance_follows_a_visits_latest_decision(gallery: Gallery) -> None:
     def log(uid: str, decision: str, subject: str | None, minutes: float) -> None:
         details = {"kind": "visit", "camera": "door", "visit_uid": uid, "visit_id": 1}
         when = at + timedelta(minutes=minutes)
-        gallery.log_event(
+        gallery.events.log(
             "door", subject_id=subject, score=0.7, decision=decision, time=when, details=details
         )
 
@@ -238,7 +241,7 @@ def test_attendance_follows_a_visits_latest_decision(gallery: Gallery) -> None:
     log("v3", "arrived", None, 120)  # identified later: Ada, from the first sighting
     log("v3", "identified", ada, 120)
     log("v3", "left", ada, 130)
-    rows = {r.name: r for r in gallery.attendance("2024-03-05", tz=UTC)}
+    rows = {r.name: r for r in gallery.events.attendance("2024-03-05", tz=UTC)}
     assert set(rows) == {"Ada", "Bob"}
     assert (rows["Bob"].first_seen, rows["Bob"].last_seen, rows["Bob"].count) == (
         at,

@@ -141,12 +141,12 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
         answers = g.identify(np.vstack([people.sample(0), people.sample(1)]))
         assert [a.name for a in answers] == ["Ada Lovelace", "Zoë"]
         # events and attendance
-        assert [(e.source, e.decision, e.details) for e in g.events()] == [
+        assert [(e.source, e.decision, e.details) for e in g.events.list()] == [
             ("front-door", "unknown", {"faces": 1}),
             ("lab", "match", {"faces": 1}),
             ("front-door", "match", {"faces": 1}),
         ]
-        (row,) = g.attendance("2024-03-05", tz=UTC)
+        (row,) = g.events.attendance("2024-03-05", tz=UTC)
         assert (row.name, row.count, row.sources) == ("Ada Lovelace", 2, ["front-door", "lab"])
         # the API key still authenticates
         key = g.authenticate(SECRET)
@@ -154,7 +154,7 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
         # and the upgraded gallery takes new writes (the id sequences went on)
         s = g.subjects.create("after the upgrade", embeddings=people.sample(2, 2))
         assert min(f.id for f in g.subjects.faces(s.id)) > max(written["faces"])
-        g.log_event("door", subject_id=s.id, score=0.9, decision="match")
+        g.events.log("door", subject_id=s.id, score=0.9, decision="match")
     finally:
         g.close()
     Gallery.open(url, create=False).close()  # opening again changes nothing

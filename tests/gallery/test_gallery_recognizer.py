@@ -95,10 +95,10 @@ def test_identify_answers_every_face_and_logs_events(sqlite_store, people, fake_
     assert [f.identification.subject_id for f in faces] == [bob.subject.id, None, ada.subject.id]
     assert faces[0].box[2] - faces[0].box[0] > faces[2].box[2] - faces[2].box[0]
     assert faces[1].identification.candidates  # unknown still lists the nearest subjects
-    events = g.events(source="lobby")
+    events = g.events.list(source="lobby")
     assert sorted(e.decision for e in events) == ["match", "match", "unknown"]
     assert rec.identify(fake_pipeline.photo("nobody", np.zeros((0, 32)))) == []
-    assert len(g.events()) == 3  # no source, no logging
+    assert len(g.events.list()) == 3  # no source, no logging
 
 
 def test_verify_photos_and_subjects(sqlite_store, people, fake_pipeline):

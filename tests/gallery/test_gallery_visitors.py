@@ -308,7 +308,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
     details = {"camera": "door", "track_id": 1, "visit_id": "v1", "kind": "visit"}
     for day in (0, 40):
         for decision in ("arrived", "left"):
-            gallery.log_event(
+            gallery.events.log(
                 "door",
                 subject_id=ada.id,
                 score=0.8,
@@ -316,7 +316,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
                 time=T0 + timedelta(days=day),
                 details=details,
             )
-    gallery.log_event(
+    gallery.events.log(
         "kiosk",
         subject_id=ada.id,
         score=0.9,
@@ -334,7 +334,7 @@ def test_purge_by_age(gallery: Gallery, people: People) -> None:
     hedy = gallery.get_visitor(assigned.visitor_id)  # the record of the assignment stays
     assert hedy.status == "assigned" and hedy.faces == []
     assert (gallery.subjects.count(), gallery.subjects.count_faces()) == (subjects, faces)
-    assert sorted((e.source, e.decision) for e in gallery.events()) == [
+    assert sorted((e.source, e.decision) for e in gallery.events.list()) == [
         ("door", "arrived"),
         ("door", "left"),
         ("kiosk", "match"),
@@ -383,7 +383,7 @@ for i in range(100000):
     faces = centres[i % 3] + 0.2 * rng.normal(size=(4, g.dim))
     s = g.record_stranger("door", 1e9 + i, 1e9 + i + 1, faces, [0.5, 0.6, 0.7, 0.8],
                           [np.full((8, 8, 3), i % 250, np.uint8)] * 4, threshold=0.5)
-    g.log_event("door", subject_id=None, score=0.1, decision="left", time=1e9 + i + 1,
+    g.events.log("door", subject_id=None, score=0.1, decision="left", time=1e9 + i + 1,
                 details={"kind": "visit", "visit_id": str(i)})
     print("DONE", i, s.visitor_id, flush=True)
 """
@@ -413,7 +413,7 @@ def test_sigkill_loses_no_recorded_sighting(tmp_path) -> None:
         assert set(done) <= set(visitors) and len(set(done)) == 3
         assert sum(v.sightings for v in visitors.values()) >= 12
         assert all(0 < len(v.faces) <= 8 for v in visitors.values())
-        assert len(g.events(limit=None)) >= 12
+        assert len(g.events.list(limit=None)) >= 12
 
 
 def test_assigned_faces_must_look_like_the_subject(gallery: Gallery, people: People) -> None:

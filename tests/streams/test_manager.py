@@ -178,7 +178,7 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     recorder(_event("arrived", None, visit=2))
     recorder(_event("left", None, evidence=3, visit=2))
 
-    events = sorted(gallery.events(source="door"), key=lambda e: e.id)
+    events = sorted(gallery.events.list(source="door"), key=lambda e: e.id)
     assert [(e.decision, e.subject_id) for e in events] == [
         ("arrived", ada.id),
         ("left", ada.id),
@@ -195,7 +195,7 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
     assert all(f.has_crop == store_crops for f in visitor.faces)
     assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}
-    assert [r.subject_id for r in gallery.attendance()] == [ada.id]
+    assert [r.subject_id for r in gallery.events.attendance()] == [ada.id]
 
 
 def test_recorder_never_raises_into_the_camera(gallery: Gallery) -> None:
@@ -258,13 +258,13 @@ def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
         assert kinds == ["gallery", "fake"]
 
         old = datetime.now(UTC) - timedelta(days=40)
-        gallery.log_event(
+        gallery.events.log(
             "door", subject_id=None, score=0.1, decision="left", time=old, details={"kind": "visit"}
         )
-        gallery.log_event("api", subject_id=None, score=0.1, decision="unknown", time=old)
+        gallery.events.log("api", subject_id=None, score=0.1, decision="unknown", time=old)
         purged = manager.purge()
         assert purged is not None and purged["result"]["events"] == 1
-        assert [e.source for e in gallery.events()] == ["api"]
+        assert [e.source for e in gallery.events.list()] == ["api"]
     finally:
         manager.close()
     assert notifier.closed
@@ -381,7 +381,7 @@ def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path
     finally:
         m.close()
     assert third.times == []
-    assert len([e for e in gallery.events(source="door") if e.decision == "arrived"]) == 1
+    assert len([e for e in gallery.events.list(source="door") if e.decision == "arrived"]) == 1
     # another file under the same camera is read from its start
     other = make_video(tmp_path / "other.mp4", seconds=1)
     gallery.update_camera(cam, url=str(other))

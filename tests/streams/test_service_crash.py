@@ -76,7 +76,7 @@ def _visits(db: Path, card: Any) -> list[tuple[int, str]]:
     with Gallery.open(db, card=card, create=False) as gallery:
         return [
             (e.details["visit_id"], e.decision)
-            for e in gallery.events(source="door")
+            for e in gallery.events.list(source="door")
             if e.details.get("kind") == "visit"
         ]
 
@@ -139,7 +139,7 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
         stored = {
             (e.details["visit_id"], e.decision)
-            for e in gallery.events(source="door")
+            for e in gallery.events.list(source="door")
             if e.details.get("kind") == "visit"
         }
         assert delivered <= stored, delivered - stored

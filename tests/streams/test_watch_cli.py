@@ -110,9 +110,9 @@ def test_record_writes_attendance_and_the_strangers_review_queue(
         )
         assert code == ExitCode.SUCCESS, err
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
-        kinds = sorted(e.decision for e in gallery.events(source="door"))
+        kinds = sorted(e.decision for e in gallery.events.list(source="door"))
         assert kinds == ["arrived"] * 3 + ["left"] * 3
-        rows = gallery.attendance(sources=["door"])
+        rows = gallery.events.attendance(sources=["door"])
         expected = sorted(p["identity"] for p in scene_videos["two_at_once"][1])
         assert sorted(r.name for r in rows) == expected and all(r.count == 1 for r in rows)
         (visitor,) = gallery.list_visitors()
