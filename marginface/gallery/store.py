@@ -43,7 +43,6 @@ from marginface.gallery.search import Searcher
 from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
-    ApiKey,
     Camera,
     Hit,
     Identification,
@@ -111,7 +110,8 @@ class Gallery:
         self._search = Searcher(db, self._sync)
         #: the recognition events and the attendance read from them
         self.events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
-        self._keys = KeyStore(db)
+        #: the service's API keys
+        self.keys = KeyStore(db)
         self._cameras = CameraStore(db)
         self._visitors = VisitorStore(
             db, self._model, self.subjects, lambda mean: self.identify(mean)[0]
@@ -499,40 +499,6 @@ class Gallery:
         transaction. Subjects, their faces and other events are never touched. Returns how many
         rows went: ``{"visitor_faces", "visitors", "events"}``."""
         return self._visitors.purge(older_than)
-
-    # -- API keys -------------------------------------------------------------------------------
-    def create_api_key(self, name: str, role: str) -> tuple[ApiKey, str]:
-        """Create a key; return its record and the secret key text, which is never stored
-        (only its SHA-256) and cannot be shown again."""
-        return self._keys.create(name, role)
-
-    def create_first_admin_key(self, name: str = "first admin") -> tuple[ApiKey, str] | None:
-        """Create an admin key when the gallery has none; return it as :meth:`create_api_key`
-        does, or None when an admin key exists. The count and the insert are one transaction,
-        serialised across processes, so services starting together create one key."""
-        return self._keys.create_first(name, "admin")
-
-    def authenticate(self, secret: str | None, *, touch: bool = True) -> ApiKey | None:
-        """The key record for a presented secret, or None when it is wrong or revoked."""
-        return self._keys.authenticate(secret, touch)
-
-    def list_api_keys(self) -> list[ApiKey]:
-        """Every key's public record."""
-        return self._keys.records()
-
-    def delete_api_key(self, key_id: str, *, allow_last_admin: bool = False) -> ApiKey:
-        """Revoke a key and return its record (:class:`NotFoundError` when unknown).
-
-        The last admin key is kept (:class:`ConflictError`) unless ``allow_last_admin``: without
-        one nobody could manage the gallery through the service. The check and the delete are one
-        transaction, serialised across processes (SQLite's write lock, a PostgreSQL advisory
-        lock), so two concurrent revocations cannot both pass it.
-        """
-        return self._keys.delete(key_id, allow_last_admin)
-
-    def count_api_keys(self, role: str | None = None) -> int:
-        """Number of keys (of one role)."""
-        return self._keys.count(role)
 
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -112,13 +112,13 @@ def test_services_starting_together_create_one_admin_key(backend: str, request, 
 
         def start(g) -> object:
             barrier.wait()
-            return g.create_first_admin_key()
+            return g.keys.create_first_admin()
 
         made = [m for m in run_together(*(lambda g=g: start(g) for g in handles)) if m]
-        assert len(made) == 1 and handles[0].count_api_keys("admin") == 1
+        assert len(made) == 1 and handles[0].keys.count("admin") == 1
         record, secret = made[0]
-        assert handles[1].authenticate(secret).id == record.id
-        assert handles[2].create_first_admin_key() is None
+        assert handles[1].keys.authenticate(secret).id == record.id
+        assert handles[2].keys.create_first_admin() is None
     finally:
         spec.close_all()
 

@@ -149,7 +149,7 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
         (row,) = g.events.attendance("2024-03-05", tz=UTC)
         assert (row.name, row.count, row.sources) == ("Ada Lovelace", 2, ["front-door", "lab"])
         # the API key still authenticates
-        key = g.authenticate(SECRET)
+        key = g.keys.authenticate(SECRET)
         assert key is not None and (key.name, key.role) == ("ops laptop", "admin")
         # and the upgraded gallery takes new writes (the id sequences went on)
         s = g.subjects.create("after the upgrade", embeddings=people.sample(2, 2))

@@ -220,10 +220,10 @@ def test_events_filters_and_attendance(store, people):
 
 def test_api_keys_are_stored_hashed(store):
     g = store.open()
-    rec, secret = g.create_api_key("ops laptop", "admin")
-    assert g.authenticate(secret).role == "admin"
-    assert g.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
-    assert g.authenticate("nonsense") is None and g.authenticate(None) is None
+    rec, secret = g.keys.create("ops laptop", "admin")
+    assert g.keys.authenticate(secret).role == "admin"
+    assert g.keys.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert g.keys.authenticate("nonsense") is None and g.keys.authenticate(None) is None
     rows = g._db.query("SELECT id, name, role, key_hash FROM api_keys")
     assert rows and all(
         secret not in str(r) and secret.split("_", 2)[2] not in str(r) for r in rows
@@ -234,19 +234,19 @@ def test_api_keys_are_stored_hashed(store):
 
         raw = Path(store.url).read_bytes()
         assert secret.split("_", 2)[2].encode() not in raw
-    _, enrol_secret = g.create_api_key("kiosk", "enrol")
-    assert g.count_api_keys() == 2 and g.count_api_keys("enrol") == 1
-    assert {k.name for k in g.list_api_keys()} == {"ops laptop", "kiosk"}
+    _, enrol_secret = g.keys.create("kiosk", "enrol")
+    assert g.keys.count() == 2 and g.keys.count("enrol") == 1
+    assert {k.name for k in g.keys.list()} == {"ops laptop", "kiosk"}
     with pytest.raises(ConflictError, match="last admin key"):
-        g.delete_api_key(rec.id)
-    assert g.authenticate(secret).role == "admin"
-    assert g.delete_api_key(rec.id, allow_last_admin=True).id == rec.id
-    assert g.authenticate(secret) is None
-    assert g.authenticate(enrol_secret).role == "enrol"
+        g.keys.delete(rec.id)
+    assert g.keys.authenticate(secret).role == "admin"
+    assert g.keys.delete(rec.id, allow_last_admin=True).id == rec.id
+    assert g.keys.authenticate(secret) is None
+    assert g.keys.authenticate(enrol_secret).role == "enrol"
     with pytest.raises(NotFoundError):
-        g.delete_api_key(rec.id)
+        g.keys.delete(rec.id)
     with pytest.raises(GalleryError, match="unknown role"):
-        g.create_api_key("x", "root")
+        g.keys.create("x", "root")
 
 
 def test_identification_threshold_comes_from_the_cards_impostor_table(store, people):

@@ -146,7 +146,7 @@ def test_event_and_attendance_exports_are_neutralised(sqlite_store: StoreSpec, p
 def _revoke(g, key_id: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
     barrier.wait()
     try:
-        g.delete_api_key(key_id)
+        g.keys.delete(key_id)
         outcomes.append("revoked")
     except ConflictError:
         outcomes.append("refused")
@@ -163,8 +163,8 @@ def test_concurrent_revocations_keep_one_admin_key(
     spec = make_store(backend, "exact", tmp_path, request)
     try:
         setup = spec.open()
-        a, _ = setup.create_api_key("a", "admin")
-        b, _ = setup.create_api_key("b", "admin")
+        a, _ = setup.keys.create("a", "admin")
+        b, _ = setup.keys.create("b", "admin")
         for _round in range(5):
             galleries = [spec.open(), spec.open()]
             barrier = threading.Barrier(2)
@@ -178,11 +178,11 @@ def test_concurrent_revocations_keep_one_admin_key(
             for t in threads:
                 t.join(timeout=60)
             assert sorted(outcomes) == ["refused", "revoked"]
-            assert setup.count_api_keys("admin") == 1
+            assert setup.keys.count("admin") == 1
             # put the revoked one back for the next round
-            survivor = setup.list_api_keys()[0]
+            survivor = setup.keys.list()[0]
             a = survivor
-            b, _ = setup.create_api_key("b", "admin")
+            b, _ = setup.keys.create("b", "admin")
     finally:
         spec.close_all()
 
