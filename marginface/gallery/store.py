@@ -43,7 +43,6 @@ from marginface.gallery.search import Searcher
 from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
-    Camera,
     Hit,
     Identification,
     StrangerSighting,
@@ -112,7 +111,8 @@ class Gallery:
         self.events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
         #: the service's API keys
         self.keys = KeyStore(db)
-        self._cameras = CameraStore(db)
+        #: the cameras a service watches
+        self.cameras = CameraStore(db)
         self._visitors = VisitorStore(
             db, self._model, self.subjects, lambda mean: self.identify(mean)[0]
         )
@@ -323,57 +323,6 @@ class Gallery:
         if point is None:
             point = self.operating_point(policy=policy)
         return self._search.identify(self._model.normalise(embeddings), point, policy)
-
-    # -- cameras --------------------------------------------------------------------------------
-    def create_camera(
-        self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
-    ) -> Camera:
-        """Add a camera: a unique ``name`` (the ``source`` of its events; the rules of subject
-        names, at most 100 characters), the ``url`` it is read from and its ``settings`` (a
-        JSON object stored as given: the streams layer validates it). A name in use is
-        :class:`ConflictError`. URLs may carry passwords: show them with
-        ``Camera.to_dict()``, which redacts them."""
-        return self._cameras.create(name, url, settings, enabled)
-
-    def get_camera(self, id_or_name: str) -> Camera:
-        """The camera with this id, else this name; :class:`NotFoundError` when none."""
-        return self._cameras.get(id_or_name)
-
-    def list_cameras(self) -> list[Camera]:
-        """Every camera, by name."""
-        return self._cameras.records()
-
-    def update_camera(
-        self,
-        camera_id: str,
-        *,
-        name: str | None = None,
-        url: str | None = None,
-        settings: dict[str, Any] | None = None,
-        enabled: bool | None = None,
-    ) -> Camera:
-        """Change what is given of a camera (found by id, else name); ``settings`` replace the
-        stored ones whole. :class:`NotFoundError` for an unknown camera, :class:`ConflictError`
-        for a name another camera has."""
-        return self._cameras.update(camera_id, name, url, settings, enabled)
-
-    def delete_camera(self, camera_id: str) -> Camera:
-        """Remove a camera (found by id, else name) and return its record; its events and
-        visitors stay (until :meth:`purge_stream_data`). :class:`NotFoundError` when unknown."""
-        return self._cameras.delete(camera_id)
-
-    def camera_position(self, camera_id: str) -> float | None:
-        """Where the camera's reading of its URL stopped: the presentation time (seconds) of
-        the last frame it processed of a video file, so that a restart goes on from there
-        instead of recording the file's visits again. None when unknown, or when the camera's
-        URL changed since (a new file is read from its start)."""
-        return self._cameras.position(camera_id)
-
-    def set_camera_position(self, camera_id: str, position_s: float | None) -> None:
-        """Remember where the camera's reading of its current URL stopped (None: forget it,
-        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
-        camera; deleting a camera forgets its position."""
-        self._cameras.set_position(camera_id, position_s)
 
     # -- strangers: visitors and their review ---------------------------------------------------
     def record_stranger(

@@ -39,7 +39,7 @@ def gallery(tmp_path) -> Iterator[Gallery]:
 def test_camera_crud(backend: str, tmp_path, request: pytest.FixtureRequest) -> None:
     url = make_store(backend, "exact", tmp_path, request).url
     with Gallery.open(url, card=card()) as g:
-        door = g.create_camera(
+        door = g.cameras.create(
             " Front door ",
             "rtsp://admin:s3cret@10.0.0.5:554/stream1",
             {"fps": 5, "visits": {"min_faces": 2}},
@@ -50,32 +50,32 @@ def test_camera_crud(backend: str, tmp_path, request: pytest.FixtureRequest) -> 
             True,
             {"fps": 5, "visits": {"min_faces": 2}},
         )
-        lab = g.create_camera("lab", "/videos/lab.mp4", {}, enabled=False)
-        assert [c.name for c in g.list_cameras()] == ["Front door", "lab"]
-        assert g.get_camera(door.id) == door == g.get_camera("Front door")
+        lab = g.cameras.create("lab", "/videos/lab.mp4", {}, enabled=False)
+        assert [c.name for c in g.cameras.list()] == ["Front door", "lab"]
+        assert g.cameras.get(door.id) == door == g.cameras.get("Front door")
         with pytest.raises(ConflictError, match="a camera named 'Front door' exists"):
-            g.create_camera("Front door", "rtsp://other/stream", {})
+            g.cameras.create("Front door", "rtsp://other/stream", {})
         with pytest.raises(ConflictError, match="'lab' exists"):
-            g.update_camera(door.id, name="lab")
-        changed = g.update_camera(lab.id, enabled=True, settings={"fps": 2})
+            g.cameras.update(door.id, name="lab")
+        changed = g.cameras.update(lab.id, enabled=True, settings={"fps": 2})
         assert (changed.enabled, changed.settings, changed.url) == (
             True,
             {"fps": 2},
             "/videos/lab.mp4",
         )
         assert changed.updated_at >= lab.updated_at
-        renamed = g.update_camera("lab", name="Lab 2", url="http://cam/mjpeg")
+        renamed = g.cameras.update("lab", name="Lab 2", url="http://cam/mjpeg")
         assert (renamed.id, renamed.name, renamed.url) == (lab.id, "Lab 2", "http://cam/mjpeg")
-        assert g.delete_camera(lab.id).name == "Lab 2"
+        assert g.cameras.delete(lab.id).name == "Lab 2"
         for call in (
-            lambda: g.get_camera(lab.id),
-            lambda: g.delete_camera("nope"),
-            lambda: g.update_camera("nope", enabled=False),
+            lambda: g.cameras.get(lab.id),
+            lambda: g.cameras.delete("nope"),
+            lambda: g.cameras.update("nope", enabled=False),
         ):
             with pytest.raises(NotFoundError, match="unknown camera"):
                 call()
     with Gallery.open(url, create=False) as g:  # kept with the gallery
-        assert [c.name for c in g.list_cameras()] == ["Front door"]
+        assert [c.name for c in g.cameras.list()] == ["Front door"]
 
 
 def test_camera_input_is_checked(gallery: Gallery) -> None:
@@ -89,12 +89,12 @@ def test_camera_input_is_checked(gallery: Gallery) -> None:
         ("ok", "rtsp://h/s", [1]),
     ]:
         with pytest.raises(GalleryError):
-            gallery.create_camera(name, url, settings)  # type: ignore[arg-type]
-    assert gallery.list_cameras() == []
+            gallery.cameras.create(name, url, settings)  # type: ignore[arg-type]
+    assert gallery.cameras.list() == []
 
 
 def test_camera_urls_are_redacted(gallery: Gallery) -> None:
-    cam = gallery.create_camera("gate", "rtsp://admin:p%40ss:w0rd@10.0.0.5:554/live?transport=tcp")
+    cam = gallery.cameras.create("gate", "rtsp://admin:p%40ss:w0rd@10.0.0.5:554/live?transport=tcp")
     shown = cam.to_dict()
     assert shown["url"] == "rtsp://admin:***@10.0.0.5:554/live?transport=tcp"
     assert "w0rd" not in str(shown) and "p%40ss" not in str(shown)
@@ -134,7 +134,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
         assert g.identify(people.sample(0))[0].subject_id == ada.id
         assert [e.decision for e in g.events.list()] == ["match"]
         # the new tables take writes
-        assert g.create_camera("door", "rtsp://h/s").name == "door"
+        assert g.cameras.create("door", "rtsp://h/s").name == "door"
         sighting = g.record_stranger(
             "door", DAY, DAY + timedelta(seconds=3), people.sample(2, 2), [0.5, 0.7], threshold=0.5
         )

@@ -323,8 +323,8 @@ class FrameLog:
                     if len(log.times) == log.event_at:
                         for sink in sinks:
                             sink(_event("arrived", None))
-                        cam = log.gallery.get_camera(name)
-                        log.position_after_event = log.gallery.camera_position(cam.id)
+                        cam = log.gallery.cameras.get(name)
+                        log.position_after_event = log.gallery.cameras.position(cam.id)
                     if len(log.times) == log.pause_after:
                         log.paused.set()
                         stop.wait(30)
@@ -361,7 +361,7 @@ def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path
         position = first.position_after_event
         assert position is not None and first.times[2] <= position < first.times[3]
         m.stop_camera(cam)  # as the service stopping: where it stopped is kept
-        stopped = gallery.camera_position(cam)
+        stopped = gallery.cameras.position(cam)
         assert stopped is not None and first.times[-1] <= stopped < first.times[-1] + 0.2
     finally:
         m.close()
@@ -384,8 +384,8 @@ def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path
     assert len([e for e in gallery.events.list(source="door") if e.decision == "arrived"]) == 1
     # another file under the same camera is read from its start
     other = make_video(tmp_path / "other.mp4", seconds=1)
-    gallery.update_camera(cam, url=str(other))
-    assert gallery.camera_position(cam) is None
+    gallery.cameras.update(cam, url=str(other))
+    assert gallery.cameras.position(cam) is None
 
 
 def test_a_camera_failing_the_same_way_retries_slowly_and_logs_once(

@@ -143,7 +143,7 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
             if e.details.get("kind") == "visit"
         }
         assert delivered <= stored, delivered - stored
-        (camera,) = gallery.list_cameras()
+        (camera,) = gallery.cameras.list()
         assert camera.name == "door" and camera.enabled  # it runs again at the next start
         assert gallery.subjects.count() == len([p for p in truth if p["enrolled"]])
 
