@@ -129,6 +129,29 @@ class EventLog:
         """Number of logged events."""
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))
 
+    def delete_visits_before(self, cutoff: float) -> int:
+        """Delete the camera visits' events (details ``kind`` ``"visit"``) before ``cutoff``
+        (epoch seconds), in one transaction; how many went. A step of
+        :meth:`Gallery.purge_stream_data <marginface.gallery.Gallery.purge_stream_data>`, which
+        runs it with the visitors' in one transaction."""
+        with self._db.transaction():
+            # details {"kind": "visit", ...} (JSON text written sorted, so the LIKE finds every
+            # candidate; the JSON decides)
+            ids = [
+                int(i)
+                for i, details in self._db.query(
+                    "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
+                    (cutoff, '%"kind": "visit"%'),
+                )
+                if json.loads(details or "{}").get("kind") == "visit"
+            ]
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                self._db.execute(
+                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})", part
+                )
+        return len(ids)
+
     def csv(self, **filters: Any) -> str:
         """Events (same filters as :meth:`list`) as CSV text (id, time, source, subject_id,
         subject_name, score, decision)."""

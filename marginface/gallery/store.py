@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,12 +34,13 @@ from marginface.decision import (
     fpir_key,
     one_to_one_threshold,
 )
-from marginface.errors import GalleryError
+from marginface.errors import ConflictError, GalleryError
 from marginface.gallery.cameras import CameraStore
 from marginface.gallery.db import Database
-from marginface.gallery.events import EventLog
+from marginface.gallery.events import EventLog, to_timestamp
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
+from marginface.gallery.likeness import FacesUnlikeError, unlike, unlike_each_other
 from marginface.gallery.model import bind_model
 from marginface.gallery.search import Searcher
 from marginface.gallery.subjects import SubjectStore
@@ -45,11 +48,10 @@ from marginface.gallery.sync import IndexSync
 from marginface.gallery.types import (
     Hit,
     Identification,
-    StrangerSighting,
     Subject,
-    Visitor,
 )
-from marginface.gallery.visitors import GROUP_FAR, KEEP_FACES, PAIR_FAR, VisitorStore
+from marginface.gallery.validate import clean_name
+from marginface.gallery.visitors import VisitorStore
 
 if TYPE_CHECKING:
     from marginface.card import ModelCard
@@ -113,8 +115,9 @@ class Gallery:
         self.keys = KeyStore(db)
         #: the cameras a service watches
         self.cameras = CameraStore(db)
-        self._visitors = VisitorStore(
-            db, self._model, self.subjects, lambda mean: self.identify(mean)[0]
+        #: strangers seen by cameras, grouped as visitors for review
+        self.visitors = VisitorStore(
+            db, self._model, lambda far: one_to_one_threshold(self.card, far)
         )
         self._close_lock = threading.Lock()
         self._closed = False
@@ -324,74 +327,7 @@ class Gallery:
             point = self.operating_point(policy=policy)
         return self._search.identify(self._model.normalise(embeddings), point, policy)
 
-    # -- strangers: visitors and their review ---------------------------------------------------
-    def record_stranger(
-        self,
-        camera: str,
-        first_seen: datetime | float,
-        last_seen: datetime | float,
-        embeddings: np.ndarray,
-        qualities: Sequence[float],
-        crops: Sequence[np.ndarray | bytes | None] | None = None,
-        threshold: float | None = None,
-        *,
-        pair_threshold: float | None = None,
-        keep_faces: int = KEEP_FACES,
-    ) -> StrangerSighting:
-        """Record an unknown visit (a track no subject matched) and group it with the visitor
-        it looks like, in ONE transaction (serialised with every other one, across processes).
-
-        ``embeddings`` (N, dim) are the visit's faces, ``qualities`` their quality scores
-        (:attr:`marginface.align.quality.FaceQuality.score`), ``crops`` their aligned crops
-        (RGB uint8 arrays, or PNG bytes; None for faces without). Pass crops only when the
-        gallery keeps them (the service's ``store_photos``, ``Recognizer.store_crops``).
-        The visit joins the most similar ``pending`` or ``dismissed`` visitor only on strong,
-        consistent evidence: its quality-weighted mean embedding has cosine >= ``threshold``
-        with the visitor's mean (default: the model's 1:1 threshold at FAR 1e-4,
-        ``visitors.GROUP_FAR``) **and** most of its faces match one of the visitor's kept
-        faces at ``pair_threshold`` (default: ``threshold`` when that is given, else the 1:1
-        threshold at FAR 1e-3); else it starts a new pending visitor. A pending visitor's mean
-        follows its visits and it keeps its ``keep_faces`` best faces by quality. A dismissed
-        visitor only counts the visit and moves ``last_seen``: a dismissed person does not come
-        back to the review queue, until the retention purge removes the visitor
-        (:meth:`purge_stream_data`). A dimension unlike the gallery's is :class:`GalleryError`.
-        """
-        if threshold is None:
-            threshold = one_to_one_threshold(self.card, GROUP_FAR)
-            if pair_threshold is None:
-                pair_threshold = one_to_one_threshold(self.card, PAIR_FAR)
-        return self._visitors.record(
-            camera,
-            first_seen,
-            last_seen,
-            embeddings,
-            qualities,
-            crops,
-            threshold,
-            keep_faces,
-            pair_threshold,
-        )
-
-    def list_visitors(
-        self, status: str | None = "pending", *, limit: int | None = 100, offset: int = 0
-    ) -> list[Visitor]:
-        """Visitors of one status (``pending``, ``assigned``, ``dismissed``; None: all), the
-        most recently seen first, each with its kept faces (best first)."""
-        return self._visitors.page(status, limit, offset)
-
-    def count_visitors(self, status: str | None = "pending") -> int:
-        """Number of visitors of one status (None: all)."""
-        return self._visitors.count(status)
-
-    def get_visitor(self, visitor_id: str) -> Visitor:
-        """One visitor; :class:`NotFoundError` when unknown."""
-        return self._visitors.get(visitor_id)
-
-    def visitor_face_crop(self, face_id: int) -> bytes | None:
-        """A visitor face's aligned crop (PNG bytes), None when none was kept;
-        :class:`NotFoundError` for an unknown face."""
-        return self._visitors.crop(face_id)
-
+    # -- what spans parts: a visitor's assignment, the retention purge -------------------------
     def assign_visitor(
         self,
         visitor_id: str,
@@ -423,23 +359,70 @@ class Gallery:
         people: choose the faces of one person with ``faces``)."""
         if threshold is None:
             threshold = self.policy.verification_threshold(self.card)
-        return self._visitors.assign(
-            visitor_id, subject_id, name, faces, force, force_mismatch, float(threshold)
+        threshold = float(threshold)
+        if (subject_id is None) == (name is None):
+            raise GalleryError(
+                "assign a visitor to an existing subject (subject_id) or to a "
+                "new one (name), one of the two"
+            )
+        visitor = self.visitors.get(visitor_id)
+        if visitor.status != "pending":
+            raise ConflictError(f"visitor {visitor.id} is {visitor.status} already")
+        target = self.subjects.get(subject_id) if subject_id is not None else None
+        new_name = clean_name(name) if name is not None else None
+        chosen, vecs, crops = self.visitors.faces_to_enrol(visitor, faces)
+        mixed = unlike_each_other(vecs, threshold)
+        if mixed:
+            raise FacesUnlikeError(
+                f"the faces of visitor {visitor.id} do not all look alike (faces "
+                + ", ".join(f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in mixed)
+                + f" to the others, below the 1:1 threshold {threshold:.3f}): the camera "
+                "grouped more than one person; assign the faces of one person (`faces`)",
+                reason="each_other",
+                faces=[(chosen[u.index], u) for u in mixed],
+            )
+        if not force:
+            self._refuse_lookalike(visitor.id, target)
+        sid = target.id if target is not None else secrets.token_hex(8)
+
+        def mark_assigned() -> None:  # inside the enrolment's transaction
+            if target is not None and not force_mismatch:
+                _, own = self.subjects.embeddings(target.id)
+                refused = unlike(own, vecs, threshold)
+                if refused:
+                    raise FacesUnlikeError(
+                        f"visitor {visitor.id} does not look like {target.name!r} "
+                        f"({target.id}): faces "
+                        + ", ".join(
+                            f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in refused
+                        )
+                        + f" to the subject's faces, below the 1:1 threshold {threshold:.3f}",
+                        reason="subject",
+                        faces=[(chosen[u.index], u) for u in refused],
+                        subject_id=target.id,
+                        name=target.name,
+                    )
+            self.visitors.mark_assigned(visitor.id, sid)
+
+        if target is not None:
+            self.subjects.add_faces(sid, vecs, crops=crops, guard=mark_assigned)
+            return self.subjects.get(sid)
+        assert new_name is not None
+        return self.subjects.create(
+            new_name, embeddings=vecs, crops=crops, subject_id=sid, guard=mark_assigned
         )
 
-    def dismiss_visitor(self, visitor_id: str) -> Visitor:
-        """Take a visitor out of the review queue (status ``dismissed``). Its later visits are
-        still grouped with it and only counted (see :meth:`record_stranger`). Dismissing twice
-        changes nothing; an assigned visitor is :class:`ConflictError`."""
-        return self._visitors.dismiss(visitor_id)
-
-    def split_visitor(self, visitor_id: str, faces: Sequence[int]) -> Visitor:
-        """Move ``faces`` of a pending visitor to a new pending visitor, in ONE transaction:
-        the review queue grouped two people, and a person says which faces are the other's.
-        Both visitors keep the means of their own faces. Returns the new visitor;
-        :class:`ConflictError` for a visitor not pending, :class:`GalleryError` for faces not
-        its own or all of them."""
-        return self._visitors.split(visitor_id, faces)
+    def _refuse_lookalike(self, visitor_id: str, target: Subject | None) -> None:
+        """:class:`ConflictError` when the visitor's mean is identified as another subject than
+        ``target``, at the gallery's operating point."""
+        answer = self.identify(self.visitors.mean(visitor_id))[0]
+        for cand in answer.candidates:
+            if cand.score >= answer.threshold and (target is None or cand.subject_id != target.id):
+                raise ConflictError(
+                    f"visitor {visitor_id} looks like subject {cand.name!r} ({cand.subject_id}): "
+                    f"score {cand.score:.3f} >= the operating point's threshold "
+                    f"{answer.threshold:.3f}; assign it to that subject, or force"
+                )
 
     def purge_stream_data(self, older_than: datetime | float) -> dict[str, int]:
         """Retention of camera data: delete visitor faces (with their crops) seen before
@@ -447,7 +430,14 @@ class Gallery:
         stay), and the camera visits' events (details ``kind`` ``"visit"``) before it; one
         transaction. Subjects, their faces and other events are never touched. Returns how many
         rows went: ``{"visitor_faces", "visitors", "events"}``."""
-        return self._visitors.purge(older_than)
+        cutoff = to_timestamp(older_than)
+        if not math.isfinite(cutoff):
+            raise GalleryError("the purge's cutoff must be a finite time")
+        with self._db.transaction():
+            removed = self.visitors.delete_seen_before(cutoff)
+            removed["events"] = self.events.delete_visits_before(cutoff)
+        self._db.checkpoint()
+        return removed
 
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -135,10 +135,10 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
         assert [e.decision for e in g.events.list()] == ["match"]
         # the new tables take writes
         assert g.cameras.create("door", "rtsp://h/s").name == "door"
-        sighting = g.record_stranger(
+        sighting = g.visitors.record(
             "door", DAY, DAY + timedelta(seconds=3), people.sample(2, 2), [0.5, 0.7], threshold=0.5
         )
-        assert sighting.new and g.count_visitors() == 1
+        assert sighting.new and g.visitors.count() == 1
         g.subjects.delete(ada.id)
     Database(url).close()  # opening again changes nothing
     assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]

@@ -413,7 +413,7 @@ def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, An
     emb[1, 20] = 0.3
     crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
     now = datetime.now(UTC)
-    sighting = gallery.record_stranger(
+    sighting = gallery.visitors.record(
         "door",
         now - timedelta(seconds=5),
         now,
@@ -421,4 +421,4 @@ def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, An
         [0.9, 0.8],
         [crop, crop] if crops else None,
     )
-    return gallery.get_visitor(sighting.visitor_id).to_dict()
+    return gallery.visitors.get(sighting.visitor_id).to_dict()

@@ -191,7 +191,7 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     assert stranger_left.details["kind"] == "visit" and stranger_left.details["faces"] == 3
     assert stranger_left.details["dwell_s"] == 3.5
     assert abs((events[1].time - events[0].time).total_seconds() - 3.5) < 0.01  # first, last seen
-    visitor = gallery.get_visitor(visitor_id)
+    visitor = gallery.visitors.get(visitor_id)
     assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
     assert all(f.has_crop == store_crops for f in visitor.faces)
     assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}

@@ -144,7 +144,7 @@ def test_an_empty_gallery_counts_strangers_and_keeps_them_apart(
         run = footage.run_clip(truth["path"], default_pipeline, gallery, fps=5, sinks=[recorder])
         s = footage.score(truth, run, {})
         assert s["people_with_visits"] == s["visits_real_people"] == 3
-        visitors = gallery.list_visitors()
+        visitors = gallery.visitors.list()
         assert len(visitors) == 3 and all(v.faces and v.faces[0].has_crop for v in visitors)
 
 
