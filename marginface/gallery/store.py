@@ -1,16 +1,30 @@
-"""The :class:`Gallery`: one object over a gallery's parts, which live in their own modules.
+"""The :class:`Gallery`: a facade over a gallery's parts, which live in their own modules.
 
-* :mod:`~marginface.gallery.db` and :mod:`~marginface.gallery.schema` - the SQL store, its
-  connections and its versioned schema;
-* :mod:`~marginface.gallery.model` - the embedding model of the faces and their normalisation;
-* :mod:`~marginface.gallery.subjects` - subjects and faces (and their export);
-* :mod:`~marginface.gallery.sync` - the vector index kept in step with SQL;
-* :mod:`~marginface.gallery.search` - search, and the decision of the policy's rule at the
-  operating point's threshold (both from :mod:`marginface.decision`);
-* :mod:`~marginface.gallery.events` - the event log and attendance;
-* :mod:`~marginface.gallery.keys` - the service's API keys;
-* :mod:`~marginface.gallery.cameras` - the cameras a service watches;
-* :mod:`~marginface.gallery.visitors` - strangers seen by cameras, grouped for review.
+Its public parts, each a class documented where it lives, share the one
+:class:`~marginface.gallery.db.Database` (its transactions, its connections, its
+cross-process locks):
+
+* ``gallery.subjects`` - :class:`~marginface.gallery.subjects.SubjectStore`, subjects and
+  their faces (every change of faces goes through the index sync);
+* ``gallery.events`` - :class:`~marginface.gallery.events.EventLog`, the event log and the
+  attendance;
+* ``gallery.keys`` - :class:`~marginface.gallery.keys.KeyStore`, the service's API keys;
+* ``gallery.cameras`` - :class:`~marginface.gallery.cameras.CameraStore`, the cameras a
+  service watches;
+* ``gallery.visitors`` - :class:`~marginface.gallery.visitors.VisitorStore`, strangers seen
+  by cameras, grouped for review.
+
+Behind them: :mod:`~marginface.gallery.db` and :mod:`~marginface.gallery.schema` (the SQL
+store and its versioned schema), :mod:`~marginface.gallery.model` (the faces' embedding model
+and their normalisation), :mod:`~marginface.gallery.sync` (the vector index kept in step with
+SQL) and :mod:`~marginface.gallery.search` (search, and the decision of the policy's rule at
+the operating point's threshold, both from :mod:`marginface.decision`).
+
+The facade keeps only what spans the parts: opening and closing, the model binding, the index
+and its refresh, search, identification and its operating point (the policy, the stored
+target, the gallery's composition), a visitor's assignment (visitors, subjects and
+identification), the retention purge (visitors and events in one transaction), ``stats`` and
+``export``.
 """
 
 from __future__ import annotations
@@ -45,11 +59,7 @@ from marginface.gallery.model import bind_model
 from marginface.gallery.search import Searcher
 from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
-from marginface.gallery.types import (
-    Hit,
-    Identification,
-    Subject,
-)
+from marginface.gallery.types import Hit, Identification, Subject
 from marginface.gallery.validate import clean_name
 from marginface.gallery.visitors import VisitorStore
 
@@ -73,12 +83,14 @@ def default_gallery_url() -> str:
 
 
 class Gallery:
-    """Enrolled subjects and their face embeddings, with recognition events and API keys.
+    """Enrolled subjects and their face embeddings, with recognition events, API keys,
+    cameras and the strangers they see: a facade over its parts, ``subjects``, ``events``,
+    ``keys``, ``cameras`` and ``visitors``, which share its database.
 
-    Open it with :meth:`open`. All methods are thread-safe; searches run concurrently. Several
-    processes may share one gallery (SQLite in WAL mode, or PostgreSQL): each keeps its
-    in-process index in step with the SQL store through a generation counter checked before
-    every search.
+    Open it with :meth:`open`. All methods, the parts' included, are thread-safe; searches run
+    concurrently. Several processes may share one gallery (SQLite in WAL mode, or
+    PostgreSQL): each keeps its in-process index in step with the SQL store through a
+    generation counter checked before every search.
     """
 
     def __init__(
