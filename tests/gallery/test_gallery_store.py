@@ -1,26 +1,20 @@
-"""The gallery test-suite, run on every store: SQLite, PostgreSQL and Milvus Lite; exact and
-FAISS indexes."""
+"""The Gallery facade (opening, search, identification and its operating point, export, stats,
+the parts sharing one database), on every store: SQLite, PostgreSQL and Milvus Lite; exact and
+FAISS indexes. Each part has its module: test_gallery_subjects, _events, _keys, _cameras and
+_visitors."""
 
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from gallery_helpers import DIM, People, unit
+from gallery_helpers import DIM, enrol_people
 
 from marginface.card import Calibration, ModelCard
 from marginface.decision import IdentificationPolicy
-from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.errors import GalleryError
 from tests.impostor_tables import log_linear_tail
-
-
-def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
-    return [
-        gallery.subjects.create(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
-        for i in range(n)
-    ]
 
 
 def test_enrol_then_identify(store, people):
@@ -50,59 +44,6 @@ def test_search_orders_hits_and_maps_subjects(store, people):
     assert hits[0].face_id in face_ids
 
 
-def test_duplicate_names_get_distinct_ids(store, people):
-    g = store.open()
-    a = g.subjects.create("Sam Lee", embeddings=people.sample(0, 2))
-    b = g.subjects.create("Sam Lee", embeddings=people.sample(1, 2))
-    assert a.id != b.id
-    assert {s.id for s in g.subjects.find("Sam Lee")} == {a.id, b.id}
-    assert [g.identify(people.sample(i))[0].subject_id for i in (0, 1)] == [a.id, b.id]
-
-
-def test_delete_subject_removes_it_everywhere(store, people):
-    g = store.open()
-    ids = enrol_people(g, people, 6)
-    victim = ids[2]
-    victim_faces = [f.id for f in g.subjects.faces(victim)]
-    g.events.log("door", subject_id=victim, score=0.9, decision="match")
-    assert g.subjects.delete(victim) == 3
-    # SQL rows are gone
-    assert g._db.query("SELECT COUNT(*) FROM faces WHERE subject_id = ?", (victim,))[0][0] == 0
-    assert g._db.query("SELECT COUNT(*) FROM subjects WHERE id = ?", (victim,))[0][0] == 0
-    assert g.events.list(subject=victim) == []
-    # the index no longer holds the vectors, and search never returns them
-    assert not set(victim_faces) & set(g.index.ids().tolist())
-    probe = people.sample(2, 4)
-    for row in g.search(probe, k=18):
-        assert all(h.subject_id != victim and h.face_id not in victim_faces for h in row)
-    assert all(not a.known or a.subject_id != victim for a in g.identify(probe))
-    with pytest.raises(NotFoundError, match="unknown subject"):
-        g.subjects.get(victim)
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.subjects.delete(victim)
-    g.close()
-    g2 = store.open()  # still gone after a restart
-    assert not set(victim_faces) & set(g2.index.ids().tolist())
-    assert g2.subjects.count() == 5 and g2.subjects.count_faces() == 15
-
-
-def test_delete_one_face(store, people):
-    g = store.open()
-    s = g.subjects.create("Ada", embeddings=people.sample(0, 3))
-    faces = g.subjects.faces(s.id)
-    target = faces[1].id
-    _, mat = g.subjects.embeddings(s.id)
-    removed = g.subjects.delete_face(target)
-    assert removed.subject_id == s.id
-    assert [f.id for f in g.subjects.faces(s.id)] == [faces[0].id, faces[2].id]
-    assert target not in g.index.ids().tolist()
-    # querying with the deleted face's own embedding never returns it
-    hits = g.search(mat[1], k=3)[0]
-    assert target not in [h.face_id for h in hits]
-    with pytest.raises(NotFoundError, match="unknown face"):
-        g.subjects.delete_face(target)
-
-
 def test_restart_serves_same_answers(store, people):
     g = store.open()
     enrol_people(g, people, 8)
@@ -127,45 +68,6 @@ def test_mixed_models_are_refused(store, people):
         g.subjects.add_faces(g.subjects.list()[0].id, np.ones((1, 16), np.float32))
 
 
-def test_subject_crud_and_listing(store, people):
-    g = store.open()
-    a = g.subjects.create("Zoe", {"team": "night"})
-    b = g.subjects.create("adam", embeddings=people.sample(1, 2))
-    assert a.n_faces == 0 and b.n_faces == 2
-    assert [s.name for s in g.subjects.list()] == ["Zoe", "adam"]
-    assert [s.name for s in g.subjects.list(search="ZO")] == ["Zoe"]
-    assert [s.name for s in g.subjects.list(limit=1, offset=1)] == ["adam"]
-    renamed = g.subjects.update(a.id, name="Zoë", metadata={"team": "day"})
-    assert renamed.name == "Zoë" and renamed.metadata == {"team": "day"}
-    assert renamed.updated_at >= a.updated_at
-    with pytest.raises(GalleryError, match="is empty"):
-        g.subjects.create("   ")
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.subjects.update("nope", name="x")
-    with pytest.raises(GalleryError, match="JSON"):
-        g.subjects.create("x", {"bad": object()})
-    ids = g.subjects.add_faces(a.id, people.sample(0, 2))
-    assert len(ids) == 2 and g.subjects.get(a.id).n_faces == 2
-
-
-def test_failed_writes_leave_nothing(store, people):
-    g = store.open()
-    bad = people.sample(0, 3)
-    bad[1, 0] = np.nan
-    with pytest.raises(GalleryError, match="NaN"):
-        g.subjects.create("Ada", embeddings=bad)
-    with pytest.raises(GalleryError, match="one to one"):
-        g.subjects.create("Ada", embeddings=people.sample(0, 3), source_hashes=["x"])
-    assert g.subjects.count() == 0 and g.subjects.count_faces() == 0
-    assert len(g.index) == 0
-    s = g.subjects.create("Bob")
-    with pytest.raises(GalleryError, match="all zeros"):
-        g.subjects.add_faces(s.id, np.zeros((2, DIM), np.float32))
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.subjects.add_faces("missing", people.sample(0, 1))
-    assert g.subjects.count_faces() == 0
-
-
 def test_two_handles_stay_in_step(store, people):
     """Two processes (here: two handles) share one store: each sees the other's changes."""
     if store.index == "milvus":
@@ -177,76 +79,6 @@ def test_two_handles_stay_in_step(store, people):
     a.subjects.delete(s.id)
     assert b.search(people.sample(0), k=3)[0] == []
     assert len(b.index) == 0
-
-
-def test_events_filters_and_attendance(store, people):
-    g = store.open()
-    ada = g.subjects.create("Ada", embeddings=people.sample(0, 1))
-    bob = g.subjects.create("Bob", embeddings=people.sample(1, 1))
-    day = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
-    g.events.log("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
-    g.events.log(
-        "lab", subject_id=ada.id, score=0.7, decision="match", time=day + timedelta(hours=9)
-    )
-    g.events.log(
-        "front-door", subject_id=bob.id, score=0.9, decision="match", time=day + timedelta(hours=1)
-    )
-    g.events.log(
-        "front-door", subject_id=None, score=0.2, decision="unknown", time=day + timedelta(hours=2)
-    )
-    g.events.log(
-        "front-door", subject_id=ada.id, score=0.9, decision="match", time=day + timedelta(days=1)
-    )
-    assert len(g.events.list()) == 5
-    assert [e.source for e in g.events.list(subject=ada.id)] == ["front-door", "lab", "front-door"]
-    assert len(g.events.list(source="lab")) == 1
-    assert len(g.events.list(decision="unknown")) == 1
-    same_day = g.events.list(start=day, end=day + timedelta(days=1))
-    assert len(same_day) == 4 and same_day[0].time > same_day[-1].time  # newest first
-    rows = g.events.attendance("2024-03-05", tz=UTC)
-    assert [(r.name, r.count) for r in rows] == [("Ada", 2), ("Bob", 1)]
-    assert rows[0].first_seen == day and rows[0].last_seen == day + timedelta(hours=9)
-    assert rows[0].sources == ["front-door", "lab"]
-    csv_text = g.events.attendance_csv("2024-03-05", tz=UTC)
-    lines = csv_text.strip().splitlines()
-    assert lines[0].startswith("date,subject_id,name,first_seen")
-    assert lines[1].startswith(f"2024-03-05,{ada.id},Ada,2024-03-05T08:00:00+00:00")
-    assert "2024-03-06" not in csv_text
-    with pytest.raises(GalleryError, match="YYYY-MM-DD"):
-        g.events.attendance("5 March")
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.events.log("door", subject_id="ghost", score=1.0, decision="match")
-
-
-def test_api_keys_are_stored_hashed(store):
-    g = store.open()
-    rec, secret = g.keys.create("ops laptop", "admin")
-    assert g.keys.authenticate(secret).role == "admin"
-    assert g.keys.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
-    assert g.keys.authenticate("nonsense") is None and g.keys.authenticate(None) is None
-    rows = g._db.query("SELECT id, name, role, key_hash FROM api_keys")
-    assert rows and all(
-        secret not in str(r) and secret.split("_", 2)[2] not in str(r) for r in rows
-    )
-    if store.backend == "sqlite":
-        g._db.query("PRAGMA wal_checkpoint(FULL)")
-        from pathlib import Path
-
-        raw = Path(store.url).read_bytes()
-        assert secret.split("_", 2)[2].encode() not in raw
-    _, enrol_secret = g.keys.create("kiosk", "enrol")
-    assert g.keys.count() == 2 and g.keys.count("enrol") == 1
-    assert {k.name for k in g.keys.list()} == {"ops laptop", "kiosk"}
-    with pytest.raises(ConflictError, match="last admin key"):
-        g.keys.delete(rec.id)
-    assert g.keys.authenticate(secret).role == "admin"
-    assert g.keys.delete(rec.id, allow_last_admin=True).id == rec.id
-    assert g.keys.authenticate(secret) is None
-    assert g.keys.authenticate(enrol_secret).role == "enrol"
-    with pytest.raises(NotFoundError):
-        g.keys.delete(rec.id)
-    with pytest.raises(GalleryError, match="unknown role"):
-        g.keys.create("x", "root")
 
 
 def test_identification_threshold_comes_from_the_cards_impostor_table(store, people):
@@ -320,17 +152,6 @@ def test_export(store, people):
     assert stats["subjects"] == 1 and stats["faces"] == 2 and stats["backend"] == store.backend
 
 
-def test_embeddings_are_normalised_on_the_way_in(store):
-    g = store.open()
-    raw = np.zeros((1, DIM), np.float32)
-    raw[0, 0] = 7.0
-    s = g.subjects.create("Ada", embeddings=raw)
-    _, mat = g.subjects.embeddings(s.id)
-    assert np.allclose(mat, unit(raw))
-    hit = g.search(raw * 3, k=1)[0][0]
-    assert hit.score == pytest.approx(1.0, abs=1e-5)
-
-
 def test_target_fpir_is_stored_with_the_gallery(store, people):
     card = ModelCard(
         name="fake-model", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.4)
@@ -354,3 +175,23 @@ def test_target_fpir_is_stored_with_the_gallery(store, people):
     assert g2.set_target_fpir(None) == "1e-2" and g1.fpir == "1e-2"
     for g in (g1, g2, g3):
         g.close()
+
+
+def test_the_parts_share_the_gallerys_database_and_its_transactions(store, people):
+    g = store.open()
+    ada = g.subjects.create("Ada", embeddings=people.sample(0, 1))
+    with pytest.raises(RuntimeError, match="undone"), g._db.transaction():
+        g.subjects.update(ada.id, name="Ada L.")
+        g.events.log("door", subject_id=ada.id, score=0.9, decision="match")
+        g.cameras.create("door", "rtsp://cam/door")
+        g.keys.create("kiosk", "enrol")
+        raise RuntimeError("undone: every part's write with it")
+    assert g.subjects.get(ada.id).name == "Ada"
+    assert (g.events.count(), g.cameras.count(), g.keys.count()) == (0, 0, 0)
+    # the event names the subject through the subjects part, in the same transaction
+    with g._db.transaction():
+        renamed = g.subjects.update(ada.id, name="Ada L.")
+        logged = g.events.log("door", subject_id=ada.id, score=0.9, decision="match")
+    assert renamed.name == logged.subject_name == "Ada L."
+    stats = g.stats()
+    assert (stats["subjects"], stats["faces"], stats["events"]) == (1, 1, 1)
