@@ -1,5 +1,6 @@
-"""Cameras kept with the gallery, the schema step that added them (and the visitors), and
-attendance computed from camera visits (``arrived``/``left`` events)."""
+"""``gallery.cameras``: cameras kept with the gallery (CameraStore) and their reading
+positions, the schema step that added them (and the visitors), and attendance computed from
+camera visits (``arrived``/``left`` events)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,26 @@ def test_camera_urls_are_redacted(gallery: Gallery) -> None:
     assert redact_url("rtsp://viewer@cam/stream") == "rtsp://***@cam/stream"
     assert redact_url("/videos/door.mp4") == "/videos/door.mp4"
     assert redact_url("webcam:0") == "webcam:0"
+
+
+def test_a_file_cameras_reading_position(gallery: Gallery) -> None:
+    cam = gallery.cameras.create("hall", "/videos/hall.mp4")
+    assert gallery.cameras.position(cam.id) is None
+    gallery.cameras.set_position(cam.id, 12.5)
+    assert gallery.cameras.position(cam.id) == 12.5
+    gallery.cameras.set_position(cam.id, None)
+    assert gallery.cameras.position(cam.id) is None
+    gallery.cameras.set_position(cam.id, 3.0)
+    gallery.cameras.update(cam.id, url="/videos/other.mp4")  # another file: from its start
+    assert gallery.cameras.position(cam.id) is None
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(GalleryError, match="reading position"):
+            gallery.cameras.set_position(cam.id, bad)
+    with pytest.raises(NotFoundError):
+        gallery.cameras.set_position("nope", 1.0)
+    gallery.cameras.set_position(cam.id, 4.0)
+    gallery.cameras.delete(cam.id)
+    assert gallery.cameras.position(cam.id) is None and gallery.cameras.count() == 0
 
 
 # -- the schema step ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Strangers seen by cameras: grouped as visitors, reviewed (assigned to a subject or
-dismissed) and purged after the retention age."""
+"""``gallery.visitors``: strangers seen by cameras, grouped as visitors (VisitorStore), reviewed
+(assigned to a subject by the gallery, dismissed or split) and purged after the retention age
+(by the gallery, with the camera visits' events)."""
 
 from __future__ import annotations
 
@@ -297,7 +298,47 @@ def test_a_dismissed_visitor_does_not_come_back(gallery: Gallery, people: People
         gallery.assign_visitor(s.visitor_id, name="Hedy")
 
 
+def test_the_review_steps_the_gallery_composes(gallery: Gallery, people: People) -> None:
+    """An assignment is the gallery's (it enrols into the subjects and asks identification);
+    the visitors part gives it the faces to enrol, the visitor's mean and the final mark."""
+    (ada,) = gallery.subjects.find("Ada")
+    s = sight(gallery, people, 5, n=4)
+    v = gallery.visitors.get(s.visitor_id)
+    chosen, vecs, crops = gallery.visitors.faces_to_enrol(v)
+    assert chosen == v.face_ids and vecs.shape == (4, DIM)  # all four: fewer than five
+    assert crops is not None and all(c is not None and c.startswith(PNG) for c in crops)
+    one = v.face_ids[1]
+    assert gallery.visitors.faces_to_enrol(v, [one, one])[0] == [one]
+    with pytest.raises(GalleryError, match="no stored face to enrol"):
+        gallery.visitors.faces_to_enrol(v, [])
+    plain = gallery.visitors.get(sight(gallery, people, 6, crops=False).visitor_id)
+    assert gallery.visitors.faces_to_enrol(plain)[2] is None
+    mean = gallery.visitors.mean(v.id)
+    assert abs(float(np.linalg.norm(mean)) - 1) < 1e-5
+    assert float(mean @ people.centres[5]) > float(mean @ people.centres[6])
+    with pytest.raises(NotFoundError):
+        gallery.visitors.mean("nope")
+    gallery.visitors.mark_assigned(v.id, ada.id)
+    assert (gallery.visitors.get(v.id).status, gallery.visitors.get(v.id).subject_id) == (
+        "assigned",
+        ada.id,
+    )
+    with pytest.raises(ConflictError, match="reviewed meanwhile"):
+        gallery.visitors.mark_assigned(v.id, ada.id)
+
+
 # -- retention ----------------------------------------------------------------------------------
+def test_the_visitors_part_of_the_purge(gallery: Gallery, people: People) -> None:
+    old = sight(gallery, people, 5, at=T0)
+    new = sight(gallery, people, 6, at=T0 + timedelta(days=40))
+    cutoff = (T0 + timedelta(days=30)).timestamp()
+    assert gallery.visitors.delete_seen_before(cutoff) == {"visitor_faces": 3, "visitors": 1}
+    with pytest.raises(NotFoundError):
+        gallery.visitors.get(old.visitor_id)
+    assert len(gallery.visitors.get(new.visitor_id).faces) == 3
+    assert gallery.visitors.delete_seen_before(cutoff) == {"visitor_faces": 0, "visitors": 0}
+
+
 def test_purge_by_age(gallery: Gallery, people: People) -> None:
     (ada,) = gallery.subjects.find("Ada")
     old = sight(gallery, people, 5, at=T0)
