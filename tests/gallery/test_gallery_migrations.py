@@ -20,7 +20,7 @@ from marginface.gallery.db import Database
 
 BACKENDS = ["sqlite", "postgresql"]
 DAY = datetime(2024, 3, 5, 8, 0, tzinfo=UTC).timestamp()
-SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape create_api_key gives
+SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape gallery.keys.create gives
 
 
 # -- a gallery as marginface 0.1 wrote it ----------------------------------------------------------
