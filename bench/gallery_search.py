@@ -206,14 +206,18 @@ def bench_identify(data: np.ndarray, queries: np.ndarray, args: argparse.Namespa
         if not os.path.exists(url):
             g = Gallery.open(url, model_name="bench", dim=args.dim, index="faiss", card=card)
             for start in range(0, n, args.per):
-                g.create_subject(f"s{start // args.per}", embeddings=data[start : start + args.per])
+                g.subjects.create(
+                    f"s{start // args.per}", embeddings=data[start : start + args.per]
+                )
             g.close()
             fill = time.perf_counter() - t
         t = time.perf_counter()
         g = Gallery.open(url, model_name="bench", dim=args.dim, index="faiss", card=card)
         reopen = time.perf_counter() - t
-        if g.count_faces() != n:
-            raise SystemExit(f"{url} holds {g.count_faces():,} faces, not {n:,}: remove it")
+        if g.subjects.count_faces() != n:
+            raise SystemExit(
+                f"{url} holds {g.subjects.count_faces():,} faces, not {n:,}: remove it"
+            )
         t = time.perf_counter()
         point = g.operating_point()
         cold = time.perf_counter() - t

@@ -111,7 +111,7 @@ def build_gallery(db: Path, n_subjects: int, enrol_people: int, seed: int) -> di
         dim = pipeline.embedder.embedding_dim
         for i in range(n_subjects):
             emb = rng.standard_normal((1, dim)).astype(np.float32)
-            gallery.create_subject(f"synthetic {i:05d}", embeddings=emb)
+            gallery.subjects.create(f"synthetic {i:05d}", embeddings=emb)
         filled = time.perf_counter() - t0
         rec = Recognizer(gallery, pipeline)
         enrolled = 0
@@ -120,7 +120,7 @@ def build_gallery(db: Path, n_subjects: int, enrol_people: int, seed: int) -> di
                 photos = sorted(person.glob("*.jpg"))[:3]
                 rec.enroll(person.name, [str(p) for p in photos])
                 enrolled += 1
-        subjects = gallery.count_subjects()
+        subjects = gallery.subjects.count()
     return {
         "subjects": subjects,
         "real_people": enrolled,

@@ -83,7 +83,7 @@ def main() -> None:
     gallery = Gallery.open(work / "gallery.db", card=pipeline.embedder.card)
     dev = sorted(p for p in (shared / "celeba-dev").iterdir() if p.is_dir())
     subjects = footage.enrol_people(gallery, pipeline, dev[: args.distractors])
-    print(f"{gallery.count_subjects()} subjects enrolled ({len(footage.ENROLMENT)} from the clips)")
+    print(f"{gallery.subjects.count()} subjects enrolled ({len(footage.ENROLMENT)} from the clips)")
     truths = [footage.load_truth(n) for n in CLIPS]
     truths += [footage.joined(parts, work / f"cut{k}.mp4") for k, parts in enumerate(JOINED)]
     results: dict[str, list[dict[str, Any]]] = {}

@@ -338,7 +338,7 @@ def gallery_list(
 ) -> None:
     """List enrolled subjects."""
     with open_gallery(db) as g:
-        subjects = g.list_subjects(search=search, limit=limit)
+        subjects = g.subjects.list(search=search, limit=limit)
         stats = g.stats()
     if as_json:
         emit_json({"model": stats["model"], "dim": stats["dim"], "subjects": subjects})
@@ -376,18 +376,18 @@ def gallery_delete(
         raise GalleryError("name subject ids to delete, or --face FACE_ID")
     with open_gallery(db, index) as g:
         for sid in subject_ids:
-            g.get_subject(sid)  # unknown ids fail before anything is deleted
+            g.subjects.get(sid)  # unknown ids fail before anything is deleted
         for fid in face:
-            g.get_face(fid)
+            g.subjects.get_face(fid)
         if not yes and not as_json:
             what = ", ".join([*subject_ids, *(f"face {f}" for f in face)])
             if not typer.confirm(f"Delete {what}? This erases their embeddings", default=False):
                 raise typer.Abort()
         report: dict[str, list[Any]] = {"subjects": [], "faces": []}
         for sid in subject_ids:
-            report["subjects"].append({"id": sid, "faces_removed": g.delete_subject(sid)})
+            report["subjects"].append({"id": sid, "faces_removed": g.subjects.delete(sid)})
         for fid in face:
-            report["faces"].append(g.delete_face(fid).id)
+            report["faces"].append(g.subjects.delete_face(fid).id)
     if as_json:
         emit_json(report)
     else:
@@ -431,9 +431,9 @@ def gallery_attendance(
     sources = source or None
     with open_gallery(db) as g:
         if csv:
-            sys.stdout.write(g.attendance_csv(date, sources=sources))
+            sys.stdout.write(g.events.attendance_csv(date, sources=sources))
             return
-        rows = g.attendance(date, sources=sources)
+        rows = g.events.attendance(date, sources=sources)
     if as_json:
         emit_json(rows)
         return
@@ -478,8 +478,8 @@ def gallery_config(
             "target_fpir": g.fpir,
             "target_fpir_stored": stored is not None,
             "model": g.model_name,
-            "subjects": g.count_subjects(),
-            "faces": g.count_faces(),
+            "subjects": g.subjects.count(),
+            "faces": g.subjects.count_faces(),
         }
     if as_json:
         emit_json(settings)

@@ -53,7 +53,7 @@ def keys_create(
     if name is None:  # every key has a name; this one says where the key came from
         name = f"{role} key (marginface keys create)"
     with open_gallery(db) as g:
-        record, secret = g.create_api_key(name, role.lower())
+        record, secret = g.keys.create(name, role.lower())
     if as_json:
         emit_json({"key": record, "secret": secret})
         return
@@ -70,7 +70,7 @@ def keys_list(db: str | None = DB_OPTION, as_json: bool = JSON_OPTION) -> None:
 
     Only hashes of the keys are stored, so the keys cannot be shown."""
     with open_gallery(db) as g:
-        keys = g.list_api_keys()
+        keys = g.keys.list()
     if as_json:
         emit_json(keys)
         return
@@ -110,7 +110,7 @@ def keys_revoke(
     manage the service. Asks for confirmation unless --yes.
     """
     with open_gallery(db) as g:
-        key = next((k for k in g.list_api_keys() if k.id == key_id), None)
+        key = next((k for k in g.keys.list() if k.id == key_id), None)
         if key is None:
             raise NotFoundError(
                 f"no API key with id {key_id!r} (marginface keys list shows the ids)"
@@ -124,10 +124,10 @@ def keys_revoke(
             ):
                 raise typer.Abort()
         try:
-            revoked = g.delete_api_key(key_id, allow_last_admin=force)
+            revoked = g.keys.delete(key_id, allow_last_admin=force)
         except ConflictError:  # the gallery keeps the last admin key unless forced
             raise ConflictError(_LAST_ADMIN.format(key_id=key_id)) from None
-        admins_left = g.count_api_keys("admin")
+        admins_left = g.keys.count("admin")
     if as_json:
         emit_json({"revoked": revoked, "admin_keys_left": admins_left})
         return

@@ -339,7 +339,7 @@ def watch(
             rate = stream.status().stream_fps if not stream.live else None
             video = _AnnotatedVideo(annotate, _rate(stream, rate or settings.fps))
             files.append(video)
-        subjects = gallery.count_subjects()
+        subjects = gallery.subjects.count()
         typer.echo(
             f"watching {stream.url} as {name!r}: {subjects} subjects"
             + (f", threshold {point.threshold:.3f}" if subjects else " (counting strangers)")

@@ -4,6 +4,13 @@ Metadata lives in SQL (one SQLite file in WAL mode by default, or PostgreSQL); v
 pluggable index (exact in-process numpy, FAISS, or Milvus). Enrolment is one transaction;
 deleting a subject or a face removes its embeddings from SQL and from the index at once.
 
+A :class:`Gallery` is a facade over its parts, each a class of its own sharing the gallery's
+database: ``gallery.subjects`` (subjects and faces), ``gallery.events`` (events and
+attendance), ``gallery.keys`` (API keys), ``gallery.cameras`` and ``gallery.visitors``
+(strangers seen by cameras). The gallery itself keeps what spans them: the model binding, the
+index, search and identification at the operating point, a visitor's assignment to a subject,
+the retention purge, ``stats`` and ``export``.
+
 Identification decides as a :class:`marginface.decision.IdentificationPolicy` says (target
 FPIR or explicit threshold, ``k``), handed to :meth:`Gallery.open` and the :class:`Recognizer`.
 
@@ -18,6 +25,7 @@ Typical use::
                            card=pipeline.embedder.card)
     rec = Recognizer(gallery, pipeline)
     rec.enroll("Ada Lovelace", ["ada1.jpg", "ada2.jpg"])
+    print(gallery.subjects.count(), "subjects,", gallery.subjects.count_faces(), "faces")
     for face in rec.identify("door-camera.jpg"):
         print(face.box, face.identification.name or "unknown", face.identification.score)
 """

@@ -64,8 +64,9 @@ def _url(url: str) -> str:
 
 
 class CameraStore:
-    """Cameras of one gallery (see :class:`~marginface.gallery.Gallery` for the public
-    documentation of each operation)."""
+    """The cameras a service watches, kept with one gallery: ``gallery.cameras``. A camera is
+    found by its id, else its name. URLs may carry passwords: show them with
+    ``Camera.to_dict()``, which redacts them."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -77,18 +78,14 @@ class CameraStore:
         return _camera(row) if row is not None else None
 
     def get(self, id_or_name: str) -> Camera:
+        """The camera with this id, else this name; :class:`NotFoundError` when none."""
         camera = self._find(str(id_or_name))
         if camera is None:
             raise NotFoundError(f"unknown camera {id_or_name!r}")
         return camera
 
-    def records(self) -> list[Camera]:
-        return [
-            _camera(r)
-            for r in self._db.query(f"SELECT {_COLS} FROM cameras ORDER BY name, created_at, id")
-        ]
-
     def count(self) -> int:
+        """Number of cameras."""
         return int(self._db.scalar("SELECT COUNT(*) FROM cameras"))
 
     def _name_taken(self, name: str, other_than: str | None) -> None:
@@ -96,7 +93,13 @@ class CameraStore:
         if row is not None and row[0] != other_than:
             raise ConflictError(f"a camera named {name!r} exists already")
 
-    def create(self, name: str, url: str, settings: dict[str, Any] | None, enabled: bool) -> Camera:
+    def create(
+        self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
+    ) -> Camera:
+        """Add a camera: a unique ``name`` (the ``source`` of its events; the rules of subject
+        names, at most 100 characters), the ``url`` it is read from and its ``settings`` (a
+        JSON object stored as given: the streams layer validates it). A name in use is
+        :class:`ConflictError`."""
         name, url = _name(name), _url(url)
         settings_text = metadata_json(settings)
         camera_id = secrets.token_hex(8)
@@ -114,12 +117,16 @@ class CameraStore:
 
     def update(
         self,
-        id_or_name: str,
-        name: str | None,
-        url: str | None,
-        settings: dict[str, Any] | None,
-        enabled: bool | None,
+        camera_id: str,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        settings: dict[str, Any] | None = None,
+        enabled: bool | None = None,
     ) -> Camera:
+        """Change what is given of a camera (found by id, else name); ``settings`` replace the
+        stored ones whole. :class:`NotFoundError` for an unknown camera, :class:`ConflictError`
+        for a name another camera has."""
         sets: list[str] = []
         params: list[Any] = []
         if name is not None:
@@ -137,7 +144,7 @@ class CameraStore:
             params.append(int(bool(enabled)))
         try:
             with self._db.transaction():
-                camera = self.get(id_or_name)
+                camera = self.get(camera_id)
                 if name is not None:
                     self._name_taken(name, camera.id)
                 if sets:
@@ -149,15 +156,23 @@ class CameraStore:
             raise ConflictError(f"a camera named {name!r} exists already") from None
         return self.get(camera.id)
 
-    def delete(self, id_or_name: str) -> Camera:
+    def delete(self, camera_id: str) -> Camera:
+        """Remove a camera (found by id, else name) and return its record; its events and
+        visitors stay (until :meth:`Gallery.purge_stream_data
+        <marginface.gallery.Gallery.purge_stream_data>`). :class:`NotFoundError` when
+        unknown."""
         with self._db.transaction():
-            camera = self.get(id_or_name)
+            camera = self.get(camera_id)
             self._db.execute("DELETE FROM cameras WHERE id = ?", (camera.id,))
             self._db.execute("DELETE FROM meta WHERE key = ?", (_POSITION_KEY + camera.id,))
         return camera
 
     # -- reading positions ----------------------------------------------------------------------
     def position(self, camera_id: str) -> float | None:
+        """Where the camera's reading of its URL stopped: the presentation time (seconds) of
+        the last frame it processed of a video file, so that a restart goes on from there
+        instead of recording the file's visits again. None when unknown, or when the camera's
+        URL changed since (a new file is read from its start)."""
         row = self._db.query_one(
             "SELECT value FROM meta WHERE key = ?", (_POSITION_KEY + camera_id,)
         )
@@ -174,6 +189,9 @@ class CameraStore:
         return position
 
     def set_position(self, camera_id: str, position_s: float | None) -> None:
+        """Remember where the camera's reading of its current URL stopped (None: forget it,
+        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
+        camera; deleting a camera forgets its position."""
         key = _POSITION_KEY + camera_id
         if position_s is not None and not (math.isfinite(position_s) and position_s >= 0):
             raise GalleryError("a reading position is a finite number of seconds, >= 0")
@@ -183,3 +201,11 @@ class CameraStore:
             if position_s is not None:
                 value = json.dumps({"url": _url_digest(camera.url), "position_s": position_s})
                 self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # Last in the class: below this method, `list` in an annotation would name it (mypy).
+    def list(self) -> list[Camera]:
+        """Every camera, by name."""
+        return [
+            _camera(r)
+            for r in self._db.query(f"SELECT {_COLS} FROM cameras ORDER BY name, created_at, id")
+        ]

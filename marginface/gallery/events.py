@@ -4,9 +4,9 @@ forms go through :func:`marginface.gallery.csvtext.csv_text`."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, tzinfo
+from time import time as _now
 from typing import Any
 
 from marginface.errors import GalleryError, NotFoundError
@@ -75,8 +75,8 @@ def _event(row: tuple) -> Event:
 
 
 class EventLog:
-    """Recognition events of one gallery (see :class:`~marginface.gallery.Gallery` for the
-    public documentation of each operation). ``subject_name(id)`` names a subject, raising
+    """The recognition events of one gallery and the attendance read from them:
+    ``gallery.events``. ``subject_name(id)`` names a subject, raising
     :class:`~marginface.errors.NotFoundError` for an unknown one."""
 
     def __init__(self, db: Database, subject_name: Callable[[str], str]) -> None:
@@ -86,13 +86,15 @@ class EventLog:
     def log(
         self,
         source: str,
+        *,
         subject_id: str | None,
         score: float | None,
         decision: str,
-        at: datetime | float | None,
-        details: dict[str, Any] | None,
+        time: datetime | float | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Event:
-        ts = to_timestamp(at) if at is not None else time.time()
+        """Record one recognition (camera/door ``source``, result, score)."""
+        ts = to_timestamp(time) if time is not None else _now()
         source = clean_name(source, what="source", max_length=100) if source else ""
         details_text = metadata_json(details)
         score = None if score is None else float(score)
@@ -116,56 +118,66 @@ class EventLog:
             details=dict(details or {}),
         )
 
-    def select(
-        self,
-        subject: str | None,
-        source: str | None,
-        start: datetime | float | None,
-        end: datetime | float | None,
-        decision: str | None,
-        limit: int | None,
-        offset: int,
-    ) -> list[Event]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("subject_id", subject), ("source", source), ("decision", decision)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        for bound, moment in ((">=", start), ("<", end)):
-            if moment is not None:
-                where.append(f"ts {bound} ?")
-                params.append(to_timestamp(moment))
-        sql = f"SELECT {_EVENT_COLS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC"
-        clause, bounds = self._db.page(limit, offset)
-        sql += clause
-        params += bounds
-        return [_event(r) for r in self._db.query(sql, params)]
-
     def get(self, event_id: int) -> Event:
+        """One logged event; :class:`NotFoundError` when there is none with this id."""
         row = self._db.query_one(f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (int(event_id),))
         if row is None:
             raise NotFoundError(f"unknown event {event_id}")
         return _event(row)
 
     def count(self) -> int:
+        """Number of logged events."""
         return int(self._db.scalar("SELECT COUNT(*) FROM events"))
 
-    def attendance(
-        self, day: date | str | None, tz: tzinfo | None, sources: Sequence[str] | str | None = None
-    ) -> list[AttendanceRow]:
-        """Per identified subject: the first and last event of the day (``first_seen``,
-        ``last_seen``), the sources, and ``count``: the sightings, a photo recognition once
-        and a camera visit once (its events share ``details.visit_uid``).
+    def delete_visits_before(self, cutoff: float) -> int:
+        """Delete the camera visits' events (details ``kind`` ``"visit"``) before ``cutoff``
+        (epoch seconds), in one transaction; how many went. A step of
+        :meth:`Gallery.purge_stream_data <marginface.gallery.Gallery.purge_stream_data>`, which
+        runs it with the visitors' in one transaction."""
+        with self._db.transaction():
+            # details {"kind": "visit", ...} (JSON text written sorted, so the LIKE finds every
+            # candidate; the JSON decides)
+            ids = [
+                int(i)
+                for i, details in self._db.query(
+                    "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
+                    (cutoff, '%"kind": "visit"%'),
+                )
+                if json.loads(details or "{}").get("kind") == "visit"
+            ]
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                self._db.execute(
+                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})", part
+                )
+        return len(ids)
 
-        A camera visit counts for the subject of its **latest decision**: a visit ``arrived``
-        as one person and ``corrected`` to another (or to nobody) counts for the other (or for
-        nobody), never for the first; an unknown visit ``identified`` later counts for the
-        person it named, from its first sighting. ``sources`` keeps the events of these
-        sources only (a camera, a camera group)."""
+    def csv(self, **filters: Any) -> str:
+        """Events (same filters as :meth:`list`) as CSV text (id, time, source, subject_id,
+        subject_name, score, decision)."""
+        return events_csv(self.list(**filters))
+
+    def attendance(
+        self,
+        day: date | str | None = None,
+        *,
+        tz: tzinfo | None = None,
+        sources: Sequence[str] | str | None = None,
+    ) -> list[AttendanceRow]:
+        """First and last sighting per identified subject on ``day`` (default today) in time zone
+        ``tz`` (default: the machine's local zone): first in, last out.
+
+        Camera visits are logged as two events, ``arrived`` (at the visit's first sighting) and
+        ``left`` (at its last): ``first_seen`` is the earliest event, ``last_seen`` the latest,
+        and ``count`` counts sightings, every event but ``left`` (one per visit; a photo
+        recognition, ``match``, counts one). ``sources`` keeps only the events of these sources:
+        one camera's name, or a camera group's names (None: all). Unknown events never count.
+
+        A camera visit counts once (its events share ``details.visit_uid``), for the subject of
+        its **latest decision**: a visit ``arrived`` as one person and ``corrected`` to another
+        (or to nobody) counts for the other (or for nobody), never for the first; an unknown
+        visit ``identified`` later counts for the person it named, from its first sighting.
+        """
         wanted = _sources(sources)
         zone = tz or datetime.now().astimezone().tzinfo
         if day is None:
@@ -220,6 +232,50 @@ class EventLog:
             for sid, e in table.items()
         ]
         return sorted(out, key=lambda r: (r.first_seen, r.name))
+
+    def attendance_csv(
+        self,
+        day: date | str | None = None,
+        *,
+        tz: tzinfo | None = None,
+        sources: Sequence[str] | str | None = None,
+    ) -> str:
+        """The attendance of ``day`` (of ``sources``, as :meth:`attendance`) as CSV text (date,
+        subject_id, name, first_seen, last_seen, count, sources)."""
+        return attendance_csv(self.attendance(day, tz=tz, sources=sources))
+
+    # Last in the class: below this method, `list` in an annotation would name it (mypy).
+    def list(
+        self,
+        *,
+        subject: str | None = None,
+        source: str | None = None,
+        start: datetime | float | None = None,
+        end: datetime | float | None = None,
+        decision: str | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> list[Event]:
+        """Logged events, newest first, filtered by subject id, source, decision and
+        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("subject_id", subject), ("source", source), ("decision", decision)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for bound, moment in ((">=", start), ("<", end)):
+            if moment is not None:
+                where.append(f"ts {bound} ?")
+                params.append(to_timestamp(moment))
+        sql = f"SELECT {_EVENT_COLS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC"
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
+        return [_event(r) for r in self._db.query(sql, params)]
 
 
 def _visit_uid(details: Any) -> str | None:

@@ -38,21 +38,25 @@ def _key(row: Sequence[Any]) -> ApiKey:
 
 
 class KeyStore:
-    """The API keys of one gallery (see :class:`~marginface.gallery.Gallery` for the public
-    documentation of each operation)."""
+    """The service's API keys, kept with one gallery: ``gallery.keys``. A key's secret is
+    shown once, when it is created; only its SHA-256 is stored."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
     def create(self, name: str, role: str) -> tuple[ApiKey, str]:
+        """Create a key; return its record and the secret key text, which is never stored
+        (only its SHA-256) and cannot be shown again."""
         with self._db.transaction():
             return self._insert(name, role)
 
-    def create_first(self, name: str, role: str) -> tuple[ApiKey, str] | None:
-        # count, then create: one transaction, serialised across processes
+    def create_first_admin(self, name: str = "first admin") -> tuple[ApiKey, str] | None:
+        """Create an admin key when the gallery has none; return it as :meth:`create` does, or
+        None when an admin key exists. The count and the insert are one transaction,
+        serialised across processes, so services starting together create one key."""
         with self._db.transaction():
             self._db.lock_writes("api_keys")
-            return None if self.count(role) else self._insert(name, role)
+            return None if self.count("admin") else self._insert(name, "admin")
 
     def _insert(self, name: str, role: str) -> tuple[ApiKey, str]:
         """Inside a transaction: a new key; its record and its secret."""
@@ -68,7 +72,9 @@ class KeyStore:
         )
         return _key((key_id, name, role, now, None)), secret
 
-    def authenticate(self, secret: str | None, touch: bool) -> ApiKey | None:
+    def authenticate(self, secret: str | None, *, touch: bool = True) -> ApiKey | None:
+        """The key record for a presented secret, or None when it is wrong or revoked
+        (compared in constant time). ``touch`` records the use (``last_used_at``)."""
         if not secret or not secret.startswith(f"{_KEY_PREFIX}_"):
             return None
         parts = secret.split("_", 2)
@@ -86,13 +92,14 @@ class KeyStore:
             self._db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, row[0]))
         return _key((*row[:4], now))
 
-    def records(self) -> list[ApiKey]:
-        return [
-            _key(r) for r in self._db.query(f"SELECT {_KEY_COLS} FROM api_keys ORDER BY created_at")
-        ]
+    def delete(self, key_id: str, *, allow_last_admin: bool = False) -> ApiKey:
+        """Revoke a key and return its record (:class:`NotFoundError` when unknown).
 
-    def delete(self, key_id: str, allow_last_admin: bool) -> ApiKey:
-        # read, check, write: one transaction, serialised across processes
+        The last admin key is kept (:class:`ConflictError`) unless ``allow_last_admin``: without
+        one nobody could manage the gallery through the service. The check and the delete are one
+        transaction, serialised across processes (SQLite's write lock, a PostgreSQL advisory
+        lock), so two concurrent revocations cannot both pass it.
+        """
         with self._db.transaction():
             self._db.lock_writes("api_keys")
             row = self._db.query_one(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ?", (key_id,))
@@ -103,7 +110,15 @@ class KeyStore:
             self._db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
         return _key(row)
 
-    def count(self, role: str | None) -> int:
+    def count(self, role: str | None = None) -> int:
+        """Number of keys (of one role)."""
         if role is None:
             return int(self._db.scalar("SELECT COUNT(*) FROM api_keys"))
         return int(self._db.scalar("SELECT COUNT(*) FROM api_keys WHERE role = ?", (role,)))
+
+    # Last in the class: below this method, `list` in an annotation would name it (mypy).
+    def list(self) -> list[ApiKey]:
+        """Every key's public record, oldest first."""
+        return [
+            _key(r) for r in self._db.query(f"SELECT {_KEY_COLS} FROM api_keys ORDER BY created_at")
+        ]

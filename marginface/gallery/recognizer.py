@@ -280,7 +280,7 @@ class Recognizer:
         def check() -> None:
             recent = [
                 (rec, who, emb)
-                for rec, who, emb in self.gallery.faces_after(since)
+                for rec, who, emb in self.gallery.subjects.faces_after(since)
                 if rec.subject_id != own_id
             ]
             if not recent:
@@ -325,7 +325,7 @@ class Recognizer:
         """The first subject that still exists among the owners of these stored faces."""
         for face in faces:
             try:
-                subject = self.gallery.get_subject(face.subject_id)
+                subject = self.gallery.subjects.get(face.subject_id)
             except NotFoundError:  # erased since the lookup
                 continue
             return PhotoConflict(subject.id, subject.name)
@@ -358,7 +358,9 @@ class Recognizer:
         known = [existing] if len(existing) else []
         labelled = [_label(photo, i) for i, photo in enumerate(photos)]
         digests = [_photo_hash(data) for _, data in labelled]
-        stored = self.gallery.faces_with_source_hashes([d for d in digests if d is not None])
+        stored = self.gallery.subjects.faces_with_source_hashes(
+            [d for d in digests if d is not None]
+        )
         own_id = subject.id if subject is not None else None
         for (label, data), digest in zip(labelled, digests, strict=True):
             holders = stored.get(digest, []) if digest is not None else []
@@ -536,7 +538,7 @@ class Recognizer:
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
         policy = self._policy(multiple_faces if multiple_faces is not None else self.multiple_faces)
-        since = self.gallery.max_face_id()
+        since = self.gallery.subjects.max_face_id()
         outcomes, chosen, hashes, crops = self._prepare(
             photos,
             np.zeros((0, 1), np.float32),
@@ -556,7 +558,7 @@ class Recognizer:
                 )
             reasons = "; ".join(f"{o.source}: {o.status.replace('_', ' ')}" for o in outcomes)
             raise EnrollmentError(f"no photo of {name!r} could be enrolled ({reasons})", outcomes)
-        subject = self.gallery.create_subject(
+        subject = self.gallery.subjects.create(
             name,
             metadata,
             embeddings=np.vstack(chosen),
@@ -564,7 +566,7 @@ class Recognizer:
             crops=crops if self.store_crops else None,
             guard=None if force else self._meanwhile(since, outcomes, chosen, hashes, None, name),
         )
-        ids = [f.id for f in self.gallery.faces(subject.id)]
+        ids = [f.id for f in self.gallery.subjects.faces(subject.id)]
         return EnrollResult(subject=subject, photos=self._with_ids(outcomes, ids), created=True)
 
     def add_photos(
@@ -586,13 +588,13 @@ class Recognizer:
         mismatches. When ``force`` is asked for but a mismatch may not be forced
         (``force_mismatch=False``), nothing is stored: :class:`MismatchForceError`.
         """
-        subject = self.gallery.get_subject(subject_id)
+        subject = self.gallery.subjects.get(subject_id)
         if not photos:
             raise GalleryError("enrolment needs at least one photo")
         policy = self._policy(multiple_faces if multiple_faces is not None else self.multiple_faces)
         may_force_mismatch = force if force_mismatch is None else bool(force_mismatch)
-        since = self.gallery.max_face_id()
-        _, existing = self.gallery.subject_embeddings(subject_id)
+        since = self.gallery.subjects.max_face_id()
+        _, existing = self.gallery.subjects.embeddings(subject_id)
         outcomes, chosen, hashes, crops = self._prepare(
             photos,
             existing,
@@ -611,7 +613,7 @@ class Recognizer:
             )
         ids: list[int] = []
         if chosen:
-            ids = self.gallery.add_faces(
+            ids = self.gallery.subjects.add_faces(
                 subject_id,
                 np.vstack(chosen),
                 source_hashes=hashes,
@@ -621,7 +623,7 @@ class Recognizer:
                 else self._meanwhile(since, outcomes, chosen, hashes, subject.id, subject.name),
             )
         return EnrollResult(
-            subject=self.gallery.get_subject(subject_id),
+            subject=self.gallery.subjects.get(subject_id),
             photos=self._with_ids(outcomes, ids),
             created=False,
         )
@@ -683,7 +685,7 @@ class Recognizer:
                 )
             )
             if source is not None:
-                self.gallery.log_event(
+                self.gallery.events.log(
                     source,
                     subject_id=ans.subject_id,
                     score=ans.score,
@@ -729,7 +731,7 @@ class Recognizer:
         """Whether the photo's (largest) face is the enrolled subject: best cosine to any of
         the subject's faces against the threshold."""
         thr = self.threshold(threshold)
-        _, mat = self.gallery.subject_embeddings(subject_id)  # raises for unknown subjects
+        _, mat = self.gallery.subjects.embeddings(subject_id)  # raises for unknown subjects
         if len(mat) == 0:
             raise GalleryError(f"subject {subject_id!r} has no enrolled faces")
         face, n = self._one_face(photo, "the photo")

@@ -1,24 +1,40 @@
-"""The :class:`Gallery`: one object over a gallery's parts, which live in their own modules.
+"""The :class:`Gallery`: a facade over a gallery's parts, which live in their own modules.
 
-* :mod:`~marginface.gallery.db` and :mod:`~marginface.gallery.schema` - the SQL store, its
-  connections and its versioned schema;
-* :mod:`~marginface.gallery.model` - the embedding model of the faces and their normalisation;
-* :mod:`~marginface.gallery.subjects` - subjects and faces (and their export);
-* :mod:`~marginface.gallery.sync` - the vector index kept in step with SQL;
-* :mod:`~marginface.gallery.search` - search, and the decision of the policy's rule at the
-  operating point's threshold (both from :mod:`marginface.decision`);
-* :mod:`~marginface.gallery.events` - the event log and attendance;
-* :mod:`~marginface.gallery.keys` - the service's API keys;
-* :mod:`~marginface.gallery.cameras` - the cameras a service watches;
-* :mod:`~marginface.gallery.visitors` - strangers seen by cameras, grouped for review.
+Its public parts, each a class documented where it lives, share the one
+:class:`~marginface.gallery.db.Database` (its transactions, its connections, its
+cross-process locks):
+
+* ``gallery.subjects`` - :class:`~marginface.gallery.subjects.SubjectStore`, subjects and
+  their faces (every change of faces goes through the index sync);
+* ``gallery.events`` - :class:`~marginface.gallery.events.EventLog`, the event log and the
+  attendance;
+* ``gallery.keys`` - :class:`~marginface.gallery.keys.KeyStore`, the service's API keys;
+* ``gallery.cameras`` - :class:`~marginface.gallery.cameras.CameraStore`, the cameras a
+  service watches;
+* ``gallery.visitors`` - :class:`~marginface.gallery.visitors.VisitorStore`, strangers seen
+  by cameras, grouped for review.
+
+Behind them: :mod:`~marginface.gallery.db` and :mod:`~marginface.gallery.schema` (the SQL
+store and its versioned schema), :mod:`~marginface.gallery.model` (the faces' embedding model
+and their normalisation), :mod:`~marginface.gallery.sync` (the vector index kept in step with
+SQL) and :mod:`~marginface.gallery.search` (search, and the decision of the policy's rule at
+the operating point's threshold, both from :mod:`marginface.decision`).
+
+The facade keeps only what spans the parts: opening and closing, the model binding, the index
+and its refresh, search, identification and its operating point (the policy, the stored
+target, the gallery's composition), a visitor's assignment (visitors, subjects and
+identification), the retention purge (visitors and events in one transaction), ``stats`` and
+``export``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import threading
 from collections.abc import Sequence
-from datetime import date, datetime, tzinfo
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,29 +48,20 @@ from marginface.decision import (
     fpir_key,
     one_to_one_threshold,
 )
-from marginface.errors import GalleryError
+from marginface.errors import ConflictError, GalleryError
 from marginface.gallery.cameras import CameraStore
 from marginface.gallery.db import Database
-from marginface.gallery.events import EventLog, attendance_csv, events_csv
+from marginface.gallery.events import EventLog, to_timestamp
 from marginface.gallery.index import VectorIndex, create_index
 from marginface.gallery.keys import KeyStore
+from marginface.gallery.likeness import FacesUnlikeError, unlike, unlike_each_other
 from marginface.gallery.model import bind_model
 from marginface.gallery.search import Searcher
-from marginface.gallery.subjects import Guard, SubjectStore
+from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.sync import IndexSync
-from marginface.gallery.types import (
-    ApiKey,
-    AttendanceRow,
-    Camera,
-    Event,
-    FaceRecord,
-    Hit,
-    Identification,
-    StrangerSighting,
-    Subject,
-    Visitor,
-)
-from marginface.gallery.visitors import GROUP_FAR, KEEP_FACES, PAIR_FAR, VisitorStore
+from marginface.gallery.types import Hit, Identification, Subject
+from marginface.gallery.validate import clean_name
+from marginface.gallery.visitors import VisitorStore
 
 if TYPE_CHECKING:
     from marginface.card import ModelCard
@@ -76,12 +83,14 @@ def default_gallery_url() -> str:
 
 
 class Gallery:
-    """Enrolled subjects and their face embeddings, with recognition events and API keys.
+    """Enrolled subjects and their face embeddings, with recognition events, API keys,
+    cameras and the strangers they see: a facade over its parts, ``subjects``, ``events``,
+    ``keys``, ``cameras`` and ``visitors``, which share its database.
 
-    Open it with :meth:`open`. All methods are thread-safe; searches run concurrently. Several
-    processes may share one gallery (SQLite in WAL mode, or PostgreSQL): each keeps its
-    in-process index in step with the SQL store through a generation counter checked before
-    every search.
+    Open it with :meth:`open`. All methods, the parts' included, are thread-safe; searches run
+    concurrently. Several processes may share one gallery (SQLite in WAL mode, or
+    PostgreSQL): each keeps its in-process index in step with the SQL store through a
+    generation counter checked before every search.
     """
 
     def __init__(
@@ -109,13 +118,18 @@ class Gallery:
             else None
         )
         self._sync = IndexSync(db, vectors)
-        self._subjects = SubjectStore(db, self._model, self._sync)
+        #: subjects and their faces
+        self.subjects = SubjectStore(db, self._model, self._sync)
         self._search = Searcher(db, self._sync)
-        self._events = EventLog(db, lambda subject_id: self._subjects.get(subject_id).name)
-        self._keys = KeyStore(db)
-        self._cameras = CameraStore(db)
-        self._visitors = VisitorStore(
-            db, self._model, self._subjects, lambda mean: self.identify(mean)[0]
+        #: the recognition events and the attendance read from them
+        self.events = EventLog(db, lambda subject_id: self.subjects.get(subject_id).name)
+        #: the service's API keys
+        self.keys = KeyStore(db)
+        #: the cameras a service watches
+        self.cameras = CameraStore(db)
+        #: strangers seen by cameras, grouped as visitors for review
+        self.visitors = VisitorStore(
+            db, self._model, lambda far: one_to_one_threshold(self.card, far)
         )
         self._close_lock = threading.Lock()
         self._closed = False
@@ -225,118 +239,6 @@ class Gallery:
         """Bring the index in step with SQL now (normally automatic before each search)."""
         self._sync.refresh()
 
-    # -- subjects -------------------------------------------------------------------------------
-    def create_subject(
-        self,
-        name: str,
-        metadata: dict[str, Any] | None = None,
-        *,
-        embeddings: np.ndarray | None = None,
-        source_hashes: Sequence[str | None] | None = None,
-        crops: Sequence[bytes | None] | None = None,
-        subject_id: str | None = None,
-        guard: Guard | None = None,
-    ) -> Subject:
-        """Create a subject, optionally with its first faces, in ONE transaction.
-
-        Display names may repeat (each subject gets its own id). A crash leaves either the whole
-        subject with all its faces, or nothing. ``guard`` runs inside the transaction,
-        serialised with every other guarded change of faces (across processes), and refuses
-        the write by raising: how enrolment re-checks what concurrent enrolments stored.
-        """
-        return self._subjects.create(
-            name, metadata, embeddings, source_hashes, crops, subject_id, guard
-        )
-
-    def get_subject(self, subject_id: str) -> Subject:
-        """The subject with this id; :class:`NotFoundError` when there is none."""
-        return self._subjects.get(subject_id)
-
-    def has_subject(self, subject_id: str) -> bool:
-        """Whether a subject with this id exists."""
-        return self._subjects.exists(subject_id)
-
-    def find_subjects(self, name: str) -> list[Subject]:
-        """Subjects whose display name equals ``name`` (there may be several)."""
-        return self._subjects.find(name)
-
-    def list_subjects(
-        self, *, limit: int | None = None, offset: int = 0, search: str | None = None
-    ) -> list[Subject]:
-        """Subjects ordered by name then creation; ``search`` filters names (case-insensitive
-        substring, taken literally)."""
-        return self._subjects.page(limit, offset, search)
-
-    def count_subjects(self, search: str | None = None) -> int:
-        """Number of subjects (whose names contain ``search``, as :meth:`list_subjects`)."""
-        return self._subjects.count(search)
-
-    def count_faces(self) -> int:
-        """Number of stored faces."""
-        return self._subjects.count_faces()
-
-    def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> Subject:
-        """Rename a subject and/or replace its metadata."""
-        return self._subjects.update(subject_id, name, metadata)
-
-    def delete_subject(self, subject_id: str, *, erase_events: bool = True) -> int:
-        """Delete a subject, all its faces (SQL and index, immediately) and, by default, its
-        recognition events (else they stay, without the subject). Returns the number of faces
-        removed."""
-        return self._subjects.delete(subject_id, erase_events)
-
-    # -- faces ----------------------------------------------------------------------------------
-    def add_faces(
-        self,
-        subject_id: str,
-        embeddings: np.ndarray,
-        *,
-        source_hashes: Sequence[str | None] | None = None,
-        crops: Sequence[bytes | None] | None = None,
-        guard: Guard | None = None,
-    ) -> list[int]:
-        """Add embeddings (N, dim) to an existing subject in ONE transaction; return face ids.
-        ``guard`` as for :meth:`create_subject`."""
-        return self._subjects.add_faces(subject_id, embeddings, source_hashes, crops, guard)
-
-    def max_face_id(self) -> int:
-        """The highest face id so far (0 for none); ids are never reused, so the faces stored
-        after a moment are those above its ``max_face_id``."""
-        return self._subjects.max_face_id()
-
-    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
-        """The faces stored after ``face_id`` (see :meth:`max_face_id`): each record, its
-        subject's name and its normalised embedding."""
-        return self._subjects.faces_after(face_id)
-
-    def faces(self, subject_id: str) -> list[FaceRecord]:
-        """The faces of a subject (:class:`NotFoundError` for an unknown subject)."""
-        return self._subjects.faces(subject_id)
-
-    def get_face(self, face_id: int) -> FaceRecord:
-        """One face record (:class:`NotFoundError` when unknown)."""
-        return self._subjects.face(face_id)
-
-    def faces_with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
-        """The stored faces enrolled from photos with these SHA-256 hashes
-        (:attr:`FaceRecord.source_hash`), by hash: how enrolment finds a photo that is stored
-        already, and for which subject."""
-        return self._subjects.with_source_hashes(source_hashes)
-
-    def face_crop(self, face_id: int) -> bytes | None:
-        """The stored aligned crop (PNG bytes) of a face, when crops are kept."""
-        return self._subjects.crop(face_id)
-
-    def subject_embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(face ids (N,), embeddings (N, dim))`` of one subject."""
-        return self._subjects.embeddings(subject_id)
-
-    def delete_face(self, face_id: int) -> FaceRecord:
-        """Delete one face from SQL and from the index, immediately; return its record."""
-        return self._subjects.delete_face(face_id)
-
     # -- search and identification -------------------------------------------------------------
     def search(self, embeddings: np.ndarray, k: int | None = None) -> list[list[Hit]]:
         """The ``k`` nearest stored faces of each query (cosine, best first; default: the
@@ -375,7 +277,7 @@ class Gallery:
         with self._points_lock:
             if self._composition is not None and self._composition[0] == generation:
                 return self._composition[1]
-        comp = GalleryComposition(self._subjects.faces_per_subject())
+        comp = GalleryComposition(self.subjects.faces_per_subject())
         with self._points_lock:
             if self._composition is None or self._composition[0] != generation:
                 self._composition = (generation, comp)
@@ -437,191 +339,7 @@ class Gallery:
             point = self.operating_point(policy=policy)
         return self._search.identify(self._model.normalise(embeddings), point, policy)
 
-    # -- events and attendance ------------------------------------------------------------------
-    def log_event(
-        self,
-        source: str,
-        *,
-        subject_id: str | None,
-        score: float | None,
-        decision: str,
-        time: datetime | float | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> Event:
-        """Record one recognition (camera/door ``source``, result, score)."""
-        return self._events.log(source, subject_id, score, decision, time, details)
-
-    def events(
-        self,
-        *,
-        subject: str | None = None,
-        source: str | None = None,
-        start: datetime | float | None = None,
-        end: datetime | float | None = None,
-        decision: str | None = None,
-        limit: int | None = 1000,
-        offset: int = 0,
-    ) -> list[Event]:
-        """Logged events, newest first, filtered by subject id, source, decision and
-        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
-        return self._events.select(subject, source, start, end, decision, limit, offset)
-
-    def get_event(self, event_id: int) -> Event:
-        """One logged event; :class:`NotFoundError` when there is none with this id."""
-        return self._events.get(event_id)
-
-    def attendance(
-        self,
-        day: date | str | None = None,
-        *,
-        tz: tzinfo | None = None,
-        sources: Sequence[str] | str | None = None,
-    ) -> list[AttendanceRow]:
-        """First and last sighting per identified subject on ``day`` (default today) in time zone
-        ``tz`` (default: the machine's local zone): first in, last out.
-
-        Camera visits are logged as two events, ``arrived`` (at the visit's first sighting) and
-        ``left`` (at its last): ``first_seen`` is the earliest event, ``last_seen`` the latest,
-        and ``count`` counts sightings, every event but ``left`` (one per visit; a photo
-        recognition, ``match``, counts one). ``sources`` keeps only the events of these sources:
-        one camera's name, or a camera group's names (None: all). Unknown events never count.
-        """
-        return self._events.attendance(day, tz, sources)
-
-    def attendance_csv(
-        self,
-        day: date | str | None = None,
-        *,
-        tz: tzinfo | None = None,
-        sources: Sequence[str] | str | None = None,
-    ) -> str:
-        """The attendance of ``day`` (of ``sources``, as :meth:`attendance`) as CSV text (date,
-        subject_id, name, first_seen, last_seen, count, sources)."""
-        return attendance_csv(self.attendance(day, tz=tz, sources=sources))
-
-    def events_csv(self, **filters: Any) -> str:
-        """Events (same filters as :meth:`events`) as CSV text."""
-        return events_csv(self.events(**filters))
-
-    # -- cameras --------------------------------------------------------------------------------
-    def create_camera(
-        self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
-    ) -> Camera:
-        """Add a camera: a unique ``name`` (the ``source`` of its events; the rules of subject
-        names, at most 100 characters), the ``url`` it is read from and its ``settings`` (a
-        JSON object stored as given: the streams layer validates it). A name in use is
-        :class:`ConflictError`. URLs may carry passwords: show them with
-        ``Camera.to_dict()``, which redacts them."""
-        return self._cameras.create(name, url, settings, enabled)
-
-    def get_camera(self, id_or_name: str) -> Camera:
-        """The camera with this id, else this name; :class:`NotFoundError` when none."""
-        return self._cameras.get(id_or_name)
-
-    def list_cameras(self) -> list[Camera]:
-        """Every camera, by name."""
-        return self._cameras.records()
-
-    def update_camera(
-        self,
-        camera_id: str,
-        *,
-        name: str | None = None,
-        url: str | None = None,
-        settings: dict[str, Any] | None = None,
-        enabled: bool | None = None,
-    ) -> Camera:
-        """Change what is given of a camera (found by id, else name); ``settings`` replace the
-        stored ones whole. :class:`NotFoundError` for an unknown camera, :class:`ConflictError`
-        for a name another camera has."""
-        return self._cameras.update(camera_id, name, url, settings, enabled)
-
-    def delete_camera(self, camera_id: str) -> Camera:
-        """Remove a camera (found by id, else name) and return its record; its events and
-        visitors stay (until :meth:`purge_stream_data`). :class:`NotFoundError` when unknown."""
-        return self._cameras.delete(camera_id)
-
-    def camera_position(self, camera_id: str) -> float | None:
-        """Where the camera's reading of its URL stopped: the presentation time (seconds) of
-        the last frame it processed of a video file, so that a restart goes on from there
-        instead of recording the file's visits again. None when unknown, or when the camera's
-        URL changed since (a new file is read from its start)."""
-        return self._cameras.position(camera_id)
-
-    def set_camera_position(self, camera_id: str, position_s: float | None) -> None:
-        """Remember where the camera's reading of its current URL stopped (None: forget it,
-        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
-        camera; deleting a camera forgets its position."""
-        self._cameras.set_position(camera_id, position_s)
-
-    # -- strangers: visitors and their review ---------------------------------------------------
-    def record_stranger(
-        self,
-        camera: str,
-        first_seen: datetime | float,
-        last_seen: datetime | float,
-        embeddings: np.ndarray,
-        qualities: Sequence[float],
-        crops: Sequence[np.ndarray | bytes | None] | None = None,
-        threshold: float | None = None,
-        *,
-        pair_threshold: float | None = None,
-        keep_faces: int = KEEP_FACES,
-    ) -> StrangerSighting:
-        """Record an unknown visit (a track no subject matched) and group it with the visitor
-        it looks like, in ONE transaction (serialised with every other one, across processes).
-
-        ``embeddings`` (N, dim) are the visit's faces, ``qualities`` their quality scores
-        (:attr:`marginface.align.quality.FaceQuality.score`), ``crops`` their aligned crops
-        (RGB uint8 arrays, or PNG bytes; None for faces without). Pass crops only when the
-        gallery keeps them (the service's ``store_photos``, ``Recognizer.store_crops``).
-        The visit joins the most similar ``pending`` or ``dismissed`` visitor only on strong,
-        consistent evidence: its quality-weighted mean embedding has cosine >= ``threshold``
-        with the visitor's mean (default: the model's 1:1 threshold at FAR 1e-4,
-        ``visitors.GROUP_FAR``) **and** most of its faces match one of the visitor's kept
-        faces at ``pair_threshold`` (default: ``threshold`` when that is given, else the 1:1
-        threshold at FAR 1e-3); else it starts a new pending visitor. A pending visitor's mean
-        follows its visits and it keeps its ``keep_faces`` best faces by quality. A dismissed
-        visitor only counts the visit and moves ``last_seen``: a dismissed person does not come
-        back to the review queue, until the retention purge removes the visitor
-        (:meth:`purge_stream_data`). A dimension unlike the gallery's is :class:`GalleryError`.
-        """
-        if threshold is None:
-            threshold = one_to_one_threshold(self.card, GROUP_FAR)
-            if pair_threshold is None:
-                pair_threshold = one_to_one_threshold(self.card, PAIR_FAR)
-        return self._visitors.record(
-            camera,
-            first_seen,
-            last_seen,
-            embeddings,
-            qualities,
-            crops,
-            threshold,
-            keep_faces,
-            pair_threshold,
-        )
-
-    def list_visitors(
-        self, status: str | None = "pending", *, limit: int | None = 100, offset: int = 0
-    ) -> list[Visitor]:
-        """Visitors of one status (``pending``, ``assigned``, ``dismissed``; None: all), the
-        most recently seen first, each with its kept faces (best first)."""
-        return self._visitors.page(status, limit, offset)
-
-    def count_visitors(self, status: str | None = "pending") -> int:
-        """Number of visitors of one status (None: all)."""
-        return self._visitors.count(status)
-
-    def get_visitor(self, visitor_id: str) -> Visitor:
-        """One visitor; :class:`NotFoundError` when unknown."""
-        return self._visitors.get(visitor_id)
-
-    def visitor_face_crop(self, face_id: int) -> bytes | None:
-        """A visitor face's aligned crop (PNG bytes), None when none was kept;
-        :class:`NotFoundError` for an unknown face."""
-        return self._visitors.crop(face_id)
-
+    # -- what spans parts: a visitor's assignment, the retention purge -------------------------
     def assign_visitor(
         self,
         visitor_id: str,
@@ -653,23 +371,70 @@ class Gallery:
         people: choose the faces of one person with ``faces``)."""
         if threshold is None:
             threshold = self.policy.verification_threshold(self.card)
-        return self._visitors.assign(
-            visitor_id, subject_id, name, faces, force, force_mismatch, float(threshold)
+        threshold = float(threshold)
+        if (subject_id is None) == (name is None):
+            raise GalleryError(
+                "assign a visitor to an existing subject (subject_id) or to a "
+                "new one (name), one of the two"
+            )
+        visitor = self.visitors.get(visitor_id)
+        if visitor.status != "pending":
+            raise ConflictError(f"visitor {visitor.id} is {visitor.status} already")
+        target = self.subjects.get(subject_id) if subject_id is not None else None
+        new_name = clean_name(name) if name is not None else None
+        chosen, vecs, crops = self.visitors.faces_to_enrol(visitor, faces)
+        mixed = unlike_each_other(vecs, threshold)
+        if mixed:
+            raise FacesUnlikeError(
+                f"the faces of visitor {visitor.id} do not all look alike (faces "
+                + ", ".join(f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in mixed)
+                + f" to the others, below the 1:1 threshold {threshold:.3f}): the camera "
+                "grouped more than one person; assign the faces of one person (`faces`)",
+                reason="each_other",
+                faces=[(chosen[u.index], u) for u in mixed],
+            )
+        if not force:
+            self._refuse_lookalike(visitor.id, target)
+        sid = target.id if target is not None else secrets.token_hex(8)
+
+        def mark_assigned() -> None:  # inside the enrolment's transaction
+            if target is not None and not force_mismatch:
+                _, own = self.subjects.embeddings(target.id)
+                refused = unlike(own, vecs, threshold)
+                if refused:
+                    raise FacesUnlikeError(
+                        f"visitor {visitor.id} does not look like {target.name!r} "
+                        f"({target.id}): faces "
+                        + ", ".join(
+                            f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in refused
+                        )
+                        + f" to the subject's faces, below the 1:1 threshold {threshold:.3f}",
+                        reason="subject",
+                        faces=[(chosen[u.index], u) for u in refused],
+                        subject_id=target.id,
+                        name=target.name,
+                    )
+            self.visitors.mark_assigned(visitor.id, sid)
+
+        if target is not None:
+            self.subjects.add_faces(sid, vecs, crops=crops, guard=mark_assigned)
+            return self.subjects.get(sid)
+        assert new_name is not None
+        return self.subjects.create(
+            new_name, embeddings=vecs, crops=crops, subject_id=sid, guard=mark_assigned
         )
 
-    def dismiss_visitor(self, visitor_id: str) -> Visitor:
-        """Take a visitor out of the review queue (status ``dismissed``). Its later visits are
-        still grouped with it and only counted (see :meth:`record_stranger`). Dismissing twice
-        changes nothing; an assigned visitor is :class:`ConflictError`."""
-        return self._visitors.dismiss(visitor_id)
-
-    def split_visitor(self, visitor_id: str, faces: Sequence[int]) -> Visitor:
-        """Move ``faces`` of a pending visitor to a new pending visitor, in ONE transaction:
-        the review queue grouped two people, and a person says which faces are the other's.
-        Both visitors keep the means of their own faces. Returns the new visitor;
-        :class:`ConflictError` for a visitor not pending, :class:`GalleryError` for faces not
-        its own or all of them."""
-        return self._visitors.split(visitor_id, faces)
+    def _refuse_lookalike(self, visitor_id: str, target: Subject | None) -> None:
+        """:class:`ConflictError` when the visitor's mean is identified as another subject than
+        ``target``, at the gallery's operating point."""
+        answer = self.identify(self.visitors.mean(visitor_id))[0]
+        for cand in answer.candidates:
+            if cand.score >= answer.threshold and (target is None or cand.subject_id != target.id):
+                raise ConflictError(
+                    f"visitor {visitor_id} looks like subject {cand.name!r} ({cand.subject_id}): "
+                    f"score {cand.score:.3f} >= the operating point's threshold "
+                    f"{answer.threshold:.3f}; assign it to that subject, or force"
+                )
 
     def purge_stream_data(self, older_than: datetime | float) -> dict[str, int]:
         """Retention of camera data: delete visitor faces (with their crops) seen before
@@ -677,41 +442,14 @@ class Gallery:
         stay), and the camera visits' events (details ``kind`` ``"visit"``) before it; one
         transaction. Subjects, their faces and other events are never touched. Returns how many
         rows went: ``{"visitor_faces", "visitors", "events"}``."""
-        return self._visitors.purge(older_than)
-
-    # -- API keys -------------------------------------------------------------------------------
-    def create_api_key(self, name: str, role: str) -> tuple[ApiKey, str]:
-        """Create a key; return its record and the secret key text, which is never stored
-        (only its SHA-256) and cannot be shown again."""
-        return self._keys.create(name, role)
-
-    def create_first_admin_key(self, name: str = "first admin") -> tuple[ApiKey, str] | None:
-        """Create an admin key when the gallery has none; return it as :meth:`create_api_key`
-        does, or None when an admin key exists. The count and the insert are one transaction,
-        serialised across processes, so services starting together create one key."""
-        return self._keys.create_first(name, "admin")
-
-    def authenticate(self, secret: str | None, *, touch: bool = True) -> ApiKey | None:
-        """The key record for a presented secret, or None when it is wrong or revoked."""
-        return self._keys.authenticate(secret, touch)
-
-    def list_api_keys(self) -> list[ApiKey]:
-        """Every key's public record."""
-        return self._keys.records()
-
-    def delete_api_key(self, key_id: str, *, allow_last_admin: bool = False) -> ApiKey:
-        """Revoke a key and return its record (:class:`NotFoundError` when unknown).
-
-        The last admin key is kept (:class:`ConflictError`) unless ``allow_last_admin``: without
-        one nobody could manage the gallery through the service. The check and the delete are one
-        transaction, serialised across processes (SQLite's write lock, a PostgreSQL advisory
-        lock), so two concurrent revocations cannot both pass it.
-        """
-        return self._keys.delete(key_id, allow_last_admin)
-
-    def count_api_keys(self, role: str | None = None) -> int:
-        """Number of keys (of one role)."""
-        return self._keys.count(role)
+        cutoff = to_timestamp(older_than)
+        if not math.isfinite(cutoff):
+            raise GalleryError("the purge's cutoff must be a finite time")
+        with self._db.transaction():
+            removed = self.visitors.delete_seen_before(cutoff)
+            removed["events"] = self.events.delete_visits_before(cutoff)
+        self._db.checkpoint()
+        return removed
 
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -721,13 +459,20 @@ class Gallery:
             "backend": self.backend,
             "model": self._model.name,
             "dim": self._model.dim,
-            "subjects": self.count_subjects(),
-            "faces": self.count_faces(),
-            "events": self._events.count(),
+            "subjects": self.subjects.count(),
+            "faces": self.subjects.count_faces(),
+            "events": self.events.count(),
             "index": index.describe() if index is not None else None,
         }
 
     def export(self, *, include_embeddings: bool = False) -> dict[str, Any]:
-        """Subjects and faces as a JSON-ready dict (embeddings only when asked: they are
-        biometric data)."""
-        return self._subjects.export(include_embeddings)
+        """The gallery as a JSON-ready dict: its format, model and every subject with its faces
+        (:meth:`SubjectStore.export`; embeddings only when asked: they are biometric data)."""
+        return {
+            "format": "marginface-gallery",
+            "version": 1,
+            "model": self._model.name,
+            "dim": self._model.dim,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "subjects": self.subjects.export(include_embeddings=include_embeddings),
+        }

@@ -12,7 +12,6 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -70,8 +69,12 @@ def _like_pattern(search: str) -> str:
 
 
 class SubjectStore:
-    """Subjects and faces of one gallery (see :class:`~marginface.gallery.Gallery` for the
-    public documentation of each operation)."""
+    """The subjects of one gallery and their faces: ``gallery.subjects``.
+
+    Every write checks its input first, runs in ONE transaction and, when it adds or removes
+    faces, makes the same change in the vector index at once. Thread-safe; several processes
+    may share the store (see :class:`~marginface.gallery.Gallery`).
+    """
 
     def __init__(self, db: Database, model: EmbeddingModel, sync: IndexSync) -> None:
         self._db = db
@@ -79,56 +82,24 @@ class SubjectStore:
         self._sync = sync
 
     # -- subjects -------------------------------------------------------------------------------
-    def get(self, subject_id: str) -> Subject:
-        row = self._db.query_one(
-            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,)
-        )
-        if row is None:
-            raise NotFoundError(f"unknown subject {subject_id!r}")
-        return _subject(row)
-
-    def exists(self, subject_id: str) -> bool:
-        return self._db.query_one("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)) is not None
-
-    def find(self, name: str) -> list[Subject]:
-        rows = self._db.query(
-            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.name = ? ORDER BY s.created_at",
-            (name,),
-        )
-        return [_subject(r) for r in rows]
-
-    def page(self, limit: int | None, offset: int, search: str | None) -> list[Subject]:
-        sql = f"SELECT {_SUBJECT_COLS} FROM subjects s"
-        params: list[Any] = []
-        if search:
-            sql += " WHERE LOWER(s.name) LIKE ? ESCAPE '\\'"
-            params.append(_like_pattern(search))
-        sql += " ORDER BY s.name, s.created_at, s.id"
-        clause, bounds = self._db.page(limit, offset)
-        sql += clause
-        params += bounds
-        return [_subject(r) for r in self._db.query(sql, params)]
-
-    def count(self, search: str | None) -> int:
-        if search:
-            return int(
-                self._db.scalar(
-                    "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
-                    (_like_pattern(search),),
-                )
-            )
-        return int(self._db.scalar("SELECT COUNT(*) FROM subjects"))
-
     def create(
         self,
         name: str,
-        metadata: dict[str, Any] | None,
-        embeddings: np.ndarray | None,
-        source_hashes: Sequence[str | None] | None,
-        crops: Sequence[bytes | None] | None,
-        subject_id: str | None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
+        source_hashes: Sequence[str | None] | None = None,
+        crops: Sequence[bytes | None] | None = None,
+        subject_id: str | None = None,
         guard: Guard | None = None,
     ) -> Subject:
+        """Create a subject, optionally with its first faces, in ONE transaction.
+
+        Display names may repeat (each subject gets its own id). A crash leaves either the whole
+        subject with all its faces, or nothing. ``guard`` runs inside the transaction,
+        serialised with every other guarded change of faces (across processes), and refuses
+        the write by raising: how enrolment re-checks what concurrent enrolments stored.
+        """
         name = clean_name(name or "")
         meta = metadata_json(metadata)
         sid = subject_id or secrets.token_hex(8)
@@ -144,10 +115,45 @@ class SubjectStore:
                 (sid, name, meta, now, now),
             )
             if vecs is not None and len(vecs):
-                change.add(self.insert_faces(sid, vecs, source_hashes, crops), vecs)
+                change.add(self._insert_faces(sid, vecs, source_hashes, crops), vecs)
         return self.get(sid)
 
-    def update(self, subject_id: str, name: str | None, metadata: dict[str, Any] | None) -> Subject:
+    def get(self, subject_id: str) -> Subject:
+        """The subject with this id; :class:`NotFoundError` when there is none."""
+        row = self._db.query_one(
+            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.id = ?", (subject_id,)
+        )
+        if row is None:
+            raise NotFoundError(f"unknown subject {subject_id!r}")
+        return _subject(row)
+
+    def exists(self, subject_id: str) -> bool:
+        """Whether a subject with this id exists."""
+        return self._db.query_one("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)) is not None
+
+    def find(self, name: str) -> list[Subject]:
+        """Subjects whose display name equals ``name`` (there may be several)."""
+        rows = self._db.query(
+            f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.name = ? ORDER BY s.created_at",
+            (name,),
+        )
+        return [_subject(r) for r in rows]
+
+    def count(self, search: str | None = None) -> int:
+        """Number of subjects (whose names contain ``search``, as :meth:`list`)."""
+        if search:
+            return int(
+                self._db.scalar(
+                    "SELECT COUNT(*) FROM subjects WHERE LOWER(name) LIKE ? ESCAPE '\\'",
+                    (_like_pattern(search),),
+                )
+            )
+        return int(self._db.scalar("SELECT COUNT(*) FROM subjects"))
+
+    def update(
+        self, subject_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Subject:
+        """Rename a subject and/or replace its metadata."""
         sets, params = [], []
         if name is not None:
             sets.append("name = ?")
@@ -164,9 +170,10 @@ class SubjectStore:
                 )
         return self.get(subject_id)
 
-    def delete(self, subject_id: str, erase_events: bool) -> int:
-        """The subject, its faces (SQL and index) and its events (erased, or kept without the
-        subject); return how many faces went."""
+    def delete(self, subject_id: str, *, erase_events: bool = True) -> int:
+        """Delete a subject, all its faces (SQL and index, immediately) and, by default, its
+        recognition events (else they stay, without the subject), in ONE transaction. Returns
+        the number of faces removed."""
         with self._sync.change() as change:
             self.get(subject_id)
             change.remove(
@@ -193,24 +200,28 @@ class SubjectStore:
             guard()
 
     # -- faces ----------------------------------------------------------------------------------
-    def max_face_id(self) -> int:
-        """The highest face id so far (0 for none); ids are never reused."""
-        return int(self._db.scalar("SELECT COALESCE(MAX(id), 0) FROM faces"))
+    def add_faces(
+        self,
+        subject_id: str,
+        embeddings: np.ndarray,
+        *,
+        source_hashes: Sequence[str | None] | None = None,
+        crops: Sequence[bytes | None] | None = None,
+        guard: Guard | None = None,
+    ) -> list[int]:
+        """Add embeddings (N, dim) to an existing subject in ONE transaction; return face ids.
+        ``guard`` as for :meth:`create`."""
+        vecs = self._model.normalise(embeddings)
+        if len(vecs) == 0:
+            return []
+        with self._sync.change() as change:
+            self._guarded(guard)
+            self.get(subject_id)
+            ids = self._insert_faces(subject_id, vecs, source_hashes, crops)
+            change.add(ids, vecs)
+        return ids
 
-    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
-        """The faces stored after ``face_id``: each record, its subject's name and embedding."""
-        rows = self._db.query(
-            "SELECT f.id, f.subject_id, f.model, f.dim, f.created_at, f.source_hash, "
-            "CASE WHEN f.crop IS NULL THEN 0 ELSE 1 END, s.name, f.embedding "
-            "FROM faces f JOIN subjects s ON s.id = f.subject_id WHERE f.id > ? ORDER BY f.id",
-            (int(face_id),),
-        )
-        return [
-            (_face(r[:7]), r[7], np.frombuffer(bytes(r[8]), dtype="<f4").astype(np.float32))
-            for r in rows
-        ]
-
-    def insert_faces(
+    def _insert_faces(
         self,
         subject_id: str,
         vecs: np.ndarray,
@@ -239,68 +250,32 @@ class SubjectStore:
         self._db.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
         return ids
 
-    def add_faces(
-        self,
-        subject_id: str,
-        embeddings: np.ndarray,
-        source_hashes: Sequence[str | None] | None,
-        crops: Sequence[bytes | None] | None,
-        guard: Guard | None = None,
-    ) -> list[int]:
-        vecs = self._model.normalise(embeddings)
-        if len(vecs) == 0:
-            return []
-        with self._sync.change() as change:
-            self._guarded(guard)
-            self.get(subject_id)
-            ids = self.insert_faces(subject_id, vecs, source_hashes, crops)
-            change.add(ids, vecs)
-        return ids
-
-    def count_faces(self) -> int:
-        return int(self._db.scalar("SELECT COUNT(*) FROM faces"))
-
-    def faces_per_subject(self) -> dict[int, int]:
-        """Faces per subject -> how many subjects have that many (subjects with faces only)."""
-        rows = self._db.query(
-            "SELECT n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY subject_id) c "
-            "GROUP BY n"
-        )
-        return {int(n): int(c) for n, c in rows}
-
     def faces(self, subject_id: str) -> list[FaceRecord]:
+        """The faces of a subject (:class:`NotFoundError` for an unknown subject)."""
         self.get(subject_id)
         rows = self._db.query(
             f"SELECT {_FACE_COLS} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
         )
         return [_face(r) for r in rows]
 
-    def face(self, face_id: int) -> FaceRecord:
+    def get_face(self, face_id: int) -> FaceRecord:
+        """One face record (:class:`NotFoundError` when unknown)."""
         row = self._db.query_one(f"SELECT {_FACE_COLS} FROM faces WHERE id = ?", (int(face_id),))
         if row is None:
             raise NotFoundError(f"unknown face {face_id}")
         return _face(row)
 
-    def with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
-        """The stored faces whose photo had each of these SHA-256 hashes (a hash no face has is
-        left out), each list in the order the faces were stored."""
-        found: dict[str, list[FaceRecord]] = {}
-        for rows in self._db.query_in(
-            f"SELECT {_FACE_COLS} FROM faces WHERE source_hash IN ({{marks}}) ORDER BY id",
-            sorted(set(source_hashes)),
-        ):
-            for row in rows:
-                face = _face(row)
-                found.setdefault(str(face.source_hash), []).append(face)
-        return found
-
-    def crop(self, face_id: int) -> bytes | None:
+    def face_crop(self, face_id: int) -> bytes | None:
+        """The stored aligned crop (PNG bytes) of a face, when crops are kept
+        (:class:`NotFoundError` for an unknown face)."""
         row = self._db.query_one("SELECT crop FROM faces WHERE id = ?", (int(face_id),))
         if row is None:
             raise NotFoundError(f"unknown face {face_id}")
         return bytes(row[0]) if row[0] is not None else None
 
     def embeddings(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(face ids (N,), embeddings (N, dim))`` of one subject, normalised
+        (:class:`NotFoundError` for an unknown subject)."""
         self.get(subject_id)
         rows = self._db.query(
             "SELECT id, embedding FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
@@ -312,8 +287,9 @@ class SubjectStore:
         return ids, mat.astype(np.float32)
 
     def delete_face(self, face_id: int) -> FaceRecord:
+        """Delete one face from SQL and from the index, immediately; return its record."""
         with self._sync.change() as change:
-            rec = self.face(face_id)
+            rec = self.get_face(face_id)
             self._db.execute("DELETE FROM faces WHERE id = ?", (int(face_id),))
             self._db.execute(
                 "UPDATE subjects SET updated_at = ? WHERE id = ?", (time.time(), rec.subject_id)
@@ -322,10 +298,60 @@ class SubjectStore:
         self._db.checkpoint()
         return rec
 
+    def count_faces(self) -> int:
+        """Number of stored faces."""
+        return int(self._db.scalar("SELECT COUNT(*) FROM faces"))
+
+    def faces_per_subject(self) -> dict[int, int]:
+        """Faces per subject -> how many subjects have that many (subjects with faces only):
+        the gallery's composition, which its operating point is derived for."""
+        rows = self._db.query(
+            "SELECT n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM faces GROUP BY subject_id) c "
+            "GROUP BY n"
+        )
+        return {int(n): int(c) for n, c in rows}
+
+    def faces_with_source_hashes(self, source_hashes: Sequence[str]) -> dict[str, list[FaceRecord]]:
+        """The stored faces enrolled from photos with these SHA-256 hashes
+        (:attr:`FaceRecord.source_hash`), by hash (a hash no face has is left out; each list in
+        the order the faces were stored): how enrolment finds a photo that is stored already,
+        and for which subject."""
+        found: dict[str, list[FaceRecord]] = {}
+        for rows in self._db.query_in(
+            f"SELECT {_FACE_COLS} FROM faces WHERE source_hash IN ({{marks}}) ORDER BY id",
+            sorted(set(source_hashes)),
+        ):
+            for row in rows:
+                face = _face(row)
+                found.setdefault(str(face.source_hash), []).append(face)
+        return found
+
+    def max_face_id(self) -> int:
+        """The highest face id so far (0 for none); ids are never reused, so the faces stored
+        after a moment are those above its ``max_face_id``."""
+        return int(self._db.scalar("SELECT COALESCE(MAX(id), 0) FROM faces"))
+
+    def faces_after(self, face_id: int) -> list[tuple[FaceRecord, str, np.ndarray]]:
+        """The faces stored after ``face_id`` (see :meth:`max_face_id`): each record, its
+        subject's name and its normalised embedding."""
+        rows = self._db.query(
+            "SELECT f.id, f.subject_id, f.model, f.dim, f.created_at, f.source_hash, "
+            "CASE WHEN f.crop IS NULL THEN 0 ELSE 1 END, s.name, f.embedding "
+            "FROM faces f JOIN subjects s ON s.id = f.subject_id WHERE f.id > ? ORDER BY f.id",
+            (int(face_id),),
+        )
+        return [
+            (_face(r[:7]), r[7], np.frombuffer(bytes(r[8]), dtype="<f4").astype(np.float32))
+            for r in rows
+        ]
+
     # -- export ---------------------------------------------------------------------------------
-    def export(self, include_embeddings: bool) -> dict[str, Any]:
+    def export(self, *, include_embeddings: bool = False) -> list[dict[str, Any]]:
+        """Every subject (as :meth:`list` orders them) with its faces, JSON-ready
+        (embeddings only when asked: they are biometric data); the ``subjects`` of
+        :meth:`Gallery.export <marginface.gallery.Gallery.export>`."""
         subjects = []
-        for s in self.page(None, 0, None):
+        for s in self.list():
             entry = s.to_dict()
             faces = [f.to_dict() for f in self.faces(s.id)]
             if include_embeddings:
@@ -335,11 +361,21 @@ class SubjectStore:
                     f["embedding"] = [round(float(x), 7) for x in emb[f["id"]]]
             entry["faces"] = faces
             subjects.append(entry)
-        return {
-            "format": "marginface-gallery",
-            "version": 1,
-            "model": self._model.name,
-            "dim": self._model.dim,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "subjects": subjects,
-        }
+        return subjects
+
+    # Last in the class: below this method, `list` in an annotation would name it (mypy).
+    def list(
+        self, *, limit: int | None = None, offset: int = 0, search: str | None = None
+    ) -> list[Subject]:
+        """Subjects ordered by name then creation; ``search`` filters names (case-insensitive
+        substring, taken literally)."""
+        sql = f"SELECT {_SUBJECT_COLS} FROM subjects s"
+        params: list[Any] = []
+        if search:
+            sql += " WHERE LOWER(s.name) LIKE ? ESCAPE '\\'"
+            params.append(_like_pattern(search))
+        sql += " ORDER BY s.name, s.created_at, s.id"
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
+        return [_subject(r) for r in self._db.query(sql, params)]

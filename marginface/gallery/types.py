@@ -310,7 +310,7 @@ class ApiKey(_Record):
 
 
 #: What a review can make of a visitor: ``pending`` (in the review queue), ``assigned``
-#: (enrolled into a subject) or ``dismissed`` (not wanted; see :meth:`Gallery.dismiss_visitor`).
+#: (enrolled into a subject) or ``dismissed`` (not wanted; see ``gallery.visitors.dismiss``).
 VISITOR_STATUSES: tuple[str, ...] = ("pending", "assigned", "dismissed")
 
 
@@ -346,8 +346,8 @@ class Camera(_Record):
 @dataclass(frozen=True)
 class VisitorFace(_Record):
     """One kept face of a visitor: when and where it was seen, its quality score, and whether
-    its aligned crop is stored (:meth:`Gallery.visitor_face_crop`). The embedding is not
-    carried here."""
+    its aligned crop is stored (``gallery.visitors.face_crop``). The embedding is not carried
+    here."""
 
     id: int
     visitor_id: str
@@ -384,10 +384,10 @@ class Visitor(_Record):
 
 @dataclass(frozen=True)
 class StrangerSighting(_Record):
-    """Where :meth:`Gallery.record_stranger` put an unknown sighting: the visitor, whether it
-    was created for it (``new``), the cosine between the sighting and that visitor's mean
-    before the sighting (-1.0 for a new visitor, which matched none), and the visitor's
-    status (``dismissed``: the face of a dismissed visitor, counted but not queued)."""
+    """Where ``gallery.visitors.record`` put an unknown sighting: the visitor, whether it was
+    created for it (``new``), the cosine between the sighting and that visitor's mean before
+    the sighting (-1.0 for a new visitor, which matched none), and the visitor's status
+    (``dismissed``: the face of a dismissed visitor, counted but not queued)."""
 
     visitor_id: str
     new: bool

@@ -1,7 +1,7 @@
 """What the gallery accepts as a name or as metadata: one rule, checked before anything is stored.
 
 The CLI, the library and the service (through its request schemas) all call these functions, so
-a value the service refuses with 422 is also refused by ``Gallery.create_subject``, and a value
+a value the service refuses with 422 is also refused by ``gallery.subjects.create``, and a value
 once stored can always be listed, serialised and exported again.
 """
 

@@ -14,15 +14,17 @@ that look alike are grouped into one *visitor*, whatever the camera or the day:
   keeps its ``keep_faces`` best faces by quality;
 * a ``dismissed`` visitor only counts the sighting and moves its ``last_seen``: a person
   dismissed from the review queue does not come back to it at their next visit. The rows stay
-  until the retention purge (:meth:`VisitorStore.purge`) deletes them: once a dismissed
+  until the retention purge (:meth:`Gallery.purge_stream_data
+  <marginface.gallery.Gallery.purge_stream_data>`) deletes them: once a dismissed
   visitor's faces are older than the retention age and it has not been seen for that long, it
   goes, and a later sighting makes a new pending visitor;
 * ``assigned`` visitors (enrolled into a subject, which then identifies the person) take no
   more sightings.
 
-Review: a visitor is assigned to an existing or a new subject (its stored faces are enrolled
-through the subject store's ordinary path, with its index, generation counter and guard, and
-the visitor is marked in the same transaction), dismissed, or **split**: faces that are
+Review: a visitor is assigned to an existing or a new subject (by the gallery,
+:meth:`Gallery.assign_visitor <marginface.gallery.Gallery.assign_visitor>`: its stored faces
+are enrolled through the subjects' ordinary path, with its index, generation counter and guard,
+and the visitor is marked in the same transaction), dismissed, or **split**: faces that are
 another person's go to a new pending visitor. Every write is one committed transaction.
 """
 
@@ -42,14 +44,10 @@ from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError, NotFoundError
 from marginface.gallery.db import Database
 from marginface.gallery.events import to_timestamp
-from marginface.gallery.likeness import FacesUnlikeError, unlike, unlike_each_other
 from marginface.gallery.model import EmbeddingModel
-from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.types import (
     VISITOR_STATUSES,
-    Identification,
     StrangerSighting,
-    Subject,
     Visitor,
     VisitorFace,
     utc_from_ts,
@@ -134,22 +132,23 @@ def _status(status: str | None) -> str | None:
 
 
 class VisitorStore:
-    """Visitors of one gallery (see :class:`~marginface.gallery.Gallery` for the public
-    documentation of each operation). ``identify(mean)`` answers one normalised embedding at
-    the gallery's current operating point (how an assignment finds the subject a visitor
-    already looks like)."""
+    """Strangers seen by cameras, grouped as visitors for review: ``gallery.visitors``.
+    ``threshold_at(far)`` is the model's 1:1 threshold at a false-accept rate (from the
+    gallery's card), where the grouping's thresholds come from by default.
+
+    Assigning a visitor to a subject enrols into the subjects and asks identification, so it
+    is the gallery's (:meth:`Gallery.assign_visitor
+    <marginface.gallery.Gallery.assign_visitor>`, with :meth:`faces_to_enrol` and
+    :meth:`mark_assigned` from here), and so is the retention purge, which also deletes events
+    (:meth:`Gallery.purge_stream_data <marginface.gallery.Gallery.purge_stream_data>`, with
+    :meth:`delete_seen_before`)."""
 
     def __init__(
-        self,
-        db: Database,
-        model: EmbeddingModel,
-        subjects: SubjectStore,
-        identify: Callable[[np.ndarray], Identification],
+        self, db: Database, model: EmbeddingModel, threshold_at: Callable[[str], float]
     ) -> None:
         self._db = db
         self._model = model
-        self._subjects = subjects
-        self._identify = identify
+        self._threshold_at = threshold_at
 
     # -- recording ------------------------------------------------------------------------------
     def _lock(self) -> None:
@@ -164,11 +163,35 @@ class VisitorStore:
         last_seen: datetime | float,
         embeddings: np.ndarray,
         qualities: Sequence[float],
-        crops: Sequence[Any] | None,
-        threshold: float,
-        keep_faces: int,
+        crops: Sequence[np.ndarray | bytes | None] | None = None,
+        threshold: float | None = None,
+        *,
         pair_threshold: float | None = None,
+        keep_faces: int = KEEP_FACES,
     ) -> StrangerSighting:
+        """Record an unknown visit (a track no subject matched) and group it with the visitor
+        it looks like, in ONE transaction (serialised with every other one, across processes).
+
+        ``embeddings`` (N, dim) are the visit's faces, ``qualities`` their quality scores
+        (:attr:`marginface.align.quality.FaceQuality.score`), ``crops`` their aligned crops
+        (RGB uint8 arrays, or PNG bytes; None for faces without). Pass crops only when the
+        gallery keeps them (the service's ``store_photos``, ``Recognizer.store_crops``).
+        The visit joins the most similar ``pending`` or ``dismissed`` visitor only on strong,
+        consistent evidence: its quality-weighted mean embedding has cosine >= ``threshold``
+        with the visitor's mean (default: the model's 1:1 threshold at FAR 1e-4,
+        :data:`GROUP_FAR`) **and** most of its faces match one of the visitor's kept faces at
+        ``pair_threshold`` (default: ``threshold`` when that is given, else the 1:1 threshold
+        at FAR 1e-3); else it starts a new pending visitor. A pending visitor's mean follows
+        its visits and it keeps its ``keep_faces`` best faces by quality. A dismissed visitor
+        only counts the visit and moves ``last_seen``: a dismissed person does not come back to
+        the review queue, until the retention purge removes the visitor
+        (:meth:`Gallery.purge_stream_data <marginface.gallery.Gallery.purge_stream_data>`). A
+        dimension unlike the gallery's is :class:`GalleryError`.
+        """
+        if threshold is None:
+            threshold = self._threshold_at(GROUP_FAR)
+            if pair_threshold is None:
+                pair_threshold = self._threshold_at(PAIR_FAR)
         _, dim = self._model.require()
         camera = clean_name(camera, what="camera", max_length=100)
         vecs = self._model.normalise(embeddings)  # (N, dim) unit rows, or GalleryError
@@ -334,6 +357,8 @@ class VisitorStore:
         ]
 
     def get(self, visitor_id: str) -> Visitor:
+        """One visitor, with its kept faces (best first); :class:`NotFoundError` when
+        unknown."""
         row = self._db.query_one(
             f"SELECT {_VISITOR_COLS} FROM visitors WHERE id = ?", (str(visitor_id),)
         )
@@ -341,50 +366,28 @@ class VisitorStore:
             raise NotFoundError(f"unknown visitor {visitor_id!r}")
         return self._visitors([row])[0]
 
-    def page(self, status: str | None, limit: int | None, offset: int) -> list[Visitor]:
-        sql = f"SELECT {_VISITOR_COLS} FROM visitors"
-        params: list[Any] = []
-        if _status(status) is not None:
-            sql += " WHERE status = ?"
-            params.append(status)
-        sql += " ORDER BY last_seen DESC, id"
-        clause, bounds = self._db.page(limit, offset)
-        sql += clause
-        params += bounds
-        return self._visitors(self._db.query(sql, params))
-
-    def count(self, status: str | None) -> int:
+    def count(self, status: str | None = "pending") -> int:
+        """Number of visitors of one status (None: all)."""
         if _status(status) is None:
             return int(self._db.scalar("SELECT COUNT(*) FROM visitors"))
         return int(self._db.scalar("SELECT COUNT(*) FROM visitors WHERE status = ?", (status,)))
 
-    def crop(self, face_id: int) -> bytes | None:
+    def face_crop(self, face_id: int) -> bytes | None:
+        """A visitor face's aligned crop (PNG bytes), None when none was kept;
+        :class:`NotFoundError` for an unknown face."""
         row = self._db.query_one("SELECT crop FROM visitor_faces WHERE id = ?", (int(face_id),))
         if row is None:
             raise NotFoundError(f"unknown visitor face {face_id}")
         return bytes(row[0]) if row[0] is not None else None
 
     # -- review ---------------------------------------------------------------------------------
-    def assign(
-        self,
-        visitor_id: str,
-        subject_id: str | None,
-        name: str | None,
-        faces: Sequence[int] | None,
-        force: bool,
-        force_mismatch: bool,
-        threshold: float,
-    ) -> Subject:
-        if (subject_id is None) == (name is None):
-            raise GalleryError(
-                "assign a visitor to an existing subject (subject_id) or to a "
-                "new one (name), one of the two"
-            )
-        visitor = self.get(visitor_id)
-        if visitor.status != "pending":
-            raise ConflictError(f"visitor {visitor.id} is {visitor.status} already")
-        target = self._subjects.get(subject_id) if subject_id is not None else None
-        new_name = clean_name(name) if name is not None else None
+    def faces_to_enrol(
+        self, visitor: Visitor, faces: Sequence[int] | None = None
+    ) -> tuple[list[int], np.ndarray, list[bytes | None] | None]:
+        """The faces an assignment of ``visitor`` enrols: ``faces`` (ids of its own faces) or
+        its best, up to :data:`ASSIGN_FACES`. Returns their ids, their embeddings (N, dim) and
+        their crops (None when none was kept). :class:`GalleryError` for faces not its own or
+        none at all, :class:`ConflictError` when they were purged meanwhile."""
         if faces is None:
             chosen = visitor.face_ids[:ASSIGN_FACES]
         else:
@@ -403,69 +406,35 @@ class VisitorStore:
         if len(rows) != len(chosen):  # purged meanwhile
             raise ConflictError(f"faces of visitor {visitor.id} changed meanwhile; try again")
         vecs = np.vstack([_vector(rows[f][0]) for f in chosen])
-        mixed = unlike_each_other(vecs, threshold)
-        if mixed:
-            raise FacesUnlikeError(
-                f"the faces of visitor {visitor.id} do not all look alike (faces "
-                + ", ".join(f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in mixed)
-                + f" to the others, below the 1:1 threshold {threshold:.3f}): the camera "
-                "grouped more than one person; assign the faces of one person (`faces`)",
-                reason="each_other",
-                faces=[(chosen[u.index], u) for u in mixed],
-            )
         crop_list = [bytes(rows[f][1]) if rows[f][1] is not None else None for f in chosen]
-        crops = crop_list if any(c is not None for c in crop_list) else None
-        if not force:
-            self._check_lookalike(visitor.id, target)
-        sid = target.id if target is not None else secrets.token_hex(8)
+        return chosen, vecs, crop_list if any(c is not None for c in crop_list) else None
 
-        def mark_assigned() -> None:  # inside the enrolment's transaction
-            if target is not None and not force_mismatch:
-                _, own = self._subjects.embeddings(target.id)
-                refused = unlike(own, vecs, threshold)
-                if refused:
-                    raise FacesUnlikeError(
-                        f"visitor {visitor.id} does not look like {target.name!r} "
-                        f"({target.id}): faces "
-                        + ", ".join(
-                            f"{chosen[u.index]}: best cosine {u.score:.3f}" for u in refused
-                        )
-                        + f" to the subject's faces, below the 1:1 threshold {threshold:.3f}",
-                        reason="subject",
-                        faces=[(chosen[u.index], u) for u in refused],
-                        subject_id=target.id,
-                        name=target.name,
-                    )
-            changed = self._db.execute(
-                "UPDATE visitors SET status = 'assigned', subject_id = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (sid, time.time(), visitor.id),
-            )
-            if changed != 1:
-                raise ConflictError(f"visitor {visitor.id} was reviewed meanwhile")
-
-        if target is not None:
-            self._subjects.add_faces(sid, vecs, None, crops, mark_assigned)
-            return self._subjects.get(sid)
-        assert new_name is not None
-        return self._subjects.create(new_name, None, vecs, None, crops, sid, mark_assigned)
-
-    def _check_lookalike(self, visitor_id: str, target: Subject | None) -> None:
-        """:class:`ConflictError` when the visitor's mean is identified as another subject than
-        ``target``, at the gallery's operating point."""
+    def mean(self, visitor_id: str) -> np.ndarray:
+        """The visitor's mean embedding (normalised; quality-weighted over its visits);
+        :class:`NotFoundError` when unknown."""
         row = self._db.query_one("SELECT embedding FROM visitors WHERE id = ?", (visitor_id,))
         if row is None:
             raise NotFoundError(f"unknown visitor {visitor_id!r}")
-        answer = self._identify(_vector(row[0]))
-        for cand in answer.candidates:
-            if cand.score >= answer.threshold and (target is None or cand.subject_id != target.id):
-                raise ConflictError(
-                    f"visitor {visitor_id} looks like subject {cand.name!r} ({cand.subject_id}): "
-                    f"score {cand.score:.3f} >= the operating point's threshold "
-                    f"{answer.threshold:.3f}; assign it to that subject, or force"
-                )
+        return _vector(row[0])
+
+    def mark_assigned(self, visitor_id: str, subject_id: str) -> None:
+        """Mark a pending visitor ``assigned`` to ``subject_id``: the last step of
+        :meth:`Gallery.assign_visitor <marginface.gallery.Gallery.assign_visitor>`, run inside
+        the transaction that enrols its faces. :class:`ConflictError` when the visitor is no
+        longer pending (reviewed meanwhile)."""
+        with self._db.transaction():
+            changed = self._db.execute(
+                "UPDATE visitors SET status = 'assigned', subject_id = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (subject_id, time.time(), visitor_id),
+            )
+            if changed != 1:
+                raise ConflictError(f"visitor {visitor_id} was reviewed meanwhile")
 
     def dismiss(self, visitor_id: str) -> Visitor:
+        """Take a visitor out of the review queue (status ``dismissed``). Its later visits are
+        still grouped with it and only counted (see :meth:`record`). Dismissing twice changes
+        nothing; an assigned visitor is :class:`ConflictError`."""
         with self._db.transaction():
             visitor = self.get(visitor_id)
             if visitor.status == "assigned":
@@ -477,8 +446,11 @@ class VisitorStore:
         return self.get(visitor.id)
 
     def split(self, visitor_id: str, faces: Sequence[int]) -> Visitor:
-        """Move ``faces`` of a pending visitor to a new pending visitor (they are another
-        person's); both keep the means of their own faces. Returns the new visitor."""
+        """Move ``faces`` of a pending visitor to a new pending visitor, in ONE transaction:
+        the review queue grouped two people, and a person says which faces are the other's.
+        Both visitors keep the means of their own faces. Returns the new visitor;
+        :class:`ConflictError` for a visitor not pending, :class:`GalleryError` for faces not
+        its own or all of them."""
         chosen = list(dict.fromkeys(int(f) for f in faces))
         if not chosen:
             raise GalleryError("name the faces to split off (faces: [id, ...])")
@@ -537,10 +509,12 @@ class VisitorStore:
         return self.get(new)
 
     # -- retention ------------------------------------------------------------------------------
-    def purge(self, older_than: datetime | float) -> dict[str, int]:
-        cutoff = to_timestamp(older_than)
-        if not math.isfinite(cutoff):
-            raise GalleryError("the purge's cutoff must be a finite time")
+    def delete_seen_before(self, cutoff: float) -> dict[str, int]:
+        """Visitor faces (with their crops) seen before ``cutoff`` (epoch seconds), then the
+        visitors left without faces and not seen since (assigned ones stay), in one
+        transaction; how many of each went (``{"visitor_faces", "visitors"}``). A step of
+        :meth:`Gallery.purge_stream_data <marginface.gallery.Gallery.purge_stream_data>`,
+        which runs it with the camera visits' events in one transaction."""
         with self._db.transaction():
             faces = self._db.execute("DELETE FROM visitor_faces WHERE ts < ?", (cutoff,))
             visitors = self._db.execute(
@@ -548,20 +522,21 @@ class VisitorStore:
                 "(SELECT 1 FROM visitor_faces f WHERE f.visitor_id = visitors.id)",
                 (cutoff,),
             )
-            # camera visits: details {"kind": "visit", ...} (JSON text written sorted, so the
-            # LIKE finds every candidate; the JSON decides)
-            ids = [
-                int(i)
-                for i, details in self._db.query(
-                    "SELECT id, details FROM events WHERE ts < ? AND details LIKE ?",
-                    (cutoff, '%"kind": "visit"%'),
-                )
-                if json.loads(details or "{}").get("kind") == "visit"
-            ]
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                self._db.execute(
-                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})", part
-                )
-        self._db.checkpoint()
-        return {"visitor_faces": faces, "visitors": visitors, "events": len(ids)}
+        return {"visitor_faces": faces, "visitors": visitors}
+
+    # Last in the class: below this method, `list` in an annotation would name it (mypy).
+    def list(
+        self, status: str | None = "pending", *, limit: int | None = 100, offset: int = 0
+    ) -> list[Visitor]:
+        """Visitors of one status (``pending``, ``assigned``, ``dismissed``; None: all), the
+        most recently seen first, each with its kept faces (best first)."""
+        sql = f"SELECT {_VISITOR_COLS} FROM visitors"
+        params: list[Any] = []
+        if _status(status) is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY last_seen DESC, id"
+        clause, bounds = self._db.page(limit, offset)
+        sql += clause
+        params += bounds
+        return self._visitors(self._db.query(sql, params))

@@ -113,7 +113,7 @@ def create_app(
                 time.perf_counter() - started,
                 service.gallery.model_name,
                 service.gallery.backend,
-                service.gallery.count_subjects(),
+                service.gallery.subjects.count(),
                 _describe(service.operating_point),
                 service.threshold,
             )
@@ -159,8 +159,8 @@ def create_app(
             "status": "ok",
             "version": marginface.__version__,
             "model": service.gallery.model_name,
-            "subjects": service.gallery.count_subjects(),
-            "faces": service.gallery.count_faces(),
+            "subjects": service.gallery.subjects.count(),
+            "faces": service.gallery.subjects.count_faces(),
             "uptime_s": round(time.monotonic() - service.started, 1),
         }
 

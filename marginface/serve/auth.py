@@ -72,11 +72,11 @@ def current_key(
     if not secret:
         raise _unauthorized("an API key is required (X-API-Key header or Bearer token)")
     secret = secret.strip()
-    key = service.gallery.authenticate(secret, touch=False)
+    key = service.gallery.keys.authenticate(secret, touch=False)
     if key is None:
         raise _unauthorized("the API key is wrong or has been revoked")
     if service.should_touch(key.id):
-        key = service.gallery.authenticate(secret, touch=True) or key
+        key = service.gallery.keys.authenticate(secret, touch=True) or key
     request.state.key_id = key.id  # for access logs: the key's id, never the key
     return key
 
@@ -149,14 +149,14 @@ def bootstrap_admin_key(gallery: Gallery, key_file: Path) -> str | None:
 
     Returns the new key (for the caller to print once), or None when an admin key exists.
     """
-    created = gallery.create_first_admin_key("first admin")  # one key, even if two start
+    created = gallery.keys.create_first_admin("first admin")  # one key, even if two start
     if created is None:
         return None
     record, secret = created
     try:
         _write_private(key_file, secret + "\n")
     except OSError as exc:
-        gallery.delete_api_key(record.id, allow_last_admin=True)  # nobody holds it
+        gallery.keys.delete(record.id, allow_last_admin=True)  # nobody holds it
         raise ConfigError(f"cannot write the admin key file {key_file}: {exc}") from None
     log.info("created the first admin key %s; it is stored in %s", record.id, key_file)
     return secret
@@ -166,7 +166,7 @@ def admin_key_notice(gallery: Gallery, key_file: Path) -> str:
     """What start-up says about admin keys when none was created: the key file's, when it
     still holds a working admin key; otherwise the truth (the file is missing, or its key was
     revoked or is not an admin's) and how to get one. Nothing is printed of any key."""
-    admins = gallery.count_api_keys("admin")
+    admins = gallery.keys.count("admin")
     create = f"marginface keys create --role admin --db {redact_url(str(gallery.url))}"
     try:
         held = key_file.read_text(encoding="utf-8").strip()
@@ -180,7 +180,7 @@ def admin_key_notice(gallery: Gallery, key_file: Path) -> str:
             f"admin keys: {admins} exist; {key_file} cannot be read ({exc}). Create one with "
             f"`{create}`"
         )
-    key = gallery.authenticate(held, touch=False)
+    key = gallery.keys.authenticate(held, touch=False)
     if key is not None and key.role == "admin":
         return f"admin key: in {key_file}"
     why = "was revoked" if key is None else f"is a {key.role!r} key, not an admin's"

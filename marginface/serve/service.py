@@ -161,7 +161,7 @@ class Service:
 
     def _sizes(self) -> tuple[int, int] | None:
         try:
-            return self.gallery.count_subjects(), self.gallery.count_faces()
+            return self.gallery.subjects.count(), self.gallery.subjects.count_faces()
         except Exception:  # a scrape must not fail because the store is briefly unavailable
             log.warning("cannot read the gallery size for /metrics", exc_info=True)
             return None

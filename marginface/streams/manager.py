@@ -18,7 +18,7 @@ dropped stream is the source's to reconnect (``reconnecting``, with the error). 
 camera does reaches another camera or the service.
 
 A video file is read once: the camera remembers where its reading stopped (the gallery's
-:meth:`~marginface.gallery.Gallery.camera_position`, saved after every recorded visit event,
+:meth:`~marginface.gallery.cameras.CameraStore.position`, saved after every recorded visit event,
 every few seconds and when it stops) and a restart goes on from there, so a service restarted
 three times does not record the file's visits four times.
 
@@ -206,7 +206,7 @@ class _Runner:
         if position is None or position == self.saved_position:
             return
         try:
-            self.manager.gallery.set_camera_position(self.camera.id, position)
+            self.manager.gallery.cameras.set_position(self.camera.id, position)
         except NotFoundError:  # deleted meanwhile
             return
         self.saved_position = position
@@ -215,7 +215,7 @@ class _Runner:
         m = self.manager
         options: dict[str, Any] = {}
         if self.is_file:
-            position = m.gallery.camera_position(self.camera.id)
+            position = m.gallery.cameras.position(self.camera.id)
             if position is not None:
                 self.saved_position = position
                 options["start_s"] = position + _AFTER_S  # after the last frame processed
@@ -409,7 +409,7 @@ class CameraManager:
     def start(self) -> None:
         """Run every enabled camera (when workers are on) and the housekeeping thread."""
         if self.run_workers:
-            for camera in self.gallery.list_cameras():
+            for camera in self.gallery.cameras.list():
                 if camera.enabled:
                     self._launch(camera)
         self._housekeeper = threading.Thread(
@@ -458,7 +458,7 @@ class CameraManager:
     # -- cameras ------------------------------------------------------------------------------
     def require(self, camera_id: str) -> Camera:
         """The camera with this id (NotFoundError when none)."""
-        camera = self.gallery.get_camera(camera_id)
+        camera = self.gallery.cameras.get(camera_id)
         if camera.id != camera_id:  # the gallery also finds cameras by name; the API by id
             raise NotFoundError(f"unknown camera {camera_id!r}")
         return camera
@@ -477,9 +477,9 @@ class CameraManager:
         """Store a new camera (running it at once when ``enabled``); its view."""
         url = check_camera_url(url, self.source_policy)
         self.validate(None, settings or {})
-        if len(self.gallery.list_cameras()) >= self.max_cameras:
+        if len(self.gallery.cameras.list()) >= self.max_cameras:
             raise ConflictError(f"this service watches at most {self.max_cameras} cameras")
-        camera = self.gallery.create_camera(name, url, settings or {}, enabled=enabled)
+        camera = self.gallery.cameras.create(name, url, settings or {}, enabled=enabled)
         if camera.enabled and self.run_workers:
             self._launch(camera)
         return self.view(camera)
@@ -498,7 +498,7 @@ class CameraManager:
         if url is not None:
             url = check_camera_url(url, self.source_policy)
         self.validate(None, settings)
-        camera = self.gallery.update_camera(
+        camera = self.gallery.cameras.update(
             camera_id, name=name, url=url, settings=settings, enabled=enabled
         )
         self._halt(camera.id)
@@ -510,7 +510,7 @@ class CameraManager:
         """Stop the camera and forget it (its visits stay in the events)."""
         camera = self.require(camera_id)
         self._halt(camera.id)
-        self.gallery.delete_camera(camera.id)
+        self.gallery.cameras.delete(camera.id)
         self._published.pop(camera.name, None)
         for counted in (self.recorder, *self.notifiers):
             forget = getattr(counted, "forget", None)
@@ -522,7 +522,7 @@ class CameraManager:
         its reading stopped: a file read to its end stays ``ended``."""
         camera = self.require(camera_id)
         if not camera.enabled:
-            camera = self.gallery.update_camera(camera.id, enabled=True)
+            camera = self.gallery.cameras.update(camera.id, enabled=True)
         if self.run_workers:
             with self._lock:
                 runner = self._runners.get(camera.id)
@@ -535,7 +535,7 @@ class CameraManager:
         """Stop the camera (and remember that it is stopped)."""
         camera = self.require(camera_id)
         if camera.enabled:
-            camera = self.gallery.update_camera(camera.id, enabled=False)
+            camera = self.gallery.cameras.update(camera.id, enabled=False)
         self._halt(camera.id)
         return self.view(camera)
 
@@ -545,7 +545,7 @@ class CameraManager:
 
     def list_cameras(self) -> list[dict[str, Any]]:
         """Every camera's view, by name."""
-        return [self.view(camera) for camera in self.gallery.list_cameras()]
+        return [self.view(camera) for camera in self.gallery.cameras.list()]
 
     def view(self, camera: Camera) -> dict[str, Any]:
         out = camera.to_dict(redact=True)
@@ -622,11 +622,11 @@ class CameraManager:
         return out
 
     def _urls(self) -> list[str]:
-        return [camera.url for camera in self.gallery.list_cameras()]
+        return [camera.url for camera in self.gallery.cameras.list()]
 
     def statuses(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, status) of every camera (for ``/metrics``)."""
-        return [(camera.name, self._status(camera)) for camera in self.gallery.list_cameras()]
+        return [(camera.name, self._status(camera)) for camera in self.gallery.cameras.list()]
 
     # -- frames -------------------------------------------------------------------------------
     def push(self, camera_id: str, data: bytes) -> dict[str, Any]:
@@ -673,7 +673,7 @@ class CameraManager:
         out: list[dict[str, Any]] = []
         offset, page = 0, max(50, limit * 2)
         while len(out) < limit:
-            events = self.gallery.events(source=source, limit=page, offset=offset)
+            events = self.gallery.events.list(source=source, limit=page, offset=offset)
             for event in events:
                 details = event.details or {}
                 if details.get("kind") != "visit" or event.decision not in VISIT_EVENTS:
@@ -692,7 +692,7 @@ class CameraManager:
         the caller's to decide). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
         try:
-            event = self.gallery.get_event(event_id) if jpeg is not None else None
+            event = self.gallery.events.get(event_id) if jpeg is not None else None
         except NotFoundError:  # purged meanwhile
             event = None
         if jpeg is None or event is None:

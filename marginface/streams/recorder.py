@@ -9,14 +9,14 @@ visits that had not finished, never one that had, and leaves the gallery consist
 
 What is written:
 
-* every event: ``Gallery.log_event(source=camera, subject_id, score, decision=kind,
+* every event: ``gallery.events.log(source=camera, subject_id, score, decision=kind,
   time=first_seen (decisions: the visit's first sighting) | last_seen (left),
   details={"kind": "visit", camera, track_id, visit_id, visit_uid, start_s, end_s, first_seen,
   last_seen, dwell_s, faces, threshold[, previous_subject_id][, reason][, visitor_id]})``.
   Named visits count in the attendance report (first in, last out per person per day), once
-  each, for the subject of the visit's latest decision (``Gallery.attendance``);
+  each, for the subject of the visit's latest decision (``gallery.events.attendance``);
 * an unknown ``left`` event (the stranger's visit is over, its best faces are known): the
-  track's best faces go to :meth:`Gallery.record_stranger`, which groups them with a visitor
+  track's best faces go to ``gallery.visitors.record``, which groups them with a visitor
   who looks alike (above the operating point) or starts a new one. Their aligned crops are
   kept only when ``store_crops`` is set (the service's ``store_photos``). The visitor's id is
   logged with the ``left`` event and is known to :meth:`VisitRecorder.visitor_of` afterwards;
@@ -150,7 +150,7 @@ class VisitRecorder:
         at = _when(event.last_seen if event.kind == "left" else event.first_seen)
         details = visit_details(event, visitor_id)
         try:
-            logged = self.gallery.log_event(
+            logged = self.gallery.events.log(
                 event.camera,
                 subject_id=event.subject_id,
                 score=event.score,
@@ -161,7 +161,7 @@ class VisitRecorder:
         except NotFoundError:
             # The subject was erased while in view: the visit stays, without the person.
             details["erased_subject"] = True
-            logged = self.gallery.log_event(
+            logged = self.gallery.events.log(
                 event.camera,
                 subject_id=None,
                 score=event.score,
@@ -189,7 +189,7 @@ class VisitRecorder:
         if not len(embeddings):
             return None
         kept: Sequence[np.ndarray | None] = crops if self.store_crops else [None] * len(crops)
-        sighting = self.gallery.record_stranger(
+        sighting = self.gallery.visitors.record(
             event.camera,
             _when(event.first_seen),
             _when(event.last_seen),

@@ -47,6 +47,14 @@ class People:
         return unit(self.rng.normal(size=(n, self.dim)))
 
 
+def enrol_people(gallery: Gallery, people: People, n: int, per: int = 3) -> list[str]:
+    """Enrol people 0 .. n-1 (``per`` faces each, metadata ``{"idx": i}``); their ids."""
+    return [
+        gallery.subjects.create(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
+        for i in range(n)
+    ]
+
+
 # -- a fake face pipeline ------------------------------------------------------------------------
 @dataclass
 class FakeFace:

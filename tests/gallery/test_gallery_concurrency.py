@@ -46,7 +46,7 @@ def test_two_identify_calls_overlap(store: StoreSpec, people: People) -> None:
     """Each call waits inside the index search until the other is inside too: with a lock
     around search (as the gallery had) the first would wait alone and the barrier break."""
     g = store.open()
-    ids = [g.create_subject(f"person {i}", embeddings=people.sample(i, 2)).id for i in range(3)]
+    ids = [g.subjects.create(f"person {i}", embeddings=people.sample(i, 2)).id for i in range(3)]
     barrier = threading.Barrier(2, timeout=10)
     search = g.index.search
 
@@ -66,7 +66,7 @@ def test_searches_stay_right_while_faces_change(store: StoreSpec, people: People
     holds exactly the faces in SQL."""
     a = store.open()
     b = store.open() if store.index != "milvus" else a  # Milvus is itself shared
-    stable = [a.create_subject(f"stable {i}", embeddings=people.sample(i, 2)).id for i in range(4)]
+    stable = [a.subjects.create(f"stable {i}", embeddings=people.sample(i, 2)).id for i in range(4)]
     probes = np.vstack([people.sample(i) for i in range(4)])
     done = threading.Event()
 
@@ -80,10 +80,10 @@ def test_searches_stay_right_while_faces_change(store: StoreSpec, people: People
     def change(g) -> Callable[[], None]:
         def run() -> None:
             for i in range(6):
-                s = g.create_subject("visitor", embeddings=people.sample(10 + i, 2))
-                g.add_faces(s.id, people.sample(10 + i, 1))
-                g.delete_face(g.faces(s.id)[0].id)
-                g.delete_subject(s.id)
+                s = g.subjects.create("visitor", embeddings=people.sample(10 + i, 2))
+                g.subjects.add_faces(s.id, people.sample(10 + i, 1))
+                g.subjects.delete_face(g.subjects.faces(s.id)[0].id)
+                g.subjects.delete(s.id)
 
         return run
 
@@ -112,13 +112,13 @@ def test_services_starting_together_create_one_admin_key(backend: str, request, 
 
         def start(g) -> object:
             barrier.wait()
-            return g.create_first_admin_key()
+            return g.keys.create_first_admin()
 
         made = [m for m in run_together(*(lambda g=g: start(g) for g in handles)) if m]
-        assert len(made) == 1 and handles[0].count_api_keys("admin") == 1
+        assert len(made) == 1 and handles[0].keys.count("admin") == 1
         record, secret = made[0]
-        assert handles[1].authenticate(secret).id == record.id
-        assert handles[2].create_first_admin_key() is None
+        assert handles[1].keys.authenticate(secret).id == record.id
+        assert handles[2].keys.create_first_admin() is None
     finally:
         spec.close_all()
 

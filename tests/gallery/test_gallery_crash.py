@@ -26,7 +26,7 @@ CHILD = (
     from marginface.gallery.subjects import SubjectStore
 
     url, index = sys.argv[1], sys.argv[2]
-    original = SubjectStore.insert_faces
+    original = SubjectStore._insert_faces
 
     def slow_insert(self, *args, **kwargs):
         ids = original(self, *args, **kwargs)
@@ -34,14 +34,14 @@ CHILD = (
         time.sleep(0.02)
         return ids
 
-    SubjectStore.insert_faces = slow_insert
+    SubjectStore._insert_faces = slow_insert
     policy = IdentificationPolicy(threshold=0.5)
     g = Gallery.open(url, "crash-model", DIM, index=index, policy=policy)
     for i in range(100000):
         rng = np.random.default_rng(i)
         centre = rng.normal(size=DIM)
         faces = centre + 0.3 * rng.normal(size=(PER, DIM))
-        s = g.create_subject(f"person {i}", {"i": i}, embeddings=faces)
+        s = g.subjects.create(f"person {i}", {"i": i}, embeddings=faces)
         print("DONE", i, s.id, flush=True)
     """
     )
@@ -85,7 +85,7 @@ def test_sigkill_during_batch_enrolment(backend, tmp_path, request):
     assert proc.returncode == -signal.SIGKILL
 
     g = spec.open(model="crash-model", dim=DIM)
-    subjects = g.list_subjects()
+    subjects = g.subjects.list()
     by_id = {s.id: s for s in subjects}
     # every finished subject is intact ...
     for i, sid in done.items():
@@ -94,7 +94,7 @@ def test_sigkill_during_batch_enrolment(backend, tmp_path, request):
     # ... and nothing half-written: the killed subject is entirely absent
     assert all(s.n_faces == PER for s in subjects)
     assert len(subjects) == len(done)
-    assert g.count_faces() == PER * len(done) == len(g.index)
+    assert g.subjects.count_faces() == PER * len(done) == len(g.index)
     probes = np.vstack([probe(i) for i in sorted(done)])
     answers = [(a.subject_id, round(a.score, 5)) for a in g.identify(probes)]
     assert [a[0] for a in answers] == [done[i] for i in sorted(done)]
@@ -102,6 +102,6 @@ def test_sigkill_during_batch_enrolment(backend, tmp_path, request):
     g2 = spec.open(model="crash-model", dim=DIM)  # a second restart answers the same
     assert [(a.subject_id, round(a.score, 5)) for a in g2.identify(probes)] == answers
     # the store is writable again after the crash
-    s = g2.create_subject("after the crash", embeddings=probe(99_999))
-    assert g2.get_subject(s.id).n_faces == 1
+    s = g2.subjects.create("after the crash", embeddings=probe(99_999))
+    assert g2.subjects.get(s.id).n_faces == 1
     spec.close_all()

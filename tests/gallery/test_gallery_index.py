@@ -197,11 +197,11 @@ def test_gallery_with_the_faiss_index_searches_and_forgets(tmp_path):
     with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
         assert isinstance(g.index, FaissBinaryIndex)
         subjects = [
-            g.create_subject(f"p{i}", embeddings=data[4 * i : 4 * i + 4]).id for i in range(300)
+            g.subjects.create(f"p{i}", embeddings=data[4 * i : 4 * i + 4]).id for i in range(300)
         ]
         who = [hits[0].subject_id for hits in g.search(data[::4], 1)]
         assert who == subjects
-        g.delete_subject(subjects[0])
+        g.subjects.delete(subjects[0])
         assert all(h.subject_id != subjects[0] for h in g.search(data[:4], 5)[0])
     with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
         assert len(g.index) == 299 * 4  # rebuilt from SQL at start

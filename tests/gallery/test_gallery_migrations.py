@@ -20,7 +20,7 @@ from marginface.gallery.db import Database
 
 BACKENDS = ["sqlite", "postgresql"]
 DAY = datetime(2024, 3, 5, 8, 0, tzinfo=UTC).timestamp()
-SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape create_api_key gives
+SECRET = "mfk_0123456789ab_" + "s" * 43  # the shape gallery.keys.create gives
 
 
 # -- a gallery as marginface 0.1 wrote it ----------------------------------------------------------
@@ -125,36 +125,36 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
             *((m.version, m.name) for m in schema.MIGRATIONS),
         ]
         # subjects and faces survive, with everything they held
-        subjects = {s.id: s for s in g.list_subjects()}
+        subjects = {s.id: s for s in g.subjects.list()}
         assert {sid: s.name for sid, s in subjects.items()} == {
             sid: name for sid, (name, _, _) in written["subjects"].items()
         }
         assert subjects["a1b2c3d4e5f60718"].metadata == {"badge": 7}
         assert subjects["a1b2c3d4e5f60718"].created_at.timestamp() == DAY
-        assert g.count_faces() == len(written["faces"]) == len(g.index) == 4
+        assert g.subjects.count_faces() == len(written["faces"]) == len(g.index) == 4
         for fid, sid in written["faces"].items():
-            assert g.get_face(fid).subject_id == sid
+            assert g.subjects.get_face(fid).subject_id == sid
         first = min(written["faces"])
-        assert g.face_crop(first) == b"\x89PNG fake crop"
-        assert g.get_face(first).source_hash == "hash0"
+        assert g.subjects.face_crop(first) == b"\x89PNG fake crop"
+        assert g.subjects.get_face(first).source_hash == "hash0"
         # the stored embeddings still identify their people
         answers = g.identify(np.vstack([people.sample(0), people.sample(1)]))
         assert [a.name for a in answers] == ["Ada Lovelace", "Zoë"]
         # events and attendance
-        assert [(e.source, e.decision, e.details) for e in g.events()] == [
+        assert [(e.source, e.decision, e.details) for e in g.events.list()] == [
             ("front-door", "unknown", {"faces": 1}),
             ("lab", "match", {"faces": 1}),
             ("front-door", "match", {"faces": 1}),
         ]
-        (row,) = g.attendance("2024-03-05", tz=UTC)
+        (row,) = g.events.attendance("2024-03-05", tz=UTC)
         assert (row.name, row.count, row.sources) == ("Ada Lovelace", 2, ["front-door", "lab"])
         # the API key still authenticates
-        key = g.authenticate(SECRET)
+        key = g.keys.authenticate(SECRET)
         assert key is not None and (key.name, key.role) == ("ops laptop", "admin")
         # and the upgraded gallery takes new writes (the id sequences went on)
-        s = g.create_subject("after the upgrade", embeddings=people.sample(2, 2))
-        assert min(f.id for f in g.faces(s.id)) > max(written["faces"])
-        g.log_event("door", subject_id=s.id, score=0.9, decision="match")
+        s = g.subjects.create("after the upgrade", embeddings=people.sample(2, 2))
+        assert min(f.id for f in g.subjects.faces(s.id)) > max(written["faces"])
+        g.events.log("door", subject_id=s.id, score=0.9, decision="match")
     finally:
         g.close()
     Gallery.open(url, create=False).close()  # opening again changes nothing

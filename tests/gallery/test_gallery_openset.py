@@ -53,7 +53,7 @@ def test_fpir_operating_point_takes_fewer_strangers_than_a_1to1_threshold(
     one_to_one = card.calibration.threshold("1e-3")  # FAR 1e-3 per comparison
     with Gallery.open(tmp_path / "g.db", card=card) as g:
         for i in range(GALLERY):
-            g.create_subject(labels[i], embeddings=emb[i : i + 1])
+            g.subjects.create(labels[i], embeddings=emb[i : i + 1])
         strangers = emb[GALLERY:]
         at_fpir = g.identify(strangers)  # the default operating point: FPIR 1e-2
         at_far = g.identify(strangers, IdentificationPolicy(threshold=one_to_one))

@@ -38,7 +38,7 @@ def test_enrol_identify_verify_real_faces(shared_data, pipeline, tmp_path):
         res = rec.enroll(name, photos_of(root, name)[:3])
         assert res.enrolled >= 2, res.photos
         enrolled[name] = res.subject.id
-    assert g.count_subjects() == 6 and g.model_name == "sface" and g.dim == 128
+    assert g.subjects.count() == 6 and g.model_name == "sface" and g.dim == 128
 
     correct = 0
     for name in known:
@@ -94,7 +94,7 @@ def test_enrolment_keeps_real_identities_apart(shared_data, pipeline, tmp_path):
     assert [o.status for o in info.value.photos] == ["matches_other"] * 2
     for o in info.value.photos:
         assert o.conflict.subject_id == first.id and o.conflict.score >= o.conflict.threshold
-    assert g.count_subjects() == 1
+    assert g.subjects.count() == 1
     forced = rec.enroll("Celeb A, again", her[2:4], force=True)
     assert forced.enrolled == 2 and all(o.forced for o in forced.photos)
     assert all("'Celeb A'" in o.message for o in forced.photos)
@@ -107,4 +107,4 @@ def test_enrolment_keeps_real_identities_apart(shared_data, pipeline, tmp_path):
         < refused.conflict.threshold
         == pytest.approx(rec.threshold(), abs=1e-4)
     )
-    assert g.get_subject(first.id).n_faces == 2
+    assert g.subjects.get(first.id).n_faces == 2

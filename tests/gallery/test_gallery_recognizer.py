@@ -45,7 +45,7 @@ def test_enrol_reports_every_photo(sqlite_store, people, fake_pipeline):
     assert "not an image" in next(o.message for o in res.photos if o.source == "notes.txt")
     assert res.to_dict()["photos"][0]["status"] == "enrolled"
     # faces carry the hash of their source photo, never the photo itself
-    faces = g.faces(res.subject.id)
+    faces = g.subjects.faces(res.subject.id)
     assert all(f.source_hash and len(f.source_hash) == 64 for f in faces)
     assert all(not f.has_crop for f in faces)
 
@@ -60,7 +60,7 @@ def test_largest_face_policy_and_adding_photos(sqlite_store, people, fake_pipeli
         rec.identify(fake_pipeline.photo("probe", people.sample(0)))[0].identification.subject_id
         == res.subject.id
     )
-    png = g.face_crop(res.face_ids[0])
+    png = g.subjects.face_crop(res.face_ids[0])
     assert png.startswith(b"\x89PNG")
     more = rec.add_photos(
         res.subject.id,
@@ -78,7 +78,7 @@ def test_nothing_enrollable_creates_nothing(sqlite_store, fake_pipeline):
         rec.enroll("Ada", [b"junk", fake_pipeline.photo("e", np.zeros((0, 32)))])
     assert isinstance(info.value, NoFaceError)
     assert [o.status for o in info.value.photos] == ["unreadable", "no_face"]
-    assert g.count_subjects() == 0
+    assert g.subjects.count() == 0
     with pytest.raises(GalleryError, match="at least one photo"):
         rec.enroll("Ada", [])
 
@@ -95,10 +95,10 @@ def test_identify_answers_every_face_and_logs_events(sqlite_store, people, fake_
     assert [f.identification.subject_id for f in faces] == [bob.subject.id, None, ada.subject.id]
     assert faces[0].box[2] - faces[0].box[0] > faces[2].box[2] - faces[2].box[0]
     assert faces[1].identification.candidates  # unknown still lists the nearest subjects
-    events = g.events(source="lobby")
+    events = g.events.list(source="lobby")
     assert sorted(e.decision for e in events) == ["match", "match", "unknown"]
     assert rec.identify(fake_pipeline.photo("nobody", np.zeros((0, 32)))) == []
-    assert len(g.events()) == 3  # no source, no logging
+    assert len(g.events.list()) == 3  # no source, no logging
 
 
 def test_verify_photos_and_subjects(sqlite_store, people, fake_pipeline):
@@ -122,7 +122,7 @@ def test_verify_photos_and_subjects(sqlite_store, people, fake_pipeline):
 
 def test_pipeline_of_another_model_is_refused(sqlite_store, people):
     g = sqlite_store.open()
-    g.create_subject("Ada", embeddings=people.sample(0))
+    g.subjects.create("Ada", embeddings=people.sample(0))
     with pytest.raises(GalleryError, match="not comparable"):
         Recognizer(g, FakePipeline(name="other-model"))
 
@@ -146,7 +146,7 @@ def test_photo_of_someone_enrolled_is_held_back_unless_forced(sqlite_store, peop
     assert held.conflict.subject_id == ada.id and held.conflict.name == "Ada"
     assert held.conflict.score >= held.conflict.threshold == 0.5
     assert "'Ada'" in str(info.value) and "force" in str(info.value)
-    assert g.count_subjects() == 1
+    assert g.subjects.count() == 1
     # a stranger among them is enrolled; Ada's photo is reported, not stored
     mixed = rec.enroll("Bob", [p.photo("b1", people.sample(1)), p.photo("a4", people.sample(0))])
     assert [o.status for o in mixed.photos] == ["enrolled", "matches_other"]
@@ -156,7 +156,7 @@ def test_photo_of_someone_enrolled_is_held_back_unless_forced(sqlite_store, peop
     (photo, _) = forced.photos
     assert photo.status == "enrolled" and photo.forced and photo.conflict.subject_id == ada.id
     assert "'Ada'" in photo.message and "force" in photo.message
-    assert g.count_subjects() == 3
+    assert g.subjects.count() == 3
 
 
 def test_same_photo_twice(sqlite_store, people, fake_pipeline):
@@ -179,11 +179,11 @@ def test_same_photo_twice(sqlite_store, people, fake_pipeline):
     assert held.conflict.subject_id == ada.id and held.conflict.score is None
     forced = rec.enroll("Impostor", [("a1.jpg", photo)], force=True)
     assert forced.photos[0].forced and forced.photos[0].conflict.subject_id == ada.id
-    stored = g.faces_with_source_hashes([g.faces(ada.id)[0].source_hash])
+    stored = g.subjects.faces_with_source_hashes([g.subjects.faces(ada.id)[0].source_hash])
     assert sorted(f.subject_id for f in next(iter(stored.values()))) == sorted(
         [ada.id, forced.subject.id]
     )
-    assert g.faces_with_source_hashes(["0" * 64]) == {}
+    assert g.subjects.faces_with_source_hashes(["0" * 64]) == {}
 
 
 def test_mismatched_photo_is_refused_with_its_score(sqlite_store, people, fake_pipeline):
@@ -204,7 +204,7 @@ def test_mismatched_photo_is_refused_with_its_score(sqlite_store, people, fake_p
             ada.id, [stranger, p.photo("a3", people.sample(0))], force=True, force_mismatch=False
         )
     assert [o.source for o in info.value.photos] == ["stranger.jpg"]  # the refused photos
-    assert g.get_subject(ada.id).n_faces == 2
+    assert g.subjects.get(ada.id).n_faces == 2
     forced = rec.add_photos(ada.id, [stranger], force=True)
     assert forced.photos[0].forced and forced.enrolled == 1
     assert "does not look like 'Ada'" in forced.photos[0].message
@@ -246,13 +246,13 @@ def test_concurrent_enrolments_of_one_person_do_not_both_pass(store, people, fak
     handles = [store.open(), store.open()]
     barrier = threading.Barrier(2, timeout=30)
     for g in handles:
-        original = g.create_subject
+        original = g.subjects.create
 
         def waiting(*args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
             barrier.wait()  # both have checked the gallery; now both write
             return _original(*args, **kwargs)
 
-        g.create_subject = waiting  # type: ignore[method-assign]
+        g.subjects.create = waiting  # type: ignore[method-assign]
     results: list[object] = [None, None]
 
     def enrol(i: int, name: str, photo: bytes) -> None:
@@ -270,15 +270,15 @@ def test_concurrent_enrolments_of_one_person_do_not_both_pass(store, people, fak
     for t in threads:
         t.join(timeout=60)
     for g in handles:
-        del g.create_subject  # the method again, without the barrier
+        del g.subjects.create  # the method again, without the barrier
     refused = [r for r in results if isinstance(r, IdentityConflictError)]
     assert len(refused) == 1, results
     (outcome,) = refused[0].photos
     assert outcome.status == "matches_other" and "meanwhile" in outcome.message
-    assert handles[0].count_subjects() == 1 and handles[0].count_faces() == 1
+    assert handles[0].subjects.count() == 1 and handles[0].subjects.count_faces() == 1
     # forcing it stores it, as for a conflict found before the write
     loser = 0 if results[0] is refused[0] else 1
     forced = Recognizer(handles[loser], p).enroll(
         "Ada at kiosk 2", [("x.jpg", photo_2)], force=True
     )
-    assert forced.created and handles[0].count_subjects() == 2
+    assert forced.created and handles[0].subjects.count() == 2

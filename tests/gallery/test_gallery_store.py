@@ -1,32 +1,26 @@
-"""The gallery test-suite, run on every store: SQLite, PostgreSQL and Milvus Lite; exact and
-FAISS indexes."""
+"""The Gallery facade (opening, search, identification and its operating point, export, stats,
+the parts sharing one database), on every store: SQLite, PostgreSQL and Milvus Lite; exact and
+FAISS indexes. Each part has its module: test_gallery_subjects, _events, _keys, _cameras and
+_visitors."""
 
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from gallery_helpers import DIM, People, unit
+from gallery_helpers import DIM, enrol_people
 
 from marginface.card import Calibration, ModelCard
 from marginface.decision import IdentificationPolicy
-from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.errors import GalleryError
 from tests.impostor_tables import log_linear_tail
-
-
-def enrol_people(gallery, people: People, n: int, per: int = 3) -> list[str]:
-    return [
-        gallery.create_subject(f"person {i}", {"idx": i}, embeddings=people.sample(i, per)).id
-        for i in range(n)
-    ]
 
 
 def test_enrol_then_identify(store, people):
     g = store.open()
     ids = enrol_people(g, people, 10)
-    assert g.count_subjects() == 10 and g.count_faces() == 30
+    assert g.subjects.count() == 10 and g.subjects.count_faces() == 30
     probes = np.vstack([people.sample(i) for i in range(10)])
     answers = g.identify(probes)
     assert [a.subject_id for a in answers] == ids
@@ -46,61 +40,8 @@ def test_search_orders_hits_and_maps_subjects(store, people):
     assert len(hits) == 4
     assert hits[0].subject_id == ids[2]
     assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
-    face_ids = {f.id for f in g.faces(ids[2])}
+    face_ids = {f.id for f in g.subjects.faces(ids[2])}
     assert hits[0].face_id in face_ids
-
-
-def test_duplicate_names_get_distinct_ids(store, people):
-    g = store.open()
-    a = g.create_subject("Sam Lee", embeddings=people.sample(0, 2))
-    b = g.create_subject("Sam Lee", embeddings=people.sample(1, 2))
-    assert a.id != b.id
-    assert {s.id for s in g.find_subjects("Sam Lee")} == {a.id, b.id}
-    assert [g.identify(people.sample(i))[0].subject_id for i in (0, 1)] == [a.id, b.id]
-
-
-def test_delete_subject_removes_it_everywhere(store, people):
-    g = store.open()
-    ids = enrol_people(g, people, 6)
-    victim = ids[2]
-    victim_faces = [f.id for f in g.faces(victim)]
-    g.log_event("door", subject_id=victim, score=0.9, decision="match")
-    assert g.delete_subject(victim) == 3
-    # SQL rows are gone
-    assert g._db.query("SELECT COUNT(*) FROM faces WHERE subject_id = ?", (victim,))[0][0] == 0
-    assert g._db.query("SELECT COUNT(*) FROM subjects WHERE id = ?", (victim,))[0][0] == 0
-    assert g.events(subject=victim) == []
-    # the index no longer holds the vectors, and search never returns them
-    assert not set(victim_faces) & set(g.index.ids().tolist())
-    probe = people.sample(2, 4)
-    for row in g.search(probe, k=18):
-        assert all(h.subject_id != victim and h.face_id not in victim_faces for h in row)
-    assert all(not a.known or a.subject_id != victim for a in g.identify(probe))
-    with pytest.raises(NotFoundError, match="unknown subject"):
-        g.get_subject(victim)
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.delete_subject(victim)
-    g.close()
-    g2 = store.open()  # still gone after a restart
-    assert not set(victim_faces) & set(g2.index.ids().tolist())
-    assert g2.count_subjects() == 5 and g2.count_faces() == 15
-
-
-def test_delete_one_face(store, people):
-    g = store.open()
-    s = g.create_subject("Ada", embeddings=people.sample(0, 3))
-    faces = g.faces(s.id)
-    target = faces[1].id
-    _, mat = g.subject_embeddings(s.id)
-    removed = g.delete_face(target)
-    assert removed.subject_id == s.id
-    assert [f.id for f in g.faces(s.id)] == [faces[0].id, faces[2].id]
-    assert target not in g.index.ids().tolist()
-    # querying with the deleted face's own embedding never returns it
-    hits = g.search(mat[1], k=3)[0]
-    assert target not in [h.face_id for h in hits]
-    with pytest.raises(NotFoundError, match="unknown face"):
-        g.delete_face(target)
 
 
 def test_restart_serves_same_answers(store, people):
@@ -116,7 +57,7 @@ def test_restart_serves_same_answers(store, people):
 
 def test_mixed_models_are_refused(store, people):
     g = store.open()
-    g.create_subject("Ada", embeddings=people.sample(0, 1))
+    g.subjects.create("Ada", embeddings=people.sample(0, 1))
     g.close()
     with pytest.raises(GalleryError, match="refusing model 'other'"):
         store.open(model="other")
@@ -124,46 +65,7 @@ def test_mixed_models_are_refused(store, people):
         store.open(dim=DIM * 2)
     g = store.open()  # the right model still opens
     with pytest.raises(GalleryError, match=r"shape \(N, 32\)"):
-        g.add_faces(g.list_subjects()[0].id, np.ones((1, 16), np.float32))
-
-
-def test_subject_crud_and_listing(store, people):
-    g = store.open()
-    a = g.create_subject("Zoe", {"team": "night"})
-    b = g.create_subject("adam", embeddings=people.sample(1, 2))
-    assert a.n_faces == 0 and b.n_faces == 2
-    assert [s.name for s in g.list_subjects()] == ["Zoe", "adam"]
-    assert [s.name for s in g.list_subjects(search="ZO")] == ["Zoe"]
-    assert [s.name for s in g.list_subjects(limit=1, offset=1)] == ["adam"]
-    renamed = g.update_subject(a.id, name="Zoë", metadata={"team": "day"})
-    assert renamed.name == "Zoë" and renamed.metadata == {"team": "day"}
-    assert renamed.updated_at >= a.updated_at
-    with pytest.raises(GalleryError, match="is empty"):
-        g.create_subject("   ")
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.update_subject("nope", name="x")
-    with pytest.raises(GalleryError, match="JSON"):
-        g.create_subject("x", {"bad": object()})
-    ids = g.add_faces(a.id, people.sample(0, 2))
-    assert len(ids) == 2 and g.get_subject(a.id).n_faces == 2
-
-
-def test_failed_writes_leave_nothing(store, people):
-    g = store.open()
-    bad = people.sample(0, 3)
-    bad[1, 0] = np.nan
-    with pytest.raises(GalleryError, match="NaN"):
-        g.create_subject("Ada", embeddings=bad)
-    with pytest.raises(GalleryError, match="one to one"):
-        g.create_subject("Ada", embeddings=people.sample(0, 3), source_hashes=["x"])
-    assert g.count_subjects() == 0 and g.count_faces() == 0
-    assert len(g.index) == 0
-    s = g.create_subject("Bob")
-    with pytest.raises(GalleryError, match="all zeros"):
-        g.add_faces(s.id, np.zeros((2, DIM), np.float32))
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.add_faces("missing", people.sample(0, 1))
-    assert g.count_faces() == 0
+        g.subjects.add_faces(g.subjects.list()[0].id, np.ones((1, 16), np.float32))
 
 
 def test_two_handles_stay_in_step(store, people):
@@ -172,81 +74,11 @@ def test_two_handles_stay_in_step(store, people):
         pytest.skip("Milvus is itself shared: covered by the other tests")
     a = store.open()
     b = store.open()
-    s = a.create_subject("Ada", embeddings=people.sample(0, 2))
+    s = a.subjects.create("Ada", embeddings=people.sample(0, 2))
     assert b.identify(people.sample(0))[0].subject_id == s.id
-    a.delete_subject(s.id)
+    a.subjects.delete(s.id)
     assert b.search(people.sample(0), k=3)[0] == []
     assert len(b.index) == 0
-
-
-def test_events_filters_and_attendance(store, people):
-    g = store.open()
-    ada = g.create_subject("Ada", embeddings=people.sample(0, 1))
-    bob = g.create_subject("Bob", embeddings=people.sample(1, 1))
-    day = datetime(2024, 3, 5, 8, 0, tzinfo=UTC)
-    g.log_event("front-door", subject_id=ada.id, score=0.8, decision="match", time=day)
-    g.log_event(
-        "lab", subject_id=ada.id, score=0.7, decision="match", time=day + timedelta(hours=9)
-    )
-    g.log_event(
-        "front-door", subject_id=bob.id, score=0.9, decision="match", time=day + timedelta(hours=1)
-    )
-    g.log_event(
-        "front-door", subject_id=None, score=0.2, decision="unknown", time=day + timedelta(hours=2)
-    )
-    g.log_event(
-        "front-door", subject_id=ada.id, score=0.9, decision="match", time=day + timedelta(days=1)
-    )
-    assert len(g.events()) == 5
-    assert [e.source for e in g.events(subject=ada.id)] == ["front-door", "lab", "front-door"]
-    assert len(g.events(source="lab")) == 1
-    assert len(g.events(decision="unknown")) == 1
-    same_day = g.events(start=day, end=day + timedelta(days=1))
-    assert len(same_day) == 4 and same_day[0].time > same_day[-1].time  # newest first
-    rows = g.attendance("2024-03-05", tz=UTC)
-    assert [(r.name, r.count) for r in rows] == [("Ada", 2), ("Bob", 1)]
-    assert rows[0].first_seen == day and rows[0].last_seen == day + timedelta(hours=9)
-    assert rows[0].sources == ["front-door", "lab"]
-    csv_text = g.attendance_csv("2024-03-05", tz=UTC)
-    lines = csv_text.strip().splitlines()
-    assert lines[0].startswith("date,subject_id,name,first_seen")
-    assert lines[1].startswith(f"2024-03-05,{ada.id},Ada,2024-03-05T08:00:00+00:00")
-    assert "2024-03-06" not in csv_text
-    with pytest.raises(GalleryError, match="YYYY-MM-DD"):
-        g.attendance("5 March")
-    with pytest.raises(GalleryError, match="unknown subject"):
-        g.log_event("door", subject_id="ghost", score=1.0, decision="match")
-
-
-def test_api_keys_are_stored_hashed(store):
-    g = store.open()
-    rec, secret = g.create_api_key("ops laptop", "admin")
-    assert g.authenticate(secret).role == "admin"
-    assert g.authenticate(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
-    assert g.authenticate("nonsense") is None and g.authenticate(None) is None
-    rows = g._db.query("SELECT id, name, role, key_hash FROM api_keys")
-    assert rows and all(
-        secret not in str(r) and secret.split("_", 2)[2] not in str(r) for r in rows
-    )
-    if store.backend == "sqlite":
-        g._db.query("PRAGMA wal_checkpoint(FULL)")
-        from pathlib import Path
-
-        raw = Path(store.url).read_bytes()
-        assert secret.split("_", 2)[2].encode() not in raw
-    _, enrol_secret = g.create_api_key("kiosk", "enrol")
-    assert g.count_api_keys() == 2 and g.count_api_keys("enrol") == 1
-    assert {k.name for k in g.list_api_keys()} == {"ops laptop", "kiosk"}
-    with pytest.raises(ConflictError, match="last admin key"):
-        g.delete_api_key(rec.id)
-    assert g.authenticate(secret).role == "admin"
-    assert g.delete_api_key(rec.id, allow_last_admin=True).id == rec.id
-    assert g.authenticate(secret) is None
-    assert g.authenticate(enrol_secret).role == "enrol"
-    with pytest.raises(NotFoundError):
-        g.delete_api_key(rec.id)
-    with pytest.raises(GalleryError, match="unknown role"):
-        g.create_api_key("x", "root")
 
 
 def test_identification_threshold_comes_from_the_cards_impostor_table(store, people):
@@ -257,7 +89,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
         calibration=Calibration(thresholds={"1e-3": 0.5}),
     )
     g = store.open(policy=IdentificationPolicy(), card=card)
-    g.create_subject("Ada", embeddings=people.sample(0, 2))
+    g.subjects.create("Ada", embeddings=people.sample(0, 2))
     # a 1:1 calibration is not an identification operating point: no silent guess
     with pytest.raises(GalleryError, match=r"calibrate .*--impostors"):
         g.identify(people.sample(0))
@@ -286,11 +118,11 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     with pytest.raises(GalleryError, match="FPIR"):
         g.operating_point(fpir="2")
     # enrolling more people raises the threshold; erasing them lowers it again
-    ids = [g.create_subject(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
+    ids = [g.subjects.create(f"p{i}", embeddings=people.sample(i, 1)).id for i in range(1, 8)]
     grown = g.operating_point()
     assert grown.gallery_subjects == 8 and grown.threshold > point.threshold
     for sid in ids:
-        g.delete_subject(sid)
+        g.subjects.delete(sid)
     assert g.operating_point().threshold == pytest.approx(point.threshold)
     # an explicit threshold stays possible, and the card says what FPIR it gives
     fixed = g.operating_point(threshold=0.3)
@@ -300,7 +132,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
     g1 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     g2 = store.open(policy=IdentificationPolicy(), card=card.model_copy(update={"impostors": tail}))
     before = g1.operating_point().threshold
-    g2.create_subject("Bob", embeddings=people.sample(9, 1))
+    g2.subjects.create("Bob", embeddings=people.sample(9, 1))
     assert g1.operating_point().threshold > before
     g1.close()
     g2.close()
@@ -308,7 +140,7 @@ def test_identification_threshold_comes_from_the_cards_impostor_table(store, peo
 
 def test_export(store, people):
     g = store.open()
-    s = g.create_subject("Ada", {"badge": 7}, embeddings=people.sample(0, 2))
+    s = g.subjects.create("Ada", {"badge": 7}, embeddings=people.sample(0, 2))
     data = g.export()
     assert data["model"] == "fake-model" and data["dim"] == DIM
     assert data["subjects"][0]["id"] == s.id and len(data["subjects"][0]["faces"]) == 2
@@ -320,23 +152,12 @@ def test_export(store, people):
     assert stats["subjects"] == 1 and stats["faces"] == 2 and stats["backend"] == store.backend
 
 
-def test_embeddings_are_normalised_on_the_way_in(store):
-    g = store.open()
-    raw = np.zeros((1, DIM), np.float32)
-    raw[0, 0] = 7.0
-    s = g.create_subject("Ada", embeddings=raw)
-    _, mat = g.subject_embeddings(s.id)
-    assert np.allclose(mat, unit(raw))
-    hit = g.search(raw * 3, k=1)[0][0]
-    assert hit.score == pytest.approx(1.0, abs=1e-5)
-
-
 def test_target_fpir_is_stored_with_the_gallery(store, people):
     card = ModelCard(
         name="fake-model", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.4)
     )
     g1 = store.open(policy=IdentificationPolicy(), card=card)
-    g1.create_subject("Ada", embeddings=people.sample(0, 1))
+    g1.subjects.create("Ada", embeddings=people.sample(0, 1))
     assert g1.fpir == "1e-2" and g1.stored_target_fpir() is None
     default = g1.operating_point()
     g2 = store.open(policy=IdentificationPolicy(), card=card)
@@ -354,3 +175,23 @@ def test_target_fpir_is_stored_with_the_gallery(store, people):
     assert g2.set_target_fpir(None) == "1e-2" and g1.fpir == "1e-2"
     for g in (g1, g2, g3):
         g.close()
+
+
+def test_the_parts_share_the_gallerys_database_and_its_transactions(store, people):
+    g = store.open()
+    ada = g.subjects.create("Ada", embeddings=people.sample(0, 1))
+    with pytest.raises(RuntimeError, match="undone"), g._db.transaction():
+        g.subjects.update(ada.id, name="Ada L.")
+        g.events.log("door", subject_id=ada.id, score=0.9, decision="match")
+        g.cameras.create("door", "rtsp://cam/door")
+        g.keys.create("kiosk", "enrol")
+        raise RuntimeError("undone: every part's write with it")
+    assert g.subjects.get(ada.id).name == "Ada"
+    assert (g.events.count(), g.cameras.count(), g.keys.count()) == (0, 0, 0)
+    # the event names the subject through the subjects part, in the same transaction
+    with g._db.transaction():
+        renamed = g.subjects.update(ada.id, name="Ada L.")
+        logged = g.events.log("door", subject_id=ada.id, score=0.9, decision="match")
+    assert renamed.name == logged.subject_name == "Ada L."
+    stats = g.stats()
+    assert (stats["subjects"], stats["faces"], stats["events"]) == (1, 1, 1)

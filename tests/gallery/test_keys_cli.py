@@ -34,7 +34,7 @@ def db(tmp_path: Path) -> Path:
 
 def _keys(db: Path) -> dict[str, str]:
     with Gallery.open(db, create=False) as g:
-        return {k.id: k.role for k in g.list_api_keys()}
+        return {k.id: k.role for k in g.keys.list()}
 
 
 def test_keys_is_a_registered_command_group_and_unknown_roles_are_refused(app, db):
@@ -54,7 +54,7 @@ def test_create_prints_a_working_key_once(app, db):
     secret = res.stdout.strip()
     assert "\n" not in secret and "shown only this once" in res.stderr
     with Gallery.open(db, create=False) as g:
-        key = g.authenticate(secret)
+        key = g.keys.authenticate(secret)
     assert key is not None and key.role == "admin" and key.name == "ops"
 
     res = CliRunner().invoke(
@@ -74,9 +74,9 @@ def test_create_prints_a_working_key_once(app, db):
 
 def test_list_shows_ids_names_roles_and_use(app, db):
     with Gallery.open(db, create=False) as g:
-        admin, secret = g.create_api_key("first admin", "admin")
-        door, _ = g.create_api_key("door", "recognise")
-        g.authenticate(secret)  # marks the admin key used
+        admin, secret = g.keys.create("first admin", "admin")
+        door, _ = g.keys.create("door", "recognise")
+        g.keys.authenticate(secret)  # marks the admin key used
     res = CliRunner().invoke(app, ["keys", "list", "--json", "--db", str(db)])
     assert res.exit_code == 0, res.output
     rows = {r["id"]: r for r in json.loads(res.stdout)}
@@ -90,8 +90,8 @@ def test_list_shows_ids_names_roles_and_use(app, db):
 
 def test_revoke_keeps_the_last_admin_unless_forced(app, db, capsys, monkeypatch):
     with Gallery.open(db, create=False) as g:
-        admin, _ = g.create_api_key("first admin", "admin")
-        door, _ = g.create_api_key("door", "recognise")
+        admin, _ = g.keys.create("first admin", "admin")
+        door, _ = g.keys.create("door", "recognise")
 
     # the last admin key: refused with a message that says why and what to do, exit code 2
     with pytest.raises(SystemExit) as exc:
@@ -128,8 +128,8 @@ def test_revoke_keeps_the_last_admin_unless_forced(app, db, capsys, monkeypatch)
 
 def test_revoke_one_of_two_admin_keys_needs_no_force(app, db):
     with Gallery.open(db, create=False) as g:
-        old, _ = g.create_api_key("lost", "admin")
-        g.create_api_key("new", "admin")
+        old, _ = g.keys.create("lost", "admin")
+        g.keys.create("new", "admin")
     res = CliRunner().invoke(app, ["keys", "revoke", old.id, "--yes", "--db", str(db)])
     assert res.exit_code == 0, res.output
     assert old.id not in _keys(db) and "warning" not in res.output

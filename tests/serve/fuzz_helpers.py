@@ -723,7 +723,7 @@ class FuzzRun:
     def _ensure_visitors(self, minimum: int = 3) -> None:
         """Keep ``minimum`` pending visitors (each a stranger seen once, with crops)."""
         gallery = self.service.cameras.gallery
-        while gallery.count_visitors("pending") < minimum:
+        while gallery.visitors.count("pending") < minimum:
             person = 12 + self._seed_visitor_person % 6
             self._seed_visitor_person += 1
             emb = np.zeros((2, DIM), np.float32)
@@ -732,7 +732,7 @@ class FuzzRun:
             crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
             now = time.time()
             # threshold 1.01: always a new visitor, never grouped with an assigned one
-            gallery.record_stranger("door-1", now - 5, now, emb, [0.9, 0.8], [crop, crop], 1.01)
+            gallery.visitors.record("door-1", now - 5, now, emb, [0.9, 0.8], [crop, crop], 1.01)
 
     def _ensure_subjects(self, minimum: int = 3) -> None:
         """Enrol seed people again when deletions left too few subjects or faces to pick."""
@@ -780,7 +780,7 @@ class FuzzRun:
             if chooser.chance(0.7):
                 gallery = self.service.cameras.gallery
                 status = "pending" if label.startswith("POST") else None
-                visitors = gallery.list_visitors(status, limit=20) or gallery.list_visitors(None)
+                visitors = gallery.visitors.list(status, limit=20) or gallery.visitors.list(None)
                 visitor = chooser.pick(visitors)
                 params["visitor_id"] = visitor.id
                 own_face = chooser.chance(0.85)  # drawn whatever the state: reproducible

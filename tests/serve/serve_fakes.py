@@ -161,8 +161,13 @@ def running_server(app: Any, port: int, **config: Any) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+#: The gallery's parts (``gallery.subjects`` ...), whose methods are guarded as the gallery's.
+GALLERY_PARTS = ("subjects", "events", "keys", "cameras", "visitors")
+
+
 class LoopGuard:
-    """A gallery proxy that records every method called on a thread running an event loop.
+    """A gallery proxy that records every method called on a thread running an event loop,
+    the methods of the gallery's parts (``gallery.subjects.get(...)`` ...) included.
 
     SQL blocks: called from ``async def`` code it would stall every request the service is
     serving. Sync routes and dependencies run in FastAPI's threadpool and photo work on the
@@ -170,13 +175,18 @@ class LoopGuard:
     stays empty.
     """
 
-    def __init__(self, gallery: Any) -> None:
+    def __init__(
+        self, gallery: Any, *, name: str = "gallery", violations: list[str] | None = None
+    ) -> None:
         self.wrapped = gallery
-        self.violations: list[str] = []
+        self.name = name
+        self.violations: list[str] = [] if violations is None else violations
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self.wrapped, name)
         if not callable(value):
+            if self.name == "gallery" and name in GALLERY_PARTS:
+                return LoopGuard(value, name=f"gallery.{name}", violations=self.violations)
             return value
 
         @functools.wraps(value)
@@ -188,7 +198,7 @@ class LoopGuard:
             else:
                 callers = traceback.extract_stack(limit=4)[-2::-1]
                 where = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in callers)
-                self.violations.append(f"gallery.{name}() ran on the event loop, in {where}")
+                self.violations.append(f"{self.name}.{name}() ran on the event loop, in {where}")
             return value(*args, **kwargs)
 
         return guarded
@@ -403,7 +413,7 @@ def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, An
     emb[1, 20] = 0.3
     crop = np.full((112, 112, 3), hue_rgb(person), np.uint8)
     now = datetime.now(UTC)
-    sighting = gallery.record_stranger(
+    sighting = gallery.visitors.record(
         "door",
         now - timedelta(seconds=5),
         now,
@@ -411,4 +421,4 @@ def seed_visitor(h: Harness, person: int, *, crops: bool = True) -> dict[str, An
         [0.9, 0.8],
         [crop, crop] if crops else None,
     )
-    return gallery.get_visitor(sighting.visitor_id).to_dict()
+    return gallery.visitors.get(sighting.visitor_id).to_dict()

@@ -28,7 +28,7 @@ def _identify(h: Harness, photo: bytes, source: str | None = None, role: str = "
 
 def _count(h: Harness) -> tuple[int, int]:
     g = h.client.app.state.service.gallery
-    return g.count_subjects(), g.count_faces()
+    return g.subjects.count(), g.subjects.count_faces()
 
 
 # -- subjects and faces -------------------------------------------------------------------------

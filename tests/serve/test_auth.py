@@ -37,8 +37,8 @@ def _fresh_subject(h: Harness) -> tuple[str, int]:
     gallery = h.client.app.state.service.gallery
     emb = np.zeros((1, DIM), np.float32)
     emb[0, 17] = 1.0
-    subject = gallery.create_subject("Table Person", embeddings=emb, crops=[make_photo()])
-    return subject.id, gallery.faces(subject.id)[0].id
+    subject = gallery.subjects.create("Table Person", embeddings=emb, crops=[make_photo()])
+    return subject.id, gallery.subjects.faces(subject.id)[0].id
 
 
 def _photo(person: int = 3, side: int = 60) -> tuple[str, bytes, str]:
@@ -61,7 +61,7 @@ def _subject_req(method: str, suffix: str = "", **kw: Any) -> Request:
 
 
 def _new_key_req(h: Harness) -> dict[str, Any]:
-    record, _ = h.client.app.state.service.gallery.create_api_key("doomed", "recognise")
+    record, _ = h.client.app.state.service.gallery.keys.create("doomed", "recognise")
     return _req("DELETE", f"/v1/keys/{record.id}")
 
 
@@ -275,7 +275,7 @@ def table_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]
         keys = {"admin": admin, "wrong": "mfk_000000000000_not-a-real-key"}
         gallery = client.app.state.service.gallery
         for role in ("enrol", "recognise"):
-            keys[role] = gallery.create_api_key(role, role)[1]
+            keys[role] = gallery.keys.create(role, role)[1]
         yield Harness(client, settings, FakePipeline(), keys)
 
 
@@ -352,7 +352,7 @@ def test_first_start_creates_private_admin_key_once(settings: ServeSettings) -> 
         assert mode == 0o600
         assert settings.key_file.parent == settings.sqlite_path.parent
         assert client.get("/v1/me", headers={"X-API-Key": key}).json()["role"] == "admin"
-        stored = client.app.state.service.gallery.list_api_keys()
+        stored = client.app.state.service.gallery.keys.list()
         assert [k.role for k in stored] == ["admin"]
     # The database holds only a hash of the key.
     assert key.encode() not in settings.sqlite_path.read_bytes()
@@ -360,7 +360,7 @@ def test_first_start_creates_private_admin_key_once(settings: ServeSettings) -> 
     before = settings.key_file.stat().st_mtime_ns
     app = create_app(settings, pipeline=FakePipeline(), camera_options=FAKE_CAMERAS)
     with TestClient(app) as client:
-        assert len(client.app.state.service.gallery.list_api_keys()) == 1
+        assert len(client.app.state.service.gallery.keys.list()) == 1
         assert client.get("/v1/me", headers={"X-API-Key": key}).status_code == 200
     assert settings.key_file.stat().st_mtime_ns == before
 
@@ -422,14 +422,14 @@ def test_start_up_tells_the_truth_about_admin_keys(tmp_path: Path) -> None:
         first = bootstrap_admin_key(gallery, key_file)
         assert first is not None
         assert admin_key_notice(gallery, key_file) == f"admin key: in {key_file}"
-        gallery.create_api_key("second admin", "admin")
-        first_id = next(k.id for k in gallery.list_api_keys() if k.name == "first admin")
-        gallery.delete_api_key(first_id)
+        gallery.keys.create("second admin", "admin")
+        first_id = next(k.id for k in gallery.keys.list() if k.name == "first admin")
+        gallery.keys.delete(first_id)
         notice = admin_key_notice(gallery, key_file)
         assert f"the admin key in {key_file} was revoked" in notice
         assert "1 admin key(s) exist" in notice and "marginface keys create --role admin" in notice
         assert first not in notice
-        _, enrol = gallery.create_api_key("a reviewer", "enrol")
+        _, enrol = gallery.keys.create("a reviewer", "enrol")
         key_file.write_text(enrol + "\n")
         assert "is a 'enrol' key, not an admin's" in admin_key_notice(gallery, key_file)
         key_file.unlink()

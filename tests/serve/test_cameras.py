@@ -397,7 +397,7 @@ def test_local_files_and_devices_are_not_cameras(camera_harness: Harness) -> Non
     assert h.client.get("/v1/cameras", headers=admin).json()["total"] == 1
     # a camera stored before (or by another process) fails with the same words at run time
     gallery = h.client.app.state.service.cameras.gallery
-    legacy = gallery.create_camera("legacy", "/etc/passwd")
+    legacy = gallery.cameras.create("legacy", "/etc/passwd")
     h.client.post(f"/v1/cameras/{legacy.id}/start", headers=admin)
     status = wait_for(
         lambda: (s := camera(h, legacy.id)["status"])["state"] == "failed" and s,

@@ -25,10 +25,10 @@ def test_the_guard_sees_sql_called_on_the_event_loop(tmp_path: Path) -> None:
     app = create_app(ServeSettings(db=str(tmp_path / "g.db")), pipeline=FakePipeline())
 
     async def on_the_loop(service: ServiceDep) -> Any:
-        return service.gallery.count_subjects()  # the mistake the guard is there to catch
+        return service.gallery.subjects.count()  # the mistake the guard is there to catch
 
     def in_a_thread(service: ServiceDep) -> Any:
-        return service.gallery.count_subjects()
+        return service.gallery.subjects.count()
 
     app.add_api_route("/on-the-loop", on_the_loop)
     app.add_api_route("/in-a-thread", in_a_thread)
@@ -38,7 +38,7 @@ def test_the_guard_sees_sql_called_on_the_event_loop(tmp_path: Path) -> None:
         assert guard.violations == []
         assert client.get("/on-the-loop").json() == 0
         (violation,) = guard.violations
-        assert "count_subjects()" in violation and "on_the_loop" in violation
+        assert "gallery.subjects.count()" in violation and "on_the_loop" in violation
 
 
 @pytest.mark.parametrize("route", ["add_faces", "verify"])
@@ -50,19 +50,19 @@ def test_a_slow_gallery_call_does_not_stall_other_requests(
     could only be answered after it returned."""
     assert harness.guard is not None
     sid = harness.enrol("Ada", make_photo((3, 60)))["subject"]["id"]
-    gallery = harness.guard.wrapped
-    has_subject = gallery.has_subject
+    subjects = harness.guard.wrapped.subjects
+    exists = subjects.exists
     inside, release = threading.Event(), threading.Event()
 
-    def slow_has_subject(subject_id: str) -> bool:
+    def slow_exists(subject_id: str) -> bool:
         inside.set()
         try:
             release.wait(timeout=10)  # bounded: a stalled loop fails the test, never hangs it
-            return has_subject(subject_id)
+            return exists(subject_id)
         finally:
             inside.clear()
 
-    monkeypatch.setattr(gallery, "has_subject", slow_has_subject)
+    monkeypatch.setattr(subjects, "exists", slow_exists)
     photo = ("p.png", make_photo((3, 80)), "image/png")
     request: dict[str, Any]
     if route == "add_faces":

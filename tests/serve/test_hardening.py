@@ -35,7 +35,7 @@ def _files(*photos: bytes, names: tuple[str, ...] = ()) -> list:
 
 def _counts(h: Harness) -> tuple[int, int]:
     g = h.client.app.state.service.gallery
-    return g.count_subjects(), g.count_faces()
+    return g.subjects.count(), g.subjects.count_faces()
 
 
 def _error(r: Any) -> dict:
@@ -208,9 +208,12 @@ def failing_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
     from marginface.serve.deps import get_gallery
 
-    class Broken:
-        def list_subjects(self, **kwargs: Any) -> Any:
+    class BrokenSubjects:
+        def list(self, **kwargs: Any) -> Any:
             raise RuntimeError("disk on fire")
+
+    class Broken:
+        subjects = BrokenSubjects()
 
     async def broken() -> Any:
         return Broken()
@@ -304,7 +307,7 @@ def test_concurrent_revocations_leave_an_admin_key(harness: Harness) -> None:
         t.join(timeout=30)
     assert sorted(statuses) in ([204, 409], [204, 401])  # refused, or the caller was revoked
     gallery = c.app.state.service.gallery
-    assert gallery.count_api_keys("admin") == 1
+    assert gallery.keys.count("admin") == 1
 
 
 # -- 6. uploads stay in memory ---------------------------------------------------------------------
@@ -441,10 +444,10 @@ def test_an_unwritable_key_file_leaves_no_admin_key(tmp_path: Path) -> None:
     with Gallery.open(tmp_path / "g.db") as gallery:
         with pytest.raises(ConfigError, match="cannot write the admin key file"):
             bootstrap_admin_key(gallery, tmp_path / "not-a-folder" / "admin-key")
-        assert gallery.count_api_keys("admin") == 0
+        assert gallery.keys.count("admin") == 0
         assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is not None
         assert bootstrap_admin_key(gallery, tmp_path / "admin-key") is None
-        assert gallery.count_api_keys("admin") == 1
+        assert gallery.keys.count("admin") == 1
 
 
 def test_a_blank_source_is_the_default_one(harness: Harness) -> None:

@@ -197,10 +197,10 @@ def _stranger(h: Harness, *people: int) -> dict[str, Any]:
     now = time.time()
     crops = [np.full((112, 112, 3), hue_rgb(p), np.uint8) for p in rows]
     # threshold 1.01: a new visitor, never grouped with another
-    sighting = gallery.record_stranger(
+    sighting = gallery.visitors.record(
         "door", now - 5, now, emb, [0.9 - 0.1 * i for i in range(len(rows))], crops, 1.01
     )
-    return gallery.get_visitor(sighting.visitor_id).to_dict()
+    return gallery.visitors.get(sighting.visitor_id).to_dict()
 
 
 def test_a_stranger_cannot_be_assigned_to_someone_else(camera_harness: Harness) -> None:

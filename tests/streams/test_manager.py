@@ -171,14 +171,14 @@ def _event(kind: str, subject: str | None, *, evidence: int = 0, visit: int = 1)
 def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: bool) -> None:
     emb = np.zeros((1, DIM), np.float32)
     emb[0, 3] = 1.0
-    ada = gallery.create_subject("Ada", embeddings=emb)
+    ada = gallery.subjects.create("Ada", embeddings=emb)
     recorder = VisitRecorder(gallery, store_crops=store_crops)
     for event in (_event("arrived", ada.id), _event("left", ada.id)):
         recorder(event)
     recorder(_event("arrived", None, visit=2))
     recorder(_event("left", None, evidence=3, visit=2))
 
-    events = sorted(gallery.events(source="door"), key=lambda e: e.id)
+    events = sorted(gallery.events.list(source="door"), key=lambda e: e.id)
     assert [(e.decision, e.subject_id) for e in events] == [
         ("arrived", ada.id),
         ("left", ada.id),
@@ -191,11 +191,11 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     assert stranger_left.details["kind"] == "visit" and stranger_left.details["faces"] == 3
     assert stranger_left.details["dwell_s"] == 3.5
     assert abs((events[1].time - events[0].time).total_seconds() - 3.5) < 0.01  # first, last seen
-    visitor = gallery.get_visitor(visitor_id)
+    visitor = gallery.visitors.get(visitor_id)
     assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
     assert all(f.has_crop == store_crops for f in visitor.faces)
     assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}
-    assert [r.subject_id for r in gallery.attendance()] == [ada.id]
+    assert [r.subject_id for r in gallery.events.attendance()] == [ada.id]
 
 
 def test_recorder_never_raises_into_the_camera(gallery: Gallery) -> None:
@@ -258,13 +258,13 @@ def test_states_published_and_old_data_purged(gallery: Gallery) -> None:
         assert kinds == ["gallery", "fake"]
 
         old = datetime.now(UTC) - timedelta(days=40)
-        gallery.log_event(
+        gallery.events.log(
             "door", subject_id=None, score=0.1, decision="left", time=old, details={"kind": "visit"}
         )
-        gallery.log_event("api", subject_id=None, score=0.1, decision="unknown", time=old)
+        gallery.events.log("api", subject_id=None, score=0.1, decision="unknown", time=old)
         purged = manager.purge()
         assert purged is not None and purged["result"]["events"] == 1
-        assert [e.source for e in gallery.events()] == ["api"]
+        assert [e.source for e in gallery.events.list()] == ["api"]
     finally:
         manager.close()
     assert notifier.closed
@@ -323,8 +323,8 @@ class FrameLog:
                     if len(log.times) == log.event_at:
                         for sink in sinks:
                             sink(_event("arrived", None))
-                        cam = log.gallery.get_camera(name)
-                        log.position_after_event = log.gallery.camera_position(cam.id)
+                        cam = log.gallery.cameras.get(name)
+                        log.position_after_event = log.gallery.cameras.position(cam.id)
                     if len(log.times) == log.pause_after:
                         log.paused.set()
                         stop.wait(30)
@@ -361,7 +361,7 @@ def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path
         position = first.position_after_event
         assert position is not None and first.times[2] <= position < first.times[3]
         m.stop_camera(cam)  # as the service stopping: where it stopped is kept
-        stopped = gallery.camera_position(cam)
+        stopped = gallery.cameras.position(cam)
         assert stopped is not None and first.times[-1] <= stopped < first.times[-1] + 0.2
     finally:
         m.close()
@@ -381,11 +381,11 @@ def test_a_file_camera_goes_on_where_it_stopped(gallery: Gallery, tmp_path: Path
     finally:
         m.close()
     assert third.times == []
-    assert len([e for e in gallery.events(source="door") if e.decision == "arrived"]) == 1
+    assert len([e for e in gallery.events.list(source="door") if e.decision == "arrived"]) == 1
     # another file under the same camera is read from its start
     other = make_video(tmp_path / "other.mp4", seconds=1)
-    gallery.update_camera(cam, url=str(other))
-    assert gallery.camera_position(cam) is None
+    gallery.cameras.update(cam, url=str(other))
+    assert gallery.cameras.position(cam) is None
 
 
 def test_a_camera_failing_the_same_way_retries_slowly_and_logs_once(

@@ -146,18 +146,18 @@ def test_an_empty_gallery_counts_strangers_and_keeps_them_apart(
         run = footage.run_clip(truth["path"], default_pipeline, gallery, fps=5, sinks=[recorder])
         s = footage.score(truth, run, {})
         assert s["people_with_visits"] == s["visits_real_people"] == 3
-        visitors = gallery.list_visitors()
+        visitors = gallery.visitors.list()
         assert len(visitors) == 3 and all(v.faces and v.faces[0].has_crop for v in visitors)
         # A visitor holding two of them (as a track passing between people would give) is
         # not enrolled as one person: the assignment is refused until it is split.
         left = [e for e in run.events if e.kind == "left"]
         two = np.vstack([f.embedding for e in left[:2] for f in e.evidence[:2]])
-        mixed = gallery.record_stranger("door", 0.0, 1.0, two, [1.0] * len(two))
+        mixed = gallery.visitors.record("door", 0.0, 1.0, two, [1.0] * len(two))
         assert mixed.new  # the faces do not agree with either visitor
         with pytest.raises(FacesUnlikeError) as refused:
             Recognizer(gallery, default_pipeline).assign_visitor(mixed.visitor_id, name="Both")
         assert refused.value.reason == "each_other"
-        assert gallery.count_subjects() == 0
+        assert gallery.subjects.count() == 0
 
 
 def test_tracks_jsonl_and_annotate_on_a_real_clip(

@@ -76,7 +76,7 @@ def _visits(db: Path, card: Any) -> list[tuple[int, str]]:
     with Gallery.open(db, card=card, create=False) as gallery:
         return [
             (e.details["visit_id"], e.decision)
-            for e in gallery.events(source="door")
+            for e in gallery.events.list(source="door")
             if e.details.get("kind") == "visit"
         ]
 
@@ -139,13 +139,13 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
         stored = {
             (e.details["visit_id"], e.decision)
-            for e in gallery.events(source="door")
+            for e in gallery.events.list(source="door")
             if e.details.get("kind") == "visit"
         }
         assert delivered <= stored, delivered - stored
-        (camera,) = gallery.list_cameras()
+        (camera,) = gallery.cameras.list()
         assert camera.name == "door" and camera.enabled  # it runs again at the next start
-        assert gallery.count_subjects() == len([p for p in truth if p["enrolled"]])
+        assert gallery.subjects.count() == len([p for p in truth if p["enrolled"]])
 
     # The next start goes on where the camera stopped: the visits finished before the kill are
     # not recorded again (issue #25: each restart replayed the whole file). A visit still open

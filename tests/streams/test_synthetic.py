@@ -189,7 +189,7 @@ def test_video_faces_match_the_enrolled_gallery(scene_videos, enrolled_gallery, 
     from marginface.gallery import Recognizer
 
     rec = Recognizer(enrolled_gallery, default_pipeline)
-    assert enrolled_gallery.count_subjects() == 6
+    assert enrolled_gallery.subjects.count() == 6
     for name, enrolled in (("single", True), ("stranger", False)):
         scene = scene_videos.scenes[name]
         (passer,) = truth(scene)

@@ -58,8 +58,8 @@ def gallery(tmp_path: Path) -> Iterator[Gallery]:
         name="fake", architecture="mbf", embedding_dim=DIM, impostors=log_linear_tail(0.45)
     )
     with Gallery.open(tmp_path / "g.db", card=card) as g:
-        g.create_subject("Ada", embeddings=np.vstack([face(0), face(0)]))
-        g.create_subject("Grace", embeddings=np.vstack([face(1), face(1)]))
+        g.subjects.create("Ada", embeddings=np.vstack([face(0), face(0)]))
+        g.subjects.create("Grace", embeddings=np.vstack([face(1), face(1)]))
         yield g
 
 

@@ -110,15 +110,15 @@ def test_record_writes_attendance_and_the_strangers_review_queue(
         )
         assert code == ExitCode.SUCCESS, err
     with Gallery.open(db, card=default_pipeline.embedder.card, create=False) as gallery:
-        kinds = sorted(e.decision for e in gallery.events(source="door"))
+        kinds = sorted(e.decision for e in gallery.events.list(source="door"))
         assert kinds == ["arrived"] * 3 + ["left"] * 3
-        rows = gallery.attendance(sources=["door"])
+        rows = gallery.events.attendance(sources=["door"])
         expected = sorted(p["identity"] for p in scene_videos["two_at_once"][1])
         assert sorted(r.name for r in rows) == expected and all(r.count == 1 for r in rows)
-        (visitor,) = gallery.list_visitors()
+        (visitor,) = gallery.visitors.list()
         assert visitor.cameras == ["door"] and visitor.faces
         assert all(f.has_crop for f in visitor.faces)
-        png = gallery.visitor_face_crop(visitor.faces[0].id)
+        png = gallery.visitors.face_crop(visitor.faces[0].id)
         assert png is not None and png[:4] == b"\x89PNG"
     for sources, people in ((["--source", "door"], 2), (["--source", "garage"], 0)):
         code, out, err = run_cli(
@@ -187,8 +187,8 @@ def test_an_empty_gallery_counts_strangers_and_a_new_db_is_created(
     from marginface.gallery import Gallery
 
     with Gallery.open(db, create=False) as gallery:
-        assert gallery.count_visitors() == len(expected)  # two different people: two visitors
-        assert all(f.has_crop for v in gallery.list_visitors() for f in v.faces)
+        assert gallery.visitors.count() == len(expected)  # two different people: two visitors
+        assert all(f.has_crop for v in gallery.visitors.list() for f in v.faces)
 
 
 def test_tracks_jsonl_and_annotate_show_every_face_and_its_name(

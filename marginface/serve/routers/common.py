@@ -53,7 +53,7 @@ def unknown_subject_is_404(subject_id: str) -> Iterator[None]:
 
 def require_subject(gallery: Gallery, subject_id: str) -> None:
     """404 unless the subject exists (blocking: off the event loop in async routes)."""
-    if not gallery.has_subject(subject_id):
+    if not gallery.subjects.exists(subject_id):
         raise subject_not_found(subject_id)
 
 
@@ -65,7 +65,7 @@ def require_face(gallery: Gallery, subject_id: str, face_id: int) -> None:
     """
     require_subject(gallery, subject_id)
     try:
-        face = gallery.get_face(face_id)
+        face = gallery.subjects.get_face(face_id)
     except NotFoundError:
         face = None
     if face is None or face.subject_id != subject_id:

@@ -79,8 +79,8 @@ def events(
         "offset": offset,
     }
     if format == "csv":
-        return _csv_download(gallery.events_csv(**filters), "events.csv")
-    return {"events": gallery.events(**filters), "limit": limit, "offset": offset}
+        return _csv_download(gallery.events.csv(**filters), "events.csv")
+    return {"events": gallery.events.list(**filters), "limit": limit, "offset": offset}
 
 
 @router.get(
@@ -112,12 +112,12 @@ def attendance(
     sources = source or None
     if format == "csv":
         return _csv_download(
-            gallery.attendance_csv(day, tz=zone, sources=sources), f"attendance-{day}.csv"
+            gallery.events.attendance_csv(day, tz=zone, sources=sources), f"attendance-{day}.csv"
         )
     return {
         "date": day.isoformat(),
         "timezone": _zone_name(zone),
-        "rows": gallery.attendance(day, tz=zone, sources=sources),
+        "rows": gallery.events.attendance(day, tz=zone, sources=sources),
     }
 
 

@@ -163,7 +163,7 @@ def delete_face(
 ) -> Response:
     """Delete one stored face embedding (from the store and the index, at once)."""
     require_face(gallery, subject_id, face_id)
-    gallery.delete_face(face_id)
+    gallery.subjects.delete_face(face_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -178,7 +178,7 @@ def face_crop(
 ) -> Response:
     """The aligned face crop kept at enrolment (only when the service stores photos)."""
     require_face(gallery, subject_id, face_id)
-    crop = gallery.face_crop(face_id)
+    crop = gallery.subjects.face_crop(face_id)
     if crop is None:
         raise ApiError(404, "crop_not_stored", "no crop is stored for this face")
     return Response(crop, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -27,7 +27,7 @@ def me(key: CurrentKey) -> Any:
 @router.get("/keys", response_model=list[KeyOut], summary="List API keys")
 def list_keys(gallery: GalleryDep, _key: AdminKey) -> Any:
     """Every key's name, role and last use (never the keys themselves)."""
-    return gallery.list_api_keys()
+    return gallery.keys.list()
 
 
 @router.post(
@@ -40,7 +40,7 @@ def list_keys(gallery: GalleryDep, _key: AdminKey) -> Any:
 def create_key(body: KeyCreate, gallery: GalleryDep, _key: AdminKey) -> Any:
     """A new key for a person, camera or program. The secret is in this answer only."""
     name = body.name or f"{body.role} key (API)"  # optional, as in `marginface keys create`
-    record, secret = gallery.create_api_key(name, body.role)
+    record, secret = gallery.keys.create(name, body.role)
     return {"key": record, "secret": secret}
 
 
@@ -54,7 +54,7 @@ def delete_key(key_id: KeyId, gallery: GalleryDep, _key: AdminKey) -> Response:
     """Revoke a key at once. The last admin key cannot be revoked (409): the check and the
     revocation are one transaction, so concurrent revocations cannot remove every admin key."""
     try:
-        gallery.delete_api_key(key_id)
+        gallery.keys.delete(key_id)
     except NotFoundError:
         raise ApiError(404, "key_not_found", f"no API key with id {key_id!r}") from None
     except ConflictError as exc:

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1", tags=["subjects"], responses=AUTH_ERRORS)
 )
 def create_subject(body: SubjectCreate, gallery: GalleryDep, _key: EnrolKey) -> Any:
     """Create a person to add photos to later. Names may repeat; each subject gets its own id."""
-    return gallery.create_subject(body.name, body.metadata)
+    return gallery.subjects.create(body.name, body.metadata)
 
 
 @router.get("/subjects", response_model=SubjectListOut, summary="List subjects")
@@ -46,8 +46,8 @@ def list_subjects(
     offset: Offset = 0,
 ) -> Any:
     """Subjects ordered by name, a page at a time, optionally filtered by name."""
-    subjects = gallery.list_subjects(limit=limit, offset=offset, search=name or None)
-    total = gallery.count_subjects(search=name or None)
+    subjects = gallery.subjects.list(limit=limit, offset=offset, search=name or None)
+    total = gallery.subjects.count(search=name or None)
     return {"subjects": subjects, "total": total, "limit": limit, "offset": offset}
 
 
@@ -60,8 +60,8 @@ def list_subjects(
 def get_subject(subject_id: SubjectId, gallery: GalleryDep, _key: EnrolKey) -> Any:
     """The subject and the list of its stored faces (no embeddings)."""
     with unknown_subject_is_404(subject_id):
-        subject = gallery.get_subject(subject_id).to_dict()
-        subject["faces"] = [f.to_dict() for f in gallery.faces(subject_id)]
+        subject = gallery.subjects.get(subject_id).to_dict()
+        subject["faces"] = [f.to_dict() for f in gallery.subjects.faces(subject_id)]
     return subject
 
 
@@ -76,7 +76,7 @@ def update_subject(
 ) -> Any:
     """Change the display name and/or the metadata object."""
     with unknown_subject_is_404(subject_id):
-        return gallery.update_subject(subject_id, name=body.name, metadata=body.metadata)
+        return gallery.subjects.update(subject_id, name=body.name, metadata=body.metadata)
 
 
 @router.delete(
@@ -89,5 +89,5 @@ def delete_subject(subject_id: SubjectId, gallery: GalleryDep, _key: AdminKey) -
     """Delete the subject, every face embedding of it (from the store and the index, at once)
     and its recognition events: the right to erasure."""
     with unknown_subject_is_404(subject_id):
-        gallery.delete_subject(subject_id)
+        gallery.subjects.delete(subject_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -72,8 +72,8 @@ def list_unknowns(
     (`face_ids`; each crop at `/v1/unknowns/{visitor_id}/faces/{face_id}.png` when
     `has_crop`)."""
     which = None if status == "all" else status
-    visitors = gallery.list_visitors(which, limit=limit, offset=offset)
-    total = gallery.count_visitors(which)
+    visitors = gallery.visitors.list(which, limit=limit, offset=offset)
+    total = gallery.visitors.count(which)
     return {"visitors": visitors, "total": total, "limit": limit, "offset": offset}
 
 
@@ -86,7 +86,7 @@ def list_unknowns(
 def get_unknown(visitor_id: VisitorId, gallery: GalleryDep, _key: RecogniseKey) -> Any:
     """The visitor: status, times, sightings, cameras and kept faces (best first)."""
     with _visitor_errors(visitor_id):
-        return gallery.get_visitor(visitor_id)
+        return gallery.visitors.get(visitor_id)
 
 
 @router.get(
@@ -108,11 +108,11 @@ def unknown_face(
     """The aligned crop of one of the visitor's faces, as PNG (enrol key: faces of people who
     have not been identified are for the reviewers)."""
     with _visitor_errors(visitor_id):
-        visitor = gallery.get_visitor(visitor_id)
+        visitor = gallery.visitors.get(visitor_id)
     if face_id not in visitor.face_ids:
         raise ApiError(404, "face_not_found", f"visitor {visitor_id!r} has no face {face_id}")
     try:
-        crop = gallery.visitor_face_crop(face_id)
+        crop = gallery.visitors.face_crop(face_id)
     except NotFoundError:
         crop = None
     if crop is None:
@@ -170,7 +170,7 @@ def assign_unknown(
     if (body.subject_id is None) == (body.name is None):
         raise ApiError(422, "invalid_request", "give exactly one of subject_id and name")
     with _visitor_errors(visitor_id):
-        gallery.get_visitor(visitor_id)
+        gallery.visitors.get(visitor_id)
     admin = may_force_mismatch(key)
     try:
         subject = service.recognizer.assign_visitor(
@@ -195,7 +195,7 @@ def assign_unknown(
     except ConflictError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     with _visitor_errors(visitor_id):
-        visitor = gallery.get_visitor(visitor_id)
+        visitor = gallery.visitors.get(visitor_id)
     return {"visitor": visitor, "subject": subject}
 
 
@@ -212,7 +212,7 @@ def dismiss_unknown(visitor_id: VisitorId, gallery: GalleryDep, _key: EnrolKey) 
     """Take the visitor out of the review queue. Its later visits are still grouped with it
     and counted, without coming back to the queue; retention purges it in time."""
     with _visitor_errors(visitor_id):
-        return gallery.dismiss_visitor(visitor_id)
+        return gallery.visitors.dismiss(visitor_id)
 
 
 @router.post(
@@ -237,7 +237,7 @@ def split_unknown(
     become a new pending visitor (both keep the means of their own faces, so later visits of
     each group with the right one). Assign or dismiss each afterwards."""
     try:
-        new = gallery.split_visitor(visitor_id, body.faces)
+        new = gallery.visitors.split(visitor_id, body.faces)
     except NotFoundError:
         raise ApiError(404, "visitor_not_found", f"no visitor with id {visitor_id!r}") from None
     except ConflictError as exc:
@@ -245,4 +245,4 @@ def split_unknown(
     except GalleryError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
     with _visitor_errors(visitor_id):
-        return {"visitor": gallery.get_visitor(visitor_id), "new": new}
+        return {"visitor": gallery.visitors.get(visitor_id), "new": new}

@@ -178,7 +178,7 @@ def enrol_people(gallery: Any, pipeline: Any, distractors: Sequence[Path] = ()) 
         if not crops:
             raise RuntimeError(f"{person}: no face found in the enrolment frames")
         emb = pipeline.embedder.embed(np.stack(crops))
-        subject = gallery.create_subject(identity(clip, label), embeddings=emb)
+        subject = gallery.subjects.create(identity(clip, label), embeddings=emb)
         subjects[subject.id] = identity(clip, label)
     rec = Recognizer(gallery, pipeline)
     for folder in distractors:
