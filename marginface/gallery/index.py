@@ -688,7 +688,8 @@ class MilvusIndex(VectorIndex):
     """A Milvus collection (pymilvus ``MilvusClient``): Milvus Lite file or a cluster URI.
 
     The collection holds ``id`` (INT64, the face id) and ``vector`` (FLOAT_VECTOR, inner
-    product). Deletions are immediate (strong consistency).
+    product). Deletions are immediate (strong consistency). ``connect_timeout_s`` bounds the
+    wait for the first connection (60 s: pymilvus's own 10 s fails on a loaded machine).
     """
 
     persistent = True
@@ -703,6 +704,7 @@ class MilvusIndex(VectorIndex):
         index_type: str = "FLAT",
         index_params: dict[str, Any] | None = None,
         search_params: dict[str, Any] | None = None,
+        connect_timeout_s: float = 60.0,
     ) -> None:
         super().__init__(dim)
         try:
@@ -727,7 +729,9 @@ class MilvusIndex(VectorIndex):
         self._search_params = search_params or {}
         self._lock = threading.RLock()  # one client call at a time (see the module's docstring)
         try:
-            self._client = MilvusClient(uri=uri, token=token)
+            # pymilvus gives up connecting after 10 s, which a loaded machine starting Milvus
+            # Lite's server (or a remote server's first connection) can exceed.
+            self._client = MilvusClient(uri=uri, token=token, timeout=connect_timeout_s)
         except Exception as exc:
             raise GalleryError(f"cannot open Milvus at {uri}: {exc}") from None
         if self._client.has_collection(collection):
