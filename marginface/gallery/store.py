@@ -10,6 +10,8 @@
 * :mod:`~marginface.gallery.events` - the event log and attendance;
 * :mod:`~marginface.gallery.keys` - the service's API keys;
 * :mod:`~marginface.gallery.cameras` - the cameras a service watches;
+* :mod:`~marginface.gallery.cluster` - the nodes sharing the gallery, the camera leases they
+  hold (fencing epochs) and the notifiers' delivery marks;
 * :mod:`~marginface.gallery.visitors` - strangers seen by cameras, grouped for review.
 """
 
@@ -34,6 +36,7 @@ from marginface.decision import (
 )
 from marginface.errors import GalleryError
 from marginface.gallery.cameras import CameraStore
+from marginface.gallery.cluster import ClusterStore
 from marginface.gallery.db import Database
 from marginface.gallery.events import EventLog, attendance_csv, events_csv
 from marginface.gallery.index import VectorIndex, create_index
@@ -46,10 +49,15 @@ from marginface.gallery.types import (
     ApiKey,
     AttendanceRow,
     Camera,
+    CameraLease,
+    ClaimResult,
     Event,
     FaceRecord,
+    Heartbeat,
     Hit,
     Identification,
+    LeaseRef,
+    NodeRecord,
     StrangerSighting,
     Subject,
     Visitor,
@@ -114,6 +122,7 @@ class Gallery:
         self._events = EventLog(db, lambda subject_id: self._subjects.get(subject_id).name)
         self._keys = KeyStore(db)
         self._cameras = CameraStore(db)
+        self._cluster = ClusterStore(db)
         self._visitors = VisitorStore(
             db, self._model, self._subjects, lambda mean: self.identify(mean)[0]
         )
@@ -447,9 +456,14 @@ class Gallery:
         decision: str,
         time: datetime | float | None = None,
         details: dict[str, Any] | None = None,
+        lease: LeaseRef | None = None,
     ) -> Event:
-        """Record one recognition (camera/door ``source``, result, score)."""
-        return self._events.log(source, subject_id, score, decision, time, details)
+        """Record one recognition (camera/door ``source``, result, score). ``lease``: the
+        camera lease the event is written under (a camera of the cluster): refused with
+        :class:`~marginface.gallery.cluster.StaleLeaseError`, nothing written, unless its node
+        still holds that epoch's lease (:meth:`claim_cameras`). The event's ``logged_at`` is
+        the database's clock at the write."""
+        return self._events.log(source, subject_id, score, decision, time, details, lease)
 
     def events(
         self,
@@ -461,10 +475,12 @@ class Gallery:
         decision: str | None = None,
         limit: int | None = 1000,
         offset: int = 0,
+        after_id: int | None = None,
     ) -> list[Event]:
         """Logged events, newest first, filtered by subject id, source, decision and
-        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
-        return self._events.select(subject, source, start, end, decision, limit, offset)
+        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time),
+        and ``after_id`` (only events written after that one: ids only grow)."""
+        return self._events.select(subject, source, start, end, decision, limit, offset, after_id)
 
     def get_event(self, event_id: int) -> Event:
         """One logged event; :class:`NotFoundError` when there is none with this id."""
@@ -548,11 +564,101 @@ class Gallery:
         URL changed since (a new file is read from its start)."""
         return self._cameras.position(camera_id)
 
-    def set_camera_position(self, camera_id: str, position_s: float | None) -> None:
+    def set_camera_position(
+        self, camera_id: str, position_s: float | None, *, lease: LeaseRef | None = None
+    ) -> None:
         """Remember where the camera's reading of its current URL stopped (None: forget it,
         the next reading starts at the beginning). :class:`NotFoundError` for an unknown
-        camera; deleting a camera forgets its position."""
-        self._cameras.set_position(camera_id, position_s)
+        camera; deleting a camera forgets its position. ``lease`` as for :meth:`log_event`:
+        a node that lost the camera cannot move its position."""
+        self._cameras.set_position(camera_id, position_s, lease)
+
+    # -- the camera cluster: nodes, leases, delivery marks ---------------------------------------
+    def register_node(
+        self,
+        name: str,
+        instance: str,
+        *,
+        address: str = "",
+        ttl_s: float = 15.0,
+        capacity: int = 0,
+        info: dict[str, Any] | None = None,
+    ) -> NodeRecord:
+        """Register the process ``instance`` (any unique text) as node ``name`` (the rules of
+        names), live from now for ``ttl_s`` seconds of the database's clock unless it
+        heartbeats (:meth:`node_heartbeat`). A name held by another live instance is
+        :class:`~marginface.gallery.cluster.NodeNameTakenError` (its ``holder`` says since
+        when; a crashed predecessor's registration expires after its TTL). The cameras a
+        previous instance of this name held are freed: nobody runs them."""
+        return self._cluster.register(name, instance, address, ttl_s, capacity, info)
+
+    def node_heartbeat(
+        self,
+        name: str,
+        instance: str,
+        *,
+        address: str | None = None,
+        ttl_s: float = 15.0,
+        capacity: int = 0,
+        info: dict[str, Any] | None = None,
+    ) -> Heartbeat:
+        """One heartbeat of a registered node, in ONE transaction: the node is live for
+        ``ttl_s`` more seconds, every lease it holds unexpired is renewed for as long (an
+        expired one is not: another node may have it), and the snapshot the node decides by
+        is returned: its leases, the live nodes, the free cameras and when the next lease
+        expires. :class:`~marginface.gallery.cluster.NodeReplacedError` when another process
+        registered this name (this one was taken for dead). ``info`` (JSON-ready, at most
+        256 KiB) is what the node publishes: frames/s, CPU, its cameras' status."""
+        return self._cluster.heartbeat(name, instance, address, ttl_s, capacity, info)
+
+    def claim_cameras(
+        self,
+        node: str,
+        instance: str,
+        *,
+        count: int = 1,
+        camera_ids: Sequence[str] | None = None,
+        exclusive: bool = False,
+    ) -> ClaimResult:
+        """Take up to ``count`` free cameras (enabled, held by nobody or by an expired lease;
+        of ``camera_ids`` when given), the longest free first, for node ``node`` (registered
+        as ``instance``): each lease gets a new epoch and runs for the node's TTL. Locked
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: nodes claiming together never take one
+        camera twice. ``exclusive``: take nothing while another node holds a camera (a
+        SQLite gallery: one node runs the cameras), saying which in ``blocked_by``."""
+        return self._cluster.claim(node, instance, count, camera_ids, exclusive)
+
+    def release_camera(self, lease: LeaseRef, *, to: str | None = None) -> CameraLease | None:
+        """Give a held camera up: to node ``to`` when it is live (a new epoch, its TTL), else
+        to nobody (free to claim). None when ``lease`` is not held any more."""
+        return self._cluster.release(lease, to)
+
+    def leave_node(self, name: str, instance: str) -> int:
+        """Node ``name`` stops: its cameras are freed and it is ``left``; returns how many
+        cameras it gave up (0 when another process holds the name now)."""
+        return self._cluster.leave(name, instance)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        """Every registered node, by name: ``live``, ``lost`` (no heartbeat within its TTL)
+        or ``left``, with the cameras each holds."""
+        return self._cluster.nodes()
+
+    def camera_leases(self) -> list[CameraLease]:
+        """Every camera's lease (who holds it, its epoch, until when), by camera name."""
+        return self._cluster.leases()
+
+    def purge_nodes(self, older_than_s: float) -> int:
+        """Forget the nodes lost or left more than ``older_than_s`` seconds ago."""
+        return self._cluster.purge(older_than_s)
+
+    def delivery_marks(self, sink: str, camera_ids: Sequence[str]) -> dict[str, int]:
+        """The newest event id of each camera that the notifier ``sink`` delivered (or gave up
+        on); a camera it has none for is marked at its newest event."""
+        return self._cluster.marks(sink, camera_ids)
+
+    def advance_delivery_marks(self, sink: str, marks: dict[str, int]) -> None:
+        """Move ``sink``'s marks (camera id -> event id) forward, never back."""
+        self._cluster.advance_marks(sink, marks)
 
     # -- strangers: visitors and their review ---------------------------------------------------
     def record_stranger(
@@ -567,6 +673,7 @@ class Gallery:
         *,
         pair_threshold: float | None = None,
         keep_faces: int = KEEP_FACES,
+        lease: LeaseRef | None = None,
     ) -> StrangerSighting:
         """Record an unknown visit (a track no subject matched) and group it with the visitor
         it looks like, in ONE transaction (serialised with every other one, across processes).
@@ -600,6 +707,7 @@ class Gallery:
             threshold,
             keep_faces,
             pair_threshold,
+            lease,
         )
 
     def list_visitors(
@@ -612,6 +720,12 @@ class Gallery:
     def count_visitors(self, status: str | None = "pending") -> int:
         """Number of visitors of one status (None: all)."""
         return self._visitors.count(status)
+
+    def visitor_embeddings(self, visitor_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A visitor's kept faces as ``(qualities (N,), embeddings (N, dim))``, best first
+        (what a camera taking over needs to know the stranger again); NotFoundError for an
+        unknown visitor."""
+        return self._visitors.embeddings(visitor_id)
 
     def get_visitor(self, visitor_id: str) -> Visitor:
         """One visitor; :class:`NotFoundError` when unknown."""

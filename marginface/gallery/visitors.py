@@ -40,6 +40,7 @@ import numpy as np
 
 from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.cluster import check_lease
 from marginface.gallery.db import Database
 from marginface.gallery.events import to_timestamp
 from marginface.gallery.likeness import FacesUnlikeError, unlike, unlike_each_other
@@ -48,6 +49,7 @@ from marginface.gallery.subjects import SubjectStore
 from marginface.gallery.types import (
     VISITOR_STATUSES,
     Identification,
+    LeaseRef,
     StrangerSighting,
     Subject,
     Visitor,
@@ -168,6 +170,7 @@ class VisitorStore:
         threshold: float,
         keep_faces: int,
         pair_threshold: float | None = None,
+        lease: LeaseRef | None = None,
     ) -> StrangerSighting:
         _, dim = self._model.require()
         camera = clean_name(camera, what="camera", max_length=100)
@@ -200,6 +203,7 @@ class VisitorStore:
         pngs = [_png(crops[i]) if crops is not None else None for i in order]
         now = time.time()
         with self._db.transaction():
+            check_lease(self._db, lease)
             self._lock()
             close: list[tuple[float, str, str]] = []  # (score, id, status)
             for vid, status, blob in self._db.query(
@@ -332,6 +336,21 @@ class VisitorStore:
             )
             for r in rows
         ]
+
+    def embeddings(self, visitor_id: str) -> tuple[np.ndarray, np.ndarray]:
+        faces = self._db.query(
+            "SELECT quality, embedding FROM visitor_faces WHERE visitor_id = ? "
+            "ORDER BY quality DESC, id DESC",
+            (str(visitor_id),),
+        )
+        if not faces:
+            if self._db.query_one("SELECT 1 FROM visitors WHERE id = ?", (str(visitor_id),)):
+                return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+            raise NotFoundError(f"unknown visitor {visitor_id!r}")
+        return (
+            np.asarray([float(r[0]) for r in faces], np.float32),
+            np.vstack([_vector(r[1]) for r in faces]),
+        )
 
     def get(self, visitor_id: str) -> Visitor:
         row = self._db.query_one(
