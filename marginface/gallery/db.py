@@ -279,6 +279,7 @@ class Database:
         """This thread's transaction connection, else one borrowed for the block; the driver's
         errors (the pool's included) become the package's."""
         conn = getattr(self._bound, "conn", None)
+        self._bound.statements = getattr(self._bound, "statements", 0) + 1
         with _driver_errors():
             if conn is not None:
                 yield conn
@@ -312,6 +313,11 @@ class Database:
         if row is None:
             raise StorageError(f"the gallery database returned no row for: {sql}")
         return row[0]
+
+    def statements(self) -> int:
+        """How many statements the calling thread has run on this database (what a thread's
+        work costs the server: the cluster node's heartbeats are measured with it)."""
+        return int(getattr(self._bound, "statements", 0))
 
     def now(self) -> float:
         """The database server's clock, epoch seconds (inside a PostgreSQL transaction: its

@@ -230,6 +230,11 @@ class Gallery:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def statement_count(self) -> int:
+        """SQL statements the calling thread has run on this gallery so far (to measure what
+        a thread's work costs the database)."""
+        return self._db.statements()
+
     def refresh(self) -> None:
         """Bring the index in step with SQL now (normally automatic before each search)."""
         self._sync.refresh()

@@ -194,7 +194,13 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     visitor = gallery.get_visitor(visitor_id)
     assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
     assert all(f.has_crop == store_crops for f in visitor.faces)
-    assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}
+    assert recorder.status() == {
+        "events": 4,
+        "strangers": 1,
+        "failed": 0,
+        "fenced": 0,
+        "last_error": None,
+    }
     assert [r.subject_id for r in gallery.attendance()] == [ada.id]
 
 
