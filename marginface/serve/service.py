@@ -22,10 +22,11 @@ from marginface.extras import missing_extra_message
 from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
+from marginface.streams.cluster import ClusterNode
 from marginface.streams.manager import CameraManager
 from marginface.streams.notifier import Notifier
 
-__all__ = ["Service", "build_pipeline", "identification_policy", "open_gallery"]
+__all__ = ["Service", "build_pipeline", "cluster_node", "identification_policy", "open_gallery"]
 
 log = logging.getLogger("marginface.serve")
 
@@ -65,6 +66,23 @@ def open_gallery(
         card=embedder.card,
         policy=policy if policy is not None else identification_policy(settings),
         index_options=options,
+    )
+
+
+def cluster_node(settings: ServeSettings, gallery: Gallery) -> ClusterNode:
+    """This service's node of the camera cluster, as the settings describe it (not registered
+    yet: :meth:`ClusterNode.register`)."""
+    return ClusterNode(
+        gallery,
+        settings.node_name,
+        address=settings.advertised_address,
+        ttl_s=settings.lease_ttl_s,
+        heartbeat_s=settings.heartbeat_s,
+        max_cameras=settings.max_cameras,
+        cpu_budget=settings.cpu_budget,
+        cameras=settings.cameras,
+        rebalance_s=settings.rebalance_s,
+        move_wait_s=settings.move_wait_s,
     )
 
 
@@ -117,6 +135,7 @@ class Service:
         gallery: Gallery | None = None,
         *,
         camera_options: dict[str, Any] | None = None,
+        node: ClusterNode | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -153,7 +172,14 @@ class Service:
             max_cameras=settings.max_cameras,
             **(camera_options or {}),
         )
-        self.metrics = ServiceMetrics(self._sizes, self._camera_statuses)
+        #: this service as a node of the camera cluster (registered by ``start_cameras``
+        #: unless the CLI registered it before)
+        try:
+            self.node = node if node is not None else cluster_node(settings, gallery)
+        except ConfigError:
+            gallery.close()
+            raise
+        self.metrics = ServiceMetrics(self._sizes, self._camera_statuses, self._node_status)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
         )
@@ -173,8 +199,26 @@ class Service:
             log.warning("cannot read the cameras' status for /metrics", exc_info=True)
             return None
 
+    def _node_status(self) -> dict[str, Any]:
+        """This node's figures for ``/metrics`` (read without the database)."""
+        node = self.node
+        return {
+            "node": node.name,
+            "held": len(node.held()),
+            "capacity": node.capacity(),
+            "beats": node.beats,
+            "beat_failures": node.beat_failures,
+            "statements": node.statements,
+            "loop_cpu_s": node.loop_cpu_s,
+            "lost": node.lost,
+            "moves": node.moves,
+        }
+
     def start_cameras(self) -> None:
-        """Run every enabled camera (the cameras restart with the service)."""
+        """Join the camera cluster (register, unless the CLI did) and run the cameras this
+        node takes (they restart with the service)."""
+        self.node.start()
+        self.node.attach(self.cameras)
         self.cameras.start()
 
     async def run(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -207,7 +251,9 @@ class Service:
     def close(self) -> None:
         """Stop the cameras and the pipeline threads, and close the gallery."""
         try:
-            self.cameras.close()
+            self.node.close()  # the cameras' workers, then the node's leases
+            if self.node.manager is None:  # never attached: the cameras were not started
+                self.cameras.close()
         except Exception:
             log.exception("stopping the cameras failed")
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -488,7 +488,7 @@ def test_who_sees_what_of_the_visits(camera_harness: Harness) -> None:
     stranger = [v for v in full if v["subject_id"] is None]
     assert len(named) == 2 and len(stranger) == 2 and all(v["known"] for v in named)
     assert all(v["name"] == "Ada" and v["face"] for v in named)
-    assert all(v["face"] for v in stranger)
+    assert all(v["face"] for v in stranger), full
     wanted = {v["id"] for v in full}
 
     for role in ("recognise", "enrol"):
