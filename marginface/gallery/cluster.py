@@ -236,6 +236,7 @@ class ClusterStore:
         ttl_s: float,
         capacity: int,
         info: Mapping[str, Any] | None,
+        gone: str | None = None,
     ) -> NodeRecord:
         name, ttl, text = node_name(name), _ttl(ttl_s), _info_json(info)
         address = str(address or "")[:2000]
@@ -245,7 +246,8 @@ class ClusterStore:
             row = self._db.query_one(f"SELECT {_NODE_COLS} FROM nodes WHERE name = ?", (name,))
             if row is not None:
                 holder = _node(row, now, self._held_by(now).get(name, []))
-                if holder.instance != instance and holder.state == "live":
+                taken = holder.instance not in (instance, gone)
+                if taken and holder.state == "live":
                     where = holder.address or "no address"
                     raise NodeNameTakenError(
                         f"node name {name!r} is taken by a live process ({where}, last "

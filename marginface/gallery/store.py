@@ -588,14 +588,17 @@ class Gallery:
         ttl_s: float = 15.0,
         capacity: int = 0,
         info: dict[str, Any] | None = None,
+        gone: str | None = None,
     ) -> NodeRecord:
         """Register the process ``instance`` (any unique text) as node ``name`` (the rules of
         names), live from now for ``ttl_s`` seconds of the database's clock unless it
         heartbeats (:meth:`node_heartbeat`). A name held by another live instance is
         :class:`~marginface.gallery.cluster.NodeNameTakenError` (its ``holder`` says since
         when; a crashed predecessor's registration expires after its TTL). The cameras a
-        previous instance of this name held are freed: nobody runs them."""
-        return self._cluster.register(name, instance, address, ttl_s, capacity, info)
+        previous instance of this name held are freed: nobody runs them. ``gone``: an instance
+        its caller knows to be dead (a process of this machine that no longer exists), whose
+        registration is taken over at once."""
+        return self._cluster.register(name, instance, address, ttl_s, capacity, info, gone)
 
     def node_heartbeat(
         self,

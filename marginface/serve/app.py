@@ -177,11 +177,12 @@ def create_app(
     def healthz(service: ServiceDep) -> Any:
         """Whether the service is up (no key needed): 503 while its gallery does not answer,
         so that a load balancer sends requests elsewhere. Reveals counts, nothing personal."""
-        node = {"node": service.node.name, "cameras_running": len(service.cameras.running())}
         try:
-            subjects, faces = service.gallery.count_subjects(), service.gallery.count_faces()
+            subjects, faces = service.health()
         except StorageError as exc:
+            node = {"node": service.node.name, "cameras_running": len(service.cameras.running())}
             raise ApiError(503, "storage_unavailable", str(exc), details=node) from None
+        node = {"node": service.node.name, "cameras_running": len(service.cameras.running())}
         return {
             "status": "ok",
             "version": marginface.__version__,

@@ -10,14 +10,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from marginface.decision import IdentificationPolicy
 from marginface.embed import FacePipeline, Pipeline
-from marginface.errors import ConfigError, GalleryError
+from marginface.errors import ConfigError, GalleryError, StorageError
 from marginface.extras import missing_extra_message
 from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
@@ -184,6 +185,33 @@ class Service:
             max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
         )
         self._key_touched: dict[str, float] = {}
+        self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="marginface-health")
+        self._health: tuple[Future[tuple[int, int]] | None, float] = (None, 0.0)
+        self._health_lock = threading.Lock()
+
+    def health(self, timeout: float = 1.0) -> tuple[int, int]:
+        """The gallery's subjects and faces, or :class:`StorageError` at once when the gallery
+        does not answer: this node's heartbeat has not renewed its leases in time, or a count
+        takes longer than ``timeout`` seconds (one check runs at a time; while one has been
+        waiting longer than that, the answer is immediate). A load balancer's health check
+        gets its answer promptly even while the database is away."""
+        stale = self.node.stale()
+        if stale is not None:
+            raise StorageError(stale)
+        with self._health_lock:
+            future, began = self._health
+            if future is None or future.done():
+                began = time.monotonic()
+                future = self._health_pool.submit(
+                    lambda: (self.gallery.count_subjects(), self.gallery.count_faces())
+                )
+                self._health = (future, began)
+        try:
+            return future.result(max(0.0, began + timeout - time.monotonic()))
+        except FutureTimeout:
+            raise StorageError(
+                f"the gallery's database does not answer (for {timeout:g} s)"
+            ) from None
 
     def _sizes(self) -> tuple[int, int] | None:
         try:
@@ -257,6 +285,7 @@ class Service:
         except Exception:
             log.exception("stopping the cameras failed")
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
         self.gallery.close()
         if self._blas_limits is not None:
             self._blas_limits.restore_original_limits()

@@ -199,6 +199,7 @@ class ClusterNode:
         self._capacity = self.max_cameras if self.run_cameras else 0
         self._failing: str | None = None  # the heartbeat's failure, while it repeats
         self._started = time.monotonic()
+        self._last_beat: float | None = None  # when the last successful heartbeat was sent
         # what the lease loop costs (the heartbeat thread's own work)
         self.beats = 0
         self.beat_failures = 0
@@ -215,6 +216,7 @@ class ClusterNode:
         second process of the name)."""
         first: NodeRecord | None = None
         until = 0.0
+        gone: str | None = None
         while True:
             try:
                 record = self.gallery.register_node(
@@ -224,10 +226,19 @@ class ClusterNode:
                     ttl_s=self.ttl_s,
                     capacity=self.capacity(),
                     info=self._info(),
+                    gone=gone,
                 )
                 break
             except NodeNameTakenError as exc:
                 holder = exc.holder
+                if _dead_here(holder) and gone != holder.instance:
+                    gone = holder.instance  # a process of this machine that exits no more
+                    log.info(
+                        "node %r: its previous process (pid %s) is gone: taking its place",
+                        self.name,
+                        holder.info.get("pid"),
+                    )
+                    continue
                 if first is None:
                     first, until = holder, time.monotonic() + holder.ttl_s + 1.0
                     if wait:
@@ -244,6 +255,7 @@ class ClusterNode:
                     raise ConfigError(_taken_message(self.name, holder)) from None
                 time.sleep(min(0.5, max(0.05, holder.ttl_s / 10.0)))
         self.registered = True
+        self._last_beat = time.monotonic()
         log.info(
             "node %r registered (%s; leases of %.0f s renewed every %.1f s%s)",
             self.name,
@@ -344,6 +356,19 @@ class ClusterNode:
         except MarginfaceError as exc:  # it expires on its own
             log.warning("node %r: giving camera %s up failed: %s", self.name, lease.camera_id, exc)
         self.wake()
+
+    def stale(self) -> str | None:
+        """Why this node's session with the gallery is not healthy (its heartbeat has not
+        renewed the leases for so long that its cameras stop), or None."""
+        if not self.registered or self.replaced:
+            return "this node is not registered" if not self.replaced else "node name replaced"
+        last = self._last_beat
+        if last is not None and time.monotonic() - last > self.ttl_s - self.stop_margin_s:
+            return (
+                f"this node has not renewed its leases for {time.monotonic() - last:.1f} s: "
+                f"{self._failing or 'the gallery does not answer'}"
+            )
+        return None
 
     def exclusive_holder(self) -> str | None:
         return self._blocked_by
@@ -475,6 +500,7 @@ class ClusterNode:
             self._failing = message
             return
         self.beats += 1
+        self._last_beat = sent
         if self._failing is not None:
             log.info("node %r: the gallery answers again", self.name)
             self._failing = None
@@ -523,7 +549,8 @@ class ClusterNode:
 
     def _stop(self, manager: CameraManager, camera_id: str, why: str) -> None:
         self.lost += 1
-        log.warning("node %r: camera %s stops here: %s", self.name, camera_id, why)
+        name = manager.camera_name(camera_id)
+        log.warning("node %r: camera %r stops here: %s", self.name, name, why)
         manager.stop_leased(camera_id)
 
     def _run_held(self, manager: CameraManager, mine: dict[str, CameraLease]) -> None:
@@ -553,9 +580,10 @@ class ClusterNode:
             held = len(self._held)
         capacity = self.capacity()
         room = max(0, capacity - held)
+        if self.exclusive:  # one node runs the cameras: is it another one?
+            others = sorted(n.name for n in nodes if n.name != self.name and n.cameras)
+            self._note_blocked(others[0] if others else None)
         if not free or room == 0:
-            if not free:
-                self._blocked_by = None
             return
         if self.exclusive:
             count = room
@@ -569,16 +597,21 @@ class ClusterNode:
         result = self.gallery.claim_cameras(
             self.name, self.instance, count=count, exclusive=self.exclusive
         )
-        if result.blocked_by != self._blocked_by and result.blocked_by is not None:
+        if self.exclusive:
+            self._note_blocked(result.blocked_by)
+        self._took(manager, result.leases, sent)
+
+    def _note_blocked(self, holder: str | None) -> None:
+        """Remember (and say once) which other node runs a SQLite gallery's cameras."""
+        if holder is not None and holder != self._blocked_by:
             log.warning(
                 "node %r: this gallery is SQLite, where one node runs the cameras: node %r "
                 "runs them, this one serves the API only (use PostgreSQL to spread cameras "
                 "over nodes)",
                 self.name,
-                result.blocked_by,
+                holder,
             )
-        self._blocked_by = result.blocked_by
-        self._took(manager, result.leases, sent)
+        self._blocked_by = holder
 
     def _took(self, manager: CameraManager, leases: Sequence[CameraLease], sent: float) -> None:
         """Hold and run the cameras just claimed (``sent``: when the claim was sent)."""
@@ -620,9 +653,9 @@ class ClusterNode:
         if not idle and waited < self.move_wait_s:
             return  # wait for a moment between visits
         camera_id = idle[0] if idle else sorted(held)[0]
-        lease = held[camera_id]
+        lease, name = held[camera_id], manager.camera_name(camera_id)
         if not manager.stop_leased(camera_id, wait=min(5.0, self.ttl_s / 3.0)):
-            log.warning("node %r: camera %s did not stop in time; not moved", self.name, camera_id)
+            log.warning("node %r: camera %r did not stop in time; not moved", self.name, name)
             return
         with self._lock:
             self._held.pop(camera_id, None)
@@ -632,9 +665,9 @@ class ClusterNode:
         self._move_wanted_since = None
         self._next_move = now + self.rebalance_s
         log.info(
-            "node %r hands camera %s to node %r%s (rebalancing)",
+            "node %r hands camera %r to node %r%s (rebalancing)",
             self.name,
-            camera_id,
+            name,
             moved.node if moved is not None and moved.node else target,
             "" if idle else f" after waiting {waited:.0f} s for it to be between visits",
         )
@@ -654,11 +687,13 @@ class ClusterNode:
                         if self._deadline.get(cid, math.inf) <= now:
                             self._held.pop(cid, None)
                             self._deadline.pop(cid, None)
+                manager = self.manager
+                names = [manager.camera_name(cid) if manager else cid for cid in sorted(late)]
                 log.error(
                     "node %r: its leases were not renewed in time: camera(s) %s stop before "
                     "their leases can expire (another node may take them)",
                     self.name,
-                    ", ".join(sorted(late)),
+                    ", ".join(names),
                 )
                 if self.manager is not None:
                     for cid in late:
@@ -669,6 +704,23 @@ class ClusterNode:
             with self._watch:
                 if not self._closing.is_set():
                     self._watch.wait(min(1.0, max(0.01, wait)))
+
+
+def _dead_here(holder: NodeRecord) -> bool:
+    """Whether ``holder`` was a process of this machine that no longer exists (a crashed
+    service restarted at once: nothing can be running its cameras)."""
+    pid = holder.info.get("pid")
+    if holder.info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's): alive
+        return False
+    return False
 
 
 def _cores() -> int:

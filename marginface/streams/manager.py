@@ -288,6 +288,11 @@ class _Runner:
         except StaleLeaseError as exc:
             self._fence(event, str(exc))
             return
+        if lease is not None and m.node is not None and not m.node.valid(lease):
+            # the write failed or took long (a database going away): the lease may have
+            # expired meanwhile, and another node announce this camera's visits now
+            self._fence(event, "this node's lease on it may have expired while writing")
+            return
         if record_id is not None:
             event = dataclasses.replace(event, record_id=record_id)
             if self.is_file:  # recorded: a restart goes on after the frame that made it
@@ -618,6 +623,14 @@ class CameraManager:
             runner = self._runners.pop(camera_id, None)
         if runner is not None:
             runner.stop.set()
+            if wait <= 0:  # stop reading the camera now, even if its worker is busy
+                with runner.lock:
+                    source = runner.source
+                if source is not None:
+                    try:
+                        source.close()
+                    except Exception:
+                        log.warning("camera %r: closing its source failed", runner.camera.name)
             runner.thread.join(wait)
         return runner
 
@@ -654,6 +667,11 @@ class CameraManager:
         runner = self._halt(camera_id, wait=wait)
         return runner is None or not runner.thread.is_alive()
 
+    def camera_name(self, camera_id: str) -> str:
+        """The name of a camera run here (its id when it runs nowhere here)."""
+        runner = self._runner(camera_id)
+        return runner.camera.name if runner is not None else camera_id
+
     def running(self) -> dict[str, LeaseRef | None]:
         """The cameras this manager runs now, with the lease each runs under."""
         with self._lock:
@@ -673,11 +691,10 @@ class CameraManager:
         """The status of each camera run here (what the node publishes for the others)."""
         with self._lock:
             runners = list(self._runners.values())
-        out = {}
-        for runner in runners:
-            status = self._status(runner.camera)
-            out[runner.camera.id] = {k: v for k, v in status.items() if k != "notifications"}
-        return out
+        return {
+            runner.camera.id: self._status(runner.camera, notifications=False)
+            for runner in runners
+        }
 
     # -- cameras ------------------------------------------------------------------------------
     def require(self, camera_id: str) -> Camera:
@@ -896,7 +913,9 @@ class CameraManager:
             "notifications": [],
         }
 
-    def _status(self, camera: Camera, placement: Placement | None = None) -> dict[str, Any]:
+    def _status(
+        self, camera: Camera, placement: Placement | None = None, *, notifications: bool = True
+    ) -> dict[str, Any]:
         runner = self._runner(camera.id)
         if runner is None:
             remote = self._remote(camera, placement)
@@ -944,8 +963,9 @@ class CameraManager:
             "width": src.get("width"),
             "height": src.get("height"),
             "stream_fps": _round(src.get("stream_fps")),
-            "notifications": self.notification_status(camera.name),
         }
+        if notifications:
+            out["notifications"] = self.notification_status(camera.name)
         return out
 
     def notification_status(self, camera: str | None = None) -> list[dict[str, Any]]:
