@@ -692,8 +692,7 @@ class CameraManager:
         with self._lock:
             runners = list(self._runners.values())
         return {
-            runner.camera.id: self._status(runner.camera, notifications=False)
-            for runner in runners
+            runner.camera.id: self._status(runner.camera, notifications=False) for runner in runners
         }
 
     # -- cameras ------------------------------------------------------------------------------

@@ -317,6 +317,25 @@ def test_failover_after_a_node_is_killed_and_rebalancing_when_it_returns(cluster
     }
     listed = c.get(c.nodes["n2"], "/v1/cameras")["cameras"]  # any node answers for all
     assert all(cam["node"] in NODES and cam["epoch"] >= 1 for cam in listed)
+    # the live view of a camera another node runs: forwarded there
+    elsewhere = next(cam for cam in listed if cam["node"] != "n2")
+    shot = wait_for(
+        lambda: (
+            (
+                r := httpx.get(
+                    f"{c.nodes['n2'].url}/v1/cameras/{elsewhere['id']}/snapshot.jpg",
+                    headers={"X-API-Key": c.key},
+                    timeout=10,
+                )
+            ).status_code
+            == 200
+            and r
+        ),
+        20,
+        "a frame of a camera another node runs",
+    )
+    assert shot.headers["content-type"] == "image/jpeg"
+    assert shot.headers["x-marginface-node"] == elsewhere["node"]
 
     # SIGKILL a node that announced visits: its cameras run on the others within TTL + 5 s
     def announcer() -> str | None:
