@@ -114,6 +114,7 @@ def _wait(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_second_live_process_of_one_name_refuses(gallery: Gallery) -> None:
     first, _ = _start(gallery, "door-node", ttl=2.0)
     try:
@@ -140,6 +141,7 @@ def test_a_crashed_predecessor_on_this_machine_is_replaced_at_once(gallery: Gall
     assert {n.name: n.instance for n in gallery.list_nodes()}["door-node"] == node.instance
 
 
+@pytest.mark.slow
 def test_cameras_spread_and_a_dead_node_s_go_to_the_other(gallery: Gallery) -> None:
     cams = [gallery.create_camera(f"cam {i}", "push:").id for i in range(4)]
     a, ma = _start(gallery, "a")
@@ -160,6 +162,7 @@ def test_cameras_spread_and_a_dead_node_s_go_to_the_other(gallery: Gallery) -> N
         b.close()
 
 
+@pytest.mark.slow
 def test_a_node_that_cannot_renew_stops_its_cameras_before_they_expire(
     gallery: Gallery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,6 +189,7 @@ def test_a_node_that_cannot_renew_stops_its_cameras_before_they_expire(
         node.close()
 
 
+@pytest.mark.slow
 def test_one_node_runs_the_cameras_of_a_sqlite_gallery(tmp_path: Path) -> None:
     """A SQLite gallery lives on one machine: a second service on it serves the API and runs
     no camera, and says which node does."""
