@@ -138,6 +138,14 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[
             str | None, typer.Option(help="critical, error, warning, info or debug.")
         ] = None,
+        node: Annotated[
+            str | None,
+            typer.Option(
+                help="This service's name in the camera cluster (services sharing one "
+                "PostgreSQL gallery spread its cameras over themselves); unique. Default: the "
+                "host name and the port."
+            ),
+        ] = None,
     ) -> None:
         """Start the REST service and web page; print the URL and, at first start, the
         admin API key."""
@@ -165,6 +173,7 @@ def register(app: typer.Typer) -> None:
             events=events,
             data_dir=data_dir,
             log_level=log_level,
+            node=node,
         )
         logging.basicConfig(
             level=settings.log_level.upper(),
@@ -174,7 +183,12 @@ def register(app: typer.Typer) -> None:
         # CLI: keeps marginface --help quick; marginface.serve.service imports fastapi (heavy)
         from marginface.decision import require_impostors
         from marginface.serve.auth import admin_key_notice  # heavy: fastapi
-        from marginface.serve.service import build_pipeline, identification_policy, open_gallery
+        from marginface.serve.service import (
+            build_pipeline,
+            cluster_node,
+            identification_policy,
+            open_gallery,
+        )
         from marginface.urls import redact_url
 
         if settings.sqlite_path is not None:
@@ -188,12 +202,23 @@ def register(app: typer.Typer) -> None:
         gallery = open_gallery(settings, pipeline, policy)
         try:
             secret = bootstrap_admin_key(gallery, settings.key_file)
+            # join the camera cluster now: a second live service of this name stops here
+            cluster = cluster_node(settings, gallery)
+            cluster.start()
         except BaseException:
             gallery.close()
             raise
 
         typer.echo(f"marginface service: {settings.url}  (API docs: {settings.url}docs)")
         typer.echo(f"gallery: {redact_url(settings.gallery_url)}")  # a password stays unshown
+        typer.echo(
+            f"node: {cluster.name} at {cluster.address} ("
+            + (
+                "SQLite: one node runs the cameras)"
+                if cluster.exclusive
+                else f"camera cluster, leases of {cluster.ttl_s:g} s)"
+            )
+        )
         if secret is not None:
             typer.secho("Admin API key (shown once; paste it into the web page):", bold=True)
             typer.echo(f"    {secret}")
@@ -208,7 +233,7 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
 
-        app = create_app(settings, pipeline=pipeline, gallery=gallery)
+        app = create_app(settings, pipeline=pipeline, gallery=gallery, node=cluster)
         uvicorn.run(
             app,
             host=settings.host,

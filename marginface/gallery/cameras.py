@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.cluster import check_lease
 from marginface.gallery.db import Database
-from marginface.gallery.types import Camera, utc_from_ts
+from marginface.gallery.types import Camera, LeaseRef, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
 __all__ = ["MAX_CAMERA_NAME_LENGTH", "MAX_CAMERA_URL_LENGTH", "CameraStore"]
@@ -111,6 +112,10 @@ class CameraStore:
                     f"INSERT INTO cameras ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (camera_id, name, url, settings_text, int(bool(enabled)), now, now),
                 )
+                # held by no node yet (epoch 0): a node claims it (gallery.cluster)
+                self._db.execute(
+                    "INSERT INTO camera_leases (camera_id, epoch) VALUES (?, 0)", (camera_id,)
+                )
         except ConflictError:  # the unique name, taken by a concurrent process meanwhile
             raise ConflictError(f"a camera named {name!r} exists already") from None
         return self.get(camera_id)
@@ -188,15 +193,19 @@ class CameraStore:
             return None  # the camera reads another file now: from its start
         return position
 
-    def set_position(self, camera_id: str, position_s: float | None) -> None:
+    def set_position(
+        self, camera_id: str, position_s: float | None, lease: LeaseRef | None = None
+    ) -> None:
         """Remember where the camera's reading of its current URL stopped (None: forget it,
-        the next reading starts at the beginning). :class:`NotFoundError` for an unknown
-        camera; deleting a camera forgets its position."""
+        the next reading starts at the beginning), under the camera's ``lease`` when a cluster
+        node writes it. :class:`NotFoundError` for an unknown camera; deleting a camera forgets
+        its position."""
         key = _POSITION_KEY + camera_id
         if position_s is not None and not (math.isfinite(position_s) and position_s >= 0):
             raise GalleryError("a reading position is a finite number of seconds, >= 0")
         with self._db.transaction():
             camera = self.get(camera_id)
+            check_lease(self._db, lease)
             self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
             if position_s is not None:
                 value = json.dumps({"url": _url_digest(camera.url), "position_s": position_s})

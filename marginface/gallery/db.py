@@ -32,7 +32,15 @@ from marginface.urls import redact_url
 __all__ = ["SCHEMA_VERSION", "Database", "driver_error", "normalise_url", "require_existing"]
 
 #: Advisory lock keys (PostgreSQL) of what :meth:`Database.lock_writes` serialises.
-_WRITE_LOCKS = {"schema": 715517, "api_keys": 715518, "faces": 715519}
+_WRITE_LOCKS = {"schema": 715517, "api_keys": 715518, "faces": 715519, "nodes": 715520}
+
+#: The database's clock as epoch seconds: what leases and write times are measured with (never
+#: a node's own clock, which may be wrong). PostgreSQL's ``now()`` is the start of the
+#: transaction, the same for all of its statements.
+_NOW_SQL = {
+    "sqlite": "SELECT (julianday('now') - 2440587.5) * 86400.0",
+    "postgresql": "SELECT CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)",
+}
 
 _TABLE_EXISTS = {
     "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -161,6 +169,18 @@ class _SqliteConnections:
             conn.close()
 
 
+#: libpq's TCP settings: a server that vanished without closing the connection (a network
+#: partition, a machine switched off) fails a statement within about 15 s instead of the
+#: system's minutes of retransmissions.
+_TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+
+
 def _postgres_pool(target: str, size: int, timeout: float) -> Any:
     """A ``psycopg_pool.ConnectionPool`` of autocommit connections to ``target``."""
     try:  # optional dependencies: the `postgres` extra
@@ -179,7 +199,10 @@ def _postgres_pool(target: str, size: int, timeout: float) -> Any:
         min_size=1,
         max_size=max(1, int(size)),
         timeout=timeout,
-        kwargs={"autocommit": True, "connect_timeout": 10},
+        kwargs={"autocommit": True, "connect_timeout": 10, **_TCP_OPTIONS},
+        # a connection the server dropped (a restart) is replaced when it is taken, not
+        # discovered by the statement that needed it
+        check=ConnectionPool.check_connection,
         open=True,
         num_workers=2,
     )
@@ -256,6 +279,7 @@ class Database:
         """This thread's transaction connection, else one borrowed for the block; the driver's
         errors (the pool's included) become the package's."""
         conn = getattr(self._bound, "conn", None)
+        self._bound.statements = getattr(self._bound, "statements", 0) + 1
         with _driver_errors():
             if conn is not None:
                 yield conn
@@ -289,6 +313,16 @@ class Database:
         if row is None:
             raise StorageError(f"the gallery database returned no row for: {sql}")
         return row[0]
+
+    def statements(self) -> int:
+        """How many statements the calling thread has run on this database (what a thread's
+        work costs the server: the cluster node's heartbeats are measured with it)."""
+        return int(getattr(self._bound, "statements", 0))
+
+    def now(self) -> float:
+        """The database server's clock, epoch seconds (inside a PostgreSQL transaction: its
+        start, the same for every statement in it)."""
+        return float(self.scalar(_NOW_SQL[self.dialect]))
 
     def page(self, limit: int | None, offset: int) -> tuple[str, list[Any]]:
         """The ``LIMIT`` / ``OFFSET`` clause of one page of a listing (with its parameters):

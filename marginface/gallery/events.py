@@ -10,9 +10,10 @@ from time import time as _now
 from typing import Any
 
 from marginface.errors import GalleryError, NotFoundError
+from marginface.gallery.cluster import check_lease
 from marginface.gallery.csvtext import csv_text
 from marginface.gallery.db import Database
-from marginface.gallery.types import AttendanceRow, Event, utc_from_ts
+from marginface.gallery.types import AttendanceRow, Event, LeaseRef, utc_from_ts
 from marginface.gallery.validate import clean_name, metadata_json
 
 __all__ = [
@@ -38,7 +39,7 @@ CORRECTED = "corrected"
 LEFT = "left"
 VISIT_DECISIONS = (ARRIVED, IDENTIFIED, CORRECTED)
 
-_EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details"
+_EVENT_COLS = "id, ts, source, subject_id, subject_name, score, decision, details, logged_at"
 
 
 def day_bounds(day: date, zone: tzinfo | None) -> tuple[float, float]:
@@ -71,6 +72,7 @@ def _event(row: tuple) -> Event:
         score=row[5],
         decision=row[6],
         details=json.loads(row[7] or "{}"),
+        logged_at=utc_from_ts(row[8]) if row[8] is not None else None,
     )
 
 
@@ -92,19 +94,24 @@ class EventLog:
         decision: str,
         time: datetime | float | None = None,
         details: dict[str, Any] | None = None,
+        lease: LeaseRef | None = None,
     ) -> Event:
-        """Record one recognition (camera/door ``source``, result, score)."""
+        """Record one recognition (camera/door ``source``, result, score); a cluster node
+        writes under its camera's ``lease`` (:class:`~marginface.gallery.cluster.StaleLeaseError` when
+        another node holds it now, and nothing is written)."""
         ts = to_timestamp(time) if time is not None else _now()
         source = clean_name(source, what="source", max_length=100) if source else ""
         details_text = metadata_json(details)
         score = None if score is None else float(score)
         name = self._subject_name(subject_id) if subject_id is not None else None
         with self._db.transaction():
+            check_lease(self._db, lease)
+            logged_at = self._db.now()
             event_id = int(
                 self._db.scalar(
                     "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, "
-                    "details) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (ts, source, subject_id, name, score, decision, details_text),
+                    "details, logged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (ts, source, subject_id, name, score, decision, details_text, logged_at),
                 )
             )
         return Event(
@@ -116,6 +123,7 @@ class EventLog:
             score=score,
             decision=decision,
             details=dict(details or {}),
+            logged_at=utc_from_ts(logged_at),
         )
 
     def get(self, event_id: int) -> Event:
@@ -255,11 +263,16 @@ class EventLog:
         decision: str | None = None,
         limit: int | None = 1000,
         offset: int = 0,
+        after_id: int | None = None,
     ) -> list[Event]:
-        """Logged events, newest first, filtered by subject id, source, decision and
-        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)."""
+        """Logged events, newest first, filtered by subject id, source, decision,
+        ``[start, end)`` times (aware datetimes or epoch seconds; naive ones are local time)
+        and ids after ``after_id`` (what came since a delivery mark)."""
         where: list[str] = []
         params: list[Any] = []
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(int(after_id))
         for column, value in (("subject_id", subject), ("source", source), ("decision", decision)):
             if value is not None:
                 where.append(f"{column} = ?")

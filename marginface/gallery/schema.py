@@ -144,6 +144,48 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS events_source ON events (source, ts)",
         ),
     ),
+    Migration(
+        5,
+        "camera cluster: nodes, camera leases with fencing epochs, delivery marks, "
+        "events.logged_at",
+        (
+            # every `marginface serve` sharing the gallery: its heartbeat (the database's
+            # clock), capacity, and what it publishes about itself and its cameras (info)
+            """CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            instance TEXT NOT NULL,
+            address TEXT NOT NULL,
+            state TEXT NOT NULL,
+            ttl_s {float} NOT NULL,
+            capacity INTEGER NOT NULL,
+            started_at {float} NOT NULL,
+            heartbeat_at {float} NOT NULL,
+            info TEXT NOT NULL)""",
+            # one row per camera: the node holding it until expires_at, and the fencing epoch,
+            # which grows with every new holder; previous_* say who held it before
+            """CREATE TABLE camera_leases (
+            camera_id TEXT PRIMARY KEY REFERENCES cameras (id) ON DELETE CASCADE,
+            node TEXT,
+            epoch BIGINT NOT NULL,
+            expires_at {float},
+            acquired_at {float},
+            previous_node TEXT,
+            previous_epoch BIGINT,
+            previous_expires_at {float})""",
+            "CREATE INDEX camera_leases_node ON camera_leases (node, expires_at)",
+            "INSERT INTO camera_leases (camera_id, epoch) SELECT id, 0 FROM cameras",
+            # per notifier and camera: the newest event delivered (or given up on), so that
+            # the node taking a camera over sends again what its last holder may not have
+            """CREATE TABLE delivery_marks (
+            sink TEXT NOT NULL,
+            camera_id TEXT NOT NULL REFERENCES cameras (id) ON DELETE CASCADE,
+            event_id BIGINT NOT NULL,
+            updated_at {float} NOT NULL,
+            PRIMARY KEY (sink, camera_id))""",
+            # when the row was written, by the database's clock (ts is when it happened)
+            "ALTER TABLE events ADD COLUMN logged_at {float}",
+        ),
+    ),
 )
 
 #: The newest schema this code reads and writes.

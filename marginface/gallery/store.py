@@ -12,7 +12,10 @@ cross-process locks):
 * ``gallery.cameras`` - :class:`~marginface.gallery.cameras.CameraStore`, the cameras a
   service watches;
 * ``gallery.visitors`` - :class:`~marginface.gallery.visitors.VisitorStore`, strangers seen
-  by cameras, grouped for review.
+  by cameras, grouped for review;
+* ``gallery.cluster`` - :class:`~marginface.gallery.cluster.ClusterStore`, the nodes sharing
+  the gallery, the camera leases they hold (fencing epochs) and the notifiers' delivery
+  marks.
 
 Behind them: :mod:`~marginface.gallery.db` and :mod:`~marginface.gallery.schema` (the SQL
 store and its versioned schema), :mod:`~marginface.gallery.model` (the faces' embedding model
@@ -50,6 +53,7 @@ from marginface.decision import (
 )
 from marginface.errors import ConflictError, GalleryError
 from marginface.gallery.cameras import CameraStore
+from marginface.gallery.cluster import ClusterStore
 from marginface.gallery.db import Database
 from marginface.gallery.events import EventLog, to_timestamp
 from marginface.gallery.index import VectorIndex, create_index
@@ -131,6 +135,8 @@ class Gallery:
         self.visitors = VisitorStore(
             db, self._model, lambda far: one_to_one_threshold(self.card, far)
         )
+        #: the nodes of a camera cluster, their camera leases and the delivery marks
+        self.cluster = ClusterStore(db)
         self._close_lock = threading.Lock()
         self._closed = False
         # (generation, composition), then (generation, target FPIR) -> operating point
@@ -234,6 +240,11 @@ class Gallery:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def statement_count(self) -> int:
+        """SQL statements the calling thread has run on this gallery so far (to measure what
+        a thread's work costs the database)."""
+        return self._db.statements()
 
     def refresh(self) -> None:
         """Bring the index in step with SQL now (normally automatic before each search)."""

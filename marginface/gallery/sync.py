@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from marginface.errors import MarginfaceError, StorageError
 from marginface.gallery.db import Database
 from marginface.gallery.index import VectorIndex
 from marginface.gallery.locks import ReadWriteLock
@@ -48,6 +49,18 @@ class FaceChanges:
 
     def __bool__(self) -> bool:
         return bool(self.added_ids or self.removed_ids)
+
+
+@contextlib.contextmanager
+def _index_errors() -> Iterator[None]:
+    """A vector index that fails to answer (a Milvus server restarting, unreachable) is the
+    package's :class:`StorageError` (the service's 503), not an unexpected error."""
+    try:
+        yield
+    except MarginfaceError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"the vector index did not answer: {type(exc).__name__}: {exc}") from exc
 
 
 class IndexSync:
@@ -131,10 +144,10 @@ class IndexSync:
         another process after the check is not returned.
         """
         assert self.index is not None
-        with self._lock.read():
+        with _index_errors(), self._lock.read():
             if self._is_current():
                 return self.index.search(queries, k)
-        with self._lock.write():
+        with _index_errors(), self._lock.write():
             self._refresh()
             return self.index.search(queries, k)
 

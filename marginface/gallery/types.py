@@ -18,14 +18,19 @@ __all__ = [
     "ApiKey",
     "AttendanceRow",
     "Camera",
+    "CameraLease",
     "Candidate",
+    "ClaimResult",
     "EnrollResult",
     "Event",
     "Face",
     "FaceRecord",
+    "Heartbeat",
     "Hit",
     "Identification",
+    "LeaseRef",
     "Match",
+    "NodeRecord",
     "PhotoConflict",
     "PhotoOutcome",
     "PhotoStatus",
@@ -283,6 +288,8 @@ class Event(_Record):
     score: float | None
     decision: str  # e.g. "match", "unknown", "granted", "denied"
     details: dict[str, Any] = field(default_factory=dict)
+    #: when the row was written, by the database's clock (None for rows older than schema 5)
+    logged_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -393,3 +400,89 @@ class StrangerSighting(_Record):
     new: bool
     score: float
     status: str = "pending"
+
+
+# -- the camera cluster ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeaseRef(_Record):
+    """A write made under a camera's lease: the camera, the node holding it and the lease's
+    fencing ``epoch``. The gallery refuses the write (``StaleLeaseError``) unless that node
+    still holds that epoch's lease, unexpired by the database's clock."""
+
+    camera_id: str
+    node: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class CameraLease(_Record):
+    """Who holds a camera: ``node`` (None: nobody) until ``expires_at`` (the database's
+    clock), under the fencing ``epoch``, which grows with every new holder. ``held``: a node
+    holds it now. ``previous_node`` / ``previous_epoch`` / ``previous_expires_at``: the holder
+    before (when its lease expired or was given up). ``camera``, ``enabled`` and
+    ``updated_at`` are the camera's (a holder restarts its worker when the camera changes)."""
+
+    camera_id: str
+    camera: str
+    enabled: bool
+    updated_at: datetime
+    node: str | None
+    epoch: int
+    expires_at: datetime | None
+    acquired_at: datetime | None
+    previous_node: str | None = None
+    previous_epoch: int | None = None
+    previous_expires_at: datetime | None = None
+    held: bool = False
+
+    @property
+    def ref(self) -> LeaseRef:
+        """The lease as writes under it name it (:class:`LeaseRef`); only for a held lease."""
+        if self.node is None:
+            raise ValueError(f"camera {self.camera_id} is held by no node")
+        return LeaseRef(self.camera_id, self.node, self.epoch)
+
+
+@dataclass(frozen=True)
+class NodeRecord(_Record):
+    """A ``marginface serve`` process sharing the gallery. ``state``: ``live`` (its heartbeat
+    is younger than its ``ttl_s``), ``lost`` (it stopped heartbeating: killed, cut off) or
+    ``left`` (it stopped and gave its cameras up). ``instance`` tells two processes of one
+    name apart; ``capacity`` is how many cameras it takes now; ``info`` what it publishes
+    (frames/s, CPU, its cameras' status); ``cameras`` the ids of the cameras it holds;
+    ``age_s`` the seconds since its heartbeat, by the database's clock."""
+
+    name: str
+    instance: str
+    address: str
+    state: str
+    ttl_s: float
+    capacity: int
+    started_at: datetime
+    heartbeat_at: datetime
+    info: dict[str, Any]
+    cameras: list[str]
+    age_s: float
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Record):
+    """What a node's heartbeat found, in one transaction: the database's clock (``now``,
+    epoch seconds), the leases it holds (renewed), the live nodes, the enabled cameras nobody
+    holds (``free``), and the seconds until the next lease held by another node expires
+    (None: none)."""
+
+    now: float
+    leases: list[CameraLease]
+    nodes: list[NodeRecord]
+    free: list[CameraLease]
+    next_expiry_s: float | None
+
+
+@dataclass(frozen=True)
+class ClaimResult(_Record):
+    """The leases a claim took (each with its new epoch); ``blocked_by``: the node that holds
+    the cameras of a gallery only one node may run (SQLite), when that stopped the claim."""
+
+    leases: list[CameraLease]
+    blocked_by: str | None = None

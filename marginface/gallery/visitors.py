@@ -42,11 +42,13 @@ import numpy as np
 
 from marginface.embed import l2_normalize
 from marginface.errors import ConflictError, GalleryError, NotFoundError
+from marginface.gallery.cluster import check_lease
 from marginface.gallery.db import Database
 from marginface.gallery.events import to_timestamp
 from marginface.gallery.model import EmbeddingModel
 from marginface.gallery.types import (
     VISITOR_STATUSES,
+    LeaseRef,
     StrangerSighting,
     Visitor,
     VisitorFace,
@@ -168,6 +170,7 @@ class VisitorStore:
         *,
         pair_threshold: float | None = None,
         keep_faces: int = KEEP_FACES,
+        lease: LeaseRef | None = None,
     ) -> StrangerSighting:
         """Record an unknown visit (a track no subject matched) and group it with the visitor
         it looks like, in ONE transaction (serialised with every other one, across processes).
@@ -223,6 +226,7 @@ class VisitorStore:
         pngs = [_png(crops[i]) if crops is not None else None for i in order]
         now = time.time()
         with self._db.transaction():
+            check_lease(self._db, lease)
             self._lock()
             close: list[tuple[float, str, str]] = []  # (score, id, status)
             for vid, status, blob in self._db.query(
@@ -355,6 +359,24 @@ class VisitorStore:
             )
             for r in rows
         ]
+
+    def embeddings(self, visitor_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The visitor's kept faces as (qualities (N,), embeddings (N, dim)), best first: what
+        a camera taking over a stranger's visit compares new faces with. :class:`NotFoundError`
+        when unknown."""
+        faces = self._db.query(
+            "SELECT quality, embedding FROM visitor_faces WHERE visitor_id = ? "
+            "ORDER BY quality DESC, id DESC",
+            (str(visitor_id),),
+        )
+        if not faces:
+            if self._db.query_one("SELECT 1 FROM visitors WHERE id = ?", (str(visitor_id),)):
+                return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+            raise NotFoundError(f"unknown visitor {visitor_id!r}")
+        return (
+            np.asarray([float(r[0]) for r in faces], np.float32),
+            np.vstack([_vector(r[1]) for r in faces]),
+        )
 
     def get(self, visitor_id: str) -> Visitor:
         """One visitor, with its kept faces (best first); :class:`NotFoundError` when

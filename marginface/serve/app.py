@@ -15,11 +15,12 @@ from fastapi.responses import HTMLResponse, Response
 import marginface
 from marginface.decision import OperatingPoint
 from marginface.embed import FacePipeline
+from marginface.errors import StorageError
 from marginface.gallery import Gallery
 from marginface.serve.auth import CurrentKey, bootstrap_admin_key
 from marginface.serve.deps import ServiceDep
 from marginface.serve.docs import inline_script_hashes, install_docs
-from marginface.serve.errors import install_error_handlers
+from marginface.serve.errors import ApiError, install_error_handlers
 from marginface.serve.metrics import CONTENT_TYPE
 from marginface.serve.middleware import (
     BodyLimitMiddleware,
@@ -31,6 +32,7 @@ from marginface.serve.routers import (
     events,
     faces,
     keys,
+    nodes,
     recognition,
     subjects,
     unknowns,
@@ -38,6 +40,7 @@ from marginface.serve.routers import (
 from marginface.serve.schemas import ErrorOut, HealthOut
 from marginface.serve.service import Service, build_pipeline
 from marginface.serve.settings import ServeSettings, load_settings
+from marginface.streams.cluster import ClusterNode
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -78,6 +81,7 @@ def create_app(
     pipeline_factory: Callable[[ServeSettings], FacePipeline] | None = None,
     gallery: Gallery | None = None,
     camera_options: dict[str, Any] | None = None,
+    node: ClusterNode | None = None,
 ) -> FastAPI:
     """Build the service's FastAPI app.
 
@@ -87,7 +91,10 @@ def create_app(
     the first admin key when there is none (written to ``settings.key_file`` with mode 0600,
     never logged), then starts every enabled camera (when ``settings.cameras``).
     ``camera_options`` are passed to :class:`marginface.streams.manager.CameraManager`
-    (tests replace its source and worker factories).
+    (tests replace its source and worker factories). ``node``: this service's node of the
+    camera cluster, registered already (the CLI registers it before loading anything else, so
+    that a second service of one name stops at once); default: made from the settings and
+    registered at startup.
     """
     settings = settings or load_settings()
     factory = pipeline_factory or build_pipeline
@@ -101,6 +108,7 @@ def create_app(
             pipeline if pipeline is not None else factory(settings),
             gallery=gallery,
             camera_options=camera_options,
+            node=node,
         )
         try:
             if bootstrap_admin_key(service.gallery, settings.key_file) is not None:
@@ -151,17 +159,38 @@ def create_app(
     app.include_router(keys.router)
     app.include_router(cameras.router)
     app.include_router(unknowns.router)
+    app.include_router(nodes.router)
 
-    @app.get("/healthz", response_model=HealthOut, tags=["system"], summary="Liveness")
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        tags=["system"],
+        summary="Liveness",
+        responses={
+            503: {
+                "model": ErrorOut,
+                "description": "The gallery's database does not answer (details: this node's "
+                "name and the cameras it still runs: none once its leases could expire).",
+            }
+        },
+    )
     def healthz(service: ServiceDep) -> Any:
-        """Whether the service is up (no key needed). Reveals counts, nothing personal."""
+        """Whether the service is up (no key needed): 503 while its gallery does not answer,
+        so that a load balancer sends requests elsewhere. Reveals counts, nothing personal."""
+        try:
+            subjects, faces = service.health()
+        except StorageError as exc:
+            node = {"node": service.node.name, "cameras_running": len(service.cameras.running())}
+            raise ApiError(503, "storage_unavailable", str(exc), details=node) from None
+        node = {"node": service.node.name, "cameras_running": len(service.cameras.running())}
         return {
             "status": "ok",
             "version": marginface.__version__,
             "model": service.gallery.model_name,
-            "subjects": service.gallery.subjects.count(),
-            "faces": service.gallery.subjects.count_faces(),
+            "subjects": subjects,
+            "faces": faces,
             "uptime_s": round(time.monotonic() - service.started, 1),
+            **node,
         }
 
     @app.get(

@@ -36,7 +36,16 @@ class _GalleryCollector(Collector):
 
 
 #: Camera states, each a 0/1 series of ``marginface_camera_state`` (manager.CAMERA_STATES).
-_CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed")
+_CAMERA_STATES = (
+    "stopped",
+    "waiting",
+    "starting",
+    "connecting",
+    "running",
+    "reconnecting",
+    "ended",
+    "failed",
+)
 #: Per-camera counters: (metric name without _total, status key, help).
 _CAMERA_COUNTERS = (
     ("marginface_camera_frames_read", "frames_read", "Frames decoded from the camera."),
@@ -103,6 +112,56 @@ class _CameraCollector(Collector):
             yield gauge
 
 
+#: The node's counters: (metric name without _total, key, help).
+_NODE_COUNTERS = (
+    ("marginface_node_heartbeats", "beats", "Heartbeats that renewed the node's leases."),
+    (
+        "marginface_node_heartbeat_failures",
+        "beat_failures",
+        "Heartbeats that failed (the gallery did not answer).",
+    ),
+    (
+        "marginface_node_lease_statements",
+        "statements",
+        "SQL statements the node's lease loop ran (heartbeats, claims, moves).",
+    ),
+    (
+        "marginface_node_lease_cpu_seconds",
+        "loop_cpu_s",
+        "CPU seconds the node's lease loop used.",
+    ),
+    (
+        "marginface_node_cameras_lost",
+        "lost",
+        "Cameras stopped because their lease was lost or could not be renewed in time.",
+    ),
+    ("marginface_node_cameras_moved", "moves", "Cameras handed to another node (rebalancing)."),
+)
+
+
+class _NodeCollector(Collector):
+    """This service as a node of the camera cluster (label ``node``): what it holds and can
+    hold, and what its lease loop costs."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        status = self._status()
+        node = str(status["node"])
+        for metric, key, text in (
+            ("marginface_node_cameras", "held", "Cameras this node holds (runs)."),
+            ("marginface_node_capacity", "capacity", "Cameras this node takes at most now."),
+        ):
+            gauge = GaugeMetricFamily(metric, text, labels=["node"])
+            gauge.add_metric([node], float(status[key]))
+            yield gauge
+        for metric, key, text in _NODE_COUNTERS:
+            counter = CounterMetricFamily(metric, text, labels=["node"])
+            counter.add_metric([node], float(status[key]))
+            yield counter
+
+
 class ServiceMetrics:
     """HTTP and recognition metrics exposed at ``/metrics``."""
 
@@ -110,6 +169,7 @@ class ServiceMetrics:
         self,
         gallery_sizes: Callable[[], tuple[int, int] | None],
         camera_statuses: Callable[[], list[tuple[str, dict[str, Any]]] | None] | None = None,
+        node_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -158,6 +218,8 @@ class ServiceMetrics:
         self.registry.register(_GalleryCollector(gallery_sizes))
         if camera_statuses is not None:
             self.registry.register(_CameraCollector(camera_statuses))
+        if node_status is not None:
+            self.registry.register(_NodeCollector(node_status))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished HTTP request."""

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from marginface.errors import GalleryError
 from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_json, name_pattern
 from marginface.streams.camera import CameraSettings
+from marginface.streams.sources import CameraSource
 from marginface.streams.visits import VisitSettings
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "KeyCreate",
     "KeyCreatedOut",
     "KeyOut",
+    "NodeListOut",
+    "NodeOut",
     "PhotoConflictOut",
     "PhotoOutcomeOut",
     "SubjectCreate",
@@ -127,6 +130,8 @@ class HealthOut(BaseModel):
     subjects: int
     faces: int
     uptime_s: float
+    node: str = Field(description="This service's name in the camera cluster.")
+    cameras_running: int = Field(description="Cameras this node runs now.")
 
 
 # -- subjects ---------------------------------------------------------------------------------
@@ -378,13 +383,19 @@ class VisitSettingsBody(VisitSettings):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class CameraSourceBody(CameraSource):
+    """How the source is read (strict, as every body)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class CameraSettingsBody(CameraSettings):
     """Processing settings, all optional (unknown keys refused): `fps` (frames processed per
     second, separately from the stream's rate), `detect_max_side`, `detect_upscale`,
     `min_face_size`, `track_buffer_s`, `score_threshold`, `cut_threshold`, `visits` (evidence,
-    appearance checks and the re-appearance window). docs/streams.md lists every setting with
-    its default. Strangers' crops are kept for review unless the service's review_crops is
-    off."""
+    appearance checks and the re-appearance window), `source` (how the stream is read).
+    docs/streams.md lists every setting with its default. Strangers' crops are kept for
+    review unless the service's review_crops is off."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -398,6 +409,12 @@ class CameraSettingsBody(CameraSettings):
     visits: VisitSettingsBody = Field(
         default_factory=VisitSettingsBody,
         description="evidence per track and the re-appearance window",
+    )
+    source: CameraSourceBody = Field(
+        default_factory=CameraSourceBody,
+        description="how the source is read: `transport` (RTSP), `open_timeout`, "
+        "`read_timeout`, `backoff_initial`, `backoff_max`, `loop` (a video file played as a "
+        "live camera); `transport` is for rtsp:// URLs only, `loop` for files only (422)",
     )
 
     def given(self) -> dict[str, Any]:
@@ -434,12 +451,20 @@ class NotificationStatusOut(BaseModel):
 
 class CameraStatusOut(BaseModel):
     state: Literal[
-        "stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed"
+        "stopped",
+        "waiting",
+        "starting",
+        "connecting",
+        "running",
+        "reconnecting",
+        "ended",
+        "failed",
     ] = Field(
-        description="stopped (disabled, or camera workers are off), starting, connecting, "
+        description="stopped (disabled, or camera workers are off), waiting (enabled, no node "
+        "holds it yet: every node is full, or it is changing node), starting, connecting, "
         "running, reconnecting (the stream dropped or cannot be reached; retried with "
         "backoff), ended (a video file played to its end) or failed (the worker crashed or "
-        "cannot start; restarted with backoff)."
+        "cannot start; restarted with backoff). Reported by the node running the camera."
     )
     running: bool = Field(description="A worker is watching the camera now.")
     last_error: str | None = Field(description="Why it is not running well (passwords hidden).")
@@ -474,6 +499,14 @@ class CameraOut(_Out):
     push: bool = Field(description="Frames are POSTed to /v1/cameras/{camera_id}/frames.")
     created_at: datetime
     updated_at: datetime
+    node: str | None = Field(
+        None, description="The node running it (/v1/nodes); null while no node holds it."
+    )
+    epoch: int | None = Field(
+        None,
+        description="The fencing epoch of that node's lease on the camera: it grows with every "
+        "new holder, and every visit event carries it.",
+    )
     status: CameraStatusOut
 
 
@@ -592,3 +625,36 @@ class VisitorSplitOut(BaseModel):
 class VisitorAssignedOut(BaseModel):
     visitor: VisitorOut
     subject: SubjectOut
+
+
+# -- nodes -------------------------------------------------------------------------------------
+class NodeOut(BaseModel):
+    name: str
+    address: str = Field(description="Where the other nodes reach it.")
+    state: Literal["live", "lost", "left"] = Field(
+        description="live (its heartbeat is recent), lost (no heartbeat within its lease TTL: "
+        "killed, switched off, cut off from the database) or left (stopped, cameras given up)."
+    )
+    this: bool = Field(description="The node answering this request.")
+    started_at: datetime
+    last_heartbeat: datetime
+    heartbeat_age_s: float = Field(description="Seconds since its last heartbeat.")
+    lease_ttl_s: float
+    cameras: list[str] = Field(description="Names of the cameras it holds.")
+    cameras_held: int
+    capacity: int = Field(description="Cameras it takes at most now (max_cameras, CPU budget).")
+    max_cameras: int | None
+    fps: float | None = Field(description="Frames per second its cameras process, in all.")
+    cpu: float | None = Field(description="Cores its process uses (last minute).")
+    cpu_per_camera: float | None = Field(description="Cores each camera costs it (measured).")
+    cores: int | None
+    version: str | None
+
+
+class NodeListOut(BaseModel):
+    nodes: list[NodeOut]
+    this: str = Field(description="The name of the node answering.")
+    mode: Literal["cluster", "single"] = Field(
+        description="cluster: PostgreSQL, the cameras spread over the live nodes; single: "
+        "SQLite, one node runs every camera."
+    )

@@ -10,22 +10,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from marginface.decision import IdentificationPolicy
 from marginface.embed import FacePipeline, Pipeline
-from marginface.errors import ConfigError, GalleryError
+from marginface.errors import ConfigError, GalleryError, StorageError
 from marginface.extras import missing_extra_message
 from marginface.gallery import Gallery, Recognizer
 from marginface.serve.metrics import ServiceMetrics
 from marginface.serve.settings import ServeSettings
+from marginface.streams.cluster import ClusterNode
 from marginface.streams.manager import CameraManager
 from marginface.streams.notifier import Notifier
 
-__all__ = ["Service", "build_pipeline", "identification_policy", "open_gallery"]
+__all__ = ["Service", "build_pipeline", "cluster_node", "identification_policy", "open_gallery"]
 
 log = logging.getLogger("marginface.serve")
 
@@ -65,6 +67,23 @@ def open_gallery(
         card=embedder.card,
         policy=policy if policy is not None else identification_policy(settings),
         index_options=options,
+    )
+
+
+def cluster_node(settings: ServeSettings, gallery: Gallery) -> ClusterNode:
+    """This service's node of the camera cluster, as the settings describe it (not registered
+    yet: :meth:`ClusterNode.register`)."""
+    return ClusterNode(
+        gallery,
+        settings.node_name,
+        address=settings.advertised_address,
+        ttl_s=settings.lease_ttl_s,
+        heartbeat_s=settings.heartbeat_s,
+        max_cameras=settings.max_cameras,
+        cpu_budget=settings.cpu_budget,
+        cameras=settings.cameras,
+        rebalance_s=settings.rebalance_s,
+        move_wait_s=settings.move_wait_s,
     )
 
 
@@ -117,6 +136,7 @@ class Service:
         gallery: Gallery | None = None,
         *,
         camera_options: dict[str, Any] | None = None,
+        node: ClusterNode | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -153,11 +173,45 @@ class Service:
             max_cameras=settings.max_cameras,
             **(camera_options or {}),
         )
-        self.metrics = ServiceMetrics(self._sizes, self._camera_statuses)
+        #: this service as a node of the camera cluster (registered by ``start_cameras``
+        #: unless the CLI registered it before)
+        try:
+            self.node = node if node is not None else cluster_node(settings, gallery)
+        except ConfigError:
+            gallery.close()
+            raise
+        self.metrics = ServiceMetrics(self._sizes, self._camera_statuses, self._node_status)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="marginface-pipeline"
         )
         self._key_touched: dict[str, float] = {}
+        self._health_pool = ThreadPoolExecutor(1, thread_name_prefix="marginface-health")
+        self._health: tuple[Future[tuple[int, int]] | None, float] = (None, 0.0)
+        self._health_lock = threading.Lock()
+
+    def health(self, timeout: float = 1.0) -> tuple[int, int]:
+        """The gallery's subjects and faces, or :class:`StorageError` at once when the gallery
+        does not answer: this node's heartbeat has not renewed its leases in time, or a count
+        takes longer than ``timeout`` seconds (one check runs at a time; while one has been
+        waiting longer than that, the answer is immediate). A load balancer's health check
+        gets its answer promptly even while the database is away."""
+        stale = self.node.stale()
+        if stale is not None:
+            raise StorageError(stale)
+        with self._health_lock:
+            future, began = self._health
+            if future is None or future.done():
+                began = time.monotonic()
+                future = self._health_pool.submit(
+                    lambda: (self.gallery.count_subjects(), self.gallery.count_faces())
+                )
+                self._health = (future, began)
+        try:
+            return future.result(max(0.0, began + timeout - time.monotonic()))
+        except FutureTimeout:
+            raise StorageError(
+                f"the gallery's database does not answer (for {timeout:g} s)"
+            ) from None
 
     def _sizes(self) -> tuple[int, int] | None:
         try:
@@ -173,8 +227,26 @@ class Service:
             log.warning("cannot read the cameras' status for /metrics", exc_info=True)
             return None
 
+    def _node_status(self) -> dict[str, Any]:
+        """This node's figures for ``/metrics`` (read without the database)."""
+        node = self.node
+        return {
+            "node": node.name,
+            "held": len(node.held()),
+            "capacity": node.capacity(),
+            "beats": node.beats,
+            "beat_failures": node.beat_failures,
+            "statements": node.statements,
+            "loop_cpu_s": node.loop_cpu_s,
+            "lost": node.lost,
+            "moves": node.moves,
+        }
+
     def start_cameras(self) -> None:
-        """Run every enabled camera (the cameras restart with the service)."""
+        """Join the camera cluster (register, unless the CLI did) and run the cameras this
+        node takes (they restart with the service)."""
+        self.node.start()
+        self.node.attach(self.cameras)
         self.cameras.start()
 
     async def run(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -207,10 +279,13 @@ class Service:
     def close(self) -> None:
         """Stop the cameras and the pipeline threads, and close the gallery."""
         try:
-            self.cameras.close()
+            self.node.close()  # the cameras' workers, then the node's leases
+            if self.node.manager is None:  # never attached: the cameras were not started
+                self.cameras.close()
         except Exception:
             log.exception("stopping the cameras failed")
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self._health_pool.shutdown(wait=False, cancel_futures=True)
         self.gallery.close()
         if self._blas_limits is not None:
             self._blas_limits.restore_original_limits()

@@ -5,6 +5,7 @@ variables, then explicit values (command-line flags), each overriding the one be
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,13 @@ from pydantic_settings import (
 
 from marginface.config import format_validation_error
 from marginface.decision.rates import far_key
-from marginface.errors import ConfigError, DataError
+from marginface.errors import ConfigError, DataError, GalleryError
 from marginface.gallery import default_gallery_url
+from marginface.gallery.cluster import node_name
+from marginface.streams.cluster import default_node_name
 from marginface.streams.notify import MqttSettings, WebhookSettings
 from marginface.streams.sources import SourcePolicy
+from marginface.urls import parse_url
 
 __all__ = ["DEFAULT_HOME", "ServeSettings", "load_settings"]
 
@@ -172,7 +176,12 @@ class ServeSettings(BaseSettings):
         "runs (they restart with it). Off, cameras can still be configured but none runs.",
     )
     max_cameras: int = Field(
-        default=32, ge=0, le=1000, description="Cameras the service may hold (HTTP 409 beyond)."
+        default=32,
+        ge=0,
+        le=1000,
+        description="Cameras this service runs at most (its capacity as a node; fewer when "
+        "cpu_budget says so). Cameras configured beyond it (beyond the sum over the live nodes "
+        "in a cluster) are refused with HTTP 409.",
     )
     media_roots: list[Path] = Field(
         default_factory=list,
@@ -208,6 +217,80 @@ class ServeSettings(BaseSettings):
         "tls, topic_prefix, qos... In the environment: JSON, e.g. "
         'MARGINFACE_MQTT=\'{"host": "broker.lan", "port": 1883}\'. None: no MQTT.',
     )
+
+    # The camera cluster (several services sharing one PostgreSQL gallery; docs/cluster.md).
+    node: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="This service's name as a node of the camera cluster, unique among the "
+        "services sharing the gallery (a second live one of the name refuses to start). "
+        "Default: the host name and the port, e.g. cams-1-8000.",
+    )
+    node_address: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="The URL at which the other nodes reach this one (they forward to it the "
+        "requests that need one of its cameras: live view, pushed frames). Default: "
+        "http://<host>:<port>, the machine's host name when host is 0.0.0.0 or ::.",
+    )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        le=600.0,
+        description="How long a node's camera leases last without a heartbeat. A node that "
+        "dies has its cameras run again by the others within about this plus a few seconds; "
+        "a node cut off from the database stops its cameras before then.",
+    )
+    heartbeat_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=120.0,
+        description="How often a node renews its leases (default: lease_ttl_s / 5).",
+    )
+    cpu_budget: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="The share of the machine's cores this node's cameras may use: it takes no "
+        "more cameras than fit, at the CPU per camera it measures on itself.",
+    )
+    rebalance_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="A node holding more than its share hands one camera to a less loaded "
+        "node at most this often (when a node joins, cameras move gradually).",
+    )
+    move_wait_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description="A camera moves when nobody is followed on it (between visits); after "
+        "waiting this long for such a moment it moves all the same (its visits go on there).",
+    )
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str | None) -> str | None:
+        """A node name follows the rules of every name in the gallery."""
+        if value is None:
+            return None
+        try:
+            return node_name(value)
+        except GalleryError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("node_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        """An http(s) URL, without credentials (it is shown in /v1/nodes)."""
+        if value is None:
+            return None
+        url = parse_url(value, schemes=("http", "https"), what="node address")
+        if url.has_credentials:
+            raise ValueError("the node address must not carry credentials")
+        return url.text
 
     @field_validator("allowed_devices")
     @classmethod
@@ -298,6 +381,25 @@ class ServeSettings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def node_name(self) -> str:
+        """The node's name: ``node``, else the host name and the port."""
+        if self.node:
+            return self.node
+        return default_node_name(self.port)
+
+    @property
+    def advertised_address(self) -> str:
+        """Where the other nodes reach this one (``node_address`` or the listening URL)."""
+        if self.node_address:
+            return self.node_address.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname() or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @property
     def url(self) -> str:

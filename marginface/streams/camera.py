@@ -48,8 +48,15 @@ from marginface.align.quality import FaceQuality, face_quality
 from marginface.config import StrictModel
 from marginface.detection_defaults import DEFAULT_SCORE_THRESHOLD, DEFAULT_TRACKED_FACE_SIZE
 from marginface.streams.scene import SceneChange
+from marginface.streams.sources import CameraSource
 from marginface.streams.tracking import FaceTracker
-from marginface.streams.visits import TrackState, VisitEvent, VisitSettings, VisitTracker
+from marginface.streams.visits import (
+    PastVisit,
+    TrackState,
+    VisitEvent,
+    VisitSettings,
+    VisitTracker,
+)
 
 if TYPE_CHECKING:
     from marginface.decision import IdentificationPolicy
@@ -120,6 +127,11 @@ class CameraSettings(StrictModel):
     visits: VisitSettings = Field(
         default_factory=VisitSettings,
         description="evidence per track, appearance checks and the re-appearance window",
+    )
+    source: CameraSource = Field(
+        default_factory=CameraSource,
+        description="how the source is read: RTSP transport, timeouts, reconnection backoff, "
+        "and loop (a video file played as a live camera)",
     )
 
     @model_validator(mode="before")
@@ -284,6 +296,8 @@ class CameraWorker:
         self._rate_window: list[float] = []  # monotonic times of the latest processed frames
         self._last_event: dict[str, Any] | None = None
         self._started = time.monotonic()
+        self._resume: list[PastVisit] = []
+        self.resumed = 0  # visits taken over from the camera's previous holder
 
     # -- processing ------------------------------------------------------------------------------
     def _detect(self, image: np.ndarray) -> list[Detection]:
@@ -310,6 +324,9 @@ class CameraWorker:
         start = time.perf_counter()
         s = self.settings
         image, t, wall = frame.image, float(frame.t), float(frame.wall)
+        if self._resume:  # visits of the camera's previous holder, in this frame's clock
+            self.resumed = self.visits.resume(self._resume, t, time.time())
+            self._resume = []
         events: list[VisitEvent] = []
         if self.scene.update(image):
             events += self._end_all("cut")
@@ -457,6 +474,16 @@ class CameraWorker:
                     self.sink_errors += 1
                     log.exception("camera %r: a sink failed on a %s event", self.name, event.kind)
 
+    def resume(self, visits: list[PastVisit]) -> None:
+        """Continue the recent visits an earlier holder of this camera recorded
+        (:meth:`VisitTracker.resume`), from the next processed frame on."""
+        self._resume = list(visits)
+
+    def between_visits(self) -> bool:
+        """Whether nobody is being followed now (no track open, no visit waiting for its
+        ``left``): when the camera can move to another node without cutting a visit."""
+        return self.tracker.open_tracks() == 0 and self.visits.idle()
+
     # -- live view and status --------------------------------------------------------------------
     def _keep_latest(
         self, image: np.ndarray, tracked: list[tuple[int, Detection]], t: float, index: int
@@ -540,6 +567,7 @@ class CameraWorker:
             "tracks_open": self.tracker.open_tracks(),
             "tracks_split": self.visits.splits,
             "tracks_rejoined": self.visits.rejoined,
+            "visits_resumed": self.resumed,
             "scene_cuts": self.scene.cuts,
             "corrections": self.visits.corrections,
             "visits": self.visits_started,

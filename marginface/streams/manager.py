@@ -26,12 +26,23 @@ A housekeeping thread publishes each camera's state to MQTT every few seconds (r
 the other notifiers when it changes, saves the files' positions, and purges stream data
 (stranger faces and crops, visit events) older than ``retention_days`` once an hour.
 
+In a camera cluster (several services sharing one PostgreSQL gallery), which cameras this
+manager runs is the cluster node's to say (:class:`~marginface.streams.cluster.ClusterNode`,
+attached as :attr:`CameraManager.node`): it runs a camera while it holds the camera's lease
+(:meth:`run_leased`, :meth:`stop_leased`), every event is written under that lease and carries
+the node and the lease's epoch, an event the gallery refuses (the lease was lost) is neither
+kept nor notified, and a camera taken over goes on with the visits its previous holder
+recorded (``revisit_s``) and first sends again the notifications that holder may not have
+delivered (the notifiers' delivery marks in the gallery). Without a node, every enabled
+camera runs here.
+
 PyAV and ``trackers`` (the streams extra) are imported only when a camera runs, so a service
 without them still starts and serves; its cameras then show ``failed`` with the install hint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -45,12 +56,12 @@ from marginface.config import format_validation_error
 from marginface.decision import IdentificationPolicy
 from marginface.errors import ConfigError, ConflictError, DataError, NotFoundError
 from marginface.extras import install_hint, missing_extra_message
-from marginface.gallery import Camera, Gallery
+from marginface.gallery import Camera, CameraLease, Gallery, LeaseRef, NodeRecord, StaleLeaseError
 from marginface.gallery.events import LEFT, VISIT_DECISIONS
 from marginface.imaging import encode_jpeg
 from marginface.streams.camera import CameraSettings, CameraWorker
 from marginface.streams.notifier import Notifier
-from marginface.streams.recorder import VisitRecorder
+from marginface.streams.recorder import VisitRecorder, logged_visit, past_visits
 from marginface.streams.sources import (
     Source,
     SourcePolicy,
@@ -66,7 +77,15 @@ if TYPE_CHECKING:
 
     from marginface.embed import FacePipeline
 
-__all__ = ["CAMERA_STATES", "CameraManager", "check_camera_url", "is_push_url"]
+__all__ = [
+    "CAMERA_STATES",
+    "CameraElsewhereError",
+    "CameraManager",
+    "CameraNode",
+    "Placement",
+    "check_camera_url",
+    "is_push_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +93,30 @@ log = logging.getLogger(__name__)
 VISIT_EVENTS = (*VISIT_DECISIONS, LEFT)
 
 #: What a camera's ``state`` can be: ``stopped`` (not running: disabled, or workers are off),
+#: ``waiting`` (enabled, held by no node yet: every node is full, or it is changing node),
 #: ``starting``, the source's ``connecting`` / ``running`` / ``reconnecting``, ``ended`` (a
 #: file played to its end), ``failed`` (the worker crashed or cannot start; it is restarted
 #: with backoff, see ``last_error``).
-CAMERA_STATES = ("stopped", "starting", "connecting", "running", "reconnecting", "ended", "failed")
+CAMERA_STATES = (
+    "stopped",
+    "waiting",
+    "starting",
+    "connecting",
+    "running",
+    "reconnecting",
+    "ended",
+    "failed",
+)
+#: Notifications sent again to a notifier after a take-over are at most this old.
+REPLAY_WINDOW_S = 3600.0
+#: ... and at most this many per camera and notifier.
+REPLAY_LIMIT = 1000
 
 Sink = Callable[[VisitEvent], None]
 #: The same failure this many times in a row: retried every ``restart_slow_s`` from then on.
 SLOW_AFTER = 5
+#: A frame pushed to a camera that is starting waits this long for its source to open.
+_PUSH_WAIT_S = 2.0
 #: A file resumes this long after its last processed frame (more than the 1 ms tolerance on
 #: frame times, less than the 17 ms between the frames of a 60 frames/s video).
 _AFTER_S = 0.005
@@ -101,6 +136,50 @@ class Worker(Protocol):
 WorkerFactory = Callable[..., Worker]
 #: Opens a camera's source: ``(url, fps=, policy=, **SourceOptions)``.
 SourceOpener = Callable[..., Source]
+
+
+class CameraNode(Protocol):
+    """What the manager needs of the cluster node that decides which cameras it runs
+    (:class:`marginface.streams.cluster.ClusterNode`)."""
+
+    name: str
+
+    def valid(self, lease: LeaseRef) -> bool:
+        """Whether this node may still act under ``lease`` (its renewal is recent enough
+        that the lease cannot have expired)."""
+
+    def wake(self) -> None:
+        """Look for cameras to take soon."""
+
+    def take(self, camera_id: str) -> None:
+        """A camera was created or enabled here: take it now when it is this node's to
+        take, else leave it to the cluster."""
+
+    def give_up(self, lease: LeaseRef) -> None:
+        """Release a camera this node stopped running (disabled)."""
+
+    def exclusive_holder(self) -> str | None:
+        """The node that runs every camera of a gallery only one node may run, when it is
+        another one (a SQLite gallery); else None."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a camera runs in the cluster: its lease, and the holder's record (address and the
+    status it published)."""
+
+    lease: CameraLease
+    holder: NodeRecord | None
+
+
+class CameraElsewhereError(ConflictError):
+    """What was asked needs the camera's worker, which runs on another node of the cluster
+    (``node``, reachable at ``address``): the service forwards the request there."""
+
+    def __init__(self, message: str, node: str, address: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.address = address
 
 
 class _SourceStoppedError(Exception):
@@ -156,9 +235,10 @@ def _round(value: Any, digits: int = 2) -> Any:
 class _Runner:
     """One running camera: its thread, its source and worker, and what went wrong."""
 
-    def __init__(self, manager: CameraManager, camera: Camera) -> None:
+    def __init__(self, manager: CameraManager, camera: Camera, lease: LeaseRef | None) -> None:
         self.manager = manager
         self.camera = camera
+        self.lease = lease
         self.is_file = source_kind(camera.url) == "file"
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -169,10 +249,10 @@ class _Runner:
         self.restarts = 0
         self.saved_position: float | None = None
         self.failing = False  # failed since it last delivered frames (logged once)
+        self.replayed = False  # missed notifications were sent again
         self.started_at = time.time()
-        self.sinks: list[Sink] = [manager.recorder, *manager.notifiers]
-        if self.is_file:
-            self.sinks.append(self._recorded)
+        self.fenced = 0  # events dropped: this node no longer held the camera
+        self.sinks: list[Sink] = [self._deliver]
         self.thread = threading.Thread(
             target=self._run, name=f"marginface-camera-{camera.id}", daemon=True
         )
@@ -191,10 +271,51 @@ class _Runner:
             self._set(failing=False)
             log.info("camera %r: running again", self.camera.name)
 
-    def _recorded(self, event: VisitEvent) -> None:
-        """A sink after the recorder: a visit of a file camera was recorded, so its reading
-        goes on after the frame that made it (a restart does not record it again)."""
-        self.save_position()
+    def _deliver(self, event: VisitEvent) -> None:
+        """The camera's one sink: the event, stamped with this node and its lease's epoch,
+        is written to the gallery under the lease, then given to every notifier with its
+        gallery id. An event the gallery refuses because the lease was lost, or made after
+        this node's lease could have expired, goes nowhere: the camera is another node's."""
+        m = self.manager
+        lease = self.lease
+        if lease is not None:
+            event = dataclasses.replace(event, node=lease.node, epoch=lease.epoch)
+            if m.node is not None and not m.node.valid(lease):
+                self._fence(event, "this node's lease on it may have expired")
+                return
+        try:
+            record_id = m.recorder.write(event, lease)
+        except StaleLeaseError as exc:
+            self._fence(event, str(exc))
+            return
+        if lease is not None and m.node is not None and not m.node.valid(lease):
+            # the write failed or took long (a database going away): the lease may have
+            # expired meanwhile, and another node announce this camera's visits now
+            self._fence(event, "this node's lease on it may have expired while writing")
+            return
+        if record_id is not None:
+            event = dataclasses.replace(event, record_id=record_id)
+            if self.is_file:  # recorded: a restart goes on after the frame that made it
+                self.save_position()
+        for notifier in m.notifiers:
+            try:
+                notifier(event)
+            except Exception:  # notifiers never raise by contract; a bug must not stop us
+                log.exception("camera %r: a notifier failed", self.camera.name)
+
+    def _fence(self, event: VisitEvent, why: str) -> None:
+        """Drop ``event`` (not this node's camera any more) and stop the camera here."""
+        self.fenced += 1
+        self.manager.recorder.fenced(event.camera)
+        if self.fenced == 1:
+            log.warning(
+                "camera %r: no longer held by this node (%s): its %s event is dropped and "
+                "the camera stops here",
+                self.camera.name,
+                why,
+                event.kind,
+            )
+        self.stop.set()
 
     def save_position(self) -> None:
         """Store how far a file camera has read (when it moved), for a restart."""
@@ -205,21 +326,47 @@ class _Runner:
         position = source.status().position_s
         if position is None or position == self.saved_position:
             return
+        m = self.manager
+        if self.lease is not None and m.node is not None and not m.node.valid(self.lease):
+            return  # not this node's to say any more
         try:
-            self.manager.gallery.cameras.set_position(self.camera.id, position)
-        except NotFoundError:  # deleted meanwhile
+            m.gallery.cameras.set_position(self.camera.id, position, lease=self.lease)
+        except (NotFoundError, StaleLeaseError):  # deleted, or taken over, meanwhile
             return
         self.saved_position = position
 
     def _open(self, settings: CameraSettings) -> Source:
         m = self.manager
-        options: dict[str, Any] = {}
-        if self.is_file:
+        settings.source.check(source_kind(self.camera.url))
+        options: dict[str, Any] = settings.source.model_dump(exclude_defaults=True)
+        if self.is_file and settings.source.loop:
+            options["live"] = True  # played as a live camera: no position to resume from
+        elif self.is_file:
             position = m.gallery.cameras.position(self.camera.id)
             if position is not None:
                 self.saved_position = position
                 options["start_s"] = position + _AFTER_S  # after the last frame processed
         return m.open_source(self.camera.url, fps=settings.fps, policy=m.source_policy, **options)
+
+    def _take_over(self, settings: CameraSettings) -> list[Any]:
+        """Before the camera's first frame here: send again what the notifiers may not have
+        been given (by this camera's previous holder, or before a restart), and read the
+        camera's recent visits, which this worker continues. A database that cannot answer
+        now costs only these (logged)."""
+        m = self.manager
+        if not self.replayed and m.first_run(self.camera.id, self.lease):
+            try:
+                m.replay(self.camera)
+            except Exception as exc:
+                log.warning(
+                    "camera %r: cannot send missed notifications again: %s", self.camera.name, exc
+                )
+        self.replayed = True
+        try:
+            return past_visits(m.gallery, self.camera.name, settings.visits.revisit_s)
+        except Exception as exc:
+            log.warning("camera %r: cannot read its recent visits: %s", self.camera.name, exc)
+            return []
 
     def _run(self) -> None:
         m = self.manager
@@ -231,6 +378,9 @@ class _Runner:
             began = time.monotonic()
             try:
                 settings = _camera_settings(self.camera.settings)
+                past = self._take_over(settings)
+                if self.stop.is_set():
+                    break
                 source = self._open(settings)
                 worker = m.worker_factory(
                     self.camera.name,
@@ -240,6 +390,9 @@ class _Runner:
                     sinks=self.sinks,
                     policy=m.policy,
                 )
+                resume = getattr(worker, "resume", None)
+                if past and resume is not None:
+                    resume(past)
                 self._set(source=source, worker=worker, state="running")
                 worker.run(source, self.stop)
                 if self.stop.is_set():
@@ -347,7 +500,8 @@ class CameraManager:
     restarted after ``restart_initial_s`` doubling to ``restart_max_s``; one failing the same
     way :data:`SLOW_AFTER` times in a row, every ``restart_slow_s``. ``open_source`` and
     ``worker_factory`` stand in for :func:`~marginface.streams.sources.open_source` and
-    :class:`~marginface.streams.camera.CameraWorker` (tests).
+    :class:`~marginface.streams.camera.CameraWorker` (tests). :attr:`node`: the cluster node
+    deciding which cameras run here (None: every enabled camera).
     """
 
     def __init__(
@@ -393,6 +547,16 @@ class CameraManager:
         self._housekeeper: threading.Thread | None = None
         self._published: dict[str, str] = {}
         self.last_purge: dict[str, Any] | None = None
+        #: the cluster node that says which cameras run here (set by its ``attach``)
+        self.node: CameraNode | None = None
+        # delivery marks not yet written: (notifier key, camera id) -> gallery event id
+        self._marks: dict[tuple[str, str], int] = {}
+        self._marks_lock = threading.Lock()
+        self._camera_ids: dict[str, str] = {}  # camera name -> id, of the cameras run here
+        self._taken: dict[str, LeaseRef | None] = {}  # camera id -> the lease it last ran under
+        for notifier in self.notifiers:
+            if getattr(notifier, "key", None) and hasattr(notifier, "on_done"):
+                notifier.on_done = self._delivered_to(notifier.key)
 
     # -- the factories ------------------------------------------------------------------------
     def open_source(self, url: str, **options: Any) -> Source:
@@ -407,8 +571,9 @@ class CameraManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Run every enabled camera (when workers are on) and the housekeeping thread."""
-        if self.run_workers:
+        """Run every enabled camera (when workers are on; in a cluster, those whose lease
+        the node takes) and the housekeeping thread."""
+        if self.run_workers and self.node is None:
             for camera in self.gallery.cameras.list():
                 if camera.enabled:
                     self._launch(camera)
@@ -439,21 +604,96 @@ class CameraManager:
                 notifier.close()
             except Exception:
                 log.warning("closing a notifier failed", exc_info=True)
+        try:
+            self.flush_marks()
+        except Exception as exc:
+            log.warning("saving the notifiers' delivery marks failed: %s", exc)
 
-    def _launch(self, camera: Camera) -> None:
+    def _launch(self, camera: Camera, lease: LeaseRef | None = None) -> None:
         with self._lock:
             if self._closed.is_set() or camera.id in self._runners:
                 return
-            runner = _Runner(self, camera)
+            runner = _Runner(self, camera, lease)
             self._runners[camera.id] = runner
+            self._camera_ids[camera.name] = camera.id
         runner.thread.start()
 
-    def _halt(self, camera_id: str, wait: float = 10.0) -> None:
+    def _halt(self, camera_id: str, wait: float = 10.0) -> _Runner | None:
         with self._lock:
             runner = self._runners.pop(camera_id, None)
         if runner is not None:
             runner.stop.set()
+            if wait <= 0:  # stop reading the camera now, even if its worker is busy
+                with runner.lock:
+                    source = runner.source
+                if source is not None:
+                    try:
+                        source.close()
+                    except Exception:
+                        log.warning("camera %r: closing its source failed", runner.camera.name)
             runner.thread.join(wait)
+        return runner
+
+    # -- the cluster node's side ------------------------------------------------------------------
+    def run_leased(self, camera: Camera, lease: LeaseRef) -> None:
+        """Run ``camera`` under ``lease`` (the node holds it): a runner of an older lease, or
+        of an older version of the camera, is stopped first; one that failed or ended is
+        left as it is (restarted by :meth:`start_camera`)."""
+        with self._lock:
+            runner = self._runners.get(camera.id)
+        if runner is not None:
+            same = runner.lease == lease and runner.camera.updated_at == camera.updated_at
+            if same:
+                return
+            self._halt(camera.id, wait=5.0)
+        self._launch(camera, lease)
+
+    def ensure_running(self, lease: CameraLease) -> None:
+        """Run the camera of ``lease`` (held by this node) unless it runs already under it,
+        as the camera is now (a camera changed through another node restarts)."""
+        runner = self._runner(lease.camera_id)
+        if (
+            runner is not None
+            and runner.lease == lease.ref
+            and runner.camera.updated_at == lease.updated_at
+        ):
+            return
+        self.run_leased(self.gallery.cameras.get(lease.camera_id), lease.ref)
+
+    def stop_leased(self, camera_id: str, *, wait: float = 0.0) -> bool:
+        """Stop running ``camera_id`` here (the lease was lost, or is given up); wait up to
+        ``wait`` seconds for its worker to end (its last events written). Whether the worker
+        ended (True also when none ran)."""
+        runner = self._halt(camera_id, wait=wait)
+        return runner is None or not runner.thread.is_alive()
+
+    def camera_name(self, camera_id: str) -> str:
+        """The name of a camera run here (its id when it runs nowhere here)."""
+        runner = self._runner(camera_id)
+        return runner.camera.name if runner is not None else camera_id
+
+    def running(self) -> dict[str, LeaseRef | None]:
+        """The cameras this manager runs now, with the lease each runs under."""
+        with self._lock:
+            return {cid: r.lease for cid, r in self._runners.items()}
+
+    def between_visits(self, camera_id: str) -> bool:
+        """Whether nobody is being followed on the camera now (a good moment to move it)."""
+        runner = self._runner(camera_id)
+        if runner is None:
+            return True
+        with runner.lock:
+            worker = runner.worker
+        check = getattr(worker, "between_visits", None)
+        return bool(check()) if check is not None else True
+
+    def local_statuses(self) -> dict[str, dict[str, Any]]:
+        """The status of each camera run here (what the node publishes for the others)."""
+        with self._lock:
+            runners = list(self._runners.values())
+        return {
+            runner.camera.id: self._status(runner.camera, notifications=False) for runner in runners
+        }
 
     # -- cameras ------------------------------------------------------------------------------
     def require(self, camera_id: str) -> Camera:
@@ -465,24 +705,51 @@ class CameraManager:
 
     def validate(self, url: str | None, settings: dict[str, Any] | None) -> None:
         """Refuse (DataError) a URL no source may read here (:func:`check_camera_url` with
-        this manager's policy) and settings ``CameraSettings`` refuses."""
+        this manager's policy), settings ``CameraSettings`` refuses, and source options that
+        do not suit the URL's kind of source (``transport`` for RTSP, ``loop`` for files)."""
         if url is not None:
             check_camera_url(url, self.source_policy)
         if settings is not None:
-            _camera_settings(settings)
+            parsed = _camera_settings(settings)
+            if url is not None:
+                try:
+                    parsed.source.check(source_kind(url))
+                except ConfigError as exc:
+                    raise DataError(f"camera settings: {exc}") from None
+
+    def capacity(self) -> int:
+        """How many cameras may be configured: this service's ``max_cameras``; in a cluster
+        (a node, PostgreSQL), the sum of the live nodes' ``max_cameras``."""
+        if self.node is None or self.gallery.backend == "sqlite":
+            return self.max_cameras
+        total = 0
+        for node in self.gallery.cluster.nodes():
+            if node.state == "live":
+                total += int(node.info.get("max_cameras", node.capacity) or 0)
+        return max(total, self.max_cameras if self.run_workers else 0)
 
     def create(
         self, name: str, url: str, settings: dict[str, Any] | None = None, enabled: bool = True
     ) -> dict[str, Any]:
         """Store a new camera (running it at once when ``enabled``); its view."""
         url = check_camera_url(url, self.source_policy)
-        self.validate(None, settings or {})
-        if len(self.gallery.cameras.list()) >= self.max_cameras:
-            raise ConflictError(f"this service watches at most {self.max_cameras} cameras")
+        self.validate(url, settings or {})
+        limit = self.capacity()
+        if len(self.gallery.cameras.list()) >= limit:
+            where = "this service watches" if self.node is None else "the live nodes watch"
+            raise ConflictError(f"{where} at most {limit} cameras (max_cameras)")
         camera = self.gallery.cameras.create(name, url, settings or {}, enabled=enabled)
-        if camera.enabled and self.run_workers:
-            self._launch(camera)
+        if camera.enabled:
+            self._run(camera)
         return self.view(camera)
+
+    def _run(self, camera: Camera) -> None:
+        """Have an enabled camera run: here at once without a node; else the node looks for
+        cameras to take now (this one, when it is this node's to take)."""
+        if self.node is not None:
+            self.node.take(camera.id)
+        elif self.run_workers:
+            self._launch(camera)
 
     def update(
         self,
@@ -494,22 +761,32 @@ class CameraManager:
         enabled: bool | None = None,
     ) -> dict[str, Any]:
         """Change a camera; a running camera restarts with the change."""
-        self.require(camera_id)
+        current = self.require(camera_id)
         if url is not None:
             url = check_camera_url(url, self.source_policy)
-        self.validate(None, settings)
+        self.validate(url or current.url, settings if settings is not None else current.settings)
         camera = self.gallery.cameras.update(
             camera_id, name=name, url=url, settings=settings, enabled=enabled
         )
-        self._halt(camera.id)
-        if camera.enabled and self.run_workers:
+        runner = self._halt(camera.id)
+        if self.node is not None:
+            if runner is not None and runner.lease is not None:
+                if camera.enabled:
+                    self._launch(camera, runner.lease)  # the same lease, the new settings
+                else:
+                    self.node.give_up(runner.lease)
+            elif camera.enabled:
+                self.node.take(camera.id)  # held elsewhere: its node restarts it, changed
+        elif camera.enabled and self.run_workers:
             self._launch(camera)
         return self.view(camera)
 
     def delete(self, camera_id: str) -> None:
         """Stop the camera and forget it (its visits stay in the events)."""
         camera = self.require(camera_id)
-        self._halt(camera.id)
+        runner = self._halt(camera.id)
+        if runner is not None and runner.lease is not None and self.node is not None:
+            self.node.give_up(runner.lease)
         self.gallery.cameras.delete(camera.id)
         self._published.pop(camera.name, None)
         for counted in (self.recorder, *self.notifiers):
@@ -523,11 +800,18 @@ class CameraManager:
         camera = self.require(camera_id)
         if not camera.enabled:
             camera = self.gallery.cameras.update(camera.id, enabled=True)
-        if self.run_workers:
-            with self._lock:
-                runner = self._runners.get(camera.id)
-            if runner is not None and not runner.thread.is_alive():
-                self._halt(camera.id)  # ended or failed: try again
+        with self._lock:
+            runner = self._runners.get(camera.id)
+        if runner is not None and not runner.thread.is_alive():
+            self._halt(camera.id)  # ended or failed: try again
+            if runner.lease is not None:
+                self._launch(camera, runner.lease)
+                return self.view(camera)
+        if self.node is not None:
+            if runner is None:
+                self._elsewhere(camera, "its worker")  # its node restarts it
+                self.node.take(camera.id)
+        elif self.run_workers:
             self._launch(camera)
         return self.view(camera)
 
@@ -536,7 +820,9 @@ class CameraManager:
         camera = self.require(camera_id)
         if camera.enabled:
             camera = self.gallery.cameras.update(camera.id, enabled=False)
-        self._halt(camera.id)
+        runner = self._halt(camera.id)
+        if runner is not None and runner.lease is not None and self.node is not None:
+            self.node.give_up(runner.lease)
         return self.view(camera)
 
     def get(self, camera_id: str) -> dict[str, Any]:
@@ -545,13 +831,57 @@ class CameraManager:
 
     def list_cameras(self) -> list[dict[str, Any]]:
         """Every camera's view, by name."""
-        return [self.view(camera) for camera in self.gallery.cameras.list()]
+        placements = self.placements()
+        return [self.view(c, placements.get(c.id)) for c in self.gallery.cameras.list()]
 
-    def view(self, camera: Camera) -> dict[str, Any]:
+    def view(self, camera: Camera, placement: Placement | None = None) -> dict[str, Any]:
+        """The camera's record (URL redacted), the node running it and its lease's epoch
+        (in a cluster), and its ``status`` (from the node running it)."""
+        if placement is None and self.node is not None:
+            placement = self.placements([camera.id]).get(camera.id)
         out = camera.to_dict(redact=True)
         out["push"] = is_push_url(camera.url)
-        out["status"] = self._status(camera)
+        held = placement.lease if placement is not None and placement.lease.held else None
+        out["node"] = held.node if held is not None else None
+        out["epoch"] = held.epoch if held is not None else None
+        out["status"] = self._status(camera, placement)
         return out
+
+    def placements(self, camera_ids: Sequence[str] | None = None) -> dict[str, Placement]:
+        """Where each camera runs in the cluster (empty without a node)."""
+        if self.node is None:
+            return {}
+        leases = [
+            lease
+            for lease in self.gallery.cluster.leases()
+            if camera_ids is None or lease.camera_id in camera_ids
+        ]
+        nodes = {n.name: n for n in self.gallery.cluster.nodes()} if leases else {}
+        return {
+            lease.camera_id: Placement(lease, nodes.get(lease.node) if lease.node else None)
+            for lease in leases
+        }
+
+    def holder(self, camera_id: str) -> NodeRecord | None:
+        """The other live node running ``camera_id``, when it is not this one."""
+        if self.node is None:
+            return None
+        placement = self.placements([camera_id]).get(camera_id)
+        if placement is None or not placement.lease.held or placement.holder is None:
+            return None
+        if placement.lease.node == self.node.name or placement.holder.state != "live":
+            return None
+        return placement.holder
+
+    def _elsewhere(self, camera: Camera, what: str) -> None:
+        """Raise :class:`CameraElsewhereError` when another node runs ``camera``."""
+        holder = self.holder(camera.id)
+        if holder is not None:
+            raise CameraElsewhereError(
+                f"camera {camera.name!r} runs on node {holder.name!r}: {what} is there",
+                holder.name,
+                holder.address,
+            )
 
     # -- status -------------------------------------------------------------------------------
     def status(self, camera_id: str) -> dict[str, Any]:
@@ -564,9 +894,32 @@ class CameraManager:
         with self._lock:
             return self._runners.get(camera_id)
 
-    def _status(self, camera: Camera) -> dict[str, Any]:
+    def _remote(self, camera: Camera, placement: Placement | None) -> dict[str, Any] | None:
+        """The status the node running ``camera`` published (None: this node's to say)."""
+        if placement is None or self.node is None:
+            return None
+        lease, holder = placement.lease, placement.holder
+        if not lease.held or lease.node == self.node.name:
+            return None
+        published = (holder.info.get("cameras") or {}).get(camera.id) if holder else None
+        if isinstance(published, dict) and "state" in published:
+            return {**published, "notifications": []}
+        return {
+            **_BLANK_STATUS,
+            "state": "starting",
+            "running": True,
+            "last_error": None,
+            "notifications": [],
+        }
+
+    def _status(
+        self, camera: Camera, placement: Placement | None = None, *, notifications: bool = True
+    ) -> dict[str, Any]:
         runner = self._runner(camera.id)
         if runner is None:
+            remote = self._remote(camera, placement)
+            if remote is not None:
+                return remote
             raw: dict[str, Any] = {
                 "state": "stopped",
                 "last_error": None,
@@ -576,6 +929,16 @@ class CameraManager:
             }
             if camera.enabled and not self.run_workers:
                 raw["last_error"] = "camera workers are off in this service (cameras: false)"
+            elif camera.enabled and self.node is not None:
+                raw["state"] = "waiting"
+                blocker = self.node.exclusive_holder()
+                raw["last_error"] = (
+                    f"node {blocker!r} runs the cameras of this gallery (SQLite: one node "
+                    "runs them; use PostgreSQL to spread cameras over nodes)"
+                    if blocker is not None
+                    else "held by no node yet: waiting for a node with room (max_cameras, "
+                    "cpu_budget) to take it"
+                )
         else:
             raw = runner.status()
         src, wrk = raw.pop("source"), raw.pop("worker")
@@ -599,8 +962,9 @@ class CameraManager:
             "width": src.get("width"),
             "height": src.get("height"),
             "stream_fps": _round(src.get("stream_fps")),
-            "notifications": self.notification_status(camera.name),
         }
+        if notifications:
+            out["notifications"] = self.notification_status(camera.name)
         return out
 
     def notification_status(self, camera: str | None = None) -> list[dict[str, Any]]:
@@ -625,8 +989,20 @@ class CameraManager:
         return [camera.url for camera in self.gallery.cameras.list()]
 
     def statuses(self) -> list[tuple[str, dict[str, Any]]]:
-        """(name, status) of every camera (for ``/metrics``)."""
-        return [(camera.name, self._status(camera)) for camera in self.gallery.cameras.list()]
+        """(name, status) of the cameras this service answers for (``/metrics``, MQTT
+        states): every camera without a node; in a cluster, those it runs and those no node
+        holds (each node reports its own)."""
+        cameras = self.gallery.cameras.list()
+        if self.node is None:
+            return [(camera.name, self._status(camera)) for camera in cameras]
+        placements = self.placements()
+        mine = self.running()
+        out = []
+        for camera in cameras:
+            placement = placements.get(camera.id)
+            if camera.id in mine or placement is None or not placement.lease.held:
+                out.append((camera.name, self._status(camera, placement)))
+        return out
 
     # -- frames -------------------------------------------------------------------------------
     def push(self, camera_id: str, data: bytes) -> dict[str, Any]:
@@ -641,10 +1017,16 @@ class CameraManager:
             )
         runner = self._runner(camera.id)
         source = None
-        if runner is not None:
+        until = time.monotonic() + _PUSH_WAIT_S
+        while runner is not None:
             with runner.lock:
                 source = runner.source if runner.state == "running" else None
+                starting = runner.state == "starting"
+            if source is not None or not starting or time.monotonic() > until:
+                break
+            time.sleep(0.01)  # the camera is starting: its source opens in a moment
         if source is None:
+            self._elsewhere(camera, "its worker")
             raise ConflictError(f"camera {camera.name!r} is not running; start it first")
         source.push(data)
         return self._status(camera)
@@ -661,6 +1043,8 @@ class CameraManager:
                 worker = runner.worker
         image = worker.latest_annotated(names=names) if worker is not None else None
         if image is None:
+            if worker is None:
+                self._elsewhere(camera, "its live view")
             raise NotFoundError(f"camera {camera.name!r} has no frame yet")
         if isinstance(image, bytes | bytearray):
             return bytes(image)
@@ -692,9 +1076,19 @@ class CameraManager:
         the caller's to decide). NotFoundError when there is none."""
         jpeg = self.recorder.thumbnail(event_id)
         try:
-            event = self.gallery.events.get(event_id) if jpeg is not None else None
+            event = self.gallery.events.get(event_id)
         except NotFoundError:  # purged meanwhile
             event = None
+        if jpeg is None and event is not None and self.node is not None:
+            made_by = (event.details or {}).get("node")
+            if made_by and made_by != self.node.name:  # its thumbnail is in that node's memory
+                holder = next((n for n in self.gallery.cluster.nodes() if n.name == made_by), None)
+                if holder is not None and holder.state == "live":
+                    raise CameraElsewhereError(
+                        f"visit event {event_id} was recorded by node {made_by!r}",
+                        holder.name,
+                        holder.address,
+                    )
         if jpeg is None or event is None:
             raise NotFoundError(
                 f"no face kept for visit event {event_id} (thumbnails are kept "
@@ -716,6 +1110,82 @@ class CameraManager:
         }
         return self.last_purge
 
+    # -- notifications at least once -------------------------------------------------------------
+    def _delivered_to(self, key: str) -> Callable[[VisitEvent], None]:
+        """The ``on_done`` of the notifier named ``key``: its delivery mark of the event's
+        camera moves to the event (written to the gallery by :meth:`flush_marks`)."""
+
+        def done(event: VisitEvent) -> None:
+            camera_id = self._camera_ids.get(event.camera)
+            if event.record_id is None or camera_id is None:
+                return
+            with self._marks_lock:
+                mark = (key, camera_id)
+                self._marks[mark] = max(self._marks.get(mark, 0), int(event.record_id))
+
+        return done
+
+    def flush_marks(self) -> None:
+        """Write the delivery marks noted since the last call to the gallery."""
+        with self._marks_lock:
+            marks, self._marks = self._marks, {}
+        by_sink: dict[str, dict[str, int]] = {}
+        for (key, camera_id), event_id in marks.items():
+            by_sink.setdefault(key, {})[camera_id] = event_id
+        try:
+            for key, sink_marks in by_sink.items():
+                self.gallery.cluster.advance_marks(key, sink_marks)
+        except Exception:
+            with self._marks_lock:  # kept for the next try
+                for mark, event_id in marks.items():
+                    self._marks[mark] = max(self._marks.get(mark, 0), event_id)
+            raise
+
+    def first_run(self, camera_id: str, lease: LeaseRef | None) -> bool:
+        """Whether ``camera_id`` starts running under ``lease`` for the first time in this
+        process (taken over, or started after a restart): then what its notifiers may have
+        missed is sent again; a worker restarted under the same lease sends nothing again."""
+        with self._lock:
+            first = camera_id not in self._taken or self._taken[camera_id] != lease
+            self._taken[camera_id] = lease
+        return first
+
+    def replay(self, camera: Camera) -> int:
+        """Send each notifier (that keeps delivery marks) the camera's visit events written
+        after its mark, at most :data:`REPLAY_LIMIT`, none older than
+        :data:`REPLAY_WINDOW_S`: those a previous holder of the camera (a node that died) or
+        this service before a restart may not have delivered. Delivery is thus at least once;
+        each event keeps its ``event_id``, by which receivers drop a repeat. Returns how many
+        were sent."""
+        with self._lock:
+            self._camera_ids[camera.name] = camera.id
+        keyed = [n for n in self.notifiers if getattr(n, "key", None)]
+        if not keyed:
+            return 0
+        self.flush_marks()  # what this service delivered itself is not sent again
+        sent = 0
+        since = time.time() - REPLAY_WINDOW_S
+        for notifier in keyed:
+            mark = self.gallery.cluster.marks(notifier.key, [camera.id]).get(camera.id)
+            if mark is None:
+                continue
+            events = self.gallery.events.list(
+                source=camera.name, after_id=mark, start=since, limit=REPLAY_LIMIT
+            )
+            for event in sorted(events, key=lambda e: e.id):
+                visit = logged_visit(event)
+                if visit is not None:
+                    notifier(visit)
+                    sent += 1
+        if sent:
+            log.info(
+                "camera %r: %d notification(s) its previous run may not have delivered are "
+                "sent again",
+                camera.name,
+                sent,
+            )
+        return sent
+
     def _housekeeping(self) -> None:
         next_purge = time.monotonic() + min(60.0, self.purge_every_s)
         while not self._closed.wait(self.state_every_s):
@@ -723,6 +1193,10 @@ class CameraManager:
                 self.publish_states()
             except Exception:
                 log.warning("publishing camera states failed", exc_info=True)
+            try:
+                self.flush_marks()
+            except Exception as exc:
+                log.warning("saving the notifiers' delivery marks failed: %s", exc)
             with self._lock:
                 runners = list(self._runners.values())
             for runner in runners:
@@ -754,6 +1228,30 @@ class CameraManager:
                     notifier.publish_state(name, status)
                 except Exception:
                     log.warning("publishing %r's state failed", name, exc_info=True)
+
+
+#: The status of a camera nobody reports on yet.
+_BLANK_STATUS: dict[str, Any] = {
+    "state": "stopped",
+    "running": False,
+    "last_error": None,
+    "restarts": 0,
+    "read_fps": None,
+    "process_fps": None,
+    "lag_s": None,
+    "frames_read": 0,
+    "frames_processed": 0,
+    "ms_per_frame": None,
+    "frame_errors": 0,
+    "frames_dropped": 0,
+    "frames_corrupt": 0,
+    "reconnects": 0,
+    "tracks_open": 0,
+    "visits": 0,
+    "width": None,
+    "height": None,
+    "stream_fps": None,
+}
 
 
 def _visit_out(event: Any, face: bool) -> dict[str, Any]:

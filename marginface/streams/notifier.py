@@ -10,7 +10,7 @@ delivery counters (``status(camera)``) for that camera's status, and closes them
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from marginface.streams.visits import VisitEvent
@@ -29,6 +29,11 @@ class Notifier(Protocol):
 
     kind: str
     retains_state: bool
+    #: what the notifier is named by in the gallery's delivery marks (its destination)
+    key: str
+    #: called with each visit event once it is delivered or given up on (the manager moves
+    #: the notifier's delivery mark with it); None: nobody listens
+    on_done: Callable[[VisitEvent], None] | None
 
     def __call__(self, event: VisitEvent) -> None:
         """Send (or queue) one visit event."""

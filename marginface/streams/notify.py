@@ -17,12 +17,16 @@ Webhooks (:class:`Webhook`)
         X-Marginface-Timestamp: <unix seconds>
         X-Marginface-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>
 
-    and always ``X-Marginface-Event`` (the type) and ``X-Marginface-Delivery`` (the id, the
-    same on every retry, so receivers can drop duplicates). Receivers check a request with
-    :func:`verify_signature`. A 2xx answer is a delivery; 5xx, 408, 429, timeouts and
-    connection errors are retried with exponential backoff and jitter (a ``Retry-After`` is
-    honoured up to ``backoff_max_s``); any other answer (4xx, 3xx: redirects are not followed,
-    so a signed body never goes where it was not configured to) fails at once.
+    and always ``X-Marginface-Event`` (the type), ``X-Marginface-Delivery`` (the delivery's
+    id, the same on every retry) and, for a visit event, ``X-Marginface-Event-Id`` (the
+    event's own id, :attr:`VisitEvent.event_id`, the same on every retry and whichever node
+    sends it: a node taking a camera over sends again what its previous holder may not have
+    delivered, so delivery is *at least once* and receivers drop repeats by this id).
+    Receivers check a request with :func:`verify_signature`. A 2xx answer is a delivery;
+    5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and
+    jitter (a ``Retry-After`` is honoured up to ``backoff_max_s``); any other answer (4xx,
+    3xx: redirects are not followed, so a signed body never goes where it was not configured
+    to) fails at once.
 
 MQTT (:class:`MqttPublisher`), topics under ``topic_prefix`` (default ``marginface``), in the
 manner of Frigate's ``frigate/available`` and ``frigate/<camera>/...``::
@@ -33,8 +37,9 @@ manner of Frigate's ``frigate/available`` and ``frigate/<camera>/...``::
     <prefix>/<camera>/person/<subject_id>      {"present": ...}       retained (named people)
     <prefix>/<camera>/state                    the camera's status    retained
 
-The event payload is ``VisitEvent.to_dict()`` plus ``type``, ``id`` and ``sent_at``, flat so
-that a Home Assistant template reads ``value_json.name``. Camera names and subject ids are
+The event payload is ``VisitEvent.to_dict()`` (its ``event_id`` included: delivery is at least
+once, a receiver drops a repeat by it) plus ``type``, ``id`` and ``sent_at``, flat so that a
+Home Assistant template reads ``value_json.name``. Camera names and subject ids are
 made safe as one topic level: every character other than a letter, digit, ``_``, ``-`` or
 ``.`` (thus ``/``, ``+``, ``#``, spaces) becomes ``_``.
 """
@@ -53,7 +58,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -83,6 +88,7 @@ SIGNATURE_HEADER = "X-Marginface-Signature"
 TIMESTAMP_HEADER = "X-Marginface-Timestamp"
 EVENT_HEADER = "X-Marginface-Event"
 DELIVERY_HEADER = "X-Marginface-Delivery"
+EVENT_ID_HEADER = "X-Marginface-Event-Id"
 
 _RETRYABLE_4XX = frozenset({408, 429})
 #: Headers marginface sets itself on every POST; ``headers`` may not replace them.
@@ -97,10 +103,16 @@ _OWN_HEADERS = frozenset(
         TIMESTAMP_HEADER,
         EVENT_HEADER,
         DELIVERY_HEADER,
+        EVENT_ID_HEADER,
     )
 )
 #: An HTTP header name: RFC 9110's token characters.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _digest(*parts: str) -> str:
+    """A short stable name for a notifier's destination (its delivery marks' key)."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
 def _now_iso() -> str:
@@ -250,6 +262,7 @@ class _Delivery:
     id: str
     camera: str | None = None
     attempts: int = 0
+    event: VisitEvent | None = None  # a visit event's delivery (its id, its mark)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -291,6 +304,8 @@ class Webhook:
 
     def __init__(self, settings: WebhookSettings, *, user_agent: str | None = None) -> None:
         self.settings = settings
+        self.key = "webhook:" + _digest(settings.url, *sorted(settings.events))
+        self.on_done: Callable[[VisitEvent], None] | None = None
         self._user_agent = user_agent or "marginface-webhook/1"
         self._opener = urllib.request.build_opener(_NoRedirect)
         self._queue: deque[_Delivery] = deque()
@@ -312,8 +327,9 @@ class Webhook:
     def __call__(self, event: VisitEvent) -> None:
         """Queue ``event`` for delivery (when its kind is in ``settings.events``)."""
         if event.kind not in self.settings.events:
+            self._done(event)  # not wanted here: nothing to deliver, nothing to send again
             return
-        self._enqueue(f"visit.{event.kind}", {"event": event.to_dict()}, event.camera)
+        self._enqueue(f"visit.{event.kind}", {"event": event.to_dict()}, event.camera, event)
 
     def publish_state(self, camera: str, status: Mapping[str, Any]) -> None:
         """Queue a ``camera.state`` POST, only when ``'state'`` is in ``settings.events``
@@ -322,7 +338,20 @@ class Webhook:
             return
         self._enqueue("camera.state", {"camera": camera, "state": dict(status)}, camera)
 
-    def _enqueue(self, kind: str, content: dict[str, Any], camera: str | None) -> None:
+    def _done(self, event: VisitEvent | None) -> None:
+        if event is not None and self.on_done is not None:
+            try:
+                self.on_done(event)
+            except Exception:  # the mark is bookkeeping: never a reason to stop delivering
+                log.warning("webhook %s: noting a delivery failed", self._shown_url, exc_info=True)
+
+    def _enqueue(
+        self,
+        kind: str,
+        content: dict[str, Any],
+        camera: str | None,
+        event: VisitEvent | None = None,
+    ) -> None:
         delivery_id = str(uuid.uuid4())
         try:
             body = _to_json({"type": kind, **content, "id": delivery_id, "sent_at": _now_iso()})
@@ -336,7 +365,7 @@ class Webhook:
                 return
             if len(self._queue) >= self.settings.queue_size:
                 self._counts.add(self._queue.popleft().camera, "dropped")
-            self._queue.append(_Delivery(kind, body, delivery_id, camera))
+            self._queue.append(_Delivery(kind, body, delivery_id, camera, event=event))
             self._cond.notify()
 
     # -- status and shutdown ----------------------------------------------------------------
@@ -412,7 +441,8 @@ class Webhook:
                 self._in_flight = 1
                 self._sending = delivery
             try:
-                self._deliver(delivery)
+                if self._deliver(delivery):
+                    self._done(delivery.event)
             except Exception as exc:  # a bug must not kill the thread silently
                 log.exception("webhook delivery crashed")
                 with self._cond:
@@ -423,7 +453,9 @@ class Webhook:
                     self._sending = None
                     self._cond.notify_all()
 
-    def _deliver(self, delivery: _Delivery) -> None:
+    def _deliver(self, delivery: _Delivery) -> bool:
+        """Send one delivery, retrying; True when it is done (delivered, or given up on after
+        its attempts), False when it was abandoned at close (to be sent again later)."""
         s = self.settings
         while not self._stop.is_set():
             delivery.attempts += 1
@@ -442,7 +474,7 @@ class Webhook:
                         delivery.id,
                         message,
                     )
-                    return
+                    return True
                 delay = self._backoff(delivery.attempts, failure.retry_after)
                 if self._stop.wait(delay):
                     break
@@ -451,9 +483,10 @@ class Webhook:
                 self._counts.add(delivery.camera, "delivered")
                 self._last_delivered_at = _now_iso()
                 self._last_status = status
-            return
+            return True
         with self._cond:  # stopped while retrying: abandoned
             self._counts.add(delivery.camera, "dropped")
+        return False
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         s = self.settings
@@ -472,6 +505,8 @@ class Webhook:
             EVENT_HEADER: delivery.type,
             DELIVERY_HEADER: delivery.id,
         }
+        if delivery.event is not None:
+            headers[EVENT_ID_HEADER] = delivery.event.event_id
         if s.secret:
             timestamp = str(int(time.time()))  # signed per attempt: a retry is fresh too
             headers[TIMESTAMP_HEADER] = timestamp
@@ -578,13 +613,19 @@ class MqttPublisher:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.settings = settings
+        self.key = "mqtt:" + _digest(
+            settings.host, str(settings.port), settings.topic_prefix, settings.username or ""
+        )
+        self.on_done: Callable[[VisitEvent], None] | None = None
         self._mqtt = mqtt
         self._lock = threading.Lock()
         self._counts = CameraCounters(_MQTT_COUNTERS)
         self._connects = 0
         self._disconnects = 0
         self._presence: dict[tuple[str, str], set[str]] = {}  # open visits' uids
-        self._in_flight: dict[int, str | None] = {}  # message id -> camera, until acknowledged
+        # message id -> (camera, the visit event a publish on <camera>/events carries), until
+        # the broker acknowledges it
+        self._in_flight: dict[int, tuple[str | None, VisitEvent | None]] = {}
         self._early_acks: set[int] = set()  # acknowledged before publish() returned its id
         self._connected = False
         self._last_error: str | None = None
@@ -636,7 +677,9 @@ class MqttPublisher:
             "sent_at": _now_iso(),
         }
         camera = event.camera
-        self._publish(self.topic(camera, "events"), payload, retain=False, camera=camera)
+        self._publish(
+            self.topic(camera, "events"), payload, retain=False, camera=camera, event=event
+        )
         self._publish(self.topic(camera, event.kind), payload, retain=False, camera=camera)
         if event.kind == "corrected" and event.previous_subject_id is not None:
             self._update_presence(
@@ -692,7 +735,13 @@ class MqttPublisher:
         )
 
     def _publish(
-        self, topic: str, payload: Mapping[str, Any], *, retain: bool, camera: str | None = None
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        retain: bool,
+        camera: str | None = None,
+        event: VisitEvent | None = None,
     ) -> None:
         mqtt = self._mqtt
         try:
@@ -705,6 +754,7 @@ class MqttPublisher:
             with self._lock:
                 self._last_error = error
             self._counts.fail(camera, "failed", error)
+            self._done(event)  # given up on
             return
         if rc == mqtt.MQTT_ERR_NO_CONN and self.settings.qos > 0:
             self._counts.add(camera, "queued")  # kept by paho, sent on reconnection
@@ -713,16 +763,25 @@ class MqttPublisher:
             with self._lock:
                 self._last_error = error
             self._counts.fail(camera, "failed", error)
+            self._done(event)  # given up on
             return
         with self._lock:
             if info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
                 acked = True
             else:
-                self._in_flight[info.mid] = camera
+                self._in_flight[info.mid] = (camera, event)
                 acked = False
         if acked:
             self._counts.add(camera, "published")
+            self._done(event)
+
+    def _done(self, event: VisitEvent | None) -> None:
+        if event is not None and self.on_done is not None:
+            try:
+                self.on_done(event)
+            except Exception:  # the mark is bookkeeping: never a reason to stop publishing
+                log.warning("MQTT: noting a delivery failed", exc_info=True)
 
     # -- callbacks (paho's network thread) --------------------------------------------------
     def _on_connect(
@@ -763,9 +822,10 @@ class MqttPublisher:
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any = None
     ) -> None:
+        event: VisitEvent | None = None
         with self._lock:
             if mid in self._in_flight:
-                camera = self._in_flight.pop(mid)
+                camera, event = self._in_flight.pop(mid)
             else:  # not ours (the availability topic), or faster than publish() returned
                 camera = None
                 self._early_acks.add(mid)
@@ -777,6 +837,7 @@ class MqttPublisher:
             self._counts.fail(camera, "failed", f"broker refused a publish: {reason_code}")
         else:
             self._counts.add(camera, "published")
+        self._done(event)
 
     # -- status and shutdown ----------------------------------------------------------------
     @property

@@ -87,6 +87,7 @@ from marginface.urls import parse_url, redact_url, scheme_of
 
 __all__ = [
     "ANY_SOURCE",
+    "CameraSource",
     "Frame",
     "Source",
     "SourceOptions",
@@ -222,6 +223,50 @@ class SourceOptions(StrictModel):
         description="files: start at this presentation time (seconds); frames before it are "
         "not delivered (a camera resuming where it stopped)",
     )
+
+
+class CameraSource(StrictModel):
+    """A camera's source options in the service (its ``settings.source``): the part of
+    :class:`SourceOptions` a camera's administrator may choose. FFmpeg's own options, demuxers
+    and limits stay the service's (they could open what its source policy refuses)."""
+
+    transport: Literal["tcp", "udp"] | None = Field(
+        None,
+        description="RTSP lower transport (rtsp:// and rtsps:// only; default tcp, also "
+        "?transport= in the URL)",
+    )
+    open_timeout: float = Field(10.0, gt=0, le=600, description="seconds to connect and probe")
+    read_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds without data before the stream counts as lost"
+    )
+    backoff_initial: float = Field(
+        0.5, gt=0, le=600, description="first wait before reconnecting (doubled each time)"
+    )
+    backoff_max: float = Field(
+        30.0, gt=0, le=3600, description="longest wait between reconnections (>= the first)"
+    )
+    loop: bool = Field(
+        False,
+        description="a video file is played as a live camera: paced at its own rate, from its "
+        "start again at its end, no reading position kept (demos, tests, load trials; files "
+        "only)",
+    )
+
+    def check(self, kind: str | None) -> None:
+        """Refuse (ConfigError) options that do not suit a source of ``kind``."""
+        if self.transport is not None and kind != "rtsp":
+            raise ConfigError(f"source.transport is for rtsp:// sources, not {kind} sources")
+        if self.loop and kind != "file":
+            raise ConfigError(f"source.loop is for video files, not {kind} sources")
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("source.backoff_max must be >= source.backoff_initial")
+
+    def options(self) -> dict[str, Any]:
+        """The :func:`open_source` options these settings give."""
+        out = self.model_dump(exclude={"transport"})
+        if self.transport is not None:
+            out["transport"] = self.transport
+        return out
 
 
 @dataclass

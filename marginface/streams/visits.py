@@ -64,8 +64,10 @@ from marginface.errors import GalleryError
 from marginface.gallery import Gallery
 
 __all__ = [
+    "RESUME_GRACE_S",
     "EventKind",
     "Evidence",
+    "PastVisit",
     "TrackState",
     "Verdict",
     "VisitEvent",
@@ -210,6 +212,30 @@ class Evidence:
     facing: bool = True
 
 
+#: A visit taken over from a camera's previous holder that had not ended there is announced
+#: ``left`` this long after the take-over unless a track continues it (the person, still in
+#: view, needs a moment to be tracked and decided again).
+RESUME_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class PastVisit:
+    """A visit of this camera that an earlier holder of it recorded (read from the gallery, not
+    from memory): what a worker taking the camera over needs to continue it rather than
+    announce its person again. ``first_seen`` / ``last_seen``: epoch seconds; ``ended``: its
+    ``left`` was recorded; ``faces``: a stranger's faces (its visitor's), to know them again."""
+
+    uid: str
+    subject_id: str | None
+    name: str | None
+    score: float
+    threshold: float
+    first_seen: float
+    last_seen: float
+    ended: bool
+    faces: tuple[Evidence, ...] = ()
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -247,10 +273,19 @@ class VisitEvent:
     previous_subject_id: str | None = None
     previous_name: str | None = None
     reason: str | None = None
+    #: this event's own id, made once when it happens: the gallery keeps it, webhooks send it
+    #: (``X-Marginface-Event-Id``) and MQTT payloads carry it, the same on every delivery
+    event_id: str = field(default_factory=lambda: secrets.token_hex(12))
+    #: the node that made it and its lease's fencing epoch (in a camera cluster; else None)
+    node: str | None = None
+    epoch: int | None = None
+    #: the gallery's event id once recorded (not part of :meth:`to_dict`)
+    record_id: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly fields (times as ISO 8601 strings; no evidence)."""
         out: dict[str, Any] = {
+            "event_id": self.event_id,
             "kind": self.kind,
             "camera": self.camera,
             "track_id": self.track_id,
@@ -265,6 +300,8 @@ class VisitEvent:
             "faces": self.faces,
             "first_seen": _iso(self.first_seen),
             "last_seen": _iso(self.last_seen),
+            "node": self.node,
+            "epoch": self.epoch,
         }
         if self.kind == "corrected":
             out["previous_subject_id"] = self.previous_subject_id
@@ -362,6 +399,43 @@ class VisitTracker:
         self.splits = 0
         self.rejoined = 0
         self.corrections = 0
+
+    def resume(self, visits: list[PastVisit], t: float, wall: float) -> int:
+        """Take over the recent visits another worker recorded for this camera (its earlier
+        holder, before a failover or a move): ``t`` is now in this tracker's clock, ``wall``
+        the same moment in epoch seconds. A person back within ``revisit_s`` of their visit's
+        last sighting continues it (no second ``arrived``): a named person by subject, a
+        stranger by their visitor's faces. A visit that had not ended is announced ``left``
+        :data:`RESUME_GRACE_S` after the take-over unless a track continues it. Returns how
+        many visits were taken over."""
+        taken = 0
+        for past in visits:
+            if any(v.uid == past.uid for v in self._visits):
+                continue
+            ago = max(0.0, wall - past.last_seen)
+            if ago > self.settings.revisit_s:
+                continue
+            end_s = t - ago
+            visit = _Visit(
+                self._new_visit(),
+                past.uid,
+                past.subject_id,
+                past.name,
+                float(past.score),
+                float(past.threshold),
+                end_s - max(0.0, past.last_seen - past.first_seen),
+                end_s,
+                float(past.score),
+                past.first_seen,
+                past.last_seen,
+                list(past.faces),
+            )
+            if not past.ended:
+                visit.closing_since = t + RESUME_GRACE_S - self.settings.leave_s
+                visit.end_reason = "ended"
+            self._visits.append(visit)
+            taken += 1
+        return taken
 
     # -- evidence -------------------------------------------------------------------------------
     def _moved(self, track: _Track, box: np.ndarray | None, t: float | None = None) -> bool:
@@ -461,6 +535,10 @@ class VisitTracker:
     def open_tracks(self) -> int:
         """Tracks observed and not ended."""
         return len(self._tracks)
+
+    def idle(self) -> bool:
+        """No track open and no visit waiting for its ``left``: nobody is being followed."""
+        return not self._tracks and all(v.closing_since is None for v in list(self._visits))
 
     def observe(
         self,

@@ -108,29 +108,45 @@ class TemporaryPostgres:
         )
         for _attempt in range(3):
             self.port = _free_port()
-            opts = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=100"
-            )
             try:
-                self._run(
-                    str(self.bin_dir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(self.root / "server.log"),
-                    "-o",
-                    opts,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                )
+                self._pg_start()
                 return self
             except GalleryError:
                 continue
         raise GalleryError("could not start the temporary PostgreSQL server")
+
+    def _pg_start(self) -> None:
+        assert self.root is not None
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def halt(self) -> None:
+        """Stop the server as an administrator would (``pg_ctl stop -m fast``: clients are
+        disconnected, committed data kept); :meth:`resume` starts it again on the same port."""
+        assert self.root is not None
+        self._run(
+            str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"
+        )
+
+    def resume(self) -> None:
+        """Start the server :meth:`halt` stopped, on the same port with the same data."""
+        self._pg_start()
 
     @property
     def url(self) -> str:

@@ -141,16 +141,20 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
     monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in schema.MIGRATIONS if m.version <= 3))
     with Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5)) as g:
         ada = g.subjects.create("Ada", embeddings=people.sample(0, 2))
-        g.events.log(
-            "door", subject_id=ada.id, score=0.9, decision="match", time=DAY + timedelta(hours=8)
-        )
+    # an event as version 3 wrote it (today's code writes columns that version lacks)
+    raw(
+        url,
+        "INSERT INTO events (ts, source, subject_id, subject_name, score, decision, details) "
+        "VALUES (?, 'door', ?, 'Ada', 0.9, 'match', '{}')",
+        ((DAY + timedelta(hours=8)).timestamp(), ada.id),
+    )
     assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     monkeypatch.undo()
     with Gallery.open(url, card=card(), create=False) as g:
-        assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+        assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
         assert [
             int(v) for (v,) in raw(url, "SELECT version FROM schema_migrations ORDER BY version")
-        ] == [1, 2, 3, 4]
+        ] == [1, 2, 3, 4, 5]
         # what version 3 held is intact and still works
         assert g.identify(people.sample(0))[0].subject_id == ada.id
         assert [e.decision for e in g.events.list()] == ["match"]
@@ -162,7 +166,7 @@ def test_a_version_3_gallery_gains_cameras_and_visitors(
         assert sighting.new and g.visitors.count() == 1
         g.subjects.delete(ada.id)
     Database(url).close()  # opening again changes nothing
-    assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert raw(url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
 
 
 # -- attendance from camera visits --------------------------------------------------------------

@@ -206,3 +206,22 @@ def test_gallery_with_the_faiss_index_searches_and_forgets(tmp_path):
     with Gallery.open(tmp_path / "g.db", model_name="m", dim=32, index="faiss") as g:
         assert len(g.index) == 299 * 4  # rebuilt from SQL at start
         assert g.search(data[4:5], 1)[0][0].subject_id == subjects[1]
+
+
+def test_an_index_that_does_not_answer_is_a_storage_error(tmp_path, monkeypatch):
+    """A vector index server away (Milvus restarting): searches fail as the gallery's
+    StorageError (the service's 503), and work again once it answers."""
+    from marginface.errors import StorageError
+
+    data, _ = faces(10, 2, 32, seed=3)
+    with Gallery.open(tmp_path / "g.db", model_name="m", dim=32) as g:
+        ada = g.create_subject("Ada", embeddings=data[:2]).id
+
+        def away(*args, **kwargs):
+            raise ConnectionError("milvus.lan:19530: connection refused")
+
+        monkeypatch.setattr(g.index, "search", away)
+        with pytest.raises(StorageError, match=r"vector index did not answer.*connection refused"):
+            g.search(data[:1], 1)
+        monkeypatch.undo()
+        assert g.search(data[:1], 1)[0][0].subject_id == ada

@@ -119,7 +119,7 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     assert version(url) == 1 and not has_table(url, "schema_migrations")
     g = Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5), create=False)
     try:
-        assert version(url) == schema.SCHEMA_VERSION == 4
+        assert version(url) == schema.SCHEMA_VERSION == 5
         assert history(url) == [
             (1, "base schema (marginface 0.1)"),
             *((m.version, m.name) for m in schema.MIGRATIONS),
@@ -158,7 +158,7 @@ def test_a_release_1_gallery_is_upgraded_in_place(release_1) -> None:
     finally:
         g.close()
     Gallery.open(url, create=False).close()  # opening again changes nothing
-    assert version(url) == 4 and [v for v, _ in history(url)] == [1, 2, 3, 4]
+    assert version(url) == 5 and [v for v, _ in history(url)] == [1, 2, 3, 4, 5]
 
 
 def test_a_newer_gallery_is_refused(release_1) -> None:
@@ -167,7 +167,7 @@ def test_a_newer_gallery_is_refused(release_1) -> None:
     with pytest.raises(
         GalleryError,
         match=r"schema version 99 is newer than this marginface "
-        r"supports \(4\); upgrade marginface",
+        r"supports \(5\); upgrade marginface",
     ):
         Gallery.open(url, create=False)
     assert version(url) == 99 and not has_table(url, "schema_migrations")
@@ -175,16 +175,16 @@ def test_a_newer_gallery_is_refused(release_1) -> None:
 
 def test_a_failed_upgrade_changes_nothing(release_1, monkeypatch) -> None:
     url, _, _ = release_1
-    broken = schema.Migration(5, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
+    broken = schema.Migration(6, "broken", ("CREATE TABLE half_done (x INTEGER)", "NOT SQL"))
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
     with pytest.raises(StorageError):
         Database(url)
-    # steps 2 to 5 were one transaction with the failure: none of it happened
+    # steps 2 to 6 were one transaction with the failure: none of it happened
     assert version(url) == 1
     assert not has_table(url, "schema_migrations") and not has_table(url, "half_done")
     monkeypatch.undo()
     Database(url).close()
-    assert version(url) == 4
+    assert version(url) == 5
 
 
 def test_processes_opening_together_upgrade_once(release_1) -> None:
@@ -207,7 +207,7 @@ def test_processes_opening_together_upgrade_once(release_1) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert version(url) == 4 and [v for v, _ in history(url)] == [1, 2, 3, 4]
+    assert version(url) == 5 and [v for v, _ in history(url)] == [1, 2, 3, 4, 5]
 
 
 def test_a_new_gallery_is_built_through_the_migrations(tmp_path) -> None:
@@ -215,3 +215,38 @@ def test_a_new_gallery_is_built_through_the_migrations(tmp_path) -> None:
     Database(url).close()
     assert version(url) == schema.SCHEMA_VERSION
     assert [v for v, _ in history(url)] == list(range(1, schema.SCHEMA_VERSION + 1))
+
+
+def test_cameras_of_schema_4_get_their_leases(release_1) -> None:
+    """A gallery of schema 4 with cameras (a single service ran them) upgrades to the cluster's
+    schema: each camera gets a free lease (epoch 0) that a node claims, events keep their rows
+    (without a logged_at) and new events get one."""
+    url, _, _ = release_1
+    steps = [m for m in schema.MIGRATIONS if m.version <= 4]
+    db = Database(url)  # today's schema; rebuild it at version 4 below
+    db.close()
+    for table in ("delivery_marks", "camera_leases", "nodes"):
+        raw(url, f"DROP TABLE {table}")
+    raw(url, "ALTER TABLE events DROP COLUMN logged_at")
+    raw(url, "DELETE FROM schema_migrations WHERE version = 5")
+    raw(url, "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    assert version(url) == 4 and steps[-1].version == 4
+    for name in ("door", "lab"):
+        raw(
+            url,
+            "INSERT INTO cameras (id, name, url, settings, enabled, created_at, updated_at) "
+            "VALUES (?, ?, 'push:', '{}', 1, ?, ?)",
+            (f"id-{name}", name, DAY, DAY),
+        )
+    g = Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5), create=False)
+    try:
+        assert version(url) == 5
+        leases = {lease.camera: (lease.node, lease.epoch) for lease in g.camera_leases()}
+        assert leases == {"door": (None, 0), "lab": (None, 0)}
+        assert all(e.logged_at is None for e in g.events())
+        g.register_node("n1", "i1", ttl_s=30.0, capacity=4)
+        assert len(g.claim_cameras("n1", "i1", count=4).leases) == 2
+        event = g.log_event("door", subject_id=None, score=0.2, decision="arrived")
+        assert event.logged_at is not None
+    finally:
+        g.close()

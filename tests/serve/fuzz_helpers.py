@@ -123,6 +123,7 @@ REQUIRED_ROLE: dict[str, str | None] = {
     "POST /v1/unknowns/{visitor_id}/assign": "enrol",
     "POST /v1/unknowns/{visitor_id}/dismiss": "enrol",
     "POST /v1/unknowns/{visitor_id}/split": "enrol",
+    "GET /v1/nodes": "recognise",
 }
 
 #: Cameras: the fake worker; failing cameras (random URLs) retry slowly, not every 0.2 s.

@@ -260,6 +260,7 @@ ROUTE_TABLE += [
     ),
     ("POST", "/v1/unknowns/{visitor_id}/dismiss", "enrol", 200, _visitor_req("POST", "/dismiss")),
     ("POST", "/v1/unknowns/{visitor_id}/split", "enrol", 200, _split_req),
+    ("GET", "/v1/nodes", "recognise", 200, lambda h: _req("GET", "/v1/nodes")),
 ]
 
 CALLERS = (None, "wrong", *ROLES)

@@ -153,6 +153,9 @@ def test_cameras_card(camera_server: CameraServer) -> None:
             # A push camera is connecting until its first frame comes.
             expect(row).to_have_attribute("data-state", re.compile(r"^(connecting|running)$"))
             expect(row.locator(".camera-state")).to_have_text(row.get_attribute("data-state"))
+            # the node running it (the service's own, of a one-node SQLite gallery)
+            node = api.get("/v1/nodes").json()["this"]
+            expect(row.locator(".camera-node")).to_have_text(node)
             assert page.locator("#cameras b, #cameras i").count() == 0  # escaped
             camera_id = row.get_attribute("data-camera-id")
             assert camera_id

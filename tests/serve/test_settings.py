@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,28 @@ def test_service_limits_blas_threads_while_it_runs(tmp_path: Path) -> None:
             assert blas_threads() == before
         finally:
             untouched.close()
+
+
+def test_cluster_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's name and address: defaults, the environment, and the values refused."""
+    s = ServeSettings(port=8123)
+    assert s.node_name == f"{socket.gethostname()}-8123"
+    assert s.advertised_address == "http://127.0.0.1:8123"
+    assert ServeSettings(host="0.0.0.0", port=9).advertised_address == (
+        f"http://{socket.gethostname()}:9"
+    )
+    monkeypatch.setenv("MARGINFACE_NODE", "cams-1")
+    monkeypatch.setenv("MARGINFACE_LEASE_TTL_S", "5")
+    s = load_settings(node_address="https://cams-1.lan:8443/")
+    assert (s.node_name, s.lease_ttl_s, s.advertised_address) == (
+        "cams-1",
+        5.0,
+        "https://cams-1.lan:8443",
+    )
+    monkeypatch.delenv("MARGINFACE_NODE")
+    with pytest.raises(ConfigError, match=r"node: .*node name"):
+        load_settings(node="cams\u202e1")
+    with pytest.raises(ConfigError, match=r"node_address: .*credentials"):
+        load_settings(node_address="http://user:secret@cams-1.lan")
+    with pytest.raises(ConfigError, match="lease_ttl_s"):
+        load_settings(lease_ttl_s=0.1)

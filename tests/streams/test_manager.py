@@ -4,6 +4,7 @@ retention and state publishing; and once, a real video through the real pipeline
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from marginface.errors import DataError
 from marginface.gallery import Gallery
 from marginface.streams.manager import SLOW_AFTER, CameraManager, check_camera_url
-from marginface.streams.recorder import VisitRecorder
+from marginface.streams.recorder import VisitRecorder, logged_visit, past_visits
 from marginface.streams.sources import SourcePolicy
 from marginface.streams.visits import Evidence, VisitEvent
 from tests.serve.serve_fakes import (
@@ -194,7 +195,13 @@ def test_recorder_writes_visits_and_strangers(gallery: Gallery, store_crops: boo
     visitor = gallery.visitors.get(visitor_id)
     assert visitor.status == "pending" and visitor.cameras == ["door"] and visitor.faces
     assert all(f.has_crop == store_crops for f in visitor.faces)
-    assert recorder.status() == {"events": 4, "strangers": 1, "failed": 0, "last_error": None}
+    assert recorder.status() == {
+        "events": 4,
+        "strangers": 1,
+        "failed": 0,
+        "fenced": 0,
+        "last_error": None,
+    }
     assert [r.subject_id for r in gallery.events.attendance()] == [ada.id]
 
 
@@ -468,3 +475,28 @@ def test_a_token_in_a_camera_url_is_never_shown(gallery: Gallery) -> None:
     finally:
         m.close()
     assert token not in str(shown)
+
+
+def test_recorded_visits_read_back_for_a_take_over(gallery: Gallery) -> None:
+    """What a node taking a camera over reads from the gallery: the recorded events, as the
+    notifiers got them (the same event ids), and the recent visits to continue."""
+    emb = np.zeros((1, DIM), np.float32)
+    emb[0, 3] = 1.0
+    ada = gallery.subjects.create("Ada", embeddings=emb)
+    recorder = VisitRecorder(gallery)
+    made = [
+        dataclasses.replace(_event("arrived", ada.id, visit=1, evidence=1), uid="v1"),
+        dataclasses.replace(_event("arrived", None, visit=2, evidence=3), uid="v2"),
+        dataclasses.replace(_event("left", None, visit=2, evidence=3), uid="v2"),
+    ]
+    ids = [recorder.record(e) for e in made]
+    for event, record_id in zip(made, ids, strict=True):
+        again = logged_visit(gallery.events.get(record_id))
+        assert again is not None and again.record_id == record_id
+        assert again.to_dict() == event.to_dict()  # its event_id included
+    visits = {v.uid: v for v in past_visits(gallery, "door", 60.0)}
+    assert set(visits) == {"v1", "v2"}
+    assert visits["v1"].subject_id == ada.id and not visits["v1"].ended
+    assert visits["v2"].ended and visits["v2"].subject_id is None
+    assert len(visits["v2"].faces) == 3  # the stranger's visitor's faces: known again
+    assert past_visits(gallery, "door", 0.0) == []  # all older than the window

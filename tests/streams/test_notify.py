@@ -41,19 +41,21 @@ def visit(
     subject_id: str | None = "alice",
     name: str | None = "Alice",
 ) -> VisitEvent:
-    """A visit event as the camera worker makes them."""
+    """A visit event as the camera worker makes them (its id made of its fields, so that
+    the same call gives the same event)."""
     return VisitEvent(
-        kind,
+        kind,  # type: ignore[arg-type]
         camera,
         track_id,
         track_id,
         subject_id,
-        name,  # type: ignore[arg-type]
+        name,
         0.71,
         0.42,
         1.5,
         4.25,
         3,
+        event_id=f"{kind}-{camera}-{track_id}",
     )
 
 
@@ -263,6 +265,8 @@ def test_webhook_posts_signed_json(receiver: Receiver) -> None:
     assert h["Content-Type"] == "application/json"
     assert h["X-Marginface-Event"] == "visit.arrived"
     assert h["X-Marginface-Delivery"] == payload["id"]
+    # the event's own id, by which a receiver drops a repeat (retries, a failover)
+    assert h["X-Marginface-Event-Id"] == payload["event"]["event_id"] == "arrived-front door-1"
     ts, sig = h["X-Marginface-Timestamp"], h["X-Marginface-Signature"]
     assert abs(int(ts) - time.time()) < 10
     assert verify_signature(SECRET, ts, first.body, sig)
@@ -295,7 +299,8 @@ def test_webhook_retries_with_backoff_until_delivered(receiver: Receiver, code: 
     assert status["last_failure_at"] is not None
     attempts = receiver.requests
     assert len(attempts) == 4
-    assert len({r.headers["X-Marginface-Delivery"] for r in attempts}) == 1  # same event id
+    assert len({r.headers["X-Marginface-Delivery"] for r in attempts}) == 1  # same delivery
+    assert len({r.headers["X-Marginface-Event-Id"] for r in attempts}) == 1  # same event
     assert len({r.body for r in attempts}) == 1
     for r in attempts:  # every attempt freshly signed
         assert verify_signature(

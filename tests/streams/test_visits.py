@@ -312,3 +312,41 @@ def test_events_carry_wall_times_and_the_best_faces_as_evidence(gallery: Gallery
     assert again.visit_id == left.visit_id
     assert again.first_seen == left.first_seen and again.start_s == 0.0
     assert "evidence" not in repr(left)  # events compare and print without their evidence
+
+
+# -- a camera taken over by another node (docs/cluster.md) ----------------------------------------
+def test_a_worker_taking_a_camera_over_continues_the_recorded_visits(gallery: Gallery) -> None:
+    """The previous holder announced Ada (still in view) and a stranger whose visit ended: the
+    new worker, given those visits as the gallery recorded them, announces neither again; a
+    person it has not seen yet is announced; the unended visit gets its ``left`` once nobody
+    continues it."""
+    from marginface.streams.visits import RESUME_GRACE_S, Evidence, PastVisit
+
+    now = 1_700_000_000.0
+    stranger_faces = tuple(Evidence(0.5, face(STRANGER)) for _ in range(3))
+    past = [
+        PastVisit("ada-visit", ada_id(gallery), "Ada", 0.8, 0.5, now - 20, now - 1, ended=False),
+        PastVisit("s-visit", None, None, 0.1, 0.5, now - 30, now - 10, True, stranger_faces),
+        PastVisit("old", ada_id(gallery), "Ada", 0.8, 0.5, now - 900, now - 800, ended=True),
+    ]
+    tracker = VisitTracker(gallery, "door", VisitSettings(revisit_s=60))
+    assert tracker.resume(past, t=0.0, wall=now) == 2  # the old one is beyond revisit_s
+    ada = walk(tracker, 1, person=0, start=0.0)
+    assert [e.kind for e in ada] == ["left"] and ada[0].uid == "ada-visit"
+    assert ada[0].first_seen == datetime.fromtimestamp(now - 20, UTC)  # the visit's start
+    stranger: list[VisitEvent] = []
+    for i in range(4):
+        stranger += step(tracker, 2, 5 + i / 5, quality(), STRANGER)
+    assert stranger == []  # known again by their visitor's faces
+    grace = walk(tracker, 3, person=1, start=10.0)
+    assert [e.kind for e in grace] == ["arrived", "left"]
+    # a visit taken over that nobody continues is announced left after the grace period
+    idle = VisitTracker(gallery, "door", VisitSettings(revisit_s=60))
+    idle.resume(past[:1], t=0.0, wall=now)
+    assert idle.flush(RESUME_GRACE_S - 0.5) == []
+    (left,) = idle.flush(RESUME_GRACE_S)
+    assert left.kind == "left" and left.uid == "ada-visit" and left.subject_id == ada_id(gallery)
+
+
+def ada_id(gallery: Gallery) -> str:
+    return gallery.find_subjects("Ada")[0].id

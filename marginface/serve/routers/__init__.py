@@ -7,7 +7,8 @@
 - ``keys``: the caller's key (``/me``) and the admin's API-key management.
 - ``cameras``: cameras (configure, start, stop, status, pushed frames, snapshot) and their
   visits (``/v1/visits``);
-- ``unknowns``: the strangers' review queue (visitors: list, faces, assign, dismiss).
+- ``unknowns``: the strangers' review queue (visitors: list, faces, assign, dismiss);
+- ``nodes``: the nodes of the camera cluster (``/v1/nodes``).
 
 Each module's ``router`` has the ``/v1`` prefix, its tag and the 401/403 responses; routers that
 take photos parse uploads in memory (``serve/uploads.py``). Bounded parameter types and the

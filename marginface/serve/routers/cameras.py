@@ -13,6 +13,10 @@ Passwords in camera URLs are never shown back.
 
 Every route here is ``def`` (FastAPI's threadpool) except the frame upload, which reads the body
 on the loop and hands the frame over in a worker thread: the gallery is never called on the loop.
+
+In a camera cluster any node answers: the cameras' status comes from the node running each
+(published with its heartbeat), and what needs a camera's worker (its live view, pushed frames,
+restarting it, a recent visit's face) is forwarded to that node (``serve/forward.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from marginface.serve.auth import (
 )
 from marginface.serve.deps import ServiceDep
 from marginface.serve.errors import ApiError
+from marginface.serve.forward import forward
 from marginface.serve.params import AUTH_ERRORS, BODY_ERRORS, Responses
 from marginface.serve.schemas import (
     CameraCreate,
@@ -46,6 +51,7 @@ from marginface.serve.schemas import (
     VisitListOut,
 )
 from marginface.serve.uploads import InMemoryUploadRoute
+from marginface.streams.manager import CameraElsewhereError
 
 __all__ = ["router"]
 
@@ -59,6 +65,18 @@ CameraId = Annotated[
 Limit = Annotated[int, Query(ge=1, le=500, description="Most visit events returned.")]
 
 _NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No camera with this id."}}
+#: What forwarding to the node running a camera may answer (a camera cluster).
+_FORWARDED: Responses = {
+    409: {
+        "model": ErrorOut,
+        "description": "The camera runs on another node, which says it does not (it is moving "
+        "between nodes): retry shortly.",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "The camera runs on another node, which does not answer.",
+    },
+}
 _UNAVAILABLE: Responses = {
     503: {
         "model": ErrorOut,
@@ -165,15 +183,19 @@ def delete_camera(camera_id: CameraId, service: ServiceDep, _key: AdminKey) -> R
 @router.post(
     "/cameras/{camera_id}/start",
     response_model=CameraOut,
-    responses={**_NOT_FOUND, **_UNAVAILABLE},
+    responses={**_NOT_FOUND, **_UNAVAILABLE, **_FORWARDED},
     summary="Start watching a camera",
 )
-def start_camera(camera_id: CameraId, service: ServiceDep, _key: AdminKey) -> Any:
+def start_camera(camera_id: CameraId, request: Request, service: ServiceDep, _key: AdminKey) -> Any:
     """Run the camera now and whenever the service starts (`enabled` becomes true). Starting
     a running camera changes nothing; a video file that ended plays again. When the service
-    runs no camera workers (setting `cameras: false`) it is only marked enabled."""
-    with _camera_errors(camera_id):
-        return service.cameras.start_camera(camera_id)
+    runs no camera workers (setting `cameras: false`) it is only marked enabled. In a cluster
+    the node running the camera restarts it (the request is forwarded there)."""
+    try:
+        with _camera_errors(camera_id):
+            return service.cameras.start_camera(camera_id)
+    except CameraElsewhereError as exc:
+        return forward(request, exc, b"", service.node.name)
 
 
 @router.post(
@@ -220,8 +242,9 @@ _FRAME_BODY: dict[str, Any] = {
         409: {
             "model": ErrorOut,
             "description": "The camera is not a push camera (its URL is not `push:`), or it is "
-            "not running (POST .../start).",
+            "not running (POST .../start), or it is moving between nodes.",
         },
+        503: _FORWARDED[503],
         413: {"model": ErrorOut, "description": "The frame is larger than the upload limit."},
         415: {"model": ErrorOut, "description": "The body is neither an image nor a form."},
         422: {
@@ -248,6 +271,8 @@ async def push_frame(
             state = await run_in_threadpool(service.cameras.push, camera_id, data)
     except ImageError as exc:
         raise ApiError(422, "invalid_frame", f"the frame is not an image: {exc}") from None
+    except CameraElsewhereError as exc:  # the node running the camera takes the frame
+        return await run_in_threadpool(forward, request, exc, data, service.node.name)
     return {"accepted": True, "status": state}
 
 
@@ -282,10 +307,13 @@ async def _frame_bytes(request: Request) -> bytes:
             "model": ErrorOut,
             "description": "No camera with this id, or it has processed no frame yet.",
         },
+        **_FORWARDED,
     },
     summary="The camera's latest frame, annotated",
 )
-def snapshot(camera_id: CameraId, service: ServiceDep, key: RecogniseKey) -> Response:
+def snapshot(
+    camera_id: CameraId, request: Request, service: ServiceDep, key: RecogniseKey
+) -> Response:
     """The latest processed frame as a JPEG, with a box around each tracked face and its name
     (or `unknown`) drawn: the camera's live view (poll it). Names are drawn for admin keys;
     other keys see `known` in their place. 404 `no_frame` until the camera has processed a
@@ -296,6 +324,8 @@ def snapshot(camera_id: CameraId, service: ServiceDep, key: RecogniseKey) -> Res
         jpeg = service.cameras.snapshot(camera_id, names=may_see_names(key))
     except NotFoundError as exc:
         raise ApiError(404, "no_frame", str(exc)) from None
+    except CameraElsewhereError as exc:
+        return forward(request, exc, None, service.node.name)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
@@ -349,11 +379,13 @@ def _visit_for(key: ApiKey, visit: dict[str, Any]) -> dict[str, Any]:
             "enrol key, an enrolled person's an admin key.",
         },
         404: {"model": ErrorOut, "description": "No thumbnail is kept for this visit event."},
+        **_FORWARDED,
     },
     summary="A recent visit's face",
 )
 def visit_face(
     event_id: Annotated[int, Path(ge=1, le=2**62, description="The visit event's id.")],
+    request: Request,
     service: ServiceDep,
     key: EnrolKey,
 ) -> Response:
@@ -366,6 +398,8 @@ def visit_face(
         jpeg, known = service.cameras.visit_face(event_id)
     except NotFoundError as exc:
         raise ApiError(404, "face_not_found", str(exc)) from None
+    except CameraElsewhereError as exc:  # the thumbnail is in the memory of the node that saw it
+        return forward(request, exc, None, service.node.name)
     if known and not may_see_names(key):
         raise ApiError(
             403, "forbidden", "the face of an enrolled person's visit needs an admin key"
