@@ -131,7 +131,9 @@ class Bench:
 
     def held(self) -> dict[str, str]:
         return {
-            lease.camera_id: str(lease.node) for lease in self.gallery.camera_leases() if lease.held
+            lease.camera_id: str(lease.node)
+            for lease in self.gallery.cluster.leases()
+            if lease.held
         }
 
     def settled(self, spread: bool) -> bool:
@@ -262,7 +264,9 @@ def visits(
     b: Bench, receiver: Receiver, windows: list[tuple[str, float, set[str]]]
 ) -> dict[str, Any]:
     print(f"\n3. visits ({load()})")
-    events = [e for e in b.gallery.events(limit=None) if (e.details or {}).get("kind") == "visit"]
+    events = [
+        e for e in b.gallery.events.list(limit=None) if (e.details or {}).get("kind") == "visit"
+    ]
     stored = Counter(e.details["event_id"] for e in events)
     lost = set()
     for _, killed, _ in windows:
@@ -358,7 +362,7 @@ def main() -> None:
             rec = Recognizer(g, pipeline)
             for person in people.enrolled:
                 rec.enroll(person.identity, list(person.enrol_photos))
-            _, key = g.create_api_key("bench", "admin")
+            _, key = g.keys.create("bench", "admin")
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),

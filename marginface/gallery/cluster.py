@@ -376,11 +376,13 @@ class ClusterStore:
         return freed
 
     def purge(self, older_than_s: float) -> int:
-        """Forget the nodes lost or left more than ``older_than_s`` seconds ago."""
+        """Forget the nodes lost or left at least ``older_than_s`` seconds ago (0: every node
+        not live now; SQLite's clock counts milliseconds, so "more than 0 s ago" would spare a
+        node that left in the same millisecond)."""
         with self._db.transaction():
             now = self._db.now()
             return self._db.execute(
-                "DELETE FROM nodes WHERE heartbeat_at < ? AND (state <> 'live' OR "
+                "DELETE FROM nodes WHERE heartbeat_at <= ? AND (state <> 'live' OR "
                 "heartbeat_at + ttl_s <= ?)",
                 (now - float(older_than_s), now),
             )

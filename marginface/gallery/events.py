@@ -97,8 +97,9 @@ class EventLog:
         lease: LeaseRef | None = None,
     ) -> Event:
         """Record one recognition (camera/door ``source``, result, score); a cluster node
-        writes under its camera's ``lease`` (:class:`~marginface.gallery.cluster.StaleLeaseError` when
-        another node holds it now, and nothing is written)."""
+        writes under its camera's ``lease``
+        (:class:`~marginface.gallery.cluster.StaleLeaseError` when another node holds it now,
+        and nothing is written). The event's ``logged_at`` is the database's clock."""
         ts = to_timestamp(time) if time is not None else _now()
         source = clean_name(source, what="source", max_length=100) if source else ""
         details_text = metadata_json(details)

@@ -203,7 +203,7 @@ class Service:
             if future is None or future.done():
                 began = time.monotonic()
                 future = self._health_pool.submit(
-                    lambda: (self.gallery.count_subjects(), self.gallery.count_faces())
+                    lambda: (self.gallery.subjects.count(), self.gallery.subjects.count_faces())
                 )
                 self._health = (future, began)
         try:

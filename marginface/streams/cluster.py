@@ -219,7 +219,7 @@ class ClusterNode:
         gone: str | None = None
         while True:
             try:
-                record = self.gallery.register_node(
+                record = self.gallery.cluster.register(
                     self.name,
                     self.instance,
                     address=self.address,
@@ -298,7 +298,7 @@ class ClusterNode:
             thread.join(timeout)
         if self.registered and not self.replaced:
             try:
-                freed = self.gallery.leave_node(self.name, self.instance)
+                freed = self.gallery.cluster.leave(self.name, self.instance)
                 if freed:
                     log.info("node %r left: %d camera(s) given up", self.name, freed)
             except MarginfaceError as exc:
@@ -330,12 +330,12 @@ class ClusterNode:
             return
         try:
             if not self.exclusive:
-                nodes = [n for n in self.gallery.list_nodes() if n.state == "live"]
+                nodes = [n for n in self.gallery.cluster.nodes() if n.state == "live"]
                 if claim_share(self.name, nodes, held, capacity, 1) != 1:
                     self.wake()
                     return
             sent = time.monotonic()
-            result = self.gallery.claim_cameras(
+            result = self.gallery.cluster.claim(
                 self.name, self.instance, camera_ids=[camera_id], exclusive=self.exclusive
             )
         except MarginfaceError as exc:
@@ -352,7 +352,7 @@ class ClusterNode:
                 self._deadline.pop(lease.camera_id, None)
                 self._known.pop(lease.camera_id, None)
         try:
-            self.gallery.release_camera(lease)
+            self.gallery.cluster.release(lease)
         except MarginfaceError as exc:  # it expires on its own
             log.warning("node %r: giving camera %s up failed: %s", self.name, lease.camera_id, exc)
         self.wake()
@@ -475,7 +475,7 @@ class ClusterNode:
             held = len(self._held)
         sent = time.monotonic()
         try:
-            hb = self.gallery.node_heartbeat(
+            hb = self.gallery.cluster.heartbeat(
                 self.name,
                 self.instance,
                 address=self.address,
@@ -594,7 +594,7 @@ class ClusterNode:
         if count <= 0:
             return
         sent = time.monotonic()
-        result = self.gallery.claim_cameras(
+        result = self.gallery.cluster.claim(
             self.name, self.instance, count=count, exclusive=self.exclusive
         )
         if self.exclusive:
@@ -660,7 +660,7 @@ class ClusterNode:
         with self._lock:
             self._held.pop(camera_id, None)
             self._deadline.pop(camera_id, None)
-        moved = self.gallery.release_camera(lease, to=target)
+        moved = self.gallery.cluster.release(lease, to=target)
         self.moves += 1
         self._move_wanted_since = None
         self._next_move = now + self.rebalance_s

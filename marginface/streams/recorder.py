@@ -303,7 +303,7 @@ def past_visits(
     and a stranger's faces (its visitor's, once the visit ended and was grouped)."""
     now = datetime.now(UTC).timestamp()
     visits: dict[str, dict[str, Any]] = {}
-    for event in gallery.events(source=camera, limit=limit):
+    for event in gallery.events.list(source=camera, limit=limit):
         d = event.details or {}
         uid = d.get("visit_uid")
         first, last = _datetime(d.get("first_seen")), _datetime(d.get("last_seen"))
@@ -335,7 +335,7 @@ def past_visits(
         faces: tuple[Evidence, ...] = ()
         if v["subject"] is None and v.get("visitor"):
             try:
-                qualities, embeddings = gallery.visitor_embeddings(v["visitor"])
+                qualities, embeddings = gallery.visitors.embeddings(v["visitor"])
             except NotFoundError:  # purged, or assigned and erased meanwhile
                 qualities, embeddings = np.zeros(0), np.zeros((0, 0))
             faces = tuple(

@@ -215,7 +215,7 @@ def test_an_index_that_does_not_answer_is_a_storage_error(tmp_path, monkeypatch)
 
     data, _ = faces(10, 2, 32, seed=3)
     with Gallery.open(tmp_path / "g.db", model_name="m", dim=32) as g:
-        ada = g.create_subject("Ada", embeddings=data[:2]).id
+        ada = g.subjects.create("Ada", embeddings=data[:2]).id
 
         def away(*args, **kwargs):
             raise ConnectionError("milvus.lan:19530: connection refused")

@@ -241,12 +241,12 @@ def test_cameras_of_schema_4_get_their_leases(release_1) -> None:
     g = Gallery.open(url, MODEL, DIM, policy=IdentificationPolicy(threshold=0.5), create=False)
     try:
         assert version(url) == 5
-        leases = {lease.camera: (lease.node, lease.epoch) for lease in g.camera_leases()}
+        leases = {lease.camera: (lease.node, lease.epoch) for lease in g.cluster.leases()}
         assert leases == {"door": (None, 0), "lab": (None, 0)}
-        assert all(e.logged_at is None for e in g.events())
-        g.register_node("n1", "i1", ttl_s=30.0, capacity=4)
-        assert len(g.claim_cameras("n1", "i1", count=4).leases) == 2
-        event = g.log_event("door", subject_id=None, score=0.2, decision="arrived")
+        assert all(e.logged_at is None for e in g.events.list())
+        g.cluster.register("n1", "i1", ttl_s=30.0, capacity=4)
+        assert len(g.cluster.claim("n1", "i1", count=4).leases) == 2
+        event = g.events.log("door", subject_id=None, score=0.2, decision="arrived")
         assert event.logged_at is not None
     finally:
         g.close()

@@ -176,7 +176,7 @@ class Cluster:
     def placement(self) -> tuple[dict[str, str], dict[str, int]]:
         """(camera id -> the node holding it, from the gallery; node -> cameras it runs, from
         the node itself)."""
-        leases = self.gallery().camera_leases()
+        leases = self.gallery().cluster.leases()
         held = {lease.camera_id: lease.node for lease in leases if lease.held}
         running = {n.name: self.health(n)["cameras_running"] for n in self.live()}
         return held, running
@@ -208,7 +208,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 
 
 def visit_events(g: Gallery) -> list[Any]:
-    return [e for e in g.events(limit=None) if (e.details or {}).get("kind") == "visit"]
+    return [e for e in g.events.list(limit=None) if (e.details or {}).get("kind") == "visit"]
 
 
 def assert_no_overlap(g: Gallery) -> dict[str, dict[int, tuple[str, float, float]]]:
@@ -259,7 +259,7 @@ def cluster(
             rec = Recognizer(g, default_pipeline)
             for person in stream_people.enrolled:
                 rec.enroll(person.identity, list(person.enrol_photos))
-            _, key = g.create_api_key("cluster test", "admin")
+            _, key = g.keys.create("cluster test", "admin")
         env = {
             **os.environ,
             "MARGINFACE_DATA_DIR": str(tmp),
@@ -348,7 +348,7 @@ def test_failover_after_a_node_is_killed_and_rebalancing_when_it_returns(cluster
     victim = c.nodes[wait_for(announcer, 90, "a node to announce a visit")]
     held, _ = c.placement()
     theirs = sorted(cid for cid, node in held.items() if node == victim.name)
-    epochs = {lease.camera_id: lease.epoch for lease in c.gallery().camera_leases()}
+    epochs = {lease.camera_id: lease.epoch for lease in c.gallery().cluster.leases()}
     killed_at = time.time()
     c.kill(victim.name)
     survivors = [n for n in c.live() if n.name != victim.name]
@@ -363,7 +363,7 @@ def test_failover_after_a_node_is_killed_and_rebalancing_when_it_returns(cluster
     wait_for(taken_over, TTL + 20, "the killed node's cameras to run elsewhere", every=0.1)
     assert max(moved.values()) <= TTL + 5.0, moved
     g = c.gallery()
-    for lease in g.camera_leases():
+    for lease in g.cluster.leases():
         if lease.camera_id in theirs:
             assert lease.node != victim.name and lease.epoch > epochs[lease.camera_id]
             assert lease.previous_node == victim.name
@@ -423,7 +423,7 @@ def test_a_database_outage_stops_every_node_before_its_leases_can_expire(
         c.pg.resume()
     wait_for(c.settled, 60, "the cameras to run again, each on one node")
     g = c.gallery()
-    for lease in g.camera_leases():
+    for lease in g.cluster.leases():
         # the holder before the outage stopped the camera before its lease could expire,
         # and the lease was taken again (a new epoch) only after it had expired
         before = lease.previous_node

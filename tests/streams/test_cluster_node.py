@@ -131,19 +131,19 @@ def test_a_second_live_process_of_one_name_refuses(gallery: Gallery) -> None:
 def test_a_crashed_predecessor_on_this_machine_is_replaced_at_once(gallery: Gallery) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid that no longer exists
-    gallery.register_node(
+    gallery.cluster.register(
         "door-node", "old", ttl_s=60.0, info={"host": socket.gethostname(), "pid": gone.pid}
     )
     began = time.monotonic()
     node = ClusterNode(gallery, "door-node", ttl_s=60.0)
     node.register()
     assert time.monotonic() - began < 1.0
-    assert {n.name: n.instance for n in gallery.list_nodes()}["door-node"] == node.instance
+    assert {n.name: n.instance for n in gallery.cluster.nodes()}["door-node"] == node.instance
 
 
 @pytest.mark.slow
 def test_cameras_spread_and_a_dead_node_s_go_to_the_other(gallery: Gallery) -> None:
-    cams = [gallery.create_camera(f"cam {i}", "push:").id for i in range(4)]
+    cams = [gallery.cameras.create(f"cam {i}", "push:").id for i in range(4)]
     a, ma = _start(gallery, "a")
     b, mb = _start(gallery, "b")
     try:
@@ -155,7 +155,7 @@ def test_cameras_spread_and_a_dead_node_s_go_to_the_other(gallery: Gallery) -> N
         died = time.time()
         _wait(lambda: len(mb.running()) == 4, 1.5 + 3.0, "b to take a's cameras")
         assert time.time() - died < 1.5 + 1.0
-        leases = {lease.camera_id: lease for lease in gallery.camera_leases()}
+        leases = {lease.camera_id: lease for lease in gallery.cluster.leases()}
         assert all(lease.node == "b" for lease in leases.values())
         assert {lease.previous_node for lease in leases.values() if lease.epoch > 1} == {"a"}
     finally:
@@ -166,7 +166,7 @@ def test_cameras_spread_and_a_dead_node_s_go_to_the_other(gallery: Gallery) -> N
 def test_a_node_that_cannot_renew_stops_its_cameras_before_they_expire(
     gallery: Gallery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cams = [gallery.create_camera(f"cam {i}", "push:").id for i in range(2)]
+    cams = [gallery.cameras.create(f"cam {i}", "push:").id for i in range(2)]
     node, manager = _start(gallery, "a", ttl=1.5)
     try:
         _wait(lambda: len(manager.running()) == 2, 10, "the cameras to run")
@@ -174,11 +174,11 @@ def test_a_node_that_cannot_renew_stops_its_cameras_before_they_expire(
         def cut_off(*args: Any, **kwargs: Any) -> Any:
             raise StorageError("gallery database error: connection refused")
 
-        monkeypatch.setattr(gallery, "node_heartbeat", cut_off)
+        monkeypatch.setattr(gallery.cluster, "heartbeat", cut_off)
         cut = time.time()
         _wait(lambda: len(manager.stopped) == 2, 3.0, "the cameras to stop")
         # each stopped before its lease, as last renewed, expired (the database's clock)
-        expiry = {lease.camera_id: lease.expires_at for lease in gallery.camera_leases()}
+        expiry = {lease.camera_id: lease.expires_at for lease in gallery.cluster.leases()}
         for cid in cams:
             assert manager.stopped[cid] < expiry[cid].timestamp(), (manager.stopped, expiry)
             assert manager.stopped[cid] < cut + 1.5
@@ -194,7 +194,7 @@ def test_one_node_runs_the_cameras_of_a_sqlite_gallery(tmp_path: Path) -> None:
     """A SQLite gallery lives on one machine: a second service on it serves the API and runs
     no camera, and says which node does."""
     with Gallery.open(tmp_path / "gallery.db", "fake", 8) as gallery:
-        gallery.create_camera("door", "push:")
+        gallery.cameras.create("door", "push:")
         first = ClusterNode(gallery, "first", ttl_s=1.5)
         second = ClusterNode(gallery, "second", ttl_s=1.5)
         assert first.exclusive and second.exclusive
@@ -204,8 +204,8 @@ def test_one_node_runs_the_cameras_of_a_sqlite_gallery(tmp_path: Path) -> None:
             node.attach(manager)  # type: ignore[arg-type]
         try:
             _wait(lambda: len(m1.running()) == 1, 10, "the first node to run the camera")
-            gallery.create_camera("hall", "push:")
-            second.take(gallery.get_camera("hall").id)
+            gallery.cameras.create("hall", "push:")
+            second.take(gallery.cameras.get("hall").id)
             _wait(lambda: len(m1.running()) == 2, 10, "the first node to run both")
             time.sleep(0.5)
             assert m2.running() == {} and second.exclusive_holder() == "first"

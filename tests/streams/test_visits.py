@@ -349,4 +349,4 @@ def test_a_worker_taking_a_camera_over_continues_the_recorded_visits(gallery: Ga
 
 
 def ada_id(gallery: Gallery) -> str:
-    return gallery.find_subjects("Ada")[0].id
+    return gallery.subjects.find("Ada")[0].id

@@ -59,6 +59,6 @@ def list_nodes(service: ServiceDep, _key: RecogniseKey) -> Any:
     cameras it holds, its capacity, frames/s and CPU. `mode`: `cluster` (PostgreSQL: the
     cameras spread over the live nodes) or `single` (SQLite: one node runs them all)."""
     this = service.node.name
-    names = {camera.id: camera.name for camera in service.gallery.list_cameras()}
-    nodes = [_node_out(n, names, this) for n in service.gallery.list_nodes()]
+    names = {camera.id: camera.name for camera in service.gallery.cameras.list()}
+    nodes = [_node_out(n, names, this) for n in service.gallery.cluster.nodes()]
     return {"nodes": nodes, "this": this, "mode": "single" if service.node.exclusive else "cluster"}
