@@ -8,7 +8,11 @@ batches of 64, measured in the same run. Candidates (``--candidates``):
   exactly;
 * ``ivf`` - ``FaissIndex(kind="ivf")`` at several ``--nprobe``;
 * ``hnsw`` - ``FaissIndex(kind="hnsw")`` at several ``--hnsw-ef`` (build: tens of minutes at
-  1M on 2 cores).
+  1M on 2 cores);
+* ``milvus`` - :class:`marginface.gallery.MilvusIndex` on a Milvus Lite file (FLAT, inner
+  product): what the gallery's ``index="milvus"`` costs a query through pymilvus, round trip
+  included. Milvus Lite searches in a server process of its own, so this run's CPU time and
+  memory do not include the search's: read the wall times (and the machine's load).
 
 For each: build time (wall and CPU), memory (RSS increase), single-query median and p99 latency
 (wall) and median CPU time, batched throughput (64 a batch), recall@1 and recall@5 against
@@ -44,6 +48,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "2")
 import argparse
 import json
 import resource
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -263,7 +269,9 @@ def main() -> None:
         default=0.61,
         help="clustered: typical cosine of two faces of one identity",
     )
-    ap.add_argument("--candidates", default="binary,ivf", help="comma-separated: binary, ivf, hnsw")
+    ap.add_argument(
+        "--candidates", default="binary,ivf", help="comma-separated: binary, ivf, hnsw, milvus"
+    )
     ap.add_argument("--bits", type=int, default=None, help="binary: code bits (default 512)")
     ap.add_argument(
         "--rerank", type=int, nargs="+", default=[256, 64], help="binary: shortlist sizes to try"
@@ -407,6 +415,30 @@ def main() -> None:
             faiss.downcast_index(hnsw._index.index).hnsw.efSearch = ef
             measure(f"hnsw{args.hnsw_m}_ef{ef}", hnsw, queries, truth, args.k, build, results)
         del hnsw
+
+    # -- Milvus Lite ---------------------------------------------------------------------------
+    if "milvus" in candidates:
+        from marginface.gallery import MilvusIndex
+
+        workdir = tempfile.mkdtemp(prefix="mf-milvus-bench-")
+
+        def make_milvus():
+            ix = MilvusIndex(args.dim, uri=os.path.join(workdir, "bench.db"))
+            ix.add(ids, data)
+            return ix
+
+        try:
+            milvus, build = timed_build(make_milvus)
+            print(
+                f"milvus lite FLAT: build (upsert) {build['build_s']:.1f} s "
+                f"(cpu here {build['build_cpu_s']:.1f} s)",
+                flush=True,
+            )
+            measure("milvus_lite_flat", milvus, queries, truth, args.k, build, results)
+            milvus.close()
+            del milvus
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     if not args.no_identify:
         results["identify"] = bench_identify(data, queries, args)
