@@ -27,7 +27,7 @@ from tests.serve.fuzz_helpers import ROLES, FuzzRun, RunStats, fuzz_scale
 pytestmark = pytest.mark.slow
 
 #: Generated requests each role must at least send, and each operation at least gets: the run
-#: really ran (at scale 1 about 1,700 for admin, 1,300 for enrol, 1,000 for recognise).
+#: really ran (at scale 1 about 3,400 for admin, 1,800 for enrol, 1,200 for recognise).
 MIN_GENERATED = 800
 MIN_PER_OPERATION = 10
 
