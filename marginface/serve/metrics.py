@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from marginface.streams.manager import CAMERA_STATES
+
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,17 +37,6 @@ class _GalleryCollector(Collector):
         )
 
 
-#: Camera states, each a 0/1 series of ``marginface_camera_state`` (manager.CAMERA_STATES).
-_CAMERA_STATES = (
-    "stopped",
-    "waiting",
-    "starting",
-    "connecting",
-    "running",
-    "reconnecting",
-    "ended",
-    "failed",
-)
 #: Per-camera counters: (metric name without _total, status key, help).
 _CAMERA_COUNTERS = (
     ("marginface_camera_frames_read", "frames_read", "Frames decoded from the camera."),
@@ -95,7 +86,7 @@ class _CameraCollector(Collector):
             labels=["camera", "state"],
         )
         for name, status in statuses:
-            for candidate in _CAMERA_STATES:
+            for candidate in CAMERA_STATES:  # each a 0/1 series of marginface_camera_state
                 state.add_metric([name, candidate], 1.0 if status.get("state") == candidate else 0)
         yield state
         for metric, key, text in _CAMERA_COUNTERS:

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from marginface.errors import GalleryError
 from marginface.gallery.validate import MAX_NAME_LENGTH, clean_name, metadata_json, name_pattern
 from marginface.streams.camera import CameraSettings
+from marginface.streams.manager import CameraState
 from marginface.streams.sources import CameraSource
 from marginface.streams.visits import VisitSettings
 
@@ -450,16 +451,7 @@ class NotificationStatusOut(BaseModel):
 
 
 class CameraStatusOut(BaseModel):
-    state: Literal[
-        "stopped",
-        "waiting",
-        "starting",
-        "connecting",
-        "running",
-        "reconnecting",
-        "ended",
-        "failed",
-    ] = Field(
+    state: CameraState = Field(
         description="stopped (disabled, or camera workers are off), waiting (enabled, no node "
         "holds it yet: every node is full, or it is changing node), starting, connecting, "
         "running, reconnecting (the stream dropped or cannot be reached; retried with "

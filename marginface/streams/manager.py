@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from pydantic import ValidationError
 
@@ -82,6 +82,7 @@ __all__ = [
     "CameraElsewhereError",
     "CameraManager",
     "CameraNode",
+    "CameraState",
     "Placement",
     "check_camera_url",
     "is_push_url",
@@ -97,7 +98,8 @@ VISIT_EVENTS = (*VISIT_DECISIONS, LEFT)
 #: ``starting``, the source's ``connecting`` / ``running`` / ``reconnecting``, ``ended`` (a
 #: file played to its end), ``failed`` (the worker crashed or cannot start; it is restarted
 #: with backoff, see ``last_error``).
-CAMERA_STATES = (
+#: (one definition: the API schema and the metrics take it from here)
+CameraState = Literal[
     "stopped",
     "waiting",
     "starting",
@@ -106,7 +108,8 @@ CAMERA_STATES = (
     "reconnecting",
     "ended",
     "failed",
-)
+]
+CAMERA_STATES: tuple[str, ...] = get_args(CameraState)
 #: Notifications sent again to a notifier after a take-over are at most this old.
 REPLAY_WINDOW_S = 3600.0
 #: ... and at most this many per camera and notifier.
