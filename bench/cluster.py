@@ -34,10 +34,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,39 +47,12 @@ sys.path.insert(0, str(ROOT))
 from marginface.embed.pipeline import Pipeline  # noqa: E402
 from marginface.gallery import Gallery, Recognizer  # noqa: E402
 from tests.gallery.postgres_server import TemporaryPostgres, create_database  # noqa: E402
-from tests.streams.servers import free_port  # noqa: E402
+from tests.streams.servers import WebhookReceiver, free_port  # noqa: E402
 from tests.streams.synthetic import choose_people, render, standard_scenes  # noqa: E402
 
 
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.got: list[tuple[float, dict[str, Any]]] = []
-        lock = threading.Lock()
-        got = self.got
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                with lock:
-                    got.append((time.time(), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def events(self, before: float = float("inf")) -> list[dict[str, Any]]:
-        return [
-            b["event"] for t, b in list(self.got) if b["type"].startswith("visit.") and t < before
-        ]
 
 
 class Bench:
@@ -261,7 +232,7 @@ def failover(b: Bench, kills: int) -> dict[str, Any]:
 
 
 def visits(
-    b: Bench, receiver: Receiver, windows: list[tuple[str, float, set[str]]]
+    b: Bench, receiver: WebhookReceiver, windows: list[tuple[str, float, set[str]]]
 ) -> dict[str, Any]:
     print(f"\n3. visits ({load()})")
     events = [
@@ -355,7 +326,7 @@ def main() -> None:
             ],
             check=True,
         )
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     with TemporaryPostgres() as pg:
         url = create_database(pg.url, "cluster")
         with Gallery.open(url, card=pipeline.embedder.card) as g:
@@ -399,7 +370,7 @@ def main() -> None:
             result = visits(b, receiver, fail.pop("windows"))
         finally:
             b.close()
-            receiver.server.shutdown()
+            receiver.close()
     summary = {"lease_cost": cost, "failover": fail, "visits": result, "args": vars(args)}
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,53 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class WebhookReceiver:
+    """A webhook receiver on a free local port: every POST's arrival time, ``X-Marginface-Event-Id``
+    header and JSON body, in ``received``; ``close()`` stops it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, str | None, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with owner._lock:
+                    owner.received.append(
+                        (time.time(), self.headers.get("X-Marginface-Event-Id"), json.loads(body))
+                    )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Every body received so far, in arrival order."""
+        with self._lock:
+            return [body for _, _, body in self.received]
+
+    def events(self, before: float | None = None) -> list[dict[str, Any]]:
+        """The visit events received (before ``before``, epoch seconds), each with the
+        delivery's event id header as ``header_id``."""
+        with self._lock:
+            got = list(self.received)
+        return [
+            {**body["event"], "header_id": event_id}
+            for at, event_id, body in got
+            if body.get("type", "").startswith("visit.") and (before is None or at < before)
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def wait_port(port: int, timeout: float = 10.0, alive: Callable[[], bool] = lambda: True) -> None:

@@ -32,7 +32,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,48 +40,13 @@ import pytest
 
 from marginface.gallery import Gallery, Recognizer
 from tests.gallery.postgres_server import TemporaryPostgres, create_database
-from tests.streams.servers import free_port, require_ffmpeg
+from tests.streams.servers import WebhookReceiver, free_port, require_ffmpeg
 
 pytestmark = pytest.mark.slow
 
 TTL = 3.0
 NODES = ("n1", "n2", "n3")
 CAMERAS = 6
-
-
-class Receiver:
-    """A webhook receiver: every POST's JSON body, event id header and arrival time."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[float, str | None, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with owner._lock:
-                    owner.received.append(
-                        (time.time(), self.headers.get("X-Marginface-Event-Id"), json.loads(body))
-                    )
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def events(self, before: float | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            got = list(self.received)
-        return [
-            {**body["event"], "header_id": event_id}
-            for at, event_id, body in got
-            if body.get("type", "").startswith("visit.") and (before is None or at < before)
-        ]
 
 
 @dataclass
@@ -106,7 +70,7 @@ class Cluster:
     url: str
     key: str
     env: dict[str, str]
-    receiver: Receiver
+    receiver: WebhookReceiver
     nodes: dict[str, Node] = field(default_factory=dict)
     _gallery: Gallery | None = None
 
@@ -251,7 +215,7 @@ def cluster(
         timeout=120,
     )
     pg = TemporaryPostgres().start()
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     c = Cluster(pg, "", "", {}, receiver)
     try:
         url = create_database(pg.url, "cluster")
@@ -299,7 +263,7 @@ def cluster(
                     node.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
-        receiver.server.shutdown()
+        receiver.close()
         if c._gallery is not None:
             c._gallery.close()
         pg.stop()

@@ -13,41 +13,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from marginface.gallery import Gallery
-
-
-def _receiver(events: list[dict[str, Any]]) -> ThreadingHTTPServer:
-    """A webhook receiver on a free local port, appending each POSTed JSON body to ``events``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            events.append(json.loads(body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.streams.servers import WebhookReceiver, free_port
 
 
 def _serve(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -87,17 +63,15 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
     video, truth = scene_videos["door"]
     db = tmp_path / "gallery.db"
     shutil.copyfile(enrolled_gallery_path, db)
-    received: list[dict[str, Any]] = []
-    receiver = _receiver(received)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    port = _free_port()
+    receiver = WebhookReceiver()
+    port = free_port()
     env = {
         **os.environ,
         "MARGINFACE_MEDIA_ROOTS": json.dumps([str(video.parent)]),
         "MARGINFACE_WEBHOOKS": json.dumps(
             [
                 {
-                    "url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+                    "url": receiver.url,
                     "backoff_initial_s": 0.1,
                 }
             ]
@@ -115,8 +89,8 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
         )
         assert created.status_code == 201, created.text
         deadline = time.monotonic() + 120
-        while sum(e["type"] == "visit.left" for e in received) < 3:
-            assert time.monotonic() < deadline, (received, service.poll())
+        while sum(e["type"] == "visit.left" for e in receiver.bodies()) < 3:
+            assert time.monotonic() < deadline, (receiver.bodies(), service.poll())
             time.sleep(0.05)
         service.send_signal(signal.SIGKILL)  # mid-video: more people are still to come
         service.wait(timeout=10)
@@ -124,10 +98,10 @@ def test_sigkill_while_a_camera_runs_loses_no_finished_visit(
         if service.poll() is None:
             service.kill()
             service.wait()
-        receiver.shutdown()
+        receiver.close()
     delivered = {
         (e["event"]["visit_id"], e["event"]["kind"])
-        for e in received
+        for e in receiver.bodies()
         if e["type"].startswith("visit.")
     }
     assert len(delivered) < 2 * len(truth)  # killed before the video's end
